@@ -1,0 +1,67 @@
+"""What each dataset is: modalities, classes, sample counts and prepared shapes (thesis Sec. 1.5, 4.1).
+
+The prepared on-disk layout, shared by real (``mmhpc prepare``) and synthetic (``mmhpc data synth``) data:
+
+    <root>/manifest.json               dataset, modalities, classes, shapes, split counts, size+sha256 per file
+    <root>/labels.csv                  clip_id,label
+    <root>/splits/{train,val,test}.txt clip ids, one per line
+    <root>/audio/<clip_id>.npy         float32 Kaldi filterbank [frames, mel_bins]
+    <root>/visual/<clip_id>/<k>.jpg    RGB frames, k = 0 .. frames-1
+    <root>/text/<clip_id>.npy          int64 [2, max_len]: input ids, attention mask
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Shapes:
+    audio: tuple[int, int]   # filterbank frames x mel bins
+    frames: int              # visual frames per clip
+    image: int               # square image side
+    text_len: int            # token ids per sample
+    vocab: int               # token-id range of the synthetic text
+
+
+FULL = Shapes(audio=(1024, 128), frames=3, image=224, text_len=128, vocab=50265)
+TINY = Shapes(audio=(32, 32), frames=3, image=16, text_len=16, vocab=512)
+
+
+@dataclass(frozen=True)
+class DatasetSpec:
+    name: str
+    title: str
+    modalities: tuple[str, ...]
+    classes: tuple[str, ...]
+    num_samples: int          # real dataset size, used by the `full` synthetic preset
+    split: str                # "official" (AVE) or "random 80/10/10"
+    frames: int = 3           # MVSA has one image per sample
+    tiny_samples: int = 600
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+    def shapes(self, preset: str) -> Shapes:
+        base = FULL if preset == "full" else TINY
+        return Shapes(base.audio, self.frames, base.image, base.text_len, base.vocab)
+
+    def samples(self, preset: str) -> int:
+        return self.num_samples if preset == "full" else self.tiny_samples
+
+
+_AVE_CLASSES = tuple(f"event{i:02d}" for i in range(28))
+
+DATASETS: dict[str, DatasetSpec] = {s.name: s for s in (
+    DatasetSpec("cremad", "CREMA-D", ("audio", "visual"),
+                ("anger", "disgust", "fear", "happy", "neutral", "sad"), 7442, "random 80/10/10"),
+    DatasetSpec("ave", "AVE", ("audio", "visual"), _AVE_CLASSES, 4143, "official", tiny_samples=840),
+    DatasetSpec("mvsa", "MVSA", ("visual", "text"), ("negative", "neutral", "positive"), 5129,
+                "random 80/10/10", frames=1),
+    DatasetSpec("iemocap", "IEMOCAP", ("audio", "visual", "text"),
+                ("angry", "happy", "sad", "neutral", "excited", "frustrated"), 7380, "random 80/10/10"),
+    DatasetSpec("urfunny", "UR-FUNNY", ("audio", "visual", "text"), ("not_humorous", "humorous"), 16514,
+                "random 80/10/10"),
+)}
+
+SPLITS = ("train", "val", "test")

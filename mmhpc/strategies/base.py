@@ -1,0 +1,132 @@
+"""The strategy interface: what differs between training strategies, and nothing else.
+
+The trainer owns the loop (epochs, loaders, evaluation, timing, records); a strategy owns one training
+step (forward, losses, backward, optimiser steps) and the per-epoch decisions (which modalities train,
+when to stop, when to decay the learning rate). A new strategy subclasses `Strategy`, overrides what
+differs and registers itself with `@register`.
+"""
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+from dataclasses import dataclass
+from typing import Any, Callable, ClassVar
+
+import torch
+import torch.nn.functional as F
+
+from mmhpc.config import FUSIONS, ConfigError
+
+STRATEGIES: dict[str, type["Strategy"]] = {}
+
+
+def register(cls: type["Strategy"]) -> type["Strategy"]:
+    STRATEGIES[cls.name] = cls
+    return cls
+
+
+@dataclass
+class NoParams:
+    pass
+
+
+@dataclass
+class StepOutput:
+    """Detached per-head logits of one training step, for the epoch's training metrics."""
+
+    logits: dict[str, torch.Tensor]
+
+
+class Strategy:
+    name: ClassVar[str] = ""
+    fusions: ClassVar[tuple[str, ...]] = FUSIONS
+    Params: ClassVar[type] = NoParams
+    #: which parallelisms can run this strategy (DDP needs one loss per step, see `mmhpc.system.parallel`)
+    parallelisms: ClassVar[tuple[str, ...]] = ("single", "dp", "ddp", "blp")
+
+    def __init__(self, cfg, model, autocast: Callable[[], Any] = contextlib.nullcontext):
+        self.cfg = cfg
+        self.model = model
+        self.autocast = autocast
+        self.params = self.Params(**cfg.strategy.params)
+        self.modalities: list[str] = list(model.modalities)
+        self.optimised = {m: 0 for m in self.modalities}  # optimisation epochs per modality (Table 4.4)
+        self.active: list[str] = list(self.modalities)
+        self.optimizer = self.build_optimizer()
+
+    # ---- configuration ---------------------------------------------------------------------------
+    @classmethod
+    def check_config(cls, cfg) -> None:
+        """Reject configs this strategy cannot run, naming the field and the valid choices."""
+        if cfg.model.fusion not in cls.fusions:
+            raise ConfigError(f"model.fusion: strategy {cls.name} does not support {cfg.model.fusion}; "
+                              f"valid choices: {', '.join(cls.fusions)}")
+        if cfg.system.parallelism not in cls.parallelisms:
+            raise ConfigError(f"system.parallelism: strategy {cls.name} cannot run under "
+                              f"{cfg.system.parallelism}; valid choices: {', '.join(cls.parallelisms)}")
+        known = {f.name: f for f in dataclasses.fields(cls.Params)}
+        for key in cfg.strategy.params:
+            if key not in known:
+                valid = ", ".join(known) or "none"
+                raise ConfigError(f"strategy.params.{key}: unknown parameter of {cls.name}; valid: {valid}")
+        try:
+            cls.Params(**cfg.strategy.params)
+        except (TypeError, ValueError) as e:
+            raise ConfigError(f"strategy.params: {e}") from None
+
+    def build_optimizer(self) -> torch.optim.Optimizer:
+        t = self.cfg.train
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        if t.optimizer == "adam":
+            return torch.optim.Adam(params, lr=t.lr, weight_decay=t.weight_decay)
+        return torch.optim.SGD(params, lr=t.lr, momentum=t.momentum, weight_decay=t.weight_decay)
+
+    # ---- per-epoch decisions ---------------------------------------------------------------------
+    def max_epochs(self) -> int:
+        return self.cfg.train.epochs
+
+    def begin_epoch(self, epoch: int) -> list[str]:
+        """Decide which modalities train this epoch; returns them."""
+        self.active = list(self.modalities)
+        return self.active
+
+    def end_epoch(self, epoch: int, train: dict[str, float], val: dict[str, float]) -> None:
+        for m in self.active:
+            self.optimised[m] += 1
+
+    def should_stop(self, epoch: int) -> bool:
+        return epoch + 1 >= self.max_epochs()
+
+    def lr_factor(self, epoch: int) -> float:
+        """Step decay (Sec. 4.2): lr x decay from `lr_decay_epoch` on."""
+        t = self.cfg.train
+        return t.lr_decay if epoch >= t.lr_decay_epoch else 1.0
+
+    # ---- one step --------------------------------------------------------------------------------
+    def train_step(self, batch: dict[str, torch.Tensor], labels: torch.Tensor) -> StepOutput:
+        raise NotImplementedError
+
+    def fused_logits(self, embs: dict[str, torch.Tensor]) -> torch.Tensor:
+        return self.model.fusion(embs)
+
+    @torch.no_grad()
+    def eval_logits(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Fused, per-modality (masked fusion) and probe logits for evaluation."""
+        with self.autocast():
+            embs = self.model.encode(batch)
+            out = {"fused": self.fused_logits(embs)}
+            out.update({m: self.model.fusion({m: embs[m]}) for m in self.modalities})
+            out.update({f"probe/{m}": z for m, z in self.model.probe_logits(embs).items()})
+        return {k: v.float() for k, v in out.items()}
+
+    # ---- helpers for subclasses ------------------------------------------------------------------
+    def probe_loss(self, embs: dict[str, torch.Tensor], labels: torch.Tensor,
+                   logits: dict[str, torch.Tensor]) -> torch.Tensor:
+        probes = self.model.probe_logits(embs)
+        logits.update({f"probe/{m}": z.detach() for m, z in probes.items()})
+        return sum(F.cross_entropy(z, labels) for z in probes.values())
+
+    def update(self, loss: torch.Tensor) -> None:
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.optimizer.step()

@@ -1,0 +1,62 @@
+"""Naive joint training and Alternating training (thesis Sec. 3.2, Alg. 2 and 3)."""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from mmhpc.strategies.base import StepOutput, Strategy, register
+
+
+@register
+class Naive(Strategy):
+    """One joint loss on the fused logits; every parameter updated every step (the thesis' baseline)."""
+
+    name = "naive"
+
+    def train_step(self, batch, labels):
+        with self.autocast():
+            embs = self.model.encode(batch)
+            fused = self.fused_logits(embs)
+            logits = {"fused": fused.detach()}
+            loss = F.cross_entropy(fused, labels) + self.probe_loss(embs, labels, logits)
+        self.update(loss)
+        with torch.no_grad(), self.autocast():  # per-modality logits for the metrics only
+            logits.update({m: self.model.fusion({m: e.detach()}) for m, e in embs.items()})
+        return StepOutput(logits)
+
+
+@register
+class Alternating(Strategy):
+    """Each modality optimised on its own masked loss, one update per modality per step.
+
+    Sum/concat (Alg. 2): L_i from the fusion with the other embeddings masked by zeros, update (theta_f,
+    theta_i). Gated/FiLM (Alg. 3): first update theta_f on the unmasked fused loss, then per modality the
+    switched-and-masked loss. Subclasses choose which modalities train via `begin_epoch`.
+    """
+
+    name = "alternating"
+
+    def train_step(self, batch, labels):
+        logits: dict[str, torch.Tensor] = {}
+        with self.autocast():
+            embs = self.model.encode(batch)
+            probe = self.probe_loss(embs, labels, logits)
+        if not self.model.fusion.symmetric:
+            # Alg. 3 line 3: the fusion learns from all unmasked embeddings; encoders are not touched.
+            with self.autocast():
+                fused = self.fused_logits({m: e.detach() for m, e in embs.items()})
+            self.update(F.cross_entropy(fused, labels))
+        for m in self.modalities:
+            with self.autocast():
+                z = self.model.fusion({m: embs[m]})
+                loss = F.cross_entropy(z, labels)
+            logits[m] = z.detach()
+            if m in self.active:
+                # probes ride on the first update; their graph is separate from the encoders'
+                self.update(loss + probe if probe is not None else loss)
+                probe = None
+        if probe is not None:  # no modality trained this step: the probes still learn
+            self.update(probe)
+        with torch.no_grad(), self.autocast():
+            logits["fused"] = self.fused_logits({m: e.detach() for m, e in embs.items()})
+        return StepOutput(logits)
