@@ -9,9 +9,10 @@ STAMP  := $(VENV)/.installed
 install: $(STAMP)
 
 # One venv, rebuilt only when the pinned requirements or the package metadata change.
-$(STAMP): env/requirements.txt setup.cfg pyproject.toml
+$(STAMP): env/requirements.txt env/requirements-nodeps.txt setup.cfg pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q -r env/requirements.txt
+	$(PY) -m pip install -q --no-deps -r env/requirements-nodeps.txt
 	$(PY) -m pip install -q --no-deps --no-build-isolation -e .
 	touch $(STAMP)
 
