@@ -1,7 +1,8 @@
-"""The `mmhpc` command: train, data synth, demo, config (and, as the suite grows, bench, sweep, report)."""
+"""The `mmhpc` command: train, data synth, prepare, demo, config (and, as the suite grows, bench, sweep, report)."""
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import textwrap
 
@@ -68,6 +69,20 @@ def cmd_synth(args) -> int:
     return 0
 
 
+def cmd_prepare(args) -> int:
+    """Exit 0 when every clip was prepared, 1 when some failed (the rest is prepared), 2 when none could be."""
+    from mmhpc.data.prepare import PrepareError, prepare
+
+    try:
+        report = prepare(args.dataset, args.raw, args.out, jobs=args.jobs, seed=args.seed,
+                         tokenizer=args.tokenizer, progress=not args.quiet)
+    except PrepareError as e:
+        print(f"mmhpc prepare: {e}", file=sys.stderr)
+        return 2
+    print(report.summary(), file=sys.stdout if report.ok else sys.stderr)
+    return 0 if report.ok else 1
+
+
 def cmd_demo(args) -> int:
     from mmhpc.demo import run_demo
 
@@ -99,12 +114,35 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default=None, help="output directory (default data/synthetic/<name>-<preset>-d<seed>)")
     p.set_defaults(func=cmd_synth)
 
+    p = sub.add_parser("prepare", help="prepare a real dataset from its local raw copy",
+                       description="Convert a dataset's distributed raw layout (see mmhpc/data/prepare/README.md) "
+                                   "to the prepared layout: filterbanks, frames, token ids, splits, manifest. "
+                                   "Resumable; failed raw files are reported per file.")
+    p.add_argument("dataset", choices=("ave", "cremad", "iemocap", "mvsa", "urfunny"))
+    p.add_argument("--raw", required=True, help="the dataset's top directory, as distributed")
+    p.add_argument("--out", required=True, help="the prepared dataset's directory (then: data.root=OUT "
+                                                "data.source=prepared)")
+    p.add_argument("--jobs", type=int, default=len(os.sched_getaffinity(0)),
+                   help="worker processes (default: the cores this process may use, e.g. its SLURM allocation)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the random 80/10/10 split (not AVE)")
+    p.add_argument("--tokenizer", default=None, help="local RoBERTa tokenizer directory (MVSA, IEMOCAP, UR-FUNNY)")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_prepare)
+
     p = sub.add_parser("demo", help="naive vs alternating training on synthetic CREMA-D (tiny), with IBF")
     p.add_argument("--runs-dir", default="runs/demo")
     p.add_argument("--epochs", type=int, default=None, help="epochs per run (default: the demo's)")
     p.add_argument("-q", "--quiet", action="store_true")
     p.set_defaults(func=cmd_demo)
+    _add_sweep_parser(sub)
     return parser
+
+
+def _add_sweep_parser(sub) -> None:
+    """`sweep` and `clusters` live in mmhpc.launch.cli_sweep (SLURM orchestration)."""
+    from mmhpc.launch.cli_sweep import add_parsers
+
+    add_parsers(sub)
 
 
 def main(argv: list[str] | None = None) -> int:

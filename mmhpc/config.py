@@ -50,6 +50,9 @@ class LoaderConfig:
     persistent_workers: bool = field(default=False, metadata={"help": "keep workers alive between epochs"})
     preinit: bool = field(default=False, metadata={"help": "threaded pre-initialisation of the next epoch's loader "
                                                            "(thesis Alg. 6)"})
+    start_method: str = field(default="auto", metadata={
+        "help": "how workers start; auto = fork, or forkserver for pre-initialised loaders (safe from threads)",
+        "choices": ("auto", "fork", "forkserver", "spawn")})
 
 
 @dataclass
@@ -109,6 +112,8 @@ class OutputConfig:
     runs_dir: str = field(default="runs", metadata={"help": "directory of run records"})
     name: str | None = field(default=None, metadata={"help": "run name (default: derived from the config)"})
     overwrite: bool = field(default=False, metadata={"help": "replace an existing finished record of the same name"})
+    checkpoint: bool = field(default=False, metadata={
+        "help": "save a checkpoint after every epoch; a rerun of the same config resumes from it (SLURM requeue)"})
 
 
 @dataclass
@@ -184,6 +189,10 @@ class RunConfig:
                               "(PyTorch refuses prefetch_factor without workers)")
         if self.loader.persistent_workers and self.loader.num_workers == 0:
             raise ConfigError("loader.persistent_workers: needs loader.num_workers > 0")
+        if self.loader.preinit and (self.loader.num_workers == 0 or self.loader.persistent_workers):
+            raise ConfigError("loader.preinit: needs loader.num_workers > 0 and loader.persistent_workers=false "
+                              "(it hides the start-up of fresh workers; without workers there is none to hide, "
+                              "and a persistent loader's single iterator cannot be restarted ahead of time)")
         if self.train.max_batches is not None and self.train.max_batches < 1:
             raise ConfigError("train.max_batches: must be >= 1 or null")
 

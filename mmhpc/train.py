@@ -6,7 +6,6 @@ first batch), training, validation-loader initialisation, validation.
 """
 from __future__ import annotations
 
-import copy
 import os
 import random
 import time
@@ -23,6 +22,8 @@ from mmhpc.data.loading import build_datasets, build_loader
 from mmhpc.models.multimodal import MultimodalModel, count_parameters
 from mmhpc.results import SCHEMA, atomic_write_json, environment, read_record, single_accuracies
 from mmhpc.strategies import STRATEGIES
+from mmhpc.system import parallel
+from mmhpc.system.sampler import UtilSampler
 from mmhpc.system.precision import apply_precision
 
 
@@ -54,23 +55,51 @@ class Trainer:
         self.cfg = cfg
         self.progress = progress
         self.record_path = Path(cfg.output.runs_dir) / f"{cfg.run_name()}.json"
-        self._check_existing()
-        if cfg.system.parallelism != "single":
-            raise ConfigError(f"system.parallelism: {cfg.system.parallelism} is not available in this build; "
-                              "valid choices: single")
+        self.ckpt_path = self.record_path.with_suffix(".ckpt.pt")
+        self.dist = parallel.setup_distributed(cfg)
+        if self.dist.is_main:
+            self._check_existing()
         if cfg.system.threads:
             torch.set_num_threads(cfg.system.threads)
         self.device = resolve_device(cfg.system.device)
+        if cfg.system.parallelism == "ddp":
+            self.device = parallel.ddp_device(self.dist, self.device)
         self.autocast = apply_precision(cfg.system.precision, self.device)
-        self.single_acc = single_accuracies(cfg.train.single_acc, cfg)
+        self.single_acc = single_accuracies(cfg.train.single_acc, cfg) if self.dist.is_main else None
         seed_everything(cfg.train.seed, cfg.system.deterministic)
         self.datasets = build_datasets(cfg)
         train_ds = self.datasets["train"]
         self.num_classes = train_ds.spec.num_classes
         self.model = MultimodalModel(cfg.modalities, self.num_classes, cfg.model, train_ds.shapes,
                                      cfg.data.preset).to(self.device)
+        self.blp = self._branch_parallel() if cfg.system.parallelism == "blp" else None
         self.strategy = STRATEGIES[cfg.strategy.name](cfg, self.model, self.autocast)
-        self.loaders = {split: build_loader(ds, cfg, train=(split == "train")) for split, ds in self.datasets.items()}
+        self.strategy.net = parallel.wrap(self.model, cfg.system.parallelism, self.device)
+        # every process trains on its shard; validation and test run whole on rank 0 only
+        self.loaders = {"train": build_loader(train_ds, cfg, True, self.dist.rank, self.dist.world)}
+        if self.dist.is_main:
+            self.loaders["val"] = build_loader(self.datasets["val"], cfg, False)
+            self.loaders["test"] = build_loader(self.datasets["test"], cfg, False, preinit=False)  # used once
+
+    def _branch_parallel(self):
+        explicit = self.cfg.system.blp_devices
+        if explicit:
+            unknown = set(explicit) ^ set(self.cfg.modalities)
+            if unknown:
+                raise ConfigError(f"system.blp_devices: give one device per modality {self.cfg.modalities}")
+            placement = {m: torch.device(d) for m, d in explicit.items()}
+        else:
+            # measuring must not change what the run does next: the RNG and the BatchNorm statistics
+            saved = {k: v.clone() for k, v in self.model.state_dict().items()}
+            with torch.random.fork_rng(devices=[]):
+                probe = next(iter(build_loader(self.datasets["train"], self.cfg, True, preinit=False).epoch(0)))
+                costs = parallel.measure_branch_costs(self.model, probe, self.device)
+            self.model.load_state_dict(saved)
+            placement = parallel.assign_branches(costs, parallel.blp_devices(self.device))
+            self.blp_costs = costs
+        runner = parallel.BranchParallel(self.model, placement, self.device)
+        self.model.branch_runner = runner
+        return runner
 
     # ---- records ---------------------------------------------------------------------------------
     def _check_existing(self) -> None:
@@ -89,8 +118,15 @@ class Trainer:
             self._write_path = self.record_path.with_name(f".{self.record_path.stem}.rerun.json")
 
     def _save(self, record: dict) -> None:
+        if not self.dist.is_main:
+            return
         atomic_write_json(self._write_path, record)
         if record["status"] == "done" and self._write_path != self.record_path:
+            series = self._write_path.with_suffix(".util.csv")
+            if series.exists():
+                os.replace(series, self.record_path.with_suffix(".util.csv"))
+                os.replace(series.with_name(series.stem + ".markers.json"),
+                           self.record_path.with_name(self.record_path.stem + ".util.markers.json"))
             os.replace(self._write_path, self.record_path)
 
     # ---- one pass over a loader ------------------------------------------------------------------
@@ -98,17 +134,20 @@ class Trainer:
         nb = self.cfg.loader.pin_memory
         return {k: v.to(self.device, non_blocking=nb) if torch.is_tensor(v) else v for k, v in batch.items()}
 
-    def _pass(self, loader, train: bool, desc: str) -> tuple[dict, dict]:
-        """Run one epoch over `loader`; returns (metrics, timings)."""
+    def _pass(self, split: str, epoch: int) -> tuple[dict, dict]:
+        """Run one epoch over a split's loader; returns (metrics, timings)."""
+        train = split == "train"
+        loader = self.loaders[split]
         acc = mx.MetricAccumulator(keep_logits=not train)
         self.model.train(train)
         t0 = time.perf_counter()
-        it = iter(loader)
+        it = iter(loader.epoch(epoch))
         batch = next(it, None)
         t_first = time.perf_counter()
         n = 0
         limit = self.cfg.train.max_batches if train else None
-        bar = tqdm(total=limit or len(loader), desc=desc, leave=False, disable=not self.progress)
+        bar = tqdm(total=limit or len(loader), desc=f"{split} {epoch}", leave=False,
+                   disable=not (self.progress and self.dist.is_main))
         while batch is not None:
             batch = self._to_device(batch)
             labels = batch["label"]
@@ -126,13 +165,18 @@ class Trainer:
         t_end = time.perf_counter()
         timing = {"loader_init_s": t_first - t0, "run_s": t_end - t_first, "samples": n,
                   "samples_per_s": n / max(t_end - t0, 1e-9)}
-        return acc.result(), timing
-
-    def _evaluate(self, split: str) -> tuple[dict, dict]:
-        metrics, timing = self._pass(self.loaders[split], train=False, desc=split)
-        ent = {m: metrics[f"entropy/{m}"] for m in self.cfg.modalities}
-        metrics.update({f"bias/{m}": v for m, v in mx.bias(ent, self.num_classes).items()})
+        metrics = acc.result()
+        if train and self.dist.world > 1:
+            metrics = parallel.all_mean(metrics, n)
+            timing["samples_per_s"] = parallel.all_mean({"s": timing["samples_per_s"]}, 1)["s"] * self.dist.world
         return metrics, timing
+
+    def _evaluate(self, split: str, epoch: int = 0) -> tuple[dict, dict]:
+        metrics, timing = ({}, {}) if not self.dist.is_main else self._pass(split, epoch)
+        if self.dist.is_main:
+            ent = {m: metrics[f"entropy/{m}"] for m in self.cfg.modalities}
+            metrics.update({f"bias/{m}": v for m, v in mx.bias(ent, self.num_classes).items()})
+        return parallel.broadcast((metrics, timing))
 
     # ---- the loop --------------------------------------------------------------------------------
     def fit(self) -> dict:
@@ -140,39 +184,35 @@ class Trainer:
         record = {"schema": SCHEMA, "run": cfg.run_name(), "status": "running", "config": cfg.to_dict(),
                   "env": environment(self.device), "model": {"parameters": count_parameters(self.model)},
                   "data": {s: len(d) for s, d in self.datasets.items()}, "epochs": [], "started": time.time()}
-        self._save(record)
         best = {"acc": -1.0, "epoch": -1, "state": None}
+        epoch = 0
+        if cfg.output.checkpoint and self.ckpt_path.exists():
+            record, best, epoch = self._resume(record)
+        self._save(record)
+        self._start_sampler()
         try:
-            bar = tqdm(total=strategy.max_epochs(), desc=cfg.run_name(), disable=not self.progress)
-            epoch = 0
-            while True:
-                lr = cfg.train.lr * strategy.lr_factor(epoch)
-                for group in strategy.optimizer.param_groups:
-                    group["lr"] = lr
-                active = strategy.begin_epoch(epoch)
-                train, t_train = self._pass(self.loaders["train"], train=True, desc=f"train {epoch}")
-                val, t_val = self._evaluate("val")
-                rel = {m: train[f"loss/{m}"] / max(val[f"loss/{m}"], 1e-12) for m in cfg.modalities}  # Eq. 3.7
-                val.update({f"reliability/{m}": v for m, v in rel.items()})
-                strategy.end_epoch(epoch, train, val)
-                record["epochs"].append({
-                    "epoch": epoch, "lr": lr, "optimised": active, "train": train, "val": val,
-                    "time": {"train_loader_init_s": t_train["loader_init_s"], "train_s": t_train["run_s"],
-                             "val_loader_init_s": t_val["loader_init_s"], "val_s": t_val["run_s"],
-                             "epoch_s": sum(t[k] for t in (t_train, t_val) for k in ("loader_init_s", "run_s")),
-                             "train_samples_per_s": t_train["samples_per_s"]}})
+            bar = tqdm(total=strategy.max_epochs(), initial=epoch, desc=cfg.run_name(),
+                       disable=not (self.progress and self.dist.is_main))
+            while epoch < strategy.max_epochs():
+                entry = self._epoch(epoch)
+                record["epochs"].append(entry)
+                val = entry["val"]
                 if val["acc/fused"] > best["acc"]:  # model selection on validation, never on test
                     best = {"acc": val["acc/fused"], "epoch": epoch,
-                            "state": copy.deepcopy({k: v.detach().cpu() for k, v in self.model.state_dict().items()})}
+                            "state": {k: v.detach().cpu().clone() for k, v in self.model.state_dict().items()}}
                 bar.set_postfix_str(" ".join(f"{k.split('/')[1][:3]}={val[k]:.2f}" for k in val
                                              if k.startswith("acc/") and "probe" not in k))
                 bar.update()
                 self._save(record)
-                if strategy.should_stop(epoch):
-                    break
+                stop = strategy.should_stop(epoch)
                 epoch += 1
+                if cfg.output.checkpoint and self.dist.is_main:
+                    self._checkpoint(record, best, epoch)
+                if stop:
+                    break
             bar.close()
-            self.model.load_state_dict(best["state"])
+            if self.dist.is_main:
+                self.model.load_state_dict(best["state"])
             test, _ = self._evaluate("test")
             record["summary"] = self._summary(record, test, best["epoch"])
             record["status"] = "done"
@@ -182,9 +222,97 @@ class Trainer:
             record["traceback"] = traceback.format_exc(limit=20)
             self._save(record)
             raise
+        finally:
+            self._stop_sampler(record)
+            self.close()
         record["finished"] = time.time()
         self._save(record)
+        if self.dist.is_main:
+            self.ckpt_path.unlink(missing_ok=True)
         return record
+
+    def close(self) -> None:
+        """Release loader threads and workers, BLP threads and the process group."""
+        for loader in self.loaders.values():
+            loader.close()
+        if self.blp is not None:
+            self.blp.close()
+        parallel.shutdown()
+
+    def _epoch(self, epoch: int) -> dict:
+        cfg, strategy = self.cfg, self.strategy
+        lr = cfg.train.lr * strategy.lr_factor(epoch)
+        for group in strategy.optimizer.param_groups:
+            group["lr"] = lr
+        active = list(strategy.begin_epoch(epoch))
+        mark = self.sampler.mark(f"epoch {epoch} start") if self.sampler else None
+        train, t_train = self._pass("train", epoch)
+        val, t_val = self._evaluate("val", epoch)
+        util = self.sampler.summary(mark, self.sampler.mark(f"epoch {epoch} end")) if self.sampler else {}
+        rel = {m: train[f"loss/{m}"] / max(val[f"loss/{m}"], 1e-12) for m in cfg.modalities}  # Eq. 3.7
+        val.update({f"reliability/{m}": v for m, v in rel.items()})
+        strategy.end_epoch(epoch, train, val)
+        return {"epoch": epoch, "lr": lr, "optimised": active, "train": train, "val": val,
+                "time": {"train_loader_init_s": t_train["loader_init_s"], "train_s": t_train["run_s"],
+                         "val_loader_init_s": t_val["loader_init_s"], "val_s": t_val["run_s"],
+                         "epoch_s": sum(t[k] for t in (t_train, t_val) for k in ("loader_init_s", "run_s")),
+                         "train_samples_per_s": t_train["samples_per_s"]},
+                "memory": self._peak_memory(), "util": util}
+
+    # ---- utilisation sampling --------------------------------------------------------------------
+    def _start_sampler(self) -> None:
+        self.sampler = None
+        if self.cfg.system.sample_interval > 0 and self.dist.is_main:
+            self.sampler = UtilSampler(self.cfg.system.sample_interval).start()
+
+    def _stop_sampler(self, record: dict) -> None:
+        if self.sampler is None:
+            return
+        self.sampler.stop()
+        self.sampler.save(self._write_path.with_suffix(".util.csv"))  # beside the record being written
+        record["system"] = {"timeseries": self.record_path.with_suffix(".util.csv").name, "interval_s": self.sampler.interval_s,
+                            "notes": self.sampler.notes, "gpus": self.sampler.gpus,
+                            "summary": self.sampler.summary(), "sample_cost_us": self.sampler.sample_cost_us}
+
+    def _peak_memory(self) -> dict:
+        """Peak GPU memory of the epoch per device in MiB (empty on the CPU); resets the peak."""
+        if self.device.type != "cuda":
+            return {}
+        out = {}
+        for i in range(torch.cuda.device_count()):
+            out[f"cuda:{i}_peak_mib"] = torch.cuda.max_memory_allocated(i) / 2 ** 20
+            torch.cuda.reset_peak_memory_stats(i)
+        return out
+
+    # ---- checkpoints -----------------------------------------------------------------------------
+    def _checkpoint(self, record: dict, best: dict, next_epoch: int) -> None:
+        state = {"config": self.cfg.to_dict(), "next_epoch": next_epoch, "record": record, "best": best,
+                 "model": self.model.state_dict(), "strategy": self.strategy.state_dict(),
+                 "rng": {"torch": torch.get_rng_state(), "numpy": np.random.get_state(),
+                         "python": random.getstate(),
+                         "loaders": {k: ld.generator.get_state() for k, ld in self.loaders.items()}}}
+        tmp = self.ckpt_path.with_name(f".{self.ckpt_path.name}.tmp")
+        torch.save(state, tmp)
+        os.replace(tmp, self.ckpt_path)
+
+    def _resume(self, fresh: dict) -> tuple[dict, dict, int]:
+        state = torch.load(self.ckpt_path, map_location="cpu", weights_only=False)
+        if {k: v for k, v in state["config"].items() if k != "output"} != {
+                k: v for k, v in self.cfg.to_dict().items() if k != "output"}:
+            raise ConfigError(f"{self.ckpt_path}: checkpoint of a different config; remove it or change output.name")
+        self.model.load_state_dict(state["model"])
+        self.strategy.load_state_dict(state["strategy"])
+        rng = state["rng"]
+        torch.set_rng_state(rng["torch"])
+        np.random.set_state(rng["numpy"])
+        random.setstate(rng["python"])
+        for k, g in rng["loaders"].items():
+            if k in self.loaders:
+                self.loaders[k].generator.set_state(g)
+        record = state["record"]
+        record["resumed"] = record.get("resumed", []) + [{"at_epoch": state["next_epoch"], "time": time.time(),
+                                                          "env": fresh["env"]}]
+        return record, state["best"], state["next_epoch"]
 
     def _summary(self, record: dict, test: dict, best_epoch: int) -> dict:
         mods = self.cfg.modalities

@@ -84,3 +84,29 @@ def test_ibf_from_single_modality_records(tiny_config):
 def test_parallelism_not_available_fails_before_work(tiny_config):
     with pytest.raises(ConfigError, match="system.parallelism"):
         train(tiny_config("cremad", "system.parallelism=dp"), progress=False)
+
+
+def test_checkpoint_resume_continues_exactly(tiny_config, tmp_path, monkeypatch):
+    reference = train(tiny_config("cremad", "train.epochs=3", f"output.runs_dir={tmp_path / 'ref'}"),
+                      progress=False)
+    cfg = tiny_config("cremad", "train.epochs=3", "output.checkpoint=true", f"output.runs_dir={tmp_path / 'ck'}")
+    trainer = Trainer(cfg, progress=False)
+    real_epoch = Trainer._epoch
+
+    def preempted(self, epoch):
+        if epoch == 2:
+            raise KeyboardInterrupt("preempted")  # as SLURM's signal would, mid-run
+        return real_epoch(self, epoch)
+
+    monkeypatch.setattr(Trainer, "_epoch", preempted)
+    with pytest.raises(KeyboardInterrupt):
+        trainer.fit()
+    assert trainer.ckpt_path.exists()
+    monkeypatch.setattr(Trainer, "_epoch", real_epoch)
+    resumed = Trainer(cfg, progress=False).fit()
+    assert [e["epoch"] for e in resumed["epochs"]] == [0, 1, 2]
+    assert resumed["resumed"][0]["at_epoch"] == 2
+    for a, b in zip(reference["epochs"], resumed["epochs"]):
+        assert a["train"] == b["train"] and a["val"] == b["val"]
+    assert reference["summary"]["test"] == resumed["summary"]["test"]
+    assert not trainer.ckpt_path.exists()  # removed once the run is done

@@ -1,10 +1,20 @@
-"""From a RunConfig to datasets and DataLoaders with the configured loader knobs."""
+"""From a RunConfig to datasets and per-epoch loaders: standard, or pre-initialised (thesis Alg. 6).
+
+Training order is a pure function of (seed, epoch, rank, world size): a `DistributedSampler` with
+`set_epoch` shards the same permutation for one process or many, so a resumed, a DDP and a
+pre-initialised run all see the batches a plain single run sees.
+"""
 from __future__ import annotations
 
+import multiprocessing
+import threading
+import time
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
+from typing import Iterator
 
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from mmhpc.data.dataset import PreparedDataset
 from mmhpc.data.synthetic import ensure_synthetic
@@ -30,19 +40,152 @@ def build_datasets(cfg) -> dict[str, PreparedDataset]:
             for split in ("train", "val", "test")}
 
 
-def build_loader(dataset: Dataset, cfg, train: bool, sampler=None) -> DataLoader:
-    """A DataLoader with the run's loader knobs; training order is a pure function of the seed."""
+def build_loader(dataset: Dataset, cfg, train: bool, rank: int = 0, world: int = 1,
+                 preinit: bool | None = None) -> "EpochLoader":
+    """The run's loader knobs on a DataLoader; the global batch is split evenly over `world` processes."""
     lc = cfg.loader
-    generator = torch.Generator().manual_seed(cfg.train.seed + (0 if train else 1))
+    sampler = DistributedSampler(dataset, num_replicas=world, rank=rank, shuffle=train, seed=cfg.train.seed,
+                                 drop_last=False) if train else None
+    preinit = lc.preinit if preinit is None else preinit
     kwargs = {}
     if lc.num_workers > 0:
-        kwargs.update(persistent_workers=lc.persistent_workers, prefetch_factor=lc.prefetch_factor)
-        kwargs["multiprocessing_context"] = "fork" if _fork_ok() else "spawn"
-    return DataLoader(dataset, batch_size=cfg.train.batch_size, shuffle=train and sampler is None, sampler=sampler,
-                      num_workers=lc.num_workers, pin_memory=lc.pin_memory, generator=generator,
-                      drop_last=False, **kwargs)
+        kwargs.update(persistent_workers=lc.persistent_workers, prefetch_factor=lc.prefetch_factor,
+                      multiprocessing_context=worker_context(lc.start_method, preinit))
+    loader = DataLoader(dataset, batch_size=cfg.train.batch_size // world, sampler=sampler, num_workers=lc.num_workers,
+                        pin_memory=lc.pin_memory, generator=torch.Generator().manual_seed(cfg.train.seed + rank),
+                        **kwargs)
+    return PreinitLoader(loader) if preinit else EpochLoader(loader)
 
 
-def _fork_ok() -> bool:
-    # Forking after CUDA is initialised breaks the children; spawn is the safe choice then.
-    return not (torch.cuda.is_available() and torch.cuda.is_initialized())
+def worker_context(method: str, preinit: bool):
+    """How DataLoader workers start.
+
+    `auto` forks for the standard loader (cheapest), but a pre-initialised loader starts its workers
+    from a helper thread, and a child forked from a multi-threaded process can inherit locks held by
+    other threads (workers died or hung here when forked while the main thread trained). A forkserver
+    forks them from a clean single-threaded process instead; preloading torch and the dataset module
+    there keeps the start-up cheap. After CUDA is initialised, forking is unsafe too.
+    """
+    if method == "auto":
+        cuda_live = torch.cuda.is_available() and torch.cuda.is_initialized()
+        method = "forkserver" if preinit or cuda_live else "fork"
+    ctx = multiprocessing.get_context(method)
+    if method == "forkserver":
+        ctx.set_forkserver_preload(["torch", "mmhpc.data.dataset"])
+    return ctx
+
+
+class EpochLoader:
+    """The standard loader: each epoch creates a fresh iterator (and, without persistent workers, workers)."""
+
+    def __init__(self, loader: DataLoader):
+        self.loader = loader
+
+    def __len__(self) -> int:
+        return len(self.loader)
+
+    @property
+    def generator(self) -> torch.Generator:
+        return self.loader.generator
+
+    def _set_epoch(self, epoch: int) -> None:
+        if isinstance(self.loader.sampler, DistributedSampler):
+            self.loader.sampler.set_epoch(epoch)
+
+    def epoch(self, epoch: int) -> Iterator:
+        self._set_epoch(epoch)
+        return iter(self.loader)
+
+    def close(self) -> None:
+        pass
+
+
+class _Started:
+    """An iterator whose first batch has been fetched already."""
+
+    def __init__(self, it, first, seconds: float):
+        self.it, self.first, self.seconds = it, first, seconds
+
+    def __iter__(self):
+        if self.first is not _END:
+            yield self.first
+            self.first = None
+            yield from self.it
+
+
+_END = object()
+
+
+class PreinitLoader(EpochLoader):
+    """Thesis Alg. 6: a background thread builds the next epoch's iterator and fetches its first batch
+    while the current epoch trains, hiding worker start-up and pipeline warm-up.
+
+    Epoch e+1 is started only after epoch e has fetched its first batch, so the loader's generator is
+    drawn from in the same order as the standard loader's and the batches are identical. Workers are
+    forked from the helper thread; the main thread never holds a DataLoader lock while that happens.
+    """
+
+    def __init__(self, loader: DataLoader):
+        if loader.persistent_workers:
+            raise ValueError("loader.preinit: not with loader.persistent_workers=true (a persistent loader has a "
+                             "single iterator that cannot be started while the current epoch uses it)")
+        super().__init__(loader)
+        self._pool = ThreadPoolExecutor(1, thread_name_prefix="mmhpc-preinit")
+        self._pending: tuple[int, Future] | None = None
+        self._live: list = []
+        self._lock = threading.Lock()
+        self.last_wait_s = 0.0  # how long the trainer waited for the pre-initialised iterator
+
+    def _start(self, epoch: int) -> _Started:
+        t0 = time.perf_counter()
+        self._set_epoch(epoch)
+        it = iter(self.loader)
+        with self._lock:
+            self._live.append(it)
+        first = next(it, _END)
+        return _Started(it, first, time.perf_counter() - t0)
+
+    def prefetch(self, epoch: int) -> None:
+        """Start pre-initialising `epoch` now (the trainer calls this for the first epoch early)."""
+        if self._pending is None:
+            self._pending = (epoch, self._pool.submit(self._start, epoch))
+
+    def epoch(self, epoch: int) -> Iterator:
+        if self._pending is not None and self._pending[0] != epoch:
+            self._drop_pending()
+        self.prefetch(epoch)
+        t0 = time.perf_counter()
+        started = self._pending[1].result()
+        self.last_wait_s = time.perf_counter() - t0
+        self._pending = None
+        self._retire(keep=started.it)
+        self.prefetch(epoch + 1)  # overlap the next epoch's start-up with this epoch's work
+        return iter(started)
+
+    def _retire(self, keep=None) -> None:
+        """Shut down iterators of finished epochs so their workers exit now, not at garbage collection."""
+        with self._lock:
+            old = [it for it in self._live if it is not keep]
+            self._live = [it for it in self._live if it is keep]
+        for it in old:
+            _shutdown(it)
+
+    def _drop_pending(self) -> None:
+        if self._pending is not None:
+            try:
+                self._pending[1].result()
+            except Exception:  # noqa: BLE001 - the epoch is abandoned; its error has no reader
+                pass
+            self._pending = None
+
+    def close(self) -> None:
+        """Stop the helper thread and every worker process; safe after an exception or Ctrl-C."""
+        self._drop_pending()
+        self._retire()
+        self._pool.shutdown(wait=True)
+
+
+def _shutdown(it) -> None:
+    stop = getattr(it, "_shutdown_workers", None)
+    if stop is not None:
+        stop()

@@ -50,7 +50,12 @@ class DatasetSpec:
         return self.num_samples if preset == "full" else self.tiny_samples
 
 
-_AVE_CLASSES = tuple(f"event{i:02d}" for i in range(28))
+# The 28 AVE event categories as spelled in its Annotations.txt, sorted: a class index is the category's rank.
+_AVE_CLASSES = tuple(sorted((
+    "Church bell", "Male speech, man speaking", "Bark", "Fixed-wing aircraft, airplane", "Race car, auto racing",
+    "Female speech, woman speaking", "Helicopter", "Violin, fiddle", "Flute", "Ukulele", "Frying (food)", "Truck",
+    "Shofar", "Motorcycle", "Acoustic guitar", "Train horn", "Clock", "Banjo", "Goat", "Baby cry, infant cry", "Bus",
+    "Chainsaw", "Cat", "Horse", "Toilet flush", "Rodents, rats, mice", "Accordion", "Mandolin")))
 
 DATASETS: dict[str, DatasetSpec] = {s.name: s for s in (
     DatasetSpec("cremad", "CREMA-D", ("audio", "visual"),

@@ -34,6 +34,7 @@ class MultimodalModel(nn.Module):
         scale = cfg.cosine_scale or (default_cosine_scale(num_classes) if cfg.cosine else 1.0)
         self.fusion = build_fusion(cfg.fusion, self.modalities, dim, num_classes, cfg.cosine, scale, cfg.control)
         self.probes = nn.ModuleDict({m: nn.Linear(dim, num_classes) for m in self.modalities})
+        self.branch_runner = None  # set by Branch-Level Parallelism
 
     def encode_one(self, m: str, x: torch.Tensor) -> torch.Tensor:
         e = self.encoders[m](x)
@@ -44,10 +45,14 @@ class MultimodalModel(nn.Module):
         return e
 
     def encode(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        if self.branch_runner is not None:
+            return self.branch_runner.encode(batch)
         return {m: self.encode_one(m, batch[m]) for m in self.modalities}
 
-    def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        return self.fusion(self.encode(batch))
+    def forward(self, batch: dict[str, torch.Tensor]) -> dict:
+        """Embeddings, fused logits and probe logits in one forward: what DP/DDP wrappers run."""
+        embs = self.encode(batch)
+        return {"embs": embs, "fused": self.fusion(embs), "probes": self.probe_logits(embs)}
 
     def probe_logits(self, embs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """Helper classifiers on detached embeddings (Sec. 2.2): they never train the encoders."""

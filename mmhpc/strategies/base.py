@@ -47,6 +47,7 @@ class Strategy:
     def __init__(self, cfg, model, autocast: Callable[[], Any] = contextlib.nullcontext):
         self.cfg = cfg
         self.model = model
+        self.net = model  # the trainer replaces it by the DP/DDP wrapper
         self.autocast = autocast
         self.params = self.Params(**cfg.strategy.params)
         self.modalities: list[str] = list(model.modalities)
@@ -101,6 +102,23 @@ class Strategy:
         """Step decay (Sec. 4.2): lr x decay from `lr_decay_epoch` on."""
         t = self.cfg.train
         return t.lr_decay if epoch >= t.lr_decay_epoch else 1.0
+
+    # ---- checkpoints -----------------------------------------------------------------------------
+    def state_dict(self) -> dict:
+        """What a resumed run needs besides model and optimiser; subclasses extend `extra_state`."""
+        return {"optimised": dict(self.optimised), "optimizer": self.optimizer.state_dict(),
+                "extra": self.extra_state()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.optimised = dict(state["optimised"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.load_extra_state(state["extra"])
+
+    def extra_state(self) -> dict:
+        return {}
+
+    def load_extra_state(self, state: dict) -> None:
+        pass
 
     # ---- one step --------------------------------------------------------------------------------
     def train_step(self, batch: dict[str, torch.Tensor], labels: torch.Tensor) -> StepOutput:

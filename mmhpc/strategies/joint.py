@@ -15,10 +15,10 @@ class Naive(Strategy):
 
     def train_step(self, batch, labels):
         with self.autocast():
-            embs = self.model.encode(batch)
-            fused = self.fused_logits(embs)
-            logits = {"fused": fused.detach()}
-            loss = F.cross_entropy(fused, labels) + self.probe_loss(embs, labels, logits)
+            out = self.net(batch)  # one forward through the DP/DDP wrapper when there is one
+            embs, fused = out["embs"], out["fused"]
+            logits = {"fused": fused.detach(), **{f"probe/{m}": z.detach() for m, z in out["probes"].items()}}
+            loss = F.cross_entropy(fused, labels) + sum(F.cross_entropy(z, labels) for z in out["probes"].values())
         self.update(loss)
         with torch.no_grad(), self.autocast():  # per-modality logits for the metrics only
             logits.update({m: self.model.fusion({m: e.detach()}) for m, e in embs.items()})
@@ -35,6 +35,8 @@ class Alternating(Strategy):
     """
 
     name = "alternating"
+    # one backward per modality per step: DDP reduces gradients once per forward, DP replicates per forward
+    parallelisms = ("single", "blp")
 
     def train_step(self, batch, labels):
         logits: dict[str, torch.Tensor] = {}

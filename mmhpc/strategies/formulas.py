@@ -1,0 +1,391 @@
+"""Balancing formulas used by the strategies, each as a small pure function.
+
+Sources (under /work/shared/seeds): 000 thesis, 002 MLB, 003 OPM/OGM (TPAMI version), 004 MLB appendix.
+Where a source was ambiguous, the docstring says which form is implemented and why.
+Scores `s_m` passed to the OGM/OPM/MLB functions are per-batch sums of the softmax probability of the
+true class (seed 003 Eq. 6, seed 002 Eq. 4): see `correct_class_score`.
+"""
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+
+import torch
+import torch.nn.functional as F
+
+from mmhpc.metrics import entropy
+
+# Thesis Sec. 4.2: visual never skipped; audio 5 (CREMA-D), 2 (AVE), 4 (IEMOCAP), 6 (UR-FUNNY); text 10.
+AMST_DEFAULT_SKIPS: dict[str, dict[str, int]] = {
+    "cremad": {"audio": 5, "visual": 1},
+    "ave": {"audio": 2, "visual": 1},
+    "mvsa": {"visual": 1, "text": 10},
+    "iemocap": {"audio": 4, "visual": 1, "text": 10},
+    "urfunny": {"audio": 6, "visual": 1, "text": 10},
+}
+
+
+# ---------------------------------------------------------------------------------------------- cosine
+
+
+def cosine_scale(num_classes: int, p: float = 0.99, num_modalities: int = 2) -> float:
+    """Scale s of the cosine classifier, thesis Eq. 3.2 (after MMCosine [51], from NormFace).
+
+    Implemented: s = (C - 1) / (M C) * log((C - 1) p / (1 - p)), the smallest s that lets the true
+    class reach softmax probability p, with M = `num_modalities` summed unit cosines.
+    Why: NormFace bounds one cosine logit, s >= (C-1)/C * log((C-1)p/(1-p)). MMCosine's fused logit is
+    s * sum_m cos_m, which reaches M times a single cosine's range, so the bound divides by M; for the
+    audio-visual case (M = 2) that is the "(C-1)/2C" the thesis cites. The text rendering of Eq. 3.2
+    (line ~1735) reads "(C-1) / 2(C+1)"; no derivation gives C+1, so it is taken as a rendering/typo of 2C.
+    M = 1 gives NormFace's bound (a single unmasked modality, as in alternating training).
+    """
+    if num_classes < 2:
+        raise ValueError(f"cosine_scale needs num_classes >= 2, got {num_classes}")
+    if num_modalities < 1:
+        raise ValueError(f"num_modalities must be >= 1, got {num_modalities}")
+    if not 1.0 / num_classes < p < 1.0:
+        raise ValueError(f"p must lie in (1/C, 1) = ({1.0 / num_classes:.4g}, 1), got {p}")
+    c = num_classes
+    return (c - 1) / (num_modalities * c) * math.log((c - 1) * p / (1 - p))
+
+
+# ------------------------------------------------------------------------------------ discrepancy ratio
+
+
+def correct_class_score(logits: torch.Tensor, labels: torch.Tensor) -> float:
+    """s = sum_i softmax(logits_i)[y_i]: the discriminative score of seed 003 Eq. 6 / seed 002 Eq. 4."""
+    if logits.dim() != 2 or labels.shape != (logits.shape[0],):
+        raise ValueError(f"expected logits [N, C] and labels [N], got {tuple(logits.shape)}, {tuple(labels.shape)}")
+    probs = F.softmax(logits.detach().float(), dim=1)
+    return probs.gather(1, labels.view(-1, 1)).sum().item()
+
+
+def discrepancy_ratios(score: Mapping[str, float]) -> dict[str, float]:
+    """rho_m = s_m / ((1 / (M-1)) sum_{j != m} s_j), seed 003 Eq. 7 (its M-modality form)."""
+    if len(score) < 2:
+        raise ValueError(f"need at least two modalities, got {list(score)}")
+    for m, s in score.items():
+        if s < 0:
+            raise ValueError(f"score of {m!r} is negative ({s})")
+    total, others = sum(score.values()), len(score) - 1
+    out = {}
+    for m, s in score.items():
+        mean_others = (total - s) / others
+        if mean_others <= 0:
+            raise ValueError(f"the other modalities' mean score is 0: ratio of {m!r} undefined")
+        out[m] = s / mean_others
+    return out
+
+
+# ------------------------------------------------------------------------------------------------- OGM
+
+
+def ogm_coefficients(score: Mapping[str, float], alpha: float, variant: str = "paper") -> dict[str, float]:
+    """OGM gradient coefficients k_m (seed 003 Eq. 11; thesis Eq. 2.27). rho_m from `discrepancy_ratios`.
+
+    variant "paper" (default, seed 003 text): k_m = max(0, 1 - alpha * tanh(rho_m - 1)) if rho_m > 1,
+        else 1. z(x) = tanh(x - 1) makes k continuous at rho = 1; k is clipped at 0 "to avoid illegal value".
+    variant "thesis": k_m = 1 - tanh(alpha * rho_m) if rho_m > 1, else 1: thesis Eq. 2.27, which is also what
+        the OGM-GE CVPR'22 paper and the official BML_TPAMI2024 code compute (jumps at rho = 1).
+    Only modalities that out-score the mean of the others (rho > 1) are slowed; rho exactly 1 gives 1.
+    """
+    if alpha < 0:
+        raise ValueError(f"alpha must be >= 0, got {alpha}")
+    if variant not in ("paper", "thesis"):
+        raise ValueError(f"variant must be 'paper' or 'thesis', got {variant!r}")
+    out = {}
+    for m, rho in discrepancy_ratios(score).items():
+        if rho <= 1:
+            out[m] = 1.0
+        elif variant == "paper":
+            out[m] = max(0.0, 1.0 - alpha * math.tanh(rho - 1.0))
+        else:
+            out[m] = 1.0 - math.tanh(alpha * rho)
+    return out
+
+
+def ogm_ge_noise(grad: torch.Tensor, std: float | None = None, generator: torch.Generator | None = None,
+                 eps: float = 1e-8) -> torch.Tensor:
+    """Generalisation-enhancement noise h ~ N(0, std^2), seed 003 Eq. 16 (OGM-GE).
+
+    The paper asks for the covariance of the current gradient; like the official code, a diagonal
+    approximation is used: std = the gradient tensor's own standard deviation (+ eps so it is never 0).
+    The update is then g' = k * g + h (see `ogm_ge_modulate`).
+    """
+    if std is None:
+        std = grad.detach().float().std().item() if grad.numel() > 1 else 0.0
+    if std < 0:
+        raise ValueError(f"std must be >= 0, got {std}")
+    z = torch.randn(grad.shape, generator=generator, dtype=grad.dtype, device=grad.device)
+    return z * (std + eps)
+
+
+def ogm_ge_modulate(grad: torch.Tensor, coeff: float, generator: torch.Generator | None = None) -> torch.Tensor:
+    """OGM-GE gradient k * g + h(g), seed 003 Eq. 16 / Alg. 2 (the noise uses g's std before scaling)."""
+    return grad * coeff + ogm_ge_noise(grad, generator=generator)
+
+
+# ------------------------------------------------------------------------------------------------- OPM
+
+
+def opm_drop_probability(score: Mapping[str, float], lam: float, q_base: float) -> dict[str, float]:
+    """OPM drop probability q_m for the next iteration, seed 003 Eq. 8.
+
+    q_m = min(1, q_base * (1 + lam * tanh(rho_m - 1))) if rho_m > 1 else 0, with z(x) = tanh(x - 1) and the
+    cap at 1 the paper states; `lam` is the paper's lambda (> 0), `q_base` in (0, 1) (official code: 0.5, 0.5).
+    """
+    if lam < 0:
+        raise ValueError(f"lam must be >= 0, got {lam}")
+    if not 0.0 <= q_base <= 1.0:
+        raise ValueError(f"q_base must lie in [0, 1], got {q_base}")
+    return {m: min(1.0, q_base * (1.0 + lam * math.tanh(rho - 1.0))) if rho > 1 else 0.0
+            for m, rho in discrepancy_ratios(score).items()}
+
+
+def opm_mask(q: Mapping[str, float], batch_size: int, generator: torch.Generator | None = None,
+             p_exe: float = 1.0, device=None) -> dict[str, torch.Tensor]:
+    """Per-sample keep masks (1 = keep, 0 = drop) for OPM's modality dropping, seed 003 Alg. 1.
+
+    Each sample drops modality m with probability q_m (keep ~ Bernoulli(1 - q_m)). As in the official
+    code, the whole batch is left untouched with probability 1 - p_exe (one draw). Samples that lose every
+    modality carry no signal: the official code excludes them from the loss (`mask.sum(0) == 0`).
+    """
+    if batch_size < 0:
+        raise ValueError(f"batch_size must be >= 0, got {batch_size}")
+    if not 0.0 <= p_exe <= 1.0:
+        raise ValueError(f"p_exe must lie in [0, 1], got {p_exe}")
+    for m, qm in q.items():
+        if not 0.0 <= qm <= 1.0:
+            raise ValueError(f"drop probability of {m!r} must lie in [0, 1], got {qm}")
+    if p_exe < 1.0 and torch.rand(1, generator=generator).item() >= p_exe:
+        return {m: torch.ones(batch_size, device=device) for m in q}
+    # keep iff u >= q, so P(keep) = 1 - q exactly, including q = 0 (always keep) and q = 1 (always drop).
+    return {m: (torch.rand(batch_size, generator=generator) >= qm).float().to(device) for m, qm in q.items()}
+
+
+def opm_feature_scale(q: Mapping[str, float], dims: Mapping[str, int]) -> float:
+    """Inverted-dropout rescale of the kept features, 1 / (1 - theta), theta = sum_m d_m q_m / sum_m d_m.
+
+    Official OPM code (Modality_drop.execute_drop); the paper leaves it implicit.
+    """
+    total = sum(dims[m] for m in q)
+    theta = sum(dims[m] * qm for m, qm in q.items()) / total
+    if theta >= 1.0:
+        raise ValueError("every modality is always dropped (theta = 1): no rescale exists")
+    return 1.0 / (1.0 - theta)
+
+
+# ------------------------------------------------------------------------------------------------- MLB
+
+
+def mlb_coefficient(r: float, alpha: float, beta_max: float) -> float:
+    """MLB coefficient, seed 002 Eq. 6-7: k = 1 + (beta - 1) * tanh(alpha * (r - 1)).
+
+    r = mean score of the other modalities / own score (Eq. 5): r > 1 means the modality lags, so it is
+    accelerated with beta = beta_max (k in (1, beta_max)); otherwise beta = 2 and k = 1 + tanh(alpha(r - 1))
+    lies in (1 - tanh(alpha), 1] (decelerated, never stopped). r = 1 gives k = 1 (balancing phases out).
+    """
+    if r < 0:
+        raise ValueError(f"r must be >= 0, got {r}")
+    if alpha <= 0:
+        raise ValueError(f"alpha must be > 0, got {alpha}")
+    if beta_max < 1:
+        raise ValueError(f"beta_max must be >= 1, got {beta_max}")
+    beta = beta_max if r > 1 else 2.0
+    return 1.0 + (beta - 1.0) * math.tanh(alpha * (r - 1.0))
+
+
+def mlb_coefficients(score: Mapping[str, float], alpha: float, beta_max: float) -> dict[str, float]:
+    """k_i for every modality from scores s_i (seed 002 Eq. 4-7); r_i = 1 / rho_i of `discrepancy_ratios`."""
+    out = {}
+    for m, rho in discrepancy_ratios(score).items():
+        if rho == 0:
+            raise ValueError(f"score of {m!r} is 0: r = mean(others) / s is undefined")
+        out[m] = mlb_coefficient(1.0 / rho, alpha, beta_max)
+    return out
+
+
+# ------------------------------------------------------------------------------------------------ MSLR
+
+
+def mslr_update(lr_m: float, acc_history_m: Sequence[float], k_e: int) -> float:
+    """MSLR learning rate, thesis Eq. 2.28: lr_m * acc_t / mean(acc over the last k_e epochs).
+
+    `acc_history_m` holds the modality's validation accuracy per epoch, ending with the current acc_t;
+    the window includes acc_t (E[acc_{t-N,t}] closes at t) and shrinks to what exists in early epochs.
+    `lr_m` is the modality's own base rate (the MLB appendix's `init` prior, e.g. [0.7, 1.3] x base).
+    """
+    if k_e < 1:
+        raise ValueError(f"k_e must be >= 1, got {k_e}")
+    if len(acc_history_m) == 0:
+        raise ValueError("mslr_update needs at least the current accuracy")
+    window = list(acc_history_m)[-k_e:]
+    mean = sum(window) / len(window)
+    if mean <= 0:
+        raise ValueError(f"mean accuracy over the window is {mean}: ratio undefined")
+    return lr_m * acc_history_m[-1] / mean
+
+
+# ------------------------------------------------------------------------------------------------- MLA
+
+
+def mla_entropy_weights(logits: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """MLA's dynamic fusion weights, thesis Eq. 2.32-2.33.
+
+    e_{s,m} = -p_{s,m}^T log p_{s,m};  w_{s,m} = exp(max_j e_{s,j} - e_{s,m}) / sum_k exp(max_j e_{s,j} - e_{s,k}).
+    Lower entropy (more confident) -> larger weight; each sample's weights sum to 1.
+    """
+    if not logits:
+        raise ValueError("mla_entropy_weights needs at least one modality")
+    names = list(logits)
+    e = torch.stack([entropy(logits[m]) for m in names])  # [M, N]
+    expo = torch.exp(e.max(dim=0, keepdim=True).values - e)
+    w = expo / expo.sum(dim=0, keepdim=True)
+    return {m: w[i] for i, m in enumerate(names)}
+
+
+# ------------------------------------------------------------------------------------------------- PMR
+
+
+def pmr_prototypes(emb: torch.Tensor, labels: torch.Tensor, num_classes: int,
+                   previous: torch.Tensor | None = None, momentum: float = 0.0) -> torch.Tensor:
+    """Class prototypes c_k = mean embedding of class k (PMR), optionally (1 - mu) c_k + mu c_k^prev.
+
+    The momentum blend is the official PMR code's (`momentum_coef`, 0.2 there). A class without samples
+    keeps its previous prototype; without a previous one it is an error.
+    """
+    if emb.dim() != 2 or labels.shape != (emb.shape[0],):
+        raise ValueError(f"expected emb [N, D] and labels [N], got {tuple(emb.shape)}, {tuple(labels.shape)}")
+    if not 0.0 <= momentum <= 1.0:
+        raise ValueError(f"momentum must lie in [0, 1], got {momentum}")
+    emb = emb.detach().float()
+    sums = torch.zeros(num_classes, emb.shape[1], device=emb.device).index_add_(0, labels, emb)
+    counts = torch.zeros(num_classes, device=emb.device).index_add_(0, labels, torch.ones_like(labels, dtype=emb.dtype))
+    empty = counts == 0
+    if empty.any() and previous is None:
+        raise ValueError(f"classes {empty.nonzero().flatten().tolist()} have no samples and no previous prototype")
+    protos = sums / counts.clamp_min(1).unsqueeze(1)
+    if previous is None:
+        return protos
+    blended = (1 - momentum) * protos + momentum * previous
+    return torch.where(empty.unsqueeze(1), previous, blended)
+
+
+def pmr_prototype_logits(emb: torch.Tensor, prototypes: torch.Tensor, squared: bool = False) -> torch.Tensor:
+    """Prototype-classifier logits -d(z, c_k) [N, C] for the PCE loss of thesis Eq. 2.30 (PMR).
+
+    Default: plain Euclidean distance, as the official PMR code (`-EU_dist`, a sqrt of the dot product).
+    `squared=True` gives the prototypical-network form -||z - c_k||^2. The sqrt is taken of a value
+    clamped at 1e-12 so a sample sitting on a prototype has a finite gradient.
+    """
+    if emb.dim() != 2 or prototypes.dim() != 2 or emb.shape[1] != prototypes.shape[1]:
+        raise ValueError(f"expected emb [N, D] and prototypes [C, D], got {tuple(emb.shape)}, {tuple(prototypes.shape)}")
+    sq = (emb.unsqueeze(1) - prototypes.unsqueeze(0)).pow(2).sum(-1)
+    return -sq if squared else -sq.clamp_min(1e-12).sqrt()
+
+
+def pmr_entropy_regulariser(proto_logits: torch.Tensor) -> torch.Tensor:
+    """L_r of thesis Eq. 2.30: mean entropy of the prototype-classifier distribution (a positive number).
+
+    It enters the loss with a minus sign, L = L_sum + L_PCE - mu * L_r, so minimising L raises the
+    entropy of the dominant modality's prototype predictions and holds back its early convergence (PMR's PER).
+    """
+    return entropy(proto_logits).mean()
+
+
+def pmr_coefficients(score: Mapping[str, float], alpha: float) -> dict[str, float]:
+    """PCE weights per modality, official PMR code: alpha for a modality behind the others (rho < 1), else 0.
+
+    rho from prototype-classifier scores (`discrepancy_ratios`); rho exactly 1 gives 0 to every modality.
+    """
+    return {m: alpha if rho < 1 else 0.0 for m, rho in discrepancy_ratios(score).items()}
+
+
+# ------------------------------------------------------------------------------------- Gradient Blending
+
+
+def gradient_blending_weights(train_prev: Mapping[str, float], train_now: Mapping[str, float],
+                              val_prev: Mapping[str, float], val_now: Mapping[str, float],
+                              eps: float = 1e-8) -> dict[str, float]:
+    """Weights w of thesis Eq. 2.29, L = sum_k w_k L_k, from Gradient Blending's OGR (Wang et al. 2020, [5]).
+
+    The seeds give only the weighted sum (thesis Eq. 2.29) and name the overfitting-to-generalisation ratio
+    (MLB Sec. 2.2); the rule is the GB paper's: per head k between two checkpoints,
+    dG_k = L^V_prev - L^V_now (generalisation gain), O = L^V - L^T, dO_k = O_now - O_prev (overfitting),
+    w_k proportional to dG_k / dO_k^2, normalised to sum 1. A head whose validation loss rose (dG <= 0)
+    gets 0; when none gained, the weights are equal. Fixed user weights need no function.
+    """
+    heads = list(train_now)
+    for d, name in ((train_prev, "train_prev"), (val_prev, "val_prev"), (val_now, "val_now")):
+        missing = [k for k in heads if k not in d]
+        if missing:
+            raise ValueError(f"gradient_blending_weights: {name} lacks heads {missing}")
+    raw = {}
+    for k in heads:
+        gain = val_prev[k] - val_now[k]
+        d_over = (val_now[k] - train_now[k]) - (val_prev[k] - train_prev[k])
+        raw[k] = max(gain, 0.0) / (d_over ** 2 + eps)
+    total = sum(raw.values())
+    if total == 0:
+        return {k: 1.0 / len(heads) for k in heads}
+    return {k: v / total for k, v in raw.items()}
+
+
+# ------------------------------------------------------------------------------------ audio augmentation
+
+
+def audio_augment(fbank: torch.Tensor, generator: torch.Generator | None = None, time_mask: int | None = None,
+                  freq_mask: int | None = None, noise_std: float = 0.02) -> torch.Tensor:
+    """x_aug = T(F(x)) + N(0, noise_std^2), thesis Eq. 2.24, on a filterbank [..., frames, mel_bins].
+
+    F zeroes one band of w_f ~ U{0..freq_mask} mel bins, T one span of w_t ~ U{0..time_mask} frames, at
+    uniform positions (SpecAugment-style, one mask each per call). The thesis gives no widths: the default
+    (None) is a fifth of the axis, close to AST's 192/1024 frames. Returns a new tensor.
+    """
+    if fbank.dim() < 2:
+        raise ValueError(f"fbank must be [..., frames, mel_bins], got shape {tuple(fbank.shape)}")
+    if noise_std < 0:
+        raise ValueError(f"noise_std must be >= 0, got {noise_std}")
+    frames, bins = fbank.shape[-2], fbank.shape[-1]
+    time_mask = frames // 5 if time_mask is None else time_mask
+    freq_mask = bins // 5 if freq_mask is None else freq_mask
+    if not 0 <= time_mask <= frames or not 0 <= freq_mask <= bins:
+        raise ValueError(f"mask widths must lie in [0, axis]: time {time_mask}/{frames}, freq {freq_mask}/{bins}")
+
+    def span(limit: int, size: int) -> slice:
+        width = int(torch.randint(0, limit + 1, (1,), generator=generator))
+        start = int(torch.randint(0, size - width + 1, (1,), generator=generator))
+        return slice(start, start + width)
+
+    out = fbank.clone()
+    out[..., span(freq_mask, bins)] = 0
+    out[..., span(time_mask, frames), :] = 0
+    if noise_std > 0:
+        out = out + noise_std * torch.randn(out.shape, generator=generator, dtype=out.dtype).to(out.device)
+    return out
+
+
+# ------------------------------------------------------------------------------------ AMST, Alg. 5 choice
+
+
+def amst_trains(epoch: int, skip: int) -> bool:
+    """Thesis Eq. 3.8: modality m is trained in `epoch` (0-based) iff epoch mod skip_m == 0."""
+    if skip < 1:
+        raise ValueError(f"skip must be a positive integer, got {skip}")
+    if epoch < 0:
+        raise ValueError(f"epoch must be >= 0, got {epoch}")
+    return epoch % skip == 0
+
+
+def select_modality(metric: Mapping[str, float], mode: str) -> str:
+    """Which modality Alg. 5 trains next: "entropy" -> lowest bias (Eq. 3.6), "reliability" -> highest (Eq. 3.7).
+
+    Ties go to the earliest modality in `metric`'s order, so the choice is deterministic.
+    """
+    if not metric:
+        raise ValueError("select_modality needs at least one modality")
+    if mode == "entropy":
+        return min(metric, key=metric.__getitem__)
+    if mode == "reliability":
+        return max(metric, key=metric.__getitem__)
+    raise ValueError(f"mode must be 'entropy' or 'reliability', got {mode!r}")
