@@ -51,6 +51,21 @@ def cmd_train(args) -> int:
     return 0
 
 
+def cmd_bench(args) -> int:
+    cfg = _config_from(args)
+    from mmhpc.bench import bench
+
+    record = bench(cfg, epochs=args.epochs, warmup=args.warmup, profile=args.profile, progress=not args.quiet)
+    b = record["bench"]
+    print(f"run {record['run']}: {b['measured_epochs']} epochs after {b['warmup_epochs']} warm-up")
+    for key in ("epoch_s", "train_loader_init_s", "train_s", "val_loader_init_s", "val_s", "train_samples_per_s"):
+        print(f"  {key:<22}{b[key + '_mean']:10.3f} +- {b[key + '_se']:.3f}")
+    for key in sorted(k for k in b if k.startswith(("util/", "memory/")) and ("gpu" in k or "cpu_proc" in k)):
+        print(f"  {key:<40}{b[key]:10.1f}")
+    print(f"record: {cfg.output.runs_dir}/{record['run']}.json")
+    return 0
+
+
 def cmd_config(args) -> int:
     print(_config_from(args).to_yaml(), end="")
     return 0
@@ -100,6 +115,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("bench", help="time a config: N epochs after warm-up, with utilisation", epilog=_knob_help(),
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    _add_config_args(p)
+    p.add_argument("--epochs", type=int, default=3, help="measured epochs (default 3)")
+    p.add_argument("--warmup", type=int, default=1, help="warm-up epochs left out of the figures (default 1)")
+    p.add_argument("--profile", action="store_true", help="write a torch.profiler trace beside the record")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(func=cmd_bench)
 
     p = sub.add_parser("config", help="print the resolved config of a file plus overrides", epilog=_knob_help(),
                        formatter_class=argparse.RawDescriptionHelpFormatter)

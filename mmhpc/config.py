@@ -64,7 +64,7 @@ class ModelConfig:
     cosine_scale: float | None = field(default=None, metadata={"help": "scale s; default from thesis Eq. 3.2"})
     control: str | None = field(default=None, metadata={
         "help": "control modality of gated/FiLM fusion (default: the first modality)"})
-    text_size: str = field(default="auto", metadata={"help": "RoBERTa size: tiny, base, or auto (tiny for the tiny preset)",
+    text_size: str = field(default="auto", metadata={"help": "RoBERTa size: tiny, base, or auto (tiny for synthetic tiny data, else base)",
                                                      "choices": ("auto", "tiny", "base")})
     text_pretrained: str | None = field(default=None, metadata={
         "help": "local directory of pretrained RoBERTa weights (never downloaded)"})

@@ -54,6 +54,7 @@ class Trainer:
         cfg.validate()
         self.cfg = cfg
         self.progress = progress
+        self.step_hooks: list = []  # called after every training step (e.g. a profiler's step)
         self.record_path = Path(cfg.output.runs_dir) / f"{cfg.run_name()}.json"
         self.ckpt_path = self.record_path.with_suffix(".ckpt.pt")
         self.dist = parallel.setup_distributed(cfg)
@@ -71,7 +72,7 @@ class Trainer:
         train_ds = self.datasets["train"]
         self.num_classes = train_ds.spec.num_classes
         self.model = MultimodalModel(cfg.modalities, self.num_classes, cfg.model, train_ds.shapes,
-                                     cfg.data.preset).to(self.device)
+                                     cfg.data.preset if cfg.data.source == "synthetic" else "full").to(self.device)
         self.blp = self._branch_parallel() if cfg.system.parallelism == "blp" else None
         self.strategy = STRATEGIES[cfg.strategy.name](cfg, self.model, self.autocast)
         self.strategy.net = parallel.wrap(self.model, cfg.system.parallelism, self.device)
@@ -153,6 +154,9 @@ class Trainer:
             labels = batch["label"]
             logits = self.strategy.train_step(batch, labels).logits if train else self.strategy.eval_logits(batch)
             acc.update(logits, labels)
+            if train:
+                for hook in self.step_hooks:
+                    hook()
             n += len(labels)
             bar.update()
             if limit and bar.n >= limit:

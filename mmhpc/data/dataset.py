@@ -73,7 +73,7 @@ class PreparedDataset(Dataset):
         frames = []
         for k in range(self.shapes.frames):
             with Image.open(d / f"{k}.jpg") as img:
-                frames.append(torch.from_numpy(np.asarray(img.convert("RGB"))).permute(2, 0, 1))
+                frames.append(torch.from_numpy(np.array(img.convert("RGB"))).permute(2, 0, 1))
         return self.transform(torch.stack(frames))
 
     def _load_text(self, clip: str) -> torch.Tensor:

@@ -28,7 +28,8 @@ from PIL import Image
 from tqdm import tqdm
 
 from mmhpc.data.manifest import write_manifest
-from mmhpc.data.specs import DATASETS, SPLITS, DatasetSpec
+from mmhpc.data.splits import random_split, write_split_files
+from mmhpc.data.specs import DATASETS, DatasetSpec
 
 GENERATOR_VERSION = 1
 
@@ -82,21 +83,15 @@ def write_synthetic(root: Path, spec: DatasetSpec, preset: str, data_seed: int, 
     ids = [f"{spec.name}_{i:06d}" for i in range(n)]
     for m in spec.modalities:
         (root / m).mkdir(parents=True, exist_ok=True)
-    order = rng.permutation(n)
-    n_train, n_val = int(0.8 * n), int(0.1 * n)
-    parts = dict(zip(SPLITS, (order[:n_train], order[n_train:n_train + n_val], order[n_train + n_val:])))
-    in_train = np.zeros(n, dtype=bool)
-    in_train[parts["train"]] = True
+    splits = random_split(ids, seed=data_seed)
+    in_train = np.isin(ids, splits["train"])
     shown = {m: _shown_labels(labels, np.where(in_train, SIGNALS[m].informative_train, SIGNALS[m].informative_eval),
                               spec.num_classes, rng) for m in spec.modalities}
     for i in tqdm(range(n), desc=f"synth {spec.name}/{preset}", disable=not progress, leave=False):
         sample_rng = np.random.default_rng([data_seed, GENERATOR_VERSION, i, sum(map(ord, spec.name))])
         for m in spec.modalities:
             _WRITERS[m](root, ids[i], templates[m][shown[m][i]], SIGNALS[m].strength, shapes, sample_rng)
-    (root / "labels.csv").write_text("clip_id,label\n" + "".join(f"{c},{y}\n" for c, y in zip(ids, labels)))
-    (root / "splits").mkdir()
-    for split, idx in parts.items():
-        (root / "splits" / f"{split}.txt").write_text("".join(ids[j] + "\n" for j in sorted(idx)))
+    write_split_files(root, splits, dict(zip(ids, labels.tolist())))
     write_manifest(root, spec, shapes, source={"kind": "synthetic", "preset": preset, "data_seed": data_seed,
                                                 "generator_version": GENERATOR_VERSION,
                                                 "signals": {m: asdict(SIGNALS[m]) for m in spec.modalities}})

@@ -16,18 +16,25 @@ import torch
 from mmhpc.config import ConfigError
 
 
+def precision_problem(precision: str, device_type: str, capability: tuple[int, int] | None = None,
+                      name: str = "this GPU") -> str | None:
+    """Why `precision` cannot run on the device, or None if it can (used before jobs are submitted too)."""
+    if device_type == "cpu" and precision == "tf32":
+        return ("system.precision: tf32 is a tensor-core format of NVIDIA GPUs (compute capability 8.0+); "
+                "on the CPU use fp32 or bf16")
+    if device_type == "cuda" and precision in ("tf32", "bf16") and capability is not None and capability < (8, 0):
+        return (f"system.precision: {precision} needs compute capability 8.0+, {name} has "
+                f"{capability[0]}.{capability[1]}; use fp32 on this GPU")
+    return None
+
+
 def check_precision(precision: str, device: torch.device) -> None:
-    if device.type == "cpu":
-        if precision == "tf32":
-            raise ConfigError("system.precision: tf32 is a tensor-core format of NVIDIA GPUs (compute capability "
-                              "8.0+); on the CPU use fp32 or bf16")
-        return
-    if device.type == "cuda" and precision in ("tf32", "bf16"):
-        major, minor = torch.cuda.get_device_capability(device)
-        if major < 8:
-            name = torch.cuda.get_device_name(device)
-            raise ConfigError(f"system.precision: {precision} needs compute capability 8.0+, {name} has "
-                              f"{major}.{minor}; use fp32 on this GPU")
+    capability = name = None
+    if device.type == "cuda":
+        capability, name = torch.cuda.get_device_capability(device), torch.cuda.get_device_name(device)
+    problem = precision_problem(precision, device.type, capability, name or "this GPU")
+    if problem:
+        raise ConfigError(problem)
 
 
 def apply_precision(precision: str, device: torch.device):

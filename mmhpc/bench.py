@@ -1,0 +1,67 @@
+"""`mmhpc bench`: a run config timed for N epochs after W warm-up epochs, with the system section.
+
+The record is a normal run record (same trainer, same sampler) plus a `bench` section aggregating the
+measured epochs: the Table 2.8 breakdown, throughput, utilisation and peak memory, as mean and
+standard error. `--profile` writes a torch.profiler trace of a few training steps beside the record.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from mmhpc.metrics import mean_se
+from mmhpc.results import atomic_write_json
+from mmhpc.train import Trainer
+
+TIME_KEYS = ("epoch_s", "train_loader_init_s", "train_s", "val_loader_init_s", "val_s", "train_samples_per_s")
+
+
+def bench_summary(epochs: list[dict], warmup: int) -> dict:
+    measured = epochs[warmup:]
+    if not measured:
+        raise ValueError(f"bench: {len(epochs)} epoch(s) run, none left after {warmup} warm-up epoch(s)")
+    out = {"warmup_epochs": warmup, "measured_epochs": len(measured)}
+    for key in TIME_KEYS:
+        mean, se = mean_se([e["time"][key] for e in measured])
+        out[f"{key}_mean"], out[f"{key}_se"] = mean, se
+    # utilisation and memory: the mean of per-epoch means, the max of per-epoch peaks
+    for key in sorted({k for e in measured for k in e.get("util", {})}):
+        values = [e["util"][key] for e in measured if key in e.get("util", {})]
+        if key.endswith("_mean") or key.endswith("_j"):
+            out[f"util/{key}"] = float(np.mean(values))
+        elif key.endswith("_peak"):
+            out[f"util/{key}"] = float(np.max(values))
+    for key in sorted({k for e in measured for k in e.get("memory", {})}):
+        out[f"memory/{key}"] = max(e["memory"][key] for e in measured if key in e["memory"])
+    return out
+
+
+def bench(cfg, epochs: int = 3, warmup: int = 1, profile: bool = False, progress: bool = True) -> dict:
+    name = cfg.output.name or f"{cfg.run_name()}-bench"
+    cfg = cfg.replace({"train.epochs": warmup + epochs, "output.name": name})
+    trainer = Trainer(cfg, progress=progress)
+    profiler = _profiler(trainer.record_path.with_suffix(".trace.json")) if profile else None
+    if profiler is not None:
+        profiler.start()
+        trainer.step_hooks.append(profiler.step)
+    try:
+        record = trainer.fit()
+    finally:
+        if profiler is not None:
+            profiler.stop()
+    record["bench"] = bench_summary(record["epochs"], warmup)
+    if profiler is not None:
+        record["bench"]["trace"] = trainer.record_path.with_suffix(".trace.json").name
+    atomic_write_json(trainer.record_path, record)
+    return record
+
+
+def _profiler(trace: Path):
+    from torch.profiler import ProfilerActivity, profile, schedule
+
+    import torch
+
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if torch.cuda.is_available() else [])
+    return profile(activities=activities, schedule=schedule(wait=1, warmup=1, active=3, repeat=1),
+                   on_trace_ready=lambda p: p.export_chrome_trace(str(trace)), record_shapes=True)

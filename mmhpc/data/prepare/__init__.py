@@ -1,0 +1,200 @@
+"""`mmhpc prepare`: a real dataset's local raw copy -> the prepared layout of `mmhpc.data.specs`.
+
+    prepare("cremad", raw="/data/CREMA-D", out="/data/prepared/cremad", jobs=8)
+
+Clips are prepared in a process pool. A rerun skips every clip whose outputs exist (they are written
+atomically, so existing means complete), and a raw file that is missing or corrupt fails its clip only:
+the others are prepared, the failures are listed in `prepare_errors.json` and left out of the splits,
+and the manifest is written for what was prepared. Each dataset's raw layout is in its module (and in
+README.md next to this file).
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from collections import Counter
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from dataclasses import dataclass, field
+from multiprocessing import get_context
+from pathlib import Path
+
+from tqdm import tqdm
+
+from mmhpc.data.manifest import write_manifest
+from mmhpc.data.prepare import audio, ave, cremad, iemocap, mvsa, text, urfunny, video
+from mmhpc.data.prepare.clip_writer import TMP_MARK, Settings, is_prepared, prepare_clip
+from mmhpc.data.prepare.raw import Clip, PrepareError, RawFormat, is_safe_id
+from mmhpc.data.splits import random_split, write_split_files
+from mmhpc.data.specs import DATASETS, FULL, Shapes
+
+RAW_FORMATS: dict[str, RawFormat] = {m.FORMAT.name: m.FORMAT for m in (cremad, ave, mvsa, iemocap, urfunny)}
+RECIPE_FILE = ".prepare.json"   # hidden: not a data file of the manifest
+ERRORS_FILE = "prepare_errors.json"
+PREPARE_VERSION = 1
+
+__all__ = ["RAW_FORMATS", "PrepareError", "PrepareReport", "prepare"]
+
+
+@dataclass
+class PrepareReport:
+    dataset: str
+    root: Path
+    prepared: int = 0                                     # clips written by this run
+    reused: int = 0                                       # clips already prepared by an earlier run
+    failed: dict[str, str] = field(default_factory=dict)  # clip id -> error naming the raw file
+    skipped: Counter = field(default_factory=Counter)     # reason -> samples the dataset's rules drop
+
+    @property
+    def ok(self) -> bool:
+        return not self.failed
+
+    def summary(self, shown: int = 20) -> str:
+        lines = [f"{self.dataset}: {self.prepared} clips prepared, {self.reused} already prepared, "
+                 f"{len(self.failed)} failed, {sum(self.skipped.values())} skipped -> {self.root}"]
+        lines += [f"  skipped {n}: {reason}" for reason, n in self.skipped.most_common()]
+        lines += [f"  FAILED {clip}: {error}" for clip, error in list(self.failed.items())[:shown]]
+        if len(self.failed) > shown:
+            lines.append(f"  ... and {len(self.failed) - shown} more failures in {self.root / ERRORS_FILE}")
+        return "\n".join(lines)
+
+
+def prepare(dataset: str, raw: str | Path, out: str | Path, jobs: int = 1, seed: int = 0,
+            tokenizer: str | Path | None = None, progress: bool = True) -> PrepareReport:
+    """Prepare `dataset` from its raw copy `raw` into `out`; see the module docstring."""
+    if dataset not in RAW_FORMATS:
+        raise PrepareError(f"dataset {dataset!r}; valid: {', '.join(sorted(RAW_FORMATS))}")
+    fmt, spec = RAW_FORMATS[dataset], DATASETS[dataset]
+    raw, out = Path(raw), Path(out)
+    if not raw.is_dir():
+        raise PrepareError(f"--raw {raw}: not a directory")
+    if "text" in spec.modalities and tokenizer is None:
+        raise PrepareError(f"{dataset} has text: give --tokenizer, a local RoBERTa tokenizer directory")
+    settings = Settings(spec.modalities, spec.frames, fmt.fps, str(tokenizer) if "text" in spec.modalities else None,
+                        fmt.text_truncation)
+    recipe = _recipe(dataset, settings)
+    found = fmt.find(raw)  # before --out is touched: a wrong --raw leaves nothing behind
+    out.mkdir(parents=True, exist_ok=True)
+    _claim(out, recipe)
+    _remove_temporaries(out)
+
+    report = PrepareReport(dataset, out, failed=dict(found.failed), skipped=found.skipped)
+    clips = _usable(found.clips, report.failed)
+    todo = [c for c in clips if not is_prepared(out, c.clip_id, settings)]
+    report.reused = len(clips) - len(todo)
+    for clip_id, error in _run(todo, out, settings, jobs, progress, dataset):
+        if error is None:
+            report.prepared += 1
+        else:
+            report.failed[clip_id] = error
+
+    labels = {c.clip_id: c.label for c in clips if c.clip_id not in report.failed}
+    _prune(out, set(labels))
+    all_ids = [c.clip_id for c in clips] + list(found.failed)
+    write_split_files(out, found.official_splits or random_split(all_ids, seed), labels)
+    (out / ERRORS_FILE).write_text(json.dumps({"failed": report.failed, "skipped": dict(report.skipped)}, indent=1))
+    vocab = recipe["text"]["vocab"] if "text" in recipe else FULL.vocab
+    shapes = Shapes(audio=(audio.FRAMES, audio.MEL_BINS), frames=spec.frames, image=video.IMAGE_SIZE,
+                    text_len=text.MAX_LEN, vocab=vocab)
+    write_manifest(out, spec, shapes, source={
+        "kind": "prepared", "raw": str(raw.resolve()), "split": "official" if found.official_splits else "random",
+        "seed": seed, "recipe": recipe, "failed": len(report.failed), "skipped": dict(report.skipped)})
+    return report
+
+
+def _usable(clips: list[Clip], failed: dict[str, str]) -> list[Clip]:
+    """The clips that can be prepared; ids that cannot be file names, or that repeat, fail (into `failed`)."""
+    usable, seen = [], set(failed)
+    for clip in clips:
+        if not is_safe_id(clip.clip_id):
+            failed[clip.clip_id] = f"clip id {clip.clip_id!r} cannot be a file name"
+        elif clip.clip_id in seen:
+            failed.setdefault(clip.clip_id, "clip id found twice in the raw copy")
+        else:
+            usable.append(clip)
+        seen.add(clip.clip_id)
+    return usable
+
+
+def _recipe(dataset: str, settings: Settings) -> dict:
+    """Everything that decides the bytes of a clip's outputs; a resumed run must use the same."""
+    recipe = {"version": PREPARE_VERSION, "dataset": dataset, "visual": video.recipe(settings.fps, settings.frames)}
+    if "audio" in settings.modalities:
+        recipe["audio"] = audio.recipe()
+    if "text" in settings.modalities:
+        recipe["text"] = text.recipe(settings.tokenizer, settings.truncation_side)
+    return recipe
+
+
+def _claim(out: Path, recipe: dict) -> None:
+    """Refuse to mix clips of two recipes (another dataset, tokenizer or version) in one directory."""
+    path = out / RECIPE_FILE
+    if path.exists():
+        if _comparable(json.loads(path.read_text())) != _comparable(recipe):
+            raise PrepareError(f"--out {out} was prepared with another recipe ({path}); use a new --out, "
+                               "or delete it to start over")
+    elif any(out.iterdir()):
+        raise PrepareError(f"--out {out} is not empty and was not made by `mmhpc prepare`")
+    tmp = out / f"{RECIPE_FILE}{TMP_MARK}{os.getpid()}"
+    tmp.write_text(json.dumps(recipe, indent=1))
+    os.replace(tmp, path)
+
+
+def _comparable(recipe: dict) -> dict:
+    """The recipe without the tokenizer's location: it may move on disk, what counts is its vocabulary."""
+    recipe = dict(recipe)
+    if "text" in recipe:
+        recipe["text"] = {k: v for k, v in recipe["text"].items() if k != "tokenizer"}
+    return recipe
+
+
+def _run(clips: list[Clip], out: Path, settings: Settings, jobs: int, progress: bool, dataset: str):
+    """Yield (clip id, error or None) as clips finish, over `jobs` processes."""
+    bar = tqdm(total=len(clips), desc=f"prepare {dataset}", unit="clip", disable=not progress)
+    try:
+        if jobs <= 1 or len(clips) <= 1:
+            _init_worker()
+            for clip in clips:
+                yield prepare_clip(clip, out, settings)
+                bar.update()
+            return
+        # fork: workers start at once and inherit the loaded tokenizer; they touch no accelerator
+        with ProcessPoolExecutor(jobs, mp_context=get_context("fork"), initializer=_init_worker) as pool:
+            futures = [pool.submit(prepare_clip, clip, out, settings) for clip in clips]
+            try:
+                for future in as_completed(futures):
+                    yield future.result()
+                    bar.update()
+            except BaseException:
+                pool.shutdown(wait=True, cancel_futures=True)  # Ctrl-C: what finished is kept
+                raise
+    finally:
+        bar.close()
+
+
+def _init_worker() -> None:
+    import torch
+
+    # one process per core: threads inside a worker would only compete with the other workers
+    torch.set_num_threads(1)
+    os.environ["TOKENIZERS_PARALLELISM"] = "false"
+
+
+def _remove_temporaries(out: Path) -> None:
+    """Half-written files of a run that was killed (hidden names, ignored by the manifest anyway)."""
+    for dirpath, _, names in os.walk(out):
+        for name in names:
+            if name.startswith(".") and TMP_MARK in name:
+                (Path(dirpath) / name).unlink(missing_ok=True)
+
+
+def _prune(out: Path, keep: set[str]) -> None:
+    """Remove outputs of clips not prepared (failed now, or gone from the raw copy since an earlier run),
+    so the manifest lists exactly the prepared clips."""
+    for modality in ("audio", "text"):
+        for p in (out / modality).glob("*.npy"):
+            if p.stem not in keep:
+                p.unlink()
+    for d in (out / "visual").glob("*"):
+        if d.is_dir() and d.name not in keep:
+            shutil.rmtree(d)

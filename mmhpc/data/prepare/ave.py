@@ -1,0 +1,67 @@
+"""AVE as distributed (Tian et al., ECCV 2018; github.com/YapengTian/AVE-ECCV18):
+
+    AVE/<VideoID>.mp4                     10 s videos; the audio is the video's own audio stream
+    Annotations.txt                       Category&VideoID&Quality&StartTime&EndTime, first line a header
+    trainSet.txt, valSet.txt, testSet.txt the official split, same format (a header line is tolerated)
+
+The class is the Category (index in the sorted category names of `specs.py`); the whole 10 s video is one
+sample, as in the classification setting of the thesis' code base (StartTime/EndTime localise the event
+and are not used). Only videos listed in a split file are prepared; a video listed twice keeps its
+first annotation.
+"""
+from __future__ import annotations
+
+from collections import Counter
+from pathlib import Path
+
+from mmhpc.data.prepare.raw import Clip, Discovery, Media, PrepareError, RawFormat, read_text, require_file
+from mmhpc.data.specs import DATASETS, SPLITS
+
+SPLIT_FILES = {"train": "trainSet.txt", "val": "valSet.txt", "test": "testSet.txt"}
+_HEADER = "Category&VideoID"
+
+
+def read_annotations(path: Path) -> list[tuple[str, str]]:
+    """(category, video id) per line of an AVE annotation or split file."""
+    rows = []
+    for number, line in enumerate(read_text(path).splitlines(), start=1):
+        if not line.strip() or line.startswith(_HEADER):
+            continue
+        fields = line.strip().split("&")
+        if len(fields) != 5:
+            raise PrepareError(f"{path}:{number}: expected Category&VideoID&Quality&StartTime&EndTime, got {line!r}")
+        rows.append((fields[0].strip(), fields[1].strip()))
+    return rows
+
+
+def find(raw: Path) -> Discovery:
+    classes = DATASETS["ave"].classes
+    labels: dict[str, str] = {}
+    skipped = Counter()
+    for category, video_id in read_annotations(require_file(raw / "Annotations.txt", "AVE annotations")):
+        if video_id in labels:
+            skipped["annotated twice (first annotation kept)"] += 1
+            continue
+        labels[video_id] = category
+    splits = {split: [] for split in SPLITS}
+    seen = set()
+    for split in SPLITS:
+        for _, video_id in read_annotations(require_file(raw / SPLIT_FILES[split], f"AVE official {split} split")):
+            if video_id not in seen:
+                seen.add(video_id)
+                splits[split].append(video_id)
+    clips = []
+    for video_id in sorted(seen):
+        category = labels.get(video_id)
+        if category is None:
+            skipped["in a split file but not in Annotations.txt"] += 1
+        elif category not in classes:
+            skipped[f"category not one of the 28 AVE classes: {category}"] += 1
+        else:
+            clips.append(Clip(video_id, classes.index(category), audio=raw / "AVE" / f"{video_id}.mp4",
+                              visual=Media(raw / "AVE" / f"{video_id}.mp4")))
+    skipped["annotated but in no split file"] += len(set(labels) - seen)
+    return Discovery(clips, +skipped, official_splits=splits)
+
+
+FORMAT = RawFormat("ave", find, fps=1.0)
