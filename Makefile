@@ -4,7 +4,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: install demo test clean-venv
+.PHONY: install system-deps demo test clean-venv
 
 install: $(STAMP)
 
@@ -16,11 +16,19 @@ $(STAMP): env/requirements.txt env/requirements-nodeps.txt setup.cfg pyproject.t
 	$(PY) -m pip install -q --no-deps --no-build-isolation -e .
 	touch $(STAMP)
 
+# Debian tools the tests use: pdftoppm renders report PDFs (the local SLURM installs itself, env/slurm).
+system-deps:
+	@command -v pdftoppm >/dev/null || { [ "$$(id -u)" = 0 ] && { apt-get update -qq && \
+		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq poppler-utils >/dev/null; } || \
+		echo "note: pdftoppm missing and not root: the PDF rendering test will be skipped"; }
+
 demo: install
 	$(VENV)/bin/mmhpc demo
 
-test: install
+test: install system-deps
 	$(PY) -m pytest -q $(PYTEST_ARGS)
 
 clean-venv:
 	rm -rf $(VENV)
+
+include jobs/sweeps.mk

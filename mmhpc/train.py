@@ -145,7 +145,7 @@ class Trainer:
         it = iter(loader.epoch(epoch))
         batch = next(it, None)
         t_first = time.perf_counter()
-        n = 0
+        n = steps = 0
         limit = self.cfg.train.max_batches if train else None
         bar = tqdm(total=limit or len(loader), desc=f"{split} {epoch}", leave=False,
                    disable=not (self.progress and self.dist.is_main))
@@ -158,8 +158,9 @@ class Trainer:
                 for hook in self.step_hooks:
                     hook()
             n += len(labels)
+            steps += 1
             bar.update()
-            if limit and bar.n >= limit:
+            if limit and steps >= limit:  # the same on every rank, whether or not its bar is shown
                 break
             batch = next(it, None)
         bar.close()
@@ -260,7 +261,7 @@ class Trainer:
                 "time": {"train_loader_init_s": t_train["loader_init_s"], "train_s": t_train["run_s"],
                          "val_loader_init_s": t_val["loader_init_s"], "val_s": t_val["run_s"],
                          "epoch_s": sum(t[k] for t in (t_train, t_val) for k in ("loader_init_s", "run_s")),
-                         "train_samples_per_s": t_train["samples_per_s"]},
+                         "train_samples": t_train["samples"], "train_samples_per_s": t_train["samples_per_s"]},
                 "memory": self._peak_memory(), "util": util}
 
     # ---- utilisation sampling --------------------------------------------------------------------
@@ -301,8 +302,7 @@ class Trainer:
 
     def _resume(self, fresh: dict) -> tuple[dict, dict, int]:
         state = torch.load(self.ckpt_path, map_location="cpu", weights_only=False)
-        if {k: v for k, v in state["config"].items() if k != "output"} != {
-                k: v for k, v in self.cfg.to_dict().items() if k != "output"}:
+        if _resumable(state["config"]) != _resumable(self.cfg.to_dict()):
             raise ConfigError(f"{self.ckpt_path}: checkpoint of a different config; remove it or change output.name")
         self.model.load_state_dict(state["model"])
         self.strategy.load_state_dict(state["strategy"])
@@ -330,6 +330,14 @@ class Trainer:
             else:
                 summary["ibf"] = mx.ibf({m: test[f"acc/{m}"] for m in mods}, self.single_acc)
         return summary
+
+
+def _resumable(config: dict) -> dict:
+    """What must match for a checkpoint to resume a run: all but the output section and the data's
+    location (jobs stage the dataset to a node-local directory that differs between attempts)."""
+    out = {k: v for k, v in config.items() if k != "output"}
+    out["data"] = {k: v for k, v in config["data"].items() if k != "root"}
+    return out
 
 
 def train(cfg: RunConfig, progress: bool = True) -> dict:

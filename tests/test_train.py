@@ -14,6 +14,8 @@ def _check_record(rec, cfg):
     assert rec["status"] == "done"
     assert rec["config"] == cfg.to_dict()
     assert len(rec["epochs"]) == cfg.train.epochs
+    # max_batches holds with progress bars off, as in batch jobs
+    assert rec["epochs"][0]["time"]["train_samples"] == cfg.train.max_batches * cfg.train.batch_size
     ep = rec["epochs"][0]
     for key in ("train_loader_init_s", "train_s", "val_loader_init_s", "val_s", "epoch_s"):
         assert ep["time"][key] >= 0

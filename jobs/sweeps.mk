@@ -1,0 +1,29 @@
+# Sweeps through SLURM (or none): included by the main Makefile, which provides VENV, PY and `install`.
+#
+#   make sweep-parallelism CLUSTER=alvis|local|none [DRY_RUN=1] [SIZE=tiny|full] [SWEEP_ARGS=...]
+#
+# CLUSTER=local installs and starts the project's single-host SLURM first (env/slurm, idempotent), submits,
+# and waits for the sweep to finish; CLUSTER=alvis submits and returns (follow with `mmhpc sweep status`);
+# CLUSTER=none runs the sweep here, one run after another. DRY_RUN=1 prints the sbatch scripts submitit
+# would write and submits nothing. SIZE defaults to the cluster's (tiny on local/none, full on alvis).
+CLUSTER    ?= none
+DRY_RUN    ?=
+SIZE       ?=
+SWEEP_ARGS ?=
+SWEEPS     := precision loader parallelism batch algorithms
+SLURM_ENV  := env/slurm/state/env.sh
+
+_dry   := $(filter 1 yes true,$(DRY_RUN))
+_local := $(filter local,$(CLUSTER))
+_wait  := $(if $(filter alvis,$(CLUSTER)),,--wait)
+_sweep_flags = --cluster $(CLUSTER) $(if $(SIZE),--size $(SIZE)) $(if $(_dry),--dry-run,$(_wait)) $(SWEEP_ARGS)
+
+.PHONY: $(addprefix sweep-,$(SWEEPS)) slurm-up
+
+$(addprefix sweep-,$(SWEEPS)): sweep-%: install $(if $(_local),$(if $(_dry),,slurm-up))
+	$(if $(_local),$(if $(_dry),,. ./$(SLURM_ENV) && ))$(PY) -m mmhpc.cli sweep submit sweeps/$*.yaml $(_sweep_flags)
+
+# the local SLURM of env/slurm: both scripts do nothing when already done
+slurm-up:
+	env/slurm/install.sh
+	env/slurm/start.sh

@@ -1,0 +1,223 @@
+"""`mmhpc sweep ...` and `mmhpc clusters`: the command-line face of mmhpc.sweep and mmhpc.launch."""
+from __future__ import annotations
+
+import functools
+import os
+import sys
+
+import yaml
+from submitit.core.utils import FailedJobError, FailedSubmissionError
+
+from mmhpc.config import ConfigError
+from mmhpc.launch.clusters import SIZES, ClusterError, cluster_names, load_profile, user_clusters_file
+from mmhpc.sweep import SweepError
+
+
+def _reporting(func):
+    """Config, cluster and sweep errors end the command with their message (exit 2), never a traceback."""
+    @functools.wraps(func)
+    def run(args) -> int:
+        try:
+            return func(args)
+        except (SweepError, ClusterError, ConfigError, FileNotFoundError) as e:
+            print(f"mmhpc: {e}", file=sys.stderr)
+            return 2
+        except (FailedJobError, FailedSubmissionError) as e:  # sbatch refused: its message says why
+            print(f"mmhpc: submission failed (job ids of earlier arrays are in the manifest): {e}", file=sys.stderr)
+            return 3
+    return run
+
+
+def _size(args) -> str | None:
+    return "tiny" if args.tiny else args.size
+
+
+@_reporting
+def cmd_expand(args) -> int:
+    from mmhpc.launch.submit import prepare_sweep
+    from mmhpc.sweep import expand, format_table, load_sweep
+
+    profile = load_profile(args.cluster, args.account)
+    plan = expand(load_sweep(args.file), profile, _size(args), overrides=args.set)
+    print(format_table(plan))
+    if plan.errors:
+        plan.check()
+    if args.sbatch:
+        from mmhpc.launch.submit import hand_sbatch_lines
+
+        profile, plan, sweep_dir = prepare_sweep(args.file, args.cluster, _size(args), args.account, dry_run=True,
+                                                 overrides=args.set)
+        print("\n".join(hand_sbatch_lines(sweep_dir, profile, _plan_runs(plan))))
+    return 0
+
+
+def _plan_runs(plan) -> list[dict]:
+    return [{"index": r.index, "name": r.name, "resources": r.resources.to_dict()} for r in plan.runnable()]
+
+
+@_reporting
+def cmd_submit(args) -> int:
+    from mmhpc.launch import submit
+
+    if args.dry_run:
+        profile, plan, sweep_dir = submit.prepare_sweep(args.file, args.cluster, _size(args), args.account,
+                                                        args.results, args.name, dry_run=True, overrides=args.set)
+        print(submit.render_scripts(sweep_dir, profile, plan.name, _plan_runs(plan)))
+        na = [r for r in plan.runs if r.not_applicable]
+        for r in na:
+            print(f"# not applicable on {profile.name}: run {r.index} ({r.name}): {r.not_applicable}")
+        return 0
+    sweep_dir, todo = submit.submit_sweep(args.file, args.cluster, _size(args), args.account, args.results,
+                                          args.name, progress=not args.quiet, hold=args.hold, overrides=args.set)
+    if args.hold:
+        profile = load_profile(args.cluster, args.account)
+        manifest = sweep_dir.load()
+        runs = [r for r in manifest["runs"] if not r.get("not_applicable")]
+        print(f"sweep directory {sweep_dir.path} ({len(runs)} runs); submit by hand with:")
+        print("\n".join(submit.hand_sbatch_lines(sweep_dir, profile, runs)))
+        return 0
+    print(f"sweep {sweep_dir.path}: {len(todo)} run(s) submitted on {args.cluster}"
+          + ("" if todo else " (nothing left to do)"))
+    return _after_submit(sweep_dir, args)
+
+
+def _after_submit(sweep_dir, args) -> int:
+    from mmhpc.launch.store import format_states, run_states
+    from mmhpc.launch.submit import wait
+
+    if args.wait:
+        states = wait(sweep_dir, args.poll, progress=not args.quiet)
+        print(format_states(states))
+        return 1 if any(s.state == "failed" for s in states) else 0
+    print(f"follow it with: mmhpc sweep status {sweep_dir.path}")
+    if not args.quiet:
+        print(format_states(run_states(sweep_dir, sweep_dir.load())))
+    return 0
+
+
+@_reporting
+def cmd_resume(args) -> int:
+    from mmhpc.launch.submit import resume_sweep
+
+    sweep_dir, todo, script = resume_sweep(args.dir, args.cluster, args.account, progress=not args.quiet,
+                                           dry_run=args.dry_run)
+    if args.dry_run:
+        print(script or f"# nothing to resubmit in {sweep_dir.path}")
+        return 0
+    print(f"sweep {sweep_dir.path}: resubmitted {len(todo)} run(s)" + (f": {todo}" if todo else ""))
+    return _after_submit(sweep_dir, args)
+
+
+@_reporting
+def cmd_status(args) -> int:
+    from mmhpc.launch.store import SweepDir, format_states, run_states
+
+    sweep_dir = SweepDir(args.dir)
+    print(format_states(run_states(sweep_dir, sweep_dir.load(), query_slurm=not args.no_slurm)))
+    return 0
+
+
+@_reporting
+def cmd_wait(args) -> int:
+    from mmhpc.launch.store import SweepDir, format_states
+    from mmhpc.launch.submit import wait
+
+    states = wait(SweepDir(args.dir), args.poll, progress=not args.quiet)
+    print(format_states(states))
+    return 1 if any(s.state == "failed" for s in states) else 0
+
+
+@_reporting
+def cmd_run_index(args) -> int:
+    from mmhpc.launch.submit import run_index
+
+    print(run_index(args.dir, args.index))
+    return 0
+
+
+@_reporting
+def cmd_clusters(args) -> int:
+    if args.name:
+        profile = load_profile(args.name)
+        shown = {k: v for k, v in vars(profile).items() if k != "gpus"}
+        shown["gpus"] = {g.name: {"capability": g.capability, "per_node": g.per_node} for g in profile.gpus.values()}
+        print(yaml.safe_dump(shown, sort_keys=False), end="")
+        return 0
+    for name in cluster_names():
+        p = load_profile(name)
+        devices = ", ".join(p.gpus) or "CPU"
+        print(f"{name:10s} {p.scheduler:6s} {p.size:5s} {devices:32s} {p.description}")
+    print(f"(user profiles: {user_clusters_file()})")
+    return 0
+
+
+def add_parsers(sub) -> None:
+    """Add `sweep` and `clusters` to the `mmhpc` subcommands."""
+    default_cluster = os.environ.get("MMHPC_CLUSTER", "none")
+
+    def cluster_args(p, default=default_cluster):
+        p.add_argument("--cluster", default=default, help=f"cluster profile (default {default}; see `mmhpc clusters`)")
+        p.add_argument("--account", default=None, help="SLURM account, sbatch -A (default: the profile's, e.g. "
+                                                       "$MMHPC_ACCOUNT on alvis)")
+
+    def size_args(p):
+        p.add_argument("--size", choices=SIZES, default=None,
+                       help="tiny: the synthetic tiny smoke version; full: as written (default: the cluster's)")
+        p.add_argument("--tiny", action="store_true", help="same as --size tiny")
+        p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                       help="RunConfig override of every run (repeatable); {dataset} in data.root is the run's "
+                            "dataset, e.g. --set data.source=prepared --set data.root=/data/prepared/{dataset}")
+
+    def wait_args(p):
+        p.add_argument("--wait", action="store_true", help="block until every run has finished, with a progress bar")
+        p.add_argument("--poll", type=float, default=5.0, help="seconds between status polls with --wait")
+        p.add_argument("-q", "--quiet", action="store_true", help="no progress bars or tables")
+
+    sweep = sub.add_parser("sweep", help="expand, submit, follow and resume YAML sweeps (see sweeps/README.md)")
+    ss = sweep.add_subparsers(dest="sweep_command", required=True)
+
+    p = ss.add_parser("expand", help="list and validate the runs of a sweep file for a cluster")
+    p.add_argument("file")
+    cluster_args(p)
+    size_args(p)
+    p.add_argument("--sbatch", action="store_true", help="also print sbatch lines for jobs/sweep_array.sbatch")
+    p.set_defaults(func=cmd_expand)
+
+    p = ss.add_parser("submit", help="validate every run, then submit one job array per resource shape")
+    p.add_argument("file")
+    cluster_args(p)
+    size_args(p)
+    p.add_argument("--results", default=None, help="results root (default: the profile's; sweep dir = ROOT/NAME)")
+    p.add_argument("--name", default=None, help="sweep directory name (default: the sweep's name)")
+    p.add_argument("--dry-run", action="store_true", help="print the sbatch scripts; submit and write nothing")
+    p.add_argument("--hold", action="store_true", help="write the sweep directory only, and print sbatch lines "
+                                                      "for jobs/sweep_array.sbatch")
+    wait_args(p)
+    p.set_defaults(func=cmd_submit)
+
+    p = ss.add_parser("status", help="pending / running / done / failed (with the reason) of every run")
+    p.add_argument("dir")
+    p.add_argument("--no-slurm", action="store_true", help="records only; do not ask squeue/sacct")
+    p.set_defaults(func=cmd_status)
+
+    p = ss.add_parser("resume", help="resubmit what is neither done, pending nor running")
+    p.add_argument("dir")
+    cluster_args(p, default=None)
+    p.add_argument("--dry-run", action="store_true", help="print the sbatch scripts of what would be resubmitted")
+    wait_args(p)
+    p.set_defaults(func=cmd_resume)
+
+    p = ss.add_parser("wait", help="block until no run of the sweep is pending or running")
+    p.add_argument("dir")
+    p.add_argument("--poll", type=float, default=5.0)
+    p.add_argument("-q", "--quiet", action="store_true")
+    p.set_defaults(func=cmd_wait)
+
+    p = ss.add_parser("run-index", help="run number INDEX of a sweep here (jobs/sweep_array.sbatch)")
+    p.add_argument("dir")
+    p.add_argument("index", type=int)
+    p.set_defaults(func=cmd_run_index)
+
+    p = sub.add_parser("clusters", help="list the cluster profiles, or show one")
+    p.add_argument("name", nargs="?")
+    p.set_defaults(func=cmd_clusters)

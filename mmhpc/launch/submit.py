@@ -1,0 +1,353 @@
+"""Submission with submitit: one job array per resource shape, DDP as one SLURM task per GPU, requeue on
+preemption or timeout, and the same runs without a scheduler.
+
+Submission returns as soon as SLURM has the jobs; `wait` follows them with a progress bar. Every run is a
+`SweepRun` (a submitit `Checkpointable`): on USR2 before the time limit or on preemption submitit
+requeues it with the same arguments, and the trainer resumes from the run's last epoch checkpoint
+(`output.checkpoint=true`, set for every sweep run). The sbatch scripts of `--dry-run` come from
+submitit's own executor, so they are the ones a real submission would write.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+import time
+import traceback
+from collections import defaultdict
+from pathlib import Path
+
+import submitit
+from submitit.slurm.slurm import SlurmExecutor
+from tqdm.auto import tqdm
+
+from mmhpc.config import RunConfig
+from mmhpc.launch.clusters import ClusterError, ClusterProfile, Resources, resolve_resources
+from mmhpc.launch.store import SweepDir, run_states
+from mmhpc.results import SCHEMA, atomic_write_json, read_record
+from mmhpc.sweep import SweepError
+
+RESUBMIT = ("unsubmitted", "failed")  # never done (final), pending/running (alive) or n/a
+
+
+# ---- what runs on the node ---------------------------------------------------------------------------
+
+class SweepRun(submitit.helpers.Checkpointable):
+    """One run of a sweep. Checkpointable: submitit requeues it as is; the trainer resumes from disk."""
+
+    def __init__(self, config: dict, stage_data: bool = False, data_home: str | None = None):
+        self.config, self.stage_data, self.data_home = config, stage_data, data_home
+
+    def __call__(self) -> str:
+        if self.data_home:  # the synthetic cache of the submitting machine, wherever the job starts
+            os.environ.setdefault("MMHPC_DATA", self.data_home)
+        return execute_run(self.config, self.stage_data)
+
+
+def execute_run(config: dict, stage_data: bool = False) -> str:
+    """Train one run config here; a finished record is never rerun. Returns what happened."""
+    cfg = RunConfig.from_dict(config)
+    rank = _join_distributed(cfg)
+    if rank is None:
+        return "extra task of a single-process run: nothing to do"
+    record_path = Path(cfg.output.runs_dir) / f"{cfg.run_name()}.json"
+    if _finished(record_path):
+        return f"{record_path}: already done"
+    if stage_data and cfg.data.source == "prepared" and os.environ.get("TMPDIR"):
+        cfg = cfg.replace({"data.root": stage_dataset(cfg.data.root, Path(os.environ["TMPDIR"]))})
+    from mmhpc.train import train
+
+    try:
+        train(cfg, progress=False)
+    except BaseException as e:
+        # The trainer records its own failures; this covers those before its first record (bad device...).
+        if rank == 0 and not record_path.exists():
+            atomic_write_json(record_path, {"schema": SCHEMA, "run": cfg.run_name(), "status": "failed",
+                                            "config": cfg.to_dict(), "error": f"{type(e).__name__}: {e}",
+                                            "traceback": traceback.format_exc(limit=20)})
+        raise
+    return str(record_path)
+
+
+def _finished(path: Path) -> bool:
+    try:
+        return read_record(path).get("status") == "done"
+    except (OSError, ValueError):
+        return False
+
+
+def _join_distributed(cfg: RunConfig) -> int | None:
+    """Rank of this task; exports the torch.distributed variables for a multi-task (DDP) job.
+
+    None for the extra tasks of a non-DDP run in a multi-task allocation (e.g. a hand-written sbatch
+    line): only one process may train it, or two would write one record.
+    """
+    if "SLURM_JOB_ID" in os.environ and "SUBMITIT_EXECUTOR" not in os.environ:
+        os.environ["SUBMITIT_EXECUTOR"] = "slurm"  # `sweep run-index` under srun, outside submitit
+    if "SUBMITIT_EXECUTOR" not in os.environ:
+        return 0
+    env = submitit.JobEnvironment()
+    if env.num_tasks == 1:
+        return 0
+    if cfg.system.parallelism != "ddp":
+        return 0 if env.global_rank == 0 else None
+    # not CUDA_VISIBLE_DEVICES: the trainer picks the GPU of its LOCAL_RANK among all the node's GPUs
+    submitit.helpers.TorchDistributedEnvironment().export(set_cuda_visible_devices=False, overwrite=True)
+    return env.global_rank
+
+
+def stage_dataset(root: str, tmpdir: Path) -> str:
+    """Copy a prepared dataset to node-local storage once per node (the tasks of a job race safely)."""
+    src = Path(root)
+    dest = tmpdir / "mmhpc-data" / src.name
+    if not (dest / "manifest.json").exists():
+        part = dest.with_name(f".{dest.name}.part-{os.getpid()}")
+        shutil.copytree(src, part)
+        try:
+            os.rename(part, dest)
+        except OSError:  # another task of this job got there first
+            shutil.rmtree(part, ignore_errors=True)
+    return str(dest)
+
+
+# ---- executors -----------------------------------------------------------------------------------------
+
+class _RenderOnlyExecutor(SlurmExecutor):
+    """submitit's SlurmExecutor without its check for `srun`: renders sbatch scripts where SLURM is absent."""
+
+    @classmethod
+    def affinity(cls) -> int:
+        return 1
+
+
+def slurm_parameters(profile: ClusterProfile, res: Resources, job_name: str) -> dict:
+    params = {"job_name": job_name, "partition": profile.partition, "time": res.time_min, "nodes": res.nodes,
+              "ntasks_per_node": res.tasks_per_node, "signal_delay_s": profile.signal_delay_s,
+              "array_parallelism": profile.array_parallelism}
+    optional = {"account": profile.account, "cpus_per_task": res.cpus_per_task, "mem": res.mem_gb,
+                "setup": profile.setup_lines() or None}
+    params.update({k: v for k, v in optional.items() if v is not None})
+    if res.gpu:  # submitit's gpus_per_node is a count; a typed request (A100:4) goes in verbatim
+        params["additional_parameters"] = {"gpus_per_node": f"{res.gpu}:{res.gpus_per_node}"}
+    return params
+
+
+def make_executor(profile: ClusterProfile, res: Resources, folder: Path, job_name: str,
+                  render_only: bool = False) -> SlurmExecutor:
+    cls = _RenderOnlyExecutor if render_only else SlurmExecutor
+    try:
+        executor = cls(folder, max_num_timeout=profile.max_requeues, python=profile.interpreter())
+    except RuntimeError as e:  # no srun on PATH
+        raise ClusterError(f"cluster {profile.name}: {e} For the local SLURM: env/slurm/install.sh && "
+                           "env/slurm/start.sh && source env/slurm/state/env.sh") from None
+    executor.update_parameters(**slurm_parameters(profile, res, job_name))
+    return executor
+
+
+def group_by_shape(runs: list[dict]) -> dict[Resources, list[dict]]:
+    groups: dict[Resources, list[dict]] = defaultdict(list)
+    for run in runs:
+        groups[Resources(**run["resources"])].append(run)
+    return dict(groups)
+
+
+def render_scripts(sweep_dir: SweepDir, profile: ClusterProfile, sweep: str, runs: list[dict]) -> str:
+    """The sbatch script of each job array a submission would make (nothing written, nothing submitted)."""
+    out = []
+    for res, group in group_by_shape(runs).items():
+        ex = make_executor(profile, res, sweep_dir.logs_dir, f"mmhpc-{sweep}-{res.label()}", render_only=True)
+        if len(group) > 1:
+            ex.parameters["map_count"] = len(group)  # what submitit sets for a job array
+        names = ", ".join(f"{r['index']}:{r['name']}" for r in group)
+        out.append(f"# ---- {res.label()}: {len(group)} run(s): {names}\n"
+                   + ex._make_submission_file_text(ex._submitit_command_str, "dry-run"))
+    return "\n".join(out)
+
+
+def hand_sbatch_lines(sweep_dir: SweepDir, profile: ClusterProfile, runs: list[dict]) -> list[str]:
+    """`sbatch` command lines for jobs/sweep_array.sbatch, one per resource shape (for submitting by hand)."""
+    lines = []
+    for res, group in group_by_shape(runs).items():
+        params = slurm_parameters(profile, res, "mmhpc-sweep")
+        flags = [f"--array={','.join(str(r['index']) for r in group)}%{profile.array_parallelism}",
+                 f"--partition={profile.partition}", f"--time={res.time_min}", f"--nodes={res.nodes}",
+                 f"--ntasks-per-node={res.tasks_per_node}"]
+        flags += [f"--account={profile.account}"] if profile.account else []
+        flags += [f"--cpus-per-task={res.cpus_per_task}"] if res.cpus_per_task else []
+        flags += [f"--gpus-per-node={params['additional_parameters']['gpus_per_node']}"] if res.gpu else []
+        lines.append(f"sbatch {' '.join(flags)} jobs/sweep_array.sbatch {sweep_dir.path}")
+    return lines
+
+
+# ---- submitting ----------------------------------------------------------------------------------------
+
+def submit_runs(sweep_dir: SweepDir, manifest: dict, profile: ClusterProfile, indices: list[int],
+                progress: bool = True) -> list[str]:
+    """Submit these runs of the manifest (slurm: returns at once; none: runs them here, one by one)."""
+    runs = [manifest["runs"][i] for i in indices]
+    _pregenerate_tiny_data(runs)
+    if profile.scheduler == "none":
+        return _run_here(sweep_dir, manifest, profile, runs, progress)
+    job_ids = []
+    for res, group in group_by_shape(runs).items():
+        ex = make_executor(profile, res, sweep_dir.logs_dir, f"mmhpc-{manifest['sweep']}-{res.label()}")
+        with ex.batch():  # one sbatch --array per shape (a plain job when the shape has one run)
+            jobs = [ex.submit(_sweep_run(profile, run)) for run in group]
+        now = time.time()
+        for run, job in zip(group, jobs):
+            run["jobs"].append({"job_id": job.job_id, "scheduler": "slurm", "cluster": profile.name,
+                                "submitted": now})
+        main = jobs[0].job_id.split("_")[0]
+        manifest["arrays"].append({"job_id": main, "shape": res.label(), "runs": [r["index"] for r in group],
+                                   "script": str(jobs[0].paths.submission_file), "submitted": now})
+        sweep_dir.save(manifest)  # after each array, so a later failure loses no job id
+        job_ids += [j.job_id for j in jobs]
+    return job_ids
+
+
+def _sweep_run(profile: ClusterProfile, run: dict) -> SweepRun:
+    home = os.environ.get("MMHPC_DATA", "data")
+    return SweepRun(run["config"], profile.stage_data, str(Path(home).absolute()))
+
+
+def _pregenerate_tiny_data(runs: list[dict]) -> None:
+    """Make the tiny synthetic datasets once here rather than in every array task at the same time."""
+    from mmhpc.data.synthetic import ensure_synthetic
+
+    for d in {(c["dataset"], c["preset"], c["data_seed"], c["root"]) for c in (r["config"]["data"] for r in runs)
+              if c["source"] == "synthetic" and c["preset"] == "tiny"}:
+        ensure_synthetic(*d, progress=False)
+
+
+def _run_here(sweep_dir: SweepDir, manifest: dict, profile: ClusterProfile, runs: list[dict],
+              progress: bool) -> list[str]:
+    done = []
+    for run in tqdm(runs, desc=f"sweep {manifest['sweep']}", disable=not progress):
+        res = Resources(**run["resources"])
+        entry = {"job_id": "in-process", "scheduler": "none", "cluster": profile.name, "submitted": time.time()}
+        try:
+            if res.tasks_per_node > 1:  # DDP: separate processes with the torch.distributed variables
+                ex = submitit.LocalExecutor(sweep_dir.logs_dir)
+                ex.update_parameters(tasks_per_node=res.tasks_per_node, timeout_min=res.time_min)
+                job = ex.submit(_sweep_run(profile, run))
+                entry.update(job_id=job.job_id, scheduler="local")
+                run["jobs"].append(entry)
+                sweep_dir.save(manifest)
+                job.results()  # one result per task
+            else:
+                run["jobs"].append(entry)
+                sweep_dir.save(manifest)
+                _sweep_run(profile, run)()
+            done.append(run["name"])
+        except Exception as e:  # one failed run does not stop the others; `sweep status` shows why
+            print(f"run {run['index']} ({run['name']}) failed: {type(e).__name__}: {str(e).strip()[-500:]}",
+                  file=sys.stderr)
+    return done
+
+
+def to_resubmit(sweep_dir: SweepDir, manifest: dict) -> list[int]:
+    return [s.index for s in run_states(sweep_dir, manifest) if s.state in RESUBMIT]
+
+
+def reresolve(manifest: dict, profile: ClusterProfile) -> None:
+    """Recompute each run's allocation for `profile` (resume on another cluster); all errors at once."""
+    errors = []
+    for run in manifest["runs"]:
+        if run.get("not_applicable"):
+            continue
+        res, errs, na = resolve_resources(profile, RunConfig.from_dict(run["config"]), run.get("request") or {})
+        errors += [f"run {run['index']} ({run['name']}): {e}" for e in errs]
+        if na:
+            errors.append(f"run {run['index']} ({run['name']}): {na}")
+        elif res:
+            run["resources"] = res.to_dict()
+    if errors:
+        raise SweepError(errors, f"sweep {manifest['sweep']} on {profile.name}")
+
+
+def wait(sweep_dir: SweepDir, poll_s: float = 5.0, progress: bool = True):
+    """Block until no run is pending or running; a progress bar counts the settled runs."""
+    manifest = sweep_dir.load()
+    quiet_polls = 0
+    with tqdm(total=len(manifest["runs"]), desc=f"sweep {manifest['sweep']}", disable=not progress) as bar:
+        while True:
+            states = run_states(sweep_dir, manifest)
+            counts = {k: sum(s.state == k for s in states) for k in ("done", "failed", "running", "pending")}
+            bar.n = len(states) - counts["running"] - counts["pending"]
+            bar.set_postfix(counts, refresh=True)
+            # two quiet polls in a row: a job that just left squeue may not be in sacct yet
+            quiet_polls = quiet_polls + 1 if counts["running"] + counts["pending"] == 0 else 0
+            if quiet_polls >= 2:
+                return states
+            time.sleep(poll_s)
+
+
+# ---- the two entry points: a sweep file, or a sweep directory to resume --------------------------------
+
+def prepare_sweep(path: str | Path, cluster: str, size: str | None = None, account: str | None = None,
+                  results: str | Path | None = None, name: str | None = None, dry_run: bool = False,
+                  overrides: list[str] | None = None):
+    """Load the profile, expand and validate every run: (profile, plan, sweep dir). Raises listing all errors."""
+    from mmhpc.launch.clusters import load_profile
+    from mmhpc.sweep import expand, load_sweep
+
+    profile = load_profile(cluster, account)
+    profile.check_account(dry_run)
+    spec = load_sweep(path)
+    root = Path(results).expanduser().absolute() if results else profile.results_dir()
+    sweep_dir = SweepDir(root / (name or spec["name"]))
+    plan = expand(spec, profile, size, runs_dir=sweep_dir.runs_dir, overrides=overrides).check()
+    return profile, plan, sweep_dir
+
+
+def submit_sweep(path: str | Path, cluster: str, size: str | None = None, account: str | None = None,
+                 results: str | Path | None = None, name: str | None = None, progress: bool = True,
+                 hold: bool = False, overrides: list[str] | None = None) -> tuple[SweepDir, list[int]]:
+    """Validate, create the sweep directory and submit what is not done yet (all of it, the first time).
+    `hold`: write the directory only (for jobs/sweep_array.sbatch). Returns (dir, submitted run indices)."""
+    from mmhpc.launch.store import create
+
+    profile, plan, sweep_dir = prepare_sweep(path, cluster, size, account, results, name, overrides=overrides)
+    with sweep_dir.lock():
+        manifest = create(sweep_dir, plan, Path(path))
+        if hold:
+            return sweep_dir, []
+        if manifest["cluster"] != profile.name:
+            reresolve(manifest, profile)
+        todo = to_resubmit(sweep_dir, manifest)
+        submit_runs(sweep_dir, manifest, profile, todo, progress)
+    return sweep_dir, todo
+
+
+def resume_sweep(path: str | Path, cluster: str | None = None, account: str | None = None,
+                 progress: bool = True, dry_run: bool = False) -> tuple[SweepDir, list[int], str]:
+    """Submit the runs of a sweep directory that are neither done, alive nor not applicable."""
+    from mmhpc.launch.clusters import load_profile
+
+    sweep_dir = SweepDir(path)
+    with sweep_dir.lock():
+        manifest = sweep_dir.load()
+        profile = load_profile(cluster or manifest["cluster"], account)
+        profile.check_account(dry_run)
+        if profile.name != manifest["cluster"]:
+            reresolve(manifest, profile)
+        todo = to_resubmit(sweep_dir, manifest)
+        if dry_run:
+            return sweep_dir, todo, render_scripts(sweep_dir, profile, manifest["sweep"],
+                                                   [manifest["runs"][i] for i in todo])
+        submit_runs(sweep_dir, manifest, profile, todo, progress)
+    return sweep_dir, todo, ""
+
+
+def run_index(path: str | Path, index: int) -> str:
+    """Run number `index` of a sweep directory here (the body of jobs/sweep_array.sbatch)."""
+    manifest = SweepDir(path).load()
+    runs = manifest["runs"]
+    if not 0 <= index < len(runs):
+        raise SweepError([f"index: {index} out of range; valid: 0..{len(runs) - 1}"], f"sweep {manifest['sweep']}")
+    run = runs[index]
+    if run.get("not_applicable"):
+        return f"run {index} ({run['name']}) not applicable: {run['not_applicable']}"
+    from mmhpc.launch.clusters import load_profile
+
+    return execute_run(run["config"], load_profile(manifest["cluster"]).stage_data)

@@ -1,0 +1,221 @@
+"""Sweeps through the real local SLURM (env/slurm): a job array of tiny runs, the CPU parallelism sweep
+with a 2-task DDP (gloo) job, scancel of a running array task then `resume`, and the hand-written
+jobs/sweep_array.sbatch.
+
+The module fixture installs and starts the cluster (both idempotent) and leaves it running. Skipped only
+where it cannot be set up at all (not root, or no apt-get).
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from mmhpc.launch.store import SweepDir, run_states
+from mmhpc.launch.submit import resume_sweep, submit_sweep, wait
+
+pytestmark = pytest.mark.slurm
+
+REPO = Path(__file__).resolve().parents[1]
+SLURM_DIR = REPO / "env" / "slurm"
+SETTLE_TIMEOUT_S = 900  # the 2-core node is shared with whatever else runs
+
+
+@pytest.fixture(scope="module")
+def slurm(tmp_path_factory):
+    """SLURM_CONF of the running local cluster in os.environ; a shared synthetic-data cache."""
+    if shutil.which("apt-get") is None or os.geteuid() != 0:
+        pytest.skip("local SLURM needs root and apt-get (env/slurm/install.sh) to be set up")
+    for script in ("install.sh", "start.sh"):
+        res = subprocess.run(["bash", str(SLURM_DIR / script)], capture_output=True, text=True, timeout=900,
+                             stdin=subprocess.DEVNULL)
+        if res.returncode != 0:
+            pytest.fail(f"env/slurm/{script} failed ({res.returncode}):\n{res.stdout}\n{res.stderr}")
+    conf = [ln.split("=", 1)[1] for ln in res.stdout.splitlines() if ln.startswith("export SLURM_CONF=")][-1]
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("SLURM_CONF", conf)
+        mp.setenv("MMHPC_DATA", str(tmp_path_factory.mktemp("data")))
+        for var in ("MMHPC_CLUSTERS", "MMHPC_RESULTS", "SIZE"):
+            mp.delenv(var, raising=False)
+        yield conf
+
+
+def write_sweep(path: Path, name: str, **spec) -> Path:
+    # audio only and small batches: the CPU time of a run is mostly its ResNet-18 forward/backward
+    base = {"data.dataset": "cremad", "data.modalities": ["audio"], "train.batch_size": 32,
+            "loader.num_workers": 0, **spec.pop("base", {})}
+    path.write_text(yaml.safe_dump({"name": name, "base": base, **spec}))
+    return path
+
+
+def records(sweep_dir: SweepDir) -> dict[str, dict]:
+    """{run name: record} of every run record in the sweep (not the sampler's side files)."""
+    found = {}
+    for p in sorted(sweep_dir.runs_dir.glob("*.json")):
+        data = json.loads(p.read_text())
+        if isinstance(data, dict) and {"run", "status", "config"} <= set(data):
+            assert p.name == f"{data['run']}.json"
+            found[data["run"]] = data
+    return found
+
+
+def squeue(job: str) -> str:
+    return subprocess.run(["squeue", "-h", "-j", job, "-o", "%T %r"], capture_output=True, text=True,
+                          timeout=60).stdout
+
+
+def sacct(*args: str) -> str:
+    return subprocess.run(["sacct", "-n", "-X", "-P", *args], capture_output=True, text=True, timeout=60).stdout
+
+
+def test_a_sweep_runs_as_one_job_array(slurm, tmp_path):
+    spec = write_sweep(tmp_path / "array.yaml", "array", grid={"train.lr": [0.001, 0.002, 0.003, 0.004]})
+    t0 = time.monotonic()
+    sweep_dir, submitted = submit_sweep(spec, "local", results=tmp_path / "results", progress=False)
+    assert time.monotonic() - t0 < 60, "submission must not wait for the runs"
+    assert submitted == [0, 1, 2, 3]
+    manifest = sweep_dir.load()
+    (array,) = manifest["arrays"]  # one resource shape: one array
+    assert array["runs"] == [0, 1, 2, 3]
+    assert [r["jobs"][0]["job_id"] for r in manifest["runs"]] == [f"{array['job_id']}_{i}" for i in range(4)]
+    script = Path(array["script"]).read_text()  # the generated sbatch script is kept beside the results
+    assert "#SBATCH --array=0-3%2" in script and "#SBATCH --partition=debug" in script
+
+    states = wait(sweep_dir, poll_s=2, progress=False)
+    assert [s.state for s in states] == ["done"] * 4, states
+    recs = records(sweep_dir)
+    assert sorted(recs) == sorted(r["name"] for r in manifest["runs"])
+    tasks = {rec["env"]["slurm"]["SLURM_ARRAY_TASK_ID"] for rec in recs.values()}
+    assert tasks == {"0", "1", "2", "3"}
+    assert {rec["env"]["slurm"]["SLURM_ARRAY_JOB_ID"] for rec in recs.values()} == {array["job_id"]}
+    assert all(rec["status"] == "done" and rec["config"]["data"]["preset"] == "tiny" for rec in recs.values())
+    # accounting (slurmdbd) may lag the records by a moment
+    _until(lambda: sacct("-j", array["job_id"], "-o", "State").split() == ["COMPLETED"] * 4,
+           f"sacct to show the 4 tasks of {array['job_id']} COMPLETED", timeout=120)
+    assert list(sweep_dir.logs_dir.glob(f"{array['job_id']}_*_0_log.out"))
+    # submitting the same sweep again submits nothing: a finished run is never rerun
+    mtimes = {p: p.stat().st_mtime_ns for p in sweep_dir.runs_dir.iterdir()}
+    _, again = submit_sweep(spec, "local", results=tmp_path / "results", progress=False)
+    assert again == [] and mtimes == {p: p.stat().st_mtime_ns for p in sweep_dir.runs_dir.iterdir()}
+
+
+def test_parallelism_sweep_runs_single_ddp_and_blp_through_slurm(slurm, tmp_path):
+    pytest.importorskip("mmhpc.system.parallel", reason="DDP/BLP need mmhpc/system/parallel.py")
+    sweep_dir, submitted = submit_sweep(REPO / "sweeps" / "parallelism.yaml", "local",
+                                        results=tmp_path / "results", progress=False)
+    manifest = sweep_dir.load()
+    runs = {r["config"]["system"]["parallelism"]: r for r in manifest["runs"]}
+    assert "needs >= 2 CUDA GPUs" in runs["dp"]["not_applicable"]
+    assert sorted(submitted) == sorted(runs[p]["index"] for p in ("single", "ddp", "blp"))
+    assert runs["ddp"]["resources"]["tasks_per_node"] == 2
+    states = {s.name: s for s in wait(sweep_dir, poll_s=2, progress=False)}
+    assert states[runs["dp"]["name"]].state == "n/a"
+    for par in ("single", "ddp", "blp"):
+        assert states[runs[par]["name"]].state == "done", (par, states[runs[par]["name"]])
+    ddp = records(sweep_dir)[runs["ddp"]["name"]]
+    assert ddp["env"]["slurm"]["SLURM_NTASKS"] == "2"  # one SLURM task per process, gloo on the CPU
+    ddp_job = runs["ddp"]["jobs"][0]["job_id"]
+    for task in (0, 1):
+        log = (sweep_dir.logs_dir / f"{ddp_job}_{task}_log.out").read_text()
+        assert "Job completed successfully" in log or "Exiting after successful completion" in log, log[-2000:]
+    assert not any(sweep_dir.runs_dir.glob(".*.json"))
+
+
+def test_scancel_of_a_running_task_then_resume_completes_the_sweep(slurm, tmp_path):
+    # three epochs, so the cancelled run has an epoch checkpoint to resume from
+    spec = write_sweep(tmp_path / "cancel.yaml", "cancel", grid={"train.lr": [0.001, 0.002, 0.003, 0.004]},
+                       tiny={"base": {"train.epochs": 3}})
+    sweep_dir, _ = submit_sweep(spec, "local", results=tmp_path / "results", progress=False)
+    manifest = sweep_dir.load()
+
+    def running_with_checkpoint():
+        for s in run_states(sweep_dir, manifest):
+            if s.state == "running" and (sweep_dir.runs_dir / f"{s.name}.ckpt.pt").exists():
+                return s
+        return None
+
+    victim = _until(running_with_checkpoint, "a running array task with an epoch checkpoint")
+    subprocess.run(["scancel", victim.job_id], check=True, timeout=60)
+    states = {s.name: s for s in wait(sweep_dir, poll_s=2, progress=False)}
+    assert states[victim.name].state == "failed" and "CANCELLED" in states[victim.name].reason
+    others = [n for n in states if n != victim.name]
+    assert all(states[n].state == "done" for n in others), states
+    finished = {n: (p.stat().st_mtime_ns, p.read_bytes()) for n in others
+                for p in [sweep_dir.runs_dir / f"{n}.json"]}
+
+    _, resubmitted, _ = resume_sweep(sweep_dir.path, progress=False)
+    assert resubmitted == [states[victim.name].index]  # only what is not done
+    final = wait(sweep_dir, poll_s=2, progress=False)
+    assert [s.state for s in final] == ["done"] * 4, final
+    # nothing lost: four finished records; nothing duplicated: no second record, finished ones untouched
+    recs = records(sweep_dir)
+    assert sorted(recs) == sorted(states) and all(r["status"] == "done" for r in recs.values())
+    assert {n: (p.stat().st_mtime_ns, p.read_bytes()) for n in others
+            for p in [sweep_dir.runs_dir / f"{n}.json"]} == finished
+    resumed = recs[victim.name]
+    assert resumed["resumed"][0]["at_epoch"] >= 1, "the rerun continues from its epoch checkpoint"
+    assert [e["epoch"] for e in resumed["epochs"]] == [0, 1, 2]
+    assert not list(sweep_dir.runs_dir.glob("*.ckpt.pt")) and not list(sweep_dir.runs_dir.glob(".*.json"))
+    jobs = {r["name"]: len(r["jobs"]) for r in sweep_dir.load()["runs"]}
+    assert jobs == {**{n: 1 for n in others}, victim.name: 2}
+
+
+def test_a_preempted_run_requeues_itself_and_resumes_from_its_checkpoint(slurm, tmp_path):
+    spec = write_sweep(tmp_path / "preempt.yaml", "preempt", tiny={"base": {"train.epochs": 3}})
+    sweep_dir, _ = submit_sweep(spec, "local", results=tmp_path / "results", progress=False)
+    (run,) = sweep_dir.load()["runs"]
+    job = run["jobs"][0]["job_id"]
+    _until(lambda: (sweep_dir.runs_dir / f"{run['name']}.ckpt.pt").exists(), "the first epoch checkpoint")
+    # what SLURM sends before preemption or the time limit: submitit checkpoints and `scontrol requeue`s
+    subprocess.run(["scancel", "--signal=USR2", job], check=True, timeout=60)
+    # SLURM holds a requeued job back for a while (reason BeginTime); let it start now
+    _until(lambda: "BeginTime" in squeue(job), f"job {job} to be requeued")
+    subprocess.run(["scontrol", "update", f"JobId={job}", "StartTime=now"], check=True, timeout=60)
+    states = wait(sweep_dir, poll_s=2, progress=False)
+    assert states[0].state == "done", states
+    rec = records(sweep_dir)[run["name"]]
+    (restart,) = rec["resumed"]  # the environment of the requeued start
+    assert restart["env"]["slurm"]["SLURM_JOB_ID"] == job and restart["env"]["slurm"]["SLURM_RESTART_COUNT"] == "1"
+    assert restart["at_epoch"] >= 1 and [e["epoch"] for e in rec["epochs"]] == [0, 1, 2]
+    assert len(sweep_dir.load()["runs"][0]["jobs"]) == 1  # the same job, requeued: no resubmission
+
+
+def test_plain_sbatch_array_script_runs_sweep_runs_by_index(slurm, tmp_path):
+    spec = write_sweep(tmp_path / "hand.yaml", "hand", grid={"train.lr": [0.001, 0.002]})
+    sweep_dir, submitted = submit_sweep(spec, "local", results=tmp_path / "results", hold=True)
+    assert submitted == [] and sweep_dir.exists()
+    env = dict(os.environ, MMHPC_PYTHON=sys.executable)
+    out = subprocess.run(["sbatch", "--parsable", "--array=0-1", "-p", "debug", "--cpus-per-task=1",
+                          "-D", str(tmp_path), str(REPO / "jobs" / "sweep_array.sbatch"), str(sweep_dir.path)],
+                         env=env, capture_output=True, text=True, timeout=60, check=True).stdout
+    job = out.strip().split(";")[0]
+
+    def finished():
+        states = sacct("-j", job, "-o", "JobID,State").split()
+        return len(states) == 2 and all("|" in s and s.split("|")[1] not in ("PENDING", "RUNNING") for s in states)
+
+    _until(finished, f"array job {job} to finish")
+    recs = records(sweep_dir)
+    assert len(recs) == 2 and all(r["status"] == "done" for r in recs.values()), \
+        [p.read_text()[-2000:] for p in tmp_path.glob("mmhpc-sweep-*.out")]
+    # status knows these runs' jobs from their records
+    states = run_states(sweep_dir, sweep_dir.load())
+    assert [(s.state, s.job_id) for s in states] == [("done", f"{job}_0"), ("done", f"{job}_1")]
+
+
+def _until(predicate, what: str, timeout: float = SETTLE_TIMEOUT_S, poll_s: float = 1.0):
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
+        time.sleep(poll_s)
