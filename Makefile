@@ -4,7 +4,9 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: install system-deps demo test clean-venv
+.PHONY: install system-deps demo test clean-venv demo-report report
+RESULTS ?= $(or $(MMHPC_RESULTS),results)
+SWEEP   ?=
 
 install: $(STAMP)
 
@@ -27,6 +29,18 @@ demo: install
 
 test: install system-deps
 	$(PY) -m pytest -q $(PYTEST_ARGS)
+
+# A tiny CPU sweep with no scheduler, then its report (built even when a run failed: it shows it; the
+# target still fails then).
+demo-report: install
+	$(VENV)/bin/mmhpc sweep submit reports/demo-sweep.yaml --cluster none --tiny --wait --results $(RESULTS) -q; \
+	status=$$?; $(VENV)/bin/mmhpc report $(RESULTS)/demo && exit $$status
+
+# make report SWEEP=parallelism (under RESULTS) or SWEEP=some/dir; plus GPU records under reports/results/
+report: install
+	$(if $(SWEEP),$(VENV)/bin/mmhpc report $(if $(wildcard $(SWEEP)/.),$(SWEEP),$(RESULTS)/$(SWEEP)))
+	@if [ -d reports/results ]; then $(VENV)/bin/mmhpc report reports/results --out reports/out/results; \
+	elif [ -z "$(SWEEP)" ]; then echo "make report SWEEP=<sweep name or directory>: no SWEEP given, and no GPU records under reports/results/"; fi
 
 clean-venv:
 	rm -rf $(VENV)

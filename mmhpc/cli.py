@@ -159,6 +159,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-q", "--quiet", action="store_true")
     p.set_defaults(func=cmd_demo)
     _add_sweep_parser(sub)
+    from mmhpc.report import _add_report_parser  # `report` lives with the report layer
+
+    _add_report_parser(sub)
     return parser
 
 

@@ -1,0 +1,291 @@
+"""The report as files: report.pdf (matplotlib PdfPages), tables/*.md and *.tex, figures/*.png.
+
+PDF: a title page (sweep, description, clusters, devices, software versions, date, contents), one section
+per table (a table longer than a page continues on the next), the figures, and the runs table last.
+Markdown and LaTeX are written here rather than with pandas' `to_markdown`/`to_latex`, which need the
+optional `tabulate` and `jinja2` packages.
+"""
+from __future__ import annotations
+
+import datetime as dt
+import re
+import textwrap
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import pandas as pd  # noqa: E402
+from matplotlib.backends.backend_pdf import PdfPages  # noqa: E402
+
+from mmhpc.report.figures import PAGE, Figure  # noqa: E402
+from mmhpc.report.load import Results  # noqa: E402
+from mmhpc.report.tables import Table  # noqa: E402
+
+
+
+# ---- markdown and LaTeX ----------------------------------------------------------------------------------
+
+def to_markdown(table: Table) -> str:
+    def row(cells):
+        return "| " + " | ".join(str(c).replace("|", "\\|") for c in cells) + " |"
+
+    lines = [f"### {table.title}", "", table.caption, "", row(table.frame.columns),
+             "|" + "|".join("---" for _ in table.frame.columns) + "|"]
+    lines += [row(r) for r in table.frame.itertuples(index=False)]
+    if table.notes:
+        lines += [""] + [f"{n}  " for n in table.notes]
+    return "\n".join(lines) + "\n"
+
+
+_TEX = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_", "{": r"\{",
+        "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}", "×": r"$\times$", "±": r"$\pm$",
+        "–": "--", "·": r"$\cdot$", ">": r"$>$", "<": r"$<$"}
+
+
+def tex_escape(text) -> str:
+    return "".join(_TEX.get(ch, ch) for ch in str(text))
+
+
+def to_latex(table: Table) -> str:
+    """A booktabs table (needs \\usepackage{booktabs}); key columns left-aligned, numbers right-aligned."""
+    cols = list(table.frame.columns)
+    spec = "l" * table.keys + "r" * (len(cols) - table.keys)
+    lines = [r"\begin{table}[htbp]", r"\centering", r"\small",
+             rf"\caption{{{tex_escape(table.title)}. {tex_escape(table.caption)}}}",
+             rf"\label{{tab:{table.name}}}", rf"\begin{{tabular}}{{{spec}}}", r"\toprule",
+             " & ".join(tex_escape(c) for c in cols) + r" \\", r"\midrule"]
+    lines += [" & ".join(tex_escape(c) for c in r) + r" \\" for r in table.frame.itertuples(index=False)]
+    lines += [r"\bottomrule", r"\end{tabular}"]
+    if table.notes:
+        lines += [r"\par\footnotesize"] + [tex_escape(n) + r"\\" for n in table.notes]
+    lines.append(r"\end{table}")
+    return "\n".join(lines) + "\n"
+
+
+# ---- PDF pages -------------------------------------------------------------------------------------------
+
+FONT = 10.0
+CHARS_PER_LINE = 135          # what fits across the page at FONT, for wrapping cells
+TABLE_BOX = (0.04, 0.15, 0.92, 0.66)  # left, bottom, width, height of the table on a page (figure fraction)
+LINE_IN = FONT * 1.55 / 72    # height of one text line in a cell, inches
+
+
+def _column_widths(frame: pd.DataFrame) -> list[int]:
+    """Characters per column: each as wide as its longest cell, the widest shrunk until the row fits."""
+    widths = [max([len(str(c)) for c in frame[col]] + [min(len(str(col)), 14), 4]) for col in frame.columns]
+    while sum(widths) > CHARS_PER_LINE and max(widths) > 10:
+        widths[widths.index(max(widths))] -= 1
+    return widths
+
+
+def wrap_cell(text: str, width: int) -> str:
+    """Greedy line breaks after spaces, `_` and `-`, so run names split between their parts."""
+    lines, line = [], ""
+    for token in re.split(r"(?<=[ _-])", str(text)):
+        while len(token) > width:  # a part longer than a line: split it hard
+            if line:
+                lines.append(line)
+                line = ""
+            lines.append(token[:width])
+            token = token[width:]
+        if len(line) + len(token.rstrip()) > width and line:
+            lines.append(line)
+            line = ""
+        line += token
+    lines.append(line)
+    return "\n".join(ln.rstrip() for ln in lines if ln.strip()) or " "
+
+
+def _wrapped(frame: pd.DataFrame, keys: int) -> tuple[list[str], list[list[str]], list[int]]:
+    """Header, body (cells wrapped; a key repeated from the row above blanked) and each row's line count."""
+    widths = _column_widths(frame)
+    header = ["\n".join(textwrap.wrap(str(c), max(w, 8))) or " " for c, w in zip(frame.columns, widths)]
+    body, prev = [], None
+    for r in frame.itertuples(index=False):
+        cells = [wrap_cell(c, w) for c, w in zip(r, widths)]
+        if prev is not None:
+            for j in range(keys):  # blank the leading keys the row shares with the one above
+                if str(r[j]) != str(prev[j]):
+                    break
+                cells[j] = ""
+        body.append(cells)
+        prev = r
+    return header, body, [max(c.count("\n") + 1 for c in row) for row in body]
+
+
+def _pages_of_rows(lines: list[int], header_lines: int) -> list[tuple[int, int]]:
+    """Split rows into pages by their wrapped heights: [(start, stop), ...]."""
+    capacity = int(TABLE_BOX[3] * PAGE[1] / LINE_IN) - header_lines - 1
+    spans, start, used = [], 0, 0
+    for i, n in enumerate(lines):
+        if used + n > capacity and i > start:
+            spans.append((start, i))
+            start, used = i, 0
+        used += n
+    spans.append((start, len(lines)))
+    return spans
+
+
+def table_pages(table: Table, number: int) -> list[plt.Figure]:
+    header, body, lines = _wrapped(table.frame, table.keys)
+    header_lines = max(h.count("\n") + 1 for h in header)
+    spans = _pages_of_rows(lines, header_lines)
+    pages = []
+    for i, (a, b) in enumerate(spans):
+        cont = f" (continued, {i + 1}/{len(spans)})" if i else ""
+        fig = plt.figure(figsize=PAGE)
+        fig.text(0.05, 0.95, f"Table {number}. {table.title}{cont}", fontsize=14, fontweight="bold", va="top")
+        fig.text(0.05, 0.905, "\n".join(textwrap.wrap(table.caption, 165)), fontsize=9, va="top", style="italic")
+        ax = fig.add_axes(TABLE_BOX)
+        ax.axis("off")
+        rows = body[a:b]
+        if a and table.keys:  # a continued page repeats the keys it starts in
+            rows[0] = [str(table.frame.iloc[a, j]) if j < table.keys else c for j, c in enumerate(rows[0])]
+        _draw_table(fig, ax, header, rows, lines[a:b], header_lines, table.keys, shade_from=a)
+        if i == len(spans) - 1 and table.notes:
+            fig.text(0.05, 0.02, _notes_text(table.notes), fontsize=7.5, va="bottom")
+        pages.append(fig)
+    return pages
+
+
+def _notes_text(notes: list[str], max_lines: int = 9) -> str:
+    lines = [ln for n in notes for ln in textwrap.wrap(n, 200, subsequent_indent="     ")]
+    if len(lines) > max_lines:
+        lines = lines[:max_lines - 1] + [f"... ({len(lines) - max_lines + 1} more lines in the .md/.tex table)"]
+    return "\n".join(lines)
+
+
+def _draw_table(fig, ax, header, body, lines, header_lines, keys, shade_from=0) -> None:
+    """A matplotlib table with row heights from their wrapped lines, bold header, alternate shading."""
+    if not body:
+        ax.text(0.5, 0.9, "(no rows)", ha="center", fontsize=10)
+        return
+    tbl = ax.table(cellText=body, colLabels=header, loc="upper center", cellLoc="center")
+    tbl.auto_set_font_size(False)
+    tbl.set_fontsize(FONT)
+    tbl.auto_set_column_width(list(range(len(header))))
+    line = LINE_IN / (TABLE_BOX[3] * PAGE[1])  # one text line in axes coordinates
+    prose = {j for j in range(len(header)) if any("\n" in row[j] for row in body)}  # wrapped text reads left
+    for (i, j), c in tbl.get_celld().items():
+        c.set_edgecolor("#bbbbbb")
+        c.set_linewidth(0.5)
+        if i == 0:
+            c.set_facecolor("#dde4ee")
+            c.set_text_props(fontweight="bold")
+            c.set_height(line * (header_lines + 0.6))
+        else:
+            c.set_height(line * (lines[i - 1] + 0.6))
+            c.set_facecolor("#f3f5f9" if (i + shade_from) % 2 == 0 else "white")  # zebra: rows are wide
+            if j < keys or j in prose:
+                c.get_text().set_ha("left")
+                c.PAD = 0.04
+    _fit_width(fig, ax, tbl, len(header))
+
+
+def _fit_width(fig, ax, tbl, ncols: int) -> None:
+    """Shrink the font until the table fits the page's width (a safety net behind the wrapping)."""
+    renderer = fig.canvas.get_renderer()
+    for _ in range(4):
+        width = tbl.get_window_extent(renderer).width
+        avail = ax.get_window_extent(renderer).width
+        if width <= avail * 1.001:
+            return
+        size = max(5.0, tbl.get_celld()[0, 0].get_text().get_fontsize() * avail / width * 0.98)
+        tbl.set_fontsize(size)
+        tbl.auto_set_column_width(list(range(ncols)))
+
+
+def title_page(results: Results, contents: list[tuple[str, int]]) -> plt.Figure:
+    runs = results.runs
+    done = results.done
+    fig = plt.figure(figsize=PAGE)
+    fig.text(0.06, 0.9, f"mmhpc report: {results.name}", fontsize=24, fontweight="bold", va="top")
+    if results.description:
+        fig.text(0.06, 0.83, "\n".join(textwrap.wrap(results.description, 110)), fontsize=12, va="top")
+    states = ", ".join(f"{n} {s}" for s, n in runs["state"].value_counts().items() if n)
+    devices = ", ".join(f"{d} ({n} runs)" for d, n in done["device"].value_counts().items()) or "none finished"
+    gpus = sorted({(r.get("env") or {}).get("gpu", {}).get("name") for r in done["record"]} - {None})
+    info = [("Source", str(results.path)), ("Sweeps", ", ".join(results.sweeps)),
+            ("Cluster", ", ".join(results.clusters) or "unknown (plain records)"),
+            ("Hosts", ", ".join(sorted(set(done["host"].dropna()))) or "–"),
+            ("Devices", devices + (f"; {', '.join(gpus)}" if gpus else "")),
+            ("Runs", f"{len(runs)}: {states}"),
+            ("Software", _versions(done)),
+            ("Runs dated", _run_dates(done)),
+            ("Report made", dt.datetime.now().strftime("%Y-%m-%d %H:%M"))]
+    y = 0.74
+    for label, text in info:
+        wrapped = textwrap.wrap(text, 115) or ["–"]
+        fig.text(0.06, y, label, fontsize=10.5, fontweight="bold", va="top")
+        fig.text(0.2, y, "\n".join(wrapped), fontsize=10.5, va="top")
+        y -= 0.035 * len(wrapped) + 0.01
+    fig.text(0.06, y - 0.02, "Contents", fontsize=12, fontweight="bold", va="top")
+    y -= 0.06
+    for title, page_no in contents[:24]:
+        fig.text(0.08, y, title, fontsize=9.5, va="top")
+        fig.text(0.8, y, f"page {page_no}", fontsize=9.5, va="top")
+        y -= 0.022
+    return fig
+
+
+def _versions(done: pd.DataFrame) -> str:
+    found: dict[str, set] = {}
+    for rec in done["record"]:
+        env = rec.get("env") or {}
+        for k, v in {"python": env.get("python"), "cuda": env.get("cuda"), **(env.get("versions") or {})}.items():
+            if v:
+                found.setdefault(k, set()).add(str(v))
+    return ", ".join(f"{k} {'/'.join(sorted(v))}" for k, v in found.items()) or "not recorded"
+
+
+def _run_dates(done: pd.DataFrame) -> str:
+    stamps = [t for rec in done["record"] for t in (rec.get("started"), rec.get("finished")) if t]
+    if not stamps:
+        return "not recorded"
+    fmt = "%Y-%m-%d %H:%M"
+    return (f"{dt.datetime.fromtimestamp(min(stamps)).strftime(fmt)} to "
+            f"{dt.datetime.fromtimestamp(max(stamps)).strftime(fmt)}")
+
+
+def write_report(results: Results, tables: list[Table], figures: list[Figure], out: Path) -> dict:
+    """Write everything under `out`; returns {pdf, pages, tables: [paths], figures: [paths]}."""
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "tables").mkdir(exist_ok=True)
+    (out / "figures").mkdir(exist_ok=True)
+    written = {"tables": [], "figures": []}
+    for t in tables:
+        for suffix, text in ((".md", to_markdown(t)), (".tex", to_latex(t))):
+            path = out / "tables" / f"{t.name}{suffix}"
+            path.write_text(text)
+            written["tables"].append(path)
+    for f in figures:
+        path = out / "figures" / f"{f.name}.png"
+        f.figure.savefig(path, dpi=110)
+        written["figures"].append(path)
+    # sections in page order: comparison tables, figures, the runs table as an appendix
+    main, appendix = [t for t in tables if t.name != "runs"], [t for t in tables if t.name == "runs"]
+    sections: list[tuple[str, list]] = []
+    for i, t in enumerate(main + appendix, 1):
+        sections.append((f"Table {i}. {t.title}", table_pages(t, i)))
+    sections = sections[:len(main)] + [(f"Figure: {_fig_title(f)}", [f.figure]) for f in figures] + sections[len(main):]
+    contents, page_no = [], 2
+    for title, pages in sections:
+        contents.append((title, page_no))
+        page_no += len(pages)
+    pdf_path = out / "report.pdf"
+    with PdfPages(pdf_path) as pdf:
+        pages = [title_page(results, contents)] + [p for _, ps in sections for p in ps]
+        for p in pages:
+            pdf.savefig(p)
+            plt.close(p)
+        meta = pdf.infodict()
+        meta["Title"] = f"mmhpc report: {results.name}"
+        meta["Creator"] = "mmhpc report"
+    written.update(pdf=pdf_path, pages=len(pages))
+    return written
+
+
+def _fig_title(f: Figure) -> str:
+    return f.figure.get_suptitle() or f.name

@@ -1,0 +1,238 @@
+"""Reports from hand-made records: speedups (Eq. 4.1) and standard errors against hand-computed values,
+missing / failed / not-applicable runs shown as such, and a PDF that renders (pdftoppm)."""
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from mmhpc.report import build_report
+from mmhpc.report.load import load_results
+from mmhpc.report.tables import build_tables, detect_kinds
+
+A100 = {"device": "cuda:0", "host": "alvis-n1", "gpu": {"name": "NVIDIA A100-SXM4-40GB", "capability": "8.0"},
+        "versions": {"torch": "2.4.0"}, "python": "3.11.7"}
+
+
+def record(run, times, *, dataset="cremad", modalities=None, precision="fp32", parallelism="single",
+           preinit=False, batch=64, strategy="naive", seed=0, util=None, status="done", test=None, val_acc=None,
+           optimised=None, env=A100, cosine=False):
+    """A minimal run record: one epoch per entry of `times` (its epoch_s), optional GPU utilisation per epoch."""
+    epochs = []
+    for i, t in enumerate(times):
+        e = {"epoch": i, "time": {"epoch_s": t, "train_loader_init_s": 0.1 * t, "train_s": 0.7 * t,
+                                  "val_loader_init_s": 0.0, "val_s": 0.2 * t}}
+        if util is not None:
+            e["util"] = {"gpu0_util_pct_mean": util[i]}
+        if val_acc is not None:
+            e["val"] = {f"acc/{h}": v[i] for h, v in val_acc.items()}
+        epochs.append(e)
+    rec = {"schema": 1, "run": run, "status": status, "env": env, "epochs": epochs,
+           "config": {"data": {"dataset": dataset, "modalities": modalities},
+                      "loader": {"preinit": preinit, "persistent_workers": not preinit},
+                      "strategy": {"name": strategy}, "train": {"batch_size": batch, "seed": seed},
+                      "model": {"cosine": cosine},
+                      "system": {"precision": precision, "parallelism": parallelism},
+                      "output": {"name": run}}}
+    if status == "done":
+        rec["summary"] = {"test": test or {}, "optimised_epochs": optimised or {}}
+    else:
+        rec["error"] = "RuntimeError: CUDA out of memory"
+    return rec
+
+
+def write(directory: Path, rec: dict, timeseries: list[float] | None = None) -> None:
+    directory.mkdir(parents=True, exist_ok=True)
+    if timeseries is not None:
+        rec["system"] = {"timeseries": f"{rec['run']}.util.csv"}
+    (directory / f"{rec['run']}.json").write_text(json.dumps(rec))
+    if timeseries is not None:
+        t = np.arange(len(timeseries)) * 0.5
+        rows = "\n".join(f"{a},{b},100.0" for a, b in zip(t, timeseries))
+        (directory / f"{rec['run']}.util.csv").write_text("t,gpu0_util_pct,rss_mb\n" + rows + "\n")
+        markers = {"markers": [{"t": 0.0, "label": "epoch 0 start"}, {"t": 1.0, "label": "epoch 0 end"},
+                               {"t": 1.5, "label": "epoch 1 start"}, {"t": 2.5, "label": "epoch 1 end"}]}
+        (directory / f"{rec['run']}.util.markers.json").write_text(json.dumps(markers))
+
+
+def sweep_dir(root: Path, name: str, planned: list[dict], records: list[dict], series: dict | None = None) -> Path:
+    """A sweep directory as `mmhpc sweep` leaves it: sweep.yaml, manifest.json (planned runs), runs/."""
+    path = root / name
+    path.mkdir(parents=True)
+    (path / "sweep.yaml").write_text(f"name: {name}\ndescription: hand-made {name} sweep\n")
+    manifest = {"schema": 1, "sweep": name, "cluster": "alvis", "runs": [
+        {"index": i, "name": p["name"], "config": p.get("config", {}), "resources": {"gpu": "A100"},
+         "request": {"gpu": "A100"}, "not_applicable": p.get("na"), "jobs": []} for i, p in enumerate(planned)]}
+    (path / "manifest.json").write_text(json.dumps(manifest))
+    for rec in records:
+        write(path / "runs", rec, (series or {}).get(rec["run"]))
+    return path
+
+
+def row(table, **keys):
+    frame = table.frame
+    mask = np.ones(len(frame), bool)
+    for k, v in keys.items():
+        mask &= frame[k] == v
+    assert mask.sum() == 1, f"{keys}: {mask.sum()} rows in\n{frame}"
+    return frame[mask].iloc[0]
+
+
+def precision_sweep(tmp_path: Path) -> Path:
+    recs = [record("fp32-s0", [10.0, 10.0], seed=0, val_acc={"fused": [.3, .5], "audio": [.3, .4]}),
+            record("fp32-s1", [12.0, 12.0], seed=1, val_acc={"fused": [.3, .6], "audio": [.2, .4]}),
+            record("bf16-s0", [5.0, 5.0], precision="bf16", seed=0, val_acc={"fused": [.3, .5], "audio": [.3, .4]}),
+            record("bf16-s1", [6.0, 6.0], precision="bf16", seed=1, val_acc={"fused": [.4, .5], "audio": [.3, .5]}),
+            record("fp32-mvsa", [8.0], dataset="mvsa", seed=0),
+            record("bf16-mvsa", [4.0], dataset="mvsa", precision="bf16", status="failed")]
+    planned = [{"name": r["run"], "config": r["config"]} for r in recs] + [
+        {"name": "tf32-s0", "config": record("tf32-s0", [], precision="tf32")["config"],
+         "na": "system.precision: tf32 needs compute capability 8.0"},
+        {"name": "bf16-s2", "config": record("bf16-s2", [], precision="bf16", seed=2)["config"]}]
+    series = {"fp32-s0": [50, 90, 95, 20, 90, 92], "bf16-s0": [60, 95, 97, 30, 96, 97]}
+    return sweep_dir(tmp_path, "precision", planned, recs, series)
+
+
+def test_precision_speedup_and_standard_error(tmp_path):
+    results = load_results(precision_sweep(tmp_path))
+    assert detect_kinds(results.runs) == ["precision"]
+    tables, messages = build_tables(results.runs)
+    assert [t.name for t in tables] == ["precision", "runs"] and not messages
+    precision = tables[0]
+    cremad = row(precision, Dataset="cremad")
+    # fp32 over seeds: 10, 12 -> mean 11, sd = sqrt(2), SE = sqrt(2)/sqrt(2) = 1.00
+    assert cremad["FP32 (s)"] == "11.00 ± 1.00"
+    # bf16: 5, 6 -> mean 5.5, SE = 0.5; seed 2 planned but unsubmitted: 2 of 3 seeds
+    assert cremad["BF16 (s)"].startswith("5.50 ± 0.50 (2 of 3 seeds")
+    assert cremad["BF16 speedup"] == "2.00×"   # Eq. 4.1: 11 / 5.5
+    assert cremad["TF32 (s)"].startswith("n/a [")  # not applicable, with its reason as a note
+    assert any("tf32 needs compute capability 8.0" in n for n in precision.notes)
+    assert "against the FP32 row (fp32)" in precision.caption  # the named baseline
+    mvsa = row(precision, Dataset="mvsa")
+    assert mvsa["FP32 (s)"] == "8.00"
+    assert mvsa["BF16 (s)"].startswith("failed [") and mvsa["BF16 speedup"] == "–"
+    assert any("CUDA out of memory" in n for n in precision.notes)
+    assert mvsa["TF32 (s)"] == "missing"  # nothing planned or recorded for mvsa at tf32
+    runs = tables[1].frame.set_index("Run")
+    assert runs.loc["tf32-s0", "State"] == "n/a" and runs.loc["bf16-s2", "State"] == "unsubmitted"
+    assert runs.loc["bf16-mvsa", "State"] == "failed"
+    assert runs.loc["fp32-s0", "Device"] == "A100"
+
+
+def test_loader_speedup_and_utilisation_gain(tmp_path):
+    d = tmp_path / "records"  # a plain directory of records: no manifest
+    for seed, (std, opt) in enumerate([(20.0, 16.0), (22.0, 18.0)]):
+        write(d, record(f"std-{seed}", [std], seed=seed, util=[70.0 + 4 * seed]))
+        write(d, record(f"opt-{seed}", [opt], seed=seed, preinit=True, util=[90.0 + 2 * seed]))
+    write(d, record("std-b128", [30.0], batch=128, util=[60.0]))  # its pre-initialised run never wrote a record
+    write(d, record("opt-b128", [30.0], batch=128, preinit=True, status="failed"))
+    runs = load_results(d).runs
+    assert detect_kinds(runs) == ["loader"]
+    (loader, _), _ = build_tables(runs)
+    b64 = row(loader, **{"Batch size": "64"})
+    # time: std 20, 22 -> 21 ± 1.00; opt 16, 18 -> 17 ± 1.00; speedup 21 / 17 = 1.235
+    assert (b64["Std (s)"], b64["Opt (s)"], b64["Opt speedup"]) == ("21.00 ± 1.00", "17.00 ± 1.00", "1.24×")
+    # util: std 70, 74 -> 72 ± 2.0; opt 90, 92 -> 91 ± 1.0; gain 91 - 72 = +19.0 percentage points
+    assert (b64["Std util (%)"], b64["Opt util (%)"], b64["Opt util gain"]) == ("72.0 ± 2.0", "91.0 ± 1.0", "+19.0")
+    b128 = row(loader, **{"Batch size": "128"})
+    assert b128["Std (s)"] == "30.00" and b128["Opt (s)"].startswith("failed [") and b128["Opt speedup"] == "–"
+    assert "GPU" in loader.title
+
+
+def test_parallelism_and_overall(tmp_path):
+    recs = [record("single", [12.0]), record("ddp", [6.0], parallelism="ddp"), record("blp", [8.0], parallelism="blp"),
+            record("opt", [4.0], parallelism="blp", precision="tf32", preinit=True)]
+    planned = [{"name": r["run"], "config": r["config"]} for r in recs] + [
+        {"name": "dp", "config": record("dp", [], parallelism="dp")["config"], "na": "DP needs 2 GPUs"}]
+    runs = load_results(sweep_dir(tmp_path, "par", planned, recs)).runs
+    assert set(detect_kinds(runs)) == {"precision", "loader", "parallelism", "overall"}
+    tables, _ = build_tables(runs, ["parallelism", "overall"])
+    par, overall = tables[0], tables[1]
+    r = row(par, Precision="FP32", Loader="standard")
+    assert (r["DDP speedup"], r["BLP speedup"]) == ("2.00×", "1.50×")  # 12/6, 12/8
+    assert r["DP (s)"].startswith("n/a [") and any("DP needs 2 GPUs" in n for n in par.notes)
+    o = row(overall, Optimisations="TF32 + Opt + BLP")
+    assert (o["Default (s)"], o["Optimised (s)"], o["Speedup"]) == ("12.00", "4.00", "3.00×")  # 12/4
+
+
+def test_directory_of_sweeps_keeps_them_apart(tmp_path):
+    """Equal configs from two sweeps are two rows, not two seeds of one; loose records count too."""
+    for name, t in (("a", 10.0), ("b", 20.0)):
+        recs = [record(f"{name}-fp32", [t]), record(f"{name}-bf16", [t / 2], precision="bf16")]
+        sweep_dir(tmp_path, name, [{"name": r["run"], "config": r["config"]} for r in recs], recs)
+    write(tmp_path / "loose", record("loose-fp32", [8.0]))
+    results = load_results(tmp_path)
+    assert results.sweeps == ["a", "b", "loose"]
+    (precision, runs_table), _ = build_tables(results.runs)
+    assert row(precision, Sweep="a")["FP32 (s)"] == "10.00" and row(precision, Sweep="b")["FP32 (s)"] == "20.00"
+    assert "1 run(s) with no counterpart" in precision.caption  # the loose record: in the runs table only
+    assert "loose-fp32" in set(runs_table.frame["Run"])
+
+
+def test_algorithm_mean_se_and_ibf(tmp_path):
+    d = tmp_path / "records"
+    for seed, (fused, vis) in enumerate([(0.60, 0.20), (0.62, 0.25), (0.64, 0.30)]):
+        write(d, record(f"naive-{seed}", [10.0], seed=seed, optimised={"audio": 100, "visual": 100},
+                        test={"acc/fused": fused, "acc/audio": 0.6, "acc/visual": vis,
+                              "bias/audio": 0.7, "bias/visual": 0.3}))
+        write(d, record(f"alt-{seed}", [8.0], seed=seed, strategy="alternating",
+                        test={"acc/fused": 0.7, "acc/audio": 0.6, "acc/visual": 0.5}))
+    write(d, record("entropy", [5.0], strategy="entropy", cosine=True, test={"acc/fused": 0.7}))
+    write(d, record("single-audio", [5.0], modalities=["audio"], test={"acc/fused": 0.6, "acc/audio": 0.6}))
+    write(d, record("single-visual", [5.0], modalities=["visual"], test={"acc/fused": 0.5, "acc/visual": 0.5}))
+    runs = load_results(d).runs
+    assert detect_kinds(runs) == ["algorithm"]
+    (acc, training, _), _ = build_tables(runs)
+    naive = row(acc, Method="naive", Encoder="audio+visual")
+    # fused 60, 62, 64 % -> mean 62.0, sd 2.0, SE 2/sqrt(3) = 1.15
+    assert naive["Fused acc (%)"] == "62.0 ± 1.15"
+    # visual 20, 25, 30 -> 25.0 ± 2.89 (5/sqrt(3))
+    assert naive["Visual acc (%)"] == "25.0 ± 2.89"
+    # IBF (Eq. 3.1) from the means: 1 - (min(0.6/0.6, 1) + min(0.25/0.5, 1)) / 2 = 0.25
+    assert naive["IBF"] == "0.250"
+    assert row(acc, Encoder="audio")["IBF"] == "0" and row(acc, Encoder="audio")["Visual acc (%)"] == "–"
+    alt = row(training, Method="alternating")
+    assert alt["Time/epoch (s)"] == "8.00 ± 0.00" and alt["Speedup vs naive"] == "1.25×"  # 10 / 8
+    assert row(training, Method="naive", Encoder="audio+visual")["Epochs audio"] == "100 ± 0"
+    # Entropy training comes with the cosine classifier: still compared with naive (10 / 5)
+    assert row(training, Method="entropy")["Speedup vs naive"] == "2.00×"
+
+
+def nonwhite_fraction(png: Path) -> float:
+    import matplotlib.image
+
+    img = matplotlib.image.imread(png)[..., :3]
+    return float((img.mean(axis=2) < 0.9).mean())
+
+
+def test_report_pdf_renders(tmp_path):
+    written = build_report(precision_sweep(tmp_path))
+    out = tmp_path / "precision" / "report"
+    assert written["pdf"] == out / "report.pdf"
+    for name in ("precision", "runs"):
+        assert "|" in (out / "tables" / f"{name}.md").read_text()
+        assert r"\begin{tabular}" in (out / "tables" / f"{name}.tex").read_text()
+    figures = sorted(p.name for p in (out / "figures").glob("*.png"))
+    assert figures == ["accuracy-1.png", "speedup-precision.png", "utilisation-1.png"]
+    # title, precision table, 3 figures, runs table
+    assert written["pages"] == 6
+    if shutil.which("pdftoppm") is None:
+        pytest.skip("pdftoppm not installed (apt-get install poppler-utils): PDF not rendered")
+    subprocess.run(["pdftoppm", "-r", "50", "-png", str(out / "report.pdf"), str(tmp_path / "page")], check=True)
+    pages = sorted(tmp_path.glob("page-*.png"))
+    assert len(pages) == 6
+    for p in pages:
+        assert nonwhite_fraction(p) > 0.005, f"{p.name} is blank"
+
+
+def test_cli_report_on_a_plain_directory(tmp_path, capsys):
+    from mmhpc.cli import main
+
+    write(tmp_path / "r", record("a", [1.0]))
+    assert main(["report", str(tmp_path / "r"), "--out", str(tmp_path / "out"), "--kind", "algorithm"]) == 0
+    assert (tmp_path / "out" / "report.pdf").exists()
+    assert main(["report", str(tmp_path / "nothing-here")]) == 2
