@@ -129,15 +129,18 @@ def test_parallelism_sweep_runs_single_ddp_and_blp_through_slurm(slurm, tmp_path
 
 
 def test_scancel_of_a_running_task_then_resume_completes_the_sweep(slurm, tmp_path):
-    # three epochs, so the cancelled run has an epoch checkpoint to resume from
+    # four epochs; the victim is taken right after its first, so the cancel lands with three epochs to go
+    # (a victim near its end could finish before scancel reaches it) and an epoch checkpoint to resume from
     spec = write_sweep(tmp_path / "cancel.yaml", "cancel", grid={"train.lr": [0.001, 0.002, 0.003, 0.004]},
-                       tiny={"base": {"train.epochs": 3}})
+                       tiny={"base": {"train.epochs": 4}})
     sweep_dir, _ = submit_sweep(spec, "local", results=tmp_path / "results", progress=False)
     manifest = sweep_dir.load()
 
     def running_with_checkpoint():
         for s in run_states(sweep_dir, manifest):
-            if s.state == "running" and (sweep_dir.runs_dir / f"{s.name}.ckpt.pt").exists():
+            rec = sweep_dir.record(s.name)
+            if (s.state == "running" and rec and rec["status"] == "running" and len(rec["epochs"]) == 1
+                    and (sweep_dir.runs_dir / f"{s.name}.ckpt.pt").exists()):
                 return s
         return None
 
@@ -161,7 +164,7 @@ def test_scancel_of_a_running_task_then_resume_completes_the_sweep(slurm, tmp_pa
             for p in [sweep_dir.runs_dir / f"{n}.json"]} == finished
     resumed = recs[victim.name]
     assert resumed["resumed"][0]["at_epoch"] >= 1, "the rerun continues from its epoch checkpoint"
-    assert [e["epoch"] for e in resumed["epochs"]] == [0, 1, 2]
+    assert [e["epoch"] for e in resumed["epochs"]] == [0, 1, 2, 3]
     assert not list(sweep_dir.runs_dir.glob("*.ckpt.pt")) and not list(sweep_dir.runs_dir.glob(".*.json"))
     jobs = {r["name"]: len(r["jobs"]) for r in sweep_dir.load()["runs"]}
     assert jobs == {**{n: 1 for n in others}, victim.name: 2}

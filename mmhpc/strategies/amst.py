@@ -1,0 +1,139 @@
+"""AMST, Alternating Multimodal Skip Training: thesis Alg. 4 and the AMST paper's modules (seed 001).
+
+Modality m trains in epoch e (0-based) iff e mod skip_m == 0 (thesis Eq. 3.8, seed 001 Eq. 1); a skipped
+modality's encoder still runs forward (its per-modality metrics, Alg. 4 line 2) but never backward,
+which is where AMST's time per epoch drops (thesis Table 4.5).
+
+Modules (`strategy.params.module`):
+- `alternating` (default): thesis Alg. 4 = Alternating training (Alg. 2 sum/concat, Alg. 3 gated/FiLM)
+  where only the modalities due this epoch update; seed 001 Alg. 1 is its shared-head special case.
+- `joint`: seed 001 Alg. 2: one joint loss per step from a reduced head over the non-skipped modalities'
+  weights. The fusion with the skipped embeddings zero-masked *is* that reduced head (concat: the
+  skipped blocks of W multiply zeros; early-sum: they are left out of the sum; late-sum: their branch
+  heads are not called), so the skipped encoders and head blocks get no gradient.
+- `full`: seed 001 Sec. 3.4: an alternating module (this model) and an independent joint module with
+  its own encoders, trained side by side with the same skips; the prediction is the mean of the
+  alternating module's per-modality logits and the joint module's logits (Fig. 1c).
+"""
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass, field
+from types import SimpleNamespace
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from mmhpc.config import ConfigError
+from mmhpc.strategies.balancing import require_symmetric
+from mmhpc.strategies.base import StepOutput, register
+from mmhpc.strategies.formulas import AMST_DEFAULT_SKIPS, amst_trains
+from mmhpc.strategies.joint import Alternating
+
+MODULES = ("alternating", "joint", "full")
+
+
+@dataclass
+class AMSTParams:
+    module: str = "alternating"
+    #: skip per modality, over the papers' per-dataset defaults (`AMST_DEFAULT_SKIPS`; 1 = never skipped)
+    skips: dict[str, int] = field(default_factory=dict)
+
+
+def joint_twin(model, cfg) -> nn.Module:
+    """The full module's joint module: a second model of the same shape with its own initial weights."""
+    from mmhpc.models.multimodal import MultimodalModel
+
+    text = model.encoders["text"].net.config if "text" in model.encoders else None
+    # the model needs the text length and vocabulary only; both are in the text encoder's config
+    shapes = SimpleNamespace(text_len=text.max_position_embeddings - 2 if text else 0,
+                             vocab=text.vocab_size if text else 0)
+    preset = cfg.data.preset if cfg.data.source == "synthetic" else "full"
+    twin = MultimodalModel(model.modalities, model.num_classes, cfg.model, shapes, preset)
+    twin.probes = nn.ModuleDict()  # the alternating module's probes already diagnose the encoders
+    return twin.to(next(model.parameters()).device)
+
+
+@register
+class AMST(Alternating):
+    """Alternating training with per-modality skip parameters (and the AMST paper's joint/full modules)."""
+
+    name = "amst"
+    Params = AMSTParams
+    parallelisms = ("single", "blp")
+
+    @classmethod
+    def check_config(cls, cfg) -> None:
+        super().check_config(cfg)
+        p = cls.Params(**cfg.strategy.params)
+        if p.module not in MODULES:
+            raise ConfigError(f"strategy.params.module: invalid value {p.module!r}; valid choices: {', '.join(MODULES)}")
+        if p.module != "alternating":
+            require_symmetric(cfg, f"AMST's {p.module} module trains a reduced head over the non-skipped "
+                                   "modalities (seed 001 Alg. 2), which needs a fusion a modality can be masked out "
+                                   "of (gated/FiLM train with module=alternating, thesis Alg. 4)")
+        if p.module == "full" and cfg.system.parallelism != "single":
+            raise ConfigError(f"system.parallelism: AMST's full module keeps a second set of encoders beside the "
+                              f"branches; {cfg.system.parallelism} is not supported; valid choices: single")
+        if not isinstance(p.skips, dict):
+            raise ConfigError(f"strategy.params.skips: expected a mapping {{modality: skip}}, got {p.skips!r}")
+        for m, s in p.skips.items():
+            if m not in cfg.modalities:
+                raise ConfigError(f"strategy.params.skips.{m}: not a modality of this run; valid: "
+                                  f"{', '.join(cfg.modalities)}")
+            if isinstance(s, bool) or not isinstance(s, int) or s < 1:
+                raise ConfigError(f"strategy.params.skips.{m}: {s!r} must be a positive integer (1 = never skipped)")
+
+    def __init__(self, cfg, model, autocast=contextlib.nullcontext):
+        if self.Params(**cfg.strategy.params).module == "full":
+            model.add_module("amst_joint", joint_twin(model, cfg))  # before the optimiser is built
+        super().__init__(cfg, model, autocast)
+        defaults = AMST_DEFAULT_SKIPS.get(cfg.data.dataset, {})
+        self.skips = {m: int(self.params.skips.get(m, defaults.get(m, 1))) for m in self.modalities}
+
+    def begin_epoch(self, epoch: int) -> list[str]:
+        self.active = [m for m in self.modalities if amst_trains(epoch, self.skips[m])]
+        return self.active
+
+    # ---- steps ------------------------------------------------------------------------------------
+    def train_step(self, batch, labels):
+        module = self.params.module
+        if module == "joint":
+            return StepOutput(self._joint_step(self.model, batch, labels))
+        logits = super().train_step(batch, labels).logits  # thesis Alg. 4 with self.active
+        if module == "full":
+            joint = self._joint_step(self.model.amst_joint, batch, labels)["fused"]
+            logits.update(alt=logits["fused"], joint=joint, fused=self._full(logits, joint))
+        return StepOutput(logits)
+
+    def _joint_step(self, model, batch, labels) -> dict[str, torch.Tensor]:
+        """Seed 001 Alg. 2: one loss over the non-skipped modalities' embeddings and head weights."""
+        logits: dict[str, torch.Tensor] = {}
+        with self.autocast():
+            embs = model.encode(batch)
+            loss = self.probe_loss(embs, labels, logits) if model is self.model else None
+            if self.active:
+                joint = F.cross_entropy(model.fusion({m: embs[m] for m in self.active}), labels)
+                loss = joint if loss is None else loss + joint
+        if loss is not None:
+            self.update(loss)
+        with torch.no_grad(), self.autocast():
+            detached = {m: e.detach() for m, e in embs.items()}
+            logits["fused"] = model.fusion(detached)
+            logits.update({m: model.fusion({m: e}) for m, e in detached.items()})
+        return logits
+
+    def _full(self, logits: dict[str, torch.Tensor], joint: torch.Tensor) -> torch.Tensor:
+        """Seed 001 Fig. 1c: mean of the alternating module's per-modality logits and the joint logits."""
+        return torch.stack([logits[m].float() for m in self.modalities] + [joint.float()]).mean(0)
+
+    @torch.no_grad()
+    def eval_logits(self, batch):
+        out = super().eval_logits(batch)
+        if self.params.module == "full":
+            twin = self.model.amst_joint
+            with self.autocast():
+                joint = twin.fusion(twin.encode(batch)).float()
+            out.update(alt=out["fused"], joint=joint, fused=self._full(out, joint))
+        return out

@@ -1,0 +1,99 @@
+"""Pieces the balancing baselines share: per-modality components of the fused prediction, scores that
+agree across DDP processes, one optimiser group per modality, and the joint step's metric logits.
+
+The formulas themselves live in `formulas.py`; this module only wires them to the model.
+"""
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from mmhpc.config import ConfigError
+from mmhpc.models.fusion import Concat, EarlySum, Fusion
+from mmhpc.strategies.formulas import correct_class_score
+
+#: fusions whose fused logits are a sum of per-modality parts (thesis Sec. 3.2.1)
+SYMMETRIC = ("early_sum", "late_sum", "concat")
+
+
+def unimodal_logits(fusion: Fusion, embs: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Each modality's additive part of the fused logits: W_m e_m + b / M (seed 003 Eq. 6).
+
+    The masked fusion `fusion({m: e_m})` carries the whole shared bias b; seed 003 splits it into M
+    parts, so the parts sum to the fused logits. Late-sum has one bias per branch (already additive),
+    cosine heads have none.
+    """
+    parts = {m: fusion({m: e}) for m, e in embs.items()}
+    head = getattr(fusion, "head", None)
+    if isinstance(fusion, (EarlySum, Concat)) and isinstance(head, nn.Linear) and head.bias is not None:
+        shared = head.bias * (len(fusion.modalities) - 1) / len(fusion.modalities)
+        parts = {m: z - shared for m, z in parts.items()}
+    return parts
+
+
+def all_sum(values: Mapping[str, float], device: torch.device | None = None) -> dict[str, float]:
+    """Sum per-process numbers over the DDP group, so every process takes the same balancing decision."""
+    if not (dist.is_available() and dist.is_initialized()):
+        return dict(values)
+    names = list(values)
+    t = torch.tensor([float(values[k]) for k in names], dtype=torch.float64, device=device)
+    dist.all_reduce(t)
+    return dict(zip(names, t.tolist()))
+
+
+def batch_scores(logits: Mapping[str, torch.Tensor], labels: torch.Tensor) -> dict[str, float]:
+    """s_m = sum over the (global) batch of softmax(z_m)[y] (seed 003 Eq. 6, seed 002 Eq. 4)."""
+    return all_sum({m: correct_class_score(z, labels) for m, z in logits.items()}, labels.device)
+
+
+def step_logits(model, embs: Mapping[str, torch.Tensor], fused: torch.Tensor,
+                unimodal: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Detached logits of one joint step for the training metrics: fused, probes and masked fusion."""
+    logits = {"fused": fused.detach(), **{f"probe/{m}": z.detach() for m, z in unimodal.items()}}
+    with torch.no_grad():
+        logits.update({m: model.fusion({m: e.detach()}) for m, e in embs.items()})
+    return logits
+
+
+def require_symmetric(cfg, what: str) -> None:
+    """Refuse gated/FiLM where `what` (a sentence) needs the fused logits as a sum of modality parts."""
+    if cfg.model.fusion not in SYMMETRIC:
+        raise ConfigError(f"model.fusion: {what}; {cfg.model.fusion} is not such a fusion; "
+                          f"valid choices: {', '.join(SYMMETRIC)}")
+
+
+class ModalityGroups:
+    """Mixin: one optimiser group per modality branch (encoder and projection) plus one for the rest.
+
+    The trainer sets every group's rate to `train.lr` x the epoch's decay factor before `begin_epoch`;
+    that rate is kept as `epoch_lr`, and `set_modality_lr` gives each branch its own rate on top of it.
+    The groups take the optimiser and its defaults (momentum, weight decay) from `Strategy.build_optimizer`.
+    """
+
+    def build_optimizer(self) -> torch.optim.Optimizer:
+        base = super().build_optimizer()
+        branches = {m: [p for p in self.model.branch_parameters(m) if p.requires_grad] for m in self.model.modalities}
+        in_branch = {id(p) for ps in branches.values() for p in ps}
+        shared = [p for p in self.model.parameters() if p.requires_grad and id(p) not in in_branch]
+        groups = [{"params": ps, "modality": m} for m, ps in branches.items()] + [{"params": shared, "modality": None}]
+        return type(base)(groups, **base.defaults)
+
+    def begin_epoch(self, epoch: int) -> list[str]:
+        self.epoch_lr = self.optimizer.param_groups[-1]["lr"]
+        return super().begin_epoch(epoch)
+
+    def set_modality_lr(self, lrs: Mapping[str, float]) -> None:
+        for group in self.optimizer.param_groups:
+            if group["modality"] is not None:
+                group["lr"] = lrs[group["modality"]]
+
+    def modality_lr(self) -> dict[str, float]:
+        return {g["modality"]: g["lr"] for g in self.optimizer.param_groups if g["modality"] is not None}
+
+
+def dataset_default(table: Mapping, cfg, fallback):
+    """A per-dataset default (seed 004 Table 2 gives CREMA-D and AVE values; others take `fallback`)."""
+    return table.get((cfg.data.dataset, cfg.model.fusion), table.get(cfg.data.dataset, fallback))

@@ -1,0 +1,117 @@
+"""MLA, multimodal learning by alternating unimodal adaptation (Zhang et al. CVPR 2024; thesis Sec. 2.5.3).
+
+- Shared head (Eq. 2.31): one linear layer H(e) = W e + b for every modality: early-sum's head, whose
+  masked output `fusion({m: e_m})` is exactly H(e_m). MLA therefore runs with `model.fusion=early_sum`.
+- Training: per step, each modality in turn updates its encoder and the shared head on its own loss
+  CE(H(e_m), y) (the thesis' Fig. 2.23).
+- Gradient modification (`projection`, on by default): the head's gradient from modality m is projected
+  away from the inputs the head has already been trained on, orthogonal weight modification as MLA
+  describes it: W.grad <- W.grad P, then P <- P - P r r^T P / (alpha + r^T P r) with r the batch-mean
+  embedding of m (P = I at the start, the first update unprojected). The public MLA code never runs
+  this (its parameter-name test does not match, so the projection is dead code); the AMST authors' MLA
+  baseline, which the thesis tables report, ran without it: `projection=false` reproduces that. Unlike
+  that dead code, P is not rescaled to unit Frobenius norm (which would shrink every head gradient by
+  about 1/sqrt(D)) and alpha is constant instead of decaying within the epoch.
+- Runtime fusion (evaluation and the training metrics' "fused"): per sample, sum_m w_m H(e_m) with
+  entropy weights (Eq. 2.32-2.33, `mla_entropy_weights`: softmax over the class axis of each sample's
+  logits, not over the batch as in the public code) or fixed weights (`weights`, default equal).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+
+from mmhpc.config import ConfigError
+from mmhpc.strategies.base import StepOutput, Strategy, register
+from mmhpc.strategies.formulas import mla_entropy_weights
+
+RUNTIME_FUSIONS = ("entropy", "fixed")
+
+
+@dataclass
+class MLAParams:
+    runtime_fusion: str = "entropy"
+    weights: dict[str, float] = field(default_factory=dict)  # fixed weights; default 1/M each
+    projection: bool = True
+    projection_alpha: float = 0.1
+
+
+@register
+class MLA(Strategy):
+    name = "mla"
+    Params = MLAParams
+    fusions = ("early_sum",)  # the shared head
+    parallelisms = ("single", "blp")  # one backward per modality per step
+
+    @classmethod
+    def check_config(cls, cfg) -> None:
+        if cfg.model.fusion not in cls.fusions:
+            raise ConfigError(f"model.fusion: MLA's shared head H(e_m) = W e_m + b is early_sum's head (thesis Eq. "
+                              f"2.31); {cfg.model.fusion} gives each modality other weights; valid choices: early_sum")
+        super().check_config(cfg)
+        p = cls.Params(**cfg.strategy.params)
+        if p.runtime_fusion not in RUNTIME_FUSIONS:
+            raise ConfigError(f"strategy.params.runtime_fusion: invalid value {p.runtime_fusion!r}; valid choices: "
+                              f"{', '.join(RUNTIME_FUSIONS)}")
+        if p.weights:
+            if set(p.weights) != set(cfg.modalities) or any(w < 0 for w in p.weights.values()):
+                raise ConfigError(f"strategy.params.weights: give a weight >= 0 for each of {', '.join(cfg.modalities)}"
+                                  f", got {p.weights}")
+        if p.projection_alpha <= 0:
+            raise ConfigError(f"strategy.params.projection_alpha: {p.projection_alpha} must be > 0")
+
+    def __init__(self, *args, **kw):
+        super().__init__(*args, **kw)
+        m = len(self.modalities)
+        self.weights = {k: float(self.params.weights.get(k, 1.0 / m)) for k in self.modalities}
+        dim = self.model.dim
+        self.P = torch.eye(dim, device=self.model.fusion.head.weight.device)
+        self.updates = 0  # head updates so far (the first one is not projected)
+
+    def fused_logits(self, embs):
+        """Runtime fusion: per-sample entropy weights (Eq. 2.32-2.33) or fixed weights over H(e_m)."""
+        z = {m: self.model.fusion({m: e}) for m, e in embs.items()}
+        if self.params.runtime_fusion == "entropy":
+            w = mla_entropy_weights(z)
+            return sum(w[m].unsqueeze(1) * z[m].float() for m in z)
+        return sum(self.weights[m] * z[m].float() for m in z)
+
+    def train_step(self, batch, labels):
+        logits: dict[str, torch.Tensor] = {}
+        with self.autocast():
+            embs = self.model.encode(batch)
+            probe = self.probe_loss(embs, labels, logits)
+        for m in self.modalities:
+            with self.autocast():
+                z = self.model.fusion({m: embs[m]})
+                loss = F.cross_entropy(z, labels)
+            logits[m] = z.detach()
+            self.optimizer.zero_grad(set_to_none=True)
+            (loss + probe if probe is not None else loss).backward()
+            probe = None  # the probes ride on the first update
+            if self.params.projection:
+                self.project(embs[m].detach())
+            self.optimizer.step()
+        with torch.no_grad(), self.autocast():
+            logits["fused"] = self.fused_logits({m: e.detach() for m, e in embs.items()})
+        return StepOutput(logits)
+
+    @torch.no_grad()
+    def project(self, features: torch.Tensor) -> None:
+        """Orthogonal weight modification of the shared head's gradient, then the update of P."""
+        weight = self.model.fusion.head.weight
+        if self.updates and weight.grad is not None:
+            weight.grad = (weight.grad.float() @ self.P).to(weight.grad.dtype)
+        r = features.float().mean(0, keepdim=True).t().to(self.P.device)  # [D, 1]
+        k = self.P @ r
+        self.P -= (k @ k.t()) / (self.params.projection_alpha + (r.t() @ k))
+        self.updates += 1
+
+    def extra_state(self) -> dict:
+        return {"P": self.P.cpu(), "updates": self.updates}
+
+    def load_extra_state(self, state: dict) -> None:
+        self.P = state["P"].to(self.P.device)
+        self.updates = state["updates"]

@@ -1,0 +1,145 @@
+"""Strategies with one loss per head: Multi-Loss and MLB (seed 002), Gradient Blending (thesis Eq. 2.29).
+
+The unimodal classifiers f_i (seed 002 Fig. 1b-c; the helper classifiers of thesis Fig. 2.20) are the
+model's linear probes applied to the encoder outputs *without* detaching them, so their losses train
+the encoders; the "probe/<m>" metrics of these runs are those classifiers. Any fusion works: the fused
+head only contributes the multimodal loss.
+
+- Multi-Loss (seed 002 Eq. 3): L = CE(f(X), y) + sum_i CE(f_i(X_i), y).
+- MLB (seed 002 Eq. 2-7): the same loss; encoder i's learning rate is scaled by k_i each step, from this
+  batch's unimodal scores (`mlb_coefficients`: accelerate a lagging modality up to beta_max, decelerate
+  a leading one, k -> 1 once they agree). Eq. 2 scales the update lr x k_i, which is done on encoder i's
+  optimiser group (not on the gradient, so Adam's normalisation cannot undo it).
+- Gradient Blending (thesis Eq. 2.29; Wang et al. 2020): L = w_fused L_multi + sum_m w_m L_m. Fixed
+  `weights`, or (default) weights re-estimated every `interval` epochs from the overfitting-to-
+  generalisation ratio between two estimates (`gradient_blending_weights`) of the heads' train and
+  validation losses; equal weights until the first estimate. Deviation: the train losses are the
+  epoch's running training losses, not a separate pass over the training set at the checkpoint.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+
+from mmhpc.config import ConfigError
+from mmhpc.strategies.balancing import ModalityGroups, batch_scores, dataset_default
+from mmhpc.strategies.base import StepOutput, register
+from mmhpc.strategies.formulas import gradient_blending_weights, mlb_coefficients
+from mmhpc.strategies.joint import Naive
+
+#: seed 004 Table 2 (ResNet): CREMA-D late-linear 5.0, FiLM 0.5, gated 5.0; AVE late-linear 2.0
+MLB_DEFAULT_ALPHA = {"cremad": 5.0, ("cremad", "film"): 0.5, "ave": 2.0}
+
+
+@register
+class MultiLoss(Naive):
+    name = "multi_loss"
+
+    def unimodal(self, embs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """f_i(X_i): the probe heads on the encoder outputs, gradients flowing into the encoders."""
+        return {m: self.model.probes[m](e) for m, e in embs.items()}
+
+    def combine(self, losses: dict[str, torch.Tensor]) -> torch.Tensor:
+        return sum(losses.values())
+
+    def before_update(self, unimodal: dict[str, torch.Tensor], labels: torch.Tensor) -> None:
+        pass
+
+    def train_step(self, batch, labels):
+        with self.autocast():
+            out = self.net(batch)
+            embs, fused = out["embs"], out["fused"]
+            uni = self.unimodal(embs)
+            losses = {"fused": F.cross_entropy(fused, labels), **{m: F.cross_entropy(z, labels) for m, z in uni.items()}}
+            loss = self.combine(losses)
+        self.before_update(uni, labels)
+        self.update(loss)
+        logits = {"fused": fused.detach(), **{f"probe/{m}": z.detach() for m, z in uni.items()}}
+        with torch.no_grad(), self.autocast():
+            logits.update({m: self.model.fusion({m: e.detach()}) for m, e in embs.items()})
+        return StepOutput(logits)
+
+
+@dataclass
+class MLBParams:
+    alpha: float | None = None  # slope of tanh; None: MLB_DEFAULT_ALPHA
+    beta_max: float = 2.0       # largest acceleration (seed 004: values >= 2 made no difference)
+
+
+@register
+class MLB(ModalityGroups, MultiLoss):
+    name = "mlb"
+    Params = MLBParams
+
+    @classmethod
+    def check_config(cls, cfg) -> None:
+        super().check_config(cfg)
+        p = cls.Params(**cfg.strategy.params)
+        if p.alpha is not None and p.alpha <= 0:
+            raise ConfigError(f"strategy.params.alpha: {p.alpha} must be > 0")
+        if p.beta_max < 1:
+            raise ConfigError(f"strategy.params.beta_max: {p.beta_max} must be >= 1 (1 = never accelerate)")
+        if len(cfg.modalities) < 2:
+            raise ConfigError(f"data.modalities: strategy mlb balances two or more modalities, got {cfg.modalities}")
+
+    def __init__(self, *args, **kw):
+        super().__init__(*args, **kw)
+        self.alpha = self.params.alpha if self.params.alpha is not None else dataset_default(
+            MLB_DEFAULT_ALPHA, self.cfg, 5.0)
+        self.epoch_lr = self.cfg.train.lr
+        self.coeffs = {m: 1.0 for m in self.modalities}  # the last step's k_i
+
+    def before_update(self, unimodal, labels) -> None:
+        self.coeffs = mlb_coefficients(batch_scores(unimodal, labels), self.alpha, self.params.beta_max)
+        self.set_modality_lr({m: self.epoch_lr * k for m, k in self.coeffs.items()})
+
+
+@dataclass
+class BlendParams:
+    weights: dict[str, float] = field(default_factory=dict)  # fixed weights, keys "fused" and modalities
+    interval: int = 1  # epochs between two estimates of the weights
+
+
+@register
+class GradientBlending(MultiLoss):
+    name = "gradient_blending"
+    Params = BlendParams
+
+    @classmethod
+    def check_config(cls, cfg) -> None:
+        super().check_config(cfg)
+        p = cls.Params(**cfg.strategy.params)
+        heads = ["fused", *cfg.modalities]
+        if p.weights and (set(p.weights) != set(heads) or any(w < 0 for w in p.weights.values())):
+            raise ConfigError(f"strategy.params.weights: give a weight >= 0 for each of {', '.join(heads)}, "
+                              f"got {p.weights}")
+        if isinstance(p.interval, bool) or not isinstance(p.interval, int) or p.interval < 1:
+            raise ConfigError(f"strategy.params.interval: {p.interval!r} must be a positive integer (epochs)")
+
+    def __init__(self, *args, **kw):
+        super().__init__(*args, **kw)
+        heads = ["fused", *self.modalities]
+        self.weights = dict(self.params.weights) or {k: 1.0 / len(heads) for k in heads}
+        self.reference: dict | None = None  # the (train, val) losses of the last estimate
+
+    def combine(self, losses):
+        return sum(self.weights[k] * v for k, v in losses.items())
+
+    def end_epoch(self, epoch, train, val) -> None:
+        super().end_epoch(epoch, train, val)
+        if self.params.weights or (epoch + 1) % self.params.interval:
+            return
+        key = {"fused": "loss/fused", **{m: f"loss/probe/{m}" for m in self.modalities}}
+        now = ({k: train[v] for k, v in key.items()}, {k: val[v] for k, v in key.items()})
+        if self.reference is not None:
+            (t0, v0), (t1, v1) = self.reference, now
+            self.weights = gradient_blending_weights(t0, t1, v0, v1)
+        self.reference = now
+
+    def extra_state(self) -> dict:
+        return {"weights": dict(self.weights), "reference": self.reference}
+
+    def load_extra_state(self, state: dict) -> None:
+        self.weights, self.reference = dict(state["weights"]), state["reference"]

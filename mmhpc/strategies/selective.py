@@ -1,0 +1,106 @@
+"""Entropy and Reliability training (thesis Sec. 3.3.2, Alg. 5): one modality optimised per epoch.
+
+After each epoch the next modality is chosen from that epoch's validation metrics: Entropy training
+takes the lowest bias (Eq. 3.5-3.6), Reliability training the highest reliability (Eq. 3.7, train loss /
+validation loss of the modality's masked head). The step itself is Alternating training (Alg. 2 for
+sum/concat, Alg. 3 for gated/FiLM) with only the chosen modality updating.
+
+- Cap: `train.epochs` is T, the optimisation epochs any one modality may get; the run stops as soon as
+  one modality reaches T, so it lasts at most M x T epochs (2T bimodal, 3T trimodal, Sec. 4.2).
+- LR decay: `train.lr_decay` applies once any modality has `train.lr_decay_epoch` optimisation epochs
+  (Sec. 4.2: "when any single modality reaches 70"). The threshold counts optimisation epochs, the unit
+  in which other strategies count epochs, so one config (T = 100, decay at 70) decays every strategy
+  after the same share of a modality's training.
+- First epoch(s): no validation metric exists before training, so the first `warmup` epochs (default 1)
+  train every modality, as Alternating training does; every modality then has a meaningful bias and
+  reliability to compare, and the warm-up counts towards each modality's optimisation epochs. With
+  `warmup=0` the first epoch trains the first modality of `data.modalities`.
+- Cosine classifier: the thesis runs both with cosine heads (Sec. 3.3.2, 4.2), which remove the logit
+  scale so that bias measures direction only. A config without `model.cosine=true` is refused (the model
+  is built before the strategy, so it cannot be switched on silently); `require_cosine=false` allows
+  the ablation with linear heads.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import ClassVar
+
+from mmhpc.config import ConfigError
+from mmhpc.strategies.base import register
+from mmhpc.strategies.formulas import select_modality
+from mmhpc.strategies.joint import Alternating
+
+
+@dataclass
+class SelectiveParams:
+    warmup: int = 1
+    require_cosine: bool = True
+
+
+class _Selective(Alternating):
+    metric: ClassVar[str] = ""  # the validation metric Alg. 5 ranks ("bias" or "reliability")
+    mode: ClassVar[str] = ""    # `select_modality` mode: lowest ("entropy") or highest ("reliability")
+    Params = SelectiveParams
+
+    @classmethod
+    def check_config(cls, cfg) -> None:
+        super().check_config(cfg)
+        p = cls.Params(**cfg.strategy.params)
+        if p.require_cosine and not cfg.model.cosine:
+            raise ConfigError(f"model.cosine: strategy {cls.name} trains with the cosine classifier (thesis Sec. "
+                              "3.3.2, 4.2); set model.cosine=true, or strategy.params.require_cosine=false for "
+                              "the ablation with linear heads")
+        if isinstance(p.warmup, bool) or not isinstance(p.warmup, int) or p.warmup < 0:
+            raise ConfigError(f"strategy.params.warmup: {p.warmup!r} must be an integer >= 0 (epochs that train "
+                              "every modality before the metric chooses)")
+
+    def __init__(self, *args, **kw):
+        super().__init__(*args, **kw)
+        self.last: dict[str, float] | None = None  # the previous epoch's metric per modality
+
+    def max_epochs(self) -> int:
+        return len(self.modalities) * self.cfg.train.epochs
+
+    def begin_epoch(self, epoch: int) -> list[str]:
+        if epoch < self.params.warmup:
+            self.active = list(self.modalities)
+        elif self.last is None:
+            self.active = [self.modalities[0]]
+        else:
+            self.active = [select_modality(self.last, self.mode)]
+        return self.active
+
+    def end_epoch(self, epoch, train, val) -> None:
+        super().end_epoch(epoch, train, val)
+        self.last = {m: val[f"{self.metric}/{m}"] for m in self.modalities}
+
+    def should_stop(self, epoch: int) -> bool:
+        return max(self.optimised.values()) >= self.cfg.train.epochs or super().should_stop(epoch)
+
+    def lr_factor(self, epoch: int) -> float:
+        t = self.cfg.train
+        return t.lr_decay if max(self.optimised.values()) >= t.lr_decay_epoch else 1.0
+
+    def extra_state(self) -> dict:
+        return {"last": self.last}
+
+    def load_extra_state(self, state: dict) -> None:
+        self.last = state["last"]
+
+
+@register
+class Entropy(_Selective):
+    """Alg. 5 with the bias metric: train the least confident modality (lowest B_m, Eq. 3.6)."""
+
+    name = "entropy"
+    metric = "bias"
+    mode = "entropy"
+
+
+@register
+class Reliability(_Selective):
+    """Alg. 5 with reliability: train the modality that generalises best (highest R_m, Eq. 3.7)."""
+
+    name = "reliability"
+    metric = "reliability"
+    mode = "reliability"
