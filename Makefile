@@ -4,7 +4,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: install system-deps demo test clean-venv demo-report report
+.PHONY: install system-deps demo demo-algorithms test clean-venv demo-report report
 RESULTS ?= $(or $(MMHPC_RESULTS),results)
 SWEEP   ?=
 
@@ -26,6 +26,10 @@ system-deps:
 
 demo: install
 	$(VENV)/bin/mmhpc demo
+
+# Naive, OGM-GE, Alternating, AMST and Reliability on synthetic CREMA-D (thesis Tables 4.1, 4.4, 4.5)
+demo-algorithms: install
+	$(PY) -m mmhpc.experiments algorithms
 
 test: install system-deps
 	$(PY) -m pytest -q $(PYTEST_ARGS)

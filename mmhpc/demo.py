@@ -15,8 +15,10 @@ DEMO = {"data.dataset": "cremad", "data.preset": "tiny", "model.fusion": "concat
         "train.lr": 0.01, "train.seed": 0, "output.overwrite": True}
 
 
-def run_demo(runs_dir: str = "runs/demo", epochs: int | None = None, quiet: bool = False) -> int:
-    base = dict(DEMO, **{"output.runs_dir": runs_dir})
+def run_demo(runs_dir: str = "runs/demo", epochs: int | None = None, quiet: bool = False,
+             overrides: dict | None = None) -> int:
+    """`overrides` (config key -> value) apply to every run, e.g. a data.root for the tests."""
+    base = dict(DEMO, **{"output.runs_dir": runs_dir}, **(overrides or {}))
     if epochs:
         base["train.epochs"] = epochs
     plan = [("single audio", {"data.modalities": ["audio"], "output.name": "single-audio"}),

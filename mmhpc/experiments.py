@@ -28,8 +28,10 @@ def _mean_train_s(record: dict) -> float:
     return sum(times) / len(times)
 
 
-def run_algorithms(runs_dir: str = "runs/algorithms", epochs: int | None = None, quiet: bool = False) -> int:
-    base = dict(DEMO, **{"output.runs_dir": runs_dir, "system.threads": 1})
+def run_algorithms(runs_dir: str = "runs/algorithms", epochs: int | None = None, quiet: bool = False,
+                   overrides: dict | None = None) -> int:
+    """`overrides` (config key -> value) apply to every run, e.g. a data.root for the tests."""
+    base = dict(DEMO, **{"output.runs_dir": runs_dir, "system.threads": 1}, **(overrides or {}))
     if epochs:
         base["train.epochs"] = epochs
     t0 = time.perf_counter()
