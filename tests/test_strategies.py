@@ -113,6 +113,10 @@ def test_gated_and_film_with_three_modalities_fail_at_once(name, fusion):
     (["strategy.name=gradient_blending", "strategy.params={weights: {fused: 1}}"],
      "strategy.params.weights: give a weight >= 0 for each of fused, audio, visual"),
     (["strategy.name=pmr", "system.parallelism=ddp"], "strategy pmr cannot run under ddp"),
+    (["strategy.name=pmr", "data.modalities=[visual]"], "data.modalities: strategy pmr balances two or more"),
+    (["strategy.name=mlb", "data.modalities=[audio]"], "data.modalities: strategy mlb balances two or more"),
+    (["strategy.name=pmr", "strategy.params={start_epoch: 3, end_epoch: 1}"], "strategy.params.end_epoch: "
+                                                                              "modulation runs from start_epoch"),
     (["strategy.name=opm", "strategy.params={lambda: 1}"], "strategy.params.lambda: unknown parameter of opm; valid: "
                                                            "q_base, lam, p_exe, start_epoch, end_epoch"),
 ])

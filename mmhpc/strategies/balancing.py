@@ -94,6 +94,27 @@ class ModalityGroups:
         return {g["modality"]: g["lr"] for g in self.optimizer.param_groups if g["modality"] is not None}
 
 
+class ModulationWindow:
+    """Mixin: the balancing acts from epoch `params.start_epoch` to `params.end_epoch` (inclusive; None = to
+    the end), and plain joint training runs outside; `modulating` says which holds this epoch."""
+
+    min_modalities = 2
+    modulating = True  # before the first `begin_epoch`
+
+    @classmethod
+    def check_config(cls, cfg) -> None:
+        super().check_config(cfg)
+        p = cls.Params(**cfg.strategy.params)
+        if p.start_epoch < 0 or (p.end_epoch is not None and p.end_epoch < p.start_epoch):
+            raise ConfigError(f"strategy.params.end_epoch: modulation runs from start_epoch ({p.start_epoch}) to "
+                              f"end_epoch ({p.end_epoch}, inclusive, null = to the end); give 0 <= start <= end")
+
+    def begin_epoch(self, epoch: int) -> list[str]:
+        p = self.params
+        self.modulating = p.start_epoch <= epoch and (p.end_epoch is None or epoch <= p.end_epoch)
+        return super().begin_epoch(epoch)
+
+
 def dataset_default(table: Mapping, cfg, fallback):
     """A per-dataset default (seed 004 Table 2 gives CREMA-D and AVE values; others take `fallback`)."""
     return table.get((cfg.data.dataset, cfg.model.fusion), table.get(cfg.data.dataset, fallback))

@@ -43,6 +43,8 @@ class Strategy:
     Params: ClassVar[type] = NoParams
     #: which parallelisms can run this strategy (DDP needs one loss per step, see `mmhpc.system.parallel`)
     parallelisms: ClassVar[tuple[str, ...]] = ("single", "dp", "ddp", "blp")
+    #: 2 for the balancing baselines, which compare modalities with each other
+    min_modalities: ClassVar[int] = 1
 
     def __init__(self, cfg, model, autocast: Callable[[], Any] = contextlib.nullcontext):
         self.cfg = cfg
@@ -65,6 +67,9 @@ class Strategy:
         if cfg.system.parallelism not in cls.parallelisms:
             raise ConfigError(f"system.parallelism: strategy {cls.name} cannot run under "
                               f"{cfg.system.parallelism}; valid choices: {', '.join(cls.parallelisms)}")
+        if len(cfg.modalities) < cls.min_modalities:
+            raise ConfigError(f"data.modalities: strategy {cls.name} balances two or more modalities, got "
+                              f"{cfg.modalities}; use strategy.name=naive for a single-modality baseline")
         known = {f.name: f for f in dataclasses.fields(cls.Params)}
         for key in cfg.strategy.params:
             if key not in known:

@@ -21,8 +21,8 @@ import torch
 import torch.nn.functional as F
 
 from mmhpc.config import ConfigError
-from mmhpc.strategies.balancing import SYMMETRIC, batch_scores, dataset_default, require_symmetric, step_logits, \
-    unimodal_logits
+from mmhpc.strategies.balancing import SYMMETRIC, ModulationWindow, batch_scores, dataset_default, \
+    require_symmetric, step_logits, unimodal_logits
 from mmhpc.strategies.base import StepOutput, Strategy, register
 from mmhpc.strategies.formulas import ogm_coefficients, ogm_ge_modulate, opm_drop_probability, opm_feature_scale, \
     opm_mask
@@ -31,7 +31,7 @@ from mmhpc.strategies.formulas import ogm_coefficients, ogm_ge_modulate, opm_dro
 OGM_DEFAULT_ALPHA = {"cremad": 1.0, "ave": 0.8}
 
 
-class _OnTheFly(Strategy):
+class _OnTheFly(ModulationWindow, Strategy):
     fusions = SYMMETRIC
 
     @classmethod
@@ -39,18 +39,6 @@ class _OnTheFly(Strategy):
         require_symmetric(cfg, f"strategy {cls.name} splits the fused logits into per-modality parts (seed 003 "
                                "Eq. 6)")
         super().check_config(cfg)
-        p = cls.Params(**cfg.strategy.params)
-        if p.start_epoch < 0 or (p.end_epoch is not None and p.end_epoch < p.start_epoch):
-            raise ConfigError(f"strategy.params.end_epoch: modulation runs from start_epoch ({p.start_epoch}) to "
-                              f"end_epoch ({p.end_epoch}, inclusive, null = to the end); give 0 <= start <= end")
-        if len(cfg.modalities) < 2:
-            raise ConfigError(f"data.modalities: strategy {cls.name} balances two or more modalities, got "
-                              f"{cfg.modalities}; use strategy.name=naive for a single-modality baseline")
-
-    def begin_epoch(self, epoch: int) -> list[str]:
-        p = self.params
-        self.modulating = p.start_epoch <= epoch and (p.end_epoch is None or epoch <= p.end_epoch)
-        return super().begin_epoch(epoch)
 
     def parts(self, embs) -> dict[str, torch.Tensor]:
         with torch.no_grad():
@@ -84,7 +72,6 @@ class OGMGE(_OnTheFly):
         super().__init__(*args, **kw)
         self.alpha = self.params.alpha if self.params.alpha is not None else dataset_default(
             OGM_DEFAULT_ALPHA, self.cfg, 1.0)
-        self.modulating = True
         self.coeffs = {m: 1.0 for m in self.modalities}  # the last step's k_m
 
     def train_step(self, batch, labels):
@@ -137,7 +124,6 @@ class OPM(_OnTheFly):
     def __init__(self, *args, **kw):
         super().__init__(*args, **kw)
         self.q = {m: 0.0 for m in self.modalities}  # drop probabilities for the next step
-        self.modulating = True
 
     def drop(self, embs: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
         """Alg. 1: per-sample feature dropping with probabilities q; returns the features and which samples

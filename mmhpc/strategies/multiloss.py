@@ -72,6 +72,7 @@ class MLBParams:
 class MLB(ModalityGroups, MultiLoss):
     name = "mlb"
     Params = MLBParams
+    min_modalities = 2
 
     @classmethod
     def check_config(cls, cfg) -> None:
@@ -81,8 +82,6 @@ class MLB(ModalityGroups, MultiLoss):
             raise ConfigError(f"strategy.params.alpha: {p.alpha} must be > 0")
         if p.beta_max < 1:
             raise ConfigError(f"strategy.params.beta_max: {p.beta_max} must be >= 1 (1 = never accelerate)")
-        if len(cfg.modalities) < 2:
-            raise ConfigError(f"data.modalities: strategy mlb balances two or more modalities, got {cfg.modalities}")
 
     def __init__(self, *args, **kw):
         super().__init__(*args, **kw)

@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 
 from mmhpc.config import ConfigError
-from mmhpc.strategies.balancing import SYMMETRIC, batch_scores, dataset_default, step_logits
+from mmhpc.strategies.balancing import SYMMETRIC, ModulationWindow, batch_scores, dataset_default, step_logits
 from mmhpc.strategies.base import StepOutput, Strategy, register
 from mmhpc.strategies.formulas import discrepancy_ratios, pmr_coefficients, pmr_entropy_regulariser, \
     pmr_prototype_logits, pmr_prototypes
@@ -41,7 +41,7 @@ class PMRParams:
 
 
 @register
-class PMR(Strategy):
+class PMR(ModulationWindow, Strategy):
     name = "pmr"
     Params = PMRParams
     fusions = SYMMETRIC  # the paper's sum and concatenation fusions
@@ -56,8 +56,6 @@ class PMR(Strategy):
             raise ConfigError(f"strategy.params: alpha ({p.alpha}) and mu ({p.mu}) must be >= 0")
         if not 0.0 <= p.momentum <= 1.0:
             raise ConfigError(f"strategy.params.momentum: {p.momentum} must lie in [0, 1]")
-        if len(cfg.modalities) < 2:
-            raise ConfigError(f"data.modalities: strategy pmr balances two or more modalities, got {cfg.modalities}")
 
     def __init__(self, *args, **kw):
         super().__init__(*args, **kw)
@@ -66,11 +64,6 @@ class PMR(Strategy):
         self.prototypes: dict[str, torch.Tensor] | None = None
         self._seen: dict[str, list[torch.Tensor]] = {m: [] for m in self.modalities}
         self._labels: list[torch.Tensor] = []
-
-    def begin_epoch(self, epoch: int) -> list[str]:
-        p = self.params
-        self.modulating = p.start_epoch <= epoch and (p.end_epoch is None or epoch <= p.end_epoch)
-        return super().begin_epoch(epoch)
 
     def prototype_logits(self, embs) -> dict[str, torch.Tensor]:
         return {m: pmr_prototype_logits(e.float(), self.prototypes[m].to(e.device)) for m, e in embs.items()}
