@@ -236,3 +236,32 @@ def test_cli_report_on_a_plain_directory(tmp_path, capsys):
     assert main(["report", str(tmp_path / "r"), "--out", str(tmp_path / "out"), "--kind", "algorithm"]) == 0
     assert (tmp_path / "out" / "report.pdf").exists()
     assert main(["report", str(tmp_path / "nothing-here")]) == 2
+
+
+def test_a_long_table_continues_on_new_pages_without_running_into_the_notes():
+    import pandas as pd
+
+    from mmhpc.report.pdf import TABLE_BOX, table_pages
+    from mmhpc.report.tables import Table
+
+    frame = pd.DataFrame({"Dataset": ["cremad"] * 30 + ["iemocap"] * 30, "Method": [f"m{i}" for i in range(60)],
+                          "Wrapped": ["a long cell " * (6 if i % 7 == 0 else 1) for i in range(60)]})
+    table = Table("long", "A long table", "caption", frame, notes=["[1] a note at the foot of the last page"])
+    pages = table_pages(table, 1)
+    assert len(pages) >= 3
+    shown = 0
+    for fig in pages:
+        renderer = fig.canvas.get_renderer()
+        (tbl,) = fig.axes[0].tables
+        box = tbl.get_window_extent(renderer)
+        assert box.y0 >= TABLE_BOX[1] * fig.bbox.height - 1, "rows drawn below the table's box, over the notes"
+        shown += max(i for i, _ in tbl.get_celld())  # body rows on this page
+    assert shown == len(frame)
+
+
+def test_an_epoch_shorter_than_the_sampler_interval_has_no_utilisation_and_is_left_out(tmp_path):
+    rec = record("short", [0.3, 2.0, 2.0], util=[None, 50.0, 70.0])
+    rec["epochs"][0]["util"] = {"gpu0_util_pct_mean": None, "cpu_proc_pct_mean": None}  # no sample in 0.3 s
+    write(tmp_path / "runs", rec)
+    (run,) = load_results(tmp_path / "runs").runs.to_dict("records")
+    assert run["util_pct"] == 60.0 and run["util_kind"] == "GPU"

@@ -173,7 +173,7 @@ def _measurements(rec: dict) -> dict:
     if bench:
         out["time_epoch_s"] = bench.get("epoch_s_mean")
         out["time_train_s"] = _sum_or_none(bench.get("train_loader_init_s_mean"), bench.get("train_s_mean"))
-        util = {k[len("util/"):]: v for k, v in bench.items() if k.startswith("util/")}
+        util = {k[len("util/"):]: v for k, v in bench.items() if k.startswith("util/") and v is not None}
         measured = epochs[bench.get("warmup_epochs", 0):]
     else:
         times = [e["time"] for e in epochs if e.get("time")]
@@ -200,8 +200,14 @@ def _measurements(rec: dict) -> dict:
 
 
 def _mean_util(per_epoch: list[dict]) -> dict:
-    keys = {k for u in per_epoch for k in u if k.endswith("_mean")}
-    return {k: float(np.mean([u[k] for u in per_epoch if k in u])) for k in keys}
+    """Mean over epochs of each `*_mean` utilisation; an epoch shorter than the sampler interval has no
+    sample (its values are None) and counts for nothing."""
+    values: dict[str, list[float]] = {}
+    for u in per_epoch:
+        for k, v in u.items():
+            if k.endswith("_mean") and v is not None:
+                values.setdefault(k, []).append(v)
+    return {k: float(np.mean(v)) for k, v in values.items()}
 
 
 def _sum_or_none(*values):

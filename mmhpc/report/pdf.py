@@ -70,6 +70,7 @@ FONT = 10.0
 CHARS_PER_LINE = 135          # what fits across the page at FONT, for wrapping cells
 TABLE_BOX = (0.04, 0.15, 0.92, 0.66)  # left, bottom, width, height of the table on a page (figure fraction)
 LINE_IN = FONT * 1.55 / 72    # height of one text line in a cell, inches
+ROW_PAD = 0.6                 # a cell is its wrapped lines plus this many lines high
 
 
 def _column_widths(frame: pd.DataFrame) -> list[int]:
@@ -116,14 +117,14 @@ def _wrapped(frame: pd.DataFrame, keys: int) -> tuple[list[str], list[list[str]]
 
 
 def _pages_of_rows(lines: list[int], header_lines: int) -> list[tuple[int, int]]:
-    """Split rows into pages by their wrapped heights: [(start, stop), ...]."""
-    capacity = int(TABLE_BOX[3] * PAGE[1] / LINE_IN) - header_lines - 1
-    spans, start, used = [], 0, 0
+    """Split rows into pages by their drawn heights (wrapped lines + ROW_PAD each): [(start, stop), ...]."""
+    capacity = TABLE_BOX[3] * PAGE[1] / LINE_IN - (header_lines + ROW_PAD)
+    spans, start, used = [], 0, 0.0
     for i, n in enumerate(lines):
-        if used + n > capacity and i > start:
+        if used + n + ROW_PAD > capacity and i > start:
             spans.append((start, i))
-            start, used = i, 0
-        used += n
+            start, used = i, 0.0
+        used += n + ROW_PAD
     spans.append((start, len(lines)))
     return spans
 
@@ -174,9 +175,9 @@ def _draw_table(fig, ax, header, body, lines, header_lines, keys, shade_from=0) 
         if i == 0:
             c.set_facecolor("#dde4ee")
             c.set_text_props(fontweight="bold")
-            c.set_height(line * (header_lines + 0.6))
+            c.set_height(line * (header_lines + ROW_PAD))
         else:
-            c.set_height(line * (lines[i - 1] + 0.6))
+            c.set_height(line * (lines[i - 1] + ROW_PAD))
             c.set_facecolor("#f3f5f9" if (i + shade_from) % 2 == 0 else "white")  # zebra: rows are wide
             if j < keys or j in prose:
                 c.get_text().set_ha("left")
