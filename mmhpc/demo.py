@@ -15,36 +15,38 @@ DEMO = {"data.dataset": "cremad", "data.preset": "tiny", "model.fusion": "concat
         "train.lr": 0.01, "train.seed": 0, "output.overwrite": True}
 
 
+def cell(value: float | None) -> str:
+    """One 8-wide table cell: a metric to 3 decimals, or '-' where it does not apply."""
+    return f"{value:8.3f}" if value is not None else f"{'-':>8}"
+
+
+def train_single_modalities(base: dict, quiet: bool) -> dict[str, dict]:
+    """The IBF baselines (Eq. 3.1): each modality of synthetic CREMA-D trained alone; modality -> record."""
+    return {m: train(load_config(None, dict(base, **{"data.modalities": [m], "output.name": f"single-{m}"})),
+                     progress=not quiet) for m in ("audio", "visual")}
+
+
 def run_demo(runs_dir: str = "runs/demo", epochs: int | None = None, quiet: bool = False,
              overrides: dict | None = None) -> int:
     """`overrides` (config key -> value) apply to every run, e.g. a data.root for the tests."""
     base = dict(DEMO, **{"output.runs_dir": runs_dir}, **(overrides or {}))
     if epochs:
         base["train.epochs"] = epochs
-    plan = [("single audio", {"data.modalities": ["audio"], "output.name": "single-audio"}),
-            ("single visual", {"data.modalities": ["visual"], "output.name": "single-visual"}),
-            ("naive", {"strategy.name": "naive", "output.name": "naive"}),
-            ("alternating", {"strategy.name": "alternating", "output.name": "alternating"})]
-    rows, single = [], {}
     t0 = time.perf_counter()
-    for label, extra in plan:
-        overrides = dict(base, **extra)
-        if "data.modalities" not in extra:
-            overrides["train.single_acc"] = single
-        record = train(load_config(None, overrides), progress=not quiet)
-        s, test = record["summary"], record["summary"]["test"]
-        mods = record["config"]["data"]["modalities"] or ["audio", "visual"]
-        if len(mods) == 1:
-            single[mods[0]] = test["acc/fused"]
-        rows.append((label, test["acc/fused"] if len(mods) > 1 else None,
-                     test.get("acc/audio"), test.get("acc/visual"), s.get("ibf") if len(mods) > 1 else None,
-                     s["epoch_time_mean_s"]))
+    single = train_single_modalities(base, quiet)
+    single_acc = {m: rec["summary"]["test"]["acc/fused"] for m, rec in single.items()}
+    rows = [(f"single {m}", None, *(single_acc[m] if k == m else None for k in ("audio", "visual")), None,
+             rec["summary"]["epoch_time_mean_s"]) for m, rec in single.items()]
+    for name in ("naive", "alternating"):
+        rec = train(load_config(None, dict(base, **{"strategy.name": name, "output.name": name,
+                                                      "train.single_acc": single_acc})), progress=not quiet)
+        s, test = rec["summary"], rec["summary"]["test"]
+        rows.append((name, test["acc/fused"], test["acc/audio"], test["acc/visual"], s["ibf"], s["epoch_time_mean_s"]))
     print()
     print(f"synthetic CREMA-D (tiny), concat fusion, {base['train.epochs']} epochs, test split "
           f"({time.perf_counter() - t0:.0f} s in all)")
     print(f"{'run':<14}{'fused':>8}{'audio':>8}{'visual':>8}{'IBF':>8}{'s/epoch':>9}")
-    fmt = lambda v: f"{v:8.3f}" if v is not None else f"{'-':>8}"  # noqa: E731
     for label, fused, audio, visual, ibf, sec in rows:
-        print(f"{label:<14}{fmt(fused)}{fmt(audio)}{fmt(visual)}{fmt(ibf)}{sec:9.1f}")
+        print(f"{label:<14}{cell(fused)}{cell(audio)}{cell(visual)}{cell(ibf)}{sec:9.1f}")
     print(f"records: {runs_dir}/")
     return 0

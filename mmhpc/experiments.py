@@ -14,7 +14,7 @@ import argparse
 import time
 
 from mmhpc.config import load_config
-from mmhpc.demo import DEMO
+from mmhpc.demo import DEMO, cell, train_single_modalities
 from mmhpc.metrics import speedup
 from mmhpc.train import train
 
@@ -35,11 +35,7 @@ def run_algorithms(runs_dir: str = "runs/algorithms", epochs: int | None = None,
     if epochs:
         base["train.epochs"] = epochs
     t0 = time.perf_counter()
-    single = {}
-    for m in ("audio", "visual"):
-        record = train(load_config(None, dict(base, **{"data.modalities": [m], "output.name": f"single-{m}"})),
-                       progress=not quiet)
-        single[m] = record["summary"]["test"]["acc/fused"]
+    single = {m: rec["summary"]["test"]["acc/fused"] for m, rec in train_single_modalities(base, quiet).items()}
     records = {}
     for name, extra in STRATEGY_RUNS:
         overrides = dict(base, **extra, **{"strategy.name": name, "output.name": name, "train.single_acc": single})
@@ -50,21 +46,20 @@ def run_algorithms(runs_dir: str = "runs/algorithms", epochs: int | None = None,
 
 
 def format_table(records: dict[str, dict], single: dict[str, float], epochs: int, seconds: float) -> str:
-    fmt = lambda v: f"{v:8.3f}" if v is not None else f"{'-':>8}"  # noqa: E731
     reference = _mean_train_s(records["alternating"])
     lines = [f"synthetic CREMA-D (tiny), concat fusion, {epochs} epochs (Reliability: T = {epochs} per modality), "
              f"test split ({seconds:.0f} s in all)",
              f"{'run':<14}{'fused':>8}{'audio':>8}{'visual':>8}{'IBF':>8}{'epochs':>8}{'opt A/V':>9}"
              f"{'train s/ep':>11}{'vs Alt':>8}"]
     for m in ("audio", "visual"):
-        lines.append(f"{'single ' + m:<14}{fmt(None)}{fmt(single[m] if m == 'audio' else None)}"
-                     f"{fmt(single[m] if m == 'visual' else None)}{fmt(None)}")
+        lines.append(f"{'single ' + m:<14}{cell(None)}{cell(single[m] if m == 'audio' else None)}"
+                     f"{cell(single[m] if m == 'visual' else None)}{cell(None)}")
     for name, rec in records.items():
         s, test = rec["summary"], rec["summary"]["test"]
         opt = s["optimised_epochs"]
         sec = _mean_train_s(rec)
-        lines.append(f"{name:<14}{fmt(test['acc/fused'])}{fmt(test['acc/audio'])}{fmt(test['acc/visual'])}"
-                     f"{fmt(s['ibf'])}{s['epochs_run']:>8}{opt['audio']:>5}/{opt['visual']:<3}"
+        lines.append(f"{name:<14}{cell(test['acc/fused'])}{cell(test['acc/audio'])}{cell(test['acc/visual'])}"
+                     f"{cell(s['ibf'])}{s['epochs_run']:>8}{opt['audio']:>5}/{opt['visual']:<3}"
                      f"{sec:>11.1f}{speedup(reference, sec):>7.2f}x")
     return "\n".join(lines)
 

@@ -11,7 +11,8 @@ from mmhpc.strategies.formulas import (AMST_DEFAULT_SKIPS, amst_trains, audio_au
                                        mla_entropy_weights, mlb_coefficient, mlb_coefficients, mslr_update,
                                        ogm_coefficients, ogm_ge_modulate, ogm_ge_noise, opm_drop_probability,
                                        opm_feature_scale, opm_mask, pmr_coefficients, pmr_entropy_regulariser,
-                                       pmr_prototype_logits, pmr_prototypes, select_modality)
+                                       pmr_class_sums, pmr_prototype_logits, pmr_prototypes, pmr_prototypes_from_sums,
+                                       select_modality)
 
 LN2 = 0.6931471805599453
 INF = float("inf")
@@ -330,6 +331,15 @@ def test_pmr_prototypes_mean_and_momentum():
     prev = torch.tensor([[0.0, 0.0], [0.0, 10.0]])
     torch.testing.assert_close(pmr_prototypes(emb, labels, 2, prev, momentum=0.2),
                                torch.tensor([[1.6, 1.6], [8.0, 2.0]]))
+
+
+def test_pmr_class_sums_add_over_batches_to_the_prototypes_of_the_whole_epoch():
+    emb = torch.tensor([[1.0, 1.0], [3.0, 3.0], [10.0, 0.0], [5.0, 5.0]])
+    labels = torch.tensor([0, 0, 1, 0])
+    (s1, c1), (s2, c2) = pmr_class_sums(emb[:3], labels[:3], 2), pmr_class_sums(emb[3:], labels[3:], 2)
+    torch.testing.assert_close(c1 + c2, torch.tensor([3.0, 1.0]))
+    # class 0: mean of (1,1), (3,3), (5,5) = (3,3)
+    torch.testing.assert_close(pmr_prototypes_from_sums(s1 + s2, c1 + c2), torch.tensor([[3.0, 3.0], [10.0, 0.0]]))
 
 
 def test_pmr_prototypes_empty_class():

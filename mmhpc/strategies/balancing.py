@@ -115,6 +115,9 @@ class ModulationWindow:
         return super().begin_epoch(epoch)
 
 
-def dataset_default(table: Mapping, cfg, fallback):
-    """A per-dataset default (seed 004 Table 2 gives CREMA-D and AVE values; others take `fallback`)."""
+def dataset_default(given, table: Mapping, cfg, fallback):
+    """`given` when the user set it, else the per-dataset default (seed 004 Table 2 gives CREMA-D and AVE
+    values, some per fusion; other datasets take `fallback`)."""
+    if given is not None:
+        return given
     return table.get((cfg.data.dataset, cfg.model.fusion), table.get(cfg.data.dataset, fallback))

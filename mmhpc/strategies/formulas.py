@@ -254,13 +254,24 @@ def pmr_prototypes(emb: torch.Tensor, labels: torch.Tensor, num_classes: int,
     The momentum blend is the official PMR code's (`momentum_coef`, 0.2 there). A class without samples
     keeps its previous prototype; without a previous one it is an error.
     """
+    return pmr_prototypes_from_sums(*pmr_class_sums(emb, labels, num_classes), previous, momentum)
+
+
+def pmr_class_sums(emb: torch.Tensor, labels: torch.Tensor, num_classes: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-class sums [C, D] and counts [C] of embeddings: what prototypes are made of, summable over batches."""
     if emb.dim() != 2 or labels.shape != (emb.shape[0],):
         raise ValueError(f"expected emb [N, D] and labels [N], got {tuple(emb.shape)}, {tuple(labels.shape)}")
-    if not 0.0 <= momentum <= 1.0:
-        raise ValueError(f"momentum must lie in [0, 1], got {momentum}")
     emb = emb.detach().float()
     sums = torch.zeros(num_classes, emb.shape[1], device=emb.device).index_add_(0, labels, emb)
     counts = torch.zeros(num_classes, device=emb.device).index_add_(0, labels, torch.ones_like(labels, dtype=emb.dtype))
+    return sums, counts
+
+
+def pmr_prototypes_from_sums(sums: torch.Tensor, counts: torch.Tensor, previous: torch.Tensor | None = None,
+                             momentum: float = 0.0) -> torch.Tensor:
+    """`pmr_prototypes` from per-class sums and counts (`pmr_class_sums`, possibly added over batches)."""
+    if not 0.0 <= momentum <= 1.0:
+        raise ValueError(f"momentum must lie in [0, 1], got {momentum}")
     empty = counts == 0
     if empty.any() and previous is None:
         raise ValueError(f"classes {empty.nonzero().flatten().tolist()} have no samples and no previous prototype")

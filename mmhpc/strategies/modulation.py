@@ -70,8 +70,7 @@ class OGMGE(_OnTheFly):
 
     def __init__(self, *args, **kw):
         super().__init__(*args, **kw)
-        self.alpha = self.params.alpha if self.params.alpha is not None else dataset_default(
-            OGM_DEFAULT_ALPHA, self.cfg, 1.0)
+        self.alpha = dataset_default(self.params.alpha, OGM_DEFAULT_ALPHA, self.cfg, 1.0)
         self.coeffs = {m: 1.0 for m in self.modalities}  # the last step's k_m
 
     def train_step(self, batch, labels):

@@ -49,7 +49,7 @@ class MSLR(ModalityGroups, Naive):
     def __init__(self, *args, **kw):
         super().__init__(*args, **kw)
         self.init = {m: float(self.params.init.get(m, MSLR_DEFAULT_INIT.get(m, 1.0))) for m in self.modalities}
-        self.window = self.params.window or dataset_default(MSLR_DEFAULT_WINDOW, self.cfg, 20)
+        self.window = dataset_default(self.params.window, MSLR_DEFAULT_WINDOW, self.cfg, 20)
         self.history: dict[str, list[float]] = {m: [] for m in self.modalities}
 
     def begin_epoch(self, epoch: int) -> list[str]:

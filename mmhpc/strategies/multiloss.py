@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 
 from mmhpc.config import ConfigError
-from mmhpc.strategies.balancing import ModalityGroups, batch_scores, dataset_default
+from mmhpc.strategies.balancing import ModalityGroups, batch_scores, dataset_default, step_logits
 from mmhpc.strategies.base import StepOutput, register
 from mmhpc.strategies.formulas import gradient_blending_weights, mlb_coefficients
 from mmhpc.strategies.joint import Naive
@@ -56,10 +56,8 @@ class MultiLoss(Naive):
             loss = self.combine(losses)
         self.before_update(uni, labels)
         self.update(loss)
-        logits = {"fused": fused.detach(), **{f"probe/{m}": z.detach() for m, z in uni.items()}}
-        with torch.no_grad(), self.autocast():
-            logits.update({m: self.model.fusion({m: e.detach()}) for m, e in embs.items()})
-        return StepOutput(logits)
+        with self.autocast():
+            return StepOutput(step_logits(self.model, embs, fused, uni))
 
 
 @dataclass
@@ -85,8 +83,7 @@ class MLB(ModalityGroups, MultiLoss):
 
     def __init__(self, *args, **kw):
         super().__init__(*args, **kw)
-        self.alpha = self.params.alpha if self.params.alpha is not None else dataset_default(
-            MLB_DEFAULT_ALPHA, self.cfg, 5.0)
+        self.alpha = dataset_default(self.params.alpha, MLB_DEFAULT_ALPHA, self.cfg, 5.0)
         self.epoch_lr = self.cfg.train.lr
         self.coeffs = {m: 1.0 for m in self.modalities}  # the last step's k_i
 

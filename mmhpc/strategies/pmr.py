@@ -1,6 +1,6 @@
 """PMR, prototypical modal rebalance (Fan et al. CVPR 2023; thesis Eq. 2.30): L = L_sum + L_PCE - mu L_r.
 
-- Prototypes: per modality, the class means of its embeddings (`pmr_prototypes`), blended with the
+- Prototypes: per modality, the class means of its embeddings (`pmr_prototypes_from_sums`), blended with the
   previous epoch's by `momentum` (official code 0.2).
 - PCE: cross-entropy of the prototype classifier -||e_m - c_k|| (`pmr_prototype_logits`), weighted per
   step by `pmr_coefficients`: alpha for a modality whose prototype score is below the others' mean
@@ -25,7 +25,7 @@ from mmhpc.config import ConfigError
 from mmhpc.strategies.balancing import SYMMETRIC, ModulationWindow, batch_scores, dataset_default, step_logits
 from mmhpc.strategies.base import StepOutput, Strategy, register
 from mmhpc.strategies.formulas import discrepancy_ratios, pmr_coefficients, pmr_entropy_regulariser, \
-    pmr_prototype_logits, pmr_prototypes
+    pmr_class_sums, pmr_prototype_logits, pmr_prototypes_from_sums
 
 #: seed 004 Table 2 (late-linear, ResNet): CREMA-D 2.0, AVE 1.5; other datasets take 1.0
 PMR_DEFAULT_ALPHA = {"cremad": 2.0, "ave": 1.5}
@@ -59,11 +59,11 @@ class PMR(ModulationWindow, Strategy):
 
     def __init__(self, *args, **kw):
         super().__init__(*args, **kw)
-        self.alpha = self.params.alpha if self.params.alpha is not None else dataset_default(
-            PMR_DEFAULT_ALPHA, self.cfg, 1.0)
+        self.alpha = dataset_default(self.params.alpha, PMR_DEFAULT_ALPHA, self.cfg, 1.0)
         self.prototypes: dict[str, torch.Tensor] | None = None
-        self._seen: dict[str, list[torch.Tensor]] = {m: [] for m in self.modalities}
-        self._labels: list[torch.Tensor] = []
+        # this epoch's per-class embedding sums and counts, kept on the device: no host copy per step
+        self._sums: dict[str, torch.Tensor] = {}
+        self._counts: torch.Tensor | None = None
 
     def prototype_logits(self, embs) -> dict[str, torch.Tensor]:
         return {m: pmr_prototype_logits(e.float(), self.prototypes[m].to(e.device)) for m, e in embs.items()}
@@ -82,8 +82,9 @@ class PMR(ModulationWindow, Strategy):
             loss = loss - self.params.mu * sum(pmr_entropy_regulariser(z) for m, z in proto.items() if rho[m] > 1)
         self.update(loss)
         for m, e in embs.items():
-            self._seen[m].append(e.detach().float().cpu())
-        self._labels.append(labels.detach().cpu())
+            sums, counts = pmr_class_sums(e, labels, self.model.num_classes)
+            self._sums[m] = self._sums[m] + sums if m in self._sums else sums
+        self._counts = counts if self._counts is None else self._counts + counts
         with self.autocast():
             logits = step_logits(self.model, embs, fused, probes)
         logits.update({f"proto/{m}": z.detach() for m, z in (proto or {}).items()})
@@ -91,18 +92,17 @@ class PMR(ModulationWindow, Strategy):
 
     def end_epoch(self, epoch, train, val) -> None:
         super().end_epoch(epoch, train, val)
-        labels = torch.cat(self._labels)
+        if self._counts is None:  # no training step this epoch: nothing new to learn from
+            return
         new = {}
-        for m in self.modalities:
-            emb = torch.cat(self._seen[m])
-            previous = None if self.prototypes is None else self.prototypes[m]
+        for m, sums in self._sums.items():
+            previous = None if self.prototypes is None else self.prototypes[m].to(sums.device)
             first = previous is None
             if first:  # classes not seen yet start at the mean embedding
-                previous = emb.mean(0, keepdim=True).expand(self.model.num_classes, -1)
-            new[m] = pmr_prototypes(emb, labels, self.model.num_classes, previous,
-                                    0.0 if first else self.params.momentum)
+                previous = (sums.sum(0) / self._counts.sum()).expand(self.model.num_classes, -1)
+            new[m] = pmr_prototypes_from_sums(sums, self._counts, previous, 0.0 if first else self.params.momentum)
         self.prototypes = new
-        self._seen, self._labels = {m: [] for m in self.modalities}, []
+        self._sums, self._counts = {}, None
 
     @torch.no_grad()
     def eval_logits(self, batch):
