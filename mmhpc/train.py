@@ -18,6 +18,7 @@ from tqdm.auto import tqdm
 
 from mmhpc import metrics as mx
 from mmhpc.config import ConfigError, RunConfig
+from mmhpc.data.frames import finish_batch
 from mmhpc.data.loading import build_datasets, build_loader
 from mmhpc.models.multimodal import MultimodalModel, count_parameters
 from mmhpc.results import SCHEMA, atomic_write_json, environment, read_record, single_accuracies
@@ -93,7 +94,8 @@ class Trainer:
             # measuring must not change what the run does next: the RNG and the BatchNorm statistics
             saved = {k: v.clone() for k, v in self.model.state_dict().items()}
             with torch.random.fork_rng(devices=[]):
-                probe = next(iter(build_loader(self.datasets["train"], self.cfg, True, preinit=False).epoch(0)))
+                loader = build_loader(self.datasets["train"], self.cfg, True, preinit=False)
+                probe = finish_batch(next(iter(loader.epoch(0))))
                 costs = parallel.measure_branch_costs(self.model, probe, self.device)
             self.model.load_state_dict(saved)
             placement = parallel.assign_branches(costs, parallel.blp_devices(self.device))
@@ -150,7 +152,7 @@ class Trainer:
         bar = tqdm(total=limit or len(loader), desc=f"{split} {epoch}", leave=False,
                    disable=not (self.progress and self.dist.is_main))
         while batch is not None:
-            batch = self._to_device(batch)
+            batch = finish_batch(self._to_device(batch))
             labels = batch["label"]
             logits = self.strategy.train_step(batch, labels).logits if train else self.strategy.eval_logits(batch)
             acc.update(logits, labels)
