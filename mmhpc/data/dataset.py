@@ -1,6 +1,7 @@
 """Reading the prepared layout (real or synthetic data alike) as a torch Dataset."""
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -26,7 +27,8 @@ class PreparedDataset(Dataset):
             raise ValueError(f"split {split!r}; valid: {', '.join(SPLITS)}")
         self.root = Path(root)
         self.manifest = mf.check(self.root, verify, modalities)
-        self.spec = DATASETS[self.manifest["dataset"]]
+        # the class list of the data (an option such as IEMOCAP classes=six changes the spec's)
+        self.spec = replace(DATASETS[self.manifest["dataset"]], classes=tuple(self.manifest["classes"]))
         self.shapes = Shapes(**{k: tuple(v) if isinstance(v, list) else v
                                 for k, v in self.manifest["shapes"].items()})
         self.modalities = list(modalities or self.manifest["modalities"])
@@ -35,6 +37,9 @@ class PreparedDataset(Dataset):
             raise ValueError(f"{root}: has no {sorted(missing)} (it has {self.manifest['modalities']})")
         labels = dict(line.split(",") for line in (self.root / "labels.csv").read_text().split()[1:])
         self.ids = (self.root / "splits" / f"{split}.txt").read_text().split()
+        if not self.ids:
+            raise ValueError(f"{self.root / 'splits' / f'{split}.txt'}: the {split} split is empty; prepare the "
+                             "dataset from a larger raw copy")
         self.labels = torch.tensor([int(labels[c]) for c in self.ids])
         self.train = train
         self.audio_augment = audio_augment if train else None
