@@ -114,7 +114,8 @@ def test_iemocap_has_the_thesis_five_classes_split_per_class(prepared):
     assert report.skipped == {"emotion code hap is not one of ['ang', 'exc', 'fru', 'neu', 'sad']": 2,
                               "emotion code xxx is not one of ['ang', 'exc', 'fru', 'neu', 'sad']": 2}
     labels = dict(line.split(",") for line in (root / "labels.csv").read_text().split()[1:])
-    split = {s: [labels[c] for c in (root / "splits" / f"{s}.txt").read_text().split()] for s in ("train", "val", "test")}
+    split = {s: [labels[c] for c in (root / "splits" / f"{s}.txt").read_text().split()]
+             for s in ("train", "val", "test")}
     neutral = "3"  # ten `neu`: 8 train, 1 test, 1 validation; a class of one goes to validation (the rest)
     assert sorted(split["train"]) == [neutral] * 8 and split["test"] == [neutral]
     assert sorted(split["val"]) == ["0", "1", "2", neutral, "4"]

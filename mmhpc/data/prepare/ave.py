@@ -42,7 +42,8 @@ def find(raw: Path) -> Discovery:
     clips, listed, rows = [], set(), Counter()
     skipped = Counter()
     for split in SPLITS:
-        for category, video_id in read_annotations(require_file(raw / SPLIT_FILES[split], f"AVE official {split} split")):
+        listing = require_file(raw / SPLIT_FILES[split], f"AVE official {split} split")
+        for category, video_id in read_annotations(listing):
             rows[video_id] += 1
             clip_id = video_id if rows[video_id] == 1 else f"{video_id}.{rows[video_id]}"
             listed.add((category, video_id))
