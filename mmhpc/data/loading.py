@@ -125,7 +125,7 @@ class PreinitLoader(EpochLoader):
     while the current epoch trains, hiding worker start-up and pipeline warm-up.
 
     The next epoch is started late, when the batches left in the current one should take about
-    `START_LEAD` times the last measured start-up: early enough to hide it, late enough that the two
+    `START_LEAD` times the shortest start-up measured so far: early enough to hide it, late enough that the two
     epochs' workers do not compete for the cores for the whole epoch (on a 2-core node starting them at
     the epoch's beginning made every epoch 1.27x slower). Epoch e+1 is always started after epoch e has
     fetched its first batch, so the loader's generator is drawn from in the same order as the standard
@@ -142,6 +142,7 @@ class PreinitLoader(EpochLoader):
         self._pending: tuple[int, Future] | None = None
         self._live: list = []
         self._lock = threading.Lock()
+        self._startup_s = float("inf")  # the shortest start-up measured (one made under contention runs longer)
 
     def _start(self, epoch: int) -> _Started:
         t0 = time.perf_counter()
@@ -164,6 +165,7 @@ class PreinitLoader(EpochLoader):
         started = self._pending[1].result()
         self._pending = None
         self._retire(keep=started.it)
+        self._startup_s = min(self._startup_s, started.seconds)
         return self._paced(started, epoch)
 
     def _paced(self, started: _Started, epoch: int) -> Iterator:
@@ -172,7 +174,7 @@ class PreinitLoader(EpochLoader):
         for done, batch in enumerate(started, start=1):
             yield batch  # the trainer works on it; the time to the next request is one step
             per_batch = (time.perf_counter() - t0) / done
-            if self._pending is None and (total - done) * per_batch <= START_LEAD * started.seconds:
+            if self._pending is None and (total - done) * per_batch <= START_LEAD * self._startup_s:
                 self.prefetch(epoch + 1)
 
     def _retire(self, keep=None) -> None:
