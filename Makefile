@@ -4,7 +4,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: install system-deps demo demo-algorithms test clean-venv demo-report report
+.PHONY: install system-deps demo demo-algorithms test check clean-venv demo-report report
 RESULTS ?= $(or $(MMHPC_RESULTS),results)
 SWEEP   ?=
 
@@ -33,6 +33,10 @@ demo-algorithms: install
 
 test: install system-deps
 	$(PY) -m pytest -q $(PYTEST_ARGS)
+
+# The fast tier (under 2 minutes on 2 cores): everything but the slow and the SLURM tests.
+check: install
+	$(PY) -m pytest -q -m "not slow and not slurm" $(PYTEST_ARGS)
 
 # A tiny CPU sweep with no scheduler, then its report (built even when a run failed: it shows it; the
 # target still fails then).

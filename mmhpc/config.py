@@ -14,6 +14,8 @@ from typing import Any, get_args, get_origin, get_type_hints
 
 import yaml
 
+from mmhpc.errors import ConfigError
+
 FUSIONS = ("early_sum", "late_sum", "concat", "gated", "film")
 MODALITIES = ("audio", "visual", "text")
 PRECISIONS = ("fp32", "tf32", "bf16")
@@ -21,10 +23,6 @@ PARALLELISMS = ("single", "dp", "ddp", "blp")
 PRESETS = ("tiny", "full")
 DEVICES = ("auto", "cpu", "cuda")
 OPTIMIZERS = ("sgd", "adam")
-
-
-class ConfigError(ValueError):
-    """A config value or key is invalid; the message names the field and the valid choices."""
 
 
 @dataclass
