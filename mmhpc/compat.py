@@ -17,3 +17,15 @@ def autocast_state(device_type: str) -> tuple[bool, torch.dtype]:
     if device_type == "cuda":
         return torch.is_autocast_enabled(), torch.get_autocast_gpu_dtype()
     return torch.is_autocast_cpu_enabled(), torch.get_autocast_cpu_dtype()
+
+
+def init_process_group(backend: str, device: torch.device | None = None, **kwargs) -> None:
+    """torch.distributed.init_process_group, binding NCCL to `device` at once where torch can (the
+    `device_id` argument, torch 2.3+); an older torch binds it on first use."""
+    import inspect
+
+    import torch.distributed as dist
+
+    if device is not None and "device_id" in inspect.signature(dist.init_process_group).parameters:
+        kwargs["device_id"] = device
+    dist.init_process_group(backend, **kwargs)
