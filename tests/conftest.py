@@ -7,11 +7,6 @@ from mmhpc.config import load_config
 from mmhpc.data.synthetic import ensure_synthetic
 
 
-def pytest_configure(config):
-    config.addinivalue_line("markers", "slow: end-to-end runs of a minute or more")
-    config.addinivalue_line("markers", "slurm: needs the project's local SLURM (env/slurm), started by the test")
-
-
 @pytest.fixture(scope="session")
 def synth_dir(tmp_path_factory):
     """`synth_dir(name)` -> directory of the tiny synthetic dataset `name` (made once per session)."""
