@@ -157,7 +157,9 @@ class Trainer:
     # ---- one pass over a loader ------------------------------------------------------------------
     def _to_device(self, batch: dict) -> dict:
         nb = self.cfg.loader.pin_memory
-        return {k: v.to(self.device, non_blocking=nb) if torch.is_tensor(v) else v for k, v in batch.items()}
+        # uint8 frames become model input (crop, flip, normalise) on the device
+        return finish_batch({k: v.to(self.device, non_blocking=nb) if torch.is_tensor(v) else v
+                             for k, v in batch.items()})
 
     def _pass(self, split: str, epoch: int) -> tuple[dict, dict]:
         """Run one epoch over a split's loader; returns (metrics, timings)."""
@@ -174,7 +176,7 @@ class Trainer:
         bar = tqdm(total=limit or len(loader), desc=f"{split} {epoch}", leave=False,
                    disable=not (self.progress and self.dist.is_main))
         while batch is not None:
-            batch = finish_batch(self._to_device(batch))
+            batch = self._to_device(batch)
             labels = batch["label"]
             logits = self.strategy.train_step(batch, labels).logits if train else self.strategy.eval_logits(batch)
             acc.update(logits, labels)
