@@ -14,6 +14,8 @@ checks it against torchvision's own crop, resize and flip).
 """
 from __future__ import annotations
 
+import functools
+
 import torch
 import torch.nn.functional as F
 from torchvision.io import ImageReadMode, decode_jpeg, read_file
@@ -54,10 +56,16 @@ def finish_batch(batch: dict) -> dict:
     x = frames.flatten(0, 1).float()
     if crop is not None:
         x = _crop_flip(x, crop.to(x.device, non_blocking=True).flatten(0, 1))
-    mean = torch.tensor(IMAGENET_MEAN, device=x.device).view(1, 3, 1, 1)
-    std = torch.tensor(IMAGENET_STD, device=x.device).view(1, 3, 1, 1)
-    out["visual"] = ((x / 255 - mean) / std).view(frames.shape)
+    scale, shift = _normalisation(x.device)
+    out["visual"] = torch.addcmul(shift, x, scale).view(frames.shape)  # (x / 255 - mean) / std
     return out
+
+
+@functools.lru_cache(maxsize=None)
+def _normalisation(device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-channel scale and shift, copied to the device once (a copy per batch would block the host)."""
+    mean, std = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
+    return (1 / (255 * std)).to(device), (-mean / std).to(device)
 
 
 def _crop_flip(x: torch.Tensor, crop: torch.Tensor) -> torch.Tensor:
