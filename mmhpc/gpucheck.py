@@ -341,8 +341,9 @@ def check_ddp(ck: Check) -> tuple[dict, str]:
     with socket.socket() as sk:
         sk.bind(("127.0.0.1", 0))
         port = sk.getsockname()[1]
-    dist.init_process_group("nccl", init_method=f"tcp://127.0.0.1:{port}", rank=0, world_size=1,
-                            device_id=ck.device)
+    from mmhpc.compat import init_process_group
+
+    init_process_group("nccl", ck.device, init_method=f"tcp://127.0.0.1:{port}", rank=0, world_size=1)
     try:
         t = torch.full((4,), 3.0, device=ck.device)
         dist.all_reduce(t)
