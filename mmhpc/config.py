@@ -18,7 +18,7 @@ from mmhpc.errors import ConfigError
 
 FUSIONS = ("early_sum", "late_sum", "concat", "gated", "film")
 MODALITIES = ("audio", "visual", "text")
-PRECISIONS = ("fp32", "tf32", "bf16")
+PRECISIONS = ("fp32", "fp32_strict", "tf32", "bf16")  # meanings: mmhpc.system.precision.MODES
 PARALLELISMS = ("single", "dp", "ddp", "blp")
 PRESETS = ("tiny", "full")
 DEVICES = ("auto", "cpu", "cuda")

@@ -51,7 +51,7 @@ def test_short_keys_resolve_when_unique():
     ("model.fuson=concat", "model.fuson: unknown key; valid keys: fusion, embed_dim"),
     ("train.epochs=abc", "train.epochs: expected an integer, got 'abc'"),
     ("train.epochs=0", "train.epochs: 0 must be > 0"),
-    ("system.precision=fp16", "system.precision: invalid value 'fp16'; valid choices: fp32, tf32, bf16"),
+    ("system.precision=fp16", "system.precision: invalid value 'fp16'; valid choices: fp32, fp32_strict, tf32, bf16"),
     ("data.dataset=mnist", "data.dataset: invalid value 'mnist'; valid choices: ave, cremad, iemocap, mvsa, urfunny"),
     ("data.modalities=[text]", "data.modalities: invalid value 'text'; valid choices: audio, visual"),
     ("strategy.name=magic", "strategy.name: invalid value 'magic'; valid choices:"),

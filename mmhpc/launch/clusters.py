@@ -6,8 +6,9 @@ may `extends:` another and override some of its keys. String values may read the
 `${VAR}` or `${VAR:-default}` (nested defaults allowed), so accounts and paths stay out of the files.
 
 A profile also knows what its devices can do, so that a run it cannot execute is refused before
-anything is submitted (`resolve_resources`): BF16/TF32 need compute capability 8.0+, DataParallel
-needs two GPUs, BLP one GPU per modality, DDP one task per GPU.
+anything is submitted (`resolve_resources`). The rules are the trainer's own, asked of the same objects
+with the profile's GPU type instead of a live GPU: `Precision.problem` (BF16/TF32 need compute
+capability 8.0+) and the `Parallelism` classes (GPUs per run, tasks per node, DataParallel's two GPUs).
 """
 from __future__ import annotations
 
@@ -283,7 +284,11 @@ def resolve_resources(profile: ClusterProfile, cfg, request: dict) -> tuple[Reso
     bad = [k for k in request if k not in RESOURCE_KEYS]
     if bad:
         return None, [f"resources.{bad[0]}: unknown key; valid keys: {', '.join(RESOURCE_KEYS)}"], None
-    par, precision, mods = cfg.system.parallelism, cfg.system.precision, cfg.modalities
+    from mmhpc.system.parallel import PARALLELISMS
+    from mmhpc.system.precision import Precision
+
+    par, precision = cfg.system.parallelism, cfg.system.precision
+    rules = PARALLELISMS[par]
     nodes = int(request.get("nodes") or 1)
     time_min = int(request.get("time_min") or profile.time_min)
     if time_min > profile.max_time_min:
@@ -301,36 +306,28 @@ def resolve_resources(profile: ClusterProfile, cfg, request: dict) -> tuple[Reso
             return None, errors + [f"resources.gpu: invalid value {gpu!r} on {profile.name}; valid choices: "
                                    f"{', '.join(profile.gpus)}"], None
         spec = profile.gpus[gpu]
-        if precision in ("tf32", "bf16") and spec.capability < 8.0:
-            errors.append(f"system.precision: {precision} needs compute capability 8.0+, {gpu} has "
-                          f"{spec.capability:g}; valid choices on {gpu}: fp32 (or resources.gpu: "
-                          f"{', '.join(g for g, s in profile.gpus.items() if s.capability >= 8.0)})")
-        if par == "single":
-            count = 1
-        elif par == "blp":  # one device per encoder branch; resources.gpus is for dp/ddp only
-            count = len(mods)
-        else:  # dp, ddp: as many GPUs as BLP would use unless told, for a like-for-like comparison
-            count = int(multi or len(mods))
-            if par == "dp" and count < 2:
-                errors.append(f"system.parallelism: dp needs >= 2 GPUs, resources.gpus={count}; "
-                              "valid choices with one GPU: single")
+        wrong = Precision(precision, "cuda").problem(spec.capability, gpu)
+        if wrong:
+            able = [g for g, s in profile.gpus.items() if not Precision(precision, "cuda").problem(s.capability)]
+            errors.append(wrong + (f" (or resources.gpu: {', '.join(able)})" if able else ""))
+        count = rules.devices_needed(cfg, multi)
         if count > spec.per_node:
             errors.append(f"resources.gpus: {par} needs {count} GPUs per node, {gpu} nodes have {spec.per_node}"
                           + ("; use resources.nodes for multi-node ddp" if par == "ddp" else ""))
-        tasks = count if par == "ddp" else 1
-        res = Resources(gpu, count, nodes, tasks, time_min, request.get("cpus_per_task") or profile.cpus_per_task,
-                        request.get("mem_gb") or profile.mem_gb)
+        res = Resources(gpu, count, nodes, rules.tasks_per_node(count), time_min,
+                        request.get("cpus_per_task") or profile.cpus_per_task, request.get("mem_gb") or profile.mem_gb)
+        wrong = rules.problem(cfg, "cuda", count, res.nodes * res.tasks_per_node)
+        if wrong:
+            errors.append(wrong)
     else:
-        if par == "dp":
-            return None, errors, (f"system.parallelism: dp (nn.DataParallel) needs >= 2 CUDA GPUs; cluster "
-                                  f"{profile.name} has none")
-        if precision == "tf32":
-            return None, errors, (f"system.precision: tf32 is a tensor-core format of NVIDIA GPUs; cluster "
-                                  f"{profile.name} has none (valid here: fp32, bf16)")
-        tasks = int(multi or profile.cpu_tasks) if par == "ddp" else 1
-        res = Resources(None, 0, nodes, tasks, time_min, request.get("cpus_per_task") or profile.cpus_per_task,
-                        request.get("mem_gb") or profile.mem_gb)
-    world = res.nodes * res.tasks_per_node
-    if par == "ddp" and cfg.train.batch_size % world:
-        errors.append(f"train.batch_size: {cfg.train.batch_size} is not divisible by the {world} DDP processes")
+        # a run that cannot exist on a CPU cluster (DP, TF32) is recorded as not applicable, not an error
+        absent = Precision(precision, "cpu").problem() or (rules.problem(cfg, "cpu", 0) if rules.gpu_only else None)
+        if absent:
+            return None, errors, f"{absent} (cluster {profile.name} has no GPU)"
+        count = rules.devices_needed(cfg, multi or profile.cpu_tasks)
+        res = Resources(None, 0, nodes, rules.tasks_per_node(count), time_min,
+                        request.get("cpus_per_task") or profile.cpus_per_task, request.get("mem_gb") or profile.mem_gb)
+        wrong = rules.problem(cfg, "cpu", 0, res.nodes * res.tasks_per_node)
+        if wrong:
+            errors.append(wrong)
     return res, errors, None
