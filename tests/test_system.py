@@ -445,3 +445,19 @@ def test_algorithm_runs_stay_deterministic():
 
     plan = expand(load_sweep(REPO / "sweeps" / "algorithms.yaml"), load_profile("alvis", "NAISS1"))
     assert plan.runs and all(r.config.system.deterministic for r in plan.runs)
+
+
+def test_ddp_records_the_peak_memory_of_every_rank(tiny_config, monkeypatch, tmp_path):
+    """A real gloo process group (one process here); CUDA's memory counters are stubbed (no GPU here)."""
+    import torch.distributed as dist
+
+    monkeypatch.setattr(torch.cuda, "max_memory_allocated", lambda d: 3 * 2 ** 20)
+    monkeypatch.setattr(torch.cuda, "reset_peak_memory_stats", lambda d: None)
+    par = parallel.build(tiny_config("cremad", "system.parallelism=ddp"))
+    par.device = torch.device("cuda", 0)
+    dist.init_process_group("gloo", store=dist.FileStore(str(tmp_path / "store"), 1), rank=0, world_size=1)
+    try:
+        assert par.peak_memory() == {"rank0/cuda:0_peak_mib": 3.0}
+    finally:
+        par.close()
+    assert not dist.is_initialized()

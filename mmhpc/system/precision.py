@@ -75,11 +75,7 @@ class Precision:
     def mode(self) -> _Mode:
         if self.name not in MODES:
             raise ConfigError(f"system.precision: invalid value {self.name!r}; valid: {', '.join(MODES)}")
-        return self.mode_of(self.name)
-
-    @staticmethod
-    def mode_of(name: str) -> _Mode:
-        return MODES[name]
+        return MODES[self.name]
 
     @property
     def dtype(self) -> torch.dtype | None:
@@ -115,12 +111,6 @@ class Precision:
         mode = self.mode
         torch.backends.cuda.matmul.allow_tf32 = mode.matmul_tf32
         torch.backends.cudnn.allow_tf32 = mode.cudnn_tf32
-
-    def flags(self) -> dict:
-        """The backend flags this precision runs with, for the record."""
-        mode = self.mode
-        return {"precision": self.name, "matmul_allow_tf32": mode.matmul_tf32, "cudnn_allow_tf32": mode.cudnn_tf32,
-                "autocast": str(mode.dtype).removeprefix("torch.") if mode.dtype else None}
 
     def autocast(self):
         """The autocast context of this precision (disabled without an autocast dtype)."""
@@ -161,9 +151,3 @@ def autocast_method(fn):
         return _to_float(out)
 
     return run
-
-
-# ---- kept for callers of the earlier functions (launcher and tests use `Precision`) --------------------
-
-def precision_problem(precision: str, device_type: str, capability=None, name: str = "this GPU") -> str | None:
-    return Precision(precision, device_type).problem(capability, name)
