@@ -50,6 +50,12 @@ report: install
 	@if [ -d reports/results ]; then $(VENV)/bin/mmhpc report reports/results --out reports/out/results; \
 	elif [ -z "$(SWEEP)" ]; then echo "make report SWEEP=<sweep name or directory>: no SWEEP given, and no GPU records under reports/results/"; fi
 
+# Check a GPU node in one command (records under reports/results/<gpu>/). No install needed: the venv's
+# Python when there is one, else $(PYTHON) with torch, straight from the checkout.
+GPU_PY = $(if $(wildcard $(PY)),$(PY),$(PYTHON))
+gpu-check:
+	PYTHONPATH=.$${PYTHONPATH:+:$$PYTHONPATH} $(GPU_PY) -m mmhpc.gpucheck $(GPU_CHECK_ARGS)
+
 clean-venv:
 	rm -rf $(VENV)
 

@@ -162,7 +162,17 @@ def build_parser() -> argparse.ArgumentParser:
     from mmhpc.report import _add_report_parser  # `report` lives with the report layer
 
     _add_report_parser(sub)
+    # options are parsed by mmhpc.gpucheck itself (`mmhpc gpu-check --help`); importing it imports torch
+    p = sub.add_parser("gpu-check", add_help=False, help="check a GPU node: environment, precision, host syncs, "
+                       "BLP streams, sampler, NCCL, bench, loader; records under reports/results/<gpu>/")
+    p.set_defaults(func=lambda args: cmd_gpu_check([]))
     return parser
+
+
+def cmd_gpu_check(options: list[str]) -> int:
+    from mmhpc.gpucheck import main as gpu_check
+
+    return gpu_check(options, prog="mmhpc gpu-check")
 
 
 def _add_sweep_parser(sub) -> None:
@@ -173,6 +183,9 @@ def _add_sweep_parser(sub) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["gpu-check"]:  # its options are its own (argparse cannot forward them from a subparser)
+        return cmd_gpu_check(argv[1:])
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
