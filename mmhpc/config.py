@@ -14,10 +14,9 @@ from typing import Any, get_args, get_origin, get_type_hints
 
 import yaml
 
+from mmhpc.data.specs import DATASETS
 from mmhpc.errors import ConfigError
 
-FUSIONS = ("early_sum", "late_sum", "concat", "gated", "film")
-MODALITIES = ("audio", "visual", "text")
 PRECISIONS = ("fp32", "tf32", "bf16")
 PARALLELISMS = ("single", "dp", "ddp", "blp")
 PRESETS = ("tiny", "full")
@@ -55,7 +54,7 @@ class LoaderConfig:
 
 @dataclass
 class ModelConfig:
-    fusion: str = field(default="concat", metadata={"help": "late-fusion mechanism", "choices": FUSIONS})
+    fusion: str = field(default="concat", metadata={"help": "late-fusion mechanism", "choices_from": "fusions"})
     embed_dim: int | None = field(default=None, metadata={
         "help": "common embedding width; default 512 (ResNet-18), or the text width when text is present"})
     cosine: bool = field(default=False, metadata={"help": "cosine classifier (thesis Sec. 3.1.2)"})
@@ -144,7 +143,7 @@ class RunConfig:
 
     # ---- validation ----------------------------------------------------------------------------
     def validate(self) -> None:
-        from mmhpc.data.specs import DATASETS
+        from mmhpc.models.fusion import FUSIONS, TWO_MODALITY
         from mmhpc.strategies import STRATEGIES
 
         for section in fields(self):
@@ -154,6 +153,8 @@ class RunConfig:
                 value = getattr(obj, f.name)
                 if choices and value not in choices:
                     _bad(f"{section.name}.{f.name}", value, choices)
+        if self.model.fusion not in FUSIONS:
+            _bad("model.fusion", self.model.fusion, FUSIONS)
         if self.data.dataset not in DATASETS:
             _bad("data.dataset", self.data.dataset, sorted(DATASETS))
         spec = DATASETS[self.data.dataset]
@@ -165,7 +166,7 @@ class RunConfig:
             raise ConfigError(f"data.modalities: {mods!r} must be a non-empty list without repeats")
         if self.data.source == "prepared" and not self.data.root:
             raise ConfigError("data.root: source=prepared needs the prepared dataset directory")
-        if self.model.fusion in ("gated", "film") and len(mods) not in (1, 2):
+        if self.model.fusion in TWO_MODALITY and len(mods) not in (1, 2):
             raise ConfigError(f"model.fusion: {self.model.fusion} fuses exactly two modalities, got {len(mods)} "
                               f"({', '.join(mods)}); choose one of early_sum, late_sum, concat or two modalities")
         if self.model.control is not None and self.model.control not in mods:
@@ -197,8 +198,6 @@ class RunConfig:
     # ---- conveniences --------------------------------------------------------------------------
     @property
     def modalities(self) -> list[str]:
-        from mmhpc.data.specs import DATASETS
-
         if self.data.modalities:
             return list(self.data.modalities)
         return list(DATASETS[self.data.dataset].modalities)
@@ -372,10 +371,10 @@ def load_config(path: str | Path | None = None, overrides: list[str] | dict[str,
 
 def describe_fields() -> list[tuple[str, str, str, str]]:
     """(dotted name, type, default, help with choices) for every knob: used by `--help`."""
-    from mmhpc.data.specs import DATASETS
+    from mmhpc.models.fusion import FUSIONS
     from mmhpc.strategies import STRATEGIES
 
-    dynamic = {"datasets": sorted(DATASETS), "strategies": sorted(STRATEGIES)}
+    dynamic = {"datasets": sorted(DATASETS), "strategies": sorted(STRATEGIES), "fusions": FUSIONS}
     rows = []
     defaults = RunConfig()
     hints = get_type_hints(RunConfig)

@@ -16,6 +16,7 @@ from typing import Iterator
 import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
+from mmhpc.data.augment import audio_augment
 from mmhpc.data.dataset import PreparedDataset
 from mmhpc.data.synthetic import ensure_synthetic
 
@@ -31,8 +32,6 @@ def build_datasets(cfg) -> dict[str, PreparedDataset]:
     root = dataset_root(cfg)
     augment = None
     if cfg.model.audio_augment and "audio" in cfg.modalities:
-        from mmhpc.strategies.formulas import audio_augment
-
         augment = audio_augment
     return {split: PreparedDataset(root, split, cfg.modalities, train=(split == "train"),
                                    verify=cfg.data.verify if split == "train" else "none",

@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mmhpc.config import ConfigError
+from mmhpc.errors import ConfigError
 from mmhpc.strategies.balancing import require_symmetric
 from mmhpc.strategies.base import StepOutput, register
 from mmhpc.strategies.formulas import AMST_DEFAULT_SKIPS, amst_trains

@@ -11,12 +11,10 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from mmhpc.config import ConfigError
-from mmhpc.models.fusion import Concat, EarlySum, Fusion
+from mmhpc.errors import ConfigError
+from mmhpc.models.fusion import SYMMETRIC, Concat, EarlySum, Fusion
 from mmhpc.strategies.formulas import correct_class_score
 
-#: fusions whose fused logits are a sum of per-modality parts (thesis Sec. 3.2.1)
-SYMMETRIC = ("early_sum", "late_sum", "concat")
 
 
 def unimodal_logits(fusion: Fusion, embs: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:

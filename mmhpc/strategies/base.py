@@ -15,7 +15,8 @@ from typing import Any, Callable, ClassVar
 import torch
 import torch.nn.functional as F
 
-from mmhpc.config import FUSIONS, ConfigError
+from mmhpc.errors import ConfigError
+from mmhpc.models.fusion import FUSIONS
 
 STRATEGIES: dict[str, type["Strategy"]] = {}
 

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
-from mmhpc.config import ConfigError
+from mmhpc.errors import ConfigError
 from mmhpc.strategies.base import StepOutput, Strategy, register
 from mmhpc.strategies.formulas import mla_entropy_weights
 

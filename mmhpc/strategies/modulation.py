@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from mmhpc.config import ConfigError
+from mmhpc.errors import ConfigError
 from mmhpc.strategies.balancing import SYMMETRIC, ModulationWindow, batch_scores, dataset_default, \
     require_symmetric, step_logits, unimodal_logits
 from mmhpc.strategies.base import StepOutput, Strategy, register

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from mmhpc.config import ConfigError
+from mmhpc.errors import ConfigError
 from mmhpc.strategies.balancing import ModalityGroups, dataset_default
 from mmhpc.strategies.base import register
 from mmhpc.strategies.formulas import mslr_update

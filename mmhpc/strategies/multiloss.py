@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
-from mmhpc.config import ConfigError
+from mmhpc.errors import ConfigError
 from mmhpc.strategies.balancing import ModalityGroups, batch_scores, dataset_default, step_logits
 from mmhpc.strategies.base import StepOutput, register
 from mmhpc.strategies.formulas import gradient_blending_weights, mlb_coefficients

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from mmhpc.config import ConfigError
+from mmhpc.errors import ConfigError
 from mmhpc.strategies.balancing import SYMMETRIC, ModulationWindow, batch_scores, dataset_default, step_logits
 from mmhpc.strategies.base import StepOutput, Strategy, register
 from mmhpc.strategies.formulas import discrepancy_ratios, pmr_coefficients, pmr_entropy_regulariser, \

@@ -25,7 +25,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import ClassVar
 
-from mmhpc.config import ConfigError
+from mmhpc.errors import ConfigError
 from mmhpc.strategies.base import register
 from mmhpc.strategies.formulas import select_modality
 from mmhpc.strategies.joint import Alternating

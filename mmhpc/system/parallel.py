@@ -19,7 +19,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from mmhpc.config import ConfigError
+from mmhpc.errors import ConfigError
 
 
 @dataclass(frozen=True)
