@@ -208,12 +208,21 @@ class RunConfig:
             obj = obj[part] if isinstance(obj, dict) else getattr(obj, part)
         return obj
 
+    def record_path(self) -> Path:
+        """Where this run's record is written and read (see `record_file`)."""
+        return record_file(self.output.runs_dir, self.run_name())
+
     def run_name(self) -> str:
         if self.output.name:
             return self.output.name
         mods = "+".join(self.modalities)
         return (f"{self.data.dataset}-{self.data.preset}-{mods}-{self.model.fusion}-{self.strategy.name}"
                 f"-{self.system.precision}-{self.system.parallelism}-bs{self.train.batch_size}-s{self.train.seed}")
+
+
+def record_file(runs_dir: str | Path, run_name: str) -> Path:
+    """The record of run `run_name` under `runs_dir`: the only place a record's path is made."""
+    return Path(runs_dir) / f"{run_name}.json"
 
 
 # ---- building dataclasses from plain data ----------------------------------------------------------

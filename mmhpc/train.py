@@ -10,7 +10,6 @@ import os
 import random
 import time
 import traceback
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -20,7 +19,8 @@ from mmhpc import metrics as mx
 from mmhpc.config import ConfigError, RunConfig
 from mmhpc.data.loading import build_datasets, build_loader
 from mmhpc.models.multimodal import MultimodalModel, count_parameters
-from mmhpc.results import SCHEMA, atomic_write_json, environment, read_record, single_accuracies
+from mmhpc.results import Epoch, EpochTime, RunRecord, Summary, environment, read_record, run_ibf, single_accuracies, \
+    write_record
 from mmhpc.strategies import STRATEGIES
 from mmhpc.system import parallel
 from mmhpc.system.sampler import UtilSampler
@@ -28,7 +28,7 @@ from mmhpc.system.precision import apply_precision
 
 
 class RecordExistsError(FileExistsError):
-    pass
+    """A finished record of the same run exists and output.overwrite is off."""
 
 
 def resolve_device(name: str) -> torch.device:
@@ -55,7 +55,7 @@ class Trainer:
         self.cfg = cfg
         self.progress = progress
         self.step_hooks: list = []  # called after every training step (e.g. a profiler's step)
-        self.record_path = Path(cfg.output.runs_dir) / f"{cfg.run_name()}.json"
+        self.record_path = cfg.record_path()
         self.ckpt_path = self.record_path.with_suffix(".ckpt.pt")
         self.dist = parallel.setup_distributed(cfg)
         if self.dist.is_main:
@@ -66,7 +66,8 @@ class Trainer:
         if cfg.system.parallelism == "ddp":
             self.device = parallel.ddp_device(self.dist, self.device)
         self.autocast = apply_precision(cfg.system.precision, self.device)
-        self.single_acc = single_accuracies(cfg.train.single_acc, cfg) if self.dist.is_main else None
+        self.single_acc = (single_accuracies(cfg.train.single_acc, cfg.data.dataset, cfg.data.preset)
+                           if self.dist.is_main else None)
         seed_everything(cfg.train.seed, cfg.system.deterministic)
         self.datasets = build_datasets(cfg)
         train_ds = self.datasets["train"]
@@ -97,7 +98,6 @@ class Trainer:
                 costs = parallel.measure_branch_costs(self.model, probe, self.device)
             self.model.load_state_dict(saved)
             placement = parallel.assign_branches(costs, parallel.blp_devices(self.device))
-            self.blp_costs = costs
         runner = parallel.BranchParallel(self.model, placement, self.device)
         self.model.branch_runner = runner
         return runner
@@ -111,18 +111,18 @@ class Trainer:
             old = read_record(self.record_path)
         except ValueError:
             return  # an unreadable partial file from a crash: not a result
-        if old.get("status") == "done":
+        if old.status == "done":
             if not self.cfg.output.overwrite:
                 raise RecordExistsError(f"{self.record_path}: a finished record exists; set output.overwrite=true "
                                         "to replace it, or output.name=... to keep both")
             # keep the finished record until the new run has finished too
             self._write_path = self.record_path.with_name(f".{self.record_path.stem}.rerun.json")
 
-    def _save(self, record: dict) -> None:
+    def _save(self, record: RunRecord) -> None:
         if not self.dist.is_main:
             return
-        atomic_write_json(self._write_path, record)
-        if record["status"] == "done" and self._write_path != self.record_path:
+        write_record(self._write_path, record)
+        if record.status == "done" and self._write_path != self.record_path:
             series = self._write_path.with_suffix(".util.csv")
             if series.exists():
                 os.replace(series, self.record_path.with_suffix(".util.csv"))
@@ -184,11 +184,11 @@ class Trainer:
         return parallel.broadcast((metrics, timing))
 
     # ---- the loop --------------------------------------------------------------------------------
-    def fit(self) -> dict:
+    def fit(self) -> RunRecord:
         cfg, strategy = self.cfg, self.strategy
-        record = {"schema": SCHEMA, "run": cfg.run_name(), "status": "running", "config": cfg.to_dict(),
-                  "env": environment(self.device), "model": {"parameters": count_parameters(self.model)},
-                  "data": {s: len(d) for s, d in self.datasets.items()}, "epochs": [], "started": time.time()}
+        record = RunRecord(run=cfg.run_name(), status="running", config=cfg.to_dict(), env=environment(self.device),
+                           model={"parameters": count_parameters(self.model)},
+                           data={s: len(d) for s, d in self.datasets.items()}, started=time.time())
         best = {"acc": -1.0, "epoch": -1, "state": None}
         epoch = 0
         if cfg.output.checkpoint and self.ckpt_path.exists():
@@ -200,8 +200,8 @@ class Trainer:
                        disable=not (self.progress and self.dist.is_main))
             while epoch < strategy.max_epochs():
                 entry = self._epoch(epoch)
-                record["epochs"].append(entry)
-                val = entry["val"]
+                record.epochs.append(entry)
+                val = entry.val
                 if val["acc/fused"] > best["acc"]:  # model selection on validation, never on test
                     best = {"acc": val["acc/fused"], "epoch": epoch,
                             "state": {k: v.detach().cpu().clone() for k, v in self.model.state_dict().items()}}
@@ -219,19 +219,16 @@ class Trainer:
             if self.dist.is_main:
                 self.model.load_state_dict(best["state"])
             test, _ = self._evaluate("test")
-            record["summary"] = self._summary(record, test, best["epoch"])
-            record["status"] = "done"
+            record.summary = self._summary(record, test, best["epoch"])
+            record.status = "done"
+            record.finished = time.time()
         except BaseException as e:
-            record["status"] = "failed"
-            record["error"] = f"{type(e).__name__}: {e}"
-            record["traceback"] = traceback.format_exc(limit=20)
-            self._save(record)
+            mark_failed(record, e)
             raise
         finally:
             self._stop_sampler(record)
             self.close()
-        record["finished"] = time.time()
-        self._save(record)
+            self._save(record)  # the final record, done or failed: written here only
         if self.dist.is_main:
             self.ckpt_path.unlink(missing_ok=True)
         return record
@@ -244,7 +241,7 @@ class Trainer:
             self.blp.close()
         parallel.shutdown()
 
-    def _epoch(self, epoch: int) -> dict:
+    def _epoch(self, epoch: int) -> Epoch:
         cfg, strategy = self.cfg, self.strategy
         lr = cfg.train.lr * strategy.lr_factor(epoch)
         for group in strategy.optimizer.param_groups:
@@ -257,12 +254,12 @@ class Trainer:
         rel = {m: train[f"loss/{m}"] / max(val[f"loss/{m}"], 1e-12) for m in cfg.modalities}  # Eq. 3.7
         val.update({f"reliability/{m}": v for m, v in rel.items()})
         strategy.end_epoch(epoch, train, val)
-        return {"epoch": epoch, "lr": lr, "optimised": active, "train": train, "val": val,
-                "time": {"train_loader_init_s": t_train["loader_init_s"], "train_s": t_train["run_s"],
-                         "val_loader_init_s": t_val["loader_init_s"], "val_s": t_val["run_s"],
-                         "epoch_s": sum(t[k] for t in (t_train, t_val) for k in ("loader_init_s", "run_s")),
-                         "train_samples": t_train["samples"], "train_samples_per_s": t_train["samples_per_s"]},
-                "memory": self._peak_memory(), "util": util}
+        time_ = EpochTime(train_loader_init_s=t_train["loader_init_s"], train_s=t_train["run_s"],
+                          val_loader_init_s=t_val["loader_init_s"], val_s=t_val["run_s"],
+                          epoch_s=sum(t[k] for t in (t_train, t_val) for k in ("loader_init_s", "run_s")),
+                          train_samples=t_train["samples"], train_samples_per_s=t_train["samples_per_s"])
+        return Epoch(epoch=epoch, lr=lr, optimised=active, train=train, val=val, time=time_,
+                     memory=self._peak_memory(), util=util)
 
     # ---- utilisation sampling --------------------------------------------------------------------
     def _start_sampler(self) -> None:
@@ -270,12 +267,12 @@ class Trainer:
         if self.cfg.system.sample_interval > 0 and self.dist.is_main:
             self.sampler = UtilSampler(self.cfg.system.sample_interval).start()
 
-    def _stop_sampler(self, record: dict) -> None:
+    def _stop_sampler(self, record: RunRecord) -> None:
         if self.sampler is None:
             return
         self.sampler.stop()
         self.sampler.save(self._write_path.with_suffix(".util.csv"))  # beside the record being written
-        record["system"] = {"timeseries": self.record_path.with_suffix(".util.csv").name, "interval_s": self.sampler.interval_s,
+        record.system = {"timeseries": self.record_path.with_suffix(".util.csv").name, "interval_s": self.sampler.interval_s,
                             "notes": self.sampler.notes, "gpus": self.sampler.gpus,
                             "summary": self.sampler.summary(), "sample_cost_us": self.sampler.sample_cost_us}
 
@@ -290,8 +287,9 @@ class Trainer:
         return out
 
     # ---- checkpoints -----------------------------------------------------------------------------
-    def _checkpoint(self, record: dict, best: dict, next_epoch: int) -> None:
-        state = {"config": self.cfg.to_dict(), "next_epoch": next_epoch, "record": record, "best": best,
+    def _checkpoint(self, record: RunRecord, best: dict, next_epoch: int) -> None:
+        state = {"config": self.cfg.to_dict(), "next_epoch": next_epoch, "record": record.model_dump(by_alias=True),
+                 "best": best,
                  "model": self.model.state_dict(), "strategy": self.strategy.state_dict(),
                  "rng": {"torch": torch.get_rng_state(), "numpy": np.random.get_state(),
                          "python": random.getstate(),
@@ -300,7 +298,7 @@ class Trainer:
         torch.save(state, tmp)
         os.replace(tmp, self.ckpt_path)
 
-    def _resume(self, fresh: dict) -> tuple[dict, dict, int]:
+    def _resume(self, fresh: RunRecord) -> tuple[RunRecord, dict, int]:
         state = torch.load(self.ckpt_path, map_location="cpu", weights_only=False)
         if _resumable(state["config"]) != _resumable(self.cfg.to_dict()):
             raise ConfigError(f"{self.ckpt_path}: checkpoint of a different config; remove it or change output.name")
@@ -313,23 +311,16 @@ class Trainer:
         for k, g in rng["loaders"].items():
             if k in self.loaders:
                 self.loaders[k].generator.set_state(g)
-        record = state["record"]
-        record["resumed"] = record.get("resumed", []) + [{"at_epoch": state["next_epoch"], "time": time.time(),
-                                                          "env": fresh["env"]}]
+        record = RunRecord.model_validate(state["record"])
+        record.resumed.append({"at_epoch": state["next_epoch"], "time": time.time(),
+                               "env": fresh.env.model_dump()})
         return record, state["best"], state["next_epoch"]
 
-    def _summary(self, record: dict, test: dict, best_epoch: int) -> dict:
-        mods = self.cfg.modalities
-        times = [e["time"]["epoch_s"] for e in record["epochs"]]
-        summary = {"best_epoch": best_epoch, "epochs_run": len(record["epochs"]), "test": test,
-                   "optimised_epochs": dict(self.strategy.optimised),
-                   "epoch_time_mean_s": float(np.mean(times)), "train_time_s": float(np.sum(times))}
-        if self.single_acc is not None:
-            if len(mods) == 1:
-                summary["ibf"] = 0.0
-            else:
-                summary["ibf"] = mx.ibf({m: test[f"acc/{m}"] for m in mods}, self.single_acc)
-        return summary
+    def _summary(self, record: RunRecord, test: dict, best_epoch: int) -> Summary:
+        times = [e.time.epoch_s for e in record.epochs]
+        return Summary(best_epoch=best_epoch, epochs_run=len(record.epochs), test=test,
+                       optimised_epochs=dict(self.strategy.optimised), epoch_time_mean_s=float(np.mean(times)),
+                       train_time_s=float(np.sum(times)), ibf=run_ibf(test, self.cfg.modalities, self.single_acc))
 
 
 def _resumable(config: dict) -> dict:
@@ -340,5 +331,22 @@ def _resumable(config: dict) -> dict:
     return out
 
 
-def train(cfg: RunConfig, progress: bool = True) -> dict:
-    return Trainer(cfg, progress=progress).fit()
+def mark_failed(record: RunRecord, exc: BaseException) -> RunRecord:
+    """A record's failure: status, the error as "Type: message", and the traceback being handled."""
+    record.status = "failed"
+    record.error = f"{type(exc).__name__}: {exc}"
+    record.traceback = traceback.format_exc(limit=20)
+    return record
+
+
+def train(cfg: RunConfig, progress: bool = True) -> RunRecord:
+    """Train one run and return its record. A run that fails before its trainer is set up (no device, an
+    unreadable dataset) still leaves a failed record, unless a record of that run already exists."""
+    try:
+        trainer = Trainer(cfg, progress=progress)
+    except BaseException as e:
+        path = cfg.record_path()
+        if int(os.environ.get("RANK", "0")) == 0 and not path.exists() and not isinstance(e, KeyboardInterrupt):
+            write_record(path, mark_failed(RunRecord(run=cfg.run_name(), status="running", config=cfg.to_dict()), e))
+        raise
+    return trainer.fit()

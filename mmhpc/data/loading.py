@@ -102,8 +102,8 @@ class EpochLoader:
 class _Started:
     """An iterator whose first batch has been fetched already."""
 
-    def __init__(self, it, first, seconds: float):
-        self.it, self.first, self.seconds = it, first, seconds
+    def __init__(self, it, first):
+        self.it, self.first = it, first
 
     def __iter__(self):
         if self.first is not _END:
@@ -136,13 +136,12 @@ class PreinitLoader(EpochLoader):
         self.last_wait_s = 0.0  # how long the trainer waited for the pre-initialised iterator
 
     def _start(self, epoch: int) -> _Started:
-        t0 = time.perf_counter()
         self._set_epoch(epoch)
         it = iter(self.loader)
         with self._lock:
             self._live.append(it)
         first = next(it, _END)
-        return _Started(it, first, time.perf_counter() - t0)
+        return _Started(it, first)
 
     def prefetch(self, epoch: int) -> None:
         """Start pre-initialising `epoch` now (the trainer calls this for the first epoch early)."""

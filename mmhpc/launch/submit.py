@@ -13,7 +13,6 @@ import os
 import shutil
 import sys
 import time
-import traceback
 from collections import defaultdict
 from pathlib import Path
 
@@ -24,7 +23,7 @@ from tqdm.auto import tqdm
 from mmhpc.config import RunConfig
 from mmhpc.launch.clusters import ClusterError, ClusterProfile, Resources, resolve_resources
 from mmhpc.launch.store import SweepDir, run_states
-from mmhpc.results import SCHEMA, atomic_write_json, read_record
+from mmhpc.results import read_record
 from mmhpc.sweep import SweepError
 
 RESUBMIT = ("unsubmitted", "failed")  # never done (final), pending/running (alive) or n/a
@@ -50,28 +49,20 @@ def execute_run(config: dict, stage_data: bool = False) -> str:
     rank = _join_distributed(cfg)
     if rank is None:
         return "extra task of a single-process run: nothing to do"
-    record_path = Path(cfg.output.runs_dir) / f"{cfg.run_name()}.json"
+    record_path = cfg.record_path()
     if _finished(record_path):
         return f"{record_path}: already done"
     if stage_data and cfg.data.source == "prepared" and os.environ.get("TMPDIR"):
         cfg = cfg.replace({"data.root": stage_dataset(cfg.data.root, Path(os.environ["TMPDIR"]))})
     from mmhpc.train import train
 
-    try:
-        train(cfg, progress=False)
-    except BaseException as e:
-        # The trainer records its own failures; this covers those before its first record (bad device...).
-        if rank == 0 and not record_path.exists():
-            atomic_write_json(record_path, {"schema": SCHEMA, "run": cfg.run_name(), "status": "failed",
-                                            "config": cfg.to_dict(), "error": f"{type(e).__name__}: {e}",
-                                            "traceback": traceback.format_exc(limit=20)})
-        raise
+    train(cfg, progress=False)  # a failure leaves a failed record (the trainer writes it)
     return str(record_path)
 
 
 def _finished(path: Path) -> bool:
     try:
-        return read_record(path).get("status") == "done"
+        return read_record(path).status == "done"
     except (OSError, ValueError):
         return False
 
