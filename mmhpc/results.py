@@ -98,6 +98,9 @@ class EpochTime(_Part):
     epoch_s: float
     train_samples: int | None = None
     train_samples_per_s: float | None = None
+    train_data_wait_s: float | None = None   # time the training step waited for batches (system/idle.py)
+    train_data_wait_estimated: bool = False  # prefetch_factor=0: estimated as thesis Appendix A.2.1 (Alg. 7)
+    val_data_wait_s: float | None = None
 
 
 class Epoch(_Part):

@@ -2,7 +2,8 @@
 
 The loop is the same for every strategy; `Strategy` subclasses own the step and the per-epoch choices.
 Per epoch it times the thesis' Table 2.8 breakdown: training-loader initialisation (iterator creation to
-first batch), training, validation-loader initialisation, validation.
+first batch), training, validation-loader initialisation, validation; and the time the training step
+sat idle waiting for data (`mmhpc.system.idle`; estimated per thesis Alg. 7 for `loader.prefetch_factor=0`).
 """
 from __future__ import annotations
 
@@ -23,6 +24,7 @@ from mmhpc.results import Epoch, EpochTime, RunRecord, Summary, environment, rea
     write_record
 from mmhpc.strategies import STRATEGIES
 from mmhpc.system import parallel
+from mmhpc.system.idle import TimedBatches, estimate_prefetch0_idle
 from mmhpc.system.sampler import UtilSampler
 from mmhpc.system.precision import apply_precision
 
@@ -79,6 +81,8 @@ class Trainer:
         self.strategy.net = parallel.wrap(self.model, cfg.system.parallelism, self.device)
         # every process trains on its shard; validation and test run whole on rank 0 only
         self.loaders = {"train": build_loader(train_ds, cfg, True, self.dist.rank, self.dist.world)}
+        if cfg.loader.prefetch_factor == 0:  # the estimate's own standard loader (prefetch 1, thesis A.2.1)
+            self.loaders["idle"] = build_loader(train_ds, cfg, True, self.dist.rank, self.dist.world, preinit=False)
         if self.dist.is_main:
             self.loaders["val"] = build_loader(self.datasets["val"], cfg, False)
             self.loaders["test"] = build_loader(self.datasets["test"], cfg, False, preinit=False)  # used once
@@ -142,7 +146,7 @@ class Trainer:
         acc = mx.MetricAccumulator(keep_logits=not train)
         self.model.train(train)
         t0 = time.perf_counter()
-        it = iter(loader.epoch(epoch))
+        it = TimedBatches(loader.epoch(epoch))  # sums the waits in next(): idle time of the step
         batch = next(it, None)
         t_first = time.perf_counter()
         n = steps = 0
@@ -164,11 +168,12 @@ class Trainer:
                 break
             batch = next(it, None)
         bar.close()
+        wait_s = it.wait_s
         del it  # shuts workers down unless persistent
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
         t_end = time.perf_counter()
-        timing = {"loader_init_s": t_first - t0, "run_s": t_end - t_first, "samples": n,
+        timing = {"loader_init_s": t_first - t0, "run_s": t_end - t_first, "data_wait_s": wait_s, "samples": n,
                   "samples_per_s": n / max(t_end - t0, 1e-9)}
         metrics = acc.result()
         if train and self.dist.world > 1:
@@ -254,8 +259,13 @@ class Trainer:
         rel = {m: train[f"loss/{m}"] / max(val[f"loss/{m}"], 1e-12) for m in cfg.modalities}  # Eq. 3.7
         val.update({f"reliability/{m}": v for m, v in rel.items()})
         strategy.end_epoch(epoch, train, val)
+        if cfg.loader.prefetch_factor == 0:  # PyTorch cannot: estimated as thesis Appendix A.2.1 (Alg. 7)
+            t_train["data_wait_s"] = estimate_prefetch0_idle(self.loaders["idle"], epoch, cfg.train.max_batches)
         time_ = EpochTime(train_loader_init_s=t_train["loader_init_s"], train_s=t_train["run_s"],
                           val_loader_init_s=t_val["loader_init_s"], val_s=t_val["run_s"],
+                          train_data_wait_s=t_train["data_wait_s"],
+                          train_data_wait_estimated=cfg.loader.prefetch_factor == 0,
+                          val_data_wait_s=t_val.get("data_wait_s"),
                           epoch_s=sum(t[k] for t in (t_train, t_val) for k in ("loader_init_s", "run_s")),
                           train_samples=t_train["samples"], train_samples_per_s=t_train["samples_per_s"])
         return Epoch(epoch=epoch, lr=lr, optimised=active, train=train, val=val, time=time_,

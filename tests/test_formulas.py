@@ -55,7 +55,7 @@ def test_cosine_scale_bad(kw):
 def test_correct_class_score():
     # p(true): row 0 label 0 -> 0.7; row 1 label 0 -> 0.2; sum 0.9
     logits = torch.tensor([[0.7, 0.3], [0.2, 0.8]]).log()
-    assert correct_class_score(logits, torch.tensor([0, 0])) == pytest.approx(0.9, abs=1e-6)
+    assert correct_class_score(logits, torch.tensor([0, 0])).item() == pytest.approx(0.9, abs=1e-6)
     with pytest.raises(ValueError):
         correct_class_score(logits, torch.tensor([0]))
 

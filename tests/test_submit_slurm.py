@@ -7,7 +7,6 @@ where it cannot be set up at all (not root, or no apt-get).
 """
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import subprocess
@@ -19,6 +18,7 @@ import pytest
 import yaml
 
 from mmhpc.launch.store import SweepDir, run_states
+from mmhpc.results import RunRecord, iter_records
 from mmhpc.launch.submit import resume_sweep, submit_sweep, wait
 
 pytestmark = pytest.mark.slurm
@@ -56,14 +56,12 @@ def write_sweep(path: Path, name: str, **spec) -> Path:
     return path
 
 
-def records(sweep_dir: SweepDir) -> dict[str, dict]:
+def records(sweep_dir: SweepDir) -> dict[str, RunRecord]:
     """{run name: record} of every run record in the sweep (not the sampler's side files)."""
     found = {}
-    for p in sorted(sweep_dir.runs_dir.glob("*.json")):
-        data = json.loads(p.read_text())
-        if isinstance(data, dict) and {"run", "status", "config"} <= set(data):
-            assert p.name == f"{data['run']}.json"
-            found[data["run"]] = data
+    for p, rec in iter_records(sweep_dir.runs_dir):
+        assert p == sweep_dir.record_path(rec.run)
+        found[rec.run] = rec
     return found
 
 
@@ -93,10 +91,10 @@ def test_a_sweep_runs_as_one_job_array(slurm, tmp_path):
     assert [s.state for s in states] == ["done"] * 4, states
     recs = records(sweep_dir)
     assert sorted(recs) == sorted(r["name"] for r in manifest["runs"])
-    tasks = {rec["env"]["slurm"]["SLURM_ARRAY_TASK_ID"] for rec in recs.values()}
+    tasks = {rec.env.slurm["SLURM_ARRAY_TASK_ID"] for rec in recs.values()}
     assert tasks == {"0", "1", "2", "3"}
-    assert {rec["env"]["slurm"]["SLURM_ARRAY_JOB_ID"] for rec in recs.values()} == {array["job_id"]}
-    assert all(rec["status"] == "done" and rec["config"]["data"]["preset"] == "tiny" for rec in recs.values())
+    assert {rec.env.slurm["SLURM_ARRAY_JOB_ID"] for rec in recs.values()} == {array["job_id"]}
+    assert all(rec.status == "done" and rec.config["data"]["preset"] == "tiny" for rec in recs.values())
     # accounting (slurmdbd) may lag the records by a moment
     _until(lambda: sacct("-j", array["job_id"], "-o", "State").split() == ["COMPLETED"] * 4,
            f"sacct to show the 4 tasks of {array['job_id']} COMPLETED", timeout=120)
@@ -140,7 +138,7 @@ def test_scancel_of_a_running_task_then_resume_completes_the_sweep(slurm, tmp_pa
     def running_with_checkpoint():
         for s in run_states(sweep_dir, manifest):
             rec = sweep_dir.record(s.name)
-            if (s.state == "running" and rec and rec["status"] == "running" and 1 <= len(rec["epochs"]) <= EPOCHS // 2
+            if (s.state == "running" and rec and rec.status == "running" and 1 <= len(rec.epochs) <= EPOCHS // 2
                     and (sweep_dir.runs_dir / f"{s.name}.ckpt.pt").exists()):
                 return s
         return None
@@ -160,12 +158,12 @@ def test_scancel_of_a_running_task_then_resume_completes_the_sweep(slurm, tmp_pa
     assert [s.state for s in final] == ["done"] * 4, final
     # nothing lost: four finished records; nothing duplicated: no second record, finished ones untouched
     recs = records(sweep_dir)
-    assert sorted(recs) == sorted(states) and all(r["status"] == "done" for r in recs.values())
+    assert sorted(recs) == sorted(states) and all(r.status == "done" for r in recs.values())
     assert {n: (p.stat().st_mtime_ns, p.read_bytes()) for n in others
             for p in [sweep_dir.runs_dir / f"{n}.json"]} == finished
     resumed = recs[victim.name]
-    assert resumed["resumed"][0]["at_epoch"] >= 1, "the rerun continues from its epoch checkpoint"
-    assert [e["epoch"] for e in resumed["epochs"]] == list(range(EPOCHS))
+    assert resumed.resumed[0]["at_epoch"] >= 1, "the rerun continues from its epoch checkpoint"
+    assert [e.epoch for e in resumed.epochs] == list(range(EPOCHS))
     assert not list(sweep_dir.runs_dir.glob("*.ckpt.pt")) and not list(sweep_dir.runs_dir.glob(".*.json"))
     jobs = {r["name"]: len(r["jobs"]) for r in sweep_dir.load()["runs"]}
     assert jobs == {**{n: 1 for n in others}, victim.name: 2}
@@ -186,9 +184,9 @@ def test_a_preempted_run_requeues_itself_and_resumes_from_its_checkpoint(slurm, 
     states = wait(sweep_dir, poll_s=2, progress=False)
     assert states[0].state == "done", states
     rec = records(sweep_dir)[run["name"]]
-    (restart,) = rec["resumed"]  # the environment of the requeued start
+    (restart,) = rec.resumed  # the environment of the requeued start
     assert restart["env"]["slurm"]["SLURM_JOB_ID"] == job and restart["env"]["slurm"]["SLURM_RESTART_COUNT"] == "1"
-    assert restart["at_epoch"] >= 1 and [e["epoch"] for e in rec["epochs"]] == list(range(EPOCHS))
+    assert restart["at_epoch"] >= 1 and [e.epoch for e in rec.epochs] == list(range(EPOCHS))
     assert len(sweep_dir.load()["runs"][0]["jobs"]) == 1  # the same job, requeued: no resubmission
 
 
@@ -208,7 +206,7 @@ def test_plain_sbatch_array_script_runs_sweep_runs_by_index(slurm, tmp_path):
 
     _until(finished, f"array job {job} to finish")
     recs = records(sweep_dir)
-    assert len(recs) == 2 and all(r["status"] == "done" for r in recs.values()), \
+    assert len(recs) == 2 and all(r.status == "done" for r in recs.values()), \
         [p.read_text()[-2000:] for p in tmp_path.glob("mmhpc-sweep-*.out")]
     # status knows these runs' jobs from their records
     states = run_states(sweep_dir, sweep_dir.load())

@@ -10,10 +10,12 @@ submitit's own executor, so they are the ones a real submission would write.
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import sys
 import time
 from collections import defaultdict
+from dataclasses import dataclass
 from pathlib import Path
 
 import submitit
@@ -111,12 +113,18 @@ class _RenderOnlyExecutor(SlurmExecutor):
         return 1
 
 
-def slurm_parameters(profile: ClusterProfile, res: Resources, job_name: str) -> dict:
+def slurm_parameters(profile: ClusterProfile, res: Resources, job_name: str, parallelism: int | None = None,
+                     after: str | None = None) -> dict:
+    """submitit's parameters for one job array: the resource lines of its sbatch script.
+
+    `--cpus-per-task` also goes to `srun` (since SLURM 22.05 srun no longer inherits it from sbatch),
+    `--mem` carries its unit (a bare number would be megabytes), GPUs are typed (`A100:4`)."""
     params = {"job_name": job_name, "partition": profile.partition, "time": res.time_min, "nodes": res.nodes,
               "ntasks_per_node": res.tasks_per_node, "signal_delay_s": profile.signal_delay_s,
-              "array_parallelism": profile.array_parallelism}
-    optional = {"account": profile.account, "cpus_per_task": res.cpus_per_task, "mem": res.mem_gb,
-                "setup": profile.setup_lines() or None}
+              "array_parallelism": parallelism or profile.array_parallelism}
+    optional = {"account": profile.account, "cpus_per_task": res.cpus_per_task, "mem": res.mem_arg(),
+                "setup": profile.setup_lines() or None, "dependency": f"afterany:{after}" if after else None,
+                "srun_args": [f"--cpus-per-task={res.cpus_per_task}"] if res.cpus_per_task else None}
     params.update({k: v for k, v in optional.items() if v is not None})
     if res.gpu:  # submitit's gpus_per_node is a count; a typed request (A100:4) goes in verbatim
         params["additional_parameters"] = {"gpus_per_node": f"{res.gpu}:{res.gpus_per_node}"}
@@ -124,14 +132,14 @@ def slurm_parameters(profile: ClusterProfile, res: Resources, job_name: str) -> 
 
 
 def make_executor(profile: ClusterProfile, res: Resources, folder: Path, job_name: str,
-                  render_only: bool = False) -> SlurmExecutor:
+                  render_only: bool = False, parallelism: int | None = None, after: str | None = None) -> SlurmExecutor:
     cls = _RenderOnlyExecutor if render_only else SlurmExecutor
     try:
         executor = cls(folder, max_num_timeout=profile.max_requeues, python=profile.interpreter())
     except RuntimeError as e:  # no srun on PATH
         raise ClusterError(f"cluster {profile.name}: {e} For the local SLURM: env/slurm/install.sh && "
                            "env/slurm/start.sh && source env/slurm/state/env.sh") from None
-    executor.update_parameters(**slurm_parameters(profile, res, job_name))
+    executor.update_parameters(**slurm_parameters(profile, res, job_name, parallelism, after))
     return executor
 
 
@@ -142,29 +150,57 @@ def group_by_shape(runs: list[dict]) -> dict[Resources, list[dict]]:
     return dict(groups)
 
 
+@dataclass
+class ArrayPlan:
+    """One job array of a submission: its runs, its own concurrency cap, and the array it waits for."""
+    res: Resources
+    runs: list[dict]
+    parallelism: int
+    after: int | None  # position of the earlier array in the same lane (sbatch --dependency=afterany)
+
+
+def plan_arrays(profile: ClusterProfile, runs: list[dict]) -> list[ArrayPlan]:
+    """Job arrays for these runs: one per resource shape, split at the profile's `max_array_size`.
+
+    `array_parallelism` caps the whole submission, not each array: the arrays are dealt into at most
+    `array_parallelism` lanes, each lane gets a share of the cap (the shares add up to it), and an
+    array waits for the previous array of its lane to end, so at most the cap runs at once."""
+    chunks = [(res, group[i:i + profile.max_array_size]) for res, group in group_by_shape(runs).items()
+              for i in range(0, len(group), profile.max_array_size)]
+    cap = profile.array_parallelism
+    lanes = min(cap, len(chunks)) or 1
+    shares = [cap // lanes + (lane < cap % lanes) for lane in range(lanes)]
+    return [ArrayPlan(res, group, min(shares[k % lanes], len(group)), k - lanes if k >= lanes else None)
+            for k, (res, group) in enumerate(chunks)]
+
+
 def render_scripts(sweep_dir: SweepDir, profile: ClusterProfile, sweep: str, runs: list[dict]) -> str:
     """The sbatch script of each job array a submission would make (nothing written, nothing submitted)."""
     out = []
-    for res, group in group_by_shape(runs).items():
-        ex = make_executor(profile, res, sweep_dir.logs_dir, f"mmhpc-{sweep}-{res.label()}", render_only=True)
-        if len(group) > 1:
-            ex.parameters["map_count"] = len(group)  # what submitit sets for a job array
-        names = ", ".join(f"{r['index']}:{r['name']}" for r in group)
-        out.append(f"# ---- {res.label()}: {len(group)} run(s): {names}\n"
+    for k, plan in enumerate(plan_arrays(profile, runs)):
+        after = f"JOBID_OF_ARRAY_{plan.after}" if plan.after is not None else None
+        ex = make_executor(profile, plan.res, sweep_dir.logs_dir, f"mmhpc-{sweep}-{plan.res.label()}",
+                           render_only=True, parallelism=plan.parallelism, after=after)
+        if len(plan.runs) > 1:
+            ex.parameters["map_count"] = len(plan.runs)  # what submitit sets for a job array
+        names = ", ".join(f"{r['index']}:{r['name']}" for r in plan.runs)
+        out.append(f"# ---- array {k}: {plan.res.label()}: {len(plan.runs)} run(s): {names}\n"
                    + ex._make_submission_file_text(ex._submitit_command_str, "dry-run"))
     return "\n".join(out)
 
 
 def hand_sbatch_lines(sweep_dir: SweepDir, profile: ClusterProfile, runs: list[dict]) -> list[str]:
-    """`sbatch` command lines for jobs/sweep_array.sbatch, one per resource shape (for submitting by hand)."""
+    """`sbatch` command lines for jobs/sweep_array.sbatch, one per job array (for submitting by hand)."""
     lines = []
-    for res, group in group_by_shape(runs).items():
+    for plan in plan_arrays(profile, runs):
+        res = plan.res
         params = slurm_parameters(profile, res, "mmhpc-sweep")
-        flags = [f"--array={','.join(str(r['index']) for r in group)}%{profile.array_parallelism}",
+        flags = [f"--array={','.join(str(r['index']) for r in plan.runs)}%{plan.parallelism}",
                  f"--partition={profile.partition}", f"--time={res.time_min}", f"--nodes={res.nodes}",
                  f"--ntasks-per-node={res.tasks_per_node}"]
         flags += [f"--account={profile.account}"] if profile.account else []
         flags += [f"--cpus-per-task={res.cpus_per_task}"] if res.cpus_per_task else []
+        flags += [f"--mem={res.mem_arg()}"] if res.mem_gb else []
         flags += [f"--gpus-per-node={params['additional_parameters']['gpus_per_node']}"] if res.gpu else []
         lines.append(f"sbatch {' '.join(flags)} jobs/sweep_array.sbatch {sweep_dir.path}")
     return lines
@@ -179,9 +215,12 @@ def submit_runs(sweep_dir: SweepDir, manifest: dict, profile: ClusterProfile, in
     _pregenerate_tiny_data(runs)
     if profile.scheduler == "none":
         return _run_here(sweep_dir, manifest, profile, runs, progress)
-    job_ids = []
-    for res, group in group_by_shape(runs).items():
-        ex = make_executor(profile, res, sweep_dir.logs_dir, f"mmhpc-{manifest['sweep']}-{res.label()}")
+    job_ids: list[str] = []
+    array_ids: list[str] = []
+    for plan in plan_arrays(profile, runs):
+        res, group = plan.res, plan.runs
+        ex = make_executor(profile, res, sweep_dir.logs_dir, f"mmhpc-{manifest['sweep']}-{res.label()}",
+                           parallelism=plan.parallelism, after=array_ids[plan.after] if plan.after is not None else None)
         with ex.batch():  # one sbatch --array per shape (a plain job when the shape has one run)
             jobs = [ex.submit(_sweep_run(profile, run)) for run in group]
         now = time.time()
@@ -189,6 +228,7 @@ def submit_runs(sweep_dir: SweepDir, manifest: dict, profile: ClusterProfile, in
             run["jobs"].append({"job_id": job.job_id, "scheduler": "slurm", "cluster": profile.name,
                                 "submitted": now})
         main = jobs[0].job_id.split("_")[0]
+        array_ids.append(main)
         manifest["arrays"].append({"job_id": main, "shape": res.label(), "runs": [r["index"] for r in group],
                                    "script": str(jobs[0].paths.submission_file), "submitted": now})
         sweep_dir.save(manifest)  # after each array, so a later failure loses no job id
@@ -282,6 +322,11 @@ def prepare_sweep(path: str | Path, cluster: str, size: str | None = None, accou
     from mmhpc.launch.clusters import load_profile
     from mmhpc.sweep import expand, load_sweep
 
+    from mmhpc.errors import problem
+    from mmhpc.sweep import NAME_PATTERN, NAME_VALID
+
+    if name is not None and (not re.match(NAME_PATTERN, name) or name in (".", "..")):
+        raise SweepError([problem("--name", f"{name!r} cannot name a directory; valid: {NAME_VALID}")], "sweep")
     profile = load_profile(cluster, account)
     profile.check_account(dry_run)
     spec = load_sweep(path)

@@ -31,12 +31,15 @@ AMST_DEFAULT_SKIPS: dict[str, dict[str, int]] = {
 # ------------------------------------------------------------------------------------ discrepancy ratio
 
 
-def correct_class_score(logits: torch.Tensor, labels: torch.Tensor) -> float:
-    """s = sum_i softmax(logits_i)[y_i]: the discriminative score of seed 003 Eq. 6 / seed 002 Eq. 4."""
+def correct_class_score(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """s = sum_i softmax(logits_i)[y_i]: the discriminative score of seed 003 Eq. 6 / seed 002 Eq. 4.
+
+    A 0-dim float32 tensor on the logits' device (reading it on the host is the caller's one sync).
+    """
     if logits.dim() != 2 or labels.shape != (logits.shape[0],):
         raise ValueError(f"expected logits [N, C] and labels [N], got {tuple(logits.shape)}, {tuple(labels.shape)}")
     probs = F.softmax(logits.detach().float(), dim=1)
-    return probs.gather(1, labels.view(-1, 1)).sum().item()
+    return probs.gather(1, labels.view(-1, 1)).sum()
 
 
 def discrepancy_ratios(score: Mapping[str, float]) -> dict[str, float]:
