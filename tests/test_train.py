@@ -6,6 +6,7 @@ from pathlib import Path
 import pytest
 
 from mmhpc.config import ConfigError
+from mmhpc.data.manifest import ManifestError
 from mmhpc.models.fusion import FUSION_CLASSES
 from mmhpc.results import RunRecord, Summary, read_record, run_ibf, single_accuracies, write_record
 from mmhpc.train import RecordExistsError, Trainer, train
@@ -75,8 +76,8 @@ def test_finished_record_is_never_overwritten(tiny_config, synth_dir, tmp_path):
 
 def _single_record(runs: Path, modality: str, acc: float, seed: int, dataset: str = "cremad") -> None:
     config = {"data": {"dataset": dataset, "preset": "tiny", "modalities": [modality]}, "train": {"seed": seed}}
-    write_record(runs / f"single-{modality}-{seed}.json",
-                 RunRecord(run=f"single-{modality}-{seed}", status="done", config=config,
+    write_record(runs / f"{dataset}-{modality}-{seed}.json",
+                 RunRecord(run=f"{dataset}-{modality}-{seed}", status="done", config=config,
                            summary=Summary(test={"acc/fused": acc})))
 
 
@@ -105,10 +106,11 @@ def test_trainer_summary_takes_ibf_from_single_records(tiny_config, tmp_path):
 
 def test_failure_before_the_trainer_leaves_a_failed_record(tiny_config, tmp_path):
     cfg = tiny_config("cremad", "data.source=prepared", f"data.root={tmp_path / 'absent'}")
-    with pytest.raises(FileNotFoundError):
+    with pytest.raises(ManifestError, match="no manifest.json"):
         train(cfg, progress=False)
     rec = read_record(cfg.record_path())
-    assert rec.status == "failed" and rec.error.startswith("FileNotFoundError") and "absent" in rec.error
+    assert rec.status == "failed" and rec.error.startswith("ManifestError") and "absent" in rec.error
+    assert rec.config == cfg.to_dict() and not rec.epochs
 
 
 def test_parallelism_not_available_fails_before_work(tiny_config):

@@ -66,7 +66,7 @@ class AMST(Alternating):
     @classmethod
     def check_config(cls, cfg) -> None:
         super().check_config(cfg)
-        p = cls.Params(**cfg.strategy.params)
+        p = cls.parse_params(cfg.strategy.params)
         if p.module not in MODULES:
             raise ConfigError(f"strategy.params.module: invalid value {p.module!r}; valid choices: {', '.join(MODULES)}")
         if p.module != "alternating":
@@ -86,7 +86,7 @@ class AMST(Alternating):
                 raise ConfigError(f"strategy.params.skips.{m}: {s!r} must be a positive integer (1 = never skipped)")
 
     def __init__(self, cfg, model, autocast=contextlib.nullcontext):
-        if self.Params(**cfg.strategy.params).module == "full":
+        if self.parse_params(cfg.strategy.params).module == "full":
             model.add_module("amst_joint", joint_twin(model, cfg))  # before the optimiser is built
         super().__init__(cfg, model, autocast)
         defaults = AMST_DEFAULT_SKIPS.get(cfg.data.dataset, {})

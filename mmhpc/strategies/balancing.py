@@ -100,7 +100,7 @@ class ModulationWindow:
     @classmethod
     def check_config(cls, cfg) -> None:
         super().check_config(cfg)
-        p = cls.Params(**cfg.strategy.params)
+        p = cls.parse_params(cfg.strategy.params)
         if p.start_epoch < 0 or (p.end_epoch is not None and p.end_epoch < p.start_epoch):
             raise ConfigError(f"strategy.params.end_epoch: modulation runs from start_epoch ({p.start_epoch}) to "
                               f"end_epoch ({p.end_epoch}, inclusive, null = to the end); give 0 <= start <= end")

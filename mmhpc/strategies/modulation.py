@@ -62,7 +62,7 @@ class OGMGE(_OnTheFly):
     @classmethod
     def check_config(cls, cfg) -> None:
         super().check_config(cfg)
-        p = cls.Params(**cfg.strategy.params)
+        p = cls.parse_params(cfg.strategy.params)
         if p.variant not in ("paper", "thesis"):
             raise ConfigError(f"strategy.params.variant: invalid value {p.variant!r}; valid choices: paper, thesis")
         if p.alpha is not None and p.alpha < 0:
@@ -115,7 +115,7 @@ class OPM(_OnTheFly):
     @classmethod
     def check_config(cls, cfg) -> None:
         super().check_config(cfg)
-        p = cls.Params(**cfg.strategy.params)
+        p = cls.parse_params(cfg.strategy.params)
         for key, lo, hi in (("q_base", 0.0, 1.0), ("p_exe", 0.0, 1.0), ("lam", 0.0, float("inf"))):
             if not lo <= getattr(p, key) <= hi:
                 raise ConfigError(f"strategy.params.{key}: {getattr(p, key)} must lie in [{lo}, {hi}]")

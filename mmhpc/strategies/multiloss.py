@@ -75,7 +75,7 @@ class MLB(ModalityGroups, MultiLoss):
     @classmethod
     def check_config(cls, cfg) -> None:
         super().check_config(cfg)
-        p = cls.Params(**cfg.strategy.params)
+        p = cls.parse_params(cfg.strategy.params)
         if p.alpha is not None and p.alpha <= 0:
             raise ConfigError(f"strategy.params.alpha: {p.alpha} must be > 0")
         if p.beta_max < 1:
@@ -106,7 +106,7 @@ class GradientBlending(MultiLoss):
     @classmethod
     def check_config(cls, cfg) -> None:
         super().check_config(cfg)
-        p = cls.Params(**cfg.strategy.params)
+        p = cls.parse_params(cfg.strategy.params)
         heads = ["fused", *cfg.modalities]
         if p.weights and (set(p.weights) != set(heads) or any(w < 0 for w in p.weights.values())):
             raise ConfigError(f"strategy.params.weights: give a weight >= 0 for each of {', '.join(heads)}, "

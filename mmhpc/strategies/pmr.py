@@ -51,7 +51,7 @@ class PMR(ModulationWindow, Strategy):
     @classmethod
     def check_config(cls, cfg) -> None:
         super().check_config(cfg)
-        p = cls.Params(**cfg.strategy.params)
+        p = cls.parse_params(cfg.strategy.params)
         if p.alpha is not None and p.alpha < 0 or p.mu < 0:
             raise ConfigError(f"strategy.params: alpha ({p.alpha}) and mu ({p.mu}) must be >= 0")
         if not 0.0 <= p.momentum <= 1.0:
