@@ -10,7 +10,7 @@ CLUSTER    ?= none
 DRY_RUN    ?=
 SIZE       ?=
 SWEEP_ARGS ?=
-SWEEPS     := precision loader parallelism batch algorithms
+SWEEPS     := precision loader parallelism batch overall algorithms
 SLURM_ENV  := env/slurm/state/env.sh
 
 # The interpreter that submits: the cluster venv ($MMHPC_VENV, `make install-cluster`) when it exists, else the

@@ -105,7 +105,7 @@ class EpochTime(_Part):
 
 class Epoch(_Part):
     epoch: int
-    time: EpochTime
+    time: EpochTime | None = None       # always written by the trainer
     lr: float | None = None
     optimised: list[str] = []           # the modalities trained this epoch
     train: dict[str, float] = {}        # training metrics: acc/<head>, loss/<head>, entropy/<m>, ...

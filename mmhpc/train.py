@@ -7,8 +7,10 @@ sat idle waiting for data (`mmhpc.system.idle`; estimated per thesis Alg. 7 for 
 """
 from __future__ import annotations
 
+import logging
 import os
 import random
+import threading
 import time
 import traceback
 
@@ -25,12 +27,28 @@ from mmhpc.results import Epoch, EpochTime, RunRecord, Summary, environment, rea
 from mmhpc.strategies import STRATEGIES
 from mmhpc.system import parallel
 from mmhpc.system.idle import TimedBatches, estimate_prefetch0_idle
-from mmhpc.system.sampler import UtilSampler
 from mmhpc.system.precision import apply_precision
+
+
+log = logging.getLogger(__name__)
+
+# Set by the job's handler of SLURM's pre-timeout/preemption signal (mmhpc.launch.submit): the trainer
+# stops at the next training-step boundary and raises Preempted, and the job requeues itself.
+STOP_REQUESTED = threading.Event()
 
 
 class RecordExistsError(FileExistsError):
     """A finished record of the same run exists and output.overwrite is off."""
+
+
+class Preempted(Exception):
+    """Training stopped at a step boundary on request (STOP_REQUESTED). The run resumes, in a requeued job,
+    from its last epoch checkpoint: the interrupted epoch is trained again from its start, so the resumed
+    run has the batches and metrics of an uninterrupted one."""
+
+    def __init__(self, epoch: int, step: int):
+        super().__init__(f"stopped at epoch {epoch} step {step} on the pre-timeout/preemption signal")
+        self.epoch, self.step = epoch, step
 
 
 def resolve_device(name: str) -> torch.device:
@@ -161,6 +179,8 @@ class Trainer:
             if train:
                 for hook in self.step_hooks:
                     hook()
+                if self._stop_requested():
+                    raise Preempted(epoch, steps + 1)
             n += len(labels)
             steps += 1
             bar.update()
@@ -180,6 +200,15 @@ class Trainer:
             metrics = parallel.all_mean(metrics, n)
             timing["samples_per_s"] = parallel.all_mean({"s": timing["samples_per_s"]}, 1)["s"] * self.dist.world
         return metrics, timing
+
+    def _stop_requested(self) -> bool:
+        """STOP_REQUESTED on any rank: every DDP process stops at the same step (a scalar all-reduce)."""
+        stop = STOP_REQUESTED.is_set()
+        if self.dist.world > 1:
+            flag = torch.tensor([float(stop)], device=self.device)
+            torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
+            stop = bool(flag.item())
+        return stop
 
     def _evaluate(self, split: str, epoch: int = 0) -> tuple[dict, dict]:
         metrics, timing = ({}, {}) if not self.dist.is_main else self._pass(split, epoch)
@@ -213,6 +242,8 @@ class Trainer:
                 bar.set_postfix_str(" ".join(f"{k.split('/')[1][:3]}={val[k]:.2f}" for k in val
                                              if k.startswith("acc/") and "probe" not in k))
                 bar.update()
+                if self.dist.is_main:
+                    log.info(epoch_line(entry, strategy.max_epochs()))
                 self._save(record)
                 stop = strategy.should_stop(epoch)
                 epoch += 1
@@ -227,6 +258,9 @@ class Trainer:
             record.summary = self._summary(record, test, best["epoch"])
             record.status = "done"
             record.finished = time.time()
+        except Preempted as e:  # not a failure: the record stays as saved at the last epoch end
+            log.warning("%s: %s; resuming from epoch %d", cfg.run_name(), e, epoch)
+            raise
         except BaseException as e:
             mark_failed(record, e)
             raise
@@ -275,6 +309,8 @@ class Trainer:
     def _start_sampler(self) -> None:
         self.sampler = None
         if self.cfg.system.sample_interval > 0 and self.dist.is_main:
+            from mmhpc.system.sampler import UtilSampler  # psutil and pandas: only when sampling
+
             self.sampler = UtilSampler(self.cfg.system.sample_interval).start()
 
     def _stop_sampler(self, record: RunRecord) -> None:
@@ -304,7 +340,9 @@ class Trainer:
                  "rng": {"torch": torch.get_rng_state(), "numpy": np.random.get_state(),
                          "python": random.getstate(),
                          "loaders": {k: ld.generator.get_state() for k, ld in self.loaders.items()}}}
-        tmp = self.ckpt_path.with_name(f".{self.ckpt_path.name}.tmp")
+        # unique per job and process: a stale copy of the run (a requeue race) never writes into ours
+        job = os.environ.get("SLURM_JOB_ID", "local")
+        tmp = self.ckpt_path.with_name(f".{self.ckpt_path.name}.{job}-{os.getpid()}.tmp")
         torch.save(state, tmp)
         os.replace(tmp, self.ckpt_path)
 
@@ -333,6 +371,17 @@ class Trainer:
                        train_time_s=float(np.sum(times)), ibf=run_ibf(test, self.cfg.modalities, self.single_acc))
 
 
+def epoch_line(entry: Epoch, epochs: int) -> str:
+    """One progress line per epoch for a job's output: time, validation accuracies, speed, GPU use."""
+    accs = " ".join(f"{k.split('/', 1)[1]} {v:.3f}" for k, v in entry.val.items()
+                    if k.startswith("acc/") and "probe" not in k)
+    t = entry.time
+    gpus = [v for k, v in entry.util.items() if k.startswith("gpu") and k.endswith("_util_pct_mean") and v is not None]
+    gpu = f"GPU {sum(gpus) / len(gpus):.0f} %" if gpus else "GPU n/a"
+    return (f"epoch {entry.epoch + 1}/{epochs} {t.epoch_s:.1f} s | val acc {accs} | "
+            f"{t.train_samples_per_s:.0f} samples/s | {gpu}")
+
+
 def _resumable(config: dict) -> dict:
     """What must match for a checkpoint to resume a run: all but the output section and the data's
     location (jobs stage the dataset to a node-local directory that differs between attempts)."""
@@ -354,9 +403,15 @@ def train(cfg: RunConfig, progress: bool = True) -> RunRecord:
     unreadable dataset) still leaves a failed record, unless a record of that run already exists."""
     try:
         trainer = Trainer(cfg, progress=progress)
-    except BaseException as e:
-        path = cfg.record_path()
-        if int(os.environ.get("RANK", "0")) == 0 and not path.exists() and not isinstance(e, KeyboardInterrupt):
-            write_record(path, mark_failed(RunRecord(run=cfg.run_name(), status="running", config=cfg.to_dict()), e))
+    except Exception as e:
+        write_failed_record(cfg, e)
         raise
     return trainer.fit()
+
+
+def write_failed_record(cfg: RunConfig, exc: BaseException) -> None:
+    """The failed record of a run that failed before its trainer wrote one (on rank 0; never over a record
+    that exists, such as a finished one the rerun was refused to overwrite). Call it inside `except`."""
+    path = cfg.record_path()
+    if int(os.environ.get("RANK", "0")) == 0 and not path.exists():
+        write_record(path, mark_failed(RunRecord(run=cfg.run_name(), status="running", config=cfg.to_dict()), exc))

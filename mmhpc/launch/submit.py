@@ -2,16 +2,23 @@
 preemption or timeout, and the same runs without a scheduler.
 
 Submission returns as soon as SLURM has the jobs; `wait` follows them with a progress bar. Every run is a
-`SweepRun` (a submitit `Checkpointable`): on USR2 before the time limit or on preemption submitit
-requeues it with the same arguments, and the trainer resumes from the run's last epoch checkpoint
-(`output.checkpoint=true`, set for every sweep run). The sbatch scripts of `--dry-run` come from
-submitit's own executor, so they are the ones a real submission would write.
+`SweepRun` (a submitit `Checkpointable`). On SLURM's signal before the time limit or before preemption
+(USR2, `--signal=USR2@<signal_delay_s>`) the trainer stops at the next step boundary (`mmhpc.train.Preempted`),
+then the job requeues itself: through submitit's handler in a submitit job (which also counts timeouts
+against `max_requeues`), with `scontrol requeue` in a job of jobs/sweep_array.sbatch. The requeued job
+resumes from the run's last epoch checkpoint (`output.checkpoint=true`, set for every sweep run), so a
+timeout ends REQUEUED, never FAILED. The sbatch scripts of `--dry-run` come from submitit's own
+executor, so they are the ones a real submission would write.
 """
 from __future__ import annotations
 
+import contextlib
+import logging
 import os
 import re
 import shutil
+import signal
+import subprocess
 import sys
 import time
 from collections import defaultdict
@@ -23,12 +30,15 @@ from submitit.slurm.slurm import SlurmExecutor
 from tqdm.auto import tqdm
 
 from mmhpc.config import RunConfig
+from mmhpc.errors import RunError
 from mmhpc.launch.clusters import ClusterError, ClusterProfile, Resources, resolve_resources
 from mmhpc.launch.store import SweepDir, run_states
 from mmhpc.results import read_record
 from mmhpc.sweep import SweepError
 
 RESUBMIT = ("unsubmitted", "failed")  # never done (final), pending/running (alive) or n/a
+PREEMPT_SIGNAL = signal.SIGUSR2  # what `--signal` sends (submitit's default too)
+log = logging.getLogger(__name__)
 
 
 # ---- what runs on the node ---------------------------------------------------------------------------
@@ -42,11 +52,22 @@ class SweepRun(submitit.helpers.Checkpointable):
     def __call__(self) -> str:
         if self.data_home:  # the synthetic cache of the submitting machine, wherever the job starts
             os.environ.setdefault("MMHPC_DATA", self.data_home)
+        job_logging()
         return execute_run(self.config, self.stage_data)
 
 
-def execute_run(config: dict, stage_data: bool = False) -> str:
-    """Train one run config here; a finished record is never rerun. Returns what happened."""
+def job_logging() -> None:
+    """Log lines (one per epoch) to the job's output file, unless the command configured logging already."""
+    if not logging.getLogger().handlers:
+        logging.basicConfig(level=logging.INFO, stream=sys.stdout,
+                            format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+
+def execute_run(config: dict, stage_data: bool = False, max_requeues: int | None = None) -> str:
+    """Train one run config here; a finished record is never rerun. Returns what happened.
+
+    In a SLURM job the pre-timeout signal stops training at a step boundary and requeues the job
+    (`max_requeues`: the limit of jobs/sweep_array.sbatch jobs; submitit counts its own)."""
     cfg = RunConfig.from_dict(config)
     rank = _join_distributed(cfg)
     if rank is None:
@@ -56,10 +77,61 @@ def execute_run(config: dict, stage_data: bool = False) -> str:
         return f"{record_path}: already done"
     if stage_data and cfg.data.source == "prepared" and os.environ.get("TMPDIR"):
         cfg = cfg.replace({"data.root": stage_dataset(cfg.data.root, Path(os.environ["TMPDIR"]))})
-    from mmhpc.train import train
+    from mmhpc.doctor import check_job
+    from mmhpc.train import Preempted, train, write_failed_record
 
-    train(cfg, progress=False)  # a failure leaves a failed record (the trainer writes it)
+    try:
+        check_job(cfg)  # first: a node that cannot run it (driver, GPUs, data) fails the job in one sentence
+        with _signal_stops_training() as previous:
+            try:
+                train(cfg, progress=False)
+            except Preempted:
+                if rank == 0:
+                    _requeue(previous, max_requeues)
+                return f"{cfg.run_name()}: preempted, job requeued"
+    except BaseException as e:
+        # train() records failures, also those before its trainer starts; this covers the node check's
+        write_failed_record(cfg, e)
+        raise
     return str(record_path)
+
+
+@contextlib.contextmanager
+def _signal_stops_training():
+    """While training, PREEMPT_SIGNAL asks the trainer to stop at its next step boundary. Yields the handler
+    it replaces (submitit's checkpoint-and-requeue in a submitit job)."""
+    from mmhpc.train import STOP_REQUESTED
+
+    STOP_REQUESTED.clear()
+    try:
+        previous = signal.signal(PREEMPT_SIGNAL, lambda signum, frame: STOP_REQUESTED.set())
+    except ValueError:  # not the main thread (an in-process run from a thread): nothing can signal it
+        yield None
+        return
+    try:
+        yield previous
+    finally:
+        signal.signal(PREEMPT_SIGNAL, previous)
+
+
+def _requeue(previous, max_requeues: int | None) -> None:
+    """Requeue this SLURM job after the trainer stopped: submitit's handler when submitit installed one
+    (it checkpoints the job's callable, counts timeouts, calls `scontrol requeue` and exits), else
+    `scontrol requeue` here, up to `max_requeues` restarts."""
+    if callable(previous):
+        previous(PREEMPT_SIGNAL, None)
+        return
+    job = os.environ.get("SLURM_JOB_ID")
+    if os.environ.get("SLURM_ARRAY_TASK_ID"):
+        job = f"{os.environ['SLURM_ARRAY_JOB_ID']}_{os.environ['SLURM_ARRAY_TASK_ID']}"
+    if not job:
+        raise RunError("preempted outside a SLURM job: nothing to requeue; rerun it to resume from its checkpoint")
+    restarts = int(os.environ.get("SLURM_RESTART_COUNT") or 0)
+    if max_requeues is not None and restarts >= max_requeues:
+        raise RunError(f"job {job}: stopped by the pre-timeout signal after {restarts} requeue(s), the profile's "
+                       "max_requeues; `mmhpc sweep resume` continues it from its checkpoint")
+    subprocess.run(["scontrol", "requeue", job], check=True, timeout=60, capture_output=True)
+    log.warning("job %s requeued (restart %d): it resumes from the run's last epoch checkpoint", job, restarts + 1)
 
 
 def _finished(path: Path) -> bool:
@@ -126,8 +198,10 @@ def slurm_parameters(profile: ClusterProfile, res: Resources, job_name: str, par
                 "setup": profile.setup_lines() or None, "dependency": f"afterany:{after}" if after else None,
                 "srun_args": [f"--cpus-per-task={res.cpus_per_task}"] if res.cpus_per_task else None}
     params.update({k: v for k, v in optional.items() if v is not None})
+    # requeue: allowed even where the site's JobRequeue default is 0 (USR2 before the limit requeues the job)
+    params["additional_parameters"] = {"requeue": True}
     if res.gpu:  # submitit's gpus_per_node is a count; a typed request (A100:4) goes in verbatim
-        params["additional_parameters"] = {"gpus_per_node": f"{res.gpu}:{res.gpus_per_node}"}
+        params["additional_parameters"]["gpus_per_node"] = f"{res.gpu}:{res.gpus_per_node}"
     return params
 
 
@@ -386,4 +460,6 @@ def run_index(path: str | Path, index: int) -> str:
         return f"run {index} ({run['name']}) not applicable: {run['not_applicable']}"
     from mmhpc.launch.clusters import load_profile
 
-    return execute_run(run["config"], load_profile(manifest["cluster"]).stage_data)
+    job_logging()
+    profile = load_profile(manifest["cluster"])
+    return execute_run(run["config"], profile.stage_data, profile.max_requeues)

@@ -24,6 +24,7 @@ from mmhpc.results import RunRecord, iter_records, run_ibf
 
 # Knobs that never make two runs different experiments (names, paths, seeds: seeds are averaged over).
 NOT_AXES = ("output.", "train.seed", "data.root", "train.single_acc", "system.sample_interval")
+WARMUP_EPOCHS = 1  # a training record's first epoch is its warm-up: left out of every mean (see _measurements)
 STATE_ORDER = ("done", "running", "pending", "failed", "unsubmitted", "missing", "n/a")
 
 
@@ -158,25 +159,33 @@ def _config_row(config: dict, sweep: str) -> dict:
 
 
 def _measurements(rec: RunRecord) -> dict:
-    """Time per epoch, utilisation and test metrics of a finished run.
+    """Time per epoch, idle time, utilisation and test metrics of a finished run, over its measured epochs.
 
-    A `bench` record gives its measured epochs (warm-up left out); a plain training record the mean over
-    all its epochs. Utilisation: the GPUs' mean (their average when a run uses several), else the CPU's.
+    Warm-up epochs are left out of every mean: a `bench` record's own warm-up, a training record's first
+    `WARMUP_EPOCHS` (cuDNN autotuning, allocator growth, first worker start-up and file cache; as
+    `mmhpc bench --warmup 1`). A record with no epoch beyond its warm-up keeps them all. Utilisation: the
+    GPUs' mean (their average when a run uses several), else the CPU's. Idle: the time per epoch the
+    training step waited for data (`train_data_wait_s`; estimated, thesis Alg. 7, for prefetch factor 0).
     """
     out: dict = {}
-    bench, epochs, summary = rec.bench, rec.epochs, rec.summary
+    bench, summary = rec.bench, rec.summary
+    epochs = [e for e in rec.epochs if e.time is not None]
+    warmup = bench.get("warmup_epochs", 0) if bench else WARMUP_EPOCHS
+    measured = epochs[warmup:] if len(epochs) > warmup else epochs
+    out["warmup_epochs"] = len(epochs) - len(measured)
     if bench:
         out["time_epoch_s"] = bench.get("epoch_s_mean")
         out["time_train_s"] = _sum_or_none(bench.get("train_loader_init_s_mean"), bench.get("train_s_mean"))
         util = {k[len("util/"):]: v for k, v in bench.items() if k.startswith("util/") and v is not None}
-        measured = epochs[bench.get("warmup_epochs", 0):]
     else:
-        out["time_epoch_s"] = (float(np.mean([e.time.epoch_s for e in epochs])) if epochs
+        out["time_epoch_s"] = (float(np.mean([e.time.epoch_s for e in measured])) if measured
                                else summary.epoch_time_mean_s)
-        out["time_train_s"] = (float(np.mean([e.time.train_loader_init_s + e.time.train_s for e in epochs]))
-                               if epochs else None)
-        util = _mean_util([e.util for e in epochs])
-        measured = epochs
+        out["time_train_s"] = (float(np.mean([e.time.train_loader_init_s + e.time.train_s for e in measured]))
+                               if measured else None)
+        util = _mean_util([e.util for e in measured])
+    waits = [e.time.train_data_wait_s for e in measured if e.time.train_data_wait_s is not None]
+    out["idle_s"] = float(np.mean(waits)) if waits else None
+    out["idle_estimated"] = any(e.time.train_data_wait_estimated for e in measured)
     out["n_epochs"] = len(measured) or None
     gpu = [v for k, v in util.items() if re.fullmatch(r"gpu\d+_util_pct_mean", k)]
     if gpu:
@@ -268,7 +277,8 @@ def _hashable(v):
 
 def _tidy(rows: list[dict]) -> pd.DataFrame:
     df = pd.DataFrame(rows)
-    for col in ("time_epoch_s", "time_train_s", "util_pct", "util_kind", "host", "cluster", "ibf", "n_epochs"):
+    for col in ("time_epoch_s", "time_train_s", "util_pct", "util_kind", "host", "cluster", "ibf", "n_epochs",
+                "idle_s", "warmup_epochs"):
         if col not in df:
             df[col] = np.nan if col not in ("util_kind", "host", "cluster") else None
     df["reason"] = df["reason"].fillna("")
