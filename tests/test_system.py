@@ -236,8 +236,8 @@ def test_bf16_autocast_trains_on_cpu(tiny_config):
 def test_record_has_the_time_breakdown_and_utilisation(tiny_config):
     rec = train(tiny_config("cremad", "train.epochs=2", "system.sample_interval=0.2"), progress=False)
     ep = rec.epochs[1]
-    assert set(ep.time) >= {"train_loader_init_s", "train_s", "val_loader_init_s", "val_s",
-                               "train_samples_per_s"}
+    assert all(getattr(ep.time, k) >= 0 for k in ("train_loader_init_s", "train_s", "val_loader_init_s", "val_s"))
+    assert ep.time.train_samples_per_s > 0
     assert ep.util["n_samples"] >= 1 and "cpu_proc_pct_mean" in ep.util
     assert any("nvml" in n.lower() for n in rec.system["notes"])  # no GPU here: noted, not an error
     series = os.path.join(rec.config["output"]["runs_dir"], rec.system["timeseries"])
