@@ -48,7 +48,7 @@ class Preempted(Exception):
     run has the batches and metrics of an uninterrupted one."""
 
     def __init__(self, epoch: int, step: int):
-        super().__init__(f"stopped at epoch {epoch} step {step} on the pre-timeout/preemption signal")
+        super().__init__(f"stopped after step {step} of epoch {epoch + 1} on the pre-timeout/preemption signal")
         self.epoch, self.step = epoch, step
 
 
@@ -259,7 +259,7 @@ class Trainer:
             record["summary"] = self._summary(record, test, best["epoch"])
             record["status"] = "done"
         except Preempted as e:  # not a failure: the record stays as saved at the last epoch end
-            log.warning("%s: %s; resuming from epoch %d", cfg.run_name(), e, epoch)
+            log.warning("%s: %s; its next start resumes at epoch %d", cfg.run_name(), e, epoch + 1)
             raise
         except BaseException as e:
             record["status"] = "failed"

@@ -163,7 +163,7 @@ def test_a_time_limit_ends_requeued_and_the_run_resumes_never_failed(slurm, tmp_
     # one minute of time limit, the signal 20 s before it (SLURM sends it up to 30 s earlier still), and a run
     # that needs longer than a minute: every attempt ends REQUEUED at a step boundary and the next one resumes
     users = tmp_path / "clusters.yaml"
-    users.write_text(yaml.safe_dump({"local-short": {"extends": "local", "signal_delay_s": 20, "max_requeues": 10}}))
+    users.write_text(yaml.safe_dump({"local-short": {"extends": "local", "signal_delay_s": 20, "max_requeues": 20}}))
     monkeypatch.setenv("MMHPC_CLUSTERS", str(users))
     spec = write_sweep(tmp_path / "limit.yaml", "limit", resources={"default": {"time_min": 1}},
                        tiny={"base": {"train.epochs": 50}})
@@ -188,7 +188,7 @@ def test_a_time_limit_ends_requeued_and_the_run_resumes_never_failed(slurm, tmp_
     assert len(sweep_dir.load()["runs"][0]["jobs"]) == 1  # no resubmission
     log = (sweep_dir.logs_dir / f"{job}_0_log.out").read_text()
     assert "epoch 1/50" in log and "epoch 50/50" in log and "samples/s" in log  # one line per epoch
-    assert "preempted" in log and not list(sweep_dir.runs_dir.glob(".*.tmp"))
+    assert "on the pre-timeout/preemption signal" in log and not list(sweep_dir.runs_dir.glob(".*.tmp"))
 
 
 def test_hold_then_the_printed_sbatch_line_runs_the_sweep_and_usr2_requeues_a_task(slurm, tmp_path):

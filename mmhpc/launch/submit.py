@@ -104,7 +104,9 @@ def execute_run(config: dict, stage_data: bool = False, max_requeues: int | None
 @contextlib.contextmanager
 def _signal_stops_training():
     """While training, PREEMPT_SIGNAL asks the trainer to stop at its next step boundary. Yields the handler
-    it replaces (submitit's checkpoint-and-requeue in a submitit job)."""
+    it replaces (submitit's checkpoint-and-requeue in a submitit job). Afterwards the signal is ignored:
+    the run's work is over, and a signal that lands while the process ends (Python then restores the
+    default action, which kills it) would turn a finished job into a FAILED one."""
     from mmhpc.train import STOP_REQUESTED
 
     STOP_REQUESTED.clear()
@@ -116,7 +118,7 @@ def _signal_stops_training():
     try:
         yield previous
     finally:
-        signal.signal(PREEMPT_SIGNAL, previous)
+        signal.signal(PREEMPT_SIGNAL, signal.SIG_IGN)
 
 
 def _requeue(previous, max_requeues: int | None) -> None:
@@ -217,7 +219,7 @@ def make_executor(profile: ClusterProfile, res: Resources, folder: Path, job_nam
         executor = cls(folder, max_num_timeout=profile.max_requeues, python=profile.interpreter())
     except RuntimeError as e:  # no srun on PATH
         raise ClusterError(f"cluster {profile.name}: {e} For the local SLURM: env/slurm/install.sh && "
-                           "env/slurm/start.sh && source env/slurm/state/env.sh") from None
+                           "eval \"$(env/slurm/start.sh)\"") from None
     executor.update_parameters(**slurm_parameters(profile, res, job_name, parallelism, after))
     return executor
 
