@@ -10,7 +10,7 @@ CLUSTER    ?= none
 DRY_RUN    ?=
 SIZE       ?=
 SWEEP_ARGS ?=
-SWEEPS     := precision loader parallelism batch algorithms
+SWEEPS     := precision loader parallelism batch overall algorithms
 
 # The interpreter that submits: the cluster venv ($MMHPC_VENV, `make install-cluster`) when it exists, else the
 # project's .venv. Only CLUSTER=local/none build .venv first; on a cluster nothing is built unless asked.

@@ -27,7 +27,6 @@ from mmhpc.results import SCHEMA, atomic_write_json, environment, read_record, s
 from mmhpc.strategies import STRATEGIES
 from mmhpc.system import parallel
 from mmhpc.system.idle import TimedBatches, estimate_prefetch0_idle
-from mmhpc.system.sampler import UtilSampler
 from mmhpc.system.precision import apply_precision
 
 
@@ -312,6 +311,8 @@ class Trainer:
     def _start_sampler(self) -> None:
         self.sampler = None
         if self.cfg.system.sample_interval > 0 and self.dist.is_main:
+            from mmhpc.system.sampler import UtilSampler  # psutil and pandas: only when sampling
+
             self.sampler = UtilSampler(self.cfg.system.sample_interval).start()
 
     def _stop_sampler(self, record: dict) -> None:

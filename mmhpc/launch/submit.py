@@ -81,9 +81,11 @@ def execute_run(config: dict, stage_data: bool = False, max_requeues: int | None
         return f"{record_path}: already done"
     if stage_data and cfg.data.source == "prepared" and os.environ.get("TMPDIR"):
         cfg = cfg.replace({"data.root": stage_dataset(cfg.data.root, Path(os.environ["TMPDIR"]))})
+    from mmhpc.doctor import check_job
     from mmhpc.train import Preempted, train
 
     try:
+        check_job(cfg)  # first: a node that cannot run it (driver, GPUs, data) fails the job in one sentence
         with _signal_stops_training() as previous:
             try:
                 train(cfg, progress=False)
