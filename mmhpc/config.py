@@ -50,7 +50,8 @@ class LoaderConfig:
     preinit: bool = field(default=False, metadata={"help": "threaded pre-initialisation of the next epoch's loader "
                                                            "(thesis Alg. 6)"})
     start_method: str = field(default="auto", metadata={
-        "help": "how workers start; auto = fork, or forkserver for pre-initialised loaders (safe from threads)",
+        "help": "how workers start; auto = fork (also after CUDA: workers never touch it), forkserver for "
+                "pre-initialised loaders (safe from threads)",
         "choices": ("auto", "fork", "forkserver", "spawn")})
 
 

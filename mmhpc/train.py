@@ -21,6 +21,7 @@ from tqdm.auto import tqdm
 
 from mmhpc import metrics as mx
 from mmhpc.config import ConfigError, RunConfig
+from mmhpc.data.frames import finish_batch
 from mmhpc.data.loading import build_datasets, build_loader
 from mmhpc.models.multimodal import MultimodalModel, count_parameters
 from mmhpc.results import SCHEMA, atomic_write_json, environment, read_record, single_accuracies
@@ -115,7 +116,8 @@ class Trainer:
             # measuring must not change what the run does next: the RNG and the BatchNorm statistics
             saved = {k: v.clone() for k, v in self.model.state_dict().items()}
             with torch.random.fork_rng(devices=[]):
-                probe = next(iter(build_loader(self.datasets["train"], self.cfg, True, preinit=False).epoch(0)))
+                loader = build_loader(self.datasets["train"], self.cfg, True, preinit=False)
+                probe = finish_batch(next(iter(loader.epoch(0))))
                 costs = parallel.measure_branch_costs(self.model, probe, self.device)
             self.model.load_state_dict(saved)
             placement = parallel.assign_branches(costs, parallel.blp_devices(self.device))
@@ -155,7 +157,9 @@ class Trainer:
     # ---- one pass over a loader ------------------------------------------------------------------
     def _to_device(self, batch: dict) -> dict:
         nb = self.cfg.loader.pin_memory
-        return {k: v.to(self.device, non_blocking=nb) if torch.is_tensor(v) else v for k, v in batch.items()}
+        # uint8 frames become model input (crop, flip, normalise) on the device
+        return finish_batch({k: v.to(self.device, non_blocking=nb) if torch.is_tensor(v) else v
+                             for k, v in batch.items()})
 
     def _pass(self, split: str, epoch: int) -> tuple[dict, dict]:
         """Run one epoch over a split's loader; returns (metrics, timings)."""

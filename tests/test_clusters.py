@@ -191,3 +191,20 @@ def test_make_dry_run_for_alvis_shows_the_job_as_submitted(tmp_path):
     assert scripts and all("/some/venv/bin/python -u -m submitit" in s for s in scripts)
     assert all(re.search(r"srun .*--cpus-per-task=\d+ /some/venv/bin/python", s) for s in scripts)
     assert not (tmp_path / "r").exists()
+
+
+def test_make_on_a_cluster_submits_with_the_cluster_venv_and_builds_nothing(tmp_path):
+    import os
+
+    venv = tmp_path / "venv"
+    (venv / "bin").mkdir(parents=True)
+    (venv / "bin" / "python").symlink_to(sys.executable)
+    env = {**os.environ, "MMHPC_ACCOUNT": "x"}
+    for extra, submit_py in (({"MMHPC_VENV": str(venv)}, f"{venv}/bin/python"), ({}, ".venv/bin/python")):
+        plan = subprocess.run(["make", "-n", "sweep-parallelism", "CLUSTER=alvis"], cwd=REPO, env={**env, **extra},
+                              capture_output=True, text=True, timeout=60, check=True).stdout
+        assert f"{submit_py} -m mmhpc.cli sweep submit sweeps/parallelism.yaml --cluster alvis" in plan
+        assert "pip install" not in plan and "-m venv" not in plan
+    plan = subprocess.run(["make", "-n", "sweep-parallelism", "CLUSTER=none"], cwd=REPO, env=env,
+                          capture_output=True, text=True, timeout=60, check=True).stdout
+    assert ".venv/bin/python -m mmhpc.cli sweep submit" in plan  # here: .venv, built first when needed
