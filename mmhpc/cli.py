@@ -98,8 +98,9 @@ def cmd_prepare(args) -> int:
     from mmhpc.data.prepare import PrepareError, prepare
 
     try:
+        options = dict(o.partition("=")[::2] for o in args.option)
         report = prepare(args.dataset, args.raw, args.out, jobs=args.jobs, seed=args.seed,
-                         tokenizer=args.tokenizer, progress=not args.quiet)
+                         tokenizer=args.tokenizer, progress=not args.quiet, options=options)
     except PrepareError as e:
         print(f"mmhpc prepare: {e}", file=sys.stderr)
         return 2
@@ -182,6 +183,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="worker processes (default: the cores this process may use, e.g. its SLURM allocation)")
     p.add_argument("--seed", type=int, default=0, help="seed of the random 80/10/10 split (not AVE)")
     p.add_argument("--tokenizer", default=None, help="local RoBERTa tokenizer directory (MVSA, IEMOCAP, UR-FUNNY)")
+    p.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
+                   help="a choice beside the thesis recipe: iemocap classes=six (keep hap), urfunny text=context "
+                        "(context sentences before the punchline)")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_prepare)
 

@@ -78,8 +78,8 @@ class LoaderConfig(_Section):
     persistent_workers: bool = Field(False, description="keep workers alive between epochs")
     preinit: bool = Field(False, description="threaded pre-initialisation of the next epoch's loader (thesis Alg. 6)")
     start_method: Literal["auto", "fork", "forkserver", "spawn"] = Field(
-        "auto", description="how workers start; auto = fork, or forkserver for pre-initialised loaders "
-                            "(safe from threads)")
+        "auto", description="how workers start; auto = fork (also after CUDA: workers never touch it), "
+                            "forkserver for pre-initialised loaders (safe from threads)")
 
 
 class ModelConfig(_Section):

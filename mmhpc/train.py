@@ -20,6 +20,7 @@ from tqdm.auto import tqdm
 
 from mmhpc import metrics as mx
 from mmhpc.config import ConfigError, RunConfig
+from mmhpc.data.frames import finish_batch
 from mmhpc.data.loading import build_datasets, build_loader
 from mmhpc.models.multimodal import MultimodalModel, count_parameters
 from mmhpc.results import Epoch, EpochTime, RunRecord, Summary, environment, read_record, run_ibf, single_accuracies, \
@@ -47,7 +48,7 @@ class Preempted(Exception):
     run has the batches and metrics of an uninterrupted one."""
 
     def __init__(self, epoch: int, step: int):
-        super().__init__(f"stopped at epoch {epoch} step {step} on the pre-timeout/preemption signal")
+        super().__init__(f"stopped after step {step} of epoch {epoch + 1} on the pre-timeout/preemption signal")
         self.epoch, self.step = epoch, step
 
 
@@ -116,7 +117,8 @@ class Trainer:
             # measuring must not change what the run does next: the RNG and the BatchNorm statistics
             saved = {k: v.clone() for k, v in self.model.state_dict().items()}
             with torch.random.fork_rng(devices=[]):
-                probe = next(iter(build_loader(self.datasets["train"], self.cfg, True, preinit=False).epoch(0)))
+                loader = build_loader(self.datasets["train"], self.cfg, True, preinit=False)
+                probe = finish_batch(next(iter(loader.epoch(0))))
                 costs = parallel.measure_branch_costs(self.model, probe, self.device)
             self.model.load_state_dict(saved)
             placement = parallel.assign_branches(costs, parallel.blp_devices(self.device))
@@ -155,7 +157,9 @@ class Trainer:
     # ---- one pass over a loader ------------------------------------------------------------------
     def _to_device(self, batch: dict) -> dict:
         nb = self.cfg.loader.pin_memory
-        return {k: v.to(self.device, non_blocking=nb) if torch.is_tensor(v) else v for k, v in batch.items()}
+        # uint8 frames become model input (crop, flip, normalise) on the device
+        return finish_batch({k: v.to(self.device, non_blocking=nb) if torch.is_tensor(v) else v
+                             for k, v in batch.items()})
 
     def _pass(self, split: str, epoch: int) -> tuple[dict, dict]:
         """Run one epoch over a split's loader; returns (metrics, timings)."""
@@ -259,7 +263,7 @@ class Trainer:
             record.status = "done"
             record.finished = time.time()
         except Preempted as e:  # not a failure: the record stays as saved at the last epoch end
-            log.warning("%s: %s; resuming from epoch %d", cfg.run_name(), e, epoch)
+            log.warning("%s: %s; its next start resumes at epoch %d", cfg.run_name(), e, epoch + 1)
             raise
         except BaseException as e:
             mark_failed(record, e)

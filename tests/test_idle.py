@@ -54,6 +54,7 @@ def test_prefetch0_runs_with_one_and_is_estimated(tiny_config):
         tiny_config("cremad", "loader.num_workers=1", "loader.prefetch_factor=-1")
 
 
+@pytest.mark.slow
 def test_trainer_records_the_data_wait_per_epoch(tiny_config):
     measured = train(tiny_config("cremad", "train.epochs=2"), progress=False)
     estimated = train(tiny_config("cremad", "loader.num_workers=1", "loader.prefetch_factor=0",

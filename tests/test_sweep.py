@@ -274,7 +274,9 @@ def test_states_come_from_records_first_then_slurm(tmp_path, monkeypatch):
                      RunRecord(run=run["name"], status=status, config=run["config"], error=error))
     sched = {"7_0": ("COMPLETED", ""), "7_1": ("PENDING", "Resources"), "7_2": ("RUNNING", ""),
              "7_3": ("FAILED", ""), "7_4": ("CANCELLED", "")}
-    monkeypatch.setattr(store, "slurm_states", lambda ids: sched)
+    view = store.SchedulerView(squeue={k: (*v, "x") for k, v in sched.items() if k in ("7_1", "7_2")},
+                               sacct={k: (*v, "x") for k, v in sched.items()})
+    monkeypatch.setattr(store, "query_scheduler", lambda ids, names, since=None: view)
     states = {s.name: s for s in store.run_states(sweep_dir, manifest)}
     got = [(states[r["name"]].state, states[r["name"]].reason) for r in runs]
     assert got == [("done", ""), ("pending", "Resources"), ("running", ""),

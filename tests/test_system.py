@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from mmhpc.config import ConfigError
+from mmhpc.data.frames import finish_batch
 from mmhpc.data.loading import build_datasets, build_loader
 from mmhpc.models.multimodal import MultimodalModel
 from mmhpc.system import parallel
@@ -32,7 +33,8 @@ def _workers():
 def _batches(loader, epochs):
     out = []
     for e in range(epochs):
-        out.append([(b["index"].clone(), b["visual"].clone(), b["audio"].clone()) for b in loader.epoch(e)])
+        out.append([(b["index"].clone(), (b["visual"].clone(), b["visual_crop"].clone()), b["audio"].clone())
+                    for b in loader.epoch(e)])
     loader.close()
     return out
 
@@ -47,7 +49,7 @@ def test_preinit_yields_the_standard_batches_in_order(tiny_config):
     for es, et in zip(standard, threaded):
         for (i1, v1, a1), (i2, v2, a2) in zip(es, et):
             assert torch.equal(i1, i2)  # same samples, same order
-            assert torch.equal(v1, v2) and torch.equal(a1, a2)  # same random crops and flips
+            assert all(map(torch.equal, v1, v2)) and torch.equal(a1, a2)  # same frames, random crops and flips
     assert not torch.equal(standard[0][0][0], standard[1][0][0])  # epochs are reshuffled
     assert _workers() == []
 
@@ -136,7 +138,7 @@ def test_blp_gives_the_gradients_of_single(tiny_config):
     """Branches run concurrently in threads; the one loss's backward reaches every branch unchanged."""
     cfg = tiny_config("iemocap", "model.fusion=concat")
     ds = build_datasets(cfg)["train"]
-    batch = next(iter(build_loader(ds, cfg, True).epoch(0)))
+    batch = finish_batch(next(iter(build_loader(ds, cfg, True).epoch(0))))
     torch.manual_seed(0)
     single = MultimodalModel(cfg.modalities, ds.spec.num_classes, cfg.model, ds.shapes)
     blp = MultimodalModel(cfg.modalities, ds.spec.num_classes, cfg.model, ds.shapes)
