@@ -219,7 +219,7 @@ def test_a_failed_or_silent_squeue_makes_states_unknown_and_resume_refuses(fake,
     set_queue(fake, rows, "accounting")
     sweep_dir.runs_dir.mkdir(exist_ok=True)
     for run in sweep_dir.load()["runs"][2:]:
-        (sweep_dir.runs_dir / f"{run['name']}.json").write_text('{"status": "done"}')
+        write_record(sweep_dir.record_path(run["name"]), RunRecord(run=run["name"], status="done", config=run["config"]))
     assert [s for s, _ in states_of(sweep_dir)] == ["failed", "failed", "done", "done"]
     assert cli("sweep", "resume", str(sweep_dir.path), "-q") == 0
     assert len(calls(fake, "sbatch")) == 2
