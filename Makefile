@@ -4,7 +4,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: install system-deps demo demo-algorithms test check clean-venv demo-report report
+.PHONY: install install-cluster system-deps demo demo-algorithms test check clean-venv demo-report report
 RESULTS ?= $(or $(MMHPC_RESULTS),results)
 SWEEP   ?=
 
@@ -18,6 +18,11 @@ $(STAMP): env/requirements.txt env/requirements-nodeps.txt setup.cfg pyproject.t
 	$(PY) -m pip install -q --no-deps --no-build-isolation -e .
 	touch $(STAMP)
 
+# On a cluster: a venv on top of the site's PyTorch module (torch/torchvision/numpy kept), only mmhpc and
+# the missing packages installed: module load PyTorch-bundle/...; make install-cluster MMHPC_VENV=~/mmhpc-venv
+install-cluster:
+	env/install-cluster.sh $(MMHPC_VENV)
+
 # Debian tools the tests use: pdftoppm renders report PDFs (the local SLURM installs itself, env/slurm).
 system-deps:
 	@command -v pdftoppm >/dev/null || { [ "$$(id -u)" = 0 ] && { apt-get update -qq && \
@@ -29,7 +34,7 @@ demo: install
 
 # Naive, OGM-GE, Alternating, AMST and Reliability on synthetic CREMA-D (thesis Tables 4.1, 4.4, 4.5)
 demo-algorithms: install
-	$(PY) -m mmhpc.experiments algorithms
+	$(VENV)/bin/mmhpc demo algorithms
 
 test: install system-deps
 	$(PY) -m pytest -q $(PYTEST_ARGS)

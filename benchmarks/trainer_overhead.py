@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 
 from mmhpc.config import load_config
+from mmhpc.data.frames import finish_batch
 from mmhpc.train import Trainer
 
 
@@ -33,6 +34,7 @@ def hand_loop(trainer: Trainer, batches: int) -> float:
         if i == batches:
             break
         batch = {k: v.to(device, non_blocking=pinned) for k, v in batch.items() if torch.is_tensor(v)}
+        batch = finish_batch(batch)  # uint8 frames -> model input on the device, as the trainer does
         out = model(batch)
         loss = F.cross_entropy(out["fused"], batch["label"]) + sum(
             F.cross_entropy(z, batch["label"]) for z in out["probes"].values())

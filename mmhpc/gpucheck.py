@@ -67,7 +67,7 @@ class Check:
 
 
 def _need(*modules: str) -> None:
-    missing = [m for m in modules if importlib.util.find_spec(m) is None or not _importable(m)]
+    missing = [m for m in modules if not _importable(m)]
     if missing:
         raise Skip(f"needs {', '.join(missing)} (not installed)")
 
@@ -344,8 +344,9 @@ def check_ddp(ck: Check) -> tuple[dict, str]:
     with socket.socket() as sk:
         sk.bind(("127.0.0.1", 0))
         port = sk.getsockname()[1]
-    dist.init_process_group("nccl", init_method=f"tcp://127.0.0.1:{port}", rank=0, world_size=1,
-                            device_id=ck.device)
+    from mmhpc.compat import init_process_group
+
+    init_process_group("nccl", ck.device, init_method=f"tcp://127.0.0.1:{port}", rank=0, world_size=1)
     try:
         t = torch.full((4,), 3.0, device=ck.device)
         dist.all_reduce(t)
@@ -353,7 +354,9 @@ def check_ddp(ck: Check) -> tuple[dict, str]:
         model(torch.randn(8, 32, device=ck.device)).sum().backward()
         torch.cuda.synchronize()
         ok = bool((t == 3.0).all()) and all(p.grad is not None for p in model.parameters())
-        rec = {"backend": dist.get_backend(), "nccl_version": ".".join(map(str, torch.cuda.nccl.version())),
+        version = torch.cuda.nccl.version()  # a tuple (2, 21, 5); an int on old releases
+        rec = {"backend": dist.get_backend(),
+               "nccl_version": ".".join(map(str, version)) if isinstance(version, tuple) else str(version),
                "world_size": dist.get_world_size()}
     finally:
         dist.destroy_process_group()
@@ -362,51 +365,66 @@ def check_ddp(ck: Check) -> tuple[dict, str]:
     return rec, f"NCCL {rec['nccl_version']}: all-reduce and a DDP step in one process"
 
 
-def _bench(ck: Check, name: str, *overrides: str, epochs: int = 1, warmup: int = 1) -> dict:
+def _bench(ck: Check, name: str, dataset: str, *overrides: str, epochs: int = 1, warmup: int = 1) -> dict:
+    """`mmhpc bench` of one config on the full synthetic `dataset` (generated once under data/synthetic/)."""
     from mmhpc.bench import bench
     from mmhpc.config import load_config
 
     sampling = _importable("psutil") and _importable("pandas")
-    cfg = load_config(None, ["data.dataset=mvsa", "data.preset=full",  # generated once under data/synthetic/
-                             "system.device=cuda", "system.deterministic=false", "train.batch_size=64",
-                             f"loader.num_workers={ck.workers}", "loader.pin_memory=true",
+    cfg = load_config(None, [f"data.dataset={dataset}", "data.preset=full", "system.device=cuda",
+                             "system.deterministic=false", "train.batch_size=64", f"loader.num_workers={ck.workers}",
+                             "loader.prefetch_factor=2", "loader.pin_memory=true",
                              f"system.sample_interval={0.5 if sampling else 0}", f"output.runs_dir={ck.out / 'runs'}",
                              f"output.name={name}", "output.overwrite=true", *overrides])
-    return bench(cfg, epochs=epochs, warmup=warmup, progress=False)
+    return bench(cfg, epochs=epochs, warmup=warmup, progress=False)["bench"]
+
+
+def bench_precisions(ck: Check, dataset: str, encoders: list[str], epochs: int = 1, warmup: int = 1) -> dict:
+    """Train time per epoch of each single encoder at fp32, tf32 and bf16 (thesis Tables 4.6-4.9)."""
+    rec = {}
+    for modality in encoders:
+        for p in PRECISIONS:
+            if ck.left_s() < 150:
+                raise Skip(f"time budget spent after {sorted(rec)}")
+            r = _bench(ck, f"precision-{dataset}-{modality}-{p}", dataset, f"data.modalities=[{modality}]",
+                       f"system.precision={p}", "loader.persistent_workers=true", epochs=epochs, warmup=warmup)
+            rec[f"{modality}/{p}"] = {k: r[k] for k in ("epoch_s_mean", "train_s_mean", "train_samples_per_s_mean")}
+    return rec
+
+
+def bench_loaders(ck: Check, dataset: str, *overrides: str, epochs: int = 2, warmup: int = 1) -> dict:
+    """Standard vs pre-initialised loader (Alg. 6): times, the epoch-start stall, GPU utilisation."""
+    rec = {}
+    for loader in ("standard", "preinit"):
+        r = _bench(ck, f"loader-{dataset}-{loader}", dataset, "loader.persistent_workers=false",
+                   f"loader.preinit={str(loader == 'preinit').lower()}", *overrides, epochs=epochs, warmup=warmup)
+        rec[loader] = {k: v for k, v in r.items() if k.endswith("_mean") or k.startswith("util/")}
+        rec[loader]["stall_s"] = r["train_loader_init_s_mean"] + r["val_loader_init_s_mean"]
+    rec["stall_removed"] = 1 - rec["preinit"]["stall_s"] / max(rec["standard"]["stall_s"], 1e-9)
+    return rec
 
 
 def check_bench(ck: Check) -> tuple[dict, str]:
     ck.need_gpu()
     _need("transformers")
-    rec, parts = {}, []
+    rec = bench_precisions(ck, "mvsa", ["visual", "text"])
+    parts = []
     for modality in ("visual", "text"):
-        for p in PRECISIONS:
-            if ck.left_s() < 150:
-                raise Skip(f"time budget spent after {sorted(rec)}")
-            r = _bench(ck, f"bench-mvsa-{modality}-{p}", f"data.modalities=[{modality}]", f"system.precision={p}",
-                       "loader.persistent_workers=true")["bench"]
-            rec[f"{modality}/{p}"] = {k: r[k] for k in ("epoch_s_mean", "train_s_mean", "train_samples_per_s_mean")}
         base = rec[f"{modality}/fp32"]["train_s_mean"]
         parts.append(f"{modality} " + ", ".join(f"{p} {rec[f'{modality}/{p}']['train_s_mean']:.1f} s"
                                                f" ({base / rec[f'{modality}/{p}']['train_s_mean']:.2f}x)"
                                                for p in PRECISIONS))
-    return rec, "train s/epoch: " + "; ".join(parts)
+    return rec, "MVSA train s/epoch: " + "; ".join(parts)
 
 
 def check_loader(ck: Check) -> tuple[dict, str]:
     ck.need_gpu()
     if ck.left_s() < 120:
         raise Skip("time budget spent")
-    rec = {}
-    for loader, knobs in (("standard", ("loader.preinit=false",)), ("preinit", ("loader.preinit=true",))):
-        r = _bench(ck, f"loader-mvsa-visual-{loader}", "data.modalities=[visual]", "system.precision=bf16",
-                   "loader.persistent_workers=false", *knobs, epochs=2)["bench"]
-        rec[loader] = {k: v for k, v in r.items() if k.endswith("_mean") or k.startswith("util/")}
+    rec = bench_loaders(ck, "mvsa", "data.modalities=[visual]", "system.precision=bf16")
     std, opt = rec["standard"], rec["preinit"]
-    stall = lambda r: r["train_loader_init_s_mean"] + r["val_loader_init_s_mean"]  # noqa: E731
-    rec["stall_removed"] = 1 - stall(opt) / max(stall(std), 1e-9)
     util = {k: r.get("util/gpu0_util_pct_mean") for k, r in (("standard", std), ("preinit", opt))}
-    line = (f"epoch {std['epoch_s_mean']:.2f} s -> {opt['epoch_s_mean']:.2f} s, stall removed "
+    line = (f"MVSA visual: epoch {std['epoch_s_mean']:.2f} s -> {opt['epoch_s_mean']:.2f} s, stall removed "
             f"{100 * rec['stall_removed']:.0f} %" + (f", GPU util {util['standard']:.0f} -> {util['preinit']:.0f} %"
                                                      if None not in util.values() else " (no utilisation: psutil/pandas missing)"))
     if rec["stall_removed"] < 0.5:
@@ -447,6 +465,7 @@ def run(out: Path, only: list[str] | None = None, budget_s: float = 450.0, worke
         if only and name not in only:
             continue
         t0 = time.monotonic()
+        saved = _global_state()
         try:
             rec, line = fn(ck)
             status = "PASS"
@@ -454,6 +473,8 @@ def run(out: Path, only: list[str] | None = None, budget_s: float = 450.0, worke
             rec, line, status = {}, str(e), "SKIP"
         except Exception as e:  # noqa: BLE001 - a failing check is reported, the others still run
             rec, line, status = {"traceback": traceback.format_exc(limit=8)}, f"{type(e).__name__}: {e}", "FAIL"
+        finally:
+            _restore(saved)  # a check's determinism or precision must not leak into the next one's timings
         seconds = time.monotonic() - t0
         results[name] = {"status": status, "detail": line, "seconds": seconds}
         print(f"{status:<5} {name:<10} {seconds:6.1f} s  {line}", flush=True)
@@ -470,6 +491,17 @@ def run(out: Path, only: list[str] | None = None, budget_s: float = 450.0, worke
     if gpu_skips:
         print(f"skipped for want of a CUDA GPU: {', '.join(gpu_skips)}")
     return 1 if failed else 0
+
+
+def _global_state() -> tuple:
+    return (torch.are_deterministic_algorithms_enabled(), torch.backends.cudnn.benchmark,
+            torch.backends.cudnn.deterministic, torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32)
+
+
+def _restore(state: tuple) -> None:
+    torch.use_deterministic_algorithms(state[0])
+    (torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic, torch.backends.cuda.matmul.allow_tf32,
+     torch.backends.cudnn.allow_tf32) = state[1:]
 
 
 def _write(path: Path, obj: dict) -> None:

@@ -65,12 +65,12 @@ def test_every_strategy_trains_on_every_fusion_it_supports(tiny_config, name, fu
     extra = [params] if params else []
     cfg = tiny_config("cremad", f"strategy.name={name}", f"model.fusion={fusion}", *NEEDS.get(name, []), *FAST, *extra)
     rec = train(cfg, progress=False)
-    assert rec["status"] == "done" and rec["summary"]["epochs_run"] == 1
-    test = rec["summary"]["test"]
+    assert rec.status == "done" and rec.summary.epochs_run == 1
+    test = rec.summary.test
     for head in ("fused", "audio", "visual", "probe/audio", "probe/visual"):
         assert 0.0 <= test[f"acc/{head}"] <= 1.0
-    assert all(math.isfinite(v) for v in rec["epochs"][0]["train"].values())
-    assert rec["summary"]["optimised_epochs"] == {"audio": 1, "visual": 1}  # epoch 0: everyone trains
+    assert all(math.isfinite(v) for v in rec.epochs[0].train.values())
+    assert rec.summary.optimised_epochs == {"audio": 1, "visual": 1}  # epoch 0: everyone trains
 
 
 @pytest.mark.parametrize("name", ["amst", "reliability", "ogm_ge", "opm", "mla", "mlb"])
@@ -78,8 +78,8 @@ def test_three_modalities_with_text(tiny_config, name):
     fusion = "early_sum" if name == "mla" else "concat"
     cfg = tiny_config("iemocap", f"strategy.name={name}", f"model.fusion={fusion}", *NEEDS.get(name, []), *FAST)
     rec = train(cfg, progress=False)
-    assert rec["status"] == "done"
-    assert set(rec["summary"]["optimised_epochs"]) == {"audio", "visual", "text"}
+    assert rec.status == "done"
+    assert set(rec.summary.optimised_epochs) == {"audio", "visual", "text"}
 
 
 @pytest.mark.parametrize("name", [n for n in NEW if "gated" in STRATEGIES[n].fusions])
@@ -232,11 +232,11 @@ def test_selective_end_to_end_cap_and_decay(tiny_config):
     cfg = tiny_config("cremad", "strategy.name=entropy", "model.cosine=true", "train.epochs=2",
                       "train.lr_decay_epoch=1", "train.lr=0.01", *FAST)
     rec = train(cfg, progress=False)
-    assert rec["summary"]["epochs_run"] == 2  # warm-up (both), then one modality reaches T = 2
-    assert max(rec["summary"]["optimised_epochs"].values()) == 2
-    assert sum(rec["summary"]["optimised_epochs"].values()) == 3
-    assert rec["epochs"][0]["optimised"] == ["audio", "visual"] and len(rec["epochs"][1]["optimised"]) == 1
-    assert [e["lr"] for e in rec["epochs"]] == pytest.approx([0.01, 0.001])
+    assert rec.summary.epochs_run == 2  # warm-up (both), then one modality reaches T = 2
+    assert max(rec.summary.optimised_epochs.values()) == 2
+    assert sum(rec.summary.optimised_epochs.values()) == 3
+    assert rec.epochs[0].optimised == ["audio", "visual"] and len(rec.epochs[1].optimised) == 1
+    assert [e.lr for e in rec.epochs] == pytest.approx([0.01, 0.001])
 
 
 def test_selective_state_survives_a_checkpoint():
@@ -505,4 +505,4 @@ def test_ablation_knobs_reach_the_run(tiny_config):
         a1, a2 = s.model.encode(x)["audio"], s.model.encode(x)["audio"]
     assert not torch.equal(a1, a2) and (a1 == 0).float().mean() > 0.3  # inverted dropout on the embedding
     rec = train(cfg, progress=False)
-    assert rec["status"] == "done" and rec["config"]["model"]["embedding_dropout"] == {"audio": 0.5}
+    assert rec.status == "done" and rec.config["model"]["embedding_dropout"] == {"audio": 0.5}

@@ -14,6 +14,7 @@ import pytest
 import torch
 
 from mmhpc.config import ConfigError
+from mmhpc.data.frames import finish_batch
 from mmhpc.data.loading import build_datasets, build_loader
 from mmhpc.models.multimodal import MultimodalModel
 from mmhpc.system import parallel
@@ -36,7 +37,8 @@ def _workers():
 def _batches(loader, epochs):
     out = []
     for e in range(epochs):
-        out.append([(b["index"].clone(), b["visual"].clone(), b["audio"].clone()) for b in loader.epoch(e)])
+        out.append([(b["index"].clone(), (b["visual"].clone(), b["visual_crop"].clone()), b["audio"].clone())
+                    for b in loader.epoch(e)])
     loader.close()
     return out
 
@@ -51,7 +53,7 @@ def test_preinit_yields_the_standard_batches_in_order(tiny_config):
     for es, et in zip(standard, threaded):
         for (i1, v1, a1), (i2, v2, a2) in zip(es, et):
             assert torch.equal(i1, i2)  # same samples, same order
-            assert torch.equal(v1, v2) and torch.equal(a1, a2)  # same random crops and flips
+            assert all(map(torch.equal, v1, v2)) and torch.equal(a1, a2)  # same frames, random crops and flips
     assert not torch.equal(standard[0][0][0], standard[1][0][0])  # epochs are reshuffled
     assert _workers() == []
 
@@ -60,8 +62,8 @@ def test_preinit_training_matches_standard_training(tiny_config):
     base = ("train.epochs=2", "loader.num_workers=2", "train.max_batches=3")
     a = train(tiny_config("cremad", *base, "output.name=std"), progress=False)
     b = train(tiny_config("cremad", *base, "loader.preinit=true", "output.name=pre"), progress=False)
-    for ea, eb in zip(a["epochs"], b["epochs"]):
-        assert ea["train"] == eb["train"] and ea["val"] == eb["val"]
+    for ea, eb in zip(a.epochs, b.epochs):
+        assert ea.train == eb.train and ea.val == eb.val
     assert _workers() == []
 
 
@@ -140,7 +142,7 @@ def test_blp_gives_the_gradients_of_single(tiny_config):
     """Branches run concurrently in threads; the one loss's backward reaches every branch unchanged."""
     cfg = tiny_config("iemocap", "model.fusion=concat")
     ds = build_datasets(cfg)["train"]
-    batch = next(iter(build_loader(ds, cfg, True).epoch(0)))
+    batch = finish_batch(next(iter(build_loader(ds, cfg, True).epoch(0))))
     torch.manual_seed(0)
     single = MultimodalModel(cfg.modalities, ds.spec.num_classes, cfg.model, ds.shapes)
     blp = MultimodalModel(cfg.modalities, ds.spec.num_classes, cfg.model, ds.shapes)
@@ -170,9 +172,10 @@ def test_blp_training_places_branches_by_measured_cost_and_trains_as_single(tiny
     blp = trainer.fit()
     single = train(tiny_config("cremad", *common, "output.name=single"), progress=False)
     assert not par.runner.pool._threads or all(not t.is_alive() for t in par.runner.pool._threads)  # closed
-    for eb, es in zip(blp["epochs"], single["epochs"]):  # same gradients, same updates
-        assert eb["train"]["loss/fused"] == pytest.approx(es["train"]["loss/fused"], rel=1e-4)
-        assert eb["val"]["acc/fused"] == pytest.approx(es["val"]["acc/fused"], abs=1e-6)
+    assert len(blp.epochs) == len(single.epochs) == 2
+    for eb, es in zip(blp.epochs, single.epochs):  # same gradients, same updates
+        assert eb.train["loss/fused"] == pytest.approx(es.train["loss/fused"], rel=1e-4)
+        assert eb.val["acc/fused"] == pytest.approx(es.val["acc/fused"], abs=1e-6)
 
 
 def test_blp_explicit_placement_is_used_and_checked(tiny_config):
@@ -208,12 +211,12 @@ def test_ddp_two_gloo_processes_match_single(tiny_config, tmp_path):
     from mmhpc.results import read_record
 
     ddp = read_record(tmp_path / "runs" / "ddp.json")
-    assert ddp["status"] == "done" and ddp["config"]["system"]["parallelism"] == "ddp"
-    assert set(ddp["summary"]) == set(single["summary"])  # the same record shape as a single run
+    assert ddp.status == "done" and ddp.config["system"]["parallelism"] == "ddp"
+    assert set(ddp.summary.test) == set(single.summary.test)  # the same metrics as a single run
     # Same samples per global step and the same initial weights, but BatchNorm normalises over each
     # process's 16 samples instead of 32 (SyncBatchNorm is GPU-only), so the trajectories drift apart
     # slowly. Stated tolerance: first epoch within 3 %, every epoch within 15 % (seen: 1 %, 4 %, 11 %).
-    losses = [(es["train"]["loss/fused"], ed["train"]["loss/fused"]) for es, ed in zip(single["epochs"], ddp["epochs"])]
+    losses = [(es.train["loss/fused"], ed.train["loss/fused"]) for es, ed in zip(single.epochs, ddp.epochs)]
     assert losses[0][1] == pytest.approx(losses[0][0], rel=0.03)
     for s_loss, d_loss in losses:
         assert d_loss == pytest.approx(s_loss, rel=0.15)
@@ -242,8 +245,11 @@ class _FakeCuda:
         monkeypatch.setattr(torch.cuda, "set_device", lambda d: self.set_devices.append(
             (threading.current_thread().name, torch.device(d))))
         monkeypatch.setattr(parallel.dist, "is_initialized", lambda: False)
-        monkeypatch.setattr(parallel.dist, "init_process_group",
-                            lambda backend, **kw: self.init_calls.append((backend, kw)))
+
+        def init_process_group(backend, init_method=None, device_id=None, **kw):  # torch's signature, in part
+            self.init_calls.append((backend, {"device_id": device_id, **kw}))
+
+        monkeypatch.setattr(parallel.dist, "init_process_group", init_process_group)
 
 
 @pytest.mark.parametrize("visible, local_rank, expected", [
@@ -365,7 +371,7 @@ def test_training_runs_its_encoders_at_the_runs_precision(tiny_config, precision
     seen, hook = _conv_dtypes(trainer.model)
     rec = trainer.fit()
     hook.remove()
-    assert rec["status"] == "done" and rec["config"]["system"]["precision"] == precision
+    assert rec.status == "done" and rec.config["system"]["precision"] == precision
     assert seen and set(seen) == {inner}  # training, validation and test steps alike
 
 
@@ -374,7 +380,7 @@ def test_the_model_enters_its_precision_in_any_thread(tiny_config):
     CUDA's default autocast dtype is float16): the model enters its stored precision itself."""
     cfg = tiny_config("cremad")
     ds = build_datasets(cfg)["train"]
-    batch = next(iter(build_loader(ds, cfg, True).epoch(0)))
+    batch = finish_batch(next(iter(build_loader(ds, cfg, True).epoch(0))))
     model = MultimodalModel(cfg.modalities, ds.spec.num_classes, cfg.model, ds.shapes)
     model.set_precision(Precision("bf16", "cpu"))
     seen, hook = _conv_dtypes(model)
@@ -394,12 +400,12 @@ def test_the_model_enters_its_precision_in_any_thread(tiny_config):
 
 def test_record_has_the_time_breakdown_and_utilisation(tiny_config):
     rec = train(tiny_config("cremad", "train.epochs=2", "system.sample_interval=0.2"), progress=False)
-    ep = rec["epochs"][1]
-    assert set(ep["time"]) >= {"train_loader_init_s", "train_s", "val_loader_init_s", "val_s",
-                               "train_samples_per_s"}
-    assert ep["util"]["n_samples"] >= 1 and "cpu_proc_pct_mean" in ep["util"]
-    assert any("nvml" in n.lower() for n in rec["system"]["notes"])  # no GPU here: noted, not an error
-    series = os.path.join(rec["config"]["output"]["runs_dir"], rec["system"]["timeseries"])
+    ep = rec.epochs[1]
+    assert all(getattr(ep.time, k) >= 0 for k in ("train_loader_init_s", "train_s", "val_loader_init_s", "val_s"))
+    assert ep.time.train_samples_per_s > 0
+    assert ep.util["n_samples"] >= 1 and "cpu_proc_pct_mean" in ep.util
+    assert any("nvml" in n.lower() for n in rec.system["notes"])  # no GPU here: noted, not an error
+    series = os.path.join(rec.config["output"]["runs_dir"], rec.system["timeseries"])
     assert series.endswith(".util.csv") and os.path.exists(series)
 
 
@@ -413,9 +419,9 @@ def test_bench_cli_writes_the_bench_section_and_a_profiler_trace(synth_dir, tmp_
     from mmhpc.results import read_record
 
     rec = read_record(tmp_path / "b.json")
-    b = rec["bench"]
-    assert (b["warmup_epochs"], b["measured_epochs"], len(rec["epochs"])) == (1, 2, 3)
-    measured = [e["time"]["epoch_s"] for e in rec["epochs"][1:]]
+    b = rec.bench
+    assert (b["warmup_epochs"], b["measured_epochs"], len(rec.epochs)) == (1, 2, 3)
+    measured = [e.time.epoch_s for e in rec.epochs[1:]]
     assert b["epoch_s_mean"] == pytest.approx(sum(measured) / 2)
     assert "util/cpu_proc_pct_mean" in b
     assert (tmp_path / b["trace"]).stat().st_size > 1000

@@ -27,6 +27,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from mmhpc import compat
 from mmhpc.errors import ConfigError
 
 
@@ -206,9 +207,9 @@ class Distributed(Parallelism):
             self.device = requested
         if not dist.is_initialized():
             if self.device.type == "cuda":
-                dist.init_process_group("nccl", device_id=self.device)
+                compat.init_process_group("nccl", self.device)  # device_id: NCCL bound to this GPU at once
             else:
-                dist.init_process_group("gloo")
+                compat.init_process_group("gloo")
         return self.device
 
     def wrap(self, model, probe=None):

@@ -28,6 +28,7 @@ from dataclasses import dataclass
 
 import torch
 
+from mmhpc.compat import autocast_state
 from mmhpc.errors import ConfigError
 
 AMPERE = (8, 0)  # tensor cores with TF32 and BF16
@@ -143,8 +144,7 @@ def autocast_method(fn):
         precision = self.precision
         if precision is None or precision.dtype is None:
             return fn(self, *args, **kwargs)
-        kind = precision.device_type
-        if torch.is_autocast_enabled(kind) and torch.get_autocast_dtype(kind) == precision.dtype:
+        if autocast_state(precision.device_type) == (True, precision.dtype):
             return fn(self, *args, **kwargs)
         with precision.autocast():
             out = fn(self, *args, **kwargs)
