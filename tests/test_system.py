@@ -54,6 +54,7 @@ def test_preinit_yields_the_standard_batches_in_order(tiny_config):
     assert _workers() == []
 
 
+@pytest.mark.slow
 def test_preinit_training_matches_standard_training(tiny_config):
     base = ("train.epochs=2", "loader.num_workers=2", "train.max_batches=3")
     a = train(tiny_config("cremad", *base, "output.name=std"), progress=False)
@@ -63,6 +64,7 @@ def test_preinit_training_matches_standard_training(tiny_config):
     assert _workers() == []
 
 
+@pytest.mark.slow
 def test_preinit_does_not_deadlock_while_the_main_thread_computes(tiny_config, tmp_path):
     """Workers are started from the helper thread while the main thread runs torch ops (a known freeze)."""
     cfg = tiny_config("cremad", "loader.num_workers=2", "loader.preinit=true", "train.batch_size=32")
@@ -87,6 +89,7 @@ def test_preinit_does_not_deadlock_while_the_main_thread_computes(tiny_config, t
     assert "finished" in out.stdout
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("how", ["exception", "sigint"])
 def test_no_worker_outlives_an_error_or_ctrl_c(tiny_config, tmp_path, how):
     tag = uuid.uuid4().hex
@@ -157,6 +160,7 @@ def test_blp_gives_the_gradients_of_single(tiny_config):
         torch.testing.assert_close(p1.grad, p2.grad, rtol=1e-4, atol=1e-6, msg=name)
 
 
+@pytest.mark.slow
 def test_blp_training_runs_and_places_branches(tiny_config):
     rec = train(tiny_config("cremad", "system.parallelism=blp", "strategy.name=alternating"), progress=False)
     assert rec.status == "done"
@@ -169,6 +173,7 @@ def test_load_aware_placement_balances_cost():
     assert placed["visual"] != placed["audio"] and placed["audio"] == placed["text"]
 
 
+@pytest.mark.slow
 def test_ddp_two_gloo_processes_match_single(tiny_config, tmp_path):
     common = ["train.epochs=3", "train.batch_size=32", "train.max_batches=4", "data.modalities=[visual]",
               "system.sample_interval=0"]
@@ -178,7 +183,7 @@ def test_ddp_two_gloo_processes_match_single(tiny_config, tmp_path):
     config = tmp_path / "ddp.yaml"
     config.write_text(ddp_cfg.to_yaml())
     out = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2",
-                          "--master-port", "29561", "-m", "mmhpc.cli", "train", "-q", str(config)],
+                          "--standalone", "-m", "mmhpc.cli", "train", "-q", str(config)],
                          capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stderr[-3000:]
     from mmhpc.results import read_record
@@ -230,11 +235,13 @@ def test_tf32_on_cpu_is_refused_before_training(tiny_config):
         Trainer(tiny_config("cremad", "system.precision=tf32", "system.device=cpu"), progress=False)
 
 
+@pytest.mark.slow
 def test_bf16_autocast_trains_on_cpu(tiny_config):
     rec = train(tiny_config("mvsa", "system.precision=bf16"), progress=False)
     assert rec.status == "done" and rec.config["system"]["precision"] == "bf16"
 
 
+@pytest.mark.slow
 def test_record_has_the_time_breakdown_and_utilisation(tiny_config):
     rec = train(tiny_config("cremad", "train.epochs=2", "system.sample_interval=0.2"), progress=False)
     ep = rec.epochs[1]
@@ -246,6 +253,7 @@ def test_record_has_the_time_breakdown_and_utilisation(tiny_config):
     assert series.endswith(".util.csv") and os.path.exists(series)
 
 
+@pytest.mark.slow
 def test_bench_cli_writes_the_bench_section_and_a_profiler_trace(synth_dir, tmp_path):
     out = subprocess.run([sys.executable, "-m", "mmhpc.cli", "bench", "-q", "--epochs", "2", "--warmup", "1",
                           "--profile", f"data.root={synth_dir('cremad')}", f"output.runs_dir={tmp_path}",
