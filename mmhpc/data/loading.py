@@ -104,8 +104,8 @@ class EpochLoader:
 class _Started:
     """An iterator whose first batch has been fetched already, and how long that took (the start-up)."""
 
-    def __init__(self, it, first):
-        self.it, self.first = it, first
+    def __init__(self, it, first, seconds: float):
+        self.it, self.first, self.seconds = it, first, seconds
 
     def __iter__(self):
         if self.first is not _END:
@@ -145,12 +145,13 @@ class PreinitLoader(EpochLoader):
         self._startup_s = float("inf")  # the shortest start-up measured (one made under contention runs longer)
 
     def _start(self, epoch: int) -> _Started:
+        t0 = time.perf_counter()
         self._set_epoch(epoch)
         it = iter(self.loader)
         with self._lock:
             self._live.append(it)
         first = next(it, _END)
-        return _Started(it, first)
+        return _Started(it, first, time.perf_counter() - t0)
 
     def prefetch(self, epoch: int) -> None:
         """Start pre-initialising `epoch` now, unless it is started already."""
