@@ -85,7 +85,8 @@ class LoaderConfig(_Section):
 class ModelConfig(_Section):
     fusion: str = Field("concat", description="late-fusion mechanism", json_schema_extra={"choices_from": "fusions"})
     embed_dim: int | None = Field(
-        None, gt=0, description="common embedding width; default 512 (ResNet-18), or the text width when text is present")
+        None, gt=0,
+        description="common embedding width; default 512 (ResNet-18), or the text width when text is present")
     cosine: bool = Field(False, description="cosine classifier (thesis Sec. 3.1.2)")
     cosine_scale: float | None = Field(None, gt=0, description="scale s; default from thesis Eq. 3.2")
     control: str | None = Field(None, description="control modality of gated/FiLM fusion (default: the first modality)")
@@ -288,7 +289,8 @@ def resolve_key(key: str) -> str:
     if not paths:
         if key in RunConfig.model_fields:
             return key
-        raise ConfigError(problem(key, "unknown key; use section.field, e.g. model.fusion", list(RunConfig.model_fields)))
+        raise ConfigError(problem(key, "unknown key; use section.field, e.g. model.fusion",
+                                  list(RunConfig.model_fields)))
     if len(paths) > 1:
         raise ConfigError(problem(key, "ambiguous key", paths))
     return paths[0]

@@ -297,9 +297,10 @@ class Trainer:
             return
         self.sampler.stop()
         self.sampler.save(self._write_path.with_suffix(".util.csv"))  # beside the record being written
-        record.system = {"timeseries": self.record_path.with_suffix(".util.csv").name, "interval_s": self.sampler.interval_s,
-                            "notes": self.sampler.notes, "gpus": self.sampler.gpus,
-                            "summary": self.sampler.summary(), "sample_cost_us": self.sampler.sample_cost_us}
+        record.system = {"timeseries": self.record_path.with_suffix(".util.csv").name,
+                         "interval_s": self.sampler.interval_s, "notes": self.sampler.notes,
+                         "gpus": self.sampler.gpus, "summary": self.sampler.summary(),
+                         "sample_cost_us": self.sampler.sample_cost_us}
 
     def _peak_memory(self) -> dict:
         """Peak GPU memory of the epoch in MiB per device of the run, of every DDP rank; resets the peaks."""

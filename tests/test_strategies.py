@@ -59,6 +59,7 @@ SMOKE += [("amst", fusion, f"strategy.params={{module: {module}}}")
 
 # ---- every strategy x every fusion it supports ----------------------------------------------------------
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name, fusion, params", SMOKE, ids=[f"{n}-{f}" + (f"-{p.split()[-1][:-1]}" if p else "")
                                                               for n, f, p in SMOKE])
 def test_every_strategy_trains_on_every_fusion_it_supports(tiny_config, name, fusion, params):
@@ -73,6 +74,7 @@ def test_every_strategy_trains_on_every_fusion_it_supports(tiny_config, name, fu
     assert rec.summary.optimised_epochs == {"audio": 1, "visual": 1}  # epoch 0: everyone trains
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["amst", "reliability", "ogm_ge", "opm", "mla", "mlb"])
 def test_three_modalities_with_text(tiny_config, name):
     fusion = "early_sum" if name == "mla" else "concat"
@@ -228,6 +230,7 @@ def test_selective_stops_at_the_cap_and_decays_when_any_modality_reaches_the_dec
     assert lrs == [1.0, 1.0, 0.1]  # visual had 2 optimisation epochs after epoch 1
 
 
+@pytest.mark.slow
 def test_selective_end_to_end_cap_and_decay(tiny_config):
     cfg = tiny_config("cremad", "strategy.name=entropy", "model.cosine=true", "train.epochs=2",
                       "train.lr_decay_epoch=1", "train.lr=0.01", *FAST)
@@ -278,6 +281,7 @@ def _hand_ogm_coefficients(s, embs, y, alpha):
     return {m: max(0.0, 1 - alpha * math.tanh(r - 1)) if r > 1 else 1.0 for m, r in rho.items()}
 
 
+@pytest.mark.slow
 def test_ogm_scales_the_dominant_encoders_gradients_by_k():
     s = strategy("ogm_ge", "model.fusion=concat", "strategy.params={ge: false, alpha: 1.0}")
     x, y = batch()
@@ -295,6 +299,7 @@ def test_ogm_scales_the_dominant_encoders_gradients_by_k():
     assert any(name.startswith("encoders.") for name in captured)
 
 
+@pytest.mark.slow
 def test_ogm_ge_adds_noise_with_the_gradients_spread():
     s = strategy("ogm_ge", "model.fusion=concat", "strategy.params={alpha: 1.0}")
     x, y = batch()
@@ -365,6 +370,7 @@ def test_mslr_changes_each_modalitys_learning_rate_from_its_accuracy():
     assert encoder_params <= {id(p) for p in visual_group["params"]}
 
 
+@pytest.mark.slow
 def test_mlb_scales_each_encoders_learning_rate_by_k():
     s = strategy("mlb", "train.lr=0.01", "strategy.params={alpha: 2.0, beta_max: 3.0}")
     x, y = batch()
@@ -487,6 +493,7 @@ def test_mla_alternates_one_update_per_modality():
 
 # ---- ablation knobs ------------------------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_ablation_knobs_reach_the_run(tiny_config):
     """Audio augmentation (Eq. 2.24), embedding dropout (Eq. 2.25) and weight decay (Eq. 2.26)."""
     from mmhpc.data.loading import build_datasets

@@ -58,6 +58,7 @@ def test_preinit_yields_the_standard_batches_in_order(tiny_config):
     assert _workers() == []
 
 
+@pytest.mark.slow
 def test_preinit_training_matches_standard_training(tiny_config):
     base = ("train.epochs=2", "loader.num_workers=2", "train.max_batches=3")
     a = train(tiny_config("cremad", *base, "output.name=std"), progress=False)
@@ -67,6 +68,7 @@ def test_preinit_training_matches_standard_training(tiny_config):
     assert _workers() == []
 
 
+@pytest.mark.slow
 def test_preinit_does_not_deadlock_while_the_main_thread_computes(tiny_config, tmp_path):
     """Workers are started from the helper thread while the main thread runs torch ops (a known freeze)."""
     cfg = tiny_config("cremad", "loader.num_workers=2", "loader.preinit=true", "train.batch_size=32")
@@ -91,6 +93,7 @@ def test_preinit_does_not_deadlock_while_the_main_thread_computes(tiny_config, t
     assert "finished" in out.stdout
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("how", ["exception", "sigint"])
 def test_no_worker_outlives_an_error_or_ctrl_c(tiny_config, tmp_path, how):
     tag = uuid.uuid4().hex
@@ -161,6 +164,7 @@ def test_blp_gives_the_gradients_of_single(tiny_config):
         torch.testing.assert_close(p1.grad, p2.grad, rtol=1e-4, atol=1e-6, msg=name)
 
 
+@pytest.mark.slow
 def test_blp_training_places_branches_by_measured_cost_and_trains_as_single(tiny_config):
     common = ("strategy.name=alternating", "train.epochs=2", "train.max_batches=3", "system.sample_interval=0")
     trainer = Trainer(tiny_config("cremad", *common, "system.parallelism=blp", "output.name=blp"), progress=False)
@@ -196,6 +200,7 @@ def test_load_aware_placement_balances_cost():
     assert placed["visual"] != placed["audio"] and placed["audio"] == placed["text"]
 
 
+@pytest.mark.slow
 def test_ddp_two_gloo_processes_match_single(tiny_config, tmp_path):
     common = ["train.epochs=3", "train.batch_size=32", "train.max_batches=4", "data.modalities=[visual]",
               "system.sample_interval=0"]
@@ -205,7 +210,7 @@ def test_ddp_two_gloo_processes_match_single(tiny_config, tmp_path):
     config = tmp_path / "ddp.yaml"
     config.write_text(ddp_cfg.to_yaml())
     out = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2",
-                          "--master-port", "29561", "-m", "mmhpc.cli", "train", "-q", str(config)],
+                          "--standalone", "-m", "mmhpc.cli", "train", "-q", str(config)],
                          capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stderr[-3000:]
     from mmhpc.results import read_record
@@ -364,6 +369,7 @@ def _conv_dtypes(model) -> tuple[list, object]:
     return seen, conv.register_forward_hook(lambda mod, args, out: seen.append(out.dtype))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("precision, inner", [("bf16", torch.bfloat16), ("fp32", torch.float32)])
 def test_training_runs_its_encoders_at_the_runs_precision(tiny_config, precision, inner):
     trainer = Trainer(tiny_config("mvsa", f"system.precision={precision}", "train.epochs=1", "train.max_batches=2"),
@@ -398,6 +404,7 @@ def test_the_model_enters_its_precision_in_any_thread(tiny_config):
     hook.remove()
 
 
+@pytest.mark.slow
 def test_record_has_the_time_breakdown_and_utilisation(tiny_config):
     rec = train(tiny_config("cremad", "train.epochs=2", "system.sample_interval=0.2"), progress=False)
     ep = rec.epochs[1]
@@ -409,6 +416,7 @@ def test_record_has_the_time_breakdown_and_utilisation(tiny_config):
     assert series.endswith(".util.csv") and os.path.exists(series)
 
 
+@pytest.mark.slow
 def test_bench_cli_writes_the_bench_section_and_a_profiler_trace(synth_dir, tmp_path):
     out = subprocess.run([sys.executable, "-m", "mmhpc.cli", "bench", "-q", "--epochs", "2", "--warmup", "1",
                           "--profile", f"data.root={synth_dir('cremad')}", f"output.runs_dir={tmp_path}",
