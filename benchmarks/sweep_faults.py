@@ -53,9 +53,12 @@ esac
 '''
 
 
-def sh(*args: str, check: bool = False, timeout: float = 60) -> subprocess.CompletedProcess:
-    return subprocess.run(list(args), capture_output=True, text=True, timeout=timeout, check=check,
-                          stdin=subprocess.DEVNULL)
+def sh(*args: str, timeout: float = 60) -> subprocess.CompletedProcess:
+    """Run a command; one that does not answer in time counts as failed (rc 124), as `timeout` would say."""
+    try:
+        return subprocess.run(list(args), capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL)
+    except subprocess.TimeoutExpired:
+        return subprocess.CompletedProcess(list(args), 124, "", f"no answer in {timeout:g} s")
 
 
 def start_slurm() -> None:
@@ -121,10 +124,10 @@ def main() -> None:
     spec = write_sweep(work, args.runs)
     install_shims(work)
     sweep_dir = SweepDir(work / "results" / "faults")
-    faults = {"submissions interrupted": 0, "resumes refused (state unknown)": 0, "cancelled": 0, "preempted": 0}
+    faults = {"submitter exits with an error": 0, "resumes refused (state unknown)": 0, "cancelled": 0, "preempted": 0}
 
     first = mmhpc("submit", str(spec), "--cluster", "local-bench", "--results", str(work / "results"), "-q")
-    faults["submissions interrupted"] += first.returncode != 0
+    faults["submitter exits with an error"] += first.returncode != 0
     cancels, preempts = args.cancels, args.preempts
     last_resume = time.monotonic()
     while time.monotonic() - t0 < args.timeout:
@@ -132,15 +135,15 @@ def main() -> None:
         ours = [ln for ln in lines if len(ln) >= 4 and ln[3].startswith("mmhpc-faults-")]
         running = [ln[0] for ln in ours if ln[1] == "RUNNING"]
         for jid in [ln[0] for ln in ours if ln[2] == "BeginTime"]:  # requeued: may start at once
-            sh("scontrol", "update", f"JobId={jid}", "StartTime=now")
+            sh("scontrol", "update", f"JobId={jid}", "StartTime=now", timeout=10)
         if running and (cancels or preempts) and rng.random() < 0.5:
             victim = rng.choice(running)
             if cancels and (not preempts or rng.random() < 0.6):
-                sh("scancel", victim)
+                sh("scancel", victim, timeout=10)
                 cancels -= 1
                 faults["cancelled"] += 1
             else:
-                sh("scancel", "--signal=USR2", victim)
+                sh("scancel", "--signal=USR2", victim, timeout=10)  # a task that just ended: refused
                 preempts -= 1
                 faults["preempted"] += 1
         if not ours or time.monotonic() - last_resume > 60:  # resume is safe at any time: never a second copy
@@ -150,7 +153,7 @@ def main() -> None:
             last_resume = time.monotonic()
             res = mmhpc("resume", str(sweep_dir.path), "-q")
             faults["resumes refused (state unknown)"] += res.returncode == 3 and "is unknown" in res.stderr
-            faults["submissions interrupted"] += res.returncode not in (0, 3)
+            faults["submitter exits with an error"] += res.returncode not in (0, 3)
         time.sleep(1)
     wall = time.monotonic() - t0
     done, lost, twice = count(sweep_dir, args.runs)
