@@ -214,7 +214,7 @@ def test_dp_on_a_machine_without_two_gpus_is_refused(tiny_config):
 def test_alternating_refuses_ddp_clearly():
     from mmhpc.config import load_config
 
-    with pytest.raises(ConfigError, match="strategy alternating cannot run under ddp; valid choices: single, blp"):
+    with pytest.raises(ConfigError, match="strategy alternating cannot run under ddp; valid: single, blp"):
         load_config(None, ["strategy.name=alternating", "system.parallelism=ddp"])
 
 
