@@ -19,7 +19,7 @@ from pydantic import ValidationInfo
 from mmhpc.data.specs import DATASETS
 from mmhpc.errors import ConfigError, problem
 
-Precision = Literal["fp32", "tf32", "bf16"]
+Precision = Literal["fp32", "fp32_strict", "tf32", "bf16"]  # meanings: mmhpc.system.precision.MODES
 Parallelism = Literal["single", "dp", "ddp", "blp"]
 PRECISIONS: tuple[str, ...] = get_args(Precision)
 PARALLELISMS: tuple[str, ...] = get_args(Parallelism)

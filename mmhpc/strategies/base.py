@@ -7,11 +7,10 @@ differs and registers itself with `@register`.
 """
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import functools
 from dataclasses import dataclass
-from typing import Any, Callable, ClassVar
+from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -55,11 +54,10 @@ class Strategy:
     #: 2 for the balancing baselines, which compare modalities with each other
     min_modalities: ClassVar[int] = 1
 
-    def __init__(self, cfg, model, autocast: Callable[[], Any] = contextlib.nullcontext):
+    def __init__(self, cfg, model):
         self.cfg = cfg
-        self.model = model
+        self.model = model  # runs at the run's precision by itself (MultimodalModel.set_precision)
         self.net = model  # the trainer replaces it by the DP/DDP wrapper
-        self.autocast = autocast
         self.params = self.parse_params(cfg.strategy.params)
         self.modalities: list[str] = list(model.modalities)
         self.optimised = {m: 0 for m in self.modalities}  # optimisation epochs per modality (Table 4.4)
@@ -151,11 +149,10 @@ class Strategy:
     @torch.no_grad()
     def eval_logits(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """Fused, per-modality (masked fusion) and probe logits for evaluation."""
-        with self.autocast():
-            embs = self.model.encode(batch)
-            out = {"fused": self.fused_logits(embs)}
-            out.update({m: self.model.fusion({m: embs[m]}) for m in self.modalities})
-            out.update({f"probe/{m}": z for m, z in self.model.probe_logits(embs).items()})
+        embs = self.model.encode(batch)
+        out = {"fused": self.fused_logits(embs)}
+        out.update({m: self.model.fusion({m: embs[m]}) for m in self.modalities})
+        out.update({f"probe/{m}": z for m, z in self.model.probe_logits(embs).items()})
         return {k: v.float() for k, v in out.items()}
 
     # ---- helpers for subclasses ------------------------------------------------------------------
