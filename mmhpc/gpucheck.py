@@ -87,10 +87,13 @@ def gpu_slug(name: str) -> str:
 
 
 def set_precision(name: str, device: torch.device):
-    """The run's precision on `device` (flags set now); returns a zero-argument autocast factory."""
-    from mmhpc.system.precision import apply_precision
+    """The run's precision on `device` (checked, flags set now); returns a zero-argument autocast factory."""
+    from mmhpc.system.precision import Precision
 
-    return apply_precision(name, device)
+    precision = Precision(name, device.type)
+    precision.validate(device)
+    precision.apply()
+    return precision.autocast
 
 
 def _flags() -> dict:

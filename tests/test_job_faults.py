@@ -7,7 +7,6 @@ that the fake squeue prints and the fake sacct answers from, and `calls` (one li
 """
 from __future__ import annotations
 
-import json
 import os
 import signal
 import subprocess
@@ -21,6 +20,7 @@ import yaml
 from mmhpc.config import load_config
 from mmhpc.launch.store import SweepDir
 from mmhpc.launch.submit import submit_sweep
+from mmhpc.results import RunRecord, read_record, write_record
 from mmhpc.train import STOP_REQUESTED, Preempted, Trainer, train
 
 REPO = Path(__file__).resolve().parents[1]
@@ -37,8 +37,8 @@ def clean_env(monkeypatch, tmp_path):
     STOP_REQUESTED.clear()
 
 
-def _metrics(rec: dict) -> list:
-    return [{k: e[k] for k in ("epoch", "train", "val")} for e in rec["epochs"]]
+def _metrics(rec: RunRecord) -> list:
+    return [(e.epoch, e.train, e.val) for e in rec.epochs]
 
 
 # ---- item 7: the pre-timeout signal ---------------------------------------------------------------------
@@ -60,17 +60,17 @@ def test_the_trainer_stops_at_a_step_boundary_and_the_rerun_resumes_exactly(synt
     with pytest.raises(Preempted) as stopped:
         trainer.fit()
     assert (stopped.value.epoch, stopped.value.step) == (1, 2) and len(calls) == 5  # no step after the signal
-    record = json.loads((tmp_path / "a" / "r.json").read_text())
-    assert record["status"] == "running" and [e["epoch"] for e in record["epochs"]] == [0]  # not "failed"
+    record = read_record(cfg.record_path())
+    assert record.status == "running" and [e.epoch for e in record.epochs] == [0]  # not "failed"
     assert (tmp_path / "a" / "r.ckpt.pt").exists()
     assert not list((tmp_path / "a").glob(".*.tmp"))
 
     STOP_REQUESTED.clear()
     resumed = train(cfg, progress=False)
-    assert resumed["status"] == "done" and resumed["resumed"][0]["at_epoch"] == 1
+    assert resumed.status == "done" and resumed.resumed[0]["at_epoch"] == 1
     straight = train(load_config(None, args + [f"output.runs_dir={tmp_path / 'b'}"]), progress=False)
     assert _metrics(resumed) == _metrics(straight)  # the interrupted epoch was trained again from its start
-    assert resumed["summary"]["test"] == straight["summary"]["test"]
+    assert resumed.summary.test == straight.summary.test
 
 
 def _fake_bin(tmp_path: Path, scripts: dict[str, str]) -> Path:
@@ -115,7 +115,7 @@ def test_usr2_in_a_hand_submitted_job_requeues_it_and_the_requeued_job_finishes_
     assert job.returncode == 0, out
     assert (fake / "calls").read_text().split("\n")[0] == "scontrol requeue 107_0", out
     record = sweep_dir.record(run["name"])
-    assert record["status"] == "running" and 1 <= len(record["epochs"]) < 5, out  # stopped early, not failed
+    assert record.status == "running" and 1 <= len(record.epochs) < 5, out  # stopped early, not failed
     assert "preempted" in out and "epoch 1/5" in out  # the job's output has one line per epoch
 
     # the requeued job: same ids, SLURM_RESTART_COUNT=1; it resumes from the epoch checkpoint and finishes
@@ -123,8 +123,8 @@ def test_usr2_in_a_hand_submitted_job_requeues_it_and_the_requeued_job_finishes_
                            timeout=300)
     assert again.returncode == 0, again.stdout + again.stderr
     done = sweep_dir.record(run["name"])
-    assert done["status"] == "done" and [e["epoch"] for e in done["epochs"]] == list(range(5))
-    assert done["resumed"][0]["at_epoch"] == len(record["epochs"])
+    assert done.status == "done" and [e.epoch for e in done.epochs] == list(range(5))
+    assert done.resumed[0]["at_epoch"] == len(record.epochs)
     assert not ckpt.exists()
 
 
@@ -220,7 +220,7 @@ def test_a_failed_or_silent_squeue_makes_states_unknown_and_resume_refuses(fake,
     set_queue(fake, rows, "accounting")
     sweep_dir.runs_dir.mkdir(exist_ok=True)
     for run in sweep_dir.load()["runs"][2:]:
-        (sweep_dir.runs_dir / f"{run['name']}.json").write_text('{"status": "done"}')
+        write_record(sweep_dir.record_path(run["name"]), RunRecord(run=run["name"], status="done", config=run["config"]))
     assert [s for s, _ in states_of(sweep_dir)] == ["failed", "failed", "done", "done"]
     assert cli("sweep", "resume", str(sweep_dir.path), "-q") == 0
     assert len(calls(fake, "sbatch")) == 2
@@ -311,9 +311,8 @@ def test_a_run_that_finds_its_record_done_exits_without_touching_it(tmp_path, mo
 
     cfg = load_config(None, ["data.modalities=[audio]", f"output.runs_dir={tmp_path / 'runs'}", "output.name=r",
                              "output.checkpoint=true"])
-    record = tmp_path / "runs" / "r.json"
-    record.parent.mkdir()
-    record.write_text(json.dumps({"status": "done", "run": "r", "summary": {"note": "the first job's"}}))
+    record = write_record(cfg.record_path(), RunRecord(run="r", status="done", config=cfg.to_dict(),
+                                                       summary={"test": {"acc/fused": 0.5}}))
     before = (record.stat().st_mtime_ns, record.read_bytes())
     monkeypatch.setenv("SLURM_JOB_ID", "77")  # a requeued or duplicated job starting after the run finished
     monkeypatch.setenv("SLURM_NTASKS", "1")
@@ -347,7 +346,7 @@ def test_a_sweep_is_readable_by_the_group_under_a_group_umask(tmp_path, monkeypa
     files = [p for p in sweep_dir.path.rglob("*") if p.is_file()]
     names = {p.name for p in files}
     assert {"manifest.json", "sweep.yaml"} <= names and any(n.endswith(".util.csv") for n in names), names
-    assert sweep_dir.record(sweep_dir.load()["runs"][0]["name"])["status"] == "done"
+    assert sweep_dir.record(sweep_dir.load()["runs"][0]["name"]).status == "done"
     for p in files + [p for p in sweep_dir.path.rglob("*") if p.is_dir()]:
         mode = p.stat().st_mode
         assert mode & 0o040 and not mode & 0o007, (p, oct(mode))  # group reads, others nothing

@@ -8,7 +8,6 @@ Skipped only where it cannot be set up at all (not root, or no apt-get).
 """
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import sys
@@ -20,6 +19,7 @@ import yaml
 
 from conftest import until
 from mmhpc.launch.store import SweepDir, run_states
+from mmhpc.results import RunRecord, iter_records
 from mmhpc.launch.submit import resume_sweep, submit_sweep, wait
 
 pytestmark = [pytest.mark.slurm, pytest.mark.slow]
@@ -37,14 +37,12 @@ def write_sweep(path: Path, name: str, **spec) -> Path:
     return path
 
 
-def records(sweep_dir: SweepDir) -> dict[str, dict]:
+def records(sweep_dir: SweepDir) -> dict[str, RunRecord]:
     """{run name: record} of every run record in the sweep (not the sampler's side files)."""
     found = {}
-    for p in sorted(sweep_dir.runs_dir.glob("*.json")):
-        data = json.loads(p.read_text())
-        if isinstance(data, dict) and {"run", "status", "config"} <= set(data):
-            assert p.name == f"{data['run']}.json"
-            found[data["run"]] = data
+    for p, rec in iter_records(sweep_dir.runs_dir):
+        assert p == sweep_dir.record_path(rec.run)
+        found[rec.run] = rec
     return found
 
 
@@ -75,10 +73,10 @@ def test_a_sweep_runs_as_one_job_array(slurm, tmp_path):
     assert [s.state for s in states] == ["done"] * 4, states
     recs = records(sweep_dir)
     assert sorted(recs) == sorted(r["name"] for r in manifest["runs"])
-    tasks = {rec["env"]["slurm"]["SLURM_ARRAY_TASK_ID"] for rec in recs.values()}
+    tasks = {rec.env.slurm["SLURM_ARRAY_TASK_ID"] for rec in recs.values()}
     assert tasks == {"0", "1", "2", "3"}
-    assert {rec["env"]["slurm"]["SLURM_ARRAY_JOB_ID"] for rec in recs.values()} == {array["job_id"]}
-    assert all(rec["status"] == "done" and rec["config"]["data"]["preset"] == "tiny" for rec in recs.values())
+    assert {rec.env.slurm["SLURM_ARRAY_JOB_ID"] for rec in recs.values()} == {array["job_id"]}
+    assert all(rec.status == "done" and rec.config["data"]["preset"] == "tiny" for rec in recs.values())
     # accounting (slurmdbd) may lag the records by a moment
     until(lambda: sacct("-j", array["job_id"], "-o", "State").split() == ["COMPLETED"] * 4,
            f"sacct to show the 4 tasks of {array['job_id']} COMPLETED", timeout=120)
@@ -103,7 +101,7 @@ def test_parallelism_sweep_runs_single_ddp_and_blp_through_slurm(slurm, tmp_path
     for par in ("single", "ddp", "blp"):
         assert states[runs[par]["name"]].state == "done", (par, states[runs[par]["name"]])
     ddp = records(sweep_dir)[runs["ddp"]["name"]]
-    assert ddp["env"]["slurm"]["SLURM_NTASKS"] == "2"  # one SLURM task per process, gloo on the CPU
+    assert ddp.env.slurm["SLURM_NTASKS"] == "2"  # one SLURM task per process, gloo on the CPU
     ddp_job = runs["ddp"]["jobs"][0]["job_id"]
     for task in (0, 1):
         log = (sweep_dir.logs_dir / f"{ddp_job}_{task}_log.out").read_text()
@@ -122,7 +120,7 @@ def test_scancel_of_a_running_task_then_resume_completes_the_sweep(slurm, tmp_pa
     def running_with_checkpoint():
         for s in run_states(sweep_dir, manifest):
             rec = sweep_dir.record(s.name)
-            if (s.state == "running" and rec and rec["status"] == "running" and 1 <= len(rec["epochs"]) <= EPOCHS // 2
+            if (s.state == "running" and rec and rec.status == "running" and 1 <= len(rec.epochs) <= EPOCHS // 2
                     and (sweep_dir.runs_dir / f"{s.name}.ckpt.pt").exists()):
                 return s
         return None
@@ -142,12 +140,12 @@ def test_scancel_of_a_running_task_then_resume_completes_the_sweep(slurm, tmp_pa
     assert [s.state for s in final] == ["done"] * 4, final
     # nothing lost: four finished records; nothing duplicated: no second record, finished ones untouched
     recs = records(sweep_dir)
-    assert sorted(recs) == sorted(states) and all(r["status"] == "done" for r in recs.values())
+    assert sorted(recs) == sorted(states) and all(r.status == "done" for r in recs.values())
     assert {n: (p.stat().st_mtime_ns, p.read_bytes()) for n in others
             for p in [sweep_dir.runs_dir / f"{n}.json"]} == finished
     resumed = recs[victim.name]
-    assert resumed["resumed"][0]["at_epoch"] >= 1, "the rerun continues from its epoch checkpoint"
-    assert [e["epoch"] for e in resumed["epochs"]] == list(range(EPOCHS))
+    assert resumed.resumed[0]["at_epoch"] >= 1, "the rerun continues from its epoch checkpoint"
+    assert [e.epoch for e in resumed.epochs] == list(range(EPOCHS))
     assert not list(sweep_dir.runs_dir.glob("*.ckpt.pt")) and not list(sweep_dir.runs_dir.glob(".*.json"))
     jobs = {r["name"]: len(r["jobs"]) for r in sweep_dir.load()["runs"]}
     assert jobs == {**{n: 1 for n in others}, victim.name: 2}
@@ -183,8 +181,8 @@ def test_a_time_limit_ends_requeued_and_the_run_resumes_never_failed(slurm, tmp_
     tries = attempts(slurm, job)
     assert tries[0] == "REQUEUED" and set(tries[:-1]) == {"REQUEUED"}, tries  # never FAILED, never TIMEOUT
     rec = records(sweep_dir)[run["name"]]
-    assert len(rec["resumed"]) == len(tries) - 1 and [e["epoch"] for e in rec["epochs"]] == list(range(50))
-    assert all(r["env"]["slurm"]["SLURM_JOB_ID"] == job for r in rec["resumed"])  # the same job, requeued
+    assert len(rec.resumed) == len(tries) - 1 and [e.epoch for e in rec.epochs] == list(range(50))
+    assert all(r["env"]["slurm"]["SLURM_JOB_ID"] == job for r in rec.resumed)  # the same job, requeued
     assert len(sweep_dir.load()["runs"][0]["jobs"]) == 1  # no resubmission
     log = (sweep_dir.logs_dir / f"{job}_0_log.out").read_text()
     assert "epoch 1/50" in log and "epoch 50/50" in log and "samples/s" in log  # one line per epoch
@@ -209,7 +207,7 @@ def test_hold_then_the_printed_sbatch_line_runs_the_sweep_and_usr2_requeues_a_ta
     runs = sweep_dir.load()["runs"]
     until(lambda: (sweep_dir.runs_dir / f"{runs[0]['name']}.ckpt.pt").exists(), "task 0's first checkpoint",
           poll_s=0.2)
-    assert len(sweep_dir.record(runs[0]["name"])["epochs"]) < EPOCHS - 2, "the signal must reach a run still training"
+    assert len(sweep_dir.record(runs[0]["name"]).epochs) < EPOCHS - 2, "the signal must reach a run still training"
     slurm.run("scancel", "--signal=USR2", f"{job}_0")  # to the srun step: the trainer stops, the task requeues
     release_requeued(slurm, f"{job}_0")
 
@@ -219,11 +217,11 @@ def test_hold_then_the_printed_sbatch_line_runs_the_sweep_and_usr2_requeues_a_ta
 
     until(finished, f"array job {job} to finish")
     recs = records(sweep_dir)
-    assert len(recs) == 2 and all(r["status"] == "done" for r in recs.values()), \
+    assert len(recs) == 2 and all(r.status == "done" for r in recs.values()), \
         [p.read_text()[-2000:] for p in tmp_path.glob("mmhpc-sweep-*.out")]
     assert attempts(slurm, f"{job}_0") == ["REQUEUED", "COMPLETED"]
     resumed = recs[runs[0]["name"]]
-    assert resumed["resumed"][0]["at_epoch"] >= 1 and [e["epoch"] for e in resumed["epochs"]] == list(range(EPOCHS))
+    assert resumed.resumed[0]["at_epoch"] >= 1 and [e.epoch for e in resumed.epochs] == list(range(EPOCHS))
     assert "resumed" not in recs[runs[1]["name"]]
     states = run_states(sweep_dir, sweep_dir.load())
     assert [(s.state, s.job_id) for s in states] == [("done", f"{job}_0"), ("done", f"{job}_1")]

@@ -33,7 +33,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from mmhpc.results import atomic_write_json, read_record
+from mmhpc.config import record_file
+from mmhpc.results import RunRecord, atomic_write_json, read_record
 from mmhpc.sweep import SweepError, SweepPlan
 
 MANIFEST_SCHEMA = 1
@@ -78,11 +79,14 @@ class SweepDir:
             finally:
                 fcntl.flock(f, fcntl.LOCK_UN)
 
-    def record(self, name: str) -> dict | None:
+    def record_path(self, name: str) -> Path:
+        return record_file(self.runs_dir, name)
+
+    def record(self, name: str) -> RunRecord | None:
         try:
-            return read_record(self.runs_dir / f"{name}.json")
+            return read_record(self.record_path(name))
         except (OSError, ValueError):
-            return None  # missing, or torn by a crash mid-write of a non-atomic writer
+            return None  # missing, or not a record (torn by a crash mid-write of a non-atomic writer)
 
 
 def create(sweep_dir: SweepDir, plan: SweepPlan, source: Path | None) -> dict:
@@ -229,7 +233,7 @@ def run_states(sweep_dir: SweepDir, manifest: dict, query_slurm: bool = True,
     records = {r["name"]: sweep_dir.record(r["name"]) for r in manifest["runs"]}
     jobs = {r["name"]: _last_job(r, records[r["name"]]) for r in manifest["runs"]}
     open_jobs = [j for r in manifest["runs"] for j in [jobs[r["name"]]] if j and j.get("scheduler") == "slurm"
-                 and not r.get("not_applicable") and (records[r["name"]] or {}).get("status") != "done"]
+                 and not r.get("not_applicable") and getattr(records[r["name"]], "status", None) != "done"]
     if view is None and query_slurm and open_jobs:
         view = query_scheduler([j["job_id"] for j in open_jobs if j.get("job_id")],
                                sorted({j["job_name"] for j in open_jobs if not j.get("job_id")}),
@@ -237,12 +241,12 @@ def run_states(sweep_dir: SweepDir, manifest: dict, query_slurm: bool = True,
     return [_state(sweep_dir, run, records[run["name"]], jobs[run["name"]], view) for run in manifest["runs"]]
 
 
-def _last_job(run: dict, rec: dict | None) -> dict | None:
+def _last_job(run: dict, rec: RunRecord | None) -> dict | None:
     """The run's latest job: from the manifest, or, for a run submitted by hand (jobs/sweep_array.sbatch)
     with no job name the manifest knows, the SLURM job its record was written from."""
     if run["jobs"] and (run["jobs"][-1].get("job_id") or not run["jobs"][-1].get("hand")):
         return run["jobs"][-1]
-    slurm = ((rec or {}).get("env") or {}).get("slurm") or {}
+    slurm = rec.env.slurm if rec else {}
     if "SLURM_ARRAY_JOB_ID" in slurm:
         return {"job_id": f"{slurm['SLURM_ARRAY_JOB_ID']}_{slurm['SLURM_ARRAY_TASK_ID']}", "scheduler": "slurm"}
     if "SLURM_JOB_ID" in slurm:
@@ -250,15 +254,15 @@ def _last_job(run: dict, rec: dict | None) -> dict | None:
     return run["jobs"][-1] if run["jobs"] else None
 
 
-def _state(sweep_dir: SweepDir, run: dict, rec: dict | None, job: dict | None,
+def _state(sweep_dir: SweepDir, run: dict, rec: RunRecord | None, job: dict | None,
            view: SchedulerView | None) -> RunState:
     index, name = run["index"], run["name"]
     if run.get("not_applicable"):
         return RunState(index, name, "n/a", run["not_applicable"])
     job_id = job.get("job_id") if job else None
-    if rec and rec.get("status") == "done":
+    if rec and rec.status == "done":
         return RunState(index, name, "done", job_id=job_id)
-    error = rec.get("error", "") if rec and rec.get("status") == "failed" else ""
+    error = (rec.error or "") if rec and rec.status == "failed" else ""
     if job is None:
         return RunState(index, name, "failed" if rec else "unsubmitted", error or (
             "interrupted: the record was never finished" if rec else ""))

@@ -23,7 +23,6 @@ import subprocess
 import sys
 import threading
 import time
-import traceback
 from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,7 +36,7 @@ from mmhpc.config import RunConfig
 from mmhpc.errors import RunError, SchedulerError
 from mmhpc.launch.clusters import ClusterError, ClusterProfile, Resources, resolve_resources
 from mmhpc.launch.store import SweepDir, adopt, query_scheduler, run_states
-from mmhpc.results import SCHEMA, atomic_write_json, read_record
+from mmhpc.results import read_record
 from mmhpc.sweep import SweepError
 
 RESUBMIT = ("unsubmitted", "failed", "held")  # never done (final), pending/running (alive), unknown or n/a
@@ -76,13 +75,13 @@ def execute_run(config: dict, stage_data: bool = False, max_requeues: int | None
     rank = _join_distributed(cfg)
     if rank is None:
         return "extra task of a single-process run: nothing to do"
-    record_path = Path(cfg.output.runs_dir) / f"{cfg.run_name()}.json"
+    record_path = cfg.record_path()
     if _finished(record_path):
         return f"{record_path}: already done"
     if stage_data and cfg.data.source == "prepared" and os.environ.get("TMPDIR"):
         cfg = cfg.replace({"data.root": stage_dataset(cfg.data.root, Path(os.environ["TMPDIR"]))})
     from mmhpc.doctor import check_job
-    from mmhpc.train import Preempted, train
+    from mmhpc.train import Preempted, train, write_failed_record
 
     try:
         check_job(cfg)  # first: a node that cannot run it (driver, GPUs, data) fails the job in one sentence
@@ -94,11 +93,8 @@ def execute_run(config: dict, stage_data: bool = False, max_requeues: int | None
                     _requeue(previous, max_requeues)
                 return f"{cfg.run_name()}: preempted, job requeued"
     except BaseException as e:
-        # The trainer records its own failures; this covers those before its first record (bad device...).
-        if rank == 0 and not record_path.exists():
-            atomic_write_json(record_path, {"schema": SCHEMA, "run": cfg.run_name(), "status": "failed",
-                                            "config": cfg.to_dict(), "error": f"{type(e).__name__}: {e}",
-                                            "traceback": traceback.format_exc(limit=20)})
+        # train() records failures, also those before its trainer starts; this covers the node check's
+        write_failed_record(cfg, e)
         raise
     return str(record_path)
 
@@ -145,7 +141,7 @@ def _requeue(previous, max_requeues: int | None) -> None:
 
 def _finished(path: Path) -> bool:
     try:
-        return read_record(path).get("status") == "done"
+        return read_record(path).status == "done"
     except (OSError, ValueError):
         return False
 
@@ -455,8 +451,7 @@ def _run_here(sweep_dir: SweepDir, manifest: dict, profile: ClusterProfile, runs
                 _sweep_run(profile, run)()
             done.append(run["name"])
         except Exception as e:  # one failed run does not stop the others; `sweep status` shows why
-            print(f"run {run['index']} ({run['name']}) failed: {type(e).__name__}: {str(e).strip()[-500:]}",
-                  file=sys.stderr)
+            log.error("run %d (%s) failed: %s: %s", run["index"], run["name"], type(e).__name__, str(e).strip()[-500:])
     return done
 
 
