@@ -101,7 +101,7 @@ def test_gated_and_film_with_three_modalities_fail_at_once(name, fusion):
                                                                 "valid choices: alternating, joint, full"),
     (["strategy.name=amst", "strategy.params={skips: {text: 2}}"], "strategy.params.skips.text: not a modality"),
     (["strategy.name=amst", "strategy.params={skips: {audio: 0}}"], "must be a positive integer"),
-    (["strategy.name=amst", "system.parallelism=ddp"], "strategy amst cannot run under ddp; valid choices: single, blp"),
+    (["strategy.name=amst", "system.parallelism=ddp"], "strategy amst cannot run under ddp; valid: single, blp"),
     (["strategy.name=ogm_ge", "model.fusion=film"], "model.fusion: strategy ogm_ge .* valid choices: early_sum, "
                                                     "late_sum, concat"),
     (["strategy.name=ogm_ge", "strategy.params={variant: cvpr}"], "strategy.params.variant: invalid value 'cvpr'"),

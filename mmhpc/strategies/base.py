@@ -69,11 +69,12 @@ class Strategy:
     def check_config(cls, cfg) -> None:
         """Reject configs this strategy cannot run, naming the field and the valid choices."""
         if cfg.model.fusion not in cls.fusions:
-            raise ConfigError(f"model.fusion: strategy {cls.name} does not support {cfg.model.fusion}; "
-                              f"valid choices: {', '.join(cls.fusions)}")
+            raise ConfigError(problem("model.fusion", f"strategy {cls.name} does not support {cfg.model.fusion}",
+                                      cls.fusions))
         if cfg.system.parallelism not in cls.parallelisms:
-            raise ConfigError(f"system.parallelism: strategy {cls.name} cannot run under "
-                              f"{cfg.system.parallelism}; valid choices: {', '.join(cls.parallelisms)}")
+            raise ConfigError(problem("system.parallelism",
+                                      f"strategy {cls.name} cannot run under {cfg.system.parallelism}",
+                                      cls.parallelisms))
         if len(cfg.modalities) < cls.min_modalities:
             raise ConfigError(f"data.modalities: strategy {cls.name} balances two or more modalities, got "
                               f"{cfg.modalities}; use strategy.name=naive for a single-modality baseline")
