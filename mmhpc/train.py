@@ -13,7 +13,6 @@ import random
 import threading
 import time
 import traceback
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -24,11 +23,12 @@ from mmhpc.config import ConfigError, RunConfig
 from mmhpc.data.frames import finish_batch
 from mmhpc.data.loading import build_datasets, build_loader
 from mmhpc.models.multimodal import MultimodalModel, count_parameters
-from mmhpc.results import SCHEMA, atomic_write_json, environment, read_record, single_accuracies
+from mmhpc.results import Epoch, EpochTime, RunRecord, Summary, environment, read_record, run_ibf, single_accuracies, \
+    write_record
 from mmhpc.strategies import STRATEGIES
 from mmhpc.system import parallel
 from mmhpc.system.idle import TimedBatches, estimate_prefetch0_idle
-from mmhpc.system.precision import apply_precision
+from mmhpc.system.precision import Precision
 
 
 log = logging.getLogger(__name__)
@@ -39,7 +39,7 @@ STOP_REQUESTED = threading.Event()
 
 
 class RecordExistsError(FileExistsError):
-    pass
+    """A finished record of the same run exists and output.overwrite is off."""
 
 
 class Preempted(Exception):
@@ -48,26 +48,20 @@ class Preempted(Exception):
     run has the batches and metrics of an uninterrupted one."""
 
     def __init__(self, epoch: int, step: int):
-        super().__init__(f"stopped at epoch {epoch} step {step} on the pre-timeout/preemption signal")
+        super().__init__(f"stopped after step {step} of epoch {epoch + 1} on the pre-timeout/preemption signal")
         self.epoch, self.step = epoch, step
 
 
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("system.device: cuda requested but no CUDA device is visible; valid here: cpu, auto")
-    return torch.device(name)
-
-
 def seed_everything(seed: int, deterministic: bool) -> None:
+    """Seed every RNG; `deterministic` picks repeatable kernels (algorithm runs, tests) or the fastest ones
+    with cuDNN autotuning (system sweeps and benchmarks). Both are process-global: set both ways."""
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
     if deterministic:
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-        torch.use_deterministic_algorithms(True, warn_only=True)
-        torch.backends.cudnn.benchmark = False
+    torch.use_deterministic_algorithms(deterministic, warn_only=True)
+    torch.backends.cudnn.benchmark = not deterministic
 
 
 class Trainer:
@@ -76,55 +70,40 @@ class Trainer:
         self.cfg = cfg
         self.progress = progress
         self.step_hooks: list = []  # called after every training step (e.g. a profiler's step)
-        self.record_path = Path(cfg.output.runs_dir) / f"{cfg.run_name()}.json"
+        self.record_path = cfg.record_path()
         self.ckpt_path = self.record_path.with_suffix(".ckpt.pt")
-        self.dist = parallel.setup_distributed(cfg)
-        if self.dist.is_main:
+        self.par = parallel.build(cfg)
+        self.device = self.par.setup()
+        if self.par.is_main:
             self._check_existing()
         if cfg.system.threads:
             torch.set_num_threads(cfg.system.threads)
-        self.device = resolve_device(cfg.system.device)
-        if cfg.system.parallelism == "ddp":
-            self.device = parallel.ddp_device(self.dist, self.device)
-        self.autocast = apply_precision(cfg.system.precision, self.device)
-        self.single_acc = single_accuracies(cfg.train.single_acc, cfg) if self.dist.is_main else None
+        self.precision = Precision(cfg.system.precision, self.device.type)
+        self.precision.validate(self.device)
+        self.precision.apply()
+        self.single_acc = (single_accuracies(cfg.train.single_acc, cfg.data.dataset, cfg.data.preset)
+                           if self.par.is_main else None)
         seed_everything(cfg.train.seed, cfg.system.deterministic)
         self.datasets = build_datasets(cfg)
         train_ds = self.datasets["train"]
         self.num_classes = train_ds.spec.num_classes
         self.model = MultimodalModel(cfg.modalities, self.num_classes, cfg.model, train_ds.shapes,
                                      cfg.data.preset if cfg.data.source == "synthetic" else "full").to(self.device)
-        self.blp = self._branch_parallel() if cfg.system.parallelism == "blp" else None
-        self.strategy = STRATEGIES[cfg.strategy.name](cfg, self.model, self.autocast)
-        self.strategy.net = parallel.wrap(self.model, cfg.system.parallelism, self.device)
+        self.strategy = STRATEGIES[cfg.strategy.name](cfg, self.model)
+        # the model (with any module a strategy added) enters the run's precision in its own forward
+        self.model.set_precision(self.precision)
+        self.strategy.net = self.par.wrap(self.model, self._probe_batch)
         # every process trains on its shard; validation and test run whole on rank 0 only
-        self.loaders = {"train": build_loader(train_ds, cfg, True, self.dist.rank, self.dist.world)}
+        self.loaders = {"train": build_loader(train_ds, cfg, True, self.par.rank, self.par.world, device=self.device)}
         if cfg.loader.prefetch_factor == 0:  # the estimate's own standard loader (prefetch 1, thesis A.2.1)
-            self.loaders["idle"] = build_loader(train_ds, cfg, True, self.dist.rank, self.dist.world, preinit=False)
-        if self.dist.is_main:
-            self.loaders["val"] = build_loader(self.datasets["val"], cfg, False)
+            self.loaders["idle"] = build_loader(train_ds, cfg, True, self.par.rank, self.par.world, preinit=False)
+        if self.par.is_main:
+            self.loaders["val"] = build_loader(self.datasets["val"], cfg, False, device=self.device)
             self.loaders["test"] = build_loader(self.datasets["test"], cfg, False, preinit=False)  # used once
 
-    def _branch_parallel(self):
-        explicit = self.cfg.system.blp_devices
-        if explicit:
-            unknown = set(explicit) ^ set(self.cfg.modalities)
-            if unknown:
-                raise ConfigError(f"system.blp_devices: give one device per modality {self.cfg.modalities}")
-            placement = {m: torch.device(d) for m, d in explicit.items()}
-        else:
-            # measuring must not change what the run does next: the RNG and the BatchNorm statistics
-            saved = {k: v.clone() for k, v in self.model.state_dict().items()}
-            with torch.random.fork_rng(devices=[]):
-                loader = build_loader(self.datasets["train"], self.cfg, True, preinit=False)
-                probe = finish_batch(next(iter(loader.epoch(0))))
-                costs = parallel.measure_branch_costs(self.model, probe, self.device)
-            self.model.load_state_dict(saved)
-            placement = parallel.assign_branches(costs, parallel.blp_devices(self.device))
-            self.blp_costs = costs
-        runner = parallel.BranchParallel(self.model, placement, self.device)
-        self.model.branch_runner = runner
-        return runner
+    def _probe_batch(self) -> dict:
+        """One training batch on the device, as a step gets it: for BLP's branch-cost measurement."""
+        return self._to_device(next(iter(build_loader(self.datasets["train"], self.cfg, True, preinit=False).epoch(0))))
 
     # ---- records ---------------------------------------------------------------------------------
     def _check_existing(self) -> None:
@@ -135,18 +114,18 @@ class Trainer:
             old = read_record(self.record_path)
         except ValueError:
             return  # an unreadable partial file from a crash: not a result
-        if old.get("status") == "done":
+        if old.status == "done":
             if not self.cfg.output.overwrite:
                 raise RecordExistsError(f"{self.record_path}: a finished record exists; set output.overwrite=true "
                                         "to replace it, or output.name=... to keep both")
             # keep the finished record until the new run has finished too
             self._write_path = self.record_path.with_name(f".{self.record_path.stem}.rerun.json")
 
-    def _save(self, record: dict) -> None:
-        if not self.dist.is_main:
+    def _save(self, record: RunRecord) -> None:
+        if not self.par.is_main:
             return
-        atomic_write_json(self._write_path, record)
-        if record["status"] == "done" and self._write_path != self.record_path:
+        write_record(self._write_path, record)
+        if record.status == "done" and self._write_path != self.record_path:
             series = self._write_path.with_suffix(".util.csv")
             if series.exists():
                 os.replace(series, self.record_path.with_suffix(".util.csv"))
@@ -156,10 +135,9 @@ class Trainer:
 
     # ---- one pass over a loader ------------------------------------------------------------------
     def _to_device(self, batch: dict) -> dict:
-        nb = self.cfg.loader.pin_memory
-        # uint8 frames become model input (crop, flip, normalise) on the device
-        return finish_batch({k: v.to(self.device, non_blocking=nb) if torch.is_tensor(v) else v
-                             for k, v in batch.items()})
+        # each tensor to the device that consumes it (BLP: a modality's branch device); uint8 frames become
+        # model input (crop, flip, normalise) there
+        return finish_batch(self.par.to_device(batch, non_blocking=self.cfg.loader.pin_memory))
 
     def _pass(self, split: str, epoch: int) -> tuple[dict, dict]:
         """Run one epoch over a split's loader; returns (metrics, timings)."""
@@ -174,7 +152,7 @@ class Trainer:
         n = steps = 0
         limit = self.cfg.train.max_batches if train else None
         bar = tqdm(total=limit or len(loader), desc=f"{split} {epoch}", leave=False,
-                   disable=not (self.progress and self.dist.is_main))
+                   disable=not (self.progress and self.par.is_main))
         while batch is not None:
             batch = self._to_device(batch)
             labels = batch["label"]
@@ -194,39 +172,38 @@ class Trainer:
         bar.close()
         wait_s = it.wait_s
         del it  # shuts workers down unless persistent
-        if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
+        self.par.synchronize()  # every device the run computes on (BLP: each branch's)
         t_end = time.perf_counter()
         timing = {"loader_init_s": t_first - t0, "run_s": t_end - t_first, "data_wait_s": wait_s, "samples": n,
                   "samples_per_s": n / max(t_end - t0, 1e-9)}
         metrics = acc.result()
-        if train and self.dist.world > 1:
-            metrics = parallel.all_mean(metrics, n)
-            timing["samples_per_s"] = parallel.all_mean({"s": timing["samples_per_s"]}, 1)["s"] * self.dist.world
+        if train and self.par.world > 1:
+            metrics = self.par.reduce(metrics, n)
+            timing["samples_per_s"] = self.par.reduce({"s": timing["samples_per_s"]}, 1)["s"] * self.par.world
         return metrics, timing
 
     def _stop_requested(self) -> bool:
         """STOP_REQUESTED on any rank: every DDP process stops at the same step (a scalar all-reduce)."""
         stop = STOP_REQUESTED.is_set()
-        if self.dist.world > 1:
+        if self.par.world > 1:
             flag = torch.tensor([float(stop)], device=self.device)
             torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
             stop = bool(flag.item())
         return stop
 
     def _evaluate(self, split: str, epoch: int = 0) -> tuple[dict, dict]:
-        metrics, timing = ({}, {}) if not self.dist.is_main else self._pass(split, epoch)
-        if self.dist.is_main:
+        metrics, timing = ({}, {}) if not self.par.is_main else self._pass(split, epoch)
+        if self.par.is_main:
             ent = {m: metrics[f"entropy/{m}"] for m in self.cfg.modalities}
             metrics.update({f"bias/{m}": v for m, v in mx.bias(ent, self.num_classes).items()})
-        return parallel.broadcast((metrics, timing))
+        return self.par.broadcast((metrics, timing))
 
     # ---- the loop --------------------------------------------------------------------------------
-    def fit(self) -> dict:
+    def fit(self) -> RunRecord:
         cfg, strategy = self.cfg, self.strategy
-        record = {"schema": SCHEMA, "run": cfg.run_name(), "status": "running", "config": cfg.to_dict(),
-                  "env": environment(self.device), "model": {"parameters": count_parameters(self.model)},
-                  "data": {s: len(d) for s, d in self.datasets.items()}, "epochs": [], "started": time.time()}
+        record = RunRecord(run=cfg.run_name(), status="running", config=cfg.to_dict(), env=environment(self.device),
+                           model={"parameters": count_parameters(self.model)},
+                           data={s: len(d) for s, d in self.datasets.items()}, started=time.time())
         best = {"acc": -1.0, "epoch": -1, "state": None}
         epoch = 0
         if cfg.output.checkpoint and self.ckpt_path.exists():
@@ -235,47 +212,44 @@ class Trainer:
         self._start_sampler()
         try:
             bar = tqdm(total=strategy.max_epochs(), initial=epoch, desc=cfg.run_name(),
-                       disable=not (self.progress and self.dist.is_main))
+                       disable=not (self.progress and self.par.is_main))
             while epoch < strategy.max_epochs():
                 entry = self._epoch(epoch)
-                record["epochs"].append(entry)
-                val = entry["val"]
+                record.epochs.append(entry)
+                val = entry.val
                 if val["acc/fused"] > best["acc"]:  # model selection on validation, never on test
                     best = {"acc": val["acc/fused"], "epoch": epoch,
                             "state": {k: v.detach().cpu().clone() for k, v in self.model.state_dict().items()}}
                 bar.set_postfix_str(" ".join(f"{k.split('/')[1][:3]}={val[k]:.2f}" for k in val
                                              if k.startswith("acc/") and "probe" not in k))
                 bar.update()
-                if self.dist.is_main:
+                if self.par.is_main:
                     log.info(epoch_line(entry, strategy.max_epochs()))
                 self._save(record)
                 stop = strategy.should_stop(epoch)
                 epoch += 1
-                if cfg.output.checkpoint and self.dist.is_main:
+                if cfg.output.checkpoint and self.par.is_main:
                     self._checkpoint(record, best, epoch)
                 if stop:
                     break
             bar.close()
-            if self.dist.is_main:
+            if self.par.is_main:
                 self.model.load_state_dict(best["state"])
             test, _ = self._evaluate("test")
-            record["summary"] = self._summary(record, test, best["epoch"])
-            record["status"] = "done"
+            record.summary = self._summary(record, test, best["epoch"])
+            record.status = "done"
+            record.finished = time.time()
         except Preempted as e:  # not a failure: the record stays as saved at the last epoch end
-            log.warning("%s: %s; resuming from epoch %d", cfg.run_name(), e, epoch)
+            log.warning("%s: %s; its next start resumes at epoch %d", cfg.run_name(), e, epoch + 1)
             raise
         except BaseException as e:
-            record["status"] = "failed"
-            record["error"] = f"{type(e).__name__}: {e}"
-            record["traceback"] = traceback.format_exc(limit=20)
-            self._save(record)
+            mark_failed(record, e)
             raise
         finally:
             self._stop_sampler(record)
             self.close()
-        record["finished"] = time.time()
-        self._save(record)
-        if self.dist.is_main:
+            self._save(record)  # the final record, done or failed: written here only
+        if self.par.is_main:
             self.ckpt_path.unlink(missing_ok=True)
         return record
 
@@ -283,11 +257,9 @@ class Trainer:
         """Release loader threads and workers, BLP threads and the process group."""
         for loader in self.loaders.values():
             loader.close()
-        if self.blp is not None:
-            self.blp.close()
-        parallel.shutdown()
+        self.par.close()
 
-    def _epoch(self, epoch: int) -> dict:
+    def _epoch(self, epoch: int) -> Epoch:
         cfg, strategy = self.cfg, self.strategy
         lr = cfg.train.lr * strategy.lr_factor(epoch)
         for group in strategy.optimizer.param_groups:
@@ -302,45 +274,42 @@ class Trainer:
         strategy.end_epoch(epoch, train, val)
         if cfg.loader.prefetch_factor == 0:  # PyTorch cannot: estimated as thesis Appendix A.2.1 (Alg. 7)
             t_train["data_wait_s"] = estimate_prefetch0_idle(self.loaders["idle"], epoch, cfg.train.max_batches)
-        return {"epoch": epoch, "lr": lr, "optimised": active, "train": train, "val": val,
-                "time": {"train_loader_init_s": t_train["loader_init_s"], "train_s": t_train["run_s"],
-                         "val_loader_init_s": t_val["loader_init_s"], "val_s": t_val["run_s"],
-                         "train_data_wait_s": t_train["data_wait_s"],
-                         "train_data_wait_estimated": cfg.loader.prefetch_factor == 0, "val_data_wait_s": t_val.get("data_wait_s"),
-                         "epoch_s": sum(t[k] for t in (t_train, t_val) for k in ("loader_init_s", "run_s")),
-                         "train_samples": t_train["samples"], "train_samples_per_s": t_train["samples_per_s"]},
-                "memory": self._peak_memory(), "util": util}
+        time_ = EpochTime(train_loader_init_s=t_train["loader_init_s"], train_s=t_train["run_s"],
+                          val_loader_init_s=t_val["loader_init_s"], val_s=t_val["run_s"],
+                          train_data_wait_s=t_train["data_wait_s"],
+                          train_data_wait_estimated=cfg.loader.prefetch_factor == 0,
+                          val_data_wait_s=t_val.get("data_wait_s"),
+                          epoch_s=sum(t[k] for t in (t_train, t_val) for k in ("loader_init_s", "run_s")),
+                          train_samples=t_train["samples"], train_samples_per_s=t_train["samples_per_s"])
+        return Epoch(epoch=epoch, lr=lr, optimised=active, train=train, val=val, time=time_,
+                     memory=self._peak_memory(), util=util)
 
     # ---- utilisation sampling --------------------------------------------------------------------
     def _start_sampler(self) -> None:
         self.sampler = None
-        if self.cfg.system.sample_interval > 0 and self.dist.is_main:
+        if self.cfg.system.sample_interval > 0 and self.par.is_main:
             from mmhpc.system.sampler import UtilSampler  # psutil and pandas: only when sampling
 
             self.sampler = UtilSampler(self.cfg.system.sample_interval).start()
 
-    def _stop_sampler(self, record: dict) -> None:
+    def _stop_sampler(self, record: RunRecord) -> None:
         if self.sampler is None:
             return
         self.sampler.stop()
         self.sampler.save(self._write_path.with_suffix(".util.csv"))  # beside the record being written
-        record["system"] = {"timeseries": self.record_path.with_suffix(".util.csv").name, "interval_s": self.sampler.interval_s,
-                            "notes": self.sampler.notes, "gpus": self.sampler.gpus,
-                            "summary": self.sampler.summary(), "sample_cost_us": self.sampler.sample_cost_us}
+        record.system = {"timeseries": self.record_path.with_suffix(".util.csv").name,
+                         "interval_s": self.sampler.interval_s, "notes": self.sampler.notes,
+                         "gpus": self.sampler.gpus, "summary": self.sampler.summary(),
+                         "sample_cost_us": self.sampler.sample_cost_us}
 
     def _peak_memory(self) -> dict:
-        """Peak GPU memory of the epoch per device in MiB (empty on the CPU); resets the peak."""
-        if self.device.type != "cuda":
-            return {}
-        out = {}
-        for i in range(torch.cuda.device_count()):
-            out[f"cuda:{i}_peak_mib"] = torch.cuda.max_memory_allocated(i) / 2 ** 20
-            torch.cuda.reset_peak_memory_stats(i)
-        return out
+        """Peak GPU memory of the epoch in MiB per device of the run, of every DDP rank; resets the peaks."""
+        return self.par.peak_memory()
 
     # ---- checkpoints -----------------------------------------------------------------------------
-    def _checkpoint(self, record: dict, best: dict, next_epoch: int) -> None:
-        state = {"config": self.cfg.to_dict(), "next_epoch": next_epoch, "record": record, "best": best,
+    def _checkpoint(self, record: RunRecord, best: dict, next_epoch: int) -> None:
+        state = {"config": self.cfg.to_dict(), "next_epoch": next_epoch, "record": record.model_dump(by_alias=True),
+                 "best": best,
                  "model": self.model.state_dict(), "strategy": self.strategy.state_dict(),
                  "rng": {"torch": torch.get_rng_state(), "numpy": np.random.get_state(),
                          "python": random.getstate(),
@@ -351,7 +320,7 @@ class Trainer:
         torch.save(state, tmp)
         os.replace(tmp, self.ckpt_path)
 
-    def _resume(self, fresh: dict) -> tuple[dict, dict, int]:
+    def _resume(self, fresh: RunRecord) -> tuple[RunRecord, dict, int]:
         state = torch.load(self.ckpt_path, map_location="cpu", weights_only=False)
         if _resumable(state["config"]) != _resumable(self.cfg.to_dict()):
             raise ConfigError(f"{self.ckpt_path}: checkpoint of a different config; remove it or change output.name")
@@ -364,35 +333,27 @@ class Trainer:
         for k, g in rng["loaders"].items():
             if k in self.loaders:
                 self.loaders[k].generator.set_state(g)
-        record = state["record"]
-        record["resumed"] = record.get("resumed", []) + [{"at_epoch": state["next_epoch"], "time": time.time(),
-                                                          "env": fresh["env"]}]
+        record = RunRecord.model_validate(state["record"])
+        record.resumed.append({"at_epoch": state["next_epoch"], "time": time.time(),
+                               "env": fresh.env.model_dump()})
         return record, state["best"], state["next_epoch"]
 
-    def _summary(self, record: dict, test: dict, best_epoch: int) -> dict:
-        mods = self.cfg.modalities
-        times = [e["time"]["epoch_s"] for e in record["epochs"]]
-        summary = {"best_epoch": best_epoch, "epochs_run": len(record["epochs"]), "test": test,
-                   "optimised_epochs": dict(self.strategy.optimised),
-                   "epoch_time_mean_s": float(np.mean(times)), "train_time_s": float(np.sum(times))}
-        if self.single_acc is not None:
-            if len(mods) == 1:
-                summary["ibf"] = 0.0
-            else:
-                summary["ibf"] = mx.ibf({m: test[f"acc/{m}"] for m in mods}, self.single_acc)
-        return summary
+    def _summary(self, record: RunRecord, test: dict, best_epoch: int) -> Summary:
+        times = [e.time.epoch_s for e in record.epochs]
+        return Summary(best_epoch=best_epoch, epochs_run=len(record.epochs), test=test,
+                       optimised_epochs=dict(self.strategy.optimised), epoch_time_mean_s=float(np.mean(times)),
+                       train_time_s=float(np.sum(times)), ibf=run_ibf(test, self.cfg.modalities, self.single_acc))
 
 
-def epoch_line(entry: dict, epochs: int) -> str:
+def epoch_line(entry: Epoch, epochs: int) -> str:
     """One progress line per epoch for a job's output: time, validation accuracies, speed, GPU use."""
-    accs = " ".join(f"{k.split('/', 1)[1]} {v:.3f}" for k, v in entry["val"].items()
+    accs = " ".join(f"{k.split('/', 1)[1]} {v:.3f}" for k, v in entry.val.items()
                     if k.startswith("acc/") and "probe" not in k)
-    t = entry["time"]
-    gpus = [v for k, v in (entry.get("util") or {}).items()
-            if k.startswith("gpu") and k.endswith("_util_pct_mean") and v is not None]
+    t = entry.time
+    gpus = [v for k, v in entry.util.items() if k.startswith("gpu") and k.endswith("_util_pct_mean") and v is not None]
     gpu = f"GPU {sum(gpus) / len(gpus):.0f} %" if gpus else "GPU n/a"
-    return (f"epoch {entry['epoch'] + 1}/{epochs} {t['epoch_s']:.1f} s | val acc {accs} | "
-            f"{t['train_samples_per_s']:.0f} samples/s | {gpu}")
+    return (f"epoch {entry.epoch + 1}/{epochs} {t.epoch_s:.1f} s | val acc {accs} | "
+            f"{t.train_samples_per_s:.0f} samples/s | {gpu}")
 
 
 def _resumable(config: dict) -> dict:
@@ -403,5 +364,28 @@ def _resumable(config: dict) -> dict:
     return out
 
 
-def train(cfg: RunConfig, progress: bool = True) -> dict:
-    return Trainer(cfg, progress=progress).fit()
+def mark_failed(record: RunRecord, exc: BaseException) -> RunRecord:
+    """A record's failure: status, the error as "Type: message", and the traceback being handled."""
+    record.status = "failed"
+    record.error = f"{type(exc).__name__}: {exc}"
+    record.traceback = traceback.format_exc(limit=20)
+    return record
+
+
+def train(cfg: RunConfig, progress: bool = True) -> RunRecord:
+    """Train one run and return its record. A run that fails before its trainer is set up (no device, an
+    unreadable dataset) still leaves a failed record, unless a record of that run already exists."""
+    try:
+        trainer = Trainer(cfg, progress=progress)
+    except Exception as e:
+        write_failed_record(cfg, e)
+        raise
+    return trainer.fit()
+
+
+def write_failed_record(cfg: RunConfig, exc: BaseException) -> None:
+    """The failed record of a run that failed before its trainer wrote one (on rank 0; never over a record
+    that exists, such as a finished one the rerun was refused to overwrite). Call it inside `except`."""
+    path = cfg.record_path()
+    if int(os.environ.get("RANK", "0")) == 0 and not path.exists():
+        write_record(path, mark_failed(RunRecord(run=cfg.run_name(), status="running", config=cfg.to_dict()), exc))

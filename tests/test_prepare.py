@@ -56,6 +56,7 @@ def _train_one_epoch(name, root, runs, *overrides):
     return train(cfg, progress=False)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", sorted(EXPECTED))
 def test_raw_to_prepared_to_one_epoch(prepared, tokenizer, tmp_path, name):
     raw, root, report = prepared(name)
@@ -85,8 +86,8 @@ def test_raw_to_prepared_to_one_epoch(prepared, tokenizer, tmp_path, name):
     assert all(0 <= y < spec.num_classes for y in labels)
 
     record = _train_one_epoch(name, root, tmp_path / "runs")
-    assert record["status"] == "done" and len(record["epochs"]) == 1
-    assert record["data"]["train"] == manifest["counts"]["train"]
+    assert record.status == "done" and len(record.epochs) == 1
+    assert record.data["train"] == manifest["counts"]["train"]
 
 
 def test_labels_follow_the_raw_annotations(prepared):

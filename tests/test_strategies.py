@@ -59,27 +59,29 @@ SMOKE += [("amst", fusion, f"strategy.params={{module: {module}}}")
 
 # ---- every strategy x every fusion it supports ----------------------------------------------------------
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name, fusion, params", SMOKE, ids=[f"{n}-{f}" + (f"-{p.split()[-1][:-1]}" if p else "")
                                                               for n, f, p in SMOKE])
 def test_every_strategy_trains_on_every_fusion_it_supports(tiny_config, name, fusion, params):
     extra = [params] if params else []
     cfg = tiny_config("cremad", f"strategy.name={name}", f"model.fusion={fusion}", *NEEDS.get(name, []), *FAST, *extra)
     rec = train(cfg, progress=False)
-    assert rec["status"] == "done" and rec["summary"]["epochs_run"] == 1
-    test = rec["summary"]["test"]
+    assert rec.status == "done" and rec.summary.epochs_run == 1
+    test = rec.summary.test
     for head in ("fused", "audio", "visual", "probe/audio", "probe/visual"):
         assert 0.0 <= test[f"acc/{head}"] <= 1.0
-    assert all(math.isfinite(v) for v in rec["epochs"][0]["train"].values())
-    assert rec["summary"]["optimised_epochs"] == {"audio": 1, "visual": 1}  # epoch 0: everyone trains
+    assert all(math.isfinite(v) for v in rec.epochs[0].train.values())
+    assert rec.summary.optimised_epochs == {"audio": 1, "visual": 1}  # epoch 0: everyone trains
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["amst", "reliability", "ogm_ge", "opm", "mla", "mlb"])
 def test_three_modalities_with_text(tiny_config, name):
     fusion = "early_sum" if name == "mla" else "concat"
     cfg = tiny_config("iemocap", f"strategy.name={name}", f"model.fusion={fusion}", *NEEDS.get(name, []), *FAST)
     rec = train(cfg, progress=False)
-    assert rec["status"] == "done"
-    assert set(rec["summary"]["optimised_epochs"]) == {"audio", "visual", "text"}
+    assert rec.status == "done"
+    assert set(rec.summary.optimised_epochs) == {"audio", "visual", "text"}
 
 
 @pytest.mark.parametrize("name", [n for n in NEW if "gated" in STRATEGIES[n].fusions])
@@ -99,7 +101,7 @@ def test_gated_and_film_with_three_modalities_fail_at_once(name, fusion):
                                                                 "valid choices: alternating, joint, full"),
     (["strategy.name=amst", "strategy.params={skips: {text: 2}}"], "strategy.params.skips.text: not a modality"),
     (["strategy.name=amst", "strategy.params={skips: {audio: 0}}"], "must be a positive integer"),
-    (["strategy.name=amst", "system.parallelism=ddp"], "strategy amst cannot run under ddp; valid choices: single, blp"),
+    (["strategy.name=amst", "system.parallelism=ddp"], "strategy amst cannot run under ddp; valid: single, blp"),
     (["strategy.name=ogm_ge", "model.fusion=film"], "model.fusion: strategy ogm_ge .* valid choices: early_sum, "
                                                     "late_sum, concat"),
     (["strategy.name=ogm_ge", "strategy.params={variant: cvpr}"], "strategy.params.variant: invalid value 'cvpr'"),
@@ -228,15 +230,16 @@ def test_selective_stops_at_the_cap_and_decays_when_any_modality_reaches_the_dec
     assert lrs == [1.0, 1.0, 0.1]  # visual had 2 optimisation epochs after epoch 1
 
 
+@pytest.mark.slow
 def test_selective_end_to_end_cap_and_decay(tiny_config):
     cfg = tiny_config("cremad", "strategy.name=entropy", "model.cosine=true", "train.epochs=2",
                       "train.lr_decay_epoch=1", "train.lr=0.01", *FAST)
     rec = train(cfg, progress=False)
-    assert rec["summary"]["epochs_run"] == 2  # warm-up (both), then one modality reaches T = 2
-    assert max(rec["summary"]["optimised_epochs"].values()) == 2
-    assert sum(rec["summary"]["optimised_epochs"].values()) == 3
-    assert rec["epochs"][0]["optimised"] == ["audio", "visual"] and len(rec["epochs"][1]["optimised"]) == 1
-    assert [e["lr"] for e in rec["epochs"]] == pytest.approx([0.01, 0.001])
+    assert rec.summary.epochs_run == 2  # warm-up (both), then one modality reaches T = 2
+    assert max(rec.summary.optimised_epochs.values()) == 2
+    assert sum(rec.summary.optimised_epochs.values()) == 3
+    assert rec.epochs[0].optimised == ["audio", "visual"] and len(rec.epochs[1].optimised) == 1
+    assert [e.lr for e in rec.epochs] == pytest.approx([0.01, 0.001])
 
 
 def test_selective_state_survives_a_checkpoint():
@@ -278,6 +281,7 @@ def _hand_ogm_coefficients(s, embs, y, alpha):
     return {m: max(0.0, 1 - alpha * math.tanh(r - 1)) if r > 1 else 1.0 for m, r in rho.items()}
 
 
+@pytest.mark.slow
 def test_ogm_scales_the_dominant_encoders_gradients_by_k():
     s = strategy("ogm_ge", "model.fusion=concat", "strategy.params={ge: false, alpha: 1.0}")
     x, y = batch()
@@ -295,6 +299,7 @@ def test_ogm_scales_the_dominant_encoders_gradients_by_k():
     assert any(name.startswith("encoders.") for name in captured)
 
 
+@pytest.mark.slow
 def test_ogm_ge_adds_noise_with_the_gradients_spread():
     s = strategy("ogm_ge", "model.fusion=concat", "strategy.params={alpha: 1.0}")
     x, y = batch()
@@ -365,6 +370,7 @@ def test_mslr_changes_each_modalitys_learning_rate_from_its_accuracy():
     assert encoder_params <= {id(p) for p in visual_group["params"]}
 
 
+@pytest.mark.slow
 def test_mlb_scales_each_encoders_learning_rate_by_k():
     s = strategy("mlb", "train.lr=0.01", "strategy.params={alpha: 2.0, beta_max: 3.0}")
     x, y = batch()
@@ -487,6 +493,7 @@ def test_mla_alternates_one_update_per_modality():
 
 # ---- ablation knobs ------------------------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_ablation_knobs_reach_the_run(tiny_config):
     """Audio augmentation (Eq. 2.24), embedding dropout (Eq. 2.25) and weight decay (Eq. 2.26)."""
     from mmhpc.data.loading import build_datasets
@@ -505,4 +512,4 @@ def test_ablation_knobs_reach_the_run(tiny_config):
         a1, a2 = s.model.encode(x)["audio"], s.model.encode(x)["audio"]
     assert not torch.equal(a1, a2) and (a1 == 0).float().mean() > 0.3  # inverted dropout on the embedding
     rec = train(cfg, progress=False)
-    assert rec["status"] == "done" and rec["config"]["model"]["embedding_dropout"] == {"audio": 0.5}
+    assert rec.status == "done" and rec.config["model"]["embedding_dropout"] == {"audio": 0.5}

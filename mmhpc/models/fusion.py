@@ -12,9 +12,13 @@ logits stay the sum of the per-modality ones.
 """
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from mmhpc.system.precision import autocast_method
 
 
 class CosineLinear(nn.Module):
@@ -28,12 +32,35 @@ class CosineLinear(nn.Module):
         return self.scale * F.linear(F.normalize(x, dim=-1), F.normalize(self.weight, dim=-1))
 
 
+def cosine_scale(num_classes: int, p: float = 0.99, num_modalities: int = 2) -> float:
+    """Scale s of the cosine classifier, thesis Eq. 3.2 (after MMCosine [51], from NormFace).
+
+    Implemented: s = (C - 1) / (M C) * log((C - 1) p / (1 - p)), the smallest s that lets the true
+    class reach softmax probability p, with M = `num_modalities` summed unit cosines.
+    Why: NormFace bounds one cosine logit, s >= (C-1)/C * log((C-1)p/(1-p)). MMCosine's fused logit is
+    s * sum_m cos_m, which reaches M times a single cosine's range, so the bound divides by M; for the
+    audio-visual case (M = 2) that is the "(C-1)/2C" the thesis cites. The text rendering of Eq. 3.2
+    (line ~1735) reads "(C-1) / 2(C+1)"; no derivation gives C+1, so it is taken as a rendering/typo of 2C.
+    M = 1 gives NormFace's bound (a single unmasked modality, as in alternating training).
+    """
+    if num_classes < 2:
+        raise ValueError(f"cosine_scale needs num_classes >= 2, got {num_classes}")
+    if num_modalities < 1:
+        raise ValueError(f"num_modalities must be >= 1, got {num_modalities}")
+    if not 1.0 / num_classes < p < 1.0:
+        raise ValueError(f"p must lie in (1/C, 1) = ({1.0 / num_classes:.4g}, 1), got {p}")
+    c = num_classes
+    return (c - 1) / (num_modalities * c) * math.log((c - 1) * p / (1 - p))
+
+
 def _head(dim: int, classes: int, cosine: bool, scale: float) -> nn.Module:
     return CosineLinear(dim, classes, scale) if cosine else nn.Linear(dim, classes)
 
 
 class Fusion(nn.Module):
     symmetric = True
+    precision = None  # the model's, set by MultimodalModel.set_precision: a call enters its autocast
+    __call__ = autocast_method(nn.Module.__call__)
 
     def __init__(self, modalities: list[str], dim: int, num_classes: int, cosine: bool = False,
                  scale: float = 1.0):
@@ -159,13 +186,20 @@ class FiLM(_Asymmetric):
         return self.out(self.gamma(e_control) * e_other + self.beta(e_control))
 
 
-FUSION_CLASSES = {"early_sum": EarlySum, "late_sum": LateSum, "concat": Concat, "gated": Gated, "film": FiLM}
+# The fusion registry: the one list of valid `model.fusion` values; the config and the strategies ask it.
+FUSION_CLASSES: dict[str, type[Fusion]] = {"early_sum": EarlySum, "late_sum": LateSum, "concat": Concat,
+                                           "gated": Gated, "film": FiLM}
+FUSIONS = tuple(FUSION_CLASSES)
+#: fusions whose fused logits are a sum of per-modality parts (thesis Sec. 3.2.1)
+SYMMETRIC = tuple(name for name, cls in FUSION_CLASSES.items() if cls.symmetric)
+#: fusions of exactly two modalities, a control and a modulated one (Sec. 2.1.3)
+TWO_MODALITY = tuple(name for name, cls in FUSION_CLASSES.items() if not cls.symmetric)
 
 
 def build_fusion(name: str, modalities, dim: int, num_classes: int, cosine: bool, scale: float,
                  control: str | None = None) -> Fusion:
     if name not in FUSION_CLASSES:
-        raise ValueError(f"model.fusion: invalid value {name!r}; valid choices: {', '.join(FUSION_CLASSES)}")
+        raise ValueError(f"model.fusion: invalid value {name!r}; valid: {', '.join(FUSIONS)}")
     cls = FUSION_CLASSES[name]
     if len(modalities) == 1 and not cls.symmetric:
         cls = LateSum  # a single-modality baseline has nothing to gate: a plain linear head

@@ -7,17 +7,25 @@ differs and registers itself with `@register`.
 """
 from __future__ import annotations
 
-import contextlib
 import dataclasses
+import functools
 from dataclasses import dataclass
-from typing import Any, Callable, ClassVar
+from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
+from pydantic import TypeAdapter, ValidationError
 
-from mmhpc.config import FUSIONS, ConfigError
+from mmhpc.errors import ConfigError, problem
+from mmhpc.models.fusion import FUSIONS
 
+# The strategy registry: the one list of valid `strategy.name` values (filled by importing mmhpc.strategies).
 STRATEGIES: dict[str, type["Strategy"]] = {}
+
+
+@functools.cache
+def _params_adapter(params: type) -> TypeAdapter:
+    return TypeAdapter(params)
 
 
 def register(cls: type["Strategy"]) -> type["Strategy"]:
@@ -46,12 +54,11 @@ class Strategy:
     #: 2 for the balancing baselines, which compare modalities with each other
     min_modalities: ClassVar[int] = 1
 
-    def __init__(self, cfg, model, autocast: Callable[[], Any] = contextlib.nullcontext):
+    def __init__(self, cfg, model):
         self.cfg = cfg
-        self.model = model
+        self.model = model  # runs at the run's precision by itself (MultimodalModel.set_precision)
         self.net = model  # the trainer replaces it by the DP/DDP wrapper
-        self.autocast = autocast
-        self.params = self.Params(**cfg.strategy.params)
+        self.params = self.parse_params(cfg.strategy.params)
         self.modalities: list[str] = list(model.modalities)
         self.optimised = {m: 0 for m in self.modalities}  # optimisation epochs per modality (Table 4.4)
         self.active: list[str] = list(self.modalities)
@@ -62,23 +69,30 @@ class Strategy:
     def check_config(cls, cfg) -> None:
         """Reject configs this strategy cannot run, naming the field and the valid choices."""
         if cfg.model.fusion not in cls.fusions:
-            raise ConfigError(f"model.fusion: strategy {cls.name} does not support {cfg.model.fusion}; "
-                              f"valid choices: {', '.join(cls.fusions)}")
+            raise ConfigError(problem("model.fusion", f"strategy {cls.name} does not support {cfg.model.fusion}",
+                                      cls.fusions))
         if cfg.system.parallelism not in cls.parallelisms:
-            raise ConfigError(f"system.parallelism: strategy {cls.name} cannot run under "
-                              f"{cfg.system.parallelism}; valid choices: {', '.join(cls.parallelisms)}")
+            raise ConfigError(problem("system.parallelism",
+                                      f"strategy {cls.name} cannot run under {cfg.system.parallelism}",
+                                      cls.parallelisms))
         if len(cfg.modalities) < cls.min_modalities:
             raise ConfigError(f"data.modalities: strategy {cls.name} balances two or more modalities, got "
                               f"{cfg.modalities}; use strategy.name=naive for a single-modality baseline")
-        known = {f.name: f for f in dataclasses.fields(cls.Params)}
-        for key in cfg.strategy.params:
-            if key not in known:
-                valid = ", ".join(known) or "none"
-                raise ConfigError(f"strategy.params.{key}: unknown parameter of {cls.name}; valid: {valid}")
+        cls.parse_params(cfg.strategy.params)
+
+    @classmethod
+    def parse_params(cls, params: dict[str, Any]):
+        """`strategy.params` as this strategy's `Params`, validated by pydantic against the dataclass's field
+        types (strings from the command line coerced, `__post_init__` checks run); ConfigError otherwise."""
+        known = [f.name for f in dataclasses.fields(cls.Params)]
+        unknown = [problem(("strategy", "params", key), f"unknown parameter of {cls.name}", known or ["none"])
+                   for key in params if key not in known]
+        if unknown:
+            raise ConfigError(*unknown)
         try:
-            cls.Params(**cfg.strategy.params)
-        except (TypeError, ValueError) as e:
-            raise ConfigError(f"strategy.params: {e}") from None
+            return _params_adapter(cls.Params).validate_python(dict(params))
+        except ValidationError as e:
+            raise ConfigError.from_validation(e, prefix=("strategy", "params")) from None
 
     def build_optimizer(self) -> torch.optim.Optimizer:
         t = self.cfg.train
@@ -135,11 +149,10 @@ class Strategy:
     @torch.no_grad()
     def eval_logits(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """Fused, per-modality (masked fusion) and probe logits for evaluation."""
-        with self.autocast():
-            embs = self.model.encode(batch)
-            out = {"fused": self.fused_logits(embs)}
-            out.update({m: self.model.fusion({m: embs[m]}) for m in self.modalities})
-            out.update({f"probe/{m}": z for m, z in self.model.probe_logits(embs).items()})
+        embs = self.model.encode(batch)
+        out = {"fused": self.fused_logits(embs)}
+        out.update({m: self.model.fusion({m: embs[m]}) for m in self.modalities})
+        out.update({f"probe/{m}": z for m, z in self.model.probe_logits(embs).items()})
         return {k: v.float() for k, v in out.items()}
 
     # ---- helpers for subclasses ------------------------------------------------------------------

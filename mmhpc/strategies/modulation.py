@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from mmhpc.config import ConfigError
+from mmhpc.errors import ConfigError
 from mmhpc.strategies.balancing import SYMMETRIC, ModulationWindow, batch_scores, dataset_default, \
     require_symmetric, step_logits, unimodal_logits
 from mmhpc.strategies.base import StepOutput, Strategy, register
@@ -62,7 +62,7 @@ class OGMGE(_OnTheFly):
     @classmethod
     def check_config(cls, cfg) -> None:
         super().check_config(cfg)
-        p = cls.Params(**cfg.strategy.params)
+        p = cls.parse_params(cfg.strategy.params)
         if p.variant not in ("paper", "thesis"):
             raise ConfigError(f"strategy.params.variant: invalid value {p.variant!r}; valid choices: paper, thesis")
         if p.alpha is not None and p.alpha < 0:
@@ -74,11 +74,10 @@ class OGMGE(_OnTheFly):
         self.coeffs = {m: 1.0 for m in self.modalities}  # the last step's k_m
 
     def train_step(self, batch, labels):
-        with self.autocast():
-            out = self.net(batch)
-            embs, fused, probes = out["embs"], out["fused"], out["probes"]
-            loss = F.cross_entropy(fused, labels) + sum(F.cross_entropy(z, labels) for z in probes.values())
-            parts = self.parts(embs)
+        out = self.net(batch)
+        embs, fused, probes = out["embs"], out["fused"], out["probes"]
+        loss = F.cross_entropy(fused, labels) + sum(F.cross_entropy(z, labels) for z in probes.values())
+        parts = self.parts(embs)
         self.coeffs = (ogm_coefficients(batch_scores(parts, labels), self.alpha, self.params.variant)
                        if self.modulating else {m: 1.0 for m in self.modalities})
         self.optimizer.zero_grad(set_to_none=True)
@@ -86,8 +85,7 @@ class OGMGE(_OnTheFly):
         if self.modulating:
             self.modulate()
         self.optimizer.step()
-        with self.autocast():
-            return StepOutput(step_logits(self.model, embs, fused, probes))
+        return StepOutput(step_logits(self.model, embs, fused, probes))
 
     @torch.no_grad()
     def modulate(self) -> None:
@@ -115,7 +113,7 @@ class OPM(_OnTheFly):
     @classmethod
     def check_config(cls, cfg) -> None:
         super().check_config(cfg)
-        p = cls.Params(**cfg.strategy.params)
+        p = cls.parse_params(cfg.strategy.params)
         for key, lo, hi in (("q_base", 0.0, 1.0), ("p_exe", 0.0, 1.0), ("lam", 0.0, float("inf"))):
             if not lo <= getattr(p, key) <= hi:
                 raise ConfigError(f"strategy.params.{key}: {getattr(p, key)} must lie in [{lo}, {hi}]")
@@ -135,22 +133,20 @@ class OPM(_OnTheFly):
         return dropped, torch.stack(list(keep.values())).sum(0) > 0
 
     def train_step(self, batch, labels):
-        with self.autocast():
-            out = self.net(batch)
-            embs, fused, probes = out["embs"], out["fused"], out["probes"]
-            if self.modulating:
-                dropped, valid = self.drop(embs)
-                z = self.model.fusion(dropped)
-                loss = F.cross_entropy(z[valid], labels[valid]) if bool(valid.any()) else z.sum() * 0
-            else:
-                loss = F.cross_entropy(fused, labels)
-            loss = loss + sum(F.cross_entropy(p, labels) for p in probes.values())
-            parts = self.parts(embs)
+        out = self.net(batch)
+        embs, fused, probes = out["embs"], out["fused"], out["probes"]
+        if self.modulating:
+            dropped, valid = self.drop(embs)
+            z = self.model.fusion(dropped)
+            loss = F.cross_entropy(z[valid], labels[valid]) if bool(valid.any()) else z.sum() * 0
+        else:
+            loss = F.cross_entropy(fused, labels)
+        loss = loss + sum(F.cross_entropy(p, labels) for p in probes.values())
+        parts = self.parts(embs)
         self.update(loss)
         if self.modulating:  # Eq. 8: this iteration's scores give the next iteration's q
             self.q = opm_drop_probability(batch_scores(parts, labels), self.params.lam, self.params.q_base)
-        with self.autocast():
-            return StepOutput(step_logits(self.model, embs, fused, probes))
+        return StepOutput(step_logits(self.model, embs, fused, probes))
 
     def extra_state(self) -> dict:
         return {"q": dict(self.q)}

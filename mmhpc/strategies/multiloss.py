@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
-from mmhpc.config import ConfigError
+from mmhpc.errors import ConfigError
 from mmhpc.strategies.balancing import ModalityGroups, batch_scores, dataset_default, step_logits
 from mmhpc.strategies.base import StepOutput, register
 from mmhpc.strategies.formulas import gradient_blending_weights, mlb_coefficients
@@ -48,16 +48,14 @@ class MultiLoss(Naive):
         pass
 
     def train_step(self, batch, labels):
-        with self.autocast():
-            out = self.net(batch)
-            embs, fused = out["embs"], out["fused"]
-            uni = self.unimodal(embs)
-            losses = {"fused": F.cross_entropy(fused, labels), **{m: F.cross_entropy(z, labels) for m, z in uni.items()}}
-            loss = self.combine(losses)
+        out = self.net(batch)
+        embs, fused = out["embs"], out["fused"]
+        uni = self.unimodal(embs)
+        losses = {"fused": F.cross_entropy(fused, labels), **{m: F.cross_entropy(z, labels) for m, z in uni.items()}}
+        loss = self.combine(losses)
         self.before_update(uni, labels)
         self.update(loss)
-        with self.autocast():
-            return StepOutput(step_logits(self.model, embs, fused, uni))
+        return StepOutput(step_logits(self.model, embs, fused, uni))
 
 
 @dataclass
@@ -75,7 +73,7 @@ class MLB(ModalityGroups, MultiLoss):
     @classmethod
     def check_config(cls, cfg) -> None:
         super().check_config(cfg)
-        p = cls.Params(**cfg.strategy.params)
+        p = cls.parse_params(cfg.strategy.params)
         if p.alpha is not None and p.alpha <= 0:
             raise ConfigError(f"strategy.params.alpha: {p.alpha} must be > 0")
         if p.beta_max < 1:
@@ -106,7 +104,7 @@ class GradientBlending(MultiLoss):
     @classmethod
     def check_config(cls, cfg) -> None:
         super().check_config(cfg)
-        p = cls.Params(**cfg.strategy.params)
+        p = cls.parse_params(cfg.strategy.params)
         heads = ["fused", *cfg.modalities]
         if p.weights and (set(p.weights) != set(heads) or any(w < 0 for w in p.weights.values())):
             raise ConfigError(f"strategy.params.weights: give a weight >= 0 for each of {', '.join(heads)}, "

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from mmhpc.config import ConfigError
+from mmhpc.errors import ConfigError
 from mmhpc.strategies.balancing import SYMMETRIC, ModulationWindow, batch_scores, dataset_default, step_logits
 from mmhpc.strategies.base import StepOutput, Strategy, register
 from mmhpc.strategies.formulas import discrepancy_ratios, pmr_coefficients, pmr_entropy_regulariser, \
@@ -51,7 +51,7 @@ class PMR(ModulationWindow, Strategy):
     @classmethod
     def check_config(cls, cfg) -> None:
         super().check_config(cfg)
-        p = cls.Params(**cfg.strategy.params)
+        p = cls.parse_params(cfg.strategy.params)
         if p.alpha is not None and p.alpha < 0 or p.mu < 0:
             raise ConfigError(f"strategy.params: alpha ({p.alpha}) and mu ({p.mu}) must be >= 0")
         if not 0.0 <= p.momentum <= 1.0:
@@ -69,10 +69,9 @@ class PMR(ModulationWindow, Strategy):
         return {m: pmr_prototype_logits(e.float(), self.prototypes[m].to(e.device)) for m, e in embs.items()}
 
     def train_step(self, batch, labels):
-        with self.autocast():
-            out = self.net(batch)
-            embs, fused, probes = out["embs"], out["fused"], out["probes"]
-            loss = F.cross_entropy(fused, labels) + sum(F.cross_entropy(z, labels) for z in probes.values())
+        out = self.net(batch)
+        embs, fused, probes = out["embs"], out["fused"], out["probes"]
+        loss = F.cross_entropy(fused, labels) + sum(F.cross_entropy(z, labels) for z in probes.values())
         proto = None
         if self.prototypes is not None and self.modulating:
             proto = self.prototype_logits(embs)
@@ -85,8 +84,7 @@ class PMR(ModulationWindow, Strategy):
             sums, counts = pmr_class_sums(e, labels, self.model.num_classes)
             self._sums[m] = self._sums[m] + sums if m in self._sums else sums
         self._counts = counts if self._counts is None else self._counts + counts
-        with self.autocast():
-            logits = step_logits(self.model, embs, fused, probes)
+        logits = step_logits(self.model, embs, fused, probes)
         logits.update({f"proto/{m}": z.detach() for m, z in (proto or {}).items()})
         return StepOutput(logits)
 
@@ -108,8 +106,7 @@ class PMR(ModulationWindow, Strategy):
     def eval_logits(self, batch):
         out = super().eval_logits(batch)
         if self.prototypes is not None:
-            with self.autocast():
-                embs = self.model.encode(batch)
+            embs = self.model.encode(batch)
             out.update({f"proto/{m}": z.float() for m, z in self.prototype_logits(embs).items()})
         return out
 
