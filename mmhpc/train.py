@@ -22,6 +22,7 @@ from mmhpc.data.loading import build_datasets, build_loader
 from mmhpc.models.multimodal import MultimodalModel, count_parameters
 from mmhpc.results import SCHEMA, atomic_write_json, environment, read_record, single_accuracies
 from mmhpc.strategies import STRATEGIES
+from mmhpc.strategies.data import StrategyData
 from mmhpc.system import parallel
 from mmhpc.system.sampler import UtilSampler
 from mmhpc.system.precision import apply_precision
@@ -76,6 +77,9 @@ class Trainer:
         self.blp = self._branch_parallel() if cfg.system.parallelism == "blp" else None
         self.strategy = STRATEGIES[cfg.strategy.name](cfg, self.model, self.autocast)
         self.strategy.net = parallel.wrap(self.model, cfg.system.parallelism, self.device)
+        self.datasets = self.strategy.split_datasets(self.datasets)  # Gradient Blending holds part of train out
+        train_ds = self.datasets["train"]
+        self.strategy.data = StrategyData(self.datasets, cfg, self._to_device)  # the strategy's own passes
         # every process trains on its shard; validation and test run whole on rank 0 only
         self.loaders = {"train": build_loader(train_ds, cfg, True, self.dist.rank, self.dist.world)}
         if self.dist.is_main:
@@ -179,9 +183,13 @@ class Trainer:
     def _evaluate(self, split: str, epoch: int = 0) -> tuple[dict, dict]:
         metrics, timing = ({}, {}) if not self.dist.is_main else self._pass(split, epoch)
         if self.dist.is_main:
-            ent = {m: metrics[f"entropy/{m}"] for m in self.cfg.modalities}
-            metrics.update({f"bias/{m}": v for m, v in mx.bias(ent, self.num_classes).items()})
+            metrics.update(self._bias(metrics))
         return parallel.broadcast((metrics, timing))
+
+    def _bias(self, metrics: dict) -> dict:
+        """bias/<m> (Eq. 3.5-3.6) from a split's mean entropies entropy/<m>."""
+        ent = {m: metrics[f"entropy/{m}"] for m in self.cfg.modalities}
+        return {f"bias/{m}": v for m, v in mx.bias(ent, self.num_classes).items()}
 
     # ---- the loop --------------------------------------------------------------------------------
     def fit(self) -> dict:
@@ -252,6 +260,7 @@ class Trainer:
         active = list(strategy.begin_epoch(epoch))
         mark = self.sampler.mark(f"epoch {epoch} start") if self.sampler else None
         train, t_train = self._pass("train", epoch)
+        train.update(self._bias(train))  # the training split's bias per epoch (thesis Table 4.4, Fig. 3.2)
         val, t_val = self._evaluate("val", epoch)
         util = self.sampler.summary(mark, self.sampler.mark(f"epoch {epoch} end")) if self.sampler else {}
         rel = {m: train[f"loss/{m}"] / max(val[f"loss/{m}"], 1e-12) for m in cfg.modalities}  # Eq. 3.7
@@ -328,7 +337,8 @@ class Trainer:
             if len(mods) == 1:
                 summary["ibf"] = 0.0
             else:
-                summary["ibf"] = mx.ibf({m: test[f"acc/{m}"] for m in mods}, self.single_acc)
+                keys = mx.ibf_accuracy_keys(self.cfg.model.fusion, mods)
+                summary["ibf"] = mx.ibf({m: test[k] for m, k in keys.items()}, self.single_acc)
         return summary
 
 

@@ -34,19 +34,20 @@ def unimodal_logits(fusion: Fusion, embs: Mapping[str, torch.Tensor]) -> dict[st
     return parts
 
 
-def all_sum(values: Mapping[str, float], device: torch.device | None = None) -> dict[str, float]:
-    """Sum per-process numbers over the DDP group, so every process takes the same balancing decision."""
-    if not (dist.is_available() and dist.is_initialized()):
-        return dict(values)
-    names = list(values)
-    t = torch.tensor([float(values[k]) for k in names], dtype=torch.float64, device=device)
-    dist.all_reduce(t)
-    return dict(zip(names, t.tolist()))
+def all_sum(values: torch.Tensor) -> torch.Tensor:
+    """Sum a per-process tensor over the DDP group, so every process takes the same balancing decision.
+
+    The reduction runs on the tensor's device, with no host synchronisation."""
+    if dist.is_available() and dist.is_initialized():
+        values = values.clone()
+        dist.all_reduce(values)
+    return values
 
 
-def batch_scores(logits: Mapping[str, torch.Tensor], labels: torch.Tensor) -> dict[str, float]:
-    """s_m = sum over the (global) batch of softmax(z_m)[y] (seed 003 Eq. 6, seed 002 Eq. 4)."""
-    return all_sum({m: correct_class_score(z, labels) for m, z in logits.items()}, labels.device)
+def batch_scores(logits: Mapping[str, torch.Tensor], labels: torch.Tensor) -> torch.Tensor:
+    """s [M] in the order of `logits`: sum over the (global) batch of softmax(z_m)[y] (seed 003 Eq. 6, seed 002
+    Eq. 4), on the device; `.tolist()` it once where the algorithm needs host numbers."""
+    return all_sum(torch.stack([correct_class_score(z, labels) for z in logits.values()]))
 
 
 def step_logits(model, embs: Mapping[str, torch.Tensor], fused: torch.Tensor,
