@@ -4,7 +4,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: install system-deps demo demo-algorithms test check clean-venv demo-report report
+.PHONY: install install-cluster system-deps demo demo-algorithms test check clean-venv demo-report report
 RESULTS ?= $(or $(MMHPC_RESULTS),results)
 SWEEP   ?=
 
@@ -17,6 +17,11 @@ $(STAMP): env/requirements.txt env/requirements-nodeps.txt setup.cfg pyproject.t
 	$(PY) -m pip install -q --no-deps -r env/requirements-nodeps.txt
 	$(PY) -m pip install -q --no-deps --no-build-isolation -e .
 	touch $(STAMP)
+
+# On a cluster: a venv on top of the site's PyTorch module (torch/torchvision/numpy kept), only mmhpc and
+# the missing packages installed: module load PyTorch-bundle/...; make install-cluster MMHPC_VENV=~/mmhpc-venv
+install-cluster:
+	env/install-cluster.sh $(MMHPC_VENV)
 
 # Debian tools the tests use: pdftoppm renders report PDFs (the local SLURM installs itself, env/slurm).
 system-deps:
@@ -49,6 +54,12 @@ report: install
 	$(if $(SWEEP),$(VENV)/bin/mmhpc report $(if $(wildcard $(SWEEP)/.),$(SWEEP),$(RESULTS)/$(SWEEP)))
 	@if [ -d reports/results ]; then $(VENV)/bin/mmhpc report reports/results --out reports/out/results; \
 	elif [ -z "$(SWEEP)" ]; then echo "make report SWEEP=<sweep name or directory>: no SWEEP given, and no GPU records under reports/results/"; fi
+
+# Check a GPU node in one command (records under reports/results/<gpu>/). No install needed: the venv's
+# Python when there is one, else $(PYTHON) with torch, straight from the checkout.
+GPU_PY = $(if $(wildcard $(PY)),$(PY),$(PYTHON))
+gpu-check:
+	PYTHONPATH=.$${PYTHONPATH:+:$$PYTHONPATH} $(GPU_PY) -m mmhpc.gpucheck $(GPU_CHECK_ARGS)
 
 clean-venv:
 	rm -rf $(VENV)

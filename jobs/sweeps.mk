@@ -10,8 +10,13 @@ CLUSTER    ?= none
 DRY_RUN    ?=
 SIZE       ?=
 SWEEP_ARGS ?=
-SWEEPS     := precision loader parallelism batch algorithms
+SWEEPS     := precision loader parallelism batch overall algorithms
 SLURM_ENV  := env/slurm/state/env.sh
+
+# The interpreter that submits: the cluster venv ($MMHPC_VENV, `make install-cluster`) when it exists, else the
+# project's .venv. Only CLUSTER=local/none build .venv first; on a cluster nothing is built unless asked.
+SUBMIT_PY := $(if $(and $(MMHPC_VENV),$(wildcard $(MMHPC_VENV)/bin/python)),$(MMHPC_VENV)/bin/python,$(PY))
+_build    := $(if $(filter $(PY),$(SUBMIT_PY)),$(if $(filter local none,$(CLUSTER)),install))
 
 _dry   := $(filter 1 yes true,$(DRY_RUN))
 _local := $(filter local,$(CLUSTER))
@@ -20,8 +25,10 @@ _sweep_flags = --cluster $(CLUSTER) $(if $(SIZE),--size $(SIZE)) $(if $(_dry),--
 
 .PHONY: $(addprefix sweep-,$(SWEEPS)) slurm-up
 
-$(addprefix sweep-,$(SWEEPS)): sweep-%: install $(if $(_local),$(if $(_dry),,slurm-up))
-	$(if $(_local),$(if $(_dry),,. ./$(SLURM_ENV) && ))$(PY) -m mmhpc.cli sweep submit sweeps/$*.yaml $(_sweep_flags)
+$(addprefix sweep-,$(SWEEPS)): sweep-%: $(_build) $(if $(_local),$(if $(_dry),,slurm-up))
+	@test -x $(SUBMIT_PY) || { echo "no interpreter to submit with: set MMHPC_VENV to the venv of make install-cluster" \
+		"(or run make install to build .venv here)"; exit 2; }
+	$(if $(_local),$(if $(_dry),,. ./$(SLURM_ENV) && ))$(SUBMIT_PY) -m mmhpc.cli sweep submit sweeps/$*.yaml $(_sweep_flags)
 
 # the local SLURM of env/slurm: both scripts do nothing when already done
 slurm-up:

@@ -104,6 +104,21 @@ def cmd_demo(args) -> int:
     return run_demo(args.runs_dir, epochs=args.epochs, quiet=args.quiet)
 
 
+def cmd_doctor(args) -> int:
+    """Exit 0 when every check passes, 1 when one fails (each failure is one sentence)."""
+    from mmhpc.doctor import format_checks, run_checks
+    from mmhpc.launch.clusters import load_profile
+
+    profile = load_profile(args.cluster) if args.cluster else None
+    cfg = _config_from(args)
+    results = args.results
+    if results is None and profile is not None and profile.results_root:
+        results = profile.results_dir()
+    checks = run_checks(cfg, profile, results)
+    print(format_checks(checks))
+    return 0 if all(c.ok for c in checks) else 1
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="mmhpc", description="Multimodal late-fusion training benchmarks.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -158,11 +173,31 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--epochs", type=int, default=None, help="epochs per run (default: the demo's)")
     p.add_argument("-q", "--quiet", action="store_true")
     p.set_defaults(func=cmd_demo)
+    p = sub.add_parser("doctor", help="can this machine run mmhpc? Python, torch, driver, GPUs, data, results",
+                       description="Check Python, torch and its CUDA build, the NVIDIA driver, GPUs visible to torch "
+                                   "vs allocated by SLURM (and a GPU cluster's need of one), compute capability vs "
+                                   "system.precision, the dataset and its manifest, and a writable results "
+                                   "directory. Every sweep job runs these checks first.")
+    _add_config_args(p)
+    p.add_argument("--cluster", default=None, help="check for this cluster profile (e.g. alvis: needs a GPU)")
+    p.add_argument("--results", default=None, help="results directory to check (default: the profile's, or "
+                                                   "output.runs_dir)")
+    p.set_defaults(func=cmd_doctor)
     _add_sweep_parser(sub)
     from mmhpc.report import _add_report_parser  # `report` lives with the report layer
 
     _add_report_parser(sub)
+    # options are parsed by mmhpc.gpucheck itself (`mmhpc gpu-check --help`); importing it imports torch
+    p = sub.add_parser("gpu-check", add_help=False, help="check a GPU node: environment, precision, host syncs, "
+                       "BLP streams, sampler, NCCL, bench, loader; records under reports/results/<gpu>/")
+    p.set_defaults(func=lambda args: cmd_gpu_check([]))
     return parser
+
+
+def cmd_gpu_check(options: list[str]) -> int:
+    from mmhpc.gpucheck import main as gpu_check
+
+    return gpu_check(options, prog="mmhpc gpu-check")
 
 
 def _add_sweep_parser(sub) -> None:
@@ -173,6 +208,9 @@ def _add_sweep_parser(sub) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["gpu-check"]:  # its options are its own (argparse cannot forward them from a subparser)
+        return cmd_gpu_check(argv[1:])
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)

@@ -43,7 +43,8 @@ class DataConfig:
 @dataclass
 class LoaderConfig:
     num_workers: int = field(default=0, metadata={"help": "DataLoader worker processes"})
-    prefetch_factor: int | None = field(default=None, metadata={"help": "batches prefetched per worker (workers > 0)"})
+    prefetch_factor: int | None = field(default=None, metadata={"help": "batches prefetched per worker (workers > 0); 0: none, which PyTorch cannot do: "
+                                   "the loader runs with 1 and the idle time is estimated (thesis Alg. 7)"})
     pin_memory: bool = field(default=False, metadata={"help": "page-locked host memory for faster H2D copies"})
     persistent_workers: bool = field(default=False, metadata={"help": "keep workers alive between epochs"})
     preinit: bool = field(default=False, metadata={"help": "threaded pre-initialisation of the next epoch's loader "
@@ -182,6 +183,8 @@ class RunConfig:
         for name in ("loader.num_workers", "train.weight_decay", "train.momentum", "train.lr_decay_epoch"):
             if self.get(name) < 0:
                 raise ConfigError(f"{name}: {self.get(name)} must be >= 0")
+        if self.loader.prefetch_factor is not None and self.loader.prefetch_factor < 0:
+            raise ConfigError(f"loader.prefetch_factor: {self.loader.prefetch_factor} must be >= 0 or null")
         if self.loader.prefetch_factor is not None and self.loader.num_workers == 0:
             raise ConfigError("loader.prefetch_factor: only valid with loader.num_workers > 0 "
                               "(PyTorch refuses prefetch_factor without workers)")

@@ -118,14 +118,17 @@ def ece(logits: torch.Tensor, labels: torch.Tensor, n_bins: int = 15) -> float:
 class MetricAccumulator:
     """Sums loss, correct count, sample count and entropy per head ("fused", "<modality>", "probe/<m>").
 
-    Statistics stay on the logits' device until `result()`, so `update` never synchronises.
+    Statistics computed from the logits stay on their device until `result()`, and numbers known on the
+    host (sample counts, losses given as floats) stay on the host, so `update` never synchronises and
+    never copies a Python number to the device (a blocking copy per head per step on a GPU).
     With `keep_logits=True` the fused head's logits and labels are kept for `ece/fused`.
     """
 
     def __init__(self, keep_logits: bool = False, n_bins: int = 15):
         self.keep_logits = keep_logits
         self.n_bins = n_bins
-        self._sums: dict[str, torch.Tensor] = {}  # head -> [loss_sum, correct, n, entropy_sum]
+        self._sums: dict[str, torch.Tensor] = {}  # head -> on the device: [loss_sum, correct, entropy_sum]
+        self._host: dict[str, list[float]] = {}  # head -> on the host: [loss_sum of float losses, n]
         self._kept: list[tuple[torch.Tensor, torch.Tensor]] = []
 
     def update(self, logits: Mapping[str, torch.Tensor], labels: torch.Tensor,
@@ -142,12 +145,16 @@ class MetricAccumulator:
         _check_batch(logits, labels)
         logits = logits.detach().float()
         n = logits.shape[0]
+        host = self._host.setdefault(head, [0.0, 0])
         if loss is None:
             loss_sum = F.cross_entropy(logits, labels, reduction="sum")
+        elif torch.is_tensor(loss):
+            loss_sum = loss.detach().float().reshape(()) * n
         else:
-            loss_sum = torch.as_tensor(loss, dtype=torch.float32, device=logits.device).detach() * n
+            host[0] += float(loss) * n
+            loss_sum = logits.new_zeros(())
+        host[1] += n
         batch = torch.stack([loss_sum.to(torch.float64), (logits.argmax(1) == labels).sum().to(torch.float64),
-                             torch.tensor(float(n), dtype=torch.float64, device=logits.device),
                              entropy(logits).sum().to(torch.float64)])
         self._sums[head] = self._sums[head] + batch if head in self._sums else batch
         if self.keep_logits and head == "fused":
@@ -156,11 +163,14 @@ class MetricAccumulator:
     def result(self) -> dict[str, float]:
         """Flat dict {"loss/<head>", "acc/<head>", "entropy/<head>"} (+ "ece/fused" when logits were kept)."""
         out = {}
-        for head, s in self._sums.items():
-            loss_sum, correct, n, ent = s.tolist()
-            out[f"loss/{head}"] = loss_sum / n
-            out[f"acc/{head}"] = correct / n
-            out[f"entropy/{head}"] = ent / n
+        heads = list(self._sums)
+        if heads:  # one copy to the host for every head together
+            sums = torch.stack([self._sums[h] for h in heads]).tolist()
+            for head, (loss_sum, correct, ent) in zip(heads, sums):
+                host_loss, n = self._host[head]
+                out[f"loss/{head}"] = (loss_sum + host_loss) / n
+                out[f"acc/{head}"] = correct / n
+                out[f"entropy/{head}"] = ent / n
         if self._kept:
             out["ece/fused"] = ece(torch.cat([k[0] for k in self._kept]), torch.cat([k[1] for k in self._kept]),
                                    self.n_bins)

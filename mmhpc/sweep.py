@@ -24,16 +24,18 @@ import itertools
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
-import yaml
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StrictInt, ValidationError
 
-from mmhpc.config import ConfigError, RunConfig, apply_overrides, resolve_key
-from mmhpc.launch.clusters import RESOURCE_KEYS, ClusterProfile, Resources, resolve_resources
+from mmhpc.config import RunConfig, apply_overrides, resolve_key
+from mmhpc.errors import ConfigError, problem, validation_problems
+from mmhpc.launch.clusters import (RESOURCE_KEYS, ClusterProfile, ResourceRequest, Resources, read_yaml,
+                                   resolve_resources)
 
-SWEEP_KEYS = ("name", "description", "base", "grid", "zip", "blocks", "seeds", "tiny", "resources")
-BLOCK_KEYS = ("name", "base", "grid", "zip")
-TINY_KEYS = ("base", "grid", "zip", "blocks", "seeds")
+# A sweep's name becomes its results directory: one path component, never a path.
+NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._+=-]*$"
+NAME_VALID = "letters, digits and . _ + = - (one directory name, not a path)"
 # A tiny run is a smoke run on the synthetic tiny preset: one epoch of two batches.
 TINY_DEFAULTS = {"data.source": "synthetic", "data.root": None, "data.preset": "tiny", "train.epochs": 1,
                  "train.max_batches": 2}
@@ -42,12 +44,66 @@ SWEEP_DEFAULTS = {"output.checkpoint": True}
 SWEEP_OWNED = ("output.name", "output.runs_dir", "output.overwrite")
 
 
-class SweepError(ValueError):
-    """One or more runs of a sweep are invalid; `errors` lists every one, each naming the run and field."""
+class SweepError(ConfigError):
+    """One or more problems with a sweep; `errors` lists every one, each naming its file or run and field."""
 
     def __init__(self, errors: list[str], header: str = "sweep"):
-        self.errors = errors
-        super().__init__(f"{header}: {len(errors)} error(s), nothing submitted:\n  " + "\n  ".join(errors))
+        self.errors = list(errors)
+        super().__init__(*self.errors)
+        self.args = (f"{header}: {len(errors)} error(s), nothing submitted:\n  " + "\n  ".join(errors),)
+
+    def __str__(self) -> str:
+        return self.args[0]
+
+
+# ---- the file's shape: pydantic v2 models, one problem line per error -----------------------------------
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+Axes = dict[str, Annotated[list[Any], Field(min_length=1)]]
+
+
+def _dir_name(value: str) -> str:
+    if not re.match(NAME_PATTERN, value) or value in (".", ".."):
+        raise ValueError(f"{value!r} cannot name a directory; valid: {NAME_VALID}")
+    return value
+
+
+SweepName = Annotated[str, AfterValidator(_dir_name)]
+
+
+class Block(_Strict):
+    name: SweepName | None = None
+    base: dict[str, Any] = {}
+    grid: Axes = {}
+    zip: Axes = {}
+
+
+class Tiny(_Strict):
+    base: dict[str, Any] = {}
+    grid: Axes | None = None
+    zip: Axes | None = None
+    blocks: list[Block] | None = None
+    seeds: Annotated[list[StrictInt], Field(min_length=1)] | None = None
+
+
+class SweepSpec(_Strict):
+    name: SweepName
+    description: str = ""
+    base: dict[str, Any] = {}
+    grid: Axes = {}
+    zip: Axes = {}
+    blocks: list[Block] | None = None
+    seeds: Annotated[list[StrictInt], Field(min_length=1)] = [0]
+    tiny: Tiny | None = None
+    resources: dict[str, ResourceRequest] = {}  # default | <cluster name> -> request
+
+
+SWEEP_KEYS = tuple(SweepSpec.model_fields)
+BLOCK_KEYS = tuple(Block.model_fields)
+TINY_KEYS = tuple(Tiny.model_fields)
 
 
 @dataclass
@@ -85,14 +141,47 @@ class SweepPlan:
 
 
 def load_sweep(path: str | Path) -> dict:
+    """Read and check a sweep file: a syntax error or a malformed key is a SweepError naming the file."""
     path = Path(path)
-    if not path.exists():
-        raise SweepError([f"{path}: no such sweep file"], "sweep")
-    spec = yaml.safe_load(path.read_text()) or {}
+    if not path.is_file():
+        raise SweepError([problem("", "no such sweep file", file=str(path))], "sweep")
+    try:
+        spec = read_yaml(path)
+    except ConfigError as e:
+        raise SweepError(e.problems, "sweep") from None
     if not isinstance(spec, dict):
-        raise SweepError([f"{path}: expected a mapping with keys {', '.join(SWEEP_KEYS)}"], "sweep")
+        raise SweepError([problem("", f"expected a mapping, got {type(spec).__name__}", SWEEP_KEYS, str(path))],
+                         "sweep")
     spec.setdefault("name", path.stem)
+    check_spec(spec, str(path))
     return spec
+
+
+def check_spec(spec: dict, file: str | None = None) -> None:
+    """Every problem of a sweep's structure at once: keys, types, counts, axis keys, zip lengths."""
+    name = str(spec.get("name", "sweep"))
+    try:
+        SweepSpec(**spec)
+    except ValidationError as e:
+        raise SweepError(validation_problems(e, file=file, model=SweepSpec), f"sweep {name}") from None
+    errors: list[str] = []
+    tiny = spec.get("tiny") or {}
+    for where, block in [("", spec), ("tiny.", tiny)] + [(f"{pre}blocks[{i}].", b) for pre, src in
+                                                          (("", spec), ("tiny.", tiny))
+                                                          for i, b in enumerate(src.get("blocks") or [])]:
+        for key in ("grid", "zip"):
+            axes = block.get(key) or {}
+            for k in axes:
+                try:
+                    _axis_key(k)
+                except ConfigError as e:
+                    errors.append(problem("", f"{where}{key}.{e}", file=file))
+            lengths = {k: len(v) for k, v in axes.items()}
+            if key == "zip" and len(set(lengths.values())) > 1:
+                errors.append(problem(f"{where}zip", "lists must have equal lengths, got "
+                                      + ", ".join(f"{k}={n}" for k, n in lengths.items()), file=file))
+    if errors:
+        raise SweepError(errors, f"sweep {name}")
 
 
 def expand(spec: dict, profile: ClusterProfile, size: str | None = None, runs_dir: str | Path = "runs",
@@ -105,10 +194,9 @@ def expand(spec: dict, profile: ClusterProfile, size: str | None = None, runs_di
     """
     size = size or profile.size
     name = str(spec.get("name", "sweep"))
-    _check_structure(spec, name)
+    check_spec(spec)
     if size == "tiny":
         spec = _apply_tiny(spec)
-        _check_structure(spec, f"{name} (tiny)")
     seeds = spec.get("seeds", [0])
     resources_req = {**(spec.get("resources") or {}).get("default", {}),
                      **(spec.get("resources") or {}).get(profile.name, {})}
@@ -145,59 +233,7 @@ def expand(spec: dict, profile: ClusterProfile, size: str | None = None, runs_di
     return SweepPlan(name, spec, profile.name, size, runs)
 
 
-# ---- structure -----------------------------------------------------------------------------------------
-
-def _check_structure(spec: dict, name: str) -> None:
-    errors = []
-    _unknown(spec, SWEEP_KEYS, name, errors)
-    seeds = spec.get("seeds", [0])
-    if not isinstance(seeds, list) or not seeds or not all(isinstance(s, int) for s in seeds):
-        errors.append(f"{name}: seeds: expected a non-empty list of integers, got {seeds!r}")
-    for where, block in [("", spec)] + [(f"blocks[{i}].", b) for i, b in enumerate(spec.get("blocks") or [])]:
-        if where and not isinstance(block, dict):
-            errors.append(f"{name}: {where[:-1]}: expected a mapping with keys {', '.join(BLOCK_KEYS)}")
-            continue
-        if where:
-            _unknown(block, BLOCK_KEYS, f"{name}: {where[:-1]}", errors)
-        for key in ("grid", "zip"):
-            axes = block.get(key) or {}
-            if not isinstance(axes, dict):
-                errors.append(f"{name}: {where}{key}: expected a mapping {{key: [values]}}")
-                continue
-            for k, v in axes.items():
-                if not isinstance(v, list) or not v:
-                    errors.append(f"{name}: {where}{key}.{k}: expected a non-empty list of values")
-                try:
-                    _axis_key(k)
-                except ConfigError as e:
-                    errors.append(f"{name}: {where}{key}.{e}")
-            lengths = {k: len(v) for k, v in axes.items() if isinstance(v, list)}
-            if key == "zip" and len(set(lengths.values())) > 1:
-                errors.append(f"{name}: {where}zip: lists must have equal lengths, got "
-                              + ", ".join(f"{k}={n}" for k, n in lengths.items()))
-    res = spec.get("resources") or {}
-    if not isinstance(res, dict) or not all(isinstance(v, dict) for v in res.values()):
-        errors.append(f"{name}: resources: expected {{default|<cluster>: {{{', '.join(RESOURCE_KEYS)}}}}}")
-    else:
-        for cluster, req in res.items():
-            for k in req:
-                if k not in RESOURCE_KEYS:
-                    errors.append(f"{name}: resources.{cluster}.{k}: unknown key; valid keys: "
-                                  f"{', '.join(RESOURCE_KEYS)}")
-    tiny = spec.get("tiny") or {}
-    if not isinstance(tiny, dict):
-        errors.append(f"{name}: tiny: expected a mapping with keys {', '.join(TINY_KEYS)}")
-    else:
-        _unknown(tiny, TINY_KEYS, f"{name}: tiny", errors)
-    if errors:
-        raise SweepError(errors, f"sweep {name}")
-
-
-def _unknown(mapping: dict, valid, where: str, errors: list) -> None:
-    for k in mapping:
-        if k not in valid:
-            errors.append(f"{where}.{k}: unknown key; valid keys: {', '.join(valid)}")
-
+# ---- axes ------------------------------------------------------------------------------------------
 
 def _axis_key(key: str) -> str:
     if key.startswith("resources."):

@@ -2,12 +2,15 @@
 
 The loop is the same for every strategy; `Strategy` subclasses own the step and the per-epoch choices.
 Per epoch it times the thesis' Table 2.8 breakdown: training-loader initialisation (iterator creation to
-first batch), training, validation-loader initialisation, validation.
+first batch), training, validation-loader initialisation, validation; and the time the training step
+sat idle waiting for data (`mmhpc.system.idle`; estimated per thesis Alg. 7 for `loader.prefetch_factor=0`).
 """
 from __future__ import annotations
 
+import logging
 import os
 import random
+import threading
 import time
 import traceback
 from pathlib import Path
@@ -24,12 +27,29 @@ from mmhpc.results import SCHEMA, atomic_write_json, environment, read_record, s
 from mmhpc.strategies import STRATEGIES
 from mmhpc.strategies.data import StrategyData
 from mmhpc.system import parallel
-from mmhpc.system.sampler import UtilSampler
+from mmhpc.system.idle import TimedBatches, estimate_prefetch0_idle
 from mmhpc.system.precision import apply_precision
+
+
+log = logging.getLogger(__name__)
+
+# Set by the job's handler of SLURM's pre-timeout/preemption signal (mmhpc.launch.submit): the trainer
+# stops at the next training-step boundary and raises Preempted, and the job requeues itself.
+STOP_REQUESTED = threading.Event()
 
 
 class RecordExistsError(FileExistsError):
     pass
+
+
+class Preempted(Exception):
+    """Training stopped at a step boundary on request (STOP_REQUESTED). The run resumes, in a requeued job,
+    from its last epoch checkpoint: the interrupted epoch is trained again from its start, so the resumed
+    run has the batches and metrics of an uninterrupted one."""
+
+    def __init__(self, epoch: int, step: int):
+        super().__init__(f"stopped at epoch {epoch} step {step} on the pre-timeout/preemption signal")
+        self.epoch, self.step = epoch, step
 
 
 def resolve_device(name: str) -> torch.device:
@@ -82,6 +102,8 @@ class Trainer:
         self.strategy.data = StrategyData(self.datasets, cfg, self._to_device)  # the strategy's own passes
         # every process trains on its shard; validation and test run whole on rank 0 only
         self.loaders = {"train": build_loader(train_ds, cfg, True, self.dist.rank, self.dist.world)}
+        if cfg.loader.prefetch_factor == 0:  # the estimate's own standard loader (prefetch 1, thesis A.2.1)
+            self.loaders["idle"] = build_loader(train_ds, cfg, True, self.dist.rank, self.dist.world, preinit=False)
         if self.dist.is_main:
             self.loaders["val"] = build_loader(self.datasets["val"], cfg, False)
             self.loaders["test"] = build_loader(self.datasets["test"], cfg, False, preinit=False)  # used once
@@ -146,7 +168,7 @@ class Trainer:
         acc = mx.MetricAccumulator(keep_logits=not train)
         self.model.train(train)
         t0 = time.perf_counter()
-        it = iter(loader.epoch(epoch))
+        it = TimedBatches(loader.epoch(epoch))  # sums the waits in next(): idle time of the step
         batch = next(it, None)
         t_first = time.perf_counter()
         n = steps = 0
@@ -161,6 +183,8 @@ class Trainer:
             if train:
                 for hook in self.step_hooks:
                     hook()
+                if self._stop_requested():
+                    raise Preempted(epoch, steps + 1)
             n += len(labels)
             steps += 1
             bar.update()
@@ -168,17 +192,27 @@ class Trainer:
                 break
             batch = next(it, None)
         bar.close()
+        wait_s = it.wait_s
         del it  # shuts workers down unless persistent
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
         t_end = time.perf_counter()
-        timing = {"loader_init_s": t_first - t0, "run_s": t_end - t_first, "samples": n,
+        timing = {"loader_init_s": t_first - t0, "run_s": t_end - t_first, "data_wait_s": wait_s, "samples": n,
                   "samples_per_s": n / max(t_end - t0, 1e-9)}
         metrics = acc.result()
         if train and self.dist.world > 1:
             metrics = parallel.all_mean(metrics, n)
             timing["samples_per_s"] = parallel.all_mean({"s": timing["samples_per_s"]}, 1)["s"] * self.dist.world
         return metrics, timing
+
+    def _stop_requested(self) -> bool:
+        """STOP_REQUESTED on any rank: every DDP process stops at the same step (a scalar all-reduce)."""
+        stop = STOP_REQUESTED.is_set()
+        if self.dist.world > 1:
+            flag = torch.tensor([float(stop)], device=self.device)
+            torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
+            stop = bool(flag.item())
+        return stop
 
     def _evaluate(self, split: str, epoch: int = 0) -> tuple[dict, dict]:
         metrics, timing = ({}, {}) if not self.dist.is_main else self._pass(split, epoch)
@@ -216,6 +250,8 @@ class Trainer:
                 bar.set_postfix_str(" ".join(f"{k.split('/')[1][:3]}={val[k]:.2f}" for k in val
                                              if k.startswith("acc/") and "probe" not in k))
                 bar.update()
+                if self.dist.is_main:
+                    log.info(epoch_line(entry, strategy.max_epochs()))
                 self._save(record)
                 stop = strategy.should_stop(epoch)
                 epoch += 1
@@ -229,6 +265,9 @@ class Trainer:
             test, _ = self._evaluate("test")
             record["summary"] = self._summary(record, test, best["epoch"])
             record["status"] = "done"
+        except Preempted as e:  # not a failure: the record stays as saved at the last epoch end
+            log.warning("%s: %s; resuming from epoch %d", cfg.run_name(), e, epoch)
+            raise
         except BaseException as e:
             record["status"] = "failed"
             record["error"] = f"{type(e).__name__}: {e}"
@@ -266,9 +305,13 @@ class Trainer:
         rel = {m: train[f"loss/{m}"] / max(val[f"loss/{m}"], 1e-12) for m in cfg.modalities}  # Eq. 3.7
         val.update({f"reliability/{m}": v for m, v in rel.items()})
         strategy.end_epoch(epoch, train, val)
+        if cfg.loader.prefetch_factor == 0:  # PyTorch cannot: estimated as thesis Appendix A.2.1 (Alg. 7)
+            t_train["data_wait_s"] = estimate_prefetch0_idle(self.loaders["idle"], epoch, cfg.train.max_batches)
         return {"epoch": epoch, "lr": lr, "optimised": active, "train": train, "val": val,
                 "time": {"train_loader_init_s": t_train["loader_init_s"], "train_s": t_train["run_s"],
                          "val_loader_init_s": t_val["loader_init_s"], "val_s": t_val["run_s"],
+                         "train_data_wait_s": t_train["data_wait_s"],
+                         "train_data_wait_estimated": cfg.loader.prefetch_factor == 0, "val_data_wait_s": t_val.get("data_wait_s"),
                          "epoch_s": sum(t[k] for t in (t_train, t_val) for k in ("loader_init_s", "run_s")),
                          "train_samples": t_train["samples"], "train_samples_per_s": t_train["samples_per_s"]},
                 "memory": self._peak_memory(), "util": util}
@@ -277,6 +320,8 @@ class Trainer:
     def _start_sampler(self) -> None:
         self.sampler = None
         if self.cfg.system.sample_interval > 0 and self.dist.is_main:
+            from mmhpc.system.sampler import UtilSampler  # psutil and pandas: only when sampling
+
             self.sampler = UtilSampler(self.cfg.system.sample_interval).start()
 
     def _stop_sampler(self, record: dict) -> None:
@@ -305,7 +350,9 @@ class Trainer:
                  "rng": {"torch": torch.get_rng_state(), "numpy": np.random.get_state(),
                          "python": random.getstate(),
                          "loaders": {k: ld.generator.get_state() for k, ld in self.loaders.items()}}}
-        tmp = self.ckpt_path.with_name(f".{self.ckpt_path.name}.tmp")
+        # unique per job and process: a stale copy of the run (a requeue race) never writes into ours
+        job = os.environ.get("SLURM_JOB_ID", "local")
+        tmp = self.ckpt_path.with_name(f".{self.ckpt_path.name}.{job}-{os.getpid()}.tmp")
         torch.save(state, tmp)
         os.replace(tmp, self.ckpt_path)
 
@@ -340,6 +387,18 @@ class Trainer:
                 keys = mx.ibf_accuracy_keys(self.cfg.model.fusion, mods)
                 summary["ibf"] = mx.ibf({m: test[k] for m, k in keys.items()}, self.single_acc)
         return summary
+
+
+def epoch_line(entry: dict, epochs: int) -> str:
+    """One progress line per epoch for a job's output: time, validation accuracies, speed, GPU use."""
+    accs = " ".join(f"{k.split('/', 1)[1]} {v:.3f}" for k, v in entry["val"].items()
+                    if k.startswith("acc/") and "probe" not in k)
+    t = entry["time"]
+    gpus = [v for k, v in (entry.get("util") or {}).items()
+            if k.startswith("gpu") and k.endswith("_util_pct_mean") and v is not None]
+    gpu = f"GPU {sum(gpus) / len(gpus):.0f} %" if gpus else "GPU n/a"
+    return (f"epoch {entry['epoch'] + 1}/{epochs} {t['epoch_s']:.1f} s | val acc {accs} | "
+            f"{t['train_samples_per_s']:.0f} samples/s | {gpu}")
 
 
 def _resumable(config: dict) -> dict:

@@ -3,9 +3,12 @@ import math
 
 import pytest
 import torch
+from torch.overrides import TorchFunctionMode
 
 from mmhpc.metrics import (MetricAccumulator, accuracy, bias, ece, entropy, ibf, mean_se, reliability,
                            speedup, standard_error)
+from mmhpc.strategies.balancing import batch_scores
+from mmhpc.strategies.formulas import correct_class_score
 
 LN2 = 0.6931471805599453
 INF = float("inf")
@@ -292,3 +295,61 @@ def test_speedup_table_4_5():
 def test_speedup_bad_times(b, t):
     with pytest.raises(ValueError):
         speedup(b, t)
+
+
+# --------------------------------------------------------------------- no host traffic on the training step
+
+
+class HostTraffic(TorchFunctionMode):
+    """Records what would synchronise a GPU step: tensors built from host data on a device, host reads."""
+
+    READS = {"item", "tolist", "__bool__", "__float__", "__int__", "cpu", "numpy"}
+
+    def __init__(self):
+        super().__init__()
+        self.events = []
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        name = getattr(func, "__name__", str(func))
+        if name in ("tensor", "as_tensor") and torch.device(kwargs.get("device") or "cpu").type != "cpu":
+            self.events.append(f"torch.{name} on {kwargs['device']}")
+        if name in self.READS:
+            self.events.append(f"Tensor.{name}")
+        return func(*args, **kwargs)
+
+
+def test_accumulator_update_never_touches_the_host():
+    # "meta" stands in for a GPU (no data, so any host read would fail too): update must neither build a
+    # device tensor from a Python number nor read a device value, whatever the loss is given as
+    z, y = torch.randn(4, 3, device="meta"), torch.zeros(4, dtype=torch.long, device="meta")
+    acc, device_loss = MetricAccumulator(), torch.tensor(0.2, device="meta")
+    with HostTraffic() as traffic:
+        acc.update({"fused": z, "audio": z, "probe/audio": z}, y, loss={"fused": 0.5, "audio": device_loss})
+        acc.update({"fused": z}, y, loss={"fused": 0.7})
+    assert traffic.events == [], traffic.events
+
+
+def test_accumulator_result_reads_the_device_once():
+    acc = MetricAccumulator()
+    for _ in range(3):
+        acc.update({"fused": torch.zeros(2, 2), "audio": torch.zeros(2, 2)}, torch.tensor([0, 1]))
+    with HostTraffic() as traffic:
+        acc.result()
+    assert traffic.events == ["Tensor.tolist"]
+
+
+def test_correct_class_score_stays_on_the_device():
+    z, y = torch.randn(4, 3, device="meta"), torch.zeros(4, dtype=torch.long, device="meta")
+    with HostTraffic() as traffic:
+        s = correct_class_score(z, y)
+    assert traffic.events == [] and s.device.type == "meta" and s.dim() == 0
+
+
+def test_batch_scores_one_host_copy_per_step():
+    logits = {"audio": torch.tensor([[0.7, 0.3], [0.2, 0.8]]).log(), "visual": torch.tensor([[0.5, 0.5], [0.1, 0.9]]).log()}
+    with HostTraffic() as traffic:
+        scores = batch_scores(logits, torch.tensor([0, 1]))
+    # audio: 0.7 + 0.8 = 1.5; visual: 0.5 + 0.9 = 1.4
+    assert scores == pytest.approx({"audio": 1.5, "visual": 1.4}, abs=1e-6)
+    assert traffic.events == ["Tensor.tolist"]

@@ -20,12 +20,15 @@ A100 = {"device": "cuda:0", "host": "alvis-n1", "gpu": {"name": "NVIDIA A100-SXM
 
 def record(run, times, *, dataset="cremad", modalities=None, precision="fp32", parallelism="single",
            preinit=False, batch=64, strategy="naive", seed=0, util=None, status="done", test=None, val_acc=None,
-           optimised=None, env=A100, cosine=False):
-    """A minimal run record: one epoch per entry of `times` (its epoch_s), optional GPU utilisation per epoch."""
+           optimised=None, env=A100, cosine=False, loader=None, waits=None, estimated=False):
+    """A minimal run record: one epoch per entry of `times` (its epoch_s), optional GPU utilisation per epoch,
+    loader knobs and per-epoch data waits."""
     epochs = []
     for i, t in enumerate(times):
         e = {"epoch": i, "time": {"epoch_s": t, "train_loader_init_s": 0.1 * t, "train_s": 0.7 * t,
                                   "val_loader_init_s": 0.0, "val_s": 0.2 * t}}
+        if waits is not None:
+            e["time"].update(train_data_wait_s=waits[i], train_data_wait_estimated=estimated)
         if util is not None:
             e["util"] = {"gpu0_util_pct_mean": util[i]}
         if val_acc is not None:
@@ -33,7 +36,7 @@ def record(run, times, *, dataset="cremad", modalities=None, precision="fp32", p
         epochs.append(e)
     rec = {"schema": 1, "run": run, "status": status, "env": env, "epochs": epochs,
            "config": {"data": {"dataset": dataset, "modalities": modalities},
-                      "loader": {"preinit": preinit, "persistent_workers": not preinit},
+                      "loader": {"preinit": preinit, "persistent_workers": not preinit, **(loader or {})},
                       "strategy": {"name": strategy}, "train": {"batch_size": batch, "seed": seed},
                       "model": {"cosine": cosine},
                       "system": {"precision": precision, "parallelism": parallelism},
@@ -265,3 +268,61 @@ def test_an_epoch_shorter_than_the_sampler_interval_has_no_utilisation_and_is_le
     write(tmp_path / "runs", rec)
     (run,) = load_results(tmp_path / "runs").runs.to_dict("records")
     assert run["util_pct"] == 60.0 and run["util_kind"] == "GPU"
+
+
+# ---- warm-up epochs, loader knobs (Tables 2.4, 2.5) and the overall sweep (Table 4.16) -------------------------
+
+
+def test_warmup_epoch_left_out_of_every_mean(tmp_path):
+    d = tmp_path / "records"
+    # epoch 0 is the warm-up (30 s, util 10 %): left out -> time (10 + 12) / 2 = 11, util (80 + 90) / 2 = 85
+    write(d, record("fp32", [30.0, 10.0, 12.0], util=[10.0, 80.0, 90.0], waits=[9.0, 0.5, 0.7]))
+    write(d, record("bf16", [7.0], precision="bf16"))  # one epoch only: nothing to leave out
+    runs = load_results(d).runs.set_index("run")
+    assert runs.loc["fp32", "time_epoch_s"] == 11.0 and runs.loc["fp32", "util_pct"] == 85.0
+    assert runs.loc["fp32", "idle_s"] == pytest.approx(0.6) and runs.loc["fp32", "warmup_epochs"] == 1
+    assert runs.loc["bf16", "time_epoch_s"] == 7.0 and runs.loc["bf16", "warmup_epochs"] == 0
+    (precision, _), _ = build_tables(load_results(d).runs)
+    assert "warm-up epochs are left out" in precision.caption
+
+
+def _loader_records(d: Path) -> None:
+    # Table 2.4: time per epoch by workers (after a 99 s warm-up epoch); Table 2.5: the thesis' idle times
+    for w, t in ((1, 40.0), (2, 20.0), (4, 10.3), (8, 10.0)):
+        write(d, record(f"workers-{w}", [99.0, t], loader={"num_workers": w}))
+    for p, idle in ((0, 4.6), (1, 0.76), (2, 0.72), (4, 0.74), (8, 0.68)):
+        write(d, record(f"prefetch-{p}", [99.0, 9.0], loader={"num_workers": 16, "prefetch_factor": p},
+                        waits=[5.0, idle], estimated=p == 0))
+
+
+def test_loader_knob_tables_and_their_recommendation(tmp_path):
+    _loader_records(tmp_path / "records")
+    runs = load_results(tmp_path / "records").runs
+    assert detect_kinds(runs) == ["loader"]
+    tables, _ = build_tables(runs)
+    workers, prefetch = (t for t in tables if t.name in ("loader-workers", "loader-prefetch"))
+    w = workers.frame.set_index("Workers")
+    assert list(w["Time (s)"]) == ["40.00", "20.00", "10.30", "10.00"]  # warm-up epoch left out
+    # 4 workers: 10.3 <= 1.05 x 10.0 (the fastest, 8 workers) and fewer workers than 8
+    assert w.loc["4", "Recommended"] == "✓" and (w["Recommended"] == "✓").sum() == 1
+    assert "Recommended" in workers.caption and ": 4" in workers.caption
+    assert set(workers.frame["Prefetch factor"]) == {"default"}  # the workers block leaves it unset
+    p = prefetch.frame[prefetch.frame["Workers"] == "16"].set_index("Prefetch factor")
+    assert p.loc["0 (estimated)", "Idle time (s)"] == "4.600" and p.loc["8", "Idle time (s)"] == "0.680"
+    # least idle 0.68 (factor 8); 0.72 <= 0.68 x 1.05 + 0.01 = 0.724: factor 2 is as good, and smaller
+    assert p.loc["2", "Recommended"] == "✓" and (p["Recommended"] == "✓").sum() == 1
+    assert "Alg. 7" in prefetch.caption and "estimated" in prefetch.caption
+
+
+def test_overall_sweep_lists_the_table_4_16_runs():
+    from mmhpc.launch.clusters import load_profile
+    from mmhpc.sweep import expand, load_sweep
+
+    plan = expand(load_sweep(Path(__file__).resolve().parents[1] / "sweeps" / "overall.yaml"),
+                  load_profile("alvis", "NAISS1")).check()
+    combos = {(r.config.system.precision, r.config.loader.preinit, r.config.system.parallelism) for r in plan.runs}
+    assert combos == {("fp32", False, "single"), ("tf32", True, "blp"), ("tf32", True, "ddp")}
+    # 5 datasets x 2 GPU types: one default and two optimised runs each
+    assert len(plan.runs) == 30
+    assert {r.resources.gpu for r in plan.runs} == {"A100", "A40"}
+    assert {r.config.data.dataset for r in plan.runs} == {"cremad", "ave", "mvsa", "iemocap", "urfunny"}

@@ -49,7 +49,8 @@ def build_loader(dataset: Dataset, cfg, train: bool, rank: int = 0, world: int =
     preinit = lc.preinit if preinit is None else preinit
     kwargs = {}
     if lc.num_workers > 0:
-        kwargs.update(persistent_workers=lc.persistent_workers, prefetch_factor=lc.prefetch_factor,
+        # prefetch 0 (no prefetching) is refused by PyTorch: 1, and the trainer estimates the idle time
+        kwargs.update(persistent_workers=lc.persistent_workers, prefetch_factor=1 if lc.prefetch_factor == 0 else lc.prefetch_factor,
                       multiprocessing_context=worker_context(lc.start_method, preinit))
     loader = DataLoader(dataset, batch_size=cfg.train.batch_size // world, sampler=sampler, num_workers=lc.num_workers,
                         pin_memory=lc.pin_memory, generator=torch.Generator().manual_seed(cfg.train.seed + rank),

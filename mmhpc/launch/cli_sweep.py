@@ -139,8 +139,9 @@ def cmd_run_index(args) -> int:
 def cmd_clusters(args) -> int:
     if args.name:
         profile = load_profile(args.name)
-        shown = {k: v for k, v in vars(profile).items() if k != "gpus"}
-        shown["gpus"] = {g.name: {"capability": g.capability, "per_node": g.per_node} for g in profile.gpus.values()}
+        shown = profile.model_dump(exclude={"gpus"})
+        shown["gpus"] = {g: spec.model_dump(exclude={"name"}) for g, spec in profile.gpus.items()}
+        shown["source"] = profile.source
         print(yaml.safe_dump(shown, sort_keys=False), end="")
         return 0
     for name in cluster_names():

@@ -1,72 +1,102 @@
 """Cluster profiles: where and how runs are submitted, as data files validated once on load.
 
-The built-in profiles live in `jobs/clusters/*.yaml` (alvis, local, none). A user file
-(`$MMHPC_CLUSTERS`, else `~/.config/mmhpc/clusters.yaml`) maps more names to profiles; a profile
-may `extends:` another and override some of its keys. String values may read the environment as
-`${VAR}` or `${VAR:-default}` (nested defaults allowed), so accounts and paths stay out of the files.
+The built-in profiles are package data, `mmhpc/launch/profiles/*.yaml` (alvis, local, none), so a
+non-editable install finds them. A user file (`$MMHPC_CLUSTERS`, else `~/.config/mmhpc/clusters.yaml`)
+maps more names to profiles; a profile may `extends:` another and override some of its keys. String
+values may read the environment as `${VAR}` or `${VAR:-default}`, so accounts and paths stay out of the
+files. Validation is pydantic v2 (`ProfileModel`); every problem is one `file: field: problem; valid: ...`
+line (mmhpc.errors).
 
 A profile also knows what its devices can do, so that a run it cannot execute is refused before
 anything is submitted (`resolve_resources`): BF16/TF32 need compute capability 8.0+, DataParallel
-needs two GPUs, BLP one GPU per modality, DDP one task per GPU.
+needs two GPUs, BLP one GPU per modality, DDP one task per GPU, multi-node DDP InfiniBand; and how many
+cores come with a GPU on each node type, which becomes `--cpus-per-task`.
 """
 from __future__ import annotations
 
 import os
 import re
 import sys
-from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
+from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, PositiveInt, PrivateAttr, ValidationError
 
-BUILTIN_DIR = Path(__file__).resolve().parents[2] / "jobs" / "clusters"
+from mmhpc.errors import ConfigError, problem, validation_problems
+
+PROFILE_DIR = Path(__file__).with_name("profiles")
 SCHEDULERS = ("slurm", "none")
 SIZES = ("tiny", "full")
 ACCOUNT_PLACEHOLDER = "NAISSxxxx-xx-xx"  # used by --dry-run when no account is set
 
 
-class ClusterError(ValueError):
-    """A profile or a resource request is invalid; the message names the field and the valid choices."""
+class ClusterError(ConfigError):
+    """A profile or a resource request is invalid: one `file: field: problem; valid: ...` per problem."""
 
 
-@dataclass(frozen=True)
-class GpuType:
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class NodeType(_Strict):
+    """One kind of node that carries a GPU type: its GPUs and CPU cores (`--cpus-per-task` follows)."""
+    gpus: PositiveInt
+    cores: PositiveInt
+
+
+class GpuType(_Strict):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    name: str = ""
+    capability: float = Field(gt=0)  # CUDA compute capability: TF32 and BF16 need 8.0+
+    nodes: list[NodeType] = Field(min_length=1)  # the node types with this GPU (V100: 4- and 2-GPU nodes)
+    infiniband: bool = True  # nodes linked by InfiniBand: multi-node DDP needs it
+
+    @property
+    def per_node(self) -> int:
+        """The most GPUs of this type one node has: the most a single-node request can ask for."""
+        return max(n.gpus for n in self.nodes)
+
+    def cores_per_gpu(self, count: int) -> int:
+        """Cores that come with each GPU of a `count`-GPU request: the smallest share among the node
+        types that can hold it, so the request fits whichever node SLURM picks."""
+        return min(n.cores // n.gpus for n in self.nodes if n.gpus >= count)
+
+
+class ClusterProfile(_Strict):
     name: str
-    capability: float  # CUDA compute capability: TF32 and BF16 need 8.0+
-    per_node: int       # GPUs of this type on one node: the most a single-node request can ask for
-
-
-@dataclass
-class ClusterProfile:
-    name: str
-    scheduler: str
+    scheduler: Literal["slurm", "none"]
     description: str = ""
     partition: str | None = None
     account: str | None = None
     account_required: bool = False
     project: str | None = None          # storage project for `{project}` in results_root (default: account)
-    size: str = "full"                 # default sweep size on this cluster
-    time_min: int = 60                 # default time limit of one run
-    max_time_min: int = 60
-    max_nodes: int = 1
-    gpus: dict[str, GpuType] = field(default_factory=dict)  # empty: a CPU cluster
+    size: Literal["tiny", "full"] = "full"  # default sweep size on this cluster
+    time_min: PositiveInt = 60          # default time limit of one run
+    max_time_min: PositiveInt = 60
+    max_nodes: PositiveInt = 1
+    gpus: dict[str, GpuType] = {}       # empty: a CPU cluster
     default_gpu: str | None = None
-    cpu_tasks: int = 2                 # DDP processes per run on a CPU cluster (gloo)
-    cpus_per_task: int | None = None
-    mem_gb: float | None = None
-    array_parallelism: int = 16        # concurrency cap of one job array
-    signal_delay_s: int = 120          # USR2 this long before the time limit: checkpoint and requeue
-    max_requeues: int = 3              # requeues after a timeout (preemptions do not count)
+    cpu_tasks: PositiveInt = 2          # DDP processes per run on a CPU cluster (gloo)
+    cpus_per_task: PositiveInt | None = None  # default: the cores that come with the GPUs (see GpuType)
+    mem_gb: PositiveFloat | None = None  # --mem per node, in GB; default: the site's (per core/GPU)
+    array_parallelism: PositiveInt = 16  # concurrency cap of a whole sweep (all its job arrays)
+    max_array_size: PositiveInt = 1000   # SLURM's MaxArraySize: longer arrays are split
+    signal_delay_s: int = Field(120, ge=0)  # USR2 this long before the time limit: checkpoint and requeue
+    max_requeues: int = Field(3, ge=0)   # requeues after a timeout (preemptions do not count)
     results_root: str | None = None
-    stage_data: bool = False           # copy prepared datasets to the node-local $TMPDIR first
-    python: str | None = None          # interpreter on the nodes (default: the submitting one)
-    modules: list[str] = field(default_factory=list)
+    stage_data: bool = False            # copy prepared datasets to the node-local $TMPDIR first
+    python: str | None = None           # interpreter on the nodes (default: see `interpreter`)
+    modules: list[str] = []
     venv: str | None = None
-    apptainer: str | None = None       # image: runs go through `apptainer exec --nv IMAGE python`
-    setup: list[str] = field(default_factory=list)
-    overrides: dict[str, Any] = field(default_factory=dict)  # RunConfig overrides of every run here
-    source: str = ""
+    apptainer: str | None = None        # image: runs go through `apptainer exec --nv IMAGE python`
+    setup: list[str] = []
+    overrides: dict[str, Any] = {}      # RunConfig overrides of every run here
+    _source: str = PrivateAttr("")       # the file it was read from
+
+    @property
+    def source(self) -> str:
+        return self._source
 
     @property
     def is_gpu(self) -> bool:
@@ -82,28 +112,34 @@ class ClusterProfile:
             if dry_run:
                 self.account = ACCOUNT_PLACEHOLDER
                 return
-            raise ClusterError(f"account: cluster {self.name} needs a SLURM account (sbatch -A); set "
-                               f"MMHPC_ACCOUNT=NAISSxxxx-xx-xx or pass --account")
+            raise ClusterError(problem("account", f"cluster {self.name} needs a SLURM account (sbatch -A); set "
+                                                  "MMHPC_ACCOUNT or pass --account", ["NAISSxxxx-xx-xx"]))
 
     def results_dir(self) -> Path:
         """The results root with `{project}` filled in (the storage project defaults to the account)."""
         if not self.results_root:
-            raise ClusterError(f"results_root: cluster {self.name} has none; set MMHPC_RESULTS or pass --results")
+            raise ClusterError(problem("results_root", f"cluster {self.name} has none; set MMHPC_RESULTS or "
+                                                       "pass --results"))
         project = self.project or (self.account or ACCOUNT_PLACEHOLDER).lower()
         return Path(self.results_root.replace("{project}", project)).expanduser().absolute()
 
     def interpreter(self) -> str:
-        python = self.python or sys.executable
+        """What the jobs run: `python` if set; else the image's `python`; else `{venv}/bin/python`; only
+        when none is set the interpreter that submits (the same machine, or a shared file system)."""
         if self.apptainer:  # the image carries the environment; --nv exposes the GPUs and driver
-            return f"apptainer exec --nv {self.apptainer} {python if self.python else 'python'}"
-        return python
+            return f"apptainer exec --nv {self.apptainer} {self.python or 'python'}"
+        if self.python:
+            return self.python
+        if self.venv:
+            return f"{self.venv.rstrip('/')}/bin/python"
+        return sys.executable
 
     def setup_lines(self) -> list[str]:
         lines = []
         if self.modules and not self.apptainer:
             lines += ["module purge"] + [f"module load {m}" for m in self.modules]
-        if self.venv and not self.apptainer:
-            lines.append(f"source {self.venv}/bin/activate")
+        if self.venv and not self.apptainer:  # for the tools the run starts (torchrun): PATH, VIRTUAL_ENV
+            lines.append(f"source {self.venv.rstrip('/')}/bin/activate")
         return lines + list(self.setup)
 
 
@@ -113,23 +149,39 @@ def user_clusters_file() -> Path:
     return Path(os.environ.get("MMHPC_CLUSTERS") or Path.home() / ".config" / "mmhpc" / "clusters.yaml")
 
 
-def _raw_profiles() -> dict[str, tuple[dict, str]]:
-    """name -> (raw mapping, source file) of every profile: built-ins first, then the user file."""
-    raws: dict[str, tuple[dict, str]] = {}
-    for path in sorted(BUILTIN_DIR.glob("*.yaml")):
-        data = yaml.safe_load(path.read_text()) or {}
+def read_yaml(path: Path, error=ConfigError) -> Any:
+    """A YAML file's data; a syntax error is one problem line naming the file, line and column."""
+    try:
+        return yaml.safe_load(path.read_text())
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        what = getattr(e, "problem", None) or str(e)
+        raise error(problem("", f"YAML syntax error{where}: {what}", file=str(path))) from None
+    except OSError as e:
+        raise error(problem("", f"cannot read: {e.strerror}", file=str(path))) from None
+
+
+def _raw_profiles() -> dict[str, tuple[dict, str, str]]:
+    """name -> (raw mapping, source file, field prefix) of every profile: built-ins first, then the user's."""
+    raws: dict[str, tuple[dict, str, str]] = {}
+    for path in sorted(PROFILE_DIR.glob("*.yaml")):
+        data = read_yaml(path, ClusterError) or {}
         if not isinstance(data, dict):
-            raise ClusterError(f"{path}: expected a mapping of profile keys")
-        raws[data.get("name", path.stem)] = (data, str(path))
+            raise ClusterError(problem("", "expected a mapping of profile keys", file=str(path)))
+        raws[str(data.get("name", path.stem))] = (data, str(path), "")
     user = user_clusters_file()
     if user.exists():
-        data = yaml.safe_load(user.read_text()) or {}
+        data = read_yaml(user, ClusterError) or {}
         if not isinstance(data, dict):
-            raise ClusterError(f"{user}: expected a mapping {{cluster name: profile}}")
+            raise ClusterError(problem("", "expected a mapping {cluster name: profile}", file=str(user)))
+        bad = [problem(str(name), f"expected a mapping of profile keys, got {type(raw).__name__}",
+                       sorted(ClusterProfile.model_fields), str(user))
+               for name, raw in data.items() if not isinstance(raw, dict)]
+        if bad:
+            raise ClusterError(*bad)
         for name, raw in data.items():
-            if not isinstance(raw, dict):
-                raise ClusterError(f"{user}: {name}: expected a mapping of profile keys")
-            raws[str(name)] = ({**raw, "name": str(name)}, str(user))
+            raws[str(name)] = ({**raw, "name": str(name)}, str(user), str(name))
     return raws
 
 
@@ -140,121 +192,111 @@ def cluster_names() -> list[str]:
 def load_profile(name: str, account: str | None = None) -> ClusterProfile:
     raws = _raw_profiles()
     if name not in raws:
-        raise ClusterError(f"cluster: invalid value {name!r}; valid choices: {', '.join(sorted(raws))}")
-    raw, source = _resolve_extends(name, raws, [])
-    profile = profile_from_dict(raw, source)
-    return profile.with_account(account)
+        raise ClusterError(problem("cluster", f"invalid value {name!r}", sorted(raws)))
+    raw, source, prefix = _resolve_extends(name, raws, [])
+    return profile_from_dict(raw, source, prefix).with_account(account)
 
 
-def _resolve_extends(name: str, raws: dict, seen: list[str]) -> tuple[dict, str]:
-    raw, source = raws[name]
+def _resolve_extends(name: str, raws: dict, seen: list[str]) -> tuple[dict, str, str]:
+    raw, source, prefix = raws[name]
     parent = raw.get("extends")
     if parent is None:
-        return raw, source
+        return raw, source, prefix
     if parent not in raws or parent in seen + [name]:
-        raise ClusterError(f"{source}: {name}.extends: invalid value {parent!r}; valid choices: "
-                           f"{', '.join(sorted(set(raws) - {name}))}")
-    base, _ = _resolve_extends(parent, raws, seen + [name])
-    merged = {**base, **{k: v for k, v in raw.items() if k != "extends"}}
-    return merged, source
+        raise ClusterError(problem(_join(prefix, "extends"), f"invalid value {parent!r}",
+                                   sorted(set(raws) - {name}), source))
+    base, _, _ = _resolve_extends(parent, raws, seen + [name])
+    return {**base, **{k: v for k, v in raw.items() if k != "extends"}}, source, prefix
 
 
-def profile_from_dict(raw: dict, source: str = "<dict>") -> ClusterProfile:
-    """Validate a raw profile mapping: unknown keys, types and choices are errors naming the field."""
-    where = f"{source}: {raw.get('name', '?')}"
-    known = {f.name: f for f in fields(ClusterProfile)} | {"extends": None}
-    unknown = sorted(set(raw) - set(known) - {"source"})
-    if unknown:
-        valid = ", ".join(k for k in known if k != "source")
-        raise ClusterError(f"{where}.{unknown[0]}: unknown key; valid keys: {valid}")
+def _join(prefix: str, field: str) -> str:
+    return f"{prefix}.{field}" if prefix and field else prefix or field
+
+
+def profile_from_dict(raw: dict, source: str = "<dict>", prefix: str = "") -> ClusterProfile:
+    """Validate a raw profile mapping: every problem (unknown key, type, choice, range) is one line."""
+    problems: list[str] = []
     # setup lines are shell run on the node: their $VARs belong to the job, not to this machine
-    values = {k: v if k == "setup" else _expand_env(v) for k, v in raw.items() if k not in ("extends", "source")}
-    if not values.get("name"):
-        raise ClusterError(f"{where}.name: required")
-    gpus = {}
-    for gname, spec in (values.pop("gpus", None) or {}).items():
-        if not isinstance(spec, dict) or set(spec) - {"capability", "per_node"} or "capability" not in spec:
-            raise ClusterError(f"{where}.gpus.{gname}: expected {{capability: 8.0, per_node: 4}}")
-        gpus[gname] = GpuType(gname, float(spec["capability"]), int(spec.get("per_node", 1)))
-    profile = ClusterProfile(**values, gpus=gpus, source=source)
-    _check_choice(where, "scheduler", profile.scheduler, SCHEDULERS)
-    _check_choice(where, "size", profile.size, SIZES)
+    values = {}
+    for key, value in raw.items():
+        if key in ("extends", "source"):
+            continue
+        values[key] = value if key == "setup" else _expand_env(value, _join(prefix, key), source, problems)
+    if isinstance(values.get("gpus"), dict):  # each GPU type knows its name
+        values["gpus"] = {g: {**spec, "name": str(g)} if isinstance(spec, dict) else spec
+                          for g, spec in values["gpus"].items()}
+    try:
+        profile = ClusterProfile(**values)
+    except ValidationError as e:
+        problems += validation_problems(e, file=source, prefix=[prefix] if prefix else [], model=ClusterProfile)
+        raise ClusterError(*problems) from None
     if profile.gpus and profile.default_gpu not in profile.gpus:
-        _check_choice(where, "default_gpu", profile.default_gpu, sorted(profile.gpus))
+        problems.append(problem(_join(prefix, "default_gpu"), f"invalid value {profile.default_gpu!r}",
+                                sorted(profile.gpus), source))
     if profile.scheduler == "slurm" and not profile.partition:
-        raise ClusterError(f"{where}.partition: a slurm cluster needs a partition")
-    for key in ("time_min", "max_time_min", "max_nodes", "cpu_tasks", "array_parallelism"):
-        if not isinstance(getattr(profile, key), int) or getattr(profile, key) < 1:
-            raise ClusterError(f"{where}.{key}: expected a positive integer, got {getattr(profile, key)!r}")
+        problems.append(problem(_join(prefix, "partition"), "a slurm cluster needs a partition", file=source))
     if profile.time_min > profile.max_time_min:
-        raise ClusterError(f"{where}.time_min: {profile.time_min} exceeds max_time_min {profile.max_time_min}")
-    for key in ("modules", "setup"):
-        if not isinstance(getattr(profile, key), list):
-            raise ClusterError(f"{where}.{key}: expected a list of strings")
-    if not isinstance(profile.overrides, dict):
-        raise ClusterError(f"{where}.overrides: expected a mapping of RunConfig overrides")
+        problems.append(problem(_join(prefix, "time_min"), f"{profile.time_min} exceeds max_time_min "
+                                f"{profile.max_time_min}", [f"1..{profile.max_time_min}"], source))
+    if problems:
+        raise ClusterError(*problems)
+    profile._source = source
     return profile
 
 
-def _check_choice(where: str, key: str, value, choices) -> None:
-    if value not in choices:
-        raise ClusterError(f"{where}.{key}: invalid value {value!r}; valid choices: {', '.join(map(str, choices))}")
+# `${VAR}` or `${VAR:-default}`; a default may hold literal `{word}` placeholders such as `{project}`.
+# Written here rather than os.path.expandvars, which has no defaults and leaves typos in place silently.
+_VAR = re.compile(r"\$\{(\w+)(?::-((?:[^${}]|\{\w+\})*))?\}")
 
 
-_VAR = re.compile(r"\$\{(\w+)(:-)?")
-
-
-def _expand_env(value: Any) -> Any:
-    """`${VAR}` and `${VAR:-default}` in strings (recursively in lists/dicts); an unset `${VAR}` gives
-    None for the whole value, so that a missing account reads as 'no account', not as an empty string."""
+def _expand_env(value: Any, field: str, source: str, problems: list[str]) -> Any:
+    """`${VAR}` / `${VAR:-default}` in strings (recursively in lists and mappings). An unset `${VAR}`
+    without default makes the whole value None, so a missing account reads as 'no account'."""
     if isinstance(value, list):
-        return [v for v in (_expand_env(v) for v in value) if v is not None]
+        out = [_expand_env(v, f"{field}[{i}]", source, problems) for i, v in enumerate(value)]
+        return [v for v in out if v is not None]
     if isinstance(value, dict):
-        return {k: _expand_env(v) for k, v in value.items()}
-    if not isinstance(value, str) or "${" not in value:
+        return {k: _expand_env(v, f"{field}.{k}", source, problems) for k, v in value.items()}
+    if not isinstance(value, str) or "$" not in value:
         return value
-    out, missing, _ = _expand_from(value, 0, closing=False)
-    return None if missing or out == "" else out
+    missing = False
 
-
-def _expand_from(text: str, pos: int, closing: bool) -> tuple[str, bool, int]:
-    out, missing, depth = [], False, 0  # depth: literal braces inside a default, e.g. {project}
-    while pos < len(text):
-        if closing and text[pos] == "}" and depth == 0:
-            return "".join(out), missing, pos + 1
-        m = _VAR.match(text, pos)
-        if not m:
-            depth += {"{": 1, "}": -1}.get(text[pos], 0) if closing else 0
-            out.append(text[pos])
-            pos += 1
-            continue
-        name, has_default = m.group(1), bool(m.group(2))
-        pos = m.end()
-        if has_default:
-            default, default_missing, pos = _expand_from(text, pos, closing=True)
-        else:
-            if pos >= len(text) or text[pos] != "}":
-                raise ClusterError(f"{text!r}: unterminated ${{{name}")
-            default, default_missing, pos = None, False, pos + 1
-        value = os.environ.get(name)
-        if value:
-            out.append(value)
-        elif default is not None:
-            out.append(default)
-            missing |= default_missing
-        else:
+    def sub(m: re.Match) -> str:
+        nonlocal missing
+        env = os.environ.get(m.group(1))
+        if env:
+            return env
+        if m.group(2) is None:
             missing = True
-    return "".join(out), missing, pos
+            return ""
+        return m.group(2)
+
+    out = _VAR.sub(sub, value)
+    if "${" in out:
+        problems.append(problem(field, f"unterminated or malformed ${{ in {value!r}", ["${VAR}", "${VAR:-default}"],
+                                source))
+        return None
+    return None if missing or out == "" else out
 
 
 # ---- what one run needs, and whether this cluster can give it ------------------------------------------
 
-RESOURCE_KEYS = ("gpu", "gpus", "nodes", "time_min", "mem_gb", "cpus_per_task")
+class ResourceRequest(_Strict):
+    """A sweep's resources for one run (`resources:` of the sweep file, or `resources.*` axes)."""
+    gpu: str | None = None
+    gpus: PositiveInt | None = None
+    nodes: PositiveInt | None = None
+    time_min: PositiveInt | None = None
+    mem_gb: PositiveFloat | None = None
+    cpus_per_task: PositiveInt | None = None
 
 
-@dataclass(frozen=True)
-class Resources:
+RESOURCE_KEYS = tuple(ResourceRequest.model_fields)
+
+
+class Resources(BaseModel):
     """The allocation of one run; runs with equal resources share one job array."""
+    model_config = ConfigDict(frozen=True)
     gpu: str | None          # GPU type, None on a CPU cluster
     gpus_per_node: int       # 0 on a CPU cluster
     nodes: int
@@ -269,7 +311,13 @@ class Resources:
         return f"{dev}-t{self.tasks_per_node}{nodes}-{self.time_min}m"
 
     def to_dict(self) -> dict:
-        return {f.name: getattr(self, f.name) for f in fields(self)}
+        return self.model_dump()
+
+    def mem_arg(self) -> str | None:
+        """`--mem` in the unit SLURM reads (a bare number is megabytes): whole GB as `32G`, else `M`."""
+        if self.mem_gb is None:
+            return None
+        return f"{int(self.mem_gb)}G" if float(self.mem_gb).is_integer() else f"{round(self.mem_gb * 1024)}M"
 
 
 def resolve_resources(profile: ClusterProfile, cfg, request: dict) -> tuple[Resources | None, list[str], str | None]:
@@ -279,24 +327,27 @@ def resolve_resources(profile: ClusterProfile, cfg, request: dict) -> tuple[Reso
     V100); `not_applicable` means the run cannot exist on this kind of machine at all (DP or TF32 on a CPU
     cluster) and is recorded as such instead of failing the whole sweep.
     """
+    try:
+        req = ResourceRequest(**request)
+    except ValidationError as e:
+        return None, validation_problems(e, prefix=["resources"], model=ResourceRequest), None
     errors: list[str] = []
-    bad = [k for k in request if k not in RESOURCE_KEYS]
-    if bad:
-        return None, [f"resources.{bad[0]}: unknown key; valid keys: {', '.join(RESOURCE_KEYS)}"], None
     par, precision, mods = cfg.system.parallelism, cfg.system.precision, cfg.modalities
-    nodes = int(request.get("nodes") or 1)
-    time_min = int(request.get("time_min") or profile.time_min)
+    nodes = req.nodes or 1
+    time_min = req.time_min or profile.time_min
     if time_min > profile.max_time_min:
-        errors.append(f"resources.time_min: {time_min} exceeds the {profile.name} limit of {profile.max_time_min} "
-                      f"minutes ({profile.max_time_min / 1440:g} days)")
+        errors.append(problem("resources.time_min", f"{time_min} exceeds the {profile.name} limit of "
+                              f"{profile.max_time_min} minutes ({profile.max_time_min / 1440:g} days)",
+                              [f"1..{profile.max_time_min}"]))
     if nodes > 1 and par != "ddp":
         errors.append(f"resources.nodes: {nodes} nodes need system.parallelism=ddp (got {par}); "
                       "single, dp and blp run in one process on one node")
     if nodes > profile.max_nodes:
-        errors.append(f"resources.nodes: {nodes} exceeds the {profile.name} limit of {profile.max_nodes}")
-    multi = request.get("gpus")
+        errors.append(problem("resources.nodes", f"{nodes} exceeds the {profile.name} limit of {profile.max_nodes}",
+                              [f"1..{profile.max_nodes}"]))
+    cpus = req.cpus_per_task or profile.cpus_per_task
     if profile.is_gpu:
-        gpu = request.get("gpu") or profile.default_gpu
+        gpu = req.gpu or profile.default_gpu
         if gpu not in profile.gpus:
             return None, errors + [f"resources.gpu: invalid value {gpu!r} on {profile.name}; valid choices: "
                                    f"{', '.join(profile.gpus)}"], None
@@ -310,16 +361,22 @@ def resolve_resources(profile: ClusterProfile, cfg, request: dict) -> tuple[Reso
         elif par == "blp":  # one device per encoder branch; resources.gpus is for dp/ddp only
             count = len(mods)
         else:  # dp, ddp: as many GPUs as BLP would use unless told, for a like-for-like comparison
-            count = int(multi or len(mods))
+            count = req.gpus or len(mods)
             if par == "dp" and count < 2:
                 errors.append(f"system.parallelism: dp needs >= 2 GPUs, resources.gpus={count}; "
                               "valid choices with one GPU: single")
         if count > spec.per_node:
             errors.append(f"resources.gpus: {par} needs {count} GPUs per node, {gpu} nodes have {spec.per_node}"
                           + ("; use resources.nodes for multi-node ddp" if par == "ddp" else ""))
+        if nodes > 1 and not spec.infiniband:
+            errors.append(problem("resources.nodes", f"{nodes} nodes of {gpu}: {gpu} nodes have no InfiniBand, "
+                                  "so multi-node DDP would run over Ethernet", ["1", "or resources.gpu: " + ", ".join(
+                                      g for g, s in profile.gpus.items() if s.infiniband)]))
         tasks = count if par == "ddp" else 1
-        res = Resources(gpu, count, nodes, tasks, time_min, request.get("cpus_per_task") or profile.cpus_per_task,
-                        request.get("mem_gb") or profile.mem_gb)
+        if cpus is None and count <= spec.per_node:  # the cores that come with the task's GPUs
+            cpus = spec.cores_per_gpu(count) * (count // tasks)
+        res = Resources(gpu=gpu, gpus_per_node=count, nodes=nodes, tasks_per_node=tasks, time_min=time_min,
+                        cpus_per_task=cpus, mem_gb=req.mem_gb or profile.mem_gb)
     else:
         if par == "dp":
             return None, errors, (f"system.parallelism: dp (nn.DataParallel) needs >= 2 CUDA GPUs; cluster "
@@ -327,9 +384,14 @@ def resolve_resources(profile: ClusterProfile, cfg, request: dict) -> tuple[Reso
         if precision == "tf32":
             return None, errors, (f"system.precision: tf32 is a tensor-core format of NVIDIA GPUs; cluster "
                                   f"{profile.name} has none (valid here: fp32, bf16)")
-        tasks = int(multi or profile.cpu_tasks) if par == "ddp" else 1
-        res = Resources(None, 0, nodes, tasks, time_min, request.get("cpus_per_task") or profile.cpus_per_task,
-                        request.get("mem_gb") or profile.mem_gb)
+        tasks = (req.gpus or profile.cpu_tasks) if par == "ddp" else 1
+        res = Resources(gpu=None, gpus_per_node=0, nodes=nodes, tasks_per_node=tasks, time_min=time_min,
+                        cpus_per_task=cpus, mem_gb=req.mem_gb or profile.mem_gb)
+    workers = cfg.loader.num_workers
+    if res.cpus_per_task and workers > res.cpus_per_task:
+        errors.append(problem("loader.num_workers", f"{workers} workers exceed the {res.cpus_per_task} cores each "
+                              f"process of this run gets on {profile.name}", [f"0..{res.cpus_per_task}",
+                                                                              "or resources.cpus_per_task"]))
     world = res.nodes * res.tasks_per_node
     if par == "ddp" and cfg.train.batch_size % world:
         errors.append(f"train.batch_size: {cfg.train.batch_size} is not divisible by the {world} DDP processes")

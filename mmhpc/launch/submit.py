@@ -2,19 +2,28 @@
 preemption or timeout, and the same runs without a scheduler.
 
 Submission returns as soon as SLURM has the jobs; `wait` follows them with a progress bar. Every run is a
-`SweepRun` (a submitit `Checkpointable`): on USR2 before the time limit or on preemption submitit
-requeues it with the same arguments, and the trainer resumes from the run's last epoch checkpoint
-(`output.checkpoint=true`, set for every sweep run). The sbatch scripts of `--dry-run` come from
-submitit's own executor, so they are the ones a real submission would write.
+`SweepRun` (a submitit `Checkpointable`). On SLURM's signal before the time limit or before preemption
+(USR2, `--signal=USR2@<signal_delay_s>`) the trainer stops at the next step boundary (`mmhpc.train.Preempted`),
+then the job requeues itself: through submitit's handler in a submitit job (which also counts timeouts
+against `max_requeues`), with `scontrol requeue` in a job of jobs/sweep_array.sbatch. The requeued job
+resumes from the run's last epoch checkpoint (`output.checkpoint=true`, set for every sweep run), so a
+timeout ends REQUEUED, never FAILED. The sbatch scripts of `--dry-run` come from submitit's own
+executor, so they are the ones a real submission would write.
 """
 from __future__ import annotations
 
+import contextlib
+import logging
 import os
+import re
 import shutil
+import signal
+import subprocess
 import sys
 import time
 import traceback
 from collections import defaultdict
+from dataclasses import dataclass
 from pathlib import Path
 
 import submitit
@@ -22,12 +31,15 @@ from submitit.slurm.slurm import SlurmExecutor
 from tqdm.auto import tqdm
 
 from mmhpc.config import RunConfig
+from mmhpc.errors import RunError
 from mmhpc.launch.clusters import ClusterError, ClusterProfile, Resources, resolve_resources
 from mmhpc.launch.store import SweepDir, run_states
 from mmhpc.results import SCHEMA, atomic_write_json, read_record
 from mmhpc.sweep import SweepError
 
 RESUBMIT = ("unsubmitted", "failed")  # never done (final), pending/running (alive) or n/a
+PREEMPT_SIGNAL = signal.SIGUSR2  # what `--signal` sends (submitit's default too)
+log = logging.getLogger(__name__)
 
 
 # ---- what runs on the node ---------------------------------------------------------------------------
@@ -41,11 +53,22 @@ class SweepRun(submitit.helpers.Checkpointable):
     def __call__(self) -> str:
         if self.data_home:  # the synthetic cache of the submitting machine, wherever the job starts
             os.environ.setdefault("MMHPC_DATA", self.data_home)
+        job_logging()
         return execute_run(self.config, self.stage_data)
 
 
-def execute_run(config: dict, stage_data: bool = False) -> str:
-    """Train one run config here; a finished record is never rerun. Returns what happened."""
+def job_logging() -> None:
+    """Log lines (one per epoch) to the job's output file, unless the command configured logging already."""
+    if not logging.getLogger().handlers:
+        logging.basicConfig(level=logging.INFO, stream=sys.stdout,
+                            format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+
+def execute_run(config: dict, stage_data: bool = False, max_requeues: int | None = None) -> str:
+    """Train one run config here; a finished record is never rerun. Returns what happened.
+
+    In a SLURM job the pre-timeout signal stops training at a step boundary and requeues the job
+    (`max_requeues`: the limit of jobs/sweep_array.sbatch jobs; submitit counts its own)."""
     cfg = RunConfig.from_dict(config)
     rank = _join_distributed(cfg)
     if rank is None:
@@ -55,10 +78,18 @@ def execute_run(config: dict, stage_data: bool = False) -> str:
         return f"{record_path}: already done"
     if stage_data and cfg.data.source == "prepared" and os.environ.get("TMPDIR"):
         cfg = cfg.replace({"data.root": stage_dataset(cfg.data.root, Path(os.environ["TMPDIR"]))})
-    from mmhpc.train import train
+    from mmhpc.doctor import check_job
+    from mmhpc.train import Preempted, train
 
     try:
-        train(cfg, progress=False)
+        check_job(cfg)  # first: a node that cannot run it (driver, GPUs, data) fails the job in one sentence
+        with _signal_stops_training() as previous:
+            try:
+                train(cfg, progress=False)
+            except Preempted:
+                if rank == 0:
+                    _requeue(previous, max_requeues)
+                return f"{cfg.run_name()}: preempted, job requeued"
     except BaseException as e:
         # The trainer records its own failures; this covers those before its first record (bad device...).
         if rank == 0 and not record_path.exists():
@@ -67,6 +98,44 @@ def execute_run(config: dict, stage_data: bool = False) -> str:
                                             "traceback": traceback.format_exc(limit=20)})
         raise
     return str(record_path)
+
+
+@contextlib.contextmanager
+def _signal_stops_training():
+    """While training, PREEMPT_SIGNAL asks the trainer to stop at its next step boundary. Yields the handler
+    it replaces (submitit's checkpoint-and-requeue in a submitit job)."""
+    from mmhpc.train import STOP_REQUESTED
+
+    STOP_REQUESTED.clear()
+    try:
+        previous = signal.signal(PREEMPT_SIGNAL, lambda signum, frame: STOP_REQUESTED.set())
+    except ValueError:  # not the main thread (an in-process run from a thread): nothing can signal it
+        yield None
+        return
+    try:
+        yield previous
+    finally:
+        signal.signal(PREEMPT_SIGNAL, previous)
+
+
+def _requeue(previous, max_requeues: int | None) -> None:
+    """Requeue this SLURM job after the trainer stopped: submitit's handler when submitit installed one
+    (it checkpoints the job's callable, counts timeouts, calls `scontrol requeue` and exits), else
+    `scontrol requeue` here, up to `max_requeues` restarts."""
+    if callable(previous):
+        previous(PREEMPT_SIGNAL, None)
+        return
+    job = os.environ.get("SLURM_JOB_ID")
+    if os.environ.get("SLURM_ARRAY_TASK_ID"):
+        job = f"{os.environ['SLURM_ARRAY_JOB_ID']}_{os.environ['SLURM_ARRAY_TASK_ID']}"
+    if not job:
+        raise RunError("preempted outside a SLURM job: nothing to requeue; rerun it to resume from its checkpoint")
+    restarts = int(os.environ.get("SLURM_RESTART_COUNT") or 0)
+    if max_requeues is not None and restarts >= max_requeues:
+        raise RunError(f"job {job}: stopped by the pre-timeout signal after {restarts} requeue(s), the profile's "
+                       "max_requeues; `mmhpc sweep resume` continues it from its checkpoint")
+    subprocess.run(["scontrol", "requeue", job], check=True, timeout=60, capture_output=True)
+    log.warning("job %s requeued (restart %d): it resumes from the run's last epoch checkpoint", job, restarts + 1)
 
 
 def _finished(path: Path) -> bool:
@@ -120,27 +189,35 @@ class _RenderOnlyExecutor(SlurmExecutor):
         return 1
 
 
-def slurm_parameters(profile: ClusterProfile, res: Resources, job_name: str) -> dict:
+def slurm_parameters(profile: ClusterProfile, res: Resources, job_name: str, parallelism: int | None = None,
+                     after: str | None = None) -> dict:
+    """submitit's parameters for one job array: the resource lines of its sbatch script.
+
+    `--cpus-per-task` also goes to `srun` (since SLURM 22.05 srun no longer inherits it from sbatch),
+    `--mem` carries its unit (a bare number would be megabytes), GPUs are typed (`A100:4`)."""
     params = {"job_name": job_name, "partition": profile.partition, "time": res.time_min, "nodes": res.nodes,
               "ntasks_per_node": res.tasks_per_node, "signal_delay_s": profile.signal_delay_s,
-              "array_parallelism": profile.array_parallelism}
-    optional = {"account": profile.account, "cpus_per_task": res.cpus_per_task, "mem": res.mem_gb,
-                "setup": profile.setup_lines() or None}
+              "array_parallelism": parallelism or profile.array_parallelism}
+    optional = {"account": profile.account, "cpus_per_task": res.cpus_per_task, "mem": res.mem_arg(),
+                "setup": profile.setup_lines() or None, "dependency": f"afterany:{after}" if after else None,
+                "srun_args": [f"--cpus-per-task={res.cpus_per_task}"] if res.cpus_per_task else None}
     params.update({k: v for k, v in optional.items() if v is not None})
+    # requeue: allowed even where the site's JobRequeue default is 0 (USR2 before the limit requeues the job)
+    params["additional_parameters"] = {"requeue": True}
     if res.gpu:  # submitit's gpus_per_node is a count; a typed request (A100:4) goes in verbatim
-        params["additional_parameters"] = {"gpus_per_node": f"{res.gpu}:{res.gpus_per_node}"}
+        params["additional_parameters"]["gpus_per_node"] = f"{res.gpu}:{res.gpus_per_node}"
     return params
 
 
 def make_executor(profile: ClusterProfile, res: Resources, folder: Path, job_name: str,
-                  render_only: bool = False) -> SlurmExecutor:
+                  render_only: bool = False, parallelism: int | None = None, after: str | None = None) -> SlurmExecutor:
     cls = _RenderOnlyExecutor if render_only else SlurmExecutor
     try:
         executor = cls(folder, max_num_timeout=profile.max_requeues, python=profile.interpreter())
     except RuntimeError as e:  # no srun on PATH
         raise ClusterError(f"cluster {profile.name}: {e} For the local SLURM: env/slurm/install.sh && "
                            "env/slurm/start.sh && source env/slurm/state/env.sh") from None
-    executor.update_parameters(**slurm_parameters(profile, res, job_name))
+    executor.update_parameters(**slurm_parameters(profile, res, job_name, parallelism, after))
     return executor
 
 
@@ -151,29 +228,57 @@ def group_by_shape(runs: list[dict]) -> dict[Resources, list[dict]]:
     return dict(groups)
 
 
+@dataclass
+class ArrayPlan:
+    """One job array of a submission: its runs, its own concurrency cap, and the array it waits for."""
+    res: Resources
+    runs: list[dict]
+    parallelism: int
+    after: int | None  # position of the earlier array in the same lane (sbatch --dependency=afterany)
+
+
+def plan_arrays(profile: ClusterProfile, runs: list[dict]) -> list[ArrayPlan]:
+    """Job arrays for these runs: one per resource shape, split at the profile's `max_array_size`.
+
+    `array_parallelism` caps the whole submission, not each array: the arrays are dealt into at most
+    `array_parallelism` lanes, each lane gets a share of the cap (the shares add up to it), and an
+    array waits for the previous array of its lane to end, so at most the cap runs at once."""
+    chunks = [(res, group[i:i + profile.max_array_size]) for res, group in group_by_shape(runs).items()
+              for i in range(0, len(group), profile.max_array_size)]
+    cap = profile.array_parallelism
+    lanes = min(cap, len(chunks)) or 1
+    shares = [cap // lanes + (lane < cap % lanes) for lane in range(lanes)]
+    return [ArrayPlan(res, group, min(shares[k % lanes], len(group)), k - lanes if k >= lanes else None)
+            for k, (res, group) in enumerate(chunks)]
+
+
 def render_scripts(sweep_dir: SweepDir, profile: ClusterProfile, sweep: str, runs: list[dict]) -> str:
     """The sbatch script of each job array a submission would make (nothing written, nothing submitted)."""
     out = []
-    for res, group in group_by_shape(runs).items():
-        ex = make_executor(profile, res, sweep_dir.logs_dir, f"mmhpc-{sweep}-{res.label()}", render_only=True)
-        if len(group) > 1:
-            ex.parameters["map_count"] = len(group)  # what submitit sets for a job array
-        names = ", ".join(f"{r['index']}:{r['name']}" for r in group)
-        out.append(f"# ---- {res.label()}: {len(group)} run(s): {names}\n"
+    for k, plan in enumerate(plan_arrays(profile, runs)):
+        after = f"JOBID_OF_ARRAY_{plan.after}" if plan.after is not None else None
+        ex = make_executor(profile, plan.res, sweep_dir.logs_dir, f"mmhpc-{sweep}-{plan.res.label()}",
+                           render_only=True, parallelism=plan.parallelism, after=after)
+        if len(plan.runs) > 1:
+            ex.parameters["map_count"] = len(plan.runs)  # what submitit sets for a job array
+        names = ", ".join(f"{r['index']}:{r['name']}" for r in plan.runs)
+        out.append(f"# ---- array {k}: {plan.res.label()}: {len(plan.runs)} run(s): {names}\n"
                    + ex._make_submission_file_text(ex._submitit_command_str, "dry-run"))
     return "\n".join(out)
 
 
 def hand_sbatch_lines(sweep_dir: SweepDir, profile: ClusterProfile, runs: list[dict]) -> list[str]:
-    """`sbatch` command lines for jobs/sweep_array.sbatch, one per resource shape (for submitting by hand)."""
+    """`sbatch` command lines for jobs/sweep_array.sbatch, one per job array (for submitting by hand)."""
     lines = []
-    for res, group in group_by_shape(runs).items():
+    for plan in plan_arrays(profile, runs):
+        res = plan.res
         params = slurm_parameters(profile, res, "mmhpc-sweep")
-        flags = [f"--array={','.join(str(r['index']) for r in group)}%{profile.array_parallelism}",
+        flags = [f"--array={','.join(str(r['index']) for r in plan.runs)}%{plan.parallelism}",
                  f"--partition={profile.partition}", f"--time={res.time_min}", f"--nodes={res.nodes}",
                  f"--ntasks-per-node={res.tasks_per_node}"]
         flags += [f"--account={profile.account}"] if profile.account else []
         flags += [f"--cpus-per-task={res.cpus_per_task}"] if res.cpus_per_task else []
+        flags += [f"--mem={res.mem_arg()}"] if res.mem_gb else []
         flags += [f"--gpus-per-node={params['additional_parameters']['gpus_per_node']}"] if res.gpu else []
         lines.append(f"sbatch {' '.join(flags)} jobs/sweep_array.sbatch {sweep_dir.path}")
     return lines
@@ -188,9 +293,12 @@ def submit_runs(sweep_dir: SweepDir, manifest: dict, profile: ClusterProfile, in
     _pregenerate_tiny_data(runs)
     if profile.scheduler == "none":
         return _run_here(sweep_dir, manifest, profile, runs, progress)
-    job_ids = []
-    for res, group in group_by_shape(runs).items():
-        ex = make_executor(profile, res, sweep_dir.logs_dir, f"mmhpc-{manifest['sweep']}-{res.label()}")
+    job_ids: list[str] = []
+    array_ids: list[str] = []
+    for plan in plan_arrays(profile, runs):
+        res, group = plan.res, plan.runs
+        ex = make_executor(profile, res, sweep_dir.logs_dir, f"mmhpc-{manifest['sweep']}-{res.label()}",
+                           parallelism=plan.parallelism, after=array_ids[plan.after] if plan.after is not None else None)
         with ex.batch():  # one sbatch --array per shape (a plain job when the shape has one run)
             jobs = [ex.submit(_sweep_run(profile, run)) for run in group]
         now = time.time()
@@ -198,6 +306,7 @@ def submit_runs(sweep_dir: SweepDir, manifest: dict, profile: ClusterProfile, in
             run["jobs"].append({"job_id": job.job_id, "scheduler": "slurm", "cluster": profile.name,
                                 "submitted": now})
         main = jobs[0].job_id.split("_")[0]
+        array_ids.append(main)
         manifest["arrays"].append({"job_id": main, "shape": res.label(), "runs": [r["index"] for r in group],
                                    "script": str(jobs[0].paths.submission_file), "submitted": now})
         sweep_dir.save(manifest)  # after each array, so a later failure loses no job id
@@ -291,6 +400,11 @@ def prepare_sweep(path: str | Path, cluster: str, size: str | None = None, accou
     from mmhpc.launch.clusters import load_profile
     from mmhpc.sweep import expand, load_sweep
 
+    from mmhpc.errors import problem
+    from mmhpc.sweep import NAME_PATTERN, NAME_VALID
+
+    if name is not None and (not re.match(NAME_PATTERN, name) or name in (".", "..")):
+        raise SweepError([problem("--name", f"{name!r} cannot name a directory; valid: {NAME_VALID}")], "sweep")
     profile = load_profile(cluster, account)
     profile.check_account(dry_run)
     spec = load_sweep(path)
@@ -350,4 +464,6 @@ def run_index(path: str | Path, index: int) -> str:
         return f"run {index} ({run['name']}) not applicable: {run['not_applicable']}"
     from mmhpc.launch.clusters import load_profile
 
-    return execute_run(run["config"], load_profile(manifest["cluster"]).stage_data)
+    job_logging()
+    profile = load_profile(manifest["cluster"])
+    return execute_run(run["config"], profile.stage_data, profile.max_requeues)

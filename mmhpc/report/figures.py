@@ -120,7 +120,8 @@ def utilisation_figures(runs: pd.DataFrame) -> list[Figure]:
         kind = kinds.pop() if len(kinds) == 1 else "GPU/CPU"
         fig, axes = page(f"{kind} utilisation over time per run (cf. thesis Fig. 4.1/4.2)",
                          _kind_caption({ts[2] for _, ts in chunk}) + " Shaded: epochs (training and validation);"
-                         " gaps between them are loader start-up, test and bookkeeping.", len(chunk))
+                         " gaps between them are loader start-up, test and bookkeeping. The whole run is drawn; "
+                         "the tables' means leave its warm-up epoch out.", len(chunk))
         for ax, (row, (data, markers, k)) in zip(axes, chunk):
             _shade_epochs(ax, markers)
             ax.plot(data["t"], data["util"], lw=1.0, color=OPT)
@@ -176,8 +177,8 @@ def speedup_figure(table: Table) -> Figure | None:
     base = NAMES.get(table.baseline, table.baseline)
     fig, (ax,) = page(f"Speedup: {table.title.split(':')[0]} (Eq. 4.1, against {base})",
                       f"Speedup of each setting over the {table.baseline} baseline of the same row in table "
-                      f"'{table.title}'; above 1 is faster. Settings without a finished pair of runs are left out "
-                      "here; the table shows why.", 1)
+                      f"'{table.title}'; above 1 is faster, from times averaged without the warm-up epochs. "
+                      "Settings without a finished pair of runs are left out here; the table shows why.", 1)
     n_rows, n_series = bars.shape
     width = 0.8 / max(n_series, 1)
     x = np.arange(n_rows)
@@ -203,7 +204,7 @@ def accuracy_figures(runs: pd.DataFrame) -> list[Figure]:
     done = runs[(runs["state"] == "done") & runs["record"].notna()]
     curves = []
     for _, group in row_groups(done, ctx):
-        per_seed = [pd.DataFrame([{k: v for k, v in e["val"].items() if k.startswith("acc/")}
+        per_seed = [pd.DataFrame([{k: v for k, v in e.get("val", {}).items() if k.startswith("acc/")}
                                   for e in r["epochs"]]) for r in group["record"] if len(r.get("epochs", [])) > 1]
         if per_seed:
             curves.append((run_label(group.iloc[0], ctx), pd.concat(per_seed).groupby(level=0).mean()))

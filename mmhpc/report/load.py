@@ -24,6 +24,7 @@ from mmhpc.results import iter_records
 
 # Knobs that never make two runs different experiments (names, paths, seeds: seeds are averaged over).
 NOT_AXES = ("output.", "train.seed", "data.root", "train.single_acc", "system.sample_interval")
+WARMUP_EPOCHS = 1  # a training record's first epoch is its warm-up: left out of every mean (see _measurements)
 STATE_ORDER = ("done", "running", "pending", "failed", "unsubmitted", "missing", "n/a")
 
 
@@ -161,28 +162,35 @@ def _config_row(rec: dict, sweep: str) -> dict:
 
 
 def _measurements(rec: dict) -> dict:
-    """Time per epoch, utilisation and test metrics of a finished run.
+    """Time per epoch, idle time, utilisation and test metrics of a finished run, over its measured epochs.
 
-    A `bench` record gives its measured epochs (warm-up left out); a plain training record the mean over
-    all its epochs. Utilisation: the GPUs' mean (their average when a run uses several), else the CPU's.
+    Warm-up epochs are left out of every mean: a `bench` record's own warm-up, a training record's first
+    `WARMUP_EPOCHS` (cuDNN autotuning, allocator growth, first worker start-up and file cache; as
+    `mmhpc bench --warmup 1`). A record with no epoch beyond its warm-up keeps them all. Utilisation: the
+    GPUs' mean (their average when a run uses several), else the CPU's. Idle: the time per epoch the
+    training step waited for data (`train_data_wait_s`; estimated, thesis Alg. 7, for prefetch factor 0).
     """
     out: dict = {}
     bench = rec.get("bench")
-    epochs = rec.get("epochs") or []
+    epochs = [e for e in rec.get("epochs") or [] if e.get("time")]
     summary = rec.get("summary") or {}
+    warmup = bench.get("warmup_epochs", 0) if bench else WARMUP_EPOCHS
+    measured = epochs[warmup:] if len(epochs) > warmup else epochs
+    out["warmup_epochs"] = len(epochs) - len(measured)
     if bench:
         out["time_epoch_s"] = bench.get("epoch_s_mean")
         out["time_train_s"] = _sum_or_none(bench.get("train_loader_init_s_mean"), bench.get("train_s_mean"))
         util = {k[len("util/"):]: v for k, v in bench.items() if k.startswith("util/") and v is not None}
-        measured = epochs[bench.get("warmup_epochs", 0):]
     else:
-        times = [e["time"] for e in epochs if e.get("time")]
+        times = [e["time"] for e in measured]
         out["time_epoch_s"] = (float(np.mean([t["epoch_s"] for t in times])) if times
                                else summary.get("epoch_time_mean_s"))
         out["time_train_s"] = (float(np.mean([t["train_loader_init_s"] + t["train_s"] for t in times]))
                                if times else None)
-        util = _mean_util([e.get("util") or {} for e in epochs])
-        measured = epochs
+        util = _mean_util([e.get("util") or {} for e in measured])
+    waits = [e["time"]["train_data_wait_s"] for e in measured if e["time"].get("train_data_wait_s") is not None]
+    out["idle_s"] = float(np.mean(waits)) if waits else None
+    out["idle_estimated"] = any(e["time"].get("train_data_wait_estimated") for e in measured)
     out["n_epochs"] = len(measured) or None
     gpu = [v for k, v in util.items() if re.fullmatch(r"gpu\d+_util_pct_mean", k)]
     if gpu:
@@ -258,7 +266,8 @@ def _hashable(v):
 
 def _tidy(rows: list[dict]) -> pd.DataFrame:
     df = pd.DataFrame(rows)
-    for col in ("time_epoch_s", "time_train_s", "util_pct", "util_kind", "host", "cluster", "ibf", "n_epochs"):
+    for col in ("time_epoch_s", "time_train_s", "util_pct", "util_kind", "host", "cluster", "ibf", "n_epochs",
+                "idle_s", "warmup_epochs"):
         if col not in df:
             df[col] = np.nan if col not in ("util_kind", "host", "cluster") else None
     df["reason"] = df["reason"].fillna("")

@@ -27,14 +27,16 @@ KINDS = ("precision", "loader", "parallelism", "overall", "algorithm")
 # config knob behind each derived column
 LABELS = {"sweep": "Sweep", "dataset": "Dataset", "encoder": "Encoder", "device": "Device",
           "batch_size": "Batch size", "fusion": "Fusion", "strategy": "Method", "precision": "Precision",
-          "loader": "Loader", "parallelism": "Parallelism"}
+          "loader": "Loader", "parallelism": "Parallelism", "loader.num_workers": "Workers",
+          "loader.prefetch_factor": "Prefetch factor"}
 KNOB_OF = {"dataset": "data.dataset", "encoder": "data.modalities", "fusion": "model.fusion",
            "strategy": "strategy.name", "precision": "system.precision", "loader": "loader.preinit",
            "parallelism": "system.parallelism", "batch_size": "train.batch_size"}
 NAMES = {"fp32": "FP32", "tf32": "TF32", "bf16": "BF16", "standard": "Std", "preinit": "Opt",
          "single": "Single", "dp": "DP", "ddp": "DDP", "blp": "BLP"}
-TIME_NOTE = ("Time: seconds per epoch of training and validation, loader initialisation included "
-             "(a bench record: its measured epochs; a training record: all its epochs).")
+TIME_NOTE = ("Time: seconds per epoch of training and validation, loader initialisation included, averaged "
+             "over the measured epochs: warm-up epochs are left out (a bench record's own warm-up; a training "
+             "record's first epoch, unless it has only one).")
 
 
 @dataclass
@@ -183,7 +185,8 @@ SHOWN = {"fp32": "FP32", "tf32": "TF32", "bf16": "BF16", "dp": "DP", "ddp": "DDP
 
 
 def _key_cells(ctx: list[str], key: tuple) -> dict:
-    return {_label(c): SHOWN.get(str(v), str(v)) for c, v in zip(ctx, key)}
+    # a knob left unset (None; NaN once in the frame) runs at its default
+    return {_label(c): "default" if str(v) in ("None", "nan") else SHOWN.get(str(v), str(v)) for c, v in zip(ctx, key)}
 
 
 def row_groups(runs: pd.DataFrame, ctx: list[str]):
@@ -268,6 +271,90 @@ def loader_table(runs: pd.DataFrame) -> Table | None:
                + "; gain in percentage points.", runs, "loader", ("standard", "preinit"), "standard",
                owned=("loader.persistent_workers",), util=True)
     return t
+
+
+# ---- loader knobs one at a time (thesis Tables 2.4, 2.5) and a recommendation for the node ---------------
+
+NEAR_BEST = 0.05  # a setting within 5 % of the best measured one counts as good as the best
+
+
+def _knob_rows(runs: pd.DataFrame, knob: str, metric: str, header: str, notes: Notes, fmt=fmt_time,
+               value_name=str):
+    """One row per value of `knob` within each setting where it varies: [(key cells, value, cell, row)]."""
+    ctx = context_columns(runs, (knob,))
+    rows = []
+    for key, group in row_groups(runs, ctx):
+        if group[knob].astype(str).nunique() < 2:
+            continue
+        values = sorted(group[knob].unique(), key=lambda v: (-1 if v is None or pd.isna(v) else float(v)))
+        for v in values:
+            hit = group[group[knob].isna()] if v is None or pd.isna(v) else group[group[knob] == v]
+            c = cell(hit, metric, notes)
+            row = {**_key_cells(ctx, key), _label(knob): value_name(v), header: fmt_mean_se(c, fmt)}
+            rows.append((key, v, c, row))
+    return ctx, rows
+
+
+def _recommend(rows, lower_is_better_floor: float = 0.0):
+    """The smallest knob value whose mean is within NEAR_BEST of the best mean (per setting key)."""
+    best: dict = {}
+    for key, v, c, _ in rows:
+        if c.mean is not None and v is not None and not pd.isna(v):
+            best.setdefault(key, []).append((float(v), c.mean))
+    out = {}
+    for key, pairs in best.items():
+        floor = min(m for _, m in pairs)
+        out[key] = min(v for v, m in pairs if m <= floor * (1 + NEAR_BEST) + lower_is_better_floor)
+    return out
+
+
+def _prefetch_name(v) -> str:
+    if v is None or pd.isna(v):
+        return "default (2)"
+    return "0 (estimated)" if int(v) == 0 else str(int(v))
+
+
+def loader_knob_tables(runs: pd.DataFrame) -> list[Table]:
+    """Table 2.4 (time per epoch by worker count), Table 2.5 (idle time by prefetch factor), each with the
+    recommended value for the node it ran on."""
+    tables = []
+    for knob, name, title, metric, header, fmt, value_name, thesis in (
+            ("loader.num_workers", "loader-workers", "Data loader: worker processes", "time_epoch_s",
+             "Time (s)", fmt_time, lambda v: str(int(v)), "Table 2.4"),
+            ("loader.prefetch_factor", "loader-prefetch", "Data loader: prefetch factor and idle time", "idle_s",
+             "Idle time (s)", lambda x: f"{x:.3f}", _prefetch_name, "Table 2.5")):
+        if knob not in runs or knob not in varying(runs):
+            continue
+        notes = Notes()
+        ctx, rows = _knob_rows(runs, knob, metric, header, notes, fmt, value_name)
+        if not rows:
+            continue
+        # a setting's recommendation: the cheapest value as good as the best (idle: within 5 % or 10 ms)
+        rec = _recommend(rows, 0.01 if metric == "idle_s" else 0.0)
+        shown = []
+        for key, v, _, row in rows:
+            chosen = key in rec and v is not None and not pd.isna(v) and float(v) == rec[key]
+            row["Recommended"] = "✓" if chosen else ""
+        for key, v in rec.items():
+            where = ", ".join(f"{k} {x}" for k, x in _key_cells(ctx, key).items())
+            shown.append(f"{value_name(v)}" + (f" ({where})" if where else ""))
+        if metric == "idle_s":
+            what = ("Idle time: seconds per epoch the training step waited for a batch (the waits in the "
+                    "loader's next(), first batch excluded: that is initialisation, Table 2.8), averaged over "
+                    "the measured epochs. PyTorch cannot run prefetch factor 0 with workers: its row is "
+                    "estimated as thesis Appendix A.2.1 (Alg. 7), from a pass over the epoch with prefetch "
+                    "factor 1 and no work in the loop.")
+            rule = (f"Recommended: the smallest prefetch factor whose idle time is within {NEAR_BEST:.0%} (or "
+                    "10 ms) of the least measured")
+        else:
+            what = TIME_NOTE
+            rule = f"Recommended: the fewest workers whose time per epoch is within {NEAR_BEST:.0%} of the fastest"
+        setting = _constants(runs, ctx)
+        caption = (f"{title}, thesis {thesis}. {what} {rule}, for the node the runs ran on: "
+                   f"{'; '.join(shown)}." + (f" Setting: {setting}." if setting else ""))
+        tables.append(Table(name, title, caption, pd.DataFrame([r for *_, r in rows]).fillna("–"),
+                            notes.lines(), len(ctx) + 1))
+    return tables
 
 
 def parallelism_table(runs: pd.DataFrame) -> Table | None:
@@ -439,6 +526,8 @@ def detect_kinds(runs: pd.DataFrame) -> list[str]:
     method or fusion varies, or when no system knob does."""
     var = set(varying(runs))
     kinds = [k for k in ("precision", "loader", "parallelism") if KNOB_OF[k] in var]
+    if "loader" not in kinds and var & {"loader.num_workers", "loader.prefetch_factor"}:
+        kinds.insert(1 if "precision" in kinds else 0, "loader")
     if sum(k in kinds for k in DEFAULTS) >= 2 and overall_table(runs) is not None:
         kinds.append("overall")
     if not kinds or var & {"strategy.name", "model.fusion"}:
@@ -455,7 +544,12 @@ def build_tables(runs: pd.DataFrame, kinds: list[str] | None = None) -> tuple[li
     for kind in kinds:
         if kind not in KINDS:
             raise ValueError(f"kind: invalid value {kind!r}; valid choices: auto, {', '.join(KINDS)}")
-        made = algorithm_tables(runs) if kind == "algorithm" else [builders[kind](runs)]
+        if kind == "algorithm":
+            made = algorithm_tables(runs)
+        elif kind == "loader":
+            made = loader_knob_tables(runs) + ([loader_table(runs)] if KNOB_OF["loader"] in varying(runs) else [])
+        else:
+            made = [builders[kind](runs)]
         made = [t for t in made if t is not None]
         if not made:
             messages.append(f"{kind}: no runs that differ in {KNOB_OF.get(kind, 'the system knobs')} "

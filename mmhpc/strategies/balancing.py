@@ -34,20 +34,14 @@ def unimodal_logits(fusion: Fusion, embs: Mapping[str, torch.Tensor]) -> dict[st
     return parts
 
 
-def all_sum(values: torch.Tensor) -> torch.Tensor:
-    """Sum a per-process tensor over the DDP group, so every process takes the same balancing decision.
-
-    The reduction runs on the tensor's device, with no host synchronisation."""
-    if dist.is_available() and dist.is_initialized():
-        values = values.clone()
-        dist.all_reduce(values)
-    return values
-
-
 def batch_scores(logits: Mapping[str, torch.Tensor], labels: torch.Tensor) -> torch.Tensor:
     """s [M] in the order of `logits`: sum over the (global) batch of softmax(z_m)[y] (seed 003 Eq. 6, seed 002
-    Eq. 4), on the device; `.tolist()` it once where the algorithm needs host numbers."""
-    return all_sum(torch.stack([correct_class_score(z, labels) for z in logits.values()]))
+    Eq. 4). The scores stay on the device and are summed over DDP processes there (so every process takes the
+    same balancing decision); a strategy that needs host numbers reads them in one copy (`.tolist()`)."""
+    scores = torch.stack([correct_class_score(z, labels) for z in logits.values()])
+    if dist.is_available() and dist.is_initialized():
+        dist.all_reduce(scores)
+    return scores
 
 
 def step_logits(model, embs: Mapping[str, torch.Tensor], fused: torch.Tensor,

@@ -19,6 +19,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from mmhpc.compat import autocast_state
 from mmhpc.config import ConfigError
 
 
@@ -162,7 +163,7 @@ class BranchParallel:
 
     def encode(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         grad = torch.is_grad_enabled()
-        amp = (torch.is_autocast_enabled(self.master.type), torch.get_autocast_dtype(self.master.type))
+        amp = autocast_state(self.master.type)
         futures = {m: self.pool.submit(self._branch, m, batch[m], grad, amp) for m in self.placement}
         out = {}
         for m, fut in futures.items():

@@ -88,6 +88,8 @@ class UtilSampler:
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self._started = False
+        self._sampling = threading.Lock()  # one sample at a time: the thread's and `sample_now`'s
         self._t0 = 0.0
         self._nv = None
         self._handles: list = []
@@ -96,9 +98,12 @@ class UtilSampler:
         self._n_cost = 0
 
     # -- lifecycle -------------------------------------------------------------------------------------------------
-    def start(self) -> "UtilSampler":
-        if self._thread is not None:
+    def start(self, background: bool = True) -> "UtilSampler":
+        """Open NVML and start sampling every `interval_s` on a thread; `background=False` starts no thread
+        (samples are then taken by `sample_now`, e.g. by a caller with its own schedule)."""
+        if self._started:
             raise RuntimeError("UtilSampler.start() called twice")
+        self._started = True
         self._proc = psutil.Process(self.pid)
         try:
             self._open_gpus()
@@ -108,15 +113,23 @@ class UtilSampler:
         self.columns = ["t"] + HOST_COLUMNS + [f"gpu{i}_{m}" for i in self.gpus for m in GPU_METRICS]
         self._t0, self.start_time = time.monotonic(), time.time()
         self._prime()
-        self._thread = threading.Thread(target=self._run, name="mmhpc-util-sampler", daemon=True)
-        self._thread.start()
+        if background:
+            self._thread = threading.Thread(target=self._run, name="mmhpc-util-sampler", daemon=True)
+            self._thread.start()
         return self
 
+    def sample_now(self) -> None:
+        """Take one sample now (beside the thread's, if it runs): its rates cover the time since the last one."""
+        if not self._started or self._stop.is_set():
+            raise RuntimeError("UtilSampler.sample_now() outside start() ... stop()")
+        self._sample()
+
     def stop(self) -> None:
-        if self._thread is None or self._stop.is_set():
+        if not self._started or self._stop.is_set():
             return
         self._stop.set()
-        self._thread.join()
+        if self._thread is not None:
+            self._thread.join()
         # The tail since the last tick completes short windows and energy totals; a tail of a few ms would give
         # CPU % dominated by the kernel's 10 ms accounting tick, so it is dropped.
         if time.monotonic() - self._t_prev > 0.25 * self.interval_s:
@@ -132,14 +145,14 @@ class UtilSampler:
             self._nv = None
 
     def __enter__(self) -> "UtilSampler":
-        return self.start()
+        return self if self._started else self.start()
 
     def __exit__(self, *exc) -> None:
         self.stop()
 
     def mark(self, label: str) -> float:
         """Record an event marker ("epoch 3 start"); returns its `t`."""
-        if self._thread is None:
+        if not self._started:
             raise RuntimeError("UtilSampler.mark() before start()")
         t = time.monotonic() - self._t0
         with self._lock:
@@ -297,6 +310,10 @@ class UtilSampler:
         return (c.read_bytes, c.write_bytes) if kind == "disk" else (c.bytes_sent, c.bytes_recv)
 
     def _sample(self) -> None:
+        with self._sampling:
+            self._take_sample()
+
+    def _take_sample(self) -> None:
         w0, c0 = time.perf_counter(), time.thread_time()
         now = time.monotonic()
         dt = max(now - self._t_prev, 1e-9)

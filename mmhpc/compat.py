@@ -1,0 +1,31 @@
+"""What differs between the torch releases mmhpc supports (setup.cfg: torch>=2.1, the oldest release
+whose API the package keeps to: tests/test_torch_floor.py checks every `torch.*` use against it).
+
+A newer-only API is used here only, behind a check, through getattr (so the floor check, which reads
+attribute chains, sees the old path it can verify).
+"""
+from __future__ import annotations
+
+import torch
+
+
+def autocast_state(device_type: str) -> tuple[bool, torch.dtype]:
+    """(enabled, dtype) of the autocast active in this thread for a device type."""
+    get_dtype = getattr(torch, "get_autocast_dtype", None)  # torch 2.4+: one call for every device type
+    if get_dtype is not None:
+        return getattr(torch, "is_autocast_enabled")(device_type), get_dtype(device_type)
+    if device_type == "cuda":
+        return torch.is_autocast_enabled(), torch.get_autocast_gpu_dtype()
+    return torch.is_autocast_cpu_enabled(), torch.get_autocast_cpu_dtype()
+
+
+def init_process_group(backend: str, device: torch.device | None = None, **kwargs) -> None:
+    """torch.distributed.init_process_group, binding NCCL to `device` at once where torch can (the
+    `device_id` argument, torch 2.3+); an older torch binds it on first use."""
+    import inspect
+
+    import torch.distributed as dist
+
+    if device is not None and "device_id" in inspect.signature(dist.init_process_group).parameters:
+        kwargs["device_id"] = device
+    dist.init_process_group(backend, **kwargs)

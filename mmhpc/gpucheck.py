@@ -1,0 +1,510 @@
+"""`mmhpc gpu-check` (`make gpu-check`): one command that checks a GPU node and records what it measured.
+
+Each check prints PASS, FAIL or SKIP (with the reason) and writes its record to `<out>/<check>.json`
+(default `reports/results/<gpu>/`, e.g. `reports/results/h100/`; on a machine without a GPU
+`reports/out/gpu-check-cpu/`, so CPU runs never mix with committed GPU records):
+
+    env          driver, CUDA build, cuDNN, compute capability, versions of what is installed
+    precision    precision flags, large-matmul TFLOP/s and ResNet-18 forward+backward images/s
+                 (64x3x224x224) at fp32, tf32 and bf16
+    syncs        host synchronisations in a naive training step (torch.cuda.set_sync_debug_mode): zero
+    blp          Branch-Level Parallelism on one GPU: branch kernels on their own streams (profiler trace),
+                 the same gradients as a single-device model
+    sampler      the NVML sampler under load: utilisation, power, energy, cost per sample
+    ddp          DistributedDataParallel with NCCL in one process
+    bench        `mmhpc bench` per encoder (visual, text) at fp32/tf32/bf16 on full synthetic MVSA
+    loader       standard vs pre-initialised loader (thesis Alg. 6) with GPU utilisation
+    report       `mmhpc report` of the records above
+
+It needs only torch (plus torchvision, transformers and nvidia-ml-py for some checks): run from the
+repository with `PYTHONPATH=. python3 -m mmhpc.gpucheck`. Checks that need a package that is not installed
+(psutil and pandas for the sampler, matplotlib for the report) say so and are skipped. On a machine
+without a GPU it runs what it can and exits 0, listing the checks it skipped for want of one. Exit 1 when a
+check fails. The whole run is sized for under 8 minutes on one H100.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import os
+import re
+import shutil
+import socket
+import sys
+import tempfile
+import time
+import traceback
+import warnings
+from pathlib import Path
+
+import torch
+
+NEEDS_GPU = "needs a CUDA GPU"
+PRECISIONS = ("fp32", "tf32", "bf16")
+
+
+class Skip(Exception):
+    """A check that cannot run here (no GPU, a package missing, the time budget spent)."""
+
+
+class Check:
+    def __init__(self, out: Path, budget_s: float, workers: int):
+        self.out = out
+        self.cuda = torch.cuda.is_available()
+        self.device = torch.device("cuda", 0) if self.cuda else torch.device("cpu")
+        self.t0 = time.monotonic()
+        self.budget_s = budget_s
+        self.workers = workers
+        self.scratch = Path(tempfile.mkdtemp(prefix="mmhpc-gpu-check-"))  # Trainers that never write a record
+
+    def need_gpu(self):
+        if not self.cuda:
+            raise Skip(NEEDS_GPU)
+
+    def left_s(self) -> float:
+        return self.budget_s - (time.monotonic() - self.t0)
+
+
+def _need(*modules: str) -> None:
+    missing = [m for m in modules if not _importable(m)]
+    if missing:
+        raise Skip(f"needs {', '.join(missing)} (not installed)")
+
+
+def _importable(module: str) -> bool:
+    try:
+        importlib.import_module(module)
+        return True
+    except ImportError:
+        return False
+
+
+def gpu_slug(name: str) -> str:
+    """"NVIDIA H100 80GB HBM3" -> "h100"; "NVIDIA A100-SXM4-40GB" -> "a100"."""
+    m = re.search(r"\b([A-Z]{1,2}\d{2,4}[A-Za-z]?)\b", name.replace("NVIDIA", "").replace("-", " "))
+    return (m.group(1) if m else re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-")).lower()
+
+
+def set_precision(name: str, device: torch.device):
+    """The run's precision on `device` (flags set now); returns a zero-argument autocast factory."""
+    from mmhpc.system.precision import apply_precision
+
+    return apply_precision(name, device)
+
+
+def _flags() -> dict:
+    return {"matmul_allow_tf32": torch.backends.cuda.matmul.allow_tf32,
+            "cudnn_allow_tf32": torch.backends.cudnn.allow_tf32,
+            "float32_matmul_precision": torch.get_float32_matmul_precision()}
+
+
+def _cuda_time(fn, reps: int) -> float:
+    """Seconds per call of `fn` on the GPU (CUDA events around `reps` calls after one warm-up)."""
+    fn()
+    torch.cuda.synchronize()
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    start.record()
+    for _ in range(reps):
+        fn()
+    end.record()
+    end.synchronize()
+    return start.elapsed_time(end) / 1000.0 / reps
+
+
+def _tiny_config(ck: Check, *overrides: str):
+    from mmhpc.config import load_config
+
+    return load_config(None, ["data.dataset=cremad", "data.preset=tiny", f"system.device={ck.device.type}",
+                              "train.batch_size=16", "train.epochs=1", "system.sample_interval=0",
+                              f"output.runs_dir={ck.scratch}",
+                              "output.overwrite=true", *overrides])
+
+
+# ---- the checks ------------------------------------------------------------------------------------------
+
+def check_env(ck: Check) -> tuple[dict, str]:
+    rec = {"host": socket.gethostname(), "python": sys.version.split()[0], "torch": torch.__version__,
+           "cuda_build": torch.version.cuda, "cuda_available": ck.cuda,
+           "cudnn": torch.backends.cudnn.version() if torch.backends.cudnn.is_available() else None,
+           "packages": {}}
+    for m in ("torchvision", "transformers", "pynvml", "numpy", "PIL", "yaml", "psutil", "pandas", "matplotlib",
+              "pydantic", "submitit"):
+        try:
+            rec["packages"][m] = getattr(importlib.import_module(m), "__version__", "installed")
+        except ImportError:
+            rec["packages"][m] = None
+    try:
+        import pynvml
+
+        pynvml.nvmlInit()
+        driver = pynvml.nvmlSystemGetDriverVersion()
+        rec["driver"] = driver.decode() if isinstance(driver, bytes) else driver
+        pynvml.nvmlShutdown()
+    except Exception as e:  # noqa: BLE001 - no NVML is a finding, not an error
+        rec["driver"] = None
+        rec["nvml"] = f"unavailable: {e}"
+    if ck.cuda:
+        p = torch.cuda.get_device_properties(0)
+        rec["gpu"] = {"name": p.name, "capability": f"{p.major}.{p.minor}", "memory_gib": round(p.total_memory / 2**30, 1),
+                      "count": torch.cuda.device_count(), "sms": p.multi_processor_count}
+        line = f"{p.name}, capability {p.major}.{p.minor}, driver {rec['driver']}, CUDA {torch.version.cuda}"
+    else:
+        line = f"no CUDA GPU; torch {torch.__version__} (CUDA build {torch.version.cuda})"
+    return rec, line
+
+
+def check_precision(ck: Check) -> tuple[dict, str]:
+    ck.need_gpu()
+    import torchvision
+
+    cap = torch.cuda.get_device_capability(0)
+    rec, n = {"matmul_n": 8192, "resnet18_batch": [64, 3, 224, 224], "precisions": {}}, 8192
+    for name in PRECISIONS:
+        if name != "fp32" and cap < (8, 0):
+            rec["precisions"][name] = {"skipped": f"needs compute capability 8.0+, this GPU has {cap}"}
+            continue
+        autocast = set_precision(name, ck.device)
+        a, b = (torch.randn(n, n, device=ck.device) for _ in range(2))
+
+        def matmul():
+            with autocast():
+                a @ b
+
+        t_mm = _cuda_time(matmul, 10)
+        model = torchvision.models.resnet18(num_classes=1000).to(ck.device)
+        opt = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9)
+        x = torch.randn(64, 3, 224, 224, device=ck.device)
+        y = torch.randint(0, 1000, (64,), device=ck.device)
+
+        def step():
+            with autocast():
+                loss = torch.nn.functional.cross_entropy(model(x), y)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+
+        torch.backends.cudnn.benchmark = True
+        for _ in range(3):
+            step()
+        t_step = _cuda_time(step, 20)
+        rec["precisions"][name] = {"flags": _flags(), "autocast": name == "bf16",
+                                   "matmul_tflops": 2 * n**3 / t_mm / 1e12, "resnet18_images_per_s": 64 / t_step}
+        del model, opt, a, b, x
+    torch.cuda.empty_cache()
+    p = rec["precisions"]
+    done = [k for k in PRECISIONS if "matmul_tflops" in p[k]]
+    line = "; ".join(f"{k}: matmul {p[k]['matmul_tflops']:.0f} TFLOP/s, ResNet-18 {p[k]['resnet18_images_per_s']:.0f} img/s"
+                     for k in done)
+    if "tf32" in done:
+        rec["tf32_matmul_speedup"] = p["tf32"]["matmul_tflops"] / p["fp32"]["matmul_tflops"]
+        if p["fp32"]["flags"]["matmul_allow_tf32"] or not p["tf32"]["flags"]["matmul_allow_tf32"]:
+            raise AssertionError(f"precision flags not as set: {p}")
+        if rec["tf32_matmul_speedup"] < 1.5:
+            raise AssertionError(f"TF32 matmul only {rec['tf32_matmul_speedup']:.2f}x FP32: the TF32 flag has no "
+                                 f"effect ({line})")
+    return rec, line
+
+
+def check_syncs(ck: Check) -> tuple[dict, str]:
+    ck.need_gpu()
+    from mmhpc.metrics import MetricAccumulator
+    from mmhpc.train import Trainer
+
+    trainer = Trainer(_tiny_config(ck, "loader.pin_memory=true", "system.deterministic=false"), progress=False)
+    try:
+        batches = iter(trainer.loaders["train"].epoch(0))
+        host = [next(batches) for _ in range(4)]
+        acc = MetricAccumulator()
+
+        def step(batch):
+            batch = trainer._to_device(batch)
+            out = trainer.strategy.train_step(batch, batch["label"])
+            acc.update(out.logits, batch["label"])
+
+        step(host[0])  # warm-up: allocator, cuDNN plans
+        torch.cuda.synchronize()
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            torch.cuda.set_sync_debug_mode("warn")
+            try:
+                for batch in host[1:]:
+                    step(batch)
+            finally:
+                torch.cuda.set_sync_debug_mode("default")
+        torch.cuda.synchronize()
+        syncs = [str(w.message).splitlines()[0] for w in caught if "synchroniz" in str(w.message).lower()]
+    finally:
+        trainer.close()
+    rec = {"steps": len(host) - 1, "strategy": "naive", "host_syncs": len(syncs), "messages": syncs[:10]}
+    if syncs:
+        raise AssertionError(f"{len(syncs)} host synchronisations in {len(host) - 1} steps: {syncs[0]}")
+    return rec, f"0 host synchronisations in {len(host) - 1} naive steps (batch to device, step, metrics)"
+
+
+def _forward_backward(trainer, batch) -> dict:
+    model = trainer.model
+    model.zero_grad(set_to_none=True)
+    out = model(batch)
+    torch.nn.functional.cross_entropy(out["fused"].float(), batch["label"]).backward()
+    return {k: p.grad.detach().float().cpu().clone() for k, p in model.named_parameters() if p.grad is not None}
+
+
+def check_blp(ck: Check) -> tuple[dict, str]:
+    from mmhpc.train import Trainer
+
+    dev = str(ck.device)
+    common = ("system.deterministic=true", "system.precision=fp32")
+    single = Trainer(_tiny_config(ck, *common, "output.name=blp-single"), progress=False)
+    blp = Trainer(_tiny_config(ck, *common, "system.parallelism=blp", "output.name=blp-blp",
+                               f"system.blp_devices={{audio: '{dev}', visual: '{dev}'}}"), progress=False)
+    try:
+        blp.model.load_state_dict(single.model.state_dict())
+        batch = single._to_device(next(iter(single.loaders["train"].epoch(0))))
+        g_single = _forward_backward(single, batch)
+        g_blp = _forward_backward(blp, batch)
+        worst = max(((g_blp[k] - g).abs().max() / g.abs().max().clamp_min(1e-12)).item() for k, g in g_single.items())
+        rec = {"parameters_compared": len(g_single), "max_relative_grad_diff": worst, "device": dev}
+        if set(g_single) != set(g_blp) or worst > 1e-4:
+            raise AssertionError(f"BLP gradients differ from single: max relative difference {worst:.2e}")
+        line = f"gradients equal to single (max relative difference {worst:.1e})"
+        if ck.cuda:
+            streams = _kernel_streams(lambda: _forward_backward(blp, batch))
+            rec["kernel_streams"] = streams
+            if len(streams) < 2:
+                raise AssertionError(f"BLP kernels ran on {len(streams)} CUDA stream(s), expected one per branch")
+            line += f"; kernels on {len(streams)} CUDA streams"
+        else:
+            line += " (CPU: branches in threads; the stream check needs a CUDA GPU)"
+    finally:
+        single.close()
+        blp.close()
+    return rec, line
+
+
+def _kernel_streams(fn) -> dict[str, int]:
+    """CUDA stream -> number of kernels launched by `fn`, from a torch.profiler Chrome trace."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+        fn()
+        torch.cuda.synchronize()
+    with tempfile.TemporaryDirectory() as tmp:
+        trace = Path(tmp) / "trace.json"
+        prof.export_chrome_trace(str(trace))
+        events = json.loads(trace.read_text()).get("traceEvents", [])
+    streams: dict[str, int] = {}
+    for e in events:
+        if e.get("cat") == "kernel":
+            s = str((e.get("args") or {}).get("stream", e.get("tid")))
+            streams[s] = streams.get(s, 0) + 1
+    return streams
+
+
+def check_sampler(ck: Check) -> tuple[dict, str]:
+    _need("psutil", "pandas")
+    from mmhpc.system.sampler import UtilSampler
+
+    if not ck.cuda:
+        raise Skip(NEEDS_GPU + " (NVML utilisation, power, energy)")
+    a = torch.randn(8192, 8192, device=ck.device, dtype=torch.bfloat16)
+    with UtilSampler(0.1) as s:
+        s.mark("load start")
+        end = time.monotonic() + 4.0
+        while time.monotonic() < end:
+            for _ in range(20):
+                a @ a
+            torch.cuda.synchronize()
+        s.mark("load end")
+    summary = s.summary("load start", "load end")
+    rec = {"interval_s": 0.1, "gpus": s.gpus, "notes": s.notes, "summary": summary, "sample_cost_us": s.sample_cost_us}
+    if not s.gpus:
+        raise AssertionError(f"the sampler found no GPU through NVML: {s.notes}")
+    g = f"gpu{next(iter(s.gpus))}"
+    util, power, energy = summary.get(f"{g}_util_pct_mean"), summary.get(f"{g}_power_w_mean"), summary.get(f"{g}_energy_j")
+    if util is None or util < 50:
+        raise AssertionError(f"GPU utilisation under a matmul loop: {util} % (expected > 50)")
+    if not power or not energy:
+        raise AssertionError(f"power {power} W, energy {energy} J: NVML power/energy missing ({s.notes})")
+    cost = s.sample_cost_us
+    return rec, (f"utilisation {util:.0f} %, power {power:.0f} W, energy {energy:.0f} J over 4 s; "
+                 f"{cost['wall_us']:.0f} us per sample")
+
+
+def check_ddp(ck: Check) -> tuple[dict, str]:
+    ck.need_gpu()
+    import torch.distributed as dist
+    from torch.nn.parallel import DistributedDataParallel
+
+    if not dist.is_nccl_available():
+        raise AssertionError("this torch has no NCCL")
+    with socket.socket() as sk:
+        sk.bind(("127.0.0.1", 0))
+        port = sk.getsockname()[1]
+    from mmhpc.compat import init_process_group
+
+    init_process_group("nccl", ck.device, init_method=f"tcp://127.0.0.1:{port}", rank=0, world_size=1)
+    try:
+        t = torch.full((4,), 3.0, device=ck.device)
+        dist.all_reduce(t)
+        model = DistributedDataParallel(torch.nn.Linear(32, 4).to(ck.device), device_ids=[ck.device.index])
+        model(torch.randn(8, 32, device=ck.device)).sum().backward()
+        torch.cuda.synchronize()
+        ok = bool((t == 3.0).all()) and all(p.grad is not None for p in model.parameters())
+        rec = {"backend": dist.get_backend(), "nccl_version": ".".join(map(str, torch.cuda.nccl.version())),
+               "world_size": dist.get_world_size()}
+    finally:
+        dist.destroy_process_group()
+    if not ok:
+        raise AssertionError("NCCL all-reduce or DDP backward gave a wrong result")
+    return rec, f"NCCL {rec['nccl_version']}: all-reduce and a DDP step in one process"
+
+
+def _bench(ck: Check, name: str, dataset: str, *overrides: str, epochs: int = 1, warmup: int = 1) -> dict:
+    """`mmhpc bench` of one config on the full synthetic `dataset` (generated once under data/synthetic/)."""
+    from mmhpc.bench import bench
+    from mmhpc.config import load_config
+
+    sampling = _importable("psutil") and _importable("pandas")
+    cfg = load_config(None, [f"data.dataset={dataset}", "data.preset=full", "system.device=cuda",
+                             "system.deterministic=false", "train.batch_size=64", f"loader.num_workers={ck.workers}",
+                             "loader.prefetch_factor=2", "loader.pin_memory=true",
+                             f"system.sample_interval={0.5 if sampling else 0}", f"output.runs_dir={ck.out / 'runs'}",
+                             f"output.name={name}", "output.overwrite=true", *overrides])
+    return bench(cfg, epochs=epochs, warmup=warmup, progress=False)["bench"]
+
+
+def bench_precisions(ck: Check, dataset: str, encoders: list[str], epochs: int = 1, warmup: int = 1) -> dict:
+    """Train time per epoch of each single encoder at fp32, tf32 and bf16 (thesis Tables 4.6-4.9)."""
+    rec = {}
+    for modality in encoders:
+        for p in PRECISIONS:
+            if ck.left_s() < 150:
+                raise Skip(f"time budget spent after {sorted(rec)}")
+            r = _bench(ck, f"precision-{dataset}-{modality}-{p}", dataset, f"data.modalities=[{modality}]",
+                       f"system.precision={p}", "loader.persistent_workers=true", epochs=epochs, warmup=warmup)
+            rec[f"{modality}/{p}"] = {k: r[k] for k in ("epoch_s_mean", "train_s_mean", "train_samples_per_s_mean")}
+    return rec
+
+
+def bench_loaders(ck: Check, dataset: str, *overrides: str, epochs: int = 2, warmup: int = 1) -> dict:
+    """Standard vs pre-initialised loader (Alg. 6): times, the epoch-start stall, GPU utilisation."""
+    rec = {}
+    for loader in ("standard", "preinit"):
+        r = _bench(ck, f"loader-{dataset}-{loader}", dataset, "loader.persistent_workers=false",
+                   f"loader.preinit={str(loader == 'preinit').lower()}", *overrides, epochs=epochs, warmup=warmup)
+        rec[loader] = {k: v for k, v in r.items() if k.endswith("_mean") or k.startswith("util/")}
+        rec[loader]["stall_s"] = r["train_loader_init_s_mean"] + r["val_loader_init_s_mean"]
+    rec["stall_removed"] = 1 - rec["preinit"]["stall_s"] / max(rec["standard"]["stall_s"], 1e-9)
+    return rec
+
+
+def check_bench(ck: Check) -> tuple[dict, str]:
+    ck.need_gpu()
+    _need("transformers")
+    rec = bench_precisions(ck, "mvsa", ["visual", "text"])
+    parts = []
+    for modality in ("visual", "text"):
+        base = rec[f"{modality}/fp32"]["train_s_mean"]
+        parts.append(f"{modality} " + ", ".join(f"{p} {rec[f'{modality}/{p}']['train_s_mean']:.1f} s"
+                                               f" ({base / rec[f'{modality}/{p}']['train_s_mean']:.2f}x)"
+                                               for p in PRECISIONS))
+    return rec, "MVSA train s/epoch: " + "; ".join(parts)
+
+
+def check_loader(ck: Check) -> tuple[dict, str]:
+    ck.need_gpu()
+    if ck.left_s() < 120:
+        raise Skip("time budget spent")
+    rec = bench_loaders(ck, "mvsa", "data.modalities=[visual]", "system.precision=bf16")
+    std, opt = rec["standard"], rec["preinit"]
+    util = {k: r.get("util/gpu0_util_pct_mean") for k, r in (("standard", std), ("preinit", opt))}
+    line = (f"MVSA visual: epoch {std['epoch_s_mean']:.2f} s -> {opt['epoch_s_mean']:.2f} s, stall removed "
+            f"{100 * rec['stall_removed']:.0f} %" + (f", GPU util {util['standard']:.0f} -> {util['preinit']:.0f} %"
+                                                     if None not in util.values() else " (no utilisation: psutil/pandas missing)"))
+    if rec["stall_removed"] < 0.5:
+        raise AssertionError(f"pre-initialisation removed only {100 * rec['stall_removed']:.0f} % of the stall: {line}")
+    return rec, line
+
+
+def check_report(ck: Check) -> tuple[dict, str]:
+    _need("pandas", "matplotlib")
+    runs = ck.out / "runs"
+    if not any(runs.glob("*.json")):
+        raise Skip("no run records to report on (the bench and loader checks did not run)")
+    from mmhpc.report import build_report
+
+    written = build_report(runs, ck.out / "report", query_slurm=False)
+    return ({"pdf": str(written["pdf"]), "pages": written["pages"], "tables": written["kinds"]},
+            f"{written['pdf']} ({written['pages']} pages; tables {', '.join(written['kinds'])})")
+
+
+CHECKS = {"env": check_env, "precision": check_precision, "syncs": check_syncs, "blp": check_blp,
+          "sampler": check_sampler, "ddp": check_ddp, "bench": check_bench, "loader": check_loader,
+          "report": check_report}
+
+
+# ---- the command -----------------------------------------------------------------------------------------
+
+def default_out() -> Path:
+    if torch.cuda.is_available():
+        return Path("reports/results") / gpu_slug(torch.cuda.get_device_name(0))
+    return Path("reports/out/gpu-check-cpu")
+
+
+def run(out: Path, only: list[str] | None = None, budget_s: float = 450.0, workers: int | None = None) -> int:
+    out.mkdir(parents=True, exist_ok=True)
+    ck = Check(out, budget_s, workers or min(16, os.cpu_count() or 1))
+    results = {}
+    for name, fn in CHECKS.items():
+        if only and name not in only:
+            continue
+        t0 = time.monotonic()
+        try:
+            rec, line = fn(ck)
+            status = "PASS"
+        except Skip as e:
+            rec, line, status = {}, str(e), "SKIP"
+        except Exception as e:  # noqa: BLE001 - a failing check is reported, the others still run
+            rec, line, status = {"traceback": traceback.format_exc(limit=8)}, f"{type(e).__name__}: {e}", "FAIL"
+        seconds = time.monotonic() - t0
+        results[name] = {"status": status, "detail": line, "seconds": seconds}
+        print(f"{status:<5} {name:<10} {seconds:6.1f} s  {line}", flush=True)
+        if status != "SKIP":
+            _write(out / f"{name}.json", {"check": name, "status": status, "detail": line, "seconds": seconds,
+                                          "time": time.time(), **rec})
+    shutil.rmtree(ck.scratch, ignore_errors=True)
+    _write(out / "gpu-check.json", {"checks": results, "total_s": time.monotonic() - ck.t0, "time": time.time()})
+    skipped = [n for n, r in results.items() if r["status"] == "SKIP"]
+    failed = [n for n, r in results.items() if r["status"] == "FAIL"]
+    gpu_skips = [n for n in skipped if results[n]["detail"].startswith(NEEDS_GPU)]
+    print(f"{len(results) - len(skipped) - len(failed)} passed, {len(failed)} failed, {len(skipped)} skipped "
+          f"in {time.monotonic() - ck.t0:.0f} s; records: {out}")
+    if gpu_skips:
+        print(f"skipped for want of a CUDA GPU: {', '.join(gpu_skips)}")
+    return 1 if failed else 0
+
+
+def _write(path: Path, obj: dict) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(obj, indent=1, default=str))
+    os.replace(tmp, path)
+
+
+def _arguments(p) -> None:
+    p.add_argument("--out", type=Path, default=None,
+                   help="records directory (default reports/results/<gpu>/, or reports/out/gpu-check-cpu/ without a GPU)")
+    p.add_argument("--only", action="append", choices=list(CHECKS), help="run only these checks (repeatable)")
+    p.add_argument("--budget", type=float, default=450.0, help="seconds after which the long checks skip (default 450)")
+    p.add_argument("--workers", type=int, default=None, help="loader workers (default: CPU count, at most 16)")
+
+
+def main(argv: list[str] | None = None, prog: str = "python -m mmhpc.gpucheck") -> int:
+    p = argparse.ArgumentParser(prog=prog, description=__doc__.split("\n\n")[0])
+    _arguments(p)
+    args = p.parse_args(argv)
+    return run(args.out or default_out(), args.only, args.budget, args.workers)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,65 @@
+"""`mmhpc gpu-check` on this CPU machine: with only torch-side packages importable, it runs what it can,
+exits 0 and lists the checks that need a GPU. (On a GPU node `make gpu-check` runs them all.)"""
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from mmhpc.gpucheck import CHECKS, gpu_slug
+
+REPO = Path(__file__).resolve().parents[1]
+# what a bare system Python with torch, torchvision, transformers and nvidia-ml-py lacks
+ABSENT = ("pandas", "matplotlib", "pydantic", "pydantic_core", "psutil", "submitit", "scipy")
+
+
+def _bare_python_env(tmp_path) -> dict:
+    """PYTHONPATH with packages that raise ImportError for ABSENT, then the repository (no install)."""
+    stubs = tmp_path / "absent"
+    for name in ABSENT:
+        (stubs / name).mkdir(parents=True)
+        (stubs / name / "__init__.py").write_text(f"raise ImportError('{name} is not installed here')\n")
+    return {**os.environ, "PYTHONPATH": f"{stubs}{os.pathsep}{REPO}", "CUDA_VISIBLE_DEVICES": ""}
+
+
+def _run(tmp_path, *args):
+    out = tmp_path / "records"
+    proc = subprocess.run([sys.executable, "-m", "mmhpc.gpucheck", "--out", str(out), *args], cwd=tmp_path,
+                          env=_bare_python_env(tmp_path), capture_output=True, text=True, timeout=600)
+    return proc, out
+
+
+@pytest.mark.parametrize("name, slug", [("NVIDIA H100 80GB HBM3", "h100"), ("NVIDIA A100-SXM4-40GB", "a100"),
+                                        ("NVIDIA A40", "a40"), ("Tesla V100-SXM2-32GB", "v100"),
+                                        ("NVIDIA GeForce RTX 4090", "nvidia-geforce-rtx-4090")])
+def test_gpu_slug(name, slug):
+    assert gpu_slug(name) == slug
+
+
+def test_cpu_run_without_pandas_skips_and_says_why(tmp_path):
+    proc, out = _run(tmp_path, "--only", "env", "--only", "precision", "--only", "sampler", "--only", "report")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    lines = {line.split()[1]: line.split()[0] for line in proc.stdout.splitlines() if line[:4] in ("PASS", "SKIP", "FAIL")}
+    assert lines == {"env": "PASS", "precision": "SKIP", "sampler": "SKIP", "report": "SKIP"}
+    assert "needs psutil, pandas (not installed)" in proc.stdout
+    assert "skipped for want of a CUDA GPU: precision" in proc.stdout
+    env = json.loads((out / "env.json").read_text())
+    assert env["status"] == "PASS" and env["cuda_available"] is False and env["torch"] == torch.__version__
+    assert env["packages"]["pandas"] is None  # really absent in that process
+    summary = json.loads((out / "gpu-check.json").read_text())
+    assert set(summary["checks"]) == {"env", "precision", "sampler", "report"}
+    assert not (out / "precision.json").exists()  # a skipped check writes no record
+
+
+@pytest.mark.slow
+def test_cpu_run_of_every_check(tmp_path):
+    proc, out = _run(tmp_path)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    status = {line.split()[1]: line.split()[0] for line in proc.stdout.splitlines() if line[:4] in ("PASS", "SKIP", "FAIL")}
+    assert list(status) == list(CHECKS)
+    assert status["blp"] == "PASS"  # BLP's gradient equality runs on the CPU too (branches in threads)
+    assert "skipped for want of a CUDA GPU: precision, syncs, ddp, bench, loader" in proc.stdout
+    assert json.loads((out / "blp.json").read_text())["max_relative_grad_diff"] <= 1e-4
