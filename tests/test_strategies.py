@@ -861,3 +861,28 @@ def test_ablation_knobs_reach_the_run(tiny_config):
     assert not torch.equal(a1, a2) and (a1 == 0).float().mean() > 0.3  # inverted dropout on the embedding
     rec = train(cfg, progress=False)
     assert rec["status"] == "done" and rec["config"]["model"]["embedding_dropout"] == {"audio": 0.5}
+
+
+def test_gated_run_ibf_uses_the_probes(tiny_config):
+    cfg = tiny_config("cremad", "model.fusion=gated", "train.single_acc={audio: 0.9, visual: 0.6}", *FAST)
+    rec = train(cfg, progress=False)
+    test = rec["summary"]["test"]
+    expected = 1 - (min(test["acc/probe/audio"] / 0.9, 1) + min(test["acc/probe/visual"] / 0.6, 1)) / 2  # Eq. 3.1
+    assert rec["summary"]["ibf"] == pytest.approx(expected)
+
+
+@pytest.mark.parametrize("name, params", [("ogm_ge", "{}"), ("ogm_ge", "{variant: paper, weights: all}"),
+                                          ("opm", "{p_exe: 0.5}"), ("multi_loss", "{}")])
+def test_balancing_steps_never_read_the_device(name, params):
+    """Issue 11 item 8: the scores, coefficients, masks and noise stay on the device (the CPU stands in for a
+    GPU: any host read of a tensor or a device tensor built from host numbers is recorded)."""
+    from test_metrics import HostTraffic
+
+    s = strategy(name, "model.fusion=concat", f"strategy.params={params}")
+    x, y = batch()
+    s.model.train()
+    s.begin_epoch(0)
+    s.train_step(x, y)  # OPM: the first step has q = 0; the second drops with the scores of the first
+    with HostTraffic() as traffic:
+        s.train_step(x, y)
+    assert traffic.events == []

@@ -203,15 +203,14 @@ def opm_mask(q: Mapping[str, float], batch_size: int, generator: torch.Generator
     return {m: keep[:, i] for i, m in enumerate(q)}
 
 
-def opm_feature_scale(q: Mapping[str, float] | torch.Tensor, dims: Mapping[str, int] | torch.Tensor):
+def opm_feature_scale(q: Mapping[str, float] | torch.Tensor, dims: Mapping[str, int] | Sequence[int]):
     """Inverted-dropout rescale of the kept features, 1 / (1 - theta), theta = sum_m d_m q_m / sum_m d_m.
 
-    Official OPM code (Modality_drop.execute_drop); the paper leaves it implicit. With tensors (q [M], dims [M])
-    it stays on the device; theta < 1 always holds there, since the lowest-scoring modality has rho <= 1, q = 0.
+    Official OPM code (Modality_drop.execute_drop); the paper leaves it implicit. With q a tensor [M] (dims a
+    sequence in the same order) it stays on the device; theta < 1 always holds there, since the lowest-scoring modality has rho <= 1, q = 0.
     """
-    if torch.is_tensor(q):
-        d = torch.as_tensor(dims, dtype=q.dtype, device=q.device)
-        return 1.0 / (1.0 - (d * q).sum() / d.sum())
+    if torch.is_tensor(q):  # dims are host numbers: no device tensor is built from them
+        return 1.0 / (1.0 - sum(d * q[i] for i, d in enumerate(dims)) / sum(dims))
     total = sum(dims[m] for m in q)
     theta = sum(dims[m] * qm for m, qm in q.items()) / total
     if theta >= 1.0:
