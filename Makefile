@@ -34,7 +34,7 @@ demo: install
 
 # Naive, OGM-GE, Alternating, AMST and Reliability on synthetic CREMA-D (thesis Tables 4.1, 4.4, 4.5)
 demo-algorithms: install
-	$(PY) -m mmhpc.experiments algorithms
+	$(VENV)/bin/mmhpc demo algorithms
 
 test: install system-deps
 	$(PY) -m pytest -q $(PYTEST_ARGS)

@@ -1,7 +1,10 @@
 """Benchmark c: standard vs threaded pre-initialised loader (thesis Alg. 6), workers=2, not persistent.
 
 The epoch-start stall is the time from asking for an epoch's iterator to holding its first batch, for the
-training and the validation loader together (thesis Table 2.8). Pre-initialisation should remove >= 80 %.
+training and the validation loader together (thesis Table 2.8). Targets against the standard loader (its
+workers forked, `loader.start_method=auto`): stall removed >= 80 %, whole epoch preinit/standard <= 1.02
+(the next epoch's workers start near the current epoch's end, so they do not compete with it all epoch).
+A standard loader with forkserver workers is shown for reference: the pre-initialised one uses those.
 
     .venv/bin/python benchmarks/loader_preinit.py [key=value ...]
 """
@@ -13,7 +16,7 @@ BASE = ["data.dataset=cremad", "data.preset=tiny", "loader.num_workers=2", "load
 if __name__ == "__main__":
     args = parser(__doc__).parse_args()
     res = run_variants({
-        "standard-fork": ["loader.preinit=false", "loader.start_method=fork"],
+        "standard": ["loader.preinit=false"],
         "standard-forkserver": ["loader.preinit=false", "loader.start_method=forkserver"],
         "preinit": ["loader.preinit=true"],
     }, args, BASE)
@@ -21,8 +24,9 @@ if __name__ == "__main__":
     rows = [(k, v["train_loader_init_s_mean"], v["val_loader_init_s_mean"], stall[k], v["epoch_s_mean"],
              v["epoch_s_se"]) for k, v in res.items()]
     table(rows, ("loader", "train init s", "val init s", "stall s", "epoch s", "+-se"))
-    for ref in ("standard-fork", "standard-forkserver"):
+    for ref in ("standard", "standard-forkserver"):
         removed = 100 * (1 - stall["preinit"] / stall[ref])
         ratio = res["preinit"]["epoch_s_mean"] / res[ref]["epoch_s_mean"]
-        print(f"vs {ref}: epoch-start stall removed {removed:.1f} % (target >= 80 %); "
-              f"whole epoch preinit/standard = {ratio:.3f}")
+        target = " (targets: >= 80 %, <= 1.02)" if ref == "standard" else ""
+        print(f"vs {ref}: epoch-start stall removed {removed:.1f} %; whole epoch preinit/standard = {ratio:.3f}"
+              f"{target}")

@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 
 from mmhpc.config import load_config
+from mmhpc.data.frames import finish_batch
 from mmhpc.train import Trainer
 
 
@@ -26,6 +27,7 @@ def hand_loop(trainer: Trainer, batches: int) -> float:
     for i, batch in enumerate(trainer.loaders["train"].epoch(0)):
         if i == batches:
             break
+        batch = finish_batch(batch)  # uint8 frames -> model input, as the trainer does
         out = model(batch)
         loss = F.cross_entropy(out["fused"], batch["label"]) + sum(
             F.cross_entropy(z, batch["label"]) for z in out["probes"].values())

@@ -11,7 +11,6 @@ DRY_RUN    ?=
 SIZE       ?=
 SWEEP_ARGS ?=
 SWEEPS     := precision loader parallelism batch overall algorithms
-SLURM_ENV  := env/slurm/state/env.sh
 
 # The interpreter that submits: the cluster venv ($MMHPC_VENV, `make install-cluster`) when it exists, else the
 # project's .venv. Only CLUSTER=local/none build .venv first; on a cluster nothing is built unless asked.
@@ -28,9 +27,10 @@ _sweep_flags = --cluster $(CLUSTER) $(if $(SIZE),--size $(SIZE)) $(if $(_dry),--
 $(addprefix sweep-,$(SWEEPS)): sweep-%: $(_build) $(if $(_local),$(if $(_dry),,slurm-up))
 	@test -x $(SUBMIT_PY) || { echo "no interpreter to submit with: set MMHPC_VENV to the venv of make install-cluster" \
 		"(or run make install to build .venv here)"; exit 2; }
-	$(if $(_local),$(if $(_dry),,. ./$(SLURM_ENV) && ))$(SUBMIT_PY) -m mmhpc.cli sweep submit sweeps/$*.yaml $(_sweep_flags)
+	$(if $(_local),$(if $(_dry),,slurm_env=$$(env/slurm/start.sh) && eval "$$slurm_env" && ))$(SUBMIT_PY) -m mmhpc.cli sweep submit sweeps/$*.yaml $(_sweep_flags)
 
-# the local SLURM of env/slurm: both scripts do nothing when already done
+# the local SLURM of env/slurm: both scripts do nothing when already done. The sweep takes SLURM_CONF from
+# start.sh's last line, wherever the state lives (a long checkout path moves it: env/slurm/README.md).
 slurm-up:
 	env/slurm/install.sh
 	env/slurm/start.sh

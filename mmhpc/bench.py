@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from mmhpc.metrics import mean_se
-from mmhpc.results import atomic_write_json
+from mmhpc.results import RunRecord, write_record
 from mmhpc.train import Trainer
 
 TIME_KEYS = ("epoch_s", "train_loader_init_s", "train_s", "val_loader_init_s", "val_s", "train_samples_per_s")
@@ -37,7 +37,7 @@ def bench_summary(epochs: list[dict], warmup: int) -> dict:
     return out
 
 
-def bench(cfg, epochs: int = 3, warmup: int = 1, profile: bool = False, progress: bool = True) -> dict:
+def bench(cfg, epochs: int = 3, warmup: int = 1, profile: bool = False, progress: bool = True) -> RunRecord:
     name = cfg.output.name or f"{cfg.run_name()}-bench"
     cfg = cfg.replace({"train.epochs": warmup + epochs, "output.name": name})
     trainer = Trainer(cfg, progress=progress)
@@ -50,10 +50,10 @@ def bench(cfg, epochs: int = 3, warmup: int = 1, profile: bool = False, progress
     finally:
         if profiler is not None:
             profiler.stop()
-    record["bench"] = bench_summary(record["epochs"], warmup)
+    record.bench = bench_summary([e.model_dump() for e in record.epochs], warmup)
     if profiler is not None:
-        record["bench"]["trace"] = trainer.record_path.with_suffix(".trace.json").name
-    atomic_write_json(trainer.record_path, record)
+        record.bench["trace"] = trainer.record_path.with_suffix(".trace.json").name
+    write_record(trainer.record_path, record)
     return record
 
 

@@ -1,12 +1,22 @@
-"""The `mmhpc` command: train, data synth, prepare, demo, config (and, as the suite grows, bench, sweep, report)."""
+"""The `mmhpc` command: train, bench, config, data synth, prepare, demo, sweep, clusters, report.
+
+Exit codes, the same for every command (`mmhpc.errors`): 0 done, 1 a run or job failed, 2 bad input
+(config, sweep file, cluster profile, argument; nothing was started), 3 the scheduler failed. `-v` logs
+debug messages and the traceback of a failure, `-q` only warnings and errors; progress bars are for an
+interactive terminal (`-q` after a command turns them off).
+"""
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import sys
 import textwrap
 
 from mmhpc.config import ConfigError, describe_fields, load_config
+from mmhpc.errors import EXIT_BAD_INPUT, EXIT_RUN_FAILED, EXIT_SCHEDULER, MmhpcError
+
+log = logging.getLogger("mmhpc")
 
 
 def _knob_help() -> str:
@@ -41,13 +51,12 @@ def cmd_train(args) -> int:
     from mmhpc.train import train
 
     record = train(cfg, progress=not args.quiet)
-    s = record["summary"]
-    test = s["test"]
+    s = record.summary
     heads = ["fused", *cfg.modalities]
-    print(f"run {record['run']}: best epoch {s['best_epoch']}, "
-          + ", ".join(f"test acc {h} {test[f'acc/{h}']:.3f}" for h in heads)
-          + (f", IBF {s['ibf']:.3f}" if "ibf" in s else ""))
-    print(f"record: {cfg.output.runs_dir}/{record['run']}.json")
+    print(f"run {record.run}: best epoch {s.best_epoch}, "
+          + ", ".join(f"test acc {h} {s.test[f'acc/{h}']:.3f}" for h in heads)
+          + (f", IBF {s.ibf:.3f}" if s.ibf is not None else ""))
+    print(f"record: {cfg.record_path()}")
     return 0
 
 
@@ -56,13 +65,13 @@ def cmd_bench(args) -> int:
     from mmhpc.bench import bench
 
     record = bench(cfg, epochs=args.epochs, warmup=args.warmup, profile=args.profile, progress=not args.quiet)
-    b = record["bench"]
-    print(f"run {record['run']}: {b['measured_epochs']} epochs after {b['warmup_epochs']} warm-up")
+    b = record.bench
+    print(f"run {record.run}: {b['measured_epochs']} epochs after {b['warmup_epochs']} warm-up")
     for key in ("epoch_s", "train_loader_init_s", "train_s", "val_loader_init_s", "val_s", "train_samples_per_s"):
         print(f"  {key:<22}{b[key + '_mean']:10.3f} +- {b[key + '_se']:.3f}")
     for key in sorted(k for k in b if k.startswith(("util/", "memory/")) and ("gpu" in k or "cpu_proc" in k)):
         print(f"  {key:<40}{b[key]:10.1f}")
-    print(f"record: {cfg.output.runs_dir}/{record['run']}.json")
+    print(f"record: {cfg.replace({'output.name': record.run}).record_path()}")
     return 0
 
 
@@ -89,8 +98,9 @@ def cmd_prepare(args) -> int:
     from mmhpc.data.prepare import PrepareError, prepare
 
     try:
+        options = dict(o.partition("=")[::2] for o in args.option)
         report = prepare(args.dataset, args.raw, args.out, jobs=args.jobs, seed=args.seed,
-                         tokenizer=args.tokenizer, progress=not args.quiet)
+                         tokenizer=args.tokenizer, progress=not args.quiet, options=options)
     except PrepareError as e:
         print(f"mmhpc prepare: {e}", file=sys.stderr)
         return 2
@@ -99,9 +109,13 @@ def cmd_prepare(args) -> int:
 
 
 def cmd_demo(args) -> int:
+    if args.which == "algorithms":
+        from mmhpc.experiments import run_algorithms
+
+        return run_algorithms(args.runs_dir or "runs/algorithms", epochs=args.epochs, quiet=args.quiet)
     from mmhpc.demo import run_demo
 
-    return run_demo(args.runs_dir, epochs=args.epochs, quiet=args.quiet)
+    return run_demo(args.runs_dir or "runs/demo", epochs=args.epochs, quiet=args.quiet)
 
 
 def cmd_doctor(args) -> int:
@@ -120,7 +134,11 @@ def cmd_doctor(args) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="mmhpc", description="Multimodal late-fusion training benchmarks.")
+    parser = argparse.ArgumentParser(prog="mmhpc", description="Multimodal late-fusion training benchmarks.",
+                                     epilog="exit codes: 0 done, 1 a run or job failed, 2 bad input, "
+                                            "3 the scheduler failed")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug messages, tracebacks of failures")
+    parser.add_argument("-q", "--quiet", dest="log_quiet", action="store_true", help="only warnings and errors")
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("train", help="train one configuration", epilog=_knob_help(),
@@ -165,13 +183,20 @@ def build_parser() -> argparse.ArgumentParser:
                    help="worker processes (default: the cores this process may use, e.g. its SLURM allocation)")
     p.add_argument("--seed", type=int, default=0, help="seed of the random 80/10/10 split (not AVE)")
     p.add_argument("--tokenizer", default=None, help="local RoBERTa tokenizer directory (MVSA, IEMOCAP, UR-FUNNY)")
+    p.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
+                   help="a choice beside the thesis recipe: iemocap classes=six (keep hap), urfunny text=context "
+                        "(context sentences before the punchline)")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_prepare)
 
-    p = sub.add_parser("demo", help="naive vs alternating training on synthetic CREMA-D (tiny), with IBF")
-    p.add_argument("--runs-dir", default="runs/demo")
+    p = sub.add_parser("demo", help="naive vs alternating training on synthetic CREMA-D (tiny), with IBF; "
+                                    "`demo algorithms`: five strategies in the shape of thesis Tables 4.1/4.4/4.5")
+    p.add_argument("which", nargs="?", default="imbalance", choices=("imbalance", "algorithms"),
+                   help="imbalance (default): naive vs alternating; algorithms: Naive, OGM-GE, Alternating, "
+                        "AMST, Reliability")
+    p.add_argument("--runs-dir", default=None, help="default runs/demo or runs/algorithms")
     p.add_argument("--epochs", type=int, default=None, help="epochs per run (default: the demo's)")
-    p.add_argument("-q", "--quiet", action="store_true")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=cmd_demo)
     p = sub.add_parser("doctor", help="can this machine run mmhpc? Python, torch, driver, GPUs, data, results",
                        description="Check Python, torch and its CUDA build, the NVIDIA driver, GPUs visible to torch "
@@ -207,19 +232,41 @@ def _add_sweep_parser(sub) -> None:
     add_parsers(sub)
 
 
+def setup_logging(verbose: bool = False, quiet: bool = False) -> None:
+    """The CLI's handler: messages of the library's loggers on stderr (the library itself adds none)."""
+    level = logging.DEBUG if verbose else logging.WARNING if quiet else logging.INFO
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(message)s" if not verbose else "%(levelname)s %(name)s: %(message)s"))
+    root = logging.getLogger("mmhpc")
+    root.handlers[:] = [handler]
+    root.setLevel(level)
+    root.propagate = False
+
+
 def main(argv: list[str] | None = None) -> int:
+    """Run one command; map its failure to the exit-code policy (module docstring)."""
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["gpu-check"]:  # its options are its own (argparse cannot forward them from a subparser)
         return cmd_gpu_check(argv[1:])
     args = build_parser().parse_args(argv)
+    setup_logging(args.verbose, args.log_quiet or getattr(args, "quiet", False))
     try:
         return args.func(args)
     except ConfigError as e:
-        print(f"mmhpc: config error: {e}", file=sys.stderr)
-        return 2
-    except FileExistsError as e:
-        print(f"mmhpc: {e}", file=sys.stderr)
-        return 3
+        log.error("mmhpc: %s", e)
+        return EXIT_BAD_INPUT
+    except (FileExistsError, FileNotFoundError) as e:  # a finished record in the way, a missing file given
+        log.error("mmhpc: %s", e)
+        return EXIT_BAD_INPUT
+    except MmhpcError as e:
+        log.error("mmhpc: %s", e)
+        return e.exit_code
+    except Exception as e:
+        if type(e).__name__ in ("FailedJobError", "FailedSubmissionError"):  # submitit: sbatch refused
+            log.error("mmhpc: the scheduler failed: %s", e)
+            return EXIT_SCHEDULER
+        log.error("mmhpc: failed: %s: %s", type(e).__name__, e, exc_info=args.verbose)
+        return EXIT_RUN_FAILED
 
 
 if __name__ == "__main__":

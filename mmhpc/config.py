@@ -1,137 +1,179 @@
-"""Typed run configuration: one `RunConfig` per run, serialised into every result.
+"""Typed run configuration: one `RunConfig` per run, serialised into every record.
 
-Every knob lives in a dataclass field with its valid choices next to it. A config is built from
-a YAML/JSON file plus `key=value` overrides and validated once, before any work starts: unknown
-keys and bad values raise `ConfigError` naming the field and the valid choices.
+Every knob is a field of a pydantic model, with its type, default, help and (as a `Literal`) its valid
+choices; the choices that belong to a registry (datasets, fusions, strategies) are asked of the registry,
+so importing this module imports no model code and no strategy. A config is built from a YAML/JSON file plus
+`key=value` overrides and validated once, before any work starts (`RunConfig.from_dict`): every problem is
+one line `field: problem; valid: a, b, c` of a `ConfigError` (`mmhpc.errors`).
 """
 from __future__ import annotations
 
-import dataclasses
 import json
-from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any, get_args, get_origin, get_type_hints
+from typing import Any, Literal, get_args, get_origin
 
 import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import ValidationInfo
 
-from mmhpc.errors import ConfigError
+from mmhpc.data.specs import DATASETS
+from mmhpc.errors import ConfigError, problem
 
-FUSIONS = ("early_sum", "late_sum", "concat", "gated", "film")
-MODALITIES = ("audio", "visual", "text")
-PRECISIONS = ("fp32", "tf32", "bf16")
-PARALLELISMS = ("single", "dp", "ddp", "blp")
-PRESETS = ("tiny", "full")
-DEVICES = ("auto", "cpu", "cuda")
-OPTIMIZERS = ("sgd", "adam")
-
-
-@dataclass
-class DataConfig:
-    dataset: str = field(default="cremad", metadata={"help": "dataset name", "choices_from": "datasets"})
-    source: str = field(default="synthetic", metadata={"help": "synthetic: generate (cached) data; prepared: read `root`",
-                                                       "choices": ("synthetic", "prepared")})
-    preset: str = field(default="tiny", metadata={"help": "synthetic size preset", "choices": PRESETS})
-    root: str | None = field(default=None, metadata={"help": "prepared dataset directory (source=prepared), or the "
-                                                             "synthetic cache directory (default data/synthetic/...)"})
-    modalities: list[str] | None = field(default=None, metadata={
-        "help": "subset of the dataset's modalities to use (one modality = a single-modality baseline run)"})
-    data_seed: int = field(default=0, metadata={"help": "seed of the synthetic generator"})
-    verify: str = field(default="size", metadata={"help": "manifest check when loading",
-                                                  "choices": ("none", "size", "checksum")})
+Precision = Literal["fp32", "tf32", "bf16"]
+Parallelism = Literal["single", "dp", "ddp", "blp"]
+PRECISIONS: tuple[str, ...] = get_args(Precision)
+PARALLELISMS: tuple[str, ...] = get_args(Parallelism)
 
 
-@dataclass
-class LoaderConfig:
-    num_workers: int = field(default=0, metadata={"help": "DataLoader worker processes"})
-    prefetch_factor: int | None = field(default=None, metadata={"help": "batches prefetched per worker (workers > 0); 0: none, which PyTorch cannot do: "
-                                   "the loader runs with 1 and the idle time is estimated (thesis Alg. 7)"})
-    pin_memory: bool = field(default=False, metadata={"help": "page-locked host memory for faster H2D copies"})
-    persistent_workers: bool = field(default=False, metadata={"help": "keep workers alive between epochs"})
-    preinit: bool = field(default=False, metadata={"help": "threaded pre-initialisation of the next epoch's loader "
-                                                           "(thesis Alg. 6)"})
-    start_method: str = field(default="auto", metadata={
-        "help": "how workers start; auto = fork, or forkserver for pre-initialised loaders (safe from threads)",
-        "choices": ("auto", "fork", "forkserver", "spawn")})
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", coerce_numbers_to_str=True, validate_default=False)
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _command_line_forms(cls, value: Any, info: ValidationInfo) -> Any:
+        """The obvious string forms of `key=value` overrides: none/null, `a,b` or `[a, b]`, `{k: v}`."""
+        if not isinstance(value, str):
+            return value
+        annotation = cls.model_fields[info.field_name].annotation
+        kinds = {get_origin(a) or a for a in (get_args(annotation) or (annotation,))}
+        if type(None) in kinds and value.strip().lower() in ("none", "null"):
+            return None
+        if list in kinds:
+            return yaml.safe_load(value) if value.lstrip().startswith("[") else [v for v in value.split(",") if v]
+        if dict in kinds and value.lstrip().startswith("{"):
+            return yaml.safe_load(value)
+        return value
 
 
-@dataclass
-class ModelConfig:
-    fusion: str = field(default="concat", metadata={"help": "late-fusion mechanism", "choices": FUSIONS})
-    embed_dim: int | None = field(default=None, metadata={
-        "help": "common embedding width; default 512 (ResNet-18), or the text width when text is present"})
-    cosine: bool = field(default=False, metadata={"help": "cosine classifier (thesis Sec. 3.1.2)"})
-    cosine_scale: float | None = field(default=None, metadata={"help": "scale s; default from thesis Eq. 3.2"})
-    control: str | None = field(default=None, metadata={
-        "help": "control modality of gated/FiLM fusion (default: the first modality)"})
-    text_size: str = field(default="auto", metadata={"help": "RoBERTa size: tiny, base, or auto (tiny for synthetic tiny data, else base)",
-                                                     "choices": ("auto", "tiny", "base")})
-    text_pretrained: str | None = field(default=None, metadata={
-        "help": "local directory of pretrained RoBERTa weights (never downloaded)"})
-    embedding_dropout: dict[str, float] = field(default_factory=dict, metadata={
-        "help": "dropout rate on a modality's embedding, e.g. {audio: 0.4} (thesis Eq. 2.25)"})
-    audio_augment: bool = field(default=False, metadata={"help": "time/frequency masking + noise on audio (Eq. 2.24)"})
+def _choice(value: str, valid) -> str:
+    if value not in valid:
+        raise ValueError(f"invalid value {value!r}; valid: {', '.join(valid)}")
+    return value
 
 
-@dataclass
-class StrategyConfig:
-    name: str = field(default="naive", metadata={"help": "training strategy", "choices_from": "strategies"})
-    params: dict[str, Any] = field(default_factory=dict, metadata={"help": "strategy parameters (see `mmhpc strategies`)"})
+class DataConfig(_Section):
+    dataset: str = Field("cremad", description="dataset name", json_schema_extra={"choices_from": "datasets"})
+    source: Literal["synthetic", "prepared"] = Field(
+        "synthetic", description="synthetic: generate (cached) data; prepared: read `root`")
+    preset: Literal["tiny", "full"] = Field("tiny", description="synthetic size preset")
+    root: str | None = Field(None, description="prepared dataset directory (source=prepared), or the synthetic cache "
+                                               "directory (default data/synthetic/...)")
+    modalities: list[str] | None = Field(
+        None, description="subset of the dataset's modalities to use (one modality = a single-modality baseline run)")
+    data_seed: int = Field(0, description="seed of the synthetic generator")
+    verify: Literal["none", "size", "checksum"] = Field("size", description="manifest check when loading")
+
+    @field_validator("dataset")
+    @classmethod
+    def _known_dataset(cls, v: str) -> str:
+        return _choice(v, sorted(DATASETS))
 
 
-@dataclass
-class TrainConfig:
-    epochs: int = field(default=100, metadata={"help": "training epochs (Entropy/Reliability: per-modality cap T)"})
-    batch_size: int = field(default=64, metadata={"help": "global batch size"})
-    optimizer: str = field(default="sgd", metadata={"help": "optimiser", "choices": OPTIMIZERS})
-    lr: float = field(default=1e-3, metadata={"help": "learning rate (thesis Sec. 4.2)"})
-    momentum: float = field(default=0.9, metadata={"help": "SGD momentum"})
-    weight_decay: float = field(default=1e-4, metadata={"help": "L2 weight decay (Eq. 2.26)"})
-    lr_decay_epoch: int = field(default=70, metadata={"help": "epoch at which the LR is multiplied by lr_decay"})
-    lr_decay: float = field(default=0.1, metadata={"help": "step decay factor"})
-    seed: int = field(default=0, metadata={"help": "seed of model init, shuffling and augmentation"})
-    max_batches: int | None = field(default=None, metadata={"help": "cap on training batches per epoch (smoke runs)"})
-    single_acc: dict[str, float] | str | None = field(default=None, metadata={
-        "help": "single-modality test accuracies for IBF: a {modality: acc} map or a path to run records/JSON"})
+class LoaderConfig(_Section):
+    num_workers: int = Field(0, ge=0, description="DataLoader worker processes")
+    prefetch_factor: int | None = Field(
+        None, ge=0, description="batches prefetched per worker (workers > 0); 0: none, which PyTorch cannot do: "
+                                "the loader runs with 1 and the idle time is estimated (thesis Alg. 7)")
+    pin_memory: bool = Field(False, description="page-locked host memory for faster H2D copies")
+    persistent_workers: bool = Field(False, description="keep workers alive between epochs")
+    preinit: bool = Field(False, description="threaded pre-initialisation of the next epoch's loader (thesis Alg. 6)")
+    start_method: Literal["auto", "fork", "forkserver", "spawn"] = Field(
+        "auto", description="how workers start; auto = fork (also after CUDA: workers never touch it), "
+                            "forkserver for pre-initialised loaders (safe from threads)")
 
 
-@dataclass
-class SystemConfig:
-    device: str = field(default="auto", metadata={"help": "compute device", "choices": DEVICES})
-    precision: str = field(default="fp32", metadata={"help": "numeric precision", "choices": PRECISIONS})
-    parallelism: str = field(default="single", metadata={"help": "parallelism", "choices": PARALLELISMS})
-    blp_devices: dict[str, str] | None = field(default=None, metadata={
-        "help": "BLP placement {modality: device}; default chosen from measured branch cost"})
-    deterministic: bool = field(default=True, metadata={"help": "deterministic algorithms (bitwise repeatable on CPU)"})
-    threads: int | None = field(default=None, metadata={"help": "torch intra-op threads (default: torch's choice)"})
-    sample_interval: float = field(default=0.5, metadata={"help": "utilisation sampler interval in s (0 = off)"})
+class ModelConfig(_Section):
+    fusion: str = Field("concat", description="late-fusion mechanism", json_schema_extra={"choices_from": "fusions"})
+    embed_dim: int | None = Field(
+        None, gt=0, description="common embedding width; default 512 (ResNet-18), or the text width when text is present")
+    cosine: bool = Field(False, description="cosine classifier (thesis Sec. 3.1.2)")
+    cosine_scale: float | None = Field(None, gt=0, description="scale s; default from thesis Eq. 3.2")
+    control: str | None = Field(None, description="control modality of gated/FiLM fusion (default: the first modality)")
+    text_size: Literal["auto", "tiny", "base"] = Field(
+        "auto", description="RoBERTa size: tiny, base, or auto (tiny for synthetic tiny data, else base)")
+    text_pretrained: str | None = Field(None, description="local directory of pretrained RoBERTa weights "
+                                                          "(never downloaded)")
+    embedding_dropout: dict[str, float] = Field(
+        {}, description="dropout rate on a modality's embedding, e.g. {audio: 0.4} (thesis Eq. 2.25)")
+    audio_augment: bool = Field(False, description="time/frequency masking + noise on audio (Eq. 2.24)")
+
+    @field_validator("fusion")
+    @classmethod
+    def _known_fusion(cls, v: str) -> str:
+        from mmhpc.models.fusion import FUSIONS  # the fusion registry
+
+        return _choice(v, FUSIONS)
 
 
-@dataclass
-class OutputConfig:
-    runs_dir: str = field(default="runs", metadata={"help": "directory of run records"})
-    name: str | None = field(default=None, metadata={"help": "run name (default: derived from the config)"})
-    overwrite: bool = field(default=False, metadata={"help": "replace an existing finished record of the same name"})
-    checkpoint: bool = field(default=False, metadata={
-        "help": "save a checkpoint after every epoch; a rerun of the same config resumes from it (SLURM requeue)"})
+class StrategyConfig(_Section):
+    name: str = Field("naive", description="training strategy", json_schema_extra={"choices_from": "strategies"})
+    params: dict[str, Any] = Field({}, description="strategy parameters (see `mmhpc strategies`)")
+
+    @field_validator("name")
+    @classmethod
+    def _known_strategy(cls, v: str) -> str:
+        from mmhpc.strategies import STRATEGIES  # the strategy registry
+
+        return _choice(v, sorted(STRATEGIES))
 
 
-@dataclass
-class RunConfig:
-    data: DataConfig = field(default_factory=DataConfig)
-    loader: LoaderConfig = field(default_factory=LoaderConfig)
-    model: ModelConfig = field(default_factory=ModelConfig)
-    strategy: StrategyConfig = field(default_factory=StrategyConfig)
-    train: TrainConfig = field(default_factory=TrainConfig)
-    system: SystemConfig = field(default_factory=SystemConfig)
-    output: OutputConfig = field(default_factory=OutputConfig)
+class TrainConfig(_Section):
+    epochs: int = Field(100, gt=0, description="training epochs (Entropy/Reliability: per-modality cap T)")
+    batch_size: int = Field(64, gt=0, description="global batch size")
+    optimizer: Literal["sgd", "adam"] = Field("sgd", description="optimiser")
+    lr: float = Field(1e-3, gt=0, description="learning rate (thesis Sec. 4.2)")
+    momentum: float = Field(0.9, ge=0, description="SGD momentum")
+    weight_decay: float = Field(1e-4, ge=0, description="L2 weight decay (Eq. 2.26)")
+    lr_decay_epoch: int = Field(70, ge=0, description="epoch at which the LR is multiplied by lr_decay")
+    lr_decay: float = Field(0.1, description="step decay factor")
+    seed: int = Field(0, description="seed of model init, shuffling and augmentation")
+    max_batches: int | None = Field(None, ge=1, description="cap on training batches per epoch (smoke runs)")
+    single_acc: dict[str, float] | str | None = Field(
+        None, description="single-modality test accuracies for IBF: a {modality: acc} map or a path to run "
+                          "records/JSON")
+
+
+class SystemConfig(_Section):
+    device: Literal["auto", "cpu", "cuda"] = Field("auto", description="compute device")
+    precision: Precision = Field("fp32", description="numeric precision")
+    parallelism: Parallelism = Field("single", description="parallelism")
+    blp_devices: dict[str, str] | None = Field(
+        None, description="BLP placement {modality: device}; default chosen from measured branch cost")
+    deterministic: bool = Field(True, description="deterministic algorithms (bitwise repeatable on CPU)")
+    threads: int | None = Field(None, gt=0, description="torch intra-op threads (default: torch's choice)")
+    sample_interval: float = Field(0.5, ge=0, description="utilisation sampler interval in s (0 = off)")
+
+
+class OutputConfig(_Section):
+    runs_dir: str = Field("runs", description="directory of run records")
+    name: str | None = Field(None, description="run name (default: derived from the config)")
+    overwrite: bool = Field(False, description="replace an existing finished record of the same name")
+    checkpoint: bool = Field(False, description="save a checkpoint after every epoch; a rerun of the same config "
+                                                "resumes from it (SLURM requeue)")
+
+
+class RunConfig(_Section):
+    data: DataConfig = Field(default_factory=DataConfig)
+    loader: LoaderConfig = Field(default_factory=LoaderConfig)
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    strategy: StrategyConfig = Field(default_factory=StrategyConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    system: SystemConfig = Field(default_factory=SystemConfig)
+    output: OutputConfig = Field(default_factory=OutputConfig)
 
     # ---- serialisation -------------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        return self.model_dump()
 
     @classmethod
-    def from_dict(cls, raw: dict[str, Any] | None) -> "RunConfig":
-        cfg = _build(cls, raw or {}, "")
+    def from_dict(cls, raw: dict[str, Any] | None, file: str | None = None) -> "RunConfig":
+        """Validate plain data (types and choices, then the rules between fields); ConfigError on any problem."""
+        if raw is not None and not isinstance(raw, dict):
+            raise ConfigError(problem("", f"expected a mapping of sections, got {type(raw).__name__}", file=file))
+        try:
+            cfg = cls.model_validate(raw or {})
+        except ValidationError as e:
+            raise ConfigError.from_validation(e, file=file, model=cls) from None
         cfg.validate()
         return cfg
 
@@ -143,65 +185,60 @@ class RunConfig:
         apply_overrides(raw, overrides)
         return RunConfig.from_dict(raw)
 
-    # ---- validation ----------------------------------------------------------------------------
+    # ---- the rules between fields ----------------------------------------------------------------
     def validate(self) -> None:
-        from mmhpc.data.specs import DATASETS
-        from mmhpc.strategies import STRATEGIES
+        """The rules that involve several fields or a registry's entry; all problems in one ConfigError."""
+        problems = self.problems()
+        if problems:
+            raise ConfigError(*problems)
 
-        for section in fields(self):
-            obj = getattr(self, section.name)
-            for f in fields(obj):
-                choices = f.metadata.get("choices")
-                value = getattr(obj, f.name)
-                if choices and value not in choices:
-                    _bad(f"{section.name}.{f.name}", value, choices)
-        if self.data.dataset not in DATASETS:
-            _bad("data.dataset", self.data.dataset, sorted(DATASETS))
+    def problems(self) -> list[str]:
+        from mmhpc.models.fusion import SYMMETRIC, TWO_MODALITY
+
+        out: list[str] = []
         spec = DATASETS[self.data.dataset]
         mods = self.modalities
         for m in mods:
             if m not in spec.modalities:
-                _bad("data.modalities", m, spec.modalities)
+                out.append(problem("data.modalities", f"invalid value {m!r} for {self.data.dataset}", spec.modalities))
         if len(set(mods)) != len(mods) or not mods:
-            raise ConfigError(f"data.modalities: {mods!r} must be a non-empty list without repeats")
+            out.append(problem("data.modalities", f"{mods!r} must be a non-empty list without repeats"))
         if self.data.source == "prepared" and not self.data.root:
-            raise ConfigError("data.root: source=prepared needs the prepared dataset directory")
-        if self.model.fusion in ("gated", "film") and len(mods) not in (1, 2):
-            raise ConfigError(f"model.fusion: {self.model.fusion} fuses exactly two modalities, got {len(mods)} "
-                              f"({', '.join(mods)}); choose one of early_sum, late_sum, concat or two modalities")
+            out.append(problem("data.root", "source=prepared needs the prepared dataset directory"))
+        if self.model.fusion in TWO_MODALITY and len(mods) not in (1, 2):
+            out.append(problem("model.fusion", f"{self.model.fusion} fuses exactly two modalities, got {len(mods)} "
+                                               f"({', '.join(mods)}); choose two modalities or another fusion",
+                               SYMMETRIC))
         if self.model.control is not None and self.model.control not in mods:
-            _bad("model.control", self.model.control, mods)
+            out.append(problem("model.control", f"invalid value {self.model.control!r}", mods))
         for m, p in self.model.embedding_dropout.items():
             if m not in mods:
-                _bad("model.embedding_dropout", m, mods)
-            if not 0.0 <= float(p) < 1.0:
-                raise ConfigError(f"model.embedding_dropout.{m}: {p} must be in [0, 1)")
-        if self.strategy.name not in STRATEGIES:
-            _bad("strategy.name", self.strategy.name, sorted(STRATEGIES))
-        STRATEGIES[self.strategy.name].check_config(self)
-        _positive(self, "train.epochs", "train.batch_size", "train.lr")
-        for name in ("loader.num_workers", "train.weight_decay", "train.momentum", "train.lr_decay_epoch"):
-            if self.get(name) < 0:
-                raise ConfigError(f"{name}: {self.get(name)} must be >= 0")
-        if self.loader.prefetch_factor is not None and self.loader.prefetch_factor < 0:
-            raise ConfigError(f"loader.prefetch_factor: {self.loader.prefetch_factor} must be >= 0 or null")
-        if self.loader.prefetch_factor is not None and self.loader.num_workers == 0:
-            raise ConfigError("loader.prefetch_factor: only valid with loader.num_workers > 0 "
-                              "(PyTorch refuses prefetch_factor without workers)")
-        if self.loader.persistent_workers and self.loader.num_workers == 0:
-            raise ConfigError("loader.persistent_workers: needs loader.num_workers > 0")
-        if self.loader.preinit and (self.loader.num_workers == 0 or self.loader.persistent_workers):
-            raise ConfigError("loader.preinit: needs loader.num_workers > 0 and loader.persistent_workers=false "
-                              "(it hides the start-up of fresh workers; without workers there is none to hide, "
-                              "and a persistent loader's single iterator cannot be restarted ahead of time)")
-        if self.train.max_batches is not None and self.train.max_batches < 1:
-            raise ConfigError("train.max_batches: must be >= 1 or null")
+                out.append(problem(f"model.embedding_dropout.{m}", "not a modality of this run", mods))
+            if not 0.0 <= p < 1.0:
+                out.append(problem(f"model.embedding_dropout.{m}", f"{p} must be in [0, 1)"))
+        lo = self.loader
+        if lo.prefetch_factor is not None and lo.num_workers == 0:
+            out.append(problem("loader.prefetch_factor", "only valid with loader.num_workers > 0 "
+                                                         "(PyTorch refuses prefetch_factor without workers)"))
+        if lo.persistent_workers and lo.num_workers == 0:
+            out.append(problem("loader.persistent_workers", "needs loader.num_workers > 0"))
+        if lo.preinit and (lo.num_workers == 0 or lo.persistent_workers):
+            out.append(problem("loader.preinit", "needs loader.num_workers > 0 and loader.persistent_workers=false "
+                                                 "(it hides the start-up of fresh workers; without workers there is "
+                                                 "none to hide, and a persistent loader's single iterator cannot be "
+                                                 "restarted ahead of time)"))
+        if not out:  # the strategy's own rules assume a consistent config
+            from mmhpc.strategies import STRATEGIES
+
+            try:
+                STRATEGIES[self.strategy.name].check_config(self)
+            except ConfigError as e:
+                out += e.problems
+        return out
 
     # ---- conveniences --------------------------------------------------------------------------
     @property
     def modalities(self) -> list[str]:
-        from mmhpc.data.specs import DATASETS
-
         if self.data.modalities:
             return list(self.data.modalities)
         return list(DATASETS[self.data.dataset].modalities)
@@ -212,6 +249,10 @@ class RunConfig:
             obj = obj[part] if isinstance(obj, dict) else getattr(obj, part)
         return obj
 
+    def record_path(self) -> Path:
+        """Where this run's record is written and read (see `record_file`)."""
+        return record_file(self.output.runs_dir, self.run_name())
+
     def run_name(self) -> str:
         if self.output.name:
             return self.output.name
@@ -220,106 +261,23 @@ class RunConfig:
                 f"-{self.system.precision}-{self.system.parallelism}-bs{self.train.batch_size}-s{self.train.seed}")
 
 
-# ---- building dataclasses from plain data ----------------------------------------------------------
-
-def _bad(name: str, value: Any, choices) -> None:
-    raise ConfigError(f"{name}: invalid value {value!r}; valid choices: {', '.join(map(str, choices))}")
-
-
-def _positive(cfg: RunConfig, *names: str) -> None:
-    for name in names:
-        if cfg.get(name) <= 0:
-            raise ConfigError(f"{name}: {cfg.get(name)} must be > 0")
-
-
-def _build(cls, raw: Any, prefix: str):
-    if not isinstance(raw, dict):
-        raise ConfigError(f"{prefix or 'config'}: expected a mapping, got {type(raw).__name__}")
-    hints = get_type_hints(cls)
-    known = {f.name: f for f in fields(cls)}
-    unknown = set(raw) - set(known)
-    if unknown:
-        where = f"{prefix}." if prefix else ""
-        raise ConfigError(f"{where}{sorted(unknown)[0]}: unknown key; valid keys: {', '.join(known)}")
-    kwargs = {}
-    for name, value in raw.items():
-        path = f"{prefix}.{name}" if prefix else name
-        tp = hints[name]
-        if dataclasses.is_dataclass(tp):
-            kwargs[name] = _build(tp, value, path)
-        else:
-            kwargs[name] = _coerce(value, tp, path)
-    return cls(**kwargs)
-
-
-def _coerce(value: Any, tp, path: str) -> Any:
-    """Check `value` against a field type; accept the obvious string forms from the command line."""
-    args = get_args(tp)
-    if type(None) in args:  # Optional[...]
-        if value is None or (isinstance(value, str) and value.lower() in ("none", "null")):
-            return None
-        inner = [a for a in args if a is not type(None)]
-        errors = []
-        for a in inner:
-            try:
-                return _coerce(value, a, path)
-            except ConfigError as e:
-                errors.append(str(e))
-        raise ConfigError(errors[0])
-    origin = get_origin(tp) or tp
-    if origin is bool:
-        if isinstance(value, bool):
-            return value
-        if isinstance(value, str) and value.lower() in ("true", "false", "1", "0", "yes", "no"):
-            return value.lower() in ("true", "1", "yes")
-        raise ConfigError(f"{path}: expected true/false, got {value!r}")
-    if origin is int:
-        if isinstance(value, bool):
-            raise ConfigError(f"{path}: expected an integer, got {value!r}")
-        try:
-            if isinstance(value, float) and not value.is_integer():
-                raise ValueError
-            return int(value)
-        except (TypeError, ValueError):
-            raise ConfigError(f"{path}: expected an integer, got {value!r}") from None
-    if origin is float:
-        try:
-            if isinstance(value, bool):
-                raise ValueError
-            return float(value)
-        except (TypeError, ValueError):
-            raise ConfigError(f"{path}: expected a number, got {value!r}") from None
-    if origin is str:
-        if isinstance(value, (dict, list)):
-            raise ConfigError(f"{path}: expected a string, got {value!r}")
-        return str(value)
-    if origin is list:
-        if isinstance(value, str):
-            value = [v for v in value.split(",") if v] if not value.startswith("[") else yaml.safe_load(value)
-        if not isinstance(value, list):
-            raise ConfigError(f"{path}: expected a list, got {value!r}")
-        (item,) = args
-        return [_coerce(v, item, f"{path}[{i}]") for i, v in enumerate(value)]
-    if origin is dict:
-        if isinstance(value, str):
-            value = yaml.safe_load(value)
-        if not isinstance(value, dict):
-            raise ConfigError(f"{path}: expected a mapping, got {value!r}")
-        _, vt = args
-        return {str(k): _coerce(v, vt, f"{path}.{k}") for k, v in value.items()}
-    if tp is Any:
-        return value
-    raise TypeError(f"unsupported field type {tp} at {path}")
+def record_file(runs_dir: str | Path, run_name: str) -> Path:
+    """The record of run `run_name` under `runs_dir`: the only place a record's path is made."""
+    return Path(runs_dir) / f"{run_name}.json"
 
 
 # ---- overrides and files --------------------------------------------------------------------------
 
+def _sections() -> dict[str, type[_Section]]:
+    return {name: f.annotation for name, f in RunConfig.model_fields.items()}
+
+
 def _leaf_index() -> dict[str, list[str]]:
     """Map each leaf field name to the dotted paths that end in it (for short overrides: fusion=...)."""
     index: dict[str, list[str]] = {}
-    for section in fields(RunConfig):
-        for f in fields(get_type_hints(RunConfig)[section.name]):
-            index.setdefault(f.name, []).append(f"{section.name}.{f.name}")
+    for section, model in _sections().items():
+        for name in model.model_fields:
+            index.setdefault(name, []).append(f"{section}.{name}")
     return index
 
 
@@ -328,12 +286,11 @@ def resolve_key(key: str) -> str:
         return key
     paths = _leaf_index().get(key)
     if not paths:
-        if key in {f.name for f in fields(RunConfig)}:
+        if key in RunConfig.model_fields:
             return key
-        raise ConfigError(f"{key}: unknown key; use section.field, e.g. model.fusion; sections: "
-                          f"{', '.join(f.name for f in fields(RunConfig))}")
+        raise ConfigError(problem(key, "unknown key; use section.field, e.g. model.fusion", list(RunConfig.model_fields)))
     if len(paths) > 1:
-        raise ConfigError(f"{key}: ambiguous key, write one of {', '.join(paths)}")
+        raise ConfigError(problem(key, "ambiguous key", paths))
     return paths[0]
 
 
@@ -346,14 +303,14 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str] | dict[str, Any]) 
         for p in parts[:-1]:
             node = node.setdefault(p, {})
             if not isinstance(node, dict):
-                raise ConfigError(f"{key}: {p} is not a section")
+                raise ConfigError(problem(key, f"{p} is not a section"))
         node[parts[-1]] = value
     return raw
 
 
 def _split(item: str) -> tuple[str, Any]:
     if "=" not in item:
-        raise ConfigError(f"override {item!r}: expected key=value, e.g. model.fusion=concat")
+        raise ConfigError(problem(f"override {item!r}", "expected key=value, e.g. model.fusion=concat"))
     key, text = item.split("=", 1)
     try:
         value = yaml.safe_load(text) if text.strip() else None
@@ -363,32 +320,37 @@ def _split(item: str) -> tuple[str, Any]:
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] | dict[str, Any] = ()) -> RunConfig:
+    """A config file (YAML, or JSON by its suffix) plus overrides, validated; problems name the file."""
     raw: dict[str, Any] = {}
     if path is not None:
         text = Path(path).read_text()
-        raw = (json.loads(text) if str(path).endswith(".json") else yaml.safe_load(text)) or {}
+        try:
+            raw = (json.loads(text) if str(path).endswith(".json") else yaml.safe_load(text)) or {}
+        except (ValueError, yaml.YAMLError) as e:
+            raise ConfigError(problem("", f"not valid {'JSON' if str(path).endswith('.json') else 'YAML'}: {e}",
+                                      file=str(path))) from None
         if not isinstance(raw, dict):
-            raise ConfigError(f"{path}: expected a mapping at the top level")
+            raise ConfigError(problem("", "expected a mapping at the top level", file=str(path)))
     apply_overrides(raw, overrides or [])
-    return RunConfig.from_dict(raw)
+    return RunConfig.from_dict(raw, file=str(path) if path is not None and not overrides else None)
 
 
 def describe_fields() -> list[tuple[str, str, str, str]]:
     """(dotted name, type, default, help with choices) for every knob: used by `--help`."""
-    from mmhpc.data.specs import DATASETS
+    from mmhpc.models.fusion import FUSIONS
     from mmhpc.strategies import STRATEGIES
 
-    dynamic = {"datasets": sorted(DATASETS), "strategies": sorted(STRATEGIES)}
+    registries = {"datasets": sorted(DATASETS), "strategies": sorted(STRATEGIES), "fusions": FUSIONS}
     rows = []
     defaults = RunConfig()
-    hints = get_type_hints(RunConfig)
-    for section in fields(RunConfig):
-        sub_hints = get_type_hints(hints[section.name])
-        for f in fields(hints[section.name]):
-            choices = f.metadata.get("choices") or dynamic.get(f.metadata.get("choices_from", ""))
-            help_ = f.metadata.get("help", "")
+    for section, model in _sections().items():
+        for name, f in model.model_fields.items():
+            literal = [a for a in (get_args(f.annotation) or ()) if get_origin(f.annotation) is Literal]
+            choices = literal or registries.get((f.json_schema_extra or {}).get("choices_from", ""))
+            help_ = f.description or ""
             if choices:
                 help_ += f" [{'|'.join(map(str, choices))}]"
-            tname = getattr(sub_hints[f.name], "__name__", None) or str(sub_hints[f.name]).replace("typing.", "")
-            rows.append((f"{section.name}.{f.name}", tname, repr(defaults.get(f"{section.name}.{f.name}")), help_))
+            tname = "str" if literal else (getattr(f.annotation, "__name__", None) or
+                                           str(f.annotation).replace("typing.", ""))
+            rows.append((f"{section}.{name}", tname, repr(defaults.get(f"{section}.{name}")), help_))
     return rows

@@ -119,12 +119,20 @@ def _describe(e: dict[str, Any], model: Any, loc: list[str | int]) -> tuple[str,
         return f"invalid value {value!r}", _choices(str(ctx.get("expected", "")))
     if kind == "missing":
         return "required, missing", None
+    if kind in _BOUNDS:
+        op, key = _BOUNDS[kind]
+        bound = ctx.get(key)
+        return f"{value} must be {op} {f'{bound:g}' if isinstance(bound, (int, float)) else bound}", None
     msg = str(e.get("msg", ""))
     for head in ("Value error, ", "Assertion failed, "):
         if msg.startswith(head):
             return msg[len(head):], None
     msg = msg[:1].lower() + msg[1:]
     return f"{msg}, got {value!r}", None
+
+
+_BOUNDS = {"greater_than": (">", "gt"), "greater_than_equal": (">=", "ge"), "less_than": ("<", "lt"),
+           "less_than_equal": ("<=", "le")}
 
 
 def _choices(expected: str) -> list[str]:

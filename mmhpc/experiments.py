@@ -1,4 +1,4 @@
-"""CPU demonstrations of the strategies: `python -m mmhpc.experiments algorithms`.
+"""CPU demonstration of the strategies: `mmhpc demo algorithms` (`make demo-algorithms`).
 
 `algorithms`: the shape of thesis Tables 4.1, 4.4 and 4.5 on synthetic CREMA-D (tiny), with the settings
 of `mmhpc demo` (concat fusion, 5 epochs at lr 1e-2; see `mmhpc.demo.DEMO`). Single-modality audio and
@@ -10,21 +10,21 @@ algorithms rather than the machine's load.
 """
 from __future__ import annotations
 
-import argparse
 import time
 
 from mmhpc.config import load_config
 from mmhpc.demo import DEMO, cell, train_single_modalities
 from mmhpc.metrics import speedup
+from mmhpc.results import RunRecord
 from mmhpc.train import train
 
 STRATEGY_RUNS = [("naive", {}), ("ogm_ge", {}), ("alternating", {}), ("amst", {}),
                  ("reliability", {"model.cosine": True})]
 
 
-def _mean_train_s(record: dict) -> float:
+def _mean_train_s(record: RunRecord) -> float:
     """Training time per epoch (Table 4.5 times training; validation is the same for every strategy)."""
-    times = [e["time"]["train_s"] for e in record["epochs"]]
+    times = [e.time.train_s for e in record.epochs]
     return sum(times) / len(times)
 
 
@@ -35,7 +35,7 @@ def run_algorithms(runs_dir: str = "runs/algorithms", epochs: int | None = None,
     if epochs:
         base["train.epochs"] = epochs
     t0 = time.perf_counter()
-    single = {m: rec["summary"]["test"]["acc/fused"] for m, rec in train_single_modalities(base, quiet).items()}
+    single = {m: rec.test_acc("fused") for m, rec in train_single_modalities(base, quiet).items()}
     records = {}
     for name, extra in STRATEGY_RUNS:
         overrides = dict(base, **extra, **{"strategy.name": name, "output.name": name, "train.single_acc": single})
@@ -45,7 +45,7 @@ def run_algorithms(runs_dir: str = "runs/algorithms", epochs: int | None = None,
     return 0
 
 
-def format_table(records: dict[str, dict], single: dict[str, float], epochs: int, seconds: float) -> str:
+def format_table(records: dict[str, RunRecord], single: dict[str, float], epochs: int, seconds: float) -> str:
     reference = _mean_train_s(records["alternating"])
     lines = [f"synthetic CREMA-D (tiny), concat fusion, {epochs} epochs (Reliability: T = {epochs} per modality), "
              f"test split ({seconds:.0f} s in all)",
@@ -55,25 +55,11 @@ def format_table(records: dict[str, dict], single: dict[str, float], epochs: int
         lines.append(f"{'single ' + m:<14}{cell(None)}{cell(single[m] if m == 'audio' else None)}"
                      f"{cell(single[m] if m == 'visual' else None)}{cell(None)}")
     for name, rec in records.items():
-        s, test = rec["summary"], rec["summary"]["test"]
-        opt = s["optimised_epochs"]
+        s, test = rec.summary, rec.summary.test
+        opt = s.optimised_epochs
         sec = _mean_train_s(rec)
         lines.append(f"{name:<14}{cell(test['acc/fused'])}{cell(test['acc/audio'])}{cell(test['acc/visual'])}"
-                     f"{cell(s['ibf'])}{s['epochs_run']:>8}{opt['audio']:>5}/{opt['visual']:<3}"
+                     f"{cell(s.ibf)}{s.epochs_run:>8}{opt['audio']:>5}/{opt['visual']:<3}"
                      f"{sec:>11.1f}{speedup(reference, sec):>7.2f}x")
     return "\n".join(lines)
 
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m mmhpc.experiments", description=__doc__.split("\n")[0])
-    sub = parser.add_subparsers(dest="experiment", required=True)
-    p = sub.add_parser("algorithms", help="Naive, OGM-GE, Alternating, AMST, Reliability on synthetic CREMA-D")
-    p.add_argument("--runs-dir", default="runs/algorithms")
-    p.add_argument("--epochs", type=int, default=None, help="override the demo's 5 epochs")
-    p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
-    args = parser.parse_args(argv)
-    return run_algorithms(args.runs_dir, args.epochs, args.quiet)
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

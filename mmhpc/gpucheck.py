@@ -351,7 +351,9 @@ def check_ddp(ck: Check) -> tuple[dict, str]:
         model(torch.randn(8, 32, device=ck.device)).sum().backward()
         torch.cuda.synchronize()
         ok = bool((t == 3.0).all()) and all(p.grad is not None for p in model.parameters())
-        rec = {"backend": dist.get_backend(), "nccl_version": ".".join(map(str, torch.cuda.nccl.version())),
+        version = torch.cuda.nccl.version()  # a tuple (2, 21, 5); an int on old releases
+        rec = {"backend": dist.get_backend(),
+               "nccl_version": ".".join(map(str, version)) if isinstance(version, tuple) else str(version),
                "world_size": dist.get_world_size()}
     finally:
         dist.destroy_process_group()
@@ -460,6 +462,7 @@ def run(out: Path, only: list[str] | None = None, budget_s: float = 450.0, worke
         if only and name not in only:
             continue
         t0 = time.monotonic()
+        saved = _global_state()
         try:
             rec, line = fn(ck)
             status = "PASS"
@@ -467,6 +470,8 @@ def run(out: Path, only: list[str] | None = None, budget_s: float = 450.0, worke
             rec, line, status = {}, str(e), "SKIP"
         except Exception as e:  # noqa: BLE001 - a failing check is reported, the others still run
             rec, line, status = {"traceback": traceback.format_exc(limit=8)}, f"{type(e).__name__}: {e}", "FAIL"
+        finally:
+            _restore(saved)  # a check's determinism or precision must not leak into the next one's timings
         seconds = time.monotonic() - t0
         results[name] = {"status": status, "detail": line, "seconds": seconds}
         print(f"{status:<5} {name:<10} {seconds:6.1f} s  {line}", flush=True)
@@ -483,6 +488,17 @@ def run(out: Path, only: list[str] | None = None, budget_s: float = 450.0, worke
     if gpu_skips:
         print(f"skipped for want of a CUDA GPU: {', '.join(gpu_skips)}")
     return 1 if failed else 0
+
+
+def _global_state() -> tuple:
+    return (torch.are_deterministic_algorithms_enabled(), torch.backends.cudnn.benchmark,
+            torch.backends.cudnn.deterministic, torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32)
+
+
+def _restore(state: tuple) -> None:
+    torch.use_deterministic_algorithms(state[0])
+    (torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic, torch.backends.cuda.matmul.allow_tf32,
+     torch.backends.cudnn.allow_tf32) = state[1:]
 
 
 def _write(path: Path, obj: dict) -> None:

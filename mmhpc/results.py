@@ -1,15 +1,26 @@
-"""Run records: one JSON per run, written atomically, loaded into pandas for reports."""
+"""Run records: the typed record of one run, its one writer and its one reader.
+
+A record is one JSON file per run (`RunConfig.record_path()`), written atomically by the trainer alone
+(`write_record`) and read back by everyone else (`read_record`, `iter_records`): the report loader, the
+sweep store, IBF's single-modality baselines. Its parts are pydantic models: `RunRecord` (status, config,
+environment, epochs, summary), `Epoch` (metrics and the Table 2.8 time breakdown of one epoch) and
+`Summary` (the selected model's test metrics). Unknown keys are kept, so a record written by a newer
+version still reads.
+"""
 from __future__ import annotations
 
 import json
+import math
 import os
 import platform
 import socket
 import sys
-import tempfile
+from collections.abc import Iterator, Mapping
 from importlib import metadata
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 SCHEMA = 1
 _PACKAGES = ("torch", "torchvision", "transformers", "numpy", "submitit", "nvidia-ml-py", "psutil")
@@ -17,17 +28,26 @@ _PACKAGES = ("torch", "torchvision", "transformers", "numpy", "submitit", "nvidi
 
 def atomic_write_json(path: str | Path, obj: Any) -> Path:
     """Write JSON so readers see the old file or the new one, never a partial one."""
+    return atomic_write_text(path, json.dumps(obj, indent=1, default=_jsonable))
+
+
+def atomic_write_text(path: str | Path, text: str) -> Path:
+    """Write through a temporary file beside `path`, then rename it over `path`. The file's permissions
+    follow the umask (mode 0666 & ~umask, as for any new file; so a group-readable umask shares records,
+    manifests and series with the project's group), and the temporary name is unique per host, process
+    and call, so two writers never share one."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    tmp = path.with_name(f".{path.name}.{socket.gethostname()}-{os.getpid()}-{os.urandom(4).hex()}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
     try:
         with os.fdopen(fd, "w") as f:
-            json.dump(obj, f, indent=1, default=_jsonable)
+            f.write(text)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        tmp.unlink(missing_ok=True)
         raise
     return path
 
@@ -38,10 +58,6 @@ def _jsonable(x: Any) -> Any:
     if isinstance(x, Path):
         return str(x)
     raise TypeError(f"not JSON serialisable: {type(x).__name__}")
-
-
-def read_record(path: str | Path) -> dict:
-    return json.loads(Path(path).read_text())
 
 
 def environment(device=None) -> dict:
@@ -75,39 +91,156 @@ def _version(pkg: str) -> str | None:
         return None
 
 
-def iter_records(root: str | Path):
+# ---- the typed record -----------------------------------------------------------------------------
+
+class _Part(BaseModel):
+    model_config = ConfigDict(extra="allow", populate_by_name=True)
+
+
+class EpochTime(_Part):
+    """The thesis' Table 2.8 breakdown of one epoch, in seconds, and the training throughput."""
+    train_loader_init_s: float
+    train_s: float
+    val_loader_init_s: float
+    val_s: float
+    epoch_s: float
+    train_samples: int | None = None
+    train_samples_per_s: float | None = None
+    train_data_wait_s: float | None = None   # time the training step waited for batches (system/idle.py)
+    train_data_wait_estimated: bool = False  # prefetch_factor=0: estimated as thesis Appendix A.2.1 (Alg. 7)
+    val_data_wait_s: float | None = None
+
+
+class Epoch(_Part):
+    epoch: int
+    time: EpochTime | None = None       # always written by the trainer
+    lr: float | None = None
+    optimised: list[str] = []           # the modalities trained this epoch
+    train: dict[str, float] = {}        # training metrics: acc/<head>, loss/<head>, entropy/<m>, ...
+    val: dict[str, float] = {}          # validation metrics, plus bias/<m> and reliability/<m>
+    memory: dict[str, float] = {}       # peak GPU memory per device in MiB
+    util: dict[str, float | None] = {}  # the sampler's utilisation summary over the epoch
+
+
+class Summary(_Part):
+    """What a finished run reached; every field is filled by the trainer (defaults: older records)."""
+    test: dict[str, float] = {}         # test metrics of the model selected on validation
+    best_epoch: int | None = None       # selected on validation accuracy, never on test
+    epochs_run: int | None = None
+    optimised_epochs: dict[str, int] = {}  # optimisation epochs per modality (Table 4.4)
+    epoch_time_mean_s: float | None = None
+    train_time_s: float | None = None
+    ibf: float | None = None            # Eq. 3.1, when single-modality accuracies were given
+
+
+class Environment(_Part):
+    host: str | None = None
+    platform: str | None = None
+    python: str | None = None
+    cpu_count: int | None = None
+    versions: dict[str, str | None] = {}
+    cuda: str | None = None
+    device: str | None = None
+    slurm: dict[str, str] = {}
+    gpu: dict[str, Any] | None = None
+
+
+class RunRecord(_Part):
+    schema_version: int = Field(SCHEMA, alias="schema")
+    run: str
+    status: Literal["running", "done", "failed"]
+    config: dict[str, Any]
+    env: Environment = Environment()
+    model: dict[str, Any] = {}          # {"parameters": n}
+    data: dict[str, int] = {}           # samples per split
+    epochs: list[Epoch] = []
+    started: float | None = None
+    finished: float | None = None
+    summary: Summary | None = None
+    error: str | None = None            # "ExceptionType: message" of a failed run
+    traceback: str | None = None
+    system: dict[str, Any] | None = None  # the sampler: time-series file, interval, notes, GPUs, summary
+    resumed: list[dict[str, Any]] = []
+    bench: dict[str, Any] | None = None   # `mmhpc bench`: measured epochs after warm-up
+
+    @field_validator("schema_version")
+    @classmethod
+    def _known_schema(cls, v: int) -> int:
+        if v != SCHEMA:
+            raise ValueError(f"schema {v} is not one this version reads; valid: {SCHEMA}")
+        return v
+
+    @property
+    def modalities(self) -> list[str]:
+        """The run's modalities as configured (empty when the config left them to the dataset)."""
+        return list((self.config.get("data") or {}).get("modalities") or [])
+
+    def test_acc(self, head: str) -> float | None:
+        return None if self.summary is None else self.summary.test.get(f"acc/{head}")
+
+
+# ---- the one writer and the one reader --------------------------------------------------------------
+
+def write_record(path: str | Path, record: RunRecord) -> Path:
+    return atomic_write_json(path, record.model_dump(by_alias=True))
+
+
+def read_record(path: str | Path) -> RunRecord:
+    """The record at `path`; ValueError when it is not one (unreadable, torn, or another JSON file)."""
+    try:
+        return RunRecord.model_validate(json.loads(Path(path).read_text()))
+    except ValidationError as e:
+        raise ValueError(f"{path}: not a run record: {e.errors()[0]['msg']}") from None
+
+
+def iter_records(root: str | Path) -> Iterator[tuple[Path, RunRecord]]:
+    """Every readable run record under `root` (hidden files, manifests and sampler files left out)."""
     for p in sorted(Path(root).rglob("*.json")):
-        if p.name.startswith(".") or p.name in ("manifest.json",):
+        if p.name.startswith(".") or p.name == "manifest.json" or p.name.endswith((".markers.json", ".trace.json")):
             continue
         try:
-            rec = read_record(p)
-        except (json.JSONDecodeError, OSError):
+            yield p, read_record(p)
+        except (OSError, ValueError):
             continue
-        if isinstance(rec, dict) and rec.get("schema") == SCHEMA and "config" in rec:
-            yield p, rec
 
 
-def single_accuracies(source: dict | str | None, cfg=None) -> dict[str, float] | None:
-    """Single-modality test accuracies for IBF: a {modality: acc} map, a JSON file of one, or a directory of
-    run records (single-modality runs of the same dataset and preset; mean over seeds)."""
+# ---- IBF from records (Eq. 3.1) ------------------------------------------------------------------------
+
+def run_ibf(test: Mapping[str, float], modalities: list[str], single_acc: Mapping[str, float] | None,
+            fusion: str = "concat") -> float | None:
+    """IBF of a run from its test accuracies: 0 for a single-modality run, None without baselines; gated and
+    FiLM runs read their probes' accuracies (`metrics.ibf_accuracy_keys`)."""
+    from mmhpc.metrics import ibf, ibf_accuracy_keys
+
+    if single_acc is None:
+        return None
+    if len(modalities) == 1:
+        return 0.0
+    return ibf({m: test[k] for m, k in ibf_accuracy_keys(fusion, modalities).items()}, single_acc)
+
+
+def single_accuracies(source: dict | str | Path | None, dataset: str | None = None,
+                      preset: str | None = None) -> dict[str, float] | None:
+    """Single-modality test accuracies for IBF: a {modality: acc} map, a JSON file of one or a run record,
+    or a directory of run records (finished single-modality runs of `dataset`/`preset`; mean over seeds)."""
     if source is None or isinstance(source, dict):
         return source
     path = Path(source)
     if path.is_file():
-        data = read_record(path)
+        data = json.loads(path.read_text())
         if "summary" in data:  # a run record of a single-modality run
-            (m,) = data["config"]["data"]["modalities"]
-            return {m: data["summary"]["test"]["acc/fused"]}
+            rec = read_record(path)
+            (m,) = rec.modalities
+            return {m: rec.test_acc("fused")}
         return {k: float(v) for k, v in data.items()}
     found: dict[str, list[float]] = {}
     for _, rec in iter_records(path):
-        c = rec["config"]
-        mods = c["data"]["modalities"]
-        if rec.get("status") != "done" or not mods or len(mods) != 1:
+        data_cfg = rec.config.get("data") or {}
+        if rec.status != "done" or len(rec.modalities) != 1:
             continue
-        if cfg is not None and (c["data"]["dataset"], c["data"]["preset"]) != (cfg.data.dataset, cfg.data.preset):
+        if dataset is not None and (data_cfg.get("dataset"), data_cfg.get("preset")) != (dataset, preset):
             continue
-        found.setdefault(mods[0], []).append(rec["summary"]["test"]["acc/fused"])
+        found.setdefault(rec.modalities[0], []).append(rec.test_acc("fused"))
     if not found:
         raise FileNotFoundError(f"train.single_acc: no finished single-modality records under {path}")
-    return {m: sum(v) / len(v) for m, v in found.items()}
+    return {m: math.fsum(v) / len(v) for m, v in found.items()}

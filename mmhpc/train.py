@@ -13,7 +13,6 @@ import random
 import threading
 import time
 import traceback
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -21,9 +20,11 @@ from tqdm.auto import tqdm
 
 from mmhpc import metrics as mx
 from mmhpc.config import ConfigError, RunConfig
+from mmhpc.data.frames import finish_batch
 from mmhpc.data.loading import build_datasets, build_loader
 from mmhpc.models.multimodal import MultimodalModel, count_parameters
-from mmhpc.results import SCHEMA, atomic_write_json, environment, read_record, single_accuracies
+from mmhpc.results import Epoch, EpochTime, RunRecord, Summary, environment, read_record, run_ibf, single_accuracies, \
+    write_record
 from mmhpc.strategies import STRATEGIES
 from mmhpc.strategies.data import StrategyData
 from mmhpc.system import parallel
@@ -39,7 +40,7 @@ STOP_REQUESTED = threading.Event()
 
 
 class RecordExistsError(FileExistsError):
-    pass
+    """A finished record of the same run exists and output.overwrite is off."""
 
 
 class Preempted(Exception):
@@ -48,7 +49,7 @@ class Preempted(Exception):
     run has the batches and metrics of an uninterrupted one."""
 
     def __init__(self, epoch: int, step: int):
-        super().__init__(f"stopped at epoch {epoch} step {step} on the pre-timeout/preemption signal")
+        super().__init__(f"stopped after step {step} of epoch {epoch + 1} on the pre-timeout/preemption signal")
         self.epoch, self.step = epoch, step
 
 
@@ -76,7 +77,7 @@ class Trainer:
         self.cfg = cfg
         self.progress = progress
         self.step_hooks: list = []  # called after every training step (e.g. a profiler's step)
-        self.record_path = Path(cfg.output.runs_dir) / f"{cfg.run_name()}.json"
+        self.record_path = cfg.record_path()
         self.ckpt_path = self.record_path.with_suffix(".ckpt.pt")
         self.dist = parallel.setup_distributed(cfg)
         if self.dist.is_main:
@@ -87,7 +88,8 @@ class Trainer:
         if cfg.system.parallelism == "ddp":
             self.device = parallel.ddp_device(self.dist, self.device)
         self.autocast = apply_precision(cfg.system.precision, self.device)
-        self.single_acc = single_accuracies(cfg.train.single_acc, cfg) if self.dist.is_main else None
+        self.single_acc = (single_accuracies(cfg.train.single_acc, cfg.data.dataset, cfg.data.preset)
+                           if self.dist.is_main else None)
         seed_everything(cfg.train.seed, cfg.system.deterministic)
         self.datasets = build_datasets(cfg)
         train_ds = self.datasets["train"]
@@ -119,11 +121,11 @@ class Trainer:
             # measuring must not change what the run does next: the RNG and the BatchNorm statistics
             saved = {k: v.clone() for k, v in self.model.state_dict().items()}
             with torch.random.fork_rng(devices=[]):
-                probe = next(iter(build_loader(self.datasets["train"], self.cfg, True, preinit=False).epoch(0)))
+                loader = build_loader(self.datasets["train"], self.cfg, True, preinit=False)
+                probe = finish_batch(next(iter(loader.epoch(0))))
                 costs = parallel.measure_branch_costs(self.model, probe, self.device)
             self.model.load_state_dict(saved)
             placement = parallel.assign_branches(costs, parallel.blp_devices(self.device))
-            self.blp_costs = costs
         runner = parallel.BranchParallel(self.model, placement, self.device)
         self.model.branch_runner = runner
         return runner
@@ -137,18 +139,18 @@ class Trainer:
             old = read_record(self.record_path)
         except ValueError:
             return  # an unreadable partial file from a crash: not a result
-        if old.get("status") == "done":
+        if old.status == "done":
             if not self.cfg.output.overwrite:
                 raise RecordExistsError(f"{self.record_path}: a finished record exists; set output.overwrite=true "
                                         "to replace it, or output.name=... to keep both")
             # keep the finished record until the new run has finished too
             self._write_path = self.record_path.with_name(f".{self.record_path.stem}.rerun.json")
 
-    def _save(self, record: dict) -> None:
+    def _save(self, record: RunRecord) -> None:
         if not self.dist.is_main:
             return
-        atomic_write_json(self._write_path, record)
-        if record["status"] == "done" and self._write_path != self.record_path:
+        write_record(self._write_path, record)
+        if record.status == "done" and self._write_path != self.record_path:
             series = self._write_path.with_suffix(".util.csv")
             if series.exists():
                 os.replace(series, self.record_path.with_suffix(".util.csv"))
@@ -159,7 +161,9 @@ class Trainer:
     # ---- one pass over a loader ------------------------------------------------------------------
     def _to_device(self, batch: dict) -> dict:
         nb = self.cfg.loader.pin_memory
-        return {k: v.to(self.device, non_blocking=nb) if torch.is_tensor(v) else v for k, v in batch.items()}
+        # uint8 frames become model input (crop, flip, normalise) on the device
+        return finish_batch({k: v.to(self.device, non_blocking=nb) if torch.is_tensor(v) else v
+                             for k, v in batch.items()})
 
     def _pass(self, split: str, epoch: int) -> tuple[dict, dict]:
         """Run one epoch over a split's loader; returns (metrics, timings)."""
@@ -226,11 +230,11 @@ class Trainer:
         return {f"bias/{m}": v for m, v in mx.bias(ent, self.num_classes).items()}
 
     # ---- the loop --------------------------------------------------------------------------------
-    def fit(self) -> dict:
+    def fit(self) -> RunRecord:
         cfg, strategy = self.cfg, self.strategy
-        record = {"schema": SCHEMA, "run": cfg.run_name(), "status": "running", "config": cfg.to_dict(),
-                  "env": environment(self.device), "model": {"parameters": count_parameters(self.model)},
-                  "data": {s: len(d) for s, d in self.datasets.items()}, "epochs": [], "started": time.time()}
+        record = RunRecord(run=cfg.run_name(), status="running", config=cfg.to_dict(), env=environment(self.device),
+                           model={"parameters": count_parameters(self.model)},
+                           data={s: len(d) for s, d in self.datasets.items()}, started=time.time())
         best = {"acc": -1.0, "epoch": -1, "state": None}
         epoch = 0
         if cfg.output.checkpoint and self.ckpt_path.exists():
@@ -242,8 +246,8 @@ class Trainer:
                        disable=not (self.progress and self.dist.is_main))
             while epoch < strategy.max_epochs():
                 entry = self._epoch(epoch)
-                record["epochs"].append(entry)
-                val = entry["val"]
+                record.epochs.append(entry)
+                val = entry.val
                 if val["acc/fused"] > best["acc"]:  # model selection on validation, never on test
                     best = {"acc": val["acc/fused"], "epoch": epoch,
                             "state": {k: v.detach().cpu().clone() for k, v in self.model.state_dict().items()}}
@@ -263,22 +267,19 @@ class Trainer:
             if self.dist.is_main:
                 self.model.load_state_dict(best["state"])
             test, _ = self._evaluate("test")
-            record["summary"] = self._summary(record, test, best["epoch"])
-            record["status"] = "done"
+            record.summary = self._summary(record, test, best["epoch"])
+            record.status = "done"
+            record.finished = time.time()
         except Preempted as e:  # not a failure: the record stays as saved at the last epoch end
-            log.warning("%s: %s; resuming from epoch %d", cfg.run_name(), e, epoch)
+            log.warning("%s: %s; its next start resumes at epoch %d", cfg.run_name(), e, epoch + 1)
             raise
         except BaseException as e:
-            record["status"] = "failed"
-            record["error"] = f"{type(e).__name__}: {e}"
-            record["traceback"] = traceback.format_exc(limit=20)
-            self._save(record)
+            mark_failed(record, e)
             raise
         finally:
             self._stop_sampler(record)
             self.close()
-        record["finished"] = time.time()
-        self._save(record)
+            self._save(record)  # the final record, done or failed: written here only
         if self.dist.is_main:
             self.ckpt_path.unlink(missing_ok=True)
         return record
@@ -291,7 +292,7 @@ class Trainer:
             self.blp.close()
         parallel.shutdown()
 
-    def _epoch(self, epoch: int) -> dict:
+    def _epoch(self, epoch: int) -> Epoch:
         cfg, strategy = self.cfg, self.strategy
         lr = cfg.train.lr * strategy.lr_factor(epoch)
         for group in strategy.optimizer.param_groups:
@@ -307,14 +308,15 @@ class Trainer:
         strategy.end_epoch(epoch, train, val)
         if cfg.loader.prefetch_factor == 0:  # PyTorch cannot: estimated as thesis Appendix A.2.1 (Alg. 7)
             t_train["data_wait_s"] = estimate_prefetch0_idle(self.loaders["idle"], epoch, cfg.train.max_batches)
-        return {"epoch": epoch, "lr": lr, "optimised": active, "train": train, "val": val,
-                "time": {"train_loader_init_s": t_train["loader_init_s"], "train_s": t_train["run_s"],
-                         "val_loader_init_s": t_val["loader_init_s"], "val_s": t_val["run_s"],
-                         "train_data_wait_s": t_train["data_wait_s"],
-                         "train_data_wait_estimated": cfg.loader.prefetch_factor == 0, "val_data_wait_s": t_val.get("data_wait_s"),
-                         "epoch_s": sum(t[k] for t in (t_train, t_val) for k in ("loader_init_s", "run_s")),
-                         "train_samples": t_train["samples"], "train_samples_per_s": t_train["samples_per_s"]},
-                "memory": self._peak_memory(), "util": util}
+        time_ = EpochTime(train_loader_init_s=t_train["loader_init_s"], train_s=t_train["run_s"],
+                          val_loader_init_s=t_val["loader_init_s"], val_s=t_val["run_s"],
+                          train_data_wait_s=t_train["data_wait_s"],
+                          train_data_wait_estimated=cfg.loader.prefetch_factor == 0,
+                          val_data_wait_s=t_val.get("data_wait_s"),
+                          epoch_s=sum(t[k] for t in (t_train, t_val) for k in ("loader_init_s", "run_s")),
+                          train_samples=t_train["samples"], train_samples_per_s=t_train["samples_per_s"])
+        return Epoch(epoch=epoch, lr=lr, optimised=active, train=train, val=val, time=time_,
+                     memory=self._peak_memory(), util=util)
 
     # ---- utilisation sampling --------------------------------------------------------------------
     def _start_sampler(self) -> None:
@@ -324,12 +326,12 @@ class Trainer:
 
             self.sampler = UtilSampler(self.cfg.system.sample_interval).start()
 
-    def _stop_sampler(self, record: dict) -> None:
+    def _stop_sampler(self, record: RunRecord) -> None:
         if self.sampler is None:
             return
         self.sampler.stop()
         self.sampler.save(self._write_path.with_suffix(".util.csv"))  # beside the record being written
-        record["system"] = {"timeseries": self.record_path.with_suffix(".util.csv").name, "interval_s": self.sampler.interval_s,
+        record.system = {"timeseries": self.record_path.with_suffix(".util.csv").name, "interval_s": self.sampler.interval_s,
                             "notes": self.sampler.notes, "gpus": self.sampler.gpus,
                             "summary": self.sampler.summary(), "sample_cost_us": self.sampler.sample_cost_us}
 
@@ -344,8 +346,9 @@ class Trainer:
         return out
 
     # ---- checkpoints -----------------------------------------------------------------------------
-    def _checkpoint(self, record: dict, best: dict, next_epoch: int) -> None:
-        state = {"config": self.cfg.to_dict(), "next_epoch": next_epoch, "record": record, "best": best,
+    def _checkpoint(self, record: RunRecord, best: dict, next_epoch: int) -> None:
+        state = {"config": self.cfg.to_dict(), "next_epoch": next_epoch, "record": record.model_dump(by_alias=True),
+                 "best": best,
                  "model": self.model.state_dict(), "strategy": self.strategy.state_dict(),
                  "rng": {"torch": torch.get_rng_state(), "numpy": np.random.get_state(),
                          "python": random.getstate(),
@@ -356,7 +359,7 @@ class Trainer:
         torch.save(state, tmp)
         os.replace(tmp, self.ckpt_path)
 
-    def _resume(self, fresh: dict) -> tuple[dict, dict, int]:
+    def _resume(self, fresh: RunRecord) -> tuple[RunRecord, dict, int]:
         state = torch.load(self.ckpt_path, map_location="cpu", weights_only=False)
         if _resumable(state["config"]) != _resumable(self.cfg.to_dict()):
             raise ConfigError(f"{self.ckpt_path}: checkpoint of a different config; remove it or change output.name")
@@ -369,36 +372,28 @@ class Trainer:
         for k, g in rng["loaders"].items():
             if k in self.loaders:
                 self.loaders[k].generator.set_state(g)
-        record = state["record"]
-        record["resumed"] = record.get("resumed", []) + [{"at_epoch": state["next_epoch"], "time": time.time(),
-                                                          "env": fresh["env"]}]
+        record = RunRecord.model_validate(state["record"])
+        record.resumed.append({"at_epoch": state["next_epoch"], "time": time.time(),
+                               "env": fresh.env.model_dump()})
         return record, state["best"], state["next_epoch"]
 
-    def _summary(self, record: dict, test: dict, best_epoch: int) -> dict:
-        mods = self.cfg.modalities
-        times = [e["time"]["epoch_s"] for e in record["epochs"]]
-        summary = {"best_epoch": best_epoch, "epochs_run": len(record["epochs"]), "test": test,
-                   "optimised_epochs": dict(self.strategy.optimised),
-                   "epoch_time_mean_s": float(np.mean(times)), "train_time_s": float(np.sum(times))}
-        if self.single_acc is not None:
-            if len(mods) == 1:
-                summary["ibf"] = 0.0
-            else:
-                keys = mx.ibf_accuracy_keys(self.cfg.model.fusion, mods)
-                summary["ibf"] = mx.ibf({m: test[k] for m, k in keys.items()}, self.single_acc)
-        return summary
+    def _summary(self, record: RunRecord, test: dict, best_epoch: int) -> Summary:
+        times = [e.time.epoch_s for e in record.epochs]
+        return Summary(best_epoch=best_epoch, epochs_run=len(record.epochs), test=test,
+                       optimised_epochs=dict(self.strategy.optimised), epoch_time_mean_s=float(np.mean(times)),
+                       train_time_s=float(np.sum(times)), ibf=run_ibf(test, self.cfg.modalities, self.single_acc,
+                                                                           self.cfg.model.fusion))
 
 
-def epoch_line(entry: dict, epochs: int) -> str:
+def epoch_line(entry: Epoch, epochs: int) -> str:
     """One progress line per epoch for a job's output: time, validation accuracies, speed, GPU use."""
-    accs = " ".join(f"{k.split('/', 1)[1]} {v:.3f}" for k, v in entry["val"].items()
+    accs = " ".join(f"{k.split('/', 1)[1]} {v:.3f}" for k, v in entry.val.items()
                     if k.startswith("acc/") and "probe" not in k)
-    t = entry["time"]
-    gpus = [v for k, v in (entry.get("util") or {}).items()
-            if k.startswith("gpu") and k.endswith("_util_pct_mean") and v is not None]
+    t = entry.time
+    gpus = [v for k, v in entry.util.items() if k.startswith("gpu") and k.endswith("_util_pct_mean") and v is not None]
     gpu = f"GPU {sum(gpus) / len(gpus):.0f} %" if gpus else "GPU n/a"
-    return (f"epoch {entry['epoch'] + 1}/{epochs} {t['epoch_s']:.1f} s | val acc {accs} | "
-            f"{t['train_samples_per_s']:.0f} samples/s | {gpu}")
+    return (f"epoch {entry.epoch + 1}/{epochs} {t.epoch_s:.1f} s | val acc {accs} | "
+            f"{t.train_samples_per_s:.0f} samples/s | {gpu}")
 
 
 def _resumable(config: dict) -> dict:
@@ -409,5 +404,28 @@ def _resumable(config: dict) -> dict:
     return out
 
 
-def train(cfg: RunConfig, progress: bool = True) -> dict:
-    return Trainer(cfg, progress=progress).fit()
+def mark_failed(record: RunRecord, exc: BaseException) -> RunRecord:
+    """A record's failure: status, the error as "Type: message", and the traceback being handled."""
+    record.status = "failed"
+    record.error = f"{type(exc).__name__}: {exc}"
+    record.traceback = traceback.format_exc(limit=20)
+    return record
+
+
+def train(cfg: RunConfig, progress: bool = True) -> RunRecord:
+    """Train one run and return its record. A run that fails before its trainer is set up (no device, an
+    unreadable dataset) still leaves a failed record, unless a record of that run already exists."""
+    try:
+        trainer = Trainer(cfg, progress=progress)
+    except Exception as e:
+        write_failed_record(cfg, e)
+        raise
+    return trainer.fit()
+
+
+def write_failed_record(cfg: RunConfig, exc: BaseException) -> None:
+    """The failed record of a run that failed before its trainer wrote one (on rank 0; never over a record
+    that exists, such as a finished one the rerun was refused to overwrite). Call it inside `except`."""
+    path = cfg.record_path()
+    if int(os.environ.get("RANK", "0")) == 0 and not path.exists():
+        write_record(path, mark_failed(RunRecord(run=cfg.run_name(), status="running", config=cfg.to_dict()), exc))

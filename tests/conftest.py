@@ -1,5 +1,12 @@
-"""Shared fixtures: synthetic datasets are generated once per session into a temporary directory."""
+"""Shared fixtures: synthetic datasets generated once per session into a temporary directory, and the
+project's local SLURM (env/slurm) with helpers for the tests marked `slurm`."""
 from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import time
+from pathlib import Path
 
 import pytest
 
@@ -31,3 +38,95 @@ def tiny_config(synth_dir, tmp_path):
         return load_config(None, base + list(overrides) + [f"{k}={v}" for k, v in kw.items()])
 
     return make
+
+
+# ---- the local SLURM (env/slurm): shared by every test marked `slurm` -------------------------------------
+
+SLURM_DIR = Path(__file__).resolve().parents[1] / "env" / "slurm"
+SLURM_TERMINAL = ("COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "OUT_OF_MEMORY", "NODE_FAIL", "PREEMPTED",
+                  "BOOT_FAIL", "DEADLINE")
+
+
+class LocalSlurm:
+    """The running local cluster: its SLURM_CONF, and helpers that call its commands with a timeout."""
+
+    def __init__(self, conf: str):
+        self.conf = conf
+        self.env = dict(os.environ, SLURM_CONF=conf)
+
+    def run(self, *args: str, check: bool = True, timeout: float = 60) -> str:
+        res = subprocess.run(list(args), env=self.env, capture_output=True, text=True, timeout=timeout,
+                             stdin=subprocess.DEVNULL)
+        if check and res.returncode != 0:
+            raise AssertionError(f"{' '.join(args)} failed ({res.returncode}): {res.stderr.strip()}")
+        return res.stdout
+
+    def sacct_states(self, job_id: str, *flags: str) -> dict[str, str]:
+        """{JobID: State} of the job's allocations (array tasks one by one once they started); `-D` in
+        `flags` lists every attempt of a requeued job (then the last one per id wins)."""
+        out = self.run("sacct", "-n", "-X", "-P", "-j", job_id, "-o", "JobID,State", *flags, check=False)
+        return {jid: state.split()[0] if state else "" for jid, _, state in
+                (ln.partition("|") for ln in out.splitlines() if "|" in ln)}  # "CANCELLED by 0" -> CANCELLED
+
+    def squeue(self, job_id: str) -> str:
+        return self.run("squeue", "-h", "-j", job_id, "-o", "%T %r", check=False)
+
+    def wait_terminal(self, job_id: str, n_tasks: int = 1, timeout: float = 180) -> dict[str, str]:
+        def done():
+            states = self.sacct_states(job_id)
+            return states if len(states) == n_tasks and all(s in SLURM_TERMINAL for s in states.values()) else None
+
+        try:
+            return until(done, f"job {job_id} to finish", timeout)
+        except AssertionError as err:
+            raise AssertionError(f"{err}; sacct: {self.sacct_states(job_id)}; squeue: {self.squeue(job_id)}") from None
+
+
+def until(predicate, what: str, timeout: float = 900, poll_s: float = 1.0):
+    """Poll `predicate` until it returns something true (returned), or fail naming `what` after `timeout` s."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
+        time.sleep(poll_s)
+
+
+def start_local_slurm() -> str:
+    """Install and start env/slurm (both idempotent); returns SLURM_CONF. Skips where it cannot be set up
+    at all (not root, or no apt-get); fails when it can but does not come up."""
+    if shutil.which("apt-get") is None or os.geteuid() != 0:
+        pytest.skip("local SLURM needs root and apt-get (env/slurm/install.sh) to be set up")
+    for script in ("install.sh", "start.sh"):
+        res = subprocess.run(["bash", str(SLURM_DIR / script)], capture_output=True, text=True, timeout=900,
+                             stdin=subprocess.DEVNULL)
+        if res.returncode != 0:
+            pytest.fail(f"env/slurm/{script} failed ({res.returncode}):\n{res.stdout}\n{res.stderr}")
+    exports = [ln for ln in res.stdout.splitlines() if ln.startswith("export SLURM_CONF=")]
+    assert exports, f"start.sh printed no `export SLURM_CONF=` line:\n{res.stdout}"
+    return exports[-1].split("=", 1)[1]
+
+
+@pytest.fixture(scope="session")
+def local_slurm() -> LocalSlurm:
+    """The project's local SLURM, started once per session and left running."""
+    return LocalSlurm(start_local_slurm())
+
+
+@pytest.fixture(scope="session")
+def slurm_data(tmp_path_factory) -> Path:
+    """The synthetic-data cache ($MMHPC_DATA) of the SLURM tests, shared by their jobs."""
+    return tmp_path_factory.mktemp("slurm-data")
+
+
+@pytest.fixture
+def slurm(local_slurm, slurm_data, monkeypatch) -> LocalSlurm:
+    """`local_slurm` with SLURM_CONF in this process' environment (for mmhpc's own sbatch/squeue/sacct
+    calls), the shared data cache, and no user cluster file or results root."""
+    monkeypatch.setenv("SLURM_CONF", local_slurm.conf)
+    monkeypatch.setenv("MMHPC_DATA", str(slurm_data))
+    for var in ("MMHPC_CLUSTERS", "MMHPC_RESULTS", "SIZE"):
+        monkeypatch.delenv(var, raising=False)
+    return local_slurm

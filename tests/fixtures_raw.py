@@ -103,7 +103,8 @@ AVE_CATEGORIES = ("Church bell", "Bark", "Acoustic guitar", "Frying (food)")
 
 
 def make_ave(root: Path, clips: int = 10) -> Path:
-    """Official split files: the last clip is the test set, the one before it validation, the rest training."""
+    """Official split files: the last clip is the test set, the one before it validation, the rest training;
+    the first video is annotated a second time (another event, in the validation split), as 45 AVE videos are."""
     header = "Category&VideoID&Quality&StartTime&EndTime\n"
     rows = {"train": [], "val": [], "test": []}
     for i in range(clips):
@@ -112,6 +113,7 @@ def make_ave(root: Path, clips: int = 10) -> Path:
         write_video(root / "AVE" / f"{video_id}.mp4", 3.0, k, audio_codec="aac")
         split = "test" if i == clips - 1 else "val" if i == clips - 2 else "train"
         rows[split].append(f"{AVE_CATEGORIES[k]}&{video_id}&good&0&3\n")
+    rows["val"].append(f"{AVE_CATEGORIES[1]}&-vid00_x&good&1&2\n")
     (root / "Annotations.txt").write_text(header + "".join(r for split in rows.values() for r in split))
     for split, name in (("train", "trainSet.txt"), ("val", "valSet.txt"), ("test", "testSet.txt")):
         (root / name).write_text("".join(rows[split]))
@@ -155,19 +157,22 @@ def make_mvsa(root: Path, clips: int = 10) -> Path:
     return root
 
 
-IEMOCAP_CODES = ("ang", "hap", "sad", "neu", "exc", "fru")
+# two dialogs: every code of the five classes, ten `neu` (so a stratified split has a test clip), a `hap`
+# (dropped by default, a sixth class by option) and an `xxx` (never kept) each
+IEMOCAP_DIALOGS = (("ang", "neu", "sad", "neu", "exc", "neu", "neu", "hap", "xxx"),
+                   ("fru", "neu", "neu", "neu", "neu", "neu", "neu", "hap", "xxx"))
 
 
 def make_iemocap(root: Path) -> Path:
-    """Session1 with two dialogs of five kept utterances (of all six emotion codes), a short one and an `xxx`."""
+    """Session1 with the two dialogs of IEMOCAP_DIALOGS; the third utterance of each is short."""
     session = root / "Session1"
     for d, dialog in enumerate(("Ses01F_impro01", "Ses01M_script01_1")):
-        write_video(session / "dialog" / "avi" / "DivX" / f"{dialog}.avi", 12.0, d)
+        write_video(session / "dialog" / "avi" / "DivX" / f"{dialog}.avi", 15.0, d)
         evaluation, transcript, t = [], [], 0.5
-        codes = IEMOCAP_CODES[d:d + 5] + ("xxx",)
+        codes = IEMOCAP_DIALOGS[d]
         for k, code in enumerate(codes):
             utterance = f"{dialog}_{'FM'[k % 2]}{k:03d}"
-            length = 0.4 if k == 2 else 1.6  # a 0.4 s utterance has fewer 2 fps slots than frames kept
+            length = 0.4 if k == 2 else 1.2  # a 0.4 s utterance has fewer 2 fps slots than frames kept
             evaluation.append(f"[{t:.4f} - {t + length:.4f}]\t{utterance}\t{code}\t[2.5000, 2.5000, 2.5000]")
             transcript.append(f"{utterance} [{t:08.4f}-{t + length:08.4f}]: {SENTENCES[k % len(SENTENCES)]}")
             write_wav(session / "sentences" / "wav" / dialog / f"{utterance}.wav", length, k)

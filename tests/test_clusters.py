@@ -3,6 +3,7 @@ the jobs, job arrays split at max_array_size under one concurrency cap, InfiniBa
 the profiles shipped as package data."""
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 import zipfile
@@ -170,3 +171,40 @@ def test_a_built_wheel_carries_the_profiles(tmp_path):
     names = zipfile.ZipFile(wheel).namelist()
     assert {f"mmhpc/launch/profiles/{c}.yaml" for c in ("alvis", "local", "none")} <= set(names)
     assert "mmhpc/launch/clusters.py" in names
+
+
+@pytest.mark.slow
+def test_make_dry_run_for_alvis_shows_the_job_as_submitted(tmp_path):
+    """The acceptance line: `MMHPC_ACCOUNT=x MMHPC_VENV=/some/venv make sweep-parallelism CLUSTER=alvis DRY_RUN=1`."""
+    import os
+
+    env = {**os.environ, "MMHPC_ACCOUNT": "x", "MMHPC_VENV": "/some/venv", "MMHPC_RESULTS": str(tmp_path / "r"),
+           "MMHPC_CLUSTERS": str(tmp_path / "none.yaml")}
+    proc = subprocess.run(["make", "-s", "sweep-parallelism", "CLUSTER=alvis", "DRY_RUN=1"], cwd=REPO, env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    out = proc.stdout
+    assert "#SBATCH --gpus-per-node=A100:1" in out and "#SBATCH --gpus-per-node=A40:2" in out
+    assert "#SBATCH --cpus-per-task=16" in out and "#SBATCH --signal=USR2@120" in out
+    assert "#SBATCH --account=x" in out and "source /some/venv/bin/activate" in out
+    scripts = out.split("#!/bin/bash")[1:]
+    assert scripts and all("/some/venv/bin/python -u -m submitit" in s for s in scripts)
+    assert all(re.search(r"srun .*--cpus-per-task=\d+ /some/venv/bin/python", s) for s in scripts)
+    assert not (tmp_path / "r").exists()
+
+
+def test_make_on_a_cluster_submits_with_the_cluster_venv_and_builds_nothing(tmp_path):
+    import os
+
+    venv = tmp_path / "venv"
+    (venv / "bin").mkdir(parents=True)
+    (venv / "bin" / "python").symlink_to(sys.executable)
+    env = {**os.environ, "MMHPC_ACCOUNT": "x"}
+    for extra, submit_py in (({"MMHPC_VENV": str(venv)}, f"{venv}/bin/python"), ({}, ".venv/bin/python")):
+        plan = subprocess.run(["make", "-n", "sweep-parallelism", "CLUSTER=alvis"], cwd=REPO, env={**env, **extra},
+                              capture_output=True, text=True, timeout=60, check=True).stdout
+        assert f"{submit_py} -m mmhpc.cli sweep submit sweeps/parallelism.yaml --cluster alvis" in plan
+        assert "pip install" not in plan and "-m venv" not in plan
+    plan = subprocess.run(["make", "-n", "sweep-parallelism", "CLUSTER=none"], cwd=REPO, env=env,
+                          capture_output=True, text=True, timeout=60, check=True).stdout
+    assert ".venv/bin/python -m mmhpc.cli sweep submit" in plan  # here: .venv, built first when needed

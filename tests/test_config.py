@@ -41,21 +41,21 @@ def test_file_then_overrides(tmp_path):
 
 def test_short_keys_resolve_when_unique():
     assert load_config(None, ["fusion=late_sum"]).model.fusion == "late_sum"
-    with pytest.raises(ConfigError, match="ambiguous key, write one of strategy.name, output.name"):
+    with pytest.raises(ConfigError, match="name: ambiguous key; valid: strategy.name, output.name"):
         load_config(None, ["name=x"])
 
 
 @pytest.mark.parametrize("override, message", [
-    ("model.fusion=nonsense", "model.fusion: invalid value 'nonsense'; valid choices: early_sum, late_sum, concat, "
+    ("model.fusion=nonsense", "model.fusion: invalid value 'nonsense'; valid: early_sum, late_sum, concat, "
                               "gated, film"),
-    ("model.fuson=concat", "model.fuson: unknown key; valid keys: fusion, embed_dim"),
-    ("train.epochs=abc", "train.epochs: expected an integer, got 'abc'"),
+    ("model.fuson=concat", "model.fuson: unknown key; valid: fusion, embed_dim"),
+    ("train.epochs=abc", "train.epochs: input should be a valid integer"),
     ("train.epochs=0", "train.epochs: 0 must be > 0"),
-    ("system.precision=fp16", "system.precision: invalid value 'fp16'; valid choices: fp32, tf32, bf16"),
-    ("data.dataset=mnist", "data.dataset: invalid value 'mnist'; valid choices: ave, cremad, iemocap, mvsa, urfunny"),
-    ("data.modalities=[text]", "data.modalities: invalid value 'text'; valid choices: audio, visual"),
-    ("strategy.name=magic", "strategy.name: invalid value 'magic'; valid choices:"),
-    ("strategy.params={k: 1}", "strategy.params.k: unknown parameter of naive"),
+    ("system.precision=fp16", "system.precision: invalid value 'fp16'; valid: fp32, tf32, bf16"),
+    ("data.dataset=mnist", "data.dataset: invalid value 'mnist'; valid: ave, cremad, iemocap, mvsa, urfunny"),
+    ("data.modalities=[text]", "data.modalities: invalid value 'text' for cremad; valid: audio, visual"),
+    ("strategy.name=magic", "strategy.name: invalid value 'magic'; valid: alternating, amst,"),
+    ("strategy.params={k: 1}", "strategy.params.k: unknown parameter of naive; valid: none"),
     ("loader.prefetch_factor=2", "loader.prefetch_factor: only valid with loader.num_workers > 0"),
     ("bogus=1", "bogus: unknown key"),
 ])
@@ -63,6 +63,36 @@ def test_bad_values_name_field_and_choices(override, message):
     with pytest.raises(ConfigError) as err:
         load_config(None, [override])
     assert message in str(err.value)
+
+
+def test_every_problem_is_reported_once_per_line():
+    with pytest.raises(ConfigError) as err:
+        load_config(None, ["train.epochs=0", "system.precision=fp16", "train.lr=-1"])
+    assert sorted(err.value.problems) == ["system.precision: invalid value 'fp16'; valid: fp32, tf32, bf16",
+                                          "train.epochs: 0 must be > 0",
+                                          "train.lr: -1 must be > 0"]
+
+
+def test_a_config_file_is_named_in_its_problems(tmp_path):
+    path = tmp_path / "run.yaml"
+    path.write_text("train:\n  epochs: many\n")
+    with pytest.raises(ConfigError, match=rf"^{path}: train.epochs: input should be a valid integer"):
+        load_config(path)
+
+
+def test_command_line_forms_of_values():
+    cfg = load_config(None, ["data.modalities=visual,audio", "train.max_batches=none", "output.name=7",
+                             "system.deterministic=no", "model.embedding_dropout={audio: 0.25}"])
+    assert cfg.data.modalities == ["visual", "audio"] and cfg.train.max_batches is None
+    assert cfg.output.name == "7" and cfg.system.deterministic is False
+    assert cfg.model.embedding_dropout == {"audio": 0.25}
+
+
+def test_strategy_params_are_validated_against_the_params_dataclass():
+    with pytest.raises(ConfigError, match="strategy.params.alpha: input should be a valid number, .*got 'x'"):
+        load_config(None, ["strategy.name=ogm_ge", "strategy.params={alpha: x}"])
+    with pytest.raises(ConfigError, match=r"strategy.params.alpha: -1.0 must be >= 0"):
+        load_config(None, ["strategy.name=ogm_ge", "strategy.params={alpha: -1}"])
 
 
 def test_gated_with_three_modalities_is_refused():
@@ -77,7 +107,7 @@ def test_cli_rejects_bad_fusion_at_once(tmp_path):
     out = subprocess.run([sys.executable, "-m", "mmhpc.cli", "train", "fusion=nonsense",
                           f"output.runs_dir={tmp_path}"], capture_output=True, text=True)
     assert out.returncode == 2
-    assert "valid choices: early_sum, late_sum, concat, gated, film" in out.stderr
+    assert "valid: early_sum, late_sum, concat, gated, film" in out.stderr
     assert time.perf_counter() - t0 < 60  # no data generated, no model built
     assert not any(tmp_path.iterdir())
 

@@ -1,7 +1,6 @@
 """`mmhpc doctor` on this (GPU-less) machine, and the job-start check that every sweep run goes through."""
 from __future__ import annotations
 
-import json
 import platform
 
 import pytest
@@ -12,6 +11,7 @@ from mmhpc.config import load_config
 from mmhpc.doctor import MIN_DRIVER, check_job, driver_problem, run_checks, slurm_gpus
 from mmhpc.errors import RunError
 from mmhpc.launch.submit import execute_run
+from mmhpc.results import read_record
 
 
 @pytest.fixture(autouse=True)
@@ -83,6 +83,6 @@ def test_execute_run_records_the_doctor_failure_before_training(tmp_path, monkey
                              f"output.runs_dir={tmp_path / 'runs'}", "output.name=r0", "train.epochs=1"])
     with pytest.raises(RunError):
         execute_run(cfg.to_dict())
-    record = json.loads((tmp_path / "runs" / "r0.json").read_text())
-    assert record["status"] == "failed" and "SLURM allocated 1 GPU(s) on this node, torch sees 0" in record["error"]
-    assert "epochs" not in record  # nothing trained
+    record = read_record(cfg.record_path())
+    assert record.status == "failed" and "SLURM allocated 1 GPU(s) on this node, torch sees 0" in record.error
+    assert not record.epochs  # nothing trained

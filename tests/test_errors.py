@@ -1,10 +1,10 @@
 """The shared error shape: `file: field: problem; valid: a, b, c`, from pydantic errors and by hand."""
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
 import pytest
-from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, field_validator
 
 from mmhpc.errors import (ConfigError, RunError, SchedulerError, exit_code, field_path, problem,
                           validation_problems)
@@ -67,6 +67,9 @@ def test_unknown_key_lists_the_section_keys():
 def test_value_error_message_kept_and_list_index_in_path():
     lines = _problems({"resources": {"time_min": 0}, "runs": [{"lr": 0.1}, {"lr": "fast"}, {}]})
     assert lines[0] == "resources.time_min: 0 must be > 0"
+    with pytest.raises(ValidationError) as info:
+        TypeAdapter(Annotated[int, Field(ge=1)]).validate_python(0)
+    assert validation_problems(info.value, prefix=("train", "max_batches")) == ["train.max_batches: 0 must be >= 1"]
     assert lines[1].startswith("runs[1].lr: input should be a valid number") and lines[1].endswith("got 'fast'")
     assert lines[2] == "runs[2].lr: required, missing"
 

@@ -2,13 +2,14 @@
 tables; the algorithm sweep covers every registered strategy and fusion."""
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
-from mmhpc.config import FUSIONS
+from mmhpc.cli import build_parser, cmd_demo
 from mmhpc.demo import run_demo
 from mmhpc.experiments import STRATEGY_RUNS, run_algorithms
 from mmhpc.launch.clusters import load_profile
+from mmhpc.models.fusion import FUSIONS
+from mmhpc.results import read_record
 from mmhpc.strategies import STRATEGIES
 from mmhpc.sweep import expand, load_sweep
 
@@ -28,8 +29,8 @@ def test_demo_prints_naive_and_alternating_with_ibf(synth_dir, tmp_path, capsys)
     for name in ("naive", "alternating"):  # fused, audio, visual, IBF, s/epoch: all numbers
         fused, audio, visual, ibf, sec = map(float, rows[name])
         assert 0 <= fused <= 1 and ibf >= 0 and sec > 0
-    naive = json.loads((tmp_path / "demo" / "naive.json").read_text())
-    assert abs(naive["summary"]["ibf"] - float(rows["naive"][3])) < 5e-4
+    naive = read_record(tmp_path / "demo" / "naive.json")
+    assert abs(naive.summary.ibf - float(rows["naive"][3])) < 5e-4
 
 
 def test_algorithms_demonstration_prints_tables_4_1_4_4_4_5(synth_dir, tmp_path, capsys):
@@ -39,13 +40,19 @@ def test_algorithms_demonstration_prints_tables_4_1_4_4_4_5(synth_dir, tmp_path,
     assert list(rows) == ["single audio", "single visual", *[name for name, _ in STRATEGY_RUNS]]
     for name, _ in STRATEGY_RUNS:
         fused, audio, visual, ibf, epochs, opt, sec, vs_alt = rows[name]
-        record = json.loads((tmp_path / "alg" / f"{name}.json").read_text())
-        assert record["status"] == "done" and record["config"]["strategy"]["name"] == name
-        assert abs(record["summary"]["ibf"] - float(ibf)) < 5e-4
-        assert int(epochs) == record["summary"]["epochs_run"] and float(sec) > 0 and vs_alt.endswith("x")
+        record = read_record(tmp_path / "alg" / f"{name}.json")
+        assert record.status == "done" and record.config["strategy"]["name"] == name
+        assert abs(record.summary.ibf - float(ibf)) < 5e-4
+        assert int(epochs) == record.summary.epochs_run and float(sec) > 0 and vs_alt.endswith("x")
     assert rows["alternating"][-1] == "1.00x"  # the speedup's reference row
     assert rows["amst"][5] == "1/1"  # epoch 0: every modality trains (0 mod skip == 0)
-    assert json.loads((tmp_path / "alg" / "reliability.json").read_text())["config"]["model"]["cosine"]
+    assert read_record(tmp_path / "alg" / "reliability.json").config["model"]["cosine"]
+
+
+def test_demo_command_chooses_the_demonstration():
+    args = build_parser().parse_args(["demo", "algorithms", "--epochs", "2", "-q"])
+    assert (args.func, args.which, args.epochs, args.quiet, args.runs_dir) == (cmd_demo, "algorithms", 2, True, None)
+    assert build_parser().parse_args(["demo"]).which == "imbalance"
 
 
 def test_algorithm_sweep_runs_every_strategy_and_fusion_on_the_cpu():

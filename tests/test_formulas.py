@@ -8,8 +8,10 @@ import math
 import pytest
 import torch
 
+from mmhpc.models.fusion import cosine_scale
+
 from mmhpc.strategies.formulas import (AMST_DEFAULT_SKIPS, amst_trains, audio_augment, correct_class_score,
-                                       cosine_scale, discrepancy_ratios, mslr_schedule_factor, pmr_ratio_tensor, gradient_blending_weights,
+                                       discrepancy_ratios, mslr_schedule_factor, pmr_ratio_tensor, gradient_blending_weights,
                                        mla_entropy_weights, mlb_coefficient, mlb_coefficients, mslr_update,
                                        ogm_coefficients, ogm_ge_modulate, ogm_ge_noise, opm_drop_probability,
                                        opm_feature_scale, opm_mask, pmr_coefficients, pmr_entropy_regulariser,

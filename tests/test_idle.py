@@ -54,16 +54,17 @@ def test_prefetch0_runs_with_one_and_is_estimated(tiny_config):
         tiny_config("cremad", "loader.num_workers=1", "loader.prefetch_factor=-1")
 
 
+@pytest.mark.slow
 def test_trainer_records_the_data_wait_per_epoch(tiny_config):
     measured = train(tiny_config("cremad", "train.epochs=2"), progress=False)
     estimated = train(tiny_config("cremad", "loader.num_workers=1", "loader.prefetch_factor=0",
                                   "output.name=p0"), progress=False)
     for rec, flag in ((measured, False), (estimated, True)):
-        for e in rec["epochs"]:
-            t = e["time"]
-            assert t["train_data_wait_estimated"] is flag
-            assert 0 <= t["train_data_wait_s"] and 0 <= t["val_data_wait_s"] <= t["val_s"]
+        for e in rec.epochs:
+            t = e.time
+            assert t.train_data_wait_estimated is flag
+            assert 0 <= t.train_data_wait_s and 0 <= t.val_data_wait_s <= t.val_s
             if not flag:  # waited inside the training pass
-                assert t["train_data_wait_s"] <= t["train_s"]
+                assert t.train_data_wait_s <= t.train_s
     # a run's sample count is untouched by the estimate's own pass
-    assert estimated["epochs"][0]["time"]["train_samples"] == measured["epochs"][0]["time"]["train_samples"]
+    assert estimated.epochs[0].time.train_samples == measured.epochs[0].time.train_samples

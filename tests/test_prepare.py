@@ -22,7 +22,8 @@ from mmhpc.data.prepare.video import sample_times
 from mmhpc.data.specs import DATASETS
 
 # dataset -> (clips prepared, samples the dataset's own rules drop)
-EXPECTED = {"cremad": (10, 0), "ave": (10, 0), "mvsa": (10, 2), "iemocap": (10, 2), "urfunny": (10, 0)}
+EXPECTED = {"cremad": (10, 0), "ave": (11, 0), "mvsa": (10, 2), "iemocap": (14, 4), "urfunny": (10, 0)}
+TEXT_LEN = {"mvsa": 256, "iemocap": 128, "urfunny": 128}  # the thesis code's tokenisers
 
 
 @pytest.fixture(scope="module")
@@ -65,7 +66,7 @@ def test_raw_to_prepared_to_one_epoch(prepared, tokenizer, tmp_path, name):
     manifest = json.loads((root / "manifest.json").read_text())
     assert manifest["modalities"] == list(spec.modalities) and manifest["classes"] == list(spec.classes)
     assert sum(manifest["counts"].values()) == EXPECTED[name][0]
-    assert manifest["source"]["split"] == ("official" if name == "ave" else "random")
+    assert manifest["source"]["split"] == {"ave": "official", "iemocap": "stratified"}.get(name, "random")
     if "text" in spec.modalities:  # the tiny RoBERTa's vocabulary is the tokenizer's
         assert manifest["shapes"]["vocab"] == len(json.loads((tokenizer / "vocab.json").read_text()))
 
@@ -75,17 +76,17 @@ def test_raw_to_prepared_to_one_epoch(prepared, tokenizer, tmp_path, name):
         assert item["audio"].shape == (1, 1024, 128) and item["audio"].dtype == torch.float32
         assert item["audio"].abs().sum() > 0
     if "visual" in spec.modalities:
-        assert item["visual"].shape == (spec.frames, 3, 224, 224)
+        assert item["visual"].shape == (spec.frames, 3, 224, 224) and item["visual"].dtype == torch.uint8
     if "text" in spec.modalities:
         ids = item["text"]
-        assert ids.shape == (2, 128) and ids.dtype == torch.int64
+        assert ids.shape == (2, TEXT_LEN[name]) and ids.dtype == torch.int64
         assert ids[0, 0] == 0 and ids[1].sum() > 2  # <s> first, real tokens attended
     labels = [int(y) for y in PreparedDataset(root, "val").labels] + [int(y) for y in ds.labels]
     assert all(0 <= y < spec.num_classes for y in labels)
 
     record = _train_one_epoch(name, root, tmp_path / "runs")
-    assert record["status"] == "done" and len(record["epochs"]) == 1
-    assert record["data"]["train"] == manifest["counts"]["train"]
+    assert record.status == "done" and len(record.epochs) == 1
+    assert record.data["train"] == manifest["counts"]["train"]
 
 
 def test_labels_follow_the_raw_annotations(prepared):
@@ -94,13 +95,100 @@ def test_labels_follow_the_raw_annotations(prepared):
     assert labels["1001_IEO_ANG_HI"] == "0" and labels["1001_IEO_SAD_HI"] == "5"
     _, root, _ = prepared("ave")
     ave = DATASETS["ave"].classes
-    labels = dict(line.split(",") for line in (root / "labels.csv").read_text().split()[1:])
+    labels = dict(line.split(",") for line in (root / "labels.csv").read_text().splitlines()[1:])
     assert labels["-vid00_x"] == str(ave.index("Church bell"))
     assert (root / "splits" / "test.txt").read_text().split() == ["-vid09_x"]  # the official split, kept
+    # a video annotated twice is two samples, each with its own label and split
+    assert labels["-vid00_x.2"] == str(ave.index("Bark"))
+    assert (root / "splits" / "val.txt").read_text().split() == ["-vid08_x", "-vid00_x.2"]  # official order
     _, root, _ = prepared("mvsa")
     mvsa = DATASETS["mvsa"].classes
     labels = dict(line.split(",") for line in (root / "labels.csv").read_text().split()[1:])
     assert {c: mvsa[int(y)] for c, y in labels.items()} == tweet_sentiments(10)
+
+
+def test_iemocap_has_the_thesis_five_classes_split_per_class(prepared):
+    _, root, report = prepared("iemocap")
+    manifest = json.loads((root / "manifest.json").read_text())
+    assert manifest["classes"] == ["angry", "excited", "frustrated", "neutral", "sad"]
+    assert report.skipped == {"emotion code hap is not one of ['ang', 'exc', 'fru', 'neu', 'sad']": 2,
+                              "emotion code xxx is not one of ['ang', 'exc', 'fru', 'neu', 'sad']": 2}
+    labels = dict(line.split(",") for line in (root / "labels.csv").read_text().split()[1:])
+    split = {s: [labels[c] for c in (root / "splits" / f"{s}.txt").read_text().split()]
+             for s in ("train", "val", "test")}
+    neutral = "3"  # ten `neu`: 8 train, 1 test, 1 validation; a class of one goes to validation (the rest)
+    assert sorted(split["train"]) == [neutral] * 8 and split["test"] == [neutral]
+    assert sorted(split["val"]) == ["0", "1", "2", neutral, "4"]
+
+
+def test_iemocap_six_classes_only_by_option_and_options_are_checked():
+    from mmhpc.data.prepare import RAW_FORMATS
+
+    fmt = RAW_FORMATS["iemocap"]
+    assert fmt.chosen(None) == {"classes": "five"}
+    with pytest.raises(PrepareError, match="valid: five, six"):
+        fmt.chosen({"classes": "seven"})
+    with pytest.raises(PrepareError, match="valid: classes"):
+        fmt.chosen({"text": "context"})
+    with pytest.raises(PrepareError, match="none for this dataset"):
+        RAW_FORMATS["cremad"].chosen({"classes": "six"})
+
+
+def test_iemocap_six_class_discovery(tmp_path):
+    from fixtures_raw import make_iemocap
+    from mmhpc.data.prepare.iemocap import find
+
+    raw = make_iemocap(tmp_path / "raw")
+    six = find(raw, classes="six")
+    assert six.classes == ("angry", "excited", "frustrated", "happy", "neutral", "sad")
+    happy = [c for c in six.clips if c.label == 3]
+    assert len(six.clips) == 16 and [c.clip_id for c in happy] == ["Ses01F_impro01_M007", "Ses01M_script01_1_M007"]
+    assert len(find(raw).clips) == 14
+
+
+def test_urfunny_text_is_the_punchline(prepared, tokenizer):
+    from transformers import AutoTokenizer
+
+    from fixtures_raw import SENTENCES
+    from mmhpc.data.prepare.urfunny import sample_text
+
+    _, root, _ = prepared("urfunny")
+    tok = AutoTokenizer.from_pretrained(str(tokenizer), local_files_only=True)
+    ids = np.load(root / "text" / "1.npy")
+    assert tok.decode(ids[0][ids[1] == 1], skip_special_tokens=True) == SENTENCES[4]  # clip 1: humorous
+    language = {"punchline_sentence": "and then it rained.", "context_sentences": ["We went out.", "Sun."]}
+    assert sample_text(language) == "and then it rained."
+    assert sample_text(language, "context") == "We went out. Sun. and then it rained."
+
+
+def test_evaluation_frames_are_the_whole_frame_resized_as_the_thesis_resize(prepared):
+    """MVSA's prepared image against torchvision's Resize((224, 224)) of the raw image (the thesis' transform)."""
+    from PIL import Image
+    from torchvision import transforms
+
+    raw, root, _ = prepared("mvsa")
+    with Image.open(raw / "data" / "1.jpg") as img:
+        expected = np.asarray(transforms.Resize((224, 224))(img.convert("RGB")), dtype=np.float32)
+    with Image.open(root / "visual" / "1" / "0.jpg") as img:
+        got = np.asarray(img, dtype=np.float32)
+    assert got.shape == expected.shape and np.abs(got - expected).mean() < 3  # JPEG re-encoding only
+
+
+def test_a_zip_download_of_cremad_with_git_lfs_pointers_is_named(tmp_path):
+    raw = make_cremad(tmp_path / "raw", clips=2)
+    for p in (*raw.glob("AudioWAV/*.wav"), *raw.glob("VideoFlash/*.flv")):
+        p.write_text(f"version https://git-lfs.github.com/spec/v1\noid sha256:{'0' * 64}\nsize 123456\n")
+    with pytest.raises(PrepareError, match="Git LFS pointer file.*git-lfs"):
+        prepare("cremad", raw, tmp_path / "out", progress=False)
+    assert not (tmp_path / "out").exists()  # stopped before anything was written
+
+
+def test_a_split_that_comes_out_empty_stops_with_a_message(tmp_path, capsys):
+    raw = make_cremad(tmp_path / "raw", clips=3)  # 80/10/10 of 3 clips: no validation clip
+    out = tmp_path / "out"
+    assert main(["prepare", "cremad", "--raw", str(raw), "--out", str(out), "--jobs", "1", "-q"]) == 2
+    assert "split val came out empty (3 clips prepared: train 2, val 0, test 1)" in capsys.readouterr().err
+    assert not (out / "manifest.json").exists()
 
 
 def test_iemocap_two_modal_variant_is_the_same_data_read_with_fewer_modalities(prepared):
@@ -112,7 +200,7 @@ def test_iemocap_two_modal_variant_is_the_same_data_read_with_fewer_modalities(p
                              "data.modalities=[audio,visual]"])
     datasets = build_datasets(cfg)
     item = datasets["train"][0]
-    assert set(item) == {"audio", "visual", "label", "index"}
+    assert set(item) == {"audio", "visual", "visual_crop", "label", "index"}
     assert sum(len(d) for d in datasets.values()) == EXPECTED["iemocap"][0]
 
 

@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 
 from mmhpc.config import ConfigError, load_config
+from mmhpc.data.frames import finish_batch
 from mmhpc.data.specs import DATASETS
 from mmhpc.models.multimodal import MultimodalModel
 from mmhpc.strategies import STRATEGIES
@@ -65,12 +66,12 @@ def test_every_strategy_trains_on_every_fusion_it_supports(tiny_config, name, fu
     extra = [params] if params else []
     cfg = tiny_config("cremad", f"strategy.name={name}", f"model.fusion={fusion}", *NEEDS.get(name, []), *FAST, *extra)
     rec = train(cfg, progress=False)
-    assert rec["status"] == "done" and rec["summary"]["epochs_run"] == 1
-    test = rec["summary"]["test"]
+    assert rec.status == "done" and rec.summary.epochs_run == 1
+    test = rec.summary.test
     for head in ("fused", "audio", "visual", "probe/audio", "probe/visual"):
         assert 0.0 <= test[f"acc/{head}"] <= 1.0
-    assert all(math.isfinite(v) for v in rec["epochs"][0]["train"].values())
-    assert rec["summary"]["optimised_epochs"] == {"audio": 1, "visual": 1}  # epoch 0: everyone trains
+    assert all(math.isfinite(v) for v in rec.epochs[0].train.values())
+    assert rec.summary.optimised_epochs == {"audio": 1, "visual": 1}  # epoch 0: everyone trains
 
 
 @pytest.mark.parametrize("name", ["amst", "reliability", "ogm_ge", "opm", "mla", "mlb"])
@@ -78,8 +79,8 @@ def test_three_modalities_with_text(tiny_config, name):
     fusion = "early_sum" if name == "mla" else "concat"
     cfg = tiny_config("iemocap", f"strategy.name={name}", f"model.fusion={fusion}", *NEEDS.get(name, []), *FAST)
     rec = train(cfg, progress=False)
-    assert rec["status"] == "done"
-    assert set(rec["summary"]["optimised_epochs"]) == {"audio", "visual", "text"}
+    assert rec.status == "done"
+    assert set(rec.summary.optimised_epochs) == {"audio", "visual", "text"}
 
 
 @pytest.mark.parametrize("name", [n for n in NEW if "gated" in STRATEGIES[n].fusions])
@@ -258,8 +259,8 @@ def test_amst_schedule_which_modality_trains_when():
 def test_amst_phase_in_a_five_epoch_run(tiny_config, phase, audio_epochs):
     cfg = tiny_config("cremad", "strategy.name=amst", "train.epochs=5", f"strategy.params={{phase: {phase}}}", *FAST)
     rec = train(cfg, progress=False)
-    assert [e["epoch"] for e in rec["epochs"] if "audio" in e["optimised"]] == audio_epochs
-    assert rec["summary"]["optimised_epochs"] == {"audio": 1, "visual": 5}
+    assert [e.epoch for e in rec.epochs if "audio" in e.optimised] == audio_epochs
+    assert rec.summary.optimised_epochs == {"audio": 1, "visual": 5}
 
 
 def _audio_backward_counter(s):
@@ -413,13 +414,13 @@ def test_selective_end_to_end_cap_decay_and_training_bias(tiny_config):
     cfg = tiny_config("cremad", "strategy.name=entropy", "model.cosine=true", "train.epochs=2",
                       "train.lr_decay_epoch=1", "train.lr=0.01", *FAST)
     rec = train(cfg, progress=False)
-    assert rec["summary"]["epochs_run"] == 2  # warm-up (both), then one modality reaches T = 2
-    assert max(rec["summary"]["optimised_epochs"].values()) == 2
-    assert sum(rec["summary"]["optimised_epochs"].values()) == 3
-    assert rec["epochs"][0]["optimised"] == ["audio", "visual"] and len(rec["epochs"][1]["optimised"]) == 1
-    assert [e["lr"] for e in rec["epochs"]] == pytest.approx([0.01, 0.001])
-    for e in rec["epochs"]:  # the training split's bias per epoch (Eq. 3.5-3.6 of its mean entropies)
-        tr = e["train"]
+    assert rec.summary.epochs_run == 2  # warm-up (both), then one modality reaches T = 2
+    assert max(rec.summary.optimised_epochs.values()) == 2
+    assert sum(rec.summary.optimised_epochs.values()) == 3
+    assert rec.epochs[0].optimised == ["audio", "visual"] and len(rec.epochs[1].optimised) == 1
+    assert [e.lr for e in rec.epochs] == pytest.approx([0.01, 0.001])
+    for e in rec.epochs:  # the training split's bias per epoch (Eq. 3.5-3.6 of its mean entropies)
+        tr = e.train
         s = {m: 1 - tr[f"entropy/{m}"] / math.log(6) for m in ("audio", "visual")}
         assert tr["bias/audio"] == pytest.approx(s["audio"] / (s["audio"] + s["visual"]))
         assert tr["bias/audio"] + tr["bias/visual"] == pytest.approx(1.0)
@@ -691,11 +692,11 @@ def test_gradient_blending_holds_out_part_of_the_training_split(synth_dir):
     assert set(held.indices).isdisjoint(ds["train"].indices) and set(held.indices) | set(ds["train"].indices) == set(range(n))
     assert ds["val"] is full["val"] and ds["train"].spec is full["train"].spec
     assert not held.dataset.train  # the held-out part is read without training augmentation
-    s.data = StrategyData(ds, s.cfg, lambda b: b)
+    s.data = StrategyData(ds, s.cfg, finish_batch)
     s.model.eval()
     with torch.no_grad():  # by hand: mean cross-entropy of each head over the held-out samples
         items = [held[i] for i in range(len(held))]
-        x = {m: torch.stack([it[m] for it in items]) for m in ("audio", "visual")}
+        x = finish_batch({m: torch.stack([it[m] for it in items]) for m in ("audio", "visual")})
         y = torch.tensor([it["label"] for it in items])
         embs = encode(s.model, x)
         expected = {"loss/fused": F.cross_entropy(s.model.fusion(embs), y).item(),
@@ -717,7 +718,7 @@ def _pmr(synth_dir, *overrides):
     root = synth_dir("cremad")
     s = strategy("pmr", f"data.root={root}", "train.batch_size=8", *overrides)
     train_ds = PreparedDataset(root, "train", ["audio", "visual"], train=False)  # no augmentation: repeatable
-    s.data = StrategyData({"train": train_ds}, s.cfg, lambda b: b)
+    s.data = StrategyData({"train": train_ds}, s.cfg, finish_batch)
     return s, train_ds
 
 
@@ -725,7 +726,7 @@ def _class_means(model, ds, classes=6):
     model.eval()
     with torch.no_grad():
         items = [ds[i] for i in range(len(ds))]
-        x = {m: torch.stack([it[m] for it in items]) for m in ("audio", "visual")}
+        x = finish_batch({m: torch.stack([it[m] for it in items]) for m in ("audio", "visual")})
         y = torch.tensor([it["label"] for it in items])
         embs = encode(model, x)
     return {m: torch.stack([e[y == k].mean(0) for k in range(classes)]) for m, e in embs.items()}
@@ -860,15 +861,15 @@ def test_ablation_knobs_reach_the_run(tiny_config):
         a1, a2 = s.model.encode(x)["audio"], s.model.encode(x)["audio"]
     assert not torch.equal(a1, a2) and (a1 == 0).float().mean() > 0.3  # inverted dropout on the embedding
     rec = train(cfg, progress=False)
-    assert rec["status"] == "done" and rec["config"]["model"]["embedding_dropout"] == {"audio": 0.5}
+    assert rec.status == "done" and rec.config["model"]["embedding_dropout"] == {"audio": 0.5}
 
 
 def test_gated_run_ibf_uses_the_probes(tiny_config):
     cfg = tiny_config("cremad", "model.fusion=gated", "train.single_acc={audio: 0.9, visual: 0.6}", *FAST)
     rec = train(cfg, progress=False)
-    test = rec["summary"]["test"]
+    test = rec.summary.test
     expected = 1 - (min(test["acc/probe/audio"] / 0.9, 1) + min(test["acc/probe/visual"] / 0.6, 1)) / 2  # Eq. 3.1
-    assert rec["summary"]["ibf"] == pytest.approx(expected)
+    assert rec.summary.ibf == pytest.approx(expected)
 
 
 @pytest.mark.parametrize("name, params", [("ogm_ge", "{}"), ("ogm_ge", "{variant: paper, weights: all}"),

@@ -1,15 +1,14 @@
 """Sweeps through the real local SLURM (env/slurm): a job array of tiny runs, the CPU parallelism sweep
-with a 2-task DDP (gloo) job, scancel of a running array task then `resume`, and the hand-written
+with a 2-task DDP (gloo) job, scancel of a running array task then `resume`, preemption and a real time
+limit (the job requeues itself and the run resumes, never FAILED), and the hand-written
 jobs/sweep_array.sbatch.
 
-The module fixture installs and starts the cluster (both idempotent) and leaves it running. Skipped only
-where it cannot be set up at all (not root, or no apt-get).
+The `slurm` fixture (conftest) installs and starts the cluster (both idempotent) and leaves it running.
+Skipped only where it cannot be set up at all (not root, or no apt-get).
 """
 from __future__ import annotations
 
-import json
 import os
-import shutil
 import subprocess
 import sys
 import time
@@ -18,34 +17,16 @@ from pathlib import Path
 import pytest
 import yaml
 
+from conftest import until
 from mmhpc.launch.store import SweepDir, run_states
+from mmhpc.results import RunRecord, iter_records
 from mmhpc.launch.submit import resume_sweep, submit_sweep, wait
 
-pytestmark = pytest.mark.slurm
+pytestmark = [pytest.mark.slurm, pytest.mark.slow]
 
 REPO = Path(__file__).resolve().parents[1]
-SLURM_DIR = REPO / "env" / "slurm"
 SETTLE_TIMEOUT_S = 900  # the 2-core node is shared with whatever else runs
 EPOCHS = 12  # of the runs that are cancelled or preempted mid-run: tiny epochs take about a second each
-
-
-@pytest.fixture(scope="module")
-def slurm(tmp_path_factory):
-    """SLURM_CONF of the running local cluster in os.environ; a shared synthetic-data cache."""
-    if shutil.which("apt-get") is None or os.geteuid() != 0:
-        pytest.skip("local SLURM needs root and apt-get (env/slurm/install.sh) to be set up")
-    for script in ("install.sh", "start.sh"):
-        res = subprocess.run(["bash", str(SLURM_DIR / script)], capture_output=True, text=True, timeout=900,
-                             stdin=subprocess.DEVNULL)
-        if res.returncode != 0:
-            pytest.fail(f"env/slurm/{script} failed ({res.returncode}):\n{res.stdout}\n{res.stderr}")
-    conf = [ln.split("=", 1)[1] for ln in res.stdout.splitlines() if ln.startswith("export SLURM_CONF=")][-1]
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("SLURM_CONF", conf)
-        mp.setenv("MMHPC_DATA", str(tmp_path_factory.mktemp("data")))
-        for var in ("MMHPC_CLUSTERS", "MMHPC_RESULTS", "SIZE"):
-            mp.delenv(var, raising=False)
-        yield conf
 
 
 def write_sweep(path: Path, name: str, **spec) -> Path:
@@ -56,24 +37,23 @@ def write_sweep(path: Path, name: str, **spec) -> Path:
     return path
 
 
-def records(sweep_dir: SweepDir) -> dict[str, dict]:
+def records(sweep_dir: SweepDir) -> dict[str, RunRecord]:
     """{run name: record} of every run record in the sweep (not the sampler's side files)."""
     found = {}
-    for p in sorted(sweep_dir.runs_dir.glob("*.json")):
-        data = json.loads(p.read_text())
-        if isinstance(data, dict) and {"run", "status", "config"} <= set(data):
-            assert p.name == f"{data['run']}.json"
-            found[data["run"]] = data
+    for p, rec in iter_records(sweep_dir.runs_dir):
+        assert p == sweep_dir.record_path(rec.run)
+        found[rec.run] = rec
     return found
-
-
-def squeue(job: str) -> str:
-    return subprocess.run(["squeue", "-h", "-j", job, "-o", "%T %r"], capture_output=True, text=True,
-                          timeout=60).stdout
 
 
 def sacct(*args: str) -> str:
     return subprocess.run(["sacct", "-n", "-X", "-P", *args], capture_output=True, text=True, timeout=60).stdout
+
+
+def release_requeued(slurm, job: str) -> None:
+    """SLURM holds a requeued job back for a while (reason BeginTime); let it start now."""
+    until(lambda: "BeginTime" in slurm.squeue(job), f"job {job} to be requeued", SETTLE_TIMEOUT_S, 0.5)
+    slurm.run("scontrol", "update", f"JobId={job}", "StartTime=now")
 
 
 def test_a_sweep_runs_as_one_job_array(slurm, tmp_path):
@@ -93,12 +73,12 @@ def test_a_sweep_runs_as_one_job_array(slurm, tmp_path):
     assert [s.state for s in states] == ["done"] * 4, states
     recs = records(sweep_dir)
     assert sorted(recs) == sorted(r["name"] for r in manifest["runs"])
-    tasks = {rec["env"]["slurm"]["SLURM_ARRAY_TASK_ID"] for rec in recs.values()}
+    tasks = {rec.env.slurm["SLURM_ARRAY_TASK_ID"] for rec in recs.values()}
     assert tasks == {"0", "1", "2", "3"}
-    assert {rec["env"]["slurm"]["SLURM_ARRAY_JOB_ID"] for rec in recs.values()} == {array["job_id"]}
-    assert all(rec["status"] == "done" and rec["config"]["data"]["preset"] == "tiny" for rec in recs.values())
+    assert {rec.env.slurm["SLURM_ARRAY_JOB_ID"] for rec in recs.values()} == {array["job_id"]}
+    assert all(rec.status == "done" and rec.config["data"]["preset"] == "tiny" for rec in recs.values())
     # accounting (slurmdbd) may lag the records by a moment
-    _until(lambda: sacct("-j", array["job_id"], "-o", "State").split() == ["COMPLETED"] * 4,
+    until(lambda: sacct("-j", array["job_id"], "-o", "State").split() == ["COMPLETED"] * 4,
            f"sacct to show the 4 tasks of {array['job_id']} COMPLETED", timeout=120)
     assert list(sweep_dir.logs_dir.glob(f"{array['job_id']}_*_0_log.out"))
     # submitting the same sweep again submits nothing: a finished run is never rerun
@@ -121,7 +101,7 @@ def test_parallelism_sweep_runs_single_ddp_and_blp_through_slurm(slurm, tmp_path
     for par in ("single", "ddp", "blp"):
         assert states[runs[par]["name"]].state == "done", (par, states[runs[par]["name"]])
     ddp = records(sweep_dir)[runs["ddp"]["name"]]
-    assert ddp["env"]["slurm"]["SLURM_NTASKS"] == "2"  # one SLURM task per process, gloo on the CPU
+    assert ddp.env.slurm["SLURM_NTASKS"] == "2"  # one SLURM task per process, gloo on the CPU
     ddp_job = runs["ddp"]["jobs"][0]["job_id"]
     for task in (0, 1):
         log = (sweep_dir.logs_dir / f"{ddp_job}_{task}_log.out").read_text()
@@ -140,12 +120,12 @@ def test_scancel_of_a_running_task_then_resume_completes_the_sweep(slurm, tmp_pa
     def running_with_checkpoint():
         for s in run_states(sweep_dir, manifest):
             rec = sweep_dir.record(s.name)
-            if (s.state == "running" and rec and rec["status"] == "running" and 1 <= len(rec["epochs"]) <= EPOCHS // 2
+            if (s.state == "running" and rec and rec.status == "running" and 1 <= len(rec.epochs) <= EPOCHS // 2
                     and (sweep_dir.runs_dir / f"{s.name}.ckpt.pt").exists()):
                 return s
         return None
 
-    victim = _until(running_with_checkpoint, "a running array task with an epoch checkpoint", poll_s=0.3)
+    victim = until(running_with_checkpoint, "a running array task with an epoch checkpoint", poll_s=0.3)
     subprocess.run(["scancel", victim.job_id], check=True, timeout=60)
     states = {s.name: s for s in wait(sweep_dir, poll_s=2, progress=False)}
     assert states[victim.name].state == "failed" and "CANCELLED" in states[victim.name].reason
@@ -160,67 +140,89 @@ def test_scancel_of_a_running_task_then_resume_completes_the_sweep(slurm, tmp_pa
     assert [s.state for s in final] == ["done"] * 4, final
     # nothing lost: four finished records; nothing duplicated: no second record, finished ones untouched
     recs = records(sweep_dir)
-    assert sorted(recs) == sorted(states) and all(r["status"] == "done" for r in recs.values())
+    assert sorted(recs) == sorted(states) and all(r.status == "done" for r in recs.values())
     assert {n: (p.stat().st_mtime_ns, p.read_bytes()) for n in others
             for p in [sweep_dir.runs_dir / f"{n}.json"]} == finished
     resumed = recs[victim.name]
-    assert resumed["resumed"][0]["at_epoch"] >= 1, "the rerun continues from its epoch checkpoint"
-    assert [e["epoch"] for e in resumed["epochs"]] == list(range(EPOCHS))
+    assert resumed.resumed[0]["at_epoch"] >= 1, "the rerun continues from its epoch checkpoint"
+    assert [e.epoch for e in resumed.epochs] == list(range(EPOCHS))
     assert not list(sweep_dir.runs_dir.glob("*.ckpt.pt")) and not list(sweep_dir.runs_dir.glob(".*.json"))
     jobs = {r["name"]: len(r["jobs"]) for r in sweep_dir.load()["runs"]}
     assert jobs == {**{n: 1 for n in others}, victim.name: 2}
 
 
-def test_a_preempted_run_requeues_itself_and_resumes_from_its_checkpoint(slurm, tmp_path):
-    spec = write_sweep(tmp_path / "preempt.yaml", "preempt", tiny={"base": {"train.epochs": EPOCHS}})
-    sweep_dir, _ = submit_sweep(spec, "local", results=tmp_path / "results", progress=False)
+def attempts(slurm, job: str) -> list[str]:
+    """The state of every attempt of a job, requeued ones included (sacct -D), oldest first."""
+    out = slurm.run("sacct", "-n", "-X", "-P", "-D", "-j", job, "-o", "JobID,State", check=False)
+    return [ln.split("|")[1].split()[0] for ln in out.splitlines() if "|" in ln]
+
+
+def test_a_time_limit_ends_requeued_and_the_run_resumes_never_failed(slurm, tmp_path, monkeypatch):
+    # one minute of time limit, the signal 20 s before it (SLURM sends it up to 30 s earlier still), and a run
+    # that needs longer than a minute: every attempt ends REQUEUED at a step boundary and the next one resumes
+    users = tmp_path / "clusters.yaml"
+    users.write_text(yaml.safe_dump({"local-short": {"extends": "local", "signal_delay_s": 20, "max_requeues": 20}}))
+    monkeypatch.setenv("MMHPC_CLUSTERS", str(users))
+    spec = write_sweep(tmp_path / "limit.yaml", "limit", resources={"default": {"time_min": 1}},
+                       tiny={"base": {"train.epochs": 50}})
+    sweep_dir, _ = submit_sweep(spec, "local-short", results=tmp_path / "results", progress=False)
     (run,) = sweep_dir.load()["runs"]
     job = run["jobs"][0]["job_id"]
-    _until(lambda: (sweep_dir.runs_dir / f"{run['name']}.ckpt.pt").exists(), "the first epoch checkpoint", poll_s=0.2)
-    assert len(sweep_dir.record(run["name"])["epochs"]) < EPOCHS - 2, "the signal must reach a run still training"
-    # what SLURM sends before preemption or the time limit: submitit checkpoints and `scontrol requeue`s
-    subprocess.run(["scancel", "--signal=USR2", job], check=True, timeout=60)
-    # SLURM holds a requeued job back for a while (reason BeginTime); let it start now
-    _until(lambda: "BeginTime" in squeue(job), f"job {job} to be requeued")
-    subprocess.run(["scontrol", "update", f"JobId={job}", "StartTime=now"], check=True, timeout=60)
-    states = wait(sweep_dir, poll_s=2, progress=False)
+    release_requeued(slurm, job)
+    while True:  # later attempts may be requeued as well: let each start at once
+        states = run_states(sweep_dir, sweep_dir.load())
+        if states[0].state not in ("pending", "running"):
+            break
+        if "BeginTime" in slurm.squeue(job):
+            slurm.run("scontrol", "update", f"JobId={job}", "StartTime=now", check=False)
+        time.sleep(2)
     assert states[0].state == "done", states
+    until(lambda: attempts(slurm, job)[-1:] == ["COMPLETED"], f"sacct to show job {job} COMPLETED", 120)
+    tries = attempts(slurm, job)
+    assert tries[0] == "REQUEUED" and set(tries[:-1]) == {"REQUEUED"}, tries  # never FAILED, never TIMEOUT
     rec = records(sweep_dir)[run["name"]]
-    (restart,) = rec["resumed"]  # the environment of the requeued start
-    assert restart["env"]["slurm"]["SLURM_JOB_ID"] == job and restart["env"]["slurm"]["SLURM_RESTART_COUNT"] == "1"
-    assert restart["at_epoch"] >= 1 and [e["epoch"] for e in rec["epochs"]] == list(range(EPOCHS))
-    assert len(sweep_dir.load()["runs"][0]["jobs"]) == 1  # the same job, requeued: no resubmission
+    assert len(rec.resumed) == len(tries) - 1 and [e.epoch for e in rec.epochs] == list(range(50))
+    assert all(r["env"]["slurm"]["SLURM_JOB_ID"] == job for r in rec.resumed)  # the same job, requeued
+    assert len(sweep_dir.load()["runs"][0]["jobs"]) == 1  # no resubmission
+    log = (sweep_dir.logs_dir / f"{job}_0_log.out").read_text()
+    assert "epoch 1/50" in log and "epoch 50/50" in log and "samples/s" in log  # one line per epoch
+    assert "on the pre-timeout/preemption signal" in log and not list(sweep_dir.runs_dir.glob(".*.tmp"))
 
 
-def test_plain_sbatch_array_script_runs_sweep_runs_by_index(slurm, tmp_path):
-    spec = write_sweep(tmp_path / "hand.yaml", "hand", grid={"train.lr": [0.001, 0.002]})
-    sweep_dir, submitted = submit_sweep(spec, "local", results=tmp_path / "results", hold=True)
-    assert submitted == [] and sweep_dir.exists()
-    env = dict(os.environ, MMHPC_PYTHON=sys.executable)
-    out = subprocess.run(["sbatch", "--parsable", "--array=0-1", "-p", "debug", "--cpus-per-task=1",
-                          "-D", str(tmp_path), str(REPO / "jobs" / "sweep_array.sbatch"), str(sweep_dir.path)],
-                         env=env, capture_output=True, text=True, timeout=60, check=True).stdout
+def test_hold_then_the_printed_sbatch_line_runs_the_sweep_and_usr2_requeues_a_task(slurm, tmp_path):
+    from mmhpc.launch.submit import hold_sweep
+
+    spec = write_sweep(tmp_path / "hand.yaml", "hand", grid={"train.lr": [0.001, 0.002]},
+                       tiny={"base": {"train.epochs": EPOCHS}})
+    sweep_dir, lines = hold_sweep(spec, "local", results=tmp_path / "results")
+    assert [s.state for s in run_states(sweep_dir, sweep_dir.load())] == ["held", "held"]
+    (line,) = lines
+    # the printed line, run from the checkout, with the job's working directory set aside
+    argv = line.split()
+    argv[1:1] = ["--parsable", "-D", str(tmp_path)]
+    out = subprocess.run(argv, cwd=REPO, env=dict(os.environ, MMHPC_PYTHON=sys.executable), capture_output=True,
+                         text=True, timeout=60, check=True).stdout
     job = out.strip().split(";")[0]
+    assert {s.job_id for s in run_states(sweep_dir, sweep_dir.load())} == {f"{job}_0", f"{job}_1"}  # by name
+    runs = sweep_dir.load()["runs"]
+    until(lambda: (sweep_dir.runs_dir / f"{runs[0]['name']}.ckpt.pt").exists(), "task 0's first checkpoint",
+          poll_s=0.2)
+    assert len(sweep_dir.record(runs[0]["name"]).epochs) < EPOCHS - 2, "the signal must reach a run still training"
+    slurm.run("scancel", "--signal=USR2", f"{job}_0")  # to the srun step: the trainer stops, the task requeues
+    release_requeued(slurm, f"{job}_0")
 
     def finished():
         states = sacct("-j", job, "-o", "JobID,State").split()
-        return len(states) == 2 and all("|" in s and s.split("|")[1] not in ("PENDING", "RUNNING") for s in states)
+        return len(states) == 2 and all(s.split("|")[1] == "COMPLETED" for s in states)
 
-    _until(finished, f"array job {job} to finish")
+    until(finished, f"array job {job} to finish")
     recs = records(sweep_dir)
-    assert len(recs) == 2 and all(r["status"] == "done" for r in recs.values()), \
+    assert len(recs) == 2 and all(r.status == "done" for r in recs.values()), \
         [p.read_text()[-2000:] for p in tmp_path.glob("mmhpc-sweep-*.out")]
-    # status knows these runs' jobs from their records
+    assert attempts(slurm, f"{job}_0") == ["REQUEUED", "COMPLETED"]
+    resumed = recs[runs[0]["name"]]
+    assert resumed.resumed[0]["at_epoch"] >= 1 and [e.epoch for e in resumed.epochs] == list(range(EPOCHS))
+    assert "resumed" not in recs[runs[1]["name"]]
     states = run_states(sweep_dir, sweep_dir.load())
     assert [(s.state, s.job_id) for s in states] == [("done", f"{job}_0"), ("done", f"{job}_1")]
-
-
-def _until(predicate, what: str, timeout: float = SETTLE_TIMEOUT_S, poll_s: float = 1.0):
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
-        time.sleep(poll_s)
+    assert "epoch 1/" in (tmp_path / f"mmhpc-sweep-{job}_1.out").read_text()

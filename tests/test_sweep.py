@@ -13,6 +13,7 @@ from mmhpc.config import load_config
 from mmhpc.launch import store
 from mmhpc.launch.clusters import ClusterError, load_profile, profile_from_dict, resolve_resources
 from mmhpc.launch.submit import prepare_sweep, render_scripts, submit_sweep, to_resubmit
+from mmhpc.results import RunRecord, write_record
 from mmhpc.sweep import SweepError, expand, format_table, load_sweep
 
 REPO = Path(__file__).resolve().parents[1]
@@ -119,7 +120,7 @@ def test_one_bad_run_submits_nothing_and_every_error_is_listed(tmp_path):
         submit_sweep(path, "alvis", account="NAISS1", results=tmp_path / "results")
     errors = e.value.errors
     assert len(errors) == 3  # fp16 twice (both GPUs), bf16 on the V100
-    assert any("run 2 (precision-fp16_gpu-A100_s0): system.precision: invalid value 'fp16'; valid choices: "
+    assert any("run 2 (precision-fp16_gpu-A100_s0): system.precision: invalid value 'fp16'; valid: "
                "fp32, tf32, bf16" in m for m in errors)
     assert any(m.startswith("run 5 (precision-bf16_gpu-V100_s0): system.precision: bf16 needs compute capability "
                             "8.0+, V100 has 7") and "valid choices on V100: fp32" in m for m in errors)
@@ -267,12 +268,15 @@ def test_states_come_from_records_first_then_slurm(tmp_path, monkeypatch):
     for i, run in enumerate(runs[:5]):
         run["jobs"].append({"job_id": f"7_{i}", "scheduler": "slurm"})
     sweep_dir.runs_dir.mkdir()
-    (sweep_dir.runs_dir / f"{runs[0]['name']}.json").write_text('{"status": "done"}')
-    (sweep_dir.runs_dir / f"{runs[3]['name']}.json").write_text('{"status": "failed", "error": "ValueError: boom"}')
-    (sweep_dir.runs_dir / f"{runs[4]['name']}.json").write_text('{"status": "running"}')
+    for run, status, error in ((runs[0], "done", None), (runs[3], "failed", "ValueError: boom"),
+                               (runs[4], "running", None)):
+        write_record(sweep_dir.record_path(run["name"]),
+                     RunRecord(run=run["name"], status=status, config=run["config"], error=error))
     sched = {"7_0": ("COMPLETED", ""), "7_1": ("PENDING", "Resources"), "7_2": ("RUNNING", ""),
              "7_3": ("FAILED", ""), "7_4": ("CANCELLED", "")}
-    monkeypatch.setattr(store, "slurm_states", lambda ids: sched)
+    view = store.SchedulerView(squeue={k: (*v, "x") for k, v in sched.items() if k in ("7_1", "7_2")},
+                               sacct={k: (*v, "x") for k, v in sched.items()})
+    monkeypatch.setattr(store, "query_scheduler", lambda ids, names, since=None: view)
     states = {s.name: s for s in store.run_states(sweep_dir, manifest)}
     got = [(states[r["name"]].state, states[r["name"]].reason) for r in runs]
     assert got == [("done", ""), ("pending", "Resources"), ("running", ""),

@@ -42,6 +42,17 @@ def test_full_preset_has_the_real_shapes_and_counts():
     assert (full.audio, full.frames, full.image, full.text_len) == ((1024, 128), 3, 224, 128)
     assert spec.samples("full") == 7442
     assert DATASETS["mvsa"].shapes("full").frames == 1
+    assert DATASETS["mvsa"].shapes("full").text_len == 256  # the thesis code's MVSA token length
+    assert DATASETS["iemocap"].shapes("full").text_len == DATASETS["urfunny"].shapes("full").text_len == 128
+
+
+def test_synthetic_iemocap_has_the_thesis_five_classes(synth_dir):
+    root = synth_dir("iemocap")
+    manifest = json.loads((root / "manifest.json").read_text())
+    assert manifest["classes"] == ["angry", "excited", "frustrated", "neutral", "sad"]
+    labels = {int(line.split(",")[1]) for line in (root / "labels.csv").read_text().split()[1:]}
+    assert labels == {0, 1, 2, 3, 4}
+    assert PreparedDataset(root, "train").spec.num_classes == 5
 
 
 def test_same_seed_same_bytes_other_seed_differs(tmp_path):

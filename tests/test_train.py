@@ -6,24 +6,26 @@ from pathlib import Path
 import pytest
 
 from mmhpc.config import ConfigError
+from mmhpc.data.manifest import ManifestError
 from mmhpc.models.fusion import FUSION_CLASSES
+from mmhpc.results import RunRecord, Summary, read_record, run_ibf, single_accuracies, write_record
 from mmhpc.train import RecordExistsError, Trainer, train
 
 
 def _check_record(rec, cfg):
-    assert rec["status"] == "done"
-    assert rec["config"] == cfg.to_dict()
-    assert len(rec["epochs"]) == cfg.train.epochs
+    assert rec.status == "done"
+    assert rec.config == cfg.to_dict()
+    assert len(rec.epochs) == cfg.train.epochs
     # max_batches holds with progress bars off, as in batch jobs
-    assert rec["epochs"][0]["time"]["train_samples"] == cfg.train.max_batches * cfg.train.batch_size
-    ep = rec["epochs"][0]
+    assert rec.epochs[0].time.train_samples == cfg.train.max_batches * cfg.train.batch_size
+    ep = rec.epochs[0]
     for key in ("train_loader_init_s", "train_s", "val_loader_init_s", "val_s", "epoch_s"):
-        assert ep["time"][key] >= 0
+        assert getattr(ep.time, key) >= 0
     for m in cfg.modalities:
-        assert 0 <= rec["summary"]["test"][f"acc/{m}"] <= 1
-        assert f"bias/{m}" in ep["val"] and f"reliability/{m}" in ep["val"]
-    assert abs(sum(ep["val"][f"bias/{m}"] for m in cfg.modalities) - 1) < 1e-6
-    assert 0 <= rec["summary"]["test"]["ece/fused"] <= 1
+        assert 0 <= rec.summary.test[f"acc/{m}"] <= 1
+        assert f"bias/{m}" in ep.val and f"reliability/{m}" in ep.val
+    assert abs(sum(ep.val[f"bias/{m}"] for m in cfg.modalities) - 1) < 1e-6
+    assert 0 <= rec.summary.test["ece/fused"] <= 1
 
 
 @pytest.mark.parametrize("strategy", ["naive", "alternating"])
@@ -32,8 +34,7 @@ def test_every_fusion_trains_under_every_strategy(tiny_config, fusion, strategy)
     cfg = tiny_config("cremad", f"model.fusion={fusion}", f"strategy.name={strategy}")
     rec = train(cfg, progress=False)
     _check_record(rec, cfg)
-    on_disk = json.loads((Path(cfg.output.runs_dir) / f"{cfg.run_name()}.json").read_text())
-    assert on_disk["summary"] == json.loads(json.dumps(rec["summary"]))
+    assert read_record(cfg.record_path()) == rec  # what was written reads back as the same record
 
 
 @pytest.mark.parametrize("fusion", ["early_sum", "concat"])
@@ -41,15 +42,15 @@ def test_three_modalities_with_text_and_cosine(tiny_config, fusion):
     cfg = tiny_config("iemocap", f"model.fusion={fusion}", "model.cosine=true", "strategy.name=alternating")
     rec = train(cfg, progress=False)
     _check_record(rec, cfg)
-    assert rec["summary"]["optimised_epochs"] == {"audio": 1, "visual": 1, "text": 1}
+    assert rec.summary.optimised_epochs == {"audio": 1, "visual": 1, "text": 1}
 
 
 def test_same_seed_same_metrics(tiny_config):
     recs = [train(tiny_config("cremad", "train.epochs=2", "output.overwrite=true"), progress=False)
             for _ in range(2)]
-    strip = lambda r: [{k: e[k] for k in ("train", "val")} for e in r["epochs"]]  # noqa: E731
+    strip = lambda r: [(e.train, e.val) for e in r.epochs]  # noqa: E731
     assert strip(recs[0]) == strip(recs[1])
-    assert recs[0]["summary"]["test"] == recs[1]["summary"]["test"]
+    assert recs[0].summary.test == recs[1].summary.test
 
 
 def test_finished_record_is_never_overwritten(tiny_config, synth_dir, tmp_path):
@@ -57,7 +58,7 @@ def test_finished_record_is_never_overwritten(tiny_config, synth_dir, tmp_path):
     shutil.copytree(synth_dir("mvsa"), data)
     cfg = tiny_config("mvsa", f"data.root={data}")
     first = train(cfg, progress=False)
-    path = Path(cfg.output.runs_dir) / f"{cfg.run_name()}.json"
+    path = cfg.record_path()
     before = path.read_text()
     with pytest.raises(RecordExistsError, match="output.overwrite=true"):
         train(cfg, progress=False)
@@ -68,19 +69,48 @@ def test_finished_record_is_never_overwritten(tiny_config, synth_dir, tmp_path):
     with pytest.raises(Exception):
         trainer.fit()
     assert path.read_text() == before
-    assert json.loads(before)["summary"]["test"] == first["summary"]["test"]
-    failed = json.loads((path.parent / f".{path.stem}.rerun.json").read_text())
-    assert failed["status"] == "failed" and "Error" in failed["error"]
+    assert json.loads(before)["summary"]["test"] == first.summary.test
+    failed = read_record(path.parent / f".{path.stem}.rerun.json")
+    assert failed.status == "failed" and "Error" in failed.error
 
 
-def test_ibf_from_single_modality_records(tiny_config):
-    singles = [train(tiny_config("cremad", f"data.modalities=[{m}]"), progress=False) for m in ("audio", "visual")]
-    runs_dir = singles[0]["config"]["output"]["runs_dir"]
-    rec = train(tiny_config("cremad", f"train.single_acc={runs_dir}"), progress=False)
-    sacc = {r["config"]["data"]["modalities"][0]: r["summary"]["test"]["acc/fused"] for r in singles}
-    test = rec["summary"]["test"]
-    expected = 1 - sum(min(test[f"acc/{m}"] / sacc[m], 1) for m in sacc) / 2
-    assert rec["summary"]["ibf"] == pytest.approx(expected)
+def _single_record(runs: Path, modality: str, acc: float, seed: int, dataset: str = "cremad") -> None:
+    config = {"data": {"dataset": dataset, "preset": "tiny", "modalities": [modality]}, "train": {"seed": seed}}
+    write_record(runs / f"{dataset}-{modality}-{seed}.json",
+                 RunRecord(run=f"{dataset}-{modality}-{seed}", status="done", config=config,
+                           summary=Summary(test={"acc/fused": acc})))
+
+
+def test_single_accuracies_and_ibf_from_records(tmp_path):
+    _single_record(tmp_path, "audio", 0.8, 0)
+    _single_record(tmp_path, "audio", 0.6, 1)
+    _single_record(tmp_path, "visual", 0.5, 0)
+    _single_record(tmp_path, "visual", 0.1, 0, dataset="ave")  # another dataset: not a baseline of cremad
+    singles = single_accuracies(tmp_path, "cremad", "tiny")
+    assert singles == pytest.approx({"audio": 0.7, "visual": 0.5})  # mean over the two audio seeds
+    # 1 - (min(0.35 / 0.7, 1) + min(0.6 / 0.5, 1)) / 2 = 1 - (0.5 + 1) / 2
+    assert run_ibf({"acc/audio": 0.35, "acc/visual": 0.6}, ["audio", "visual"], singles) == pytest.approx(0.25)
+    assert run_ibf({"acc/audio": 0.35}, ["audio"], singles) == 0.0
+    assert run_ibf({"acc/audio": 0.35}, ["audio"], None) is None
+
+
+def test_trainer_summary_takes_ibf_from_single_records(tiny_config, tmp_path):
+    # baselines far below anything a trained modality reaches: every ratio is capped at 1, so IBF = 0
+    _single_record(tmp_path, "audio", 1e-9, 0)
+    _single_record(tmp_path, "visual", 1e-9, 0)
+    rec = train(tiny_config("cremad", f"train.single_acc={tmp_path}"), progress=False)
+    assert all(rec.summary.test[f"acc/{m}"] > 0 for m in ("audio", "visual"))
+    assert rec.summary.ibf == 0.0
+    assert train(tiny_config("cremad", "output.name=no-baselines"), progress=False).summary.ibf is None
+
+
+def test_failure_before_the_trainer_leaves_a_failed_record(tiny_config, tmp_path):
+    cfg = tiny_config("cremad", "data.source=prepared", f"data.root={tmp_path / 'absent'}")
+    with pytest.raises(ManifestError, match="no manifest.json"):
+        train(cfg, progress=False)
+    rec = read_record(cfg.record_path())
+    assert rec.status == "failed" and rec.error.startswith("ManifestError") and "absent" in rec.error
+    assert rec.config == cfg.to_dict() and not rec.epochs
 
 
 def test_parallelism_not_available_fails_before_work(tiny_config):
@@ -106,9 +136,9 @@ def test_checkpoint_resume_continues_exactly(tiny_config, tmp_path, monkeypatch)
     assert trainer.ckpt_path.exists()
     monkeypatch.setattr(Trainer, "_epoch", real_epoch)
     resumed = Trainer(cfg, progress=False).fit()
-    assert [e["epoch"] for e in resumed["epochs"]] == [0, 1, 2]
-    assert resumed["resumed"][0]["at_epoch"] == 2
-    for a, b in zip(reference["epochs"], resumed["epochs"]):
-        assert a["train"] == b["train"] and a["val"] == b["val"]
-    assert reference["summary"]["test"] == resumed["summary"]["test"]
+    assert [e.epoch for e in resumed.epochs] == [0, 1, 2]
+    assert resumed.resumed[0]["at_epoch"] == 2
+    for a, b in zip(reference.epochs, resumed.epochs):
+        assert a.train == b.train and a.val == b.val
+    assert reference.summary.test == resumed.summary.test
     assert not trainer.ckpt_path.exists()  # removed once the run is done

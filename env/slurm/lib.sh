@@ -1,7 +1,8 @@
 # Shared paths and helpers for env/slurm/{start,stop,status}.sh (sourced, not run).
 #
 # Everything the local cluster writes lives under one state directory:
-#   $MMHPC_SLURM_STATE (default: env/slurm/state next to this file)
+#   $MMHPC_SLURM_STATE, else env/slurm/state next to this file, else (when that path is too long for the
+#   unix sockets below it) /var/tmp/mmhpc-slurm-<hash of this checkout's path>, found again the same way
 #     slurm.conf, slurmdbd.conf, env.sh   configuration (slurmdbd.conf must sit next to slurm.conf)
 #     munge/      key and PRNG seed of the private munged
 #     mariadb/    my.cnf, datadir, slurmdbd's DB password
@@ -11,14 +12,36 @@
 # shellcheck shell=bash disable=SC2034  # variables are used by the scripts that source this
 
 SLURM_ENV_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
-STATE=${MMHPC_SLURM_STATE:-$SLURM_ENV_DIR/state}
-mkdir -p "$STATE"
-STATE=$(cd "$STATE" && pwd)   # absolute: daemons chdir, and slurm needs absolute paths
-
 CLUSTER_NAME=mmhpc
 PARTITION=debug
 # Short hostname: slurmd and slurmctld identify themselves by it.
 NODE=$(hostname -s)
+
+# Unix socket paths hold at most 107 bytes. The longest of ours is slurmstepd's
+# "<state>/spool/slurmd/<node>_<jobid>.<stepid>" (ids up to 10 digits each).
+SOCKET_PATH_MAX=107
+longest_socket() {
+    local spool=$1/spool/slurmd/
+    echo $((${#spool} + ${#NODE} + 22))
+}
+
+# The checkout's own state dir. Its env.sh is always kept current, wherever the state lives.
+CHECKOUT_STATE=$SLURM_ENV_DIR/state
+STATE_MOVED=
+if [[ -n ${MMHPC_SLURM_STATE:-} ]]; then
+    STATE=$MMHPC_SLURM_STATE
+elif (($(longest_socket "$CHECKOUT_STATE") <= SOCKET_PATH_MAX)); then
+    STATE=$CHECKOUT_STATE
+else
+    # A long checkout path: the same short directory for this checkout every time (so stop.sh and
+    # status.sh find the daemons start.sh started), a different one for another checkout.
+    short_root=/var/tmp
+    [[ -d $short_root && -w $short_root ]] || short_root=/tmp
+    STATE=$short_root/mmhpc-slurm-$(printf '%s' "$SLURM_ENV_DIR" | sha1sum | cut -c1-10)
+    STATE_MOVED=1
+fi
+mkdir -p "$STATE"
+STATE=$(cd "$STATE" && pwd)   # absolute: daemons chdir, and slurm needs absolute paths
 
 # Ports, away from the SLURM defaults (6817-6819) and MariaDB's 3306 so that a
 # system-wide SLURM or database on the same host does not clash with ours.

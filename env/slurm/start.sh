@@ -1,13 +1,14 @@
 #!/usr/bin/env bash
 # Start a single-host SLURM cluster with accounting, all state under one directory.
 #
-#   env/slurm/start.sh            # idempotent: a no-op when the cluster is already healthy
-#   source env/slurm/state/env.sh # then sbatch/squeue/sacct/... talk to it
+#   eval "$(env/slurm/start.sh)"  # idempotent (a no-op when healthy); then sbatch/squeue/sacct talk to it
+#   source env/slurm/state/env.sh # the same export, later
 #
 # Runs as root (SlurmUser=root). Private munged, MariaDB, slurmdbd, slurmctld and
 # slurmd are started from config generated under $MMHPC_SLURM_STATE (default
-# env/slurm/state); /etc/slurm, /etc/munge and the system MariaDB are not touched.
-# The last line printed is `export SLURM_CONF=...`, for a caller to eval.
+# env/slurm/state, or a short path under /var/tmp when the checkout's path is too
+# long for unix sockets: see lib.sh); /etc/slurm, /etc/munge and the system
+# MariaDB are not touched. The last line printed is `export SLURM_CONF=...`.
 set -euo pipefail
 
 # shellcheck source-path=SCRIPTDIR source=lib.sh
@@ -26,12 +27,31 @@ check_prerequisites() {
         slurmdbd slurmctld slurmd sacctmgr sinfo sacct scontrol setsid timeout; do
         command -v "$cmd" >/dev/null || die "'$cmd' not found: run env/slurm/install.sh first"
     done
-    # Unix socket paths are limited to 107 bytes. The longest ones are slurmstepd's
-    # "<SlurmdSpoolDir>/<node>_<jobid>.<stepid>" (ids up to 10 digits each).
-    local longest=$((${#SLURMD_SPOOL} + 1 + ${#NODE} + 22))
-    if ((longest > 107)); then
-        die "state dir path too long for unix sockets ($STATE): set MMHPC_SLURM_STATE to a shorter path"
+    if (($(longest_socket "$STATE") > SOCKET_PATH_MAX)); then
+        die "MMHPC_SLURM_STATE=$STATE is too long for the unix sockets below it ($(longest_socket "$STATE") >" \
+            "$SOCKET_PATH_MAX bytes): set a shorter one, or unset it (a long checkout moves its state by itself)"
     fi
+    check_ports
+}
+
+# Our ports must be free or ours: another cluster (e.g. the local SLURM of another checkout) may hold them.
+check_ports() {
+    local pair name port
+    for pair in "slurmctld:$CTLD_PORT" "slurmd:$SLURMD_PORT" "slurmdbd:$DBD_PORT" "mariadbd:$DB_PORT"; do
+        name=${pair%%:*} port=${pair##*:}
+        daemon_up "$name" && continue
+        if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
+            die "port $port (for $name) is taken by another process$(other_clusters); stop that cluster" \
+                "(env/slurm/stop.sh of its checkout) or move ours with MMHPC_SLURM_PORT_BASE"
+        fi
+    done
+}
+
+other_clusters() {
+    local pid
+    for pid in $(pgrep -x slurmctld 2>/dev/null); do
+        printf ': slurmctld pid %s (%s)' "$pid" "$(tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null)"
+    done
 }
 
 # Write stdin to file $1 with mode $2; report (status 0) whether the content changed.
@@ -257,6 +277,12 @@ write_configs() {
     write_dbd_conf && changed=1
     write_slurm_conf && changed=1
     print_env >"$ENV_FILE"
+    if [[ -n $STATE_MOVED ]]; then
+        # the checkout's path is too long for sockets: its env/slurm/state keeps the env file and the location
+        mkdir -p "$CHECKOUT_STATE"
+        print_env >"$CHECKOUT_STATE/env.sh"
+        echo "$STATE" >"$CHECKOUT_STATE/location"
+    fi
     # Running daemons would keep the old config: restart them with the new one.
     if ((changed)); then
         local d

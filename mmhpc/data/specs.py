@@ -37,6 +37,7 @@ class DatasetSpec:
     split: str                # "official" (AVE) or "random 80/10/10"
     frames: int = 3           # MVSA has one image per sample
     tiny_samples: int = 600
+    text_len: int = 128       # token ids per text in the thesis code: MVSA 256, IEMOCAP and UR-FUNNY 128
 
     @property
     def num_classes(self) -> int:
@@ -44,7 +45,8 @@ class DatasetSpec:
 
     def shapes(self, preset: str) -> Shapes:
         base = FULL if preset == "full" else TINY
-        return Shapes(base.audio, self.frames, base.image, base.text_len, base.vocab)
+        return Shapes(base.audio, self.frames, base.image, self.text_len if preset == "full" else base.text_len,
+                      base.vocab)
 
     def samples(self, preset: str) -> int:
         return self.num_samples if preset == "full" else self.tiny_samples
@@ -62,9 +64,10 @@ DATASETS: dict[str, DatasetSpec] = {s.name: s for s in (
                 ("anger", "disgust", "fear", "happy", "neutral", "sad"), 7442, "random 80/10/10"),
     DatasetSpec("ave", "AVE", ("audio", "visual"), _AVE_CLASSES, 4143, "official", tiny_samples=840),
     DatasetSpec("mvsa", "MVSA", ("visual", "text"), ("negative", "neutral", "positive"), 5129,
-                "random 80/10/10", frames=1),
+                "random 80/10/10", frames=1, text_len=256),
+    # the thesis' five classes, `hap` dropped (ang 1,103 + exc 1,041 + fru 1,849 + neu 1,708 + sad 1,084)
     DatasetSpec("iemocap", "IEMOCAP", ("audio", "visual", "text"),
-                ("angry", "happy", "sad", "neutral", "excited", "frustrated"), 7380, "random 80/10/10"),
+                ("angry", "excited", "frustrated", "neutral", "sad"), 6785, "stratified 80/10/10 per class"),
     DatasetSpec("urfunny", "UR-FUNNY", ("audio", "visual", "text"), ("not_humorous", "humorous"), 16514,
                 "random 80/10/10"),
 )}

@@ -23,11 +23,28 @@ def random_split(clip_ids: list[str], seed: int) -> dict[str, list[str]]:
     return {split: sorted(ids[i] for i in bounds[split]) for split in SPLITS}
 
 
-def write_split_files(root: Path, splits: dict[str, list[str]], labels: dict[str, int]) -> None:
-    """labels.csv and the split lists, restricted to the clips in `labels` (the prepared ones)."""
+def stratified_split(labels: dict[str, int], seed: int) -> dict[str, list[str]]:
+    """Per class, at random: 80 % training, 10 % test, the rest validation, as the thesis code base splits
+    IEMOCAP (AMST `code/data/IEMOCAP/split_iemo_dataset.py`), so every split keeps the class balance."""
+    rng = np.random.default_rng(seed)
+    out = {split: [] for split in SPLITS}
+    for label in sorted(set(labels.values())):
+        ids = sorted(c for c, y in labels.items() if y == label)
+        ids = [ids[i] for i in rng.permutation(len(ids))]
+        n_train, n_test = int(TRAIN_FRACTION * len(ids)), int(VAL_FRACTION * len(ids))
+        out["train"] += ids[:n_train]
+        out["test"] += ids[n_train:n_train + n_test]
+        out["val"] += ids[n_train + n_test:]
+    return {split: sorted(ids) for split, ids in out.items()}
+
+
+def write_split_files(root: Path, splits: dict[str, list[str]], labels: dict[str, int]) -> dict[str, int]:
+    """labels.csv and the split lists, restricted to the clips in `labels` (the prepared ones); returns the
+    number of clips per split."""
     kept = {split: [c for c in splits[split] if c in labels] for split in SPLITS}
     listed = sorted(c for ids in kept.values() for c in ids)
     (root / "labels.csv").write_text("clip_id,label\n" + "".join(f"{c},{labels[c]}\n" for c in listed))
     (root / "splits").mkdir(exist_ok=True)
     for split, ids in kept.items():
         (root / "splits" / f"{split}.txt").write_text("".join(f"{c}\n" for c in ids))
+    return {split: len(ids) for split, ids in kept.items()}

@@ -73,9 +73,11 @@ def ensure_synthetic(dataset: str, preset: str, data_seed: int = 0, root: str | 
     return root
 
 
-def write_synthetic(root: Path, spec: DatasetSpec, preset: str, data_seed: int, progress: bool = True) -> None:
+def write_synthetic(root: Path, spec: DatasetSpec, preset: str, data_seed: int, progress: bool = True,
+                    samples: int | None = None) -> None:
+    """`samples` overrides the preset's sample count (benchmarks: a few hundred samples of the full shapes)."""
     shapes = spec.shapes(preset)
-    n = spec.samples(preset)
+    n = samples or spec.samples(preset)
     rng = np.random.default_rng([data_seed, GENERATOR_VERSION, sum(map(ord, spec.name))])
     templates = _templates(spec, shapes, rng)
     labels = np.arange(n) % spec.num_classes

@@ -9,6 +9,7 @@ import yaml
 from submitit.core.utils import FailedJobError, FailedSubmissionError
 
 from mmhpc.config import ConfigError
+from mmhpc.errors import SchedulerError
 from mmhpc.launch.clusters import SIZES, ClusterError, cluster_names, load_profile, user_clusters_file
 from mmhpc.sweep import SweepError
 
@@ -24,6 +25,9 @@ def _reporting(func):
             return 2
         except (FailedJobError, FailedSubmissionError) as e:  # sbatch refused: its message says why
             print(f"mmhpc: submission failed (job ids of earlier arrays are in the manifest): {e}", file=sys.stderr)
+            return 3
+        except SchedulerError as e:  # sbatch/squeue/sacct failed: nothing was submitted that could run twice
+            print(f"mmhpc: {e}", file=sys.stderr)
             return 3
     return run
 
@@ -67,15 +71,15 @@ def cmd_submit(args) -> int:
         for r in na:
             print(f"# not applicable on {profile.name}: run {r.index} ({r.name}): {r.not_applicable}")
         return 0
-    sweep_dir, todo = submit.submit_sweep(args.file, args.cluster, _size(args), args.account, args.results,
-                                          args.name, progress=not args.quiet, hold=args.hold, overrides=args.set)
     if args.hold:
-        profile = load_profile(args.cluster, args.account)
-        manifest = sweep_dir.load()
-        runs = [r for r in manifest["runs"] if not r.get("not_applicable")]
-        print(f"sweep directory {sweep_dir.path} ({len(runs)} runs); submit by hand with:")
-        print("\n".join(submit.hand_sbatch_lines(sweep_dir, profile, runs)))
+        sweep_dir, lines = submit.hold_sweep(args.file, args.cluster, _size(args), args.account, args.results,
+                                             args.name, overrides=args.set)
+        print(f"sweep directory {sweep_dir.path}: {len(lines)} array(s) held; submit them by hand with:"
+              if lines else f"sweep directory {sweep_dir.path}: nothing left to do")
+        print("\n".join(lines))
         return 0
+    sweep_dir, todo = submit.submit_sweep(args.file, args.cluster, _size(args), args.account, args.results,
+                                          args.name, progress=not args.quiet, overrides=args.set)
     print(f"sweep {sweep_dir.path}: {len(todo)} run(s) submitted on {args.cluster}"
           + ("" if todo else " (nothing left to do)"))
     return _after_submit(sweep_dir, args)
@@ -113,7 +117,12 @@ def cmd_status(args) -> int:
     from mmhpc.launch.store import SweepDir, format_states, run_states
 
     sweep_dir = SweepDir(args.dir)
-    print(format_states(run_states(sweep_dir, sweep_dir.load(), query_slurm=not args.no_slurm)))
+    states = run_states(sweep_dir, sweep_dir.load(), query_slurm=not args.no_slurm)
+    print(format_states(states))
+    if not args.no_slurm and any(s.state == "unknown" for s in states):
+        print("mmhpc: the scheduler did not answer (see the reasons): states it alone knows are unknown",
+              file=sys.stderr)
+        return 3
     return 0
 
 
@@ -191,8 +200,8 @@ def add_parsers(sub) -> None:
     p.add_argument("--results", default=None, help="results root (default: the profile's; sweep dir = ROOT/NAME)")
     p.add_argument("--name", default=None, help="sweep directory name (default: the sweep's name)")
     p.add_argument("--dry-run", action="store_true", help="print the sbatch scripts; submit and write nothing")
-    p.add_argument("--hold", action="store_true", help="write the sweep directory only, and print sbatch lines "
-                                                      "for jobs/sweep_array.sbatch")
+    p.add_argument("--hold", action="store_true", help="submit nothing: write the sweep directory and print "
+                   "sbatch lines for jobs/sweep_array.sbatch (its runs show as held until those jobs are queued)")
     wait_args(p)
     p.set_defaults(func=cmd_submit)
 

@@ -4,7 +4,7 @@ The built-in profiles are package data, `mmhpc/launch/profiles/*.yaml` (alvis, l
 non-editable install finds them. A user file (`$MMHPC_CLUSTERS`, else `~/.config/mmhpc/clusters.yaml`)
 maps more names to profiles; a profile may `extends:` another and override some of its keys. String
 values may read the environment as `${VAR}` or `${VAR:-default}`, so accounts and paths stay out of the
-files. Validation is pydantic v2 (`ProfileModel`); every problem is one `file: field: problem; valid: ...`
+files. Validation is pydantic v2 (`ClusterProfile`); every problem is one `file: field: problem; valid: ...`
 line (mmhpc.errors).
 
 A profile also knows what its devices can do, so that a run it cannot execute is refused before

@@ -6,28 +6,41 @@
       runs/<run>.json  one record per run, written atomically by the trainer (rank 0) on the node
       logs/            submitit: generated sbatch scripts, pickles, stdout/stderr per task
 
-A run's state comes from its record first (a finished record is final) and from SLURM for the rest
-(squeue for live jobs, sacct for finished ones): done | running | pending | failed | unsubmitted | n/a.
+A run's state comes from its record first (a finished record is final) and from SLURM for the rest:
+squeue says whether its job is alive (`-t all` also lists jobs that ended in the last minutes), sacct
+how an older one ended. States: done | running | pending | held | failed | unsubmitted | unknown | n/a.
+
+`unknown` means the scheduler did not answer (squeue or sacct failed or timed out, after
+$MMHPC_SCHEDULER_TIMEOUT seconds, default 60): the run may be queued or running, so `resume` refuses to
+submit anything while a state is unknown. Never a guess of `failed`.
+
+A submission records its intent in the manifest before it calls sbatch: each run's job entry gets the
+array's unique job name (`mmhpc-<sweep>-<shape>-<tag>`) and the run's task in the array, with no job id
+yet. If the submitter dies before it saves the job ids (or sbatch dies after queueing), the job is found
+again by its name (`find_by_name`), so it is adopted, never submitted a second time. `submit --hold`
+writes such entries for the sbatch lines it prints (state `held` until a job of that name shows up).
 """
 from __future__ import annotations
 
 import contextlib
 import fcntl
 import json
+import os
 import pickle
 import shutil
 import subprocess
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
-from mmhpc.results import atomic_write_json, read_record
+from mmhpc.config import record_file
+from mmhpc.results import RunRecord, atomic_write_json, read_record
 from mmhpc.sweep import SweepError, SweepPlan
 
 MANIFEST_SCHEMA = 1
 PENDING = {"PENDING", "REQUEUED", "REQUEUE_FED", "REQUEUE_HOLD", "CONFIGURING", "RESIZING", "SUSPENDED"}
 RUNNING = {"RUNNING", "COMPLETING", "STAGE_OUT", "SIGNALING"}
-STATES = ("done", "running", "pending", "failed", "unsubmitted", "n/a")
+STATES = ("done", "running", "pending", "held", "failed", "unsubmitted", "unknown", "n/a")
 
 
 class SweepDir:
@@ -42,6 +55,7 @@ class SweepDir:
         return self.manifest_path.exists()
 
     def load(self) -> dict:
+        """The manifest; a missing one is an error and creates nothing (a mistyped path stays absent)."""
         if not self.exists():
             raise FileNotFoundError(f"{self.path}: not a sweep directory (no manifest.json); "
                                     "create one with `mmhpc sweep submit FILE`")
@@ -51,21 +65,28 @@ class SweepDir:
         atomic_write_json(self.manifest_path, manifest)
 
     @contextlib.contextmanager
-    def lock(self):
-        """One submitter at a time, so that two `resume`s cannot submit the same run twice."""
-        self.path.mkdir(parents=True, exist_ok=True)
-        with open(self.path / ".lock", "w") as f:
+    def lock(self, create: bool = False):
+        """One submitter at a time, so that two `resume`s cannot submit the same run twice. Only `submit`
+        creates the directory; elsewhere a missing sweep directory is an error, and nothing is created."""
+        if create:
+            self.path.mkdir(parents=True, exist_ok=True)
+        elif not self.exists():
+            self.load()  # raises, naming the path
+        with open(self.path / ".lock", "a") as f:
             fcntl.flock(f, fcntl.LOCK_EX)
             try:
                 yield
             finally:
                 fcntl.flock(f, fcntl.LOCK_UN)
 
-    def record(self, name: str) -> dict | None:
+    def record_path(self, name: str) -> Path:
+        return record_file(self.runs_dir, name)
+
+    def record(self, name: str) -> RunRecord | None:
         try:
-            return read_record(self.runs_dir / f"{name}.json")
+            return read_record(self.record_path(name))
         except (OSError, ValueError):
-            return None  # missing, or torn by a crash mid-write of a non-atomic writer
+            return None  # missing, or not a record (torn by a crash mid-write of a non-atomic writer)
 
 
 def create(sweep_dir: SweepDir, plan: SweepPlan, source: Path | None) -> dict:
@@ -102,42 +123,167 @@ class RunState:
     job_id: str | None = None
 
 
-def run_states(sweep_dir: SweepDir, manifest: dict, query_slurm: bool = True) -> list[RunState]:
+# ---- what the scheduler says -------------------------------------------------------------------------------
+
+def scheduler_timeout_s() -> float:
+    return float(os.environ.get("MMHPC_SCHEDULER_TIMEOUT") or 60)
+
+
+@dataclass
+class SchedulerView:
+    """squeue's and sacct's answers about some jobs: {job id (array tasks `123_4`): (state, reason, name)}.
+    An error is why a command gave no answer (it failed or timed out); None when it answered."""
+    squeue: dict[str, tuple[str, str, str]] = field(default_factory=dict)
+    sacct: dict[str, tuple[str, str, str]] = field(default_factory=dict)
+    squeue_error: str | None = None
+    sacct_error: str | None = None
+
+    def lookup(self, job_id: str) -> tuple[str, str] | str:
+        """(state, reason) of a job, or the reason it cannot be told (a str): never a guess."""
+        if job_id in self.squeue:
+            return self.squeue[job_id][:2]
+        if self.squeue_error:
+            return f"squeue failed ({self.squeue_error}): job {job_id} may be queued or running"
+        if job_id in self.sacct:
+            return self.sacct[job_id][:2]
+        if self.sacct_error:
+            return f"job {job_id} has left the queue and sacct failed ({self.sacct_error}): how it ended is unknown"
+        return "", ""
+
+    def find_by_name(self, job_name: str, task: int) -> str | None:
+        """The id of task `task` of the job named `job_name` (a plain job is task 0), from squeue or sacct."""
+        found = None
+        for jobs in (self.squeue, self.sacct):
+            for jid, (_, _, name) in jobs.items():
+                if name != job_name:
+                    continue
+                main, _, index = jid.partition("_")
+                if (int(index) if index else 0) == task and (found is None or _id_key(jid) > _id_key(found)):
+                    found = jid  # the latest, should a name have been submitted twice by hand
+        return found
+
+    def name_unanswered(self) -> str | None:
+        """Why a job name that was not found may still exist (None when both commands answered)."""
+        errors = [f"{cmd} failed ({e})" for cmd, e in (("squeue", self.squeue_error), ("sacct", self.sacct_error)) if e]
+        return "; ".join(errors) or None
+
+
+def _id_key(job_id: str) -> tuple[int, int]:
+    main, _, index = job_id.partition("_")
+    return int(main) if main.isdigit() else 0, int(index) if index.isdigit() else 0
+
+
+def query_scheduler(job_ids: list[str], names: list[str], since: float | None = None) -> SchedulerView:
+    """Ask squeue for this user's jobs (alive or recently ended) and sacct for the given ids and names that
+    squeue no longer lists. A command that fails or times out leaves its error in the view."""
+    from submitit.slurm.slurm import SlurmInfoWatcher  # parses squeue/sacct ids, array ranges included
+
+    parse = SlurmInfoWatcher().read_info
+    view = SchedulerView()
+
+    def table(text: str) -> dict[str, tuple[str, str, str]]:
+        rows = parse("JobID|State|Reason|Name\n" + text)
+        return {jid: (r["State"].split(" ")[0], "" if r.get("Reason") in (None, "None") else r["Reason"],
+                      r.get("Name", "")) for jid, r in rows.items()}
+
+    out, view.squeue_error = _call(["squeue", "--me", "-h", "-r", "-t", "all", "-o", "%i|%T|%r|%j"])
+    if out is not None:
+        view.squeue = table(out)
+    ids = sorted({j.split("_")[0] for j in job_ids if j not in view.squeue})
+    missing_names = sorted(set(names) - {n for _, _, n in view.squeue.values()})
+    for flags in ([["-j", ",".join(ids)]] if ids else []) + (
+            [["--name", ",".join(missing_names), "-S", _sacct_time(since)]] if missing_names else []):
+        out, error = _call(["sacct", "-X", "-n", "--parsable2", "-o", "JobID,State,Reason,JobName", *flags])
+        if out is not None:
+            view.sacct.update(table(out))
+        elif error and "accounting storage is disabled" in error:
+            continue  # a cluster without accounting: squeue is all there is
+        else:
+            view.sacct_error = error
+    return view
+
+
+def _sacct_time(since: float | None) -> str:
+    """sacct's -S (a search by name covers jobs that started since then; an hour's margin for clocks)."""
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime((since or time.time()) - 3600))
+
+
+def _call(cmd: list[str]) -> tuple[str | None, str | None]:
+    """(stdout, None), or (None, why it failed): not installed, an error exit, or a timeout."""
+    try:
+        res = subprocess.run(cmd, capture_output=True, text=True, timeout=scheduler_timeout_s(),
+                             stdin=subprocess.DEVNULL)
+    except FileNotFoundError:
+        return None, f"{cmd[0]}: not found"
+    except subprocess.TimeoutExpired:
+        return None, f"{cmd[0]}: no answer in {scheduler_timeout_s():g} s"
+    except OSError as e:
+        return None, f"{cmd[0]}: {e}"
+    if res.returncode != 0:
+        why = (res.stderr or res.stdout).strip().splitlines()
+        return None, f"{cmd[0]} exit {res.returncode}" + (f": {why[-1][:200]}" if why else "")
+    return res.stdout, None
+
+
+# ---- the state of each run ---------------------------------------------------------------------------------
+
+def run_states(sweep_dir: SweepDir, manifest: dict, query_slurm: bool = True,
+               view: SchedulerView | None = None) -> list[RunState]:
+    """Each run's state; `query_slurm=False`: records only (runs that need the scheduler are unknown)."""
     records = {r["name"]: sweep_dir.record(r["name"]) for r in manifest["runs"]}
     jobs = {r["name"]: _last_job(r, records[r["name"]]) for r in manifest["runs"]}
-    slurm_ids = [j["job_id"] for j in jobs.values() if j and j.get("scheduler") == "slurm"]
-    sched = slurm_states(slurm_ids) if (query_slurm and slurm_ids) else {}
-    return [_state(sweep_dir, run, records[run["name"]], jobs[run["name"]], sched) for run in manifest["runs"]]
+    open_jobs = [j for r in manifest["runs"] for j in [jobs[r["name"]]] if j and j.get("scheduler") == "slurm"
+                 and not r.get("not_applicable") and (records[r["name"]] is None or records[r["name"]].status != "done")]
+    if view is None and query_slurm and open_jobs:
+        view = query_scheduler([j["job_id"] for j in open_jobs if j.get("job_id")],
+                               sorted({j["job_name"] for j in open_jobs if not j.get("job_id")}),
+                               min((j.get("submitted") or time.time()) for j in open_jobs))
+    return [_state(sweep_dir, run, records[run["name"]], jobs[run["name"]], view) for run in manifest["runs"]]
 
 
-def _last_job(run: dict, rec: dict | None) -> dict | None:
-    """The run's latest job: from the manifest, or, for a run submitted by hand (jobs/sweep_array.sbatch),
-    the SLURM job its record was written from."""
-    if run["jobs"]:
+def _last_job(run: dict, rec: RunRecord | None) -> dict | None:
+    """The run's latest job: from the manifest, or, for a run submitted by hand (jobs/sweep_array.sbatch)
+    with no job name the manifest knows, the SLURM job its record was written from."""
+    if run["jobs"] and (run["jobs"][-1].get("job_id") or not run["jobs"][-1].get("hand")):
         return run["jobs"][-1]
-    slurm = ((rec or {}).get("env") or {}).get("slurm") or {}
+    slurm = rec.env.slurm if rec else {}
     if "SLURM_ARRAY_JOB_ID" in slurm:
         return {"job_id": f"{slurm['SLURM_ARRAY_JOB_ID']}_{slurm['SLURM_ARRAY_TASK_ID']}", "scheduler": "slurm"}
     if "SLURM_JOB_ID" in slurm:
         return {"job_id": slurm["SLURM_JOB_ID"], "scheduler": "slurm"}
-    return None
+    return run["jobs"][-1] if run["jobs"] else None
 
 
-def _state(sweep_dir: SweepDir, run: dict, rec: dict | None, job: dict | None,
-           sched: dict[str, tuple[str, str]]) -> RunState:
+def _state(sweep_dir: SweepDir, run: dict, rec: RunRecord | None, job: dict | None,
+           view: SchedulerView | None) -> RunState:
     index, name = run["index"], run["name"]
     if run.get("not_applicable"):
         return RunState(index, name, "n/a", run["not_applicable"])
-    job_id = job["job_id"] if job else None
-    if rec and rec.get("status") == "done":
+    job_id = job.get("job_id") if job else None
+    if rec and rec.status == "done":
         return RunState(index, name, "done", job_id=job_id)
-    error = rec.get("error", "") if rec and rec.get("status") == "failed" else ""
+    error = (rec.error or "") if rec and rec.status == "failed" else ""
     if job is None:
         return RunState(index, name, "failed" if rec else "unsubmitted", error or (
             "interrupted: the record was never finished" if rec else ""))
     if job.get("scheduler") != "slurm":  # in-process or local executor: nothing left alive once the command ended
         return RunState(index, name, "failed", error or "interrupted: the record was never finished", job_id)
-    state, reason = sched.get(job_id, ("", ""))
+    if view is None:
+        return RunState(index, name, "unknown", "the scheduler was not asked (--no-slurm)", job_id)
+    if not job_id:  # an intent: sbatch was called (or the sbatch line printed) but no job id was saved
+        job_id = view.find_by_name(job["job_name"], job["task"])
+        if job_id is None:
+            why = view.name_unanswered()
+            if why:
+                return RunState(index, name, "unknown", f"{why}: job {job['job_name']} may be queued")
+            if job.get("hand"):
+                return RunState(index, name, "held", f"submit it by hand with the sbatch line of `submit --hold` "
+                                                     f"(job name {job['job_name']})")
+            return RunState(index, name, "unsubmitted", f"sbatch did not queue {job['job_name']}")
+    found = view.lookup(job_id)
+    if isinstance(found, str):
+        return RunState(index, name, "unknown", found, job_id)
+    state, reason = found
     if state in PENDING:
         return RunState(index, name, "pending", reason, job_id)
     if state in RUNNING:
@@ -148,6 +294,24 @@ def _state(sweep_dir: SweepDir, run: dict, rec: dict | None, job: dict | None,
         "the job ended without a finished record" if state == "COMPLETED" else "")
     what = "" if state == "COMPLETED" else f"SLURM {state}"
     return RunState(index, name, "failed", "; ".join(x for x in (what, detail) if x), job_id)
+
+
+def adopt(manifest: dict, states: list[RunState]) -> list[dict]:
+    """Write the job ids found by name into the intents of the manifest; returns the adopted job entries."""
+    adopted = []
+    for s in states:
+        run = manifest["runs"][s.index]
+        entry = run["jobs"][-1] if run["jobs"] else None
+        if entry is not None and not entry.get("job_id") and s.job_id and entry.get("job_name"):
+            entry["job_id"] = s.job_id
+            adopted.append(entry)
+    for array in manifest.get("arrays", []):
+        if not array.get("job_id"):
+            ids = {manifest["runs"][i]["jobs"][-1].get("job_id") for i in array["runs"] if manifest["runs"][i]["jobs"]}
+            mains = {j.split("_")[0] for j in ids if j}
+            if len(mains) == 1:
+                array["job_id"] = mains.pop()
+    return adopted
 
 
 def _submitit_error(sweep_dir: SweepDir, job_id: str) -> str:
@@ -162,30 +326,6 @@ def _submitit_error(sweep_dir: SweepDir, job_id: str) -> str:
         return ""
     lines = [ln for ln in str(payload).strip().splitlines() if ln.strip()]
     return lines[-1].strip() if lines else ""
-
-
-def slurm_states(job_ids: list[str]) -> dict[str, tuple[str, str]]:
-    """{job id (array tasks as `123_4`): (state, reason)}: sacct for every job, squeue over it for live ones."""
-    from submitit.slurm.slurm import SlurmInfoWatcher  # parses sacct/squeue ids, array ranges included
-
-    parse = SlurmInfoWatcher().read_info
-    mains = sorted({j.split("_")[0] for j in job_ids})
-    out: dict[str, tuple[str, str]] = {}
-    sacct = _call(["sacct", "-X", "--parsable2", "-o", "JobID,State,ExitCode", "-j", ",".join(mains)])
-    for jid, info in parse(sacct).items():
-        out[jid] = (info.get("State", "").split(" ")[0], "")
-    squeue = _call(["squeue", "-h", "-r", "-o", "%i|%T|%r", "-j", ",".join(mains)])
-    for jid, info in parse("JobID|State|Reason\n" + squeue).items():
-        reason = info.get("Reason", "")
-        out[jid] = (info["State"], reason if info["State"] in PENDING and reason != "None" else "")
-    return out
-
-
-def _call(cmd: list[str]) -> str:
-    try:
-        return subprocess.run(cmd, capture_output=True, text=True, timeout=60, check=True).stdout
-    except (OSError, subprocess.SubprocessError):
-        return ""  # no SLURM here, or no accounting (sacct): the other source still answers
 
 
 def format_states(states: list[RunState]) -> str:

@@ -16,28 +16,30 @@ import contextlib
 import logging
 import os
 import re
+import secrets
 import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
-import traceback
 from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
 
 import submitit
+from submitit.core.utils import FailedJobError, FailedSubmissionError
 from submitit.slurm.slurm import SlurmExecutor
 from tqdm.auto import tqdm
 
 from mmhpc.config import RunConfig
-from mmhpc.errors import RunError
+from mmhpc.errors import RunError, SchedulerError
 from mmhpc.launch.clusters import ClusterError, ClusterProfile, Resources, resolve_resources
-from mmhpc.launch.store import SweepDir, run_states
-from mmhpc.results import SCHEMA, atomic_write_json, read_record
+from mmhpc.launch.store import SweepDir, adopt, query_scheduler, run_states
+from mmhpc.results import read_record
 from mmhpc.sweep import SweepError
 
-RESUBMIT = ("unsubmitted", "failed")  # never done (final), pending/running (alive) or n/a
+RESUBMIT = ("unsubmitted", "failed", "held")  # never done (final), pending/running (alive), unknown or n/a
 PREEMPT_SIGNAL = signal.SIGUSR2  # what `--signal` sends (submitit's default too)
 log = logging.getLogger(__name__)
 
@@ -73,13 +75,13 @@ def execute_run(config: dict, stage_data: bool = False, max_requeues: int | None
     rank = _join_distributed(cfg)
     if rank is None:
         return "extra task of a single-process run: nothing to do"
-    record_path = Path(cfg.output.runs_dir) / f"{cfg.run_name()}.json"
+    record_path = cfg.record_path()
     if _finished(record_path):
         return f"{record_path}: already done"
     if stage_data and cfg.data.source == "prepared" and os.environ.get("TMPDIR"):
         cfg = cfg.replace({"data.root": stage_dataset(cfg.data.root, Path(os.environ["TMPDIR"]))})
     from mmhpc.doctor import check_job
-    from mmhpc.train import Preempted, train
+    from mmhpc.train import Preempted, train, write_failed_record
 
     try:
         check_job(cfg)  # first: a node that cannot run it (driver, GPUs, data) fails the job in one sentence
@@ -91,11 +93,8 @@ def execute_run(config: dict, stage_data: bool = False, max_requeues: int | None
                     _requeue(previous, max_requeues)
                 return f"{cfg.run_name()}: preempted, job requeued"
     except BaseException as e:
-        # The trainer records its own failures; this covers those before its first record (bad device...).
-        if rank == 0 and not record_path.exists():
-            atomic_write_json(record_path, {"schema": SCHEMA, "run": cfg.run_name(), "status": "failed",
-                                            "config": cfg.to_dict(), "error": f"{type(e).__name__}: {e}",
-                                            "traceback": traceback.format_exc(limit=20)})
+        # train() records failures, also those before its trainer starts; this covers the node check's
+        write_failed_record(cfg, e)
         raise
     return str(record_path)
 
@@ -103,7 +102,9 @@ def execute_run(config: dict, stage_data: bool = False, max_requeues: int | None
 @contextlib.contextmanager
 def _signal_stops_training():
     """While training, PREEMPT_SIGNAL asks the trainer to stop at its next step boundary. Yields the handler
-    it replaces (submitit's checkpoint-and-requeue in a submitit job)."""
+    it replaces (submitit's checkpoint-and-requeue in a submitit job). Afterwards the signal is ignored:
+    the run's work is over, and a signal that lands while the process ends (Python then restores the
+    default action, which kills it) would turn a finished job into a FAILED one."""
     from mmhpc.train import STOP_REQUESTED
 
     STOP_REQUESTED.clear()
@@ -115,7 +116,7 @@ def _signal_stops_training():
     try:
         yield previous
     finally:
-        signal.signal(PREEMPT_SIGNAL, previous)
+        signal.signal(PREEMPT_SIGNAL, signal.SIG_IGN)
 
 
 def _requeue(previous, max_requeues: int | None) -> None:
@@ -140,7 +141,7 @@ def _requeue(previous, max_requeues: int | None) -> None:
 
 def _finished(path: Path) -> bool:
     try:
-        return read_record(path).get("status") == "done"
+        return read_record(path).status == "done"
     except (OSError, ValueError):
         return False
 
@@ -216,7 +217,7 @@ def make_executor(profile: ClusterProfile, res: Resources, folder: Path, job_nam
         executor = cls(folder, max_num_timeout=profile.max_requeues, python=profile.interpreter())
     except RuntimeError as e:  # no srun on PATH
         raise ClusterError(f"cluster {profile.name}: {e} For the local SLURM: env/slurm/install.sh && "
-                           "env/slurm/start.sh && source env/slurm/state/env.sh") from None
+                           "eval \"$(env/slurm/start.sh)\"") from None
     executor.update_parameters(**slurm_parameters(profile, res, job_name, parallelism, after))
     return executor
 
@@ -267,15 +268,18 @@ def render_scripts(sweep_dir: SweepDir, profile: ClusterProfile, sweep: str, run
     return "\n".join(out)
 
 
-def hand_sbatch_lines(sweep_dir: SweepDir, profile: ClusterProfile, runs: list[dict]) -> list[str]:
-    """`sbatch` command lines for jobs/sweep_array.sbatch, one per job array (for submitting by hand)."""
+def hand_sbatch_lines(sweep_dir: SweepDir, profile: ClusterProfile, runs: list[dict],
+                      job_names: list[str] | None = None) -> list[str]:
+    """`sbatch` command lines for jobs/sweep_array.sbatch, one per job array (for submitting by hand);
+    `job_names`: one per array, the names `submit --hold` recorded, so that status finds the jobs."""
     lines = []
-    for plan in plan_arrays(profile, runs):
+    for k, plan in enumerate(plan_arrays(profile, runs)):
         res = plan.res
         params = slurm_parameters(profile, res, "mmhpc-sweep")
         flags = [f"--array={','.join(str(r['index']) for r in plan.runs)}%{plan.parallelism}",
                  f"--partition={profile.partition}", f"--time={res.time_min}", f"--nodes={res.nodes}",
                  f"--ntasks-per-node={res.tasks_per_node}"]
+        flags += [f"--job-name={job_names[k]}"] if job_names else []
         flags += [f"--account={profile.account}"] if profile.account else []
         flags += [f"--cpus-per-task={res.cpus_per_task}"] if res.cpus_per_task else []
         flags += [f"--mem={res.mem_arg()}"] if res.mem_gb else []
@@ -285,6 +289,37 @@ def hand_sbatch_lines(sweep_dir: SweepDir, profile: ClusterProfile, runs: list[d
 
 
 # ---- submitting ----------------------------------------------------------------------------------------
+
+HELD_SIGNALS = (signal.SIGINT, signal.SIGHUP, signal.SIGTERM)
+
+
+@contextlib.contextmanager
+def signals_held(signums=HELD_SIGNALS):
+    """Hold Ctrl-C, hang-up and TERM until the block ends, then act on one that came meanwhile. Python's
+    handlers are deferred (a signal may reach any thread of the process); the main thread also blocks them,
+    so the sbatch child, which inherits that mask, cannot be killed mid-way by a Ctrl-C at the terminal."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    arrived: list[int] = []
+    previous = {sig: signal.signal(sig, lambda signum, frame: arrived.append(signum)) for sig in signums}
+    mask = signal.pthread_sigmask(signal.SIG_BLOCK, signums)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, mask)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        for sig in dict.fromkeys(arrived):
+            log.warning("%s arrived during submission: acting on it now that the job ids are saved",
+                        signal.Signals(sig).name)
+            signal.raise_signal(sig)
+
+
+def job_name(sweep: str, res: Resources) -> str:
+    """A name no other submission has: how a job is found again when its id was never saved."""
+    return f"mmhpc-{sweep}-{res.label()}-{secrets.token_hex(4)}"
+
 
 def submit_runs(sweep_dir: SweepDir, manifest: dict, profile: ClusterProfile, indices: list[int],
                 progress: bool = True) -> list[str]:
@@ -296,22 +331,89 @@ def submit_runs(sweep_dir: SweepDir, manifest: dict, profile: ClusterProfile, in
     job_ids: list[str] = []
     array_ids: list[str] = []
     for plan in plan_arrays(profile, runs):
-        res, group = plan.res, plan.runs
-        ex = make_executor(profile, res, sweep_dir.logs_dir, f"mmhpc-{manifest['sweep']}-{res.label()}",
-                           parallelism=plan.parallelism, after=array_ids[plan.after] if plan.after is not None else None)
-        with ex.batch():  # one sbatch --array per shape (a plain job when the shape has one run)
-            jobs = [ex.submit(_sweep_run(profile, run)) for run in group]
-        now = time.time()
-        for run, job in zip(group, jobs):
-            run["jobs"].append({"job_id": job.job_id, "scheduler": "slurm", "cluster": profile.name,
-                                "submitted": now})
-        main = jobs[0].job_id.split("_")[0]
-        array_ids.append(main)
-        manifest["arrays"].append({"job_id": main, "shape": res.label(), "runs": [r["index"] for r in group],
-                                   "script": str(jobs[0].paths.submission_file), "submitted": now})
-        sweep_dir.save(manifest)  # after each array, so a later failure loses no job id
-        job_ids += [j.job_id for j in jobs]
+        ids = _submit_array(sweep_dir, manifest, profile, plan,
+                            array_ids[plan.after] if plan.after is not None else None)
+        array_ids.append(ids[0].split("_")[0])
+        job_ids += ids
     return job_ids
+
+
+def _submit_array(sweep_dir: SweepDir, manifest: dict, profile: ClusterProfile, plan: ArrayPlan,
+                  after: str | None) -> list[str]:
+    """One sbatch: the intent is saved first, the job ids right after; signals wait until both are saved."""
+    res, group = plan.res, plan.runs
+    name = job_name(manifest["sweep"], res)
+    ex = make_executor(profile, res, sweep_dir.logs_dir, name, parallelism=plan.parallelism, after=after)
+    now = time.time()
+    for task, run in enumerate(group):
+        run["jobs"].append({"job_id": None, "job_name": name, "task": task, "scheduler": "slurm",
+                            "cluster": profile.name, "submitted": now})
+    array = {"job_id": None, "job_name": name, "shape": res.label(), "runs": [r["index"] for r in group],
+             "script": None, "submitted": now}
+    manifest["arrays"].append(array)
+    with signals_held():
+        sweep_dir.save(manifest)  # the intent: whatever happens next, this array is found again by its name
+        try:
+            with ex.batch():  # one sbatch --array (a plain job when there is one run)
+                jobs = [ex.submit(_sweep_run(profile, run)) for run in group]
+            ids = [job.job_id for job in jobs]
+            array["script"] = str(jobs[0].paths.submission_file)
+        except (FailedJobError, FailedSubmissionError, OSError, subprocess.SubprocessError) as e:
+            ids = _after_failed_sbatch(sweep_dir, manifest, profile, name, group, e)
+        for run, jid in zip(group, ids):
+            run["jobs"][-1]["job_id"] = jid
+        array["job_id"] = ids[0].split("_")[0]
+        sweep_dir.save(manifest)
+    log.info("submitted %s: job %s, %d run(s)", name, array["job_id"], len(group))
+    return ids
+
+
+def _after_failed_sbatch(sweep_dir: SweepDir, manifest: dict, profile: ClusterProfile, name: str,
+                         group: list[dict], error: Exception) -> list[str]:
+    """sbatch failed, or died after queueing: ask the queue for the array by its name. Found: its ids
+    (adopted, with the task files submitit did not get to write). Not found: SchedulerError."""
+    first = str(error).strip().splitlines()
+    why = f"sbatch failed ({type(error).__name__}: {first[-1][:300] if first else ''})"
+    view = query_scheduler([], [name], time.time())
+    ids = [view.find_by_name(name, task) for task in range(len(group))]
+    if all(ids):
+        log.warning("%s, but it had queued %s as job %s: adopted", why, name, ids[0].split("_")[0])
+        _write_task_files(sweep_dir, profile, list(zip(group, ids)))
+        return ids
+    unanswered = view.name_unanswered()
+    if unanswered:
+        raise SchedulerError(f"{why}; and {unanswered}, so whether it queued {name} is unknown. `mmhpc sweep "
+                             f"status {sweep_dir.path}` finds it by that name once the scheduler answers; "
+                             "`resume` submits nothing while that is unknown")
+    raise SchedulerError(f"{why}; no job named {name} is queued. Arrays submitted before it are in the "
+                         f"manifest; `mmhpc sweep resume {sweep_dir.path}` submits the rest")
+
+
+def _write_task_files(sweep_dir: SweepDir, profile: ClusterProfile, runs_ids: list[tuple[dict, str]]) -> None:
+    """The pickled callable each task of an adopted job loads at start (submitit's `<id>_submitted.pkl`),
+    where the interrupted submission did not write it."""
+    for run, jid in runs_ids:
+        path = submitit.core.utils.JobPaths(sweep_dir.logs_dir, job_id=jid).submitted_pickle
+        if not path.exists():
+            delayed = submitit.core.utils.DelayedSubmission(_sweep_run(profile, run))
+            delayed.set_timeout(Resources(**run["resources"]).time_min, profile.max_requeues)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            delayed.dump(path)
+
+
+def hold_runs(sweep_dir: SweepDir, manifest: dict, profile: ClusterProfile, indices: list[int]) -> list[str]:
+    """`submit --hold`: record the job names of the sbatch lines for jobs/sweep_array.sbatch (state `held`
+    until a job of that name is queued) and return the lines."""
+    runs = [manifest["runs"][i] for i in indices]
+    plans = plan_arrays(profile, runs)
+    names = [job_name(manifest["sweep"], plan.res) for plan in plans]
+    now = time.time()
+    for plan, name in zip(plans, names):
+        for run in plan.runs:  # jobs/sweep_array.sbatch runs array task N as run N
+            run["jobs"].append({"job_id": None, "job_name": name, "task": run["index"], "hand": True,
+                                "scheduler": "slurm", "cluster": profile.name, "submitted": now})
+    sweep_dir.save(manifest)
+    return hand_sbatch_lines(sweep_dir, profile, runs, names)
 
 
 def _sweep_run(profile: ClusterProfile, run: dict) -> SweepRun:
@@ -354,8 +456,31 @@ def _run_here(sweep_dir: SweepDir, manifest: dict, profile: ClusterProfile, runs
     return done
 
 
-def to_resubmit(sweep_dir: SweepDir, manifest: dict) -> list[int]:
-    return [s.index for s in run_states(sweep_dir, manifest) if s.state in RESUBMIT]
+def to_resubmit(sweep_dir: SweepDir, manifest: dict, profile: ClusterProfile | None = None) -> list[int]:
+    """The runs to submit again: neither done, alive nor not applicable. Jobs found by the name of an
+    interrupted submission are adopted first (saved in the manifest). Raises SchedulerError, submitting
+    nothing, while the scheduler cannot tell whether some run is still queued or running."""
+    states = run_states(sweep_dir, manifest)
+    adopted = adopt(manifest, states)
+    if adopted:
+        sweep_dir.save(manifest)
+        by_id = {e["job_id"]: run for run in manifest["runs"] for e in run["jobs"][-1:] if e in adopted}
+        if profile is not None:
+            _write_task_files(sweep_dir, profile, [(run, jid) for jid, run in by_id.items()
+                                                   if not run["jobs"][-1].get("hand")])
+        log.warning("adopted %d job(s) of an interrupted submission: %s", len(adopted),
+                    ", ".join(sorted({e["job_id"] for e in adopted})))
+    _refuse_unknown(sweep_dir, states)
+    return [s.index for s in states if s.state in RESUBMIT]
+
+
+def _refuse_unknown(sweep_dir: SweepDir, states) -> None:
+    unknown = [s for s in states if s.state == "unknown"]
+    if unknown:
+        raise SchedulerError(f"{sweep_dir.path}: the state of {len(unknown)} run(s) is unknown, e.g. run "
+                             f"{unknown[0].index} ({unknown[0].name}): {unknown[0].reason}. Nothing submitted: a "
+                             "run still queued or running would run twice. Retry when squeue/sacct answer "
+                             f"(`mmhpc sweep status {sweep_dir.path}`)")
 
 
 def reresolve(manifest: dict, profile: ClusterProfile) -> None:
@@ -381,11 +506,13 @@ def wait(sweep_dir: SweepDir, poll_s: float = 5.0, progress: bool = True):
     with tqdm(total=len(manifest["runs"]), desc=f"sweep {manifest['sweep']}", disable=not progress) as bar:
         while True:
             states = run_states(sweep_dir, manifest)
-            counts = {k: sum(s.state == k for s in states) for k in ("done", "failed", "running", "pending")}
-            bar.n = len(states) - counts["running"] - counts["pending"]
-            bar.set_postfix(counts, refresh=True)
+            counts = {k: sum(s.state == k for s in states) for k in ("done", "failed", "running", "pending",
+                                                                     "unknown")}
+            alive = counts["running"] + counts["pending"] + counts["unknown"]  # unknown: the scheduler may answer
+            bar.n = len(states) - alive
+            bar.set_postfix({k: n for k, n in counts.items() if n}, refresh=True)
             # two quiet polls in a row: a job that just left squeue may not be in sacct yet
-            quiet_polls = quiet_polls + 1 if counts["running"] + counts["pending"] == 0 else 0
+            quiet_polls = quiet_polls + 1 if alive == 0 else 0
             if quiet_polls >= 2:
                 return states
             time.sleep(poll_s)
@@ -418,19 +545,35 @@ def submit_sweep(path: str | Path, cluster: str, size: str | None = None, accoun
                  results: str | Path | None = None, name: str | None = None, progress: bool = True,
                  hold: bool = False, overrides: list[str] | None = None) -> tuple[SweepDir, list[int]]:
     """Validate, create the sweep directory and submit what is not done yet (all of it, the first time).
-    `hold`: write the directory only (for jobs/sweep_array.sbatch). Returns (dir, submitted run indices)."""
+    `hold`: submit nothing (see `hold_sweep`). Returns (dir, submitted run indices)."""
+    if hold:
+        return hold_sweep(path, cluster, size, account, results, name, overrides)[0], []
     from mmhpc.launch.store import create
 
     profile, plan, sweep_dir = prepare_sweep(path, cluster, size, account, results, name, overrides=overrides)
-    with sweep_dir.lock():
+    with sweep_dir.lock(create=True):
         manifest = create(sweep_dir, plan, Path(path))
-        if hold:
-            return sweep_dir, []
         if manifest["cluster"] != profile.name:
             reresolve(manifest, profile)
-        todo = to_resubmit(sweep_dir, manifest)
+        todo = to_resubmit(sweep_dir, manifest, profile)
         submit_runs(sweep_dir, manifest, profile, todo, progress)
     return sweep_dir, todo
+
+
+def hold_sweep(path: str | Path, cluster: str, size: str | None = None, account: str | None = None,
+               results: str | Path | None = None, name: str | None = None,
+               overrides: list[str] | None = None) -> tuple[SweepDir, list[str]]:
+    """`submit --hold`: the sweep directory, and sbatch lines for jobs/sweep_array.sbatch for what is not
+    done; the runs show as held until jobs of those lines' names are queued."""
+    from mmhpc.launch.store import create
+
+    profile, plan, sweep_dir = prepare_sweep(path, cluster, size, account, results, name, overrides=overrides)
+    with sweep_dir.lock(create=True):
+        manifest = create(sweep_dir, plan, Path(path))
+        if manifest["cluster"] != profile.name:
+            reresolve(manifest, profile)
+        todo = to_resubmit(sweep_dir, manifest, profile)
+        return sweep_dir, hold_runs(sweep_dir, manifest, profile, todo) if todo else []
 
 
 def resume_sweep(path: str | Path, cluster: str | None = None, account: str | None = None,
@@ -439,16 +582,19 @@ def resume_sweep(path: str | Path, cluster: str | None = None, account: str | No
     from mmhpc.launch.clusters import load_profile
 
     sweep_dir = SweepDir(path)
-    with sweep_dir.lock():
+    with sweep_dir.lock():  # a mistyped path: an error, nothing created
         manifest = sweep_dir.load()
         profile = load_profile(cluster or manifest["cluster"], account)
         profile.check_account(dry_run)
         if profile.name != manifest["cluster"]:
             reresolve(manifest, profile)
-        todo = to_resubmit(sweep_dir, manifest)
-        if dry_run:
+        if dry_run:  # what would be submitted; adopts and saves nothing
+            states = run_states(sweep_dir, manifest)
+            _refuse_unknown(sweep_dir, states)
+            todo = [x.index for x in states if x.state in RESUBMIT]
             return sweep_dir, todo, render_scripts(sweep_dir, profile, manifest["sweep"],
                                                    [manifest["runs"][i] for i in todo])
+        todo = to_resubmit(sweep_dir, manifest, profile)
         submit_runs(sweep_dir, manifest, profile, todo, progress)
     return sweep_dir, todo, ""
 

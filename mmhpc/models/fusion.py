@@ -12,6 +12,8 @@ logits stay the sum of the per-modality ones.
 """
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -26,6 +28,32 @@ class CosineLinear(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.scale * F.linear(F.normalize(x, dim=-1), F.normalize(self.weight, dim=-1))
+
+
+COSINE_FORMS = ("printed", "normface")
+
+
+def cosine_scale(num_classes: int, p: float = 0.99, num_modalities: int = 2, form: str = "printed") -> float:
+    """Scale s of the cosine classifier, thesis Eq. 3.2 (after MMCosine [51], from NormFace), M modalities.
+
+    form "printed" (default): s = (C - 1) / (M (C + 1)) * log((C - 1) p / (1 - p)), Eq. 3.2 as the thesis
+        prints it ("(C - 1) / 2(C + 1)", line ~1735 of seed 000), with the 2 read as M, the number of
+        summed unit cosines (2 in the audio-visual case the thesis cites it for).
+    form "normface": s = (C - 1) / (M C) * log((C - 1) p / (1 - p)), NormFace's bound for one cosine
+        (s >= (C-1)/C log(...), the smallest s that lets the true class reach softmax probability p),
+        divided by M because the fused logit sums M cosines; M = 1 is NormFace's own bound.
+    """
+    if num_classes < 2:
+        raise ValueError(f"cosine_scale needs num_classes >= 2, got {num_classes}")
+    if num_modalities < 1:
+        raise ValueError(f"num_modalities must be >= 1, got {num_modalities}")
+    if not 1.0 / num_classes < p < 1.0:
+        raise ValueError(f"p must lie in (1/C, 1) = ({1.0 / num_classes:.4g}, 1), got {p}")
+    if form not in COSINE_FORMS:
+        raise ValueError(f"form must be one of {', '.join(COSINE_FORMS)}, got {form!r}")
+    c = num_classes
+    denominator = c + 1 if form == "printed" else c
+    return (c - 1) / (num_modalities * denominator) * math.log((c - 1) * p / (1 - p))
 
 
 def _head(dim: int, classes: int, cosine: bool, scale: float) -> nn.Module:
@@ -159,13 +187,20 @@ class FiLM(_Asymmetric):
         return self.out(self.gamma(e_control) * e_other + self.beta(e_control))
 
 
-FUSION_CLASSES = {"early_sum": EarlySum, "late_sum": LateSum, "concat": Concat, "gated": Gated, "film": FiLM}
+# The fusion registry: the one list of valid `model.fusion` values; the config and the strategies ask it.
+FUSION_CLASSES: dict[str, type[Fusion]] = {"early_sum": EarlySum, "late_sum": LateSum, "concat": Concat,
+                                           "gated": Gated, "film": FiLM}
+FUSIONS = tuple(FUSION_CLASSES)
+#: fusions whose fused logits are a sum of per-modality parts (thesis Sec. 3.2.1)
+SYMMETRIC = tuple(name for name, cls in FUSION_CLASSES.items() if cls.symmetric)
+#: fusions of exactly two modalities, a control and a modulated one (Sec. 2.1.3)
+TWO_MODALITY = tuple(name for name, cls in FUSION_CLASSES.items() if not cls.symmetric)
 
 
 def build_fusion(name: str, modalities, dim: int, num_classes: int, cosine: bool, scale: float,
                  control: str | None = None) -> Fusion:
     if name not in FUSION_CLASSES:
-        raise ValueError(f"model.fusion: invalid value {name!r}; valid choices: {', '.join(FUSION_CLASSES)}")
+        raise ValueError(f"model.fusion: invalid value {name!r}; valid: {', '.join(FUSIONS)}")
     cls = FUSION_CLASSES[name]
     if len(modalities) == 1 and not cls.symmetric:
         cls = LateSum  # a single-modality baseline has nothing to gate: a plain linear head

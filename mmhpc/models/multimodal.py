@@ -5,14 +5,7 @@ import torch
 from torch import nn
 
 from mmhpc.models.encoders import RESNET_WIDTH, build_encoder
-from mmhpc.models.fusion import build_fusion
-
-
-def default_cosine_scale(num_classes: int, num_modalities: int) -> float:
-    """Thesis Eq. 3.2 with M the number of modalities whose unit cosines the fused logit sums."""
-    from mmhpc.strategies.formulas import cosine_scale
-
-    return cosine_scale(num_classes, num_modalities=num_modalities)
+from mmhpc.models.fusion import build_fusion, cosine_scale
 
 
 class MultimodalModel(nn.Module):
@@ -33,7 +26,7 @@ class MultimodalModel(nn.Module):
         self.dim = dim
         self.project = nn.ModuleDict({m: nn.Linear(w, dim) for m, w in widths.items() if w != dim})
         self.dropout = nn.ModuleDict({m: nn.Dropout(p) for m, p in cfg.embedding_dropout.items() if p > 0})
-        scale = cfg.cosine_scale or (default_cosine_scale(num_classes, len(self.modalities)) if cfg.cosine else 1.0)
+        scale = cfg.cosine_scale or (cosine_scale(num_classes, num_modalities=len(self.modalities)) if cfg.cosine else 1.0)
         self.fusion = build_fusion(cfg.fusion, self.modalities, dim, num_classes, cfg.cosine, scale, cfg.control)
         self.probes = nn.ModuleDict({m: nn.Linear(dim, num_classes) for m in self.modalities})
         self.branch_runner = None  # set by Branch-Level Parallelism

@@ -12,15 +12,12 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-import matplotlib
+import matplotlib.pyplot as plt
+import matplotlib.ticker
+import numpy as np
+import pandas as pd
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import matplotlib.ticker  # noqa: E402
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
-
-from mmhpc.report.tables import NAMES, Table, context_columns, row_groups, sort_key  # noqa: E402
+from mmhpc.report.tables import NAMES, Table, context_columns, row_groups, sort_key
 
 PAGE = (11.69, 8.27)  # A4 landscape, inches
 PANELS = 6            # small multiples per page
@@ -33,10 +30,18 @@ class Figure:
     figure: plt.Figure
 
 
+def new_figure(**kw) -> plt.Figure:
+    """Every report figure starts here: on the file backend (Agg), never a window, even on a login node
+    with a display; chosen here rather than at import, so importing mmhpc leaves matplotlib alone."""
+    plt.switch_backend("Agg")
+    return plt.figure(**kw)
+
+
 def page(title: str, caption: str, n: int, cols: int = 2):
     """An A4-landscape figure with n panels, its title at the top and its caption at the bottom."""
     rows = max(1, int(np.ceil(n / cols)))
-    fig, axes = plt.subplots(rows, cols if n > 1 else 1, figsize=PAGE, squeeze=False)
+    fig = new_figure(figsize=PAGE)
+    axes = fig.subplots(rows, cols if n > 1 else 1, squeeze=False)
     fig.suptitle(title, fontsize=14, fontweight="bold", y=0.975)
     fig.text(0.06, 0.02, _wrap(caption, 150), fontsize=9, va="bottom", ha="left", style="italic")
     fig.subplots_adjust(left=0.07, right=0.97, top=0.89, bottom=0.17, hspace=0.55, wspace=0.18)
@@ -71,7 +76,7 @@ def _in_order(runs: pd.DataFrame, cols: list[str]) -> pd.DataFrame:
 def timeseries(row: pd.Series) -> tuple[pd.DataFrame, list[dict], str] | None:
     """(samples, epoch markers, "GPU"|"CPU") of a finished run, from the `.util.csv` beside its record."""
     rec = row["record"]
-    name = ((rec or {}).get("system") or {}).get("timeseries")
+    name = (rec.system or {}).get("timeseries") if rec is not None else None
     if not name or not row["path"]:
         return None
     csv = Path(row["path"]).parent / name
@@ -204,8 +209,8 @@ def accuracy_figures(runs: pd.DataFrame) -> list[Figure]:
     done = runs[(runs["state"] == "done") & runs["record"].notna()]
     curves = []
     for _, group in row_groups(done, ctx):
-        per_seed = [pd.DataFrame([{k: v for k, v in e.get("val", {}).items() if k.startswith("acc/")}
-                                  for e in r["epochs"]]) for r in group["record"] if len(r.get("epochs", [])) > 1]
+        per_seed = [pd.DataFrame([{k: v for k, v in e.val.items() if k.startswith("acc/")}
+                                  for e in r.epochs]) for r in group["record"] if len(r.epochs) > 1]
         if per_seed:
             curves.append((run_label(group.iloc[0], ctx), pd.concat(per_seed).groupby(level=0).mean()))
     figures = []

@@ -20,7 +20,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from mmhpc.results import iter_records
+from mmhpc import metrics as mx
+from mmhpc.results import RunRecord, iter_records, run_ibf
 
 # Knobs that never make two runs different experiments (names, paths, seeds: seeds are averaged over).
 NOT_AXES = ("output.", "train.seed", "data.root", "train.single_acc", "system.sample_interval")
@@ -59,7 +60,7 @@ def load_results(path: str | Path, query_slurm: bool = True) -> Results:
             rows.append(_record_row(rec, rec_path, _sweep_label(rec_path, path)))
     if not rows:
         raise FileNotFoundError(f"{path}: no run records (*.json with a config) and no sweep manifest found")
-    runs = _tidy(rows)
+    runs = _fill_ibf(_tidy(rows))
     if len(infos) == 1:
         name, description, cluster = infos[0]
     else:
@@ -88,13 +89,13 @@ def _sweep_rows(path: Path, query_slurm: bool) -> tuple[list[dict], tuple[str, s
     states = {s.name: s for s in run_states(sweep_dir, manifest, query_slurm=query_slurm)}
     rows = []
     for run in manifest["runs"]:
-        rec_path = sweep_dir.runs_dir / f"{run['name']}.json"
+        rec_path = sweep_dir.record_path(run["name"])
         rec = sweep_dir.record(run["name"])
         state = states[run["name"]]
-        if rec is not None and rec.get("config"):
+        if rec is not None and rec.config:
             row = _record_row(rec, rec_path, name)
         else:
-            row = _config_row({"config": run["config"]}, name)
+            row = _config_row(run["config"], name)
             row["run"] = run["name"]
         row.update(state=state.state, reason=state.reason or row.get("reason", ""))
         if not row.get("device") or row["device"] == "?":
@@ -128,26 +129,23 @@ def _planned_device(run: dict) -> str:
 
 # ---- one record ------------------------------------------------------------------------------------------
 
-def _record_row(rec: dict, path: Path | None, sweep: str) -> dict:
-    row = _config_row(rec, sweep)
-    status = rec.get("status", "done" if "summary" in rec else "running")
-    row.update(run=rec.get("run") or (path.stem if path else "?"), state=status,
-               reason=rec.get("error", "") if status == "failed" else "",
+def _record_row(rec: RunRecord, path: Path | None, sweep: str) -> dict:
+    row = _config_row(rec.config, sweep)
+    row.update(run=rec.run, state=rec.status, reason=(rec.error or "") if rec.status == "failed" else "",
                path=str(path) if path else None, record=rec)
-    env = rec.get("env") or {}
-    row["device"] = device_label(env)
-    row["host"] = env.get("host")
-    row["cluster"] = (env.get("slurm") or {}).get("SLURM_CLUSTER_NAME")
-    if status == "done":
+    row["device"] = device_label(rec.env)
+    row["host"] = rec.env.host
+    row["cluster"] = rec.env.slurm.get("SLURM_CLUSTER_NAME")
+    if rec.status == "done":
         row.update(_measurements(rec))
     return row
 
 
-def _config_row(rec: dict, sweep: str) -> dict:
+def _config_row(config: dict, sweep: str) -> dict:
     from mmhpc.config import RunConfig
     from mmhpc.data.specs import DATASETS
 
-    cfg = _merge(RunConfig().to_dict(), rec.get("config") or {})
+    cfg = _merge(RunConfig().to_dict(), config or {})
     row: dict = {"sweep": sweep, "state": "missing", "reason": "", "path": None, "record": None, "device": "?"}
     row.update({k: _hashable(v) for k, v in _flatten(cfg).items()})
     data = cfg["data"]
@@ -161,7 +159,7 @@ def _config_row(rec: dict, sweep: str) -> dict:
     return row
 
 
-def _measurements(rec: dict) -> dict:
+def _measurements(rec: RunRecord) -> dict:
     """Time per epoch, idle time, utilisation and test metrics of a finished run, over its measured epochs.
 
     Warm-up epochs are left out of every mean: a `bench` record's own warm-up, a training record's first
@@ -171,9 +169,8 @@ def _measurements(rec: dict) -> dict:
     training step waited for data (`train_data_wait_s`; estimated, thesis Alg. 7, for prefetch factor 0).
     """
     out: dict = {}
-    bench = rec.get("bench")
-    epochs = [e for e in rec.get("epochs") or [] if e.get("time")]
-    summary = rec.get("summary") or {}
+    bench, summary = rec.bench, rec.summary
+    epochs = [e for e in rec.epochs if e.time is not None]
     warmup = bench.get("warmup_epochs", 0) if bench else WARMUP_EPOCHS
     measured = epochs[warmup:] if len(epochs) > warmup else epochs
     out["warmup_epochs"] = len(epochs) - len(measured)
@@ -182,29 +179,45 @@ def _measurements(rec: dict) -> dict:
         out["time_train_s"] = _sum_or_none(bench.get("train_loader_init_s_mean"), bench.get("train_s_mean"))
         util = {k[len("util/"):]: v for k, v in bench.items() if k.startswith("util/") and v is not None}
     else:
-        times = [e["time"] for e in measured]
-        out["time_epoch_s"] = (float(np.mean([t["epoch_s"] for t in times])) if times
-                               else summary.get("epoch_time_mean_s"))
-        out["time_train_s"] = (float(np.mean([t["train_loader_init_s"] + t["train_s"] for t in times]))
-                               if times else None)
-        util = _mean_util([e.get("util") or {} for e in measured])
-    waits = [e["time"]["train_data_wait_s"] for e in measured if e["time"].get("train_data_wait_s") is not None]
+        out["time_epoch_s"] = (float(np.mean([e.time.epoch_s for e in measured])) if measured
+                               else summary.epoch_time_mean_s)
+        out["time_train_s"] = (float(np.mean([e.time.train_loader_init_s + e.time.train_s for e in measured]))
+                               if measured else None)
+        util = _mean_util([e.util for e in measured])
+    waits = [e.time.train_data_wait_s for e in measured if e.time.train_data_wait_s is not None]
     out["idle_s"] = float(np.mean(waits)) if waits else None
-    out["idle_estimated"] = any(e["time"].get("train_data_wait_estimated") for e in measured)
+    out["idle_estimated"] = any(e.time.train_data_wait_estimated for e in measured)
     out["n_epochs"] = len(measured) or None
     gpu = [v for k, v in util.items() if re.fullmatch(r"gpu\d+_util_pct_mean", k)]
     if gpu:
         out["util_pct"], out["util_kind"] = float(np.mean(gpu)), "GPU"
     elif "cpu_proc_pct_mean" in util:
         out["util_pct"], out["util_kind"] = util["cpu_proc_pct_mean"], "CPU"
-    for key, value in (summary.get("test") or {}).items():
+    for key, value in summary.test.items():
         if key.startswith(("acc/", "bias/")) or key == "ece/fused":
             out[key] = value
-    for m, n in (summary.get("optimised_epochs") or {}).items():
+    for m, n in summary.optimised_epochs.items():
         out[f"epochs/{m}"] = n
-    if "ibf" in summary:
-        out["ibf"] = summary["ibf"]
+    if summary.ibf is not None:
+        out["ibf"] = summary.ibf
     return out
+
+
+def _fill_ibf(runs: pd.DataFrame) -> pd.DataFrame:
+    """IBF (Eq. 3.1) of each finished run whose record has none, against the mean test accuracy of the
+    finished single-modality runs of its dataset and preset found beside it (`results.run_ibf`)."""
+    done = runs[runs["state"] == "done"]
+    single = done[done["n_modalities"] == 1]
+    if single.empty or "acc/fused" not in runs:
+        return runs
+    base = single.groupby(["dataset", "data.preset", "modalities"])["acc/fused"].mean()
+    for i, row in done[done["ibf"].isna()].iterrows():
+        mods = row["modalities"].split("+")
+        keys = [(row["dataset"], row["data.preset"], m) for m in mods]
+        acc = mx.ibf_accuracy_keys(row["fusion"], mods)
+        if all(k in base.index for k in keys) and all(a in row and pd.notna(row[a]) for a in acc.values()):
+            runs.at[i, "ibf"] = run_ibf(row, mods, {k[2]: float(base[k]) for k in keys}, row["fusion"])
+    return runs
 
 
 def _mean_util(per_epoch: list[dict]) -> dict:
@@ -222,13 +235,13 @@ def _sum_or_none(*values):
     return None if any(v is None for v in values) else float(sum(values))
 
 
-def device_label(env: dict) -> str:
+def device_label(env) -> str:
     """A short device name for tables: the GPU model ("A100", "A40", "H100"), else "CPU"."""
-    gpu = (env.get("gpu") or {}).get("name")
+    gpu = (env.gpu or {}).get("name")
     if gpu:
         m = re.search(r"\b([A-Z]{1,2}\d{1,4}[A-Za-z]?)\b", gpu.replace("NVIDIA", ""))
         return m.group(1) if m else gpu.replace("NVIDIA ", "").strip()
-    device = str(env.get("device") or "")
+    device = str(env.device or "")
     if device.startswith("cpu"):
         return "CPU"
     return "?" if not device else device

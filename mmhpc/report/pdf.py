@@ -12,16 +12,13 @@ import re
 import textwrap
 from pathlib import Path
 
-import matplotlib
+import matplotlib.pyplot as plt
+import pandas as pd
+from matplotlib.backends.backend_pdf import PdfPages
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import pandas as pd  # noqa: E402
-from matplotlib.backends.backend_pdf import PdfPages  # noqa: E402
-
-from mmhpc.report.figures import PAGE, Figure  # noqa: E402
-from mmhpc.report.load import Results  # noqa: E402
-from mmhpc.report.tables import Table  # noqa: E402
+from mmhpc.report.figures import PAGE, Figure, new_figure
+from mmhpc.report.load import Results
+from mmhpc.report.tables import Table
 
 
 
@@ -136,7 +133,7 @@ def table_pages(table: Table, number: int) -> list[plt.Figure]:
     pages = []
     for i, (a, b) in enumerate(spans):
         cont = f" (continued, {i + 1}/{len(spans)})" if i else ""
-        fig = plt.figure(figsize=PAGE)
+        fig = new_figure(figsize=PAGE)
         fig.text(0.05, 0.95, f"Table {number}. {table.title}{cont}", fontsize=14, fontweight="bold", va="top")
         fig.text(0.05, 0.905, "\n".join(textwrap.wrap(table.caption, 165)), fontsize=9, va="top", style="italic")
         ax = fig.add_axes(TABLE_BOX)
@@ -201,13 +198,13 @@ def _fit_width(fig, ax, tbl, ncols: int) -> None:
 def title_page(results: Results, contents: list[tuple[str, int]]) -> plt.Figure:
     runs = results.runs
     done = results.done
-    fig = plt.figure(figsize=PAGE)
+    fig = new_figure(figsize=PAGE)
     fig.text(0.06, 0.9, f"mmhpc report: {results.name}", fontsize=24, fontweight="bold", va="top")
     if results.description:
         fig.text(0.06, 0.83, "\n".join(textwrap.wrap(results.description, 110)), fontsize=12, va="top")
     states = ", ".join(f"{n} {s}" for s, n in runs["state"].value_counts().items() if n)
     devices = ", ".join(f"{d} ({n} runs)" for d, n in done["device"].value_counts().items()) or "none finished"
-    gpus = sorted({(r.get("env") or {}).get("gpu", {}).get("name") for r in done["record"]} - {None})
+    gpus = sorted({(r.env.gpu or {}).get("name") for r in done["record"]} - {None})
     info = [("Source", str(results.path)), ("Sweeps", ", ".join(results.sweeps)),
             ("Cluster", ", ".join(results.clusters) or "unknown (plain records)"),
             ("Hosts", ", ".join(sorted(set(done["host"].dropna()))) or "–"),
@@ -234,15 +231,15 @@ def title_page(results: Results, contents: list[tuple[str, int]]) -> plt.Figure:
 def _versions(done: pd.DataFrame) -> str:
     found: dict[str, set] = {}
     for rec in done["record"]:
-        env = rec.get("env") or {}
-        for k, v in {"python": env.get("python"), "cuda": env.get("cuda"), **(env.get("versions") or {})}.items():
+        env = rec.env
+        for k, v in {"python": env.python, "cuda": env.cuda, **env.versions}.items():
             if v:
                 found.setdefault(k, set()).add(str(v))
     return ", ".join(f"{k} {'/'.join(sorted(v))}" for k, v in found.items()) or "not recorded"
 
 
 def _run_dates(done: pd.DataFrame) -> str:
-    stamps = [t for rec in done["record"] for t in (rec.get("started"), rec.get("finished")) if t]
+    stamps = [t for rec in done["record"] for t in (rec.started, rec.finished) if t]
     if not stamps:
         return "not recorded"
     fmt = "%Y-%m-%d %H:%M"

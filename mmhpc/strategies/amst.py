@@ -32,7 +32,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mmhpc.config import ConfigError
+from mmhpc.errors import ConfigError
 from mmhpc.strategies.balancing import require_symmetric
 from mmhpc.strategies.base import StepOutput, register
 from mmhpc.models.fusion import Concat
@@ -79,7 +79,7 @@ class AMST(Alternating):
     @classmethod
     def check_config(cls, cfg) -> None:
         super().check_config(cfg)
-        p = cls.Params(**cfg.strategy.params)
+        p = cls.parse_params(cfg.strategy.params)
         if p.module not in MODULES:
             raise ConfigError(f"strategy.params.module: invalid value {p.module!r}; valid choices: {', '.join(MODULES)}")
         if p.phase not in AMST_PHASES:
@@ -103,7 +103,7 @@ class AMST(Alternating):
                 raise ConfigError(f"strategy.params.skips.{m}: {s!r} must be a positive integer (1 = never skipped)")
 
     def __init__(self, cfg, model, autocast=contextlib.nullcontext):
-        if self.Params(**cfg.strategy.params).module == "full":
+        if self.parse_params(cfg.strategy.params).module == "full":
             model.add_module("amst_joint", joint_twin(model, cfg))  # before the optimiser is built
         super().__init__(cfg, model, autocast)
         defaults = AMST_DEFAULT_SKIPS.get(cfg.data.dataset, {})

@@ -11,12 +11,10 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from mmhpc.config import ConfigError
-from mmhpc.models.fusion import Concat, EarlySum, Fusion
+from mmhpc.errors import ConfigError
+from mmhpc.models.fusion import SYMMETRIC, Concat, EarlySum, Fusion
 from mmhpc.strategies.formulas import correct_class_score
 
-#: fusions whose fused logits are a sum of per-modality parts (thesis Sec. 3.2.1)
-SYMMETRIC = ("early_sum", "late_sum", "concat")
 
 
 def unimodal_logits(fusion: Fusion, embs: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -99,7 +97,7 @@ class ModulationWindow:
     @classmethod
     def check_config(cls, cfg) -> None:
         super().check_config(cfg)
-        p = cls.Params(**cfg.strategy.params)
+        p = cls.parse_params(cfg.strategy.params)
         if p.start_epoch < 0 or (p.end_epoch is not None and p.end_epoch < p.start_epoch):
             raise ConfigError(f"strategy.params.end_epoch: modulation runs from start_epoch ({p.start_epoch}) to "
                               f"end_epoch ({p.end_epoch}, inclusive, null = to the end); give 0 <= start <= end")

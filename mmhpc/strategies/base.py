@@ -9,15 +9,24 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 from dataclasses import dataclass
 from typing import Any, Callable, ClassVar
 
 import torch
 import torch.nn.functional as F
+from pydantic import TypeAdapter, ValidationError
 
-from mmhpc.config import FUSIONS, ConfigError
+from mmhpc.errors import ConfigError, problem
+from mmhpc.models.fusion import FUSIONS
 
+# The strategy registry: the one list of valid `strategy.name` values (filled by importing mmhpc.strategies).
 STRATEGIES: dict[str, type["Strategy"]] = {}
+
+
+@functools.cache
+def _params_adapter(params: type) -> TypeAdapter:
+    return TypeAdapter(params)
 
 
 def register(cls: type["Strategy"]) -> type["Strategy"]:
@@ -51,7 +60,7 @@ class Strategy:
         self.model = model
         self.net = model  # the trainer replaces it by the DP/DDP wrapper
         self.autocast = autocast
-        self.params = self.Params(**cfg.strategy.params)
+        self.params = self.parse_params(cfg.strategy.params)
         self.modalities: list[str] = list(model.modalities)
         self.optimised = {m: 0 for m in self.modalities}  # optimisation epochs per modality (Table 4.4)
         self.active: list[str] = list(self.modalities)
@@ -75,15 +84,21 @@ class Strategy:
         if len(cfg.modalities) < cls.min_modalities:
             raise ConfigError(f"data.modalities: strategy {cls.name} balances two or more modalities, got "
                               f"{cfg.modalities}; use strategy.name=naive for a single-modality baseline")
-        known = {f.name: f for f in dataclasses.fields(cls.Params)}
-        for key in cfg.strategy.params:
-            if key not in known:
-                valid = ", ".join(known) or "none"
-                raise ConfigError(f"strategy.params.{key}: unknown parameter of {cls.name}; valid: {valid}")
+        cls.parse_params(cfg.strategy.params)
+
+    @classmethod
+    def parse_params(cls, params: dict[str, Any]):
+        """`strategy.params` as this strategy's `Params`, validated by pydantic against the dataclass's field
+        types (strings from the command line coerced, `__post_init__` checks run); ConfigError otherwise."""
+        known = [f.name for f in dataclasses.fields(cls.Params)]
+        unknown = [problem(("strategy", "params", key), f"unknown parameter of {cls.name}", known or ["none"])
+                   for key in params if key not in known]
+        if unknown:
+            raise ConfigError(*unknown)
         try:
-            cls.Params(**cfg.strategy.params)
-        except (TypeError, ValueError) as e:
-            raise ConfigError(f"strategy.params: {e}") from None
+            return _params_adapter(cls.Params).validate_python(dict(params))
+        except ValidationError as e:
+            raise ConfigError.from_validation(e, prefix=("strategy", "params")) from None
 
     def build_optimizer(self) -> torch.optim.Optimizer:
         t = self.cfg.train

@@ -13,7 +13,9 @@ from collections.abc import Mapping, Sequence
 import torch
 import torch.nn.functional as F
 
+from mmhpc.data.augment import audio_augment  # noqa: F401  Eq. 2.24 lives with the data it augments
 from mmhpc.metrics import entropy
+from mmhpc.models.fusion import cosine_scale  # noqa: F401  Eq. 3.2 lives with the cosine classifier
 
 # Thesis Sec. 4.2: visual never skipped; audio 5 (CREMA-D), 2 (AVE), 4 (IEMOCAP), 6 (UR-FUNNY); text 10.
 AMST_DEFAULT_SKIPS: dict[str, dict[str, int]] = {
@@ -24,34 +26,6 @@ AMST_DEFAULT_SKIPS: dict[str, dict[str, int]] = {
     "urfunny": {"audio": 6, "visual": 1, "text": 10},
 }
 
-
-# ---------------------------------------------------------------------------------------------- cosine
-
-
-COSINE_FORMS = ("printed", "normface")
-
-
-def cosine_scale(num_classes: int, p: float = 0.99, num_modalities: int = 2, form: str = "printed") -> float:
-    """Scale s of the cosine classifier, thesis Eq. 3.2 (after MMCosine [51], from NormFace), M modalities.
-
-    form "printed" (default): s = (C - 1) / (M (C + 1)) * log((C - 1) p / (1 - p)), Eq. 3.2 as the thesis
-        prints it ("(C - 1) / 2(C + 1)", line ~1735 of seed 000), with the 2 read as M, the number of
-        summed unit cosines (2 in the audio-visual case the thesis cites it for).
-    form "normface": s = (C - 1) / (M C) * log((C - 1) p / (1 - p)), NormFace's bound for one cosine
-        (s >= (C-1)/C log(...), the smallest s that lets the true class reach softmax probability p),
-        divided by M because the fused logit sums M cosines; M = 1 is NormFace's own bound.
-    """
-    if num_classes < 2:
-        raise ValueError(f"cosine_scale needs num_classes >= 2, got {num_classes}")
-    if num_modalities < 1:
-        raise ValueError(f"num_modalities must be >= 1, got {num_modalities}")
-    if not 1.0 / num_classes < p < 1.0:
-        raise ValueError(f"p must lie in (1/C, 1) = ({1.0 / num_classes:.4g}, 1), got {p}")
-    if form not in COSINE_FORMS:
-        raise ValueError(f"form must be one of {', '.join(COSINE_FORMS)}, got {form!r}")
-    c = num_classes
-    denominator = c + 1 if form == "printed" else c
-    return (c - 1) / (num_modalities * denominator) * math.log((c - 1) * p / (1 - p))
 
 
 # ------------------------------------------------------------------------------------ discrepancy ratio
@@ -415,39 +389,6 @@ def gradient_blending_weights(train_prev: Mapping[str, float], train_now: Mappin
         return {k: 1.0 / len(heads) for k in heads}
     return {k: v / total for k, v in raw.items()}
 
-
-# ------------------------------------------------------------------------------------ audio augmentation
-
-
-def audio_augment(fbank: torch.Tensor, generator: torch.Generator | None = None, time_mask: int | None = None,
-                  freq_mask: int | None = None, noise_std: float = 0.02) -> torch.Tensor:
-    """x_aug = T(F(x)) + N(0, noise_std^2), thesis Eq. 2.24, on a filterbank [..., frames, mel_bins].
-
-    F zeroes one band of w_f ~ U{0..freq_mask} mel bins, T one span of w_t ~ U{0..time_mask} frames, at
-    uniform positions (SpecAugment-style, one mask each per call). The thesis gives no widths: the default
-    (None) is a fifth of the axis, close to AST's 192/1024 frames. Returns a new tensor.
-    """
-    if fbank.dim() < 2:
-        raise ValueError(f"fbank must be [..., frames, mel_bins], got shape {tuple(fbank.shape)}")
-    if noise_std < 0:
-        raise ValueError(f"noise_std must be >= 0, got {noise_std}")
-    frames, bins = fbank.shape[-2], fbank.shape[-1]
-    time_mask = frames // 5 if time_mask is None else time_mask
-    freq_mask = bins // 5 if freq_mask is None else freq_mask
-    if not 0 <= time_mask <= frames or not 0 <= freq_mask <= bins:
-        raise ValueError(f"mask widths must lie in [0, axis]: time {time_mask}/{frames}, freq {freq_mask}/{bins}")
-
-    def span(limit: int, size: int) -> slice:
-        width = int(torch.randint(0, limit + 1, (1,), generator=generator))
-        start = int(torch.randint(0, size - width + 1, (1,), generator=generator))
-        return slice(start, start + width)
-
-    out = fbank.clone()
-    out[..., span(freq_mask, bins)] = 0
-    out[..., span(time_mask, frames), :] = 0
-    if noise_std > 0:
-        out = out + noise_std * torch.randn(out.shape, generator=generator, dtype=out.dtype).to(out.device)
-    return out
 
 
 # ------------------------------------------------------------------------------------ AMST, Alg. 5 choice

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
-from mmhpc.config import ConfigError
+from mmhpc.errors import ConfigError
 from mmhpc.strategies.base import StepOutput, Strategy, register
 from mmhpc.strategies.formulas import mla_entropy_weights
 
@@ -51,7 +51,7 @@ class MLA(Strategy):
             raise ConfigError(f"model.fusion: MLA's shared head H(e_m) = W e_m + b is early_sum's head (thesis Eq. "
                               f"2.31); {cfg.model.fusion} gives each modality other weights; valid choices: early_sum")
         super().check_config(cfg)
-        p = cls.Params(**cfg.strategy.params)
+        p = cls.parse_params(cfg.strategy.params)
         if p.runtime_fusion not in RUNTIME_FUSIONS:
             raise ConfigError(f"strategy.params.runtime_fusion: invalid value {p.runtime_fusion!r}; valid choices: "
                               f"{', '.join(RUNTIME_FUSIONS)}")

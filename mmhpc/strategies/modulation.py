@@ -23,7 +23,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from mmhpc.config import ConfigError
+from mmhpc.errors import ConfigError
 from mmhpc.strategies.balancing import SYMMETRIC, ModulationWindow, batch_scores, require_symmetric, step_logits, \
     unimodal_logits
 from mmhpc.strategies.base import StepOutput, Strategy, register
@@ -65,7 +65,7 @@ class OGMGE(_OnTheFly):
     @classmethod
     def check_config(cls, cfg) -> None:
         super().check_config(cfg)
-        p = cls.Params(**cfg.strategy.params)
+        p = cls.parse_params(cfg.strategy.params)
         if p.variant not in OGM_VARIANTS:
             raise ConfigError(f"strategy.params.variant: invalid value {p.variant!r}; valid choices: "
                               f"{', '.join(OGM_VARIANTS)}")
@@ -132,7 +132,7 @@ class OPM(_OnTheFly):
     @classmethod
     def check_config(cls, cfg) -> None:
         super().check_config(cfg)
-        p = cls.Params(**cfg.strategy.params)
+        p = cls.parse_params(cfg.strategy.params)
         for key, lo, hi in (("q_base", 0.0, 1.0), ("p_exe", 0.0, 1.0), ("lam", 0.0, float("inf"))):
             if not lo <= getattr(p, key) <= hi:
                 raise ConfigError(f"strategy.params.{key}: {getattr(p, key)} must lie in [{lo}, {hi}]")

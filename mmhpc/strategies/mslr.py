@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from mmhpc.config import ConfigError
+from mmhpc.errors import ConfigError
 from mmhpc.strategies.balancing import ModalityGroups
 from mmhpc.strategies.base import register
 from mmhpc.strategies.formulas import MSLR_SCHEDULES, mslr_schedule_factor
@@ -40,7 +40,7 @@ class MSLR(ModalityGroups, Naive):
     @classmethod
     def check_config(cls, cfg) -> None:
         super().check_config(cfg)
-        p = cls.Params(**cfg.strategy.params)
+        p = cls.parse_params(cfg.strategy.params)
         for m, v in p.init.items():
             if m not in cfg.modalities:
                 raise ConfigError(f"strategy.params.init.{m}: not a modality of this run; valid: "

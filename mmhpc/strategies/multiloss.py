@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
-from mmhpc.config import ConfigError
+from mmhpc.errors import ConfigError
 from mmhpc.strategies.balancing import ModalityGroups, batch_scores, dataset_default, step_logits
 from mmhpc.strategies.base import StepOutput, register
 from mmhpc.strategies.data import split_held_out
@@ -78,7 +78,7 @@ class MLB(ModalityGroups, MultiLoss):
     @classmethod
     def check_config(cls, cfg) -> None:
         super().check_config(cfg)
-        p = cls.Params(**cfg.strategy.params)
+        p = cls.parse_params(cfg.strategy.params)
         if p.alpha is not None and p.alpha <= 0:
             raise ConfigError(f"strategy.params.alpha: {p.alpha} must be > 0")
         if p.beta_max < 1:
@@ -115,7 +115,7 @@ class GradientBlending(MultiLoss):
     @classmethod
     def check_config(cls, cfg) -> None:
         super().check_config(cfg)
-        p = cls.Params(**cfg.strategy.params)
+        p = cls.parse_params(cfg.strategy.params)
         heads = ["fused", *cfg.modalities]
         if p.weights and (set(p.weights) != set(heads) or any(w < 0 for w in p.weights.values())):
             raise ConfigError(f"strategy.params.weights: give a weight >= 0 for each of {', '.join(heads)}, "

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from mmhpc.config import ConfigError
+from mmhpc.errors import ConfigError
 from mmhpc.strategies.balancing import SYMMETRIC, ModulationWindow, batch_scores, step_logits
 from mmhpc.strategies.base import StepOutput, Strategy, register
 from mmhpc.strategies.formulas import pmr_class_sums, pmr_entropy_regulariser, pmr_prototype_logits, \
@@ -52,7 +52,7 @@ class PMR(ModulationWindow, Strategy):
     @classmethod
     def check_config(cls, cfg) -> None:
         super().check_config(cfg)
-        p = cls.Params(**cfg.strategy.params)
+        p = cls.parse_params(cfg.strategy.params)
         if p.alpha < 0 or p.mu < 0:
             raise ConfigError(f"strategy.params: alpha ({p.alpha}) and mu ({p.mu}) must be >= 0")
         if not 0.0 <= p.momentum <= 1.0:

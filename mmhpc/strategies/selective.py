@@ -30,7 +30,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import ClassVar
 
-from mmhpc.config import ConfigError
+from mmhpc.errors import ConfigError
 from mmhpc.strategies.base import register
 from mmhpc.strategies.formulas import select_modality
 from mmhpc.strategies.joint import Alternating
@@ -58,7 +58,7 @@ class _Selective(Alternating):
     @classmethod
     def check_config(cls, cfg) -> None:
         super().check_config(cfg)
-        p = cls.Params(**cfg.strategy.params)
+        p = cls.parse_params(cfg.strategy.params)
         if p.require_cosine and not cfg.model.cosine:
             raise ConfigError(f"model.cosine: strategy {cls.name} trains with the cosine classifier (thesis Sec. "
                               "3.3.2, 4.2); set model.cosine=true, or strategy.params.require_cosine=false for "

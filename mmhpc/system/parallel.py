@@ -20,7 +20,7 @@ import torch.distributed as dist
 from torch import nn
 
 from mmhpc.compat import autocast_state
-from mmhpc.config import ConfigError
+from mmhpc.errors import ConfigError
 
 
 @dataclass(frozen=True)

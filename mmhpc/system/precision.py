@@ -13,7 +13,7 @@ import functools
 
 import torch
 
-from mmhpc.config import ConfigError
+from mmhpc.errors import ConfigError
 
 
 def precision_problem(precision: str, device_type: str, capability: tuple[int, int] | None = None,

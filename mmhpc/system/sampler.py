@@ -10,7 +10,6 @@ import json
 import math
 import os
 import sys
-import tempfile
 import threading
 import time
 from pathlib import Path
@@ -18,6 +17,8 @@ from typing import Sequence
 
 import pandas as pd
 import psutil
+
+from mmhpc.results import atomic_write_text
 
 MiB = 2 ** 20
 HOST_COLUMNS = ["cpu_proc_pct", "rss_mb", "n_children", "cpu_sys_pct",
@@ -394,12 +395,6 @@ class UtilSampler:
 
 
 def _atomic_write(path: Path, text: str) -> None:
-    # Same-directory temp + os.replace: readers (live plotting, a crashed job's epilogue) never see half a file.
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
+    # Same-directory temp + os.replace: readers (live plotting, a crashed job's epilogue) never see half a file;
+    # mmhpc.results has the one such writer (modes that follow the umask, unique temporary names).
+    atomic_write_text(path, text)

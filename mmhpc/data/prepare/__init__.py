@@ -1,6 +1,7 @@
 """`mmhpc prepare`: a real dataset's local raw copy -> the prepared layout of `mmhpc.data.specs`.
 
     prepare("cremad", raw="/data/CREMA-D", out="/data/prepared/cremad", jobs=8)
+    prepare("iemocap", raw=..., out=..., tokenizer=..., options={"classes": "six"})
 
 Clips are prepared in a process pool. A rerun skips every clip whose outputs exist (they are written
 atomically, so existing means complete), and a raw file that is missing or corrupt fails its clip only:
@@ -15,7 +16,7 @@ import os
 import shutil
 from collections import Counter
 from concurrent.futures import ProcessPoolExecutor, as_completed
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from multiprocessing import get_context
 from pathlib import Path
 
@@ -25,13 +26,13 @@ from mmhpc.data.manifest import write_manifest
 from mmhpc.data.prepare import audio, ave, cremad, iemocap, mvsa, text, urfunny, video
 from mmhpc.data.prepare.clip_writer import TMP_MARK, Settings, is_prepared, prepare_clip
 from mmhpc.data.prepare.raw import Clip, PrepareError, RawFormat, is_safe_id
-from mmhpc.data.splits import random_split, write_split_files
-from mmhpc.data.specs import DATASETS, FULL, Shapes
+from mmhpc.data.splits import random_split, stratified_split, write_split_files
+from mmhpc.data.specs import DATASETS, FULL, SPLITS, Shapes
 
 RAW_FORMATS: dict[str, RawFormat] = {m.FORMAT.name: m.FORMAT for m in (cremad, ave, mvsa, iemocap, urfunny)}
 RECIPE_FILE = ".prepare.json"   # hidden: not a data file of the manifest
 ERRORS_FILE = "prepare_errors.json"
-PREPARE_VERSION = 1
+PREPARE_VERSION = 2  # 2: whole frame resized to 224 x 224; per-dataset token length; options
 
 __all__ = ["RAW_FORMATS", "PrepareError", "PrepareReport", "prepare"]
 
@@ -60,20 +61,23 @@ class PrepareReport:
 
 
 def prepare(dataset: str, raw: str | Path, out: str | Path, jobs: int = 1, seed: int = 0,
-            tokenizer: str | Path | None = None, progress: bool = True) -> PrepareReport:
-    """Prepare `dataset` from its raw copy `raw` into `out`; see the module docstring."""
+            tokenizer: str | Path | None = None, progress: bool = True,
+            options: dict[str, str] | None = None) -> PrepareReport:
+    """Prepare `dataset` from its raw copy `raw` into `out`; see the module docstring. `options` are the
+    dataset's choices beside the thesis recipe (`RawFormat.options`, e.g. IEMOCAP classes=six)."""
     if dataset not in RAW_FORMATS:
         raise PrepareError(f"dataset {dataset!r}; valid: {', '.join(sorted(RAW_FORMATS))}")
     fmt, spec = RAW_FORMATS[dataset], DATASETS[dataset]
     raw, out = Path(raw), Path(out)
+    chosen = fmt.chosen(options)
     if not raw.is_dir():
         raise PrepareError(f"--raw {raw}: not a directory")
     if "text" in spec.modalities and tokenizer is None:
         raise PrepareError(f"{dataset} has text: give --tokenizer, a local RoBERTa tokenizer directory")
+    found = fmt.find(raw, **chosen)  # before --out is touched: a wrong --raw leaves nothing behind
     settings = Settings(spec.modalities, spec.frames, fmt.fps, str(tokenizer) if "text" in spec.modalities else None,
-                        fmt.text_truncation)
-    recipe = _recipe(dataset, settings)
-    found = fmt.find(raw)  # before --out is touched: a wrong --raw leaves nothing behind
+                        found.text_truncation, fmt.text_len)
+    recipe = _recipe(dataset, settings, chosen)
     out.mkdir(parents=True, exist_ok=True)
     _claim(out, recipe)
     _remove_temporaries(out)
@@ -90,16 +94,33 @@ def prepare(dataset: str, raw: str | Path, out: str | Path, jobs: int = 1, seed:
 
     labels = {c.clip_id: c.label for c in clips if c.clip_id not in report.failed}
     _prune(out, set(labels))
-    all_ids = [c.clip_id for c in clips] + list(found.failed)
-    write_split_files(out, found.official_splits or random_split(all_ids, seed), labels)
+    split = "official" if found.official_splits else fmt.split
+    counts = write_split_files(out, _splits(found, clips, split, seed), labels)
     (out / ERRORS_FILE).write_text(json.dumps({"failed": report.failed, "skipped": dict(report.skipped)}, indent=1))
+    empty = [s for s in SPLITS if not counts[s]]
+    if empty:  # no manifest: training refuses the directory instead of failing on an empty split later
+        sizes = ", ".join(f"{s} {counts[s]}" for s in SPLITS)
+        raise PrepareError(f"--out {out}: split {', '.join(empty)} came out empty ({len(labels)} clips prepared: "
+                           f"{sizes}); the raw copy is too small to split, or most of its clips failed (see "
+                           f"{out / ERRORS_FILE}); nothing was trained on, no manifest written")
     vocab = recipe["text"]["vocab"] if "text" in recipe else FULL.vocab
     shapes = Shapes(audio=(audio.FRAMES, audio.MEL_BINS), frames=spec.frames, image=video.IMAGE_SIZE,
-                    text_len=text.MAX_LEN, vocab=vocab)
-    write_manifest(out, spec, shapes, source={
-        "kind": "prepared", "raw": str(raw.resolve()), "split": "official" if found.official_splits else "random",
-        "seed": seed, "recipe": recipe, "failed": len(report.failed), "skipped": dict(report.skipped)})
+                    text_len=fmt.text_len, vocab=vocab)
+    classes = found.classes or spec.classes
+    write_manifest(out, replace(spec, classes=classes), shapes, source={
+        "kind": "prepared", "raw": str(raw.resolve()), "split": split, "seed": seed, "options": chosen,
+        "recipe": recipe, "failed": len(report.failed), "skipped": dict(report.skipped)})
     return report
+
+
+def _splits(found, clips: list[Clip], split: str, seed: int) -> dict[str, list[str]]:
+    """The official split, or one drawn over every clip found (failed ones included: repairing a file and
+    preparing again adds its clip without moving any other clip)."""
+    if split == "official":
+        return found.official_splits
+    if split == "stratified":  # clips that failed before decoding have no label and are left out
+        return stratified_split({c.clip_id: c.label for c in clips}, seed)
+    return random_split([c.clip_id for c in clips] + list(found.failed), seed)
 
 
 def _usable(clips: list[Clip], failed: dict[str, str]) -> list[Clip]:
@@ -116,13 +137,14 @@ def _usable(clips: list[Clip], failed: dict[str, str]) -> list[Clip]:
     return usable
 
 
-def _recipe(dataset: str, settings: Settings) -> dict:
-    """Everything that decides the bytes of a clip's outputs; a resumed run must use the same."""
-    recipe = {"version": PREPARE_VERSION, "dataset": dataset, "visual": video.recipe(settings.fps, settings.frames)}
+def _recipe(dataset: str, settings: Settings, options: dict[str, str]) -> dict:
+    """Everything that decides the bytes of a clip's outputs and its labels; a resumed run must use the same."""
+    recipe = {"version": PREPARE_VERSION, "dataset": dataset, "options": options,
+              "visual": video.recipe(settings.fps, settings.frames)}
     if "audio" in settings.modalities:
         recipe["audio"] = audio.recipe()
     if "text" in settings.modalities:
-        recipe["text"] = text.recipe(settings.tokenizer, settings.truncation_side)
+        recipe["text"] = text.recipe(settings.tokenizer, settings.truncation_side, settings.text_len)
     return recipe
 
 

@@ -6,8 +6,9 @@
 
 The class is the Category (index in the sorted category names of `specs.py`); the whole 10 s video is one
 sample, as in the classification setting of the thesis' code base (StartTime/EndTime localise the event
-and are not used). Only videos listed in a split file are prepared; a video listed twice keeps its
-first annotation.
+and are not used). A sample is a row of a split file, so the 45 videos annotated twice (two events) stay
+two samples with their own label and split, as the official lists have them: 4,143 rows, 4,097 videos. The
+second row of a video gets the clip id `<VideoID>.2`. A split row missing from Annotations.txt is skipped.
 """
 from __future__ import annotations
 
@@ -36,31 +37,25 @@ def read_annotations(path: Path) -> list[tuple[str, str]]:
 
 def find(raw: Path) -> Discovery:
     classes = DATASETS["ave"].classes
-    labels: dict[str, str] = {}
-    skipped = Counter()
-    for category, video_id in read_annotations(require_file(raw / "Annotations.txt", "AVE annotations")):
-        if video_id in labels:
-            skipped["annotated twice (first annotation kept)"] += 1
-            continue
-        labels[video_id] = category
+    annotated = set(read_annotations(require_file(raw / "Annotations.txt", "AVE annotations")))
     splits = {split: [] for split in SPLITS}
-    seen = set()
+    clips, listed, rows = [], set(), Counter()
+    skipped = Counter()
     for split in SPLITS:
-        for _, video_id in read_annotations(require_file(raw / SPLIT_FILES[split], f"AVE official {split} split")):
-            if video_id not in seen:
-                seen.add(video_id)
-                splits[split].append(video_id)
-    clips = []
-    for video_id in sorted(seen):
-        category = labels.get(video_id)
-        if category is None:
-            skipped["in a split file but not in Annotations.txt"] += 1
-        elif category not in classes:
-            skipped[f"category not one of the 28 AVE classes: {category}"] += 1
-        else:
-            clips.append(Clip(video_id, classes.index(category), audio=raw / "AVE" / f"{video_id}.mp4",
-                              visual=Media(raw / "AVE" / f"{video_id}.mp4")))
-    skipped["annotated but in no split file"] += len(set(labels) - seen)
+        listing = require_file(raw / SPLIT_FILES[split], f"AVE official {split} split")
+        for category, video_id in read_annotations(listing):
+            rows[video_id] += 1
+            clip_id = video_id if rows[video_id] == 1 else f"{video_id}.{rows[video_id]}"
+            listed.add((category, video_id))
+            if (category, video_id) not in annotated:
+                skipped["in a split file but not in Annotations.txt"] += 1
+            elif category not in classes:
+                skipped[f"category not one of the 28 AVE classes: {category}"] += 1
+            else:
+                video = raw / "AVE" / f"{video_id}.mp4"
+                clips.append(Clip(clip_id, classes.index(category), audio=video, visual=Media(video)))
+                splits[split].append(clip_id)
+    skipped["annotated but in no split file"] += len(annotated - listed)
     return Discovery(clips, +skipped, official_splits=splits)
 
 

@@ -29,6 +29,7 @@ class Settings:
     fps: float
     tokenizer: str | None
     truncation_side: str
+    text_len: int
 
 
 def output_files(clip_id: str, settings: Settings) -> list[str]:
@@ -82,7 +83,7 @@ def prepare_clip(clip: Clip, out: Path, settings: Settings) -> tuple[str, str | 
             for k, img in enumerate(frames):
                 atomic_write(out / "visual" / clip.clip_id / f"{k}.jpg", video.jpeg_bytes(img))
         if "text" in settings.modalities:
-            ids = text.token_ids(_text_of(clip), settings.tokenizer, settings.truncation_side)
+            ids = text.token_ids(_text_of(clip), settings.tokenizer, settings.truncation_side, settings.text_len)
             atomic_write(out / "text" / f"{clip.clip_id}.npy", npy_bytes(ids))
     except Exception as e:  # noqa: BLE001 - any failure fails this clip only; the run goes on
         remove_outputs(out, clip.clip_id)

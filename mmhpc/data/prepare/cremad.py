@@ -4,7 +4,9 @@
     VideoFlash/<same stem>.flv                          (an .mp4 of the same stem is accepted too)
 
 The label is the emotion code EMO. A clip is every stem found in either folder; a stem whose WAV or
-video is missing fails with the missing file named.
+video is missing fails with the missing file named. The repository keeps its media in Git LFS: a copy
+downloaded as a ZIP holds small LFS pointer files instead, which stops the preparation with a message to
+clone with git-lfs (rather than one "corrupt" error per clip).
 """
 from __future__ import annotations
 
@@ -16,6 +18,19 @@ from mmhpc.data.specs import DATASETS
 
 EMOTION_CODES = {"ANG": "anger", "DIS": "disgust", "FEA": "fear", "HAP": "happy", "NEU": "neutral", "SAD": "sad"}
 VIDEO_SUFFIXES = (".flv", ".mp4")
+LFS_POINTER = b"version https://git-lfs.github.com/spec/"
+
+
+def lfs_pointers(paths) -> list[Path]:
+    """The files among `paths` that are Git LFS pointers (a few hundred bytes of text) instead of media."""
+    found = []
+    for p in paths:
+        try:
+            if p.stat().st_size < 1024 and p.read_bytes().startswith(LFS_POINTER):
+                found.append(p)
+        except OSError:
+            pass  # unreadable: its clip fails with the file named
+    return found
 
 
 def find(raw: Path) -> Discovery:
@@ -26,7 +41,14 @@ def find(raw: Path) -> Discovery:
     for suffix in VIDEO_SUFFIXES:  # the .flv wins when both exist
         for p in sorted(video_dir.glob(f"*{suffix}")):
             videos.setdefault(p.stem, p)
-    stems = sorted({p.stem for p in audio_dir.glob("*.wav")} | set(videos))
+    wavs = sorted(audio_dir.glob("*.wav"))
+    pointers = lfs_pointers([*wavs, *videos.values()])
+    if pointers:
+        raise PrepareError(f"{pointers[0]}: a Git LFS pointer file, not media ({len(pointers)} such files under "
+                           f"{raw}); the copy was downloaded without Git LFS (e.g. as a ZIP). Clone it with git-lfs: "
+                           "`git lfs install && git clone https://github.com/CheyneyComputerScience/CREMA-D.git` "
+                           "(or `git lfs pull` in the existing clone)")
+    stems = sorted({p.stem for p in wavs} | set(videos))
     classes = DATASETS["cremad"].classes
     clips, skipped = [], Counter()
     for stem in stems:

@@ -5,10 +5,13 @@
     Session{n}/dialog/avi/DivX/<dialog>.avi            one video per dialog
     Session{n}/dialog/transcriptions/<dialog>.txt      `Ses01F_impro01_F000 [006.2901-008.2357]: Excuse me.`
 
-A sample is an utterance with the consensus code ang, hap, sad, neu, exc or fru (angry, happy, sad,
-neutral, excited, frustrated); other codes (xxx, sur, fea, dis, oth) are skipped. Audio is the utterance's
-WAV, text its transcription, frames are taken at 2 fps from the utterance's time window of the dialog video.
-The two-modal variant (audio, visual) is the same prepared data read with `data.modalities=[audio,visual]`.
+A sample is an utterance with the consensus code ang, exc, fru, neu or sad (angry, excited, frustrated,
+neutral, sad), the thesis' five classes: its code base keeps exactly these (AMST
+`code/data/IEMOCAP/split_iemo_dataset.py`), dropping `hap` rather than merging it into `exc`. The option
+classes=six keeps `hap` as a sixth class (happy). Other codes (xxx, sur, fea, dis, oth) are skipped. The
+split is stratified per class, as that script does. Audio is the utterance's WAV, text its transcription
+(128 tokens), frames are taken at 2 fps from the utterance's time window of the dialog video. The two-modal
+variant (audio, visual) is the same prepared data read with `data.modalities=[audio,visual]`.
 """
 from __future__ import annotations
 
@@ -19,8 +22,8 @@ from pathlib import Path
 from mmhpc.data.prepare.raw import Clip, Discovery, Media, PrepareError, RawFormat, read_text
 from mmhpc.data.specs import DATASETS
 
-EMOTION_CODES = {"ang": "angry", "hap": "happy", "sad": "sad", "neu": "neutral", "exc": "excited",
-                 "fru": "frustrated"}
+EMOTION_CODES = {"ang": "angry", "exc": "excited", "fru": "frustrated", "neu": "neutral", "sad": "sad"}
+SIX_CLASSES = tuple(sorted([*EMOTION_CODES.values(), "happy"]))  # option classes=six: `hap` kept
 _EVALUATION = re.compile(r"^\[\s*([\d.]+)\s*-\s*([\d.]+)\s*\]\s+(\S+)\s+(\S+)")
 _TRANSCRIPT = re.compile(r"^(\S+)\s+\[[^\]]*\]:\s?(.*)$")
 
@@ -31,11 +34,12 @@ def transcripts(path: Path) -> dict[str, str]:
     return {m.group(1): m.group(2).strip() for m in lines if m}
 
 
-def find(raw: Path) -> Discovery:
+def find(raw: Path, classes: str = "five") -> Discovery:
+    codes = {**EMOTION_CODES, "hap": "happy"} if classes == "six" else EMOTION_CODES
+    names = SIX_CLASSES if classes == "six" else DATASETS["iemocap"].classes
     sessions = sorted(p for p in raw.glob("Session[1-5]") if p.is_dir())
     if not sessions:
         raise PrepareError(f"{raw}: no Session1..Session5 directories; is --raw the IEMOCAP_full_release directory?")
-    classes = DATASETS["iemocap"].classes
     clips, skipped, failed = [], Counter(), {}
     for session in sessions:
         for evaluation in sorted((session / "dialog" / "EmoEvaluation").glob("*.txt")):
@@ -47,17 +51,17 @@ def find(raw: Path) -> Discovery:
             video = session / "dialog" / "avi" / "DivX" / f"{dialog}.avi"
             for m in filter(None, map(_EVALUATION.match, read_text(evaluation).splitlines())):
                 start, end, utterance, code = float(m.group(1)), float(m.group(2)), m.group(3), m.group(4)
-                if code not in EMOTION_CODES:
-                    skipped[f"emotion code {code} is not one of {sorted(EMOTION_CODES)}"] += 1
+                if code not in codes:
+                    skipped[f"emotion code {code} is not one of {sorted(codes)}"] += 1
                     continue
                 if utterance not in words:
                     failed[utterance] = (f"{transcription}: missing" if not transcription.is_file()
                                          else f"{transcription}: no line for {utterance}")
                     continue
-                clips.append(Clip(utterance, classes.index(EMOTION_CODES[code]),
+                clips.append(Clip(utterance, names.index(codes[code]),
                                   audio=session / "sentences" / "wav" / dialog / f"{utterance}.wav",
                                   visual=Media(video, start, end), text=words[utterance]))
-    return Discovery(clips, skipped, failed=failed)
+    return Discovery(clips, skipped, failed=failed, classes=names)
 
 
-FORMAT = RawFormat("iemocap", find, fps=2.0)
+FORMAT = RawFormat("iemocap", find, fps=2.0, split="stratified", options={"classes": ("five", "six")})

@@ -6,7 +6,7 @@
 The tweet's label follows Xu & Mao, "MultiSentiNet" (CIKM 2017), the rule the MVSA papers use: equal text
 and image labels give that label; if one is neutral the other one is taken; a positive/negative pair is
 dropped (counted as skipped, not failed). This keeps 4,511 of MVSA-Single's 5,129 pairs. MVSA-Multiple
-(three annotators per line) is not supported.
+(three annotators per line) is not supported. Texts are 256 tokens long, as the thesis code tokenises them.
 """
 from __future__ import annotations
 
@@ -51,4 +51,4 @@ def find(raw: Path) -> Discovery:
     return Discovery(clips, skipped)
 
 
-FORMAT = RawFormat("mvsa", find)
+FORMAT = RawFormat("mvsa", find, text_len=256)  # the thesis code's length (AMST code/data/MVSA/new_extract_mvsa.py)

@@ -54,17 +54,33 @@ class Discovery:
     clips: list[Clip]
     skipped: Counter = field(default_factory=Counter)        # reason -> number of samples
     failed: dict[str, str] = field(default_factory=dict)     # clip id -> error, known before decoding
-    official_splits: dict[str, list[str]] | None = None      # split -> clip ids (AVE); None: random 80/10/10
+    official_splits: dict[str, list[str]] | None = None      # split -> clip ids (AVE); None: drawn by the format
+    classes: tuple[str, ...] | None = None                    # when an option changes the spec's class list
+    text_truncation: str = "right"                            # which end of a too-long text the tokenizer drops
 
 
 @dataclass(frozen=True)
 class RawFormat:
-    """A dataset's distributed layout: how to find its clips, and the frame rate its frames are taken at."""
+    """A dataset's distributed layout and the thesis code base's recipe for it: how to find its clips (`find`
+    takes the raw directory and the chosen `options`), the frame rate, the token length, the split."""
 
     name: str
-    find: Callable[[Path], Discovery]
+    find: Callable[..., Discovery]
     fps: float = 1.0
-    text_truncation: str = "right"   # which end of a too-long text the tokenizer drops
+    text_len: int = 128              # token ids per text (MVSA 256, as the thesis code tokenises it)
+    split: str = "random"            # "random" 80/10/10, or "stratified" per class (IEMOCAP)
+    options: dict[str, tuple[str, ...]] = field(default_factory=dict)  # name -> valid values, default first
+
+    def chosen(self, options: dict[str, str] | None) -> dict[str, str]:
+        """Every option of this format with its value: the given ones checked, the others at their default."""
+        options = dict(options or {})
+        for key, value in options.items():
+            if key not in self.options:
+                valid = ", ".join(sorted(self.options)) or "none for this dataset"
+                raise PrepareError(f"--option {key}: {self.name} has no such option; valid: {valid}")
+            if value not in self.options[key]:
+                raise PrepareError(f"--option {key}={value}: not a valid value; valid: {', '.join(self.options[key])}")
+        return {key: options.get(key, values[0]) for key, values in self.options.items()}
 
 
 def is_safe_id(clip_id: str) -> bool:

@@ -4,8 +4,10 @@
     humor_label_sdk.pkl        {id: 0 or 1}
     language_sdk.pkl           {id: {"punchline_sentence": str, "context_sentences": [str, ...], ...}}
 
-The label is 1 = humorous, 0 = not humorous. The text is the context sentences followed by the punchline,
-joined with spaces; when it is longer than 128 tokens its beginning is dropped, so the punchline stays.
+The label is 1 = humorous, 0 = not humorous. The text is the punchline sentence, as the thesis code base
+tokenises it (AMST `code/data/UR-FUNNY/gen_urfunny_txt.py`), in 128 tokens. The option text=context puts
+the context sentences before it, joined with spaces; such a text longer than 128 tokens loses its
+beginning, so the punchline stays.
 """
 from __future__ import annotations
 
@@ -26,11 +28,12 @@ def load_pickle(path: Path):
             return pickle.load(f, encoding="latin1")
 
 
-def sample_text(language: dict) -> str:
-    return " ".join([*language.get("context_sentences", []), language.get("punchline_sentence", "")]).strip()
+def sample_text(language: dict, text: str = "punchline") -> str:
+    context = language.get("context_sentences", []) if text == "context" else []
+    return " ".join([*context, language.get("punchline_sentence", "")]).strip()
 
 
-def find(raw: Path) -> Discovery:
+def find(raw: Path, text: str = "punchline") -> Discovery:
     labels = load_pickle(require_file(raw / "humor_label_sdk.pkl", "UR-FUNNY labels"))
     language = load_pickle(require_file(raw / "language_sdk.pkl", "UR-FUNNY texts"))
     if not isinstance(labels, dict) or not isinstance(language, dict):
@@ -44,8 +47,8 @@ def find(raw: Path) -> Discovery:
             continue
         video = raw / "urfunny2_videos" / f"{clip_id}.mp4"
         clips.append(Clip(clip_id, classes.index("humorous" if int(labels[key]) else "not_humorous"),
-                          audio=video, visual=Media(video), text=sample_text(language[key])))
-    return Discovery(clips, failed=failed)
+                          audio=video, visual=Media(video), text=sample_text(language[key], text)))
+    return Discovery(clips, failed=failed, text_truncation="left" if text == "context" else "right")
 
 
-FORMAT = RawFormat("urfunny", find, fps=1.0, text_truncation="left")
+FORMAT = RawFormat("urfunny", find, fps=1.0, options={"text": ("punchline", "context")})

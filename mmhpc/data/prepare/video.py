@@ -4,9 +4,11 @@ Frames are taken at `fps` (1 fps; 2 fps for IEMOCAP) over the clip, at the middl
 `count` evenly spaced of those are kept (3, as in the thesis Sec. 4.2). A clip too short for `count`
 slots repeats frames. An image file (MVSA) is its own single frame.
 
-Each frame is resized so its short side is 224 and centre-cropped to 224 x 224 before it is stored: the
-loader's transforms (RandomResizedCrop 224 + flip to train, Resize 256 + CentreCrop 224 to evaluate) then
-work on a small, fixed-size image, and the prepared dataset stays small (one ~15 KB JPEG per frame).
+Each whole frame is resized to 224 x 224 (bilinear, the aspect ratio not kept) before it is stored: that is
+the thesis code base's evaluation transform, `Resize((224, 224))` (AMST `code/dataset/dataset.py`), which
+keeps both speakers of IEMOCAP's two-person frames where a centre square would cut one out. Training's
+RandomResizedCrop 224 + flip (`mmhpc.data.frames`) then works on this image, and the prepared dataset
+stays small (one ~15 KB JPEG per frame).
 """
 from __future__ import annotations
 
@@ -26,7 +28,7 @@ IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp"}
 
 
 def recipe(fps: float, count: int) -> dict:
-    return {"fps": fps, "frames": count, "size": IMAGE_SIZE, "resize": "short side, centre crop",
+    return {"fps": fps, "frames": count, "size": IMAGE_SIZE, "resize": "whole frame, bilinear",
             "jpeg_quality": JPEG_QUALITY}
 
 
@@ -39,14 +41,9 @@ def sample_times(start: float, end: float, fps: float, count: int) -> list[float
     return [float(grid[k]) for k in keep]
 
 
-def square(img: Image.Image, size: int = IMAGE_SIZE) -> Image.Image:
-    """Short side to `size`, then the centre `size` x `size`."""
-    w, h = img.size
-    scale = size / min(w, h)
-    w, h = max(size, round(w * scale)), max(size, round(h * scale))
-    img = img.convert("RGB").resize((w, h), Image.Resampling.BICUBIC)
-    left, top = (w - size) // 2, (h - size) // 2
-    return img.crop((left, top, left + size, top + size))
+def resize_frame(img: Image.Image, size: int = IMAGE_SIZE) -> Image.Image:
+    """The whole frame resized to `size` x `size`, as torchvision's Resize((size, size)) does on a PIL image."""
+    return img.convert("RGB").resize((size, size), Image.Resampling.BILINEAR)
 
 
 def jpeg_bytes(img: Image.Image) -> bytes:
@@ -56,11 +53,11 @@ def jpeg_bytes(img: Image.Image) -> bytes:
 
 
 def clip_frames(media: Media, fps: float, count: int) -> list[Image.Image]:
-    """`count` square frames of a video (window) or an image."""
+    """`count` frames of a video (window) or an image, each resized to IMAGE_SIZE x IMAGE_SIZE."""
     if media.path.suffix.lower() in IMAGE_SUFFIXES:
         with Image.open(media.path) as img:
-            return [square(img)] * count
-    return [square(f) for f in _decode_at(media, fps, count)]
+            return [resize_frame(img)] * count
+    return [resize_frame(f) for f in _decode_at(media, fps, count)]
 
 
 def _decode_at(media: Media, fps: float, count: int) -> list[Image.Image]:

@@ -1,0 +1,106 @@
+"""Data loading: uint8 frames made model input on the device, the worker start method, late pre-initialisation."""
+import time
+
+import psutil
+import pytest
+import torch
+from torchvision.transforms.v2 import functional as TF
+
+from mmhpc.data import loading
+from mmhpc.data.dataset import PreparedDataset
+from mmhpc.data.frames import CROP_KEY, finish_batch
+from mmhpc.data.loading import build_datasets, build_loader, worker_context
+
+
+def _reference(frame: torch.Tensor, top, left, h, w, flip) -> torch.Tensor:
+    """torchvision's own crop + resize (bilinear) + flip + ImageNet normalisation of one uint8 frame."""
+    size = list(frame.shape[-2:])
+    x = TF.resized_crop(frame.float(), top, left, h, w, size, antialias=False)
+    if flip:
+        x = TF.horizontal_flip(x)
+    return TF.normalize(x / 255, [0.485, 0.456, 0.406], [0.229, 0.224, 0.225])
+
+
+def test_finish_batch_crops_flips_and_normalises_each_frame_as_torchvision_does():
+    g = torch.Generator().manual_seed(0)
+    frames = torch.randint(0, 256, (2, 3, 3, 40, 40), dtype=torch.uint8, generator=g)
+    params = [(0, 0, 40, 40, 0), (5, 7, 20, 30, 1), (10, 2, 13, 9, 0), (0, 20, 40, 20, 1), (33, 30, 7, 10, 1),
+              (1, 1, 38, 25, 0)]
+    crop = torch.tensor(params, dtype=torch.float32).view(2, 3, 5)
+    out = finish_batch({"visual": frames, CROP_KEY: crop, "label": torch.tensor([1, 2])})
+    assert CROP_KEY not in out and torch.equal(out["label"], torch.tensor([1, 2]))
+    assert out["visual"].dtype == torch.float32 and out["visual"].shape == frames.shape
+    for k, p in enumerate(params):
+        b, t = divmod(k, 3)
+        torch.testing.assert_close(out["visual"][b, t], _reference(frames[b, t], *p), atol=2e-4, rtol=0)
+
+
+def test_an_evaluation_batch_is_only_normalised():
+    frames = torch.randint(0, 256, (2, 3, 3, 16, 16), dtype=torch.uint8)
+    out = finish_batch({"visual": frames})
+    ref = TF.normalize(frames.flatten(0, 1).float() / 255, [0.485, 0.456, 0.406], [0.229, 0.224, 0.225])
+    torch.testing.assert_close(out["visual"], ref.view(frames.shape))
+    assert finish_batch(out) is out  # float frames are model input already
+
+
+def test_workers_send_uint8_frames_and_each_training_frame_its_own_crop(synth_dir):
+    root = synth_dir("cremad")
+    train, val = PreparedDataset(root, "train", train=True), PreparedDataset(root, "val")
+    item = train[0]
+    assert item["visual"].dtype == torch.uint8 and item["visual"].shape == (3, 3, 16, 16)
+    crops = item[CROP_KEY]
+    assert crops.shape == (3, 5) and len({tuple(c.tolist()) for c in crops}) == 3  # one crop per frame
+    assert ((crops[:, 2] >= 1) & (crops[:, 0] + crops[:, 2] <= 16) & (crops[:, 1] + crops[:, 3] <= 16)).all()
+    assert CROP_KEY not in val[0]
+    assert torch.equal(val[0]["visual"], val[0]["visual"])  # evaluation frames are the stored frames
+
+
+def test_the_standard_loader_forks_and_only_the_preinitialised_one_uses_a_forkserver():
+    assert worker_context("auto", preinit=False).get_start_method() == "fork"
+    assert worker_context("auto", preinit=True).get_start_method() == "forkserver"
+    assert worker_context("spawn", preinit=False).get_start_method() == "spawn"
+
+
+def _workers():
+    me = psutil.Process()
+    servers = {p.pid for p in me.children()
+               if any(k in " ".join(p.cmdline()) for k in ("forkserver import main", "resource_tracker import main"))}
+    return [p for p in me.children(recursive=True)
+            if p.pid not in servers and p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
+
+
+@pytest.mark.slow
+def test_the_next_epoch_starts_near_the_end_of_the_current_one(tiny_config):
+    """Not at the epoch's start (two sets of workers competing all epoch), but before it ends."""
+    cfg = tiny_config("cremad", "loader.num_workers=2", "loader.preinit=true", "train.batch_size=48")
+    loader = build_loader(build_datasets(cfg)["train"], cfg, True)
+    try:
+        total = len(loader)
+        started_at = {}
+        for epoch in range(2):
+            for done, _ in enumerate(loader.epoch(epoch), start=1):
+                time.sleep(0.3)  # a training step longer than the start-up of 2 forked workers
+                if done == 1 and epoch > 0:
+                    assert len(_workers()) == 2, "the next epoch's workers started with this epoch"
+                if epoch not in started_at and loader._pending is not None:
+                    started_at[epoch] = done
+        # epoch 0's start-up includes booting the forkserver; later ones show the steady state
+        assert total // 2 < started_at[1] < total, (started_at, total)
+        assert loader._pending is not None and loader._pending[0] == 2
+    finally:
+        loader.close()
+    assert _workers() == []
+
+
+def test_a_slow_start_up_is_started_early_enough_to_hide_it(tiny_config, monkeypatch):
+    """With a start-up as long as the whole epoch, the next epoch starts right after the first batch."""
+    monkeypatch.setattr(loading, "START_LEAD", 1e6)
+    cfg = tiny_config("cremad", "loader.num_workers=2", "loader.preinit=true", "train.batch_size=32")
+    loader = build_loader(build_datasets(cfg)["train"], cfg, True)
+    try:
+        it = iter(loader.epoch(0))
+        next(it)
+        next(it)  # the request after the first step
+        assert loader._pending is not None and loader._pending[0] == 1
+    finally:
+        loader.close()
