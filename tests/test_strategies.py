@@ -125,7 +125,7 @@ def test_gated_and_film_with_three_modalities_fail_at_once(name, fusion):
     (["strategy.name=amst", "strategy.params={phase: one}"], "strategy.params.phase: invalid value 'one'; valid "
                                                              "choices: code, paper"),
     (["strategy.name=mslr", "strategy.params={schedule: cosine}"], "strategy.params.schedule: invalid value"),
-    (["strategy.name=pmr", "strategy.params={fraction: 0}"], r"strategy.params.fraction: 0 must lie in \(0, 1\]"),
+    (["strategy.name=pmr", "strategy.params={fraction: 0}"], r"strategy.params.fraction: 0.0 must lie in \(0, 1\]"),
     (["strategy.name=gradient_blending", "strategy.params={holdout: 1.0}"], "strategy.params.holdout"),
 ])
 def test_bad_parameters_are_refused_naming_the_field(overrides, message):
