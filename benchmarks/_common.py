@@ -22,7 +22,8 @@ def run_variants(variants: dict[str, list[str]], args, base: list[str]) -> dict[
     runs_dir = args.runs_dir or tempfile.mkdtemp(prefix="mmhpc-bench-")
     out = {}
     for label, extra in variants.items():
-        cfg = load_config(None, [*base, *args.overrides, *extra, f"output.runs_dir={runs_dir}",
+        # system benchmarks: fastest kernels and cuDNN autotuning, as the system sweeps run (a base may differ)
+        cfg = load_config(None, ["system.deterministic=false", *base, *args.overrides, *extra, f"output.runs_dir={runs_dir}",
                                  f"output.name={label}", "output.overwrite=true"])
         out[label] = bench(cfg, epochs=args.epochs, warmup=args.warmup, progress=False)["bench"]
     print(f"records: {runs_dir}")

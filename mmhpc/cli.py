@@ -37,6 +37,11 @@ def _add_config_args(p: argparse.ArgumentParser) -> None:
                    help="an optional YAML/JSON config file, then key=value overrides")
 
 
+def _bars(args) -> bool:
+    """Progress bars for an interactive terminal only: batch jobs and pipes get the log lines instead."""
+    return not args.quiet and sys.stderr.isatty()
+
+
 def _config_from(args):
     items = list(args.overrides)
     path = items.pop(0) if items and "=" not in items[0] else None
@@ -50,7 +55,7 @@ def cmd_train(args) -> int:
         return 0
     from mmhpc.train import train
 
-    record = train(cfg, progress=not args.quiet)
+    record = train(cfg, progress=_bars(args))
     s = record.summary
     heads = ["fused", *cfg.modalities]
     print(f"run {record.run}: best epoch {s.best_epoch}, "
@@ -64,7 +69,7 @@ def cmd_bench(args) -> int:
     cfg = _config_from(args)
     from mmhpc.bench import bench
 
-    record = bench(cfg, epochs=args.epochs, warmup=args.warmup, profile=args.profile, progress=not args.quiet)
+    record = bench(cfg, epochs=args.epochs, warmup=args.warmup, profile=args.profile, progress=_bars(args))
     b = record.bench
     print(f"run {record.run}: {b['measured_epochs']} epochs after {b['warmup_epochs']} warm-up")
     for key in ("epoch_s", "train_loader_init_s", "train_s", "val_loader_init_s", "val_s", "train_samples_per_s"):
@@ -100,7 +105,7 @@ def cmd_prepare(args) -> int:
     try:
         options = dict(o.partition("=")[::2] for o in args.option)
         report = prepare(args.dataset, args.raw, args.out, jobs=args.jobs, seed=args.seed,
-                         tokenizer=args.tokenizer, progress=not args.quiet, options=options)
+                         tokenizer=args.tokenizer, progress=_bars(args), options=options)
     except PrepareError as e:
         print(f"mmhpc prepare: {e}", file=sys.stderr)
         return 2
@@ -112,10 +117,10 @@ def cmd_demo(args) -> int:
     if args.which == "algorithms":
         from mmhpc.experiments import run_algorithms
 
-        return run_algorithms(args.runs_dir or "runs/algorithms", epochs=args.epochs, quiet=args.quiet)
+        return run_algorithms(args.runs_dir or "runs/algorithms", epochs=args.epochs, quiet=not _bars(args))
     from mmhpc.demo import run_demo
 
-    return run_demo(args.runs_dir or "runs/demo", epochs=args.epochs, quiet=args.quiet)
+    return run_demo(args.runs_dir or "runs/demo", epochs=args.epochs, quiet=not _bars(args))
 
 
 def cmd_doctor(args) -> int:

@@ -19,7 +19,7 @@ from pydantic import ValidationInfo
 from mmhpc.data.specs import DATASETS
 from mmhpc.errors import ConfigError, problem
 
-Precision = Literal["fp32", "tf32", "bf16"]
+Precision = Literal["fp32", "fp32_strict", "tf32", "bf16"]  # meanings: mmhpc.system.precision.MODES
 Parallelism = Literal["single", "dp", "ddp", "blp"]
 PRECISIONS: tuple[str, ...] = get_args(Precision)
 PARALLELISMS: tuple[str, ...] = get_args(Parallelism)
@@ -85,7 +85,8 @@ class LoaderConfig(_Section):
 class ModelConfig(_Section):
     fusion: str = Field("concat", description="late-fusion mechanism", json_schema_extra={"choices_from": "fusions"})
     embed_dim: int | None = Field(
-        None, gt=0, description="common embedding width; default 512 (ResNet-18), or the text width when text is present")
+        None, gt=0,
+        description="common embedding width; default 512 (ResNet-18), or the text width when text is present")
     cosine: bool = Field(False, description="cosine classifier (thesis Sec. 3.1.2)")
     cosine_scale: float | None = Field(None, gt=0, description="scale s; default from thesis Eq. 3.2")
     control: str | None = Field(None, description="control modality of gated/FiLM fusion (default: the first modality)")
@@ -288,7 +289,8 @@ def resolve_key(key: str) -> str:
     if not paths:
         if key in RunConfig.model_fields:
             return key
-        raise ConfigError(problem(key, "unknown key; use section.field, e.g. model.fusion", list(RunConfig.model_fields)))
+        raise ConfigError(problem(key, "unknown key; use section.field, e.g. model.fusion",
+                                  list(RunConfig.model_fields)))
     if len(paths) > 1:
         raise ConfigError(problem(key, "ambiguous key", paths))
     return paths[0]

@@ -29,7 +29,7 @@ from mmhpc.strategies import STRATEGIES
 from mmhpc.strategies.data import StrategyData
 from mmhpc.system import parallel
 from mmhpc.system.idle import TimedBatches, estimate_prefetch0_idle
-from mmhpc.system.precision import apply_precision
+from mmhpc.system.precision import Precision
 
 
 log = logging.getLogger(__name__)
@@ -53,22 +53,16 @@ class Preempted(Exception):
         self.epoch, self.step = epoch, step
 
 
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("system.device: cuda requested but no CUDA device is visible; valid here: cpu, auto")
-    return torch.device(name)
-
-
 def seed_everything(seed: int, deterministic: bool) -> None:
+    """Seed every RNG; `deterministic` picks repeatable kernels (algorithm runs, tests) or the fastest ones
+    with cuDNN autotuning (system sweeps and benchmarks). Both are process-global: set both ways."""
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
     if deterministic:
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-        torch.use_deterministic_algorithms(True, warn_only=True)
-        torch.backends.cudnn.benchmark = False
+    torch.use_deterministic_algorithms(deterministic, warn_only=True)
+    torch.backends.cudnn.benchmark = not deterministic
 
 
 class Trainer:
@@ -79,56 +73,41 @@ class Trainer:
         self.step_hooks: list = []  # called after every training step (e.g. a profiler's step)
         self.record_path = cfg.record_path()
         self.ckpt_path = self.record_path.with_suffix(".ckpt.pt")
-        self.dist = parallel.setup_distributed(cfg)
-        if self.dist.is_main:
+        self.par = parallel.build(cfg)
+        self.device = self.par.setup()
+        if self.par.is_main:
             self._check_existing()
         if cfg.system.threads:
             torch.set_num_threads(cfg.system.threads)
-        self.device = resolve_device(cfg.system.device)
-        if cfg.system.parallelism == "ddp":
-            self.device = parallel.ddp_device(self.dist, self.device)
-        self.autocast = apply_precision(cfg.system.precision, self.device)
+        self.precision = Precision(cfg.system.precision, self.device.type)
+        self.precision.validate(self.device)
+        self.precision.apply()
         self.single_acc = (single_accuracies(cfg.train.single_acc, cfg.data.dataset, cfg.data.preset)
-                           if self.dist.is_main else None)
+                           if self.par.is_main else None)
         seed_everything(cfg.train.seed, cfg.system.deterministic)
         self.datasets = build_datasets(cfg)
         train_ds = self.datasets["train"]
         self.num_classes = train_ds.spec.num_classes
         self.model = MultimodalModel(cfg.modalities, self.num_classes, cfg.model, train_ds.shapes,
                                      cfg.data.preset if cfg.data.source == "synthetic" else "full").to(self.device)
-        self.blp = self._branch_parallel() if cfg.system.parallelism == "blp" else None
-        self.strategy = STRATEGIES[cfg.strategy.name](cfg, self.model, self.autocast)
-        self.strategy.net = parallel.wrap(self.model, cfg.system.parallelism, self.device)
+        self.strategy = STRATEGIES[cfg.strategy.name](cfg, self.model)
+        # the model (with any module a strategy added) enters the run's precision in its own forward
+        self.model.set_precision(self.precision)
+        self.strategy.net = self.par.wrap(self.model, self._probe_batch)
         self.datasets = self.strategy.split_datasets(self.datasets)  # Gradient Blending holds part of train out
         train_ds = self.datasets["train"]
         self.strategy.data = StrategyData(self.datasets, cfg, self._to_device)  # the strategy's own passes
         # every process trains on its shard; validation and test run whole on rank 0 only
-        self.loaders = {"train": build_loader(train_ds, cfg, True, self.dist.rank, self.dist.world)}
+        self.loaders = {"train": build_loader(train_ds, cfg, True, self.par.rank, self.par.world, device=self.device)}
         if cfg.loader.prefetch_factor == 0:  # the estimate's own standard loader (prefetch 1, thesis A.2.1)
-            self.loaders["idle"] = build_loader(train_ds, cfg, True, self.dist.rank, self.dist.world, preinit=False)
-        if self.dist.is_main:
-            self.loaders["val"] = build_loader(self.datasets["val"], cfg, False)
+            self.loaders["idle"] = build_loader(train_ds, cfg, True, self.par.rank, self.par.world, preinit=False)
+        if self.par.is_main:
+            self.loaders["val"] = build_loader(self.datasets["val"], cfg, False, device=self.device)
             self.loaders["test"] = build_loader(self.datasets["test"], cfg, False, preinit=False)  # used once
 
-    def _branch_parallel(self):
-        explicit = self.cfg.system.blp_devices
-        if explicit:
-            unknown = set(explicit) ^ set(self.cfg.modalities)
-            if unknown:
-                raise ConfigError(f"system.blp_devices: give one device per modality {self.cfg.modalities}")
-            placement = {m: torch.device(d) for m, d in explicit.items()}
-        else:
-            # measuring must not change what the run does next: the RNG and the BatchNorm statistics
-            saved = {k: v.clone() for k, v in self.model.state_dict().items()}
-            with torch.random.fork_rng(devices=[]):
-                loader = build_loader(self.datasets["train"], self.cfg, True, preinit=False)
-                probe = finish_batch(next(iter(loader.epoch(0))))
-                costs = parallel.measure_branch_costs(self.model, probe, self.device)
-            self.model.load_state_dict(saved)
-            placement = parallel.assign_branches(costs, parallel.blp_devices(self.device))
-        runner = parallel.BranchParallel(self.model, placement, self.device)
-        self.model.branch_runner = runner
-        return runner
+    def _probe_batch(self) -> dict:
+        """One training batch on the device, as a step gets it: for BLP's branch-cost measurement."""
+        return self._to_device(next(iter(build_loader(self.datasets["train"], self.cfg, True, preinit=False).epoch(0))))
 
     # ---- records ---------------------------------------------------------------------------------
     def _check_existing(self) -> None:
@@ -147,7 +126,7 @@ class Trainer:
             self._write_path = self.record_path.with_name(f".{self.record_path.stem}.rerun.json")
 
     def _save(self, record: RunRecord) -> None:
-        if not self.dist.is_main:
+        if not self.par.is_main:
             return
         write_record(self._write_path, record)
         if record.status == "done" and self._write_path != self.record_path:
@@ -160,10 +139,9 @@ class Trainer:
 
     # ---- one pass over a loader ------------------------------------------------------------------
     def _to_device(self, batch: dict) -> dict:
-        nb = self.cfg.loader.pin_memory
-        # uint8 frames become model input (crop, flip, normalise) on the device
-        return finish_batch({k: v.to(self.device, non_blocking=nb) if torch.is_tensor(v) else v
-                             for k, v in batch.items()})
+        # each tensor to the device that consumes it (BLP: a modality's branch device); uint8 frames become
+        # model input (crop, flip, normalise) there
+        return finish_batch(self.par.to_device(batch, non_blocking=self.cfg.loader.pin_memory))
 
     def _pass(self, split: str, epoch: int) -> tuple[dict, dict]:
         """Run one epoch over a split's loader; returns (metrics, timings)."""
@@ -178,7 +156,7 @@ class Trainer:
         n = steps = 0
         limit = self.cfg.train.max_batches if train else None
         bar = tqdm(total=limit or len(loader), desc=f"{split} {epoch}", leave=False,
-                   disable=not (self.progress and self.dist.is_main))
+                   disable=not (self.progress and self.par.is_main))
         while batch is not None:
             batch = self._to_device(batch)
             labels = batch["label"]
@@ -198,31 +176,30 @@ class Trainer:
         bar.close()
         wait_s = it.wait_s
         del it  # shuts workers down unless persistent
-        if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
+        self.par.synchronize()  # every device the run computes on (BLP: each branch's)
         t_end = time.perf_counter()
         timing = {"loader_init_s": t_first - t0, "run_s": t_end - t_first, "data_wait_s": wait_s, "samples": n,
                   "samples_per_s": n / max(t_end - t0, 1e-9)}
         metrics = acc.result()
-        if train and self.dist.world > 1:
-            metrics = parallel.all_mean(metrics, n)
-            timing["samples_per_s"] = parallel.all_mean({"s": timing["samples_per_s"]}, 1)["s"] * self.dist.world
+        if train and self.par.world > 1:
+            metrics = self.par.reduce(metrics, n)
+            timing["samples_per_s"] = self.par.reduce({"s": timing["samples_per_s"]}, 1)["s"] * self.par.world
         return metrics, timing
 
     def _stop_requested(self) -> bool:
         """STOP_REQUESTED on any rank: every DDP process stops at the same step (a scalar all-reduce)."""
         stop = STOP_REQUESTED.is_set()
-        if self.dist.world > 1:
+        if self.par.world > 1:
             flag = torch.tensor([float(stop)], device=self.device)
             torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
             stop = bool(flag.item())
         return stop
 
     def _evaluate(self, split: str, epoch: int = 0) -> tuple[dict, dict]:
-        metrics, timing = ({}, {}) if not self.dist.is_main else self._pass(split, epoch)
-        if self.dist.is_main:
+        metrics, timing = ({}, {}) if not self.par.is_main else self._pass(split, epoch)
+        if self.par.is_main:
             metrics.update(self._bias(metrics))
-        return parallel.broadcast((metrics, timing))
+        return self.par.broadcast((metrics, timing))
 
     def _bias(self, metrics: dict) -> dict:
         """bias/<m> (Eq. 3.5-3.6) from a split's mean entropies entropy/<m>."""
@@ -243,7 +220,7 @@ class Trainer:
         self._start_sampler()
         try:
             bar = tqdm(total=strategy.max_epochs(), initial=epoch, desc=cfg.run_name(),
-                       disable=not (self.progress and self.dist.is_main))
+                       disable=not (self.progress and self.par.is_main))
             while epoch < strategy.max_epochs():
                 entry = self._epoch(epoch)
                 record.epochs.append(entry)
@@ -254,17 +231,17 @@ class Trainer:
                 bar.set_postfix_str(" ".join(f"{k.split('/')[1][:3]}={val[k]:.2f}" for k in val
                                              if k.startswith("acc/") and "probe" not in k))
                 bar.update()
-                if self.dist.is_main:
+                if self.par.is_main:
                     log.info(epoch_line(entry, strategy.max_epochs()))
                 self._save(record)
                 stop = strategy.should_stop(epoch)
                 epoch += 1
-                if cfg.output.checkpoint and self.dist.is_main:
+                if cfg.output.checkpoint and self.par.is_main:
                     self._checkpoint(record, best, epoch)
                 if stop:
                     break
             bar.close()
-            if self.dist.is_main:
+            if self.par.is_main:
                 self.model.load_state_dict(best["state"])
             test, _ = self._evaluate("test")
             record.summary = self._summary(record, test, best["epoch"])
@@ -280,7 +257,7 @@ class Trainer:
             self._stop_sampler(record)
             self.close()
             self._save(record)  # the final record, done or failed: written here only
-        if self.dist.is_main:
+        if self.par.is_main:
             self.ckpt_path.unlink(missing_ok=True)
         return record
 
@@ -288,9 +265,7 @@ class Trainer:
         """Release loader threads and workers, BLP threads and the process group."""
         for loader in self.loaders.values():
             loader.close()
-        if self.blp is not None:
-            self.blp.close()
-        parallel.shutdown()
+        self.par.close()
 
     def _epoch(self, epoch: int) -> Epoch:
         cfg, strategy = self.cfg, self.strategy
@@ -321,7 +296,7 @@ class Trainer:
     # ---- utilisation sampling --------------------------------------------------------------------
     def _start_sampler(self) -> None:
         self.sampler = None
-        if self.cfg.system.sample_interval > 0 and self.dist.is_main:
+        if self.cfg.system.sample_interval > 0 and self.par.is_main:
             from mmhpc.system.sampler import UtilSampler  # psutil and pandas: only when sampling
 
             self.sampler = UtilSampler(self.cfg.system.sample_interval).start()
@@ -331,19 +306,14 @@ class Trainer:
             return
         self.sampler.stop()
         self.sampler.save(self._write_path.with_suffix(".util.csv"))  # beside the record being written
-        record.system = {"timeseries": self.record_path.with_suffix(".util.csv").name, "interval_s": self.sampler.interval_s,
-                            "notes": self.sampler.notes, "gpus": self.sampler.gpus,
-                            "summary": self.sampler.summary(), "sample_cost_us": self.sampler.sample_cost_us}
+        record.system = {"timeseries": self.record_path.with_suffix(".util.csv").name,
+                         "interval_s": self.sampler.interval_s, "notes": self.sampler.notes,
+                         "gpus": self.sampler.gpus, "summary": self.sampler.summary(),
+                         "sample_cost_us": self.sampler.sample_cost_us}
 
     def _peak_memory(self) -> dict:
-        """Peak GPU memory of the epoch per device in MiB (empty on the CPU); resets the peak."""
-        if self.device.type != "cuda":
-            return {}
-        out = {}
-        for i in range(torch.cuda.device_count()):
-            out[f"cuda:{i}_peak_mib"] = torch.cuda.max_memory_allocated(i) / 2 ** 20
-            torch.cuda.reset_peak_memory_stats(i)
-        return out
+        """Peak GPU memory of the epoch in MiB per device of the run, of every DDP rank; resets the peaks."""
+        return self.par.peak_memory()
 
     # ---- checkpoints -----------------------------------------------------------------------------
     def _checkpoint(self, record: RunRecord, best: dict, next_epoch: int) -> None:

@@ -51,7 +51,7 @@ def test_short_keys_resolve_when_unique():
     ("model.fuson=concat", "model.fuson: unknown key; valid: fusion, embed_dim"),
     ("train.epochs=abc", "train.epochs: input should be a valid integer"),
     ("train.epochs=0", "train.epochs: 0 must be > 0"),
-    ("system.precision=fp16", "system.precision: invalid value 'fp16'; valid: fp32, tf32, bf16"),
+    ("system.precision=fp16", "system.precision: invalid value 'fp16'; valid: fp32, fp32_strict, tf32, bf16"),
     ("data.dataset=mnist", "data.dataset: invalid value 'mnist'; valid: ave, cremad, iemocap, mvsa, urfunny"),
     ("data.modalities=[text]", "data.modalities: invalid value 'text' for cremad; valid: audio, visual"),
     ("strategy.name=magic", "strategy.name: invalid value 'magic'; valid: alternating, amst,"),
@@ -68,7 +68,7 @@ def test_bad_values_name_field_and_choices(override, message):
 def test_every_problem_is_reported_once_per_line():
     with pytest.raises(ConfigError) as err:
         load_config(None, ["train.epochs=0", "system.precision=fp16", "train.lr=-1"])
-    assert sorted(err.value.problems) == ["system.precision: invalid value 'fp16'; valid: fp32, tf32, bf16",
+    assert sorted(err.value.problems) == ["system.precision: invalid value 'fp16'; valid: fp32, fp32_strict, tf32, bf16",
                                           "train.epochs: 0 must be > 0",
                                           "train.lr: -1 must be > 0"]
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 from mmhpc.cli import build_parser, cmd_demo
 from mmhpc.demo import run_demo
 from mmhpc.experiments import STRATEGY_RUNS, run_algorithms
@@ -21,6 +23,7 @@ def _rows(out: str) -> dict[str, list[str]]:
             if line[:14].strip() and not line.startswith(("synthetic", "run ", "records"))}
 
 
+@pytest.mark.slow
 def test_demo_prints_naive_and_alternating_with_ibf(synth_dir, tmp_path, capsys):
     assert run_demo(str(tmp_path / "demo"), epochs=1, quiet=True,
                     overrides={"data.root": str(synth_dir("cremad")), "train.max_batches": 3}) == 0
@@ -33,6 +36,7 @@ def test_demo_prints_naive_and_alternating_with_ibf(synth_dir, tmp_path, capsys)
     assert abs(naive.summary.ibf - float(rows["naive"][3])) < 5e-4
 
 
+@pytest.mark.slow
 def test_algorithms_demonstration_prints_tables_4_1_4_4_4_5(synth_dir, tmp_path, capsys):
     assert run_algorithms(str(tmp_path / "alg"), epochs=1, quiet=True,
                           overrides={"data.root": str(synth_dir("cremad")), "train.max_batches": 3}) == 0

@@ -56,6 +56,7 @@ def _train_one_epoch(name, root, runs, *overrides):
     return train(cfg, progress=False)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", sorted(EXPECTED))
 def test_raw_to_prepared_to_one_epoch(prepared, tokenizer, tmp_path, name):
     raw, root, report = prepared(name)

@@ -60,6 +60,7 @@ SMOKE += [("amst", fusion, f"strategy.params={{module: {module}}}")
 
 # ---- every strategy x every fusion it supports ----------------------------------------------------------
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name, fusion, params", SMOKE, ids=[f"{n}-{f}" + (f"-{p.split()[-1][:-1]}" if p else "")
                                                               for n, f, p in SMOKE])
 def test_every_strategy_trains_on_every_fusion_it_supports(tiny_config, name, fusion, params):
@@ -74,6 +75,7 @@ def test_every_strategy_trains_on_every_fusion_it_supports(tiny_config, name, fu
     assert rec.summary.optimised_epochs == {"audio": 1, "visual": 1}  # epoch 0: everyone trains
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["amst", "reliability", "ogm_ge", "opm", "mla", "mlb"])
 def test_three_modalities_with_text(tiny_config, name):
     fusion = "early_sum" if name == "mla" else "concat"
@@ -100,7 +102,7 @@ def test_gated_and_film_with_three_modalities_fail_at_once(name, fusion):
                                                                 "valid choices: alternating, joint, full"),
     (["strategy.name=amst", "strategy.params={skips: {text: 2}}"], "strategy.params.skips.text: not a modality"),
     (["strategy.name=amst", "strategy.params={skips: {audio: 0}}"], "must be a positive integer"),
-    (["strategy.name=amst", "system.parallelism=ddp"], "strategy amst cannot run under ddp; valid choices: single, blp"),
+    (["strategy.name=amst", "system.parallelism=ddp"], "strategy amst cannot run under ddp; valid: single, blp"),
     (["strategy.name=ogm_ge", "model.fusion=film"], "model.fusion: strategy ogm_ge .* valid choices: early_sum, "
                                                     "late_sum, concat"),
     (["strategy.name=ogm_ge", "strategy.params={variant: cvpr}"], "strategy.params.variant: invalid value 'cvpr'"),
@@ -256,6 +258,7 @@ def test_amst_schedule_which_modality_trains_when():
 
 
 @pytest.mark.parametrize("phase, audio_epochs", [("code", [0]), ("paper", [4])])
+@pytest.mark.slow
 def test_amst_phase_in_a_five_epoch_run(tiny_config, phase, audio_epochs):
     cfg = tiny_config("cremad", "strategy.name=amst", "train.epochs=5", f"strategy.params={{phase: {phase}}}", *FAST)
     rec = train(cfg, progress=False)
@@ -410,6 +413,7 @@ def test_selective_stops_at_the_cap_and_decays_when_any_modality_reaches_the_dec
     assert lrs == [1.0, 1.0, 0.1]  # visual had 2 optimisation epochs after epoch 1
 
 
+@pytest.mark.slow
 def test_selective_end_to_end_cap_decay_and_training_bias(tiny_config):
     cfg = tiny_config("cremad", "strategy.name=entropy", "model.cosine=true", "train.epochs=2",
                       "train.lr_decay_epoch=1", "train.lr=0.01", *FAST)
@@ -474,6 +478,7 @@ def _branch_of(name):
     return next((m for m in ("audio", "visual") if name.startswith((f"encoders.{m}.", f"project.{m}."))), None)
 
 
+@pytest.mark.slow
 def test_ogm_scales_the_top_modalitys_conv_gradients_by_k():
     # alpha 0.1, conv weights; embed_dim 64 puts a 2-D projection into each branch, which must stay unscaled
     s = strategy("ogm_ge", "model.fusion=concat", "model.embed_dim=64", "strategy.params={ge: false}")
@@ -495,6 +500,7 @@ def test_ogm_scales_the_top_modalitys_conv_gradients_by_k():
     assert scaled > 10 and {1, 2} <= {g.dim() for n, g in captured.items() if _branch_of(n)}
 
 
+@pytest.mark.slow
 def test_ogm_paper_variant_on_every_parameter():
     s = strategy("ogm_ge", "model.fusion=concat", "strategy.params={ge: false, alpha: 1.0, variant: paper, "
                                                   "weights: all}")
@@ -512,6 +518,7 @@ def test_ogm_paper_variant_on_every_parameter():
         assert torch.allclose(g, (k[m] if m else 1.0) * ref[name], rtol=1e-4, atol=1e-7), name
 
 
+@pytest.mark.slow
 def test_ogm_ge_adds_noise_with_the_gradients_spread_to_conv_weights():
     s = strategy("ogm_ge", "model.fusion=concat")
     x, y = batch()
@@ -613,6 +620,7 @@ def test_mslr_step_uses_each_branchs_rate():
     assert_same_step(s, ref, before)
 
 
+@pytest.mark.slow
 def test_mlb_scales_each_encoders_learning_rate_by_k():
     s = strategy("mlb", "train.lr=0.1", "strategy.params={alpha: 2.0, beta_max: 3.0}")
     x, y = batch()
@@ -843,6 +851,7 @@ def test_ibf_reads_the_probes_for_gated_and_film():
 
 # ---- ablation knobs ------------------------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_ablation_knobs_reach_the_run(tiny_config):
     """Audio augmentation (Eq. 2.24), embedding dropout (Eq. 2.25) and weight decay (Eq. 2.26)."""
     from mmhpc.data.loading import build_datasets
@@ -864,6 +873,7 @@ def test_ablation_knobs_reach_the_run(tiny_config):
     assert rec.status == "done" and rec.config["model"]["embedding_dropout"] == {"audio": 0.5}
 
 
+@pytest.mark.slow
 def test_gated_run_ibf_uses_the_probes(tiny_config):
     cfg = tiny_config("cremad", "model.fusion=gated", "train.single_acc={audio: 0.9, visual: 0.6}", *FAST)
     rec = train(cfg, progress=False)

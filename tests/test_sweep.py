@@ -121,9 +121,9 @@ def test_one_bad_run_submits_nothing_and_every_error_is_listed(tmp_path):
     errors = e.value.errors
     assert len(errors) == 3  # fp16 twice (both GPUs), bf16 on the V100
     assert any("run 2 (precision-fp16_gpu-A100_s0): system.precision: invalid value 'fp16'; valid: "
-               "fp32, tf32, bf16" in m for m in errors)
+               "fp32, fp32_strict, tf32, bf16" in m for m in errors)
     assert any(m.startswith("run 5 (precision-bf16_gpu-V100_s0): system.precision: bf16 needs compute capability "
-                            "8.0+, V100 has 7") and "valid choices on V100: fp32" in m for m in errors)
+                            "8.0+, V100 has 7.0") and "; valid: fp32, fp32_strict" in m for m in errors)
     assert "nothing submitted" in str(e.value)
     assert not (tmp_path / "results").exists()
 
@@ -216,7 +216,7 @@ def test_bf16_and_tf32_are_refused_below_compute_capability_8(gpu, precision):
     _, errors, na = _resolve("alvis", {"gpu": gpu}, system__precision=precision)
     assert na is None and len(errors) == 1
     assert errors[0].startswith(f"system.precision: {precision} needs compute capability 8.0+, {gpu}")
-    assert "valid choices on" in errors[0] and "A100" in errors[0]
+    assert "; valid: fp32, fp32_strict (or resources.gpu: A100, A100fat, A40)" in errors[0]
     _, errors, _ = _resolve("alvis", {"gpu": "A100"}, system__precision=precision)
     assert errors == []
 
@@ -229,7 +229,8 @@ def test_gpu_count_follows_parallelism():
     res, errors, _ = _resolve("alvis", {"gpu": "A40", "gpus": 4}, system__parallelism="single")
     assert res.gpus_per_node == 1
     _, errors, _ = _resolve("alvis", {"gpus": 1}, system__parallelism="dp")
-    assert errors == ["system.parallelism: dp needs >= 2 GPUs, resources.gpus=1; valid choices with one GPU: single"]
+    assert len(errors) == 1 and errors[0].startswith("system.parallelism: dp (nn.DataParallel) needs >= 2 CUDA GPUs, "
+                                                     "this run has 1; valid: single")
     _, errors, _ = _resolve("alvis", {"gpus": 8}, system__parallelism="ddp")
     assert "resources.gpus: ddp needs 8 GPUs per node, A40 nodes have 4" in errors[0]
     res, errors, _ = _resolve("alvis", {"gpu": "A100", "gpus": 4, "nodes": 2}, system__parallelism="ddp")
@@ -237,7 +238,7 @@ def test_gpu_count_follows_parallelism():
     _, errors, _ = _resolve("alvis", {"nodes": 2})
     assert errors[0].startswith("resources.nodes: 2 nodes need system.parallelism=ddp")
     _, errors, _ = _resolve("alvis", {"gpus": 3}, system__parallelism="ddp")
-    assert errors == ["train.batch_size: 64 is not divisible by the 3 DDP processes"]
+    assert errors == ["train.batch_size: 64 is not divisible by the 3 DDP processes; the global batch is split evenly"]
     _, errors, _ = _resolve("alvis", {"time_min": 7 * 24 * 60 + 1})
     assert "exceeds the alvis limit of 10080 minutes (7 days)" in errors[0]
     _, errors, _ = _resolve("alvis", {"gpu": "H100"})

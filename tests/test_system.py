@@ -4,8 +4,10 @@ import signal
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 import uuid
+from pathlib import Path
 
 import psutil
 import pytest
@@ -16,8 +18,10 @@ from mmhpc.data.frames import finish_batch
 from mmhpc.data.loading import build_datasets, build_loader
 from mmhpc.models.multimodal import MultimodalModel
 from mmhpc.system import parallel
-from mmhpc.system.precision import precision_problem
-from mmhpc.train import Trainer, train
+from mmhpc.system.precision import Precision
+from mmhpc.train import Trainer, seed_everything, train
+
+REPO = Path(__file__).resolve().parents[1]
 
 
 def _workers():
@@ -54,6 +58,7 @@ def test_preinit_yields_the_standard_batches_in_order(tiny_config):
     assert _workers() == []
 
 
+@pytest.mark.slow
 def test_preinit_training_matches_standard_training(tiny_config):
     base = ("train.epochs=2", "loader.num_workers=2", "train.max_batches=3")
     a = train(tiny_config("cremad", *base, "output.name=std"), progress=False)
@@ -63,6 +68,7 @@ def test_preinit_training_matches_standard_training(tiny_config):
     assert _workers() == []
 
 
+@pytest.mark.slow
 def test_preinit_does_not_deadlock_while_the_main_thread_computes(tiny_config, tmp_path):
     """Workers are started from the helper thread while the main thread runs torch ops (a known freeze)."""
     cfg = tiny_config("cremad", "loader.num_workers=2", "loader.preinit=true", "train.batch_size=32")
@@ -87,6 +93,7 @@ def test_preinit_does_not_deadlock_while_the_main_thread_computes(tiny_config, t
     assert "finished" in out.stdout
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("how", ["exception", "sigint"])
 def test_no_worker_outlives_an_error_or_ctrl_c(tiny_config, tmp_path, how):
     tag = uuid.uuid4().hex
@@ -157,9 +164,33 @@ def test_blp_gives_the_gradients_of_single(tiny_config):
         torch.testing.assert_close(p1.grad, p2.grad, rtol=1e-4, atol=1e-6, msg=name)
 
 
-def test_blp_training_runs_and_places_branches(tiny_config):
-    rec = train(tiny_config("cremad", "system.parallelism=blp", "strategy.name=alternating"), progress=False)
-    assert rec.status == "done"
+@pytest.mark.slow
+def test_blp_training_places_branches_by_measured_cost_and_trains_as_single(tiny_config):
+    common = ("strategy.name=alternating", "train.epochs=2", "train.max_batches=3", "system.sample_interval=0")
+    trainer = Trainer(tiny_config("cremad", *common, "system.parallelism=blp", "output.name=blp"), progress=False)
+    par = trainer.par
+    assert set(par.costs) == {"audio", "visual"} and all(c > 0 for c in par.costs.values())  # measured
+    assert par.runner.placement == {"audio": torch.device("cpu"), "visual": torch.device("cpu")}
+    assert trainer.model.branch_runner is par.runner and trainer.strategy.net is trainer.model
+    assert par.input_device("visual") == par.runner.placement["visual"] and par.input_device("label") == trainer.device
+    blp = trainer.fit()
+    single = train(tiny_config("cremad", *common, "output.name=single"), progress=False)
+    assert not par.runner.pool._threads or all(not t.is_alive() for t in par.runner.pool._threads)  # closed
+    assert len(blp.epochs) == len(single.epochs) == 2
+    for eb, es in zip(blp.epochs, single.epochs):  # same gradients, same updates
+        assert eb.train["loss/fused"] == pytest.approx(es.train["loss/fused"], rel=1e-4)
+        assert eb.val["acc/fused"] == pytest.approx(es.val["acc/fused"], abs=1e-6)
+
+
+def test_blp_explicit_placement_is_used_and_checked(tiny_config):
+    trainer = Trainer(tiny_config("cremad", "system.parallelism=blp", "system.blp_devices={audio: cpu, visual: cpu}"),
+                      progress=False)
+    assert trainer.par.costs is None  # given, not measured
+    assert trainer.par.runner.placement == {"audio": torch.device("cpu"), "visual": torch.device("cpu")}
+    trainer.close()
+    with pytest.raises(ConfigError, match="system.blp_devices: give one device per modality; got \\['audio'\\]; "
+                                          "valid: audio, visual"):
+        Trainer(tiny_config("cremad", "system.parallelism=blp", "system.blp_devices={audio: cpu}"), progress=False)
 
 
 def test_load_aware_placement_balances_cost():
@@ -169,6 +200,7 @@ def test_load_aware_placement_balances_cost():
     assert placed["visual"] != placed["audio"] and placed["audio"] == placed["text"]
 
 
+@pytest.mark.slow
 def test_ddp_two_gloo_processes_match_single(tiny_config, tmp_path):
     common = ["train.epochs=3", "train.batch_size=32", "train.max_batches=4", "data.modalities=[visual]",
               "system.sample_interval=0"]
@@ -178,7 +210,7 @@ def test_ddp_two_gloo_processes_match_single(tiny_config, tmp_path):
     config = tmp_path / "ddp.yaml"
     config.write_text(ddp_cfg.to_yaml())
     out = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2",
-                          "--master-port", "29561", "-m", "mmhpc.cli", "train", "-q", str(config)],
+                          "--standalone", "-m", "mmhpc.cli", "train", "-q", str(config)],
                          capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stderr[-3000:]
     from mmhpc.results import read_record
@@ -202,27 +234,128 @@ def test_ddp_without_a_launcher_says_how(tiny_config):
 
 
 def test_dp_on_a_machine_without_two_gpus_is_refused(tiny_config):
-    with pytest.raises(ConfigError, match="dp .*needs at least 2 CUDA devices, this machine has 0; use single"):
+    with pytest.raises(ConfigError, match="dp .*needs >= 2 CUDA GPUs, this run has 0; valid: single"):
         Trainer(tiny_config("cremad", "system.parallelism=dp"), progress=False)
+
+
+class _FakeCuda:
+    """Stubs of torch.cuda's device count and current device for a machine without CUDA; the process group
+    call is recorded instead of made (NCCL cannot run here). Nothing of mmhpc is stubbed."""
+
+    def __init__(self, monkeypatch, count: int):
+        self.set_devices: list = []
+        self.init_calls: list = []
+        monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+        monkeypatch.setattr(torch.cuda, "device_count", lambda: count)
+        monkeypatch.setattr(torch.cuda, "set_device", lambda d: self.set_devices.append(
+            (threading.current_thread().name, torch.device(d))))
+        monkeypatch.setattr(parallel.dist, "is_initialized", lambda: False)
+
+        def init_process_group(backend, init_method=None, device_id=None, **kw):  # torch's signature, in part
+            self.init_calls.append((backend, {"device_id": device_id, **kw}))
+
+        monkeypatch.setattr(parallel.dist, "init_process_group", init_process_group)
+
+
+@pytest.mark.parametrize("visible, local_rank, expected", [
+    (1, 1, 0),  # --gpus-per-task=1: every task sees its one GPU as ordinal 0
+    (1, 3, 0),
+    (4, 1, 1),  # torchrun / --gpus-per-node=4: all GPUs visible, one per local rank
+    (4, 3, 3),
+])
+def test_ddp_chooses_its_gpu_once_and_passes_it_to_the_process_group(tiny_config, monkeypatch, visible,
+                                                                        local_rank, expected):
+    fake = _FakeCuda(monkeypatch, visible)
+    monkeypatch.setenv("RANK", str(local_rank))
+    monkeypatch.setenv("WORLD_SIZE", "4")
+    monkeypatch.setenv("LOCAL_RANK", str(local_rank))
+    par = parallel.build(tiny_config("cremad", "system.parallelism=ddp", "system.device=cuda"))
+    device = par.setup()
+    assert device == torch.device("cuda", expected)
+    assert [d for _, d in fake.set_devices] == [device]
+    assert fake.init_calls == [("nccl", {"device_id": device})]
+    assert (par.rank, par.world, par.is_main) == (local_rank, 4, local_rank == 0)
+
+
+def test_ddp_with_more_local_ranks_than_gpus_is_refused(tiny_config, monkeypatch):
+    _FakeCuda(monkeypatch, 2)
+    for k, v in {"RANK": "2", "WORLD_SIZE": "4", "LOCAL_RANK": "2"}.items():
+        monkeypatch.setenv(k, v)
+    with pytest.raises(ConfigError, match="local rank 2 sees 2 GPUs; run one process per GPU"):
+        parallel.build(tiny_config("cremad", "system.parallelism=ddp", "system.device=cuda")).setup()
+
+
+def test_preinit_thread_runs_on_the_runs_device(tiny_config, monkeypatch):
+    """The helper thread that builds the next epoch's iterator makes the run's GPU its current device first
+    (else DataLoader's pin-memory thread would open a context on GPU 0)."""
+    fake = _FakeCuda(monkeypatch, 2)
+    cfg = tiny_config("cremad", "loader.num_workers=1", "loader.preinit=true")
+    loader = build_loader(build_datasets(cfg)["train"], cfg, True, device=torch.device("cuda", 1))
+    try:
+        assert len(list(loader.epoch(0))) == len(loader)
+    finally:
+        loader.close()
+    assert fake.set_devices and {d for _, d in fake.set_devices} == {torch.device("cuda", 1)}
+    assert all(name.startswith("mmhpc-preinit") for name, _ in fake.set_devices)
 
 
 def test_alternating_refuses_ddp_clearly():
     from mmhpc.config import load_config
 
-    with pytest.raises(ConfigError, match="strategy alternating cannot run under ddp; valid choices: single, blp"):
+    with pytest.raises(ConfigError, match="strategy alternating cannot run under ddp; valid: single, blp"):
         load_config(None, ["strategy.name=alternating", "system.parallelism=ddp"])
 
 
 @pytest.mark.parametrize("precision, device, cap, refused", [
     ("tf32", "cpu", None, True), ("bf16", "cpu", None, False), ("fp32", "cpu", None, False),
-    ("bf16", "cuda", (7, 0), True), ("tf32", "cuda", (7, 5), True),  # V100, T4
-    ("bf16", "cuda", (8, 0), False), ("tf32", "cuda", (8, 6), False), ("fp32", "cuda", (7, 0), False),
+    ("fp32_strict", "cpu", None, False),
+    ("bf16", "cuda", (7, 0), True), ("tf32", "cuda", (7, 5), True), ("tf32", "cuda", 7.5, True),  # V100, T4
+    ("bf16", "cuda", (8, 0), False), ("tf32", "cuda", (8, 6), False), ("bf16", "cuda", 9.0, False),
+    ("fp32", "cuda", (7, 0), False), ("fp32_strict", "cuda", (6, 0), False),
 ])
 def test_precision_guards(precision, device, cap, refused):
-    problem = precision_problem(precision, device, cap, "GPU")
+    problem = Precision(precision, device).problem(cap, "GPU")
     assert (problem is not None) == refused
     if refused:
-        assert problem.startswith("system.precision:")
+        assert problem.startswith(f"system.precision: {precision} ")
+        assert problem.endswith("; valid: fp32, fp32_strict, bf16" if device == "cpu" else "; valid: fp32, fp32_strict")
+
+
+@pytest.fixture
+def restore_backend_flags():
+    saved = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32,
+             torch.backends.cudnn.benchmark, torch.are_deterministic_algorithms_enabled())
+    yield
+    torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32, torch.backends.cudnn.benchmark = saved[:3]
+    torch.use_deterministic_algorithms(saved[3], warn_only=True)
+
+
+@pytest.mark.parametrize("precision, matmul, cudnn", [
+    ("fp32", False, True),          # PyTorch's defaults: the thesis' "No TF32" rows (Sec. 4.3.2.1)
+    ("fp32_strict", False, False),
+    ("tf32", True, True),           # thesis Fig. 3.6
+    ("bf16", True, True),           # the thesis code base's TF32 flags stay on under autocast
+])
+def test_precision_sets_both_tf32_flags_every_time(precision, matmul, cudnn, restore_backend_flags):
+    for start in (False, True):  # whatever an earlier run in this process left
+        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = start
+        Precision(precision, "cuda").apply()
+        assert (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32) == (matmul, cudnn)
+
+
+def test_fp32_is_pytorchs_default(restore_backend_flags):
+    out = subprocess.run([sys.executable, "-c", "import torch; print(torch.backends.cuda.matmul.allow_tf32, "
+                          "torch.backends.cudnn.allow_tf32)"], capture_output=True, text=True, check=True)
+    assert out.stdout.split() == [str(Precision("fp32").mode.matmul_tf32), str(Precision("fp32").mode.cudnn_tf32)]
+
+
+@pytest.mark.parametrize("deterministic", [True, False])
+def test_determinism_sets_kernels_and_cudnn_autotuning_both_ways(deterministic, restore_backend_flags):
+    torch.backends.cudnn.benchmark = deterministic
+    torch.use_deterministic_algorithms(not deterministic)
+    seed_everything(0, deterministic)
+    assert torch.are_deterministic_algorithms_enabled() == deterministic
+    assert torch.backends.cudnn.benchmark == (not deterministic)
 
 
 def test_tf32_on_cpu_is_refused_before_training(tiny_config):
@@ -230,11 +363,48 @@ def test_tf32_on_cpu_is_refused_before_training(tiny_config):
         Trainer(tiny_config("cremad", "system.precision=tf32", "system.device=cpu"), progress=False)
 
 
-def test_bf16_autocast_trains_on_cpu(tiny_config):
-    rec = train(tiny_config("mvsa", "system.precision=bf16"), progress=False)
-    assert rec.status == "done" and rec.config["system"]["precision"] == "bf16"
+def _conv_dtypes(model) -> tuple[list, object]:
+    seen: list = []
+    conv = next(m for m in model.encoders["visual"].modules() if isinstance(m, torch.nn.Conv2d))
+    return seen, conv.register_forward_hook(lambda mod, args, out: seen.append(out.dtype))
 
 
+@pytest.mark.slow
+@pytest.mark.parametrize("precision, inner", [("bf16", torch.bfloat16), ("fp32", torch.float32)])
+def test_training_runs_its_encoders_at_the_runs_precision(tiny_config, precision, inner):
+    trainer = Trainer(tiny_config("mvsa", f"system.precision={precision}", "train.epochs=1", "train.max_batches=2"),
+                      progress=False)
+    seen, hook = _conv_dtypes(trainer.model)
+    rec = trainer.fit()
+    hook.remove()
+    assert rec.status == "done" and rec.config["system"]["precision"] == precision
+    assert seen and set(seen) == {inner}  # training, validation and test steps alike
+
+
+def test_the_model_enters_its_precision_in_any_thread(tiny_config):
+    """DataParallel runs each replica's forward in a new thread, where the caller's autocast is absent (and
+    CUDA's default autocast dtype is float16): the model enters its stored precision itself."""
+    cfg = tiny_config("cremad")
+    ds = build_datasets(cfg)["train"]
+    batch = finish_batch(next(iter(build_loader(ds, cfg, True).epoch(0))))
+    model = MultimodalModel(cfg.modalities, ds.spec.num_classes, cfg.model, ds.shapes)
+    model.set_precision(Precision("bf16", "cpu"))
+    seen, hook = _conv_dtypes(model)
+    out: dict = {}
+    replica = threading.Thread(target=lambda: out.update(model(batch)))
+    replica.start()
+    replica.join()
+    assert seen == [torch.bfloat16]
+    assert out["fused"].dtype == torch.float32 and all(z.dtype == torch.float32 for z in out["probes"].values())
+    # the strategies' separate calls (masked fusion, probes) run at the precision too, outside any autocast
+    z = model.fusion({"audio": out["embs"]["audio"].detach()})
+    assert z.dtype == torch.float32 and model.fusion.precision == Precision("bf16", "cpu")
+    model.set_precision(None)
+    assert model(batch)["fused"].dtype == torch.float32 and seen[-1] == torch.float32
+    hook.remove()
+
+
+@pytest.mark.slow
 def test_record_has_the_time_breakdown_and_utilisation(tiny_config):
     rec = train(tiny_config("cremad", "train.epochs=2", "system.sample_interval=0.2"), progress=False)
     ep = rec.epochs[1]
@@ -246,6 +416,7 @@ def test_record_has_the_time_breakdown_and_utilisation(tiny_config):
     assert series.endswith(".util.csv") and os.path.exists(series)
 
 
+@pytest.mark.slow
 def test_bench_cli_writes_the_bench_section_and_a_profiler_trace(synth_dir, tmp_path):
     out = subprocess.run([sys.executable, "-m", "mmhpc.cli", "bench", "-q", "--epochs", "2", "--warmup", "1",
                           "--profile", f"data.root={synth_dir('cremad')}", f"output.runs_dir={tmp_path}",
@@ -263,3 +434,44 @@ def test_bench_cli_writes_the_bench_section_and_a_profiler_trace(synth_dir, tmp_
     assert "util/cpu_proc_pct_mean" in b
     assert (tmp_path / b["trace"]).stat().st_size > 1000
     assert "epoch_s" in out.stdout
+
+
+@pytest.mark.parametrize("sweep", ["precision", "loader", "parallelism", "batch"])
+def test_system_sweeps_measure_at_the_thesis_settings(sweep):
+    """Non-deterministic kernels with cuDNN autotuning; TF32, the thesis' default precision (Sec. 4.3.2.1),
+    unless the sweep varies it; on Alvis always on the GPU (never `auto`)."""
+    from mmhpc.launch.clusters import load_profile
+    from mmhpc.sweep import expand, load_sweep
+
+    gpu = expand(load_sweep(REPO / "sweeps" / f"{sweep}.yaml"), load_profile("alvis", "NAISS1"))
+    cpu = expand(load_sweep(REPO / "sweeps" / f"{sweep}.yaml"), load_profile("local"))
+    assert gpu.runs and cpu.runs and not gpu.errors and not cpu.errors
+    for plan, default in ((gpu, "tf32"), (cpu, "fp32")):  # no TF32 on a CPU
+        precisions = {r.config.system.precision for r in plan.runs}
+        assert precisions == ({"fp32", "tf32", "bf16"} if sweep == "precision" else {default})
+        assert all(not r.config.system.deterministic for r in plan.runs)
+    assert {r.config.system.device for r in gpu.runs} == {"cuda"}
+
+
+def test_algorithm_runs_stay_deterministic():
+    from mmhpc.launch.clusters import load_profile
+    from mmhpc.sweep import expand, load_sweep
+
+    plan = expand(load_sweep(REPO / "sweeps" / "algorithms.yaml"), load_profile("alvis", "NAISS1"))
+    assert plan.runs and all(r.config.system.deterministic for r in plan.runs)
+
+
+def test_ddp_records_the_peak_memory_of_every_rank(tiny_config, monkeypatch, tmp_path):
+    """A real gloo process group (one process here); CUDA's memory counters are stubbed (no GPU here)."""
+    import torch.distributed as dist
+
+    monkeypatch.setattr(torch.cuda, "max_memory_allocated", lambda d: 3 * 2 ** 20)
+    monkeypatch.setattr(torch.cuda, "reset_peak_memory_stats", lambda d: None)
+    par = parallel.build(tiny_config("cremad", "system.parallelism=ddp"))
+    par.device = torch.device("cuda", 0)
+    dist.init_process_group("gloo", store=dist.FileStore(str(tmp_path / "store"), 1), rank=0, world_size=1)
+    try:
+        assert par.peak_memory() == {"rank0/cuda:0_peak_mib": 3.0}
+    finally:
+        par.close()
+    assert not dist.is_initialized()

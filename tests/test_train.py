@@ -28,6 +28,7 @@ def _check_record(rec, cfg):
     assert 0 <= rec.summary.test["ece/fused"] <= 1
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("strategy", ["naive", "alternating"])
 @pytest.mark.parametrize("fusion", list(FUSION_CLASSES))
 def test_every_fusion_trains_under_every_strategy(tiny_config, fusion, strategy):
@@ -37,6 +38,7 @@ def test_every_fusion_trains_under_every_strategy(tiny_config, fusion, strategy)
     assert read_record(cfg.record_path()) == rec  # what was written reads back as the same record
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("fusion", ["early_sum", "concat"])
 def test_three_modalities_with_text_and_cosine(tiny_config, fusion):
     cfg = tiny_config("iemocap", f"model.fusion={fusion}", "model.cosine=true", "strategy.name=alternating")
@@ -45,6 +47,7 @@ def test_three_modalities_with_text_and_cosine(tiny_config, fusion):
     assert rec.summary.optimised_epochs == {"audio": 1, "visual": 1, "text": 1}
 
 
+@pytest.mark.slow
 def test_same_seed_same_metrics(tiny_config):
     recs = [train(tiny_config("cremad", "train.epochs=2", "output.overwrite=true"), progress=False)
             for _ in range(2)]
@@ -53,6 +56,7 @@ def test_same_seed_same_metrics(tiny_config):
     assert recs[0].summary.test == recs[1].summary.test
 
 
+@pytest.mark.slow
 def test_finished_record_is_never_overwritten(tiny_config, synth_dir, tmp_path):
     data = tmp_path / "data"
     shutil.copytree(synth_dir("mvsa"), data)
@@ -94,6 +98,7 @@ def test_single_accuracies_and_ibf_from_records(tmp_path):
     assert run_ibf({"acc/audio": 0.35}, ["audio"], None) is None
 
 
+@pytest.mark.slow
 def test_trainer_summary_takes_ibf_from_single_records(tiny_config, tmp_path):
     # baselines far below anything a trained modality reaches: every ratio is capped at 1, so IBF = 0
     _single_record(tmp_path, "audio", 1e-9, 0)
@@ -118,6 +123,7 @@ def test_parallelism_not_available_fails_before_work(tiny_config):
         train(tiny_config("cremad", "system.parallelism=dp"), progress=False)
 
 
+@pytest.mark.slow
 def test_checkpoint_resume_continues_exactly(tiny_config, tmp_path, monkeypatch):
     reference = train(tiny_config("cremad", "train.epochs=3", f"output.runs_dir={tmp_path / 'ref'}"),
                       progress=False)

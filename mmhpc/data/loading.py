@@ -40,8 +40,10 @@ def build_datasets(cfg) -> dict[str, PreparedDataset]:
 
 
 def build_loader(dataset: Dataset, cfg, train: bool, rank: int = 0, world: int = 1,
-                 preinit: bool | None = None) -> "EpochLoader":
-    """The run's loader knobs on a DataLoader; the global batch is split evenly over `world` processes."""
+                 preinit: bool | None = None, device: torch.device | None = None) -> "EpochLoader":
+    """The run's loader knobs on a DataLoader; the global batch is split evenly over `world` processes.
+    `device`: the run's device, made current in the pre-initialisation thread (its pin-memory thread
+    would otherwise open a context on GPU 0 in every DDP process)."""
     lc = cfg.loader
     sampler = DistributedSampler(dataset, num_replicas=world, rank=rank, shuffle=train, seed=cfg.train.seed,
                                  drop_last=False) if train else None
@@ -54,7 +56,7 @@ def build_loader(dataset: Dataset, cfg, train: bool, rank: int = 0, world: int =
     loader = DataLoader(dataset, batch_size=cfg.train.batch_size // world, sampler=sampler, num_workers=lc.num_workers,
                         pin_memory=lc.pin_memory, generator=torch.Generator().manual_seed(cfg.train.seed + rank),
                         **kwargs)
-    return PreinitLoader(loader) if preinit else EpochLoader(loader)
+    return PreinitLoader(loader, device) if preinit else EpochLoader(loader)
 
 
 def worker_context(method: str, preinit: bool):
@@ -104,8 +106,8 @@ class EpochLoader:
 class _Started:
     """An iterator whose first batch has been fetched already, and how long that took (the start-up)."""
 
-    def __init__(self, it, first):
-        self.it, self.first = it, first
+    def __init__(self, it, first, seconds: float):
+        self.it, self.first, self.seconds = it, first, seconds
 
     def __iter__(self):
         if self.first is not _END:
@@ -133,24 +135,29 @@ class PreinitLoader(EpochLoader):
     never holds a DataLoader lock while that happens.
     """
 
-    def __init__(self, loader: DataLoader):
+    def __init__(self, loader: DataLoader, device: torch.device | None = None):
         if loader.persistent_workers:
             raise ValueError("loader.preinit: not with loader.persistent_workers=true (a persistent loader has a "
                              "single iterator that cannot be started while the current epoch uses it)")
         super().__init__(loader)
-        self._pool = ThreadPoolExecutor(1, thread_name_prefix="mmhpc-preinit")
+        # a new thread's current CUDA device is 0: make it the run's before DataLoader starts its pin-memory thread
+        cuda = device is not None and device.type == "cuda"
+        self._pool = ThreadPoolExecutor(1, thread_name_prefix="mmhpc-preinit",
+                                        initializer=torch.cuda.set_device if cuda else None,
+                                        initargs=(device,) if cuda else ())
         self._pending: tuple[int, Future] | None = None
         self._live: list = []
         self._lock = threading.Lock()
         self._startup_s = float("inf")  # the shortest start-up measured (one made under contention runs longer)
 
     def _start(self, epoch: int) -> _Started:
+        t0 = time.perf_counter()
         self._set_epoch(epoch)
         it = iter(self.loader)
         with self._lock:
             self._live.append(it)
         first = next(it, _END)
-        return _Started(it, first)
+        return _Started(it, first, time.perf_counter() - t0)
 
     def prefetch(self, epoch: int) -> None:
         """Start pre-initialising `epoch` now, unless it is started already."""

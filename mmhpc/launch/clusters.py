@@ -8,9 +8,11 @@ files. Validation is pydantic v2 (`ClusterProfile`); every problem is one `file:
 line (mmhpc.errors).
 
 A profile also knows what its devices can do, so that a run it cannot execute is refused before
-anything is submitted (`resolve_resources`): BF16/TF32 need compute capability 8.0+, DataParallel
-needs two GPUs, BLP one GPU per modality, DDP one task per GPU, multi-node DDP InfiniBand; and how many
-cores come with a GPU on each node type, which becomes `--cpus-per-task`.
+anything is submitted (`resolve_resources`): multi-node DDP needs InfiniBand, and how many cores come with
+a GPU on each node type becomes `--cpus-per-task`. The precision and parallelism rules are the trainer's
+own, asked of the same objects with the profile's GPU type instead of a live GPU: `Precision.problem`
+(BF16/TF32 need compute capability 8.0+) and the `Parallelism` classes (GPUs per run, tasks per node,
+DataParallel's two GPUs, the DDP batch split).
 """
 from __future__ import annotations
 
@@ -331,8 +333,12 @@ def resolve_resources(profile: ClusterProfile, cfg, request: dict) -> tuple[Reso
         req = ResourceRequest(**request)
     except ValidationError as e:
         return None, validation_problems(e, prefix=["resources"], model=ResourceRequest), None
+    from mmhpc.system.parallel import PARALLELISMS
+    from mmhpc.system.precision import Precision
+
     errors: list[str] = []
-    par, precision, mods = cfg.system.parallelism, cfg.system.precision, cfg.modalities
+    par, precision = cfg.system.parallelism, cfg.system.precision
+    rules = PARALLELISMS[par]
     nodes = req.nodes or 1
     time_min = req.time_min or profile.time_min
     if time_min > profile.max_time_min:
@@ -352,19 +358,11 @@ def resolve_resources(profile: ClusterProfile, cfg, request: dict) -> tuple[Reso
             return None, errors + [f"resources.gpu: invalid value {gpu!r} on {profile.name}; valid choices: "
                                    f"{', '.join(profile.gpus)}"], None
         spec = profile.gpus[gpu]
-        if precision in ("tf32", "bf16") and spec.capability < 8.0:
-            errors.append(f"system.precision: {precision} needs compute capability 8.0+, {gpu} has "
-                          f"{spec.capability:g}; valid choices on {gpu}: fp32 (or resources.gpu: "
-                          f"{', '.join(g for g, s in profile.gpus.items() if s.capability >= 8.0)})")
-        if par == "single":
-            count = 1
-        elif par == "blp":  # one device per encoder branch; resources.gpus is for dp/ddp only
-            count = len(mods)
-        else:  # dp, ddp: as many GPUs as BLP would use unless told, for a like-for-like comparison
-            count = req.gpus or len(mods)
-            if par == "dp" and count < 2:
-                errors.append(f"system.parallelism: dp needs >= 2 GPUs, resources.gpus={count}; "
-                              "valid choices with one GPU: single")
+        wrong = Precision(precision, "cuda").problem(spec.capability, gpu)
+        if wrong:
+            able = [g for g, s in profile.gpus.items() if not Precision(precision, "cuda").problem(s.capability)]
+            errors.append(wrong + (f" (or resources.gpu: {', '.join(able)})" if able else ""))
+        count = rules.devices_needed(cfg, req.gpus)
         if count > spec.per_node:
             errors.append(f"resources.gpus: {par} needs {count} GPUs per node, {gpu} nodes have {spec.per_node}"
                           + ("; use resources.nodes for multi-node ddp" if par == "ddp" else ""))
@@ -372,27 +370,26 @@ def resolve_resources(profile: ClusterProfile, cfg, request: dict) -> tuple[Reso
             errors.append(problem("resources.nodes", f"{nodes} nodes of {gpu}: {gpu} nodes have no InfiniBand, "
                                   "so multi-node DDP would run over Ethernet", ["1", "or resources.gpu: " + ", ".join(
                                       g for g, s in profile.gpus.items() if s.infiniband)]))
-        tasks = count if par == "ddp" else 1
+        tasks = rules.tasks_per_node(count)
         if cpus is None and count <= spec.per_node:  # the cores that come with the task's GPUs
             cpus = spec.cores_per_gpu(count) * (count // tasks)
         res = Resources(gpu=gpu, gpus_per_node=count, nodes=nodes, tasks_per_node=tasks, time_min=time_min,
                         cpus_per_task=cpus, mem_gb=req.mem_gb or profile.mem_gb)
+        wrong = rules.problem(cfg, "cuda", count, res.nodes * res.tasks_per_node)
     else:
-        if par == "dp":
-            return None, errors, (f"system.parallelism: dp (nn.DataParallel) needs >= 2 CUDA GPUs; cluster "
-                                  f"{profile.name} has none")
-        if precision == "tf32":
-            return None, errors, (f"system.precision: tf32 is a tensor-core format of NVIDIA GPUs; cluster "
-                                  f"{profile.name} has none (valid here: fp32, bf16)")
-        tasks = (req.gpus or profile.cpu_tasks) if par == "ddp" else 1
-        res = Resources(gpu=None, gpus_per_node=0, nodes=nodes, tasks_per_node=tasks, time_min=time_min,
-                        cpus_per_task=cpus, mem_gb=req.mem_gb or profile.mem_gb)
+        # a run that cannot exist on a CPU cluster (DP, TF32) is recorded as not applicable, not an error
+        absent = Precision(precision, "cpu").problem() or (rules.problem(cfg, "cpu", 0) if rules.gpu_only else None)
+        if absent:
+            return None, errors, f"{absent} (cluster {profile.name} has no GPU)"
+        count = rules.devices_needed(cfg, req.gpus or profile.cpu_tasks)  # DDP: gloo processes
+        res = Resources(gpu=None, gpus_per_node=0, nodes=nodes, tasks_per_node=rules.tasks_per_node(count),
+                        time_min=time_min, cpus_per_task=cpus, mem_gb=req.mem_gb or profile.mem_gb)
+        wrong = rules.problem(cfg, "cpu", 0, res.nodes * res.tasks_per_node)
+    if wrong:
+        errors.append(wrong)
     workers = cfg.loader.num_workers
     if res.cpus_per_task and workers > res.cpus_per_task:
         errors.append(problem("loader.num_workers", f"{workers} workers exceed the {res.cpus_per_task} cores each "
                               f"process of this run gets on {profile.name}", [f"0..{res.cpus_per_task}",
                                                                               "or resources.cpus_per_task"]))
-    world = res.nodes * res.tasks_per_node
-    if par == "ddp" and cfg.train.batch_size % world:
-        errors.append(f"train.batch_size: {cfg.train.batch_size} is not divisible by the {world} DDP processes")
     return res, errors, None

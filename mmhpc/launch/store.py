@@ -233,7 +233,7 @@ def run_states(sweep_dir: SweepDir, manifest: dict, query_slurm: bool = True,
     records = {r["name"]: sweep_dir.record(r["name"]) for r in manifest["runs"]}
     jobs = {r["name"]: _last_job(r, records[r["name"]]) for r in manifest["runs"]}
     open_jobs = [j for r in manifest["runs"] for j in [jobs[r["name"]]] if j and j.get("scheduler") == "slurm"
-                 and not r.get("not_applicable") and (records[r["name"]] is None or records[r["name"]].status != "done")]
+                 and not r.get("not_applicable") and getattr(records[r["name"]], "status", None) != "done"]
     if view is None and query_slurm and open_jobs:
         view = query_scheduler([j["job_id"] for j in open_jobs if j.get("job_id")],
                                sorted({j["job_name"] for j in open_jobs if not j.get("job_id")}),

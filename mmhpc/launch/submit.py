@@ -451,8 +451,7 @@ def _run_here(sweep_dir: SweepDir, manifest: dict, profile: ClusterProfile, runs
                 _sweep_run(profile, run)()
             done.append(run["name"])
         except Exception as e:  # one failed run does not stop the others; `sweep status` shows why
-            print(f"run {run['index']} ({run['name']}) failed: {type(e).__name__}: {str(e).strip()[-500:]}",
-                  file=sys.stderr)
+            log.error("run %d (%s) failed: %s: %s", run["index"], run["name"], type(e).__name__, str(e).strip()[-500:])
     return done
 
 

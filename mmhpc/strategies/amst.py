@@ -24,7 +24,6 @@ get no gradient at all, so SGD leaves them alone; early-sum's head is shared by 
 """
 from __future__ import annotations
 
-import contextlib
 from dataclasses import dataclass, field
 from types import SimpleNamespace
 
@@ -102,10 +101,10 @@ class AMST(Alternating):
             if isinstance(s, bool) or not isinstance(s, int) or s < 1:
                 raise ConfigError(f"strategy.params.skips.{m}: {s!r} must be a positive integer (1 = never skipped)")
 
-    def __init__(self, cfg, model, autocast=contextlib.nullcontext):
+    def __init__(self, cfg, model):
         if self.parse_params(cfg.strategy.params).module == "full":
             model.add_module("amst_joint", joint_twin(model, cfg))  # before the optimiser is built
-        super().__init__(cfg, model, autocast)
+        super().__init__(cfg, model)
         defaults = AMST_DEFAULT_SKIPS.get(cfg.data.dataset, {})
         self.skips = {m: int(self.params.skips.get(m, defaults.get(m, 1))) for m in self.modalities}
 
@@ -156,15 +155,14 @@ class AMST(Alternating):
     def _joint_step(self, model, batch, labels) -> dict[str, torch.Tensor]:
         """Seed 001 Alg. 2: one loss over the non-skipped modalities' embeddings and head weights."""
         logits: dict[str, torch.Tensor] = {}
-        with self.autocast():
-            embs = model.encode(batch)
-            loss = self.probe_loss(embs, labels, logits) if model is self.model else None
-            if self.active:
-                joint = F.cross_entropy(model.fusion({m: embs[m] for m in self.active}), labels)
-                loss = joint if loss is None else loss + joint
+        embs = model.encode(batch)
+        loss = self.probe_loss(embs, labels, logits) if model is self.model else None
+        if self.active:
+            joint = F.cross_entropy(model.fusion({m: embs[m] for m in self.active}), labels)
+            loss = joint if loss is None else loss + joint
         if loss is not None:
             self.update(loss)
-        with torch.no_grad(), self.autocast():
+        with torch.no_grad():
             detached = {m: e.detach() for m, e in embs.items()}
             logits["fused"] = model.fusion(detached)
             logits.update({m: model.fusion({m: e}) for m, e in detached.items()})
@@ -179,8 +177,7 @@ class AMST(Alternating):
         out = super().eval_logits(batch)
         if self.params.module == "full":
             twin = self.model.amst_joint
-            with self.autocast():
-                joint = twin.fusion(twin.encode(batch)).float()
+            joint = twin.fusion(twin.encode(batch)).float()
             out.update(alt=out["fused"], joint=joint, fused=self._full(out, joint))
         return out
 

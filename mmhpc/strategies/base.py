@@ -7,11 +7,10 @@ differs and registers itself with `@register`.
 """
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import functools
 from dataclasses import dataclass
-from typing import Any, Callable, ClassVar
+from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -55,11 +54,10 @@ class Strategy:
     #: 2 for the balancing baselines, which compare modalities with each other
     min_modalities: ClassVar[int] = 1
 
-    def __init__(self, cfg, model, autocast: Callable[[], Any] = contextlib.nullcontext):
+    def __init__(self, cfg, model):
         self.cfg = cfg
-        self.model = model
+        self.model = model  # runs at the run's precision by itself (MultimodalModel.set_precision)
         self.net = model  # the trainer replaces it by the DP/DDP wrapper
-        self.autocast = autocast
         self.params = self.parse_params(cfg.strategy.params)
         self.modalities: list[str] = list(model.modalities)
         self.optimised = {m: 0 for m in self.modalities}  # optimisation epochs per modality (Table 4.4)
@@ -76,11 +74,12 @@ class Strategy:
     def check_config(cls, cfg) -> None:
         """Reject configs this strategy cannot run, naming the field and the valid choices."""
         if cfg.model.fusion not in cls.fusions:
-            raise ConfigError(f"model.fusion: strategy {cls.name} does not support {cfg.model.fusion}; "
-                              f"valid choices: {', '.join(cls.fusions)}")
+            raise ConfigError(problem("model.fusion", f"strategy {cls.name} does not support {cfg.model.fusion}",
+                                      cls.fusions))
         if cfg.system.parallelism not in cls.parallelisms:
-            raise ConfigError(f"system.parallelism: strategy {cls.name} cannot run under "
-                              f"{cfg.system.parallelism}; valid choices: {', '.join(cls.parallelisms)}")
+            raise ConfigError(problem("system.parallelism",
+                                      f"strategy {cls.name} cannot run under {cfg.system.parallelism}",
+                                      cls.parallelisms))
         if len(cfg.modalities) < cls.min_modalities:
             raise ConfigError(f"data.modalities: strategy {cls.name} balances two or more modalities, got "
                               f"{cfg.modalities}; use strategy.name=naive for a single-modality baseline")
@@ -155,11 +154,10 @@ class Strategy:
     @torch.no_grad()
     def eval_logits(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """Fused, per-modality (masked fusion) and probe logits for evaluation."""
-        with self.autocast():
-            embs = self.model.encode(batch)
-            out = {"fused": self.fused_logits(embs)}
-            out.update({m: self.model.fusion({m: embs[m]}) for m in self.modalities})
-            out.update({f"probe/{m}": z for m, z in self.model.probe_logits(embs).items()})
+        embs = self.model.encode(batch)
+        out = {"fused": self.fused_logits(embs)}
+        out.update({m: self.model.fusion({m: embs[m]}) for m in self.modalities})
+        out.update({f"probe/{m}": z for m, z in self.model.probe_logits(embs).items()})
         return {k: v.float() for k, v in out.items()}
 
     # ---- helpers for subclasses ------------------------------------------------------------------

@@ -14,13 +14,12 @@ class Naive(Strategy):
     name = "naive"
 
     def train_step(self, batch, labels):
-        with self.autocast():
-            out = self.net(batch)  # one forward through the DP/DDP wrapper when there is one
-            embs, fused = out["embs"], out["fused"]
-            logits = {"fused": fused.detach(), **{f"probe/{m}": z.detach() for m, z in out["probes"].items()}}
-            loss = F.cross_entropy(fused, labels) + sum(F.cross_entropy(z, labels) for z in out["probes"].values())
+        out = self.net(batch)  # one forward through the DP/DDP wrapper when there is one
+        embs, fused = out["embs"], out["fused"]
+        logits = {"fused": fused.detach(), **{f"probe/{m}": z.detach() for m, z in out["probes"].items()}}
+        loss = F.cross_entropy(fused, labels) + sum(F.cross_entropy(z, labels) for z in out["probes"].values())
         self.update(loss)
-        with torch.no_grad(), self.autocast():  # per-modality logits for the metrics only
+        with torch.no_grad():  # per-modality logits for the metrics only
             logits.update({m: self.model.fusion({m: e.detach()}) for m, e in embs.items()})
         return StepOutput(logits)
 
@@ -40,18 +39,15 @@ class Alternating(Strategy):
 
     def train_step(self, batch, labels):
         logits: dict[str, torch.Tensor] = {}
-        with self.autocast():
-            embs = self.model.encode(batch)
-            probe = self.probe_loss(embs, labels, logits)
+        embs = self.model.encode(batch)
+        probe = self.probe_loss(embs, labels, logits)
         if not self.model.fusion.symmetric:
             # Alg. 3 line 3: the fusion learns from all unmasked embeddings; encoders are not touched.
-            with self.autocast():
-                fused = self.fused_logits({m: e.detach() for m, e in embs.items()})
+            fused = self.fused_logits({m: e.detach() for m, e in embs.items()})
             self.update(F.cross_entropy(fused, labels))
         for m in self.modalities:
-            with self.autocast():
-                z = self.model.fusion({m: embs[m]})
-                loss = F.cross_entropy(z, labels)
+            z = self.model.fusion({m: embs[m]})
+            loss = F.cross_entropy(z, labels)
             logits[m] = z.detach()
             if m in self.active:
                 # probes ride on the first update; their graph is separate from the encoders'
@@ -59,6 +55,6 @@ class Alternating(Strategy):
                 probe = None
         if probe is not None:  # no modality trained this step: the probes still learn
             self.update(probe)
-        with torch.no_grad(), self.autocast():
+        with torch.no_grad():
             logits["fused"] = self.fused_logits({m: e.detach() for m, e in embs.items()})
         return StepOutput(logits)

@@ -80,13 +80,11 @@ class MLA(Strategy):
 
     def train_step(self, batch, labels):
         logits: dict[str, torch.Tensor] = {}
-        with self.autocast():
-            embs = self.model.encode(batch)
-            probe = self.probe_loss(embs, labels, logits)
+        embs = self.model.encode(batch)
+        probe = self.probe_loss(embs, labels, logits)
         for m in self.modalities:
-            with self.autocast():
-                z = self.model.fusion({m: embs[m]})
-                loss = F.cross_entropy(z, labels)
+            z = self.model.fusion({m: embs[m]})
+            loss = F.cross_entropy(z, labels)
             logits[m] = z.detach()
             self.optimizer.zero_grad(set_to_none=True)
             (loss + probe if probe is not None else loss).backward()
@@ -94,7 +92,7 @@ class MLA(Strategy):
             if self.params.projection:
                 self.project(embs[m].detach())
             self.optimizer.step()
-        with torch.no_grad(), self.autocast():
+        with torch.no_grad():
             logits["fused"] = self.fused_logits({m: e.detach() for m, e in embs.items()})
         return StepOutput(logits)
 

@@ -85,11 +85,10 @@ class OGMGE(_OnTheFly):
         return dict(zip(self.modalities, k))
 
     def train_step(self, batch, labels):
-        with self.autocast():
-            out = self.net(batch)
-            embs, fused, probes = out["embs"], out["fused"], out["probes"]
-            loss = F.cross_entropy(fused, labels) + sum(F.cross_entropy(z, labels) for z in probes.values())
-            parts = self.parts(embs)
+        out = self.net(batch)
+        embs, fused, probes = out["embs"], out["fused"], out["probes"]
+        loss = F.cross_entropy(fused, labels) + sum(F.cross_entropy(z, labels) for z in probes.values())
+        parts = self.parts(embs)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         if self.modulating:
@@ -99,8 +98,7 @@ class OGMGE(_OnTheFly):
         else:
             self.coeffs = None
         self.optimizer.step()
-        with self.autocast():
-            return StepOutput(step_logits(self.model, embs, fused, probes))
+        return StepOutput(step_logits(self.model, embs, fused, probes))
 
     @torch.no_grad()
     def modulate(self) -> None:
@@ -154,24 +152,22 @@ class OPM(_OnTheFly):
         return dropped, keep.sum(1) > 0
 
     def train_step(self, batch, labels):
-        with self.autocast():
-            out = self.net(batch)
-            embs, fused, probes = out["embs"], out["fused"], out["probes"]
-            if self.modulating:
-                dropped, valid = self.drop(embs)
-                per_sample = F.cross_entropy(self.model.fusion(dropped), labels, reduction="none")
-                weight = valid.to(per_sample.dtype)  # the mean over the samples that kept a modality (0 if none)
-                loss = (per_sample * weight).sum() / weight.sum().clamp_min(1)
-            else:
-                loss = F.cross_entropy(fused, labels)
-            loss = loss + sum(F.cross_entropy(p, labels) for p in probes.values())
-            parts = self.parts(embs)
+        out = self.net(batch)
+        embs, fused, probes = out["embs"], out["fused"], out["probes"]
+        if self.modulating:
+            dropped, valid = self.drop(embs)
+            per_sample = F.cross_entropy(self.model.fusion(dropped), labels, reduction="none")
+            weight = valid.to(per_sample.dtype)  # the mean over the samples that kept a modality (0 if none)
+            loss = (per_sample * weight).sum() / weight.sum().clamp_min(1)
+        else:
+            loss = F.cross_entropy(fused, labels)
+        loss = loss + sum(F.cross_entropy(p, labels) for p in probes.values())
+        parts = self.parts(embs)
         self.update(loss)
         if self.modulating:  # Eq. 8: this iteration's scores give the next iteration's q
             scores = batch_scores({m: parts[m] for m in self.modalities}, labels)
             self.q = opm_drop_tensor(scores, self.params.lam, self.params.q_base)
-        with self.autocast():
-            return StepOutput(step_logits(self.model, embs, fused, probes))
+        return StepOutput(step_logits(self.model, embs, fused, probes))
 
     def drop_probabilities(self) -> dict[str, float]:
         return dict(zip(self.modalities, self.q.tolist()))

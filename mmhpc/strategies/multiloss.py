@@ -51,16 +51,14 @@ class MultiLoss(Naive):
         pass
 
     def train_step(self, batch, labels):
-        with self.autocast():
-            out = self.net(batch)
-            embs, fused = out["embs"], out["fused"]
-            uni = self.unimodal(embs)
-            losses = {"fused": F.cross_entropy(fused, labels), **{m: F.cross_entropy(z, labels) for m, z in uni.items()}}
-            loss = self.combine(losses)
+        out = self.net(batch)
+        embs, fused = out["embs"], out["fused"]
+        uni = self.unimodal(embs)
+        losses = {"fused": F.cross_entropy(fused, labels), **{m: F.cross_entropy(z, labels) for m, z in uni.items()}}
+        loss = self.combine(losses)
         self.before_update(uni, labels)
         self.update(loss)
-        with self.autocast():
-            return StepOutput(step_logits(self.model, embs, fused, uni))
+        return StepOutput(step_logits(self.model, embs, fused, uni))
 
 
 @dataclass

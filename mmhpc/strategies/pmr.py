@@ -84,8 +84,7 @@ class PMR(ModulationWindow, Strategy):
         sums: dict[str, torch.Tensor] = {}
         counts = None
         for batch in self.data.batches("train", epoch, self.params.fraction, shuffle=True):
-            with self.autocast():
-                embs = self.model.encode(batch)
+            embs = self.model.encode(batch)
             for m, e in embs.items():
                 s, c = pmr_class_sums(e, batch["label"].to(e.device), self.model.num_classes)
                 sums[m] = sums[m] + s if m in sums else s
@@ -105,10 +104,9 @@ class PMR(ModulationWindow, Strategy):
                 for m in self.modalities}
 
     def train_step(self, batch, labels):
-        with self.autocast():
-            out = self.net(batch)
-            embs, fused, probes = out["embs"], out["fused"], out["probes"]
-            loss = F.cross_entropy(fused, labels) + sum(F.cross_entropy(z, labels) for z in probes.values())
+        out = self.net(batch)
+        embs, fused, probes = out["embs"], out["fused"], out["probes"]
+        loss = F.cross_entropy(fused, labels) + sum(F.cross_entropy(z, labels) for z in probes.values())
         proto = None
         if self.prototypes is not None and self.modulating:
             proto = self.prototype_logits(embs)
@@ -119,8 +117,7 @@ class PMR(ModulationWindow, Strategy):
                 reg = torch.stack([pmr_entropy_regulariser(proto[m]) for m in self.modalities])
                 loss = loss - self.params.mu * ((rho > 1).to(reg.dtype) * reg).sum()
         self.update(loss)
-        with self.autocast():
-            logits = step_logits(self.model, embs, fused, probes)
+        logits = step_logits(self.model, embs, fused, probes)
         logits.update({f"proto/{m}": z.detach() for m, z in (proto or {}).items()})
         return StepOutput(logits)
 
@@ -128,8 +125,7 @@ class PMR(ModulationWindow, Strategy):
     def eval_logits(self, batch):
         out = super().eval_logits(batch)
         if self.prototypes is not None:
-            with self.autocast():
-                embs = self.model.encode(batch)
+            embs = self.model.encode(batch)
             out.update({f"proto/{m}": z.float() for m, z in self.prototype_logits(embs).items()})
         return out
 

@@ -1,4 +1,11 @@
-"""Parallelism (thesis Sec. 2.7.3.3-2.7.3.4, 3.4.4): single, DataParallel, DDP and Branch-Level Parallelism.
+"""Parallelism as one interface (thesis Sec. 2.7.3.3-2.7.3.4, 3.4.4, Tables 4.13-4.15).
+
+`Parallelism` subclasses, one per `system.parallelism`, answer the launcher and run the trainer's side:
+- rules, asked before anything runs (by `mmhpc sweep` with a cluster's GPU type, by the trainer with the
+  devices it sees): `devices_needed`, `tasks_per_node`, `problem`;
+- a run: `setup` (choose the device, join the process group), `wrap` (the module strategies call forward
+  on), `to_device` (where each input goes), `synchronize` (every device the run computes on, before a
+  timer is read), `reduce`/`broadcast` (metrics over processes), `peak_memory`, `close`.
 
 - single: one device.
 - dp: `nn.DataParallel` over all visible GPUs; needs at least two (no silent fallback).
@@ -12,90 +19,289 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 import torch.distributed as dist
 from torch import nn
 
-from mmhpc.compat import autocast_state
+from mmhpc import compat
 from mmhpc.errors import ConfigError
 
 
-@dataclass(frozen=True)
-class DistInfo:
-    rank: int = 0
-    world: int = 1
-    local_rank: int = 0
+def resolve_device(name: str) -> torch.device:
+    """`system.device`: cpu, cuda (fails without a visible GPU: never a silent CPU run), auto."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("system.device: cuda requested but torch sees no CUDA device (driver, "
+                          "CUDA_VISIBLE_DEVICES or a CPU-only torch build); valid here: cpu, auto")
+    return torch.device(name)
+
+
+def local_device(local_rank: int) -> torch.device:
+    """The GPU of the process with this node-local rank, whatever SLURM lets it see.
+
+    All of the node's GPUs visible (torchrun, `--gpus-per-node`): GPU `local_rank`. One GPU per task
+    (`--gpus-per-task=1`, cgroups): that GPU is ordinal 0 in every process.
+    """
+    count = torch.cuda.device_count()
+    if count == 1:
+        return torch.device("cuda", 0)
+    if local_rank < count:
+        return torch.device("cuda", local_rank)
+    raise ConfigError(f"system.parallelism: ddp process of local rank {local_rank} sees {count} GPUs; run one "
+                      "process per GPU (torchrun --nproc-per-node <= GPUs, or one SLURM task per GPU)")
+
+
+class Parallelism:
+    name: ClassVar[str] = ""
+    gpu_only: ClassVar[bool] = False  # cannot exist on a CPU machine at all (DataParallel)
+
+    def __init__(self, cfg):
+        self.cfg = cfg
+        self.rank, self.world = 0, 1
+        self.device = torch.device("cpu")
 
     @property
     def is_main(self) -> bool:
         return self.rank == 0
 
+    # ---- rules: what one run needs (launcher and trainer) -----------------------------------------
+    @classmethod
+    def devices_needed(cls, cfg, requested: int | None = None) -> int:
+        """Devices one run uses: GPUs on a GPU cluster (processes for CPU DDP)."""
+        return 1
 
-def setup_distributed(cfg) -> DistInfo:
-    """Join the process group of a DDP run (started by torchrun or as SLURM tasks)."""
-    if cfg.system.parallelism != "ddp":
-        return DistInfo()
-    if "WORLD_SIZE" not in os.environ:
-        raise ConfigError("system.parallelism: ddp runs one process per device; launch it with "
-                          "`torchrun --nproc-per-node N -m mmhpc.cli train ...`, or submit it with `mmhpc sweep` "
-                          "(one SLURM task per GPU)")
-    info = DistInfo(int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"]), int(os.environ.get("LOCAL_RANK", 0)))
-    if cfg.train.batch_size % info.world:
-        raise ConfigError(f"train.batch_size: {cfg.train.batch_size} is not divisible by the {info.world} DDP "
-                          "processes; the global batch is split evenly")
-    if not dist.is_initialized():
-        use_cuda = cfg.system.device != "cpu" and torch.cuda.is_available()
-        if use_cuda:
-            torch.cuda.set_device(info.local_rank)
-        dist.init_process_group("nccl" if use_cuda else "gloo")
-    return info
+    @classmethod
+    def tasks_per_node(cls, devices: int) -> int:
+        """Processes per node: one per device for DDP, else one."""
+        return 1
 
+    @classmethod
+    def problem(cls, cfg, device_type: str, devices: int, world: int = 1) -> str | None:
+        """Why the run cannot use `devices` devices of `device_type` (`world` DDP processes), or None."""
+        return None
 
-def ddp_device(info: DistInfo, requested: torch.device) -> torch.device:
-    if requested.type == "cuda":
-        return torch.device("cuda", info.local_rank % torch.cuda.device_count())
-    return requested
+    # ---- a run ------------------------------------------------------------------------------------
+    def setup(self) -> torch.device:
+        """Choose the run's device (and make it the current CUDA device of this thread)."""
+        self.device = resolve_device(self.cfg.system.device)
+        if self.device.type == "cuda":
+            if self.device.index is None:
+                self.device = torch.device("cuda", torch.cuda.current_device())
+            torch.cuda.set_device(self.device)
+        self._check(self.device.type, torch.cuda.device_count() if self.device.type == "cuda" else 0)
+        return self.device
 
+    def _check(self, device_type: str, devices: int) -> None:
+        problem = self.problem(self.cfg, device_type, devices, self.world)
+        if problem:
+            raise ConfigError(problem)
 
-def wrap(model: nn.Module, parallelism: str, device: torch.device) -> nn.Module:
-    """The module strategies call forward on: the model itself, or its DP/DDP wrapper."""
-    if parallelism == "dp":
-        n = torch.cuda.device_count() if device.type == "cuda" else 0
-        if n < 2:
-            raise ConfigError(f"system.parallelism: dp (nn.DataParallel) needs at least 2 CUDA devices, this "
-                              f"machine has {n}; use single, or ddp (which also runs on the CPU with gloo)")
-        return nn.DataParallel(model)
-    if parallelism == "ddp":
-        ids = [device.index] if device.type == "cuda" else None
-        return nn.parallel.DistributedDataParallel(model, device_ids=ids)
-    return model
+    def wrap(self, model: nn.Module, probe: Callable[[], dict] | None = None) -> nn.Module:
+        """The module strategies call forward on. `probe()` gives one training batch (BLP measures on it)."""
+        return model
 
+    def input_device(self, key: str) -> torch.device:
+        return self.device
 
-def all_mean(values: dict[str, float], weight: float) -> dict[str, float]:
-    """Weighted mean of per-process metrics over the DDP group (weight = samples seen)."""
-    if not dist.is_initialized():
+    def to_device(self, batch: dict, non_blocking: bool = False) -> dict:
+        """Each tensor of a batch straight to the device that consumes it."""
+        return {k: v.to(self.input_device(k), non_blocking=non_blocking) if torch.is_tensor(v) else v
+                for k, v in batch.items()}
+
+    def compute_devices(self) -> list[torch.device]:
+        return [self.device]
+
+    def synchronize(self) -> None:
+        """Wait for every device the run computes on (before an epoch timer is read)."""
+        for d in self.compute_devices():
+            if d.type == "cuda":
+                torch.cuda.synchronize(d)
+
+    def reduce(self, values: dict[str, float], weight: float) -> dict[str, float]:
+        """Weighted mean of per-process metrics (weight = samples seen); the values themselves in one process."""
         return values
-    gathered: list = [None] * dist.get_world_size()
-    dist.all_gather_object(gathered, (values, weight))
-    total = sum(w for _, w in gathered)
-    return {k: sum(v[k] * w for v, w in gathered) / total for k in values}
 
-
-def broadcast(obj):
-    """Rank 0's object on every rank (validation metrics drive per-epoch decisions everywhere)."""
-    if not dist.is_initialized():
+    def broadcast(self, obj):
+        """Rank 0's object on every rank."""
         return obj
-    box = [obj]
-    dist.broadcast_object_list(box, src=0)
-    return box[0]
+
+    def peak_memory(self) -> dict:
+        """Peak GPU memory of the epoch in MiB per device the run uses (empty on the CPU); resets the peaks."""
+        out = {}
+        for d in dict.fromkeys(self.compute_devices()):
+            if d.type == "cuda":
+                out[f"{d}_peak_mib"] = torch.cuda.max_memory_allocated(d) / 2 ** 20
+                torch.cuda.reset_peak_memory_stats(d)
+        return out
+
+    def close(self) -> None:
+        pass
 
 
-def shutdown() -> None:
-    if dist.is_initialized():
-        dist.destroy_process_group()
+class Single(Parallelism):
+    name = "single"
+
+
+class DataParallel(Parallelism):
+    name = "dp"
+    gpu_only = True
+
+    @classmethod
+    def devices_needed(cls, cfg, requested=None):
+        # as many GPUs as BLP would use unless told, for a like-for-like comparison
+        return int(requested or len(cfg.modalities))
+
+    @classmethod
+    def problem(cls, cfg, device_type, devices, world=1):
+        if device_type != "cuda" or devices < 2:
+            return (f"system.parallelism: dp (nn.DataParallel) needs >= 2 CUDA GPUs, this run has "
+                    f"{devices if device_type == 'cuda' else 0}; valid: single, or ddp (which also runs on the "
+                    "CPU with gloo)")
+        return None
+
+    def compute_devices(self):
+        return [torch.device("cuda", i) for i in range(torch.cuda.device_count())] if self.device.type == "cuda" \
+            else [self.device]
+
+    def wrap(self, model, probe=None):
+        # the model enters its own autocast in forward: replicas run in new threads, where the caller's
+        # autocast state is absent (see mmhpc.system.precision.autocast_method)
+        return nn.DataParallel(model)
+
+
+class Distributed(Parallelism):
+    name = "ddp"
+
+    @classmethod
+    def devices_needed(cls, cfg, requested=None):
+        return int(requested or len(cfg.modalities))
+
+    @classmethod
+    def tasks_per_node(cls, devices):
+        return devices
+
+    @classmethod
+    def problem(cls, cfg, device_type, devices, world=1):
+        if cfg.train.batch_size % world:
+            return (f"train.batch_size: {cfg.train.batch_size} is not divisible by the {world} DDP processes; "
+                    "the global batch is split evenly")
+        return None
+
+    def setup(self):
+        if "WORLD_SIZE" not in os.environ:
+            raise ConfigError("system.parallelism: ddp runs one process per device; launch it with "
+                              "`torchrun --nproc-per-node N -m mmhpc.cli train ...`, or submit it with `mmhpc sweep` "
+                              "(one SLURM task per GPU)")
+        self.rank, self.world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
+        self._check("cpu", 0)  # the batch split: before the device is touched
+        requested = resolve_device(self.cfg.system.device)
+        if requested.type == "cuda":
+            self.device = local_device(int(os.environ.get("LOCAL_RANK", 0)))
+            torch.cuda.set_device(self.device)
+        else:
+            self.device = requested
+        if not dist.is_initialized():
+            if self.device.type == "cuda":
+                compat.init_process_group("nccl", self.device)  # device_id: NCCL bound to this GPU at once
+            else:
+                compat.init_process_group("gloo")
+        return self.device
+
+    def wrap(self, model, probe=None):
+        ids = [self.device.index] if self.device.type == "cuda" else None
+        return nn.parallel.DistributedDataParallel(model, device_ids=ids)
+
+    def reduce(self, values, weight):
+        if not dist.is_initialized():
+            return values
+        gathered: list = [None] * dist.get_world_size()
+        dist.all_gather_object(gathered, (values, weight))
+        total = sum(w for _, w in gathered)
+        return {k: sum(v[k] * w for v, w in gathered) / total for k in values}
+
+    def broadcast(self, obj):
+        if not dist.is_initialized():
+            return obj
+        box = [obj]
+        dist.broadcast_object_list(box, src=0)
+        return box[0]
+
+    def peak_memory(self):
+        """Every rank's peak, keyed by rank and device (a DDP run's memory is not rank 0's alone)."""
+        mine = super().peak_memory()
+        if not dist.is_initialized():
+            return mine
+        gathered: list = [None] * dist.get_world_size()
+        dist.all_gather_object(gathered, mine)
+        return {f"rank{r}/{k}": v for r, peaks in enumerate(gathered) for k, v in peaks.items()}
+
+    def close(self):
+        if dist.is_initialized():
+            dist.destroy_process_group()
+
+
+class BranchLevel(Parallelism):
+    name = "blp"
+
+    def __init__(self, cfg):
+        super().__init__(cfg)
+        self.runner: BranchParallel | None = None
+        self.costs: dict[str, float] | None = None
+
+    @classmethod
+    def devices_needed(cls, cfg, requested=None):
+        return len(cfg.modalities)  # one device per encoder branch; resources.gpus is for dp/ddp only
+
+    @classmethod
+    def problem(cls, cfg, device_type, devices, world=1):
+        explicit = cfg.system.blp_devices
+        if explicit and set(explicit) != set(cfg.modalities):
+            return (f"system.blp_devices: give one device per modality; got {sorted(explicit)}; "
+                    f"valid: {', '.join(cfg.modalities)}")
+        return None
+
+    def placement(self, model, probe) -> dict[str, torch.device]:
+        explicit = self.cfg.system.blp_devices
+        if explicit:
+            return {m: torch.device(d) for m, d in explicit.items()}
+        # measuring must not change what the run does next: the RNG and the BatchNorm statistics
+        saved = {k: v.clone() for k, v in model.state_dict().items()}
+        with torch.random.fork_rng(devices=[]):
+            self.costs = measure_branch_costs(model, probe(), self.device)
+        model.load_state_dict(saved)
+        return assign_branches(self.costs, blp_devices(self.device))
+
+    def wrap(self, model, probe=None):
+        self.runner = BranchParallel(model, self.placement(model, probe), self.device)
+        model.branch_runner = self.runner
+        return model
+
+    def input_device(self, key):
+        if self.runner is not None and key in self.runner.placement:
+            return self.runner.placement[key]
+        return self.device
+
+    def compute_devices(self):
+        devices = [self.device]
+        if self.runner is not None:
+            devices += [d for d in self.runner.placement.values() if d not in devices]
+        return devices
+
+    def close(self):
+        if self.runner is not None:
+            self.runner.close()
+
+
+PARALLELISMS: dict[str, type[Parallelism]] = {p.name: p for p in (Single, DataParallel, Distributed, BranchLevel)}
+
+
+def build(cfg) -> Parallelism:
+    return PARALLELISMS[cfg.system.parallelism](cfg)
 
 
 # ---- Branch-Level Parallelism --------------------------------------------------------------------
@@ -118,7 +324,8 @@ def assign_branches(costs: dict[str, float], devices: list[torch.device]) -> dic
 
 
 def measure_branch_costs(model, batch: dict[str, torch.Tensor], device: torch.device, reps: int = 2) -> dict:
-    """Seconds of forward+backward of each encoder branch on `device` (after one warm-up)."""
+    """Seconds of forward+backward of each encoder branch on `device` (after one warm-up), at the precision
+    the model stores (its `encode_one` enters the run's autocast)."""
     costs = {}
     for m in model.modalities:
         x = batch[m].to(device)
@@ -137,7 +344,9 @@ def measure_branch_costs(model, batch: dict[str, torch.Tensor], device: torch.de
 class BranchParallel:
     """Runs each modality's encoder branch on its device, concurrently, and returns embeddings on the master.
 
-    Grad mode and autocast are thread-local in PyTorch, so each branch thread re-enters the caller's.
+    Grad mode is thread-local in PyTorch, so each branch thread re-enters the caller's; the precision is the
+    model's own (its `encode_one` enters it). Inputs arrive on their branch's device already (the trainer
+    asks `BranchLevel.input_device`), so a branch copies nothing through the master.
     """
 
     def __init__(self, model, placement: dict[str, torch.device], master: torch.device):
@@ -150,12 +359,13 @@ class BranchParallel:
         self.streams = {m: torch.cuda.Stream(dev) for m, dev in placement.items()} if master.type == "cuda" else {}
         self.pool = ThreadPoolExecutor(len(placement), thread_name_prefix="mmhpc-blp")
 
-    def _branch(self, m: str, x: torch.Tensor, grad: bool, amp: tuple[bool, torch.dtype]) -> torch.Tensor:
+    def _branch(self, m: str, x: torch.Tensor, grad: bool):
         dev = self.placement[m]
         stream = self.streams.get(m)
-        with torch.set_grad_enabled(grad), torch.autocast(dev.type, dtype=amp[1], enabled=amp[0]):
+        with torch.set_grad_enabled(grad):
             if stream is None:
                 return self.model.encode_one(m, x.to(dev)).to(self.master)
+            torch.cuda.set_device(dev)  # this thread's current device: the branch's
             stream.wait_stream(torch.cuda.current_stream(dev))
             with torch.cuda.stream(stream):
                 e = self.model.encode_one(m, x.to(dev, non_blocking=True))
@@ -163,8 +373,7 @@ class BranchParallel:
 
     def encode(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         grad = torch.is_grad_enabled()
-        amp = autocast_state(self.master.type)
-        futures = {m: self.pool.submit(self._branch, m, batch[m], grad, amp) for m in self.placement}
+        futures = {m: self.pool.submit(self._branch, m, batch[m], grad) for m in self.placement}
         out = {}
         for m, fut in futures.items():
             res = fut.result()

@@ -1,49 +1,153 @@
-"""Numeric precision (thesis Sec. 3.4.2): FP32, TF32 (matmul + cuDNN flags) and BF16 autocast.
+"""Numeric precision as one object (thesis Sec. 3.4.2 and 4.3.2.1, Tables 4.6-4.9).
 
-What each precision means per device:
-- cuda: fp32 turns TF32 off for matmuls and cuDNN; tf32 turns both on; bf16 autocasts to bfloat16.
-  TF32 and BF16 need compute capability 8.0+ (A100, A40, H100); older GPUs (V100, T4) are refused.
-- cpu: fp32 is plain float32; bf16 is CPU autocast to bfloat16 (slower than fp32 on most CPUs but real,
-  useful for checking numerics); tf32 is refused, since TF32 is a tensor-core format of NVIDIA GPUs.
+`Precision(name, device_type)` knows what a precision means on a device, whether a GPU of a given
+compute capability can run it (the trainer asks with the GPU it has, the launcher with the GPU type a
+profile names), sets PyTorch's backend flags, and carries the autocast dtype that the model stores and
+enters in its own forward (`autocast_method`), so that DataParallel replicas, BLP branch threads and
+every strategy run at the run's precision without re-entering an autocast themselves.
+
+| name          | matmul TF32 | cuDNN TF32 | autocast | what it is                                          |
+|---------------|-------------|------------|----------|-----------------------------------------------------|
+| `fp32`        | off         | on         | -        | PyTorch's defaults: the thesis' "No TF32" baseline  |
+| `fp32_strict` | off         | off        | -        | every op in IEEE float32 (not a thesis setting)     |
+| `tf32`        | on          | on         | -        | thesis Fig. 3.6, the thesis' default precision      |
+| `bf16`        | on          | on         | bfloat16 | thesis Fig. 3.7 on top of the code base's TF32 flags |
+
+Sec. 4.3.2.1: "TF32 support for convolution operations is enabled by default in PyTorch", which is why the
+CNN encoders "show minimal performance change" in Tables 4.6/4.7: the baseline `fp32` keeps cuDNN TF32
+on. The thesis' code base (CXianRen/AMST, `code/common.py`) turns both flags on unless `--no_tf32`, also in
+its BF16 runs; ops that autocast leaves in float32 therefore use TF32 under `bf16` too.
+TF32 and BF16 need compute capability 8.0+ (A100, A40, H100); `fp32_strict` and `fp32` run anywhere.
+On the CPU there is no TF32: `fp32` and `fp32_strict` are plain float32, `bf16` is CPU autocast to
+bfloat16 (real, mostly useful to check numerics) and `tf32` is refused.
 """
 from __future__ import annotations
 
-import contextlib
 import functools
+from dataclasses import dataclass
 
 import torch
 
+from mmhpc.compat import autocast_state
 from mmhpc.errors import ConfigError
 
-
-def precision_problem(precision: str, device_type: str, capability: tuple[int, int] | None = None,
-                      name: str = "this GPU") -> str | None:
-    """Why `precision` cannot run on the device, or None if it can (used before jobs are submitted too)."""
-    if device_type == "cpu" and precision == "tf32":
-        return ("system.precision: tf32 is a tensor-core format of NVIDIA GPUs (compute capability 8.0+); "
-                "on the CPU use fp32 or bf16")
-    if device_type == "cuda" and precision in ("tf32", "bf16") and capability is not None and capability < (8, 0):
-        return (f"system.precision: {precision} needs compute capability 8.0+, {name} has "
-                f"{capability[0]}.{capability[1]}; use fp32 on this GPU")
-    return None
+AMPERE = (8, 0)  # tensor cores with TF32 and BF16
 
 
-def check_precision(precision: str, device: torch.device) -> None:
-    capability = name = None
-    if device.type == "cuda":
-        capability, name = torch.cuda.get_device_capability(device), torch.cuda.get_device_name(device)
-    problem = precision_problem(precision, device.type, capability, name or "this GPU")
-    if problem:
-        raise ConfigError(problem)
+@dataclass(frozen=True)
+class _Mode:
+    matmul_tf32: bool
+    cudnn_tf32: bool
+    dtype: torch.dtype | None  # autocast dtype; None: no autocast
+    tensor_cores: bool         # needs compute capability 8.0+ on a GPU
+    cpu: bool                  # has a meaning on the CPU
 
 
-def apply_precision(precision: str, device: torch.device):
-    """Set the global TF32 flags and return a zero-argument factory of the autocast context."""
-    check_precision(precision, device)
-    if device.type == "cuda":
-        tf32 = precision == "tf32"
-        torch.backends.cuda.matmul.allow_tf32 = tf32
-        torch.backends.cudnn.allow_tf32 = tf32
-    if precision == "bf16":
-        return functools.partial(torch.autocast, device_type=device.type, dtype=torch.bfloat16)
-    return contextlib.nullcontext
+MODES = {
+    "fp32": _Mode(matmul_tf32=False, cudnn_tf32=True, dtype=None, tensor_cores=False, cpu=True),
+    "fp32_strict": _Mode(matmul_tf32=False, cudnn_tf32=False, dtype=None, tensor_cores=False, cpu=True),
+    "tf32": _Mode(matmul_tf32=True, cudnn_tf32=True, dtype=None, tensor_cores=True, cpu=False),
+    "bf16": _Mode(matmul_tf32=True, cudnn_tf32=True, dtype=torch.bfloat16, tensor_cores=True, cpu=True),
+}
+
+
+def _capability_text(capability) -> str:
+    if isinstance(capability, tuple):
+        return f"{capability[0]}.{capability[1]}"
+    return f"{float(capability):.1f}"
+
+
+def _as_tuple(capability) -> tuple[int, int]:
+    """(8, 6) or 8.6 -> (8, 6)."""
+    if isinstance(capability, tuple):
+        return capability
+    major, _, minor = f"{float(capability):.1f}".partition(".")
+    return int(major), int(minor)
+
+
+@dataclass(frozen=True)
+class Precision:
+    """One run's precision on one kind of device (`cuda` or `cpu`)."""
+
+    name: str
+    device_type: str = "cuda"
+
+    @property
+    def mode(self) -> _Mode:
+        if self.name not in MODES:
+            raise ConfigError(f"system.precision: invalid value {self.name!r}; valid: {', '.join(MODES)}")
+        return MODES[self.name]
+
+    @property
+    def dtype(self) -> torch.dtype | None:
+        """The autocast dtype the model stores (None: no autocast)."""
+        return self.mode.dtype
+
+    def problem(self, capability=None, gpu: str = "this GPU") -> str | None:
+        """Why this precision cannot run on the device, or None. `capability`: (8, 0) or 8.0 for a GPU."""
+        mode = self.mode
+        if self.device_type == "cpu" and not mode.cpu:
+            valid = ", ".join(n for n, m in MODES.items() if m.cpu)
+            return (f"system.precision: {self.name} is a tensor-core format of NVIDIA GPUs (compute capability "
+                    f"8.0+), not available on the CPU; valid: {valid}")
+        if self.device_type == "cuda" and mode.tensor_cores and capability is not None \
+                and _as_tuple(capability) < AMPERE:
+            valid = ", ".join(n for n, m in MODES.items() if not m.tensor_cores)
+            return (f"system.precision: {self.name} needs compute capability 8.0+, {gpu} has "
+                    f"{_capability_text(capability)}; valid: {valid}")
+        return None
+
+    def validate(self, device: torch.device | None = None) -> None:
+        """Refuse, before any work, a precision the (current) device cannot run."""
+        capability, gpu = None, "this GPU"
+        if self.device_type == "cuda":
+            index = device.index if device is not None and device.index is not None else torch.cuda.current_device()
+            capability, gpu = torch.cuda.get_device_capability(index), torch.cuda.get_device_name(index)
+        problem = self.problem(capability, gpu)
+        if problem:
+            raise ConfigError(problem)
+
+    def apply(self) -> None:
+        """Set the process' TF32 flags (they are global in PyTorch; set both ways on every run)."""
+        mode = self.mode
+        torch.backends.cuda.matmul.allow_tf32 = mode.matmul_tf32
+        torch.backends.cudnn.allow_tf32 = mode.cudnn_tf32
+
+    def autocast(self):
+        """The autocast context of this precision (disabled without an autocast dtype)."""
+        dtype = self.dtype
+        return torch.autocast(self.device_type, dtype=dtype or torch.float32, enabled=dtype is not None)
+
+
+def _to_float(out):
+    """Floating-point tensors (also inside dicts, lists, tuples) cast to float32 at the autocast boundary."""
+    if torch.is_tensor(out):
+        return out.float() if out.is_floating_point() else out
+    if isinstance(out, dict):
+        return {k: _to_float(v) for k, v in out.items()}
+    if isinstance(out, (list, tuple)):
+        return type(out)(_to_float(v) for v in out)
+    return out
+
+
+def autocast_method(fn):
+    """Run a module method under the precision the module stores in `self.precision` (None: as called).
+
+    The outermost call enters the autocast and returns float32 outputs, so losses and metrics computed by
+    the caller outside any autocast see float32, as they would inside one (autocast runs losses and softmax
+    in float32). A call inside an active autocast of that dtype (the model's forward calling its parts) runs
+    as it is. Autocast state is thread-local: a DataParallel replica or a BLP branch thread enters it here,
+    in its own thread, with the dtype stored on the module, never float16 by default.
+    """
+    @functools.wraps(fn)
+    def run(self, *args, **kwargs):
+        precision = self.precision
+        if precision is None or precision.dtype is None:
+            return fn(self, *args, **kwargs)
+        if autocast_state(precision.device_type) == (True, precision.dtype):
+            return fn(self, *args, **kwargs)
+        with precision.autocast():
+            out = fn(self, *args, **kwargs)
+        return _to_float(out)
+
+    return run
