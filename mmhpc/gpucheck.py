@@ -390,7 +390,7 @@ def _bench(ck: Check, name: str, dataset: str, *overrides: str, epochs: int = 1,
                              "loader.prefetch_factor=2", "loader.pin_memory=true",
                              f"system.sample_interval={0.5 if sampling else 0}", f"output.runs_dir={ck.out / 'runs'}",
                              f"output.name={name}", "output.overwrite=true", *overrides])
-    return bench(cfg, epochs=epochs, warmup=warmup, progress=False)["bench"]
+    return bench(cfg, epochs=epochs, warmup=warmup, progress=False).bench
 
 
 def bench_precisions(ck: Check, dataset: str, encoders: list[str], epochs: int = 1, warmup: int = 1) -> dict:

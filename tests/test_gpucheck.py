@@ -65,3 +65,20 @@ def test_venv_on_a_cpu_runs_blp_and_lists_the_gpu_checks(tmp_path):
     assert status["env"] == "PASS" and status["blp"] == "PASS"  # BLP's gradient equality runs with branch threads
     assert "skipped for want of a CUDA GPU: precision, syncs, sampler, ddp, bench, loader" in proc.stdout
     assert json.loads((out / "blp.json").read_text())["max_relative_grad_diff"] <= 1e-4
+
+
+@pytest.mark.slow
+def test_bench_helpers_and_report_on_the_cpu(tmp_path):
+    """The bench and loader checks' helpers (GPU-only in gpu-check), run here on tiny data on the CPU."""
+    from mmhpc.gpucheck import Check, _bench, bench_loaders, check_report
+
+    ck = Check(tmp_path, float("inf"), workers=1)
+    cpu = ("system.device=cpu", "data.preset=tiny", "train.max_batches=2", "system.threads=1")
+    rec = bench_loaders(ck, "cremad", *cpu, "data.modalities=[visual]", epochs=1)
+    assert rec["preinit"]["stall_s"] < rec["standard"]["stall_s"]  # Alg. 6 hides the start-up
+    assert rec["stall_removed"] == pytest.approx(1 - rec["preinit"]["stall_s"] / rec["standard"]["stall_s"])
+    for p in ("fp32", "bf16"):
+        assert _bench(ck, f"precision-cremad-audio-{p}", "cremad", *cpu, "data.modalities=[audio]",
+                      f"system.precision={p}", "loader.persistent_workers=true")["train_s_mean"] > 0
+    report, line = check_report(ck)
+    assert report["tables"][:2] == ["precision", "loader"] and Path(report["pdf"]).exists()

@@ -63,6 +63,11 @@ class Strategy:
         self.optimised = {m: 0 for m in self.modalities}  # optimisation epochs per modality (Table 4.4)
         self.active: list[str] = list(self.modalities)
         self.optimizer = self.build_optimizer()
+        self.data = None  # a `mmhpc.strategies.data.StrategyData`, set by the trainer, for passes of its own
+
+    def split_datasets(self, datasets: dict) -> dict:
+        """The run's datasets as this strategy trains on them (Gradient Blending holds part of train out)."""
+        return datasets
 
     # ---- configuration ---------------------------------------------------------------------------
     @classmethod
