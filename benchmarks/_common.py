@@ -25,7 +25,7 @@ def run_variants(variants: dict[str, list[str]], args, base: list[str]) -> dict[
         # system benchmarks: fastest kernels and cuDNN autotuning, as the system sweeps run (a base may differ)
         cfg = load_config(None, ["system.deterministic=false", *base, *args.overrides, *extra, f"output.runs_dir={runs_dir}",
                                  f"output.name={label}", "output.overwrite=true"])
-        out[label] = bench(cfg, epochs=args.epochs, warmup=args.warmup, progress=False)["bench"]
+        out[label] = bench(cfg, epochs=args.epochs, warmup=args.warmup, progress=False).bench
     print(f"records: {runs_dir}")
     return out
 

@@ -9,16 +9,16 @@ after a later sbatch, and fails `squeue` at random (SQUEUE_FAIL of the calls). M
 random running tasks and sends others USR2 (what SLURM sends before a time limit), then resumes (`mmhpc
 sweep resume`, a separate process, which refuses while a state is unknown) until every run is done.
 
-Prints done / lost / run-twice: runs with a finished record; runs without one at the end; runs trained to
-their last epoch by more than one job (the `epoch N/N` line of the job logs) or by two jobs at once
-(overlapping attempts in `sacct -D`).
+Prints done / lost / run-twice: runs with a finished record; runs without one at the end; runs that more
+than one job trained to the end (submitit's result of the job: a success that is not "already done"), or
+that two jobs ran at once (overlapping attempts in `sacct -D`). `--count DIR` counts an existing sweep.
 """
 from __future__ import annotations
 
 import argparse
 import os
+import pickle
 import random
-import re
 import signal
 import subprocess
 import sys
@@ -53,9 +53,12 @@ esac
 '''
 
 
-def sh(*args: str, check: bool = False, timeout: float = 60) -> subprocess.CompletedProcess:
-    return subprocess.run(list(args), capture_output=True, text=True, timeout=timeout, check=check,
-                          stdin=subprocess.DEVNULL)
+def sh(*args: str, timeout: float = 60) -> subprocess.CompletedProcess:
+    """Run a command; one that does not answer in time counts as failed (rc 124), as `timeout` would say."""
+    try:
+        return subprocess.run(list(args), capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL)
+    except subprocess.TimeoutExpired:
+        return subprocess.CompletedProcess(list(args), 124, "", f"no answer in {timeout:g} s")
 
 
 def start_slurm() -> None:
@@ -111,7 +114,13 @@ def main() -> None:
     ap.add_argument("--preempts", type=int, default=6)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--timeout", type=float, default=3600, help="give up after this many seconds")
+    ap.add_argument("--count", metavar="DIR", help="only count the runs of this sweep directory")
     args = ap.parse_args()
+    if args.count:
+        start_slurm()  # sacct of its jobs
+        sweep_dir = SweepDir(args.count)
+        print(f"done / lost / run-twice: {' / '.join(map(str, count(sweep_dir, len(sweep_dir.load()['runs']))))}")
+        return
     rng = random.Random(args.seed)
     t0 = time.monotonic()
     start_slurm()
@@ -121,10 +130,10 @@ def main() -> None:
     spec = write_sweep(work, args.runs)
     install_shims(work)
     sweep_dir = SweepDir(work / "results" / "faults")
-    faults = {"submissions interrupted": 0, "resumes refused (state unknown)": 0, "cancelled": 0, "preempted": 0}
+    faults = {"submitter exits with an error": 0, "resumes refused (state unknown)": 0, "cancelled": 0, "preempted": 0}
 
     first = mmhpc("submit", str(spec), "--cluster", "local-bench", "--results", str(work / "results"), "-q")
-    faults["submissions interrupted"] += first.returncode != 0
+    faults["submitter exits with an error"] += first.returncode != 0
     cancels, preempts = args.cancels, args.preempts
     last_resume = time.monotonic()
     while time.monotonic() - t0 < args.timeout:
@@ -132,15 +141,15 @@ def main() -> None:
         ours = [ln for ln in lines if len(ln) >= 4 and ln[3].startswith("mmhpc-faults-")]
         running = [ln[0] for ln in ours if ln[1] == "RUNNING"]
         for jid in [ln[0] for ln in ours if ln[2] == "BeginTime"]:  # requeued: may start at once
-            sh("scontrol", "update", f"JobId={jid}", "StartTime=now")
+            sh("scontrol", "update", f"JobId={jid}", "StartTime=now", timeout=10)
         if running and (cancels or preempts) and rng.random() < 0.5:
             victim = rng.choice(running)
             if cancels and (not preempts or rng.random() < 0.6):
-                sh("scancel", victim)
+                sh("scancel", victim, timeout=10)
                 cancels -= 1
                 faults["cancelled"] += 1
             else:
-                sh("scancel", "--signal=USR2", victim)
+                sh("scancel", "--signal=USR2", victim, timeout=10)  # a task that just ended: refused
                 preempts -= 1
                 faults["preempted"] += 1
         if not ours or time.monotonic() - last_resume > 60:  # resume is safe at any time: never a second copy
@@ -150,7 +159,7 @@ def main() -> None:
             last_resume = time.monotonic()
             res = mmhpc("resume", str(sweep_dir.path), "-q")
             faults["resumes refused (state unknown)"] += res.returncode == 3 and "is unknown" in res.stderr
-            faults["submissions interrupted"] += res.returncode not in (0, 3)
+            faults["submitter exits with an error"] += res.returncode not in (0, 3)
         time.sleep(1)
     wall = time.monotonic() - t0
     done, lost, twice = count(sweep_dir, args.runs)
@@ -165,17 +174,29 @@ def main() -> None:
 def count(sweep_dir: SweepDir, runs: int) -> tuple[int, int, int]:
     manifest = sweep_dir.load()
     done = sum(1 for r in manifest["runs"] if (sweep_dir.record(r["name"]) or {}).get("status") == "done")
-    twice = 0
-    for run in manifest["runs"]:
-        job_ids = {j["job_id"] for j in run["jobs"] if j.get("job_id")}
-        finals = 0
-        for jid in job_ids:
-            log = sweep_dir.logs_dir / f"{jid}_0_log.out"
-            if log.exists():
-                finals += len(re.findall(r"mmhpc\.train: epoch (\d+)/\1 ", log.read_text()))
-        if finals > 1 or overlapping(job_ids):
-            twice += 1
+    twice = sum(1 for run in manifest["runs"]
+                if len(trained_to_the_end(sweep_dir, run)) > 1 or overlapping(job_ids(run)))
     return done, runs - done, twice
+
+
+def job_ids(run: dict) -> set[str]:
+    return {j["job_id"] for j in run["jobs"] if j.get("job_id")}
+
+
+def trained_to_the_end(sweep_dir: SweepDir, run: dict) -> list[str]:
+    """The jobs of a run that trained it and returned: submitit's result of the job is a success that is
+    neither "already done" (a job that found the run finished) nor a preemption. (A job killed after its
+    last epoch line but before it finished does not count: it did not complete the run.)"""
+    finished = []
+    for jid in job_ids(run):
+        try:
+            with open(sweep_dir.logs_dir / f"{jid}_0_result.pkl", "rb") as f:
+                kind, value = pickle.load(f)
+        except (OSError, EOFError, pickle.UnpicklingError):
+            continue
+        if kind == "success" and not str(value).endswith(("already done", "preempted, job requeued")):
+            finished.append(jid)
+    return finished
 
 
 def overlapping(job_ids: set[str]) -> bool:

@@ -83,7 +83,7 @@ def run_checks(cfg=None, profile=None, results: str | Path | None = None, env=os
     import torch
 
     from mmhpc.config import load_config
-    from mmhpc.system.precision import precision_problem
+    from mmhpc.system.precision import Precision
 
     cfg = cfg or load_config(None, [])
     checks = [Check("python", sys.version_info >= (3, 10), f"Python {platform.python_version()} ({sys.executable})")]
@@ -113,8 +113,8 @@ def run_checks(cfg=None, profile=None, results: str | Path | None = None, env=os
     checks.append(gpus)
     if visible:
         caps = {torch.cuda.get_device_capability(i) for i in range(visible)}
-        bad = [p for c in sorted(caps) if (p := precision_problem(cfg.system.precision, "cuda", c,
-                                                                   torch.cuda.get_device_name(0)))]
+        bad = [p for c in sorted(caps) if (p := Precision(cfg.system.precision, "cuda").problem(
+            c, torch.cuda.get_device_name(0)))]
         checks.append(Check("precision", not bad, bad[0] if bad else f"{cfg.system.precision} on compute capability "
                             + ", ".join(f"{a}.{b}" for a, b in sorted(caps))))
     checks.append(_data_check(cfg))

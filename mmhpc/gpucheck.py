@@ -6,7 +6,7 @@ Each check prints PASS, FAIL or SKIP (with the reason) and writes its record to 
 
     env          driver, CUDA build, cuDNN, compute capability, versions of what is installed
     precision    precision flags, large-matmul TFLOP/s and ResNet-18 forward+backward images/s
-                 (64x3x224x224) at fp32, tf32 and bf16
+                 (64x3x224x224) at fp32_strict, fp32 (the thesis' baseline), tf32 and bf16
     syncs        host synchronisations in a naive training step (torch.cuda.set_sync_debug_mode): zero
     blp          Branch-Level Parallelism on one GPU: branch kernels on their own streams (profiler trace),
                  the same gradients as a single-device model
@@ -18,7 +18,8 @@ Each check prints PASS, FAIL or SKIP (with the reason) and writes its record to 
 
 It needs only torch (plus torchvision, transformers and nvidia-ml-py for some checks): run from the
 repository with `PYTHONPATH=. python3 -m mmhpc.gpucheck`. Checks that need a package that is not installed
-(psutil and pandas for the sampler, matplotlib for the report) say so and are skipped. On a machine
+say so and are skipped: pydantic and PyYAML for those that build the trainer (syncs, blp, bench, loader),
+psutil and pandas for the sampler, pandas and matplotlib for the report. On a machine
 without a GPU it runs what it can and exits 0, listing the checks it skipped for want of one. Exit 1 when a
 check fails. The whole run is sized for under 8 minutes on one H100.
 """
@@ -70,6 +71,11 @@ def _need(*modules: str) -> None:
     missing = [m for m in modules if not _importable(m)]
     if missing:
         raise Skip(f"needs {', '.join(missing)} (not installed)")
+
+
+def _need_trainer() -> None:
+    """The trainer, configs and records validate with pydantic (and read YAML)."""
+    _need("pydantic", "yaml")
 
 
 def _importable(module: str) -> bool:
@@ -161,10 +167,13 @@ def check_precision(ck: Check) -> tuple[dict, str]:
     ck.need_gpu()
     import torchvision
 
+    from mmhpc.system.precision import Precision
+
     cap = torch.cuda.get_device_capability(0)
     rec, n = {"matmul_n": 8192, "resnet18_batch": [64, 3, 224, 224], "precisions": {}}, 8192
-    for name in PRECISIONS:
-        if name != "fp32" and cap < (8, 0):
+    names = ("fp32_strict", *PRECISIONS)  # strict: cuDNN TF32 off too, to show what the thesis' fp32 keeps on
+    for name in names:
+        if name not in ("fp32", "fp32_strict") and cap < (8, 0):
             rec["precisions"][name] = {"skipped": f"needs compute capability 8.0+, this GPU has {cap}"}
             continue
         autocast = set_precision(name, ck.device)
@@ -196,13 +205,16 @@ def check_precision(ck: Check) -> tuple[dict, str]:
         del model, opt, a, b, x
     torch.cuda.empty_cache()
     p = rec["precisions"]
-    done = [k for k in PRECISIONS if "matmul_tflops" in p[k]]
+    done = [k for k in names if "matmul_tflops" in p[k]]
+    for k in done:  # the backend flags each precision set, as Precision says they should be
+        want = Precision(k, "cuda").flags()
+        got = p[k]["flags"]
+        if (got["matmul_allow_tf32"], got["cudnn_allow_tf32"]) != (want["matmul_allow_tf32"], want["cudnn_allow_tf32"]):
+            raise AssertionError(f"{k}: flags {got}, expected {want}")
     line = "; ".join(f"{k}: matmul {p[k]['matmul_tflops']:.0f} TFLOP/s, ResNet-18 {p[k]['resnet18_images_per_s']:.0f} img/s"
                      for k in done)
     if "tf32" in done:
         rec["tf32_matmul_speedup"] = p["tf32"]["matmul_tflops"] / p["fp32"]["matmul_tflops"]
-        if p["fp32"]["flags"]["matmul_allow_tf32"] or not p["tf32"]["flags"]["matmul_allow_tf32"]:
-            raise AssertionError(f"precision flags not as set: {p}")
         if rec["tf32_matmul_speedup"] < 1.5:
             raise AssertionError(f"TF32 matmul only {rec['tf32_matmul_speedup']:.2f}x FP32: the TF32 flag has no "
                                  f"effect ({line})")
@@ -211,6 +223,7 @@ def check_precision(ck: Check) -> tuple[dict, str]:
 
 def check_syncs(ck: Check) -> tuple[dict, str]:
     ck.need_gpu()
+    _need_trainer()
     from mmhpc.metrics import MetricAccumulator
     from mmhpc.train import Trainer
 
@@ -254,6 +267,7 @@ def _forward_backward(trainer, batch) -> dict:
 
 
 def check_blp(ck: Check) -> tuple[dict, str]:
+    _need_trainer()
     from mmhpc.train import Trainer
 
     dev = str(ck.device)
@@ -376,7 +390,7 @@ def _bench(ck: Check, name: str, dataset: str, *overrides: str, epochs: int = 1,
                              "loader.prefetch_factor=2", "loader.pin_memory=true",
                              f"system.sample_interval={0.5 if sampling else 0}", f"output.runs_dir={ck.out / 'runs'}",
                              f"output.name={name}", "output.overwrite=true", *overrides])
-    return bench(cfg, epochs=epochs, warmup=warmup, progress=False)["bench"]
+    return bench(cfg, epochs=epochs, warmup=warmup, progress=False).bench
 
 
 def bench_precisions(ck: Check, dataset: str, encoders: list[str], epochs: int = 1, warmup: int = 1) -> dict:
@@ -406,6 +420,7 @@ def bench_loaders(ck: Check, dataset: str, *overrides: str, epochs: int = 2, war
 
 def check_bench(ck: Check) -> tuple[dict, str]:
     ck.need_gpu()
+    _need_trainer()
     _need("transformers")
     rec = bench_precisions(ck, "mvsa", ["visual", "text"])
     parts = []
@@ -419,6 +434,7 @@ def check_bench(ck: Check) -> tuple[dict, str]:
 
 def check_loader(ck: Check) -> tuple[dict, str]:
     ck.need_gpu()
+    _need_trainer()
     if ck.left_s() < 120:
         raise Skip("time budget spent")
     rec = bench_loaders(ck, "mvsa", "data.modalities=[visual]", "system.precision=bf16")
@@ -433,7 +449,7 @@ def check_loader(ck: Check) -> tuple[dict, str]:
 
 
 def check_report(ck: Check) -> tuple[dict, str]:
-    _need("pandas", "matplotlib")
+    _need("pandas", "matplotlib", "pydantic")
     runs = ck.out / "runs"
     if not any(runs.glob("*.json")):
         raise Skip("no run records to report on (the bench and loader checks did not run)")

@@ -206,15 +206,17 @@ def iter_records(root: str | Path) -> Iterator[tuple[Path, RunRecord]]:
 
 # ---- IBF from records (Eq. 3.1) ------------------------------------------------------------------------
 
-def run_ibf(test: Mapping[str, float], modalities: list[str], single_acc: Mapping[str, float] | None) -> float | None:
-    """IBF of a run from its test accuracies: 0 for a single-modality run, None without baselines."""
-    from mmhpc.metrics import ibf
+def run_ibf(test: Mapping[str, float], modalities: list[str], single_acc: Mapping[str, float] | None,
+            fusion: str = "concat") -> float | None:
+    """IBF of a run from its test accuracies: 0 for a single-modality run, None without baselines; gated and
+    FiLM runs read their probes' accuracies (`metrics.ibf_accuracy_keys`)."""
+    from mmhpc.metrics import ibf, ibf_accuracy_keys
 
     if single_acc is None:
         return None
     if len(modalities) == 1:
         return 0.0
-    return ibf({m: test[f"acc/{m}"] for m in modalities}, single_acc)
+    return ibf({m: test[k] for m, k in ibf_accuracy_keys(fusion, modalities).items()}, single_acc)
 
 
 def single_accuracies(source: dict | str | Path | None, dataset: str | None = None,

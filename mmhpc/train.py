@@ -26,6 +26,7 @@ from mmhpc.models.multimodal import MultimodalModel, count_parameters
 from mmhpc.results import Epoch, EpochTime, RunRecord, Summary, environment, read_record, run_ibf, single_accuracies, \
     write_record
 from mmhpc.strategies import STRATEGIES
+from mmhpc.strategies.data import StrategyData
 from mmhpc.system import parallel
 from mmhpc.system.idle import TimedBatches, estimate_prefetch0_idle
 from mmhpc.system.precision import Precision
@@ -93,6 +94,9 @@ class Trainer:
         # the model (with any module a strategy added) enters the run's precision in its own forward
         self.model.set_precision(self.precision)
         self.strategy.net = self.par.wrap(self.model, self._probe_batch)
+        self.datasets = self.strategy.split_datasets(self.datasets)  # Gradient Blending holds part of train out
+        train_ds = self.datasets["train"]
+        self.strategy.data = StrategyData(self.datasets, cfg, self._to_device)  # the strategy's own passes
         # every process trains on its shard; validation and test run whole on rank 0 only
         self.loaders = {"train": build_loader(train_ds, cfg, True, self.par.rank, self.par.world, device=self.device)}
         if cfg.loader.prefetch_factor == 0:  # the estimate's own standard loader (prefetch 1, thesis A.2.1)
@@ -194,9 +198,13 @@ class Trainer:
     def _evaluate(self, split: str, epoch: int = 0) -> tuple[dict, dict]:
         metrics, timing = ({}, {}) if not self.par.is_main else self._pass(split, epoch)
         if self.par.is_main:
-            ent = {m: metrics[f"entropy/{m}"] for m in self.cfg.modalities}
-            metrics.update({f"bias/{m}": v for m, v in mx.bias(ent, self.num_classes).items()})
+            metrics.update(self._bias(metrics))
         return self.par.broadcast((metrics, timing))
+
+    def _bias(self, metrics: dict) -> dict:
+        """bias/<m> (Eq. 3.5-3.6) from a split's mean entropies entropy/<m>."""
+        ent = {m: metrics[f"entropy/{m}"] for m in self.cfg.modalities}
+        return {f"bias/{m}": v for m, v in mx.bias(ent, self.num_classes).items()}
 
     # ---- the loop --------------------------------------------------------------------------------
     def fit(self) -> RunRecord:
@@ -267,6 +275,7 @@ class Trainer:
         active = list(strategy.begin_epoch(epoch))
         mark = self.sampler.mark(f"epoch {epoch} start") if self.sampler else None
         train, t_train = self._pass("train", epoch)
+        train.update(self._bias(train))  # the training split's bias per epoch (thesis Table 4.4, Fig. 3.2)
         val, t_val = self._evaluate("val", epoch)
         util = self.sampler.summary(mark, self.sampler.mark(f"epoch {epoch} end")) if self.sampler else {}
         rel = {m: train[f"loss/{m}"] / max(val[f"loss/{m}"], 1e-12) for m in cfg.modalities}  # Eq. 3.7
@@ -342,7 +351,8 @@ class Trainer:
         times = [e.time.epoch_s for e in record.epochs]
         return Summary(best_epoch=best_epoch, epochs_run=len(record.epochs), test=test,
                        optimised_epochs=dict(self.strategy.optimised), epoch_time_mean_s=float(np.mean(times)),
-                       train_time_s=float(np.sum(times)), ibf=run_ibf(test, self.cfg.modalities, self.single_acc))
+                       train_time_s=float(np.sum(times)), ibf=run_ibf(test, self.cfg.modalities, self.single_acc,
+                                                                           self.cfg.model.fusion))
 
 
 def epoch_line(entry: Epoch, epochs: int) -> str:

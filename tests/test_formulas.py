@@ -3,11 +3,15 @@
 Constants used below: tanh(0.5) = 0.4621172, tanh(2/3) = 0.5827829, tanh(1) = 0.7615942,
 tanh(1.5) = 0.9051483, tanh(2) = 0.9640276, ln 2 = 0.6931472.
 """
+import math
+
 import pytest
 import torch
 
+from mmhpc.models.fusion import cosine_scale
+
 from mmhpc.strategies.formulas import (AMST_DEFAULT_SKIPS, amst_trains, audio_augment, correct_class_score,
-                                       cosine_scale, discrepancy_ratios, gradient_blending_weights,
+                                       discrepancy_ratios, mslr_schedule_factor, pmr_ratio_tensor, gradient_blending_weights,
                                        mla_entropy_weights, mlb_coefficient, mlb_coefficients, mslr_update,
                                        ogm_coefficients, ogm_ge_modulate, ogm_ge_noise, opm_drop_probability,
                                        opm_feature_scale, opm_mask, pmr_coefficients, pmr_entropy_regulariser,
@@ -25,25 +29,44 @@ AVT = {"audio": 6.0, "visual": 2.0, "text": 4.0}  # rho: a 6/3 = 2, v 2/5 = 0.4,
 
 def test_cosine_scale_hand_cases():
     # C = 6, p = 0.9: log(5 * 0.9 / 0.1) = ln 45 = 3.8066625
-    #   M = 2 (MMCosine): 5 / 12 * 3.8066625 = 1.5861094;  M = 1 (NormFace): 5 / 6 * 3.8066625 = 3.1722187
-    assert cosine_scale(6, p=0.9, num_modalities=2) == pytest.approx(1.5861094, abs=1e-6)
-    assert cosine_scale(6, p=0.9, num_modalities=1) == pytest.approx(3.1722187, abs=1e-6)
-    # C = 2, p = 0.9, M = 2: 1 / 4 * ln 9 = 0.25 * 2.1972246 = 0.5493061
-    assert cosine_scale(2, p=0.9) == pytest.approx(0.5493061, abs=1e-6)
-    # defaults p = 0.99, M = 2, C = 6: 5 / 12 * ln 495 = 5 / 12 * 6.2045578 = 2.5852324
-    assert cosine_scale(6) == pytest.approx(2.5852324, abs=1e-6)
+    #   printed Eq. 3.2, M = 2: 5 / (2 * 7) * 3.8066625 = 1.3595223;  M = 1: 5 / 7 * 3.8066625 = 2.7190446
+    #   NormFace form, M = 2: 5 / 12 * 3.8066625 = 1.5861094;  M = 1: 5 / 6 * 3.8066625 = 3.1722187
+    assert cosine_scale(6, p=0.9, num_modalities=2) == pytest.approx(1.3595223, abs=1e-6)
+    assert cosine_scale(6, p=0.9, num_modalities=1) == pytest.approx(2.7190446, abs=1e-6)
+    assert cosine_scale(6, p=0.9, num_modalities=2, form="normface") == pytest.approx(1.5861094, abs=1e-6)
+    assert cosine_scale(6, p=0.9, num_modalities=1, form="normface") == pytest.approx(3.1722187, abs=1e-6)
+    # C = 2, p = 0.9, M = 2: 1 / (2 * 3) * ln 9 = 2.1972246 / 6 = 0.3662041
+    assert cosine_scale(2, p=0.9) == pytest.approx(0.3662041, abs=1e-6)
+    # defaults p = 0.99, M = 2, C = 6: 5 / 14 * ln 495 = 5 / 14 * 6.2045578 = 2.2159135
+    assert cosine_scale(6) == pytest.approx(2.2159135, abs=1e-6)
+    # three modalities (IEMOCAP, C = 5, p = 0.99): 4 / (3 * 6) * ln(4 * 99) = 0.2222222 * 5.9814143 = 1.3292032
+    assert cosine_scale(5, num_modalities=3) == pytest.approx(1.3292032, abs=1e-6)
+
+
+def test_model_cosine_scale_counts_the_modalities():
+    from mmhpc.config import load_config
+    from mmhpc.data.specs import DATASETS
+    from mmhpc.models.multimodal import MultimodalModel
+
+    for dataset, m in (("cremad", 2), ("iemocap", 3)):
+        cfg = load_config(None, [f"data.dataset={dataset}", "model.cosine=true", "model.fusion=late_sum"])
+        spec = DATASETS[dataset]
+        model = MultimodalModel(cfg.modalities, spec.num_classes, cfg.model, spec.shapes("tiny"))
+        c = spec.num_classes
+        expected = (c - 1) / (m * (c + 1)) * math.log((c - 1) * 0.99 / 0.01)
+        assert model.fusion.heads["audio"].scale == pytest.approx(expected)
 
 
 def test_cosine_scale_reaches_p():
     # the bound is tight: with s from M = 1, the ideal simplex arrangement (cos = 1 for the true class,
     # -1/(C-1) for the others) gives softmax probability exactly p. C = 4: logits s * (1, -1/3, -1/3, -1/3)
-    s = cosine_scale(4, p=0.95, num_modalities=1)
+    s = cosine_scale(4, p=0.95, num_modalities=1, form="normface")
     p = torch.softmax(torch.tensor([1.0, -1 / 3, -1 / 3, -1 / 3], dtype=torch.float64) * s, 0)[0].item()
     assert p == pytest.approx(0.95, abs=1e-9)
 
 
 @pytest.mark.parametrize("kw", [dict(num_classes=1), dict(num_classes=6, p=1 / 6), dict(num_classes=6, p=1.0),
-                                dict(num_classes=6, num_modalities=0)])
+                                dict(num_classes=6, num_modalities=0), dict(num_classes=6, form="2C")])
 def test_cosine_scale_bad(kw):
     with pytest.raises(ValueError):
         cosine_scale(**kw)
@@ -77,30 +100,36 @@ def test_discrepancy_ratios_bad(score):
 
 def test_ogm_paper_form():
     # rho_a = 3 > 1: k = 1 - 0.5 * tanh(3 - 1) = 1 - 0.5 * 0.9640276 = 0.5179862; visual (rho < 1) -> 1
-    k = ogm_coefficients(AV, alpha=0.5)
+    k = ogm_coefficients(AV, alpha=0.5, variant="paper")
     assert k["audio"] == pytest.approx(0.5179862, abs=1e-6) and k["visual"] == 1.0
 
 
 def test_ogm_paper_form_clipped_at_zero():
     # alpha = 2: 1 - 2 * 0.9640276 = -0.928 -> 0
-    assert ogm_coefficients(AV, alpha=2.0)["audio"] == 0.0
+    assert ogm_coefficients(AV, alpha=2.0, variant="paper")["audio"] == 0.0
 
 
-def test_ogm_thesis_form():
-    # thesis Eq. 2.27: 1 - tanh(0.5 * 3) = 1 - 0.9051483 = 0.0948517
-    k = ogm_coefficients(AV, alpha=0.5, variant="thesis")
+def test_ogm_thesis_form_is_the_default():
+    # thesis Eq. 2.27: rho_a = 30 / 10 = 3: 1 - tanh(0.5 * 3) = 1 - 0.9051483 = 0.0948517
+    k = ogm_coefficients(AV, alpha=0.5)
     assert k["audio"] == pytest.approx(0.0948517, abs=1e-6) and k["visual"] == 1.0
 
 
-@pytest.mark.parametrize("variant", ["paper", "thesis"])
-def test_ogm_tie_rho_exactly_one(variant):
-    assert ogm_coefficients({"audio": 5.0, "visual": 5.0}, 1.0, variant) == {"audio": 1.0, "visual": 1.0}
+def test_ogm_ties():
+    # paper: rho = 1 is not > 1: no modulation; thesis (code base): the first top-ratio modality is modulated,
+    # 1 - tanh(1 * 1) = 1 - 0.7615942 = 0.2384058
+    assert ogm_coefficients({"audio": 5.0, "visual": 5.0}, 1.0, "paper") == {"audio": 1.0, "visual": 1.0}
+    assert ogm_coefficients({"audio": 5.0, "visual": 5.0}, 1.0) == pytest.approx({"audio": 0.2384058, "visual": 1.0})
 
 
 def test_ogm_three_modalities():
-    # rho a = 2: 1 - 1 * tanh(1) = 0.2384058; v = 0.4 -> 1; t exactly 1 -> 1
-    k = ogm_coefficients(AVT, alpha=1.0)
+    # paper (mean of the others): rho a = 6 / 3 = 2: 1 - 1 * tanh(1) = 0.2384058; v = 0.4 -> 1; t exactly 1 -> 1
+    k = ogm_coefficients(AVT, alpha=1.0, variant="paper")
     assert k == pytest.approx({"audio": 0.2384058, "visual": 1.0, "text": 1.0}, abs=1e-6)
+    # thesis (code base: sum of the others, top modality only): rho a = 6 / 6 = 1, v = 2 / 10, t = 4 / 8;
+    # a: 1 - tanh(2 * 1) = 1 - 0.9640276 = 0.0359724 (the mean form would give rho 2: 1 - tanh(4) = 0.0006707)
+    k = ogm_coefficients(AVT, alpha=2.0)
+    assert k == pytest.approx({"audio": 0.0359724, "visual": 1.0, "text": 1.0}, abs=1e-6)
 
 
 def test_ogm_bad():
@@ -245,6 +274,23 @@ def test_mlb_coefficients_from_scores():
 # ------------------------------------------------------------------------------------------------ MSLR
 
 
+def test_mslr_schedules():
+    # accuracies 0.4, 0.6, 0.3, 0.6, 0.9 (epochs 0..4), k_e = 2
+    # compound (code base): t = 2: x 0.3 / mean(0.6, 0.3) = 2/3; t = 4: x 0.9 / mean(0.6, 0.9) = 1.2 -> 0.8
+    acc = [0.4, 0.6, 0.3, 0.6, 0.9]
+    assert mslr_schedule_factor(acc[:2], 2) == 1.0  # t = 1 is not a multiple of k_e
+    assert mslr_schedule_factor(acc[:3], 2) == pytest.approx(2 / 3)
+    assert mslr_schedule_factor(acc[:4], 2) == pytest.approx(2 / 3)
+    assert mslr_schedule_factor(acc, 2) == pytest.approx(0.8)
+    # per_epoch (Eq. 2.28 literally): the last ratio alone, 0.9 / 0.75 = 1.2; before any accuracy: 1
+    assert mslr_schedule_factor(acc, 2, "per_epoch") == pytest.approx(1.2)
+    assert mslr_schedule_factor([], 2, "per_epoch") == 1.0
+    # an all-zero window leaves the factor as it is
+    assert mslr_schedule_factor([0.0, 0.0, 0.0], 2) == 1.0
+    with pytest.raises(ValueError):
+        mslr_schedule_factor(acc, 2, "cosine")
+
+
 def test_mslr_hand_cases():
     # window (0.6, 0.7, 0.8), mean 0.7: 1e-3 * 0.8 / 0.7 = 1.1428571e-3
     assert mslr_update(1e-3, [0.5, 0.6, 0.7, 0.8], 3) == pytest.approx(1.1428571e-3)
@@ -352,6 +398,11 @@ def test_pmr_prototypes_empty_class():
                                torch.tensor([[2.0, 2.0], [5.0, 5.0], [7.0, 7.0]]))
 
 
+def test_pmr_ratio_tensor():
+    torch.testing.assert_close(pmr_ratio_tensor(torch.tensor([30.0, 10.0])), torch.tensor([3.0, 1 / 3]))
+    torch.testing.assert_close(pmr_ratio_tensor(torch.tensor([6.0, 2.0, 4.0])), torch.tensor([2.0, 0.4, 1.0]))
+
+
 def test_pmr_coefficients():
     # audio ahead (rho 3) gets 0; visual behind (rho 1/3) gets alpha; a tie gives 0 to both
     assert pmr_coefficients(AV, 2.0) == {"audio": 0.0, "visual": 2.0}
@@ -457,6 +508,12 @@ def test_audio_augment_bad(kw):
 
 def test_amst_trains():
     assert amst_trains(0, 5) and amst_trains(5, 5) and not amst_trains(3, 5) and amst_trains(7, 1)
+    # seed 001 Alg. 1 counts epochs from 1: skip 5 trains in the 5th, 10th, ... epoch (0-based 4, 9, ...)
+    assert [e for e in range(12) if amst_trains(e, 5, "paper")] == [4, 9]
+    assert [e for e in range(12) if amst_trains(e, 5)] == [0, 5, 10]
+    assert all(amst_trains(e, 1, "paper") for e in range(5))
+    with pytest.raises(ValueError):
+        amst_trains(0, 5, "one")
     # 100 epochs (0..99): skip 5 trains 20 times, skip 10 trains 10 times (thesis Table 4.4, CREMA-D audio, text)
     assert sum(amst_trains(e, 5) for e in range(100)) == 20
     assert sum(amst_trains(e, 10) for e in range(100)) == 10

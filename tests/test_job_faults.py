@@ -189,6 +189,7 @@ def states_of(sweep_dir: SweepDir) -> list[tuple[str, str]]:
     return [(s.state, s.reason) for s in run_states(sweep_dir, sweep_dir.load())]
 
 
+@pytest.mark.slow  # waits out squeue's timeout a few times
 def test_a_failed_or_silent_squeue_makes_states_unknown_and_resume_refuses(fake, tmp_path, monkeypatch, capsys):
     sweep_dir, submitted = submit_local(tmp_path)
     assert submitted == [0, 1, 2, 3] and len(calls(fake, "sbatch")) == 1

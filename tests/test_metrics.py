@@ -346,10 +346,10 @@ def test_correct_class_score_stays_on_the_device():
     assert traffic.events == [] and s.device.type == "meta" and s.dim() == 0
 
 
-def test_batch_scores_one_host_copy_per_step():
+def test_batch_scores_stay_on_the_device():
     logits = {"audio": torch.tensor([[0.7, 0.3], [0.2, 0.8]]).log(), "visual": torch.tensor([[0.5, 0.5], [0.1, 0.9]]).log()}
     with HostTraffic() as traffic:
         scores = batch_scores(logits, torch.tensor([0, 1]))
+    assert traffic.events == []  # OGM-GE, OPM and PMR use them on the device; MLB reads them once per step
     # audio: 0.7 + 0.8 = 1.5; visual: 0.5 + 0.9 = 1.4
-    assert scores == pytest.approx({"audio": 1.5, "visual": 1.4}, abs=1e-6)
-    assert traffic.events == ["Tensor.tolist"]
+    assert scores.tolist() == pytest.approx([1.5, 1.4], abs=1e-6)

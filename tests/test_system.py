@@ -302,7 +302,7 @@ def test_preinit_thread_runs_on_the_runs_device(tiny_config, monkeypatch):
 def test_alternating_refuses_ddp_clearly():
     from mmhpc.config import load_config
 
-    with pytest.raises(ConfigError, match="strategy alternating cannot run under ddp; valid choices: single, blp"):
+    with pytest.raises(ConfigError, match="strategy alternating cannot run under ddp; valid: single, blp"):
         load_config(None, ["strategy.name=alternating", "system.parallelism=ddp"])
 
 

@@ -32,16 +32,18 @@ class CosineLinear(nn.Module):
         return self.scale * F.linear(F.normalize(x, dim=-1), F.normalize(self.weight, dim=-1))
 
 
-def cosine_scale(num_classes: int, p: float = 0.99, num_modalities: int = 2) -> float:
-    """Scale s of the cosine classifier, thesis Eq. 3.2 (after MMCosine [51], from NormFace).
+COSINE_FORMS = ("printed", "normface")
 
-    Implemented: s = (C - 1) / (M C) * log((C - 1) p / (1 - p)), the smallest s that lets the true
-    class reach softmax probability p, with M = `num_modalities` summed unit cosines.
-    Why: NormFace bounds one cosine logit, s >= (C-1)/C * log((C-1)p/(1-p)). MMCosine's fused logit is
-    s * sum_m cos_m, which reaches M times a single cosine's range, so the bound divides by M; for the
-    audio-visual case (M = 2) that is the "(C-1)/2C" the thesis cites. The text rendering of Eq. 3.2
-    (line ~1735) reads "(C-1) / 2(C+1)"; no derivation gives C+1, so it is taken as a rendering/typo of 2C.
-    M = 1 gives NormFace's bound (a single unmasked modality, as in alternating training).
+
+def cosine_scale(num_classes: int, p: float = 0.99, num_modalities: int = 2, form: str = "printed") -> float:
+    """Scale s of the cosine classifier, thesis Eq. 3.2 (after MMCosine [51], from NormFace), M modalities.
+
+    form "printed" (default): s = (C - 1) / (M (C + 1)) * log((C - 1) p / (1 - p)), Eq. 3.2 as the thesis
+        prints it ("(C - 1) / 2(C + 1)", line ~1735 of seed 000), with the 2 read as M, the number of
+        summed unit cosines (2 in the audio-visual case the thesis cites it for).
+    form "normface": s = (C - 1) / (M C) * log((C - 1) p / (1 - p)), NormFace's bound for one cosine
+        (s >= (C-1)/C log(...), the smallest s that lets the true class reach softmax probability p),
+        divided by M because the fused logit sums M cosines; M = 1 is NormFace's own bound.
     """
     if num_classes < 2:
         raise ValueError(f"cosine_scale needs num_classes >= 2, got {num_classes}")
@@ -49,8 +51,11 @@ def cosine_scale(num_classes: int, p: float = 0.99, num_modalities: int = 2) -> 
         raise ValueError(f"num_modalities must be >= 1, got {num_modalities}")
     if not 1.0 / num_classes < p < 1.0:
         raise ValueError(f"p must lie in (1/C, 1) = ({1.0 / num_classes:.4g}, 1), got {p}")
+    if form not in COSINE_FORMS:
+        raise ValueError(f"form must be one of {', '.join(COSINE_FORMS)}, got {form!r}")
     c = num_classes
-    return (c - 1) / (num_modalities * c) * math.log((c - 1) * p / (1 - p))
+    denominator = c + 1 if form == "printed" else c
+    return (c - 1) / (num_modalities * denominator) * math.log((c - 1) * p / (1 - p))
 
 
 def _head(dim: int, classes: int, cosine: bool, scale: float) -> nn.Module:

@@ -33,7 +33,7 @@ class MultimodalModel(nn.Module):
         self.dim = dim
         self.project = nn.ModuleDict({m: nn.Linear(w, dim) for m, w in widths.items() if w != dim})
         self.dropout = nn.ModuleDict({m: nn.Dropout(p) for m, p in cfg.embedding_dropout.items() if p > 0})
-        scale = cfg.cosine_scale or (cosine_scale(num_classes) if cfg.cosine else 1.0)
+        scale = cfg.cosine_scale or (cosine_scale(num_classes, num_modalities=len(self.modalities)) if cfg.cosine else 1.0)
         self.fusion = build_fusion(cfg.fusion, self.modalities, dim, num_classes, cfg.cosine, scale, cfg.control)
         self.probes = nn.ModuleDict({m: nn.Linear(dim, num_classes) for m in self.modalities})
         self.branch_runner = None  # set by Branch-Level Parallelism

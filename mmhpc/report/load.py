@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from mmhpc import metrics as mx
 from mmhpc.results import RunRecord, iter_records, run_ibf
 
 # Knobs that never make two runs different experiments (names, paths, seeds: seeds are averaged over).
@@ -213,8 +214,9 @@ def _fill_ibf(runs: pd.DataFrame) -> pd.DataFrame:
     for i, row in done[done["ibf"].isna()].iterrows():
         mods = row["modalities"].split("+")
         keys = [(row["dataset"], row["data.preset"], m) for m in mods]
-        if all(k in base.index for k in keys) and all(f"acc/{m}" in row and pd.notna(row[f"acc/{m}"]) for m in mods):
-            runs.at[i, "ibf"] = run_ibf(row, mods, {k[2]: float(base[k]) for k in keys})
+        acc = mx.ibf_accuracy_keys(row["fusion"], mods)
+        if all(k in base.index for k in keys) and all(a in row and pd.notna(row[a]) for a in acc.values()):
+            runs.at[i, "ibf"] = run_ibf(row, mods, {k[2]: float(base[k]) for k in keys}, row["fusion"])
     return runs
 
 

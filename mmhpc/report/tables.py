@@ -432,8 +432,9 @@ def _ibf_text(group: pd.DataFrame, mods: list[str], singles: dict, notes: Notes)
     done = group[group["state"] == "done"]
     if not len(done):
         return cell(group, "acc/fused", notes).text  # why there is none: n/a, failed, ...
-    if len(done) and all((dataset, m) in singles for m in mods) and all(f"acc/{m}" in done for m in mods):
-        return f"{mx.ibf({m: done[f'acc/{m}'].mean() for m in mods}, {m: singles[dataset, m] for m in mods}):.3f}"
+    keys = mx.ibf_accuracy_keys(group["fusion"].iloc[0] if "fusion" in group else "", mods)
+    if len(done) and all((dataset, m) in singles for m in mods) and all(keys[m] in done for m in mods):
+        return f"{mx.ibf({m: done[k].mean() for m, k in keys.items()}, {m: singles[dataset, m] for m in mods}):.3f}"
     c = cell(group, "ibf", notes)
     if c.mean is not None:
         return fmt_mean_se(c, lambda x: f"{x:.3f}")

@@ -1,6 +1,7 @@
 """AMST, Alternating Multimodal Skip Training: thesis Alg. 4 and the AMST paper's modules (seed 001).
 
-Modality m trains in epoch e (0-based) iff e mod skip_m == 0 (thesis Eq. 3.8, seed 001 Eq. 1); a skipped
+Modality m trains in epoch e (0-based) iff e mod skip_m == 0 (thesis Eq. 3.8, seed 001 Eq. 1, counted from 0 as
+the thesis code base counts: `phase=code`; `phase=paper` counts from 1 as seed 001 Alg. 1-2); a skipped
 modality's encoder still runs forward (its per-modality metrics, Alg. 4 line 2) but never backward,
 which is where AMST's time per epoch drops (thesis Table 4.5).
 
@@ -14,6 +15,12 @@ Modules (`strategy.params.module`):
 - `full`: seed 001 Sec. 3.4: an alternating module (this model) and an independent joint module with
   its own encoders, trained side by side with the same skips; the prediction is the mean of the
   alternating module's per-modality logits and the joint module's logits (Fig. 1c).
+
+`strict=true` keeps a skipped modality's block of a concat head exactly where it is (weights and SGD
+momentum), as seed 001 Sec. 3.3 says ("only ... the corresponding weights of the independent head are
+updated"); by default, as in the code base, momentum and weight decay still move it (the block gets a
+zero gradient, not none). Other heads need no care: a skipped late-sum branch head and a skipped encoder
+get no gradient at all, so SGD leaves them alone; early-sum's head is shared by every modality.
 """
 from __future__ import annotations
 
@@ -27,7 +34,8 @@ from torch import nn
 from mmhpc.errors import ConfigError
 from mmhpc.strategies.balancing import require_symmetric
 from mmhpc.strategies.base import StepOutput, register
-from mmhpc.strategies.formulas import AMST_DEFAULT_SKIPS, amst_trains
+from mmhpc.models.fusion import Concat
+from mmhpc.strategies.formulas import AMST_DEFAULT_SKIPS, AMST_PHASES, amst_trains
 from mmhpc.strategies.joint import Alternating
 
 MODULES = ("alternating", "joint", "full")
@@ -38,6 +46,11 @@ class AMSTParams:
     module: str = "alternating"
     #: skip per modality, over the papers' per-dataset defaults (`AMST_DEFAULT_SKIPS`; 1 = never skipped)
     skips: dict[str, int] = field(default_factory=dict)
+    #: "code": epochs counted from 0 (trains in epochs 0, s, 2s, ...); "paper": from 1 (epochs s-1, 2s-1, ...)
+    phase: str = "code"
+    #: true: a skipped modality's concat head block stays fixed (seed 001 Sec. 3.3); false: SGD's momentum and
+    #: weight decay still move it, as in the code base
+    strict: bool = False
 
 
 def joint_twin(model, cfg) -> nn.Module:
@@ -68,6 +81,10 @@ class AMST(Alternating):
         p = cls.parse_params(cfg.strategy.params)
         if p.module not in MODULES:
             raise ConfigError(f"strategy.params.module: invalid value {p.module!r}; valid choices: {', '.join(MODULES)}")
+        if p.phase not in AMST_PHASES:
+            raise ConfigError(f"strategy.params.phase: invalid value {p.phase!r}; valid choices: {', '.join(AMST_PHASES)}")
+        if not isinstance(p.strict, bool):
+            raise ConfigError(f"strategy.params.strict: {p.strict!r} must be true or false")
         if p.module != "alternating":
             require_symmetric(cfg, f"AMST's {p.module} module trains a reduced head over the non-skipped "
                                    "modalities (seed 001 Alg. 2), which needs a fusion a modality can be masked out "
@@ -92,8 +109,37 @@ class AMST(Alternating):
         self.skips = {m: int(self.params.skips.get(m, defaults.get(m, 1))) for m in self.modalities}
 
     def begin_epoch(self, epoch: int) -> list[str]:
-        self.active = [m for m in self.modalities if amst_trains(epoch, self.skips[m])]
+        self.active = [m for m in self.modalities if amst_trains(epoch, self.skips[m], self.params.phase)]
         return self.active
+
+    def update(self, loss: torch.Tensor) -> None:
+        blocks = self._skipped_blocks() if self.params.strict else {}
+        saved = [(t, cols, t[:, cols].clone()) for w, cols in blocks.items() for t in self._with_state(w)]
+        fresh = [w for w in blocks if not self.optimizer.state.get(w)]
+        super().update(loss)
+        with torch.no_grad():
+            for t, cols, value in saved:
+                t[:, cols] = value
+            for w in fresh:  # state created by this step: the skipped columns start from nothing
+                for t in self._with_state(w)[1:]:
+                    t[:, blocks[w]] = 0
+
+    def _with_state(self, weight: torch.Tensor) -> list[torch.Tensor]:
+        """The weight and its optimiser state of the same shape (SGD momentum; Adam moments)."""
+        state = self.optimizer.state.get(weight, {})
+        return [weight] + [v for v in state.values() if torch.is_tensor(v) and v.shape == weight.shape]
+
+    def _skipped_blocks(self) -> dict[torch.Tensor, list[int]]:
+        """Concat head weights -> the columns of the modalities skipped this epoch."""
+        models = [self.model] + ([self.model.amst_joint] if self.params.module == "full" else [])
+        out = {}
+        for model in models:
+            fusion = model.fusion
+            skipped = [i for i, m in enumerate(fusion.modalities) if m not in self.active]
+            if skipped and isinstance(fusion, Concat):
+                weight = fusion.weight if fusion.cosine else fusion.head.weight
+                out[weight] = [c for i in skipped for c in range(i * fusion.dim, (i + 1) * fusion.dim)]
+        return out
 
     # ---- steps ------------------------------------------------------------------------------------
     def train_step(self, batch, labels):
@@ -134,3 +180,4 @@ class AMST(Alternating):
             joint = twin.fusion(twin.encode(batch)).float()
             out.update(alt=out["fused"], joint=joint, fused=self._full(out, joint))
         return out
+

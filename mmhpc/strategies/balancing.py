@@ -32,17 +32,14 @@ def unimodal_logits(fusion: Fusion, embs: Mapping[str, torch.Tensor]) -> dict[st
     return parts
 
 
-def batch_scores(logits: Mapping[str, torch.Tensor], labels: torch.Tensor) -> dict[str, float]:
-    """s_m = sum over the (global) batch of softmax(z_m)[y] (seed 003 Eq. 6, seed 002 Eq. 4).
-
-    The scores stay on the device, are summed over DDP processes there, and come to the host in one copy:
-    one synchronisation per step for every modality together.
-    """
-    names = list(logits)
-    scores = torch.stack([correct_class_score(logits[m], labels) for m in names]).double()
+def batch_scores(logits: Mapping[str, torch.Tensor], labels: torch.Tensor) -> torch.Tensor:
+    """s [M] in the order of `logits`: sum over the (global) batch of softmax(z_m)[y] (seed 003 Eq. 6, seed 002
+    Eq. 4). The scores stay on the device and are summed over DDP processes there (so every process takes the
+    same balancing decision); a strategy that needs host numbers reads them in one copy (`.tolist()`)."""
+    scores = torch.stack([correct_class_score(z, labels) for z in logits.values()])
     if dist.is_available() and dist.is_initialized():
         dist.all_reduce(scores)
-    return dict(zip(names, scores.tolist()))
+    return scores
 
 
 def step_logits(model, embs: Mapping[str, torch.Tensor], fused: torch.Tensor,

@@ -63,17 +63,23 @@ class Strategy:
         self.optimised = {m: 0 for m in self.modalities}  # optimisation epochs per modality (Table 4.4)
         self.active: list[str] = list(self.modalities)
         self.optimizer = self.build_optimizer()
+        self.data = None  # a `mmhpc.strategies.data.StrategyData`, set by the trainer, for passes of its own
+
+    def split_datasets(self, datasets: dict) -> dict:
+        """The run's datasets as this strategy trains on them (Gradient Blending holds part of train out)."""
+        return datasets
 
     # ---- configuration ---------------------------------------------------------------------------
     @classmethod
     def check_config(cls, cfg) -> None:
         """Reject configs this strategy cannot run, naming the field and the valid choices."""
         if cfg.model.fusion not in cls.fusions:
-            raise ConfigError(f"model.fusion: strategy {cls.name} does not support {cfg.model.fusion}; "
-                              f"valid choices: {', '.join(cls.fusions)}")
+            raise ConfigError(problem("model.fusion", f"strategy {cls.name} does not support {cfg.model.fusion}",
+                                      cls.fusions))
         if cfg.system.parallelism not in cls.parallelisms:
-            raise ConfigError(f"system.parallelism: strategy {cls.name} cannot run under "
-                              f"{cfg.system.parallelism}; valid choices: {', '.join(cls.parallelisms)}")
+            raise ConfigError(problem("system.parallelism",
+                                      f"strategy {cls.name} cannot run under {cfg.system.parallelism}",
+                                      cls.parallelisms))
         if len(cfg.modalities) < cls.min_modalities:
             raise ConfigError(f"data.modalities: strategy {cls.name} balances two or more modalities, got "
                               f"{cfg.modalities}; use strategy.name=naive for a single-modality baseline")

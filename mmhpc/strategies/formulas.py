@@ -34,7 +34,7 @@ AMST_DEFAULT_SKIPS: dict[str, dict[str, int]] = {
 def correct_class_score(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     """s = sum_i softmax(logits_i)[y_i]: the discriminative score of seed 003 Eq. 6 / seed 002 Eq. 4.
 
-    A 0-dim float32 tensor on the logits' device (reading it on the host is the caller's one sync).
+    A 0-d float32 tensor on the logits' device: no host synchronisation (`.item()` it where a host value is needed).
     """
     if logits.dim() != 2 or labels.shape != (logits.shape[0],):
         raise ValueError(f"expected logits [N, C] and labels [N], got {tuple(logits.shape)}, {tuple(labels.shape)}")
@@ -59,50 +59,63 @@ def discrepancy_ratios(score: Mapping[str, float]) -> dict[str, float]:
     return out
 
 
+def _scores_tensor(score: Mapping[str, float]) -> torch.Tensor:
+    discrepancy_ratios(score)  # validates: two or more modalities, scores >= 0, ratios defined
+    return torch.tensor([float(v) for v in score.values()], dtype=torch.float64)
+
+
 # ------------------------------------------------------------------------------------------------- OGM
 
+OGM_VARIANTS = ("thesis", "paper")
 
-def ogm_coefficients(score: Mapping[str, float], alpha: float, variant: str = "paper") -> dict[str, float]:
-    """OGM gradient coefficients k_m (seed 003 Eq. 11; thesis Eq. 2.27). rho_m from `discrepancy_ratios`.
 
-    variant "paper" (default, seed 003 text): k_m = max(0, 1 - alpha * tanh(rho_m - 1)) if rho_m > 1,
-        else 1. z(x) = tanh(x - 1) makes k continuous at rho = 1; k is clipped at 0 "to avoid illegal value".
-    variant "thesis": k_m = 1 - tanh(alpha * rho_m) if rho_m > 1, else 1: thesis Eq. 2.27, which is also what
-        the OGM-GE CVPR'22 paper and the official BML_TPAMI2024 code compute (jumps at rho = 1).
-    Only modalities that out-score the mean of the others (rho > 1) are slowed; rho exactly 1 gives 1.
+def ogm_coefficient_tensor(scores: torch.Tensor, alpha: float, variant: str = "thesis") -> torch.Tensor:
+    """OGM gradient coefficients k [M] from the scores s [M] (modality order), on the scores' device.
+
+    variant "thesis" (default): thesis Eq. 2.27, k = 1 - tanh(alpha * relu(rho)), as the thesis code base runs
+        it (AMST repository, code/baseline/ogm3_new.py, `apply_modulation`): rho_m = s_m / sum_{j != m} s_j and
+        only the modality with the highest rho is modulated (k = 1 for the others; ties: the first).
+    variant "paper": seed 003 Eq. 7 and 11: rho_m = s_m / mean_{j != m} s_j and
+        k_m = max(0, 1 - alpha * tanh(rho_m - 1)) for every modality with rho_m > 1, else 1.
     """
     if alpha < 0:
         raise ValueError(f"alpha must be >= 0, got {alpha}")
-    if variant not in ("paper", "thesis"):
-        raise ValueError(f"variant must be 'paper' or 'thesis', got {variant!r}")
-    out = {}
-    for m, rho in discrepancy_ratios(score).items():
-        if rho <= 1:
-            out[m] = 1.0
-        elif variant == "paper":
-            out[m] = max(0.0, 1.0 - alpha * math.tanh(rho - 1.0))
-        else:
-            out[m] = 1.0 - math.tanh(alpha * rho)
-    return out
+    if variant not in OGM_VARIANTS:
+        raise ValueError(f"variant must be one of {', '.join(OGM_VARIANTS)}, got {variant!r}")
+    others = (scores.sum() - scores).clamp_min(torch.finfo(scores.dtype).tiny)
+    ones = torch.ones_like(scores)
+    if variant == "thesis":
+        rho = scores / others
+        top = torch.arange(len(scores), device=scores.device) == rho.argmax()
+        return torch.where(top, 1 - torch.tanh(alpha * rho.clamp_min(0)), ones)
+    rho = scores / (others / (len(scores) - 1))
+    return torch.where(rho > 1, (1 - alpha * torch.tanh(rho - 1)).clamp_min(0), ones)
 
 
-def ogm_ge_noise(grad: torch.Tensor, std: float | None = None, generator: torch.Generator | None = None,
-                 eps: float = 1e-8) -> torch.Tensor:
+def ogm_coefficients(score: Mapping[str, float], alpha: float, variant: str = "thesis") -> dict[str, float]:
+    """`ogm_coefficient_tensor` on host numbers: {modality: score} -> {modality: k}."""
+    k = ogm_coefficient_tensor(_scores_tensor(score), alpha, variant)
+    return dict(zip(score, k.tolist()))
+
+
+def ogm_ge_noise(grad: torch.Tensor, std: float | torch.Tensor | None = None,
+                 generator: torch.Generator | None = None, eps: float = 1e-8) -> torch.Tensor:
     """Generalisation-enhancement noise h ~ N(0, std^2), seed 003 Eq. 16 (OGM-GE).
 
     The paper asks for the covariance of the current gradient; like the official code, a diagonal
-    approximation is used: std = the gradient tensor's own standard deviation (+ eps so it is never 0).
-    The update is then g' = k * g + h (see `ogm_ge_modulate`).
+    approximation is used: std = the gradient tensor's own standard deviation (+ eps so it is never 0),
+    computed on the gradient's device (no host synchronisation). The update is then g' = k * g + h.
     """
     if std is None:
-        std = grad.detach().float().std().item() if grad.numel() > 1 else 0.0
-    if std < 0:
+        std = grad.detach().float().std() if grad.numel() > 1 else grad.new_zeros((), dtype=torch.float32)
+    elif not torch.is_tensor(std) and std < 0:
         raise ValueError(f"std must be >= 0, got {std}")
     z = torch.randn(grad.shape, generator=generator, dtype=grad.dtype, device=grad.device)
-    return z * (std + eps)
+    return z * (std + eps).to(grad.dtype) if torch.is_tensor(std) else z * (std + eps)
 
 
-def ogm_ge_modulate(grad: torch.Tensor, coeff: float, generator: torch.Generator | None = None) -> torch.Tensor:
+def ogm_ge_modulate(grad: torch.Tensor, coeff: float | torch.Tensor,
+                    generator: torch.Generator | None = None) -> torch.Tensor:
     """OGM-GE gradient k * g + h(g), seed 003 Eq. 16 / Alg. 2 (the noise uses g's std before scaling)."""
     return grad * coeff + ogm_ge_noise(grad, generator=generator)
 
@@ -110,46 +123,68 @@ def ogm_ge_modulate(grad: torch.Tensor, coeff: float, generator: torch.Generator
 # ------------------------------------------------------------------------------------------------- OPM
 
 
-def opm_drop_probability(score: Mapping[str, float], lam: float, q_base: float) -> dict[str, float]:
-    """OPM drop probability q_m for the next iteration, seed 003 Eq. 8.
+def opm_drop_tensor(scores: torch.Tensor, lam: float, q_base: float) -> torch.Tensor:
+    """OPM drop probabilities q [M] for the next iteration from the scores s [M], seed 003 Eq. 8, on their device.
 
-    q_m = min(1, q_base * (1 + lam * tanh(rho_m - 1))) if rho_m > 1 else 0, with z(x) = tanh(x - 1) and the
-    cap at 1 the paper states; `lam` is the paper's lambda (> 0), `q_base` in (0, 1) (official code: 0.5, 0.5).
+    q_m = min(1, q_base * (1 + lam * tanh(rho_m - 1))) if rho_m > 1 else 0, rho the M-modality form of Eq. 7,
+    z(x) = tanh(x - 1) and the cap at 1 the paper states; `lam` is the paper's lambda (> 0), `q_base` in (0, 1)
+    (official code: 0.5, 0.5).
     """
     if lam < 0:
         raise ValueError(f"lam must be >= 0, got {lam}")
     if not 0.0 <= q_base <= 1.0:
         raise ValueError(f"q_base must lie in [0, 1], got {q_base}")
-    return {m: min(1.0, q_base * (1.0 + lam * math.tanh(rho - 1.0))) if rho > 1 else 0.0
-            for m, rho in discrepancy_ratios(score).items()}
+    others = (scores.sum() - scores).clamp_min(torch.finfo(scores.dtype).tiny) / (len(scores) - 1)
+    rho = scores / others
+    return torch.where(rho > 1, (q_base * (1 + lam * torch.tanh(rho - 1))).clamp_max(1), torch.zeros_like(rho))
 
 
-def opm_mask(q: Mapping[str, float], batch_size: int, generator: torch.Generator | None = None,
-             p_exe: float = 1.0, device=None) -> dict[str, torch.Tensor]:
-    """Per-sample keep masks (1 = keep, 0 = drop) for OPM's modality dropping, seed 003 Alg. 1.
+def opm_drop_probability(score: Mapping[str, float], lam: float, q_base: float) -> dict[str, float]:
+    """`opm_drop_tensor` on host numbers: {modality: score} -> {modality: q}."""
+    return dict(zip(score, opm_drop_tensor(_scores_tensor(score), lam, q_base).tolist()))
 
-    Each sample drops modality m with probability q_m (keep ~ Bernoulli(1 - q_m)). As in the official
-    code, the whole batch is left untouched with probability 1 - p_exe (one draw). Samples that lose every
-    modality carry no signal: the official code excludes them from the loss (`mask.sum(0) == 0`).
+
+def opm_keep(q: torch.Tensor, batch_size: int, generator: torch.Generator | None = None, p_exe: float = 1.0,
+             device=None) -> torch.Tensor:
+    """Per-sample keep masks [N, M] (1 = keep, 0 = drop) for OPM's modality dropping, seed 003 Alg. 1.
+
+    Each sample drops modality m with probability q_m (keep iff u >= q_m, u ~ U[0, 1), so P(keep) = 1 - q_m
+    exactly, q = 0 always keeps, q = 1 always drops). As in the official code, the whole batch is left
+    untouched with probability 1 - p_exe (one draw, made first). Drawn on `device`: no host synchronisation.
     """
     if batch_size < 0:
         raise ValueError(f"batch_size must be >= 0, got {batch_size}")
     if not 0.0 <= p_exe <= 1.0:
         raise ValueError(f"p_exe must lie in [0, 1], got {p_exe}")
+    device = q.device if device is None else device
+    q = q.to(device)
+    gate = torch.rand((), generator=generator, device=device) < p_exe if p_exe < 1.0 else None
+    keep = (torch.rand(batch_size, len(q), generator=generator, device=device) >= q).float()
+    return keep if gate is None else torch.where(gate, keep, torch.ones_like(keep))
+
+
+def opm_mask(q: Mapping[str, float], batch_size: int, generator: torch.Generator | None = None,
+             p_exe: float = 1.0, device=None) -> dict[str, torch.Tensor]:
+    """`opm_keep` with host probabilities: {modality: q} -> {modality: keep mask [N]}.
+
+    Samples that lose every modality carry no signal: the official code excludes them from the loss.
+    """
     for m, qm in q.items():
         if not 0.0 <= qm <= 1.0:
             raise ValueError(f"drop probability of {m!r} must lie in [0, 1], got {qm}")
-    if p_exe < 1.0 and torch.rand(1, generator=generator).item() >= p_exe:
-        return {m: torch.ones(batch_size, device=device) for m in q}
-    # keep iff u >= q, so P(keep) = 1 - q exactly, including q = 0 (always keep) and q = 1 (always drop).
-    return {m: (torch.rand(batch_size, generator=generator) >= qm).float().to(device) for m, qm in q.items()}
+    keep = opm_keep(torch.tensor([float(v) for v in q.values()]), batch_size, generator, p_exe,
+                    device if device is not None else "cpu")
+    return {m: keep[:, i] for i, m in enumerate(q)}
 
 
-def opm_feature_scale(q: Mapping[str, float], dims: Mapping[str, int]) -> float:
+def opm_feature_scale(q: Mapping[str, float] | torch.Tensor, dims: Mapping[str, int] | Sequence[int]):
     """Inverted-dropout rescale of the kept features, 1 / (1 - theta), theta = sum_m d_m q_m / sum_m d_m.
 
-    Official OPM code (Modality_drop.execute_drop); the paper leaves it implicit.
+    Official OPM code (Modality_drop.execute_drop); the paper leaves it implicit. With q a tensor [M] (dims a
+    sequence in the same order) it stays on the device; theta < 1 always holds there, since the lowest-scoring modality has rho <= 1, q = 0.
     """
+    if torch.is_tensor(q):  # dims are host numbers: no device tensor is built from them
+        return 1.0 / (1.0 - sum(d * q[i] for i, d in enumerate(dims)) / sum(dims))
     total = sum(dims[m] for m in q)
     theta = sum(dims[m] * qm for m, qm in q.items()) / total
     if theta >= 1.0:
@@ -195,7 +230,7 @@ def mslr_update(lr_m: float, acc_history_m: Sequence[float], k_e: int) -> float:
 
     `acc_history_m` holds the modality's validation accuracy per epoch, ending with the current acc_t;
     the window includes acc_t (E[acc_{t-N,t}] closes at t) and shrinks to what exists in early epochs.
-    `lr_m` is the modality's own base rate (the MLB appendix's `init` prior, e.g. [0.7, 1.3] x base).
+    Which `lr_m` it scales and how often is the schedule's choice (`mslr_schedule_factor`).
     """
     if k_e < 1:
         raise ValueError(f"k_e must be >= 1, got {k_e}")
@@ -206,6 +241,30 @@ def mslr_update(lr_m: float, acc_history_m: Sequence[float], k_e: int) -> float:
     if mean <= 0:
         raise ValueError(f"mean accuracy over the window is {mean}: ratio undefined")
     return lr_m * acc_history_m[-1] / mean
+
+
+MSLR_SCHEDULES = ("compound", "per_epoch")
+
+
+def mslr_schedule_factor(acc_history_m: Sequence[float], k_e: int, schedule: str = "compound") -> float:
+    """The factor on a modality's initial rate for the epoch after the last entry of `acc_history_m`.
+
+    "compound" (default, the thesis code base, AMST repository code/baseline/mslr3_new.py `adjust_lr`): after
+        the validation of epoch t (0-based) with t > 0 and t mod k_e = 0 the rate is multiplied by
+        acc_t / mean(acc over the last k_e epochs); the products accumulate over the run.
+    "per_epoch" (thesis Eq. 2.28 read literally): every epoch, the initial rate times acc_t / mean(last k_e).
+    A window whose mean accuracy is 0 leaves the factor unchanged (the ratio is undefined).
+    """
+    if schedule not in MSLR_SCHEDULES:
+        raise ValueError(f"schedule must be one of {', '.join(MSLR_SCHEDULES)}, got {schedule!r}")
+    history = list(acc_history_m)
+    if schedule == "per_epoch":
+        return mslr_update(1.0, history, k_e) if history and sum(history[-k_e:]) > 0 else 1.0
+    factor = 1.0
+    for t in range(1, len(history)):
+        if t % k_e == 0 and sum(history[max(0, t - k_e + 1):t + 1]) > 0:
+            factor = mslr_update(factor, history[:t + 1], k_e)
+    return factor
 
 
 # ------------------------------------------------------------------------------------------------- MLA
@@ -286,6 +345,13 @@ def pmr_entropy_regulariser(proto_logits: torch.Tensor) -> torch.Tensor:
     return entropy(proto_logits).mean()
 
 
+def pmr_ratio_tensor(scores: torch.Tensor) -> torch.Tensor:
+    """rho [M] of prototype scores (M-modality form of seed 003 Eq. 7; for two modalities the PMR code's
+    s_1 / s_2 and its inverse), on the scores' device."""
+    others = (scores.sum() - scores).clamp_min(torch.finfo(scores.dtype).tiny) / (len(scores) - 1)
+    return scores / others
+
+
 def pmr_coefficients(score: Mapping[str, float], alpha: float) -> dict[str, float]:
     """PCE weights per modality, official PMR code: alpha for a modality behind the others (rho < 1), else 0.
 
@@ -328,13 +394,24 @@ def gradient_blending_weights(train_prev: Mapping[str, float], train_now: Mappin
 # ------------------------------------------------------------------------------------ AMST, Alg. 5 choice
 
 
-def amst_trains(epoch: int, skip: int) -> bool:
-    """Thesis Eq. 3.8: modality m is trained in `epoch` (0-based) iff epoch mod skip_m == 0."""
+AMST_PHASES = ("code", "paper")
+
+
+def amst_trains(epoch: int, skip: int, phase: str = "code") -> bool:
+    """Whether modality m trains in `epoch` (0-based, as the trainer counts), thesis Eq. 3.8 / seed 001 Eq. 1.
+
+    phase "code" (default): epoch mod skip = 0 with epochs counted from 0, as the thesis code base does
+        (AMST repository, code/amst.py: `for epoch in range(E)`, `epoch % skip`): trains in epochs 0, s, 2s, ...
+    phase "paper": seed 001 Alg. 1-2 count epochs from 1 (`for e = 1 to E`): trains in the trainer's epochs
+        s - 1, 2s - 1, ... (the s-th, 2s-th, ... epoch).
+    """
     if skip < 1:
         raise ValueError(f"skip must be a positive integer, got {skip}")
     if epoch < 0:
         raise ValueError(f"epoch must be >= 0, got {epoch}")
-    return epoch % skip == 0
+    if phase not in AMST_PHASES:
+        raise ValueError(f"phase must be one of {', '.join(AMST_PHASES)}, got {phase!r}")
+    return (epoch + (phase == "paper")) % skip == 0
 
 
 def select_modality(metric: Mapping[str, float], mode: str) -> str:

@@ -4,12 +4,12 @@
   masked output `fusion({m: e_m})` is exactly H(e_m). MLA therefore runs with `model.fusion=early_sum`.
 - Training: per step, each modality in turn updates its encoder and the shared head on its own loss
   CE(H(e_m), y) (the thesis' Fig. 2.23).
-- Gradient modification (`projection`, on by default): the head's gradient from modality m is projected
+- Gradient modification (`projection`, off by default as in the thesis' MLA baseline): the head's gradient from modality m is projected
   away from the inputs the head has already been trained on, orthogonal weight modification as MLA
   describes it: W.grad <- W.grad P, then P <- P - P r r^T P / (alpha + r^T P r) with r the batch-mean
   embedding of m (P = I at the start, the first update unprojected). The public MLA code never runs
   this (its parameter-name test does not match, so the projection is dead code); the AMST authors' MLA
-  baseline, which the thesis tables report, ran without it: `projection=false` reproduces that. Unlike
+  baseline (code/baseline/mla_new.py), which the thesis tables report, ran without it: the default. Unlike
   that dead code, P is not rescaled to unit Frobenius norm (which would shrink every head gradient by
   about 1/sqrt(D)) and alpha is constant instead of decaying within the epoch.
 - Runtime fusion (evaluation and the training metrics' "fused"): per sample, sum_m w_m H(e_m) with
@@ -34,7 +34,7 @@ RUNTIME_FUSIONS = ("entropy", "fixed")
 class MLAParams:
     runtime_fusion: str = "entropy"
     weights: dict[str, float] = field(default_factory=dict)  # fixed weights; default 1/M each
-    projection: bool = True
+    projection: bool = False  # the thesis baseline (code/baseline/mla_new.py) has none; true: MLA's OWM
     projection_alpha: float = 0.1
 
 

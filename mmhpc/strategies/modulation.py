@@ -1,14 +1,17 @@
 """On-the-fly modulation (seed 003): OGM-GE slows the dominant encoder's gradients, OPM drops its features.
 
 Both monitor each modality's share of the fused prediction: the discriminative score s_m (Eq. 6, the
-additive part W_m e_m + b/M of the fused logits, `unimodal_logits`) and the ratio rho_m of s_m to the
-mean of the others (Eq. 7). Both are defined for fusions whose logits are such a sum: early-sum,
-late-sum and concat, for any number of modalities (the M-modality form of Eq. 7).
+additive part W_m e_m + b/M of the fused logits, `unimodal_logits`) and its ratio rho_m to the other
+modalities' scores (Eq. 7). Both are defined for fusions whose logits are such a sum: early-sum,
+late-sum and concat, for any number of modalities. Scores, coefficients, masks and noise stay on the
+device: a step makes no host synchronisation.
 
-- OGM-GE (Alg. 2; thesis Eq. 2.27): after backward and before the optimiser step, each encoder's
-  gradient becomes k_m g + h, with k_m from Eq. 11 for this iteration's scores and h Gaussian noise with
-  the gradient's own spread (Eq. 16, the generalisation enhancement). Alg. 2 adds h to every modality's
-  encoder (k = 1 for the others). `ge=false` gives plain OGM (k_m g).
+- OGM-GE (thesis Eq. 2.27; seed 003 Alg. 2): after backward and before the optimiser step, encoder
+  gradients become k_m g + h, h Gaussian noise with the gradient's own spread (Eq. 16, the
+  generalisation enhancement; `ge=false` gives plain OGM, k_m g). Defaults are the thesis code base's
+  (AMST repository code/baseline/ogm3_new.py): k = 1 - tanh(alpha rho) on the modality with the highest
+  ratio only, alpha 0.1, only 4-D (convolution) gradients, epochs 0-50. `variant=paper`,
+  `weights=all`, `end_epoch=null` give seed 003's Eq. 11 on every parameter for the whole run.
 - OPM (Alg. 1): in the forward pass each sample drops modality m's feature with probability q_m from
   the previous iteration's scores (Eq. 8; q = 0 at the first step), kept features rescaled by
   1 / (1 - theta) (official code); the scores for the next q come from the undropped features.
@@ -21,14 +24,13 @@ import torch
 import torch.nn.functional as F
 
 from mmhpc.errors import ConfigError
-from mmhpc.strategies.balancing import SYMMETRIC, ModulationWindow, batch_scores, dataset_default, \
-    require_symmetric, step_logits, unimodal_logits
+from mmhpc.strategies.balancing import SYMMETRIC, ModulationWindow, batch_scores, require_symmetric, step_logits, \
+    unimodal_logits
 from mmhpc.strategies.base import StepOutput, Strategy, register
-from mmhpc.strategies.formulas import ogm_coefficients, ogm_ge_modulate, opm_drop_probability, opm_feature_scale, \
-    opm_mask
+from mmhpc.strategies.formulas import OGM_VARIANTS, ogm_coefficient_tensor, ogm_ge_modulate, opm_drop_tensor, \
+    opm_feature_scale, opm_keep
 
-#: seed 004 Table 2 (late-linear, ResNet): CREMA-D 1.0, AVE 0.8; other datasets take 1.0
-OGM_DEFAULT_ALPHA = {"cremad": 1.0, "ave": 0.8}
+OGM_WEIGHTS = ("conv", "all")
 
 
 class _OnTheFly(ModulationWindow, Strategy):
@@ -47,11 +49,12 @@ class _OnTheFly(ModulationWindow, Strategy):
 
 @dataclass
 class OGMParams:
-    alpha: float | None = None  # None: OGM_DEFAULT_ALPHA of the dataset
-    variant: str = "paper"      # "paper": seed 003 Eq. 11; "thesis": thesis Eq. 2.27 (see ogm_coefficients)
+    alpha: float = 0.1          # thesis Fig. 2.19 "as specified in the original paper"; code base ogm3_new.py
+    variant: str = "thesis"     # "thesis": Eq. 2.27 on the top-ratio modality; "paper": seed 003 Eq. 11
     ge: bool = True             # add the generalisation-enhancement noise (OGM-GE); false: plain OGM
+    weights: str = "conv"       # "conv": only 4-D gradients (code base); "all": every branch parameter (Alg. 2)
     start_epoch: int = 0
-    end_epoch: int | None = None  # seed 004: muting the modulation late brought no benefit
+    end_epoch: int | None = 50  # code base `modulation_ends` (inclusive); null: to the end
 
 
 @register
@@ -63,37 +66,51 @@ class OGMGE(_OnTheFly):
     def check_config(cls, cfg) -> None:
         super().check_config(cfg)
         p = cls.parse_params(cfg.strategy.params)
-        if p.variant not in ("paper", "thesis"):
-            raise ConfigError(f"strategy.params.variant: invalid value {p.variant!r}; valid choices: paper, thesis")
-        if p.alpha is not None and p.alpha < 0:
+        if p.variant not in OGM_VARIANTS:
+            raise ConfigError(f"strategy.params.variant: invalid value {p.variant!r}; valid choices: "
+                              f"{', '.join(OGM_VARIANTS)}")
+        if p.weights not in OGM_WEIGHTS:
+            raise ConfigError(f"strategy.params.weights: invalid value {p.weights!r}; valid choices: "
+                              f"{', '.join(OGM_WEIGHTS)}")
+        if p.alpha < 0:
             raise ConfigError(f"strategy.params.alpha: {p.alpha} must be >= 0")
 
     def __init__(self, *args, **kw):
         super().__init__(*args, **kw)
-        self.alpha = dataset_default(self.params.alpha, OGM_DEFAULT_ALPHA, self.cfg, 1.0)
-        self.coeffs = {m: 1.0 for m in self.modalities}  # the last step's k_m
+        self.coeffs: torch.Tensor | None = None  # the last step's k [M] (modality order), on the device
+
+    def coefficients(self) -> dict[str, float]:
+        """The last step's k_m as host numbers (for tests and logs; a synchronisation)."""
+        k = [1.0] * len(self.modalities) if self.coeffs is None else self.coeffs.tolist()
+        return dict(zip(self.modalities, k))
 
     def train_step(self, batch, labels):
         out = self.net(batch)
         embs, fused, probes = out["embs"], out["fused"], out["probes"]
         loss = F.cross_entropy(fused, labels) + sum(F.cross_entropy(z, labels) for z in probes.values())
         parts = self.parts(embs)
-        self.coeffs = (ogm_coefficients(batch_scores(parts, labels), self.alpha, self.params.variant)
-                       if self.modulating else {m: 1.0 for m in self.modalities})
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         if self.modulating:
+            scores = batch_scores({m: parts[m] for m in self.modalities}, labels)
+            self.coeffs = ogm_coefficient_tensor(scores, self.params.alpha, self.params.variant)
             self.modulate()
+        else:
+            self.coeffs = None
         self.optimizer.step()
         return StepOutput(step_logits(self.model, embs, fused, probes))
 
     @torch.no_grad()
     def modulate(self) -> None:
-        """Alg. 2: g <- k_m g + h(g) on modality m's encoder (h only with GE), between backward and step."""
-        for m, k in self.coeffs.items():
+        """g <- k_m g + h(g) on modality m's branch (h only with GE), between backward and step."""
+        conv_only = self.params.weights == "conv"
+        for i, m in enumerate(self.modalities):
             for p in self.model.branch_parameters(m):
-                if p.grad is not None:
-                    p.grad = ogm_ge_modulate(p.grad, k) if self.params.ge else p.grad * k
+                g = p.grad
+                if g is None or (conv_only and g.dim() != 4):
+                    continue
+                k = self.coeffs[i].to(device=g.device, dtype=g.dtype)
+                p.grad = ogm_ge_modulate(g, k) if self.params.ge else g * k
 
 
 @dataclass
@@ -120,36 +137,43 @@ class OPM(_OnTheFly):
 
     def __init__(self, *args, **kw):
         super().__init__(*args, **kw)
-        self.q = {m: 0.0 for m in self.modalities}  # drop probabilities for the next step
+        device = next(self.model.parameters()).device
+        self.q = torch.zeros(len(self.modalities), device=device)  # drop probabilities [M] for the next step
 
     def drop(self, embs: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
         """Alg. 1: per-sample feature dropping with probabilities q; returns the features and which samples
         kept at least one modality (the others carry no signal and are left out of the loss)."""
-        n = next(iter(embs.values())).shape[0]
-        device = next(iter(embs.values())).device
-        keep = opm_mask(self.q, n, p_exe=self.params.p_exe, device=device)
-        scale = opm_feature_scale(self.q, {m: e.shape[1] for m, e in embs.items()})
-        dropped = {m: e * (keep[m] * scale).to(e.dtype).unsqueeze(1) for m, e in embs.items()}
-        return dropped, torch.stack(list(keep.values())).sum(0) > 0
+        first = embs[self.modalities[0]]
+        q = self.q.to(first.device)
+        keep = opm_keep(q, first.shape[0], p_exe=self.params.p_exe, device=first.device)  # [N, M]
+        scale = opm_feature_scale(q, [embs[m].shape[1] for m in self.modalities])
+        dropped = {m: embs[m] * (keep[:, i] * scale).to(embs[m].dtype).unsqueeze(1)
+                   for i, m in enumerate(self.modalities)}
+        return dropped, keep.sum(1) > 0
 
     def train_step(self, batch, labels):
         out = self.net(batch)
         embs, fused, probes = out["embs"], out["fused"], out["probes"]
         if self.modulating:
             dropped, valid = self.drop(embs)
-            z = self.model.fusion(dropped)
-            loss = F.cross_entropy(z[valid], labels[valid]) if bool(valid.any()) else z.sum() * 0
+            per_sample = F.cross_entropy(self.model.fusion(dropped), labels, reduction="none")
+            weight = valid.to(per_sample.dtype)  # the mean over the samples that kept a modality (0 if none)
+            loss = (per_sample * weight).sum() / weight.sum().clamp_min(1)
         else:
             loss = F.cross_entropy(fused, labels)
         loss = loss + sum(F.cross_entropy(p, labels) for p in probes.values())
         parts = self.parts(embs)
         self.update(loss)
         if self.modulating:  # Eq. 8: this iteration's scores give the next iteration's q
-            self.q = opm_drop_probability(batch_scores(parts, labels), self.params.lam, self.params.q_base)
+            scores = batch_scores({m: parts[m] for m in self.modalities}, labels)
+            self.q = opm_drop_tensor(scores, self.params.lam, self.params.q_base)
         return StepOutput(step_logits(self.model, embs, fused, probes))
 
+    def drop_probabilities(self) -> dict[str, float]:
+        return dict(zip(self.modalities, self.q.tolist()))
+
     def extra_state(self) -> dict:
-        return {"q": dict(self.q)}
+        return {"q": self.drop_probabilities()}
 
     def load_extra_state(self, state: dict) -> None:
-        self.q = dict(state["q"])
+        self.q = torch.tensor([float(state["q"][m]) for m in self.modalities], device=self.q.device)

@@ -1,31 +1,35 @@
-"""MSLR, modality-specific learning rates (thesis Eq. 2.28; Yao and Mihalcea 2022; seed 004 Table 2).
+"""MSLR, modality-specific learning rates (thesis Eq. 2.28; Yao and Mihalcea 2022), as the thesis code base runs it.
 
-Joint training (one fused loss, as Naive) where each modality's branch has its own learning rate:
-lr_m(t) = lr x init_m x acc_m(t-1) / mean(acc_m over the last k_e epochs), from the modality's
-validation accuracy (its masked head) up to the previous epoch (`mslr_update`); the first epoch uses
-lr x init_m. The fusion head and the probes keep `train.lr`; the step decay (`train.lr_decay_epoch`)
-scales every rate.
+Joint training (one fused loss, as Naive) where each modality's branch has its own learning rate,
+lr x init_m x f_m, from the modality's validation accuracy (its masked head); `mslr_schedule_factor`
+gives f_m. Default (`schedule=compound`, AMST repository code/baseline/mslr3_new.py): after the
+validation of epoch t > 0 with t mod k_e = 0 the rate is multiplied by acc_t / mean(acc over the last
+k_e epochs), compounding over the run, with k_e = 5 (`history_length`) and initial rates 1e-3 audio,
+1e-2 visual, 2e-5 text (x train.lr = 1e-3: 1, 10, 0.02). `schedule=per_epoch` is thesis Eq. 2.28 read
+literally (every epoch, the initial rate times the ratio). The fusion head and the probes keep
+`train.lr`; the step decay (`train.lr_decay_epoch`) scales every rate, as the code base's StepLR does.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 
 from mmhpc.errors import ConfigError
-from mmhpc.strategies.balancing import ModalityGroups, dataset_default
+from mmhpc.strategies.balancing import ModalityGroups
 from mmhpc.strategies.base import register
-from mmhpc.strategies.formulas import mslr_update
+from mmhpc.strategies.formulas import MSLR_SCHEDULES, mslr_schedule_factor
 from mmhpc.strategies.joint import Naive
 
-#: the thesis' and seed 001's MSLR rates at lr 1e-3: audio 1e-3, visual 1e-2, text 8e-5 (x train.lr)
-MSLR_DEFAULT_INIT = {"audio": 1.0, "visual": 10.0, "text": 0.08}
-#: k_e of seed 004 Table 2: CREMA-D 20, AVE 10 (other datasets take 20)
-MSLR_DEFAULT_WINDOW = {"cremad": 20, "ave": 10}
+#: code/baseline/mslr3_new.py: audio_lr 1e-3, visual_lr 1e-2, text_lr 2e-5 at the base lr 1e-3 (x train.lr)
+MSLR_DEFAULT_INIT = {"audio": 1.0, "visual": 10.0, "text": 0.02}
+#: code/baseline/mslr3_new.py `history_length`: k_e = 5
+MSLR_DEFAULT_WINDOW = 5
 
 
 @dataclass
 class MSLRParams:
     init: dict[str, float] = field(default_factory=dict)  # per-modality multiplier of train.lr
-    window: int | None = None                               # k_e; None: MSLR_DEFAULT_WINDOW
+    window: int = MSLR_DEFAULT_WINDOW                       # k_e
+    schedule: str = "compound"                              # "compound" (code base) or "per_epoch" (Eq. 2.28)
 
 
 @register
@@ -43,13 +47,16 @@ class MSLR(ModalityGroups, Naive):
                                   f"{', '.join(cfg.modalities)}")
             if not isinstance(v, (int, float)) or isinstance(v, bool) or v <= 0:
                 raise ConfigError(f"strategy.params.init.{m}: {v!r} must be a positive number (x train.lr)")
-        if p.window is not None and (isinstance(p.window, bool) or not isinstance(p.window, int) or p.window < 1):
+        if isinstance(p.window, bool) or not isinstance(p.window, int) or p.window < 1:
             raise ConfigError(f"strategy.params.window: {p.window!r} must be a positive integer (epochs, k_e)")
+        if p.schedule not in MSLR_SCHEDULES:
+            raise ConfigError(f"strategy.params.schedule: invalid value {p.schedule!r}; valid choices: "
+                              f"{', '.join(MSLR_SCHEDULES)}")
 
     def __init__(self, *args, **kw):
         super().__init__(*args, **kw)
         self.init = {m: float(self.params.init.get(m, MSLR_DEFAULT_INIT.get(m, 1.0))) for m in self.modalities}
-        self.window = dataset_default(self.params.window, MSLR_DEFAULT_WINDOW, self.cfg, 20)
+        self.window = self.params.window
         self.history: dict[str, list[float]] = {m: [] for m in self.modalities}
 
     def begin_epoch(self, epoch: int) -> list[str]:
@@ -58,10 +65,7 @@ class MSLR(ModalityGroups, Naive):
         return active
 
     def rate(self, m: str) -> float:
-        base, history = self.epoch_lr * self.init[m], self.history[m]
-        if not history or sum(history[-self.window:]) <= 0:  # no accuracy yet: the ratio is undefined
-            return base
-        return mslr_update(base, history, self.window)
+        return self.epoch_lr * self.init[m] * mslr_schedule_factor(self.history[m], self.window, self.params.schedule)
 
     def end_epoch(self, epoch, train, val) -> None:
         super().end_epoch(epoch, train, val)

@@ -12,8 +12,10 @@ head only contributes the multimodal loss.
   optimiser group (not on the gradient, so Adam's normalisation cannot undo it).
 - Gradient Blending (thesis Eq. 2.29; Wang et al. 2020): L = w_fused L_multi + sum_m w_m L_m. Fixed
   `weights`, or (default) weights re-estimated every `interval` epochs from the overfitting-to-
-  generalisation ratio between two estimates (`gradient_blending_weights`) of the heads' train and
-  validation losses; equal weights until the first estimate. Deviation: the train losses are the
+  generalisation ratio between two estimates (`gradient_blending_weights`) of the heads' train losses
+  and their losses on a part of the training data held out of training (`holdout`, 10 %, seeded; the GB
+  paper's held-out set), so the validation split stays for model selection alone; `holdout=0` uses the
+  validation split instead. Equal weights until the first estimate. Deviation: the train losses are the
   epoch's running training losses, not a separate pass over the training set at the checkpoint.
 """
 from __future__ import annotations
@@ -26,6 +28,7 @@ import torch.nn.functional as F
 from mmhpc.errors import ConfigError
 from mmhpc.strategies.balancing import ModalityGroups, batch_scores, dataset_default, step_logits
 from mmhpc.strategies.base import StepOutput, register
+from mmhpc.strategies.data import split_held_out
 from mmhpc.strategies.formulas import gradient_blending_weights, mlb_coefficients
 from mmhpc.strategies.joint import Naive
 
@@ -86,7 +89,8 @@ class MLB(ModalityGroups, MultiLoss):
         self.coeffs = {m: 1.0 for m in self.modalities}  # the last step's k_i
 
     def before_update(self, unimodal, labels) -> None:
-        self.coeffs = mlb_coefficients(batch_scores(unimodal, labels), self.alpha, self.params.beta_max)
+        scores = batch_scores(unimodal, labels).tolist()  # the learning rates are host numbers: one sync per step
+        self.coeffs = mlb_coefficients(dict(zip(unimodal, scores)), self.alpha, self.params.beta_max)
         self.set_modality_lr({m: self.epoch_lr * k for m, k in self.coeffs.items()})
 
 
@@ -94,6 +98,11 @@ class MLB(ModalityGroups, MultiLoss):
 class BlendParams:
     weights: dict[str, float] = field(default_factory=dict)  # fixed weights, keys "fused" and modalities
     interval: int = 1  # epochs between two estimates of the weights
+    holdout: float = 0.1  # share of the training split held out to estimate the weights; 0: the validation split
+
+
+#: the name of the held-out part of the training split in the run's datasets
+HOLDOUT = "gb_holdout"
 
 
 @register
@@ -111,6 +120,8 @@ class GradientBlending(MultiLoss):
                               f"got {p.weights}")
         if isinstance(p.interval, bool) or not isinstance(p.interval, int) or p.interval < 1:
             raise ConfigError(f"strategy.params.interval: {p.interval!r} must be a positive integer (epochs)")
+        if not 0.0 <= p.holdout < 1.0:
+            raise ConfigError(f"strategy.params.holdout: {p.holdout} must lie in [0, 1) (0: use the validation split)")
 
     def __init__(self, *args, **kw):
         super().__init__(*args, **kw)
@@ -121,12 +132,42 @@ class GradientBlending(MultiLoss):
     def combine(self, losses):
         return sum(self.weights[k] * v for k, v in losses.items())
 
+    def estimating(self) -> bool:
+        return not self.params.weights and self.params.holdout > 0
+
+    def split_datasets(self, datasets: dict) -> dict:
+        if not self.estimating():
+            return datasets
+        from mmhpc.data.dataset import PreparedDataset
+
+        train = datasets["train"]
+        plain = PreparedDataset(train.root, "train", train.modalities, train=False, verify="none")
+        part, held = split_held_out(train, self.params.holdout, self.cfg.train.seed, plain)
+        return {**datasets, "train": part, HOLDOUT: held}
+
+    @torch.no_grad()
+    def held_out_losses(self) -> dict[str, float]:
+        """Mean CE of the fused head and each unimodal head on the held-out part of the training data."""
+        was_training = self.model.training
+        self.model.eval()
+        total, n = None, 0
+        for batch in self.data.batches(HOLDOUT):
+            labels = batch["label"]
+            logits = self.eval_logits(batch)
+            heads = [logits["fused"]] + [logits[f"probe/{m}"] for m in self.modalities]
+            losses = torch.stack([F.cross_entropy(z, labels, reduction="sum") for z in heads])
+            total = losses if total is None else total + losses
+            n += len(labels)
+        self.model.train(was_training)
+        return dict(zip(["loss/fused", *(f"loss/probe/{m}" for m in self.modalities)], (total / n).tolist()))
+
     def end_epoch(self, epoch, train, val) -> None:
         super().end_epoch(epoch, train, val)
         if self.params.weights or (epoch + 1) % self.params.interval:
             return
+        held = self.held_out_losses() if self.params.holdout > 0 else val
         key = {"fused": "loss/fused", **{m: f"loss/probe/{m}" for m in self.modalities}}
-        now = ({k: train[v] for k, v in key.items()}, {k: val[v] for k, v in key.items()})
+        now = ({k: train[v] for k, v in key.items()}, {k: held[v] for k, v in key.items()})
         if self.reference is not None:
             (t0, v0), (t1, v1) = self.reference, now
             self.weights = gradient_blending_weights(t0, t1, v0, v1)

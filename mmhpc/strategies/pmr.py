@@ -1,18 +1,20 @@
-"""PMR, prototypical modal rebalance (Fan et al. CVPR 2023; thesis Eq. 2.30): L = L_sum + L_PCE - mu L_r.
+"""PMR, prototypical modal rebalance (Fan et al. CVPR 2023; thesis Eq. 2.30), as the thesis code base runs it.
 
-- Prototypes: per modality, the class means of its embeddings (`pmr_prototypes_from_sums`), blended with the
-  previous epoch's by `momentum` (official code 0.2).
-- PCE: cross-entropy of the prototype classifier -||e_m - c_k|| (`pmr_prototype_logits`), weighted per
-  step by `pmr_coefficients`: alpha for a modality whose prototype score is below the others' mean
-  (rho < 1, the lagging one), 0 otherwise; rho from this batch's prototype scores (M-modality form).
-- PER: minus mu times the prototype-prediction entropy of the dominant modality (rho > 1,
-  `pmr_entropy_regulariser`), which holds back its early convergence.
+L = L_fused + sum_m beta_m L_PCE,m - mu L_r (the probes learn on their own, detached, as everywhere).
 
-Deviation (the trainer gives a strategy no loader of its own): the official code recomputes the
-prototypes before every epoch in an extra pass over (a tenth of) the training set; here they are the
-class means of the embeddings the previous epoch's training steps produced, with no extra pass. The
-first epoch has no prototypes yet and trains the fused loss alone. A class the epoch never saw keeps its
-previous prototype (at the very first estimate: the mean embedding of all classes).
+- Prototypes (AMST repository code/baseline/pmr3_new.py, `calculate_prototype`): before every epoch of the
+  modulation window, the class means of each modality's embeddings over the first `fraction` (0.1) of
+  that epoch's training batches, in evaluation mode without gradients, blended with the previous ones,
+  c <- (1 - momentum) c + momentum c_prev (`momentum` 0.2). A class without samples keeps its previous
+  prototype (the code base divides by zero there); at the first estimate it starts at the mean embedding.
+- PCE: cross-entropy of the prototype classifier -||e_m - c_k|| (`pmr_prototype_logits`), weighted by
+  beta_m = alpha for a modality whose prototype score is below the others' (rho < 1, the lagging one),
+  else 0, from this batch's scores (the code base's bimodal ratio; its M-modality form here).
+- Window: the prototype terms act in epochs `start_epoch`..`end_epoch` (0..70 in the code base).
+- PER: the code base has no entropy regulariser (mu = 0, thesis Fig. 2.21 "ignoring the PER
+  component"); thesis Eq. 2.30 and the PMR paper subtract mu x the prototype-prediction entropy of the
+  dominant modality (rho > 1) "during the early training stage": `mu=1` with `per_end_epoch` its last epoch.
+Scores, weights and regulariser stay on the device: a step makes no host synchronisation.
 """
 from __future__ import annotations
 
@@ -22,22 +24,21 @@ import torch
 import torch.nn.functional as F
 
 from mmhpc.errors import ConfigError
-from mmhpc.strategies.balancing import SYMMETRIC, ModulationWindow, batch_scores, dataset_default, step_logits
+from mmhpc.strategies.balancing import SYMMETRIC, ModulationWindow, batch_scores, step_logits
 from mmhpc.strategies.base import StepOutput, Strategy, register
-from mmhpc.strategies.formulas import discrepancy_ratios, pmr_coefficients, pmr_entropy_regulariser, \
-    pmr_class_sums, pmr_prototype_logits, pmr_prototypes_from_sums
-
-#: seed 004 Table 2 (late-linear, ResNet): CREMA-D 2.0, AVE 1.5; other datasets take 1.0
-PMR_DEFAULT_ALPHA = {"cremad": 2.0, "ave": 1.5}
+from mmhpc.strategies.formulas import pmr_class_sums, pmr_entropy_regulariser, pmr_prototype_logits, \
+    pmr_prototypes_from_sums, pmr_ratio_tensor
 
 
 @dataclass
 class PMRParams:
-    alpha: float | None = None  # PCE weight of the lagging modality; None: PMR_DEFAULT_ALPHA
-    mu: float = 1.0             # weight of the entropy regulariser (thesis Eq. 2.30: 1)
-    momentum: float = 0.2       # blend with the previous prototypes (official code)
+    alpha: float = 1.0          # PCE weight of the lagging modality (code base `--alpha` 1.0)
+    mu: float = 0.0             # PER weight: 0 in the code base; thesis Eq. 2.30: 1
+    per_end_epoch: int | None = None  # last epoch of the PER ("early training stage"); null: end_epoch
+    momentum: float = 0.2       # blend with the previous prototypes (code base `--momentum_coef`)
+    fraction: float = 0.1       # share of the training batches the prototypes come from (code base `--factor`)
     start_epoch: int = 0
-    end_epoch: int | None = None
+    end_epoch: int | None = 70  # code base `--modulation_ends` (inclusive)
 
 
 @register
@@ -52,21 +53,55 @@ class PMR(ModulationWindow, Strategy):
     def check_config(cls, cfg) -> None:
         super().check_config(cfg)
         p = cls.parse_params(cfg.strategy.params)
-        if p.alpha is not None and p.alpha < 0 or p.mu < 0:
+        if p.alpha < 0 or p.mu < 0:
             raise ConfigError(f"strategy.params: alpha ({p.alpha}) and mu ({p.mu}) must be >= 0")
         if not 0.0 <= p.momentum <= 1.0:
             raise ConfigError(f"strategy.params.momentum: {p.momentum} must lie in [0, 1]")
+        if not 0.0 < p.fraction <= 1.0:
+            raise ConfigError(f"strategy.params.fraction: {p.fraction} must lie in (0, 1]")
 
     def __init__(self, *args, **kw):
         super().__init__(*args, **kw)
-        self.alpha = dataset_default(self.params.alpha, PMR_DEFAULT_ALPHA, self.cfg, 1.0)
         self.prototypes: dict[str, torch.Tensor] | None = None
-        # this epoch's per-class embedding sums and counts, kept on the device: no host copy per step
-        self._sums: dict[str, torch.Tensor] = {}
-        self._counts: torch.Tensor | None = None
+        self.per = False  # the entropy regulariser acts this epoch
+
+    def begin_epoch(self, epoch: int) -> list[str]:
+        active = super().begin_epoch(epoch)
+        last = self.params.per_end_epoch if self.params.per_end_epoch is not None else self.params.end_epoch
+        self.per = self.modulating and self.params.mu > 0 and (last is None or epoch <= last)
+        if self.modulating:
+            self.prototypes = self.compute_prototypes(epoch)
+        return active
+
+    @torch.no_grad()
+    def compute_prototypes(self, epoch: int) -> dict[str, torch.Tensor]:
+        """Class means of the embeddings of the first `fraction` of this epoch's training batches, blended."""
+        if self.data is None:
+            raise RuntimeError("PMR computes its prototypes from the training data: give the strategy a "
+                               "StrategyData (the trainer does)")
+        was_training = self.model.training
+        self.model.eval()
+        sums: dict[str, torch.Tensor] = {}
+        counts = None
+        for batch in self.data.batches("train", epoch, self.params.fraction, shuffle=True):
+            embs = self.model.encode(batch)
+            for m, e in embs.items():
+                s, c = pmr_class_sums(e, batch["label"].to(e.device), self.model.num_classes)
+                sums[m] = sums[m] + s if m in sums else s
+            counts = c if counts is None else counts + c
+        self.model.train(was_training)
+        new = {}
+        for m, s in sums.items():
+            previous = None if self.prototypes is None else self.prototypes[m].to(s.device)
+            first = previous is None
+            if first:  # classes not seen yet start at the mean embedding
+                previous = (s.sum(0) / counts.sum()).expand(self.model.num_classes, -1)
+            new[m] = pmr_prototypes_from_sums(s, counts, previous, 0.0 if first else self.params.momentum)
+        return new
 
     def prototype_logits(self, embs) -> dict[str, torch.Tensor]:
-        return {m: pmr_prototype_logits(e.float(), self.prototypes[m].to(e.device)) for m, e in embs.items()}
+        return {m: pmr_prototype_logits(embs[m].float(), self.prototypes[m].to(embs[m].device))
+                for m in self.modalities}
 
     def train_step(self, batch, labels):
         out = self.net(batch)
@@ -75,32 +110,16 @@ class PMR(ModulationWindow, Strategy):
         proto = None
         if self.prototypes is not None and self.modulating:
             proto = self.prototype_logits(embs)
-            scores = batch_scores(proto, labels)
-            coeff, rho = pmr_coefficients(scores, self.alpha), discrepancy_ratios(scores)
-            loss = loss + sum(coeff[m] * F.cross_entropy(z, labels) for m, z in proto.items() if coeff[m])
-            loss = loss - self.params.mu * sum(pmr_entropy_regulariser(z) for m, z in proto.items() if rho[m] > 1)
+            rho = pmr_ratio_tensor(batch_scores(proto, labels))
+            pce = torch.stack([F.cross_entropy(proto[m], labels) for m in self.modalities])
+            loss = loss + (self.params.alpha * (rho < 1).to(pce.dtype) * pce).sum()
+            if self.per:
+                reg = torch.stack([pmr_entropy_regulariser(proto[m]) for m in self.modalities])
+                loss = loss - self.params.mu * ((rho > 1).to(reg.dtype) * reg).sum()
         self.update(loss)
-        for m, e in embs.items():
-            sums, counts = pmr_class_sums(e, labels, self.model.num_classes)
-            self._sums[m] = self._sums[m] + sums if m in self._sums else sums
-        self._counts = counts if self._counts is None else self._counts + counts
         logits = step_logits(self.model, embs, fused, probes)
         logits.update({f"proto/{m}": z.detach() for m, z in (proto or {}).items()})
         return StepOutput(logits)
-
-    def end_epoch(self, epoch, train, val) -> None:
-        super().end_epoch(epoch, train, val)
-        if self._counts is None:  # no training step this epoch: nothing new to learn from
-            return
-        new = {}
-        for m, sums in self._sums.items():
-            previous = None if self.prototypes is None else self.prototypes[m].to(sums.device)
-            first = previous is None
-            if first:  # classes not seen yet start at the mean embedding
-                previous = (sums.sum(0) / self._counts.sum()).expand(self.model.num_classes, -1)
-            new[m] = pmr_prototypes_from_sums(sums, self._counts, previous, 0.0 if first else self.params.momentum)
-        self.prototypes = new
-        self._sums, self._counts = {}, None
 
     @torch.no_grad()
     def eval_logits(self, batch):

@@ -15,6 +15,11 @@ sum/concat, Alg. 3 for gated/FiLM) with only the chosen modality updating.
   train every modality, as Alternating training does; every modality then has a meaningful bias and
   reliability to compare, and the warm-up counts towards each modality's optimisation epochs. With
   `warmup=0` the first epoch trains the first modality of `data.modalities`.
+- Which split: Alg. 5 ranks "the mean entropy of modality m across the dataset" (Eq. 3.5) without naming the
+  split. Entropy training ranks the validation split's bias by default (`split=val`): it is measured with
+  the epoch's final weights, without training augmentation, on the split Reliability already reads; the
+  training split's bias (running over the epoch's steps, the curves of thesis Fig. 3.2 and Table 4.4) is
+  recorded every epoch as train bias/<m> and drives the choice with `split=train`.
 - Cosine classifier: the thesis runs both with cosine heads (Sec. 3.3.2, 4.2), which remove the logit
   scale so that bias measures direction only. A config without `model.cosine=true` is refused (the model
   is built before the strategy, so it cannot be switched on silently); `require_cosine=false` allows
@@ -37,6 +42,14 @@ class SelectiveParams:
     require_cosine: bool = True
 
 
+SPLITS = ("val", "train")
+
+
+@dataclass
+class EntropyParams(SelectiveParams):
+    split: str = "val"  # the split whose bias Alg. 5 ranks: "val" or "train"
+
+
 class _Selective(Alternating):
     metric: ClassVar[str] = ""  # the validation metric Alg. 5 ranks ("bias" or "reliability")
     mode: ClassVar[str] = ""    # `select_modality` mode: lowest ("entropy") or highest ("reliability")
@@ -50,6 +63,8 @@ class _Selective(Alternating):
             raise ConfigError(f"model.cosine: strategy {cls.name} trains with the cosine classifier (thesis Sec. "
                               "3.3.2, 4.2); set model.cosine=true, or strategy.params.require_cosine=false for "
                               "the ablation with linear heads")
+        if getattr(p, "split", "val") not in SPLITS:
+            raise ConfigError(f"strategy.params.split: invalid value {p.split!r}; valid choices: {', '.join(SPLITS)}")
         if isinstance(p.warmup, bool) or not isinstance(p.warmup, int) or p.warmup < 0:
             raise ConfigError(f"strategy.params.warmup: {p.warmup!r} must be an integer >= 0 (epochs that train "
                               "every modality before the metric chooses)")
@@ -72,7 +87,8 @@ class _Selective(Alternating):
 
     def end_epoch(self, epoch, train, val) -> None:
         super().end_epoch(epoch, train, val)
-        self.last = {m: val[f"{self.metric}/{m}"] for m in self.modalities}
+        source = train if getattr(self.params, "split", "val") == "train" else val
+        self.last = {m: source[f"{self.metric}/{m}"] for m in self.modalities}
 
     def should_stop(self, epoch: int) -> bool:
         return max(self.optimised.values()) >= self.cfg.train.epochs or super().should_stop(epoch)
@@ -93,6 +109,7 @@ class Entropy(_Selective):
     """Alg. 5 with the bias metric: train the least confident modality (lowest B_m, Eq. 3.6)."""
 
     name = "entropy"
+    Params = EntropyParams
     metric = "bias"
     mode = "entropy"
 
