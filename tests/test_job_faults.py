@@ -150,7 +150,8 @@ def fake(tmp_path, monkeypatch, data_home):
     monkeypatch.setenv("PATH", f"{bindir}:{os.environ['PATH']}")
     monkeypatch.setenv("FAKE_SLURM", str(state))
     monkeypatch.setenv("MMHPC_DATA", str(data_home))
-    monkeypatch.setenv("MMHPC_SCHEDULER_TIMEOUT", "1")
+    # long enough for the fake (a Python script) to answer on a loaded machine; the hang test shortens it
+    monkeypatch.setenv("MMHPC_SCHEDULER_TIMEOUT", "30")
     for cmd in COMMANDS:
         monkeypatch.delenv(f"FAKE_{cmd.upper()}", raising=False)
     return state
@@ -194,8 +195,9 @@ def test_a_failed_or_silent_squeue_makes_states_unknown_and_resume_refuses(fake,
     sweep_dir, submitted = submit_local(tmp_path)
     assert submitted == [0, 1, 2, 3] and len(calls(fake, "sbatch")) == 1
     assert [s for s, _ in states_of(sweep_dir)] == ["pending"] * 4
-    for mode, said in (("fail", "squeue exit 1: squeue: error: Socket timed out"), ("hang", "no answer in 1 s")):
+    for mode, said in (("fail", "squeue exit 1: squeue: error: Socket timed out"), ("hang", "no answer in 2 s")):
         monkeypatch.setenv("FAKE_SQUEUE", mode)
+        monkeypatch.setenv("MMHPC_SCHEDULER_TIMEOUT", "2" if mode == "hang" else "30")
         states = states_of(sweep_dir)
         assert [s for s, _ in states] == ["unknown"] * 4 and said in states[0][1], states  # never "failed"
         assert "may be queued or running" in states[0][1]
