@@ -85,7 +85,8 @@ def test_the_next_epoch_starts_near_the_end_of_the_current_one(tiny_config):
                 if epoch not in started_at and loader._pending is not None:
                     started_at[epoch] = done
         # epoch 0's start-up includes booting the forkserver; later ones show the steady state
-        assert total // 2 < started_at[1] < total, (started_at, total)
+        # started in the second half, at the latest while the last batch is worked on
+        assert total // 2 < started_at[1] <= total, (started_at, total)
         assert loader._pending is not None and loader._pending[0] == 2
     finally:
         loader.close()

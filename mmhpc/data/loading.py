@@ -180,7 +180,9 @@ class PreinitLoader(EpochLoader):
         for done, batch in enumerate(started, start=1):
             yield batch  # the trainer works on it; the time to the next request is one step
             per_batch = (time.perf_counter() - t0) / done
-            if self._pending is None and (total - done) * per_batch <= START_LEAD * self._startup_s:
+            left = total - done
+            # at the latest with the last batch, so its step overlaps the start-up
+            if self._pending is None and (left <= 1 or left * per_batch <= START_LEAD * self._startup_s):
                 self.prefetch(epoch + 1)
 
     def _retire(self, keep=None) -> None:
