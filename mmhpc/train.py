@@ -187,13 +187,8 @@ class Trainer:
         return metrics, timing
 
     def _stop_requested(self) -> bool:
-        """STOP_REQUESTED on any rank: every DDP process stops at the same step (a scalar all-reduce)."""
-        stop = STOP_REQUESTED.is_set()
-        if self.par.world > 1:
-            flag = torch.tensor([float(stop)], device=self.device)
-            torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
-            stop = bool(flag.item())
-        return stop
+        """STOP_REQUESTED on any rank: every DDP process stops at the same step (a host-side all-reduce)."""
+        return self.par.any_rank(STOP_REQUESTED.is_set())
 
     def _evaluate(self, split: str, epoch: int = 0) -> tuple[dict, dict]:
         metrics, timing = ({}, {}) if not self.par.is_main else self._pass(split, epoch)

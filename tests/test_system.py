@@ -1,4 +1,5 @@
 """System layer on the CPU: pre-initialised loader, parallelism, precision guards, clean shutdown."""
+import json
 import os
 import signal
 import subprocess
@@ -12,6 +13,7 @@ from pathlib import Path
 import psutil
 import pytest
 import torch
+import torch.distributed as dist
 
 from mmhpc.config import ConfigError
 from mmhpc.data.frames import finish_batch
@@ -475,3 +477,25 @@ def test_ddp_records_the_peak_memory_of_every_rank(tiny_config, monkeypatch, tmp
     finally:
         par.close()
     assert not dist.is_initialized()
+
+
+def _any_rank_worker(rank: int, store_path: str, cfg, out_dir: str) -> None:
+    from mmhpc.system.parallel import Distributed
+
+    dist.init_process_group("gloo", store=dist.FileStore(store_path, 2), rank=rank, world_size=2)
+    try:
+        par = Distributed(cfg)
+        par.rank, par.world = rank, 2
+        # step 0: nobody asks to stop; step 1: only rank 1 does (its pre-timeout signal came first)
+        seen = [par.any_rank(False), par.any_rank(rank == 1)]
+        Path(out_dir, f"rank{rank}").write_text(json.dumps(seen))
+    finally:
+        dist.destroy_process_group()
+
+
+def test_a_stop_asked_on_one_ddp_rank_stops_every_rank_at_the_same_step(tiny_config, tmp_path):
+    """Two real gloo processes: the host-side flag is true on both ranks exactly when one rank raises it."""
+    import torch.multiprocessing as tmp
+
+    tmp.spawn(_any_rank_worker, args=(str(tmp_path / "store"), tiny_config("cremad"), str(tmp_path)), nprocs=2)
+    assert [json.loads((tmp_path / f"rank{r}").read_text()) for r in (0, 1)] == [[False, True], [False, True]]

@@ -130,6 +130,10 @@ class Parallelism:
         """Rank 0's object on every rank."""
         return obj
 
+    def any_rank(self, flag: bool) -> bool:
+        """True on every rank when `flag` is true on any (one process: the flag itself)."""
+        return flag
+
     def peak_memory(self) -> dict:
         """Peak GPU memory of the epoch in MiB per device the run uses (empty on the CPU); resets the peaks."""
         out = {}
@@ -223,6 +227,18 @@ class Distributed(Parallelism):
         dist.all_gather_object(gathered, (values, weight))
         total = sum(w for _, w in gathered)
         return {k: sum(v[k] * w for v, w in gathered) / total for k in values}
+
+    def any_rank(self, flag):
+        if not dist.is_initialized():
+            return flag
+        # host-side flags (the pre-timeout stop, asked every step) travel over gloo on the CPU: an NCCL
+        # all-reduce read with .item() would wait for the GPU's queue on every training step. The group is
+        # made at the first call, which every rank reaches at the same step (new_group is collective).
+        if not hasattr(self, "_host_group"):
+            self._host_group = dist.new_group(backend="gloo") if dist.get_backend() != "gloo" else None
+        box = torch.tensor([int(flag)], dtype=torch.int32)  # CPU tensor, CPU group: no device sync
+        dist.all_reduce(box, op=dist.ReduceOp.MAX, group=self._host_group)
+        return bool(box.item())
 
     def broadcast(self, obj):
         if not dist.is_initialized():
