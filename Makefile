@@ -4,7 +4,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: install install-cluster system-deps demo demo-algorithms test check clean-venv demo-report report
+.PHONY: install install-cluster system-deps demo demo-algorithms test check lint clean-venv demo-report report
 RESULTS ?= $(or $(MMHPC_RESULTS),results)
 SWEEP   ?=
 
@@ -39,9 +39,13 @@ demo-algorithms: install
 test: install system-deps
 	$(PY) -m pytest -q $(PYTEST_ARGS)
 
-# The fast tier (under 2 minutes on 2 cores): everything but the slow and the SLURM tests.
-check: install
+# The fast tier (under 2 minutes on 2 cores): the linter, then everything but the slow and the SLURM tests.
+check: lint
 	$(PY) -m pytest -q -m "not slow and not slurm" $(PYTEST_ARGS)
+
+# ruff: pyflakes, pycodestyle, import order, pyupgrade (rules in pyproject.toml)
+lint: install
+	$(VENV)/bin/ruff check .
 
 # A tiny CPU sweep with no scheduler, then its report (built even when a run failed: it shows it; the
 # target still fails then).

@@ -58,9 +58,8 @@ def bench(cfg, epochs: int = 3, warmup: int = 1, profile: bool = False, progress
 
 
 def _profiler(trace: Path):
-    from torch.profiler import ProfilerActivity, profile, schedule
-
     import torch
+    from torch.profiler import ProfilerActivity, profile, schedule
 
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if torch.cuda.is_available() else [])
     return profile(activities=activities, schedule=schedule(wait=1, warmup=1, active=3, repeat=1),

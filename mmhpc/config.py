@@ -13,8 +13,7 @@ from pathlib import Path
 from typing import Any, Literal, get_args, get_origin
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
-from pydantic import ValidationInfo
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
 
 from mmhpc.data.specs import DATASETS
 from mmhpc.errors import ConfigError, problem
@@ -167,7 +166,7 @@ class RunConfig(_Section):
         return self.model_dump()
 
     @classmethod
-    def from_dict(cls, raw: dict[str, Any] | None, file: str | None = None) -> "RunConfig":
+    def from_dict(cls, raw: dict[str, Any] | None, file: str | None = None) -> RunConfig:
         """Validate plain data (types and choices, then the rules between fields); ConfigError on any problem."""
         if raw is not None and not isinstance(raw, dict):
             raise ConfigError(problem("", f"expected a mapping of sections, got {type(raw).__name__}", file=file))
@@ -181,7 +180,7 @@ class RunConfig(_Section):
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.to_dict(), sort_keys=False)
 
-    def replace(self, overrides: list[str] | dict[str, Any]) -> "RunConfig":
+    def replace(self, overrides: list[str] | dict[str, Any]) -> RunConfig:
         raw = self.to_dict()
         apply_overrides(raw, overrides)
         return RunConfig.from_dict(raw)

@@ -42,7 +42,7 @@ class ConfigError(MmhpcError, ValueError):
 
     @classmethod
     def from_validation(cls, err: Any, file: str | None = None, prefix: Sequence[str | int] = (),
-                        model: Any = None) -> "ConfigError":
+                        model: Any = None) -> ConfigError:
         """A ConfigError from a pydantic ValidationError; see `validation_problems`."""
         return cls(*validation_problems(err, file=file, prefix=prefix, model=model))
 

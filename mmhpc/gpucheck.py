@@ -179,7 +179,7 @@ def check_precision(ck: Check) -> tuple[dict, str]:
         autocast = set_precision(name, ck.device)
         a, b = (torch.randn(n, n, device=ck.device) for _ in range(2))
 
-        def matmul():
+        def matmul(a=a, b=b, autocast=autocast):
             with autocast():
                 a @ b
 
@@ -189,7 +189,7 @@ def check_precision(ck: Check) -> tuple[dict, str]:
         x = torch.randn(64, 3, 224, 224, device=ck.device)
         y = torch.randint(0, 1000, (64,), device=ck.device)
 
-        def step():
+        def step(model=model, opt=opt, x=x, y=y, autocast=autocast):
             with autocast():
                 loss = torch.nn.functional.cross_entropy(model(x), y)
             opt.zero_grad(set_to_none=True)

@@ -108,7 +108,6 @@ def ece(logits: torch.Tensor, labels: torch.Tensor, n_bins: int = 15) -> float:
     # right=False puts a value equal to an edge into the lower bin, i.e. bins are (lo, hi].
     edges = torch.linspace(0, 1, n_bins + 1, device=conf.device)[1:-1]
     idx = torch.bucketize(conf, edges, right=False)
-    count = torch.zeros(n_bins, device=conf.device).index_add_(0, idx, torch.ones_like(conf))
     gap = (torch.zeros(n_bins, device=conf.device).index_add_(0, idx, correct)
            - torch.zeros(n_bins, device=conf.device).index_add_(0, idx, conf))
     # sum_k |B_k|/N * |acc_k - conf_k| = sum_k |sum_{i in B_k} (correct_i - conf_i)| / N.

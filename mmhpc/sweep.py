@@ -30,8 +30,14 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StrictInt, Va
 
 from mmhpc.config import RunConfig, apply_overrides, resolve_key
 from mmhpc.errors import ConfigError, problem, validation_problems
-from mmhpc.launch.clusters import (RESOURCE_KEYS, ClusterProfile, ResourceRequest, Resources, read_yaml,
-                                   resolve_resources)
+from mmhpc.launch.clusters import (
+    RESOURCE_KEYS,
+    ClusterProfile,
+    ResourceRequest,
+    Resources,
+    read_yaml,
+    resolve_resources,
+)
 
 # A sweep's name becomes its results directory: one path component, never a path.
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._+=-]*$"
@@ -131,7 +137,7 @@ class SweepPlan:
     def errors(self) -> list[str]:
         return [e for r in self.runs for e in r.errors]
 
-    def check(self) -> "SweepPlan":
+    def check(self) -> SweepPlan:
         if self.errors:
             raise SweepError(self.errors, f"sweep {self.name} on {self.cluster}")
         return self

@@ -23,14 +23,22 @@ from mmhpc.config import ConfigError, RunConfig
 from mmhpc.data.frames import finish_batch
 from mmhpc.data.loading import build_datasets, build_loader
 from mmhpc.models.multimodal import MultimodalModel, count_parameters
-from mmhpc.results import Epoch, EpochTime, RunRecord, Summary, environment, read_record, run_ibf, single_accuracies, \
-    write_record
+from mmhpc.results import (
+    Epoch,
+    EpochTime,
+    RunRecord,
+    Summary,
+    environment,
+    read_record,
+    run_ibf,
+    single_accuracies,
+    write_record,
+)
 from mmhpc.strategies import STRATEGIES
 from mmhpc.strategies.data import StrategyData
 from mmhpc.system import parallel
 from mmhpc.system.idle import TimedBatches, estimate_prefetch0_idle
 from mmhpc.system.precision import Precision
-
 
 log = logging.getLogger(__name__)
 

@@ -137,7 +137,7 @@ def test_arrays_split_at_max_array_size_and_the_cap_holds_for_the_whole_sweep(n_
     # that can run at once is the sum over lanes of the largest cap in the lane
     lanes: dict[int, list[int]] = {}
     for k, p in enumerate(plans):
-        lane = k if p.after is None else next(l for l, ks in lanes.items() if ks[-1] == p.after)
+        lane = k if p.after is None else next(ln for ln, ks in lanes.items() if ks[-1] == p.after)
         lanes.setdefault(lane, []).append(k)
     assert sum(max(plans[k].parallelism for k in ks) for ks in lanes.values()) <= cap
     assert all(p.parallelism >= 1 for p in plans)

@@ -6,8 +6,7 @@ from typing import Annotated, Literal
 import pytest
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, field_validator
 
-from mmhpc.errors import (ConfigError, RunError, SchedulerError, exit_code, field_path, problem,
-                          validation_problems)
+from mmhpc.errors import ConfigError, RunError, SchedulerError, exit_code, field_path, problem, validation_problems
 
 
 class Resources(BaseModel):

@@ -9,14 +9,33 @@ import pytest
 import torch
 
 from mmhpc.models.fusion import cosine_scale
-
-from mmhpc.strategies.formulas import (AMST_DEFAULT_SKIPS, amst_trains, audio_augment, correct_class_score,
-                                       discrepancy_ratios, mslr_schedule_factor, pmr_ratio_tensor, gradient_blending_weights,
-                                       mla_entropy_weights, mlb_coefficient, mlb_coefficients, mslr_update,
-                                       ogm_coefficients, ogm_ge_modulate, ogm_ge_noise, opm_drop_probability,
-                                       opm_feature_scale, opm_mask, pmr_coefficients, pmr_entropy_regulariser,
-                                       pmr_class_sums, pmr_prototype_logits, pmr_prototypes, pmr_prototypes_from_sums,
-                                       select_modality)
+from mmhpc.strategies.formulas import (
+    AMST_DEFAULT_SKIPS,
+    amst_trains,
+    audio_augment,
+    correct_class_score,
+    discrepancy_ratios,
+    gradient_blending_weights,
+    mla_entropy_weights,
+    mlb_coefficient,
+    mlb_coefficients,
+    mslr_schedule_factor,
+    mslr_update,
+    ogm_coefficients,
+    ogm_ge_modulate,
+    ogm_ge_noise,
+    opm_drop_probability,
+    opm_feature_scale,
+    opm_mask,
+    pmr_class_sums,
+    pmr_coefficients,
+    pmr_entropy_regulariser,
+    pmr_prototype_logits,
+    pmr_prototypes,
+    pmr_prototypes_from_sums,
+    pmr_ratio_tensor,
+    select_modality,
+)
 
 LN2 = 0.6931471805599453
 INF = float("inf")

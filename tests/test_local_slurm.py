@@ -13,7 +13,6 @@ import time
 from pathlib import Path
 
 import pytest
-
 from conftest import SLURM_DIR, LocalSlurm, until
 
 pytestmark = pytest.mark.slurm

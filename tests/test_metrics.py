@@ -5,8 +5,18 @@ import pytest
 import torch
 from torch.overrides import TorchFunctionMode
 
-from mmhpc.metrics import (MetricAccumulator, accuracy, bias, ece, entropy, ibf, mean_se, reliability,
-                           speedup, standard_error)
+from mmhpc.metrics import (
+    MetricAccumulator,
+    accuracy,
+    bias,
+    ece,
+    entropy,
+    ibf,
+    mean_se,
+    reliability,
+    speedup,
+    standard_error,
+)
 from mmhpc.strategies.balancing import batch_scores
 from mmhpc.strategies.formulas import correct_class_score
 

@@ -10,8 +10,8 @@ import sys
 import numpy as np
 import pytest
 import torch
-
 from fixtures_raw import MAKERS, make_cremad, make_tokenizer, tweet_sentiments
+
 from mmhpc.cli import main
 from mmhpc.config import load_config
 from mmhpc.data.dataset import PreparedDataset
@@ -137,6 +137,7 @@ def test_iemocap_six_classes_only_by_option_and_options_are_checked():
 
 def test_iemocap_six_class_discovery(tmp_path):
     from fixtures_raw import make_iemocap
+
     from mmhpc.data.prepare.iemocap import find
 
     raw = make_iemocap(tmp_path / "raw")
@@ -148,9 +149,9 @@ def test_iemocap_six_class_discovery(tmp_path):
 
 
 def test_urfunny_text_is_the_punchline(prepared, tokenizer):
+    from fixtures_raw import SENTENCES
     from transformers import AutoTokenizer
 
-    from fixtures_raw import SENTENCES
     from mmhpc.data.prepare.urfunny import sample_text
 
     _, root, _ = prepared("urfunny")

@@ -16,11 +16,11 @@ from pathlib import Path
 
 import pytest
 import yaml
-
 from conftest import until
+
 from mmhpc.launch.store import SweepDir, run_states
-from mmhpc.results import RunRecord, iter_records
 from mmhpc.launch.submit import resume_sweep, submit_sweep, wait
+from mmhpc.results import RunRecord, iter_records
 
 pytestmark = [pytest.mark.slurm, pytest.mark.slow]
 

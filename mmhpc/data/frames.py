@@ -61,7 +61,7 @@ def finish_batch(batch: dict) -> dict:
     return out
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _normalisation(device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-channel scale and shift, copied to the device once (a copy per batch would block the host)."""
     mean, std = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)

@@ -9,9 +9,9 @@ from __future__ import annotations
 import multiprocessing
 import threading
 import time
+from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
-from typing import Iterator
 
 import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
@@ -40,7 +40,7 @@ def build_datasets(cfg) -> dict[str, PreparedDataset]:
 
 
 def build_loader(dataset: Dataset, cfg, train: bool, rank: int = 0, world: int = 1,
-                 preinit: bool | None = None, device: torch.device | None = None) -> "EpochLoader":
+                 preinit: bool | None = None, device: torch.device | None = None) -> EpochLoader:
     """The run's loader knobs on a DataLoader; the global batch is split evenly over `world` processes.
     `device`: the run's device, made current in the pre-initialisation thread (its pin-memory thread
     would otherwise open a context on GPU 0 in every DDP process)."""

@@ -28,8 +28,8 @@ from PIL import Image
 from tqdm import tqdm
 
 from mmhpc.data.manifest import write_manifest
-from mmhpc.data.splits import random_split, write_split_files
 from mmhpc.data.specs import DATASETS, DatasetSpec
+from mmhpc.data.splits import random_split, write_split_files
 
 GENERATOR_VERSION = 1
 

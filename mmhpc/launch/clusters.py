@@ -104,7 +104,7 @@ class ClusterProfile(_Strict):
     def is_gpu(self) -> bool:
         return bool(self.gpus)
 
-    def with_account(self, account: str | None) -> "ClusterProfile":
+    def with_account(self, account: str | None) -> ClusterProfile:
         if account:
             self.account = account
         return self

@@ -523,11 +523,9 @@ def prepare_sweep(path: str | Path, cluster: str, size: str | None = None, accou
                   results: str | Path | None = None, name: str | None = None, dry_run: bool = False,
                   overrides: list[str] | None = None):
     """Load the profile, expand and validate every run: (profile, plan, sweep dir). Raises listing all errors."""
-    from mmhpc.launch.clusters import load_profile
-    from mmhpc.sweep import expand, load_sweep
-
     from mmhpc.errors import problem
-    from mmhpc.sweep import NAME_PATTERN, NAME_VALID
+    from mmhpc.launch.clusters import load_profile
+    from mmhpc.sweep import NAME_PATTERN, NAME_VALID, expand, load_sweep
 
     if name is not None and (not re.match(NAME_PATTERN, name) or name in (".", "..")):
         raise SweepError([problem("--name", f"{name!r} cannot name a directory; valid: {NAME_VALID}")], "sweep")

@@ -20,8 +20,6 @@ from mmhpc.report.figures import PAGE, Figure, new_figure
 from mmhpc.report.load import Results
 from mmhpc.report.tables import Table
 
-
-
 # ---- markdown and LaTeX ----------------------------------------------------------------------------------
 
 def to_markdown(table: Table) -> str:

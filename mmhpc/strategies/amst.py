@@ -32,9 +32,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from mmhpc.errors import ConfigError
+from mmhpc.models.fusion import Concat
 from mmhpc.strategies.balancing import require_symmetric
 from mmhpc.strategies.base import StepOutput, register
-from mmhpc.models.fusion import Concat
 from mmhpc.strategies.formulas import AMST_DEFAULT_SKIPS, AMST_PHASES, amst_trains
 from mmhpc.strategies.joint import Alternating
 

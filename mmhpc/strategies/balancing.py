@@ -16,7 +16,6 @@ from mmhpc.models.fusion import SYMMETRIC, Concat, EarlySum, Fusion
 from mmhpc.strategies.formulas import correct_class_score
 
 
-
 def unimodal_logits(fusion: Fusion, embs: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """Each modality's additive part of the fused logits: W_m e_m + b / M (seed 003 Eq. 6).
 

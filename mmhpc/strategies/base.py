@@ -20,7 +20,7 @@ from mmhpc.errors import ConfigError, problem
 from mmhpc.models.fusion import FUSIONS
 
 # The strategy registry: the one list of valid `strategy.name` values (filled by importing mmhpc.strategies).
-STRATEGIES: dict[str, type["Strategy"]] = {}
+STRATEGIES: dict[str, type[Strategy]] = {}
 
 
 @functools.cache
@@ -28,7 +28,7 @@ def _params_adapter(params: type) -> TypeAdapter:
     return TypeAdapter(params)
 
 
-def register(cls: type["Strategy"]) -> type["Strategy"]:
+def register(cls: type[Strategy]) -> type[Strategy]:
     STRATEGIES[cls.name] = cls
     return cls
 

@@ -24,11 +24,23 @@ import torch
 import torch.nn.functional as F
 
 from mmhpc.errors import ConfigError
-from mmhpc.strategies.balancing import SYMMETRIC, ModulationWindow, batch_scores, require_symmetric, step_logits, \
-    unimodal_logits
+from mmhpc.strategies.balancing import (
+    SYMMETRIC,
+    ModulationWindow,
+    batch_scores,
+    require_symmetric,
+    step_logits,
+    unimodal_logits,
+)
 from mmhpc.strategies.base import StepOutput, Strategy, register
-from mmhpc.strategies.formulas import OGM_VARIANTS, ogm_coefficient_tensor, ogm_ge_modulate, opm_drop_tensor, \
-    opm_feature_scale, opm_keep
+from mmhpc.strategies.formulas import (
+    OGM_VARIANTS,
+    ogm_coefficient_tensor,
+    ogm_ge_modulate,
+    opm_drop_tensor,
+    opm_feature_scale,
+    opm_keep,
+)
 
 OGM_WEIGHTS = ("conv", "all")
 

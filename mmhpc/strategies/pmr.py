@@ -26,8 +26,13 @@ import torch.nn.functional as F
 from mmhpc.errors import ConfigError
 from mmhpc.strategies.balancing import SYMMETRIC, ModulationWindow, batch_scores, step_logits
 from mmhpc.strategies.base import StepOutput, Strategy, register
-from mmhpc.strategies.formulas import pmr_class_sums, pmr_entropy_regulariser, pmr_prototype_logits, \
-    pmr_prototypes_from_sums, pmr_ratio_tensor
+from mmhpc.strategies.formulas import (
+    pmr_class_sums,
+    pmr_entropy_regulariser,
+    pmr_prototype_logits,
+    pmr_prototypes_from_sums,
+    pmr_ratio_tensor,
+)
 
 
 @dataclass

@@ -12,8 +12,8 @@ import os
 import sys
 import threading
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import pandas as pd
 import psutil
@@ -99,7 +99,7 @@ class UtilSampler:
         self._n_cost = 0
 
     # -- lifecycle -------------------------------------------------------------------------------------------------
-    def start(self, background: bool = True) -> "UtilSampler":
+    def start(self, background: bool = True) -> UtilSampler:
         """Open NVML and start sampling every `interval_s` on a thread; `background=False` starts no thread
         (samples are then taken by `sample_now`, e.g. by a caller with its own schedule)."""
         if self._started:
@@ -145,7 +145,7 @@ class UtilSampler:
                 pass
             self._nv = None
 
-    def __enter__(self) -> "UtilSampler":
+    def __enter__(self) -> UtilSampler:
         return self if self._started else self.start()
 
     def __exit__(self, *exc) -> None:

@@ -26,8 +26,8 @@ from mmhpc.data.manifest import write_manifest
 from mmhpc.data.prepare import audio, ave, cremad, iemocap, mvsa, text, urfunny, video
 from mmhpc.data.prepare.clip_writer import TMP_MARK, Settings, is_prepared, prepare_clip
 from mmhpc.data.prepare.raw import Clip, PrepareError, RawFormat, is_safe_id
-from mmhpc.data.splits import random_split, stratified_split, write_split_files
 from mmhpc.data.specs import DATASETS, FULL, SPLITS, Shapes
+from mmhpc.data.splits import random_split, stratified_split, write_split_files
 
 RAW_FORMATS: dict[str, RawFormat] = {m.FORMAT.name: m.FORMAT for m in (cremad, ave, mvsa, iemocap, urfunny)}
 RECIPE_FILE = ".prepare.json"   # hidden: not a data file of the manifest

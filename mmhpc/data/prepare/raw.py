@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import re
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 # Clip ids become file names and lines of labels.csv / splits: no separators, commas, whitespace or
 # a leading dot (hidden names are temporary files). YouTube ids (AVE) may start with "-" or "_".
