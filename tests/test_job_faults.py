@@ -7,6 +7,7 @@ that the fake squeue prints and the fake sacct answers from, and `calls` (one li
 """
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -360,3 +361,18 @@ def test_status_resume_and_wait_on_a_mistyped_path_create_nothing(tmp_path, caps
         assert cli("sweep", *argv, str(missing)) == 2
         assert "not a sweep directory" in capsys.readouterr().err
     assert not (tmp_path / "results").exists()
+
+
+def test_a_damaged_manifest_is_refused_naming_its_file_and_field(fake, tmp_path, capsys):
+    sweep_dir, _ = submit_local(tmp_path)
+    manifest = json.loads(sweep_dir.manifest_path.read_text())
+    manifest["runs"][2]["index"] = "two"  # a hand edit gone wrong
+    del manifest["runs"][3]["jobs"]
+    sweep_dir.manifest_path.write_text(json.dumps(manifest))
+    for argv in (["status"], ["resume", "-q"]):
+        assert cli("sweep", *argv, str(sweep_dir.path)) == 2
+        err = capsys.readouterr().err
+        assert f"{sweep_dir.manifest_path}: runs[2].index:" in err and "runs[3].jobs:" in err, err
+    sweep_dir.manifest_path.write_text("{\"schema\": 1, \"runs\": [")  # torn
+    assert cli("sweep", "status", str(sweep_dir.path)) == 2 and "not JSON" in capsys.readouterr().err
+    assert len(calls(fake, "sbatch")) == 1  # nothing resubmitted

@@ -32,8 +32,12 @@ import subprocess
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from mmhpc.config import record_file
+from mmhpc.errors import ConfigError
 from mmhpc.results import RunRecord, atomic_write_json, read_record
 from mmhpc.sweep import SweepError, SweepPlan
 
@@ -41,6 +45,60 @@ MANIFEST_SCHEMA = 1
 PENDING = {"PENDING", "REQUEUED", "REQUEUE_FED", "REQUEUE_HOLD", "CONFIGURING", "RESIZING", "SUSPENDED"}
 RUNNING = {"RUNNING", "COMPLETING", "STAGE_OUT", "SIGNALING"}
 STATES = ("done", "running", "pending", "held", "failed", "unsubmitted", "unknown", "n/a")
+
+
+# ---- the manifest's schema: checked on every load and save ----------------------------------------------
+# The code reads and updates the manifest as the plain JSON mapping it is (job entries gain fields as a
+# submission proceeds); these models are its schema, so a hand-edited or torn manifest is refused with its
+# file and field named before `status` or `resume` acts on it, and the submitter never writes a bad one.
+
+class _Open(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+
+class ManifestJob(_Open):
+    """One submission of a run: the job name is its intent, the job id is filled once sbatch answered."""
+    job_id: str | None = None
+    job_name: str | None = None
+    task: int | None = None
+
+
+class ManifestRun(_Open):
+    index: int = Field(ge=0)
+    name: str = Field(min_length=1)
+    axes: dict[str, Any] = {}
+    config: dict[str, Any]
+    request: dict[str, Any] | None = None
+    resources: dict[str, Any] | None = None
+    not_applicable: str | None = None
+    jobs: list[ManifestJob]
+
+
+class ManifestArray(_Open):
+    job_name: str | None = None  # absent in manifests written before submissions were tagged
+    runs: list[int]
+    job_id: str | None = None
+
+
+class SweepManifest(_Open):
+    schema_version: int = Field(alias="schema")
+    sweep: str
+    source: str | None = None
+    cluster: str
+    size: str | None = None
+    created: float | None = None
+    runs_dir: str | None = None
+    runs: list[ManifestRun]
+    arrays: list[ManifestArray] = []
+
+
+def check_manifest(manifest: dict, path: Path) -> dict:
+    """`manifest` itself when it has the manifest's shape, else a ConfigError naming the file and fields."""
+    try:
+        SweepManifest.model_validate(manifest)
+    except ValidationError as err:
+        raise ConfigError.from_validation(err, file=str(path)) from None
+    return manifest
 
 
 class SweepDir:
@@ -59,10 +117,15 @@ class SweepDir:
         if not self.exists():
             raise FileNotFoundError(f"{self.path}: not a sweep directory (no manifest.json); "
                                     "create one with `mmhpc sweep submit FILE`")
-        return json.loads(self.manifest_path.read_text())
+        try:
+            raw = json.loads(self.manifest_path.read_text())
+        except json.JSONDecodeError as err:
+            raise ConfigError(f"{self.manifest_path}: not JSON ({err}); the sweep's records under runs/ are "
+                              "intact") from None
+        return check_manifest(raw, self.manifest_path)
 
     def save(self, manifest: dict) -> None:
-        atomic_write_json(self.manifest_path, manifest)
+        atomic_write_json(self.manifest_path, check_manifest(manifest, self.manifest_path))
 
     @contextlib.contextmanager
     def lock(self, create: bool = False):
