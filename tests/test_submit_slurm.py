@@ -26,7 +26,9 @@ pytestmark = [pytest.mark.slurm, pytest.mark.slow]
 
 REPO = Path(__file__).resolve().parents[1]
 SETTLE_TIMEOUT_S = 900  # the 2-core node is shared with whatever else runs
-EPOCHS = 12  # of the runs that are cancelled or preempted mid-run: tiny epochs take about a second each
+EPOCHS = 30  # of the runs that are cancelled or preempted mid-run: tiny epochs take 0.3 s (idle) to 1 s (loaded)
+# the run of the time-limit test: 0.3-1 s an epoch, so 90-300 s against attempts of at most 40 s of training
+LIMIT_EPOCHS = 300
 
 
 def write_sweep(path: Path, name: str, **spec) -> Path:
@@ -164,15 +166,17 @@ def test_a_time_limit_ends_requeued_and_the_run_resumes_never_failed(slurm, tmp_
     users.write_text(yaml.safe_dump({"local-short": {"extends": "local", "signal_delay_s": 20, "max_requeues": 20}}))
     monkeypatch.setenv("MMHPC_CLUSTERS", str(users))
     spec = write_sweep(tmp_path / "limit.yaml", "limit", resources={"default": {"time_min": 1}},
-                       tiny={"base": {"train.epochs": 50}})
+                       tiny={"base": {"train.epochs": LIMIT_EPOCHS}})
     sweep_dir, _ = submit_sweep(spec, "local-short", results=tmp_path / "results", progress=False)
     (run,) = sweep_dir.load()["runs"]
     job = run["jobs"][0]["job_id"]
     release_requeued(slurm, job)
+    deadline = time.monotonic() + 3 * SETTLE_TIMEOUT_S
     while True:  # later attempts may be requeued as well: let each start at once
         states = run_states(sweep_dir, sweep_dir.load())
         if states[0].state not in ("pending", "running"):
             break
+        assert time.monotonic() < deadline, f"job {job} still {states[0].state} after {3 * SETTLE_TIMEOUT_S} s"
         if "BeginTime" in slurm.squeue(job):
             slurm.run("scontrol", "update", f"JobId={job}", "StartTime=now", check=False)
         time.sleep(2)
@@ -181,11 +185,11 @@ def test_a_time_limit_ends_requeued_and_the_run_resumes_never_failed(slurm, tmp_
     tries = attempts(slurm, job)
     assert tries[0] == "REQUEUED" and set(tries[:-1]) == {"REQUEUED"}, tries  # never FAILED, never TIMEOUT
     rec = records(sweep_dir)[run["name"]]
-    assert len(rec.resumed) == len(tries) - 1 and [e.epoch for e in rec.epochs] == list(range(50))
+    assert len(rec.resumed) == len(tries) - 1 and [e.epoch for e in rec.epochs] == list(range(LIMIT_EPOCHS))
     assert all(r["env"]["slurm"]["SLURM_JOB_ID"] == job for r in rec.resumed)  # the same job, requeued
     assert len(sweep_dir.load()["runs"][0]["jobs"]) == 1  # no resubmission
     log = (sweep_dir.logs_dir / f"{job}_0_log.out").read_text()
-    assert "epoch 1/50" in log and "epoch 50/50" in log and "samples/s" in log  # one line per epoch
+    assert f"epoch 1/{LIMIT_EPOCHS}" in log and f"epoch {LIMIT_EPOCHS}/{LIMIT_EPOCHS}" in log and "samples/s" in log  # one line per epoch
     assert "on the pre-timeout/preemption signal" in log and not list(sweep_dir.runs_dir.glob(".*.tmp"))
 
 
