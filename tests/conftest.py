@@ -130,3 +130,17 @@ def slurm(local_slurm, slurm_data, monkeypatch) -> LocalSlurm:
     for var in ("MMHPC_CLUSTERS", "MMHPC_RESULTS", "SIZE"):
         monkeypatch.delenv(var, raising=False)
     return local_slurm
+
+
+# what a user's shell or a SLURM job could set that changes how mmhpc resolves clusters, results and jobs
+JOB_ENV = ("MMHPC_ACCOUNT", "MMHPC_PROJECT", "MMHPC_RESULTS", "MMHPC_APPTAINER", "MMHPC_VENV", "MMHPC_PYTHON",
+           "MMHPC_CLUSTERS", "SIZE", "SUBMITIT_EXECUTOR", "SLURM_JOB_ID", "SLURM_ARRAY_JOB_ID", "SLURM_ARRAY_TASK_ID",
+           "SLURM_RESTART_COUNT", "SLURM_GPUS_ON_NODE", "SLURM_GPUS_PER_NODE")
+
+
+@pytest.fixture
+def isolated_env(monkeypatch, tmp_path):
+    """None of JOB_ENV from the caller's shell, and no user cluster file (MMHPC_CLUSTERS names a missing one)."""
+    for var in JOB_ENV:
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("MMHPC_CLUSTERS", str(tmp_path / "no-user-clusters.yaml"))

@@ -20,11 +20,7 @@ from mmhpc.launch.submit import hand_sbatch_lines, plan_arrays, render_scripts, 
 REPO = Path(__file__).resolve().parents[1]
 
 
-@pytest.fixture(autouse=True)
-def clean_env(monkeypatch, tmp_path):
-    for var in ("MMHPC_ACCOUNT", "MMHPC_PROJECT", "MMHPC_RESULTS", "MMHPC_APPTAINER", "MMHPC_VENV", "MMHPC_PYTHON"):
-        monkeypatch.delenv(var, raising=False)
-    monkeypatch.setenv("MMHPC_CLUSTERS", str(tmp_path / "no-user-clusters.yaml"))
+pytestmark = pytest.mark.usefixtures("isolated_env")
 
 
 def resolve(cluster: str, request: dict | None = None, *overrides: str):

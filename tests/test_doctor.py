@@ -13,13 +13,7 @@ from mmhpc.errors import RunError
 from mmhpc.launch.submit import execute_run
 from mmhpc.results import read_record
 
-
-@pytest.fixture(autouse=True)
-def no_slurm_env(monkeypatch, tmp_path):
-    for var in ("SLURM_GPUS_ON_NODE", "SLURM_GPUS_PER_NODE", "SLURM_JOB_ID", "SUBMITIT_EXECUTOR", "MMHPC_ACCOUNT",
-                "MMHPC_RESULTS", "MMHPC_VENV"):
-        monkeypatch.delenv(var, raising=False)
-    monkeypatch.setenv("MMHPC_CLUSTERS", str(tmp_path / "none.yaml"))
+pytestmark = pytest.mark.usefixtures("isolated_env")
 
 
 def test_doctor_for_alvis_fails_here_naming_the_missing_gpu(capsys):

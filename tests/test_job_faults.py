@@ -28,11 +28,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(autouse=True)
-def clean_env(monkeypatch, tmp_path):
-    for var in ("MMHPC_CLUSTERS", "MMHPC_RESULTS", "SLURM_JOB_ID", "SLURM_ARRAY_JOB_ID", "SLURM_ARRAY_TASK_ID",
-                "SLURM_RESTART_COUNT", "SUBMITIT_EXECUTOR"):
-        monkeypatch.delenv(var, raising=False)
-    monkeypatch.setenv("MMHPC_CLUSTERS", str(tmp_path / "no-user-clusters.yaml"))
+def clean_env(isolated_env):
     STOP_REQUESTED.clear()
     yield
     STOP_REQUESTED.clear()

@@ -18,15 +18,8 @@ from mmhpc.sweep import SweepError, expand, format_table, load_sweep
 
 REPO = Path(__file__).resolve().parents[1]
 GOLDEN = Path(__file__).parent / "golden"
-ENV_VARS = ("MMHPC_ACCOUNT", "MMHPC_PROJECT", "MMHPC_RESULTS", "MMHPC_APPTAINER", "MMHPC_VENV", "MMHPC_PYTHON",
-            "MMHPC_CLUSTERS", "SIZE")
 
-
-@pytest.fixture(autouse=True)
-def clean_env(monkeypatch, tmp_path):
-    for var in ENV_VARS:
-        monkeypatch.delenv(var, raising=False)
-    monkeypatch.setenv("MMHPC_CLUSTERS", str(tmp_path / "no-user-clusters.yaml"))
+pytestmark = pytest.mark.usefixtures("isolated_env")
 
 
 def write_sweep(tmp_path, spec: dict, name: str = "s.yaml") -> Path:

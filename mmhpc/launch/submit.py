@@ -545,6 +545,14 @@ def submit_sweep(path: str | Path, cluster: str, size: str | None = None, accoun
     `hold`: submit nothing (see `hold_sweep`). Returns (dir, submitted run indices)."""
     if hold:
         return hold_sweep(path, cluster, size, account, results, name, overrides)[0], []
+    with _opened_sweep(path, cluster, size, account, results, name, overrides) as (sweep_dir, manifest, profile, todo):
+        submit_runs(sweep_dir, manifest, profile, todo, progress)
+    return sweep_dir, todo
+
+
+@contextlib.contextmanager
+def _opened_sweep(path, cluster, size, account, results, name, overrides):
+    """Validate, create (or reopen) the sweep directory, and hold its lock: (dir, manifest, profile, runs to submit)."""
     from mmhpc.launch.store import create
 
     profile, plan, sweep_dir = prepare_sweep(path, cluster, size, account, results, name, overrides=overrides)
@@ -552,9 +560,7 @@ def submit_sweep(path: str | Path, cluster: str, size: str | None = None, accoun
         manifest = create(sweep_dir, plan, Path(path))
         if manifest["cluster"] != profile.name:
             reresolve(manifest, profile)
-        todo = to_resubmit(sweep_dir, manifest, profile)
-        submit_runs(sweep_dir, manifest, profile, todo, progress)
-    return sweep_dir, todo
+        yield sweep_dir, manifest, profile, to_resubmit(sweep_dir, manifest, profile)
 
 
 def hold_sweep(path: str | Path, cluster: str, size: str | None = None, account: str | None = None,
@@ -562,14 +568,7 @@ def hold_sweep(path: str | Path, cluster: str, size: str | None = None, account:
                overrides: list[str] | None = None) -> tuple[SweepDir, list[str]]:
     """`submit --hold`: the sweep directory, and sbatch lines for jobs/sweep_array.sbatch for what is not
     done; the runs show as held until jobs of those lines' names are queued."""
-    from mmhpc.launch.store import create
-
-    profile, plan, sweep_dir = prepare_sweep(path, cluster, size, account, results, name, overrides=overrides)
-    with sweep_dir.lock(create=True):
-        manifest = create(sweep_dir, plan, Path(path))
-        if manifest["cluster"] != profile.name:
-            reresolve(manifest, profile)
-        todo = to_resubmit(sweep_dir, manifest, profile)
+    with _opened_sweep(path, cluster, size, account, results, name, overrides) as (sweep_dir, manifest, profile, todo):
         return sweep_dir, hold_runs(sweep_dir, manifest, profile, todo) if todo else []
 
 
