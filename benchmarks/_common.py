@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import resource
 import tempfile
 
 from mmhpc.bench import bench
@@ -25,7 +26,12 @@ def run_variants(variants: dict[str, list[str]], args, base: list[str]) -> dict[
         # system benchmarks: fastest kernels and cuDNN autotuning, as the system sweeps run (a base may differ)
         cfg = load_config(None, ["system.deterministic=false", *base, *args.overrides, *extra, f"output.runs_dir={runs_dir}",
                                  f"output.name={label}", "output.overwrite=true"])
+        before = resource.getrusage(resource.RUSAGE_SELF)
         out[label] = bench(cfg, epochs=args.epochs, warmup=args.warmup, progress=False).bench
+        after = resource.getrusage(resource.RUSAGE_SELF)
+        # the main process's own kernel time and page faults over the whole bench (warm-up included)
+        out[label]["main_sys_s"] = after.ru_stime - before.ru_stime
+        out[label]["main_minor_faults"] = after.ru_minflt - before.ru_minflt
     print(f"records: {runs_dir}")
     return out
 

@@ -77,8 +77,9 @@ class LoaderConfig(_Section):
     persistent_workers: bool = Field(False, description="keep workers alive between epochs")
     preinit: bool = Field(False, description="threaded pre-initialisation of the next epoch's loader (thesis Alg. 6)")
     start_method: Literal["auto", "fork", "forkserver", "spawn"] = Field(
-        "auto", description="how workers start; auto = fork (also after CUDA: workers never touch it), "
-                            "forkserver for pre-initialised loaders (safe from threads)")
+        "auto", description="how workers start; auto = fork (PyTorch's default; also after CUDA: workers never "
+                            "touch it), forkserver for pre-initialised loaders (safe from threads); forkserver "
+                            "spares the training process the copy-on-write faults of forking (README, benchmark c)")
 
 
 class ModelConfig(_Section):

@@ -1,4 +1,8 @@
 """Data loading: uint8 frames made model input on the device, the worker start method, late pre-initialisation."""
+import json
+import os
+import subprocess
+import sys
 import time
 
 import psutil
@@ -59,6 +63,44 @@ def test_the_standard_loader_forks_and_only_the_preinitialised_one_uses_a_forkse
     assert worker_context("auto", preinit=False).get_start_method() == "fork"
     assert worker_context("auto", preinit=True).get_start_method() == "forkserver"
     assert worker_context("spawn", preinit=False).get_start_method() == "spawn"
+
+
+# a main that notes each import: in the parent as __main__, elsewhere as __mp_main__ (a process re-running it)
+_COUNTING_MAIN = """
+import os
+with open(os.environ["IMPORTS_LOG"], "a") as f:
+    f.write(f"{os.getpid()} {__name__}\\n")
+if __name__ == "__main__":
+    import torch
+    from torch.utils.data import DataLoader, TensorDataset
+    from mmhpc.data.loading import worker_context
+    loader = DataLoader(TensorDataset(torch.arange(8)), batch_size=2, num_workers=2,
+                        multiprocessing_context=worker_context("auto", preinit=True))
+    for epoch in range(2):  # four workers in all
+        assert sum(len(b[0]) for b in loader) == 8
+"""
+
+
+@pytest.mark.parametrize("how", ["script", pytest.param("module", marks=pytest.mark.slow)])
+def test_forkserver_workers_do_not_import_the_main_module_again(tmp_path, how):
+    """CPython <= 3.13.7 re-ran the parent's main in every forkserver child (its preload of __main__ was
+    broken); worker_context hands the main to the server, which imports it once for all workers."""
+    (tmp_path / "counting_main.py").write_text(_COUNTING_MAIN)
+    log = tmp_path / "imports.log"
+    cmd = [sys.executable, "counting_main.py"] if how == "script" else [sys.executable, "-m", "counting_main"]
+    env = {**os.environ, "IMPORTS_LOG": str(log), "PYTHONPATH": os.pathsep.join(sys.path)}
+    subprocess.run(cmd, cwd=tmp_path, env=env, check=True, timeout=300)
+    lines = [line.split() for line in log.read_text().splitlines()]
+    assert [name for _, name in lines] == ["__main__", "__mp_main__"], lines  # the parent, the server
+    assert lines[0][0] != lines[1][0]
+
+
+def test_only_a_direct_child_of_the_process_that_wrote_the_hand_over_acts_on_it(tmp_path, monkeypatch):
+    script = tmp_path / "other_main.py"
+    script.write_text("raise SystemExit('imported')\n")
+    monkeypatch.setenv(loading.FORKSERVER_ENV, json.dumps({"parent": 1, "init_main_from_path": str(script)}))
+    loading.prepare_forkserver_main()  # not the server of pid 1: nothing imported
+    assert loading.FORKSERVER_ENV not in os.environ
 
 
 def _workers():

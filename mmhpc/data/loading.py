@@ -6,11 +6,14 @@ pre-initialised run all see the batches a plain single run sees.
 """
 from __future__ import annotations
 
+import json
 import multiprocessing
+import os
 import threading
 import time
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
+from multiprocessing import process, spawn
 from pathlib import Path
 
 import torch
@@ -67,15 +70,45 @@ def worker_context(method: str, preinit: bool):
     process), which is what makes a fork after CUDA safe. A pre-initialised loader starts its workers from a
     helper thread, and a child forked from a multi-threaded process can inherit locks held by other
     threads (workers died or hung here when forked while the main thread trained); a forkserver forks
-    them from a clean single-threaded process instead, with torch and the dataset module preloaded there
-    to keep the start-up cheap.
+    them from a clean single-threaded process instead, with the parent's main module, torch and the dataset
+    module preloaded there, so a worker starts about as fast as a forked one.
     """
     if method == "auto":
         method = "forkserver" if preinit else "fork"
     ctx = multiprocessing.get_context(method)
     if method == "forkserver":
-        ctx.set_forkserver_preload(["torch", "mmhpc.data.dataset"])
+        # read when the server starts (with the first forkserver worker of the process)
+        os.environ[FORKSERVER_ENV] = json.dumps({"parent": os.getpid(), **{
+            k: v for k, v in spawn.get_preparation_data("mmhpc").items() if k in _MAIN_KEYS}})
+        ctx.set_forkserver_preload(["mmhpc.data.forkserver", "torch", "mmhpc.data.dataset"])
     return ctx
+
+
+# CPython's forkserver is meant to import the parent's `__main__` once and fork every child from that state,
+# but up to 3.13.7 the hand-over was broken (python/cpython#98552, #126631, #137996: the server looks for a
+# `main_path` key that spawn.get_preparation_data renamed `init_main_from_path` in 2013), so every worker
+# re-ran the main script or module first: for `mmhpc`, a benchmark script or pytest about 0.6 s of imports
+# per worker, paid each epoch by a pre-initialised loader, competing with the training step for the cores.
+# worker_context hands sys.path and the main over in FORKSERVER_ENV; the server's first preload,
+# mmhpc.data.forkserver, applies them. On a fixed CPython the main is in place already and nothing happens.
+FORKSERVER_ENV = "MMHPC_FORKSERVER_MAIN"
+_MAIN_KEYS = ("sys_path", "init_main_from_name", "init_main_from_path")
+
+
+def prepare_forkserver_main() -> None:
+    """In the forkserver: import the parent's main as each child would (once, here). Only in a direct child of
+    the process that wrote FORKSERVER_ENV; a main that fails here is left to the workers, which report it."""
+    data = json.loads(os.environ.pop(FORKSERVER_ENV, "") or "{}")
+    if data.pop("parent", None) != os.getppid():
+        return
+    current = process.current_process()
+    current._inheriting = True  # as CPython's fix: a main starting processes at import fails, not recurses
+    try:
+        spawn.prepare(data)
+    except Exception:  # noqa: BLE001
+        pass
+    finally:
+        del current._inheriting
 
 
 class EpochLoader:
