@@ -4,7 +4,8 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: install install-cluster system-deps demo demo-algorithms test check lint clean-venv demo-report report
+
+.PHONY: gpu-check gpu-wheels install install-cluster system-deps demo demo-algorithms test check lint clean-venv demo-report report
 RESULTS ?= $(or $(MMHPC_RESULTS),results)
 SWEEP   ?=
 
@@ -64,6 +65,19 @@ report: install
 GPU_PY = $(if $(wildcard $(PY)),$(PY),$(PYTHON))
 gpu-check:
 	PYTHONPATH=.$${PYTHONPATH:+:$$PYTHONPATH} $(GPU_PY) -m mmhpc.gpucheck $(GPU_CHECK_ARGS)
+
+# For a GPU node without network whose Python lacks what the trainer's checks need: fetch the wheels here
+# (pinned as in env/requirements.txt, with their dependencies) into .whl/ and copy that along with the
+# checkout; gpu-check installs the missing ones from it into a temporary directory. GPU_PYTHON_VERSION: the
+# node's `python3 --version` (major.minor).
+GPU_PYTHON_VERSION ?= 3.12
+GPU_PLATFORM ?= x86_64
+GPU_WHEELS = pydantic PyYAML psutil tqdm pandas
+gpu-wheels:
+	$(PYTHON) -m pip download -q --only-binary=:all: --implementation cp --python-version $(GPU_PYTHON_VERSION) \
+	  $(foreach t,manylinux_2_28 manylinux_2_17 manylinux2014,--platform $(t)_$(GPU_PLATFORM)) -d .whl \
+	  $(shell grep -iE '^($(subst $(eval) ,|,$(GPU_WHEELS)))==' env/requirements.txt)
+	@ls .whl
 
 clean-venv:
 	rm -rf $(VENV)

@@ -19,7 +19,8 @@ Each check prints PASS, FAIL or SKIP (with the reason) and writes its record to 
 It needs only torch (plus torchvision, transformers and nvidia-ml-py for some checks): run from the
 repository with `PYTHONPATH=. python3 -m mmhpc.gpucheck`. Checks that need a package that is not installed
 say so and are skipped: pydantic and PyYAML for those that build the trainer (syncs, blp, bench, loader),
-psutil and pandas for the sampler, pandas and matplotlib for the report. On a machine
+psutil and pandas for the sampler, pandas and matplotlib for the report; on a node without network,
+wheels fetched elsewhere by `make gpu-wheels` into `.whl/` supply them (`use_wheels`). On a machine
 without a GPU it runs what it can and exits 0, listing the checks it skipped for want of one. Exit 1 when a
 check fails. The whole run is sized for under 8 minutes on one H100.
 """
@@ -32,6 +33,7 @@ import os
 import re
 import shutil
 import socket
+import subprocess
 import sys
 import tempfile
 import time
@@ -70,12 +72,45 @@ class Check:
 def _need(*modules: str) -> None:
     missing = [m for m in modules if not _importable(m)]
     if missing:
-        raise Skip(f"needs {', '.join(missing)} (not installed)")
+        hint = "; make gpu-wheels fetches them for a node without network" if set(missing) & set(WHEEL_MODULES) else ""
+        raise Skip(f"needs {', '.join(missing)} (not installed{hint})")
 
 
 def _need_trainer() -> None:
     """The trainer, configs and records validate with pydantic (and read YAML)."""
     _need("pydantic", "yaml")
+
+
+# what the trainer's checks import beyond torch, torchvision, transformers and nvidia-ml-py (module: wheel)
+WHEEL_MODULES = {"pydantic": "pydantic", "yaml": "PyYAML", "psutil": "psutil", "tqdm": "tqdm", "pandas": "pandas"}
+
+
+def use_wheels(wheels: Path) -> tuple[list[str], Path | None]:
+    """Where this Python lacks one of WHEEL_MODULES and `wheels` holds wheels (`make gpu-wheels`, for a node
+    without network): pip-install, without dependencies, every wheel whose distribution is not installed into
+    a temporary directory put first on sys.path and PYTHONPATH (so workers and subprocesses see it too).
+    Installed distributions are never shadowed (numpy stays the one torch was built against)."""
+    files = sorted(wheels.glob("*.whl")) if wheels.is_dir() else []
+    if not files or all(_importable(m) for m in WHEEL_MODULES):
+        return [], None
+    take = [f for f in files if not _distribution_installed(f.name.split("-")[0])]
+    target = Path(tempfile.mkdtemp(prefix="mmhpc-wheels-"))
+    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-index", "--no-deps", "--no-compile",
+                    "--disable-pip-version-check", "--target", str(target), *map(str, take)], check=True)
+    sys.path.insert(0, str(target))
+    os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, (str(target), os.environ.get("PYTHONPATH"))))
+    importlib.invalidate_caches()
+    return ["-".join(f.name.split("-")[:2]) for f in take], target
+
+
+def _distribution_installed(name: str) -> bool:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        version(name)
+        return True
+    except PackageNotFoundError:
+        return False
 
 
 def _importable(module: str) -> bool:
@@ -473,8 +508,16 @@ def default_out() -> Path:
     return Path("reports/out/gpu-check-cpu")
 
 
-def run(out: Path, only: list[str] | None = None, budget_s: float = 450.0, workers: int | None = None) -> int:
+def run(out: Path, only: list[str] | None = None, budget_s: float = 450.0, workers: int | None = None,
+        wheels: Path = Path(".whl")) -> int:
     out.mkdir(parents=True, exist_ok=True)
+    try:
+        installed, wheel_dir = use_wheels(wheels)
+    except (OSError, subprocess.CalledProcessError) as e:  # no pip, or a wheel for another Python
+        installed, wheel_dir = [], None
+        print(f"gpu-check: could not install the wheels in {wheels}/ ({e}); checks needing them will skip")
+    if installed:
+        print(f"gpu-check: installed from {wheels}/ for this run: {', '.join(installed)}")
     ck = Check(out, budget_s, workers or min(16, os.cpu_count() or 1))
     results = {}
     for name, fn in CHECKS.items():
@@ -498,6 +541,8 @@ def run(out: Path, only: list[str] | None = None, budget_s: float = 450.0, worke
             _write(out / f"{name}.json", {"check": name, "status": status, "detail": line, "seconds": seconds,
                                           "time": time.time(), **rec})
     shutil.rmtree(ck.scratch, ignore_errors=True)
+    if wheel_dir is not None:
+        shutil.rmtree(wheel_dir, ignore_errors=True)
     _write(out / "gpu-check.json", {"checks": results, "total_s": time.monotonic() - ck.t0, "time": time.time()})
     skipped = [n for n, r in results.items() if r["status"] == "SKIP"]
     failed = [n for n, r in results.items() if r["status"] == "FAIL"]
@@ -532,13 +577,15 @@ def _arguments(p) -> None:
     p.add_argument("--only", action="append", choices=list(CHECKS), help="run only these checks (repeatable)")
     p.add_argument("--budget", type=float, default=450.0, help="seconds after which the long checks skip (default 450)")
     p.add_argument("--workers", type=int, default=None, help="loader workers (default: CPU count, at most 16)")
+    p.add_argument("--wheels", type=Path, default=Path(".whl"),
+                   help="wheels for what this Python lacks (make gpu-wheels; default .whl)")
 
 
 def main(argv: list[str] | None = None, prog: str = "python -m mmhpc.gpucheck") -> int:
     p = argparse.ArgumentParser(prog=prog, description=__doc__.split("\n\n")[0])
     _arguments(p)
     args = p.parse_args(argv)
-    return run(args.out or default_out(), args.only, args.budget, args.workers)
+    return run(args.out or default_out(), args.only, args.budget, args.workers, args.wheels)
 
 
 if __name__ == "__main__":

@@ -5,11 +5,13 @@ import json
 import os
 import subprocess
 import sys
+import zipfile
 from pathlib import Path
 
 import pytest
 import torch
 
+from mmhpc import gpucheck
 from mmhpc.gpucheck import CHECKS, gpu_slug
 
 REPO = Path(__file__).resolve().parents[1]
@@ -47,8 +49,9 @@ def test_bare_python_on_a_cpu_runs_what_it_can_and_says_why(tmp_path):
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert list(status) == list(CHECKS)
     assert status["env"] == "PASS" and set(status.values()) == {"PASS", "SKIP"}
-    assert "needs pydantic (not installed)" in proc.stdout  # the trainer's checks say what they lack
-    assert "needs psutil, pandas (not installed)" in proc.stdout
+    # the trainer's checks say what they lack, and where to get it on a node without network
+    assert "needs pydantic (not installed; make gpu-wheels fetches them" in proc.stdout
+    assert "needs psutil, pandas (not installed; make gpu-wheels" in proc.stdout
     assert "skipped for want of a CUDA GPU: precision, syncs, ddp, bench, loader" in proc.stdout
     env = json.loads((out / "env.json").read_text())
     assert env["status"] == "PASS" and env["cuda_available"] is False and env["torch"] == torch.__version__
@@ -82,3 +85,39 @@ def test_bench_helpers_and_report_on_the_cpu(tmp_path):
                       f"system.precision={p}", "loader.persistent_workers=true")["train_s_mean"] > 0
     report, line = check_report(ck)
     assert report["tables"][:2] == ["precision", "loader"] and Path(report["pdf"]).exists()
+
+
+def _wheel(house: Path, dist: str, version: str, module: str, source: str) -> Path:
+    """A real (minimal) wheel, as pip download leaves them in .whl/."""
+    path = house / f"{dist}-{version}-py3-none-any.whl"
+    info = f"{dist}-{version}.dist-info"
+    files = {f"{module}/__init__.py": source,
+             f"{info}/METADATA": f"Metadata-Version: 2.1\nName: {dist}\nVersion: {version}\n",
+             f"{info}/WHEEL": "Wheel-Version: 1.0\nGenerator: test\nRoot-Is-Purelib: true\nTag: py3-none-any\n"}
+    files[f"{info}/RECORD"] = "".join(f"{name},,\n" for name in [*files, f"{info}/RECORD"])
+    with zipfile.ZipFile(path, "w") as z:
+        for name, text in files.items():
+            z.writestr(name, text)
+    return path
+
+
+def test_missing_modules_come_from_the_wheelhouse_and_installed_ones_are_not_shadowed(tmp_path, monkeypatch):
+    house = tmp_path / "whl"
+    house.mkdir()
+    _wheel(house, "mmhpc_wheel_probe", "1.0", "mmhpc_wheel_probe", "VALUE = 42\n")
+    _wheel(house, "pytest", "0.1", "pytest", "raise ImportError('a second pytest shadowed the installed one')\n")
+    monkeypatch.setattr(gpucheck, "WHEEL_MODULES", {"mmhpc_wheel_probe": "mmhpc_wheel_probe", "pytest": "pytest"})
+    monkeypatch.setattr(sys, "path", list(sys.path))
+    monkeypatch.setenv("PYTHONPATH", "elsewhere")
+    installed, target = gpucheck.use_wheels(house)
+    try:
+        assert installed == ["mmhpc_wheel_probe-1.0"]  # pytest is installed: its wheel is left alone
+        import mmhpc_wheel_probe
+
+        assert mmhpc_wheel_probe.VALUE == 42 and Path(mmhpc_wheel_probe.__file__).is_relative_to(target)
+        assert os.environ["PYTHONPATH"] == f"{target}{os.pathsep}elsewhere"  # workers and subprocesses too
+        assert not (target / "pytest").exists()
+    finally:
+        sys.modules.pop("mmhpc_wheel_probe", None)
+    monkeypatch.setattr(gpucheck, "WHEEL_MODULES", {"pytest": "pytest"})
+    assert gpucheck.use_wheels(house) == ([], None)  # nothing missing: pip is not even run
