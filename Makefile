@@ -4,7 +4,6 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-
 .PHONY: gpu-check gpu-wheels install install-cluster system-deps demo demo-algorithms test check lint clean-venv demo-report report
 RESULTS ?= $(or $(MMHPC_RESULTS),results)
 SWEEP   ?=
@@ -72,7 +71,7 @@ gpu-check:
 # node's `python3 --version` (major.minor).
 GPU_PYTHON_VERSION ?= 3.12
 GPU_PLATFORM ?= x86_64
-GPU_WHEELS = pydantic PyYAML psutil tqdm pandas
+GPU_WHEELS = pydantic PyYAML psutil tqdm pandas  # the wheels of mmhpc.gpucheck.WHEEL_MODULES
 gpu-wheels:
 	$(PYTHON) -m pip download -q --only-binary=:all: --implementation cp --python-version $(GPU_PYTHON_VERSION) \
 	  $(foreach t,manylinux_2_28 manylinux_2_17 manylinux2014,--platform $(t)_$(GPU_PLATFORM)) -d .whl \

@@ -43,6 +43,29 @@ class _Section(BaseModel):
             return yaml.safe_load(value)
         return value
 
+    @field_validator("*")
+    @classmethod
+    def _in_registry(cls, value: Any, info: ValidationInfo) -> Any:
+        """A field with `choices_from` takes a name of that registry."""
+        source = (cls.model_fields[info.field_name].json_schema_extra or {}).get("choices_from")
+        return _choice(value, registry(source)) if source else value
+
+
+def registry(name: str) -> list[str]:
+    """The valid names of a registry (datasets, fusions, strategies), imported when asked: the model and
+    strategy registries import torch."""
+    if name == "datasets":
+        return sorted(DATASETS)
+    if name == "fusions":
+        from mmhpc.models.fusion import FUSIONS
+
+        return list(FUSIONS)
+    if name == "strategies":
+        from mmhpc.strategies import STRATEGIES
+
+        return sorted(STRATEGIES)
+    raise KeyError(f"no registry {name!r}")
+
 
 def _choice(value: str, valid) -> str:
     if value not in valid:
@@ -61,11 +84,6 @@ class DataConfig(_Section):
         None, description="subset of the dataset's modalities to use (one modality = a single-modality baseline run)")
     data_seed: int = Field(0, description="seed of the synthetic generator")
     verify: Literal["none", "size", "checksum"] = Field("size", description="manifest check when loading")
-
-    @field_validator("dataset")
-    @classmethod
-    def _known_dataset(cls, v: str) -> str:
-        return _choice(v, sorted(DATASETS))
 
 
 class LoaderConfig(_Section):
@@ -98,24 +116,10 @@ class ModelConfig(_Section):
         {}, description="dropout rate on a modality's embedding, e.g. {audio: 0.4} (thesis Eq. 2.25)")
     audio_augment: bool = Field(False, description="time/frequency masking + noise on audio (Eq. 2.24)")
 
-    @field_validator("fusion")
-    @classmethod
-    def _known_fusion(cls, v: str) -> str:
-        from mmhpc.models.fusion import FUSIONS  # the fusion registry
-
-        return _choice(v, FUSIONS)
-
 
 class StrategyConfig(_Section):
     name: str = Field("naive", description="training strategy", json_schema_extra={"choices_from": "strategies"})
     params: dict[str, Any] = Field({}, description="strategy parameters (see `mmhpc strategies`)")
-
-    @field_validator("name")
-    @classmethod
-    def _known_strategy(cls, v: str) -> str:
-        from mmhpc.strategies import STRATEGIES  # the strategy registry
-
-        return _choice(v, sorted(STRATEGIES))
 
 
 class TrainConfig(_Section):
@@ -339,16 +343,13 @@ def load_config(path: str | Path | None = None, overrides: list[str] | dict[str,
 
 def describe_fields() -> list[tuple[str, str, str, str]]:
     """(dotted name, type, default, help with choices) for every knob: used by `--help`."""
-    from mmhpc.models.fusion import FUSIONS
-    from mmhpc.strategies import STRATEGIES
-
-    registries = {"datasets": sorted(DATASETS), "strategies": sorted(STRATEGIES), "fusions": FUSIONS}
     rows = []
     defaults = RunConfig()
     for section, model in _sections().items():
         for name, f in model.model_fields.items():
             literal = [a for a in (get_args(f.annotation) or ()) if get_origin(f.annotation) is Literal]
-            choices = literal or registries.get((f.json_schema_extra or {}).get("choices_from", ""))
+            source = (f.json_schema_extra or {}).get("choices_from")
+            choices = literal or (registry(source) if source else None)
             help_ = f.description or ""
             if choices:
                 help_ += f" [{'|'.join(map(str, choices))}]"

@@ -81,8 +81,9 @@ def _need_trainer() -> None:
     _need("pydantic", "yaml")
 
 
-# what the trainer's checks import beyond torch, torchvision, transformers and nvidia-ml-py (module: wheel)
-WHEEL_MODULES = {"pydantic": "pydantic", "yaml": "PyYAML", "psutil": "psutil", "tqdm": "tqdm", "pandas": "pandas"}
+# what the trainer's checks import beyond torch, torchvision, transformers and nvidia-ml-py (their wheels:
+# the Makefile's GPU_WHEELS)
+WHEEL_MODULES = ("pydantic", "yaml", "psutil", "tqdm", "pandas")
 
 
 def use_wheels(wheels: Path) -> tuple[list[str], Path | None]:

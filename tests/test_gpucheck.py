@@ -106,7 +106,7 @@ def test_missing_modules_come_from_the_wheelhouse_and_installed_ones_are_not_sha
     house.mkdir()
     _wheel(house, "mmhpc_wheel_probe", "1.0", "mmhpc_wheel_probe", "VALUE = 42\n")
     _wheel(house, "pytest", "0.1", "pytest", "raise ImportError('a second pytest shadowed the installed one')\n")
-    monkeypatch.setattr(gpucheck, "WHEEL_MODULES", {"mmhpc_wheel_probe": "mmhpc_wheel_probe", "pytest": "pytest"})
+    monkeypatch.setattr(gpucheck, "WHEEL_MODULES", ("mmhpc_wheel_probe", "pytest"))
     monkeypatch.setattr(sys, "path", list(sys.path))
     monkeypatch.setenv("PYTHONPATH", "elsewhere")
     installed, target = gpucheck.use_wheels(house)
@@ -119,5 +119,5 @@ def test_missing_modules_come_from_the_wheelhouse_and_installed_ones_are_not_sha
         assert not (target / "pytest").exists()
     finally:
         sys.modules.pop("mmhpc_wheel_probe", None)
-    monkeypatch.setattr(gpucheck, "WHEEL_MODULES", {"pytest": "pytest"})
+    monkeypatch.setattr(gpucheck, "WHEEL_MODULES", ("pytest",))
     assert gpucheck.use_wheels(house) == ([], None)  # nothing missing: pip is not even run
