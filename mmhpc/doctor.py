@@ -62,7 +62,7 @@ def slurm_gpus(env=os.environ) -> int:
     return int(tail) if tail.isdigit() else 0
 
 
-def _nvml() -> tuple[str | None, int | None, str]:
+def nvml_driver() -> tuple[str | None, int | None, str]:
     """(driver version, the CUDA version the driver supports, note)."""
     try:
         import pynvml as nv
@@ -90,7 +90,7 @@ def run_checks(cfg=None, profile=None, results: str | Path | None = None, env=os
     cuda = torch.version.cuda
     checks.append(Check("torch", True, f"torch {torch.__version__}, "
                         + (f"built for CUDA {cuda}" if cuda else "a CPU-only build")))
-    driver, driver_cuda, note = _nvml()
+    driver, driver_cuda, note = nvml_driver()
     bad_driver = driver_problem(cuda, driver, driver_cuda)
     checks.append(Check("driver", bad_driver is None, bad_driver or (
         f"NVIDIA driver {driver} (supports CUDA {driver_cuda // 1000}.{driver_cuda % 1000 // 10})" if driver

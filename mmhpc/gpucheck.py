@@ -179,16 +179,11 @@ def check_env(ck: Check) -> tuple[dict, str]:
             rec["packages"][m] = getattr(importlib.import_module(m), "__version__", "installed")
         except ImportError:
             rec["packages"][m] = None
-    try:
-        import pynvml
+    from mmhpc.doctor import nvml_driver
 
-        pynvml.nvmlInit()
-        driver = pynvml.nvmlSystemGetDriverVersion()
-        rec["driver"] = driver.decode() if isinstance(driver, bytes) else driver
-        pynvml.nvmlShutdown()
-    except Exception as e:  # noqa: BLE001 - no NVML is a finding, not an error
-        rec["driver"] = None
-        rec["nvml"] = f"unavailable: {e}"
+    rec["driver"], _, note = nvml_driver()
+    if note:  # no NVML is a finding, not an error
+        rec["nvml"] = note
     if ck.cuda:
         p = torch.cuda.get_device_properties(0)
         rec["gpu"] = {"name": p.name, "capability": f"{p.major}.{p.minor}", "memory_gib": round(p.total_memory / 2**30, 1),

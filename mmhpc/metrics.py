@@ -44,15 +44,14 @@ def ibf(multimodal_acc: Mapping[str, float], single_acc: Mapping[str, float]) ->
     return 1.0 - sum(ratios) / len(ratios)
 
 
-#: fusions whose modality m cannot be read from the fused head with the others masked as in Sec. 3.2.1: the thesis
-#: code base records no per-modality accuracy for them (its `reinitialize_metrics`), only the helpers' (probes)
-PROBE_IBF_FUSIONS = ("gated", "film")
-
-
 def ibf_accuracy_keys(fusion: str, modalities) -> dict[str, str]:
     """Which accuracy `ibf` reads for each modality: the masked fusion head `acc/<m>` for sum and concat fusion,
-    the probe `acc/probe/<m>` (thesis Sec. 2.2) for gated and FiLM fusion."""
-    prefix = "acc/probe/" if fusion in PROBE_IBF_FUSIONS else "acc/"
+    the probe `acc/probe/<m>` (thesis Sec. 2.2) for gated and FiLM fusion (`TWO_MODALITY`: a modality cannot be
+    read from their fused head with the others masked as in Sec. 3.2.1, and the thesis code base records no
+    per-modality accuracy for them, its `reinitialize_metrics`, only the probes')."""
+    from mmhpc.models.fusion import TWO_MODALITY  # the fusion registry (imports the model code: when asked)
+
+    prefix = "acc/probe/" if fusion in TWO_MODALITY else "acc/"
     return {m: f"{prefix}{m}" for m in modalities}
 
 

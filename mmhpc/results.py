@@ -187,8 +187,12 @@ def write_record(path: str | Path, record: RunRecord) -> Path:
 
 def read_record(path: str | Path) -> RunRecord:
     """The record at `path`; ValueError when it is not one (unreadable, torn, or another JSON file)."""
+    return _validated(json.loads(Path(path).read_text()), path)
+
+
+def _validated(data, path) -> RunRecord:
     try:
-        return RunRecord.model_validate(json.loads(Path(path).read_text()))
+        return RunRecord.model_validate(data)
     except ValidationError as e:
         raise ValueError(f"{path}: not a run record: {e.errors()[0]['msg']}") from None
 
@@ -229,7 +233,7 @@ def single_accuracies(source: dict | str | Path | None, dataset: str | None = No
     if path.is_file():
         data = json.loads(path.read_text())
         if "summary" in data:  # a run record of a single-modality run
-            rec = read_record(path)
+            rec = _validated(data, path)
             (m,) = rec.modalities
             return {m: rec.test_acc("fused")}
         return {k: float(v) for k, v in data.items()}

@@ -8,11 +8,11 @@ import math
 import pytest
 import torch
 
+from mmhpc.data.augment import audio_augment
 from mmhpc.models.fusion import cosine_scale
 from mmhpc.strategies.formulas import (
     AMST_DEFAULT_SKIPS,
     amst_trains,
-    audio_augment,
     correct_class_score,
     discrepancy_ratios,
     gradient_blending_weights,

@@ -322,7 +322,9 @@ class HostTraffic(TorchFunctionMode):
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
         name = getattr(func, "__name__", str(func))
-        if name in ("tensor", "as_tensor") and torch.device(kwargs.get("device") or "cpu").type != "cpu":
+        # a tensor built from host values on a named device is a blocking copy on a GPU, also where the
+        # test's device is the CPU
+        if name in ("tensor", "as_tensor") and kwargs.get("device") is not None:
             self.events.append(f"torch.{name} on {kwargs['device']}")
         if name in self.READS:
             self.events.append(f"Tensor.{name}")

@@ -20,8 +20,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from mmhpc import metrics as mx
-from mmhpc.results import RunRecord, iter_records, run_ibf
+from mmhpc.results import RunRecord, iter_records
 
 # Knobs that never make two runs different experiments (names, paths, seeds: seeds are averaged over).
 NOT_AXES = ("output.", "train.seed", "data.root", "train.single_acc", "system.sample_interval")
@@ -60,7 +59,7 @@ def load_results(path: str | Path, query_slurm: bool = True) -> Results:
             rows.append(_record_row(rec, rec_path, _sweep_label(rec_path, path)))
     if not rows:
         raise FileNotFoundError(f"{path}: no run records (*.json with a config) and no sweep manifest found")
-    runs = _fill_ibf(_tidy(rows))
+    runs = _tidy(rows)
     if len(infos) == 1:
         name, description, cluster = infos[0]
     else:
@@ -186,7 +185,6 @@ def _measurements(rec: RunRecord) -> dict:
         util = _mean_util([e.util for e in measured])
     waits = [e.time.train_data_wait_s for e in measured if e.time.train_data_wait_s is not None]
     out["idle_s"] = float(np.mean(waits)) if waits else None
-    out["idle_estimated"] = any(e.time.train_data_wait_estimated for e in measured)
     out["n_epochs"] = len(measured) or None
     gpu = [v for k, v in util.items() if re.fullmatch(r"gpu\d+_util_pct_mean", k)]
     if gpu:
@@ -201,23 +199,6 @@ def _measurements(rec: RunRecord) -> dict:
     if summary.ibf is not None:
         out["ibf"] = summary.ibf
     return out
-
-
-def _fill_ibf(runs: pd.DataFrame) -> pd.DataFrame:
-    """IBF (Eq. 3.1) of each finished run whose record has none, against the mean test accuracy of the
-    finished single-modality runs of its dataset and preset found beside it (`results.run_ibf`)."""
-    done = runs[runs["state"] == "done"]
-    single = done[done["n_modalities"] == 1]
-    if single.empty or "acc/fused" not in runs:
-        return runs
-    base = single.groupby(["dataset", "data.preset", "modalities"])["acc/fused"].mean()
-    for i, row in done[done["ibf"].isna()].iterrows():
-        mods = row["modalities"].split("+")
-        keys = [(row["dataset"], row["data.preset"], m) for m in mods]
-        acc = mx.ibf_accuracy_keys(row["fusion"], mods)
-        if all(k in base.index for k in keys) and all(a in row and pd.notna(row[a]) for a in acc.values()):
-            runs.at[i, "ibf"] = run_ibf(row, mods, {k[2]: float(base[k]) for k in keys}, row["fusion"])
-    return runs
 
 
 def _mean_util(per_epoch: list[dict]) -> dict:

@@ -13,9 +13,7 @@ from collections.abc import Mapping, Sequence
 import torch
 import torch.nn.functional as F
 
-from mmhpc.data.augment import audio_augment  # noqa: F401  Eq. 2.24 lives with the data it augments
 from mmhpc.metrics import entropy
-from mmhpc.models.fusion import cosine_scale  # noqa: F401  Eq. 3.2 lives with the cosine classifier
 
 # Thesis Sec. 4.2: visual never skipped; audio 5 (CREMA-D), 2 (AVE), 4 (IEMOCAP), 6 (UR-FUNNY); text 10.
 AMST_DEFAULT_SKIPS: dict[str, dict[str, int]] = {
