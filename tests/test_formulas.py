@@ -14,6 +14,7 @@ from mmhpc.strategies.formulas import (
     AMST_DEFAULT_SKIPS,
     amst_trains,
     correct_class_score,
+    discrepancy_ratio_tensor,
     discrepancy_ratios,
     gradient_blending_weights,
     mla_entropy_weights,
@@ -33,7 +34,6 @@ from mmhpc.strategies.formulas import (
     pmr_prototype_logits,
     pmr_prototypes,
     pmr_prototypes_from_sums,
-    pmr_ratio_tensor,
     select_modality,
 )
 
@@ -417,9 +417,9 @@ def test_pmr_prototypes_empty_class():
                                torch.tensor([[2.0, 2.0], [5.0, 5.0], [7.0, 7.0]]))
 
 
-def test_pmr_ratio_tensor():
-    torch.testing.assert_close(pmr_ratio_tensor(torch.tensor([30.0, 10.0])), torch.tensor([3.0, 1 / 3]))
-    torch.testing.assert_close(pmr_ratio_tensor(torch.tensor([6.0, 2.0, 4.0])), torch.tensor([2.0, 0.4, 1.0]))
+def test_discrepancy_ratio_tensor():
+    torch.testing.assert_close(discrepancy_ratio_tensor(torch.tensor([30.0, 10.0])), torch.tensor([3.0, 1 / 3]))
+    torch.testing.assert_close(discrepancy_ratio_tensor(torch.tensor([6.0, 2.0, 4.0])), torch.tensor([2.0, 0.4, 1.0]))
 
 
 def test_pmr_coefficients():

@@ -83,8 +83,6 @@ class AMST(Alternating):
             raise ConfigError(f"strategy.params.module: invalid value {p.module!r}; valid choices: {', '.join(MODULES)}")
         if p.phase not in AMST_PHASES:
             raise ConfigError(f"strategy.params.phase: invalid value {p.phase!r}; valid choices: {', '.join(AMST_PHASES)}")
-        if not isinstance(p.strict, bool):
-            raise ConfigError(f"strategy.params.strict: {p.strict!r} must be true or false")
         if p.module != "alternating":
             require_symmetric(cfg, f"AMST's {p.module} module trains a reduced head over the non-skipped "
                                    "modalities (seed 001 Alg. 2), which needs a fusion a modality can be masked out "
@@ -92,13 +90,11 @@ class AMST(Alternating):
         if p.module == "full" and cfg.system.parallelism != "single":
             raise ConfigError(f"system.parallelism: AMST's full module keeps a second set of encoders beside the "
                               f"branches; {cfg.system.parallelism} is not supported; valid choices: single")
-        if not isinstance(p.skips, dict):
-            raise ConfigError(f"strategy.params.skips: expected a mapping {{modality: skip}}, got {p.skips!r}")
         for m, s in p.skips.items():
             if m not in cfg.modalities:
                 raise ConfigError(f"strategy.params.skips.{m}: not a modality of this run; valid: "
                                   f"{', '.join(cfg.modalities)}")
-            if isinstance(s, bool) or not isinstance(s, int) or s < 1:
+            if s < 1:
                 raise ConfigError(f"strategy.params.skips.{m}: {s!r} must be a positive integer (1 = never skipped)")
 
     def __init__(self, cfg, model):
@@ -107,14 +103,17 @@ class AMST(Alternating):
         super().__init__(cfg, model)
         defaults = AMST_DEFAULT_SKIPS.get(cfg.data.dataset, {})
         self.skips = {m: int(self.params.skips.get(m, defaults.get(m, 1))) for m in self.modalities}
+        self._blocks: dict[torch.Tensor, list[slice]] = {}
 
     def begin_epoch(self, epoch: int) -> list[str]:
         self.active = [m for m in self.modalities if amst_trains(epoch, self.skips[m], self.params.phase)]
+        self._blocks = self._skipped_blocks() if self.params.strict else {}  # fixed for the epoch
         return self.active
 
     def update(self, loss: torch.Tensor) -> None:
-        blocks = self._skipped_blocks() if self.params.strict else {}
-        saved = [(t, cols, t[:, cols].clone()) for w, cols in blocks.items() for t in self._with_state(w)]
+        blocks = self._blocks
+        saved = [(t, cols, t[:, cols].clone()) for w, spans in blocks.items() for t in self._with_state(w)
+                 for cols in spans]
         fresh = [w for w in blocks if not self.optimizer.state.get(w)]
         super().update(loss)
         with torch.no_grad():
@@ -122,15 +121,17 @@ class AMST(Alternating):
                 t[:, cols] = value
             for w in fresh:  # state created by this step: the skipped columns start from nothing
                 for t in self._with_state(w)[1:]:
-                    t[:, blocks[w]] = 0
+                    for cols in blocks[w]:
+                        t[:, cols] = 0
 
     def _with_state(self, weight: torch.Tensor) -> list[torch.Tensor]:
         """The weight and its optimiser state of the same shape (SGD momentum; Adam moments)."""
         state = self.optimizer.state.get(weight, {})
         return [weight] + [v for v in state.values() if torch.is_tensor(v) and v.shape == weight.shape]
 
-    def _skipped_blocks(self) -> dict[torch.Tensor, list[int]]:
-        """Concat head weights -> the columns of the modalities skipped this epoch."""
+    def _skipped_blocks(self) -> dict[torch.Tensor, list[slice]]:
+        """Concat head weights -> the column blocks of the modalities skipped this epoch (slices: indexing
+        with them copies no index tensor to the device on every update)."""
         models = [self.model] + ([self.model.amst_joint] if self.params.module == "full" else [])
         out = {}
         for model in models:
@@ -138,7 +139,7 @@ class AMST(Alternating):
             skipped = [i for i, m in enumerate(fusion.modalities) if m not in self.active]
             if skipped and isinstance(fusion, Concat):
                 weight = fusion.weight if fusion.cosine else fusion.head.weight
-                out[weight] = [c for i in skipped for c in range(i * fusion.dim, (i + 1) * fusion.dim)]
+                out[weight] = [slice(i * fusion.dim, (i + 1) * fusion.dim) for i in skipped]
         return out
 
     # ---- steps ------------------------------------------------------------------------------------

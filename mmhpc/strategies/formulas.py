@@ -57,6 +57,16 @@ def discrepancy_ratios(score: Mapping[str, float]) -> dict[str, float]:
     return out
 
 
+def discrepancy_ratio_tensor(scores: torch.Tensor) -> torch.Tensor:
+    """`discrepancy_ratios` on the scores' device, rho [M] from s [M] (for two modalities s_1 / s_2 and its
+    inverse, as the PMR code has it); the others' sum is kept above 0 instead of checked."""
+    return scores / (_others_sum(scores) / (len(scores) - 1))
+
+
+def _others_sum(scores: torch.Tensor) -> torch.Tensor:
+    return (scores.sum() - scores).clamp_min(torch.finfo(scores.dtype).tiny)
+
+
 def _scores_tensor(score: Mapping[str, float]) -> torch.Tensor:
     discrepancy_ratios(score)  # validates: two or more modalities, scores >= 0, ratios defined
     return torch.tensor([float(v) for v in score.values()], dtype=torch.float64)
@@ -80,13 +90,12 @@ def ogm_coefficient_tensor(scores: torch.Tensor, alpha: float, variant: str = "t
         raise ValueError(f"alpha must be >= 0, got {alpha}")
     if variant not in OGM_VARIANTS:
         raise ValueError(f"variant must be one of {', '.join(OGM_VARIANTS)}, got {variant!r}")
-    others = (scores.sum() - scores).clamp_min(torch.finfo(scores.dtype).tiny)
     ones = torch.ones_like(scores)
     if variant == "thesis":
-        rho = scores / others
+        rho = scores / _others_sum(scores)
         top = torch.arange(len(scores), device=scores.device) == rho.argmax()
         return torch.where(top, 1 - torch.tanh(alpha * rho.clamp_min(0)), ones)
-    rho = scores / (others / (len(scores) - 1))
+    rho = discrepancy_ratio_tensor(scores)
     return torch.where(rho > 1, (1 - alpha * torch.tanh(rho - 1)).clamp_min(0), ones)
 
 
@@ -132,8 +141,7 @@ def opm_drop_tensor(scores: torch.Tensor, lam: float, q_base: float) -> torch.Te
         raise ValueError(f"lam must be >= 0, got {lam}")
     if not 0.0 <= q_base <= 1.0:
         raise ValueError(f"q_base must lie in [0, 1], got {q_base}")
-    others = (scores.sum() - scores).clamp_min(torch.finfo(scores.dtype).tiny) / (len(scores) - 1)
-    rho = scores / others
+    rho = discrepancy_ratio_tensor(scores)
     return torch.where(rho > 1, (q_base * (1 + lam * torch.tanh(rho - 1))).clamp_max(1), torch.zeros_like(rho))
 
 
@@ -341,13 +349,6 @@ def pmr_entropy_regulariser(proto_logits: torch.Tensor) -> torch.Tensor:
     entropy of the dominant modality's prototype predictions and holds back its early convergence (PMR's PER).
     """
     return entropy(proto_logits).mean()
-
-
-def pmr_ratio_tensor(scores: torch.Tensor) -> torch.Tensor:
-    """rho [M] of prototype scores (M-modality form of seed 003 Eq. 7; for two modalities the PMR code's
-    s_1 / s_2 and its inverse), on the scores' device."""
-    others = (scores.sum() - scores).clamp_min(torch.finfo(scores.dtype).tiny) / (len(scores) - 1)
-    return scores / others
 
 
 def pmr_coefficients(score: Mapping[str, float], alpha: float) -> dict[str, float]:

@@ -45,9 +45,9 @@ class MSLR(ModalityGroups, Naive):
             if m not in cfg.modalities:
                 raise ConfigError(f"strategy.params.init.{m}: not a modality of this run; valid: "
                                   f"{', '.join(cfg.modalities)}")
-            if not isinstance(v, (int, float)) or isinstance(v, bool) or v <= 0:
+            if v <= 0:
                 raise ConfigError(f"strategy.params.init.{m}: {v!r} must be a positive number (x train.lr)")
-        if isinstance(p.window, bool) or not isinstance(p.window, int) or p.window < 1:
+        if p.window < 1:
             raise ConfigError(f"strategy.params.window: {p.window!r} must be a positive integer (epochs, k_e)")
         if p.schedule not in MSLR_SCHEDULES:
             raise ConfigError(f"strategy.params.schedule: invalid value {p.schedule!r}; valid choices: "

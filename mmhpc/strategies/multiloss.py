@@ -118,7 +118,7 @@ class GradientBlending(MultiLoss):
         if p.weights and (set(p.weights) != set(heads) or any(w < 0 for w in p.weights.values())):
             raise ConfigError(f"strategy.params.weights: give a weight >= 0 for each of {', '.join(heads)}, "
                               f"got {p.weights}")
-        if isinstance(p.interval, bool) or not isinstance(p.interval, int) or p.interval < 1:
+        if p.interval < 1:
             raise ConfigError(f"strategy.params.interval: {p.interval!r} must be a positive integer (epochs)")
         if not 0.0 <= p.holdout < 1.0:
             raise ConfigError(f"strategy.params.holdout: {p.holdout} must lie in [0, 1) (0: use the validation split)")

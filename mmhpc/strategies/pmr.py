@@ -27,11 +27,11 @@ from mmhpc.errors import ConfigError
 from mmhpc.strategies.balancing import SYMMETRIC, ModulationWindow, batch_scores, step_logits
 from mmhpc.strategies.base import StepOutput, Strategy, register
 from mmhpc.strategies.formulas import (
+    discrepancy_ratio_tensor,
     pmr_class_sums,
     pmr_entropy_regulariser,
     pmr_prototype_logits,
     pmr_prototypes_from_sums,
-    pmr_ratio_tensor,
 )
 
 
@@ -115,7 +115,7 @@ class PMR(ModulationWindow, Strategy):
         proto = None
         if self.prototypes is not None and self.modulating:
             proto = self.prototype_logits(embs)
-            rho = pmr_ratio_tensor(batch_scores(proto, labels))
+            rho = discrepancy_ratio_tensor(batch_scores(proto, labels))
             pce = torch.stack([F.cross_entropy(proto[m], labels) for m in self.modalities])
             loss = loss + (self.params.alpha * (rho < 1).to(pce.dtype) * pce).sum()
             if self.per:

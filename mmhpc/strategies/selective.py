@@ -65,7 +65,7 @@ class _Selective(Alternating):
                               "the ablation with linear heads")
         if getattr(p, "split", "val") not in SPLITS:
             raise ConfigError(f"strategy.params.split: invalid value {p.split!r}; valid choices: {', '.join(SPLITS)}")
-        if isinstance(p.warmup, bool) or not isinstance(p.warmup, int) or p.warmup < 0:
+        if p.warmup < 0:
             raise ConfigError(f"strategy.params.warmup: {p.warmup!r} must be an integer >= 0 (epochs that train "
                               "every modality before the metric chooses)")
 
