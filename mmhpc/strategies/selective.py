@@ -63,8 +63,6 @@ class _Selective(Alternating):
             raise ConfigError(f"model.cosine: strategy {cls.name} trains with the cosine classifier (thesis Sec. "
                               "3.3.2, 4.2); set model.cosine=true, or strategy.params.require_cosine=false for "
                               "the ablation with linear heads")
-        if getattr(p, "split", "val") not in SPLITS:
-            raise ConfigError(f"strategy.params.split: invalid value {p.split!r}; valid choices: {', '.join(SPLITS)}")
         if p.warmup < 0:
             raise ConfigError(f"strategy.params.warmup: {p.warmup!r} must be an integer >= 0 (epochs that train "
                               "every modality before the metric chooses)")
@@ -87,8 +85,12 @@ class _Selective(Alternating):
 
     def end_epoch(self, epoch, train, val) -> None:
         super().end_epoch(epoch, train, val)
-        source = train if getattr(self.params, "split", "val") == "train" else val
+        source = self._ranked(train, val)
         self.last = {m: source[f"{self.metric}/{m}"] for m in self.modalities}
+
+    def _ranked(self, train: dict, val: dict) -> dict:
+        """The epoch's metrics whose `metric` Alg. 5 ranks: validation's."""
+        return val
 
     def should_stop(self, epoch: int) -> bool:
         return max(self.optimised.values()) >= self.cfg.train.epochs or super().should_stop(epoch)
@@ -112,6 +114,16 @@ class Entropy(_Selective):
     Params = EntropyParams
     metric = "bias"
     mode = "entropy"
+
+    @classmethod
+    def check_config(cls, cfg) -> None:
+        super().check_config(cfg)
+        p = cls.parse_params(cfg.strategy.params)
+        if p.split not in SPLITS:
+            raise ConfigError(f"strategy.params.split: invalid value {p.split!r}; valid choices: {', '.join(SPLITS)}")
+
+    def _ranked(self, train: dict, val: dict) -> dict:
+        return train if self.params.split == "train" else val
 
 
 @register
