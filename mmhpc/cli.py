@@ -14,7 +14,7 @@ import sys
 import textwrap
 
 from mmhpc.config import ConfigError, describe_fields, load_config
-from mmhpc.errors import EXIT_BAD_INPUT, EXIT_RUN_FAILED, EXIT_SCHEDULER, MmhpcError
+from mmhpc.errors import EXIT_BAD_INPUT, EXIT_RUN_FAILED, EXIT_SCHEDULER, MmhpcError, exit_code
 
 log = logging.getLogger("mmhpc")
 
@@ -257,15 +257,12 @@ def main(argv: list[str] | None = None) -> int:
     setup_logging(args.verbose, args.log_quiet or getattr(args, "quiet", False))
     try:
         return args.func(args)
-    except ConfigError as e:
-        log.error("mmhpc: %s", e)
-        return EXIT_BAD_INPUT
     except (FileExistsError, FileNotFoundError) as e:  # a finished record in the way, a missing file given
         log.error("mmhpc: %s", e)
         return EXIT_BAD_INPUT
-    except MmhpcError as e:
+    except MmhpcError as e:  # ConfigError (SweepError, ClusterError): 2; SchedulerError: 3; RunError: 1
         log.error("mmhpc: %s", e)
-        return e.exit_code
+        return exit_code(e)
     except Exception as e:
         if type(e).__name__ in ("FailedJobError", "FailedSubmissionError"):  # submitit: sbatch refused
             log.error("mmhpc: the scheduler failed: %s", e)

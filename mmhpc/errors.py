@@ -19,7 +19,6 @@ import re
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-EXIT_DONE = 0
 EXIT_RUN_FAILED = 1
 EXIT_BAD_INPUT = 2
 EXIT_SCHEDULER = 3

@@ -1,42 +1,21 @@
-"""`mmhpc sweep ...` and `mmhpc clusters`: the command-line face of mmhpc.sweep and mmhpc.launch."""
+"""`mmhpc sweep ...` and `mmhpc clusters`: the command-line face of mmhpc.sweep and mmhpc.launch.
+
+Their errors (bad input, a failed scheduler) end the command in `mmhpc.cli.main`: one message, the exit
+code of `mmhpc.errors`."""
 from __future__ import annotations
 
-import functools
 import os
 import sys
 
 import yaml
-from submitit.core.utils import FailedJobError, FailedSubmissionError
 
-from mmhpc.config import ConfigError
-from mmhpc.errors import SchedulerError
-from mmhpc.launch.clusters import SIZES, ClusterError, cluster_names, load_profile, user_clusters_file
-from mmhpc.sweep import SweepError
-
-
-def _reporting(func):
-    """Config, cluster and sweep errors end the command with their message (exit 2), never a traceback."""
-    @functools.wraps(func)
-    def run(args) -> int:
-        try:
-            return func(args)
-        except (SweepError, ClusterError, ConfigError, FileNotFoundError) as e:
-            print(f"mmhpc: {e}", file=sys.stderr)
-            return 2
-        except (FailedJobError, FailedSubmissionError) as e:  # sbatch refused: its message says why
-            print(f"mmhpc: submission failed (job ids of earlier arrays are in the manifest): {e}", file=sys.stderr)
-            return 3
-        except SchedulerError as e:  # sbatch/squeue/sacct failed: nothing was submitted that could run twice
-            print(f"mmhpc: {e}", file=sys.stderr)
-            return 3
-    return run
+from mmhpc.launch.clusters import SIZES, cluster_names, load_profile, user_clusters_file
 
 
 def _size(args) -> str | None:
     return "tiny" if args.tiny else args.size
 
 
-@_reporting
 def cmd_expand(args) -> int:
     from mmhpc.launch.submit import prepare_sweep
     from mmhpc.sweep import expand, format_table, load_sweep
@@ -59,7 +38,6 @@ def _plan_runs(plan) -> list[dict]:
     return [{"index": r.index, "name": r.name, "resources": r.resources.to_dict()} for r in plan.runnable()]
 
 
-@_reporting
 def cmd_submit(args) -> int:
     from mmhpc.launch import submit
 
@@ -99,7 +77,6 @@ def _after_submit(sweep_dir, args) -> int:
     return 0
 
 
-@_reporting
 def cmd_resume(args) -> int:
     from mmhpc.launch.submit import resume_sweep
 
@@ -112,7 +89,6 @@ def cmd_resume(args) -> int:
     return _after_submit(sweep_dir, args)
 
 
-@_reporting
 def cmd_status(args) -> int:
     from mmhpc.launch.store import SweepDir, format_states, run_states
 
@@ -126,7 +102,6 @@ def cmd_status(args) -> int:
     return 0
 
 
-@_reporting
 def cmd_wait(args) -> int:
     from mmhpc.launch.store import SweepDir, format_states
     from mmhpc.launch.submit import wait
@@ -136,7 +111,6 @@ def cmd_wait(args) -> int:
     return 1 if any(s.state == "failed" for s in states) else 0
 
 
-@_reporting
 def cmd_run_index(args) -> int:
     from mmhpc.launch.submit import run_index
 
@@ -144,7 +118,6 @@ def cmd_run_index(args) -> int:
     return 0
 
 
-@_reporting
 def cmd_clusters(args) -> int:
     if args.name:
         profile = load_profile(args.name)
