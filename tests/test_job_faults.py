@@ -20,7 +20,7 @@ import yaml
 
 from mmhpc.config import load_config
 from mmhpc.launch.store import SweepDir
-from mmhpc.launch.submit import submit_sweep
+from mmhpc.launch.submit import hold_sweep, submit_sweep
 from mmhpc.results import RunRecord, read_record, write_record
 from mmhpc.train import STOP_REQUESTED, Preempted, Trainer, train
 
@@ -70,17 +70,6 @@ def test_the_trainer_stops_at_a_step_boundary_and_the_rerun_resumes_exactly(synt
     assert resumed.summary.test == straight.summary.test
 
 
-def _fake_bin(tmp_path: Path, scripts: dict[str, str]) -> Path:
-    """Executable shell scripts on a directory for PATH: each logs `name args` to $FAKE_SLURM/calls first."""
-    bindir = tmp_path / "fakebin"
-    bindir.mkdir(exist_ok=True)
-    for name, body in scripts.items():
-        path = bindir / name
-        path.write_text(f'#!/bin/bash\necho "{name} $*" >> "$FAKE_SLURM/calls"\n{body}\n')
-        path.chmod(0o755)
-    return bindir
-
-
 def _sweep(tmp_path: Path, name: str, cluster: str = "none", **spec) -> Path:
     path = tmp_path / f"{name}.yaml"
     base = {"data.dataset": "cremad", "data.modalities": ["audio"], "train.batch_size": 16, "loader.num_workers": 0,
@@ -90,16 +79,12 @@ def _sweep(tmp_path: Path, name: str, cluster: str = "none", **spec) -> Path:
 
 
 @pytest.mark.slow
-def test_usr2_in_a_hand_submitted_job_requeues_it_and_the_requeued_job_finishes_the_run(tmp_path, monkeypatch):
-    monkeypatch.setenv("MMHPC_DATA", str(tmp_path / "data"))
-    fake = tmp_path / "fake-slurm"
-    fake.mkdir()
-    bindir = _fake_bin(tmp_path, {"scontrol": "exit 0"})
+def test_usr2_in_a_hand_submitted_job_requeues_it_and_the_requeued_job_finishes_the_run(fake, tmp_path):
     spec = _sweep(tmp_path, "sig", tiny={"base": {"train.epochs": 5, "train.max_batches": 4}})
-    sweep_dir, _ = submit_sweep(spec, "none", results=tmp_path / "results", progress=False, hold=True)
+    sweep_dir, _ = hold_sweep(spec, "none", results=tmp_path / "results")
     run = sweep_dir.load()["runs"][0]
     ckpt = sweep_dir.runs_dir / f"{run['name']}.ckpt.pt"
-    env = dict(os.environ, PATH=f"{bindir}:{os.environ['PATH']}", FAKE_SLURM=str(fake), SLURM_JOB_ID="108",
+    env = dict(os.environ, SLURM_JOB_ID="108",  # the fake scontrol (PATH, FAKE_SLURM) logs the requeue
                SLURM_ARRAY_JOB_ID="107", SLURM_ARRAY_TASK_ID="0", SLURM_NTASKS="1", SLURM_PROCID="0",
                SLURM_LOCALID="0", SLURM_NODEID="0", SLURM_JOB_NODELIST="node1")
     cmd = [sys.executable, "-m", "mmhpc.cli", "sweep", "run-index", str(sweep_dir.path), "0"]

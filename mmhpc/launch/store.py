@@ -290,14 +290,14 @@ def _call(cmd: list[str]) -> tuple[str | None, str | None]:
 
 # ---- the state of each run ---------------------------------------------------------------------------------
 
-def run_states(sweep_dir: SweepDir, manifest: dict, query_slurm: bool = True,
-               view: SchedulerView | None = None) -> list[RunState]:
+def run_states(sweep_dir: SweepDir, manifest: dict, query_slurm: bool = True) -> list[RunState]:
     """Each run's state; `query_slurm=False`: records only (runs that need the scheduler are unknown)."""
     records = {r["name"]: sweep_dir.record(r["name"]) for r in manifest["runs"]}
     jobs = {r["name"]: _last_job(r, records[r["name"]]) for r in manifest["runs"]}
     open_jobs = [j for r in manifest["runs"] for j in [jobs[r["name"]]] if j and j.get("scheduler") == "slurm"
                  and not r.get("not_applicable") and getattr(records[r["name"]], "status", None) != "done"]
-    if view is None and query_slurm and open_jobs:
+    view = None
+    if query_slurm and open_jobs:
         view = query_scheduler([j["job_id"] for j in open_jobs if j.get("job_id")],
                                sorted({j["job_name"] for j in open_jobs if not j.get("job_id")}),
                                min((j.get("submitted") or time.time()) for j in open_jobs))
@@ -359,15 +359,16 @@ def _state(sweep_dir: SweepDir, run: dict, rec: RunRecord | None, job: dict | No
     return RunState(index, name, "failed", "; ".join(x for x in (what, detail) if x), job_id)
 
 
-def adopt(manifest: dict, states: list[RunState]) -> list[dict]:
-    """Write the job ids found by name into the intents of the manifest; returns the adopted job entries."""
+def adopt(manifest: dict, states: list[RunState]) -> list[tuple[dict, dict]]:
+    """Write the job ids found by name into the intents of the manifest; returns (run, adopted job entry)
+    pairs."""
     adopted = []
     for s in states:
         run = manifest["runs"][s.index]
         entry = run["jobs"][-1] if run["jobs"] else None
         if entry is not None and not entry.get("job_id") and s.job_id and entry.get("job_name"):
             entry["job_id"] = s.job_id
-            adopted.append(entry)
+            adopted.append((run, entry))
     for array in manifest.get("arrays", []):
         if not array.get("job_id"):
             ids = {manifest["runs"][i]["jobs"][-1].get("job_id") for i in array["runs"] if manifest["runs"][i]["jobs"]}

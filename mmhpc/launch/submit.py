@@ -15,7 +15,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import re
 import secrets
 import shutil
 import signal
@@ -206,8 +205,13 @@ def slurm_parameters(profile: ClusterProfile, res: Resources, job_name: str, par
     # requeue: allowed even where the site's JobRequeue default is 0 (USR2 before the limit requeues the job)
     params["additional_parameters"] = {"requeue": True}
     if res.gpu:  # submitit's gpus_per_node is a count; a typed request (A100:4) goes in verbatim
-        params["additional_parameters"]["gpus_per_node"] = f"{res.gpu}:{res.gpus_per_node}"
+        params["additional_parameters"]["gpus_per_node"] = typed_gpus(res)
     return params
+
+
+def typed_gpus(res: Resources) -> str:
+    """`--gpus-per-node` of a GPU request: type and count (`A100:4`)."""
+    return f"{res.gpu}:{res.gpus_per_node}"
 
 
 def make_executor(profile: ClusterProfile, res: Resources, folder: Path, job_name: str,
@@ -268,24 +272,24 @@ def render_scripts(sweep_dir: SweepDir, profile: ClusterProfile, sweep: str, run
     return "\n".join(out)
 
 
-def hand_sbatch_lines(sweep_dir: SweepDir, profile: ClusterProfile, runs: list[dict],
-                      job_names: list[str] | None = None) -> list[str]:
-    """`sbatch` command lines for jobs/sweep_array.sbatch, one per job array (for submitting by hand);
-    `job_names`: one per array, the names `submit --hold` recorded, so that status finds the jobs."""
-    lines = []
-    for k, plan in enumerate(plan_arrays(profile, runs)):
-        res = plan.res
-        params = slurm_parameters(profile, res, "mmhpc-sweep")
-        flags = [f"--array={','.join(str(r['index']) for r in plan.runs)}%{plan.parallelism}",
-                 f"--partition={profile.partition}", f"--time={res.time_min}", f"--nodes={res.nodes}",
-                 f"--ntasks-per-node={res.tasks_per_node}"]
-        flags += [f"--job-name={job_names[k]}"] if job_names else []
-        flags += [f"--account={profile.account}"] if profile.account else []
-        flags += [f"--cpus-per-task={res.cpus_per_task}"] if res.cpus_per_task else []
-        flags += [f"--mem={res.mem_arg()}"] if res.mem_gb else []
-        flags += [f"--gpus-per-node={params['additional_parameters']['gpus_per_node']}"] if res.gpu else []
-        lines.append(f"sbatch {' '.join(flags)} jobs/sweep_array.sbatch {sweep_dir.path}")
-    return lines
+def hand_sbatch_lines(sweep_dir: SweepDir, profile: ClusterProfile, runs: list[dict]) -> list[str]:
+    """`sbatch` command lines for jobs/sweep_array.sbatch, one per job array (for submitting by hand)."""
+    return [sbatch_line(sweep_dir, profile, plan) for plan in plan_arrays(profile, runs)]
+
+
+def sbatch_line(sweep_dir: SweepDir, profile: ClusterProfile, plan: ArrayPlan, job_name: str | None = None) -> str:
+    """The `sbatch` command line of one job array for jobs/sweep_array.sbatch; `job_name`: the name
+    `submit --hold` recorded, so that status finds the job."""
+    res = plan.res
+    flags = [f"--array={','.join(str(r['index']) for r in plan.runs)}%{plan.parallelism}",
+             f"--partition={profile.partition}", f"--time={res.time_min}", f"--nodes={res.nodes}",
+             f"--ntasks-per-node={res.tasks_per_node}"]
+    flags += [f"--job-name={job_name}"] if job_name else []
+    flags += [f"--account={profile.account}"] if profile.account else []
+    flags += [f"--cpus-per-task={res.cpus_per_task}"] if res.cpus_per_task else []
+    flags += [f"--mem={res.mem_arg()}"] if res.mem_gb else []
+    flags += [f"--gpus-per-node={typed_gpus(res)}"] if res.gpu else []
+    return f"sbatch {' '.join(flags)} jobs/sweep_array.sbatch {sweep_dir.path}"
 
 
 # ---- submitting ----------------------------------------------------------------------------------------
@@ -413,7 +417,7 @@ def hold_runs(sweep_dir: SweepDir, manifest: dict, profile: ClusterProfile, indi
             run["jobs"].append({"job_id": None, "job_name": name, "task": run["index"], "hand": True,
                                 "scheduler": "slurm", "cluster": profile.name, "submitted": now})
     sweep_dir.save(manifest)
-    return hand_sbatch_lines(sweep_dir, profile, runs, names)
+    return [sbatch_line(sweep_dir, profile, plan, name) for plan, name in zip(plans, names)]
 
 
 def _sweep_run(profile: ClusterProfile, run: dict) -> SweepRun:
@@ -455,20 +459,21 @@ def _run_here(sweep_dir: SweepDir, manifest: dict, profile: ClusterProfile, runs
     return done
 
 
-def to_resubmit(sweep_dir: SweepDir, manifest: dict, profile: ClusterProfile | None = None) -> list[int]:
+def to_resubmit(sweep_dir: SweepDir, manifest: dict, profile: ClusterProfile | None = None,
+                dry_run: bool = False) -> list[int]:
     """The runs to submit again: neither done, alive nor not applicable. Jobs found by the name of an
-    interrupted submission are adopted first (saved in the manifest). Raises SchedulerError, submitting
-    nothing, while the scheduler cannot tell whether some run is still queued or running."""
+    interrupted submission are adopted first (saved in the manifest; `dry_run`: adopts and saves nothing).
+    Raises SchedulerError, submitting nothing, while the scheduler cannot tell whether some run is still
+    queued or running."""
     states = run_states(sweep_dir, manifest)
-    adopted = adopt(manifest, states)
+    adopted = [] if dry_run else adopt(manifest, states)
     if adopted:
         sweep_dir.save(manifest)
-        by_id = {e["job_id"]: run for run in manifest["runs"] for e in run["jobs"][-1:] if e in adopted}
         if profile is not None:
-            _write_task_files(sweep_dir, profile, [(run, jid) for jid, run in by_id.items()
-                                                   if not run["jobs"][-1].get("hand")])
+            _write_task_files(sweep_dir, profile, [(run, entry["job_id"]) for run, entry in adopted
+                                                   if not entry.get("hand")])
         log.warning("adopted %d job(s) of an interrupted submission: %s", len(adopted),
-                    ", ".join(sorted({e["job_id"] for e in adopted})))
+                    ", ".join(sorted({entry["job_id"] for _, entry in adopted})))
     _refuse_unknown(sweep_dir, states)
     return [s.index for s in states if s.state in RESUBMIT]
 
@@ -525,10 +530,13 @@ def prepare_sweep(path: str | Path, cluster: str, size: str | None = None, accou
     """Load the profile, expand and validate every run: (profile, plan, sweep dir). Raises listing all errors."""
     from mmhpc.errors import problem
     from mmhpc.launch.clusters import load_profile
-    from mmhpc.sweep import NAME_PATTERN, NAME_VALID, expand, load_sweep
+    from mmhpc.sweep import _dir_name, expand, load_sweep
 
-    if name is not None and (not re.match(NAME_PATTERN, name) or name in (".", "..")):
-        raise SweepError([problem("--name", f"{name!r} cannot name a directory; valid: {NAME_VALID}")], "sweep")
+    if name is not None:
+        try:
+            _dir_name(name)
+        except ValueError as e:
+            raise SweepError([problem("--name", str(e))], "sweep") from None
     profile = load_profile(cluster, account)
     profile.check_account(dry_run)
     spec = load_sweep(path)
@@ -540,11 +548,9 @@ def prepare_sweep(path: str | Path, cluster: str, size: str | None = None, accou
 
 def submit_sweep(path: str | Path, cluster: str, size: str | None = None, account: str | None = None,
                  results: str | Path | None = None, name: str | None = None, progress: bool = True,
-                 hold: bool = False, overrides: list[str] | None = None) -> tuple[SweepDir, list[int]]:
+                 overrides: list[str] | None = None) -> tuple[SweepDir, list[int]]:
     """Validate, create the sweep directory and submit what is not done yet (all of it, the first time).
-    `hold`: submit nothing (see `hold_sweep`). Returns (dir, submitted run indices)."""
-    if hold:
-        return hold_sweep(path, cluster, size, account, results, name, overrides)[0], []
+    Returns (dir, submitted run indices); `hold_sweep` submits nothing."""
     with _opened_sweep(path, cluster, size, account, results, name, overrides) as (sweep_dir, manifest, profile, todo):
         submit_runs(sweep_dir, manifest, profile, todo, progress)
     return sweep_dir, todo
@@ -584,13 +590,10 @@ def resume_sweep(path: str | Path, cluster: str | None = None, account: str | No
         profile.check_account(dry_run)
         if profile.name != manifest["cluster"]:
             reresolve(manifest, profile)
-        if dry_run:  # what would be submitted; adopts and saves nothing
-            states = run_states(sweep_dir, manifest)
-            _refuse_unknown(sweep_dir, states)
-            todo = [x.index for x in states if x.state in RESUBMIT]
+        todo = to_resubmit(sweep_dir, manifest, profile, dry_run)
+        if dry_run:  # what would be submitted
             return sweep_dir, todo, render_scripts(sweep_dir, profile, manifest["sweep"],
                                                    [manifest["runs"][i] for i in todo])
-        todo = to_resubmit(sweep_dir, manifest, profile)
         submit_runs(sweep_dir, manifest, profile, todo, progress)
     return sweep_dir, todo, ""
 
@@ -606,6 +609,5 @@ def run_index(path: str | Path, index: int) -> str:
         return f"run {index} ({run['name']}) not applicable: {run['not_applicable']}"
     from mmhpc.launch.clusters import load_profile
 
-    job_logging()
     profile = load_profile(manifest["cluster"])
     return execute_run(run["config"], profile.stage_data, profile.max_requeues)
