@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StrictInt, ValidationError
+from pydantic import AfterValidator, Field, StrictInt, ValidationError
 
 from mmhpc.config import RunConfig, apply_overrides, resolve_key
 from mmhpc.errors import ConfigError, problem, validation_problems
@@ -35,6 +35,7 @@ from mmhpc.launch.clusters import (
     ClusterProfile,
     ResourceRequest,
     Resources,
+    _Strict,
     read_yaml,
     resolve_resources,
 )
@@ -63,10 +64,6 @@ class SweepError(ConfigError):
 
 
 # ---- the file's shape: pydantic v2 models, one problem line per error -----------------------------------
-
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
 
 Axes = dict[str, Annotated[list[Any], Field(min_length=1)]]
 
@@ -108,8 +105,6 @@ class SweepSpec(_Strict):
 
 
 SWEEP_KEYS = tuple(SweepSpec.model_fields)
-BLOCK_KEYS = tuple(Block.model_fields)
-TINY_KEYS = tuple(Tiny.model_fields)
 
 
 @dataclass

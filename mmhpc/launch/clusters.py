@@ -20,7 +20,7 @@ import os
 import re
 import sys
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, PositiveInt, PrivateAttr, ValidationError
@@ -28,8 +28,8 @@ from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, PositiveInt, P
 from mmhpc.errors import ConfigError, problem, validation_problems
 
 PROFILE_DIR = Path(__file__).with_name("profiles")
-SCHEDULERS = ("slurm", "none")
-SIZES = ("tiny", "full")
+Size = Literal["tiny", "full"]  # tiny: the synthetic smoke version of a sweep; full: as written
+SIZES = get_args(Size)
 ACCOUNT_PLACEHOLDER = "NAISSxxxx-xx-xx"  # used by --dry-run when no account is set
 
 
@@ -73,7 +73,7 @@ class ClusterProfile(_Strict):
     account: str | None = None
     account_required: bool = False
     project: str | None = None          # storage project for `{project}` in results_root (default: account)
-    size: Literal["tiny", "full"] = "full"  # default sweep size on this cluster
+    size: Size = "full"                 # default sweep size on this cluster
     time_min: PositiveInt = 60          # default time limit of one run
     max_time_min: PositiveInt = 60
     max_nodes: PositiveInt = 1
