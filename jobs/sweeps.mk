@@ -22,15 +22,14 @@ _local := $(filter local,$(CLUSTER))
 _wait  := $(if $(filter alvis,$(CLUSTER)),,--wait)
 _sweep_flags = --cluster $(CLUSTER) $(if $(SIZE),--size $(SIZE)) $(if $(_dry),--dry-run,$(_wait)) $(SWEEP_ARGS)
 
-.PHONY: $(addprefix sweep-,$(SWEEPS)) slurm-up
+.PHONY: $(addprefix sweep-,$(SWEEPS))
 
-$(addprefix sweep-,$(SWEEPS)): sweep-%: $(_build) $(if $(_local),$(if $(_dry),,slurm-up))
+# CLUSTER=local: the local SLURM of env/slurm first; both scripts do nothing when already done. The sweep
+# takes SLURM_CONF from start.sh's last line, wherever the state lives (a long checkout path moves it:
+# env/slurm/README.md).
+_slurm_up := env/slurm/install.sh && slurm_env=$$(env/slurm/start.sh) && eval "$$slurm_env" &&
+
+$(addprefix sweep-,$(SWEEPS)): sweep-%: $(_build)
 	@test -x $(SUBMIT_PY) || { echo "no interpreter to submit with: set MMHPC_VENV to the venv of make install-cluster" \
 		"(or run make install to build .venv here)"; exit 2; }
-	$(if $(_local),$(if $(_dry),,slurm_env=$$(env/slurm/start.sh) && eval "$$slurm_env" && ))$(SUBMIT_PY) -m mmhpc.cli sweep submit sweeps/$*.yaml $(_sweep_flags)
-
-# the local SLURM of env/slurm: both scripts do nothing when already done. The sweep takes SLURM_CONF from
-# start.sh's last line, wherever the state lives (a long checkout path moves it: env/slurm/README.md).
-slurm-up:
-	env/slurm/install.sh
-	env/slurm/start.sh
+	$(if $(_local),$(if $(_dry),,$(_slurm_up) ))$(SUBMIT_PY) -m mmhpc.cli sweep submit sweeps/$*.yaml $(_sweep_flags)
