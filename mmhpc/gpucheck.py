@@ -96,8 +96,12 @@ def use_wheels(wheels: Path) -> tuple[list[str], Path | None]:
         return [], None
     take = [f for f in files if not _distribution_installed(f.name.split("-")[0])]
     target = Path(tempfile.mkdtemp(prefix="mmhpc-wheels-"))
-    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-index", "--no-deps", "--no-compile",
-                    "--disable-pip-version-check", "--target", str(target), *map(str, take)], check=True)
+    try:
+        subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-index", "--no-deps", "--no-compile",
+                        "--disable-pip-version-check", "--target", str(target), *map(str, take)], check=True)
+    except BaseException:
+        shutil.rmtree(target, ignore_errors=True)
+        raise
     sys.path.insert(0, str(target))
     os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, (str(target), os.environ.get("PYTHONPATH"))))
     importlib.invalidate_caches()
@@ -511,7 +515,9 @@ def run(out: Path, only: list[str] | None = None, budget_s: float = 450.0, worke
         installed, wheel_dir = use_wheels(wheels)
     except (OSError, subprocess.CalledProcessError) as e:  # no pip, or a wheel for another Python
         installed, wheel_dir = [], None
-        print(f"gpu-check: could not install the wheels in {wheels}/ ({e}); checks needing them will skip")
+        print(f"gpu-check: could not install the wheels in {wheels}/ (pip: {getattr(e, 'returncode', e)}; wheels for "
+              f"Python {sys.version_info.major}.{sys.version_info.minor}? make gpu-wheels GPU_PYTHON_VERSION=...); "
+              "checks needing them will skip")
     if installed:
         print(f"gpu-check: installed from {wheels}/ for this run: {', '.join(installed)}")
     ck = Check(out, budget_s, workers or min(16, os.cpu_count() or 1))
