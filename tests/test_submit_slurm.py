@@ -53,9 +53,11 @@ def sacct(*args: str) -> str:
 
 
 def release_requeued(slurm, job: str) -> None:
-    """SLURM holds a requeued job back for a while (reason BeginTime); let it start now."""
+    """SLURM holds a requeued job back for a while (reason BeginTime); let it start in 2 s. Not at once:
+    slurmd refuses to launch a job in the same second as its kill ("Job N already killed, do not launch
+    batch job": the revoked credential is compared in whole seconds), and the task then ends FAILED."""
     until(lambda: "BeginTime" in slurm.squeue(job), f"job {job} to be requeued", SETTLE_TIMEOUT_S, 0.5)
-    slurm.run("scontrol", "update", f"JobId={job}", "StartTime=now")
+    slurm.run("scontrol", "update", f"JobId={job}", "StartTime=now+2")
 
 
 def test_a_sweep_runs_as_one_job_array(slurm, tmp_path):
