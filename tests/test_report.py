@@ -20,7 +20,7 @@ A100 = {"device": "cuda:0", "host": "alvis-n1", "gpu": {"name": "NVIDIA A100-SXM
 
 def record(run, times, *, dataset="cremad", modalities=None, precision="fp32", parallelism="single",
            preinit=False, batch=64, strategy="naive", seed=0, util=None, status="done", test=None, val_acc=None,
-           optimised=None, env=A100, cosine=False, loader=None, waits=None, estimated=False):
+           optimised=None, env=A100, cosine=False, loader=None, waits=None, estimated=False, preset=None):
     """A minimal run record: one epoch per entry of `times` (its epoch_s), optional GPU utilisation per epoch,
     loader knobs and per-epoch data waits."""
     epochs = []
@@ -35,7 +35,7 @@ def record(run, times, *, dataset="cremad", modalities=None, precision="fp32", p
             e["val"] = {f"acc/{h}": v[i] for h, v in val_acc.items()}
         epochs.append(e)
     rec = {"schema": 1, "run": run, "status": status, "env": env, "epochs": epochs,
-           "config": {"data": {"dataset": dataset, "modalities": modalities},
+           "config": {"data": {"dataset": dataset, "modalities": modalities, **({"preset": preset} if preset else {})},
                       "loader": {"preinit": preinit, "persistent_workers": not preinit, **(loader or {})},
                       "strategy": {"name": strategy}, "train": {"batch_size": batch, "seed": seed},
                       "model": {"cosine": cosine},
@@ -203,6 +203,30 @@ def test_algorithm_mean_se_and_ibf(tmp_path):
     assert row(training, Method="naive", Encoder="audio+visual")["Epochs audio"] == "100 ± 0"
     # Entropy training comes with the cosine classifier: still compared with naive (10 / 5)
     assert row(training, Method="entropy")["Speedup vs naive"] == "2.00×"
+
+
+def test_ibf_baselines_come_from_runs_on_the_same_data(tmp_path):
+    """A report folder holding tiny and full runs of one dataset: each IBF is computed against the single-
+    modality runs of its own preset, and a preset without baselines gets none (not the other preset's)."""
+    d = tmp_path / "records"
+    for preset, (a, v) in {"tiny": (0.9, 0.8), "full": (0.6, 0.5)}.items():
+        write(d, record(f"{preset}-audio", [5.0], preset=preset, modalities=["audio"], test={"acc/fused": a}))
+        write(d, record(f"{preset}-visual", [5.0], preset=preset, modalities=["visual"], test={"acc/fused": v}))
+        write(d, record(f"{preset}-naive", [10.0], preset=preset,
+                        test={"acc/fused": 0.7, "acc/audio": 0.45, "acc/visual": 0.25}))
+    (acc, *_), _ = build_tables(load_results(d).runs)
+    # tiny: 1 - (0.45/0.9 + 0.25/0.8) / 2 = 0.59375; full: 1 - (0.45/0.6 + 0.25/0.5) / 2 = 0.375
+    assert row(acc, Encoder="audio+visual", preset="tiny")["IBF"] == "0.594"
+    assert row(acc, Encoder="audio+visual", preset="full")["IBF"] == "0.375"
+
+    only_tiny = tmp_path / "only-tiny"
+    only_tiny.mkdir()
+    for f in d.glob("*.json"):
+        if not f.name.startswith("full-") or f.name == "full-naive.json":
+            shutil.copy(f, only_tiny)
+    (acc, *_), _ = build_tables(load_results(only_tiny).runs)
+    full = row(acc, Encoder="audio+visual", preset="full")["IBF"]
+    assert full.startswith("–") and "0.375" not in full and "0.594" not in full
 
 
 def nonwhite_fraction(png: Path) -> float:

@@ -417,11 +417,21 @@ def _modalities(runs: pd.DataFrame) -> list[str]:
     return [m for m in MODALITY_ORDER if m in found] + sorted(found - set(MODALITY_ORDER))
 
 
-def _single_baselines(runs: pd.DataFrame) -> dict[tuple[str, str], float]:
-    """(dataset, modality) -> mean test accuracy of its finished single-modality runs (the IBF reference)."""
+DATA_IDENTITY = ("dataset", "data.source", "data.preset", "data.data_seed")  # which data a baseline was trained on
+
+
+def _data_key(runs: pd.DataFrame, row: pd.Series) -> tuple[str, ...]:
+    return tuple(str(row[c]) for c in DATA_IDENTITY if c in runs)
+
+
+def _single_baselines(runs: pd.DataFrame) -> dict[tuple, float]:
+    """(data key, modality) -> mean test accuracy of the finished single-modality runs on the same data
+    (dataset, source, preset, generator seed): a tiny run's baseline never serves a full run (the IBF reference)."""
     single = runs[(runs["n_modalities"] == 1) & (runs["state"] == "done")]
-    return {(d, m): float(g["acc/fused"].mean()) for (d, m), g in single.groupby(["dataset", "modalities"])
-            if "acc/fused" in g}
+    if "acc/fused" not in single or not len(single):
+        return {}
+    keys = single.apply(lambda r: (_data_key(runs, r), r["modalities"]), axis=1)
+    return {k: float(g.mean()) for k, g in single["acc/fused"].groupby(keys.values)}
 
 
 def _ibf_text(group: pd.DataFrame, mods: list[str], singles: dict, notes: Notes) -> str:
@@ -432,9 +442,10 @@ def _ibf_text(group: pd.DataFrame, mods: list[str], singles: dict, notes: Notes)
     done = group[group["state"] == "done"]
     if not len(done):
         return cell(group, "acc/fused", notes).text  # why there is none: n/a, failed, ...
+    data = _data_key(group, group.iloc[0])
     keys = mx.ibf_accuracy_keys(group["fusion"].iloc[0] if "fusion" in group else "", mods)
-    if len(done) and all((dataset, m) in singles for m in mods) and all(keys[m] in done for m in mods):
-        return f"{mx.ibf({m: done[k].mean() for m, k in keys.items()}, {m: singles[dataset, m] for m in mods}):.3f}"
+    if all((data, m) in singles for m in mods) and all(keys[m] in done for m in mods):
+        return f"{mx.ibf({m: done[k].mean() for m, k in keys.items()}, {m: singles[data, m] for m in mods}):.3f}"
     c = cell(group, "ibf", notes)
     if c.mean is not None:
         return fmt_mean_se(c, lambda x: f"{x:.3f}")
