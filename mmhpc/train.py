@@ -10,7 +10,6 @@ from __future__ import annotations
 import logging
 import os
 import random
-import threading
 import time
 import traceback
 
@@ -23,6 +22,7 @@ from mmhpc.config import ConfigError, RunConfig
 from mmhpc.data.frames import finish_batch
 from mmhpc.data.loading import build_datasets, build_loader
 from mmhpc.models.multimodal import MultimodalModel, count_parameters
+from mmhpc.preempt import STOP_REQUESTED
 from mmhpc.results import (
     Epoch,
     EpochTime,
@@ -42,9 +42,6 @@ from mmhpc.system.precision import Precision
 
 log = logging.getLogger(__name__)
 
-# Set by the job's handler of SLURM's pre-timeout/preemption signal (mmhpc.launch.submit): the trainer
-# stops at the next training-step boundary and raises Preempted, and the job requeues itself.
-STOP_REQUESTED = threading.Event()
 
 
 class RecordExistsError(FileExistsError):

@@ -21,8 +21,9 @@ import yaml
 from mmhpc.config import load_config
 from mmhpc.launch.store import SweepDir
 from mmhpc.launch.submit import hold_sweep, submit_sweep
+from mmhpc.preempt import STOP_REQUESTED
 from mmhpc.results import RunRecord, read_record, write_record
-from mmhpc.train import STOP_REQUESTED, Preempted, Trainer, train
+from mmhpc.train import Preempted, Trainer, train
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -108,6 +109,57 @@ def test_usr2_in_a_hand_submitted_job_requeues_it_and_the_requeued_job_finishes_
     assert done.status == "done" and [e.epoch for e in done.epochs] == list(range(5))
     assert done.resumed[0]["at_epoch"] == len(record.epochs)
     assert not ckpt.exists()
+
+
+def _catches(pid: int, sig: signal.Signals) -> bool:
+    """Whether process `pid` has a handler for `sig` (the SigCgt mask of /proc/<pid>/status)."""
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except FileNotFoundError:
+        return False
+    mask = int(next(ln.split()[1] for ln in status.splitlines() if ln.startswith("SigCgt:")), 16)
+    return bool(mask >> (sig - 1) & 1)
+
+
+def test_in_a_slurm_job_the_signal_is_noted_from_the_package_import_on():
+    probe = ("import os, signal, time; import mmhpc; from mmhpc.preempt import STOP_REQUESTED; "
+             "os.kill(os.getpid(), signal.SIGUSR2); time.sleep(0.1); print(STOP_REQUESTED.is_set())")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SLURM_")}
+    outside = subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True, text=True, timeout=60)
+    assert outside.returncode == -signal.SIGUSR2  # not a SLURM job: the default action, as before
+    job = subprocess.run([sys.executable, "-c", probe], env={**env, "SLURM_JOB_ID": "5"}, capture_output=True,
+                         text=True, timeout=60)
+    assert (job.returncode, job.stdout.strip()) == (0, "True"), job.stderr
+    # somebody else's handler (a submitit job's, a user's) is left in place
+    mine = "import signal; signal.signal(signal.SIGUSR2, lambda *a: print('theirs')); " + probe
+    theirs = subprocess.run([sys.executable, "-c", mine], env={**env, "SLURM_JOB_ID": "5"}, capture_output=True,
+                            text=True, timeout=60)
+    assert theirs.stdout.split() == ["theirs", "False"], theirs.stderr
+
+
+@pytest.mark.slow
+def test_usr2_while_a_job_starts_up_requeues_it_instead_of_failing_it(fake, tmp_path):
+    """The signal lands before torch and the trainer are imported (as soon as the process catches it, in
+    mmhpc's import): the run stops at its first step and the job requeues, where it used to die of USR2."""
+    spec = _sweep(tmp_path, "early", tiny={"base": {"train.epochs": 3, "train.max_batches": 4}})
+    sweep_dir, _ = hold_sweep(spec, "none", results=tmp_path / "results")
+    run = sweep_dir.load()["runs"][0]
+    env = dict(os.environ, SLURM_JOB_ID="208", SLURM_ARRAY_JOB_ID="207", SLURM_ARRAY_TASK_ID="0", SLURM_NTASKS="1",
+               SLURM_PROCID="0", SLURM_LOCALID="0", SLURM_NODEID="0", SLURM_JOB_NODELIST="node1")
+    cmd = [sys.executable, "-m", "mmhpc.cli", "sweep", "run-index", str(sweep_dir.path), "0"]
+    job = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    deadline = time.monotonic() + 60
+    while not _catches(job.pid, signal.SIGUSR2) and job.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.001)
+    torch_loaded = "libtorch" in Path(f"/proc/{job.pid}/maps").read_text()
+    job.send_signal(signal.SIGUSR2)
+    out, _ = job.communicate(timeout=300)
+    assert not torch_loaded  # the signal came during start-up, long before the trainer's own handler
+    assert job.returncode == 0, out
+    assert (fake / "calls").read_text().split("\n")[0] == "scontrol requeue 207_0", out
+    record = sweep_dir.record(run["name"])
+    assert record.status == "running" and record.epochs == [], out  # stopped at its first step, not failed
+    assert "stopped after step 1 of epoch 1" in out, out
 
 
 # ---- a fake scheduler on PATH --------------------------------------------------------------------------

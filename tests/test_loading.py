@@ -103,6 +103,43 @@ def test_only_a_direct_child_of_the_process_that_wrote_the_hand_over_acts_on_it(
     assert loading.FORKSERVER_ENV not in os.environ
 
 
+_SIGNALLED_MAIN = """
+import os, signal, sys
+if __name__ == "__main__":
+    import psutil, torch
+    from torch.utils.data import DataLoader, TensorDataset
+    from mmhpc.data.loading import EpochLoader, PreinitLoader, worker_context
+    how, method = sys.argv[1], sys.argv[2]
+    loader = DataLoader(TensorDataset(torch.arange(64)), batch_size=2, num_workers=2,
+                        multiprocessing_context=worker_context(method, preinit=how == "preinit"))
+    loader = PreinitLoader(loader) if how == "preinit" else EpochLoader(loader)
+    seen = 0
+    for epoch in range(2):
+        for i, (batch,) in enumerate(loader.epoch(epoch)):
+            seen += len(batch)
+            if epoch == 0 and i == 20:  # what SLURM's --signal=USR2@<s> does: every process of the step gets it
+                for p in psutil.Process().children(recursive=True):
+                    os.kill(p.pid, signal.SIGUSR2)
+    loader.close()
+    assert seen == 128, seen
+    print("all batches")
+"""
+
+
+@pytest.mark.parametrize("how,method", [("preinit", "auto"), pytest.param("standard", "spawn", marks=pytest.mark.slow)])
+def test_in_a_slurm_job_the_signal_kills_no_loader_process(tmp_path, how, method):
+    """SLURM's pre-timeout signal reaches every process of the job step (proctrack/linuxproc and cgroup alike).
+    A forkserver, its workers, spawned workers and multiprocessing's resource tracker start from a fresh
+    interpreter, where the signal kills by default: the epoch failed with 'DataLoader worker exited
+    unexpectedly' instead of stopping at a step and requeueing. They start with it blocked."""
+    (tmp_path / "signalled_main.py").write_text(_SIGNALLED_MAIN)
+    env = {**os.environ, "SLURM_JOB_ID": "9", "PYTHONPATH": os.pathsep.join(sys.path)}
+    out = subprocess.run([sys.executable, "signalled_main.py", how, method], cwd=tmp_path, env=env,
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0 and out.stdout.strip() == "all batches", out.stderr[-2000:]
+    assert "Traceback" not in out.stderr, out.stderr[-2000:]  # nor a resource tracker that died and came back
+
+
 def _workers():
     me = psutil.Process()
     servers = {p.pid for p in me.children()

@@ -198,8 +198,10 @@ def test_a_time_limit_ends_requeued_and_the_run_resumes_never_failed(slurm, tmp_
 def test_hold_then_the_printed_sbatch_line_runs_the_sweep_and_usr2_requeues_a_task(slurm, tmp_path):
     from mmhpc.launch.submit import hold_sweep
 
+    # with loader workers (a pre-initialised loader's forkserver and its workers): the signal reaches every
+    # process of the job step, and none of them may die of it
     spec = write_sweep(tmp_path / "hand.yaml", "hand", grid={"train.lr": [0.001, 0.002]},
-                       tiny={"base": {"train.epochs": EPOCHS}})
+                       base={"loader.num_workers": 1, "loader.preinit": True}, tiny={"base": {"train.epochs": EPOCHS}})
     sweep_dir, lines = hold_sweep(spec, "local", results=tmp_path / "results")
     assert [s.state for s in run_states(sweep_dir, sweep_dir.load())] == ["held", "held"]
     (line,) = lines

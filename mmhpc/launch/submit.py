@@ -35,11 +35,11 @@ from mmhpc.config import RunConfig
 from mmhpc.errors import RunError, SchedulerError
 from mmhpc.launch.clusters import ClusterError, ClusterProfile, Resources, resolve_resources
 from mmhpc.launch.store import SweepDir, adopt, query_scheduler, run_states
+from mmhpc.preempt import PREEMPT_SIGNAL, STOP_REQUESTED, note_stop
 from mmhpc.results import read_record
 from mmhpc.sweep import SweepError
 
 RESUBMIT = ("unsubmitted", "failed", "held")  # never done (final), pending/running (alive), unknown or n/a
-PREEMPT_SIGNAL = signal.SIGUSR2  # what `--signal` sends (submitit's default too)
 log = logging.getLogger(__name__)
 
 
@@ -101,21 +101,21 @@ def execute_run(config: dict, stage_data: bool = False, max_requeues: int | None
 @contextlib.contextmanager
 def _signal_stops_training():
     """While training, PREEMPT_SIGNAL asks the trainer to stop at its next step boundary. Yields the handler
-    it replaces (submitit's checkpoint-and-requeue in a submitit job). Afterwards the signal is ignored:
-    the run's work is over, and a signal that lands while the process ends (Python then restores the
-    default action, which kills it) would turn a finished job into a FAILED one."""
-    from mmhpc.train import STOP_REQUESTED
-
-    STOP_REQUESTED.clear()
+    it replaces when that is someone else's (submitit's checkpoint-and-requeue in a submitit job). A signal
+    noted since the job's start (mmhpc.preempt) stays noted: the run stops at its first step. Afterwards the
+    signal is ignored and the note cleared: the run's work is over, and a signal that lands while the
+    process ends (Python then restores the default action, which kills it) would turn a finished job into a
+    FAILED one."""
     try:
-        previous = signal.signal(PREEMPT_SIGNAL, lambda signum, frame: STOP_REQUESTED.set())
+        previous = signal.signal(PREEMPT_SIGNAL, note_stop)
     except ValueError:  # not the main thread (an in-process run from a thread): nothing can signal it
         yield None
         return
     try:
-        yield previous
+        yield None if previous is note_stop else previous
     finally:
         signal.signal(PREEMPT_SIGNAL, signal.SIG_IGN)
+        STOP_REQUESTED.clear()
 
 
 def _requeue(previous, max_requeues: int | None) -> None:
