@@ -192,7 +192,8 @@ class Trainer:
         return metrics, timing
 
     def _stop_requested(self) -> bool:
-        """STOP_REQUESTED on any rank: every DDP process stops at the same step (a host-side all-reduce)."""
+        """STOP_REQUESTED on any rank: every DDP process stops at the same step (the step after the signal
+        came: the ranks' vote travels during a step, `Distributed.any_rank`)."""
         return self.par.any_rank(STOP_REQUESTED.is_set())
 
     def _evaluate(self, split: str, epoch: int = 0) -> tuple[dict, dict]:

@@ -486,16 +486,60 @@ def _any_rank_worker(rank: int, store_path: str, cfg, out_dir: str) -> None:
     try:
         par = Distributed(cfg)
         par.rank, par.world = rank, 2
-        # step 0: nobody asks to stop; step 1: only rank 1 does (its pre-timeout signal came first)
-        seen = [par.any_rank(False), par.any_rank(rank == 1)]
+        # step 0: nobody asks to stop; step 1: only rank 1 does (its pre-timeout signal came first); step 2:
+        # every rank has the answer of step 1's vote, which travelled while step 2 ran
+        seen = [par.any_rank(False), par.any_rank(rank == 1), par.any_rank(False), par.any_rank(False)]
         Path(out_dir, f"rank{rank}").write_text(json.dumps(seen))
     finally:
-        dist.destroy_process_group()
+        par.close()
+    assert not dist.is_initialized()
 
 
 def test_a_stop_asked_on_one_ddp_rank_stops_every_rank_at_the_same_step(tiny_config, tmp_path):
-    """Two real gloo processes: the host-side flag is true on both ranks exactly when one rank raises it."""
+    """Two real gloo processes: the host-side flag is true on both ranks, one step after one rank raised it."""
     import torch.multiprocessing as tmp
 
     tmp.spawn(_any_rank_worker, args=(str(tmp_path / "store"), tiny_config("cremad"), str(tmp_path)), nprocs=2)
-    assert [json.loads((tmp_path / f"rank{r}").read_text()) for r in (0, 1)] == [[False, True], [False, True]]
+    assert [json.loads((tmp_path / f"rank{r}").read_text()) for r in (0, 1)] == [[False, False, True, False]] * 2
+
+
+def _preempted_ddp_worker(rank: int, port: int, cfg, out_dir: str) -> None:
+    from mmhpc.preempt import STOP_REQUESTED
+    from mmhpc.train import Preempted, Trainer
+
+    os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE="2", MASTER_ADDR="127.0.0.1",
+                      MASTER_PORT=str(port))
+    trainer = Trainer(cfg, progress=False)
+    steps = []
+
+    def signal_on_rank_1_at_step_3():  # what the USR2 handler does, on one rank only
+        steps.append(1)
+        if rank == 1 and len(steps) == 3:
+            STOP_REQUESTED.set()
+
+    trainer.step_hooks.append(signal_on_rank_1_at_step_3)
+    try:
+        trainer.fit()
+        where = None
+    except Preempted as e:
+        where = [e.epoch, e.step, len(steps)]
+    finally:
+        trainer.par.close()
+    Path(out_dir, f"rank{rank}").write_text(json.dumps(where))
+
+
+@pytest.mark.slow
+def test_a_ddp_run_stops_on_every_rank_at_the_same_step_when_one_rank_is_signalled(tiny_config, tmp_path):
+    """Two real DDP trainers (gloo on the CPU): rank 1 alone gets the signal during step 3; both stop after
+    step 4, the step during which the ranks' vote travelled, and neither trains a step more than the other."""
+    import socket
+
+    import torch.multiprocessing as tmp
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    cfg = tiny_config("cremad", "system.parallelism=ddp", "train.max_batches=6", "train.epochs=2",
+                      "system.threads=1")
+    tmp.spawn(_preempted_ddp_worker, args=(port, cfg, str(tmp_path)), nprocs=2)
+    assert [json.loads((tmp_path / f"rank{r}").read_text()) for r in (0, 1)] == [[0, 4, 4]] * 2

@@ -229,16 +229,23 @@ class Distributed(Parallelism):
         return {k: sum(v[k] * w for v, w in gathered) / total for k in values}
 
     def any_rank(self, flag):
+        """One call late: True on every rank when `flag` was true on any rank at the previous call. The vote
+        is an all-reduce on the CPU over its own gloo group, started at one training step and read at the
+        next, so it travels while the step runs: a blocking one held every rank's host in lockstep at each
+        step, and an NCCL one read with .item() would wait for the GPU's queue. The group is made at the
+        first call, which every rank reaches at the same step (new_group is collective)."""
         if not dist.is_initialized():
             return flag
-        # host-side flags (the pre-timeout stop, asked every step) travel over gloo on the CPU: an NCCL
-        # all-reduce read with .item() would wait for the GPU's queue on every training step. The group is
-        # made at the first call, which every rank reaches at the same step (new_group is collective).
-        if not hasattr(self, "_host_group"):
-            self._host_group = dist.new_group(backend="gloo") if dist.get_backend() != "gloo" else None
+        if getattr(self, "_votes", None) is None:
+            self._votes, self._vote = dist.new_group(backend="gloo"), None
+        seen = False
+        if self._vote is not None:
+            work, box = self._vote
+            work.wait()
+            seen = bool(box.item())
         box = torch.tensor([int(flag)], dtype=torch.int32)  # CPU tensor, CPU group: no device sync
-        dist.all_reduce(box, op=dist.ReduceOp.MAX, group=self._host_group)
-        return bool(box.item())
+        self._vote = (dist.all_reduce(box, op=dist.ReduceOp.MAX, group=self._votes, async_op=True), box)
+        return seen
 
     def broadcast(self, obj):
         if not dist.is_initialized():
@@ -258,6 +265,9 @@ class Distributed(Parallelism):
 
     def close(self):
         if dist.is_initialized():
+            if getattr(self, "_vote", None) is not None:  # the last step's vote, which every rank started
+                self._vote[0].wait()
+                self._vote = None
             dist.destroy_process_group()
 
 
