@@ -325,16 +325,42 @@ def _split(item: str) -> tuple[str, Any]:
     return key.strip(), value
 
 
+def read_input(path: str | Path, error=ConfigError) -> str:
+    """An input file's text; a file that is missing, unreadable, a directory or not UTF-8 text is one problem
+    line naming it."""
+    try:
+        return Path(path).read_text(encoding="utf-8")
+    except OSError as e:
+        raise error(problem("", f"cannot read: {e.strerror}", file=str(path))) from None
+    except UnicodeDecodeError as e:
+        raise error(problem("", f"not UTF-8 text (byte {e.object[e.start]:#04x} at offset {e.start}): a YAML "
+                                "or JSON file was expected", file=str(path))) from None
+
+
+def read_yaml(path: str | Path, error=ConfigError) -> Any:
+    """A YAML file's data; a syntax error is one problem line naming the file, line and column."""
+    text = read_input(path, error)
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        what = getattr(e, "problem", None) or str(e)
+        raise error(problem("", f"YAML syntax error{where}: {what}", file=str(path))) from None
+
+
 def load_config(path: str | Path | None = None, overrides: list[str] | dict[str, Any] = ()) -> RunConfig:
     """A config file (YAML, or JSON by its suffix) plus overrides, validated; problems name the file."""
     raw: dict[str, Any] = {}
     if path is not None:
-        text = Path(path).read_text()
-        try:
-            raw = (json.loads(text) if str(path).endswith(".json") else yaml.safe_load(text)) or {}
-        except (ValueError, yaml.YAMLError) as e:
-            raise ConfigError(problem("", f"not valid {'JSON' if str(path).endswith('.json') else 'YAML'}: {e}",
-                                      file=str(path))) from None
+        if str(path).endswith(".json"):
+            try:
+                raw = json.loads(read_input(path))
+            except ValueError as e:
+                raise ConfigError(problem("", f"not valid JSON: {e}", file=str(path))) from None
+        else:
+            raw = read_yaml(path)
+        raw = {} if raw is None else raw
         if not isinstance(raw, dict):
             raise ConfigError(problem("", "expected a mapping at the top level", file=str(path)))
     apply_overrides(raw, overrides or [])

@@ -10,6 +10,7 @@ version still reads.
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 import platform
@@ -22,8 +23,12 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from mmhpc.errors import ConfigError, problem
+
 SCHEMA = 1
 _PACKAGES = ("torch", "torchvision", "transformers", "numpy", "submitit", "nvidia-ml-py", "psutil")
+
+log = logging.getLogger(__name__)
 
 
 def atomic_write_json(path: str | Path, obj: Any) -> Path:
@@ -198,14 +203,22 @@ def _validated(data, path) -> RunRecord:
 
 
 def iter_records(root: str | Path) -> Iterator[tuple[Path, RunRecord]]:
-    """Every readable run record under `root` (hidden files, manifests and sampler files left out)."""
+    """Every readable run record under `root` (hidden files, manifests and sampler files left out). Other JSON
+    files are passed over; a damaged file, or one that looks like a record but is not valid, is passed over
+    with a warning naming it."""
     for p in sorted(Path(root).rglob("*.json")):
         if p.name.startswith(".") or p.name == "manifest.json" or p.name.endswith((".markers.json", ".trace.json")):
             continue
         try:
-            yield p, read_record(p)
-        except (OSError, ValueError):
+            data = json.loads(p.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as e:
+            log.warning("%s: skipped, unreadable (%s)", p, e)
             continue
+        try:
+            yield p, _validated(data, p)
+        except ValueError as e:
+            if isinstance(data, dict) and {"schema", "run", "config"} <= data.keys():
+                log.warning("%s", e)
 
 
 # ---- IBF from records (Eq. 3.1) ------------------------------------------------------------------------
@@ -231,12 +244,17 @@ def single_accuracies(source: dict | str | Path | None, dataset: str | None = No
         return source
     path = Path(source)
     if path.is_file():
-        data = json.loads(path.read_text())
-        if "summary" in data:  # a run record of a single-modality run
-            rec = _validated(data, path)
-            (m,) = rec.modalities
-            return {m: rec.test_acc("fused")}
-        return {k: float(v) for k, v in data.items()}
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+            if isinstance(data, dict) and "summary" in data:  # a run record of a single-modality run
+                rec = _validated(data, path)
+                (m,) = rec.modalities
+                return {m: rec.test_acc("fused")}
+            return {str(k): float(v) for k, v in data.items()}
+        except (OSError, ValueError, TypeError, AttributeError) as e:
+            raise ConfigError(problem("train.single_acc", f"not a JSON map {{modality: accuracy}} nor the record of "
+                                      f"a finished single-modality run ({type(e).__name__}: {e})",
+                                      file=str(path))) from None
     found: dict[str, list[float]] = {}
     for _, rec in iter_records(path):
         data_cfg = rec.config.get("data") or {}

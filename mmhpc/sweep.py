@@ -28,7 +28,7 @@ from typing import Annotated, Any
 
 from pydantic import AfterValidator, Field, StrictInt, ValidationError
 
-from mmhpc.config import RunConfig, apply_overrides, resolve_key
+from mmhpc.config import RunConfig, apply_overrides, read_yaml, resolve_key
 from mmhpc.errors import ConfigError, problem, validation_problems
 from mmhpc.launch.clusters import (
     RESOURCE_KEYS,
@@ -36,7 +36,6 @@ from mmhpc.launch.clusters import (
     ResourceRequest,
     Resources,
     _Strict,
-    read_yaml,
     resolve_resources,
 )
 
@@ -145,7 +144,8 @@ def load_sweep(path: str | Path) -> dict:
     """Read and check a sweep file: a syntax error or a malformed key is a SweepError naming the file."""
     path = Path(path)
     if not path.is_file():
-        raise SweepError([problem("", "no such sweep file", file=str(path))], "sweep")
+        what = "a directory, not a sweep file" if path.is_dir() else "no such sweep file"
+        raise SweepError([problem("", what, file=str(path))], "sweep")
     try:
         spec = read_yaml(path)
     except ConfigError as e:

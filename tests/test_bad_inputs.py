@@ -101,3 +101,27 @@ def test_a_separate_process_exits_2_without_traceback(tmp_path):
         assert proc.returncode == 2, proc.stderr
         assert "Traceback" not in proc.stderr and ": " in proc.stderr
     assert not (tmp_path / "r").exists()
+
+
+@pytest.mark.parametrize("kind", ["binary", "directory", "missing"])
+def test_an_unreadable_input_file_is_one_line_naming_it_with_exit_2(kind, tmp_path, capsys, monkeypatch):
+    """A config, sweep or cluster file that is not UTF-8 text, is a directory or is missing: exit 2, no
+    traceback, one line naming the file (each used to end in 'failed: UnicodeDecodeError' or
+    'IsADirectoryError', exit 1, without the file's name)."""
+    bad = tmp_path / "input.yaml"
+    if kind == "binary":
+        bad.write_bytes(b"name: \xff\xfe\x00")
+    elif kind == "directory":
+        bad.mkdir()
+    results = tmp_path / "results"
+    commands = [(["train", str(bad), "--print-config"], None),
+                (["sweep", "submit", str(bad), "--cluster", "none", "--results", str(results)], None)]
+    if kind != "missing":  # a missing user cluster file means no user clusters
+        commands.append((["sweep", "expand", str(REPO / "sweeps" / "batch.yaml"), "--cluster", "none"], str(bad)))
+    for argv, clusters in commands:
+        monkeypatch.setenv("MMHPC_CLUSTERS", clusters or str(tmp_path / "none.yaml"))
+        code = main(argv)
+        err = capsys.readouterr().err
+        assert code == 2, (argv, err)
+        assert "Traceback" not in err and f"{bad}: " in err, (argv, err)
+    assert not results.exists()

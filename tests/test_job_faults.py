@@ -408,4 +408,8 @@ def test_a_damaged_manifest_is_refused_naming_its_file_and_field(fake, tmp_path,
         assert f"{sweep_dir.manifest_path}: runs[2].index:" in err and "runs[3].jobs:" in err, err
     sweep_dir.manifest_path.write_text("{\"schema\": 1, \"runs\": [")  # torn
     assert cli("sweep", "status", str(sweep_dir.path)) == 2 and "not JSON" in capsys.readouterr().err
+    sweep_dir.manifest_path.write_bytes(b"\x00\xff" * 64)  # overwritten by something else
+    assert cli("sweep", "resume", "-q", str(sweep_dir.path)) == 2
+    err = capsys.readouterr().err
+    assert f"{sweep_dir.manifest_path}: not JSON" in err and "Traceback" not in err, err
     assert len(calls(fake, "sbatch")) == 1  # nothing resubmitted

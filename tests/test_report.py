@@ -229,6 +229,21 @@ def test_ibf_baselines_come_from_runs_on_the_same_data(tmp_path):
     assert full.startswith("–") and "0.375" not in full and "0.594" not in full
 
 
+def test_damaged_records_are_named_and_other_json_files_passed_over(tmp_path, caplog):
+    d = tmp_path / "records"
+    write(d, record("good", [4.0]))
+    (d / "binary.json").write_bytes(b"\xff\xfe\x00")
+    (d / "torn.json").write_text(json.dumps(record("torn", [4.0]))[:-40])
+    (d / "invalid.json").write_text(json.dumps({**record("invalid", [4.0]), "status": "exploded"}))
+    (d / "notes.json").write_text(json.dumps({"who": "someone else's file"}))
+    with caplog.at_level("WARNING"):
+        runs = load_results(d).runs
+    assert list(runs["run"]) == ["good"]
+    warned = caplog.text
+    assert all(f"{d / n}.json" in warned for n in ("binary", "torn", "invalid")), warned
+    assert "notes.json" not in warned
+
+
 def nonwhite_fraction(png: Path) -> float:
     import matplotlib.image
 

@@ -98,6 +98,16 @@ def test_single_accuracies_and_ibf_from_records(tmp_path):
     assert run_ibf({"acc/audio": 0.35}, ["audio"], None) is None
 
 
+@pytest.mark.parametrize("content", [b"\xff\xfe", b'{"audio": 0.5', b'["audio", 0.5]', b'{"audio": "high"}'])
+def test_an_unusable_single_acc_file_is_a_config_error_naming_file_and_field(tmp_path, content):
+    from mmhpc.errors import ConfigError
+
+    bad = tmp_path / "singles.json"
+    bad.write_bytes(content)
+    with pytest.raises(ConfigError, match=rf"^{bad}: train.single_acc: not a JSON map"):
+        single_accuracies(bad, "cremad", "tiny")
+
+
 @pytest.mark.slow
 def test_trainer_summary_takes_ibf_from_single_records(tiny_config, tmp_path):
     # baselines far below anything a trained modality reaches: every ratio is capped at 1, so IBF = 0
@@ -116,6 +126,15 @@ def test_failure_before_the_trainer_leaves_a_failed_record(tiny_config, tmp_path
     rec = read_record(cfg.record_path())
     assert rec.status == "failed" and rec.error.startswith("ManifestError") and "absent" in rec.error
     assert rec.config == cfg.to_dict() and not rec.epochs
+
+
+@pytest.mark.parametrize("content", [b"\xff\x00", b'{"format": 1, "files"', b"[1, 2]"])
+def test_a_damaged_dataset_manifest_is_named(tmp_path, content):
+    from mmhpc.data.manifest import read_manifest
+
+    (tmp_path / "manifest.json").write_bytes(content)
+    with pytest.raises(ManifestError, match=rf"^{tmp_path / 'manifest.json'}: "):
+        read_manifest(tmp_path)
 
 
 def test_parallelism_not_available_fails_before_work(tiny_config):

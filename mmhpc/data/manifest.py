@@ -8,13 +8,14 @@ from dataclasses import asdict
 from pathlib import Path
 
 from mmhpc.data.specs import SPLITS
+from mmhpc.errors import RunError
 
 MANIFEST = "manifest.json"
 FORMAT = 1
 
 
-class ManifestError(RuntimeError):
-    """A prepared dataset does not match its manifest (missing, truncated or altered files)."""
+class ManifestError(RunError):
+    """A prepared dataset does not match its manifest (missing, truncated or altered files), or has none."""
 
 
 def sha256(path: Path) -> str:
@@ -57,9 +58,13 @@ def read_manifest(root: Path) -> dict:
     path = Path(root) / MANIFEST
     if not path.exists():
         raise ManifestError(f"{root}: no {MANIFEST}; prepare the dataset first (mmhpc prepare / mmhpc data synth)")
-    manifest = json.loads(path.read_text())
-    if manifest.get("format") != FORMAT:
-        raise ManifestError(f"{path}: format {manifest.get('format')!r}, this mmhpc reads format {FORMAT}")
+    try:
+        manifest = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as e:
+        raise ManifestError(f"{path}: unreadable ({e}); prepare the dataset again") from None
+    fmt = manifest.get("format") if isinstance(manifest, dict) else None
+    if fmt != FORMAT:
+        raise ManifestError(f"{path}: format {fmt!r}, this mmhpc reads format {FORMAT}")
     return manifest
 
 

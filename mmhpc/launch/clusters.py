@@ -22,9 +22,9 @@ import sys
 from pathlib import Path
 from typing import Any, Literal, get_args
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, PositiveInt, PrivateAttr, ValidationError
 
+from mmhpc.config import read_yaml
 from mmhpc.errors import ConfigError, problem, validation_problems
 
 PROFILE_DIR = Path(__file__).with_name("profiles")
@@ -149,19 +149,6 @@ class ClusterProfile(_Strict):
 
 def user_clusters_file() -> Path:
     return Path(os.environ.get("MMHPC_CLUSTERS") or Path.home() / ".config" / "mmhpc" / "clusters.yaml")
-
-
-def read_yaml(path: Path, error=ConfigError) -> Any:
-    """A YAML file's data; a syntax error is one problem line naming the file, line and column."""
-    try:
-        return yaml.safe_load(path.read_text())
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        what = getattr(e, "problem", None) or str(e)
-        raise error(problem("", f"YAML syntax error{where}: {what}", file=str(path))) from None
-    except OSError as e:
-        raise error(problem("", f"cannot read: {e.strerror}", file=str(path))) from None
 
 
 def _raw_profiles() -> dict[str, tuple[dict, str, str]]:

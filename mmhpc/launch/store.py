@@ -119,7 +119,7 @@ class SweepDir:
                                     "create one with `mmhpc sweep submit FILE`")
         try:
             raw = json.loads(self.manifest_path.read_text())
-        except json.JSONDecodeError as err:
+        except ValueError as err:  # JSONDecodeError, or UnicodeDecodeError for bytes that are not text
             raise ConfigError(f"{self.manifest_path}: not JSON ({err}); the sweep's records under runs/ are "
                               "intact") from None
         return check_manifest(raw, self.manifest_path)
