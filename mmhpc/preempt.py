@@ -8,6 +8,7 @@ its first step boundary and requeues like any other. Outside a SLURM job nothing
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import threading
@@ -31,3 +32,17 @@ def catch_early() -> None:
             signal.signal(PREEMPT_SIGNAL, note_stop)
     except (ValueError, OSError):  # no signals here (an embedded interpreter): keep the default
         pass
+
+
+@contextlib.contextmanager
+def deaf_children():
+    """Processes started inside (loader workers, a forkserver, multiprocessing's resource tracker) begin with
+    PREEMPT_SIGNAL blocked. SLURM signals every process of the job step, and a process started from a fresh
+    interpreter (forkserver, spawn) dies of it by default: the epoch then failed with "DataLoader worker
+    exited unexpectedly" instead of stopping at a step and requeueing. Only the trainer acts on the signal;
+    one arriving in the calling thread meanwhile stays pending until the block ends, it is not lost."""
+    old = signal.pthread_sigmask(signal.SIG_BLOCK, {PREEMPT_SIGNAL})
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, old)

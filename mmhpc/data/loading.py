@@ -6,11 +6,9 @@ pre-initialised run all see the batches a plain single run sees.
 """
 from __future__ import annotations
 
-import contextlib
 import json
 import multiprocessing
 import os
-import signal
 import threading
 import time
 from collections.abc import Iterator
@@ -24,7 +22,7 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler
 from mmhpc.data.augment import audio_augment
 from mmhpc.data.dataset import PreparedDataset
 from mmhpc.data.synthetic import ensure_synthetic
-from mmhpc.preempt import PREEMPT_SIGNAL
+from mmhpc.preempt import deaf_children
 
 
 def dataset_root(cfg) -> Path:
@@ -114,20 +112,6 @@ def prepare_forkserver_main() -> None:
         del current._inheriting
 
 
-@contextlib.contextmanager
-def deaf_to_preempt():
-    """Processes started inside (loader workers, a forkserver, multiprocessing's resource tracker) begin with
-    SLURM's pre-timeout signal blocked. SLURM signals every process of the job step, and a process started from
-    a fresh interpreter (forkserver, spawn) dies of it by default: the epoch then failed with "DataLoader
-    worker exited unexpectedly" instead of stopping at a step and requeueing. Only the trainer acts on the
-    signal; one arriving in the calling thread meanwhile stays pending until the block ends, it is not lost."""
-    old = signal.pthread_sigmask(signal.SIG_BLOCK, {PREEMPT_SIGNAL})
-    try:
-        yield
-    finally:
-        signal.pthread_sigmask(signal.SIG_SETMASK, old)
-
-
 class EpochLoader:
     """The standard loader: each epoch creates a fresh iterator (and, without persistent workers, workers)."""
 
@@ -147,7 +131,7 @@ class EpochLoader:
 
     def epoch(self, epoch: int) -> Iterator:
         self._set_epoch(epoch)
-        with deaf_to_preempt():
+        with deaf_children():
             return iter(self.loader)
 
     def close(self) -> None:
@@ -204,7 +188,7 @@ class PreinitLoader(EpochLoader):
     def _start(self, epoch: int) -> _Started:
         t0 = time.perf_counter()
         self._set_epoch(epoch)
-        with deaf_to_preempt():
+        with deaf_children():
             it = iter(self.loader)
         with self._lock:
             self._live.append(it)

@@ -428,10 +428,11 @@ def _single_baselines(runs: pd.DataFrame) -> dict[tuple, float]:
     """(data key, modality) -> mean test accuracy of the finished single-modality runs on the same data
     (dataset, source, preset, generator seed): a tiny run's baseline never serves a full run (the IBF reference)."""
     single = runs[(runs["n_modalities"] == 1) & (runs["state"] == "done")]
-    if "acc/fused" not in single or not len(single):
+    if "acc/fused" not in single:
         return {}
-    keys = single.apply(lambda r: (_data_key(runs, r), r["modalities"]), axis=1)
-    return {k: float(g.mean()) for k, g in single["acc/fused"].groupby(keys.values)}
+    cols = [c for c in DATA_IDENTITY if c in runs]
+    keyed = single.astype({c: str for c in cols})  # as _data_key spells them (an absent value: "nan")
+    return {(tuple(k[:-1]), k[-1]): float(g.mean()) for k, g in keyed.groupby(cols + ["modalities"])["acc/fused"]}
 
 
 def _ibf_text(group: pd.DataFrame, mods: list[str], singles: dict, notes: Notes) -> str:

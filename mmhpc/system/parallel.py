@@ -180,6 +180,8 @@ class DataParallel(Parallelism):
 
 class Distributed(Parallelism):
     name = "ddp"
+    _votes = None   # the gloo group of the stop vote (made at the first vote)
+    _vote = None    # (work, tensor) of the vote in flight
 
     @classmethod
     def devices_needed(cls, cfg, requested=None):
@@ -236,8 +238,8 @@ class Distributed(Parallelism):
         first call, which every rank reaches at the same step (new_group is collective)."""
         if not dist.is_initialized():
             return flag
-        if getattr(self, "_votes", None) is None:
-            self._votes, self._vote = dist.new_group(backend="gloo"), None
+        if self._votes is None:
+            self._votes = dist.new_group(backend="gloo")
         seen = False
         if self._vote is not None:
             work, box = self._vote
@@ -265,7 +267,7 @@ class Distributed(Parallelism):
 
     def close(self):
         if dist.is_initialized():
-            if getattr(self, "_vote", None) is not None:  # the last step's vote, which every rank started
+            if self._vote is not None:  # the last step's vote, which every rank started
                 self._vote[0].wait()
                 self._vote = None
             dist.destroy_process_group()
