@@ -4,7 +4,7 @@
 - former: each worker opens the JPEGs with PIL, crops, flips, converts and normalises the clip with
   torchvision's v2 transforms, and sends float32 frames (~116 MB per batch of 64) through shared memory.
   Kept here only, as the reference implementation.
-- current (`mmhpc.data`): each worker decodes with `torchvision.io.decode_jpeg`, draws the crops, and sends
+- current (`mmhpc.data`): each worker decodes with `mmhpc.compat.read_jpeg` (TorchCodec), draws the crops, and sends
   uint8 frames; `frames.finish_batch` does the rest per batch on the device. Its cost is printed apart
   (here on the CPU, in the main process; on a GPU it is one kernel sequence per batch).
 

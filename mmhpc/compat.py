@@ -6,6 +6,9 @@ attribute chains, sees the old path it can verify).
 """
 from __future__ import annotations
 
+import functools
+from pathlib import Path
+
 import torch
 
 
@@ -29,3 +32,24 @@ def init_process_group(backend: str, device: torch.device | None = None, **kwarg
     if device is not None and "device_id" in inspect.signature(dist.init_process_group).parameters:
         kwargs["device_id"] = device
     dist.init_process_group(backend, **kwargs)
+
+
+def read_jpeg(path: str | Path) -> torch.Tensor:
+    """uint8 [3, H, W] RGB of a JPEG file, decoded with libjpeg-turbo on the CPU.
+
+    TorchCodec's decoder where it is installed: torchvision 0.29 deprecated its own image decoding
+    (`torchvision.io.decode_jpeg`, `read_file`) in favour of TorchCodec 0.16+, which needs torch 2.11+.
+    With an older stack (down to the torch floor) torchvision's, not deprecated there; both give the same
+    pixels (tests/test_loading.py)."""
+    return _jpeg_decoder()(str(path))
+
+
+@functools.cache
+def _jpeg_decoder():
+    try:
+        from torchcodec.decoders import decode_jpeg
+    except (ImportError, OSError, RuntimeError):  # absent, or built for another torch (a site's module)
+        from torchvision.io import ImageReadMode, decode_jpeg, read_file
+
+        return lambda path: decode_jpeg(read_file(path), mode=ImageReadMode.RGB)
+    return lambda path: decode_jpeg(path, mode="RGB")

@@ -4,12 +4,14 @@ import os
 import subprocess
 import sys
 import time
+import warnings
 
 import psutil
 import pytest
 import torch
 from torchvision.transforms.v2 import functional as TF
 
+from mmhpc.compat import read_jpeg
 from mmhpc.data import loading
 from mmhpc.data.dataset import PreparedDataset
 from mmhpc.data.frames import CROP_KEY, finish_batch
@@ -57,6 +59,32 @@ def test_workers_send_uint8_frames_and_each_training_frame_its_own_crop(synth_di
     assert ((crops[:, 2] >= 1) & (crops[:, 0] + crops[:, 2] <= 16) & (crops[:, 1] + crops[:, 3] <= 16)).all()
     assert CROP_KEY not in val[0]
     assert torch.equal(val[0]["visual"], val[0]["visual"])  # evaluation frames are the stored frames
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_the_loader_uses_no_deprecated_torch_or_torchvision_api(tiny_config, workers):
+    """torchvision 0.29 deprecated its image decoding (for TorchCodec's): every DeprecationWarning of torch
+    or torchvision on the loader's path is an error here, in the workers too (forked: same filters)."""
+    cfg = tiny_config("cremad", f"loader.num_workers={workers}", "loader.preinit=false",
+                      "loader.start_method=fork")
+    with warnings.catch_warnings():
+        warnings.filterwarnings("error", category=DeprecationWarning, module=r"torch(vision|codec)?(\.|$)")
+        datasets = build_datasets(cfg)
+        for split in ("train", "val"):
+            batches = list(build_loader(datasets[split], cfg, split == "train").epoch(0))
+            assert sum(len(b["label"]) for b in batches) == len(datasets[split])
+            assert finish_batch(batches[0])["visual"].dtype == torch.float32
+
+
+def test_frames_decode_to_the_pixels_torchvision_decoded(synth_dir):
+    root = synth_dir("cremad")
+    path = next((root / "visual").glob("*/0.jpg"))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        from torchvision.io import ImageReadMode, decode_jpeg, read_file
+
+        old = decode_jpeg(read_file(str(path)), mode=ImageReadMode.RGB)
+    assert torch.equal(read_jpeg(path), old)
 
 
 def test_the_standard_loader_forks_and_only_the_preinitialised_one_uses_a_forkserver():

@@ -5,8 +5,8 @@ RandomResizedCrop(224) (scale 0.08-1, ratio 3/4-4/3, bilinear) and horizontal fl
 full frame is resized to 224 x 224 (`Resize((224, 224))`, done once by `mmhpc prepare`, so the stored
 frame already is the evaluation frame); then ImageNet normalisation.
 
-A worker only decodes the JPEGs (`torchvision.io.decode_jpeg`, libjpeg-turbo) and draws each frame's crop
-and flip (`crop_params`); the frames travel as uint8 [T, 3, S, S], a quarter of float32 in shared memory
+A worker only decodes the JPEGs (`mmhpc.compat.read_jpeg`: TorchCodec, libjpeg-turbo) and draws each
+frame's crop and flip (`crop_params`); the frames travel as uint8 [T, 3, S, S], a quarter of float32 in shared memory
 and over PCIe. `finish_batch` then converts, crops, flips and normalises the whole batch where it lands:
 one `grid_sample` over all frames. A crop of an S x S frame resized to S x S only ever enlarges, so
 bilinear sampling without antialiasing is what a resize of the crop computes (`tests/test_loading.py`
@@ -18,8 +18,9 @@ import functools
 
 import torch
 import torch.nn.functional as F
-from torchvision.io import ImageReadMode, decode_jpeg, read_file
 from torchvision.transforms import RandomResizedCrop
+
+from mmhpc.compat import read_jpeg
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -29,7 +30,7 @@ CROP_KEY = "visual_crop"                                 # batch key of the per-
 
 def read_frames(paths) -> torch.Tensor:
     """uint8 [T, 3, H, W] from JPEG files."""
-    return torch.stack([decode_jpeg(read_file(str(p)), mode=ImageReadMode.RGB) for p in paths])
+    return torch.stack([read_jpeg(p) for p in paths])
 
 
 def crop_params(frames: torch.Tensor) -> torch.Tensor:
