@@ -13,13 +13,26 @@ import os
 import sys
 import textwrap
 
-from mmhpc.config import ConfigError, describe_fields, load_config
-from mmhpc.errors import EXIT_BAD_INPUT, EXIT_RUN_FAILED, EXIT_SCHEDULER, MmhpcError, exit_code
+from mmhpc.errors import EXIT_BAD_INPUT, EXIT_RUN_FAILED, EXIT_SCHEDULER, ConfigError, MmhpcError, exit_code
 
+# Heavy modules (torch, pandas, matplotlib, transformers; even the config schema) are imported by the
+# command that uses them, never here: `--help`, `config`, `clusters` and `sweep ...` start in well under a
+# second (tests/test_imports.py, benchmarks/cli_scale.py).
 log = logging.getLogger("mmhpc")
 
 
+class _Parser(argparse.ArgumentParser):
+    """An epilog may be a function, called only when the help is shown (the knob list reads the schema)."""
+
+    def format_help(self) -> str:
+        if callable(self.epilog):
+            self.epilog = self.epilog()
+        return super().format_help()
+
+
 def _knob_help() -> str:
+    from mmhpc.config import describe_fields
+
     lines = ["configuration knobs (key=value; a leaf name alone works when unique, e.g. fusion=concat):", ""]
     section = None
     for name, tname, default, help_ in describe_fields():
@@ -43,6 +56,8 @@ def _bars(args) -> bool:
 
 
 def _config_from(args):
+    from mmhpc.config import load_config
+
     items = list(args.overrides)
     path = items.pop(0) if items and "=" not in items[0] else None
     return load_config(path, items)
@@ -139,14 +154,13 @@ def cmd_doctor(args) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="mmhpc", description="Multimodal late-fusion training benchmarks.",
-                                     epilog="exit codes: 0 done, 1 a run or job failed, 2 bad input, "
-                                            "3 the scheduler failed")
+    parser = _Parser(prog="mmhpc", description="Multimodal late-fusion training benchmarks.",
+                     epilog="exit codes: 0 done, 1 a run or job failed, 2 bad input, 3 the scheduler failed")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug messages, tracebacks of failures")
     parser.add_argument("-q", "--quiet", dest="log_quiet", action="store_true", help="only warnings and errors")
-    sub = parser.add_subparsers(dest="command", required=True)
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
-    p = sub.add_parser("train", help="train one configuration", epilog=_knob_help(),
+    p = sub.add_parser("train", help="train one configuration", epilog=_knob_help,
                        formatter_class=argparse.RawDescriptionHelpFormatter,
                        description="Train one run config: `mmhpc train [CONFIG.yaml] key=value ...`.")
     _add_config_args(p)
@@ -154,7 +168,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=cmd_train)
 
-    p = sub.add_parser("bench", help="time a config: N epochs after warm-up, with utilisation", epilog=_knob_help(),
+    p = sub.add_parser("bench", help="time a config: N epochs after warm-up, with utilisation", epilog=_knob_help,
                        formatter_class=argparse.RawDescriptionHelpFormatter)
     _add_config_args(p)
     p.add_argument("--epochs", type=int, default=3, help="measured epochs (default 3)")
@@ -163,7 +177,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=cmd_bench)
 
-    p = sub.add_parser("config", help="print the resolved config of a file plus overrides", epilog=_knob_help(),
+    p = sub.add_parser("config", help="print the resolved config of a file plus overrides", epilog=_knob_help,
                        formatter_class=argparse.RawDescriptionHelpFormatter)
     _add_config_args(p)
     p.set_defaults(func=cmd_config)

@@ -15,6 +15,7 @@ from typing import Any, Literal, get_args, get_origin
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
 
+from mmhpc import names
 from mmhpc.data.specs import DATASETS
 from mmhpc.errors import ConfigError, problem
 
@@ -52,18 +53,14 @@ class _Section(BaseModel):
 
 
 def registry(name: str) -> list[str]:
-    """The valid names of a registry (datasets, fusions, strategies), imported when asked: the model and
-    strategy registries import torch."""
+    """The valid names of a registry (datasets, fusions, strategies); from `mmhpc.names` for the model and
+    strategy registries, whose modules import torch."""
     if name == "datasets":
         return sorted(DATASETS)
     if name == "fusions":
-        from mmhpc.models.fusion import FUSIONS
-
-        return list(FUSIONS)
+        return list(names.FUSIONS)
     if name == "strategies":
-        from mmhpc.strategies import STRATEGIES
-
-        return sorted(STRATEGIES)
+        return sorted(names.STRATEGIES)
     raise KeyError(f"no registry {name!r}")
 
 
@@ -198,8 +195,6 @@ class RunConfig(_Section):
             raise ConfigError(*problems)
 
     def problems(self) -> list[str]:
-        from mmhpc.models.fusion import SYMMETRIC, TWO_MODALITY
-
         out: list[str] = []
         spec = DATASETS[self.data.dataset]
         mods = self.modalities
@@ -210,10 +205,10 @@ class RunConfig(_Section):
             out.append(problem("data.modalities", f"{mods!r} must be a non-empty list without repeats"))
         if self.data.source == "prepared" and not self.data.root:
             out.append(problem("data.root", "source=prepared needs the prepared dataset directory"))
-        if self.model.fusion in TWO_MODALITY and len(mods) not in (1, 2):
+        if self.model.fusion in names.TWO_MODALITY and len(mods) not in (1, 2):
             out.append(problem("model.fusion", f"{self.model.fusion} fuses exactly two modalities, got {len(mods)} "
                                                f"({', '.join(mods)}); choose two modalities or another fusion",
-                               SYMMETRIC))
+                               names.SYMMETRIC))
         if self.model.control is not None and self.model.control not in mods:
             out.append(problem("model.control", f"invalid value {self.model.control!r}", mods))
         for m, p in self.model.embedding_dropout.items():

@@ -93,3 +93,78 @@ def test_config_imports_no_strategy():
             "print(','.join(m for m in sys.modules if m.startswith('mmhpc.strategies') or m == 'torch'))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == ""  # no strategy, and no torch either: the schema is cheap to import
+
+
+# ---- the light commands import no heavy library ----------------------------------------------------------
+
+HEAVY = ("torch", "pandas", "matplotlib", "transformers")
+FAKE_SLURM = Path(__file__).parent / "fake_slurm" / "fake_slurm.py"
+# runs each command line (one per line of stdin) in this one process, printing the heavy modules loaded
+# after each: the first command that loads one is named
+_RUNNER = """
+import sys
+from mmhpc.cli import main
+for line in sys.stdin.read().splitlines():
+    try:
+        code = main(line.split("\\t"))
+    except SystemExit as e:  # --help
+        code = e.code
+    heavy = [m for m in HEAVY if m in sys.modules]
+    print(f"{line.replace(chr(9), ' ')} => exit {code}, heavy: {','.join(heavy) or 'none'}", file=sys.stderr)
+"""
+
+
+def _light_commands(argvs: list[list[str]], env: dict[str, str], cwd: Path) -> list[str]:
+    proc = subprocess.run([sys.executable, "-c", f"HEAVY = {HEAVY!r}" + _RUNNER], cwd=cwd, env=env, text=True,
+                          input="\n".join("\t".join(a) for a in argvs), capture_output=True, timeout=300)
+    lines = [ln for ln in proc.stderr.splitlines() if " => exit " in ln]
+    assert len(lines) == len(argvs), proc.stderr[-3000:]
+    return lines
+
+
+def test_light_commands_import_no_torch(tmp_path, monkeypatch):
+    """`--help` of every command, `clusters`, `sweep status` and a `sweep resume` with nothing to do start
+    without torch, pandas, matplotlib or transformers (each used to import torch, 3.5-7 s, for the knob
+    list of `--help`), against a fake scheduler on PATH."""
+    import os
+
+    from mmhpc.launch.submit import hold_sweep
+
+    bindir, state = tmp_path / "bin", tmp_path / "fake-slurm"
+    bindir.mkdir()
+    state.mkdir()
+    for cmd in ("sbatch", "squeue", "sacct", "scontrol", "srun"):
+        (bindir / cmd).symlink_to(FAKE_SLURM)
+    env = {**os.environ, "PATH": f"{bindir}:{os.environ['PATH']}", "FAKE_SLURM": str(state),
+           "MMHPC_CLUSTERS": str(tmp_path / "none.yaml"), "MMHPC_SCHEDULER_TIMEOUT": "60"}
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    sweep = tmp_path / "s.yaml"
+    sweep.write_text("name: s\ngrid: {train.lr: [0.1, 0.2]}\nbase: {data.source: prepared, data.root: /d}\n")
+    sweep_dir, _ = hold_sweep(sweep, "local", "full", results=tmp_path / "results")
+    (state / "queue").write_text("")  # the held jobs are in no queue: resume submits them once, then has none
+    argvs = [["--help"], *([cmd, "--help"] for cmd in ("train", "bench", "config", "doctor", "report", "demo",
+                                                       "prepare", "clusters", "sweep")),
+             ["data", "synth", "--help"], *(["sweep", cmd, "--help"] for cmd in ("expand", "submit", "status",
+                                                                               "resume")),
+             ["clusters"], ["clusters", "alvis"], ["sweep", "status", str(sweep_dir.path)],
+             ["sweep", "resume", str(sweep_dir.path), "-q"], ["sweep", "resume", str(sweep_dir.path), "-q"]]
+    lines = _light_commands(argvs, env, tmp_path)
+    assert all(ln.endswith("heavy: none") for ln in lines), "\n".join(lines)
+    assert all(" => exit 0," in ln for ln in lines), "\n".join(lines)
+    sbatch = [ln for ln in (state / "calls").read_text().splitlines() if ln.startswith("sbatch")]
+    assert len(sbatch) == 1  # the first resume submitted the held array; the second had nothing to do
+
+
+def test_names_for_validation_are_the_registries_names():
+    """Validation and `--help` take the fusion and strategy names from mmhpc.names (no torch); the registries
+    themselves must hold exactly those."""
+    from mmhpc import names
+    from mmhpc.launch.cli_sweep import SIZES as CLI_SIZES
+    from mmhpc.launch.clusters import SIZES
+    from mmhpc.models.fusion import FUSION_CLASSES
+    from mmhpc.strategies import STRATEGIES
+
+    assert {n: c.symmetric for n, c in FUSION_CLASSES.items()} == names.FUSION_SYMMETRIC
+    assert sorted(STRATEGIES) == sorted(names.STRATEGIES)
+    assert CLI_SIZES == SIZES

@@ -7,9 +7,9 @@ from __future__ import annotations
 import os
 import sys
 
-import yaml
-
-from mmhpc.launch.clusters import SIZES, cluster_names, load_profile, user_clusters_file
+# Only the parsers are built for every command: what a command needs (the schema, pydantic, submitit) is
+# imported when it runs, and nothing here imports torch (tests/test_imports.py).
+SIZES = ("tiny", "full")  # mmhpc.launch.clusters.SIZES, checked equal by tests/test_imports.py
 
 
 def _size(args) -> str | None:
@@ -17,6 +17,7 @@ def _size(args) -> str | None:
 
 
 def cmd_expand(args) -> int:
+    from mmhpc.launch.clusters import load_profile
     from mmhpc.launch.submit import prepare_sweep
     from mmhpc.sweep import expand, format_table, load_sweep
 
@@ -119,6 +120,10 @@ def cmd_run_index(args) -> int:
 
 
 def cmd_clusters(args) -> int:
+    import yaml
+
+    from mmhpc.launch.clusters import cluster_names, load_profile, user_clusters_file
+
     if args.name:
         profile = load_profile(args.name)
         shown = profile.model_dump(exclude={"gpus"})

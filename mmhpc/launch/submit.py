@@ -427,10 +427,13 @@ def _sweep_run(profile: ClusterProfile, run: dict) -> SweepRun:
 
 def _pregenerate_tiny_data(runs: list[dict]) -> None:
     """Make the tiny synthetic datasets once here rather than in every array task at the same time."""
-    from mmhpc.data.synthetic import ensure_synthetic
+    datasets = {(c["dataset"], c["preset"], c["data_seed"], c["root"]) for c in (r["config"]["data"] for r in runs)
+                if c["source"] == "synthetic" and c["preset"] == "tiny"}
+    if not datasets:
+        return
+    from mmhpc.data.synthetic import ensure_synthetic  # imports torch: only when there is data to make
 
-    for d in {(c["dataset"], c["preset"], c["data_seed"], c["root"]) for c in (r["config"]["data"] for r in runs)
-              if c["source"] == "synthetic" and c["preset"] == "tiny"}:
+    for d in datasets:
         ensure_synthetic(*d, progress=False)
 
 
