@@ -14,10 +14,14 @@ A sweep file (format in `sweeps/README.md`):
 Axis keys are RunConfig keys (`system.precision`, or a unique leaf such as `precision`) or `resources.*`
 (gpu, gpus, nodes, time_min, ...) for allocations that vary per run. Expansion gives every run a
 stable index (its array task number) and a name made of its axis values (its record file name).
-Every run is checked, as a RunConfig and against the cluster, and all errors are reported together.
+Every problem is found in one pass and reported together: the file's shape (keys, types, counts, axis keys,
+zip lengths), then each run of what can be expanded, as a RunConfig and against the cluster (its
+resources are checked even when its config has a problem elsewhere). A problem shared by several runs (a
+typo in `base`) is one line naming how many runs it affects; every line names its file and run.
 """
 from __future__ import annotations
 
+import copy
 import difflib
 import functools
 import itertools
@@ -116,7 +120,15 @@ class PlannedRun:
     config: RunConfig | None = None
     resources: Resources | None = None
     not_applicable: str | None = None
-    errors: list[str] = field(default_factory=list)
+    problems: list[str] = field(default_factory=list)  # `field: problem` lines, without the run's label
+
+    @property
+    def label(self) -> str:
+        return f"run {self.index} ({self.name})"
+
+    @property
+    def errors(self) -> list[str]:
+        return [f"{self.label}: {p}" for p in self.problems]
 
 
 @dataclass
@@ -126,10 +138,18 @@ class SweepPlan:
     cluster: str
     size: str
     runs: list[PlannedRun]
+    file_problems: list[str] = field(default_factory=list)  # the file's shape, each naming the file
+    file: str | None = None
 
     @property
     def errors(self) -> list[str]:
-        return [e for r in self.runs for e in r.errors]
+        """The file's problems, then each run problem once: on one line for all the runs it affects."""
+        groups: dict[str, list[PlannedRun]] = {}
+        for run in self.runs:
+            for p in dict.fromkeys(run.problems):
+                groups.setdefault(p, []).append(run)
+        runs = [problem(_runs_label(rs, len(self.runs)), p, file=self.file) for p, rs in groups.items()]
+        return self.file_problems + runs
 
     def check(self) -> SweepPlan:
         if self.errors:
@@ -142,6 +162,20 @@ class SweepPlan:
 
 def load_sweep(path: str | Path) -> dict:
     """Read and check a sweep file: a syntax error or a malformed key is a SweepError naming the file."""
+    spec = read_sweep(path)
+    check_spec(spec, str(path))
+    return spec
+
+
+def plan_sweep(path: str | Path, profile: ClusterProfile, size: str | None = None, runs_dir: str | Path = "runs",
+               overrides: list[str] | dict | None = None) -> SweepPlan:
+    """Read a sweep file and expand it for one cluster, collecting every problem of the file and of its runs
+    in one pass (`SweepPlan.check` raises them all)."""
+    return expand(read_sweep(path), profile, size, runs_dir, overrides, file=str(path))
+
+
+def read_sweep(path: str | Path) -> dict:
+    """A sweep file's mapping (its shape unchecked); SweepError when it cannot be read or is no mapping."""
     path = Path(path)
     if not path.is_file():
         what = "a directory, not a sweep file" if path.is_dir() else "no such sweep file"
@@ -154,48 +188,94 @@ def load_sweep(path: str | Path) -> dict:
         raise SweepError([problem("", f"expected a mapping, got {type(spec).__name__}", SWEEP_KEYS, str(path))],
                          "sweep")
     spec.setdefault("name", path.stem)
-    check_spec(spec, str(path))
     return spec
 
 
 def check_spec(spec: dict, file: str | None = None) -> None:
-    """Every problem of a sweep's structure at once: keys, types, counts, axis keys, zip lengths."""
-    name = str(spec.get("name", "sweep"))
+    """Raise every problem of a sweep's structure at once (`spec_problems`)."""
+    errors = spec_problems(spec, file)
+    if errors:
+        raise SweepError(errors, f"sweep {spec.get('name', 'sweep')}")
+
+
+def spec_problems(spec: dict, file: str | None = None) -> list[str]:
+    """Every problem of a sweep's structure: keys, types, counts, then axis keys and zip lengths wherever
+    the axes are mappings of lists."""
+    errors: list[str] = []
     try:
         SweepSpec(**spec)
     except ValidationError as e:
-        raise SweepError(validation_problems(e, file=file, model=SweepSpec), f"sweep {name}") from None
-    errors: list[str] = []
-    tiny = spec.get("tiny") or {}
-    for where, block in [("", spec), ("tiny.", tiny)] + [(f"{pre}blocks[{i}].", b) for pre, src in
-                                                          (("", spec), ("tiny.", tiny))
-                                                          for i, b in enumerate(src.get("blocks") or [])]:
+        errors += validation_problems(e, file=file, model=SweepSpec)
+    tiny = spec.get("tiny") if isinstance(spec.get("tiny"), dict) else {}
+    parts = [("", spec), ("tiny.", tiny)]
+    for pre, src in (("", spec), ("tiny.", tiny)):
+        blocks = src.get("blocks")
+        parts += [(f"{pre}blocks[{i}].", b) for i, b in enumerate(blocks if isinstance(blocks, list) else [])
+                  if isinstance(b, dict)]
+    for where, block in parts:
         for key in ("grid", "zip"):
-            axes = block.get(key) or {}
+            axes = block.get(key) if isinstance(block.get(key), dict) else {}
             for k in axes:
                 try:
                     _axis_key(k)
                 except ConfigError as e:
                     errors.append(problem("", f"{where}{key}.{e}", file=file))
-            lengths = {k: len(v) for k, v in axes.items()}
+            lengths = {k: len(v) for k, v in axes.items() if isinstance(v, list)}
             if key == "zip" and len(set(lengths.values())) > 1:
                 errors.append(problem(f"{where}zip", "lists must have equal lengths, got "
                                       + ", ".join(f"{k}={n}" for k, n in lengths.items()), file=file))
-    if errors:
-        raise SweepError(errors, f"sweep {name}")
+    return errors
+
+
+# the depth at which a malformed part of a sweep is left out of the expansion (its problem is reported):
+# one axis of grid/zip, one field of a resource request, one block, one key of `tiny`; else the whole key
+_DROP_DEPTH = {"grid": 2, "zip": 2, "resources": 3, "blocks": 2, "tiny": 2}
+
+
+def _expandable(spec: dict) -> dict:
+    """The sweep without its malformed parts (see `_DROP_DEPTH`), so the rest still expands and its runs
+    are checked in the same pass."""
+    try:
+        SweepSpec(**spec)
+        return spec
+    except ValidationError as e:
+        locs = [tuple(err["loc"]) for err in e.errors()]
+    out = copy.deepcopy(spec)
+    for loc in locs:
+        loc = loc[:_DROP_DEPTH.get(str(loc[0]), 1)] if loc else loc
+        node = out
+        for part in loc[:-1]:
+            node = node[part] if isinstance(node, (dict, list)) and part in _keys(node) else None
+        if isinstance(node, dict):
+            node.pop(loc[-1], None)
+        elif isinstance(node, list) and loc[-1] in _keys(node):
+            node[loc[-1]] = None  # a block: removed below, after every index was used
+    for src in (out, out.get("tiny") if isinstance(out.get("tiny"), dict) else {}):
+        if isinstance(src.get("blocks"), list):
+            src["blocks"] = [b for b in src["blocks"] if b is not None] or None
+    if not isinstance(out.get("name"), str):
+        out["name"] = "sweep"
+    return out
+
+
+def _keys(node) -> range | dict:
+    return node if isinstance(node, dict) else range(len(node))
 
 
 def expand(spec: dict, profile: ClusterProfile, size: str | None = None, runs_dir: str | Path = "runs",
-           overrides: list[str] | dict | None = None) -> SweepPlan:
-    """Expand a sweep for one cluster into validated runs (errors collected on each run, not raised).
+           overrides: list[str] | dict | None = None, file: str | None = None) -> SweepPlan:
+    """Expand a sweep for one cluster into validated runs; every problem is collected, none raised (the
+    file's shape on the plan, each run's on the run; `SweepPlan.check` raises them all). What is malformed
+    is left out of the expansion, so the rest is still checked.
 
     `overrides` (`--set key=value`) apply to every run after the profile's and before the axes; a
     `{dataset}` or `{preset}` in `data.root` becomes the run's own, so one line points every dataset of a
     sweep at its prepared directory.
     """
     size = size or profile.size
+    file_problems = spec_problems(spec, file)
+    spec = _expandable(spec)
     name = str(spec.get("name", "sweep"))
-    check_spec(spec)
     if size == "tiny":
         spec = _apply_tiny(spec)
     seeds = spec.get("seeds", [0])
@@ -226,12 +306,12 @@ def expand(spec: dict, profile: ClusterProfile, size: str | None = None, runs_di
             owned = [f"output.{k}" for k in (raw.get("output") or {}) if f"output.{k}" in SWEEP_OWNED]
             apply_overrides(raw, {"output.name": run_name, "output.runs_dir": str(runs_dir), "output.overwrite": False})
             run = PlannedRun(len(runs), run_name, axes, raw, request)
-            run.errors += [f"run {run.index} ({run_name}): {k}: set by the sweep (one record per run, named after "
-                           "its axis values, never overwritten); remove it" for k in owned]
+            run.problems += [f"{k}: set by the sweep (one record per run, named after its axis values, never "
+                             "overwritten); remove it" for k in owned]
             _validate(run, profile)
             runs.append(run)
     _check_duplicates(runs)
-    return SweepPlan(name, spec, profile.name, size, runs)
+    return SweepPlan(name, spec, profile.name, size, runs, file_problems, file)
 
 
 # ---- axes ------------------------------------------------------------------------------------------
@@ -265,16 +345,25 @@ def _apply_tiny(spec: dict) -> dict:
 
 
 def _axis_groups(spec: dict, block: dict) -> list[list[dict]]:
-    """Each grid axis is a group of one-key choices; each zip table one group of parallel choices."""
+    """Each grid axis is a group of one-key choices; each zip table one group of parallel choices. An axis
+    with an unknown key is left out (`spec_problems` reports it); unequal zip lists stop at the shortest."""
     groups = []
     for source in (spec, block):
         for k, values in (source.get("grid") or {}).items():
-            groups.append([{_axis_key(k): v} for v in values])
-        zipped = source.get("zip") or {}
+            key = _known_axis(k)
+            if key:
+                groups.append([{key: v} for v in values])
+        zipped = {_known_axis(k): v for k, v in (source.get("zip") or {}).items() if _known_axis(k)}
         if zipped:
-            keys = [_axis_key(k) for k in zipped]
-            groups.append([dict(zip(keys, row)) for row in zip(*zipped.values())])
+            groups.append([dict(zip(zipped, row)) for row in zip(*zipped.values())])
     return groups
+
+
+def _known_axis(key: str) -> str | None:
+    try:
+        return _axis_key(key)
+    except ConfigError:
+        return None
 
 
 # ---- names and validation ------------------------------------------------------------------------------
@@ -312,24 +401,67 @@ def _run_name(block: str | None, axes: dict, sweep: str) -> str:
 
 
 def _validate(run: PlannedRun, profile: ClusterProfile) -> None:
-    label = f"run {run.index} ({run.name})"
+    """The run's config and its resources, in one pass: a config with a malformed field is checked against
+    the cluster with that field at its default, unless the field is a system one (the resources follow from
+    those); then only the request's own shape is checked."""
     try:
-        run.config = RunConfig.from_dict(run.raw)
-    except ConfigError as e:
-        run.errors.append(f"{label}: {e}")
+        usable = RunConfig.model_validate(run.raw)
+    except ValidationError as e:
+        run.problems += validation_problems(e, model=RunConfig)
+        locs = [tuple(err["loc"]) for err in e.errors()]
+        usable = None if any(loc[:1] == ("system",) for loc in locs) else _repaired(run.raw, locs)
+    else:
+        run.problems += usable.problems()
+    if usable is None:
+        try:
+            ResourceRequest(**run.request)
+        except ValidationError as e:
+            run.problems += validation_problems(e, prefix=["resources"], model=ResourceRequest)
         return
-    res, errors, na = resolve_resources(profile, run.config, run.request)
-    run.resources, run.not_applicable = res, na
-    run.errors += [f"{label}: {e}" for e in errors]
+    res, errors, na = resolve_resources(profile, usable, run.request)
+    run.problems += errors
+    if not run.problems:
+        run.config, run.resources, run.not_applicable = usable, res, na
+
+
+def _repaired(raw: dict, locs: list[tuple]) -> RunConfig | None:
+    """The config with each malformed field (a section, when the section itself is) left at its default."""
+    out = copy.deepcopy(raw)
+    for loc in locs:
+        section = out.get(loc[0]) if len(loc) > 1 else None
+        if isinstance(section, dict):
+            section.pop(loc[1], None)
+        else:
+            out.pop(loc[0], None)
+    try:
+        return RunConfig.model_validate(out)
+    except ValidationError:
+        return None
 
 
 def _check_duplicates(runs: list[PlannedRun]) -> None:
     seen: dict[str, int] = {}
     for run in runs:
         if run.name in seen:
-            run.errors.append(f"run {run.index} ({run.name}): output.name: same name as run {seen[run.name]}; "
-                              "two runs would share one record (repeated axis values?)")
+            run.problems.append(f"output.name: same name as run {seen[run.name]}; two runs would share one "
+                                "record (repeated axis values?)")
         seen.setdefault(run.name, run.index)
+
+
+def _runs_label(runs: list[PlannedRun], total: int) -> str:
+    """`run 3 (name)` for a problem of one run, up to three such for a few, else how many and which."""
+    if len(runs) <= 3:
+        return ", ".join(r.label for r in runs)
+    if len(runs) == total:
+        return f"all {total} runs"
+    spans: list[list[int]] = []
+    for r in runs:
+        if spans and r.index == spans[-1][1] + 1:
+            spans[-1][1] = r.index
+        else:
+            spans.append([r.index, r.index])
+    text = ", ".join(f"{a}" if a == b else f"{a}-{b}" for a, b in spans[:8]) + (", ..." if len(spans) > 8 else "")
+    return f"{len(runs)} of {total} runs ({text})"
 
 
 def format_table(plan: SweepPlan) -> str:

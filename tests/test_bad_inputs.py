@@ -12,7 +12,7 @@ import pytest
 from mmhpc.cli import main
 from mmhpc.errors import ConfigError
 from mmhpc.launch.clusters import load_profile
-from mmhpc.sweep import expand, load_sweep
+from mmhpc.sweep import plan_sweep
 
 BAD = Path(__file__).parent / "bad_inputs"
 REPO = Path(__file__).resolve().parents[1]
@@ -32,23 +32,22 @@ def no_user_profiles(monkeypatch, tmp_path):
     monkeypatch.setenv("MMHPC_CLUSTERS", str(tmp_path / "none.yaml"))
 
 
-def check_problems(problems: list[str], path: Path, runs_level: bool = False) -> None:
+def check_problems(problems: list[str], path: Path) -> None:
     want = expected(path)
     assert want, f"{path.name} has no # expect: line"
     assert len(problems) == len(want), (path.name, problems)  # one message per problem
     for w in want:
         assert any(w in p for p in problems), (path.name, w, problems)
-    if not runs_level:  # a problem of the file names the file
-        assert all(p.startswith(f"{path}: ") for p in problems), problems
+    assert all(p.startswith(f"{path}: ") for p in problems), problems  # every problem names the file
 
 
 @pytest.mark.parametrize("path", SWEEPS, ids=lambda p: p.stem)
 def test_bad_sweep_files_list_every_problem(path):
+    """Every problem in one round: the file's shape and, for what of it can be expanded, each run's config
+    and resources (every line names the file; a run's lines name the run)."""
     with pytest.raises(ConfigError) as e:
-        expand(load_sweep(path), load_profile("alvis", "NAISS1")).check()
-    runs_level = path.stem == "resource_axis_is_a_string"  # found per run, after the file's shape is right
-    problems = [p.split(": ", 1)[1] if runs_level else p for p in e.value.problems]
-    check_problems(problems, path, runs_level)
+        plan_sweep(path, load_profile("alvis", "NAISS1")).check()
+    check_problems(e.value.problems, path)
 
 
 @pytest.mark.parametrize("path", PROFILES, ids=lambda p: p.stem)

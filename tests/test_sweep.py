@@ -112,28 +112,42 @@ def test_one_bad_run_submits_nothing_and_every_error_is_listed(tmp_path):
     with pytest.raises(SweepError) as e:
         submit_sweep(path, "alvis", account="NAISS1", results=tmp_path / "results")
     errors = e.value.errors
-    assert len(errors) == 3  # fp16 twice (both GPUs), bf16 on the V100
-    assert any("run 2 (precision-fp16_gpu-A100_s0): system.precision: invalid value 'fp16'; valid: "
-               "fp32, fp32_strict, tf32, bf16" in m for m in errors)
-    assert any(m.startswith("run 5 (precision-bf16_gpu-V100_s0): system.precision: bf16 needs compute capability "
-                            "8.0+, V100 has 7.0") and "; valid: fp32, fp32_strict" in m for m in errors)
+    assert len(errors) == 2  # fp16 (on both GPUs: one line naming both runs), bf16 on the V100
+    assert errors[0] == (f"{path}: run 2 (precision-fp16_gpu-A100_s0), run 3 (precision-fp16_gpu-V100_s0): "
+                         "system.precision: invalid value 'fp16'; valid: fp32, fp32_strict, tf32, bf16")
+    assert errors[1].startswith(f"{path}: run 5 (precision-bf16_gpu-V100_s0): system.precision: bf16 needs "
+                                "compute capability 8.0+, V100 has 7.0") and "; valid: fp32, fp32_strict" in errors[1]
     assert "nothing submitted" in str(e.value)
     assert not (tmp_path / "results").exists()
 
 
 def test_structure_errors_name_the_key_and_the_valid_keys():
+    """The file's shape, its axis keys and zip lengths in one round (the axes used to wait for the shape)."""
     with pytest.raises(SweepError) as e:
         expand({"name": "x", "grids": {}, "zip": {"train.lr": [1, 2], "train.batch_size": [8]},
-                "grid": {"system.nope": [1]}, "seeds": []}, load_profile("none"))
+                "grid": {"system.nope": [1]}, "seeds": []}, load_profile("none")).check()
     text = str(e.value)
     assert "grids: unknown key; valid: name, description, base, grid" in text
     assert "seeds: list should have at least 1 item" in text
-    with pytest.raises(SweepError) as e:  # the axes are checked once the shape is right
-        expand({"name": "x", "zip": {"train.lr": [1, 2], "train.batch_size": [8]},
-                "grid": {"system.nope": [1]}}, load_profile("none"))
-    text = str(e.value)
     assert "zip: lists must have equal lengths, got train.lr=2, train.batch_size=1" in text
     assert "grid.system.nope: unknown key; did you mean system." in text
+
+
+def test_a_problem_of_many_runs_is_one_line_with_their_count():
+    """A typo in `base` is one line for all runs (algorithms.yaml used to print it 474 times), one in a block's
+    base one line with the count and indices of that block's runs; each line names its runs, also a run's
+    second problem (which used to follow the first without the run's name)."""
+    block = {"grid": {"train.lr": [0.1, 0.2, 0.3, 0.4, 0.5]}}
+    spec = {"name": "g", "base": {"train.epochss": 3}, "seeds": [0, 1],
+            "blocks": [{"name": "a", **block}, {"name": "b", "base": {"model.fusionn": "concat"}, **block}]}
+    errors = expand(spec, load_profile("none"), file="g.yaml").errors
+    assert errors == ["g.yaml: all 20 runs: train.epochss: unknown key; valid: epochs, batch_size, optimizer, lr, "
+                      "momentum, weight_decay, lr_decay_epoch, lr_decay, seed, max_batches, single_acc",
+                      "g.yaml: 10 of 20 runs (10-19): model.fusionn: unknown key; valid: fusion, embed_dim, cosine, "
+                      "cosine_scale, control, text_size, text_pretrained, embedding_dropout, audio_augment"]
+    plan = expand({"name": "two", "zip": {"train.batch_size": [0, 8], "train.lr": [-1, 0.1]}}, load_profile("none"))
+    assert plan.errors == ["run 0 (batch_size-0_lr--1_s0): train.batch_size: 0 must be > 0",
+                           "run 0 (batch_size-0_lr--1_s0): train.lr: -1 must be > 0"]
 
 
 def test_duplicate_names_and_sweep_owned_keys_are_errors():
@@ -141,7 +155,7 @@ def test_duplicate_names_and_sweep_owned_keys_are_errors():
                   load_profile("none"))
     text = "\n".join(plan.errors)
     assert "run 1 (lr-0.1_s0): output.name: same name as run 0" in text
-    assert "run 0 (lr-0.1_s0): output.overwrite: set by the sweep" in text
+    assert "run 0 (lr-0.1_s0), run 1 (lr-0.1_s0): output.overwrite: set by the sweep" in text
 
 
 # ---- cluster profiles ----------------------------------------------------------------------------------------

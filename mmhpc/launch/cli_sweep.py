@@ -19,11 +19,12 @@ def _size(args) -> str | None:
 def cmd_expand(args) -> int:
     from mmhpc.launch.clusters import load_profile
     from mmhpc.launch.submit import prepare_sweep
-    from mmhpc.sweep import expand, format_table, load_sweep
+    from mmhpc.sweep import format_table, plan_sweep
 
     profile = load_profile(args.cluster, args.account)
-    plan = expand(load_sweep(args.file), profile, _size(args), overrides=args.set)
-    print(format_table(plan))
+    plan = plan_sweep(args.file, profile, _size(args), overrides=args.set)
+    if not plan.file_problems:  # the runs of a malformed file are only what could be expanded of it
+        print(format_table(plan))
     if plan.errors:
         plan.check()
     if args.sbatch:

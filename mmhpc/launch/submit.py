@@ -533,7 +533,7 @@ def prepare_sweep(path: str | Path, cluster: str, size: str | None = None, accou
     """Load the profile, expand and validate every run: (profile, plan, sweep dir). Raises listing all errors."""
     from mmhpc.errors import problem
     from mmhpc.launch.clusters import load_profile
-    from mmhpc.sweep import _dir_name, expand, load_sweep
+    from mmhpc.sweep import _dir_name, plan_sweep, read_sweep
 
     if name is not None:
         try:
@@ -542,10 +542,10 @@ def prepare_sweep(path: str | Path, cluster: str, size: str | None = None, accou
             raise SweepError([problem("--name", str(e))], "sweep") from None
     profile = load_profile(cluster, account)
     profile.check_account(dry_run)
-    spec = load_sweep(path)
+    spec = read_sweep(path)
     root = Path(results).expanduser().absolute() if results else profile.results_dir()
-    sweep_dir = SweepDir(root / (name or spec["name"]))
-    plan = expand(spec, profile, size, runs_dir=sweep_dir.runs_dir, overrides=overrides).check()
+    sweep_dir = SweepDir(root / (name or str(spec["name"])))
+    plan = plan_sweep(path, profile, size, runs_dir=sweep_dir.runs_dir, overrides=overrides).check()
     return profile, plan, sweep_dir
 
 
