@@ -167,6 +167,8 @@ class RunRecord(_Part):
     system: dict[str, Any] | None = None  # the sampler: time-series file, interval, notes, GPUs, summary
     resumed: list[dict[str, Any]] = []
     bench: dict[str, Any] | None = None   # `mmhpc bench`: measured epochs after warm-up
+    #: defaults the run resolved, each {"value", "source"} (a source, or "assumed"): Strategy.provenance
+    provenance: dict[str, Any] = {}
 
     @field_validator("schema_version")
     @classmethod

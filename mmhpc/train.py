@@ -212,7 +212,8 @@ class Trainer:
         cfg, strategy = self.cfg, self.strategy
         record = RunRecord(run=cfg.run_name(), status="running", config=cfg.to_dict(), env=environment(self.device),
                            model={"parameters": count_parameters(self.model)},
-                           data={s: len(d) for s, d in self.datasets.items()}, started=time.time())
+                           data={s: len(d) for s, d in self.datasets.items()}, started=time.time(),
+                           provenance=strategy.provenance())
         best = {"acc": -1.0, "epoch": -1, "state": None}
         epoch = 0
         if cfg.output.checkpoint and self.ckpt_path.exists():

@@ -295,17 +295,20 @@ def test_mlb_coefficients_from_scores():
 
 def test_mslr_schedules():
     # accuracies 0.4, 0.6, 0.3, 0.6, 0.9 (epochs 0..4), k_e = 2
-    # compound (code base): t = 2: x 0.3 / mean(0.6, 0.3) = 2/3; t = 4: x 0.9 / mean(0.6, 0.9) = 1.2 -> 0.8
+    # as_run (default; the code base's adjust_lr is never called): the rates stay, factor 1 whatever the accuracies
     acc = [0.4, 0.6, 0.3, 0.6, 0.9]
-    assert mslr_schedule_factor(acc[:2], 2) == 1.0  # t = 1 is not a multiple of k_e
-    assert mslr_schedule_factor(acc[:3], 2) == pytest.approx(2 / 3)
-    assert mslr_schedule_factor(acc[:4], 2) == pytest.approx(2 / 3)
-    assert mslr_schedule_factor(acc, 2) == pytest.approx(0.8)
+    assert mslr_schedule_factor(acc, 2) == 1.0
+    assert mslr_schedule_factor(acc, 2, "as_run") == 1.0
+    # compound (adjust_lr as written): t = 2: x 0.3 / mean(0.6, 0.3) = 2/3; t = 4: x 0.9 / mean(0.6, 0.9) = 1.2
+    assert mslr_schedule_factor(acc[:2], 2, "compound") == 1.0  # t = 1 is not a multiple of k_e
+    assert mslr_schedule_factor(acc[:3], 2, "compound") == pytest.approx(2 / 3)
+    assert mslr_schedule_factor(acc[:4], 2, "compound") == pytest.approx(2 / 3)
+    assert mslr_schedule_factor(acc, 2, "compound") == pytest.approx(0.8)
     # per_epoch (Eq. 2.28 literally): the last ratio alone, 0.9 / 0.75 = 1.2; before any accuracy: 1
     assert mslr_schedule_factor(acc, 2, "per_epoch") == pytest.approx(1.2)
     assert mslr_schedule_factor([], 2, "per_epoch") == 1.0
     # an all-zero window leaves the factor as it is
-    assert mslr_schedule_factor([0.0, 0.0, 0.0], 2) == 1.0
+    assert mslr_schedule_factor([0.0, 0.0, 0.0], 2, "compound") == 1.0
     with pytest.raises(ValueError):
         mslr_schedule_factor(acc, 2, "cosine")
 

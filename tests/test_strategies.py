@@ -302,7 +302,8 @@ def test_amst_step_in_a_skipped_epoch_is_the_visual_update_alone():
 
 
 def test_amst_joint_step_is_one_loss_over_the_active_modalities():
-    s = strategy("amst", "strategy.params={module: joint}", *LR)
+    # joint_head=masked: the reduced head as the fusion with the skipped embedding zero-masked (whole bias)
+    s = strategy("amst", "strategy.params={module: joint, joint_head: masked}", *LR)
     x, y = batch()
     ref, update = reference(s)
     embs = encode(ref, x)
@@ -318,7 +319,8 @@ def test_amst_strict_keeps_the_skipped_head_block_fixed(module):
     x, y = batch()
     d = None
     for strict in (False, True):
-        s = strategy("amst", "train.weight_decay=0.1", *LR, f"strategy.params={{module: {module}, strict: {strict}}}")
+        s = strategy("amst", "train.weight_decay=0.1", *LR,
+                     f"strategy.params={{module: {module}, strict: {strict}, joint_head: masked}}")
         d = s.model.dim
         w = s.model.fusion.head.weight
         before = w.detach().clone()
@@ -584,7 +586,8 @@ def test_opm_step_drops_the_dominant_modality_and_sets_the_next_q():
 # ---- MSLR and MLB: per-modality learning rates -----------------------------------------------------------
 
 def test_mslr_compounds_each_modalitys_rate_every_k_e_epochs():
-    s = strategy("mslr", "train.lr=0.01", "train.weight_decay=0.001", "strategy.params={window: 2}")
+    s = strategy("mslr", "train.lr=0.01", "train.weight_decay=0.001",
+                 "strategy.params={window: 2, schedule: compound}")
     assert [g["weight_decay"] for g in s.optimizer.param_groups] == [0.001] * 3
     s.begin_epoch(0)
     assert s.modality_lr() == pytest.approx({"audio": 0.01, "visual": 0.1})  # code base: 1e-3 / 1e-2 at lr 1e-3
@@ -896,3 +899,141 @@ def test_balancing_steps_never_read_the_device(name, params):
     with HostTraffic() as traffic:
         s.train_step(x, y)
     assert traffic.events == []
+
+
+# ---- the thesis code base as it ran (AMST repository, code/): defaults pinned by hand --------------------
+
+def test_mslr_default_keeps_the_initial_rates_as_the_code_base_ran():
+    """mslr3_new.py's adjust_lr hangs on `after_validate`, which common.py never calls (it calls after_valid):
+    the runs kept their initial rates. Accuracies that compound would act on at t = 5 change nothing."""
+    s = strategy("mslr", "train.lr=0.01")
+    accs = [(0.2, 0.1), (0.3, 0.2), (0.4, 0.2), (0.5, 0.3), (0.6, 0.3), (0.9, 0.6), (0.2, 0.1)]
+    for epoch, (acc_a, acc_v) in enumerate(accs):
+        s.end_epoch(epoch, {}, {"acc/audio": acc_a, "acc/visual": acc_v})
+        s.begin_epoch(epoch + 1)
+        assert s.modality_lr() == pytest.approx({"audio": 0.01, "visual": 0.1})  # 1e-3 / 1e-2 at lr 1e-3
+    compound = strategy("mslr", "train.lr=0.01", "strategy.params={schedule: compound}")
+    for epoch, (acc_a, acc_v) in enumerate(accs[:6]):
+        compound.end_epoch(epoch, {}, {"acc/audio": acc_a, "acc/visual": acc_v})
+    compound.begin_epoch(6)  # t = 5: audio x 0.9 / mean(0.3, 0.4, 0.5, 0.6, 0.9) = 0.9 / 0.54
+    assert compound.modality_lr()["audio"] == pytest.approx(0.01 * 0.9 / 0.54)
+
+
+def test_mslr_text_rate_is_the_one_its_text_runs_used():
+    """Text 8e-5 (the job script's UR-FUNNY runs, the AMST paper), not the argparse default 2e-5: 0.08 x lr."""
+    s = strategy("mslr", dataset="iemocap")
+    s.begin_epoch(0)
+    assert s.modality_lr() == pytest.approx({"audio": 1e-3, "visual": 1e-2, "text": 8e-5})
+    assert "8e-5" in s.provenance()["strategy.params.init.text"]["source"]
+    s = strategy("mslr", "strategy.params={init: {text: 0.02}}", dataset="iemocap")  # the code's default
+    s.begin_epoch(0)
+    assert s.modality_lr()["text"] == pytest.approx(2e-5)
+    assert "strategy.params.init.text" not in s.provenance()
+
+
+def test_pmr_on_ave_takes_its_prototypes_from_the_whole_validation_split(synth_dir):
+    """pmr3_new.py: on AVE the prototypes come from the validation loader with factor 1.0 (Jobs/pmr.sh)."""
+    from mmhpc.data.dataset import PreparedDataset
+    from mmhpc.strategies.data import StrategyData
+
+    root = synth_dir("ave")
+    s = strategy("pmr", f"data.root={root}", "train.batch_size=16", dataset="ave")
+    val = PreparedDataset(root, "val", ["audio", "visual"], train=False)
+    train_ds = PreparedDataset(root, "train", ["audio", "visual"], train=False)
+    s.data = StrategyData({"train": train_ds, "val": val}, s.cfg, finish_batch)
+    s.begin_epoch(0)
+    s.model.eval()
+    with torch.no_grad():  # by hand: each class's mean validation embedding; absent classes: the mean embedding
+        items = [val[i] for i in range(len(val))]
+        x = finish_batch({m: torch.stack([it[m] for it in items]) for m in ("audio", "visual")})
+        y = torch.tensor([it["label"] for it in items])
+        embs = encode(s.model, x)
+    for m, e in embs.items():
+        expected = torch.stack([e[y == k].mean(0) if (y == k).any() else e.mean(0) for k in range(28)])
+        assert torch.allclose(s.prototypes[m], expected, atol=1e-5)
+    assert (s.split, s.fraction) == ("val", 1.0)
+    other = strategy("pmr", dataset="cremad")  # elsewhere: 10 % of the shuffled training batches
+    assert (other.split, other.fraction) == ("train", 0.1)
+    both = strategy("pmr", "strategy.params={split: train, fraction: 0.5}", dataset="ave")
+    assert (both.split, both.fraction) == ("train", 0.5)
+
+
+def test_amst_joint_head_is_the_code_bases_reduced_concat_head():
+    """code/amst_joint.py passes None for a skipped modality; EarlyConcat leaves it out, each present block adding
+    bias / M. So in a skipped epoch z = W_v e_v + b / 2, and SGD never touches the audio block (no gradient: no
+    momentum, no weight decay). By hand, SGD's first step is p - lr (g + wd p), lr 0.1, wd 0.1."""
+    s = strategy("amst", "strategy.params={module: joint}", "train.weight_decay=0.1", *LR)
+    x, y = batch()
+    d = s.model.dim
+    head = s.model.fusion.head
+    w0, b0 = head.weight.detach().clone(), head.bias.detach().clone()
+    s.model.train()
+    with torch.no_grad():
+        e_v = encode(s.model, x)["visual"]
+        z = e_v @ w0[:, d:].t() + 0.5 * b0
+        err = (F.softmax(z, 1) - F.one_hot(y, 6).float()) / len(y)  # dCE/dz of the batch mean
+        g_wv, g_b = err.t() @ e_v, 0.5 * err.sum(0)
+    run_step(s, x, y, epoch=1)  # audio skipped (skip 5 on CREMA-D)
+    assert torch.equal(head.weight[:, :d], w0[:, :d])
+    assert torch.allclose(head.weight[:, d:], w0[:, d:] - 0.1 * (g_wv + 0.1 * w0[:, d:]), atol=1e-6)
+    assert torch.allclose(head.bias, b0 - 0.1 * (g_b + 0.1 * b0), atol=1e-6)
+    s.begin_epoch(2)
+    s.train_step(x, y)  # a second skipped step leaves the block where it was too
+    assert torch.equal(head.weight[:, :d], w0[:, :d])
+    masked = strategy("amst", "strategy.params={module: joint, joint_head: masked}", "train.weight_decay=0.1", *LR)
+    w1 = masked.model.fusion.head.weight.detach().clone()
+    run_step(masked, x, y, epoch=1)  # the zero-masked reading: a zero gradient, decayed to 0.99 w
+    assert torch.allclose(masked.model.fusion.head.weight[:, :d], 0.99 * w1[:, :d], rtol=1e-5, atol=1e-7)
+
+
+def test_amst_joint_head_in_an_epoch_that_trains_every_modality_is_the_whole_head():
+    s = strategy("amst", "strategy.params={module: joint}", *LR)
+    x, y = batch()
+    ref, update = reference(s)
+    embs = encode(ref, x)
+    update(probe_loss(ref, embs, y) + F.cross_entropy(ref.fusion(embs), y))  # M / M of the bias
+    before, _ = run_step(s, x, y, epoch=0)
+    assert_same_step(s, ref, before, moved=("encoders.audio", "encoders.visual", "fusion"))
+
+
+def test_mla_fixed_weights_are_the_code_bases_for_three_modalities():
+    """mla_new.py: text 0.4, visual 0.25, audio 0.35 on the text-visual-audio datasets; 0.5 / 0.5 for two."""
+    s = strategy("mla", "model.fusion=early_sum", "strategy.params={runtime_fusion: fixed}", dataset="iemocap")
+    assert s.weights == {"audio": 0.35, "visual": 0.25, "text": 0.4}
+    d = s.model.dim
+    embs = {m: torch.randn(4, d) for m in ("audio", "visual", "text")}
+    with torch.no_grad():
+        z = {m: s.model.fusion.head(e) for m, e in embs.items()}
+        expected = 0.35 * z["audio"] + 0.25 * z["visual"] + 0.4 * z["text"]
+        assert torch.allclose(s.fused_logits(embs), expected, atol=1e-5)
+    assert "mla_new.py" in s.provenance()["strategy.params.weights"]["source"]
+    two = strategy("mla", "model.fusion=early_sum", "strategy.params={runtime_fusion: fixed}")
+    assert two.weights == {"audio": 0.5, "visual": 0.5}
+
+
+def test_unsourced_defaults_say_assumed():
+    """MLB's alpha where its paper gives none, the cosine scale's p: "assumed", with the value, in the record."""
+    mlb = strategy("mlb", dataset="mvsa", seed=0)
+    entry = mlb.provenance()["strategy.params.alpha"]
+    assert entry["value"] == 5.0 and entry["source"].startswith("assumed")
+    assert not strategy("mlb").provenance()["strategy.params.alpha"]["source"].startswith("assumed")  # CREMA-D
+    assert "strategy.params.alpha" not in strategy("mlb", "strategy.params={alpha: 1.0}").provenance()
+    cos = strategy("reliability").provenance()["model.cosine_scale.p"]
+    assert cos["value"] == 0.99 and cos["source"].startswith("assumed")
+    assert "model.cosine_scale.p" not in strategy("reliability", "model.cosine_scale=4.0").provenance()
+
+
+def test_urfunny_full_preset_has_the_code_bases_sample_count():
+    """code/data/UR-FUNNY/ur_funny_info.txt: 10,166 samples (the thesis' text says 16,514)."""
+    assert DATASETS["urfunny"].num_samples == 10166
+    s = strategy("naive", "data.preset=full", dataset="urfunny")
+    entry = s.provenance()["data.num_samples"]
+    assert entry["value"] == 10166 and "ur_funny_info.txt" in entry["source"]
+
+
+@pytest.mark.slow
+def test_the_run_record_carries_the_resolved_defaults_and_their_sources(tiny_config):
+    cfg = tiny_config("cremad", "strategy.name=mslr", *FAST)
+    rec = train(cfg, progress=False)
+    assert rec.provenance["strategy.params.schedule"]["value"] == "as_run"
+    assert rec.provenance["strategy.params.init.visual"]["value"] == 10.0

@@ -38,6 +38,7 @@ class DatasetSpec:
     frames: int = 3           # MVSA has one image per sample
     tiny_samples: int = 600
     text_len: int = 128       # token ids per text in the thesis code: MVSA 256, IEMOCAP and UR-FUNNY 128
+    size_source: str = ""     # where num_samples comes from when sources disagree (the run record's provenance)
 
     @property
     def num_classes(self) -> int:
@@ -68,8 +69,11 @@ DATASETS: dict[str, DatasetSpec] = {s.name: s for s in (
     # the thesis' five classes, `hap` dropped (ang 1,103 + exc 1,041 + fru 1,849 + neu 1,708 + sad 1,084)
     DatasetSpec("iemocap", "IEMOCAP", ("audio", "visual", "text"),
                 ("angry", "excited", "frustrated", "neutral", "sad"), 6785, "stratified 80/10/10 per class"),
-    DatasetSpec("urfunny", "UR-FUNNY", ("audio", "visual", "text"), ("not_humorous", "humorous"), 16514,
-                "random 80/10/10"),
+    # the code base's UR-FUNNY v2 files: 10,166 samples; the thesis (Sec. 4.1) and the AMST paper say 16,514
+    DatasetSpec("urfunny", "UR-FUNNY", ("audio", "visual", "text"), ("not_humorous", "humorous"), 10166,
+                "random 80/10/10",
+                size_source="code base as run: code/data/UR-FUNNY/ur_funny_info.txt, 10,166 samples (8,132 / "
+                            "1,016 / 1,018); thesis Sec. 4.1 and AMST paper Sec. 4: 16,514"),
 )}
 
 SPLITS = ("train", "val", "test")

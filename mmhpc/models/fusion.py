@@ -33,9 +33,11 @@ class CosineLinear(nn.Module):
 
 
 COSINE_FORMS = ("printed", "normface")
+#: the target probability p of thesis Eq. 3.2: assumed, no source states it (a run records it as assumed)
+COSINE_P = 0.99
 
 
-def cosine_scale(num_classes: int, p: float = 0.99, num_modalities: int = 2, form: str = "printed") -> float:
+def cosine_scale(num_classes: int, p: float = COSINE_P, num_modalities: int = 2, form: str = "printed") -> float:
     """Scale s of the cosine classifier, thesis Eq. 3.2 (after MMCosine [51], from NormFace), M modalities.
 
     form "printed" (default): s = (C - 1) / (M (C + 1)) * log((C - 1) p / (1 - p)), Eq. 3.2 as the thesis

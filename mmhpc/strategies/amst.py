@@ -9,17 +9,22 @@ Modules (`strategy.params.module`):
 - `alternating` (default): thesis Alg. 4 = Alternating training (Alg. 2 sum/concat, Alg. 3 gated/FiLM)
   where only the modalities due this epoch update; seed 001 Alg. 1 is its shared-head special case.
 - `joint`: seed 001 Alg. 2: one joint loss per step from a reduced head over the non-skipped modalities'
-  weights. The fusion with the skipped embeddings zero-masked *is* that reduced head (concat: the
-  skipped blocks of W multiply zeros; early-sum: they are left out of the sum; late-sum: their branch
-  heads are not called), so the skipped encoders and head blocks get no gradient.
+  weights (early-sum: the skipped embeddings are left out of the sum; late-sum: their branch heads are
+  not called). Concat (`joint_head`): by default as the code base's HEAD runs it (code/amst_joint.py
+  passes None for a skipped modality and code/models/fusion_modules.py `EarlyConcat` skips it, each
+  block adding bias / M): the skipped block of W gets no gradient, so SGD leaves it, its momentum and
+  its weight decay untouched, and the bias enters x (active / M); `joint_head=masked` is the fusion
+  with the skipped embeddings zero-masked, the whole bias, and a zero gradient on the skipped block
+  that momentum and weight decay still act on (unless `strict`).
 - `full`: seed 001 Sec. 3.4: an alternating module (this model) and an independent joint module with
   its own encoders, trained side by side with the same skips; the prediction is the mean of the
   alternating module's per-modality logits and the joint module's logits (Fig. 1c).
 
 `strict=true` keeps a skipped modality's block of a concat head exactly where it is (weights and SGD
 momentum), as seed 001 Sec. 3.3 says ("only ... the corresponding weights of the independent head are
-updated"); by default, as in the code base, momentum and weight decay still move it (the block gets a
-zero gradient, not none). Other heads need no care: a skipped late-sum branch head and a skipped encoder
+updated"), in the alternating module too (whose masked concat step otherwise gives the block a zero
+gradient that momentum and weight decay act on; the code base's HEAD runs its alternating module on the
+shared head only, code/amst_alt.py `--fusion_method msum`). Other heads need no care: a skipped late-sum branch head and a skipped encoder
 get no gradient at all, so SGD leaves them alone; early-sum's head is shared by every modality.
 """
 from __future__ import annotations
@@ -31,7 +36,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mmhpc.errors import ConfigError
+from mmhpc.errors import ConfigError, problem
 from mmhpc.models.fusion import Concat
 from mmhpc.strategies.balancing import require_symmetric
 from mmhpc.strategies.base import StepOutput, register
@@ -39,6 +44,7 @@ from mmhpc.strategies.formulas import AMST_DEFAULT_SKIPS, AMST_PHASES, amst_trai
 from mmhpc.strategies.joint import Alternating
 
 MODULES = ("alternating", "joint", "full")
+JOINT_HEADS = ("code", "masked")
 
 
 @dataclass
@@ -51,6 +57,9 @@ class AMSTParams:
     #: true: a skipped modality's concat head block stays fixed (seed 001 Sec. 3.3); false: SGD's momentum and
     #: weight decay still move it, as in the code base
     strict: bool = False
+    #: the joint module's reduced concat head: "code" (the code base's HEAD: skipped block untouched, bias x
+    #: active / M) or "masked" (skipped embeddings zero-masked in the full head)
+    joint_head: str = "code"
 
 
 def joint_twin(model, cfg) -> nn.Module:
@@ -83,6 +92,9 @@ class AMST(Alternating):
             raise ConfigError(f"strategy.params.module: invalid value {p.module!r}; valid choices: {', '.join(MODULES)}")
         if p.phase not in AMST_PHASES:
             raise ConfigError(f"strategy.params.phase: invalid value {p.phase!r}; valid choices: {', '.join(AMST_PHASES)}")
+        if p.joint_head not in JOINT_HEADS:
+            raise ConfigError(problem(("strategy", "params", "joint_head"), f"invalid value {p.joint_head!r}",
+                                      JOINT_HEADS))
         if p.module != "alternating":
             require_symmetric(cfg, f"AMST's {p.module} module trains a reduced head over the non-skipped "
                                    "modalities (seed 001 Alg. 2), which needs a fusion a modality can be masked out "
@@ -104,14 +116,32 @@ class AMST(Alternating):
         defaults = AMST_DEFAULT_SKIPS.get(cfg.data.dataset, {})
         self.skips = {m: int(self.params.skips.get(m, defaults.get(m, 1))) for m in self.modalities}
         self._blocks: dict[torch.Tensor, list[slice]] = {}
+        self._joint_blocks: dict[torch.Tensor, list[slice]] = {}
+
+    def provenance(self) -> dict[str, dict]:
+        out = super().provenance()
+        if self.params.module != "alternating" and "joint_head" not in self.cfg.strategy.params:
+            out["strategy.params.joint_head"] = {
+                "value": self.params.joint_head,
+                "source": "code base HEAD: code/amst_joint.py passes None for a skipped modality, "
+                          "code/models/fusion_modules.py EarlyConcat leaves it out (bias / M per block)"}
+        return out
+
+    def joint_model(self):
+        """The model the joint step trains: this one (`joint`), the twin (`full`), or none."""
+        return {"joint": self.model, "full": getattr(self.model, "amst_joint", None)}.get(self.params.module)
 
     def begin_epoch(self, epoch: int) -> list[str]:
         self.active = [m for m in self.modalities if amst_trains(epoch, self.skips[m], self.params.phase)]
-        self._blocks = self._skipped_blocks() if self.params.strict else {}  # fixed for the epoch
+        models = [self.model] + ([self.model.amst_joint] if self.params.module == "full" else [])
+        self._blocks = self._skipped_blocks(models) if self.params.strict else {}  # fixed for the epoch
+        joint = self.joint_model()
+        held = self.params.strict or self.params.joint_head == "code"
+        self._joint_blocks = self._skipped_blocks([joint]) if joint is not None and held else {}
         return self.active
 
-    def update(self, loss: torch.Tensor) -> None:
-        blocks = self._blocks
+    def update(self, loss: torch.Tensor, blocks: dict | None = None) -> None:
+        blocks = self._blocks if blocks is None else blocks
         saved = [(t, cols, t[:, cols].clone()) for w, spans in blocks.items() for t in self._with_state(w)
                  for cols in spans]
         fresh = [w for w in blocks if not self.optimizer.state.get(w)]
@@ -129,10 +159,9 @@ class AMST(Alternating):
         state = self.optimizer.state.get(weight, {})
         return [weight] + [v for v in state.values() if torch.is_tensor(v) and v.shape == weight.shape]
 
-    def _skipped_blocks(self) -> dict[torch.Tensor, list[slice]]:
+    def _skipped_blocks(self, models) -> dict[torch.Tensor, list[slice]]:
         """Concat head weights -> the column blocks of the modalities skipped this epoch (slices: indexing
         with them copies no index tensor to the device on every update)."""
-        models = [self.model] + ([self.model.amst_joint] if self.params.module == "full" else [])
         out = {}
         for model in models:
             fusion = model.fusion
@@ -159,15 +188,24 @@ class AMST(Alternating):
         embs = model.encode(batch)
         loss = self.probe_loss(embs, labels, logits) if model is self.model else None
         if self.active:
-            joint = F.cross_entropy(model.fusion({m: embs[m] for m in self.active}), labels)
+            joint = F.cross_entropy(self._reduced_head(model, {m: embs[m] for m in self.active}), labels)
             loss = joint if loss is None else loss + joint
         if loss is not None:
-            self.update(loss)
+            self.update(loss, self._joint_blocks)
         with torch.no_grad():
             detached = {m: e.detach() for m, e in embs.items()}
             logits["fused"] = model.fusion(detached)
             logits.update({m: model.fusion({m: e}) for m, e in detached.items()})
         return logits
+
+    def _reduced_head(self, model, embs: dict[str, torch.Tensor]) -> torch.Tensor:
+        """The joint module's logits over the active modalities. `joint_head=code` on a linear concat head:
+        sum_active W_m e_m + (active / M) b, the code base's EarlyConcat with the skipped inputs left out."""
+        z = model.fusion(embs)
+        fusion = model.fusion
+        if self.params.joint_head == "code" and isinstance(fusion, Concat) and not fusion.cosine:
+            z = z - (1.0 - len(embs) / len(fusion.modalities)) * fusion.head.bias
+        return z
 
     def _full(self, logits: dict[str, torch.Tensor], joint: torch.Tensor) -> torch.Tensor:
         """Seed 001 Fig. 1c: mean of the alternating module's per-modality logits and the joint logits."""

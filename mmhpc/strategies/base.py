@@ -16,8 +16,9 @@ import torch
 import torch.nn.functional as F
 from pydantic import TypeAdapter, ValidationError
 
+from mmhpc.data.specs import DATASETS
 from mmhpc.errors import ConfigError, problem
-from mmhpc.models.fusion import FUSIONS
+from mmhpc.models.fusion import COSINE_P, FUSIONS
 
 # The strategy registry: the one list of valid `strategy.name` values (filled by importing mmhpc.strategies).
 STRATEGIES: dict[str, type[Strategy]] = {}
@@ -126,6 +127,21 @@ class Strategy:
         """Step decay (Sec. 4.2): lr x decay from `lr_decay_epoch` on."""
         t = self.cfg.train
         return t.lr_decay if epoch >= t.lr_decay_epoch else 1.0
+
+    # ---- provenance ------------------------------------------------------------------------------
+    def provenance(self) -> dict[str, dict]:
+        """Values this run took from a default rather than from its config, each {"value", "source"}: where
+        the value comes from, or "assumed" when no source gives it (the run record's `provenance`)."""
+        out: dict[str, dict] = {}
+        model, data = self.cfg.model, self.cfg.data
+        if model.cosine and model.cosine_scale is None:
+            out["model.cosine_scale.p"] = {
+                "value": COSINE_P, "source": "assumed: thesis Eq. 3.2 (after MMCosine) leaves the target "
+                                             "probability p unstated"}
+        spec = DATASETS.get(data.dataset)
+        if data.source == "synthetic" and data.preset == "full" and spec is not None and spec.size_source:
+            out["data.num_samples"] = {"value": spec.num_samples, "source": spec.size_source}
+        return out
 
     # ---- checkpoints -----------------------------------------------------------------------------
     def state_dict(self) -> dict:

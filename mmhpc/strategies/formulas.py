@@ -249,20 +249,25 @@ def mslr_update(lr_m: float, acc_history_m: Sequence[float], k_e: int) -> float:
     return lr_m * acc_history_m[-1] / mean
 
 
-MSLR_SCHEDULES = ("compound", "per_epoch")
+MSLR_SCHEDULES = ("as_run", "compound", "per_epoch")
 
 
-def mslr_schedule_factor(acc_history_m: Sequence[float], k_e: int, schedule: str = "compound") -> float:
+def mslr_schedule_factor(acc_history_m: Sequence[float], k_e: int, schedule: str = "as_run") -> float:
     """The factor on a modality's initial rate for the epoch after the last entry of `acc_history_m`.
 
-    "compound" (default, the thesis code base, AMST repository code/baseline/mslr3_new.py `adjust_lr`): after
-        the validation of epoch t (0-based) with t > 0 and t mod k_e = 0 the rate is multiplied by
-        acc_t / mean(acc over the last k_e epochs); the products accumulate over the run.
+    "as_run" (default): 1, the rates stay fixed. The thesis code base's `adjust_lr` never ran: AMST
+        repository code/baseline/mslr3_new.py defines the hook `after_validate`, but code/common.py's loop
+        calls `after_valid()`; its MSLR log (Doc/Logs/MSLR_CREMAD.log) has no rate update.
+    "compound" (what `adjust_lr` would do): after the validation of epoch t (0-based) with t > 0 and
+        t mod k_e = 0 the rate is multiplied by acc_t / mean(acc over the last k_e epochs); the products
+        accumulate over the run.
     "per_epoch" (thesis Eq. 2.28 read literally): every epoch, the initial rate times acc_t / mean(last k_e).
     A window whose mean accuracy is 0 leaves the factor unchanged (the ratio is undefined).
     """
     if schedule not in MSLR_SCHEDULES:
         raise ValueError(f"schedule must be one of {', '.join(MSLR_SCHEDULES)}, got {schedule!r}")
+    if schedule == "as_run":
+        return 1.0
     history = list(acc_history_m)
     if schedule == "per_epoch":
         return mslr_update(1.0, history, k_e) if history and sum(history[-k_e:]) > 0 else 1.0

@@ -14,7 +14,10 @@
   about 1/sqrt(D)) and alpha is constant instead of decaying within the epoch.
 - Runtime fusion (evaluation and the training metrics' "fused"): per sample, sum_m w_m H(e_m) with
   entropy weights (Eq. 2.32-2.33, `mla_entropy_weights`: softmax over the class axis of each sample's
-  logits, not over the batch as in the public code) or fixed weights (`weights`, default equal).
+  logits, not over the batch as in the public code) or fixed weights (`weights`). Default fixed weights:
+  the code base's (code/baseline/mla_new.py `reinitialize_metrics`): text 0.4, visual 0.25, audio 0.35
+  for the three modalities ("MLA default alpha for 3 modality dataset"), 0.5 each for two (the
+  "default alpha of msum fusion"); other sets of modalities 1/M each.
 """
 from __future__ import annotations
 
@@ -28,12 +31,21 @@ from mmhpc.strategies.base import StepOutput, Strategy, register
 from mmhpc.strategies.formulas import mla_entropy_weights
 
 RUNTIME_FUSIONS = ("entropy", "fixed")
+#: code/baseline/mla_new.py: the fixed runtime-fusion weights it records for text-visual-audio datasets
+MLA_THREE_MODALITY_WEIGHTS = {"text": 0.4, "visual": 0.25, "audio": 0.35}
+
+
+def mla_default_weights(modalities) -> dict[str, float]:
+    """The code base's fixed weights for audio-visual-text, else 1/M each (its 0.5 / 0.5 for two)."""
+    if set(modalities) == set(MLA_THREE_MODALITY_WEIGHTS):
+        return {m: MLA_THREE_MODALITY_WEIGHTS[m] for m in modalities}
+    return {m: 1.0 / len(modalities) for m in modalities}
 
 
 @dataclass
 class MLAParams:
     runtime_fusion: str = "entropy"
-    weights: dict[str, float] = field(default_factory=dict)  # fixed weights; default 1/M each
+    weights: dict[str, float] = field(default_factory=dict)  # fixed weights; default `mla_default_weights`
     projection: bool = False  # the thesis baseline (code/baseline/mla_new.py) has none; true: MLA's OWM
     projection_alpha: float = 0.1
 
@@ -64,11 +76,20 @@ class MLA(Strategy):
 
     def __init__(self, *args, **kw):
         super().__init__(*args, **kw)
-        m = len(self.modalities)
-        self.weights = {k: float(self.params.weights.get(k, 1.0 / m)) for k in self.modalities}
+        self.weights = {k: float(w) for k, w in (self.params.weights or mla_default_weights(self.modalities)).items()}
         dim = self.model.dim
         self.P = torch.eye(dim, device=self.model.fusion.head.weight.device)
         self.updates = 0  # head updates so far (the first one is not projected)
+
+    def provenance(self) -> dict[str, dict]:
+        out = super().provenance()
+        if not self.params.weights and self.params.runtime_fusion == "fixed":
+            out["strategy.params.weights"] = {
+                "value": dict(self.weights),
+                "source": "code base: code/baseline/mla_new.py reinitialize_metrics (text 0.4, visual 0.25, audio "
+                          "0.35 for three modalities; 0.5 each for two)" if len(self.weights) in (2, 3)
+                else "assumed: 1/M each"}
+        return out
 
     def fused_logits(self, embs):
         """Runtime fusion: per-sample entropy weights (Eq. 2.32-2.33) or fixed weights over H(e_m)."""

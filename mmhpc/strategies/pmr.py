@@ -3,10 +3,13 @@
 L = L_fused + sum_m beta_m L_PCE,m - mu L_r (the probes learn on their own, detached, as everywhere).
 
 - Prototypes (AMST repository code/baseline/pmr3_new.py, `calculate_prototype`): before every epoch of the
-  modulation window, the class means of each modality's embeddings over the first `fraction` (0.1) of
-  that epoch's training batches, in evaluation mode without gradients, blended with the previous ones,
+  modulation window, the class means of each modality's embeddings over the first `fraction` of the
+  batches of `split`, in evaluation mode without gradients, blended with the previous ones,
   c <- (1 - momentum) c + momentum c_prev (`momentum` 0.2). A class without samples keeps its previous
   prototype (the code base divides by zero there); at the first estimate it starts at the mean embedding.
+  Split and fraction as the code base ran them (`before_train_epoch`; Jobs/pmr.sh "Factor for AVE is 1.0,
+  for others is 0.1"): on AVE the whole validation split in file order (`split=val`, `fraction=1.0`),
+  elsewhere the first 10 % of that epoch's shuffled training batches (`split=train`, `fraction=0.1`).
 - PCE: cross-entropy of the prototype classifier -||e_m - c_k|| (`pmr_prototype_logits`), weighted by
   beta_m = alpha for a modality whose prototype score is below the others' (rho < 1, the lagging one),
   else 0, from this batch's scores (the code base's bimodal ratio; its M-modality form here).
@@ -23,7 +26,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from mmhpc.errors import ConfigError
+from mmhpc.errors import ConfigError, problem
 from mmhpc.strategies.balancing import SYMMETRIC, ModulationWindow, batch_scores, step_logits
 from mmhpc.strategies.base import StepOutput, Strategy, register
 from mmhpc.strategies.formulas import (
@@ -34,6 +37,11 @@ from mmhpc.strategies.formulas import (
     pmr_prototypes_from_sums,
 )
 
+PROTOTYPE_SPLITS = ("train", "val")
+#: the code base's prototype passes per dataset (pmr3_new.py `before_train_epoch`, Jobs/pmr.sh FACTOR)
+PMR_PROTOTYPE_DATA = {"ave": ("val", 1.0)}
+PMR_DEFAULT_PROTOTYPE_DATA = ("train", 0.1)
+
 
 @dataclass
 class PMRParams:
@@ -41,7 +49,8 @@ class PMRParams:
     mu: float = 0.0             # PER weight: 0 in the code base; thesis Eq. 2.30: 1
     per_end_epoch: int | None = None  # last epoch of the PER ("early training stage"); null: end_epoch
     momentum: float = 0.2       # blend with the previous prototypes (code base `--momentum_coef`)
-    fraction: float = 0.1       # share of the training batches the prototypes come from (code base `--factor`)
+    split: str | None = None    # prototypes' split; null: the code base's (val on AVE, train elsewhere)
+    fraction: float | None = None  # share of its batches (`--factor`); null: 1.0 on AVE, 0.1 elsewhere
     start_epoch: int = 0
     end_epoch: int | None = 70  # code base `--modulation_ends` (inclusive)
 
@@ -62,13 +71,19 @@ class PMR(ModulationWindow, Strategy):
             raise ConfigError(f"strategy.params: alpha ({p.alpha}) and mu ({p.mu}) must be >= 0")
         if not 0.0 <= p.momentum <= 1.0:
             raise ConfigError(f"strategy.params.momentum: {p.momentum} must lie in [0, 1]")
-        if not 0.0 < p.fraction <= 1.0:
+        if p.fraction is not None and not 0.0 < p.fraction <= 1.0:
             raise ConfigError(f"strategy.params.fraction: {p.fraction} must lie in (0, 1]")
+        if p.split is not None and p.split not in PROTOTYPE_SPLITS:
+            raise ConfigError(problem(("strategy", "params", "split"), f"invalid value {p.split!r}",
+                                      PROTOTYPE_SPLITS))
 
     def __init__(self, *args, **kw):
         super().__init__(*args, **kw)
         self.prototypes: dict[str, torch.Tensor] | None = None
         self.per = False  # the entropy regulariser acts this epoch
+        split, fraction = PMR_PROTOTYPE_DATA.get(self.cfg.data.dataset, PMR_DEFAULT_PROTOTYPE_DATA)
+        self.split = self.params.split or split
+        self.fraction = self.params.fraction or fraction
 
     def begin_epoch(self, epoch: int) -> list[str]:
         active = super().begin_epoch(epoch)
@@ -80,7 +95,8 @@ class PMR(ModulationWindow, Strategy):
 
     @torch.no_grad()
     def compute_prototypes(self, epoch: int) -> dict[str, torch.Tensor]:
-        """Class means of the embeddings of the first `fraction` of this epoch's training batches, blended."""
+        """Class means of the embeddings of the first `fraction` of the batches of `split` (the training
+        split in this epoch's shuffled order, the validation split in file order), blended."""
         if self.data is None:
             raise RuntimeError("PMR computes its prototypes from the training data: give the strategy a "
                                "StrategyData (the trainer does)")
@@ -88,7 +104,7 @@ class PMR(ModulationWindow, Strategy):
         self.model.eval()
         sums: dict[str, torch.Tensor] = {}
         counts = None
-        for batch in self.data.batches("train", epoch, self.params.fraction, shuffle=True):
+        for batch in self.data.batches(self.split, epoch, self.fraction, shuffle=self.split == "train"):
             embs = self.model.encode(batch)
             for m, e in embs.items():
                 s, c = pmr_class_sums(e, batch["label"].to(e.device), self.model.num_classes)
@@ -103,6 +119,16 @@ class PMR(ModulationWindow, Strategy):
                 previous = (s.sum(0) / counts.sum()).expand(self.model.num_classes, -1)
             new[m] = pmr_prototypes_from_sums(s, counts, previous, 0.0 if first else self.params.momentum)
         return new
+
+    def provenance(self) -> dict[str, dict]:
+        out = super().provenance()
+        source = ("code base: code/baseline/pmr3_new.py before_train_epoch (AVE: the validation loader) and "
+                  "Jobs/pmr.sh (factor 1.0 for AVE, 0.1 for the others)")
+        if self.params.split is None:
+            out["strategy.params.split"] = {"value": self.split, "source": source}
+        if self.params.fraction is None:
+            out["strategy.params.fraction"] = {"value": self.fraction, "source": source}
+        return out
 
     def prototype_logits(self, embs) -> dict[str, torch.Tensor]:
         return {m: pmr_prototype_logits(embs[m].float(), self.prototypes[m].to(embs[m].device))
