@@ -1,9 +1,11 @@
 # Sweeps through SLURM (or none): included by the main Makefile, which provides VENV, PY and `install`.
 #
-#   make sweep-parallelism CLUSTER=alvis|local|none [DRY_RUN=1] [SIZE=tiny|full] [SWEEP_ARGS=...]
+#   make sweep-parallelism CLUSTER=arrhenius|berzelius|alvis|local|none|FILE [DRY_RUN=1] [SIZE=tiny|full]
+#        [WAIT=1] [SWEEP_ARGS=...]
 #
 # CLUSTER=local installs and starts the project's single-host SLURM first (env/slurm, idempotent), submits,
-# and waits for the sweep to finish; CLUSTER=alvis submits and returns (follow with `mmhpc sweep status`);
+# and waits for the sweep to finish; a cluster (a name or a profile FILE, e.g. from `mmhpc clusters
+# discover -o FILE`) submits and returns (follow with `mmhpc sweep status`; WAIT=1 waits);
 # CLUSTER=none runs the sweep here, one run after another. DRY_RUN=1 prints the sbatch scripts submitit
 # would write and submits nothing. SIZE defaults to the cluster's (tiny on local/none, full on alvis).
 CLUSTER    ?= none
@@ -12,14 +14,20 @@ SIZE       ?=
 SWEEP_ARGS ?=
 SWEEPS     := precision loader parallelism batch overall algorithms
 
-# The interpreter that submits: the cluster venv ($MMHPC_VENV, `make install-cluster`) when it exists, else the
-# project's .venv. Only CLUSTER=local/none build .venv first; on a cluster nothing is built unless asked.
-SUBMIT_PY := $(if $(and $(MMHPC_VENV),$(wildcard $(MMHPC_VENV)/bin/python)),$(MMHPC_VENV)/bin/python,$(PY))
+# The interpreter that submits, on the login node: $(LOGIN_VENV) (`make install-login`: mmhpc's pure-Python
+# part only, for a login node of another architecture than the nodes, e.g. Arrhenius' x86_64 login and
+# aarch64 GPU nodes), else the cluster venv ($MMHPC_VENV, `make install-cluster`) when it runs on this
+# machine, else the project's .venv. Only CLUSTER=local/none build .venv first; on a cluster nothing is
+# built unless asked. The jobs run the profile's interpreter (its venv or image), never this one.
+LOGIN_VENV ?= .venv-login
+_cluster_py := $(if $(MMHPC_VENV),$(shell $(MMHPC_VENV)/bin/python -c 'print(1)' >/dev/null 2>&1 && echo $(MMHPC_VENV)/bin/python))
+SUBMIT_PY := $(or $(wildcard $(LOGIN_VENV)/bin/python),$(_cluster_py),$(PY))
 _build    := $(if $(filter $(PY),$(SUBMIT_PY)),$(if $(filter local none,$(CLUSTER)),install))
 
 _dry   := $(filter 1 yes true,$(DRY_RUN))
 _local := $(filter local,$(CLUSTER))
-_wait  := $(if $(filter alvis,$(CLUSTER)),,--wait)
+WAIT   ?= $(if $(filter local none,$(CLUSTER)),1)
+_wait  := $(if $(filter 1 yes true,$(WAIT)),--wait)
 _sweep_flags = --cluster $(CLUSTER) $(if $(SIZE),--size $(SIZE)) $(if $(_dry),--dry-run,$(_wait)) $(SWEEP_ARGS)
 
 .PHONY: $(addprefix sweep-,$(SWEEPS))

@@ -145,11 +145,10 @@ def cmd_doctor(args) -> int:
 
     profile = load_profile(args.cluster) if args.cluster else None
     cfg = _config_from(args)
-    results = args.results
-    if results is None and profile is not None and profile.results_root:
-        results = profile.results_dir()
-    checks = run_checks(cfg, profile, results)
+    checks = run_checks(cfg, profile, args.results)
     print(format_checks(checks))
+    if any(c.name == "arch" and not c.ok for c in checks):
+        return 2  # an interpreter or image for another architecture: nothing can run, fix the setup
     return 0 if all(c.ok for c in checks) else 1
 
 

@@ -87,15 +87,17 @@ def run_checks(cfg=None, profile=None, results: str | Path | None = None, env=os
 
     cfg = cfg or load_config(None, [])
     checks = [Check("python", sys.version_info >= (3, 10), f"Python {platform.python_version()} ({sys.executable})")]
-    cuda = torch.version.cuda
-    checks.append(Check("torch", True, f"torch {torch.__version__}, "
-                        + (f"built for CUDA {cuda}" if cuda else "a CPU-only build")))
+    checks.append(arch_check(profile, env))
+    cuda, hip = torch.version.cuda, getattr(torch.version, "hip", None)
+    checks.append(Check("torch", True, f"torch {torch.__version__}, " + (
+        f"built for CUDA {cuda}" if cuda else f"built for ROCm (HIP {hip}): AMD GPUs" if hip
+        else "a CPU-only build")))
     driver, driver_cuda, note = nvml_driver()
     bad_driver = driver_problem(cuda, driver, driver_cuda)
     checks.append(Check("driver", bad_driver is None, bad_driver or (
         f"NVIDIA driver {driver} (supports CUDA {driver_cuda // 1000}.{driver_cuda % 1000 // 10})" if driver
-        else note)))
-    visible = torch.cuda.device_count() if cuda else 0
+        else f"ROCm build: the NVIDIA driver check does not apply ({note})" if hip else note)))
+    visible = torch.cuda.device_count() if cuda or hip else 0  # ROCm builds answer through torch.cuda
     allocated = slurm_gpus(env)
     wants_gpu = bool(profile is not None and profile.is_gpu) or allocated > 0 or cfg.system.device == "cuda"
     if allocated and visible != allocated:
@@ -104,22 +106,97 @@ def run_checks(cfg=None, profile=None, results: str | Path | None = None, env=os
     elif wants_gpu and not visible:
         where = (f"cluster {profile.name} runs on GPUs ({', '.join(profile.gpus)})" if profile is not None
                  and profile.is_gpu else f"system.device={cfg.system.device} needs a GPU")
-        why = "torch is a CPU-only build" if not cuda else note or "CUDA is not usable"
+        why = "torch is a CPU-only build" if not (cuda or hip) else note or "CUDA is not usable"
         gpus = Check("gpus", False, f"{where}, and torch sees no GPU on this machine ({why}); run on a GPU "
                      "node (sbatch/srun --gpus-per-node=TYPE:N)")
     else:
         names = [torch.cuda.get_device_name(i) for i in range(visible)]
         gpus = Check("gpus", True, f"{visible} GPU(s): {', '.join(names)}" if visible else "no GPU (CPU runs)")
     checks.append(gpus)
-    if visible:
+    if visible and hip:  # AMD: BF16 on CDNA2+ (MI200/MI300); no TF32 mode in ROCm builds of torch
+        bad = [f"system.precision=tf32: {torch.cuda.get_device_name(0)} (ROCm) has no TF32 mode; valid: fp32, "
+               "bf16"] if cfg.system.precision == "tf32" else []
+        checks.append(Check("precision", not bad, bad[0] if bad else f"{cfg.system.precision} on "
+                            f"{torch.cuda.get_device_name(0)} (ROCm)"))
+    elif visible:
         caps = {torch.cuda.get_device_capability(i) for i in range(visible)}
         bad = [p for c in sorted(caps) if (p := Precision(cfg.system.precision, "cuda").problem(
             c, torch.cuda.get_device_name(0)))]
         checks.append(Check("precision", not bad, bad[0] if bad else f"{cfg.system.precision} on compute capability "
                             + ", ".join(f"{a}.{b}" for a, b in sorted(caps))))
     checks.append(_data_check(cfg))
+    if results is None and profile is not None and profile.results_root:
+        if profile.uses_placeholder_path():  # never "ok" for a directory no project owns
+            checks.append(Check("results", False, f"cluster {profile.name}: the results path "
+                                f"{profile.results_dir()} is built from the placeholder account; set "
+                                "MMHPC_ACCOUNT (or MMHPC_PROJECT, the storage project) or MMHPC_RESULTS"))
+            return checks
+        results = profile.results_dir()
     checks.append(_results_check(results or cfg.output.runs_dir))
     return checks
+
+
+# ---- architecture: the node's, and the one the jobs' interpreter or image was built for ----------------
+
+ELF_MACHINES = {62: "x86_64", 183: "aarch64", 3: "i386", 40: "arm", 21: "ppc64le", 243: "riscv64"}
+SIF_ARCHES = {b"01": "i386", b"02": "x86_64", b"03": "arm", b"04": "aarch64", b"06": "ppc64le"}
+
+
+def node_arch() -> str:
+    """This machine's architecture as SLURM and Linux name it (x86_64, aarch64)."""
+    machine = platform.machine()
+    return {"AMD64": "x86_64", "arm64": "aarch64"}.get(machine, machine)
+
+
+def binary_arch(path: str | Path) -> str | None:
+    """The architecture an ELF executable or a SIF image (Apptainer) was built for, from its header;
+    None when the file is neither (or unreadable)."""
+    try:
+        with open(Path(path).resolve(), "rb") as f:
+            head = f.read(64)
+    except OSError:
+        return None
+    if head[:4] == b"\x7fELF" and len(head) >= 20:
+        return ELF_MACHINES.get(int.from_bytes(head[18:20], "little" if head[5] == 1 else "big"), "unknown")
+    if head[32:41] == b"SIF_MAGIC":  # SIF global header: launch line (32), magic (10), version (3), arch (3)
+        return SIF_ARCHES.get(head[45:47])
+    return None
+
+
+def jobs_interpreter(profile) -> tuple[str, str]:
+    """(what, file) the jobs of `profile` execute: its image, its python, its venv's python, or this one."""
+    import shlex
+    import shutil
+
+    if profile is not None and profile.apptainer:
+        return "image", profile.apptainer
+    if profile is not None and profile.python:
+        first = shlex.split(profile.python)[0]
+        return "interpreter", shutil.which(first) or first
+    if profile is not None and profile.venv:
+        return "interpreter", f"{profile.venv.rstrip('/')}/bin/python"
+    return "interpreter", sys.executable
+
+
+def arch_check(profile=None, env=os.environ) -> Check:
+    """The node's architecture, and a refusal when the jobs' interpreter or image was built for another
+    (an x86 venv on an aarch64 GH200 node cannot even start)."""
+    here = node_arch()
+    in_job = "SLURM_JOB_ID" in env
+    target = profile.arch if profile is not None and profile.scheduler == "slurm" else here
+    if in_job and target != here:
+        return Check("arch", False, f"this node is {here}, cluster {profile.name}'s nodes are {target}: "
+                     "a profile for another cluster?")
+    what, path = jobs_interpreter(profile)
+    built = binary_arch(path)
+    where = f"nodes of {profile.name} are" if target != here else "this node is"
+    if built and built != "unknown" and built != target:
+        fix = ("build the image for it (env/apptainer/mmhpc.def, on a node of that architecture)"
+               if what == "image" else "build the venv on a compute node (make install-cluster CLUSTER="
+               f"{profile.name if profile is not None else '...'})")
+        return Check("arch", False, f"the jobs' {what} {path} is built for {built}, {where} {target}; " + fix)
+    login = f"; cluster {profile.name}'s nodes: {target} (this machine only submits)" if target != here else ""
+    return Check("arch", True, f"{here}{login}; jobs run {path}" + (f" ({built})" if built else ""))
 
 
 def _data_check(cfg) -> Check:

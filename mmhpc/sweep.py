@@ -284,7 +284,7 @@ def expand(spec: dict, profile: ClusterProfile, size: str | None = None, runs_di
     blocks = spec.get("blocks") or [{}]
     runs: list[PlannedRun] = []
     for block in blocks:
-        groups = _axis_groups(spec, block)
+        groups = _axis_groups(spec, block, profile.default_sweep_gpus())
         for combo in itertools.product(*groups, [{"train.seed": s} for s in seeds]):
             axes = {k: v for part in combo for k, v in part.items()}
             raw: dict = {}
@@ -311,7 +311,7 @@ def expand(spec: dict, profile: ClusterProfile, size: str | None = None, runs_di
             _validate(run, profile)
             runs.append(run)
     _check_duplicates(runs)
-    return SweepPlan(name, spec, profile.name, size, runs, file_problems, file)
+    return SweepPlan(name, spec, profile.ref, size, runs, file_problems, file)
 
 
 # ---- axes ------------------------------------------------------------------------------------------
@@ -344,14 +344,21 @@ def _apply_tiny(spec: dict) -> dict:
     return {**spec, **{k: v for k, v in tiny.items() if k != "base"}}
 
 
-def _axis_groups(spec: dict, block: dict) -> list[list[dict]]:
+CLUSTER_GPUS = "cluster"  # `resources.gpu: [cluster]`: the profile's GPU types (its sweep_gpus)
+
+
+def _axis_groups(spec: dict, block: dict, cluster_gpus: list[str] = ()) -> list[list[dict]]:
     """Each grid axis is a group of one-key choices; each zip table one group of parallel choices. An axis
-    with an unknown key is left out (`spec_problems` reports it); unequal zip lists stop at the shortest."""
+    with an unknown key is left out (`spec_problems` reports it); unequal zip lists stop at the shortest.
+    A `resources.gpu` grid axis of `cluster` stands for `cluster_gpus` (none on a CPU cluster: no axis)."""
     groups = []
     for source in (spec, block):
         for k, values in (source.get("grid") or {}).items():
             key = _known_axis(k)
-            if key:
+            if key == "resources.gpu" and CLUSTER_GPUS in values:
+                values = list(dict.fromkeys(g for v in values for g in
+                                            (cluster_gpus if v == CLUSTER_GPUS else [v])))
+            if key and values:
                 groups.append([{key: v} for v in values])
         zipped = {_known_axis(k): v for k, v in (source.get("zip") or {}).items() if _known_axis(k)}
         if zipped:

@@ -155,7 +155,8 @@ def test_split_arrays_render_and_hand_lines_carry_their_own_caps(tmp_path):
 
 def test_profiles_are_package_data():
     assert PROFILE_DIR == REPO / "mmhpc" / "launch" / "profiles"
-    assert {p.stem for p in PROFILE_DIR.glob("*.yaml")} == {"alvis", "local", "none"}
+    assert {p.stem for p in PROFILE_DIR.glob("*.yaml")} == {"alvis", "arrhenius", "berzelius", "local",
+                                                              "none"}
 
 
 @pytest.mark.slow
@@ -165,7 +166,7 @@ def test_a_built_wheel_carries_the_profiles(tmp_path):
                     str(tmp_path), str(REPO)], check=True, capture_output=True, timeout=300)
     wheel = next(tmp_path.glob("mmhpc-*.whl"))
     names = zipfile.ZipFile(wheel).namelist()
-    assert {f"mmhpc/launch/profiles/{c}.yaml" for c in ("alvis", "local", "none")} <= set(names)
+    assert {f"mmhpc/launch/profiles/{c}.yaml" for c in ("alvis", "arrhenius", "berzelius", "local", "none")} <= set(names)
     assert "mmhpc/launch/clusters.py" in names
 
 

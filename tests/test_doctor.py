@@ -16,8 +16,9 @@ from mmhpc.results import read_record
 pytestmark = pytest.mark.usefixtures("isolated_env")
 
 
-def test_doctor_for_alvis_fails_here_naming_the_missing_gpu(capsys):
+def test_doctor_for_alvis_fails_here_naming_the_missing_gpu(capsys, monkeypatch, tmp_path):
     assert torch.cuda.device_count() == 0  # this machine: no GPU
+    monkeypatch.setenv("MMHPC_RESULTS", str(tmp_path / "r"))  # not the placeholder path (its own FAIL)
     assert main(["doctor", "--cluster", "alvis"]) == 1
     out = capsys.readouterr().out
     line = next(ln for ln in out.splitlines() if ln.startswith("FAIL"))

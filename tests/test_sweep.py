@@ -167,7 +167,7 @@ def test_builtin_profiles_load_and_validate():
     assert alvis.gpus["V100"].capability < 8.0 <= alvis.gpus["A40"].capability
     assert load_profile("local").partition == "debug" and not load_profile("local").is_gpu
     assert load_profile("none").scheduler == "none"
-    with pytest.raises(ClusterError, match="cluster: invalid value 'nope'; valid: alvis, local, none"):
+    with pytest.raises(ClusterError, match="cluster: invalid value 'nope'; valid: alvis, arrhenius, berzelius, local, none, a profile file"):
         load_profile("nope")
 
 
@@ -202,8 +202,10 @@ def test_user_file_adds_clusters_that_extend_builtin_ones(tmp_path, monkeypatch)
 def test_profile_validation_names_the_field():
     with pytest.raises(ClusterError, match=r"p.yaml: partiton: unknown key; valid: name, scheduler"):
         profile_from_dict({"name": "a", "scheduler": "slurm", "partiton": "x"}, "p.yaml")
-    with pytest.raises(ClusterError, match=r"p.yaml: partition: a slurm cluster needs a partition"):
-        profile_from_dict({"name": "a", "scheduler": "slurm"}, "p.yaml")
+    assert profile_from_dict({"name": "a", "scheduler": "slurm"}, "p.yaml").partition is None  # the site's default
+    with pytest.raises(ClusterError, match=r"p.yaml: sweep_gpus: invalid value 'H100'; valid: A100"):
+        profile_from_dict({"name": "a", "scheduler": "none", "default_gpu": "A100", "sweep_gpus": ["H100"],
+                           "gpus": {"A100": {"capability": 8.0, "nodes": [{"gpus": 4, "cores": 64}]}}}, "p.yaml")
     with pytest.raises(ClusterError, match=r"default_gpu: invalid value 'H100'; valid: A100"):
         profile_from_dict({"name": "a", "scheduler": "none", "gpus": {"A100": {"capability": 8.0,
                                                                                 "nodes": [{"gpus": 4, "cores": 64}]}},
@@ -300,9 +302,9 @@ def test_states_come_from_records_first_then_slurm(tmp_path, monkeypatch):
 
 # ---- sbatch scripts: typed GPUs, arrays, DDP tasks; golden files ------------------------------------------
 
-def _render(tmp_path, spec: dict) -> str:
+def _render(tmp_path, spec: dict, cluster: str = "alvis", account: str = "NAISS2025-22-000") -> str:
     path = write_sweep(tmp_path, spec)
-    profile, plan, sweep_dir = prepare_sweep(path, "alvis", account="NAISS2025-22-000", results="/RESULTS",
+    profile, plan, sweep_dir = prepare_sweep(path, cluster, account=account, results="/RESULTS",
                                              dry_run=True)
     runs = [{"index": r.index, "name": r.name, "resources": r.resources.to_dict()} for r in plan.runnable()]
     return render_scripts(sweep_dir, profile, plan.name, runs).replace(sys.executable, "PYTHON")
@@ -314,6 +316,16 @@ GOLDEN_CASES = {
                                 "resources": {"alvis": {"gpu": "A100", "gpus": 4, "time_min": 600}}},
     "alvis_a40x1_array.sbatch": {"name": "precision", "grid": {"system.precision": ["fp32", "tf32", "bf16"]},
                                  "resources": {"alvis": {"gpu": "A40"}}},
+    # Arrhenius: typed gres nvidia_gh200_120gb, -A <project>-gpu, the node's venv, Slingshot's NCCL lines
+    # only for the multi-node run
+    "arrhenius_gh200x4_ddp_2nodes.sbatch": {"name": "ddp", "base": {"data.dataset": "cremad",
+                                                                    "system.parallelism": "ddp"},
+                                            "resources": {"arrhenius": {"gpus": 4, "nodes": 2}}},
+    "arrhenius_gh200x1_array.sbatch": {"name": "precision", "grid": {"system.precision": ["fp32", "bf16"]}},
+    # Berzelius: no partition, --gpus=N and the node kind as a constraint (thin by default, fat on request)
+    "berzelius_a100x1_array.sbatch": {"name": "precision", "grid": {"system.precision": ["fp32", "tf32"]}},
+    "berzelius_a100fat_x8_ddp.sbatch": {"name": "ddp", "base": {"system.parallelism": "ddp"},
+                                        "resources": {"berzelius": {"gpu": "A100fat", "gpus": 8}}},
 }
 
 
@@ -344,8 +356,12 @@ def test_cli_dry_run_prints_sbatch_scripts(tmp_path, capsys):
 
 
 @pytest.mark.parametrize("golden", sorted(GOLDEN_CASES))
-def test_alvis_sbatch_scripts_match_the_golden_files(golden, tmp_path):
-    text = _render(tmp_path, GOLDEN_CASES[golden])
+def test_sbatch_scripts_match_the_golden_files(golden, tmp_path, monkeypatch):
+    cluster = golden.split("_")[0]
+    if cluster != "alvis":  # the jobs run the node's venv (built on a GPU node), not this interpreter
+        monkeypatch.setenv("MMHPC_VENV", "/NODE/venv")
+    text = _render(tmp_path, GOLDEN_CASES[golden], cluster,
+                   "NAISS2025-22-000" if cluster == "alvis" else "naiss2026-1-1")
     path = GOLDEN / golden
     if os.environ.get("UPDATE_GOLDEN"):
         path.write_text(text)

@@ -125,6 +125,12 @@ def cmd_clusters(args) -> int:
 
     from mmhpc.launch.clusters import cluster_names, load_profile, user_clusters_file
 
+    if args.name == "discover":
+        return cmd_discover(args)
+    if args.partition or args.output or args.probe:
+        from mmhpc.errors import ConfigError
+
+        raise ConfigError("--partition, -o and --probe go with `mmhpc clusters discover`")
     if args.name:
         profile = load_profile(args.name)
         shown = profile.model_dump(exclude={"gpus"})
@@ -137,6 +143,30 @@ def cmd_clusters(args) -> int:
         devices = ", ".join(p.gpus) or "CPU"
         print(f"{name:10s} {p.scheduler:6s} {p.size:5s} {devices:32s} {p.description}")
     print(f"(user profiles: {user_clusters_file()})")
+    return 0
+
+
+def cmd_discover(args) -> int:
+    """Draft a profile from this cluster's SLURM; validated before it is printed or written."""
+    from pathlib import Path
+
+    from mmhpc.errors import ConfigError
+    from mmhpc.launch.discover import discover_here, validate
+
+    out = Path(args.output).expanduser().absolute() if args.output else None
+    if out is not None and out.exists():  # a profile someone edited is never overwritten
+        raise ConfigError(f"-o: {out} exists; valid: a new file (remove it first to discover again)")
+    text = discover_here(args.partition, args.probe)
+    validate(text, str(out or "<discovered>"))
+    if out is None:
+        print(text, end="")
+        return 0
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.part-{os.getpid()}")
+    tmp.write_text(text)
+    os.replace(tmp, out)
+    print(f"wrote {out}: check its `assumed` values, then: make sweep-parallelism CLUSTER={out} DRY_RUN=1",
+          file=sys.stderr)
     return 0
 
 
@@ -207,6 +237,12 @@ def add_parsers(sub) -> None:
     p.add_argument("index", type=int)
     p.set_defaults(func=cmd_run_index)
 
-    p = sub.add_parser("clusters", help="list the cluster profiles, or show one")
-    p.add_argument("name", nargs="?")
+    p = sub.add_parser("clusters", help="list the cluster profiles, show one, or `discover` this cluster's",
+                       description="mmhpc clusters [NAME]: the profiles, or one. mmhpc clusters discover "
+                                   "[--partition P] [-o FILE] [--probe]: a draft profile from scontrol/sacctmgr")
+    p.add_argument("name", nargs="?", help="a profile name or file, or `discover`")
+    p.add_argument("--partition", default=None, help="discover: the partition (default: SLURM's default)")
+    p.add_argument("-o", "--output", default=None, help="discover: write the profile here (default: stdout)")
+    p.add_argument("--probe", action="store_true", help="discover: also submit a 2-minute 1-GPU job that "
+                   "records the GPU's capability, uname -m, scratch variables, interconnect and PyTorch modules")
     p.set_defaults(func=cmd_clusters)

@@ -16,6 +16,7 @@ DataParallel's two GPUs, the DDP batch split).
 """
 from __future__ import annotations
 
+import logging
 import os
 import re
 import sys
@@ -31,6 +32,12 @@ PROFILE_DIR = Path(__file__).with_name("profiles")
 Size = Literal["tiny", "full"]  # tiny: the synthetic smoke version of a sweep; full: as written
 SIZES = get_args(Size)
 ACCOUNT_PLACEHOLDER = "NAISSxxxx-xx-xx"  # used by --dry-run when no account is set
+Arch = Literal["x86_64", "aarch64"]
+Fabric = Literal["infiniband", "slingshot", "ethernet", "none"]
+FAST_FABRICS = ("infiniband", "slingshot")  # multi-node NCCL over these; ethernet/none are refused
+
+
+log = logging.getLogger(__name__)
 
 
 class ClusterError(ConfigError):
@@ -45,14 +52,26 @@ class NodeType(_Strict):
     """One kind of node that carries a GPU type: its GPUs and CPU cores (`--cpus-per-task` follows)."""
     gpus: PositiveInt
     cores: PositiveInt
+    mem_gb: PositiveFloat | None = None  # the node's memory (informative; see GpuType.mem_gb_per_gpu)
 
 
 class GpuType(_Strict):
+    """One GPU type as users name it (`resources.gpu`) and as SLURM is asked for it."""
     model_config = ConfigDict(extra="forbid", frozen=True)
     name: str = ""
     capability: float = Field(gt=0)  # CUDA compute capability: TF32 and BF16 need 8.0+
     nodes: list[NodeType] = Field(min_length=1)  # the node types with this GPU (V100: 4- and 2-GPU nodes)
-    infiniband: bool = True  # nodes linked by InfiniBand: multi-node DDP needs it
+    gres: str | None = None          # SLURM's GPU type (gres) when not the name; "" = untyped request
+    partition: str | None = None     # this type's partition (default: the profile's)
+    constraint: str | None = None    # sbatch -C (Berzelius: thin | fat)
+    memory_gb: PositiveFloat | None = None      # the GPU's own memory (informative)
+    mem_gb_per_gpu: PositiveFloat | None = None  # host memory per GPU: --mem = this x GPUs (default: site's)
+    fabric: Fabric | None = None     # the nodes' interconnect (default: the profile's)
+    vendor: Literal["nvidia", "amd"] = "nvidia"
+
+    @property
+    def gres_type(self) -> str:
+        return self.name if self.gres is None else self.gres
 
     @property
     def per_node(self) -> int:
@@ -69,10 +88,19 @@ class ClusterProfile(_Strict):
     name: str
     scheduler: Literal["slurm", "none"]
     description: str = ""
-    partition: str | None = None
-    account: str | None = None
+    partition: str | None = None        # none: the site's default (Berzelius); a GPU type may name its own
+    qos: str | None = None
+    account: str | None = None          # the project's account as its users name it
     account_required: bool = False
+    account_suffix: str = ""            # jobs run as account + suffix (Arrhenius GPU jobs: -gpu)
     project: str | None = None          # storage project for `{project}` in results_root (default: account)
+    arch: Arch = "x86_64"               # the compute nodes' architecture (the login node may differ)
+    fabric: Fabric = "infiniband"       # interconnect of the nodes (a GPU type may override it)
+    fabric_setup: list[str] = []        # shell lines multi-node NCCL needs on this fabric (plugin modules)
+    exclusive: bool = False             # whole nodes (sbatch --exclusive)
+    scratch: str = "TMPDIR"             # the node-local scratch variable that stage_data copies into
+    gpu_request: Literal["gpus_per_node", "gpus"] = "gpus_per_node"  # how GPUs are asked for
+    sweep_gpus: list[str] = []          # `resources.gpu: cluster` in a sweep: these (default: default_gpu)
     size: Size = "full"                 # default sweep size on this cluster
     time_min: PositiveInt = 60          # default time limit of one run
     max_time_min: PositiveInt = 60
@@ -95,10 +123,17 @@ class ClusterProfile(_Strict):
     setup: list[str] = []
     overrides: dict[str, Any] = {}      # RunConfig overrides of every run here
     _source: str = PrivateAttr("")       # the file it was read from
+    _ref: str = PrivateAttr("")          # how to load it again: its name, or the path of its own file
 
     @property
     def source(self) -> str:
         return self._source
+
+    @property
+    def ref(self) -> str:
+        """What a sweep directory records as its cluster: the name, or the profile file's absolute path
+        (`--cluster path/to/profile.yaml`, e.g. one written by `mmhpc clusters discover`)."""
+        return self._ref or self.name
 
     @property
     def is_gpu(self) -> bool:
@@ -109,21 +144,71 @@ class ClusterProfile(_Strict):
             self.account = account
         return self
 
+    @property
+    def job_account(self) -> str | None:
+        """`sbatch -A`: the account with the profile's suffix (given once, never twice)."""
+        if not self.account or not self.account_suffix or self.account.endswith(self.account_suffix):
+            return self.account
+        return self.account + self.account_suffix
+
+    @property
+    def placeholder(self) -> bool:
+        """The account is the dry-run placeholder: nothing real may be submitted or written with it."""
+        return self.account == ACCOUNT_PLACEHOLDER
+
     def check_account(self, dry_run: bool = False) -> None:
+        """No account where one is needed: a dry run goes on with a placeholder and a loud warning;
+        anything else is refused (exit 2), as is a placeholder account given by hand."""
         if self.account_required and not self.account:
             if dry_run:
                 self.account = ACCOUNT_PLACEHOLDER
+                log.warning("cluster %s: no account set (MMHPC_ACCOUNT or --account): these scripts use the "
+                            "placeholder -A %s and the results path %s; a real submission is refused until "
+                            "an account is set", self.name, self.job_account, self.results_root_shown())
                 return
-            raise ClusterError(problem("account", f"cluster {self.name} needs a SLURM account (sbatch -A); set "
-                                                  "MMHPC_ACCOUNT or pass --account", ["NAISSxxxx-xx-xx"]))
+            raise ClusterError(f"account: cluster {self.name} needs a SLURM account (sbatch -A); set "
+                               "MMHPC_ACCOUNT or pass --account (your project's, e.g. from `projinfo` or "
+                               "`sacctmgr show assoc user=$USER`)")
+        if self.placeholder and not dry_run:
+            raise ClusterError(f"account: {ACCOUNT_PLACEHOLDER} is the dry-run placeholder, not an account; "
+                               f"set MMHPC_ACCOUNT or pass --account with your project's")
+
+    def results_root_shown(self) -> str:
+        try:
+            return str(self.results_dir())
+        except ClusterError:
+            return "(none)"
 
     def results_dir(self) -> Path:
-        """The results root with `{project}` filled in (the storage project defaults to the account)."""
+        """The results root with `{project}` filled in (the storage project defaults to the account in
+        lower case, without the job account's suffix)."""
         if not self.results_root:
             raise ClusterError(problem("results_root", f"cluster {self.name} has none; set MMHPC_RESULTS or "
                                                        "pass --results"))
-        project = self.project or (self.account or ACCOUNT_PLACEHOLDER).lower()
+        account = self.account or ACCOUNT_PLACEHOLDER
+        if self.account_suffix and account.endswith(self.account_suffix):
+            account = account[:-len(self.account_suffix)]
+        project = self.project or account.lower()
         return Path(self.results_root.replace("{project}", project)).expanduser().absolute()
+
+    def uses_placeholder_path(self) -> bool:
+        """The results root is built from the placeholder account (no project known)."""
+        return bool(self.results_root and "{project}" in self.results_root and not self.project
+                    and (not self.account or self.placeholder))
+
+    def gpu_partition(self, gpu: str | None) -> str | None:
+        spec = self.gpus.get(gpu) if gpu else None
+        return spec.partition if spec is not None and spec.partition else self.partition
+
+    def gpu_fabric(self, gpu: str | None) -> str:
+        spec = self.gpus.get(gpu) if gpu else None
+        return spec.fabric if spec is not None and spec.fabric else self.fabric
+
+    def default_sweep_gpus(self) -> list[str]:
+        """What `resources.gpu: cluster` in a sweep stands for here."""
+        if not self.gpus:
+            return []
+        return list(self.sweep_gpus) or [self.default_gpu]
 
     def interpreter(self) -> str:
         """What the jobs run: `python` if set; else the image's `python`; else `{venv}/bin/python`; only
@@ -136,13 +221,13 @@ class ClusterProfile(_Strict):
             return f"{self.venv.rstrip('/')}/bin/python"
         return sys.executable
 
-    def setup_lines(self) -> list[str]:
+    def setup_lines(self, nodes: int = 1) -> list[str]:
         lines = []
         if self.modules and not self.apptainer:
             lines += ["module purge"] + [f"module load {m}" for m in self.modules]
         if self.venv and not self.apptainer:  # for the tools the run starts (torchrun): PATH, VIRTUAL_ENV
             lines.append(f"source {self.venv.rstrip('/')}/bin/activate")
-        return lines + list(self.setup)
+        return lines + list(self.setup) + (list(self.fabric_setup) if nodes > 1 else [])
 
 
 # ---- loading -----------------------------------------------------------------------------------------
@@ -178,10 +263,28 @@ def cluster_names() -> list[str]:
     return sorted(_raw_profiles())
 
 
+def is_profile_file(name: str) -> bool:
+    return name.endswith((".yaml", ".yml")) or os.sep in name
+
+
 def load_profile(name: str, account: str | None = None) -> ClusterProfile:
+    """A profile by name (built-in or the user's file), or from a profile file of its own (a path)."""
     raws = _raw_profiles()
+    if name not in raws and is_profile_file(name):
+        path = Path(name).expanduser().absolute()
+        if not path.is_file():
+            raise ClusterError(problem("cluster", f"no profile file {path}", sorted(raws)))
+        data = read_yaml(path, ClusterError) or {}
+        if not isinstance(data, dict):
+            raise ClusterError(problem("", "expected a mapping of profile keys", file=str(path)))
+        own = str(data.get("name") or path.stem)
+        raws = {**raws, str(path): ({**data, "name": own}, str(path), "")}
+        raw, source, prefix = _resolve_extends(str(path), raws, [])
+        profile = profile_from_dict(raw, source, prefix).with_account(account)
+        profile._ref = str(path)
+        return profile
     if name not in raws:
-        raise ClusterError(problem("cluster", f"invalid value {name!r}", sorted(raws)))
+        raise ClusterError(problem("cluster", f"invalid value {name!r}", sorted(raws) + ["a profile file"]))
     raw, source, prefix = _resolve_extends(name, raws, [])
     return profile_from_dict(raw, source, prefix).with_account(account)
 
@@ -222,8 +325,10 @@ def profile_from_dict(raw: dict, source: str = "<dict>", prefix: str = "") -> Cl
     if profile.gpus and profile.default_gpu not in profile.gpus:
         problems.append(problem(_join(prefix, "default_gpu"), f"invalid value {profile.default_gpu!r}",
                                 sorted(profile.gpus), source))
-    if profile.scheduler == "slurm" and not profile.partition:
-        problems.append(problem(_join(prefix, "partition"), "a slurm cluster needs a partition", file=source))
+    bad = [g for g in profile.sweep_gpus if g not in profile.gpus]
+    if bad:
+        problems.append(problem(_join(prefix, "sweep_gpus"), f"invalid value {bad[0]!r}", sorted(profile.gpus),
+                                source))
     if profile.time_min > profile.max_time_min:
         problems.append(problem(_join(prefix, "time_min"), f"{profile.time_min} exceeds max_time_min "
                                 f"{profile.max_time_min}", [f"1..{profile.max_time_min}"], source))
@@ -346,6 +451,8 @@ def resolve_resources(profile: ClusterProfile, cfg, request: dict) -> tuple[Reso
                                    f"{', '.join(profile.gpus)}"], None
         spec = profile.gpus[gpu]
         wrong = Precision(precision, "cuda").problem(spec.capability, gpu)
+        if spec.vendor == "amd" and precision == "tf32":  # ROCm builds of torch have no TF32 mode
+            wrong = f"system.precision=tf32: {gpu} is an AMD GPU (ROCm): no TF32 mode; valid: fp32, bf16"
         if wrong:
             able = [g for g, s in profile.gpus.items() if not Precision(precision, "cuda").problem(s.capability)]
             errors.append(wrong + (f" (or resources.gpu: {', '.join(able)})" if able else ""))
@@ -353,15 +460,22 @@ def resolve_resources(profile: ClusterProfile, cfg, request: dict) -> tuple[Reso
         if count > spec.per_node:
             errors.append(f"resources.gpus: {par} needs {count} GPUs per node, {gpu} nodes have {spec.per_node}"
                           + ("; use resources.nodes for multi-node ddp" if par == "ddp" else ""))
-        if nodes > 1 and not spec.infiniband:
-            errors.append(problem("resources.nodes", f"{nodes} nodes of {gpu}: {gpu} nodes have no InfiniBand, "
-                                  "so multi-node DDP would run over Ethernet", ["1", "or resources.gpu: " + ", ".join(
-                                      g for g, s in profile.gpus.items() if s.infiniband)]))
+        fabric = profile.gpu_fabric(gpu)
+        if nodes > 1 and fabric not in FAST_FABRICS:
+            errors.append(problem("resources.nodes", f"{nodes} nodes of {gpu}: {gpu} nodes have no InfiniBand "
+                                  f"or Slingshot (fabric {fabric}), so multi-node DDP would run over Ethernet",
+                                  ["1", "or resources.gpu: " + ", ".join(
+                                      g for g in profile.gpus if profile.gpu_fabric(g) in FAST_FABRICS)]))
+        elif nodes > 1 and fabric == "slingshot" and not profile.fabric_setup:
+            errors.append(problem("fabric_setup", f"{nodes} nodes of {gpu} on Slingshot: NCCL needs the "
+                                  "aws-ofi-nccl plugin there; the profile must load it (fabric_setup)",
+                                  ["e.g. [module load aws-ofi-nccl]"], profile.source))
         tasks = rules.tasks_per_node(count)
         if cpus is None and count <= spec.per_node:  # the cores that come with the task's GPUs
             cpus = spec.cores_per_gpu(count) * (count // tasks)
+        mem = req.mem_gb or profile.mem_gb or (spec.mem_gb_per_gpu * count if spec.mem_gb_per_gpu else None)
         res = Resources(gpu=gpu, gpus_per_node=count, nodes=nodes, tasks_per_node=tasks, time_min=time_min,
-                        cpus_per_task=cpus, mem_gb=req.mem_gb or profile.mem_gb)
+                        cpus_per_task=cpus, mem_gb=mem)
         wrong = rules.problem(cfg, "cuda", count, res.nodes * res.tasks_per_node)
     else:
         # a run that cannot exist on a CPU cluster (DP, TF32) is recorded as not applicable, not an error

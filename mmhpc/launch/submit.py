@@ -48,14 +48,15 @@ log = logging.getLogger(__name__)
 class SweepRun(submitit.helpers.Checkpointable):
     """One run of a sweep. Checkpointable: submitit requeues it as is; the trainer resumes from disk."""
 
-    def __init__(self, config: dict, stage_data: bool = False, data_home: str | None = None):
-        self.config, self.stage_data, self.data_home = config, stage_data, data_home
+    def __init__(self, config: dict, stage_data: bool = False, data_home: str | None = None,
+                 scratch: str = "TMPDIR"):
+        self.config, self.stage_data, self.data_home, self.scratch = config, stage_data, data_home, scratch
 
     def __call__(self) -> str:
         if self.data_home:  # the synthetic cache of the submitting machine, wherever the job starts
             os.environ.setdefault("MMHPC_DATA", self.data_home)
         job_logging()
-        return execute_run(self.config, self.stage_data)
+        return execute_run(self.config, self.stage_data, scratch=getattr(self, "scratch", "TMPDIR"))
 
 
 def job_logging() -> None:
@@ -65,7 +66,8 @@ def job_logging() -> None:
                             format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
 
-def execute_run(config: dict, stage_data: bool = False, max_requeues: int | None = None) -> str:
+def execute_run(config: dict, stage_data: bool = False, max_requeues: int | None = None,
+                scratch: str = "TMPDIR") -> str:
     """Train one run config here; a finished record is never rerun. Returns what happened.
 
     In a SLURM job the pre-timeout signal stops training at a step boundary and requeues the job
@@ -77,8 +79,12 @@ def execute_run(config: dict, stage_data: bool = False, max_requeues: int | None
     record_path = cfg.record_path()
     if _finished(record_path):
         return f"{record_path}: already done"
-    if stage_data and cfg.data.source == "prepared" and os.environ.get("TMPDIR"):
-        cfg = cfg.replace({"data.root": stage_dataset(cfg.data.root, Path(os.environ["TMPDIR"]))})
+    if stage_data and cfg.data.source == "prepared":
+        if os.environ.get(scratch):
+            cfg = cfg.replace({"data.root": stage_dataset(cfg.data.root, Path(os.environ[scratch]))})
+        else:
+            log.warning("stage_data: $%s (the profile's node-local scratch) is unset on %s: reading %s from "
+                        "the shared file system", scratch, os.uname().nodename, cfg.data.root)
     from mmhpc.doctor import check_job
     from mmhpc.train import Preempted, train, write_failed_record
 
@@ -194,24 +200,37 @@ def slurm_parameters(profile: ClusterProfile, res: Resources, job_name: str, par
     """submitit's parameters for one job array: the resource lines of its sbatch script.
 
     `--cpus-per-task` also goes to `srun` (since SLURM 22.05 srun no longer inherits it from sbatch),
-    `--mem` carries its unit (a bare number would be megabytes), GPUs are typed (`A100:4`)."""
-    params = {"job_name": job_name, "partition": profile.partition, "time": res.time_min, "nodes": res.nodes,
+    `--mem` carries its unit (a bare number would be megabytes), GPUs are asked for as the profile says
+    (`--gpus-per-node=TYPE:N` with the GPU type's gres name, untyped, or `--gpus=N`), with the GPU type's
+    partition and constraint; the account is the job account (`account_suffix`)."""
+    params = {"job_name": job_name, "time": res.time_min, "nodes": res.nodes,
               "ntasks_per_node": res.tasks_per_node, "signal_delay_s": profile.signal_delay_s,
               "array_parallelism": parallelism or profile.array_parallelism}
-    optional = {"account": profile.account, "cpus_per_task": res.cpus_per_task, "mem": res.mem_arg(),
-                "setup": profile.setup_lines() or None, "dependency": f"afterany:{after}" if after else None,
+    spec = profile.gpus.get(res.gpu) if res.gpu else None
+    optional = {"partition": profile.gpu_partition(res.gpu), "account": profile.job_account,
+                "qos": profile.qos, "constraint": spec.constraint if spec is not None else None,
+                "exclusive": True if profile.exclusive else None,
+                "cpus_per_task": res.cpus_per_task, "mem": res.mem_arg(),
+                "setup": profile.setup_lines(res.nodes) or None,
+                "dependency": f"afterany:{after}" if after else None,
                 "srun_args": [f"--cpus-per-task={res.cpus_per_task}"] if res.cpus_per_task else None}
     params.update({k: v for k, v in optional.items() if v is not None})
     # requeue: allowed even where the site's JobRequeue default is 0 (USR2 before the limit requeues the job)
     params["additional_parameters"] = {"requeue": True}
     if res.gpu:  # submitit's gpus_per_node is a count; a typed request (A100:4) goes in verbatim
-        params["additional_parameters"]["gpus_per_node"] = typed_gpus(res)
+        flag, value = gpu_request(profile, res)
+        params["additional_parameters"][flag.replace("-", "_")] = value
     return params
 
 
-def typed_gpus(res: Resources) -> str:
-    """`--gpus-per-node` of a GPU request: type and count (`A100:4`)."""
-    return f"{res.gpu}:{res.gpus_per_node}"
+def gpu_request(profile: ClusterProfile, res: Resources) -> tuple[str, str]:
+    """The sbatch option and value that ask for a run's GPUs: `gpus-per-node`, `A100:4` (typed with
+    the GPU type's gres name), `4` (untyped), or `gpus`, `8` (all GPUs of the job, Berzelius)."""
+    gres = profile.gpus[res.gpu].gres_type
+    if profile.gpu_request == "gpus":
+        count = res.gpus_per_node * res.nodes
+        return "gpus", f"{gres}:{count}" if gres else str(count)
+    return "gpus-per-node", f"{gres}:{res.gpus_per_node}" if gres else str(res.gpus_per_node)
 
 
 def make_executor(profile: ClusterProfile, res: Resources, folder: Path, job_name: str,
@@ -281,15 +300,31 @@ def sbatch_line(sweep_dir: SweepDir, profile: ClusterProfile, plan: ArrayPlan, j
     """The `sbatch` command line of one job array for jobs/sweep_array.sbatch; `job_name`: the name
     `submit --hold` recorded, so that status finds the job."""
     res = plan.res
-    flags = [f"--array={','.join(str(r['index']) for r in plan.runs)}%{plan.parallelism}",
-             f"--partition={profile.partition}", f"--time={res.time_min}", f"--nodes={res.nodes}",
-             f"--ntasks-per-node={res.tasks_per_node}"]
+    params = slurm_parameters(profile, res, job_name or "", plan.parallelism)
+    flags = [f"--array={','.join(str(r['index']) for r in plan.runs)}%{plan.parallelism}"]
+    flags += [f"--partition={params['partition']}"] if params.get("partition") else []
+    flags += [f"--time={res.time_min}", f"--nodes={res.nodes}", f"--ntasks-per-node={res.tasks_per_node}"]
     flags += [f"--job-name={job_name}"] if job_name else []
-    flags += [f"--account={profile.account}"] if profile.account else []
+    flags += [f"--{k.replace('_', '-')}={params[k]}" for k in ("account", "qos", "constraint") if params.get(k)]
+    flags += ["--exclusive"] if params.get("exclusive") else []
     flags += [f"--cpus-per-task={res.cpus_per_task}"] if res.cpus_per_task else []
     flags += [f"--mem={res.mem_arg()}"] if res.mem_gb else []
-    flags += [f"--gpus-per-node={typed_gpus(res)}"] if res.gpu else []
+    flags += [f"--{flag}={value}" for flag, value in [gpu_request(profile, res)]] if res.gpu else []
     return f"sbatch {' '.join(flags)} jobs/sweep_array.sbatch {sweep_dir.path}"
+
+
+def one_gpu_flags(profile: ClusterProfile, minutes: int = 30) -> list[str]:
+    """`srun` flags for one task with one GPU of the profile's default type (a venv built on a node:
+    env/install-cluster.sh --cluster NAME)."""
+    res = Resources(gpu=profile.default_gpu, gpus_per_node=1 if profile.is_gpu else 0, nodes=1,
+                    tasks_per_node=1, time_min=min(minutes, profile.max_time_min),
+                    cpus_per_task=profile.gpus[profile.default_gpu].cores_per_gpu(1) if profile.is_gpu else None)
+    params = slurm_parameters(profile, res, "mmhpc-install")
+    flags = [f"--time={res.time_min}", "--nodes=1", "--ntasks=1"]
+    flags += [f"--{k}={params[k]}" for k in ("partition", "account", "qos", "constraint") if params.get(k)]
+    flags += [f"--cpus-per-task={res.cpus_per_task}"] if res.cpus_per_task else []
+    flags += [f"--{flag}={value}" for flag, value in [gpu_request(profile, res)]] if res.gpu else []
+    return flags
 
 
 # ---- submitting ----------------------------------------------------------------------------------------
@@ -422,7 +457,7 @@ def hold_runs(sweep_dir: SweepDir, manifest: dict, profile: ClusterProfile, indi
 
 def _sweep_run(profile: ClusterProfile, run: dict) -> SweepRun:
     home = os.environ.get("MMHPC_DATA", "data")
-    return SweepRun(run["config"], profile.stage_data, str(Path(home).absolute()))
+    return SweepRun(run["config"], profile.stage_data, str(Path(home).absolute()), profile.scratch)
 
 
 def _pregenerate_tiny_data(runs: list[dict]) -> None:
@@ -567,7 +602,7 @@ def _opened_sweep(path, cluster, size, account, results, name, overrides):
     profile, plan, sweep_dir = prepare_sweep(path, cluster, size, account, results, name, overrides=overrides)
     with sweep_dir.lock(create=True):
         manifest = create(sweep_dir, plan, Path(path))
-        if manifest["cluster"] != profile.name:
+        if manifest["cluster"] != profile.ref:
             reresolve(manifest, profile)
         yield sweep_dir, manifest, profile, to_resubmit(sweep_dir, manifest, profile)
 
@@ -591,7 +626,7 @@ def resume_sweep(path: str | Path, cluster: str | None = None, account: str | No
         manifest = sweep_dir.load()
         profile = load_profile(cluster or manifest["cluster"], account)
         profile.check_account(dry_run)
-        if profile.name != manifest["cluster"]:
+        if profile.ref != manifest["cluster"]:
             reresolve(manifest, profile)
         todo = to_resubmit(sweep_dir, manifest, profile, dry_run)
         if dry_run:  # what would be submitted
@@ -613,4 +648,4 @@ def run_index(path: str | Path, index: int) -> str:
     from mmhpc.launch.clusters import load_profile
 
     profile = load_profile(manifest["cluster"])
-    return execute_run(run["config"], profile.stage_data, profile.max_requeues)
+    return execute_run(run["config"], profile.stage_data, profile.max_requeues, profile.scratch)

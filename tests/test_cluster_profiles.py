@@ -1,0 +1,230 @@
+"""Profiles of real clusters (Arrhenius, Berzelius, Alvis kept), sweeps that take the cluster's GPU types,
+placeholder accounts, the architecture of the jobs' interpreter, ROCm builds, and `mmhpc clusters
+discover` on recorded outputs of three cluster shapes (tests/clusters/)."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from mmhpc.config import load_config
+from mmhpc.launch.clusters import ClusterError, load_profile, resolve_resources
+from mmhpc.launch.discover import COMMANDS, discover, minutes, parse_gres, parse_probe, validate
+from mmhpc.sweep import expand, load_sweep
+
+REPO = Path(__file__).resolve().parents[1]
+SHAPES = REPO / "tests" / "clusters"
+
+pytestmark = pytest.mark.usefixtures("isolated_env")
+
+
+def _runs(sweep: str, cluster: str, account: str = "naiss2026-1-1"):
+    plan = expand(load_sweep(REPO / "sweeps" / f"{sweep}.yaml"), load_profile(cluster, account), "full")
+    return plan
+
+
+# ---- profiles ------------------------------------------------------------------------------------------
+
+def test_arrhenius_asks_for_typed_gh200_with_the_gpu_account_and_keeps_storage_under_the_project():
+    p = load_profile("arrhenius", "naiss2026-1-1")
+    assert (p.partition, p.arch, p.fabric, p.default_gpu) == ("gpu", "aarch64", "slingshot", "GH200")
+    assert p.gpus["GH200"].gres_type == "nvidia_gh200_120gb" and p.gpus["GH200"].capability == 9.0
+    assert p.job_account == "naiss2026-1-1-gpu"
+    assert load_profile("arrhenius", "naiss2026-1-1-gpu").job_account == "naiss2026-1-1-gpu"  # never twice
+    assert str(p.results_dir()) == "/nobackup/proj/naiss2026-1-1/mmhpc"
+    assert str(load_profile("arrhenius", "naiss2026-1-1-gpu").results_dir()) == "/nobackup/proj/naiss2026-1-1/mmhpc"
+
+
+def test_berzelius_has_no_partition_and_picks_thin_or_fat_by_constraint():
+    p = load_profile("berzelius", "b")
+    assert p.partition is None and p.gpu_request == "gpus"
+    assert (p.gpus["A100"].constraint, p.gpus["A100fat"].constraint) == ("thin", "fat")
+    assert p.gpus["A100"].cores_per_gpu(1) == 16
+
+
+def test_alvis_is_kept_and_marked_historical():
+    assert "historical" in load_profile("alvis").description
+
+
+def test_sweeps_take_the_clusters_gpu_types():
+    """`resources.gpu: [cluster]`: Alvis keeps today's A100/A40 runs, Arrhenius gets GH200, Berzelius thin."""
+    for sweep in ("parallelism", "precision", "overall"):
+        alvis = _runs(sweep, "alvis")
+        assert {r.request["gpu"] for r in alvis.runs} == {"A100", "A40"} and not alvis.errors
+        assert all(("A100" in r.name) != ("A40" in r.name) for r in alvis.runs)
+        arrhenius = _runs(sweep, "arrhenius")
+        assert {r.request["gpu"] for r in arrhenius.runs} == {"GH200"} and not arrhenius.errors, arrhenius.errors
+        assert {r.request["gpu"] for r in _runs(sweep, "berzelius").runs} == {"A100"}
+
+
+def test_multi_node_on_slingshot_gets_the_fabric_lines_single_node_does_not(tmp_path):
+    from mmhpc.launch.submit import slurm_parameters
+
+    p = load_profile("arrhenius", "a")
+    res, errors, _ = resolve_resources(p, load_config(None, ["system.parallelism=ddp"]), {"gpus": 4, "nodes": 2})
+    assert errors == [] and "module load aws-ofi-nccl" in slurm_parameters(p, res, "j")["setup"]
+    one, _, _ = resolve_resources(p, load_config(None, ["system.parallelism=ddp"]), {"gpus": 4})
+    assert "module load aws-ofi-nccl" not in (slurm_parameters(p, one, "j").get("setup") or [])
+    p.fabric_setup = []
+    _, errors, _ = resolve_resources(p, load_config(None, ["system.parallelism=ddp"]), {"gpus": 4, "nodes": 2})
+    assert errors and "aws-ofi-nccl" in errors[0]
+
+
+@pytest.mark.slow
+def test_make_dry_run_for_arrhenius_and_berzelius(tmp_path):
+    """The acceptance lines: arrhenius parallelism and berzelius precision, DRY_RUN=1."""
+    env = {**os.environ, "MMHPC_ACCOUNT": "naiss2026-1-1", "MMHPC_VENV": "/proj/venv-aarch64",
+           "MMHPC_RESULTS": str(tmp_path / "r"), "MMHPC_CLUSTERS": str(tmp_path / "none.yaml")}
+    out = subprocess.run(["make", "-s", "sweep-parallelism", "CLUSTER=arrhenius", "DRY_RUN=1"], cwd=REPO, env=env,
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    text = out.stdout
+    assert "#SBATCH --gpus-per-node=nvidia_gh200_120gb:1" in text and "nvidia_gh200_120gb:2" in text
+    assert "#SBATCH --account=naiss2026-1-1-gpu" in text and "#SBATCH --partition=gpu" in text
+    assert "#SBATCH --cpus-per-task=72" in text and "/proj/venv-aarch64/bin/python -u -m submitit" in text
+    assert "module load" not in text and "PyTorch-bundle" not in text and "alvis" not in text
+    out = subprocess.run(["make", "-s", "sweep-precision", "CLUSTER=berzelius", "DRY_RUN=1"], cwd=REPO, env=env,
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "#SBATCH --gpus=1" in out.stdout and "#SBATCH --constraint=thin" in out.stdout
+    assert "--partition" not in out.stdout and "--gpus-per-node" not in out.stdout
+    assert not (tmp_path / "r").exists()
+
+
+# ---- placeholder accounts (issue 20, item 5) -------------------------------------------------------------
+
+def test_a_dry_run_without_account_warns_about_the_placeholder(tmp_path, capsys):
+    from mmhpc.cli import main
+
+    assert main(["sweep", "submit", str(REPO / "sweeps" / "batch.yaml"), "--cluster", "alvis", "--dry-run"]) == 0
+    err = capsys.readouterr().err
+    assert "placeholder" in err and "NAISSxxxx-xx-xx" in err and "/mimer/NOBACKUP/groups/naissxxxx-xx-xx" in err
+
+
+def test_a_real_submission_with_a_placeholder_is_refused(tmp_path, capsys):
+    from mmhpc.cli import main
+
+    for extra in ([], ["--account", "NAISSxxxx-xx-xx"]):
+        assert main(["sweep", "submit", str(REPO / "sweeps" / "batch.yaml"), "--cluster", "alvis",
+                     "--results", str(tmp_path / "r")] + extra) == 2
+        err = capsys.readouterr().err
+        assert "MMHPC_ACCOUNT" in err and "valid: NAISSxxxx" not in err
+    assert not (tmp_path / "r").exists()
+
+
+def test_doctor_never_calls_a_placeholder_path_ok(capsys):
+    from mmhpc.cli import main
+
+    assert main(["doctor", "--cluster", "alvis"]) != 0
+    out = capsys.readouterr().out
+    line = next(ln for ln in out.splitlines() if " results " in ln)
+    assert line.startswith("FAIL") and "placeholder" in line and "MMHPC_PROJECT" in line
+
+
+# ---- architecture and ROCm -------------------------------------------------------------------------------
+
+def test_doctor_refuses_an_x86_venv_on_an_aarch64_node(monkeypatch, capsys):
+    """Stubbed aarch64 node; the venv is this machine's (x86_64): exit 2, the mismatch named."""
+    from mmhpc import doctor
+    from mmhpc.cli import main
+
+    if doctor.binary_arch(sys.executable) != "x86_64":
+        pytest.fail("this test needs an x86_64 interpreter to stand for the wrong venv")
+    monkeypatch.setattr(doctor, "node_arch", lambda: "aarch64")
+    assert main(["doctor"]) == 2
+    assert "is built for x86_64, this node is aarch64" in capsys.readouterr().out
+    monkeypatch.setattr(doctor, "node_arch", lambda: "x86_64")  # the login node, with the cluster's venv
+    monkeypatch.setenv("MMHPC_VENV", str(Path(sys.executable).parent.parent))
+    monkeypatch.setenv("MMHPC_ACCOUNT", "naiss2026-1-1")
+    assert main(["doctor", "--cluster", "arrhenius"]) == 2
+    out = capsys.readouterr().out
+    assert "FAIL  arch" in out and "built for x86_64" in out and "nodes of arrhenius are aarch64" in out
+    assert "make install-cluster CLUSTER=arrhenius" in out
+
+
+def test_binary_arch_reads_elf_and_sif_headers(tmp_path):
+    from mmhpc.doctor import binary_arch
+
+    sif = tmp_path / "img.sif"
+    sif.write_bytes(b"#!/usr/bin/env run-singularity\n".ljust(32, b"\0") + b"SIF_MAGIC\0" + b"01\0" + b"04\0")
+    assert binary_arch(sif) == "aarch64" and binary_arch(sys.executable) in ("x86_64", "aarch64")
+    assert binary_arch(tmp_path / "missing") is None
+
+
+def test_doctor_recognises_a_rocm_torch(monkeypatch, tmp_path):
+    import torch
+
+    from mmhpc import doctor
+
+    monkeypatch.setattr(torch.version, "cuda", None)
+    monkeypatch.setattr(torch.version, "hip", "6.2.41133", raising=False)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda i=0: "AMD Instinct MI250X")
+    cfg = load_config(None, [f"output.runs_dir={tmp_path}", "system.precision=bf16"])
+    env = {"SLURM_GPUS_ON_NODE": "1"}
+    checks = {c.name: c for c in doctor.run_checks(cfg, env=env)}
+    assert "ROCm" in checks["torch"].detail and all(c.ok for c in checks.values()), checks
+    doctor.check_job(cfg, env=env)  # does not stop the job
+    tf32 = {c.name: c for c in doctor.run_checks(cfg.replace({"system.precision": "tf32"}), env=env)}
+    assert not tf32["precision"].ok and "no TF32" in tf32["precision"].detail
+
+
+# ---- discovery -------------------------------------------------------------------------------------------
+
+def _outputs(shape: str) -> dict[str, str]:
+    return {key: (SHAPES / shape / f"{key}.txt").read_text() for key in COMMANDS}
+
+
+def test_discover_gh200_aarch64_with_typed_gres():
+    text = discover(_outputs("gh200"), "gpu")
+    p = validate(text, "gh200")
+    assert (p.partition, p.arch, p.fabric, p.max_time_min, p.max_array_size) == ("gpu", "aarch64", "slingshot",
+                                                                                2880, 1001)
+    assert p.gpus["GH200"].gres_type == "nvidia_gh200_120gb" and p.gpus["GH200"].per_node == 4
+    assert p.gpus["GH200"].cores_per_gpu(1) == 72 and p.account_required and p.account is None
+    assert "naiss2026-1-1-gpu" in text and "account: ${MMHPC_ACCOUNT}" in text  # listed, never chosen
+    assert "# detected" in text.replace("  # detected", "# detected") and "# assumed" in text.replace(
+        "  # assumed", "# assumed")
+    default = validate(discover(_outputs("gh200")), "gh200")  # the default partition: CPU nodes
+    assert default.partition == "main" and not default.is_gpu and default.size == "tiny"
+
+
+def test_discover_a100_thin_fat_by_features_without_partition():
+    p = validate(discover(_outputs("a100_thin_fat")), "a100")
+    assert p.partition is None and p.max_time_min == 3 * 1440
+    assert {s.constraint for s in p.gpus.values()} == {"thin", "fat"}
+    assert all(s.gres_type == "" and s.per_node == 8 and s.cores_per_gpu(1) == 16 for s in p.gpus.values())
+
+
+def test_discover_an_amd_gpu_partition():
+    p = validate(discover(_outputs("amd"), "standard-g"), "amd")
+    spec = p.gpus["MI250X"]
+    assert (spec.vendor, spec.gres_type, p.exclusive, p.max_array_size) == ("amd", "mi250", True, 300)
+    _, errors, _ = resolve_resources(p, load_config(None, ["system.precision=tf32"]), {})
+    assert errors and "no TF32" in errors[0]
+    with pytest.raises(ClusterError, match="--partition: invalid value 'gpu'; valid: small, standard-g"):
+        discover(_outputs("amd"), "gpu")
+
+
+def test_discover_parsers():
+    assert parse_gres("gpu:nvidia_gh200_120gb:4(S:0-3),shard:8") == [("nvidia_gh200_120gb", 4)]
+    assert parse_gres("gpu:8(S:0-1)") == [(None, 8)] and parse_gres("(null)") == []
+    assert [minutes(t) for t in ("3-00:00:00", "1-12", "2:00:00", "30:00", "30", "UNLIMITED")] == [
+        4320, 2160, 120, 30, 30, None]
+    probe = parse_probe("arch=aarch64\ngpu=NVIDIA GH200 120GB, 9.0\nscratch_var=TMPDIR\nhsn=hsn0\n")
+    assert probe == {"arch": "aarch64", "gpu_name": "NVIDIA GH200 120GB", "capability": 9.0, "scratch": "TMPDIR",
+                     "fabric": "slingshot", "fabric_seen": "interface hsn0"}
+
+
+def test_a_profile_file_is_a_cluster(tmp_path):
+    path = tmp_path / "mine.yaml"
+    path.write_text(discover(_outputs("gh200"), "gpu"))
+    p = load_profile(str(path), "naiss2026-1-1")
+    assert p.ref == str(path) and p.name == "arrhenius-gpu" and p.job_account == "naiss2026-1-1"
+    with pytest.raises(ClusterError, match="no profile file"):
+        load_profile(str(tmp_path / "nope.yaml"))
+    assert yaml.safe_load(path.read_text())["gpus"]["GH200"]["gres"] == "nvidia_gh200_120gb"
