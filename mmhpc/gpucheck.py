@@ -355,7 +355,7 @@ def _kernel_streams(fn) -> dict[str, int]:
 
 def check_sampler(ck: Check) -> tuple[dict, str]:
     _need("psutil", "pandas")
-    from mmhpc.system.sampler import UtilSampler
+    from mmhpc.system.sampler import UtilSampler, energy_key
 
     if not ck.cuda:
         raise Skip(NEEDS_GPU + " (NVML utilisation, power, energy)")
@@ -372,8 +372,10 @@ def check_sampler(ck: Check) -> tuple[dict, str]:
     rec = {"interval_s": 0.1, "gpus": s.gpus, "notes": s.notes, "summary": summary, "sample_cost_us": s.sample_cost_us}
     if not s.gpus:
         raise AssertionError(f"the sampler found no GPU through NVML: {s.notes}")
-    g = f"gpu{next(iter(s.gpus))}"
-    util, power, energy = summary.get(f"{g}_util_pct_mean"), summary.get(f"{g}_power_w_mean"), summary.get(f"{g}_energy_j")
+    first = next(iter(s.gpus))
+    g = f"gpu{first}"
+    energy = summary.get(energy_key(first, s.energy_scope.get(first, "gpu")))  # GH200: the module's
+    util, power = summary.get(f"{g}_util_pct_mean"), summary.get(f"{g}_power_w_mean")
     if util is None or util < 50:
         raise AssertionError(f"GPU utilisation under a matmul loop: {util} % (expected > 50)")
     if not power or not energy:

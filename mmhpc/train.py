@@ -310,7 +310,8 @@ class Trainer:
         self.sampler.save(self._write_path.with_suffix(".util.csv"))  # beside the record being written
         record.system = {"timeseries": self.record_path.with_suffix(".util.csv").name,
                          "interval_s": self.sampler.interval_s, "notes": self.sampler.notes,
-                         "gpus": self.sampler.gpus, "summary": self.sampler.summary(),
+                         "gpus": self.sampler.gpus, "energy_scope": self.sampler.energy_scope,
+                         "summary": self.sampler.summary(),
                          "sample_cost_us": self.sampler.sample_cost_us}
 
     def _peak_memory(self) -> dict:

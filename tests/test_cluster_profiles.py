@@ -228,3 +228,112 @@ def test_a_profile_file_is_a_cluster(tmp_path):
     with pytest.raises(ClusterError, match="no profile file"):
         load_profile(str(tmp_path / "nope.yaml"))
     assert yaml.safe_load(path.read_text())["gpus"]["GH200"]["gres"] == "nvidia_gh200_120gb"
+
+
+# ---- energy scope and AMD in the sampler ----------------------------------------------------------------
+
+@pytest.fixture
+def fake_nvml(monkeypatch):
+    """NVML stubbed with one GPU of a given name, whose energy counter grows 1 J per read."""
+    pynvml = pytest.importorskip("pynvml")
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    monkeypatch.setattr("mmhpc.system.sampler._torch_uuids", lambda: None)
+    energy = iter(range(0, 10 ** 9, 1000))
+    name = {"value": "NVIDIA GH200 120GB"}
+    stubs = {"nvmlInit": lambda: None, "nvmlShutdown": lambda: None, "nvmlDeviceGetCount": lambda: 1,
+             "nvmlDeviceGetHandleByIndex": lambda i: "h0", "nvmlDeviceGetUUID": lambda h: "GPU-1",
+             "nvmlDeviceGetHandleByUUID": lambda u: "h0", "nvmlDeviceGetName": lambda h: name["value"],
+             "nvmlDeviceGetUtilizationRates": lambda h: type("U", (), {"gpu": 50})(),
+             "nvmlDeviceGetMemoryInfo": lambda h: type("M", (), {"used": 2 ** 30})(),
+             "nvmlDeviceGetPowerUsage": lambda h: 300_000, "nvmlDeviceGetClockInfo": lambda h, c: 1980,
+             "nvmlDeviceGetTotalEnergyConsumption": lambda h: next(energy)}
+    for attr, fn in stubs.items():
+        monkeypatch.setattr(pynvml, attr, fn)
+    return name
+
+
+@pytest.mark.parametrize("gpu, key", [("NVIDIA GH200 120GB", "gpu0_module_energy_j"),
+                                      ("NVIDIA A100-SXM4-40GB", "gpu0_energy_j")])
+def test_energy_of_a_grace_module_never_shares_a_column_with_a_gpus(fake_nvml, gpu, key, tmp_path):
+    import json
+
+    from mmhpc.system.sampler import UtilSampler
+
+    fake_nvml["value"] = gpu
+    s = UtilSampler(0.05).start(background=False)
+    for _ in range(3):
+        s.sample_now()
+    s.stop()
+    summary = s.summary()
+    assert summary[key] and summary[key] > 0
+    assert {"gpu0_energy_j", "gpu0_module_energy_j"} - {key} & set(summary) == set()
+    meta = json.loads(s.save(tmp_path / "u.csv").with_suffix(".markers.json").read_text())
+    assert meta["energy_scope"] == {"0": "module" if "GH200" in gpu else "gpu"}
+
+
+def test_the_sampler_says_gpu_sampling_is_unavailable_on_rocm(monkeypatch):
+    pynvml = pytest.importorskip("pynvml")
+    import torch
+
+    from mmhpc.system.sampler import UtilSampler
+
+    def fail():
+        raise pynvml.NVMLError(pynvml.NVML_ERROR_LIBRARY_NOT_FOUND)
+
+    monkeypatch.setattr(pynvml, "nvmlInit", fail)
+    monkeypatch.setattr(torch.version, "hip", "6.2.41133", raising=False)
+    s = UtilSampler(0.05).start(background=False)
+    s.stop()
+    assert not s.gpus and any("GPU sampling unavailable" in n and "ROCm" in n for n in s.notes)
+
+
+@pytest.mark.slurm
+@pytest.mark.slow
+def test_a_profile_discovered_from_the_local_slurm_runs_the_parallelism_sweep_to_done(slurm, tmp_path):
+    """The acceptance line: `mmhpc clusters discover` on the local SLURM writes a profile, and
+    `make sweep-parallelism CLUSTER=<that file>` runs on it to done."""
+    env = {**slurm.env, "MMHPC_RESULTS": str(tmp_path / "r"), "MMHPC_DATA": os.environ["MMHPC_DATA"],
+           "MMHPC_CLUSTERS": str(tmp_path / "none.yaml")}
+    profile = tmp_path / "local.yaml"
+    mmhpc = [sys.executable, "-m", "mmhpc.cli"]
+    done = subprocess.run(mmhpc + ["clusters", "discover", "-o", str(profile)], env=env, capture_output=True,
+                          text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    p = load_profile(str(profile))
+    assert (p.partition, p.scheduler, p.is_gpu, p.size) == ("debug", "slurm", False, "tiny")
+    assert "# detected" in profile.read_text() and "# assumed" in profile.read_text()
+    again = subprocess.run(mmhpc + ["clusters", "discover", "-o", str(profile)], env=env, capture_output=True,
+                           text=True, timeout=120)
+    assert again.returncode == 2 and "exists" in again.stderr  # an edited profile is never overwritten
+    done = subprocess.run(["make", "-s", "sweep-parallelism", f"CLUSTER={profile}"], cwd=REPO, env=env,
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    assert f"submitted on {profile}" in done.stdout
+    waited = subprocess.run(mmhpc + ["sweep", "wait", "-q", "--poll", "2", str(tmp_path / "r" / "parallelism")],
+                            env=env, capture_output=True, text=True, timeout=900)
+    assert waited.returncode == 0, waited.stdout + waited.stderr
+    states = [ln.split()[2] for ln in waited.stdout.splitlines()[1:] if ln[:1].isdigit()]
+    assert sorted(states) == ["done", "done", "done", "n/a"], waited.stdout
+
+
+def test_make_submits_with_the_login_venv_never_with_a_venv_this_machine_cannot_run(tmp_path):
+    """Arrhenius: the cluster venv is aarch64 (here: a file that cannot execute); the login node submits
+    with its own pure-Python venv (LOGIN_VENV, `make install-login`), else with .venv."""
+    venv = tmp_path / "aarch64-venv"
+    (venv / "bin").mkdir(parents=True)
+    foreign = venv / "bin" / "python"
+    foreign.write_bytes(b"\x7fELF\x02\x01\x01" + b"\0" * 9 + b"\x02\x00\xb7\x00" + b"\0" * 44)
+    foreign.chmod(0o755)
+    login = tmp_path / "login"
+    (login / "bin").mkdir(parents=True)
+    env = {**os.environ, "MMHPC_ACCOUNT": "x", "MMHPC_VENV": str(venv)}
+
+    def plan(*extra):
+        return subprocess.run(["make", "-n", "sweep-parallelism", "CLUSTER=arrhenius", *extra], cwd=REPO, env=env,
+                              capture_output=True, text=True, timeout=60, check=True).stdout
+
+    assert ".venv/bin/python -m mmhpc.cli sweep submit sweeps/parallelism.yaml --cluster arrhenius" in plan()
+    assert str(foreign) not in plan()
+    (login / "bin" / "python").symlink_to(sys.executable)
+    assert f"{login}/bin/python -m mmhpc.cli sweep submit" in plan(f"LOGIN_VENV={login}")
+    assert "--wait" not in plan()  # a cluster: submit and return

@@ -24,6 +24,20 @@ MiB = 2 ** 20
 HOST_COLUMNS = ["cpu_proc_pct", "rss_mb", "n_children", "cpu_sys_pct",
                 "disk_read_bps", "disk_write_bps", "net_sent_bps", "net_recv_bps"]
 GPU_METRICS = ["util_pct", "mem_mb", "power_w", "sm_clock_mhz", "energy_mj"]
+# NVML's energy counter covers the GPU board, except on Grace superchips (GH200, GB200), where it covers
+# the whole module: Grace CPU, GPU and memory. Such energies are not comparable with a discrete GPU's.
+MODULE_ENERGY = ("GH200", "GB200", "GRACE")
+
+
+def energy_scope(gpu_name: str) -> str:
+    """`module` for a Grace superchip, else `gpu`: what NVML's energy counter of this device covers."""
+    return "module" if any(k in gpu_name.upper() for k in MODULE_ENERGY) else "gpu"
+
+
+def energy_key(i: int, scope: str) -> str:
+    """The summary key of a GPU's energy: `gpu0_energy_j`, or `gpu0_module_energy_j` for a module's, so
+    energies of different scopes never share a column."""
+    return f"gpu{i}_energy_j" if scope == "gpu" else f"gpu{i}_{scope}_energy_j"
 
 
 def visible_gpus(env_value: str | None, nvml_uuids_by_index: Sequence[str]) -> list[str]:
@@ -83,6 +97,7 @@ class UtilSampler:
         self.pid = os.getpid() if pid is None else pid
         self.notes: list[str] = []
         self.gpus: dict[int, str] = {}  # CUDA ordinal -> UUID of each sampled GPU
+        self.energy_scope: dict[int, str] = {}  # CUDA ordinal -> gpu | module (energy_scope)
         self.markers: list[tuple[float, str]] = []
         self.start_time: float | None = None  # wall clock (time.time()) at t = 0, to align with other logs
         self._rows: list[tuple] = []
@@ -181,6 +196,10 @@ class UtilSampler:
             nv.nvmlInit()
         except Exception as e:
             self._note(f"nvml unavailable: {e}")
+            torch = sys.modules.get("torch")
+            if torch is not None and getattr(torch.version, "hip", None):
+                self._note("GPU sampling unavailable: a ROCm build on AMD GPUs (NVML is NVIDIA's; "
+                           "no AMD sampler here): host metrics only")
             return
         self._nv = nv
         try:
@@ -202,6 +221,12 @@ class UtilSampler:
             if found is not None:
                 self.gpus[d], handle = found
                 self._handles.append(handle)
+                try:
+                    name = nv.nvmlDeviceGetName(handle)
+                    self.energy_scope[d] = energy_scope(name.decode() if isinstance(name, bytes) else name)
+                except nv.NVMLError as e:
+                    self.energy_scope[d] = "gpu"
+                    self._note(f"gpu{d} name: {e}")
 
     def _handle(self, uuid: str):
         # torch formats UUIDs without the GPU-/MIG- prefix, and MIG slices cannot be told apart by it: try both.
@@ -375,7 +400,8 @@ class UtilSampler:
             if col.endswith("_energy_mj"):
                 before = df.loc[df.t <= a, col].dropna()
                 vals = pd.concat([before.tail(1), win[col].dropna()])
-                out[col.replace("_energy_mj", "_energy_j")] = (
+                i = int(col[3:col.index("_")])
+                out[energy_key(i, self.energy_scope.get(i, "gpu"))] = (
                     num((vals.iloc[-1] - vals.iloc[0]) / 1000.0) if len(vals) >= 2 else None)
             else:
                 out[f"{col}_mean"] = num(win[col].mean()) if len(win) else None
@@ -388,6 +414,7 @@ class UtilSampler:
         path.parent.mkdir(parents=True, exist_ok=True)
         meta = {"interval_s": self.interval_s, "start_time": self.start_time, "pid": self.pid,
                 "gpus": {str(k): v for k, v in self.gpus.items()}, "notes": self.notes,
+                "energy_scope": {str(k): v for k, v in self.energy_scope.items()},
                 "markers": [{"t": t, "label": label} for t, label in self.markers]}
         _atomic_write(path, self.samples.to_csv(index=False))
         _atomic_write(path.with_suffix(".markers.json"), json.dumps(meta, indent=1))
