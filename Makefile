@@ -4,7 +4,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: gpu-check gpu-wheels install install-login install-cluster system-deps demo demo-algorithms test check lint clean-venv demo-report report
+.PHONY: gpu-check gpu-wheels install install-cluster system-deps demo demo-algorithms test check lint clean-venv demo-report report
 RESULTS ?= $(or $(MMHPC_RESULTS),results)
 SWEEP   ?=
 
@@ -20,17 +20,9 @@ $(STAMP): env/requirements.txt env/requirements-nodeps.txt setup.cfg pyproject.t
 
 # On a cluster: a venv on top of the site's PyTorch module (torch/torchvision/numpy kept), only mmhpc and
 # the missing packages installed: module load PyTorch-bundle/...; make install-cluster MMHPC_VENV=~/mmhpc-venv
-install-cluster: install-login
-	LOGIN_PY=$(LOGIN_VENV)/bin/python env/install-cluster.sh $(if $(CLUSTER),--cluster $(CLUSTER)) $(MMHPC_VENV)
+install-cluster:
+	LOGIN_PY=$(PY) env/install-cluster.sh $(if $(CLUSTER),--cluster $(CLUSTER)) $(MMHPC_VENV)
 
-# The login node's part: submitit, pydantic, PyYAML, tqdm and mmhpc without its heavy dependencies, on
-# this machine's python (any architecture); it submits, the jobs run the cluster's interpreter.
-LOGIN_VENV ?= .venv-login
-install-login: $(LOGIN_VENV)/bin/mmhpc
-$(LOGIN_VENV)/bin/mmhpc: setup.cfg pyproject.toml
-	test -x $(LOGIN_VENV)/bin/python || $(PYTHON) -m venv $(LOGIN_VENV)
-	$(LOGIN_VENV)/bin/python -m pip install -q $$(grep -iE '^(submitit|pydantic|PyYAML|tqdm)==' env/requirements.txt)
-	$(LOGIN_VENV)/bin/python -m pip install -q --no-deps -e .
 
 # Debian tools the tests use: pdftoppm renders report PDFs (the local SLURM installs itself, env/slurm).
 system-deps:

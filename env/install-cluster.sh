@@ -11,8 +11,8 @@
 #    allocation of the profile's (srun, 1 GPU, 30 min), from the pinned PyPI torch of env/requirements.txt
 #    for that node's architecture (PyPI's aarch64 torch wheels are CUDA builds since 2.11):
 #      env/install-cluster.sh --cluster arrhenius ~/mmhpc-venv   # or: make install-cluster CLUSTER=arrhenius
-#    (a login node of another architecture cannot run that venv; it submits with .venv-login, make
-#    install-login). `--pypi VENV` is the build itself, run on the node.
+#    (a login node of another architecture cannot run that venv: it submits with its own .venv, `make
+#    install`). `--pypi VENV` is the build itself, run on the node.
 #
 #   export MMHPC_VENV=~/mmhpc-venv             # jobs run ~/mmhpc-venv/bin/python
 # Rerun after `git pull` to reinstall mmhpc itself (a non-editable install: the jobs never see a
@@ -57,12 +57,17 @@ if ! "$PYTHON" -c "import torch" 2>/dev/null; then
         exit 2
     fi
     # route 2 from the login node: one allocation on a GPU node runs the build there
-    LOGIN_PY=${LOGIN_PY:-$REPO/.venv-login/bin/python}
-    read -r ARCH FLAGS < <("$LOGIN_PY" -c "import shlex, sys
+    LOGIN_PY=${LOGIN_PY:-$REPO/.venv/bin/python}
+    ALLOC=$("$LOGIN_PY" -c "import shlex, sys
+from mmhpc.errors import ConfigError
 from mmhpc.launch.clusters import load_profile
 from mmhpc.launch.submit import one_gpu_flags
-p = load_profile(sys.argv[1]); p.check_account()
-print(p.arch, shlex.join(one_gpu_flags(p)))" "$CLUSTER")
+try:
+    p = load_profile(sys.argv[1]); p.check_account()
+except ConfigError as e:
+    sys.exit(f'install-cluster: {e}')
+print(p.arch, shlex.join(one_gpu_flags(p)))" "$CLUSTER") || exit 2
+    read -r ARCH FLAGS <<< "$ALLOC"
     echo "building $VENV on a $ARCH GPU node: srun $FLAGS" >&2
     # shellcheck disable=SC2086  # FLAGS is a list of srun options
     exec srun $FLAGS "$REPO/env/install-cluster.sh" --pypi --arch "$ARCH" --cluster "$CLUSTER" "$VENV"

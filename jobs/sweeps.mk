@@ -14,14 +14,13 @@ SIZE       ?=
 SWEEP_ARGS ?=
 SWEEPS     := precision loader parallelism batch overall algorithms
 
-# The interpreter that submits, on the login node: $(LOGIN_VENV) (`make install-login`: mmhpc's pure-Python
-# part only, for a login node of another architecture than the nodes, e.g. Arrhenius' x86_64 login and
-# aarch64 GPU nodes), else the cluster venv ($MMHPC_VENV, `make install-cluster`) when it runs on this
-# machine, else the project's .venv. Only CLUSTER=local/none build .venv first; on a cluster nothing is
-# built unless asked. The jobs run the profile's interpreter (its venv or image), never this one.
-LOGIN_VENV ?= .venv-login
+# The interpreter that submits, on the login node: the cluster venv ($MMHPC_VENV, `make install-cluster`)
+# when it runs on this machine, else the project's .venv (`make install`, for this machine's architecture:
+# on Arrhenius the login node is x86_64 and the venv of the jobs, built on a GH200 node, aarch64). Only
+# CLUSTER=local/none build .venv first; on a cluster nothing is built unless asked. The jobs run the
+# profile's interpreter (its venv or image), never this one.
 _cluster_py := $(if $(MMHPC_VENV),$(shell $(MMHPC_VENV)/bin/python -c 'print(1)' >/dev/null 2>&1 && echo $(MMHPC_VENV)/bin/python))
-SUBMIT_PY := $(or $(wildcard $(LOGIN_VENV)/bin/python),$(_cluster_py),$(PY))
+SUBMIT_PY := $(or $(_cluster_py),$(PY))
 _build    := $(if $(filter $(PY),$(SUBMIT_PY)),$(if $(filter local none,$(CLUSTER)),install))
 
 _dry   := $(filter 1 yes true,$(DRY_RUN))

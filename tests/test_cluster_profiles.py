@@ -316,24 +316,40 @@ def test_a_profile_discovered_from_the_local_slurm_runs_the_parallelism_sweep_to
     assert sorted(states) == ["done", "done", "done", "n/a"], waited.stdout
 
 
-def test_make_submits_with_the_login_venv_never_with_a_venv_this_machine_cannot_run(tmp_path):
-    """Arrhenius: the cluster venv is aarch64 (here: a file that cannot execute); the login node submits
-    with its own pure-Python venv (LOGIN_VENV, `make install-login`), else with .venv."""
+def test_make_never_submits_with_a_venv_this_machine_cannot_run(tmp_path):
+    """Arrhenius: the cluster venv is aarch64 (here: a file that cannot execute); the x86_64 login node
+    submits with its own .venv instead, and does not wait."""
     venv = tmp_path / "aarch64-venv"
     (venv / "bin").mkdir(parents=True)
     foreign = venv / "bin" / "python"
     foreign.write_bytes(b"\x7fELF\x02\x01\x01" + b"\0" * 9 + b"\x02\x00\xb7\x00" + b"\0" * 44)
     foreign.chmod(0o755)
-    login = tmp_path / "login"
-    (login / "bin").mkdir(parents=True)
     env = {**os.environ, "MMHPC_ACCOUNT": "x", "MMHPC_VENV": str(venv)}
+    plan = subprocess.run(["make", "-n", "sweep-parallelism", "CLUSTER=arrhenius"], cwd=REPO, env=env,
+                          capture_output=True, text=True, timeout=60, check=True).stdout
+    assert ".venv/bin/python -m mmhpc.cli sweep submit sweeps/parallelism.yaml --cluster arrhenius" in plan
+    assert str(foreign) not in plan and "--wait" not in plan  # a cluster: submit and return
 
-    def plan(*extra):
-        return subprocess.run(["make", "-n", "sweep-parallelism", "CLUSTER=arrhenius", *extra], cwd=REPO, env=env,
-                              capture_output=True, text=True, timeout=60, check=True).stdout
 
-    assert ".venv/bin/python -m mmhpc.cli sweep submit sweeps/parallelism.yaml --cluster arrhenius" in plan()
-    assert str(foreign) not in plan()
-    (login / "bin" / "python").symlink_to(sys.executable)
-    assert f"{login}/bin/python -m mmhpc.cli sweep submit" in plan(f"LOGIN_VENV={login}")
-    assert "--wait" not in plan()  # a cluster: submit and return
+def test_install_cluster_without_a_torch_module_builds_on_a_gpu_node_of_the_profile(tmp_path):
+    """No torch on the login node's python: one `srun` with one GPU of the profile (typed gres, the job
+    account, its partition) runs the PyPI build (--pypi) there, checking the node's architecture."""
+    bindir = tmp_path / "bin"
+    bindir.mkdir()
+    (bindir / "srun").write_text("#!/bin/sh\necho \"srun $*\"\n")
+    (bindir / "srun").chmod(0o755)
+    (bindir / "python3").write_text("#!/bin/sh\nexit 1\n")  # a python without torch (no site module)
+    (bindir / "python3").chmod(0o755)
+    env = {**os.environ, "PATH": f"{bindir}:{os.environ['PATH']}", "MMHPC_ACCOUNT": "naiss2026-1-1",
+           "LOGIN_PY": sys.executable}
+    done = subprocess.run(["env/install-cluster.sh", "--cluster", "arrhenius", str(tmp_path / "venv")], cwd=REPO,
+                          env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    line = done.stdout.strip()
+    assert line.startswith("srun --time=30 --nodes=1 --ntasks=1 --partition=gpu --account=naiss2026-1-1-gpu")
+    assert "--gpus-per-node=nvidia_gh200_120gb:1" in line and "--cpus-per-task=72" in line
+    assert line.endswith(f"env/install-cluster.sh --pypi --arch aarch64 --cluster arrhenius {tmp_path}/venv")
+    no_account = {k: v for k, v in env.items() if k != "MMHPC_ACCOUNT"}
+    refused = subprocess.run(["env/install-cluster.sh", "--cluster", "arrhenius", str(tmp_path / "venv")],
+                             cwd=REPO, env=no_account, capture_output=True, text=True, timeout=120)
+    assert refused.returncode == 2 and "MMHPC_ACCOUNT" in refused.stderr and "srun" not in refused.stdout
