@@ -1,6 +1,8 @@
 """`mmhpc doctor`: is this machine (a login node, or the node a job landed on) able to run mmhpc?
 
-Checks, in order: Python; torch and the CUDA it was built for; the NVIDIA driver (NVML) and whether it
+Checks, in order: Python; the architecture of this node and of the jobs' interpreter or image (read
+from its ELF or SIF header; another architecture is refused, `mmhpc doctor` exits 2); torch and the CUDA
+(or ROCm: AMD GPUs, answered through torch.cuda) it was built for; the NVIDIA driver (NVML) and whether it
 is new enough for that build; GPUs visible to torch against those SLURM allocated (and against the
 cluster's: a GPU cluster needs a GPU); compute capability against the requested precision; the dataset
 and its manifest; a writable results directory. Each check gives one sentence.

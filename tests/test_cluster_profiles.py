@@ -353,3 +353,35 @@ def test_install_cluster_without_a_torch_module_builds_on_a_gpu_node_of_the_prof
     refused = subprocess.run(["env/install-cluster.sh", "--cluster", "arrhenius", str(tmp_path / "venv")],
                              cwd=REPO, env=no_account, capture_output=True, text=True, timeout=120)
     assert refused.returncode == 2 and "MMHPC_ACCOUNT" in refused.stderr and "srun" not in refused.stdout
+
+
+def test_jobs_on_nodes_of_another_architecture_need_their_own_interpreter(tmp_path, capsys, monkeypatch):
+    """Arrhenius from this x86_64 machine without MMHPC_VENV/MMHPC_APPTAINER: this interpreter cannot run
+    on the GH200 nodes, so a dry run warns and a submission is refused (exit 2), nothing written."""
+    from mmhpc.cli import main
+    from mmhpc.doctor import node_arch
+
+    assert node_arch() == "x86_64"
+    monkeypatch.setenv("MMHPC_ACCOUNT", "naiss2026-1-1")
+    sweep = str(REPO / "sweeps" / "batch.yaml")
+    assert main(["sweep", "submit", sweep, "--cluster", "arrhenius", "--dry-run"]) == 0
+    assert "nodes are aarch64, this machine is x86_64" in capsys.readouterr().err
+    assert main(["sweep", "submit", sweep, "--cluster", "arrhenius", "--results", str(tmp_path / "r")]) == 2
+    assert "MMHPC_VENV" in capsys.readouterr().err and not (tmp_path / "r").exists()
+    monkeypatch.setenv("MMHPC_VENV", "/proj/venv-aarch64")
+    assert main(["sweep", "submit", sweep, "--cluster", "arrhenius", "--dry-run"]) == 0
+    assert "this machine is x86_64" not in capsys.readouterr().err
+
+
+def test_staging_says_so_when_the_scratch_variable_is_unset(tmp_path, caplog, monkeypatch):
+    import logging
+
+    from mmhpc.launch.submit import execute_run
+
+    monkeypatch.delenv("MMHPC_NO_SCRATCH", raising=False)
+    cfg = load_config(None, ["data.source=prepared", f"data.root={tmp_path / 'data'}",
+                             f"output.runs_dir={tmp_path / 'runs'}"]).to_dict()
+    with caplog.at_level(logging.WARNING, logger="mmhpc"), pytest.raises(Exception):
+        execute_run(cfg, stage_data=True, scratch="MMHPC_NO_SCRATCH")  # then fails: no dataset there
+    assert any("$MMHPC_NO_SCRATCH (the profile's node-local scratch) is unset" in r.getMessage()
+               for r in caplog.records)

@@ -162,7 +162,7 @@ class ClusterProfile(_Strict):
         if self.account_required and not self.account:
             if dry_run:
                 self.account = ACCOUNT_PLACEHOLDER
-                log.warning("cluster %s: no account set (MMHPC_ACCOUNT or --account): these scripts use the "
+                log.warning("WARNING: cluster %s: no account set (MMHPC_ACCOUNT or --account): these scripts use the "
                             "placeholder -A %s and the results path %s; a real submission is refused until "
                             "an account is set", self.name, self.job_account, self.results_root_shown())
                 return
@@ -172,6 +172,21 @@ class ClusterProfile(_Strict):
         if self.placeholder and not dry_run:
             raise ClusterError(f"account: {ACCOUNT_PLACEHOLDER} is the dry-run placeholder, not an account; "
                                f"set MMHPC_ACCOUNT or pass --account with your project's")
+
+    def check_interpreter(self, dry_run: bool = False) -> None:
+        """Nodes of another architecture than this machine cannot run this interpreter: without a venv,
+        python or image for them, a dry run warns and anything else is refused."""
+        from mmhpc.doctor import node_arch
+
+        here = node_arch()
+        if self.scheduler != "slurm" or self.apptainer or self.python or self.venv or self.arch == here:
+            return
+        why = (f"cluster {self.name}'s nodes are {self.arch}, this machine is {here}: the jobs need an "
+               f"interpreter built for them; set MMHPC_VENV (make install-cluster CLUSTER={self.name}) or "
+               "MMHPC_APPTAINER (env/apptainer/mmhpc.def)")
+        if not dry_run:
+            raise ClusterError(f"venv: {why}")
+        log.warning("WARNING: %s; these scripts name this machine's interpreter", why)
 
     def results_root_shown(self) -> str:
         try:

@@ -577,6 +577,7 @@ def prepare_sweep(path: str | Path, cluster: str, size: str | None = None, accou
             raise SweepError([problem("--name", str(e))], "sweep") from None
     profile = load_profile(cluster, account)
     profile.check_account(dry_run)
+    profile.check_interpreter(dry_run)
     spec = read_sweep(path)
     root = Path(results).expanduser().absolute() if results else profile.results_dir()
     sweep_dir = SweepDir(root / (name or str(spec["name"])))
@@ -626,6 +627,7 @@ def resume_sweep(path: str | Path, cluster: str | None = None, account: str | No
         manifest = sweep_dir.load()
         profile = load_profile(cluster or manifest["cluster"], account)
         profile.check_account(dry_run)
+        profile.check_interpreter(dry_run)
         if profile.ref != manifest["cluster"]:
             reresolve(manifest, profile)
         todo = to_resubmit(sweep_dir, manifest, profile, dry_run)
