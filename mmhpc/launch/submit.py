@@ -391,7 +391,7 @@ def _submit_array(sweep_dir: SweepDir, manifest: dict, profile: ClusterProfile, 
              "script": None, "submitted": now}
     manifest["arrays"].append(array)
     with signals_held():
-        sweep_dir.save(manifest)  # the intent: whatever happens next, this array is found again by its name
+        sweep_dir.save(manifest, group)  # the intent: whatever happens next, this array is found again by its name
         try:
             with ex.batch():  # one sbatch --array (a plain job when there is one run)
                 jobs = [ex.submit(_sweep_run(profile, run)) for run in group]
@@ -402,7 +402,7 @@ def _submit_array(sweep_dir: SweepDir, manifest: dict, profile: ClusterProfile, 
         for run, jid in zip(group, ids):
             run["jobs"][-1]["job_id"] = jid
         array["job_id"] = ids[0].split("_")[0]
-        sweep_dir.save(manifest)
+        sweep_dir.save(manifest, group)
     log.info("submitted %s: job %s, %d run(s)", name, array["job_id"], len(group))
     return ids
 
