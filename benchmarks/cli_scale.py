@@ -10,12 +10,14 @@ submit`, `sweep status` and a `sweep resume` that has nothing to do. The schedul
 so the figures are mmhpc's own cost, not a scheduler's. Each command also reports whether it imported
 torch (`MMHPC_BENCH_MODULES`: the command prints its loaded modules at exit).
 
-Targets (issue 20, an idle machine): `--help` < 1 s; expand + submit < 10 s together; status < 1 s.
+Targets (issue 20, an idle machine): `--help` < 1 s; expand + submit < 10 s together; status < 1 s. On a
+loaded machine the CPU time (user + system of the command and its children) is the steadier figure.
 """
 from __future__ import annotations
 
 import argparse
 import os
+import resource
 import statistics
 import subprocess
 import sys
@@ -61,19 +63,27 @@ def sweep_file(root: Path, runs: int) -> Path:
     return path
 
 
-def timed(argv: list[str], env: dict[str, str], repeat: int = 1) -> tuple[float, list[float], str, str]:
-    """Median wall time of `mmhpc ARGV` over `repeat` runs, all times, the heavy modules it loaded, stdout."""
-    times, heavy, out = [], "", ""
+def _child_cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def timed(argv: list[str], env: dict[str, str], repeat: int = 1) -> tuple[float, float, list[float], str, str]:
+    """Median wall time of `mmhpc ARGV` over `repeat` runs, its median CPU time (user + system, the
+    command and its children: the fake scheduler's Python too), all wall times, the heavy modules it
+    loaded, its stdout."""
+    times, cpus, heavy, out = [], [], "", ""
     for _ in range(repeat):
-        start = time.perf_counter()
+        start, cpu = time.perf_counter(), _child_cpu()
         proc = subprocess.run([sys.executable, "-c", WRAPPER, *argv], capture_output=True, text=True,
                               env={**os.environ, **env}, stdin=subprocess.DEVNULL)
         times.append(time.perf_counter() - start)
+        cpus.append(_child_cpu() - cpu)
         if proc.returncode != 0:
             sys.exit(f"mmhpc {' '.join(argv)}: exit {proc.returncode}\n{proc.stderr[-2000:]}")
         heavy = proc.stderr.rsplit("HEAVY=", 1)[-1].strip()
         out = proc.stdout
-    return statistics.median(times), times, heavy or "-", out
+    return statistics.median(times), statistics.median(cpus), times, heavy or "-", out
 
 
 def main() -> None:
@@ -89,27 +99,26 @@ def main() -> None:
     load = os.getloadavg()
     print(f"{args.runs} runs on the local profile (fake SLURM), {os.cpu_count()} cores, load average "
           f"{load[0]:.1f} {load[1]:.1f} {load[2]:.1f} at start")
-    rows = []
 
     def row(label, argv, repeat=1, target=None):
-        median, times, heavy, out = timed(argv, env, repeat)
-        rows.append((label, median, target))
+        median, cpu, times, heavy, out = timed(argv, env, repeat)
         shown = " ".join(f"{t:.2f}" for t in times)
-        print(f"  {label:<34}{median:7.2f} s  (runs: {shown}; target {target or '-'}; heavy imports: {heavy})",
-              flush=True)
-        return median, out
+        print(f"  {label:<31}{median:7.2f} s wall {cpu:6.2f} s CPU  (runs: {shown}; target {target or '-'}; "
+              f"heavy imports: {heavy})", flush=True)
+        return median, cpu, out
 
     row("mmhpc --help", ["--help"], args.repeat, "< 1 s")
     row("mmhpc train --help", ["train", "--help"], args.repeat)
     row("mmhpc clusters", ["clusters"], args.repeat)
     row("mmhpc config", ["config"], args.repeat)
-    expand, _ = row(f"sweep expand ({args.runs} runs)", ["sweep", "expand", str(path), *cluster])
-    submit, out = row(f"sweep submit ({args.runs} runs)", ["sweep", "submit", str(path), *cluster, "--results",
-                                                          str(results), "-q"])
+    expand, expand_cpu, _ = row(f"sweep expand ({args.runs} runs)", ["sweep", "expand", str(path), *cluster])
+    submit, submit_cpu, _ = row(f"sweep submit ({args.runs} runs)", ["sweep", "submit", str(path), *cluster,
+                                                                    "--results", str(results), "-q"])
     sweep_dir = results / "scale"
     arrays = sum(1 for ln in (Path(env["FAKE_SLURM"]) / "calls").read_text().splitlines()
                  if ln.startswith("sbatch"))
-    print(f"  {'':<34}expand + submit {expand + submit:.2f} s (target < 10 s); {arrays} sbatch call(s)")
+    print(f"  {'expand + submit':<31}{expand + submit:7.2f} s wall {expand_cpu + submit_cpu:6.2f} s CPU  (target "
+          f"< 10 s; {arrays} sbatch calls)")
     row("sweep status", ["sweep", "status", str(sweep_dir)], args.repeat, "< 1 s")
     row("sweep resume (nothing to do)", ["sweep", "resume", str(sweep_dir), "-q"], args.repeat)
     print(f"load average at end {os.getloadavg()[0]:.1f}; files under {root}")
