@@ -64,6 +64,12 @@ def slurm_gpus(env=os.environ) -> int:
     return int(tail) if tail.isdigit() else 0
 
 
+def slurm_gpus_per_task(env=os.environ) -> int:
+    """GPUs SLURM binds to each task (`--gpus-per-task`, "1" or "A100:1"); 0 without such a binding."""
+    tail = env.get("SLURM_GPUS_PER_TASK", "").rsplit(":", 1)[-1]
+    return int(tail) if tail.isdigit() else 0
+
+
 def nvml_driver() -> tuple[str | None, int | None, str]:
     """(driver version, the CUDA version the driver supports, note)."""
     try:
@@ -100,10 +106,12 @@ def run_checks(cfg=None, profile=None, results: str | Path | None = None, env=os
         f"NVIDIA driver {driver} (supports CUDA {driver_cuda // 1000}.{driver_cuda % 1000 // 10})" if driver
         else f"ROCm build: the NVIDIA driver check does not apply ({note})" if hip else note)))
     visible = torch.cuda.device_count() if cuda or hip else 0  # ROCm builds answer through torch.cuda
-    allocated = slurm_gpus(env)
+    allocated, per_task = slurm_gpus(env), slurm_gpus_per_task(env)
     wants_gpu = bool(profile is not None and profile.is_gpu) or allocated > 0 or cfg.system.device == "cuda"
-    if allocated and visible != allocated:
-        gpus = Check("gpus", False, f"SLURM allocated {allocated} GPU(s) on this node, torch sees {visible}"
+    if allocated and visible != allocated and not (per_task and visible == per_task):  # --gpus-per-task:
+        # the task sees its own GPUs, not the node's
+        gpus = Check("gpus", False, f"SLURM allocated {allocated} GPU(s) on this node"
+                     + (f" ({per_task} per task)" if per_task else "") + f", torch sees {visible}"
                      + (f" ({note})" if not driver else ""))
     elif wants_gpu and not visible:
         where = (f"cluster {profile.name} runs on GPUs ({', '.join(profile.gpus)})" if profile is not None

@@ -253,10 +253,11 @@ class _FakeCuda:
             (threading.current_thread().name, torch.device(d))))
         monkeypatch.setattr(parallel.dist, "is_initialized", lambda: False)
 
-        def init_process_group(backend, init_method=None, device_id=None, **kw):  # torch's signature, in part
+        def init_process_group(backend, init_method=None, device_id=None, timeout=None, **kw):  # in part
             self.init_calls.append((backend, {"device_id": device_id, **kw}))
 
         monkeypatch.setattr(parallel.dist, "init_process_group", init_process_group)
+        monkeypatch.setattr(parallel.dist, "new_group", lambda **kw: None)
 
 
 @pytest.mark.parametrize("visible, local_rank, expected", [
@@ -268,6 +269,8 @@ class _FakeCuda:
 def test_ddp_chooses_its_gpu_once_and_passes_it_to_the_process_group(tiny_config, monkeypatch, visible,
                                                                         local_rank, expected):
     fake = _FakeCuda(monkeypatch, visible)
+    if visible == 1:
+        monkeypatch.setenv("SLURM_GPUS_PER_TASK", "1")
     monkeypatch.setenv("RANK", str(local_rank))
     monkeypatch.setenv("WORLD_SIZE", "4")
     monkeypatch.setenv("LOCAL_RANK", str(local_rank))

@@ -162,11 +162,10 @@ def _join_distributed(cfg: RunConfig) -> int | None:
     if "SUBMITIT_EXECUTOR" not in os.environ:
         return 0
     env = submitit.JobEnvironment()
-    if env.num_tasks == 1:
-        return 0
     if cfg.system.parallelism != "ddp":
         return 0 if env.global_rank == 0 else None
-    # not CUDA_VISIBLE_DEVICES: the trainer picks the GPU of its LOCAL_RANK among all the node's GPUs
+    # also for one task (a 1-GPU DDP run): the trainer reads RANK/WORLD_SIZE. Not CUDA_VISIBLE_DEVICES: the
+    # trainer picks the GPU of its LOCAL_RANK among all the node's GPUs
     submitit.helpers.TorchDistributedEnvironment().export(set_cuda_visible_devices=False, overwrite=True)
     return env.global_rank
 

@@ -17,10 +17,12 @@
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from datetime import timedelta
 from typing import ClassVar
 
 import torch
@@ -28,7 +30,7 @@ import torch.distributed as dist
 from torch import nn
 
 from mmhpc import compat
-from mmhpc.errors import ConfigError
+from mmhpc.errors import ConfigError, RunError
 
 
 def resolve_device(name: str) -> torch.device:
@@ -41,15 +43,24 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def local_device(local_rank: int) -> torch.device:
+def local_device(local_rank: int, env=os.environ) -> torch.device:
     """The GPU of the process with this node-local rank, whatever SLURM lets it see.
 
     All of the node's GPUs visible (torchrun, `--gpus-per-node`): GPU `local_rank`. One GPU per task
-    (`--gpus-per-task=1`, cgroups): that GPU is ordinal 0 in every process.
+    (`--gpus-per-task=1`, cgroups): that GPU is ordinal 0 in every process. One GPU visible without a
+    per-task binding while the node runs several ranks: they would all share it (NCCL: "Duplicate GPU
+    detected"), so it is refused.
     """
     count = torch.cuda.device_count()
-    if count == 1:
+    local_world = int(env.get("LOCAL_WORLD_SIZE") or env.get("SLURM_NTASKS_PER_NODE") or 1)
+    if count == 1 and (env.get("SLURM_GPUS_PER_TASK") or (local_rank == 0 and local_world <= 1)):
         return torch.device("cuda", 0)
+    if count == 1:
+        raise ConfigError(
+            f"system.parallelism: ddp process of LOCAL_RANK {local_rank} sees one GPU (CUDA_VISIBLE_DEVICES="
+            f"{env.get('CUDA_VISIBLE_DEVICES', '<unset>')}) and so does every other rank on this node: two ranks "
+            "on one GPU fail in NCCL (duplicate GPU); give each task its own GPU (--gpus-per-task=1) or let "
+            "every rank see all of the node's GPUs (--gpus-per-node=N, torchrun --nproc-per-node <= GPUs)")
     if local_rank < count:
         return torch.device("cuda", local_rank)
     raise ConfigError(f"system.parallelism: ddp process of local rank {local_rank} sees {count} GPUs; run one "
@@ -212,11 +223,43 @@ class Distributed(Parallelism):
         else:
             self.device = requested
         if not dist.is_initialized():
-            if self.device.type == "cuda":
-                compat.init_process_group("nccl", self.device)  # device_id: NCCL bound to this GPU at once
+            timeout = dist_timeout()
+            if self.device.type == "cuda":  # device_id: NCCL bound to this GPU at once
+                compat.init_process_group("nccl", self.device, timeout=timeout)
             else:
-                compat.init_process_group("gloo")
+                compat.init_process_group("gloo", timeout=timeout)
+            self._host_group()  # collective: every rank makes it here, in the same order
         return self.device
+
+    def _host_group(self):
+        """The gloo group of the host-side collectives (stop vote, metrics, rank 0's evaluation, peaks): CPU
+        tensors, no GPU sync. Its timeout stays gloo's default (the other ranks wait there while rank 0
+        evaluates alone); a dead peer's closed connection fails it at once. Made at the first call
+        (new_group is collective: setup calls it on every rank)."""
+        if self._votes is None:
+            self._votes = dist.new_group(backend="gloo")
+        return self._votes
+
+    @contextlib.contextmanager
+    def _collective(self, what: str):
+        """A failed or timed-out collective as a RunError naming the rank(s) that did not answer."""
+        try:
+            yield
+        except RuntimeError as e:  # DistBackendError, DistNetworkError, gloo's timeouts
+            raise RunError(f"ddp rank {self.rank}: {what} failed ({str(e).splitlines()[0][:200]}); "
+                           f"{self._lost_ranks()}") from e
+
+    def _lost_ranks(self) -> str:
+        """Which ranks answer: a gloo monitored barrier (it names the ranks that did not reach it)."""
+        try:
+            dist.monitored_barrier(group=self._votes, timeout=timedelta(seconds=5), wait_all_ranks=True)
+        except RuntimeError as e:
+            text = str(e)
+            lost = sorted({int(r) for r in re_ranks(text)} - {self.rank})
+            if lost:
+                return f"rank(s) {', '.join(map(str, lost))} died or hang (monitored barrier)"
+            return f"a peer died or hangs: {text.splitlines()[0][:200]}"
+        return "every rank still answers"
 
     def wrap(self, model, probe=None):
         ids = [self.device.index] if self.device.type == "cuda" else None
@@ -226,7 +269,8 @@ class Distributed(Parallelism):
         if not dist.is_initialized():
             return values
         gathered: list = [None] * dist.get_world_size()
-        dist.all_gather_object(gathered, (values, weight))
+        with self._collective("the metrics' all-gather"):
+            dist.all_gather_object(gathered, (values, weight), group=self._host_group())
         total = sum(w for _, w in gathered)
         return {k: sum(v[k] * w for v, w in gathered) / total for k in values}
 
@@ -238,22 +282,23 @@ class Distributed(Parallelism):
         first call, which every rank reaches at the same step (new_group is collective)."""
         if not dist.is_initialized():
             return flag
-        if self._votes is None:
-            self._votes = dist.new_group(backend="gloo")
+        group = self._host_group()
         seen = False
         if self._vote is not None:
             work, box = self._vote
-            work.wait()
+            with self._collective("the stop vote"):
+                work.wait()
             seen = bool(box.item())
         box = torch.tensor([int(flag)], dtype=torch.int32)  # CPU tensor, CPU group: no device sync
-        self._vote = (dist.all_reduce(box, op=dist.ReduceOp.MAX, group=self._votes, async_op=True), box)
+        self._vote = (dist.all_reduce(box, op=dist.ReduceOp.MAX, group=group, async_op=True), box)
         return seen
 
     def broadcast(self, obj):
         if not dist.is_initialized():
             return obj
         box = [obj]
-        dist.broadcast_object_list(box, src=0)
+        with self._collective("the broadcast of rank 0's evaluation"):
+            dist.broadcast_object_list(box, src=0, group=self._host_group())
         return box[0]
 
     def peak_memory(self):
@@ -262,7 +307,8 @@ class Distributed(Parallelism):
         if not dist.is_initialized():
             return mine
         gathered: list = [None] * dist.get_world_size()
-        dist.all_gather_object(gathered, mine)
+        with self._collective("the peak-memory all-gather"):
+            dist.all_gather_object(gathered, mine, group=self._host_group())
         return {f"rank{r}/{k}": v for r, peaks in enumerate(gathered) for k, v in peaks.items()}
 
     def close(self):
@@ -293,10 +339,39 @@ class BranchLevel(Parallelism):
                     f"valid: {', '.join(cfg.modalities)}")
         return None
 
-    def placement(self, model, probe) -> dict[str, torch.device]:
+    def setup(self):
+        device = super().setup()
+        self.given_devices(device)  # checked before anything is built or trained
+        return device
+
+    def given_devices(self, device: torch.device) -> dict[str, torch.device] | None:
+        """`system.blp_devices` as devices: a bare `cuda` is the run's GPU, an index must be a visible GPU,
+        and every entry must be of the run's device type (ConfigError naming the entry otherwise)."""
         explicit = self.cfg.system.blp_devices
+        if not explicit:
+            return None
+        visible = torch.cuda.device_count() if device.type == "cuda" else 0
+        valid = (", ".join(["cuda", *(f"cuda:{i}" for i in range(visible))]) if device.type == "cuda"
+                 else "cpu")
+        out = {}
+        for m, name in explicit.items():
+            try:
+                d = torch.device(name)
+            except (RuntimeError, ValueError):
+                d = None
+            if d is not None and d.type == "cuda" and d.index is None:
+                d = device if device.type == "cuda" else d
+            if d is None or d.type != device.type or (d.type == "cuda" and not 0 <= d.index < visible):
+                raise ConfigError(f"system.blp_devices: {m}: {name!r} is not a device of this run ("
+                                  f"system.device={self.cfg.system.device}, {visible} visible GPU(s)); "
+                                  f"valid: {valid}")
+            out[m] = d
+        return out
+
+    def placement(self, model, probe) -> dict[str, torch.device]:
+        explicit = self.given_devices(self.device)
         if explicit:
-            return {m: torch.device(d) for m, d in explicit.items()}
+            return explicit
         # measuring must not change what the run does next: the RNG and the BatchNorm statistics
         saved = {k: v.clone() for k, v in model.state_dict().items()}
         with torch.random.fork_rng(devices=[]):
@@ -323,6 +398,21 @@ class BranchLevel(Parallelism):
     def close(self):
         if self.runner is not None:
             self.runner.close()
+
+
+def dist_timeout() -> timedelta:
+    """How long a collective of the default group (DDP's gradient all-reduce) waits for a peer:
+    MMHPC_DIST_TIMEOUT_S, default 60 s. torch's defaults (NCCL 10 minutes, gloo 30) leave the live ranks of
+    a run whose rank died waiting that long; NCCL, unlike gloo, does not see a dead peer's closed socket."""
+    return timedelta(seconds=float(os.environ.get("MMHPC_DIST_TIMEOUT_S") or 60))
+
+
+def re_ranks(text: str) -> list[str]:
+    """Rank numbers in a torch.distributed error ("Ranks 1, 3 failed to pass", "from rank 0")."""
+    import re
+
+    found = re.findall(r"[Rr]anks? ((?:\d+(?:, )?)+)", text)
+    return [r for group in found for r in group.replace(",", " ").split()]
 
 
 PARALLELISMS: dict[str, type[Parallelism]] = {p.name: p for p in (Single, DataParallel, Distributed, BranchLevel)}

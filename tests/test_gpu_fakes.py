@@ -1,0 +1,284 @@
+"""The CPU tier of the GPU-only code: every gpu-check check and the CUDA branches of mmhpc/system/ run here
+against a stubbed torch.cuda (tests/fake_cuda.py: fake devices, events, streams and timings), so their
+arithmetic, assertions, records and report run without a GPU. Tensors stay on the CPU; nothing of mmhpc
+is stubbed. The tests named after issue 18's items fail on the code before it (a723877)."""
+from __future__ import annotations
+
+import json
+import multiprocessing
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from fake_cuda import FakeCuda
+
+from mmhpc import gpucheck
+from mmhpc.errors import ConfigError, RunError
+from mmhpc.gpucheck import Check, Skip
+from mmhpc.system import parallel
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture
+def fake(monkeypatch):
+    return FakeCuda(monkeypatch, count=1)
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """One intra-op thread: on a loaded 2-core machine two threads make a small convolution 10x slower."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="session")
+def data_dir(tmp_path_factory):
+    return tmp_path_factory.mktemp("gpu-check-data")  # synthetic data, generated once per session
+
+
+@pytest.fixture
+def ck(tmp_path, fake, data_dir, monkeypatch):
+    """A gpu-check Check that believes in the fake GPU and computes on the CPU, on tiny synthetic data."""
+    monkeypatch.setenv("MMHPC_DATA", str(data_dir))
+    c = Check(tmp_path / "records", float("inf"), workers=1)
+    c.device, c.preset = torch.device("cpu"), "tiny"
+    yield c
+    import shutil
+
+    shutil.rmtree(c.scratch, ignore_errors=True)
+
+
+def _small_precision_check(monkeypatch):
+    monkeypatch.setattr(gpucheck, "MATMUL_N", 32)
+    monkeypatch.setattr(gpucheck, "RESNET_BATCH", 2)
+    monkeypatch.setattr(gpucheck, "RESNET_SIZE", 32)
+    monkeypatch.setattr(gpucheck, "TIMED", 2)
+
+
+# ---- item 1: the precision check ran into a method that no longer exists ------------------------------
+
+def test_item1_precision_check_runs_its_flags_and_figures_with_fake_timings(ck, fake, monkeypatch):
+    _small_precision_check(monkeypatch)
+    # fake timings: a matmul with TF32 on takes 1 ms, 4 ms without (what tensor cores give on an H100)
+    fake.ms_per_record = lambda: 1.0 if torch.backends.cuda.matmul.allow_tf32 else 4.0
+    rec, line = gpucheck.check_precision(ck)
+    p = rec["precisions"]
+    assert list(p) == ["fp32_strict", "fp32", "tf32", "bf16"]
+    assert p["fp32"]["flags"]["matmul_allow_tf32"] is False and p["fp32"]["flags"]["cudnn_allow_tf32"] is True
+    assert p["fp32_strict"]["flags"]["cudnn_allow_tf32"] is False and p["tf32"]["flags"]["matmul_allow_tf32"]
+    # events around 10 matmuls read 4 ms: 0.4 ms a call, 2 n^3 flops each
+    assert p["fp32"]["matmul_tflops"] == pytest.approx(2 * 32**3 / 0.4e-3 / 1e12)
+    assert rec["tf32_matmul_speedup"] == pytest.approx(4.0)
+    assert p["bf16"]["matmul_dtype"] == "torch.bfloat16" and p["fp32"]["matmul_dtype"] == "torch.float32"
+    assert p["bf16"]["resnet18_images_per_s"] == pytest.approx(2 / (1.0 / 2 / 1000))
+    assert "tf32: matmul" in line
+
+
+def test_precision_check_fails_when_tf32_changes_nothing_and_skips_formats_an_old_gpu_lacks(ck, fake,
+                                                                                           monkeypatch):
+    _small_precision_check(monkeypatch)
+    with pytest.raises(AssertionError, match="TF32 flag has no effect"):
+        gpucheck.check_precision(ck)  # every precision equally fast
+    fake.capability = (7, 0)
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda d=None: (7, 0))
+    rec, _ = gpucheck.check_precision(ck)
+    assert "needs compute capability 8.0+" in rec["precisions"]["bf16"]["skipped"]
+    assert "tf32_matmul_speedup" not in rec
+
+
+# ---- item 2: blp_devices without an index, or naming no visible GPU ----------------------------------
+
+def test_item2_blp_devices_cuda_is_the_runs_gpu_and_indices_are_checked(tiny_config, monkeypatch):
+    fake = FakeCuda(monkeypatch, count=2)
+    cfg = tiny_config("cremad", "system.parallelism=blp", "system.device=cuda",
+                      "system.blp_devices={audio: cuda, visual: 'cuda:1'}")
+    par = parallel.build(cfg)
+    assert par.setup() == torch.device("cuda", 0)
+    assert par.placement(None, None) == {"audio": torch.device("cuda", 0), "visual": torch.device("cuda", 1)}
+    fake.current = 1  # the run's GPU is the current one: a bare `cuda` follows it
+    par = parallel.build(cfg)
+    assert par.setup() == torch.device("cuda", 1) and par.placement(None, None)["audio"].index == 1
+    for bad in ("{audio: 'cuda:2', visual: cuda}", "{audio: cpu, visual: cuda}", "{audio: gpu0, visual: cuda}"):
+        par = parallel.build(tiny_config("cremad", "system.parallelism=blp", "system.device=cuda",
+                                         f"system.blp_devices={bad}"))
+        with pytest.raises(ConfigError, match=r"system.blp_devices: audio: .* is not a device of this run "
+                                              r"\(system.device=cuda, 2 visible GPU\(s\)\); valid: cuda, cuda:0, "
+                                              r"cuda:1"):
+            par.setup()
+
+
+def test_blp_devices_on_a_cpu_run_must_be_cpu(tiny_config):
+    par = parallel.build(tiny_config("cremad", "system.parallelism=blp", "system.device=cpu",
+                                     "system.blp_devices={audio: cuda, visual: cpu}"))
+    with pytest.raises(ConfigError, match="valid: cpu"):
+        par.setup()
+
+
+def test_blp_on_fake_gpus_puts_branches_on_their_streams_and_devices(tiny_config, monkeypatch):
+    """BranchParallel's CUDA branch (a stream per branch, set_device in each branch thread, the join on the
+    master's stream) with two fake GPUs' streams; the tensors stay on the CPU."""
+    from mmhpc.train import Trainer
+
+    trainer = Trainer(tiny_config("cremad", "system.parallelism=blp", "system.device=cpu",
+                                  "system.blp_devices={audio: cpu, visual: cpu}"), progress=False)
+    fake = FakeCuda(monkeypatch, count=2)
+    runner = trainer.par.runner
+    runner.streams = {m: torch.cuda.Stream(torch.device("cuda", i)) for i, m in enumerate(("audio", "visual"))}
+    try:
+        batch = trainer._probe_batch()
+        out = runner.encode(batch)
+        costs = parallel.measure_branch_costs(trainer.model, batch, torch.device("cpu"), reps=1)
+    finally:
+        trainer.close()
+    assert set(out) == {"audio", "visual"} and all(e.shape[0] == len(batch["label"]) for e in out.values())
+    assert all(s.waited for s in runner.streams.values())  # each branch waited for the master's queue
+    assert {d for _, d in fake.set_devices} == {torch.device("cpu")}  # each thread: its branch's device
+    assert set(costs) == {"audio", "visual"} and all(c > 0 for c in costs.values())
+
+
+# ---- item 3: wheels shadow consistently; on a GPU node nothing skips quietly ---------------------------
+
+def test_item3_on_a_gpu_node_a_check_that_cannot_run_fails(tmp_path, fake, monkeypatch, capsys):
+    def lacks_a_package(ck):
+        raise Skip("needs pydantic (not installed)")
+
+    def lacks_a_second_gpu(ck):
+        raise Skip("needs two CUDA GPUs", hardware=True)
+
+    monkeypatch.setattr(gpucheck, "CHECKS", {"a": lacks_a_package, "b": lacks_a_second_gpu})
+    assert gpucheck.run(tmp_path, wheels=tmp_path / "none", isolate=False) == 1
+    out = capsys.readouterr().out
+    assert "FAIL  a" in out and "cannot run on this GPU node: needs pydantic" in out
+    assert "SKIP  b" in out  # hardware this node lacks is a skip, said so
+    assert json.loads((tmp_path / "a.json").read_text())["status"] == "FAIL"
+
+
+# ---- item 4: two ranks on one visible GPU -----------------------------------------------------------
+
+def test_item4_two_ranks_on_one_visible_gpu_are_refused_naming_local_rank(monkeypatch):
+    FakeCuda(monkeypatch, count=1)
+    env = {"LOCAL_RANK": "1", "LOCAL_WORLD_SIZE": "2", "CUDA_VISIBLE_DEVICES": "0"}
+    with pytest.raises(ConfigError, match=r"LOCAL_RANK 1 sees one GPU \(CUDA_VISIBLE_DEVICES=0\)"):
+        parallel.local_device(1, env)
+    with pytest.raises(ConfigError, match="LOCAL_RANK 0"):  # rank 0 of two on the node too
+        parallel.local_device(0, {"LOCAL_WORLD_SIZE": "2"})
+    # --gpus-per-task=1: each task its own GPU, ordinal 0 in every process
+    assert parallel.local_device(1, {"SLURM_GPUS_PER_TASK": "1"}) == torch.device("cuda", 0)
+    assert parallel.local_device(0, {}) == torch.device("cuda", 0)  # one rank, one GPU
+
+
+# ---- item 5: a 1-task DDP job exports the torch.distributed variables; doctor and --gpus-per-task -----
+
+def test_item5_one_task_ddp_job_through_submitit_exports_rank_and_world_size(tiny_config, monkeypatch):
+    from mmhpc.launch.submit import _join_distributed
+
+    for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
+        monkeypatch.delenv(k, raising=False)
+    slurm = {"SUBMITIT_EXECUTOR": "slurm", "SLURM_JOB_ID": "4242", "SLURM_NTASKS": "1", "SLURM_PROCID": "0",
+             "SLURM_LOCALID": "0", "SLURM_NODEID": "0", "SLURM_JOB_NODELIST": "node1", "SLURM_JOB_NUM_NODES": "1",
+             "SLURM_STEP_NODELIST": "node1"}
+    for k, v in slurm.items():
+        monkeypatch.setenv(k, v)
+    assert _join_distributed(tiny_config("cremad", "system.parallelism=ddp")) == 0
+    assert (os.environ["RANK"], os.environ["WORLD_SIZE"], os.environ["LOCAL_RANK"]) == ("0", "1", "0")
+    assert os.environ["MASTER_ADDR"] == "node1" and os.environ["MASTER_PORT"].isdigit()
+
+
+def test_item5_doctor_accepts_gpus_per_task_allocations(monkeypatch):
+    from mmhpc.doctor import run_checks
+
+    FakeCuda(monkeypatch, count=1)
+    env = {"SLURM_GPUS_ON_NODE": "4", "SLURM_GPUS_PER_TASK": "1"}
+    gpus = next(c for c in run_checks(env=env) if c.name == "gpus")
+    assert gpus.ok, gpus.detail
+    gpus = next(c for c in run_checks(env={"SLURM_GPUS_ON_NODE": "4"}) if c.name == "gpus")
+    assert not gpus.ok and "SLURM allocated 4 GPU(s) on this node, torch sees 1" in gpus.detail
+
+
+# ---- item 6: per-check timeout; a dead DDP rank is noticed at once and named --------------------------
+
+def test_item6_a_check_past_its_time_limit_is_killed_and_fails(tmp_path):
+    env = {**os.environ, "PYTHONPATH": str(REPO), "CUDA_VISIBLE_DEVICES": ""}
+    t0 = time.monotonic()
+    proc = subprocess.run([sys.executable, "-m", "mmhpc.gpucheck", "--out", str(tmp_path), "--only", "env",
+                           "--check-timeout", "0.2", "--wheels", str(tmp_path / "none")], cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    assert "FAIL  env" in proc.stdout and "timed out after 0.2 s (killed" in proc.stdout
+    assert time.monotonic() - t0 < 120
+    assert json.loads((tmp_path / "env.json").read_text())["status"] == "FAIL"
+
+
+def test_item6_ddp_process_groups_are_made_with_a_bounded_timeout(tiny_config, monkeypatch):
+    FakeCuda(monkeypatch, count=2)
+    calls = []
+    monkeypatch.setattr(parallel.dist, "is_initialized", lambda: False)
+    monkeypatch.setattr(parallel.dist, "init_process_group",
+                        lambda backend, init_method=None, **kw: calls.append((backend, kw)))
+    monkeypatch.setattr(parallel.dist, "new_group", lambda **kw: calls.append(("new_group", kw)) or "group")
+    for k, v in {"RANK": "1", "WORLD_SIZE": "2", "LOCAL_RANK": "1"}.items():
+        monkeypatch.setenv(k, v)
+    monkeypatch.setenv("MMHPC_DIST_TIMEOUT_S", "45")
+    par = parallel.build(tiny_config("cremad", "system.parallelism=ddp", "system.device=cuda"))
+    par.setup()
+    from datetime import timedelta
+
+    assert calls[0][0] == "nccl" and calls[0][1]["timeout"] == timedelta(seconds=45)
+    assert calls[1] == ("new_group", {"backend": "gloo"})  # the host-side group, made by every rank at setup
+
+
+def _dying_rank(rank: int, port: int, cfg, out_dir: str) -> None:
+    from mmhpc.train import Trainer
+
+    os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE="2", MASTER_ADDR="127.0.0.1",
+                      MASTER_PORT=str(port))
+    trainer = Trainer(cfg, progress=False)
+    run_pass = trainer._pass
+
+    def dies_in_validation(split, epoch):
+        if split == "val" and rank == 0:
+            os._exit(3)  # rank 0 dies during validation
+        return run_pass(split, epoch)
+
+    trainer._pass = dies_in_validation
+    t0 = time.monotonic()
+    try:
+        trainer.fit()
+        result = {"error": None}
+    except RunError as e:
+        result = {"error": str(e), "type": "RunError"}
+    except BaseException as e:  # noqa: BLE001
+        result = {"error": str(e), "type": type(e).__name__}
+    result["seconds"] = time.monotonic() - t0
+    Path(out_dir, f"rank{rank}").write_text(json.dumps(result))
+
+
+@pytest.mark.slow
+def test_item6_a_ddp_rank_that_dies_in_validation_is_named_by_the_others_at_once(tiny_config, tmp_path):
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    cfg = tiny_config("cremad", "system.parallelism=ddp", "train.max_batches=2", "system.threads=1",
+                      "system.sample_interval=0")
+    ctx = multiprocessing.get_context("spawn")
+    procs = [ctx.Process(target=_dying_rank, args=(r, port, cfg, str(tmp_path))) for r in (0, 1)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(timeout=240)
+        if p.is_alive():
+            p.kill()
+    assert procs[0].exitcode == 3
+    result = json.loads((tmp_path / "rank1").read_text())
+    assert result["type"] == "RunError", result
+    assert "ddp rank 1: the broadcast of rank 0's evaluation failed" in result["error"]
+    assert "rank(s) 0 died or hang" in result["error"]
+    assert result["seconds"] < 60
