@@ -1,7 +1,8 @@
 """The `mmhpc` command: train, bench, config, data synth, prepare, demo, sweep, clusters, report.
 
 Exit codes, the same for every command (`mmhpc.errors`): 0 done, 1 a run or job failed, 2 bad input
-(config, sweep file, cluster profile, argument; nothing was started), 3 the scheduler failed. `-v` logs
+(config, sweep file, cluster profile, argument; nothing was started), 3 the scheduler failed, 130
+interrupted (Ctrl-C). `-v` logs
 debug messages and the traceback of a failure, `-q` only warnings and errors; progress bars are for an
 interactive terminal (`-q` after a command turns them off).
 """
@@ -13,7 +14,15 @@ import os
 import sys
 import textwrap
 
-from mmhpc.errors import EXIT_BAD_INPUT, EXIT_RUN_FAILED, EXIT_SCHEDULER, ConfigError, MmhpcError, exit_code
+from mmhpc.errors import (
+    EXIT_BAD_INPUT,
+    EXIT_INTERRUPTED,
+    EXIT_RUN_FAILED,
+    EXIT_SCHEDULER,
+    ConfigError,
+    MmhpcError,
+    exit_code,
+)
 
 # Heavy modules (torch, pandas, matplotlib, transformers; even the config schema) are imported by the
 # command that uses them, never here: `--help`, `config`, `clusters` and `sweep ...` start in well under a
@@ -154,7 +163,8 @@ def cmd_doctor(args) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="mmhpc", description="Multimodal late-fusion training benchmarks.",
-                     epilog="exit codes: 0 done, 1 a run or job failed, 2 bad input, 3 the scheduler failed")
+                     epilog="exit codes: 0 done, 1 a run or job failed, 2 bad input, 3 the scheduler failed, "
+                            "130 interrupted (Ctrl-C)")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug messages, tracebacks of failures")
     parser.add_argument("-q", "--quiet", dest="log_quiet", action="store_true", help="only warnings and errors")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
@@ -270,6 +280,9 @@ def main(argv: list[str] | None = None) -> int:
     setup_logging(args.verbose, args.log_quiet or getattr(args, "quiet", False))
     try:
         return args.func(args)
+    except KeyboardInterrupt:  # Ctrl-C: one line (a run's record says `interrupted`), the shell's code 130
+        log.error("mmhpc: interrupted")
+        return EXIT_INTERRUPTED
     except (FileExistsError, FileNotFoundError) as e:  # a finished record in the way, a missing file given
         log.error("mmhpc: %s", e)
         return EXIT_BAD_INPUT

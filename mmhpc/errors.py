@@ -8,6 +8,7 @@ Exit-code policy of every `mmhpc` command (`exit_code` maps an exception to it):
     1  a run or job failed (RunError; the others ran and their records are kept)
     2  bad input: a config, sweep file, cluster profile or argument (ConfigError), found before any work
     3  the scheduler failed: sbatch/squeue refused or could not be reached (SchedulerError)
+    130 interrupted (Ctrl-C): one line; a run's record says `interrupted`
 
 A problem is written `file: field: problem; valid: a, b, c`; the file part only when there is a file, the
 field as a dotted path (`resources.time_min`, `runs[3].train.lr`), the valid part only when the choices are
@@ -22,6 +23,7 @@ from typing import Any
 EXIT_RUN_FAILED = 1
 EXIT_BAD_INPUT = 2
 EXIT_SCHEDULER = 3
+EXIT_INTERRUPTED = 130  # 128 + SIGINT, what a shell reports for a command ended by Ctrl-C
 
 
 class MmhpcError(Exception):

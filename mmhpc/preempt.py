@@ -37,12 +37,24 @@ def catch_early() -> None:
 @contextlib.contextmanager
 def deaf_children():
     """Processes started inside (loader workers, a forkserver, multiprocessing's resource tracker) begin with
-    PREEMPT_SIGNAL blocked. SLURM signals every process of the job step, and a process started from a fresh
-    interpreter (forkserver, spawn) dies of it by default: the epoch then failed with "DataLoader worker
-    exited unexpectedly" instead of stopping at a step and requeueing. Only the trainer acts on the signal;
-    one arriving in the calling thread meanwhile stays pending until the block ends, it is not lost."""
-    old = signal.pthread_sigmask(signal.SIG_BLOCK, {PREEMPT_SIGNAL})
+    PREEMPT_SIGNAL and SIGINT blocked. SLURM signals every process of the job step, and a process started
+    from a fresh interpreter (forkserver, spawn) dies of it by default: the epoch then failed with "DataLoader
+    worker exited unexpectedly" instead of stopping at a step and requeueing. Ctrl-C reaches the terminal's
+    whole process group: the trainer ends its workers itself. Only the trainer acts on either signal; one
+    arriving meanwhile is not lost. In the main thread Ctrl-C is noted inside and raised at the end: another
+    thread may take the signal, and Python would then raise its KeyboardInterrupt inside os.fork's at-fork
+    callbacks, where CPython prints and drops it (the run went on)."""
+    old = signal.pthread_sigmask(signal.SIG_BLOCK, {PREEMPT_SIGNAL, signal.SIGINT})
+    interrupted = []
+    previous = None
+    if threading.current_thread() is threading.main_thread() \
+            and signal.getsignal(signal.SIGINT) is signal.default_int_handler:
+        previous = signal.signal(signal.SIGINT, lambda signum, frame: interrupted.append(signum))
     try:
         yield
     finally:
         signal.pthread_sigmask(signal.SIG_SETMASK, old)
+        if previous is not None:
+            signal.signal(signal.SIGINT, previous)
+            if interrupted:
+                raise KeyboardInterrupt

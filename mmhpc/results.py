@@ -153,7 +153,7 @@ class Environment(_Part):
 class RunRecord(_Part):
     schema_version: int = Field(SCHEMA, alias="schema")
     run: str
-    status: Literal["running", "done", "failed"]
+    status: Literal["running", "done", "failed", "interrupted"]  # interrupted: Ctrl-C
     config: dict[str, Any]
     env: Environment = Environment()
     model: dict[str, Any] = {}          # {"parameters": n}
@@ -162,7 +162,7 @@ class RunRecord(_Part):
     started: float | None = None
     finished: float | None = None
     summary: Summary | None = None
-    error: str | None = None            # "ExceptionType: message" of a failed run
+    error: str | None = None            # "ExceptionType: message" of a failed or interrupted run
     traceback: str | None = None
     system: dict[str, Any] | None = None  # the sampler: time-series file, interval, notes, GPUs, summary
     resumed: list[dict[str, Any]] = []

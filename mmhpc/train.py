@@ -253,7 +253,7 @@ class Trainer:
             log.warning("%s: %s; its next start resumes at epoch %d", cfg.run_name(), e, epoch + 1)
             raise
         except BaseException as e:
-            mark_failed(record, e)
+            mark_failed(record, e, epoch)
             raise
         finally:
             self._stop_sampler(record)
@@ -377,8 +377,14 @@ def _resumable(config: dict) -> dict:
     return out
 
 
-def mark_failed(record: RunRecord, exc: BaseException) -> RunRecord:
-    """A record's failure: status, the error as "Type: message", and the traceback being handled."""
+def mark_failed(record: RunRecord, exc: BaseException, epoch: int | None = None) -> RunRecord:
+    """A record's failure: status, the error as "Type: message", and the traceback being handled. Ctrl-C
+    is no failure: status `interrupted`, with the epoch (0-based `epoch`, written counted from 1)."""
+    if isinstance(exc, KeyboardInterrupt):
+        record.status = "interrupted"
+        record.error = "KeyboardInterrupt: interrupted (Ctrl-C) " + (
+            f"in epoch {epoch + 1}" if epoch is not None else "before training")
+        return record
     record.status = "failed"
     record.error = f"{type(exc).__name__}: {exc}"
     record.traceback = traceback.format_exc(limit=20)
@@ -386,10 +392,13 @@ def mark_failed(record: RunRecord, exc: BaseException) -> RunRecord:
 
 
 def train(cfg: RunConfig, progress: bool = True) -> RunRecord:
-    """Train one run and return its record. A run that fails before its trainer is set up (no device, an
-    unreadable dataset) still leaves a failed record, unless a record of that run already exists."""
+    """Train one run and return its record. A run that fails before its trainer is set up (an unreadable
+    dataset) still leaves a failed record, unless a record of that run already exists; a config this
+    machine cannot run (precision, parallelism, device: ConfigError) is bad input and writes nothing."""
     try:
         trainer = Trainer(cfg, progress=progress)
+    except ConfigError:
+        raise
     except Exception as e:
         write_failed_record(cfg, e)
         raise

@@ -142,6 +142,19 @@ def test_parallelism_not_available_fails_before_work(tiny_config):
         train(tiny_config("cremad", "system.parallelism=dp"), progress=False)
 
 
+@pytest.mark.parametrize("refused", ["system.precision=tf32", "system.parallelism=dp", "system.device=cuda"])
+def test_a_config_this_machine_cannot_run_is_refused_before_any_record(synth_dir, tmp_path, capsys, refused):
+    """Exit 2, one line naming the field, and nothing in runs/ (a CPU machine: no tensor cores, no GPU)."""
+    from mmhpc.cli import main
+
+    runs = tmp_path / "runs"
+    argv = ["train", f"data.root={synth_dir('cremad')}", f"output.runs_dir={runs}", "train.epochs=1",
+            "system.device=cpu", refused]
+    assert main(argv) == 2
+    assert refused.split("=")[0] in capsys.readouterr().err
+    assert not runs.exists() or not any(runs.iterdir())
+
+
 @pytest.mark.slow
 def test_checkpoint_resume_continues_exactly(tiny_config, tmp_path, monkeypatch):
     reference = train(tiny_config("cremad", "train.epochs=3", f"output.runs_dir={tmp_path / 'ref'}"),

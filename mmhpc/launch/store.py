@@ -355,7 +355,7 @@ def _state(sweep_dir: SweepDir, run: dict, rec: RunRecord | None, job: dict | No
     job_id = job.get("job_id") if job else None
     if rec and rec.status == "done":
         return RunState(index, name, "done", job_id=job_id)
-    error = (rec.error or "") if rec and rec.status == "failed" else ""
+    error = (rec.error or "") if rec and rec.status in ("failed", "interrupted") else ""
     if job is None:
         return RunState(index, name, "failed" if rec else "unsubmitted", error or (
             "interrupted: the record was never finished" if rec else ""))

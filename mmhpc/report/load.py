@@ -130,7 +130,8 @@ def _planned_device(run: dict) -> str:
 
 def _record_row(rec: RunRecord, path: Path | None, sweep: str) -> dict:
     row = _config_row(rec.config, sweep)
-    row.update(run=rec.run, state=rec.status, reason=(rec.error or "") if rec.status == "failed" else "",
+    stopped = rec.status in ("failed", "interrupted")  # an interrupted run (Ctrl-C) shows as failed, with why
+    row.update(run=rec.run, state="failed" if stopped else rec.status, reason=(rec.error or "") if stopped else "",
                path=str(path) if path else None, record=rec)
     row["device"] = device_label(rec.env)
     row["host"] = rec.env.host
