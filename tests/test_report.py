@@ -8,6 +8,7 @@ import subprocess
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 
 from mmhpc.report import build_report
@@ -20,9 +21,16 @@ A100 = {"device": "cuda:0", "host": "alvis-n1", "gpu": {"name": "NVIDIA A100-SXM
 
 def record(run, times, *, dataset="cremad", modalities=None, precision="fp32", parallelism="single",
            preinit=False, batch=64, strategy="naive", seed=0, util=None, status="done", test=None, val_acc=None,
-           optimised=None, env=A100, cosine=False, loader=None, waits=None, estimated=False, preset=None):
+           optimised=None, env=A100, cosine=False, loader=None, waits=None, estimated=False, preset="full",
+           warmup=True):
     """A minimal run record: one epoch per entry of `times` (its epoch_s), optional GPU utilisation per epoch,
-    loader knobs and per-epoch data waits."""
+    loader knobs and per-epoch data waits; after a warm-up epoch (99 s, 1 % util: any mean that takes it in
+    is visibly off), unless warmup=False."""
+    if warmup and times:
+        times = [99.0, *times]
+        util = None if util is None else [1.0, *util]
+        waits = None if waits is None else [9.9, *waits]
+        val_acc = None if val_acc is None else {h: [v[0], *v] for h, v in val_acc.items()}
     epochs = []
     for i, t in enumerate(times):
         e = {"epoch": i, "time": {"epoch_s": t, "train_loader_init_s": 0.1 * t, "train_s": 0.7 * t,
@@ -76,8 +84,11 @@ def sweep_dir(root: Path, name: str, planned: list[dict], records: list[dict], s
     return path
 
 
-def row(table, **keys):
+def row(table, source="measured", **keys):
+    """The one row of `table` with these key values; in a table with thesis rows, its `source` row."""
     frame = table.frame
+    if "Source" in frame:
+        frame = frame[frame["Source"] == source]
     mask = np.ones(len(frame), bool)
     for k, v in keys.items():
         mask &= frame[k] == v
@@ -112,14 +123,17 @@ def test_precision_speedup_and_standard_error(tmp_path):
     # bf16: 5, 6 -> mean 5.5, SE = 0.5; seed 2 planned but unsubmitted: 2 of 3 seeds
     assert cremad["BF16 (s)"].startswith("5.50 ± 0.50 (2 of 3 seeds")
     assert cremad["BF16 speedup"] == "2.00×"   # Eq. 4.1: 11 / 5.5
-    assert cremad["TF32 (s)"].startswith("n/a [")  # not applicable, with its reason as a note
-    assert any("tf32 needs compute capability 8.0" in n for n in precision.notes)
-    assert "against the FP32 row (fp32)" in precision.caption  # the named baseline
+    # every TF32 run is not applicable here: no column, and neither the title nor the table promises one;
+    # the caption says why
+    assert "TF32 (s)" not in precision.frame and "TF32" not in precision.title
+    assert precision.title.startswith("Precision: time per epoch, FP32 vs BF16")
+    assert "Not applicable here, so no column: TF32 (system.precision: tf32 needs compute capability 8.0)" \
+        in precision.caption
+    assert "against the FP32 column" in precision.caption  # the named baseline
     mvsa = row(precision, Dataset="mvsa")
     assert mvsa["FP32 (s)"] == "8.00"
     assert mvsa["BF16 (s)"].startswith("failed [") and mvsa["BF16 speedup"] == "–"
     assert any("CUDA out of memory" in n for n in precision.notes)
-    assert mvsa["TF32 (s)"] == "missing"  # nothing planned or recorded for mvsa at tf32
     runs = tables[1].frame.set_index("Run")
     assert runs.loc["tf32-s0", "State"] == "n/a" and runs.loc["bf16-s2", "State"] == "unsubmitted"
     assert runs.loc["bf16-mvsa", "State"] == "failed"
@@ -138,11 +152,14 @@ def test_loader_speedup_and_utilisation_gain(tmp_path):
     (loader, _), _ = build_tables(runs)
     b64 = row(loader, **{"Batch size": "64"})
     # time: std 20, 22 -> 21 ± 1.00; opt 16, 18 -> 17 ± 1.00; speedup 21 / 17 = 1.235
-    assert (b64["Std (s)"], b64["Opt (s)"], b64["Opt speedup"]) == ("21.00 ± 1.00", "17.00 ± 1.00", "1.24×")
+    assert (b64["Standard (s)"], b64["Pre-initialised (s)"], b64["Pre-initialised speedup"]) == \
+        ("21.00 ± 1.00", "17.00 ± 1.00", "1.24×")
     # util: std 70, 74 -> 72 ± 2.0; opt 90, 92 -> 91 ± 1.0; gain 91 - 72 = +19.0 percentage points
-    assert (b64["Std util (%)"], b64["Opt util (%)"], b64["Opt util gain"]) == ("72.0 ± 2.0", "91.0 ± 1.0", "+19.0")
+    assert (b64["Standard util (%)"], b64["Pre-initialised util (%)"], b64["Pre-initialised util gain"]) == \
+        ("72.0 ± 2.0", "91.0 ± 1.0", "+19.0")
     b128 = row(loader, **{"Batch size": "128"})
-    assert b128["Std (s)"] == "30.00" and b128["Opt (s)"].startswith("failed [") and b128["Opt speedup"] == "–"
+    assert b128["Standard (s)"] == "30.00" and b128["Pre-initialised (s)"].startswith("failed [")
+    assert b128["Pre-initialised speedup"] == "–"
     assert "GPU" in loader.title
 
 
@@ -155,10 +172,10 @@ def test_parallelism_and_overall(tmp_path):
     assert set(detect_kinds(runs)) == {"precision", "loader", "parallelism", "overall"}
     tables, _ = build_tables(runs, ["parallelism", "overall"])
     par, overall = tables[0], tables[1]
-    r = row(par, Precision="FP32", Loader="standard")
+    r = row(par, Precision="FP32")  # the loader column is left out: precision determines it here
     assert (r["DDP speedup"], r["BLP speedup"]) == ("2.00×", "1.50×")  # 12/6, 12/8
-    assert r["DP (s)"].startswith("n/a [") and any("DP needs 2 GPUs" in n for n in par.notes)
-    o = row(overall, Optimisations="TF32 + Opt + BLP")
+    assert "DP (s)" not in r and "DP needs 2 GPUs" in par.caption and " DP" not in par.title
+    o = row(overall, Optimisations="TF32 + Pre-initialised + BLP")
     assert (o["Default (s)"], o["Optimised (s)"], o["Speedup"]) == ("12.00", "4.00", "3.00×")  # 12/4
 
 
@@ -172,7 +189,8 @@ def test_directory_of_sweeps_keeps_them_apart(tmp_path):
     assert results.sweeps == ["a", "b", "loose"]
     (precision, runs_table), _ = build_tables(results.runs)
     assert row(precision, Sweep="a")["FP32 (s)"] == "10.00" and row(precision, Sweep="b")["FP32 (s)"] == "20.00"
-    assert "1 run(s) with no counterpart" in precision.caption  # the loose record: in the runs table only
+    # the loose record (a sweep of its own in which precision does not vary): in the runs table only
+    assert set(precision.frame["Sweep"]) == {"a", "b"}
     assert "loose-fp32" in set(runs_table.frame["Run"])
 
 
@@ -259,14 +277,14 @@ def test_report_pdf_renders(tmp_path):
         assert "|" in (out / "tables" / f"{name}.md").read_text()
         assert r"\begin{tabular}" in (out / "tables" / f"{name}.tex").read_text()
     figures = sorted(p.name for p in (out / "figures").glob("*.png"))
-    assert figures == ["accuracy-1.png", "speedup-precision.png", "utilisation-1.png"]
-    # title, precision table, 3 figures, runs table
-    assert written["pages"] == 6
+    assert figures == ["accuracy-1.png", "speedups-1.png", "utilisation-1.png"]
+    # title, the Reproduction page (3 pages: a row per thesis claim), precision table, 3 figures, runs table
+    assert written["pages"] == 9
     if shutil.which("pdftoppm") is None:
         pytest.skip("pdftoppm not installed (apt-get install poppler-utils): PDF not rendered")
     subprocess.run(["pdftoppm", "-r", "50", "-png", str(out / "report.pdf"), str(tmp_path / "page")], check=True)
     pages = sorted(tmp_path.glob("page-*.png"))
-    assert len(pages) == 6
+    assert len(pages) == 9
     for p in pages:
         assert nonwhite_fraction(p) > 0.005, f"{p.name} is blank"
 
@@ -315,23 +333,28 @@ def test_an_epoch_shorter_than_the_sampler_interval_has_no_utilisation_and_is_le
 def test_warmup_epoch_left_out_of_every_mean(tmp_path):
     d = tmp_path / "records"
     # epoch 0 is the warm-up (30 s, util 10 %): left out -> time (10 + 12) / 2 = 11, util (80 + 90) / 2 = 85
-    write(d, record("fp32", [30.0, 10.0, 12.0], util=[10.0, 80.0, 90.0], waits=[9.0, 0.5, 0.7]))
-    write(d, record("bf16", [7.0], precision="bf16"))  # one epoch only: nothing to leave out
+    write(d, record("fp32", [30.0, 10.0, 12.0], util=[10.0, 80.0, 90.0], waits=[9.0, 0.5, 0.7], warmup=False))
+    write(d, record("bf16", [7.0], precision="bf16", warmup=False))  # one epoch, all warm-up: no time
     runs = load_results(d).runs.set_index("run")
     assert runs.loc["fp32", "time_epoch_s"] == 11.0 and runs.loc["fp32", "util_pct"] == 85.0
     assert runs.loc["fp32", "idle_s"] == pytest.approx(0.6) and runs.loc["fp32", "warmup_epochs"] == 1
-    assert runs.loc["bf16", "time_epoch_s"] == 7.0 and runs.loc["bf16", "warmup_epochs"] == 0
+    # one epoch: it is the warm-up, so no time (never a time over the warm-up) and the reason why
+    assert pd.isna(runs.loc["bf16", "time_epoch_s"]) and runs.loc["bf16", "warmup_epochs"] == 1
+    assert "all warm-up" in runs.loc["bf16", "na_reason"]
     (precision, _), _ = build_tables(load_results(d).runs)
     assert "warm-up epochs are left out" in precision.caption
+    cremad = row(precision, Dataset="cremad")
+    assert cremad["BF16 (s)"].startswith("n/a [") and cremad["BF16 speedup"].startswith("n/a [")
+    assert any("all warm-up" in n for n in precision.notes)
 
 
 def _loader_records(d: Path) -> None:
     # Table 2.4: time per epoch by workers (after a 99 s warm-up epoch); Table 2.5: the thesis' idle times
     for w, t in ((1, 40.0), (2, 20.0), (4, 10.3), (8, 10.0)):
-        write(d, record(f"workers-{w}", [99.0, t], loader={"num_workers": w}))
+        write(d, record(f"workers-{w}", [99.0, t], loader={"num_workers": w}, warmup=False))
     for p, idle in ((0, 4.6), (1, 0.76), (2, 0.72), (4, 0.74), (8, 0.68)):
         write(d, record(f"prefetch-{p}", [99.0, 9.0], loader={"num_workers": 16, "prefetch_factor": p},
-                        waits=[5.0, idle], estimated=p == 0))
+                        waits=[5.0, idle], estimated=p == 0, warmup=False))
 
 
 def test_loader_knob_tables_and_their_recommendation(tmp_path):

@@ -4,7 +4,9 @@
     build_report("results/parallelism")            # -> results/parallelism/report/report.pdf, tables/, figures/
 
 The pipeline: `load` (records and the sweep's manifest -> one tidy DataFrame, a row per run, done or not)
--> `tables` (comparisons in the thesis' shapes) -> `figures` -> `pdf` (PDF, Markdown, LaTeX, PNG).
+-> `tables` (comparisons in the thesis' shapes, each measured row followed by the thesis' values from
+`thesis`, set side by side in `reproduce`, which also gives each thesis claim a verdict) -> `figures` ->
+`pdf` (PDF, Markdown, LaTeX, PNG; reproduction.md/json).
 """
 from __future__ import annotations
 
@@ -21,13 +23,17 @@ def build_report(path: str | Path, out: str | Path | None = None, kinds: list[st
     from mmhpc.report.figures import build_figures
     from mmhpc.report.load import load_results
     from mmhpc.report.pdf import write_report
-    from mmhpc.report.tables import build_tables
+    from mmhpc.report.reproduce import write_verdicts
+    from mmhpc.report.tables import build_tables, reproduction_table
 
     results = load_results(path, query_slurm=query_slurm)
     wanted = None if not kinds or "auto" in kinds else list(dict.fromkeys(kinds))
     tables, messages = build_tables(results.runs, wanted)
+    reproduction, verdicts = reproduction_table(tables)
     figures = build_figures(results.runs, tables)
-    written = write_report(results, tables, figures, Path(out) if out else results.path / "report")
+    out = Path(out) if out else results.path / "report"
+    written = write_report(results, [reproduction] + tables, figures, out)
+    written["verdicts"] = write_verdicts(verdicts, out)
     written["messages"] = messages
     written["kinds"] = [t.name for t in tables]
     return written

@@ -37,11 +37,12 @@ def new_figure(**kw) -> plt.Figure:
     return plt.figure(**kw)
 
 
-def page(title: str, caption: str, n: int, cols: int = 2):
-    """An A4-landscape figure with n panels, its title at the top and its caption at the bottom."""
+def page(title: str, caption: str, n: int, cols: int = 2, sharey: bool = True):
+    """An A4-landscape figure with n panels (one y-axis for all: panels of one figure read on one scale),
+    its title at the top and its caption at the bottom."""
     rows = max(1, int(np.ceil(n / cols)))
     fig = new_figure(figsize=PAGE)
-    axes = fig.subplots(rows, cols if n > 1 else 1, squeeze=False)
+    axes = fig.subplots(rows, cols if n > 1 else 1, squeeze=False, sharey=sharey)
     fig.suptitle(title, fontsize=14, fontweight="bold", y=0.975)
     fig.text(0.06, 0.02, _wrap(caption, 150), fontsize=9, va="bottom", ha="left", style="italic")
     fig.subplots_adjust(left=0.07, right=0.97, top=0.89, bottom=0.17, hspace=0.55, wspace=0.18)
@@ -133,8 +134,9 @@ def utilisation_figures(runs: pd.DataFrame) -> list[Figure]:
             ax.set_title(run_label(row, cols, seeds), fontsize=10)
             ax.set_xlabel("time (s)", fontsize=9)
             ax.set_ylabel(f"{k} util (%)", fontsize=9)
-            ax.set_ylim(0, max(100.0, float(data["util"].max()) * 1.05))
-            ax.tick_params(labelsize=8)
+            ax.tick_params(labelsize=8, labelleft=True)
+        top = max(100.0, max(float(ts[0]["util"].max()) for _, ts in chunk) * 1.05)
+        axes[0].set_ylim(0, top)
         figures.append(Figure(f"utilisation-{start // PANELS + 1}", fig))
     return figures
 
@@ -164,43 +166,81 @@ def loader_overlays(runs: pd.DataFrame) -> list[Figure]:
             ax.set_title(label, fontsize=10)
             ax.set_xlabel("time (s)", fontsize=9)
             ax.set_ylabel(f"{k} util (%)", fontsize=9)
-            ax.set_ylim(0, max(100.0, float(max(sd["util"].max(), od["util"].max())) * 1.05))
             ax.legend(fontsize=8, loc="lower right")
-            ax.tick_params(labelsize=8)
+            ax.tick_params(labelsize=8, labelleft=True)
+        axes[0].set_ylim(0, max([100.0] + [float(max(p[1][0]["util"].max(), p[2][0]["util"].max())) * 1.05
+                                           for p in chunk]))
         figures.append(Figure(f"loader-overlay-{start // 4 + 1}", fig))
     return figures
 
 
 # ---- speedups and accuracy -------------------------------------------------------------------------------
 
-def speedup_figure(table: Table) -> Figure | None:
+def _bars(table: Table) -> tuple[pd.DataFrame, pd.DataFrame | None] | None:
     if table.bars is None:
         return None
-    bars = table.bars.astype(float).dropna(axis=1, how="all").dropna(axis=0, how="all")
+    bars = table.bars.astype(float)
+    rows, cols = bars.notna().any(axis=1).to_numpy(), bars.notna().any(axis=0).to_numpy()
+    bars = bars.iloc[rows, cols]  # row names may repeat (one per setting): keep by position
     if bars.empty:
         return None
-    base = NAMES.get(table.baseline, table.baseline)
-    fig, (ax,) = page(f"Speedup: {table.title.split(':')[0]} (Eq. 4.1, against {base})",
-                      f"Speedup of each setting over the {table.baseline} baseline of the same row in table "
-                      f"'{table.title}'; above 1 is faster, from times averaged without the warm-up epochs. "
-                      "Settings without a finished pair of runs are left out here; the table shows why.", 1)
-    n_rows, n_series = bars.shape
-    width = 0.8 / max(n_series, 1)
-    x = np.arange(n_rows)
-    for i, col in enumerate(bars.columns):
-        vals = bars[col].to_numpy()
-        pos = x + (i - (n_series - 1) / 2) * width
-        ax.bar(pos, np.nan_to_num(vals), width, label=str(col))
-        for p, v in zip(pos, vals):
-            if np.isfinite(v):
-                ax.text(p, v, f"{v:.2f}×", ha="center", va="bottom", fontsize=8)
-    ax.axhline(1.0, color="k", lw=0.8, ls="--")
-    spare = max(3 - n_rows, 0) / 2  # one or two settings: narrow bars, not a wall of colour
-    ax.set_xlim(-0.5 - spare, n_rows - 0.5 + spare)
-    ax.set_xticks(x, [_wrap(str(i), 28) for i in bars.index], fontsize=8, rotation=0 if n_rows <= 6 else 30)
-    ax.set_ylabel("speedup (×)")
-    ax.legend(fontsize=9)
-    return Figure(f"speedup-{table.name}", fig)
+    thesis = None
+    if table.thesis_bars is not None and len(table.thesis_bars) == len(rows):
+        thesis = table.thesis_bars.astype(float).iloc[rows].reindex(columns=bars.columns)
+    return bars, thesis
+
+
+def speedup_figures(tables: list[Table]) -> list[Figure]:
+    """The speedups of every comparison table, one panel each, up to four panels a page on one y-axis; the
+    thesis' value of the same cell as a black diamond where it has one."""
+    panels = [(t, b) for t in tables if (b := _bars(t)) is not None]
+    figures = []
+    for start in range(0, len(panels), 4):
+        chunk = panels[start:start + 4]
+        smoke = [t.smoke for t, _ in chunk if t.smoke]
+        fig, axes = page("Speedups (Eq. 4.1) against each table's baseline, with the thesis' values"
+                         + (" [smoke test]" if smoke else ""),
+                         ("SMOKE TEST: not a result, never compared with the thesis. " if smoke else "")
+                         + "Bars: measured speedup over the baseline of the same row (above 1 is faster), from times "
+                         "averaged without the warm-up epochs. Black diamonds: the thesis' speedup for the same "
+                         "cell (its dataset, modalities, setting and batch size). Settings without a finished pair "
+                         "of runs are left out here; the tables show why.", 4)  # a quarter page each
+        for ax in axes[len(chunk):]:
+            ax.set_visible(False)
+        top = 1.0
+        for ax, (table, (bars, thesis)) in zip(axes, chunk):
+            n_rows, n_series = bars.shape
+            width = 0.8 / max(n_series, 1)
+            x = np.arange(n_rows)
+            for i, col in enumerate(bars.columns):
+                vals = bars[col].to_numpy()
+                pos = x + (i - (n_series - 1) / 2) * width
+                ax.bar(pos, np.nan_to_num(vals), width, label=str(col))
+                for p, v in zip(pos, vals):
+                    if np.isfinite(v):
+                        ax.text(p, v, f"{v:.2f}×", ha="center", va="bottom", fontsize=7)
+                if thesis is not None and col in thesis:
+                    t = thesis[col].to_numpy()
+                    ok = np.isfinite(t)
+                    if ok.any():
+                        ax.plot(pos[ok], t[ok], "D", color="k", ms=5, label="thesis" if i == 0 else None)
+                        top = max(top, float(np.nanmax(t)))
+                top = max(top, float(np.nanmax(np.nan_to_num(vals))))
+            ax.axhline(1.0, color="k", lw=0.8, ls="--")
+            spare = max(3 - n_rows, 0) / 2  # one or two settings: narrow bars, not a wall of colour
+            ax.set_xlim(-0.5 - spare, n_rows - 0.5 + spare)
+            ax.set_xticks(x, [_wrap(str(i), 22) for i in bars.index], fontsize=7,
+                          rotation=0 if n_rows <= 4 else 30, ha="center" if n_rows <= 4 else "right")
+            base = NAMES.get(table.baseline, table.baseline)
+            ax.set_title(f"{table.title.split(':')[0]} (against {base})", fontsize=10)
+            ax.set_ylabel("speedup (×)", fontsize=9)
+            ax.tick_params(labelsize=8, labelleft=True)
+            handles, labels = ax.get_legend_handles_labels()
+            if labels:
+                ax.legend(fontsize=7, loc="upper left")
+        axes[0].set_ylim(0, top * 1.18)
+        figures.append(Figure(f"speedups-{start // 4 + 1}", fig))
+    return figures
 
 
 def accuracy_figures(runs: pd.DataFrame) -> list[Figure]:
@@ -211,6 +251,7 @@ def accuracy_figures(runs: pd.DataFrame) -> list[Figure]:
     for _, group in row_groups(done, ctx):
         per_seed = [pd.DataFrame([{k: v for k, v in e.val.items() if k.startswith("acc/")}
                                   for e in r.epochs]) for r in group["record"] if len(r.epochs) > 1]
+        per_seed = [f for f in per_seed if not f.empty]
         if per_seed:
             curves.append((run_label(group.iloc[0], ctx), pd.concat(per_seed).groupby(level=0).mean()))
     figures = []
@@ -228,13 +269,14 @@ def accuracy_figures(runs: pd.DataFrame) -> list[Figure]:
             ax.set_xlabel("epoch", fontsize=9)
             ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
             ax.set_ylabel("val accuracy (%)", fontsize=9)
+            ax.set_ylim(0, 100)
             ax.legend(fontsize=8)
-            ax.tick_params(labelsize=8)
+            ax.tick_params(labelsize=8, labelleft=True)
         figures.append(Figure(f"accuracy-{start // PANELS + 1}", fig))
     return figures
 
 
 def build_figures(runs: pd.DataFrame, tables: list[Table]) -> list[Figure]:
-    figs = [f for t in tables if (f := speedup_figure(t)) is not None]
+    figs = speedup_figures(tables)
     figs += loader_overlays(runs) if runs["loader"].nunique() > 1 else []
     return figs + utilisation_figures(runs) + accuracy_figures(runs)

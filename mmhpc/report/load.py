@@ -164,7 +164,8 @@ def _measurements(rec: RunRecord) -> dict:
 
     Warm-up epochs are left out of every mean: a `bench` record's own warm-up, a training record's first
     `WARMUP_EPOCHS` (cuDNN autotuning, allocator growth, first worker start-up and file cache; as
-    `mmhpc bench --warmup 1`). A record with no epoch beyond its warm-up keeps them all. Utilisation: the
+    `mmhpc bench --warmup 1`). A record with no epoch beyond its warm-up has no time, idle time or
+    utilisation: `na_reason` says why (never a figure taken over the warm-up). Utilisation: the
     GPUs' mean (their average when a run uses several), else the CPU's. Idle: the time per epoch the
     training step waited for data (`train_data_wait_s`; estimated, thesis Alg. 7, for prefetch factor 0).
     """
@@ -172,15 +173,17 @@ def _measurements(rec: RunRecord) -> dict:
     bench, summary = rec.bench, rec.summary
     epochs = [e for e in rec.epochs if e.time is not None]
     warmup = bench.get("warmup_epochs", 0) if bench else WARMUP_EPOCHS
-    measured = epochs[warmup:] if len(epochs) > warmup else epochs
+    measured = epochs[warmup:]
     out["warmup_epochs"] = len(epochs) - len(measured)
+    if not bench and not measured:
+        out["na_reason"] = (f"{len(epochs)} epoch(s), all warm-up: no measured epoch for time or utilisation "
+                            f"(needs at least {warmup + 1})")
     if bench:
         out["time_epoch_s"] = bench.get("epoch_s_mean")
         out["time_train_s"] = _sum_or_none(bench.get("train_loader_init_s_mean"), bench.get("train_s_mean"))
         util = {k[len("util/"):]: v for k, v in bench.items() if k.startswith("util/") and v is not None}
     else:
-        out["time_epoch_s"] = (float(np.mean([e.time.epoch_s for e in measured])) if measured
-                               else summary.epoch_time_mean_s)
+        out["time_epoch_s"] = float(np.mean([e.time.epoch_s for e in measured])) if measured else None
         out["time_train_s"] = (float(np.mean([e.time.train_loader_init_s + e.time.train_s for e in measured]))
                                if measured else None)
         util = _mean_util([e.util for e in measured])
@@ -262,9 +265,9 @@ def _hashable(v):
 def _tidy(rows: list[dict]) -> pd.DataFrame:
     df = pd.DataFrame(rows)
     for col in ("time_epoch_s", "time_train_s", "util_pct", "util_kind", "host", "cluster", "ibf", "n_epochs",
-                "idle_s", "warmup_epochs"):
+                "idle_s", "warmup_epochs", "na_reason"):
         if col not in df:
-            df[col] = np.nan if col not in ("util_kind", "host", "cluster") else None
+            df[col] = np.nan if col not in ("util_kind", "host", "cluster", "na_reason") else None
     df["reason"] = df["reason"].fillna("")
     df["state"] = pd.Categorical(df["state"], categories=STATE_ORDER)
     return df.sort_values(["sweep", "run"], kind="stable").reset_index(drop=True)

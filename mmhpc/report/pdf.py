@@ -68,8 +68,12 @@ LINE_IN = FONT * 1.55 / 72    # height of one text line in a cell, inches
 ROW_PAD = 0.6                 # a cell is its wrapped lines plus this many lines high
 
 
-def _column_widths(frame: pd.DataFrame) -> list[int]:
-    """Characters per column: each as wide as its longest cell, the widest shrunk until the row fits."""
+def _column_widths(frame: pd.DataFrame, fixed: list[int] | None = None) -> list[int]:
+    """Characters per column: `fixed` (0: the rest of the line), else each as wide as its longest cell, the
+    widest shrunk until the row fits."""
+    if fixed:
+        rest = max(CHARS_PER_LINE - sum(fixed), 12)
+        return [w or rest for w in fixed]
     widths = [max([len(str(c)) for c in frame[col]] + [min(len(str(col)), 14), 4]) for col in frame.columns]
     while sum(widths) > CHARS_PER_LINE and max(widths) > 10:
         widths[widths.index(max(widths))] -= 1
@@ -94,9 +98,10 @@ def wrap_cell(text: str, width: int) -> str:
     return "\n".join(ln.rstrip() for ln in lines if ln.strip()) or " "
 
 
-def _wrapped(frame: pd.DataFrame, keys: int) -> tuple[list[str], list[list[str]], list[int]]:
-    """Header, body (cells wrapped; a key repeated from the row above blanked) and each row's line count."""
-    widths = _column_widths(frame)
+def _wrapped(frame: pd.DataFrame, keys: int, fixed: list[int] | None = None):
+    """Header, body (cells wrapped; a key repeated from the row above blanked), each row's line count and the
+    column widths in characters."""
+    widths = _column_widths(frame, fixed)
     header = ["\n".join(textwrap.wrap(str(c), max(w, 8))) or " " for c, w in zip(frame.columns, widths)]
     body, prev = [], None
     for r in frame.itertuples(index=False):
@@ -108,7 +113,7 @@ def _wrapped(frame: pd.DataFrame, keys: int) -> tuple[list[str], list[list[str]]
                 cells[j] = ""
         body.append(cells)
         prev = r
-    return header, body, [max(c.count("\n") + 1 for c in row) for row in body]
+    return header, body, [max(c.count("\n") + 1 for c in row) for row in body], widths
 
 
 def _pages_of_rows(lines: list[int], header_lines: int) -> list[tuple[int, int]]:
@@ -125,7 +130,7 @@ def _pages_of_rows(lines: list[int], header_lines: int) -> list[tuple[int, int]]
 
 
 def table_pages(table: Table, number: int) -> list[plt.Figure]:
-    header, body, lines = _wrapped(table.frame, table.keys)
+    header, body, lines, widths = _wrapped(table.frame, table.keys, table.widths)
     header_lines = max(h.count("\n") + 1 for h in header)
     spans = _pages_of_rows(lines, header_lines)
     pages = []
@@ -138,8 +143,11 @@ def table_pages(table: Table, number: int) -> list[plt.Figure]:
         ax.axis("off")
         rows = body[a:b]
         if a and table.keys:  # a continued page repeats the keys it starts in
-            rows[0] = [str(table.frame.iloc[a, j]) if j < table.keys else c for j, c in enumerate(rows[0])]
-        _draw_table(fig, ax, header, rows, lines[a:b], header_lines, table.keys, shade_from=a)
+            rows[0] = [wrap_cell(table.frame.iloc[a, j], widths[j]) if j < table.keys else c
+                       for j, c in enumerate(rows[0])]
+        sources = list(table.frame["Source"].iloc[a:b]) if "Source" in table.frame else None
+        _draw_table(fig, ax, header, rows, lines[a:b], header_lines, table.keys, shade_from=a,
+                    widths=widths if table.widths else None, sources=sources)
         if i == len(spans) - 1 and table.notes:
             fig.text(0.05, 0.02, _notes_text(table.notes), fontsize=7.5, va="bottom")
         pages.append(fig)
@@ -153,15 +161,18 @@ def _notes_text(notes: list[str], max_lines: int = 9) -> str:
     return "\n".join(lines)
 
 
-def _draw_table(fig, ax, header, body, lines, header_lines, keys, shade_from=0) -> None:
-    """A matplotlib table with row heights from their wrapped lines, bold header, alternate shading."""
+def _draw_table(fig, ax, header, body, lines, header_lines, keys, shade_from=0, widths=None, sources=None) -> None:
+    """A matplotlib table with row heights from their wrapped lines, bold header, alternate shading; `widths`:
+    fixed column widths in characters (the same on every page); `sources`: each row's Source (measured,
+    thesis, ratio), the thesis rows in grey italics and each measured row's group shaded alike."""
     if not body:
         ax.text(0.5, 0.9, "(no rows)", ha="center", fontsize=10)
         return
     tbl = ax.table(cellText=body, colLabels=header, loc="upper center", cellLoc="center")
     tbl.auto_set_font_size(False)
     tbl.set_fontsize(FONT)
-    tbl.auto_set_column_width(list(range(len(header))))
+    if not widths:
+        tbl.auto_set_column_width(list(range(len(header))))
     line = LINE_IN / (TABLE_BOX[3] * PAGE[1])  # one text line in axes coordinates
     prose = {j for j in range(len(header)) if any("\n" in row[j] for row in body)}  # wrapped text reads left
     for (i, j), c in tbl.get_celld().items():
@@ -173,10 +184,22 @@ def _draw_table(fig, ax, header, body, lines, header_lines, keys, shade_from=0) 
             c.set_height(line * (header_lines + ROW_PAD))
         else:
             c.set_height(line * (lines[i - 1] + ROW_PAD))
-            c.set_facecolor("#f3f5f9" if (i + shade_from) % 2 == 0 else "white")  # zebra: rows are wide
-            if j < keys or j in prose:
+            if sources is None:
+                c.set_facecolor("#f3f5f9" if (i + shade_from) % 2 == 0 else "white")  # zebra: rows are wide
+            else:
+                group = sum(1 for s in sources[:i] if s == "measured")  # the measured row its group starts with
+                c.set_facecolor("#f3f5f9" if group % 2 == 0 else "white")
+                if sources[i - 1] != "measured":
+                    c.get_text().set_color("#555555")
+                    c.get_text().set_fontstyle("italic")
+            if j < keys or j in prose or widths:
                 c.get_text().set_ha("left")
                 c.PAD = 0.04
+    if widths:
+        total = sum(widths)
+        for (i, j), c in tbl.get_celld().items():
+            c.set_width(widths[j] / total)
+        return
     _fit_width(fig, ax, tbl, len(header))
 
 

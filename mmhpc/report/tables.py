@@ -21,6 +21,7 @@ import pandas as pd
 
 from mmhpc import metrics as mx
 from mmhpc.report.load import varying
+from mmhpc.report.reproduce import SOURCE, TOLERANCE_TEXT, Col, Match, ThesisRows, lookup, smoke_reason, verdicts
 
 KINDS = ("precision", "loader", "parallelism", "overall", "algorithm")
 # Headers of the columns a row may be keyed on, in column order (other knobs: their leaf name), and the
@@ -32,11 +33,20 @@ LABELS = {"sweep": "Sweep", "dataset": "Dataset", "encoder": "Encoder", "device"
 KNOB_OF = {"dataset": "data.dataset", "encoder": "data.modalities", "fusion": "model.fusion",
            "strategy": "strategy.name", "precision": "system.precision", "loader": "loader.preinit",
            "parallelism": "system.parallelism", "batch_size": "train.batch_size"}
-NAMES = {"fp32": "FP32", "tf32": "TF32", "bf16": "BF16", "standard": "Std", "preinit": "Opt",
+NAMES = {"fp32": "FP32", "tf32": "TF32", "bf16": "BF16", "standard": "Standard", "preinit": "Pre-initialised",
          "single": "Single", "dp": "DP", "ddp": "DDP", "blp": "BLP"}
 TIME_NOTE = ("Time: seconds per epoch of training and validation, loader initialisation included, averaged "
              "over the measured epochs: warm-up epochs are left out (a bench record's own warm-up; a training "
-             "record's first epoch, unless it has only one).")
+             "record's first epoch); a run with no epoch after its warm-up has no time, speedup or "
+             "utilisation (n/a, with the reason).")
+THESIS_NOTE = ("Under each measured row: the thesis' value of the same cell (thesis Tables {tables}) and the "
+               "ratio measured/thesis for speedups, accuracies and, on the thesis' GPU type only, times and "
+               "utilisation (\"other GPU\" otherwise); a smoke test's ratio row says so and holds no ratio.")
+# the thesis tables each report table mirrors, in the order a cell is looked up
+THESIS_TABLES = {"precision": ("4.6", "4.7", "4.8", "4.9"), "loader": ("4.10", "4.11", "4.12"),
+                 "parallelism": ("4.13", "4.14", "4.15"), "overall": ("4.16",),
+                 "algorithm-accuracy": ("4.1", "4.3", "4.2"), "algorithm-training": ("4.4", "4.5"),
+                 "loader-workers": ("2.4",), "loader-prefetch": ("2.5",)}
 
 
 @dataclass
@@ -49,6 +59,10 @@ class Table:
     keys: int = 1                   # leading label columns (repeated values are blanked in the PDF)
     bars: pd.DataFrame | None = None  # numeric speedups, rows x compared values, for the bar figure
     baseline: str = ""
+    matches: list[Match] = field(default_factory=list)  # measured cells set against the thesis'
+    thesis_bars: pd.DataFrame | None = None  # the thesis' speedups of the bars, for markers
+    smoke: str = ""                 # why (some of) its runs are smoke tests
+    widths: list[int] | None = None  # fixed characters per column in the PDF (0: the rest of the line)
 
 
 @dataclass
@@ -57,6 +71,7 @@ class Cell:
     se: float | None
     n: int
     text: str
+    why: str = ""     # why there is no value (the cited reason)
 
 
 class Notes:
@@ -111,8 +126,14 @@ def cell(runs: pd.DataFrame, column: str, notes: Notes) -> Cell:
     for state in ("n/a", "failed", "running", "pending", "unsubmitted", "missing", "done"):
         hit = runs[runs["state"] == state]
         if len(hit):
-            reason = _reasons(hit) if state != "done" else f"finished, but the record has no {column}"
-            return Cell(None, None, 0, (state if state != "done" else "–") + notes.cite(reason))
+            if state == "done":
+                why = "; ".join(dict.fromkeys(str(w) for w in hit.get("na_reason", pd.Series(dtype=str))
+                                              if isinstance(w, str) and w))
+                if why:
+                    return Cell(None, None, 0, "n/a" + notes.cite(why), why)
+                reason = f"finished, but the record has no {column}"
+                return Cell(None, None, 0, "–" + notes.cite(reason), reason)
+            return Cell(None, None, 0, state + notes.cite(_reasons(hit)))
     return Cell(None, None, 0, "missing")
 
 
@@ -127,29 +148,64 @@ def speedup(base: Cell, other: Cell) -> float | None:
     return mx.speedup(base.mean, other.mean)
 
 
+def speedup_text(base: Cell, other: Cell, notes: Notes) -> str:
+    """A speedup, or n/a with the reason one of its times is missing (e.g. no epoch after warm-up)."""
+    s = speedup(base, other)
+    if s is not None:
+        return fmt_speedup(s)
+    why = other.why or base.why
+    return "n/a" + notes.cite(why) if why else "–"
+
+
 # ---- contexts --------------------------------------------------------------------------------------------
 
 def context_columns(runs: pd.DataFrame, compared: tuple[str, ...], always: tuple[str, ...] = ("dataset",)) -> list[str]:
     """What a row is: the labelled knobs (dataset, ...) plus every other knob that varies, minus the compared
-    ones and minus knobs that vary in lockstep with a column already there (e.g. persistent workers, zipped
-    with the loader type): they would split nothing and only widen the table."""
+    ones, minus knobs in lockstep (one-to-one) with a compared or shown one (e.g. persistent workers, zipped
+    with the loader type), and minus knobs the shown ones determine (e.g. one constant within each sweep of a
+    report of several sweeps): they would split nothing and only widen the table."""
     var = set(varying(runs))
     skip = {KNOB_OF.get(c, c) for c in compared} | set(compared)
     labelled = [c for c in LABELS if c not in skip and (c in always or KNOB_OF.get(c, c) in var)]
     knobs_shown = {KNOB_OF.get(c, c) for c in labelled}
-    kept = list(labelled)
-    for c in varying(runs):
-        if c in skip or c in knobs_shown:
+    others = [c for c in varying(runs) if c not in skip and c not in knobs_shown]
+    # every value as text, unset ones too (astype(str) keeps NaN as NaN in pandas' string dtype)
+    shown_as_text = runs.assign(**{c: runs[c].map(str) for c in set(labelled + others + [x for x in compared
+                                                                                       if x in runs])})
+    kept: list[str] = []
+    for c in labelled + others:
+        if c in always:
+            kept.append(c)
             continue
-        if not any(_lockstep(runs, c, other) for other in kept + [x for x in compared if x in runs]):
+        determined = bool(kept) and shown_as_text.groupby(kept)[c].nunique().max() <= 1
+        if not determined and not any(_lockstep(shown_as_text, c, x) for x in kept + [x for x in compared
+                                                                                    if x in runs]):
             kept.append(c)
     return kept
 
 
 def _lockstep(runs: pd.DataFrame, a: str, b: str) -> bool:
     """True when knobs a and b determine each other (one-to-one across the runs)."""
-    pairs = runs[[a, b]].astype(str).drop_duplicates()
+    pairs = runs[[a, b]].map(str).drop_duplicates()
     return pairs[a].is_unique and pairs[b].is_unique
+
+
+def of_sweeps_varying(runs: pd.DataFrame, knobs: list[str], least: int = 1, alone: bool = False) -> pd.DataFrame:
+    """In a report of several sweeps, the runs of the sweeps in which at least `least` of `knobs` vary (a
+    precision table of the precision sweep, not of every sweep that ran at some precision); `alone`: of those,
+    the sweeps in which no other system knob varies, when there are any (not the overall sweep's)."""
+    if runs["sweep"].nunique() < 2:
+        return runs
+
+    def n_varying(g, ks):
+        return sum(g[k].map(str).nunique() > 1 for k in ks if k in g)
+
+    keep = [name for name, g in runs.groupby("sweep") if n_varying(g, knobs) >= least]
+    if alone:
+        others = [k for k in DEFAULTS if k not in knobs]
+        only = [name for name in keep if n_varying(runs[runs["sweep"] == name], others) == 0]
+        keep = only or keep
+    return runs[runs["sweep"].isin(keep)]
 
 
 ORDER = {"precision": ("fp32", "tf32", "bf16"), "loader": ("standard", "preinit"),
@@ -181,12 +237,21 @@ def _name(value) -> str:
 
 # how a knob's value reads in a row label (column headers of compared values use NAMES: Std, Opt, as the thesis)
 SHOWN = {"fp32": "FP32", "tf32": "TF32", "bf16": "BF16", "dp": "DP", "ddp": "DDP", "blp": "BLP",
-         "preinit": "pre-init"}
+         "preinit": "pre-initialised loader", "standard": "standard loader"}
+
+
+def shown(value) -> str:
+    """A knob's value as a row label reads it: unset -> default, booleans yes/no, `pre-initialised loader`."""
+    v = str(value)
+    if v in ("None", "nan"):  # a knob left unset (None; NaN once in the frame) runs at its default
+        return "default"
+    if v in ("True", "False"):
+        return "yes" if v == "True" else "no"
+    return SHOWN.get(v, v)
 
 
 def _key_cells(ctx: list[str], key: tuple) -> dict:
-    # a knob left unset (None; NaN once in the frame) runs at its default
-    return {_label(c): "default" if str(v) in ("None", "nan") else SHOWN.get(str(v), str(v)) for c, v in zip(ctx, key)}
+    return {_label(c): shown(v) for c, v in zip(ctx, key)}
 
 
 def row_groups(runs: pd.DataFrame, ctx: list[str]):
@@ -210,66 +275,140 @@ def _constants(runs: pd.DataFrame, ctx: list[str]) -> str:
 
 # ---- one comparison --------------------------------------------------------------------------------------
 
-def comparison(runs: pd.DataFrame, axis: str, order: tuple, baseline, metric: str = "time_epoch_s",
-               owned: tuple[str, ...] = (), util: bool = False, always: tuple[str, ...] = ("dataset",)):
-    """Rows of one knob compared within each context: (rows, bars, notes, ctx, values, left_out)."""
+@dataclass
+class Compared:
+    rows: list[dict]
+    bars: pd.DataFrame | None
+    thesis_bars: pd.DataFrame | None
+    notes: Notes
+    ctx: list[str]
+    values: list
+    left_out: int
+    not_here: dict          # value -> why every run of it is not applicable here (no column)
+    matches: list[Match]
+
+
+def _not_applicable_values(runs: pd.DataFrame, axis: str, values: list, baseline) -> dict:
+    """Compared values whose every run is not applicable here (e.g. TF32 on a CPU): no column, a caption line."""
+    out = {}
+    for v in values:
+        hit = runs[runs[axis] == v]
+        if v != baseline and len(hit) and (hit["state"] == "n/a").all():
+            out[v] = _reasons(hit)
+    return out
+
+
+def comparison(runs: pd.DataFrame, axis: str, order: tuple, baseline, name: str,
+               owned: tuple[str, ...] = (), util: bool = False, always: tuple[str, ...] = ("dataset",),
+               extra=None) -> Compared:
+    """Rows of one knob compared within each context, each followed by its thesis and measured/thesis rows."""
     ctx = context_columns(runs, (axis, *owned), always)
     notes = Notes()
+    thesis = ThesisRows(name, THESIS_TABLES[name], notes)
     values = [v for v in order if v in set(runs[axis])] + sorted(set(runs[axis]) - set(order), key=str)
-    rows, bars, left_out = [], [], 0
+    not_here = _not_applicable_values(runs, axis, values, baseline)
+    values = [v for v in values if v not in not_here]
+    rows, bars, tbars, left_out = [], [], [], 0
     for key, group in row_groups(runs, ctx):
-        if group[axis].nunique() < 2:  # nothing to compare it with: listed in the runs table
-            left_out += len(group)
+        if group[axis].nunique() < 2 or not (group[axis] == baseline).any():
+            left_out += len(group)  # nothing to compare it with: listed in the runs table
             continue
-        cells = {v: cell(group[group[axis] == v], metric, notes) for v in values}
+        cells = {v: cell(group[group[axis] == v], "time_epoch_s", notes) for v in values}
         row = _key_cells(ctx, key)
-        for v in values:
-            row[f"{_name(v)} (s)"] = fmt_mean_se(cells[v])
+        keys = list(row) + [SOURCE]
+        cols = [Col(f"{_name(v)} (s)", fmt_mean_se(cells[v]), cells[v].mean, "time_epoch_s", str(v)) for v in values]
         speed = {v: speedup(cells[baseline], cells[v]) for v in values if v != baseline}
-        for v, s in speed.items():
-            row[f"{_name(v)} speedup"] = fmt_speedup(s)
+        cols += [Col(f"{_name(v)} speedup", speedup_text(cells[baseline], cells[v], notes), s, "speedup", str(v),
+                     str(baseline)) for v, s in speed.items()]
+        if extra is not None:
+            cols += extra(cells, notes)
         if util:
             u = {v: cell(group[group[axis] == v], "util_pct", notes) for v in values}
-            for v in values:
-                row[f"{_name(v)} util (%)"] = fmt_mean_se(u[v], lambda x: f"{x:.1f}")
+            cols += [Col(f"{_name(v)} util (%)", fmt_mean_se(u[v], lambda x: f"{x:.1f}"), u[v].mean, "util_pct",
+                         str(v)) for v in values]
             for v in values:
                 if v != baseline:
                     gain = None if u[v].mean is None or u[baseline].mean is None else u[v].mean - u[baseline].mean
-                    row[f"{_name(v)} util gain"] = "–" if gain is None else f"{gain:+.1f}"
-        rows.append(row)
-        bars.append(pd.Series(speed, name=" · ".join(_name(k) for k in key) or "all"))
+                    cols.append(Col(f"{_name(v)} util gain", "–" if gain is None else f"{gain:+.1f}", gain,
+                                    "util_gain", str(v), str(baseline)))
+        row.update({c.name: c.text for c in cols})
+        n_before = len(thesis.matches)
+        rows += thesis.rows(row, keys, cols, group)
+        label = " · ".join(shown(k) for k in key) or "all"
+        bars.append(pd.Series(speed, name=label))
+        published = {m.setting: m.thesis for m in thesis.matches[n_before:] if m.metric == "speedup"}
+        tbars.append(pd.Series({v: published.get(str(v)) for v in speed}, name=label, dtype=float))
     bar_frame = pd.DataFrame(bars).rename(columns=_name) if bars else None
-    return rows, bar_frame, notes, ctx, values, left_out
+    thesis_frame = pd.DataFrame(tbars).rename(columns=_name) if tbars else None
+    return Compared(rows, bar_frame, thesis_frame, notes, ctx, values, left_out, not_here, thesis.matches)
+
+
+def _smoke(runs: pd.DataFrame) -> str:
+    """Why the finished runs of a table are smoke tests ("" when none is), for its title and caption."""
+    done = runs[runs["state"] == "done"]
+    reasons = [r for r in (done.apply(smoke_reason, axis=1) if len(done) else []) if r]
+    if not reasons:
+        return ""
+    kinds = ", ".join(dict.fromkeys(x for r in reasons for x in r.split(", ")))
+    share = "all runs" if len(reasons) == len(done) else f"{len(reasons)} of {len(done)} finished runs"
+    return f"{share}: {kinds}"
+
+
+def smoke_caption(smoke: str) -> str:
+    return (f"SMOKE TEST ({smoke}): these numbers show that the pipeline runs, not a result; they are never "
+            "compared with the thesis. " if smoke else "")
+
+
+def _versus(values: list) -> str:
+    return " vs ".join(_name(v) for v in values)
 
 
 def _table(name, title, caption, runs, axis, order, baseline, **kw) -> Table | None:
-    rows, bars, notes, ctx, values, left_out = comparison(runs, axis, order, baseline, **kw)
-    if not rows:
+    c = comparison(runs, axis, order, baseline, name, **kw)
+    if not c.rows:
         return None
-    setting = _constants(runs, ctx)
-    caption = (f"{caption} Speedup (Eq. 4.1) against the {_name(baseline)} row ({baseline}) of the same "
-               f"setting. {TIME_NOTE}" + (f" Setting: {setting}." if setting else ""))
-    if left_out:
-        caption += f" {left_out} run(s) with no counterpart to compare with are listed in the runs table only."
-    return Table(name, title, caption, pd.DataFrame(rows).fillna("–"), notes.lines(), len(ctx), bars, baseline)
+    setting = _constants(runs, c.ctx)
+    smoke = _smoke(runs)
+    caption = (smoke_caption(smoke) + f"{caption} Speedup (Eq. 4.1) against the {_name(baseline)} column of the "
+               f"same setting. {TIME_NOTE} " + THESIS_NOTE.format(tables=", ".join(THESIS_TABLES[name]))
+               + (f" Setting: {setting}." if setting else ""))
+    if c.not_here:
+        caption += " Not applicable here, so no column: " + "; ".join(
+            f"{_name(v)} ({why})" for v, why in c.not_here.items()) + "."
+    if c.left_out:
+        caption += f" {c.left_out} run(s) with no counterpart to compare with are listed in the runs table only."
+    title = title.format(versus=_versus(c.values)) + (" [smoke test]" if smoke else "")
+    return Table(name, title, caption, pd.DataFrame(c.rows).fillna("–"), c.notes.lines(), len(c.ctx) + 1,
+                 c.bars, baseline, c.matches, c.thesis_bars, smoke)
 
 
 # ---- the tables ------------------------------------------------------------------------------------------
 
+def _bf16_vs_tf32(cells: dict, notes: Notes) -> list[Col]:
+    """Tables 4.8 and 4.9 compare BF16 with TF32 (not FP32): that speedup too, when both ran."""
+    if "bf16" not in cells or "tf32" not in cells:
+        return []
+    return [Col("BF16 vs TF32 speedup", speedup_text(cells["tf32"], cells["bf16"], notes),
+                speedup(cells["tf32"], cells["bf16"]), "speedup", "bf16", "tf32")]
+
+
 def precision_table(runs: pd.DataFrame) -> Table | None:
-    return _table("precision", "Precision: time per epoch, FP32 vs TF32 vs BF16",
+    return _table("precision", "Precision: time per epoch, {versus}",
                   "Single-encoder (and multimodal) time per epoch at each precision, thesis Tables 4.6-4.9.",
-                  runs, "precision", ("fp32", "tf32", "bf16"), "fp32", always=("dataset", "encoder"))
+                  runs, "precision", ("fp32", "tf32", "bf16"), "fp32", always=("dataset", "encoder"),
+                  extra=_bf16_vs_tf32)
 
 
 def loader_table(runs: pd.DataFrame) -> Table | None:
     kind = _util_kind(runs)
-    t = _table("loader", f"Data loader: standard vs pre-initialised, time and {kind} utilisation",
-               "Standard (Std) vs threaded pre-initialised (Opt, Alg. 6) loader, thesis Tables 4.10-4.12. "
+    t = _table("loader", f"Data loader: {{versus}} loader, time and {kind} utilisation",
+               "Standard vs threaded pre-initialised loader (Alg. 6), thesis Tables 4.10-4.12. "
                f"Util: mean {kind} utilisation over the measured epochs"
                + (" (CPU: % of one core, as in top)" if kind != "GPU" else "")
                + "; gain in percentage points.", runs, "loader", ("standard", "preinit"), "standard",
                owned=("loader.persistent_workers",), util=True)
+    if t is not None:
+        t.title = t.title.replace("Standard vs Pre-initialised", "standard vs pre-initialised")
     return t
 
 
@@ -308,6 +447,24 @@ def _recommend(rows, lower_is_better_floor: float = 0.0):
     return out
 
 
+def _knob_thesis(runs, ctx, key, name, metric, v, fmt, notes: Notes) -> str:
+    """The thesis' Table 2.4/2.5 value for this worker count or prefetch factor, where it has one."""
+    if v is None or pd.isna(v):
+        return "–"
+    where = dict(zip(ctx, key))
+    sel = runs
+    for c, k in where.items():
+        sel = sel[sel[c].astype(str) == str(k)]
+    first = sel.iloc[0] if len(sel) else runs.iloc[0]
+    devices = set(sel[sel["state"] == "done"]["device"].astype(str)) or {str(first["device"])}
+    hit, why = lookup(THESIS_TABLES[name], metric, str(first["dataset"]), str(first["modalities"]), str(int(v)),
+                      gpu=devices.pop() if len(devices) == 1 else "?", batch=first.get("batch_size"))
+    if hit is None or hit["value"] is None or pd.isna(hit["value"]):
+        return "–"
+    text = fmt(float(hit["value"]))
+    return ("other GPU" + notes.cite(f"{why}: {text} in thesis Table {hit['table']}")) if why else text
+
+
 def _prefetch_name(v) -> str:
     if v is None or pd.isna(v):
         return "default (2)"
@@ -317,14 +474,15 @@ def _prefetch_name(v) -> str:
 def loader_knob_tables(runs: pd.DataFrame) -> list[Table]:
     """Table 2.4 (time per epoch by worker count), Table 2.5 (idle time by prefetch factor), each with the
     recommended value for the node it ran on."""
-    tables = []
+    tables, all_runs = [], runs
     for knob, name, title, metric, header, fmt, value_name, thesis in (
             ("loader.num_workers", "loader-workers", "Data loader: worker processes", "time_epoch_s",
              "Time (s)", fmt_time, lambda v: str(int(v)), "Table 2.4"),
             ("loader.prefetch_factor", "loader-prefetch", "Data loader: prefetch factor and idle time", "idle_s",
              "Idle time (s)", lambda x: f"{x:.3f}", _prefetch_name, "Table 2.5")):
-        if knob not in runs or knob not in varying(runs):
+        if knob not in all_runs or knob not in varying(all_runs):
             continue
+        runs = of_sweeps_varying(all_runs, [knob])
         notes = Notes()
         ctx, rows = _knob_rows(runs, knob, metric, header, notes, fmt, value_name)
         if not rows:
@@ -335,6 +493,7 @@ def loader_knob_tables(runs: pd.DataFrame) -> list[Table]:
         for key, v, _, row in rows:
             chosen = key in rec and v is not None and not pd.isna(v) and float(v) == rec[key]
             row["Recommended"] = "✓" if chosen else ""
+            row[f"Thesis {header[0].lower()}{header[1:]}"] = _knob_thesis(runs, ctx, key, name, metric, v, fmt, notes)
         for key, v in rec.items():
             where = ", ".join(f"{k} {x}" for k, x in _key_cells(ctx, key).items())
             shown.append(f"{value_name(v)}" + (f" ({where})" if where else ""))
@@ -350,15 +509,19 @@ def loader_knob_tables(runs: pd.DataFrame) -> list[Table]:
             what = TIME_NOTE
             rule = f"Recommended: the fewest workers whose time per epoch is within {NEAR_BEST:.0%} of the fastest"
         setting = _constants(runs, ctx)
-        caption = (f"{title}, thesis {thesis}. {what} {rule}, for the node the runs ran on: "
-                   f"{'; '.join(shown)}." + (f" Setting: {setting}." if setting else ""))
-        tables.append(Table(name, title, caption, pd.DataFrame([r for *_, r in rows]).fillna("–"),
-                            notes.lines(), len(ctx) + 1))
+        smoke = _smoke(runs)
+        caption = (smoke_caption(smoke) + f"{title}, thesis {thesis}. {what} {rule}, for the node the runs ran on: "
+                   f"{'; '.join(shown)}. Thesis: the value of {thesis} (AVE, batch size 64, A100) beside each "
+                   "row; on another GPU type or dataset it is not comparable."
+                   + (f" Setting: {setting}." if setting else ""))
+        tables.append(Table(name, title + (" [smoke test]" if smoke else ""), caption,
+                            pd.DataFrame([r for *_, r in rows]).fillna("–"), notes.lines(), len(ctx) + 1,
+                            smoke=smoke))
     return tables
 
 
 def parallelism_table(runs: pd.DataFrame) -> Table | None:
-    return _table("parallelism", "Parallelism: single device vs DP, DDP and BLP",
+    return _table("parallelism", "Parallelism: time per epoch, {versus}",
                   "Single device, DataParallel, DistributedDataParallel and Branch-Level Parallelism, "
                   "thesis Tables 4.13-4.15.", runs, "parallelism", ("single", "dp", "ddp", "blp"), "single",
                   owned=("system.blp_devices",))
@@ -381,30 +544,42 @@ def overall_table(runs: pd.DataFrame) -> Table | None:
     if changed.max() < 2:
         return None
     ctx = context_columns(runs, knobs + ("loader.persistent_workers", "system.blp_devices"))
-    notes, rows, bars = Notes(), [], []
+    notes, rows, bars, tbars = Notes(), [], [], []
+    thesis = ThesisRows("overall", THESIS_TABLES["overall"], notes)
     for key, group in row_groups(runs.assign(changed=changed, n_changed=n_changed), ctx):
         default = group[group["n_changed"] == 0]
         best = group[group["changed"] == group["changed"].max()] if group["changed"].max() >= 2 else group.iloc[:0]
         base = cell(default, "time_epoch_s", notes)
         for combo, opt in best.groupby(list(knobs), sort=False):
             c = cell(opt, "time_epoch_s", notes)
-            label = " + ".join(_name(v) for v in combo if v not in DEFAULTS.values())  # e.g. TF32 + Opt + BLP
+            changed_values = [str(v) for v in combo if v not in DEFAULTS.values()]
+            label = " + ".join(_name(v) for v in changed_values)  # e.g. TF32 + Pre-initialised + BLP
+            setting = "+".join(changed_values)
             row = _key_cells(ctx, key)
-            row.update({"Optimisations": label, "Default (s)": fmt_mean_se(base), "Optimised (s)": fmt_mean_se(c),
-                        "Speedup": fmt_speedup(speedup(base, c))})
-            rows.append(row)
-            bars.append(pd.Series({label: speedup(base, c)}, name=" · ".join(_name(k) for k in key) or "all"))
+            row["Optimisations"] = label
+            s = speedup(base, c)
+            cols = [Col("Default (s)", fmt_mean_se(base), base.mean, "time_epoch_s", "default"),
+                    Col("Optimised (s)", fmt_mean_se(c), c.mean, "time_epoch_s", setting),
+                    Col("Speedup", speedup_text(base, c, notes), s, "speedup", setting, "default")]
+            row.update({col.name: col.text for col in cols})
+            n_before = len(thesis.matches)
+            rows += thesis.rows(row, [*_key_cells(ctx, key), "Optimisations", SOURCE], cols, pd.concat([default, opt]))
+            name = " · ".join(shown(k) for k in key) or "all"
+            bars.append(pd.Series({label: s}, name=name))
+            published = [m.thesis for m in thesis.matches[n_before:] if m.metric == "speedup"]
+            tbars.append(pd.Series({label: published[0] if published else None}, name=name, dtype=float))
     if not rows:
         return None
     setting = _constants(runs, ctx)
-    caption = ("Default settings (FP32, standard loader, single device) vs all optimisations of the sweep at "
-               "once, thesis Table 4.16: the runs that change the most of precision, loader and parallelism "
-               "(combinations not applicable on this cluster are left out here; the runs table lists them). "
-               "Speedup (Eq. 4.1) against the default row. " + TIME_NOTE
-               + (f" Setting: {setting}." if setting else ""))
-    bar_frame = pd.DataFrame(bars)
-    return Table("overall", "Overall: default vs all optimisations", caption, pd.DataFrame(rows).fillna("–"),
-                 notes.lines(), len(ctx) + 1, bar_frame, "default")
+    smoke = _smoke(runs)
+    caption = (smoke_caption(smoke) + "Default settings (FP32, standard loader, single device) vs all "
+               "optimisations of the sweep at once, thesis Table 4.16: the runs that change the most of precision, "
+               "loader and parallelism (combinations not applicable on this cluster are left out here; the runs "
+               "table lists them). Speedup (Eq. 4.1) against the default column. " + TIME_NOTE + " "
+               + THESIS_NOTE.format(tables="4.16") + (f" Setting: {setting}." if setting else ""))
+    return Table("overall", "Overall: default vs all optimisations" + (" [smoke test]" if smoke else ""), caption,
+                 pd.DataFrame(rows).fillna("–"), notes.lines(), len(ctx) + 2, pd.DataFrame(bars), "default",
+                 thesis.matches, pd.DataFrame(tbars), smoke)
 
 
 # ---- algorithm level -------------------------------------------------------------------------------------
@@ -435,22 +610,27 @@ def _single_baselines(runs: pd.DataFrame) -> dict[tuple, float]:
     return {(tuple(k[:-1]), k[-1]): float(g.mean()) for k, g in keyed.groupby(cols + ["modalities"])["acc/fused"]}
 
 
-def _ibf_text(group: pd.DataFrame, mods: list[str], singles: dict, notes: Notes) -> str:
+def _ibf(group: pd.DataFrame, mods: list[str], singles: dict, notes: Notes) -> tuple[str, float | None]:
     """IBF (Eq. 3.1) from the mean accuracies over seeds, as in Appendix A; else the records' own IBF."""
     if len(mods) == 1:
-        return "0"
+        return "0", 0.0
     dataset = group["dataset"].iloc[0]
     done = group[group["state"] == "done"]
     if not len(done):
-        return cell(group, "acc/fused", notes).text  # why there is none: n/a, failed, ...
+        return cell(group, "acc/fused", notes).text, None  # why there is none: n/a, failed, ...
     data = _data_key(group, group.iloc[0])
     keys = mx.ibf_accuracy_keys(group["fusion"].iloc[0] if "fusion" in group else "", mods)
     if all((data, m) in singles for m in mods) and all(keys[m] in done for m in mods):
-        return f"{mx.ibf({m: done[k].mean() for m, k in keys.items()}, {m: singles[data, m] for m in mods}):.3f}"
+        value = mx.ibf({m: done[k].mean() for m, k in keys.items()}, {m: singles[data, m] for m in mods})
+        return f"{value:.3f}", float(value)
     c = cell(group, "ibf", notes)
     if c.mean is not None:
-        return fmt_mean_se(c, lambda x: f"{x:.3f}")
-    return "–" + notes.cite(f"{dataset}: no single-modality runs to compute IBF against (Eq. 3.1)")
+        return fmt_mean_se(c, lambda x: f"{x:.3f}"), c.mean
+    return "–" + notes.cite(f"{dataset}: no single-modality runs to compute IBF against (Eq. 3.1)"), None
+
+
+def _pct(c: Cell) -> float | None:
+    return None if c.mean is None else 100.0 * c.mean
 
 
 def algorithm_tables(runs: pd.DataFrame) -> list[Table]:
@@ -458,45 +638,66 @@ def algorithm_tables(runs: pd.DataFrame) -> list[Table]:
     mods_all = _modalities(runs)
     singles = _single_baselines(runs)
     acc_notes, train_notes = Notes(), Notes()
+    acc_thesis = ThesisRows("algorithm-accuracy", THESIS_TABLES["algorithm-accuracy"], acc_notes)
+    train_thesis = ThesisRows("algorithm-training", THESIS_TABLES["algorithm-training"], train_notes)
     acc_rows, train_rows = [], []
     pct = dict(scale=100.0, fmt=lambda x: f"{x:.1f}", se_fmt=lambda x: f"{x:.2f}")
     base_ctx = [c for c in ctx if c != "strategy"]
     for key, group in row_groups(runs, ctx):
         mods = [m for m in str(group["modalities"].iloc[0]).split("+") if m]
         label = _key_cells(ctx, key)
-        row = {**label, "Fused acc (%)": fmt_mean_se(cell(group, "acc/fused", acc_notes), **pct)}
+        keys = list(label) + [SOURCE]
+        strategy, fusion = str(group["strategy"].iloc[0]), str(group["fusion"].iloc[0])
+        fused = cell(group, "acc/fused", acc_notes)
+        cols = [Col("Fused acc (%)", fmt_mean_se(fused, **pct), _pct(fused), "acc", strategy, head="fused",
+                    strategy=strategy, fusion=fusion)]
         for m in mods_all:
-            row[f"{m.capitalize()} acc (%)"] = (fmt_mean_se(cell(group, f"acc/{m}", acc_notes), **pct)
-                                                if m in mods else "–")
-        row["IBF"] = _ibf_text(group, mods, singles, acc_notes)
-        acc_rows.append(row)
-        trow = dict(label)
+            c = cell(group, f"acc/{m}", acc_notes) if m in mods else None
+            cols.append(Col(f"{m.capitalize()} acc (%)", fmt_mean_se(c, **pct) if c else "–",
+                            _pct(c) if c else None, "acc", strategy, head=m, strategy=strategy, fusion=fusion))
+        ibf_text, ibf_value = _ibf(group, mods, singles, acc_notes)
+        cols.append(Col("IBF", ibf_text, ibf_value, "ibf", strategy, strategy=strategy, fusion=fusion))
+        row = {**label, **{c.name: c.text for c in cols}}
+        acc_rows += acc_thesis.rows(row, keys, [c for c in cols if c.text != "–" or c.name == "IBF"], group)
+        tcols = []
         for m in mods_all:
-            trow[f"Bias {m}"] = (fmt_mean_se(cell(group, f"bias/{m}", train_notes), lambda x: f"{x:.2f}")
-                                 if m in mods and len(mods) > 1 else "–")
+            c = cell(group, f"bias/{m}", train_notes) if m in mods and len(mods) > 1 else None
+            tcols.append(Col(f"Bias {m}", fmt_mean_se(c, lambda x: f"{x:.2f}") if c else "–",
+                             c.mean if c else None, "bias", strategy, head=m, strategy=strategy, fusion=fusion))
         for m in mods_all:
-            trow[f"Epochs {m}"] = (fmt_mean_se(cell(group, f"epochs/{m}", train_notes), lambda x: f"{x:.3g}")
-                                   if m in mods else "–")
+            c = cell(group, f"epochs/{m}", train_notes) if m in mods else None
+            tcols.append(Col(f"Epochs {m}", fmt_mean_se(c, lambda x: f"{x:.3g}") if c else "–",
+                             c.mean if c else None, "epochs", strategy, head=m, strategy=strategy, fusion=fusion))
         t = cell(group, "time_epoch_s", train_notes)
-        trow["Time/epoch (s)"] = fmt_mean_se(t)
+        tcols.append(Col("Time/epoch (s)", fmt_mean_se(t), t.mean, "time_epoch_s", strategy, strategy=strategy,
+                         fusion=fusion))
         naive = _naive_of(runs, group, base_ctx)
-        if naive is not None and group["strategy"].iloc[0] != "naive":
-            trow["Speedup vs naive"] = fmt_speedup(speedup(cell(naive, "time_epoch_s", Notes()), t))
-        train_rows.append(trow)
+        if naive is not None and strategy != "naive":
+            base = cell(naive, "time_epoch_s", Notes())
+            tcols.append(Col("Speedup vs naive", speedup_text(base, t, train_notes), speedup(base, t), "speedup",
+                             strategy, "naive", strategy=strategy, fusion=fusion))
+        trow = {**label, **{c.name: c.text for c in tcols}}
+        train_rows += train_thesis.rows(trow, keys, [c for c in tcols if c.text != "–" or c.metric == "speedup"],
+                                        group)
     setting = _constants(runs, ctx)
     where = f" Setting: {setting}." if setting else ""
     se = " Mean ± standard error over seeds (Appendix A) where there are several."
+    smoke = _smoke(runs)
+    tag = " [smoke test]" if smoke else ""
     return [
-        Table("algorithm-accuracy", "Algorithm: test accuracy per modality and fused, IBF",
-              "Test accuracy of the fused model and of each modality inside it (masked fusion), thesis Tables "
-              "4.1-4.3; IBF (Eq. 3.1) from the mean accuracies against the single-modality runs of the same "
-              f"dataset (0 for those runs).{se}{where}", pd.DataFrame(acc_rows).fillna("–"),
-              acc_notes.lines(), len(ctx)),
-        Table("algorithm-training", "Algorithm: modality bias, optimisation epochs, time per epoch",
-              "Relative modality bias on the test set (Eq. 3.5-3.6), epochs in which each modality was "
-              "optimised, and time per epoch with its speedup (Eq. 4.1) against the naive row of the same "
-              f"setting, thesis Tables 4.4-4.5.{se} {TIME_NOTE}{where}", pd.DataFrame(train_rows).fillna("–"),
-              train_notes.lines(), len(ctx), baseline="naive"),
+        Table("algorithm-accuracy", "Algorithm: test accuracy per modality and fused, IBF" + tag,
+              smoke_caption(smoke) + "Test accuracy of the fused model and of each modality inside it (masked "
+              "fusion), thesis Tables 4.1-4.3; IBF (Eq. 3.1) from the mean accuracies against the single-modality "
+              f"runs of the same dataset (0 for those runs).{se} "
+              + THESIS_NOTE.format(tables="4.1, 4.2, 4.3; ± from A.1-A.10") + where,
+              pd.DataFrame(acc_rows).fillna("–"), acc_notes.lines(), len(ctx) + 1, matches=acc_thesis.matches,
+              smoke=smoke),
+        Table("algorithm-training", "Algorithm: modality bias, optimisation epochs, time per epoch" + tag,
+              smoke_caption(smoke) + "Relative modality bias on the test set (Eq. 3.5-3.6), epochs in which each "
+              "modality was optimised, and time per epoch with its speedup (Eq. 4.1) against the naive row of the "
+              f"same setting, thesis Tables 4.4-4.5.{se} {TIME_NOTE} " + THESIS_NOTE.format(tables="4.4, 4.5")
+              + where, pd.DataFrame(train_rows).fillna("–"), train_notes.lines(), len(ctx) + 1, baseline="naive",
+              matches=train_thesis.matches, smoke=smoke),
     ]
 
 
@@ -518,19 +719,21 @@ def runs_table(runs: pd.DataFrame) -> Table:
     """Every run of the sweep with its state and reason: nothing a comparison leaves out goes unseen."""
     many = runs["sweep"].nunique() > 1
     rows = []
-    for r in runs.itertuples():
-        reason = str(r.reason)
-        row = {"Sweep": r.sweep} if many else {}
-        row.update({"Run": r.run, "State": str(r.state), "Device": r.device,
-                    "Time/epoch (s)": "–" if pd.isna(r.time_epoch_s) else fmt_time(r.time_epoch_s),
-                    "Util (%)": "–" if pd.isna(r.util_pct) else f"{r.util_pct:.1f} {r.util_kind}",
-                    "Reason": reason if len(reason) <= 160 else reason[:157] + "..."})
+    for r in runs.to_dict("records"):
+        reason = str(r["reason"] or (r.get("na_reason") if isinstance(r.get("na_reason"), str) else "") or "")
+        row = {"Sweep": r["sweep"]} if many else {}
+        row.update({"Run": r["run"], "State": str(r["state"]), "Device": r["device"],
+                    "Time/epoch (s)": "–" if pd.isna(r["time_epoch_s"]) else fmt_time(r["time_epoch_s"]),
+                    "Util (%)": "–" if pd.isna(r["util_pct"]) else f"{r['util_pct']:.1f} {r['util_kind']}",
+                    "Smoke test": smoke_reason(r) or "no", "Reason": reason or "–"})
         rows.append(row)
     counts = runs["state"].value_counts()
     summary = ", ".join(f"{n} {s}" for s, n in counts.items() if n)
+    widths = ([16] if many else []) + [30, 9, 8, 9, 10, 14, 0]  # fixed on every page; Reason takes the rest
     return Table("runs", "All runs", f"Every run of the report with its state ({summary}); a run that is not "
-                 "done shows why (not applicable on this cluster, its error, or its SLURM state).",
-                 pd.DataFrame(rows), [], 1 + many)
+                 "done shows why (not applicable on this cluster, its error, or its SLURM state); a done run "
+                 "without time or utilisation says why. Smoke test: a run on the CPU, on tiny data or with capped "
+                 "batches, never compared with the thesis.", pd.DataFrame(rows), [], 1 + many, widths=widths)
 
 
 def detect_kinds(runs: pd.DataFrame) -> list[str]:
@@ -557,14 +760,34 @@ def build_tables(runs: pd.DataFrame, kinds: list[str] | None = None) -> tuple[li
         if kind not in KINDS:
             raise ValueError(f"kind: invalid value {kind!r}; valid choices: auto, {', '.join(KINDS)}")
         if kind == "algorithm":
-            made = algorithm_tables(runs)
+            made = algorithm_tables(of_sweeps_varying(runs, ["strategy", "fusion"]))
         elif kind == "loader":
-            made = loader_knob_tables(runs) + ([loader_table(runs)] if KNOB_OF["loader"] in varying(runs) else [])
+            made = loader_knob_tables(runs)
+            if KNOB_OF["loader"] in varying(runs):
+                made.append(loader_table(of_sweeps_varying(runs, ["loader"], alone=True)))
+        elif kind == "overall":
+            made = [overall_table(of_sweeps_varying(runs, list(DEFAULTS), least=2))]
         else:
-            made = [builders[kind](runs)]
+            made = [builders[kind](of_sweeps_varying(runs, [kind], alone=True))]
         made = [t for t in made if t is not None]
         if not made:
             messages.append(f"{kind}: no runs that differ in {KNOB_OF.get(kind, 'the system knobs')} "
                             "within the same setting; no table")
         tables += made
     return tables + [runs_table(runs)], messages
+
+
+def reproduction_table(tables: list[Table]) -> tuple[Table, list[dict]]:
+    """The Reproduction page: each thesis claim the report's runs cover, with its verdict (and the entries,
+    for reproduction.json/md)."""
+    entries = verdicts([m for t in tables for m in t.matches])
+    frame = pd.DataFrame([{"Thesis claim": e["text"], "Table": ", ".join(e["thesis_tables"]), "Thesis": e["thesis"],
+                           "Measured": e["measured"], "Verdict": e["verdict"], "Why": e["why"]} for e in entries])
+    smoke = "; ".join(f"{t.title.replace(' [smoke test]', '')}: {t.smoke}" for t in tables if t.smoke)
+    counts = pd.Series([e["verdict"] for e in entries]).value_counts()
+    summary = ", ".join(f"{n} {v}" for v, n in counts.items())
+    caption = (f"Every claim of the thesis' result tables that a sweep can test ({summary}). {TOLERANCE_TEXT}"
+               + (f" Smoke tests in this report, shown beside the thesis but never compared: {smoke}." if smoke
+                  else "") + " The same verdicts: reproduction.md and reproduction.json beside report.pdf.")
+    return Table("reproduction", "Reproduction: the thesis' claims and this report's verdicts", caption, frame, [],
+                 1, widths=[38, 9, 11, 11, 14, 0]), entries
