@@ -218,6 +218,10 @@ def test_discover_parsers():
     probe = parse_probe("arch=aarch64\ngpu=NVIDIA GH200 120GB, 9.0\nscratch_var=TMPDIR\nhsn=hsn0\n")
     assert probe == {"arch": "aarch64", "gpu_name": "NVIDIA GH200 120GB", "capability": 9.0, "scratch": "TMPDIR",
                      "fabric": "slingshot", "fabric_seen": "interface hsn0"}
+    text = discover(_outputs("a100_thin_fat"), None, parse_probe("gpu=NVIDIA A100-SXM4-80GB, 8.0\nib=mlx5_0\n"
+                                                                "module=PyTorch/2.4.0\n"))
+    assert "fabric: infiniband  # detected: probe: /sys/class/infiniband/mlx5_0" in text
+    assert "# PyTorch modules on a node (probe): PyTorch/2.4.0" in text
 
 
 def test_a_profile_file_is_a_cluster(tmp_path):
@@ -302,6 +306,10 @@ def test_a_profile_discovered_from_the_local_slurm_runs_the_parallelism_sweep_to
     p = load_profile(str(profile))
     assert (p.partition, p.scheduler, p.is_gpu, p.size) == ("debug", "slurm", False, "tiny")
     assert "# detected" in profile.read_text() and "# assumed" in profile.read_text()
+    probed = subprocess.run(mmhpc + ["clusters", "discover", "--probe"], env=env, capture_output=True,
+                            text=True, timeout=300, cwd=tmp_path)  # a 2-minute job on the node
+    assert probed.returncode == 0, probed.stderr
+    assert "arch: x86_64  # detected: probe: uname -m" in probed.stdout
     again = subprocess.run(mmhpc + ["clusters", "discover", "-o", str(profile)], env=env, capture_output=True,
                            text=True, timeout=120)
     assert again.returncode == 2 and "exists" in again.stderr  # an edited profile is never overwritten
@@ -312,7 +320,8 @@ def test_a_profile_discovered_from_the_local_slurm_runs_the_parallelism_sweep_to
     waited = subprocess.run(mmhpc + ["sweep", "wait", "-q", "--poll", "2", str(tmp_path / "r" / "parallelism")],
                             env=env, capture_output=True, text=True, timeout=900)
     assert waited.returncode == 0, waited.stdout + waited.stderr
-    states = [ln.split()[2] for ln in waited.stdout.splitlines()[1:] if ln[:1].isdigit()]
+    states = [ln.split()[2] for ln in waited.stdout.splitlines() if ln.split()[1:2] and
+              ln.split()[1].startswith("parallelism-")]
     assert sorted(states) == ["done", "done", "done", "n/a"], waited.stdout
 
 
@@ -385,3 +394,23 @@ def test_staging_says_so_when_the_scratch_variable_is_unset(tmp_path, caplog, mo
         execute_run(cfg, stage_data=True, scratch="MMHPC_NO_SCRATCH")  # then fails: no dataset there
     assert any("$MMHPC_NO_SCRATCH (the profile's node-local scratch) is unset" in r.getMessage()
                for r in caplog.records)
+
+
+def test_per_gpu_type_partitions_qos_exclusive_and_memory_per_gpu():
+    """A Snellius-like profile: each GPU type in its own partition, a QOS, whole nodes, host memory per GPU."""
+    from mmhpc.launch.clusters import profile_from_dict
+    from mmhpc.launch.submit import slurm_parameters
+
+    p = profile_from_dict({"name": "snel", "scheduler": "slurm", "qos": "normal", "exclusive": True,
+                           "default_gpu": "A100", "gpus": {
+                               "A100": {"capability": 8.0, "partition": "gpu_a100", "mem_gb_per_gpu": 120,
+                                        "nodes": [{"gpus": 4, "cores": 72}]},
+                               "H100": {"capability": 9.0, "partition": "gpu_h100", "gres": "h100",
+                                        "nodes": [{"gpus": 4, "cores": 64}]}}})
+    a100, _, _ = resolve_resources(p, load_config(None, ["system.parallelism=ddp"]), {"gpu": "A100", "gpus": 2})
+    h100, _, _ = resolve_resources(p, load_config(None, []), {"gpu": "H100"})
+    pa, ph = slurm_parameters(p, a100, "j"), slurm_parameters(p, h100, "j")
+    assert (pa["partition"], ph["partition"]) == ("gpu_a100", "gpu_h100")
+    assert pa["qos"] == "normal" and pa["exclusive"] is True and pa["mem"] == "240G" and "mem" not in ph
+    assert pa["additional_parameters"]["gpus_per_node"] == "A100:2"
+    assert ph["additional_parameters"]["gpus_per_node"] == "h100:1"

@@ -253,6 +253,8 @@ def _apply_probe(v: dict[str, Value], gpus: dict, probe: dict) -> None:
         v["arch"] = Value(probe["arch"], "detected", "probe: uname -m")
     if probe.get("scratch"):
         v["scratch"] = Value(probe["scratch"], "detected", "probe: node-local scratch variable")
+    if probe.get("modules"):
+        v["modules_seen"] = Value(probe["modules"], "detected", "probe: module -t avail PyTorch")
     for spec in gpus.values():
         if probe.get("capability") and len(gpus) == 1:
             spec["capability"] = probe["capability"]
@@ -285,6 +287,8 @@ def _render(pname: str, config: dict, v: dict[str, Value], gpus: dict, accounts,
               "results_root: ${MMHPC_RESULTS:-results}  # assumed: set MMHPC_RESULTS to project storage",
               "python: ${MMHPC_PYTHON}", "venv: ${MMHPC_VENV}", "apptainer: ${MMHPC_APPTAINER}",
               "modules: []  # assumed: `module spider PyTorch` (or --probe) lists the site's"]
+    if "modules_seen" in v:
+        lines.append(f"# PyTorch modules on a node (probe): {', '.join(v['modules_seen'].value)}")
     if gpus:
         lines.append("gpus:")
         for gname, spec in gpus.items():
