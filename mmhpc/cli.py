@@ -147,6 +147,13 @@ def cmd_demo(args) -> int:
     return run_demo(args.runs_dir or "runs/demo", epochs=args.epochs, quiet=not _bars(args))
 
 
+def cmd_strategies(args) -> int:
+    from mmhpc.strategies.catalog import describe
+
+    print(describe())
+    return 0
+
+
 def cmd_doctor(args) -> int:
     """Exit 0 when every check passes, 1 when one fails (each failure is one sentence)."""
     from mmhpc.doctor import format_checks, run_checks
@@ -226,6 +233,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--epochs", type=int, default=None, help="epochs per run (default: the demo's)")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=cmd_demo)
+    p = sub.add_parser("strategies", help="the training strategies: source, parameters and defaults, fusions, "
+                                          "parallelisms")
+    p.set_defaults(func=cmd_strategies)
     p = sub.add_parser("doctor", help="can this machine run mmhpc? Python, torch, driver, GPUs, data, results",
                        description="Check Python, torch and its CUDA build, the NVIDIA driver, GPUs visible to torch "
                                    "vs allocated by SLURM (and a GPU cluster's need of one), compute capability vs "

@@ -8,6 +8,7 @@ one line `field: problem; valid: a, b, c` of a `ConfigError` (`mmhpc.errors`).
 """
 from __future__ import annotations
 
+import difflib
 import json
 from pathlib import Path
 from typing import Any, Literal, get_args, get_origin
@@ -288,7 +289,9 @@ def resolve_key(key: str) -> str:
     if not paths:
         if key in RunConfig.model_fields:
             return key
-        raise ConfigError(problem(key, "unknown key; use section.field, e.g. model.fusion",
+        close = difflib.get_close_matches(key, list(_leaf_index()), n=1)
+        hint = f"; did you mean {', '.join(_leaf_index()[close[0]])}" if close else ""
+        raise ConfigError(problem(key, f"unknown key{hint}; use section.field, e.g. model.fusion",
                                   list(RunConfig.model_fields)))
     if len(paths) > 1:
         raise ConfigError(problem(key, "ambiguous key", paths))
@@ -300,6 +303,9 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str] | dict[str, Any]) 
     items = overrides.items() if isinstance(overrides, dict) else (_split(o) for o in overrides)
     for key, value in items:
         parts = resolve_key(key).split(".")
+        if len(parts) == 1 and parts[0] in RunConfig.model_fields and not isinstance(value, dict):
+            raise ConfigError(problem(key, f"a section, not a value{_field_taking(parts[0], value)}",
+                                      [f"{parts[0]}.{f}" for f in _sections()[parts[0]].model_fields]))
         node = raw
         for p in parts[:-1]:
             node = node.setdefault(p, {})
@@ -307,6 +313,22 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str] | dict[str, Any]) 
                 raise ConfigError(problem(key, f"{p} is not a section"))
         node[parts[-1]] = value
     return raw
+
+
+def _field_taking(section: str, value: Any) -> str:
+    """"; did you mean strategy.name=alternating": the section's fields of fixed choices that take `value`."""
+    model = _sections()[section]
+    fits = []
+    for name, field in model.model_fields.items():
+        annotation = field.annotation
+        if get_origin(annotation) is not Literal and not (field.json_schema_extra or {}).get("choices_from"):
+            continue
+        try:
+            model.model_validate({name: value})
+        except ValidationError:
+            continue
+        fits.append(f"{section}.{name}={value}")
+    return f"; did you mean {' or '.join(fits)}" if fits else ""
 
 
 def _split(item: str) -> tuple[str, Any]:
