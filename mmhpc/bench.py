@@ -6,6 +6,7 @@ standard error. `--profile` writes a torch.profiler trace of a few training step
 """
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
@@ -51,8 +52,9 @@ def bench(cfg, epochs: int = 3, warmup: int = 1, profile: bool = False, progress
         if profiler is not None:
             profiler.stop()
     record.bench = bench_summary([e.model_dump() for e in record.epochs], warmup)
-    if profiler is not None:
-        record.bench["trace"] = trainer.record_path.with_suffix(".trace.json").name
+    trace = trainer.record_path.with_suffix(".trace.json")
+    if profiler is not None and trace.exists():  # written after 5 training steps (the profiler's schedule)
+        record.bench["trace"] = trace.name
     write_record(trainer.record_path, record)
     return record
 
@@ -62,5 +64,8 @@ def _profiler(trace: Path):
     from torch.profiler import ProfilerActivity, profile, schedule
 
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if torch.cuda.is_available() else [])
+    if ProfilerActivity.CUDA not in activities:
+        # kineto on a CPU: "ERROR ... gpuGetDeviceCount failed" and its start/stop lines on stderr, noise
+        os.environ.setdefault("KINETO_LOG_LEVEL", "6")
     return profile(activities=activities, schedule=schedule(wait=1, warmup=1, active=3, repeat=1),
                    on_trace_ready=lambda p: p.export_chrome_trace(str(trace)), record_shapes=True)

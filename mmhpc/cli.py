@@ -100,7 +100,12 @@ def cmd_bench(args) -> int:
         print(f"  {key:<22}{b[key + '_mean']:10.3f} +- {b[key + '_se']:.3f}")
     for key in sorted(k for k in b if k.startswith(("util/", "memory/")) and ("gpu" in k or "cpu_proc" in k)):
         print(f"  {key:<40}{b[key]:10.1f}")
-    print(f"record: {cfg.replace({'output.name': record.run}).record_path()}")
+    path = cfg.replace({'output.name': record.run}).record_path()
+    print(f"record: {path}")
+    if args.profile:
+        trace = path.with_name(b["trace"]) if b.get("trace") else None
+        print(f"trace: {trace} ({trace.stat().st_size / 2**20:.1f} MB; open in chrome://tracing or Perfetto)"
+              if trace else "trace: none (the profiler records training steps 3-5: run more batches)")
     return 0
 
 

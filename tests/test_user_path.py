@@ -41,3 +41,16 @@ def test_train_help_names_the_strategies_command_that_exists(capsys):
 def test_common_slips_get_a_did_you_mean(override, meant):
     with pytest.raises(ConfigError, match=meant):
         load_config(None, [override])
+
+
+@pytest.mark.slow
+def test_bench_profile_says_where_its_trace_went_without_profiler_noise_on_the_cpu(synth_dir, tmp_path, capfd):
+    runs = tmp_path / "runs"
+    argv = ["bench", f"data.root={synth_dir('cremad')}", f"output.runs_dir={runs}", "output.name=prof",
+            "train.max_batches=3", "train.batch_size=16", "system.threads=1", "system.device=cpu",
+            "--epochs", "1", "--warmup", "1", "--profile"]
+    assert main(argv) == 0
+    out, err = capfd.readouterr()  # the file descriptors: kineto writes from C++
+    trace = runs / "prof.trace.json"
+    assert trace.exists() and f"trace: {trace} (" in out
+    assert "gpuGetDeviceCount" not in err and "profiler_start" not in err, err
