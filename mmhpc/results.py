@@ -103,17 +103,25 @@ class _Part(BaseModel):
 
 
 class EpochTime(_Part):
-    """The thesis' Table 2.8 breakdown of one epoch, in seconds, and the training throughput."""
+    """The thesis' Table 2.8 breakdown of one epoch, in seconds, and the training throughput. `epoch_s` is
+    the four passes plus `strategy_s`, the epoch's work outside them: a strategy's own passes (PMR's
+    prototypes, Gradient Blending's held-out losses) and the copy of the best state so far."""
     train_loader_init_s: float
     train_s: float
     val_loader_init_s: float
     val_s: float
     epoch_s: float
+    strategy_s: float | None = None          # None: a record from before it was timed (in no epoch_s then)
     train_samples: int | None = None
     train_samples_per_s: float | None = None
     train_data_wait_s: float | None = None   # time the training step waited for batches (system/idle.py)
     train_data_wait_estimated: bool = False  # prefetch_factor=0: estimated as thesis Appendix A.2.1 (Alg. 7)
     val_data_wait_s: float | None = None
+    train_gpu_idle_s: float | None = None    # the GPU idle between training steps (CUDA events; None off CUDA)
+
+    def add_strategy_work(self, seconds: float) -> None:
+        self.strategy_s = (self.strategy_s or 0.0) + seconds
+        self.epoch_s += seconds
 
 
 class Epoch(_Part):
@@ -123,7 +131,7 @@ class Epoch(_Part):
     optimised: list[str] = []           # the modalities trained this epoch
     train: dict[str, float] = {}        # training metrics: acc/<head>, loss/<head>, entropy/<m>, ...
     val: dict[str, float] = {}          # validation metrics, plus bias/<m> and reliability/<m>
-    memory: dict[str, float] = {}       # peak GPU memory per device in MiB
+    memory: dict[str, float] = {}       # GPU memory per device in MiB: peaks allocated, reserved; NVML used
     util: dict[str, float | None] = {}  # the sampler's utilisation summary over the epoch
 
 

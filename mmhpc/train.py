@@ -37,7 +37,7 @@ from mmhpc.results import (
 from mmhpc.strategies import STRATEGIES
 from mmhpc.strategies.data import StrategyData
 from mmhpc.system import parallel
-from mmhpc.system.idle import TimedBatches, estimate_prefetch0_idle
+from mmhpc.system.idle import StepGaps, TimedBatches, estimate_prefetch0_idle
 from mmhpc.system.precision import Precision
 
 log = logging.getLogger(__name__)
@@ -145,8 +145,11 @@ class Trainer:
     # ---- one pass over a loader ------------------------------------------------------------------
     def _to_device(self, batch: dict) -> dict:
         # each tensor to the device that consumes it (BLP: a modality's branch device); uint8 frames become
-        # model input (crop, flip, normalise) there
-        return finish_batch(self.par.to_device(batch, non_blocking=self.cfg.loader.pin_memory))
+        # model input (crop, flip, normalise) there. The sample index stays on the host (nothing on the
+        # device reads it), and every copy is asynchronous: from pageable memory too, where a blocking copy
+        # would wait for the GPU's queue first
+        batch = {k: v for k, v in batch.items() if k != "index"}
+        return finish_batch(self.par.to_device(batch, non_blocking=True))
 
     def _pass(self, split: str, epoch: int) -> tuple[dict, dict]:
         """Run one epoch over a split's loader; returns (metrics, timings)."""
@@ -154,7 +157,9 @@ class Trainer:
         loader = self.loaders[split]
         acc = mx.MetricAccumulator(keep_logits=not train)
         self.model.train(train)
+        self.par.synchronize()  # the timer starts when the device has finished what came before
         t0 = time.perf_counter()
+        gaps = StepGaps(self.device) if train else None  # the GPU's idle time between steps
         it = TimedBatches(loader.epoch(epoch))  # sums the waits in next(): idle time of the step
         batch = next(it, None)
         t_first = time.perf_counter()
@@ -163,11 +168,14 @@ class Trainer:
         bar = tqdm(total=limit or len(loader), desc=f"{split} {epoch}", leave=False,
                    disable=not (self.progress and self.par.is_main))
         while batch is not None:
+            if train:
+                gaps.start()
             batch = self._to_device(batch)
             labels = batch["label"]
             logits = self.strategy.train_step(batch, labels).logits if train else self.strategy.eval_logits(batch)
             acc.update(logits, labels)
             if train:
+                gaps.end()
                 for hook in self.step_hooks:
                     hook()
                 if self._stop_requested():
@@ -184,7 +192,7 @@ class Trainer:
         self.par.synchronize()  # every device the run computes on (BLP: each branch's)
         t_end = time.perf_counter()
         timing = {"loader_init_s": t_first - t0, "run_s": t_end - t_first, "data_wait_s": wait_s, "samples": n,
-                  "samples_per_s": n / max(t_end - t0, 1e-9)}
+                  "samples_per_s": n / max(t_end - t0, 1e-9), "gpu_idle_s": gaps.idle_s() if train else None}
         metrics = acc.result()
         if train and self.par.world > 1:
             metrics = self.par.reduce(metrics, n)
@@ -228,8 +236,10 @@ class Trainer:
                 record.epochs.append(entry)
                 val = entry.val
                 if val["acc/fused"] > best["acc"]:  # model selection on validation, never on test
+                    t0 = self._clock()
                     best = {"acc": val["acc/fused"], "epoch": epoch,
                             "state": {k: v.detach().cpu().clone() for k, v in self.model.state_dict().items()}}
+                    entry.time.add_strategy_work(self._clock() - t0)  # the copy is part of the epoch
                 bar.set_postfix_str(" ".join(f"{k.split('/')[1][:3]}={val[k]:.2f}" for k in val
                                              if k.startswith("acc/") and "probe" not in k))
                 bar.update()
@@ -274,43 +284,72 @@ class Trainer:
         lr = cfg.train.lr * strategy.lr_factor(epoch)
         for group in strategy.optimizer.param_groups:
             group["lr"] = lr
-        active = list(strategy.begin_epoch(epoch))
         mark = self.sampler.mark(f"epoch {epoch} start") if self.sampler else None
+        t0 = self._clock()
+        active = list(strategy.begin_epoch(epoch))  # PMR's prototype pass runs here
+        strategy_s = self._clock() - t0
         train, t_train = self._pass("train", epoch)
         train.update(self._bias(train))  # the training split's bias per epoch (thesis Table 4.4, Fig. 3.2)
         val, t_val = self._evaluate("val", epoch)
-        util = self.sampler.summary(mark, self.sampler.mark(f"epoch {epoch} end")) if self.sampler else {}
         rel = {m: train[f"loss/{m}"] / max(val[f"loss/{m}"], 1e-12) for m in cfg.modalities}  # Eq. 3.7
         val.update({f"reliability/{m}": v for m, v in rel.items()})
-        strategy.end_epoch(epoch, train, val)
+        t0 = self._clock()
+        strategy.end_epoch(epoch, train, val)  # Gradient Blending's held-out pass runs here
+        strategy_s += self._clock() - t0
+        util = self._sampled(mark, epoch) if self.cfg.system.sample_interval > 0 else {}
         if cfg.loader.prefetch_factor == 0:  # PyTorch cannot: estimated as thesis Appendix A.2.1 (Alg. 7)
             t_train["data_wait_s"] = estimate_prefetch0_idle(self.loaders["idle"], epoch, cfg.train.max_batches)
         time_ = EpochTime(train_loader_init_s=t_train["loader_init_s"], train_s=t_train["run_s"],
                           val_loader_init_s=t_val["loader_init_s"], val_s=t_val["run_s"],
                           train_data_wait_s=t_train["data_wait_s"],
                           train_data_wait_estimated=cfg.loader.prefetch_factor == 0,
-                          val_data_wait_s=t_val.get("data_wait_s"),
-                          epoch_s=sum(t[k] for t in (t_train, t_val) for k in ("loader_init_s", "run_s")),
+                          val_data_wait_s=t_val.get("data_wait_s"), train_gpu_idle_s=t_train["gpu_idle_s"],
+                          strategy_s=strategy_s, epoch_s=strategy_s + sum(
+                              t[k] for t in (t_train, t_val) for k in ("loader_init_s", "run_s")),
                           train_samples=t_train["samples"], train_samples_per_s=t_train["samples_per_s"])
         return Epoch(epoch=epoch, lr=lr, optimised=active, train=train, val=val, time=time_,
                      memory=self._peak_memory(), util=util)
 
+    def _clock(self) -> float:
+        """perf_counter once every device of the run has finished its queued work (GPU work is async)."""
+        self.par.synchronize()
+        return time.perf_counter()
+
     # ---- utilisation sampling --------------------------------------------------------------------
     def _start_sampler(self) -> None:
+        """Rank 0 samples its process and GPUs; in DDP every rank samples its own GPU (its epoch figures are
+        gathered by `_sampled`), since rank 0's process may see no other GPU (one GPU per task, other nodes)."""
         self.sampler = None
-        if self.cfg.system.sample_interval > 0 and self.par.is_main:
+        if self.cfg.system.sample_interval <= 0:
+            return
+        ddp = self.par.world > 1
+        if self.par.is_main or (ddp and self.device.type == "cuda"):
             from mmhpc.system.sampler import UtilSampler  # psutil and pandas: only when sampling
 
-            self.sampler = UtilSampler(self.cfg.system.sample_interval).start()
+            own = [self.device.index] if ddp and self.device.type == "cuda" else ([] if ddp else None)
+            self.sampler = UtilSampler(self.cfg.system.sample_interval, devices=own).start()
+        self.sampled_gpus = self.sampler.gpus if self.sampler else {}
+        if ddp:  # every rank's GPU, named by its rank
+            gathered = self.par.gather(self.sampled_gpus)
+            self.sampled_gpus = {r: uuid for r, g in enumerate(gathered) for uuid in g.values()}
+
+    def _sampled(self, mark, epoch: int) -> dict:
+        """The epoch's utilisation summary (`mark`: its start marker); DDP: every rank's GPU as gpu<rank>."""
+        from mmhpc.system.sampler import merge_ranks
+
+        util = self.sampler.summary(mark, self.sampler.mark(f"epoch {epoch} end")) if self.sampler else {}
+        return merge_ranks(self.par.gather(util)) if self.par.world > 1 else util
 
     def _stop_sampler(self, record: RunRecord) -> None:
         if self.sampler is None:
             return
         self.sampler.stop()
+        if not self.par.is_main:
+            return
         self.sampler.save(self._write_path.with_suffix(".util.csv"))  # beside the record being written
         record.system = {"timeseries": self.record_path.with_suffix(".util.csv").name,
                          "interval_s": self.sampler.interval_s, "notes": self.sampler.notes,
-                         "gpus": self.sampler.gpus, "energy_scope": self.sampler.energy_scope,
+                         "gpus": self.sampled_gpus, "energy_scope": self.sampler.energy_scope,
                          "summary": self.sampler.summary(),
                          "sample_cost_us": self.sampler.sample_cost_us}
 

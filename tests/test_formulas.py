@@ -19,6 +19,7 @@ from mmhpc.strategies.formulas import (
     gradient_blending_weights,
     mla_entropy_weights,
     mlb_coefficient,
+    mlb_coefficient_tensor,
     mlb_coefficients,
     mslr_schedule_factor,
     mslr_update,
@@ -288,6 +289,19 @@ def test_mlb_coefficients_from_scores():
     assert mlb_coefficients({"a": 4.0, "v": 4.0}, 1.0, 3.0) == {"a": 1.0, "v": 1.0}
     with pytest.raises(ValueError):
         mlb_coefficients({"a": 0.0, "v": 4.0}, 1.0, 3.0)
+
+
+def test_mlb_coefficients_on_the_device_match_the_hand_values():
+    # the scores of test_mlb_coefficients_from_scores (AV: audio 30, visual 10), as a tensor
+    k = mlb_coefficient_tensor(torch.tensor([30.0, 10.0]), alpha=1.0, beta_max=3.0)
+    assert k.tolist() == pytest.approx([0.4172171, 2.9280552], abs=1e-6)
+    # three modalities: r = mean(others) / own; r_a = 20 / 10 = 2 -> 1 + 2 tanh(1) = 2.5231884 (beta_max 3)
+    k = mlb_coefficient_tensor(torch.tensor([10.0, 20.0, 20.0]), alpha=1.0, beta_max=3.0)
+    assert k[0].item() == pytest.approx(2.5231884, abs=1e-6)
+    # a zero score: r infinite, full acceleration (the host version refuses it)
+    # (and the other's r = 0 / 4: 1 - tanh(1) = 0.2384058)
+    k = mlb_coefficient_tensor(torch.tensor([0.0, 4.0]), 1.0, 3.0)
+    assert k.tolist() == pytest.approx([3.0, 0.2384058], abs=1e-6)
 
 
 # ------------------------------------------------------------------------------------------------ MSLR

@@ -69,8 +69,21 @@ class TextEncoder(nn.Module):
         self.width = self.net.config.hidden_size
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = self.net(input_ids=x[:, 0], attention_mask=x[:, 1])
+        out = self.net(input_ids=x[:, 0], attention_mask=self.attention_mask(x[:, 1]))
         return out.last_hidden_state[:, 0]
+
+    def attention_mask(self, mask: torch.Tensor) -> torch.Tensor:
+        """The padding mask [B, L] as the attention takes it, [B, 1, 1, L], which transformers passes on as it
+        is: from a [B, L] mask it first asks whether any token is padded, to drop a mask of all ones (a host
+        synchronisation in every forward). SDPA takes True where a token is attended, eager attention adds
+        the mask to the scores; other attention kernels get the [B, L] mask."""
+        kind = self.net.config._attn_implementation
+        keep = mask[:, None, None, :].bool()
+        if kind == "sdpa":
+            return keep
+        if kind == "eager":
+            return (~keep).float() * torch.finfo(torch.float32).min
+        return mask
 
 
 def build_encoder(modality: str, *, text_size: str, text_len: int, vocab: int,

@@ -193,6 +193,8 @@ def _measurements(rec: RunRecord) -> dict:
     gpu = [v for k, v in util.items() if re.fullmatch(r"gpu\d+_util_pct_mean", k)]
     if gpu:
         out["util_pct"], out["util_kind"] = float(np.mean(gpu)), "GPU"
+    elif any(re.match(r"gpu\d+_", k) for k in util):  # GPUs that give no utilisation (MIG): never the CPU's
+        out["util_pct"], out["util_kind"] = None, "GPU"
     elif "cpu_proc_pct_mean" in util:
         out["util_pct"], out["util_kind"] = util["cpu_proc_pct_mean"], "CPU"
     for key, value in summary.test.items():

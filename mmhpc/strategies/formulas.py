@@ -218,6 +218,15 @@ def mlb_coefficient(r: float, alpha: float, beta_max: float) -> float:
     return 1.0 + (beta - 1.0) * math.tanh(alpha * (r - 1.0))
 
 
+def mlb_coefficient_tensor(scores: torch.Tensor, alpha: float, beta_max: float) -> torch.Tensor:
+    """`mlb_coefficients` on the scores' device, k [M] from s [M] (modality order), with no host read
+    (seed 002 Eq. 5-7). Where the host version refuses a score of 0 (r undefined), r is infinite here
+    and the modality gets the full acceleration, beta_max."""
+    r = (_others_sum(scores) / (len(scores) - 1)) / scores
+    beta = torch.where(r > 1, beta_max, 2.0)
+    return 1.0 + (beta - 1.0) * torch.tanh(alpha * (r - 1.0))
+
+
 def mlb_coefficients(score: Mapping[str, float], alpha: float, beta_max: float) -> dict[str, float]:
     """k_i for every modality from scores s_i (seed 002 Eq. 4-7); r_i = 1 / rho_i of `discrepancy_ratios`."""
     out = {}

@@ -7,9 +7,11 @@ head only contributes the multimodal loss.
 
 - Multi-Loss (seed 002 Eq. 3): L = CE(f(X), y) + sum_i CE(f_i(X_i), y).
 - MLB (seed 002 Eq. 2-7): the same loss; encoder i's learning rate is scaled by k_i each step, from this
-  batch's unimodal scores (`mlb_coefficients`: accelerate a lagging modality up to beta_max, decelerate
-  a leading one, k -> 1 once they agree). Eq. 2 scales the update lr x k_i, which is done on encoder i's
-  optimiser group (not on the gradient, so Adam's normalisation cannot undo it).
+  batch's unimodal scores (`mlb_coefficient_tensor`: accelerate a lagging modality up to beta_max,
+  decelerate a leading one, k -> 1 once they agree). Eq. 2 scales the update lr x k_i: the optimiser's
+  update of encoder i's group is multiplied by k_i on the device (SGD's and Adam's updates are linear in
+  the rate, so this is lr x k_i exactly; not on the gradient, so Adam's normalisation cannot undo it).
+  k_i never reaches the host: a step makes no host synchronisation.
 - Gradient Blending (thesis Eq. 2.29; Wang et al. 2020): L = w_fused L_multi + sum_m w_m L_m. Fixed
   `weights`, or (default) weights re-estimated every `interval` epochs from the overfitting-to-
   generalisation ratio between two estimates (`gradient_blending_weights`) of the heads' train losses
@@ -29,7 +31,7 @@ from mmhpc.errors import ConfigError
 from mmhpc.strategies.balancing import ModalityGroups, batch_scores, dataset_default, step_logits
 from mmhpc.strategies.base import StepOutput, register
 from mmhpc.strategies.data import split_held_out
-from mmhpc.strategies.formulas import gradient_blending_weights, mlb_coefficients
+from mmhpc.strategies.formulas import gradient_blending_weights, mlb_coefficient_tensor
 from mmhpc.strategies.joint import Naive
 
 #: seed 004 Table 2 (ResNet): CREMA-D late-linear 5.0, FiLM 0.5, gated 5.0; AVE late-linear 2.0
@@ -88,7 +90,8 @@ class MLB(ModalityGroups, MultiLoss):
         super().__init__(*args, **kw)
         self.alpha = dataset_default(self.params.alpha, MLB_DEFAULT_ALPHA, self.cfg, MLB_FALLBACK_ALPHA)
         self.epoch_lr = self.cfg.train.lr
-        self.coeffs = {m: 1.0 for m in self.modalities}  # the last step's k_i
+        self.coeffs: torch.Tensor | None = None  # the last step's k [M] (order of the unimodal heads), on the device
+        self._order = list(self.modalities)
 
     def provenance(self) -> dict[str, dict]:
         out = super().provenance()
@@ -102,9 +105,23 @@ class MLB(ModalityGroups, MultiLoss):
         return out
 
     def before_update(self, unimodal, labels) -> None:
-        scores = batch_scores(unimodal, labels).tolist()  # the learning rates are host numbers: one sync per step
-        self.coeffs = mlb_coefficients(dict(zip(unimodal, scores)), self.alpha, self.params.beta_max)
-        self.set_modality_lr({m: self.epoch_lr * k for m, k in self.coeffs.items()})
+        self.coeffs = mlb_coefficient_tensor(batch_scores(unimodal, labels), self.alpha, self.params.beta_max)
+        self._order = list(unimodal)
+
+    def update(self, loss) -> None:
+        """The optimiser's step, then each encoder group's update scaled by its k_i: p <- p0 + k_i (p - p0)."""
+        groups = [g for g in self.optimizer.param_groups if g["modality"] is not None]
+        before = [[p.detach().clone() for p in g["params"]] for g in groups]
+        super().update(loss)
+        with torch.no_grad():
+            for g, p0 in zip(groups, before):
+                if not p0:
+                    continue
+                params = [p.detach() for p in g["params"]]
+                k = self.coeffs[self._order.index(g["modality"])].to(params[0].device, non_blocking=True)
+                delta = torch._foreach_sub(params, p0)
+                torch._foreach_mul_(delta, k - 1.0)
+                torch._foreach_add_(params, delta)
 
 
 @dataclass

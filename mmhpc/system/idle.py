@@ -9,12 +9,18 @@ PyTorch refuses `prefetch_factor=0` with workers, so the idle time without prefe
 Appendix A.2.1 (Alg. 7) does: build the loader with prefetch factor 1 and iterate an epoch with no work
 in the loop; every batch is then waited for in full, which is what an un-prefetched loader would make the
 step wait. `epoch_idle` runs either algorithm: without a workload it is Alg. 7, with one Alg. 8.
+
+The host's wait is not the GPU's: the host runs ahead of the GPU by the work it has queued, so a host
+that waits for a batch may leave the GPU busy all along. `StepGaps` measures the GPU's own idle time
+between training steps from CUDA events on the device's timeline (end of step i to start of step i+1).
 """
 from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterable, Iterator
 from itertools import islice
+
+import torch
 
 _END = object()
 
@@ -45,6 +51,43 @@ class TimedBatches:
             raise StopIteration
         self.batches += 1
         return batch
+
+
+class StepGaps:
+    """GPU idle time between training steps, on the GPU's timeline (CUDA devices; None elsewhere).
+
+    `start()` before a step's first GPU work (its input copies) and `end()` after its last is queued
+    record CUDA events on the device's current stream; an event completes when the stream reaches it.
+    The gap from end of step i to start of step i + 1 is ~0 when step i's work was still queued when the
+    host began step i + 1, and the time the GPU sat idle otherwise (waiting for data, or for the host).
+    `idle_s()` reads the events: call it after the device was synchronised (the epoch's end).
+    """
+
+    def __init__(self, device: torch.device):
+        self.device = device if device.type == "cuda" else None
+        self._gaps: list[tuple] = []   # (end of step i, start of step i + 1)
+        self._end = None
+
+    def _record(self):
+        event = torch.cuda.Event(enable_timing=True)
+        event.record(torch.cuda.current_stream(self.device))
+        return event
+
+    def start(self) -> None:
+        if self.device is not None:
+            begun = self._record()
+            if self._end is not None:
+                self._gaps.append((self._end, begun))
+
+    def end(self) -> None:
+        if self.device is not None:
+            self._end = self._record()
+
+    def idle_s(self) -> float | None:
+        """Seconds the GPU idled between the steps so far (None off CUDA)."""
+        if self.device is None:
+            return None
+        return sum(a.elapsed_time(b) for a, b in self._gaps) / 1000.0  # elapsed_time: milliseconds
 
 
 def epoch_idle(batches: Iterable, workload: Callable[[object], None] | None = None,

@@ -141,16 +141,29 @@ class Parallelism:
         """Rank 0's object on every rank."""
         return obj
 
+    def gather(self, obj, what: str = "") -> list:
+        """Every rank's object, in rank order, on every rank (`what`: the collective, for a timeout's message)."""
+        return [obj]
+
     def any_rank(self, flag: bool) -> bool:
         """True on every rank when `flag` is true on any (one process: the flag itself)."""
         return flag
 
     def peak_memory(self) -> dict:
-        """Peak GPU memory of the epoch in MiB per device the run uses (empty on the CPU); resets the peaks."""
+        """GPU memory of the epoch in MiB per device the run uses (empty on the CPU), and resets the peaks:
+        the peak of the tensors (`_peak_mib`), the peak the caching allocator reserved (`_reserved_peak_mib`),
+        and what NVML counts as used on the device at the epoch's end (`_device_used_mib`: every process and
+        CUDA context on it)."""
+        from mmhpc.system.sampler import device_used_mib
+
         out = {}
         for d in dict.fromkeys(self.compute_devices()):
             if d.type == "cuda":
                 out[f"{d}_peak_mib"] = torch.cuda.max_memory_allocated(d) / 2 ** 20
+                out[f"{d}_reserved_peak_mib"] = torch.cuda.max_memory_reserved(d) / 2 ** 20
+                used = device_used_mib(d)
+                if used is not None:
+                    out[f"{d}_device_used_mib"] = used
                 torch.cuda.reset_peak_memory_stats(d)
         return out
 
@@ -301,14 +314,20 @@ class Distributed(Parallelism):
             dist.broadcast_object_list(box, src=0, group=self._host_group())
         return box[0]
 
+    def gather(self, obj, what: str = "an all-gather of every rank's figures"):
+        if not dist.is_initialized():
+            return [obj]
+        gathered: list = [None] * dist.get_world_size()
+        with self._collective(what):
+            dist.all_gather_object(gathered, obj, group=self._host_group())
+        return gathered
+
     def peak_memory(self):
         """Every rank's peak, keyed by rank and device (a DDP run's memory is not rank 0's alone)."""
         mine = super().peak_memory()
         if not dist.is_initialized():
             return mine
-        gathered: list = [None] * dist.get_world_size()
-        with self._collective("the peak-memory all-gather"):
-            dist.all_gather_object(gathered, mine, group=self._host_group())
+        gathered = self.gather(mine, "the peak-memory all-gather")
         return {f"rank{r}/{k}": v for r, peaks in enumerate(gathered) for k, v in peaks.items()}
 
     def close(self):

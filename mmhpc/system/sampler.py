@@ -3,12 +3,20 @@
 Rate columns (CPU %, bytes/s) at row `t` cover the interval since the previous row. CPU % is per core
 (100 = one core busy), as in `top`. `rss_mb` sums RSS over the process and its children, so pages shared
 copy-on-write with DataLoader workers count once per process (PSS would be exact but costs a smaps read).
+
+GPU utilisation over a window comes from the driver's own timestamped samples (`nvmlDeviceGetSamples`,
+one every 1/6 to 1 s depending on the GPU), fetched at every poll and at every marker, not from the
+polled `nvmlDeviceGetUtilizationRates` (a 0.5 s poll gives an H200 epoch a handful of values); the polled
+value stays in the time series. The energy counter is read at each marker, so an epoch's energy is the
+counter's difference between its two markers, not between the polls around them. NVML gives no
+utilisation for a MIG slice: its utilisation is None, with a note, never the CPU's in its place.
 """
 from __future__ import annotations
 
 import json
 import math
 import os
+import re
 import sys
 import threading
 import time
@@ -83,9 +91,65 @@ def _torch_uuids() -> list[str] | None:
         if torch is None or not torch.cuda.is_initialized():
             return None
         uuids = [str(torch.cuda.get_device_properties(i).uuid) for i in range(torch.cuda.device_count())]
-        return [u if u[:4] in ("GPU-", "MIG-") else f"GPU-{u}" for u in uuids]  # MIG is retried in _handle
+        return [u if u[:4] in ("GPU-", "MIG-") else f"GPU-{u}" for u in uuids]  # MIG: nvml_handle tries both
     except Exception:
         return None
+
+
+def nvml_handle(nv, uuid: str):
+    """(UUID, NVML handle) of the GPU or MIG slice `uuid`, or None. torch formats UUIDs without the GPU-/MIG-
+    prefix, and MIG slices cannot be told apart by it: both prefixes are tried."""
+    bare = uuid.split("-", 1)[1] if uuid[:4] in ("GPU-", "MIG-") else uuid
+    for cand in dict.fromkeys([uuid, f"GPU-{bare}", f"MIG-{bare}"]):
+        try:
+            return cand, nv.nvmlDeviceGetHandleByUUID(cand)
+        except nv.NVMLError:
+            continue
+    return None
+
+
+_USED_HANDLES: dict = {}  # torch device -> NVML handle, for device_used_mib
+
+
+def device_used_mib(device) -> float | None:
+    """The memory NVML counts as used on a CUDA device, in MiB (every process and CUDA context on it, the
+    caching allocator's reserve included); None where NVML cannot tell."""
+    import torch
+
+    try:
+        import pynvml as nv
+
+        if device not in _USED_HANDLES:
+            nv.nvmlInit()  # reference-counted; kept open for the process (the handle stays valid)
+            found = nvml_handle(nv, str(torch.cuda.get_device_properties(device).uuid))
+            _USED_HANDLES[device] = None if found is None else found[1]
+        handle = _USED_HANDLES[device]
+        return None if handle is None else nv.nvmlDeviceGetMemoryInfo(handle).used / MiB
+    except Exception:  # no NVML library or driver, a device NVML does not know: not measured
+        return None
+
+
+def _sample_value(nv, value_type: int, sample) -> float:
+    """The number in an NVML sample's value union, by the value type the driver gave."""
+    field = {nv.NVML_VALUE_TYPE_DOUBLE: "dVal", nv.NVML_VALUE_TYPE_UNSIGNED_INT: "uiVal",
+             nv.NVML_VALUE_TYPE_UNSIGNED_LONG: "ulVal", nv.NVML_VALUE_TYPE_UNSIGNED_LONG_LONG: "ullVal",
+             nv.NVML_VALUE_TYPE_SIGNED_LONG_LONG: "sllVal", nv.NVML_VALUE_TYPE_SIGNED_INT: "siVal",
+             nv.NVML_VALUE_TYPE_UNSIGNED_SHORT: "usVal"}[value_type]
+    return float(getattr(sample.sampleValue, field))
+
+
+_GPU_KEY = re.compile(r"gpu(\d+)_(.+)")
+
+
+def merge_ranks(summaries: Sequence[dict]) -> dict:
+    """One window's summary of a DDP run from every rank's (each sampled its own GPU): rank 0's process
+    figures, and rank r's GPU figures as gpu<r>_..."""
+    out = {k: v for k, v in summaries[0].items() if not _GPU_KEY.fullmatch(k)}
+    for rank, summary in enumerate(summaries):
+        for k, v in summary.items():
+            if m := _GPU_KEY.fullmatch(k):
+                out[f"gpu{rank}_{m.group(2)}"] = v
+    return out
 
 
 class UtilSampler:
@@ -110,6 +174,10 @@ class UtilSampler:
         self._nv = None
         self._handles: list = []
         self._off: set[tuple[int, str]] = set()
+        self.mig: set[int] = set()  # sampled GPUs that are MIG slices (no utilisation from NVML)
+        self._driver: dict[int, list[tuple[float, float]]] = {}  # gpu -> [(t, util %)] of the driver's samples
+        self._driver_seen: dict[int, int] = {}  # gpu -> timestamp (us) of the last driver sample fetched
+        self._energy_at: dict[str, dict[int, float]] = {}  # marker label -> {gpu: energy counter, mJ}
         self._cost_wall = self._cost_cpu = 0.0
         self._n_cost = 0
 
@@ -128,6 +196,7 @@ class UtilSampler:
             raise
         self.columns = ["t"] + HOST_COLUMNS + [f"gpu{i}_{m}" for i in self.gpus for m in GPU_METRICS]
         self._t0, self.start_time = time.monotonic(), time.time()
+        self._driver_seen = {i: int(self.start_time * 1e6) for i in self._driver}  # none from before the start
         self._prime()
         if background:
             self._thread = threading.Thread(target=self._run, name="mmhpc-util-sampler", daemon=True)
@@ -170,7 +239,11 @@ class UtilSampler:
         """Record an event marker ("epoch 3 start"); returns its `t`."""
         if not self._started:
             raise RuntimeError("UtilSampler.mark() before start()")
-        t = time.monotonic() - self._t0
+        with self._sampling:  # the boundary's driver samples and energy, read now (not at the next poll)
+            t = time.monotonic() - self._t0
+            if self._handles:
+                self._fetch_driver_samples()
+                self._energy_at[str(label)] = self._energy_now()
         with self._lock:
             self.markers.append((t, str(label)))
         return t
@@ -217,27 +290,65 @@ class UtilSampler:
                 d = visible.index(d)
             if not 0 <= d < len(visible):
                 raise ValueError(f"device {d} out of range: {len(visible)} visible GPU(s)")
-            found = self._handle(visible[d])
-            if found is not None:
-                self.gpus[d], handle = found
-                self._handles.append(handle)
-                try:
-                    name = nv.nvmlDeviceGetName(handle)
-                    self.energy_scope[d] = energy_scope(name.decode() if isinstance(name, bytes) else name)
-                except nv.NVMLError as e:
-                    self.energy_scope[d] = "gpu"
-                    self._note(f"gpu{d} name: {e}")
-
-    def _handle(self, uuid: str):
-        # torch formats UUIDs without the GPU-/MIG- prefix, and MIG slices cannot be told apart by it: try both.
-        bare = uuid.split("-", 1)[1] if uuid[:4] in ("GPU-", "MIG-") else uuid
-        for cand in dict.fromkeys([uuid, f"GPU-{bare}", f"MIG-{bare}"]):
-            try:
-                return cand, self._nv.nvmlDeviceGetHandleByUUID(cand)
-            except self._nv.NVMLError:
+            found = nvml_handle(nv, visible[d])
+            if found is None:
+                self._note(f"gpu {visible[d]}: no NVML handle")
                 continue
-        self._note(f"gpu {uuid}: no NVML handle")
-        return None
+            self.gpus[d], handle = found
+            self._handles.append(handle)
+            try:
+                name = nv.nvmlDeviceGetName(handle)
+                self.energy_scope[d] = energy_scope(name.decode() if isinstance(name, bytes) else name)
+            except nv.NVMLError as e:
+                self.energy_scope[d] = "gpu"
+                self._note(f"gpu{d} name: {e}")
+            if self._is_mig(handle):
+                self.mig.add(d)
+                self._off.add((d, "util_pct"))
+                self._note(f"gpu{d} util_pct: unavailable, a MIG slice (NVML has no utilisation for MIG devices)")
+            else:
+                self._driver[d] = []
+
+    def _is_mig(self, handle) -> bool:
+        try:
+            return bool(self._nv.nvmlDeviceIsMigDeviceHandle(handle))
+        except self._nv.NVMLError:  # a driver without MIG
+            return False
+
+    def _fetch_driver_samples(self) -> None:
+        """Append the driver's utilisation samples newer than the last fetched (its buffer holds the last
+        few seconds' worth, so a poll every interval_s loses none)."""
+        nv = self._nv
+        for i, h in zip(self.gpus, self._handles):
+            if i not in self._driver or (i, "driver_util") in self._off:
+                continue
+            try:
+                vtype, samples = nv.nvmlDeviceGetSamples(h, nv.NVML_GPU_UTILIZATION_SAMPLES, self._driver_seen[i])
+            except nv.NVMLError_NotFound:  # no sample since the last fetch
+                continue
+            except (nv.NVMLError_NotSupported, nv.NVMLError_NoPermission, nv.NVMLError_FunctionNotFound) as e:
+                self._off.add((i, "driver_util"))
+                self._note(f"gpu{i} driver utilisation samples: {e}; the polled values stand in")
+                continue
+            except nv.NVMLError as e:
+                self._note(f"gpu{i} driver utilisation samples: {e}")
+                continue
+            new = sorted((s.timeStamp, _sample_value(nv, vtype, s)) for s in samples
+                         if s.timeStamp > self._driver_seen[i])
+            if new:
+                self._driver_seen[i] = new[-1][0]
+                with self._lock:
+                    self._driver[i] += [(ts / 1e6 - self.start_time, v) for ts, v in new]
+
+    def _energy_now(self) -> dict[int, float]:
+        out = {}
+        for i, h in zip(self.gpus, self._handles):
+            if (i, "energy_mj") not in self._off:
+                try:
+                    out[i] = float(self._nv.nvmlDeviceGetTotalEnergyConsumption(h))
+                except self._nv.NVMLError as e:
+                    self._note(f"gpu{i} energy_mj: {e}")
+        return out
 
     def _gpu_values(self) -> list[float]:
         nv, out = self._nv, []
@@ -355,6 +466,8 @@ class UtilSampler:
         row = (now - self._t0, 100.0 * cpu_s / dt, rss / MiB, n_kids,
                100.0 * dbusy / dtotal if dtotal > 0 else math.nan, *rates,
                *(self._gpu_values() if self._handles else ()))
+        if self._handles:
+            self._fetch_driver_samples()
         self._t_prev, self._sys_prev = now, (busy, total)
         with self._lock:
             self._rows.append(row)
@@ -387,7 +500,9 @@ class UtilSampler:
 
     def summary(self, t0: float | str | None = None, t1: float | str | None = None) -> dict:
         """Mean and peak of each metric over samples with t0 <= t <= t1 (seconds or marker labels), plus
-        `gpu{i}_energy_j` from the energy counter, measured from the last sample at or before t0."""
+        `gpu{i}_energy_j` from the energy counter: between the readings taken at two markers, else from the
+        last sample at or before t0. GPU utilisation from the driver's samples in the window where the
+        driver gives them (`gpu{i}_util_samples` counts the values behind the mean, driver's or polled)."""
         df = self.samples
         a, b = self._when(t0, -math.inf), self._when(t1, math.inf)
         win = df[(df.t >= a) & (df.t <= b)]
@@ -406,7 +521,23 @@ class UtilSampler:
             else:
                 out[f"{col}_mean"] = num(win[col].mean()) if len(win) else None
                 out[f"{col}_peak"] = num(win[col].max()) if len(win) else None
+        for i in self.gpus:
+            out.update(self._util(i, win, a, b))
+            marked = [self._energy_at.get(t) for t in (t0, t1) if isinstance(t, str)]
+            if len(marked) == 2 and all(i in e for e in marked):
+                out[f"gpu{i}_energy_j"] = (marked[1][i] - marked[0][i]) / 1000.0
         return out
+
+    def _util(self, i: int, win: pd.DataFrame, a: float, b: float) -> dict:
+        key = f"gpu{i}_util_pct"
+        if i in self.mig:
+            return {f"{key}_mean": None, f"{key}_peak": None, f"gpu{i}_util_samples": 0}
+        if i in self._driver and (i, "driver_util") not in self._off:
+            with self._lock:
+                values = [v for t, v in self._driver[i] if a <= t <= b]
+            return {f"{key}_mean": sum(values) / len(values) if values else None,
+                    f"{key}_peak": max(values) if values else None, f"gpu{i}_util_samples": len(values)}
+        return {f"gpu{i}_util_samples": int(win[key].notna().sum())}
 
     def save(self, path: str | os.PathLike) -> Path:
         """Write the time series as CSV and, next to it, `<stem>.markers.json` (markers, notes, devices)."""
@@ -415,7 +546,9 @@ class UtilSampler:
         meta = {"interval_s": self.interval_s, "start_time": self.start_time, "pid": self.pid,
                 "gpus": {str(k): v for k, v in self.gpus.items()}, "notes": self.notes,
                 "energy_scope": {str(k): v for k, v in self.energy_scope.items()},
-                "markers": [{"t": t, "label": label} for t, label in self.markers]}
+                "markers": [{"t": t, "label": label} for t, label in self.markers],
+                "energy_mj_at_markers": self._energy_at,
+                "driver_util_samples": {str(k): v for k, v in self._driver.items()}}  # [t, util %]
         _atomic_write(path, self.samples.to_csv(index=False))
         _atomic_write(path.with_suffix(".markers.json"), json.dumps(meta, indent=1))
         return path

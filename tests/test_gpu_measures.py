@@ -1,0 +1,284 @@
+"""What the trainer measures on a GPU, driven on the CPU with fakes of CUDA events and NVML (tests/fakes_gpu.py):
+GPU idle between steps, epoch time with the strategies' own passes, driver utilisation samples, energy at
+epoch boundaries, MIG, every DDP rank's GPU, memory beyond the allocator's peak, and the host syncs of a step."""
+from __future__ import annotations
+
+import contextlib
+import time
+
+import pytest
+import torch
+from fakes_gpu import FakeNvml, FakeStream
+
+from mmhpc.models.encoders import TextEncoder
+from mmhpc.results import Epoch, EpochTime, RunRecord
+from mmhpc.system import parallel
+from mmhpc.system.idle import StepGaps
+from mmhpc.system.sampler import UtilSampler, device_used_mib, merge_ranks
+from mmhpc.train import Trainer, train
+
+CUDA = torch.device("cuda", 0)
+
+
+@pytest.fixture
+def nvml(monkeypatch):
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    return FakeNvml(monkeypatch)
+
+
+@contextlib.contextmanager
+def no_host_reads(monkeypatch):
+    """Fail on any read of a tensor's value by the host (on a GPU each one waits for the device's queue)."""
+    def refuse(name):
+        def read(self, *a, **k):
+            raise AssertionError(f"host read of a tensor: Tensor.{name}")
+        return read
+
+    with monkeypatch.context() as m:
+        for name in ("item", "tolist", "__bool__", "__float__", "__int__"):
+            m.setattr(torch.Tensor, name, refuse(name))
+        yield
+
+
+# ---- item 7: GPU idle between steps from CUDA events --------------------------------------------------------
+
+def test_gpu_idle_is_zero_while_the_gpu_has_work_queued_though_the_host_waited(monkeypatch):
+    gpu = FakeStream().install(monkeypatch)
+    gaps = StepGaps(CUDA)
+    for _ in range(5):  # the host waits 50 ms for each batch, the GPU works 100 ms per step: never idle
+        gpu.run(host_s=0.05)
+        gaps.start()
+        gpu.run(gpu_s=0.1)
+        gaps.end()
+    assert gaps.idle_s() == pytest.approx(0.0, abs=1e-9)
+
+
+def test_gpu_idle_is_the_gpu_timeline_gap_between_steps(monkeypatch):
+    gpu = FakeStream().install(monkeypatch)
+    gaps = StepGaps(CUDA)
+    for _ in range(5):  # 50 ms data wait, 10 ms of GPU work: the GPU idles 40 ms between two steps
+        gpu.run(host_s=0.05)
+        gaps.start()
+        gpu.run(host_s=0.001, gpu_s=0.01)  # queuing the work takes the host 1 ms
+        gaps.end()
+    assert gaps.idle_s() == pytest.approx(4 * (0.05 - 0.01), rel=1e-9)  # 4 gaps between 5 steps
+
+
+def test_no_gpu_idle_figure_off_cuda():
+    gaps = StepGaps(torch.device("cpu"))
+    gaps.start()
+    gaps.end()
+    assert gaps.idle_s() is None
+
+
+# ---- items 7, 8, 12 through the trainer on the CPU --------------------------------------------------------------
+
+@pytest.mark.slow
+def test_epoch_time_includes_the_strategy_passes_and_the_best_state_copy(tiny_config, monkeypatch):
+    from mmhpc.strategies.pmr import PMR
+
+    original = PMR.compute_prototypes
+
+    def slow_prototypes(self, epoch):
+        time.sleep(0.3)
+        return original(self, epoch)
+
+    monkeypatch.setattr(PMR, "compute_prototypes", slow_prototypes)
+    rec = train(tiny_config("cremad", "strategy.name=pmr", "system.sample_interval=0"), progress=False)
+    t = rec.epochs[0].time
+    passes = t.train_loader_init_s + t.train_s + t.val_loader_init_s + t.val_s
+    assert t.strategy_s >= 0.3
+    assert t.epoch_s == pytest.approx(passes + t.strategy_s)
+    assert t.train_gpu_idle_s is None and t.train_data_wait_s is not None  # the CPU: the host's figure only
+
+
+@pytest.mark.slow
+def test_gradient_blending_held_out_pass_is_in_the_epoch(tiny_config, monkeypatch):
+    from mmhpc.strategies.multiloss import GradientBlending
+
+    original = GradientBlending.held_out_losses
+
+    def slow(self):
+        time.sleep(0.3)
+        return original(self)
+
+    monkeypatch.setattr(GradientBlending, "held_out_losses", slow)
+    rec = train(tiny_config("cremad", "strategy.name=gradient_blending", "system.sample_interval=0"), progress=False)
+    assert rec.epochs[0].time.strategy_s >= 0.3
+
+
+@pytest.mark.slow
+def test_train_timer_starts_after_a_synchronize_and_copies_skip_the_index(tiny_config, monkeypatch):
+    trainer = Trainer(tiny_config("cremad", "loader.pin_memory=false", "system.sample_interval=0"), progress=False)
+    events, copies = [], []
+    sync, to_device, loader = trainer.par.synchronize, trainer.par.to_device, trainer.loaders["train"]
+    epoch = loader.epoch
+    monkeypatch.setattr(trainer.par, "synchronize", lambda: (events.append("sync"), sync())[1])
+    monkeypatch.setattr(loader, "epoch", lambda e: (events.append("train iterator"), epoch(e))[1])
+
+    def spy(batch, non_blocking=False):
+        copies.append((sorted(batch), non_blocking))
+        return to_device(batch, non_blocking)
+
+    monkeypatch.setattr(trainer.par, "to_device", spy)
+    try:
+        trainer._start_sampler()
+        trainer._epoch(0)
+    finally:
+        trainer.close()
+    assert events[events.index("train iterator") - 1] == "sync"
+    assert copies and all("index" not in keys and non_blocking for keys, non_blocking in copies)
+
+
+# ---- item 9: driver samples, energy at markers, MIG, DDP ranks ----------------------------------------------
+
+def test_utilisation_from_driver_samples_and_energy_read_at_the_markers(nvml):
+    gpu = nvml.add("GPU-11111111-2222-3333-4444-555555555555", power_w=300.0)
+    s = UtilSampler(60.0).start(background=False)  # no poll between the markers but one
+    try:
+        s.mark("epoch 0 start")
+        time.sleep(0.25)
+        s.sample_now()
+        time.sleep(0.25)
+        s.mark("epoch 0 end")
+        out = s.summary("epoch 0 start", "epoch 0 end")
+    finally:
+        s.stop()
+    a, b = (t for t, _ in s.markers)
+    inside = [v for ts, v in gpu.samples_served if a <= ts / 1e6 - s.start_time <= b]
+    assert len(inside) >= 10  # a 0.5 s window at 20 ms per driver sample; one polled value
+    assert out["gpu0_util_samples"] == len(inside)
+    assert out["gpu0_util_pct_mean"] == pytest.approx(sum(inside) / len(inside))
+    assert out["gpu0_util_pct_peak"] == max(inside)
+    start, _poll, end = gpu.energy_reads[:3]  # the counter read at each marker, not at the polls around them
+    assert out["gpu0_energy_j"] == pytest.approx((end - start) / 1000.0)
+
+
+def test_driver_samples_fetched_at_polls_are_not_lost_nor_counted_twice(nvml):
+    gpu = nvml.add("GPU-aaaa", period_s=0.01)
+    s = UtilSampler(60.0).start(background=False)
+    try:
+        for _ in range(4):
+            time.sleep(0.05)
+            s.sample_now()
+        s.mark("end")
+    finally:
+        s.stop()
+    times = [t for t, _ in s._driver[0]]
+    assert len(times) == len(set(times)) == len([ts for ts, _ in gpu.samples_served if ts / 1e6 >= s.start_time])
+
+
+def test_a_mig_slice_has_no_utilisation_and_says_so(nvml):
+    nvml.add("MIG-12345678-aaaa-bbbb-cccc-123456789012", mig=True)
+    with UtilSampler(60.0) as s:
+        s.mark("a")
+        s.sample_now()
+        s.mark("b")
+        out = s.summary("a", "b")
+    assert s.mig == {0}
+    assert out["gpu0_util_pct_mean"] is None and out["gpu0_util_samples"] == 0
+    assert out["gpu0_mem_mb_mean"] == pytest.approx(1000.0)  # memory still reads on a MIG slice
+    assert any("MIG" in n and "util" in n for n in s.notes)
+
+
+def test_report_does_not_put_cpu_utilisation_in_place_of_a_mig_gpu():
+    from mmhpc.report.load import _measurements
+
+    util = {"gpu0_util_pct_mean": None, "gpu0_mem_mb_mean": 900.0, "cpu_proc_pct_mean": 97.0}
+    times = EpochTime(train_loader_init_s=0, train_s=1, val_loader_init_s=0, val_s=1, epoch_s=2)
+    rec = RunRecord(run="r", status="done", config={}, epochs=[Epoch(epoch=0, time=times, util=util)],
+                    summary={"test": {"acc/fused": 0.5}})
+    out = _measurements(rec)
+    assert out.get("util_kind") != "CPU" and out.get("util_pct") is None
+
+
+def test_every_ddp_rank_samples_its_own_gpu(nvml, monkeypatch, tiny_config):
+    for i in range(2):
+        nvml.add(f"GPU-{i}{i}{i}{i}")
+
+    class Rank1:
+        world, rank, is_main = 2, 1, False
+        gathered = []
+
+        def gather(self, obj):  # rank 0 sampled GPU 0 of its node
+            self.gathered.append(obj)
+            return [{0: "GPU-0000"} if isinstance(obj, dict) and 1 in obj else {"gpu0_util_pct_mean": 11.0}, obj]
+
+    trainer = Trainer.__new__(Trainer)
+    trainer.cfg, trainer.par, trainer.device = tiny_config("cremad", "system.sample_interval=60"), Rank1(), \
+        torch.device("cuda", 1)
+    trainer._start_sampler()
+    try:
+        assert trainer.sampler.gpus == {1: "GPU-1111"}  # its own GPU only, not the node's
+        assert trainer.sampled_gpus == {0: "GPU-0000", 1: "GPU-1111"}
+        mark = trainer.sampler.mark("epoch 0 start")
+        util = trainer._sampled(mark, 0)
+    finally:
+        trainer.sampler.stop()
+    assert util["gpu0_util_pct_mean"] == 11.0 and "gpu1_util_pct_mean" in util  # rank r's GPU as gpu<r>
+
+
+def test_merge_ranks_names_each_ranks_gpu_by_its_rank():
+    ranks = [{"cpu_proc_pct_mean": 90.0, "gpu0_util_pct_mean": 50.0, "n_samples": 3},
+             {"cpu_proc_pct_mean": 80.0, "gpu0_util_pct_mean": 70.0, "gpu0_energy_j": 5.0}]
+    assert merge_ranks(ranks) == {"cpu_proc_pct_mean": 90.0, "n_samples": 3, "gpu0_util_pct_mean": 50.0,
+                                  "gpu1_util_pct_mean": 70.0, "gpu1_energy_j": 5.0}
+
+
+# ---- item 10: memory: allocated, reserved, device-level used ----------------------------------------------------
+
+def test_peak_memory_has_reserved_and_nvml_used_beside_allocated(nvml, monkeypatch):
+    nvml.add("GPU-abcdef01-0000-0000-0000-000000000000", used_mib=3072.0)
+
+    class Props:
+        uuid = "abcdef01-0000-0000-0000-000000000000"  # torch's format: no GPU- prefix
+
+    reset = []
+    monkeypatch.setattr(torch.cuda, "max_memory_allocated", lambda d: 1024 * 2 ** 20)
+    monkeypatch.setattr(torch.cuda, "max_memory_reserved", lambda d: 2048 * 2 ** 20)
+    monkeypatch.setattr(torch.cuda, "reset_peak_memory_stats", reset.append)
+    monkeypatch.setattr(torch.cuda, "get_device_properties", lambda d: Props)
+    monkeypatch.setattr("mmhpc.system.sampler._USED_HANDLES", {})
+    par = parallel.Single(None)
+    par.device = CUDA
+    assert par.peak_memory() == {"cuda:0_peak_mib": 1024.0, "cuda:0_reserved_peak_mib": 2048.0,
+                                 "cuda:0_device_used_mib": 3072.0}
+    assert reset == [CUDA]
+
+
+def test_device_used_is_none_without_nvml(monkeypatch):
+    import pynvml
+
+    def absent():
+        raise pynvml.NVMLError(pynvml.NVML_ERROR_LIBRARY_NOT_FOUND)
+
+    monkeypatch.setattr(pynvml, "nvmlInit", absent)
+    monkeypatch.setattr("mmhpc.system.sampler._USED_HANDLES", {})
+    assert device_used_mib(CUDA) is None
+
+
+# ---- item 12: host syncs of a step ----------------------------------------------------------------------------
+
+def test_mlb_step_reads_nothing_back_to_the_host(monkeypatch):
+    from test_strategies import batch, strategy
+
+    s = strategy("mlb", "train.lr=0.1", "strategy.params={alpha: 2.0, beta_max: 3.0}")
+    x, y = batch()
+    s.model.train()
+    s.begin_epoch(0)
+    with no_host_reads(monkeypatch):
+        s.train_step(x, y)
+
+
+@pytest.mark.parametrize("attention", ["sdpa", "eager"])
+def test_text_encoder_forward_reads_nothing_back_and_masks_as_before(monkeypatch, attention):
+    torch.manual_seed(0)
+    enc = TextEncoder("tiny", 16, 100).eval()
+    enc.net.config._attn_implementation = attention
+    ids = torch.randint(3, 100, (4, 16))
+    mask = torch.ones(4, 16, dtype=torch.long)
+    mask[:, 10:] = 0
+    expected = enc.net(input_ids=ids, attention_mask=mask).last_hidden_state[:, 0]  # transformers' own masking
+    with no_host_reads(monkeypatch):
+        got = enc(torch.stack([ids, mask], 1))
+    assert torch.allclose(got, expected, atol=1e-6)
