@@ -471,12 +471,15 @@ def test_ddp_records_the_peak_memory_of_every_rank(tiny_config, monkeypatch, tmp
     import torch.distributed as dist
 
     monkeypatch.setattr(torch.cuda, "max_memory_allocated", lambda d: 3 * 2 ** 20)
+    monkeypatch.setattr(torch.cuda, "max_memory_reserved", lambda d: 4 * 2 ** 20)
     monkeypatch.setattr(torch.cuda, "reset_peak_memory_stats", lambda d: None)
+    monkeypatch.setattr("mmhpc.system.sampler.device_used_mib", lambda d: 5.0)  # NVML: tests/test_gpu_measures.py
     par = parallel.build(tiny_config("cremad", "system.parallelism=ddp"))
     par.device = torch.device("cuda", 0)
     dist.init_process_group("gloo", store=dist.FileStore(str(tmp_path / "store"), 1), rank=0, world_size=1)
     try:
-        assert par.peak_memory() == {"rank0/cuda:0_peak_mib": 3.0}
+        assert par.peak_memory() == {"rank0/cuda:0_peak_mib": 3.0, "rank0/cuda:0_reserved_peak_mib": 4.0,
+                                     "rank0/cuda:0_device_used_mib": 5.0}
     finally:
         par.close()
     assert not dist.is_initialized()
