@@ -282,3 +282,22 @@ def test_text_encoder_forward_reads_nothing_back_and_masks_as_before(monkeypatch
     with no_host_reads(monkeypatch):
         got = enc(torch.stack([ids, mask], 1))
     assert torch.allclose(got, expected, atol=1e-6)
+
+
+def test_report_shows_the_gpu_idle_beside_the_hosts_data_wait(tmp_path):
+    from test_report import record, write
+
+    from mmhpc.report.load import load_results
+    from mmhpc.report.tables import build_tables
+
+    for p, idle, gpu_idle in ((1, 0.76, 0.05), (2, 0.72, 0.0)):
+        rec = record(f"prefetch-{p}", [99.0, 9.0], loader={"num_workers": 16, "prefetch_factor": p},
+                     waits=[5.0, idle])
+        for e in rec["epochs"]:
+            e["time"]["train_gpu_idle_s"] = gpu_idle
+        write(tmp_path, rec)
+    tables, _ = build_tables(load_results(tmp_path).runs)
+    (prefetch,) = (t for t in tables if t.name == "loader-prefetch")
+    frame = prefetch.frame.set_index("Prefetch factor")
+    assert list(frame["Idle time (s)"]) == ["0.760", "0.720"] and list(frame["GPU idle (s)"]) == ["0.050", "0.000"]
+    assert "CUDA events" in prefetch.caption

@@ -189,6 +189,8 @@ def _measurements(rec: RunRecord) -> dict:
         util = _mean_util([e.util for e in measured])
     waits = [e.time.train_data_wait_s for e in measured if e.time.train_data_wait_s is not None]
     out["idle_s"] = float(np.mean(waits)) if waits else None
+    gaps = [e.time.train_gpu_idle_s for e in measured if e.time.train_gpu_idle_s is not None]
+    out["gpu_idle_s"] = float(np.mean(gaps)) if gaps else None  # the GPU's own idle between steps
     out["n_epochs"] = len(measured) or None
     gpu = [v for k, v in util.items() if re.fullmatch(r"gpu\d+_util_pct_mean", k)]
     if gpu:
@@ -267,7 +269,7 @@ def _hashable(v):
 def _tidy(rows: list[dict]) -> pd.DataFrame:
     df = pd.DataFrame(rows)
     for col in ("time_epoch_s", "time_train_s", "util_pct", "util_kind", "host", "cluster", "ibf", "n_epochs",
-                "idle_s", "warmup_epochs", "na_reason"):
+                "idle_s", "gpu_idle_s", "warmup_epochs", "na_reason"):
         if col not in df:
             df[col] = np.nan if col not in ("util_kind", "host", "cluster", "na_reason") else None
     df["reason"] = df["reason"].fillna("")

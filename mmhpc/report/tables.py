@@ -418,8 +418,9 @@ NEAR_BEST = 0.05  # a setting within 5 % of the best measured one counts as good
 
 
 def _knob_rows(runs: pd.DataFrame, knob: str, metric: str, header: str, notes: Notes, fmt=fmt_time,
-               value_name=str):
-    """One row per value of `knob` within each setting where it varies: [(key cells, value, cell, row)]."""
+               value_name=str, beside: tuple = ()):
+    """One row per value of `knob` within each setting where it varies: [(key cells, value, cell, row)];
+    `beside`: (metric, header) pairs shown next to it where any run has them."""
     ctx = context_columns(runs, (knob,))
     rows = []
     for key, group in row_groups(runs, ctx):
@@ -430,6 +431,7 @@ def _knob_rows(runs: pd.DataFrame, knob: str, metric: str, header: str, notes: N
             hit = group[group[knob].isna()] if v is None or pd.isna(v) else group[group[knob] == v]
             c = cell(hit, metric, notes)
             row = {**_key_cells(ctx, key), _label(knob): value_name(v), header: fmt_mean_se(c, fmt)}
+            row.update({h: fmt_mean_se(cell(hit, m, notes), fmt) for m, h in beside if m in runs and runs[m].notna().any()})
             rows.append((key, v, c, row))
     return ctx, rows
 
@@ -484,7 +486,8 @@ def loader_knob_tables(runs: pd.DataFrame) -> list[Table]:
             continue
         runs = of_sweeps_varying(all_runs, [knob])
         notes = Notes()
-        ctx, rows = _knob_rows(runs, knob, metric, header, notes, fmt, value_name)
+        beside = (("gpu_idle_s", "GPU idle (s)"),) if metric == "idle_s" else ()
+        ctx, rows = _knob_rows(runs, knob, metric, header, notes, fmt, value_name, beside)
         if not rows:
             continue
         # a setting's recommendation: the cheapest value as good as the best (idle: within 5 % or 10 ms)
@@ -502,7 +505,8 @@ def loader_knob_tables(runs: pd.DataFrame) -> list[Table]:
                     "loader's next(), first batch excluded: that is initialisation, Table 2.8), averaged over "
                     "the measured epochs. PyTorch cannot run prefetch factor 0 with workers: its row is "
                     "estimated as thesis Appendix A.2.1 (Alg. 7), from a pass over the epoch with prefetch "
-                    "factor 1 and no work in the loop.")
+                    "factor 1 and no work in the loop. GPU idle (GPU runs): the GPU's own idle time between "
+                    "training steps, from CUDA events (the host's wait overstates it by the work queued).")
             rule = (f"Recommended: the smallest prefetch factor whose idle time is within {NEAR_BEST:.0%} (or "
                     "10 ms) of the least measured")
         else:
