@@ -292,7 +292,7 @@ def test_report_shows_the_gpu_idle_beside_the_hosts_data_wait(tmp_path):
 
     for p, idle, gpu_idle in ((1, 0.76, 0.05), (2, 0.72, 0.0)):
         rec = record(f"prefetch-{p}", [99.0, 9.0], loader={"num_workers": 16, "prefetch_factor": p},
-                     waits=[5.0, idle])
+                     waits=[idle, idle])
         for e in rec["epochs"]:
             e["time"]["train_gpu_idle_s"] = gpu_idle
         write(tmp_path, rec)
