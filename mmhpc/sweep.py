@@ -288,24 +288,19 @@ def expand(spec: dict, profile: ClusterProfile, size: str | None = None, runs_di
         for combo in itertools.product(*groups, [{"train.seed": s} for s in seeds]):
             axes = {k: v for part in combo for k, v in part.items()}
             raw: dict = {}
-            apply_overrides(raw, SWEEP_DEFAULTS)
-            apply_overrides(raw, spec.get("base") or {})
-            apply_overrides(raw, block.get("base") or {})
-            if size == "tiny":
-                apply_overrides(raw, {**TINY_DEFAULTS, **((spec.get("tiny") or {}).get("base") or {})})
-            apply_overrides(raw, profile.overrides)
-            apply_overrides(raw, overrides or {})
+            bad: list[str] = []  # keys that name no field (`base: {lrr: 1}`): the run's first problems
+            for source in (SWEEP_DEFAULTS, spec.get("base"), block.get("base"),
+                           {**TINY_DEFAULTS, **((spec.get("tiny") or {}).get("base") or {})} if size == "tiny" else {},
+                           profile.overrides, overrides, {k: v for k, v in axes.items()
+                                                          if not k.startswith("resources.")}):
+                _apply(raw, source, bad)
             request = dict(resources_req)
-            for k, v in axes.items():
-                if k.startswith("resources."):
-                    request[k.split(".", 1)[1]] = v
-                else:
-                    apply_overrides(raw, {k: v})
+            request.update({k.split(".", 1)[1]: v for k, v in axes.items() if k.startswith("resources.")})
             _fill_data_root(raw)
             run_name = _run_name(block.get("name"), axes, name)
             owned = [f"output.{k}" for k in (raw.get("output") or {}) if f"output.{k}" in SWEEP_OWNED]
             apply_overrides(raw, {"output.name": run_name, "output.runs_dir": str(runs_dir), "output.overwrite": False})
-            run = PlannedRun(len(runs), run_name, axes, raw, request)
+            run = PlannedRun(len(runs), run_name, axes, raw, request, problems=bad)
             run.problems += [f"{k}: set by the sweep (one record per run, named after its axis values, never "
                              "overwritten); remove it" for k in owned]
             _validate(run, profile)
@@ -364,6 +359,16 @@ def _axis_groups(spec: dict, block: dict, cluster_gpus: list[str] = ()) -> list[
         if zipped:
             groups.append([dict(zip(zipped, row)) for row in zip(*zipped.values())])
     return groups
+
+
+def _apply(raw: dict, overrides: list[str] | dict | None, problems: list[str]) -> None:
+    """Apply overrides one by one; a key that cannot be applied is a problem, and the others still apply."""
+    items = overrides or {}
+    for item in (items if isinstance(items, list) else [{k: v} for k, v in items.items()]):
+        try:
+            apply_overrides(raw, [item] if isinstance(item, str) else item)
+        except ConfigError as e:
+            problems += e.problems
 
 
 def _known_axis(key: str) -> str | None:
