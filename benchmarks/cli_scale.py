@@ -90,8 +90,11 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--runs", type=int, default=10000, help="runs of the sweep (a multiple of 100)")
     p.add_argument("--repeat", type=int, default=3, help="repeats of the cheap commands (median shown)")
+    p.add_argument("--dir", default=None, help="an empty directory for the sweep and the fake scheduler "
+                                               "(default: a new temporary one)")
     args = p.parse_args()
-    root = Path(tempfile.mkdtemp(prefix="mmhpc-cli-scale-"))
+    root = Path(args.dir or tempfile.mkdtemp(prefix="mmhpc-cli-scale-"))
+    root.mkdir(parents=True, exist_ok=True)
     env = fake_scheduler(root)
     path = sweep_file(root, args.runs)
     results = root / "results"
