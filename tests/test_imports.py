@@ -144,7 +144,7 @@ def test_light_commands_import_no_torch(tmp_path, monkeypatch):
     sweep_dir, _ = hold_sweep(sweep, "local", "full", results=tmp_path / "results")
     (state / "queue").write_text("")  # the held jobs are in no queue: resume submits them once, then has none
     argvs = [["--help"], *([cmd, "--help"] for cmd in ("train", "bench", "config", "doctor", "report", "demo",
-                                                       "prepare", "clusters", "sweep")),
+                                                       "prepare", "clusters", "sweep", "strategies")),
              ["data", "synth", "--help"], *(["sweep", cmd, "--help"] for cmd in ("expand", "submit", "status",
                                                                                "resume")),
              ["clusters"], ["clusters", "alvis"], ["sweep", "status", str(sweep_dir.path)],
