@@ -37,8 +37,13 @@ demo: install
 demo-algorithms: install
 	$(VENV)/bin/mmhpc demo algorithms
 
+# the whole suite, then the coverage of the GPU-only code (gpucheck.py, mmhpc/system/: lines and functions
+# entered; the fake-CUDA tier, tests/test_gpu_fakes.py, reaches its CUDA branches on the CPU)
+COVERAGE_JSON = reports/out/coverage-gpu.json
 test: install system-deps
-	$(PY) -m pytest -q $(PYTEST_ARGS)
+	$(PY) -m pytest -q --cov=mmhpc.gpucheck --cov=mmhpc.system --cov-report=term \
+	  --cov-report=json:$(COVERAGE_JSON) $(PYTEST_ARGS); status=$$?; \
+	$(PY) env/coverage_functions.py $(COVERAGE_JSON); exit $$status
 
 # The fast tier (under 2 minutes on 2 cores): the linter, then everything but the slow and the SLURM tests.
 check: lint

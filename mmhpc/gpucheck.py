@@ -320,7 +320,8 @@ def _count_syncs(ck: Check, *overrides: str, steps: int = 3) -> list[str]:
     from mmhpc.metrics import MetricAccumulator
     from mmhpc.train import Trainer
 
-    trainer = Trainer(_tiny_config(ck, "loader.pin_memory=true", "system.deterministic=false", *overrides),
+    pin = str(ck.device.type == "cuda").lower()  # pinned batches, as sweeps run (not on the CPU tier)
+    trainer = Trainer(_tiny_config(ck, f"loader.pin_memory={pin}", "system.deterministic=false", *overrides),
                       progress=False)
     try:
         batches = iter(trainer.loaders["train"].epoch(0))

@@ -282,3 +282,108 @@ def test_item6_a_ddp_rank_that_dies_in_validation_is_named_by_the_others_at_once
     assert "ddp rank 1: the broadcast of rank 0's evaluation failed" in result["error"]
     assert "rank(s) 0 died or hang" in result["error"]
     assert result["seconds"] < 60
+
+
+# ---- item 13: every check and the CUDA branches of mmhpc/system/ on the fake GPU ----------------------
+
+def test_env_check_and_records_directory_name_the_fake_gpu(ck):
+    rec, line = gpucheck.check_env(ck)
+    assert rec["gpu"] == {"name": "NVIDIA H200", "capability": "9.0", "memory_gib": 141.0, "count": 1, "sms": 132}
+    assert line.startswith("NVIDIA H200, capability 9.0")
+    assert gpucheck.default_out() == Path("reports/results/h200")
+
+
+def test_child_process_entry_runs_one_check_and_writes_its_result(ck, tmp_path):
+    assert gpucheck.main(["--child", "env", "--out", str(tmp_path), "--workers", "1"]) == 0
+    res = json.loads((tmp_path / ".env.result.json").read_text())
+    assert res["status"] == "PASS" and res["record"]["gpu"]["name"] == "NVIDIA H200"
+
+
+def test_sync_counting_reports_what_cuda_says_synchronised(ck, fake):
+    assert gpucheck._count_syncs(ck, "strategy.name=naive", steps=1) == []
+    fake.sync_warnings = ["aten::item", "cudaMemcpyAsync"]
+    assert gpucheck._count_syncs(ck, "strategy.name=naive", steps=1) == [
+        "called a synchronizing CUDA operation: aten::item", "called a synchronizing CUDA operation: cudaMemcpyAsync"]
+    assert fake.sync_mode == "default"  # set back after the counted steps
+
+
+@pytest.mark.slow
+def test_item12_syncs_check_covers_every_strategy_and_a_text_run(ck):
+    from mmhpc.strategies import STRATEGIES
+
+    rec, line = gpucheck.check_syncs(ck)
+    assert set(rec["runs"]) == {f"cremad/{s}" for s in STRATEGIES} | {"mvsa/text+visual"}
+    assert all(r == {"host_syncs": 0, "messages": []} for r in rec["runs"].values()), rec
+    assert line.startswith(f"0 host synchronisations in 3 steps of each of {len(STRATEGIES) + 1} runs")
+
+
+def test_blp_check_compares_gradients_and_fails_without_a_stream_per_branch(ck):
+    # the fake GPU runs no kernels: the profiler finds none, which the check must call a failure
+    with pytest.raises(AssertionError, match=r"BLP kernels ran on 0 CUDA stream\(s\), expected one per branch"):
+        gpucheck.check_blp(ck)
+    events = [{"cat": "kernel", "args": {"stream": 7}}, {"cat": "kernel", "args": {"stream": 13}},
+              {"cat": "kernel", "args": {"stream": 7}}, {"cat": "cpu_op", "args": {}}, {"cat": "kernel", "tid": 3}]
+    assert gpucheck.trace_streams(events) == {"7": 2, "13": 1, "3": 1}
+
+
+def test_ddp_check_runs_its_steps_over_gloo_with_the_fake_gpu(ck):
+    rec, line = gpucheck.check_ddp(ck)
+    assert rec == {"backend": "gloo", "nccl_version": "2.27.3", "world_size": 1}
+    assert line == "NCCL 2.27.3: all-reduce and a DDP step in one process"
+
+
+@pytest.mark.slow
+def test_item14_trainer_check_runs_ddp_and_blp_bf16_preinit_and_lists_what_needs_two_gpus(ck):
+    rec, line = gpucheck.check_trainer(ck)
+    assert rec["ddp-1rank"]["status"] == "done" and rec["ddp-1rank"]["backend"] == "gloo"
+    assert rec["blp-bf16-preinit"]["status"] == "done"
+    assert rec["not_run"] == {"dp-2gpu": "needs two CUDA GPUs", "blp-2gpu": "needs two CUDA GPUs"}
+    assert ck.not_here == ["trainer: dp-2gpu", "trainer: blp-2gpu"]
+    assert "RANK" not in os.environ  # the 1-rank DDP run's variables are gone again
+
+
+def test_bench_figures_and_line_arithmetic():
+    rec = {f"visual/{p}": {"train_s_mean": t} for p, t in (("fp32", 4.0), ("tf32", 2.0), ("bf16", 1.0))}
+    assert gpucheck.bench_line(rec) == ("MVSA train s/epoch: visual fp32 4.0 s (1.00x), tf32 2.0 s (2.00x), "
+                                        "bf16 1.0 s (4.00x)")
+
+
+def test_checks_skip_when_their_time_budget_is_spent(ck):
+    ck.budget_s = 0
+    with pytest.raises(Skip, match="time budget spent") as e:
+        gpucheck.check_loader(ck)
+    assert not e.value.hardware  # on a GPU node: a FAIL
+    with pytest.raises(Skip, match="time budget spent"):
+        gpucheck.bench_precisions(ck, "mvsa", ["visual"])
+
+
+def test_single_run_on_the_fake_gpu_sets_its_device_synchronises_and_reads_peaks(tiny_config, monkeypatch):
+    fake = FakeCuda(monkeypatch, count=2)
+    fake.current = 1
+    par = parallel.build(tiny_config("cremad", "system.device=cuda"))
+    assert par.setup() == torch.device("cuda", 1) and fake.set_devices[-1][1] == torch.device("cuda", 1)
+    par.synchronize()
+    assert ("synchronize", torch.device("cuda", 1)) in fake.calls
+    assert par.peak_memory() == {"cuda:1_peak_mib": 3.0}
+    dp = parallel.build(tiny_config("cremad", "system.device=cuda", "system.parallelism=dp"))
+    assert dp.setup() == torch.device("cuda", 1)  # two GPUs: allowed
+    assert dp.compute_devices() == [torch.device("cuda", 0), torch.device("cuda", 1)]
+    assert parallel.blp_devices(torch.device("cuda", 0)) == [torch.device("cuda", 0), torch.device("cuda", 1)]
+
+
+def test_a_failed_collective_names_the_ranks_and_the_lost_rank_parser(tiny_config, tmp_path):
+    import torch.distributed as dist
+
+    par = parallel.build(tiny_config("cremad", "system.parallelism=ddp"))
+    dist.init_process_group("gloo", store=dist.FileStore(str(tmp_path / "store"), 1), rank=0, world_size=1)
+    try:
+        assert par.reduce({"acc": 0.5}, 10) == {"acc": 0.5} and par.broadcast("x") == "x"
+        with pytest.raises(RunError, match=r"ddp rank 0: the test collective failed \(Connection closed by "
+                                           r"peer\); every rank still answers"):
+            with par._collective("the test collective"):
+                raise RuntimeError("Connection closed by peer")
+    finally:
+        par.close()
+    assert parallel.re_ranks("[Rank 0]: Ranks 1, 3 failed to pass monitoredBarrier in 5000 ms") == ["0", "1", "3"]
+    assert parallel.re_ranks("Rank 1 successfully reached monitoredBarrier, but received errors while waiting "
+                             "for send/recv from rank 0.") == ["1", "0"]
