@@ -77,12 +77,13 @@ gpu-check:
 # node's `python3 --version` (major.minor).
 GPU_PYTHON_VERSION ?= 3.12
 GPU_PLATFORM ?= x86_64
+WHEELS_DIR ?= .whl
 GPU_WHEELS = pydantic PyYAML psutil tqdm pandas  # the wheels of mmhpc.gpucheck.WHEEL_MODULES
 gpu-wheels:
 	$(PYTHON) -m pip download -q --only-binary=:all: --implementation cp --python-version $(GPU_PYTHON_VERSION) \
-	  $(foreach t,manylinux_2_28 manylinux_2_17 manylinux2014,--platform $(t)_$(GPU_PLATFORM)) -d .whl \
+	  $(foreach t,manylinux_2_28 manylinux_2_17 manylinux2014,--platform $(t)_$(GPU_PLATFORM)) -d $(WHEELS_DIR) \
 	  $(shell grep -iE '^($(subst $(eval) ,|,$(GPU_WHEELS)))==' env/requirements.txt)
-	@ls .whl
+	@ls $(WHEELS_DIR)
 
 clean-venv:
 	rm -rf $(VENV)

@@ -131,3 +131,47 @@ def test_missing_modules_come_from_the_wheelhouse_with_their_dependencies_but_nu
         shutil.rmtree(target, ignore_errors=True)
     monkeypatch.setattr(gpucheck, "WHEEL_MODULES", ("pytest",))
     assert gpucheck.use_wheels(house) == ([], None)  # nothing missing: pip is not even run
+
+
+OLD_TYPING_EXTENSIONS = '''"""typing_extensions as a node's older torch stack brings it: the real module without what releases after
+4.12 added (Sentinel, which pydantic-core imports)."""
+import importlib.util as _util
+
+_spec = _util.spec_from_file_location("_real_typing_extensions", {real!r})
+_real = _util.module_from_spec(_spec)
+_spec.loader.exec_module(_real)
+globals().update({{k: v for k, v in vars(_real).items() if k not in ("Sentinel", "__name__", "__spec__")}})
+'''
+
+
+@pytest.mark.slow
+def test_wheels_route_runs_the_trainer_checks_on_a_bare_python_with_an_old_typing_extensions(tmp_path):
+    """A bare Python (no pydantic, pandas, psutil, ...) whose typing_extensions is older than pydantic's need,
+    and the real wheel set of `make gpu-wheels`: the wheels are installed consistently (pydantic with the
+    typing_extensions it needs, shadowing the node's) and the trainer's checks run."""
+    import typing_extensions
+
+    house = tmp_path / "whl"
+    fetched = subprocess.run(["make", "-s", "-C", str(REPO), "gpu-wheels", f"WHEELS_DIR={house}",
+                              f"PYTHON={sys.executable}", f"GPU_PYTHON_VERSION={sys.version_info.major}."
+                              f"{sys.version_info.minor}"], capture_output=True, text=True, timeout=600)
+    assert fetched.returncode == 0, fetched.stderr[-2000:]
+    assert any(f.name.startswith("pydantic-") for f in house.glob("*.whl"))
+    old = tmp_path / "old"
+    old.mkdir()
+    (old / "typing_extensions.py").write_text(OLD_TYPING_EXTENSIONS.format(real=typing_extensions.__file__))
+    env = _bare_python_env(tmp_path)
+    env["PYTHONPATH"] = f"{old}{os.pathsep}{env['PYTHONPATH']}"
+    probe = subprocess.run([sys.executable, "-c", "import torch, pydantic_core"],
+                           env={**env, "PYTHONPATH": f"{old}{os.pathsep}{REPO}"}, capture_output=True, text=True)
+    assert "Sentinel" in probe.stderr  # the simulated node: pydantic cannot import with its typing_extensions
+    out = tmp_path / "records"
+    proc = subprocess.run([sys.executable, "-m", "mmhpc.gpucheck", "--out", str(out), "--wheels", str(house),
+                           "--only", "env", "--only", "blp", "--only", "trainer"], cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stdout + proc.stderr[-3000:]
+    assert "gpu-check: installed from" in proc.stdout and "pydantic-2" in proc.stdout
+    assert "typing_extensions-4" in proc.stdout and "numpy" not in proc.stdout.split("installed from")[1].split("\n")[0]
+    status = {line.split()[1]: line.split()[0] for line in proc.stdout.splitlines() if line[:4] in ("PASS", "SKIP", "FAIL")}
+    assert status == {"env": "PASS", "blp": "PASS", "trainer": "PASS"}, proc.stdout
+    assert "not run for want of a second GPU: trainer: dp-2gpu, trainer: blp-2gpu" in proc.stdout
