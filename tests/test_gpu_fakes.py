@@ -165,13 +165,16 @@ def test_item3_on_a_gpu_node_a_check_that_cannot_run_fails(tmp_path, fake, monke
 
 def test_item4_two_ranks_on_one_visible_gpu_are_refused_naming_local_rank(monkeypatch):
     FakeCuda(monkeypatch, count=1)
-    env = {"LOCAL_RANK": "1", "LOCAL_WORLD_SIZE": "2", "CUDA_VISIBLE_DEVICES": "0"}
+    for k, v in {"LOCAL_RANK": "1", "LOCAL_WORLD_SIZE": "2", "CUDA_VISIBLE_DEVICES": "0"}.items():
+        monkeypatch.setenv(k, v)
+    monkeypatch.delenv("SLURM_GPUS_PER_TASK", raising=False)
     with pytest.raises(ConfigError, match=r"LOCAL_RANK 1 sees one GPU \(CUDA_VISIBLE_DEVICES=0\)"):
-        parallel.local_device(1, env)
+        parallel.local_device(1)
     with pytest.raises(ConfigError, match="LOCAL_RANK 0"):  # rank 0 of two on the node too
-        parallel.local_device(0, {"LOCAL_WORLD_SIZE": "2"})
+        parallel.local_device(0)
     # --gpus-per-task=1: each task its own GPU, ordinal 0 in every process
-    assert parallel.local_device(1, {"SLURM_GPUS_PER_TASK": "1"}) == torch.device("cuda", 0)
+    monkeypatch.setenv("SLURM_GPUS_PER_TASK", "1")
+    assert parallel.local_device(1) == torch.device("cuda", 0)
     assert parallel.local_device(0, {}) == torch.device("cuda", 0)  # one rank, one GPU
 
 
