@@ -470,7 +470,7 @@ def _trainer_run(ck: Check, name: str, *overrides: str, env: dict | None = None)
         raise AssertionError(f"{name}: the run ended {record.status}")
     epoch = record.epochs[-1]
     return {"status": record.status, "train_loss": epoch.train["loss/fused"], "val_acc": epoch.val["acc/fused"],
-            "epoch_s": epoch.time.get("epoch_s"), "device": record.env.get("device")}
+            "epoch_s": epoch.time.epoch_s, "device": record.env.device}
 
 
 def check_trainer(ck: Check) -> tuple[dict, str]:
