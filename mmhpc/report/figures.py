@@ -21,6 +21,7 @@ from mmhpc.report.tables import NAMES, Table, context_columns, row_groups, sort_
 
 PAGE = (11.69, 8.27)  # A4 landscape, inches
 PANELS = 6            # small multiples per page
+WIDE = 8              # a speedup panel of more settings than this gets a page of its own
 STD, OPT = "#8c8c8c", "#1f77b4"
 
 
@@ -131,7 +132,7 @@ def utilisation_figures(runs: pd.DataFrame) -> list[Figure]:
         for ax, (row, (data, markers, k)) in zip(axes, chunk):
             _shade_epochs(ax, markers)
             ax.plot(data["t"], data["util"], lw=1.0, color=OPT)
-            ax.set_title(run_label(row, cols, seeds), fontsize=10)
+            ax.set_title(_wrap(run_label(row, cols, seeds), 70), fontsize=8)
             ax.set_xlabel("time (s)", fontsize=9)
             ax.set_ylabel(f"{k} util (%)", fontsize=9)
             ax.tick_params(labelsize=8, labelleft=True)
@@ -194,9 +195,13 @@ def speedup_figures(tables: list[Table]) -> list[Figure]:
     """The speedups of every comparison table, one panel each, up to four panels a page on one y-axis; the
     thesis' value of the same cell as a black diamond where it has one."""
     panels = [(t, b) for t in tables if (b := _bars(t)) is not None]
+    # a table of many settings gets a page of its own; the others share pages, four panels each
+    pages = [[p] for p in panels if len(p[1][0]) > WIDE]
+    small = [p for p in panels if len(p[1][0]) <= WIDE]
+    pages += [small[i:i + 4] for i in range(0, len(small), 4)]
     figures = []
-    for start in range(0, len(panels), 4):
-        chunk = panels[start:start + 4]
+    for start, chunk in enumerate(pages):
+        wide = len(chunk) == 1 and len(chunk[0][1][0]) > WIDE
         smoke = [t.smoke for t, _ in chunk if t.smoke]
         fig, axes = page("Speedups (Eq. 4.1) against each table's baseline, with the thesis' values"
                          + (" [smoke test]" if smoke else ""),
@@ -204,9 +209,11 @@ def speedup_figures(tables: list[Table]) -> list[Figure]:
                          + "Bars: measured speedup over the baseline of the same row (above 1 is faster), from times "
                          "averaged without the warm-up epochs. Black diamonds: the thesis' speedup for the same "
                          "cell (its dataset, modalities, setting and batch size). Settings without a finished pair "
-                         "of runs are left out here; the tables show why.", 4)  # a quarter page each
+                         "of runs are left out here; the tables show why.", 1 if wide else 4)
         for ax in axes[len(chunk):]:
             ax.set_visible(False)
+        if wide:
+            fig.subplots_adjust(bottom=0.3)
         top = 1.0
         for ax, (table, (bars, thesis)) in zip(axes, chunk):
             n_rows, n_series = bars.shape
@@ -217,7 +224,7 @@ def speedup_figures(tables: list[Table]) -> list[Figure]:
                 pos = x + (i - (n_series - 1) / 2) * width
                 ax.bar(pos, np.nan_to_num(vals), width, label=str(col))
                 for p, v in zip(pos, vals):
-                    if np.isfinite(v):
+                    if np.isfinite(v) and n_rows * n_series <= 12:  # more: the table has the numbers
                         ax.text(p, v, f"{v:.2f}×", ha="center", va="bottom", fontsize=7)
                 if thesis is not None and col in thesis:
                     t = thesis[col].to_numpy()
@@ -229,8 +236,9 @@ def speedup_figures(tables: list[Table]) -> list[Figure]:
             ax.axhline(1.0, color="k", lw=0.8, ls="--")
             spare = max(3 - n_rows, 0) / 2  # one or two settings: narrow bars, not a wall of colour
             ax.set_xlim(-0.5 - spare, n_rows - 0.5 + spare)
-            ax.set_xticks(x, [_wrap(str(i), 22) for i in bars.index], fontsize=7,
-                          rotation=0 if n_rows <= 4 else 30, ha="center" if n_rows <= 4 else "right")
+            ax.set_xticks(x, [_wrap(str(i), 22) if n_rows <= 4 else str(i) for i in bars.index], fontsize=7,
+                          rotation=0 if n_rows <= 4 else 60, ha="center" if n_rows <= 4 else "right",
+                          rotation_mode="anchor")
             base = NAMES.get(table.baseline, table.baseline)
             ax.set_title(f"{table.title.split(':')[0]} (against {base})", fontsize=10)
             ax.set_ylabel("speedup (×)", fontsize=9)
@@ -239,7 +247,7 @@ def speedup_figures(tables: list[Table]) -> list[Figure]:
             if labels:
                 ax.legend(fontsize=7, loc="upper left")
         axes[0].set_ylim(0, top * 1.18)
-        figures.append(Figure(f"speedups-{start // 4 + 1}", fig))
+        figures.append(Figure(f"speedups-{start + 1}", fig))
     return figures
 
 
@@ -265,7 +273,7 @@ def accuracy_figures(runs: pd.DataFrame) -> list[Figure]:
                 head = col.split("/", 1)[1]
                 ax.plot(acc.index, 100 * acc[col], marker="o", ms=3, lw=1.5 if head == "fused" else 1.0,
                         color="k" if head == "fused" else None, label=head)
-            ax.set_title(label, fontsize=10)
+            ax.set_title(_wrap(label, 70), fontsize=8)
             ax.set_xlabel("epoch", fontsize=9)
             ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
             ax.set_ylabel("val accuracy (%)", fontsize=9)

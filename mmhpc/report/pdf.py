@@ -64,6 +64,7 @@ def to_latex(table: Table) -> str:
 FONT = 10.0
 CHARS_PER_LINE = 135          # what fits across the page at FONT, for wrapping cells
 TABLE_BOX = (0.04, 0.15, 0.92, 0.66)  # left, bottom, width, height of the table on a page (figure fraction)
+CAPTION_LINE = 8.5 * 1.25 / 72 / 8.27  # one caption line (8.5 pt) as a fraction of the page's height
 LINE_IN = FONT * 1.55 / 72    # height of one text line in a cell, inches
 ROW_PAD = 0.6                 # a cell is its wrapped lines plus this many lines high
 
@@ -116,9 +117,9 @@ def _wrapped(frame: pd.DataFrame, keys: int, fixed: list[int] | None = None):
     return header, body, [max(c.count("\n") + 1 for c in row) for row in body], widths
 
 
-def _pages_of_rows(lines: list[int], header_lines: int) -> list[tuple[int, int]]:
+def _pages_of_rows(lines: list[int], header_lines: int, height: float = TABLE_BOX[3]) -> list[tuple[int, int]]:
     """Split rows into pages by their drawn heights (wrapped lines + ROW_PAD each): [(start, stop), ...]."""
-    capacity = TABLE_BOX[3] * PAGE[1] / LINE_IN - (header_lines + ROW_PAD)
+    capacity = height * PAGE[1] / LINE_IN - (header_lines + ROW_PAD)
     spans, start, used = [], 0, 0.0
     for i, n in enumerate(lines):
         if used + n + ROW_PAD > capacity and i > start:
@@ -132,14 +133,18 @@ def _pages_of_rows(lines: list[int], header_lines: int) -> list[tuple[int, int]]
 def table_pages(table: Table, number: int) -> list[plt.Figure]:
     header, body, lines, widths = _wrapped(table.frame, table.keys, table.widths)
     header_lines = max(h.count("\n") + 1 for h in header)
-    spans = _pages_of_rows(lines, header_lines)
+    caption = textwrap.wrap(table.caption, 175)
+    # the table starts below its caption, however long (a smoke test's or a report's with many notes)
+    height = min(TABLE_BOX[3], 0.905 - CAPTION_LINE * len(caption) - 0.015 - TABLE_BOX[1])
+    box = (TABLE_BOX[0], TABLE_BOX[1], TABLE_BOX[2], height)
+    spans = _pages_of_rows(lines, header_lines, height)
     pages = []
     for i, (a, b) in enumerate(spans):
         cont = f" (continued, {i + 1}/{len(spans)})" if i else ""
         fig = new_figure(figsize=PAGE)
         fig.text(0.05, 0.95, f"Table {number}. {table.title}{cont}", fontsize=14, fontweight="bold", va="top")
-        fig.text(0.05, 0.905, "\n".join(textwrap.wrap(table.caption, 165)), fontsize=9, va="top", style="italic")
-        ax = fig.add_axes(TABLE_BOX)
+        fig.text(0.05, 0.905, "\n".join(caption), fontsize=8.5, va="top", style="italic")
+        ax = fig.add_axes(box)
         ax.axis("off")
         rows = body[a:b]
         if a and table.keys:  # a continued page repeats the keys it starts in
@@ -147,7 +152,7 @@ def table_pages(table: Table, number: int) -> list[plt.Figure]:
                        for j, c in enumerate(rows[0])]
         sources = list(table.frame["Source"].iloc[a:b]) if "Source" in table.frame else None
         _draw_table(fig, ax, header, rows, lines[a:b], header_lines, table.keys, shade_from=a,
-                    widths=widths if table.widths else None, sources=sources)
+                    widths=widths if table.widths else None, sources=sources, height=height)
         if i == len(spans) - 1 and table.notes:
             fig.text(0.05, 0.02, _notes_text(table.notes), fontsize=7.5, va="bottom")
         pages.append(fig)
@@ -161,7 +166,8 @@ def _notes_text(notes: list[str], max_lines: int = 9) -> str:
     return "\n".join(lines)
 
 
-def _draw_table(fig, ax, header, body, lines, header_lines, keys, shade_from=0, widths=None, sources=None) -> None:
+def _draw_table(fig, ax, header, body, lines, header_lines, keys, shade_from=0, widths=None, sources=None,
+                height: float = TABLE_BOX[3]) -> None:
     """A matplotlib table with row heights from their wrapped lines, bold header, alternate shading; `widths`:
     fixed column widths in characters (the same on every page); `sources`: each row's Source (measured,
     thesis, ratio), the thesis rows in grey italics and each measured row's group shaded alike."""
@@ -173,7 +179,7 @@ def _draw_table(fig, ax, header, body, lines, header_lines, keys, shade_from=0, 
     tbl.set_fontsize(FONT)
     if not widths:
         tbl.auto_set_column_width(list(range(len(header))))
-    line = LINE_IN / (TABLE_BOX[3] * PAGE[1])  # one text line in axes coordinates
+    line = LINE_IN / (height * PAGE[1])  # one text line in axes coordinates
     prose = {j for j in range(len(header)) if any("\n" in row[j] for row in body)}  # wrapped text reads left
     for (i, j), c in tbl.get_celld().items():
         c.set_edgecolor("#bbbbbb")

@@ -35,13 +35,11 @@ KNOB_OF = {"dataset": "data.dataset", "encoder": "data.modalities", "fusion": "m
            "parallelism": "system.parallelism", "batch_size": "train.batch_size"}
 NAMES = {"fp32": "FP32", "tf32": "TF32", "bf16": "BF16", "standard": "Standard", "preinit": "Pre-initialised",
          "single": "Single", "dp": "DP", "ddp": "DDP", "blp": "BLP"}
-TIME_NOTE = ("Time: seconds per epoch of training and validation, loader initialisation included, averaged "
-             "over the measured epochs: warm-up epochs are left out (a bench record's own warm-up; a training "
-             "record's first epoch); a run with no epoch after its warm-up has no time, speedup or "
-             "utilisation (n/a, with the reason).")
-THESIS_NOTE = ("Under each measured row: the thesis' value of the same cell (thesis Tables {tables}) and the "
-               "ratio measured/thesis for speedups, accuracies and, on the thesis' GPU type only, times and "
-               "utilisation (\"other GPU\" otherwise); a smoke test's ratio row says so and holds no ratio.")
+TIME_NOTE = ("Time: seconds per epoch (training and validation, loader start included), mean over the epochs "
+             "after the warm-up (a training record's first epoch, a bench record's own warm-up); a run with "
+             "none after it: n/a, never a figure over the warm-up.")
+THESIS_NOTE = ("Under each measured row: the thesis' value (Tables {tables}) and the ratio measured/thesis; "
+               "times and utilisation only on the thesis' GPU type (else \"other GPU\").")
 # the thesis tables each report table mirrors, in the order a cell is looked up
 THESIS_TABLES = {"precision": ("4.6", "4.7", "4.8", "4.9"), "loader": ("4.10", "4.11", "4.12"),
                  "parallelism": ("4.13", "4.14", "4.15"), "overall": ("4.16",),
@@ -310,8 +308,8 @@ def comparison(runs: pd.DataFrame, axis: str, order: tuple, baseline, name: str,
     values = [v for v in values if v not in not_here]
     rows, bars, tbars, left_out = [], [], [], 0
     for key, group in row_groups(runs, ctx):
-        if group[axis].nunique() < 2 or not (group[axis] == baseline).any():
-            left_out += len(group)  # nothing to compare it with: listed in the runs table
+        if group[axis].nunique() < 2 or not (group[axis] == baseline).any() or (group["state"] == "n/a").all():
+            left_out += len(group)  # nothing to compare it with (or none can run here): in the runs table
             continue
         cells = {v: cell(group[group[axis] == v], "time_epoch_s", notes) for v in values}
         row = _key_cells(ctx, key)
@@ -334,7 +332,7 @@ def comparison(runs: pd.DataFrame, axis: str, order: tuple, baseline, name: str,
         row.update({c.name: c.text for c in cols})
         n_before = len(thesis.matches)
         rows += thesis.rows(row, keys, cols, group)
-        label = " · ".join(shown(k) for k in key) or "all"
+        label = (" · ".join(shown(k) for k in key) or "all") + (" (smoke test)" if _smoke(group) else "")
         bars.append(pd.Series(speed, name=label))
         published = {m.setting: m.thesis for m in thesis.matches[n_before:] if m.metric == "speedup"}
         tbars.append(pd.Series({v: published.get(str(v)) for v in speed}, name=label, dtype=float))
@@ -355,8 +353,7 @@ def _smoke(runs: pd.DataFrame) -> str:
 
 
 def smoke_caption(smoke: str) -> str:
-    return (f"SMOKE TEST ({smoke}): these numbers show that the pipeline runs, not a result; they are never "
-            "compared with the thesis. " if smoke else "")
+    return f"SMOKE TEST ({smoke}): not a result, never compared with the thesis. " if smoke else ""
 
 
 def _versus(values: list) -> str:
@@ -365,7 +362,7 @@ def _versus(values: list) -> str:
 
 def _table(name, title, caption, runs, axis, order, baseline, **kw) -> Table | None:
     c = comparison(runs, axis, order, baseline, name, **kw)
-    if not c.rows:
+    if not c.rows or len(c.values) < 2:  # e.g. TF32 not applicable anywhere here: nothing to compare
         return None
     setting = _constants(runs, c.ctx)
     smoke = _smoke(runs)
@@ -727,13 +724,13 @@ def runs_table(runs: pd.DataFrame) -> Table:
         reason = str(r["reason"] or (r.get("na_reason") if isinstance(r.get("na_reason"), str) else "") or "")
         row = {"Sweep": r["sweep"]} if many else {}
         row.update({"Run": r["run"], "State": str(r["state"]), "Device": r["device"],
-                    "Time/epoch (s)": "–" if pd.isna(r["time_epoch_s"]) else fmt_time(r["time_epoch_s"]),
+                    "Time per epoch (s)": "–" if pd.isna(r["time_epoch_s"]) else fmt_time(r["time_epoch_s"]),
                     "Util (%)": "–" if pd.isna(r["util_pct"]) else f"{r['util_pct']:.1f} {r['util_kind']}",
                     "Smoke test": smoke_reason(r) or "no", "Reason": reason or "–"})
         rows.append(row)
     counts = runs["state"].value_counts()
     summary = ", ".join(f"{n} {s}" for s, n in counts.items() if n)
-    widths = ([16] if many else []) + [30, 9, 8, 9, 10, 14, 0]  # fixed on every page; Reason takes the rest
+    widths = ([14] if many else []) + [30, 8, 8, 10, 10, 14, 0]  # fixed on every page; Reason takes the rest
     return Table("runs", "All runs", f"Every run of the report with its state ({summary}); a run that is not "
                  "done shows why (not applicable on this cluster, its error, or its SLURM state); a done run "
                  "without time or utilisation says why. Smoke test: a run on the CPU, on tiny data or with capped "
