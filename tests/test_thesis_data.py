@@ -1,5 +1,8 @@
-"""The thesis' published values as data (reports/thesis-results.csv): ten cells read by hand from the thesis
-text, so a typo in the transcription fails here, and the file's shape (every table, every row valid)."""
+"""The thesis' published values as data (reports/thesis-results.csv): ten cells read by hand from
+the thesis text, so a typo in the transcription fails here, and the file's shape (every table, every
+row valid).
+"""
+
 from __future__ import annotations
 
 import pytest
@@ -15,7 +18,7 @@ HAND_PICKED = {
     ("4.10", "AVE", "Util. Gain"): (23.42, None),
     ("4.11", "IEMOCAP 128", "Std Util. (%)"): (68.93, None),
     ("4.15", "URFUNNY", "DDP (s)"): (21.613, None),
-    ("4.1", "IEMOCAP V", "Rel"): (43.0, 0.39),   # the ± from Table A.3
+    ("4.1", "IEMOCAP V", "Rel"): (43.0, 0.39),  # the ± from Table A.3
     ("4.2", "Entropy Gated", "IEMOCAP2"): (57.0, 1.65),  # the ± from Table A.7
     ("A.12", "Trained Epochs Entropy", "IEMOCAP3 Audio"): (18.0, 4.91),
 }
@@ -34,7 +37,11 @@ def test_every_table_is_there_with_its_keys():
     assert set(v["table"]) == expected
     assert len(v[v["table"] == "4.1"]) == 153  # 17 printed rows x 9 methods
     # PMR's missing three-modality cells are empty values, not zeros
-    assert v[(v["table"] == "4.3") & (v["row"] == "PMR") & (v["column"] == "IEMOCAP3")]["value"].isna().all()
+    assert (
+        v[(v["table"] == "4.3") & (v["row"] == "PMR") & (v["column"] == "IEMOCAP3")]["value"]
+        .isna()
+        .all()
+    )
     speedups = v[v["metric"] == "speedup"]
     assert (speedups["baseline"] != "").all() and (speedups["unit"] == "x").all()
     times = v[(v["metric"] == "time_epoch_s") & ~v["table"].isin(["2.4"])]

@@ -1,18 +1,20 @@
-"""The thesis' published results as data: `reports/thesis-results.csv` (a link to the copy shipped in this
-package), one row per printed value.
+"""The thesis' published results as data: `reports/thesis-results.csv` (a link to the copy shipped
+in this package), one row per printed value.
 
-Every value of the thesis' Tables 2.4, 2.5, 4.1-4.16 and A.1-A.13 (the tables the report mirrors), with the
-printed table number, row and column labels, the value and its ± (`se`; `se_kind` says whether the caption
-calls it a standard error or a standard deviation), the unit, and the keys a measured run is matched on:
-`metric` (time_epoch_s, speedup, util_pct, util_gain, idle_s, acc, ibf, bias, epochs), `gpu`, `batch_size`,
-`dataset`, `modalities` (`+`-joined, the thesis' IEMOCAP2 is `iemocap` with `audio+visual`), `head` (which
-accuracy, bias or epoch count), `strategy`, `fusion`, `axis` (what the table compares) and `setting` /
-`baseline` (the compared value; a speedup's baseline). A dash in the thesis is an empty value; a `note`
-says why, and where the thesis text is garbled or inconsistent.
+Every value of the thesis' Tables 2.4, 2.5, 4.1-4.16 and A.1-A.13 (the tables the report mirrors),
+with the printed table number, row and column labels, the value and its ± (`se`; `se_kind` says
+whether the caption calls it a standard error or a standard deviation), the unit, and the keys a
+measured run is matched on: `metric` (time_epoch_s, speedup, util_pct, util_gain, idle_s, acc, ibf,
+bias, epochs), `gpu`, `batch_size`, `dataset`, `modalities` (`+`-joined, the thesis' IEMOCAP2 is
+`iemocap` with `audio+visual`), `head` (which accuracy, bias or epoch count), `strategy`, `fusion`,
+`axis` (what the table compares) and `setting` / `baseline` (the compared value; a speedup's
+baseline). A dash in the thesis is an empty value; a `note` says why, and where the thesis text is
+garbled or inconsistent.
 
     from mmhpc.report.thesis import thesis_values
     values = thesis_values()          # pandas DataFrame, validated row by row with pydantic
 """
+
 from __future__ import annotations
 
 import functools
@@ -24,12 +26,23 @@ from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
 
 # shipped with the package (a non-editable install finds it); reports/thesis-results.csv links to it
 THESIS_CSV = Path(__file__).with_name("thesis-results.csv")
-METRICS = ("time_epoch_s", "speedup", "util_pct", "util_gain", "idle_s", "acc", "ibf", "bias", "epochs")
+METRICS = (
+    "time_epoch_s",
+    "speedup",
+    "util_pct",
+    "util_gain",
+    "idle_s",
+    "acc",
+    "ibf",
+    "bias",
+    "epochs",
+)
 MODALITIES = ("audio", "visual", "text")
 
 
 class ThesisValue(BaseModel):
     """One printed value of a thesis table."""
+
     model_config = ConfigDict(extra="forbid")
     table: str
     row: str
@@ -46,7 +59,9 @@ class ThesisValue(BaseModel):
     head: str = ""
     strategy: str = ""
     fusion: str = ""
-    axis: Literal["workers", "prefetch", "strategy", "precision", "loader", "parallelism", "overall"]
+    axis: Literal[
+        "workers", "prefetch", "strategy", "precision", "loader", "parallelism", "overall"
+    ]
     setting: str
     baseline: str = ""
     note: str = ""
@@ -78,15 +93,21 @@ def thesis_values(path: str | Path = THESIS_CSV) -> pd.DataFrame:
             field = ".".join(str(x) for x in err["loc"])
             raise ValueError(f"{path}: line {i}: {field}: {err['msg']}") from None
     frame = pd.DataFrame(rows)
-    frame["modset"] = frame["modalities"].map(lambda s: frozenset(s.split("+")) if s else frozenset())
+    frame["modset"] = frame["modalities"].map(
+        lambda s: frozenset(s.split("+")) if s else frozenset()
+    )
     return frame
 
 
 def cell(table: str, row: str, column: str, values: pd.DataFrame | None = None) -> ThesisValue:
-    """The printed value at (table, row label, column label), e.g. cell("4.13", "CREMA-D", "DDP Speedup")."""
+    """The printed value at (table, row label, column label): cell("4.13", "AVE", "DDP Speedup")."""
     values = thesis_values() if values is None else values
     hit = values[(values["table"] == table) & (values["row"] == row) & (values["column"] == column)]
     if len(hit) != 1:
-        raise KeyError(f"Table {table}: no single cell at row {row!r}, column {column!r} ({len(hit)} found)")
+        raise KeyError(
+            f"Table {table}: no single cell at row {row!r}, column {column!r} ({len(hit)} found)"
+        )
     rec = hit.drop(columns="modset").iloc[0].to_dict()
-    return ThesisValue.model_validate({k: (None if isinstance(v, float) and v != v else v) for k, v in rec.items()})
+    return ThesisValue.model_validate(
+        {k: (None if isinstance(v, float) and v != v else v) for k, v in rec.items()}
+    )
