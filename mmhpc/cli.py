@@ -82,7 +82,7 @@ def cmd_train(args) -> int:
     record = train(cfg, progress=_bars(args))
     s = record.summary
     heads = ["fused", *cfg.modalities]
-    print(f"run {record.run}: best epoch {s.best_epoch}, "
+    print(f"run {record.run}: best epoch {s.best_epoch + 1}, "
           + ", ".join(f"test acc {h} {s.test[f'acc/{h}']:.3f}" for h in heads)
           + (f", IBF {s.ibf:.3f}" if s.ibf is not None else ""))
     print(f"record: {cfg.record_path()}")
@@ -277,9 +277,13 @@ def _add_sweep_parser(sub) -> None:
 
 def setup_logging(verbose: bool = False, quiet: bool = False) -> None:
     """The CLI's handler: messages of the library's loggers on stderr (the library itself adds none)."""
-    level = logging.DEBUG if verbose else logging.WARNING if quiet else logging.INFO
+    from mmhpc.progress import RUN, RunPrefix
+
+    level = logging.DEBUG if verbose else RUN if quiet else logging.INFO  # -q: one line per run, warnings
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter("%(message)s" if not verbose else "%(levelname)s %(name)s: %(message)s"))
+    handler.addFilter(RunPrefix())  # "[3/4 naive] " in a multi-run command
+    handler.setFormatter(logging.Formatter("%(run)s%(message)s" if not verbose
+                                           else "%(levelname)s %(name)s: %(run)s%(message)s"))
     root = logging.getLogger("mmhpc")
     root.handlers[:] = [handler]
     root.setLevel(level)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import time
 
 from mmhpc.config import load_config
+from mmhpc.progress import run_label
 from mmhpc.results import RunRecord
 from mmhpc.train import train
 
@@ -21,10 +22,15 @@ def cell(value: float | None) -> str:
     return f"{value:8.3f}" if value is not None else f"{'-':>8}"
 
 
-def train_single_modalities(base: dict, quiet: bool) -> dict[str, RunRecord]:
-    """The IBF baselines (Eq. 3.1): each modality of synthetic CREMA-D trained alone; modality -> record."""
-    return {m: train(load_config(None, dict(base, **{"data.modalities": [m], "output.name": f"single-{m}"})),
-                     progress=not quiet) for m in ("audio", "visual")}
+def train_single_modalities(base: dict, quiet: bool, runs: int = 2) -> dict[str, RunRecord]:
+    """The IBF baselines (Eq. 3.1): each modality of synthetic CREMA-D trained alone; modality -> record.
+    They are runs 1 and 2 of `runs` in the log lines."""
+    out = {}
+    for i, m in enumerate(("audio", "visual"), 1):
+        with run_label(f"{i}/{runs} single-{m}"):
+            out[m] = train(load_config(None, dict(base, **{"data.modalities": [m], "output.name": f"single-{m}"})),
+                           progress=not quiet)
+    return out
 
 
 def run_demo(runs_dir: str = "runs/demo", epochs: int | None = None, quiet: bool = False,
@@ -34,13 +40,14 @@ def run_demo(runs_dir: str = "runs/demo", epochs: int | None = None, quiet: bool
     if epochs:
         base["train.epochs"] = epochs
     t0 = time.perf_counter()
-    single = train_single_modalities(base, quiet)
+    single = train_single_modalities(base, quiet, runs=4)
     single_acc = {m: rec.test_acc("fused") for m, rec in single.items()}
     rows = [(f"single {m}", None, *(single_acc[m] if k == m else None for k in ("audio", "visual")), None,
              rec.summary.epoch_time_mean_s) for m, rec in single.items()]
-    for name in ("naive", "alternating"):
-        rec = train(load_config(None, dict(base, **{"strategy.name": name, "output.name": name,
-                                                      "train.single_acc": single_acc})), progress=not quiet)
+    for i, name in enumerate(("naive", "alternating"), 3):
+        with run_label(f"{i}/4 {name}"):
+            rec = train(load_config(None, dict(base, **{"strategy.name": name, "output.name": name,
+                                                          "train.single_acc": single_acc})), progress=not quiet)
         s, test = rec.summary, rec.summary.test
         rows.append((name, test["acc/fused"], test["acc/audio"], test["acc/visual"], s.ibf, s.epoch_time_mean_s))
     print()

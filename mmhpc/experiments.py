@@ -15,6 +15,7 @@ import time
 from mmhpc.config import load_config
 from mmhpc.demo import DEMO, cell, train_single_modalities
 from mmhpc.metrics import speedup
+from mmhpc.progress import run_label
 from mmhpc.results import RunRecord
 from mmhpc.train import train
 
@@ -35,11 +36,13 @@ def run_algorithms(runs_dir: str = "runs/algorithms", epochs: int | None = None,
     if epochs:
         base["train.epochs"] = epochs
     t0 = time.perf_counter()
-    single = {m: rec.test_acc("fused") for m, rec in train_single_modalities(base, quiet).items()}
+    n = 2 + len(STRATEGY_RUNS)
+    single = {m: rec.test_acc("fused") for m, rec in train_single_modalities(base, quiet, runs=n).items()}
     records = {}
-    for name, extra in STRATEGY_RUNS:
+    for i, (name, extra) in enumerate(STRATEGY_RUNS, 3):
         overrides = dict(base, **extra, **{"strategy.name": name, "output.name": name, "train.single_acc": single})
-        records[name] = train(load_config(None, overrides), progress=not quiet)
+        with run_label(f"{i}/{n} {name}"):
+            records[name] = train(load_config(None, overrides), progress=not quiet)
     print(format_table(records, single, base["train.epochs"], time.perf_counter() - t0))
     print(f"records: {runs_dir}/")
     return 0

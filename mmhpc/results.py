@@ -138,7 +138,7 @@ class Epoch(_Part):
 class Summary(_Part):
     """What a finished run reached; every field is filled by the trainer (defaults: older records)."""
     test: dict[str, float] = {}         # test metrics of the model selected on validation
-    best_epoch: int | None = None       # selected on validation accuracy, never on test
+    best_epoch: int | None = None       # 0-based index into epochs (epoch 1 is 0): selected on validation
     epochs_run: int | None = None
     optimised_epochs: dict[str, int] = {}  # optimisation epochs per modality (Table 4.4)
     epoch_time_mean_s: float | None = None

@@ -23,6 +23,7 @@ from mmhpc.data.frames import finish_batch
 from mmhpc.data.loading import build_datasets, build_loader
 from mmhpc.models.multimodal import MultimodalModel, count_parameters
 from mmhpc.preempt import STOP_REQUESTED
+from mmhpc.progress import RUN
 from mmhpc.results import (
     Epoch,
     EpochTime,
@@ -165,7 +166,7 @@ class Trainer:
         t_first = time.perf_counter()
         n = steps = 0
         limit = self.cfg.train.max_batches if train else None
-        bar = tqdm(total=limit or len(loader), desc=f"{split} {epoch}", leave=False,
+        bar = tqdm(total=limit or len(loader), desc=f"{split} {epoch + 1}", leave=False,
                    disable=not (self.progress and self.par.is_main))
         while batch is not None:
             if train:
@@ -251,6 +252,9 @@ class Trainer:
                 if cfg.output.checkpoint and self.par.is_main:
                     self._checkpoint(record, best, epoch)
                 if stop:
+                    if epoch < strategy.max_epochs() and self.par.is_main:
+                        log.info("stopped early after epoch %d of %d: %s", epoch, strategy.max_epochs(),
+                                 strategy.stop_reason())
                     break
             bar.close()
             if self.par.is_main:
@@ -259,6 +263,8 @@ class Trainer:
             record.summary = self._summary(record, test, best["epoch"])
             record.status = "done"
             record.finished = time.time()
+            if self.par.is_main:
+                log.log(RUN, run_line(record, cfg.modalities))
         except Preempted as e:  # not a failure: the record stays as saved at the last epoch end
             log.warning("%s: %s; its next start resumes at epoch %d", cfg.run_name(), e, epoch + 1)
             raise
@@ -406,6 +412,14 @@ def epoch_line(entry: Epoch, epochs: int) -> str:
     gpu = f"GPU {sum(gpus) / len(gpus):.0f} %" if gpus else "GPU n/a"
     return (f"epoch {entry.epoch + 1}/{epochs} {t.epoch_s:.1f} s | val acc {accs} | "
             f"{t.train_samples_per_s:.0f} samples/s | {gpu}")
+
+
+def run_line(record: RunRecord, modalities: list[str]) -> str:
+    """A finished run in one line (the one `-q` keeps): its epochs, the best (from 1), test accuracies."""
+    s = record.summary
+    accs = " ".join(f"{h} {s.test[f'acc/{h}']:.3f}" for h in ["fused", *modalities])
+    return (f"done: {s.epochs_run} epochs in {s.train_time_s:.0f} s, best epoch {s.best_epoch + 1}, "
+            f"test acc {accs}" + (f", IBF {s.ibf:.3f}" if s.ibf is not None else ""))
 
 
 def _resumable(config: dict) -> dict:

@@ -54,3 +54,34 @@ def test_bench_profile_says_where_its_trace_went_without_profiler_noise_on_the_c
     trace = runs / "prof.trace.json"
     assert trace.exists() and f"trace: {trace} (" in out
     assert "gpuGetDeviceCount" not in err and "profiler_start" not in err, err
+
+
+def test_data_synthesis_through_a_pipe_shows_no_progress_bar(tmp_path):
+    import subprocess
+    import sys
+
+    res = subprocess.run([sys.executable, "-m", "mmhpc.cli", "data", "synth", "cremad", "--out", str(tmp_path / "d")],
+                         capture_output=True, text=True, timeout=600, stdin=subprocess.DEVNULL)
+    assert res.returncode == 0, res.stderr
+    assert "\r" not in res.stderr and "it/s" not in res.stderr and "synth cremad" not in res.stderr, res.stderr
+
+
+@pytest.mark.slow
+def test_every_log_line_of_the_demo_names_its_run_and_quiet_keeps_one_line_per_run(synth_dir, tmp_path, capsys):
+    from mmhpc.cli import setup_logging
+    from mmhpc.demo import run_demo
+
+    over = {"data.root": str(synth_dir("cremad")), "train.max_batches": 2, "system.threads": 1}
+    setup_logging()
+    run_demo(str(tmp_path / "a"), epochs=2, quiet=True, overrides=over)
+    lines = capsys.readouterr().err.splitlines()
+    names = ["1/4 single-audio", "2/4 single-visual", "3/4 naive", "4/4 alternating"]
+    assert all(ln.startswith(tuple(f"[{n}] " for n in names)) for ln in lines), lines
+    for n in names:
+        epochs = [ln.split(" ")[2] for ln in lines if ln.startswith(f"[{n}] epoch ")]
+        assert epochs == ["1/2", "2/2"], lines  # counted from 1
+        assert any(ln.startswith(f"[{n}] done: 2 epochs") and "best epoch " in ln for ln in lines)
+    setup_logging(quiet=True)
+    run_demo(str(tmp_path / "b"), epochs=2, quiet=True, overrides=over)
+    lines = capsys.readouterr().err.splitlines()
+    assert [ln.split(" done:")[0] for ln in lines] == [f"[{n}]" for n in names], lines

@@ -30,6 +30,7 @@ from tqdm import tqdm
 from mmhpc.data.manifest import write_manifest
 from mmhpc.data.specs import DATASETS, DatasetSpec
 from mmhpc.data.splits import random_split, write_split_files
+from mmhpc.progress import bars
 
 GENERATOR_VERSION = 1
 
@@ -89,7 +90,7 @@ def write_synthetic(root: Path, spec: DatasetSpec, preset: str, data_seed: int, 
     in_train = np.isin(ids, splits["train"])
     shown = {m: _shown_labels(labels, np.where(in_train, SIGNALS[m].informative_train, SIGNALS[m].informative_eval),
                               spec.num_classes, rng) for m in spec.modalities}
-    for i in tqdm(range(n), desc=f"synth {spec.name}/{preset}", disable=not progress, leave=False):
+    for i in tqdm(range(n), desc=f"synth {spec.name}/{preset}", disable=not bars(progress), leave=False):
         sample_rng = np.random.default_rng([data_seed, GENERATOR_VERSION, i, sum(map(ord, spec.name))])
         for m in spec.modalities:
             _WRITERS[m](root, ids[i], templates[m][shown[m][i]], SIGNALS[m].strength, shapes, sample_rng)

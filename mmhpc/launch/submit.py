@@ -36,6 +36,7 @@ from mmhpc.errors import RunError, SchedulerError
 from mmhpc.launch.clusters import ClusterError, ClusterProfile, Resources, resolve_resources
 from mmhpc.launch.store import SweepDir, adopt, query_scheduler, run_states
 from mmhpc.preempt import PREEMPT_SIGNAL, STOP_REQUESTED, note_stop
+from mmhpc.progress import bars, run_label
 from mmhpc.results import read_record
 from mmhpc.sweep import SweepError
 
@@ -474,7 +475,7 @@ def _pregenerate_tiny_data(runs: list[dict]) -> None:
 def _run_here(sweep_dir: SweepDir, manifest: dict, profile: ClusterProfile, runs: list[dict],
               progress: bool) -> list[str]:
     done = []
-    for run in tqdm(runs, desc=f"sweep {manifest['sweep']}", disable=not progress):
+    for k, run in enumerate(tqdm(runs, desc=f"sweep {manifest['sweep']}", disable=not bars(progress)), 1):
         res = Resources(**run["resources"])
         entry = {"job_id": "in-process", "scheduler": "none", "cluster": profile.name, "submitted": time.time()}
         try:
@@ -489,7 +490,8 @@ def _run_here(sweep_dir: SweepDir, manifest: dict, profile: ClusterProfile, runs
             else:
                 run["jobs"].append(entry)
                 sweep_dir.save(manifest)
-                _sweep_run(profile, run)()
+                with run_label(f"{k}/{len(runs)} {run['name']}"):  # in every log line of the run
+                    _sweep_run(profile, run)()
             done.append(run["name"])
         except Exception as e:  # one failed run does not stop the others; `sweep status` shows why
             log.error("run %d (%s) failed: %s: %s", run["index"], run["name"], type(e).__name__, str(e).strip()[-500:])
@@ -544,7 +546,7 @@ def wait(sweep_dir: SweepDir, poll_s: float = 5.0, progress: bool = True):
     """Block until no run is pending or running; a progress bar counts the settled runs."""
     manifest = sweep_dir.load()
     quiet_polls = 0
-    with tqdm(total=len(manifest["runs"]), desc=f"sweep {manifest['sweep']}", disable=not progress) as bar:
+    with tqdm(total=len(manifest["runs"]), desc=f"sweep {manifest['sweep']}", disable=not bars(progress)) as bar:
         while True:
             states = run_states(sweep_dir, manifest)
             counts = {k: sum(s.state == k for s in states) for k in ("done", "failed", "running", "pending",

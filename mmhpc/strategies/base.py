@@ -123,6 +123,10 @@ class Strategy:
     def should_stop(self, epoch: int) -> bool:
         return epoch + 1 >= self.max_epochs()
 
+    def stop_reason(self) -> str:
+        """Why `should_stop` ended training before train.epochs (the trainer logs it)."""
+        return "the strategy's stopping rule"
+
     def lr_factor(self, epoch: int) -> float:
         """Step decay (Sec. 4.2): lr x decay from `lr_decay_epoch` on."""
         t = self.cfg.train

@@ -95,6 +95,11 @@ class _Selective(Alternating):
     def should_stop(self, epoch: int) -> bool:
         return max(self.optimised.values()) >= self.cfg.train.epochs or super().should_stop(epoch)
 
+    def stop_reason(self) -> str:
+        done = ", ".join(f"{m} {n}" for m, n in self.optimised.items())
+        return (f"a modality has had T = {self.cfg.train.epochs} optimisation epochs (thesis Alg. 5; "
+                f"optimisation epochs: {done})")
+
     def lr_factor(self, epoch: int) -> float:
         t = self.cfg.train
         return t.lr_decay if max(self.optimised.values()) >= t.lr_decay_epoch else 1.0
