@@ -486,7 +486,9 @@ def format_table(plan: SweepPlan) -> str:
     widths = [max(len(row[i]) for row in rows) for i in range(3)]
     lines = ["  ".join(c.ljust(w) for c, w in zip(row[:3], widths)) + "  " + row[3] for row in rows]
     na = [r for r in plan.runs if r.not_applicable]
-    lines.append(f"{len(plan.runs)} runs on {plan.cluster} ({plan.size}), {len(plan.runs) - len(na)} to submit"
+    invalid = sum(1 for r in plan.runs if r.problems)
+    lines.append(f"{len(plan.runs)} runs on {plan.cluster} ({plan.size}), "
+                 + (f"{invalid} invalid (nothing to submit)" if invalid else f"{len(plan.runs) - len(na)} to submit")
                  + (f", {len(na)} not applicable:" if na else ""))
     lines += [f"  run {r.index} ({r.name}): {r.not_applicable}" for r in na]
     return "\n".join(lines)

@@ -141,7 +141,9 @@ def test_a_problem_of_many_runs_is_one_line_with_their_count():
     block = {"grid": {"train.lr": [0.1, 0.2, 0.3, 0.4, 0.5]}}
     spec = {"name": "g", "base": {"lrr": 0.1, "train.epochss": 3}, "seeds": [0, 1],
             "blocks": [{"name": "a", **block}, {"name": "b", "base": {"model.fusionn": "concat"}, **block}]}
-    errors = expand(spec, load_profile("none"), file="g.yaml").errors  # `lrr` used to end it at once
+    plan = expand(spec, load_profile("none"), file="g.yaml")
+    assert "20 runs on none (tiny), 20 invalid (nothing to submit)" in format_table(plan)  # was "20 to submit"
+    errors = plan.errors  # `lrr` used to end the expansion at once
     assert errors[0].startswith("g.yaml: all 20 runs: lrr: unknown key")
     assert errors[1:] == ["g.yaml: all 20 runs: train.epochss: unknown key; valid: epochs, batch_size, optimizer, lr, "
                       "momentum, weight_decay, lr_decay_epoch, lr_decay, seed, max_batches, single_acc",
