@@ -791,4 +791,4 @@ def reproduction_table(tables: list[Table]) -> tuple[Table, list[dict]]:
                + (f" Smoke tests in this report, shown beside the thesis but never compared: {smoke}." if smoke
                   else "") + " The same verdicts: reproduction.md and reproduction.json beside report.pdf.")
     return Table("reproduction", "Reproduction: the thesis' claims and this report's verdicts", caption, frame, [],
-                 1, widths=[38, 9, 11, 11, 14, 0]), entries
+                 1, widths=[36, 9, 12, 12, 14, 0]), entries
