@@ -355,6 +355,9 @@ def _strategies() -> list[str]:
     return sorted(STRATEGIES)
 
 
+# what a strategy's config check requires beyond the defaults (the cosine classifier, MLA's shared head)
+STRATEGY_NEEDS = {"entropy": ("model.cosine=true",), "reliability": ("model.cosine=true",),
+                  "mla": ("model.fusion=early_sum",)}
 # the text run of the syncs check: RoBERTa (tiny) with the visual branch, on synthetic MVSA
 TEXT_RUN = ("data.dataset=mvsa", "data.modalities=[visual, text]", "strategy.name=naive")
 
@@ -362,7 +365,7 @@ TEXT_RUN = ("data.dataset=mvsa", "data.modalities=[visual, text]", "strategy.nam
 def check_syncs(ck: Check) -> tuple[dict, str]:
     ck.need_gpu()
     _need_trainer()
-    runs = {f"cremad/{name}": (f"strategy.name={name}",) for name in _strategies()}
+    runs = {f"cremad/{name}": (f"strategy.name={name}", *STRATEGY_NEEDS.get(name, ())) for name in _strategies()}
     runs["mvsa/text+visual"] = TEXT_RUN
     rec: dict = {"steps": 3, "runs": {}}
     for name, overrides in runs.items():

@@ -374,7 +374,7 @@ def test_single_run_on_the_fake_gpu_sets_its_device_synchronises_and_reads_peaks
     assert parallel.blp_devices(torch.device("cuda", 0)) == [torch.device("cuda", 0), torch.device("cuda", 1)]
 
 
-def test_a_failed_collective_names_the_ranks_and_the_lost_rank_parser(tiny_config, tmp_path):
+def test_a_failed_collective_names_the_ranks_that_do_not_answer(tiny_config, tmp_path):
     import torch.distributed as dist
 
     par = parallel.build(tiny_config("cremad", "system.parallelism=ddp"))
@@ -387,6 +387,3 @@ def test_a_failed_collective_names_the_ranks_and_the_lost_rank_parser(tiny_confi
                 raise RuntimeError("Connection closed by peer")
     finally:
         par.close()
-    assert parallel.re_ranks("[Rank 0]: Ranks 1, 3 failed to pass monitoredBarrier in 5000 ms") == ["0", "1", "3"]
-    assert parallel.re_ranks("Rank 1 successfully reached monitoredBarrier, but received errors while waiting "
-                             "for send/recv from rank 0.") == ["1", "0"]

@@ -162,6 +162,8 @@ def test_wheels_route_runs_the_trainer_checks_on_a_bare_python_with_an_old_typin
     (old / "typing_extensions.py").write_text(OLD_TYPING_EXTENSIONS.format(real=typing_extensions.__file__))
     env = _bare_python_env(tmp_path)
     env["PYTHONPATH"] = f"{old}{os.pathsep}{env['PYTHONPATH']}"
+    (tmp_path / "tmp").mkdir()
+    env["TMPDIR"] = str(tmp_path / "tmp")  # the run's wheel directory: in this test's own directory
     probe = subprocess.run([sys.executable, "-c", "import torch, pydantic_core"],
                            env={**env, "PYTHONPATH": f"{old}{os.pathsep}{REPO}"}, capture_output=True, text=True)
     assert "Sentinel" in probe.stderr  # the simulated node: pydantic cannot import with its typing_extensions

@@ -262,16 +262,23 @@ class Distributed(Parallelism):
             raise RunError(f"ddp rank {self.rank}: {what} failed ({str(e).splitlines()[0][:200]}); "
                            f"{self._lost_ranks()}") from e
 
-    def _lost_ranks(self) -> str:
-        """Which ranks answer: a gloo monitored barrier (it names the ranks that did not reach it)."""
+    def _lost_ranks(self, wait_s: float = 5.0) -> str:
+        """Which ranks no longer answer: every rank that saw a collective fail marks itself alive in the
+        rendezvous store and waits `wait_s` for the others' marks. The store lives in rank 0's process: when
+        it cannot be reached, rank 0 is the one gone."""
         try:
-            dist.monitored_barrier(group=self._votes, timeout=timedelta(seconds=5), wait_all_ranks=True)
-        except RuntimeError as e:
-            text = str(e)
-            lost = sorted({int(r) for r in re_ranks(text)} - {self.rank})
-            if lost:
-                return f"rank(s) {', '.join(map(str, lost))} died or hang (monitored barrier)"
-            return f"a peer died or hangs: {text.splitlines()[0][:200]}"
+            store = dist.distributed_c10d._get_default_store()
+            store.set(f"mmhpc/alive/{self.rank}", "1")
+            deadline = time.monotonic() + wait_s
+            while True:
+                lost = [r for r in range(self.world) if not store.check([f"mmhpc/alive/{r}"])]
+                if not lost or time.monotonic() > deadline:
+                    break
+                time.sleep(0.2)
+        except (RuntimeError, ValueError, AttributeError):  # the store's host (rank 0) is gone
+            return "rank(s) 0 died or hang (rank 0 holds the rendezvous store, which no longer answers)"
+        if lost:
+            return f"rank(s) {', '.join(map(str, lost))} died or hang (no answer within {wait_s:g} s)"
         return "every rank still answers"
 
     def wrap(self, model, probe=None):
@@ -424,14 +431,6 @@ def dist_timeout() -> timedelta:
     MMHPC_DIST_TIMEOUT_S, default 60 s. torch's defaults (NCCL 10 minutes, gloo 30) leave the live ranks of
     a run whose rank died waiting that long; NCCL, unlike gloo, does not see a dead peer's closed socket."""
     return timedelta(seconds=float(os.environ.get("MMHPC_DIST_TIMEOUT_S") or 60))
-
-
-def re_ranks(text: str) -> list[str]:
-    """Rank numbers in a torch.distributed error ("Ranks 1, 3 failed to pass", "from rank 0")."""
-    import re
-
-    found = re.findall(r"[Rr]anks? ((?:\d+(?:, )?)+)", text)
-    return [r for group in found for r in group.replace(",", " ").split()]
 
 
 PARALLELISMS: dict[str, type[Parallelism]] = {p.name: p for p in (Single, DataParallel, Distributed, BranchLevel)}
