@@ -155,7 +155,7 @@ def use_wheels(wheels: Path) -> tuple[list[str], Path | None]:
 def _remove_distribution(target: Path, info: Path) -> None:
     """Delete what a dist-info's RECORD lists (and the dist-info) from a --target directory."""
     tops = {line.split(",", 1)[0].split("/", 1)[0] for line in (info / "RECORD").read_text().splitlines() if line}
-    for top in tops:
+    for top in tops - {"", ".", ".."}:  # scripts are listed as ../../bin/...: outside the directory
         path = target / top
         if path.is_dir():
             shutil.rmtree(path, ignore_errors=True)

@@ -6,6 +6,7 @@ import os
 import shutil
 import subprocess
 import sys
+import tempfile
 import zipfile
 from pathlib import Path
 
@@ -92,12 +93,14 @@ def test_bench_helpers_and_report_on_the_cpu(tmp_path):
     assert report["tables"][:2] == ["precision", "loader"] and Path(report["pdf"]).exists()
 
 
-def _wheel(house: Path, dist: str, version: str, module: str, source: str, requires=()) -> Path:
-    """A real (minimal) wheel, as pip download leaves them in .whl/."""
+def _wheel(house: Path, dist: str, version: str, module: str, source: str, requires=(), script=False) -> Path:
+    """A real (minimal) wheel, as pip download leaves them in .whl/ (`script`: with a console script, which
+    a --target install records as ../../bin/...)."""
     path = house / f"{dist}-{version}-py3-none-any.whl"
     info = f"{dist}-{version}.dist-info"
     needs = "".join(f"Requires-Dist: {r}\n" for r in requires)
-    files = {f"{module}/__init__.py": source,
+    files = {f"{module}/__init__.py": source, **({f"{dist}-{version}.data/scripts/{module}-tool": "#!python\n"}
+                                                 if script else {}),
              f"{info}/METADATA": f"Metadata-Version: 2.1\nName: {dist}\nVersion: {version}\n{needs}",
              f"{info}/WHEEL": "Wheel-Version: 1.0\nGenerator: test\nRoot-Is-Purelib: true\nTag: py3-none-any\n"}
     files[f"{info}/RECORD"] = "".join(f"{name},,\n" for name in [*files, f"{info}/RECORD"])
@@ -115,14 +118,19 @@ def test_missing_modules_come_from_the_wheelhouse_with_their_dependencies_but_nu
     _wheel(house, "mmhpc_wheel_probe", "1.0", "mmhpc_wheel_probe", "import pytest\nVALUE = pytest.SHADOW\n",
            requires=["pytest", "numpy"])
     _wheel(house, "pytest", "0.1", "pytest", "SHADOW = 42\n")
-    _wheel(house, "numpy", "0.1", "numpy", "raise ImportError('the node numpy was shadowed')\n")
+    _wheel(house, "numpy", "0.1", "numpy", "raise ImportError('the node numpy was shadowed')\n", script=True)
     monkeypatch.setattr(gpucheck, "WHEEL_MODULES", ("mmhpc_wheel_probe", "json"))
+    tmp = tmp_path / "tmp"
+    tmp.mkdir()
+    (tmp / "keep").write_text("a file beside the wheel directory\n")
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp))
     monkeypatch.setattr(sys, "path", list(sys.path))
     monkeypatch.setenv("PYTHONPATH", "elsewhere")
     installed, target = gpucheck.use_wheels(house)
     try:
         assert installed == ["mmhpc_wheel_probe-1.0", "pytest-0.1"]  # json imports: nothing of it installed
         assert not (target / "numpy").exists() and not list(target.glob("numpy-*"))
+        assert (tmp / "keep").exists() and target.parent == tmp  # removing numpy stayed inside the directory
         assert os.environ["PYTHONPATH"] == f"{target}{os.pathsep}elsewhere"  # the checks' processes see it
         probe = subprocess.run([sys.executable, "-c", "import mmhpc_wheel_probe, numpy; print(mmhpc_wheel_probe.VALUE,"
                                 " numpy.__version__ != '0.1')"], capture_output=True, text=True)
