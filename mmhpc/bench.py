@@ -16,6 +16,8 @@ from mmhpc.results import RunRecord, write_record
 from mmhpc.train import Trainer
 
 TIME_KEYS = ("epoch_s", "train_loader_init_s", "train_s", "val_loader_init_s", "val_s", "train_samples_per_s")
+# where measured: the strategies' own per-epoch passes, the host's data wait, the GPU's idle between steps
+MAYBE_TIME_KEYS = ("strategy_s", "train_data_wait_s", "train_gpu_idle_s")
 
 
 def bench_summary(epochs: list[dict], warmup: int) -> dict:
@@ -26,13 +28,19 @@ def bench_summary(epochs: list[dict], warmup: int) -> dict:
     for key in TIME_KEYS:
         mean, se = mean_se([e["time"][key] for e in measured])
         out[f"{key}_mean"], out[f"{key}_se"] = mean, se
+    for key in MAYBE_TIME_KEYS:
+        values = [e["time"][key] for e in measured if e["time"].get(key) is not None]
+        if values:
+            out[f"{key}_mean"], out[f"{key}_se"] = mean_se(values)
     # utilisation and memory: the mean of per-epoch means, the max of per-epoch peaks
     for key in sorted({k for e in measured for k in e.get("util", {})}):
-        values = [e["util"][key] for e in measured if key in e.get("util", {})]
-        if key.endswith("_mean") or key.endswith("_j"):
-            out[f"util/{key}"] = float(np.mean(values))
-        elif key.endswith("_peak"):
-            out[f"util/{key}"] = float(np.max(values))
+        if not key.endswith(("_mean", "_peak", "_j")):
+            continue
+        values = [e["util"][key] for e in measured if e.get("util", {}).get(key) is not None]
+        if not values:  # none measured (a MIG slice's utilisation, epochs shorter than the interval)
+            out[f"util/{key}"] = None
+        else:
+            out[f"util/{key}"] = float(np.max(values) if key.endswith("_peak") else np.mean(values))
     for key in sorted({k for e in measured for k in e.get("memory", {})}):
         out[f"memory/{key}"] = max(e["memory"][key] for e in measured if key in e["memory"])
     return out

@@ -301,3 +301,17 @@ def test_report_shows_the_gpu_idle_beside_the_hosts_data_wait(tmp_path):
     frame = prefetch.frame.set_index("Prefetch factor")
     assert list(frame["Idle time (s)"]) == ["0.760", "0.720"] and list(frame["GPU idle (s)"]) == ["0.050", "0.000"]
     assert "CUDA events" in prefetch.caption
+
+
+def test_bench_summary_keeps_the_new_figures_and_a_mig_gpus_missing_utilisation():
+    from mmhpc.bench import bench_summary
+
+    def epoch(t, idle, util):
+        return {"time": {"epoch_s": t, "train_loader_init_s": 0.0, "train_s": t, "val_loader_init_s": 0.0,
+                         "val_s": 0.0, "train_samples_per_s": 1.0, "strategy_s": 0.5, "train_gpu_idle_s": idle},
+                "util": {"gpu0_util_pct_mean": util, "gpu0_mem_mb_peak": 100.0 * t, "gpu0_util_samples": 0}}
+
+    out = bench_summary([epoch(9.0, 3.0, None), epoch(2.0, 0.2, None), epoch(4.0, 0.4, None)], warmup=1)
+    assert out["strategy_s_mean"] == 0.5 and out["train_gpu_idle_s_mean"] == pytest.approx(0.3)
+    assert out["util/gpu0_util_pct_mean"] is None and out["util/gpu0_mem_mb_peak"] == 400.0
+    assert "util/gpu0_util_samples" not in out
