@@ -82,6 +82,7 @@ class FakeCuda:
         m.setattr(c, "stream", lambda s: contextlib.nullcontext(s))
         m.setattr(c, "empty_cache", lambda: None)
         m.setattr(c, "max_memory_allocated", lambda d=None: 3 * 2**20)
+        m.setattr(c, "max_memory_reserved", lambda d=None: 4 * 2**20)
         m.setattr(c, "reset_peak_memory_stats", lambda d=None: None)
         m.setattr(c, "set_sync_debug_mode", self._sync_mode)
         m.setattr(c, "nccl", SimpleNamespace(version=lambda: (2, 27, 3)), raising=False)

@@ -367,7 +367,9 @@ def test_single_run_on_the_fake_gpu_sets_its_device_synchronises_and_reads_peaks
     assert par.setup() == torch.device("cuda", 1) and fake.set_devices[-1][1] == torch.device("cuda", 1)
     par.synchronize()
     assert ("synchronize", torch.device("cuda", 1)) in fake.calls
-    assert par.peak_memory() == {"cuda:1_peak_mib": 3.0}
+    monkeypatch.setattr("mmhpc.system.sampler.device_used_mib", lambda d: 5.0)  # NVML's figure (fakes_gpu.py)
+    assert par.peak_memory() == {"cuda:1_peak_mib": 3.0, "cuda:1_reserved_peak_mib": 4.0,
+                                 "cuda:1_device_used_mib": 5.0}
     dp = parallel.build(tiny_config("cremad", "system.device=cuda", "system.parallelism=dp"))
     assert dp.setup() == torch.device("cuda", 1)  # two GPUs: allowed
     assert dp.compute_devices() == [torch.device("cuda", 0), torch.device("cuda", 1)]
