@@ -37,9 +37,8 @@ from mmhpc.results import (
 )
 from mmhpc.strategies import STRATEGIES
 from mmhpc.strategies.data import StrategyData
-from mmhpc.system import parallel
 from mmhpc.system.idle import StepGaps, TimedBatches, estimate_prefetch0_idle
-from mmhpc.system.precision import Precision
+from mmhpc.system.runtime import Runtime
 
 log = logging.getLogger(__name__)
 
@@ -79,15 +78,12 @@ class Trainer:
         self.step_hooks: list = []  # called after every training step (e.g. a profiler's step)
         self.record_path = cfg.record_path()
         self.ckpt_path = self.record_path.with_suffix(".ckpt.pt")
-        self.par = parallel.build(cfg)
-        self.device = self.par.setup()
+        self.par = self.runtime = Runtime.from_config(cfg)
+        self.device = self.runtime.device
         if self.par.is_main:
             self._check_existing()
         if cfg.system.threads:
             torch.set_num_threads(cfg.system.threads)
-        self.precision = Precision(cfg.system.precision, self.device.type)
-        self.precision.validate(self.device)
-        self.precision.apply()
         self.single_acc = (single_accuracies(cfg.train.single_acc, cfg.data.dataset, cfg.data.preset)
                            if self.par.is_main else None)
         seed_everything(cfg.train.seed, cfg.system.deterministic)
@@ -96,13 +92,11 @@ class Trainer:
         self.num_classes = train_ds.spec.num_classes
         self.model = MultimodalModel(cfg.modalities, self.num_classes, cfg.model, train_ds.shapes,
                                      cfg.data.preset if cfg.data.source == "synthetic" else "full").to(self.device)
-        self.strategy = STRATEGIES[cfg.strategy.name](cfg, self.model)
-        # the model (with any module a strategy added) enters the run's precision in its own forward
-        self.model.set_precision(self.precision)
-        self.strategy.net = self.par.wrap(self.model, self._probe_batch)
-        self.datasets = self.strategy.split_datasets(self.datasets)  # Gradient Blending holds part of train out
+        kind = STRATEGIES[cfg.strategy.name]
+        self.datasets = kind.split_datasets(cfg, self.datasets)  # Gradient Blending holds part of train out
         train_ds = self.datasets["train"]
-        self.strategy.data = StrategyData(self.datasets, cfg, self._to_device)  # the strategy's own passes
+        data = StrategyData(self.datasets, cfg, self._to_device)  # the strategy's own passes
+        self.strategy = kind(cfg, self.model, self.runtime, data)
         # every process trains on its shard; validation and test run whole on rank 0 only
         self.loaders = {"train": build_loader(train_ds, cfg, True, self.par.rank, self.par.world, device=self.device)}
         if cfg.loader.prefetch_factor == 0:  # the estimate's own standard loader (prefetch 1, thesis A.2.1)
@@ -110,10 +104,6 @@ class Trainer:
         if self.par.is_main:
             self.loaders["val"] = build_loader(self.datasets["val"], cfg, False, device=self.device)
             self.loaders["test"] = build_loader(self.datasets["test"], cfg, False, preinit=False)  # used once
-
-    def _probe_batch(self) -> dict:
-        """One training batch on the device, as a step gets it: for BLP's branch-cost measurement."""
-        return self._to_device(next(iter(build_loader(self.datasets["train"], self.cfg, True, preinit=False).epoch(0))))
 
     # ---- records ---------------------------------------------------------------------------------
     def _check_existing(self) -> None:
@@ -150,7 +140,7 @@ class Trainer:
         # device reads it), and every copy is asynchronous: from pageable memory too, where a blocking copy
         # would wait for the GPU's queue first
         batch = {k: v for k, v in batch.items() if k != "index"}
-        return finish_batch(self.par.to_device(batch, non_blocking=True))
+        return finish_batch(self.runtime.to_device(batch, non_blocking=True))
 
     def _pass(self, split: str, epoch: int) -> tuple[dict, dict]:
         """Run one epoch over a split's loader; returns (metrics, timings)."""

@@ -17,6 +17,7 @@ from mmhpc.data.frames import finish_batch
 from mmhpc.data.specs import DATASETS
 from mmhpc.models.multimodal import MultimodalModel
 from mmhpc.strategies import STRATEGIES
+from mmhpc.system.runtime import Runtime
 from mmhpc.train import train
 
 FAST = ["train.max_batches=1", "train.batch_size=8", "system.threads=1", "system.sample_interval=0"]
@@ -25,13 +26,16 @@ NEW = ["amst", "entropy", "reliability", "ogm_ge", "opm", "mslr", "pmr", "mla", 
 NEEDS = {"entropy": ["model.cosine=true"], "reliability": ["model.cosine=true"]}
 
 
-def strategy(name: str, *overrides: str, dataset: str = "cremad", seed: int = 0):
+def strategy(name: str, *overrides: str, dataset: str = "cremad", seed: int = 0, datasets=None):
     """A strategy on a freshly initialised tiny model, built the way the trainer builds it."""
+    from mmhpc.strategies.data import StrategyData
+
     cfg = load_config(None, [f"data.dataset={dataset}", f"strategy.name={name}", *NEEDS.get(name, []), *overrides])
     torch.manual_seed(seed)
     spec = DATASETS[cfg.data.dataset]
     model = MultimodalModel(cfg.modalities, spec.num_classes, cfg.model, spec.shapes("tiny"))
-    return STRATEGIES[name](cfg, model)
+    data = StrategyData(datasets, cfg, finish_batch) if datasets else None
+    return STRATEGIES[name](cfg, model, Runtime.from_config(cfg), data)
 
 
 def batch(n: int = 8, seed: int = 0, modalities=("audio", "visual")):
@@ -102,7 +106,6 @@ def test_gated_and_film_with_three_modalities_fail_at_once(name, fusion):
                                                                 "valid choices: alternating, joint, full"),
     (["strategy.name=amst", "strategy.params={skips: {text: 2}}"], "strategy.params.skips.text: not a modality"),
     (["strategy.name=amst", "strategy.params={skips: {audio: 0}}"], "must be a positive integer"),
-    (["strategy.name=amst", "system.parallelism=ddp"], "strategy amst cannot run under ddp; valid: single, blp"),
     (["strategy.name=ogm_ge", "model.fusion=film"], "model.fusion: strategy ogm_ge .* valid choices: early_sum, "
                                                     "late_sum, concat"),
     (["strategy.name=ogm_ge", "strategy.params={variant: cvpr}"], "strategy.params.variant: invalid value 'cvpr'"),
@@ -115,7 +118,6 @@ def test_gated_and_film_with_three_modalities_fail_at_once(name, fusion):
     (["strategy.name=mlb", "strategy.params={beta_max: 0.5}"], "strategy.params.beta_max: 0.5 must be >= 1"),
     (["strategy.name=gradient_blending", "strategy.params={weights: {fused: 1}}"],
      "strategy.params.weights: give a weight >= 0 for each of fused, audio, visual"),
-    (["strategy.name=pmr", "system.parallelism=ddp"], "strategy pmr cannot run under ddp"),
     (["strategy.name=pmr", "data.modalities=[visual]"], "data.modalities: strategy pmr balances two or more"),
     (["strategy.name=mlb", "data.modalities=[audio]"], "data.modalities: strategy mlb balances two or more"),
     (["strategy.name=pmr", "strategy.params={start_epoch: 3, end_epoch: 1}"], "strategy.params.end_epoch: "
@@ -133,12 +135,6 @@ def test_gated_and_film_with_three_modalities_fail_at_once(name, fusion):
 def test_bad_parameters_are_refused_naming_the_field(overrides, message):
     with pytest.raises(ConfigError, match=message):
         load_config(None, overrides)
-
-
-def test_declared_parallelisms():
-    one_backward = {"ogm_ge", "opm", "mslr", "mlb", "multi_loss", "gradient_blending"}
-    for name in NEW:
-        assert ("ddp" in STRATEGIES[name].parallelisms) == (name in one_backward), name
 
 
 # ---- one step against a hand-built reference ---------------------------------------------------------------
@@ -694,7 +690,7 @@ def test_gradient_blending_holds_out_part_of_the_training_split(synth_dir):
     s = strategy("gradient_blending", f"data.root={root}", "strategy.params={holdout: 0.25}")
     full = {split: PreparedDataset(root, split, ["audio", "visual"], train=split == "train") for split in
             ("train", "val", "test")}
-    ds = s.split_datasets(full)
+    ds = s.split_datasets(s.cfg, full)
     n = len(full["train"])
     held = ds["gb_holdout"]
     assert len(held) == round(0.25 * n) and len(ds["train"]) == n - len(held)
@@ -722,12 +718,10 @@ def test_gradient_blending_holds_out_part_of_the_training_split(synth_dir):
 
 def _pmr(synth_dir, *overrides):
     from mmhpc.data.dataset import PreparedDataset
-    from mmhpc.strategies.data import StrategyData
 
     root = synth_dir("cremad")
-    s = strategy("pmr", f"data.root={root}", "train.batch_size=8", *overrides)
     train_ds = PreparedDataset(root, "train", ["audio", "visual"], train=False)  # no augmentation: repeatable
-    s.data = StrategyData({"train": train_ds}, s.cfg, finish_batch)
+    s = strategy("pmr", f"data.root={root}", "train.batch_size=8", *overrides, datasets={"train": train_ds})
     return s, train_ds
 
 

@@ -21,6 +21,7 @@ from mmhpc.data.loading import build_datasets, build_loader
 from mmhpc.models.multimodal import MultimodalModel
 from mmhpc.system import parallel
 from mmhpc.system.precision import Precision
+from mmhpc.system.runtime import RunModel
 from mmhpc.train import Trainer, seed_everything, train
 
 REPO = Path(__file__).resolve().parents[1]
@@ -153,10 +154,10 @@ def test_blp_gives_the_gradients_of_single(tiny_config):
     blp = MultimodalModel(cfg.modalities, ds.spec.num_classes, cfg.model, ds.shapes)
     blp.load_state_dict(single.state_dict())
     runner = parallel.BranchParallel(blp, {m: torch.device("cpu") for m in cfg.modalities}, torch.device("cpu"))
-    blp.branch_runner = runner
-    for model in (single, blp):
+    fp32 = Precision("fp32", "cpu")
+    for model in (RunModel(single, fp32), RunModel(blp, fp32, runner)):
         torch.manual_seed(1)  # RoBERTa's dropout masks: the same draws for both
-        out = model(batch)
+        out = model("step", batch)
         torch.nn.functional.cross_entropy(out["fused"], batch["label"]).backward()
     runner.close()
     for (name, p1), (_, p2) in zip(single.named_parameters(), blp.named_parameters()):
@@ -170,10 +171,10 @@ def test_blp_gives_the_gradients_of_single(tiny_config):
 def test_blp_training_places_branches_by_measured_cost_and_trains_as_single(tiny_config):
     common = ("strategy.name=alternating", "train.epochs=2", "train.max_batches=3", "system.sample_interval=0")
     trainer = Trainer(tiny_config("cremad", *common, "system.parallelism=blp", "output.name=blp"), progress=False)
-    par = trainer.par
+    par = trainer.runtime.parallelism
     assert set(par.costs) == {"audio", "visual"} and all(c > 0 for c in par.costs.values())  # measured
     assert par.runner.placement == {"audio": torch.device("cpu"), "visual": torch.device("cpu")}
-    assert trainer.model.branch_runner is par.runner and trainer.strategy.net is trainer.model
+    assert trainer.strategy.net.local.branches is par.runner and trainer.strategy.net.model is trainer.model
     assert par.input_device("visual") == par.runner.placement["visual"] and par.input_device("label") == trainer.device
     blp = trainer.fit()
     single = train(tiny_config("cremad", *common, "output.name=single"), progress=False)
@@ -187,8 +188,8 @@ def test_blp_training_places_branches_by_measured_cost_and_trains_as_single(tiny
 def test_blp_explicit_placement_is_used_and_checked(tiny_config):
     trainer = Trainer(tiny_config("cremad", "system.parallelism=blp", "system.blp_devices={audio: cpu, visual: cpu}"),
                       progress=False)
-    assert trainer.par.costs is None  # given, not measured
-    assert trainer.par.runner.placement == {"audio": torch.device("cpu"), "visual": torch.device("cpu")}
+    assert trainer.runtime.parallelism.costs is None  # given, not measured
+    assert trainer.runtime.parallelism.runner.placement == {"audio": torch.device("cpu"), "visual": torch.device("cpu")}
     trainer.close()
     with pytest.raises(ConfigError, match="system.blp_devices: give one device per modality; got \\['audio'\\]; "
                                           "valid: audio, visual"):
@@ -304,13 +305,6 @@ def test_preinit_thread_runs_on_the_runs_device(tiny_config, monkeypatch):
     assert all(name.startswith("mmhpc-preinit") for name, _ in fake.set_devices)
 
 
-def test_alternating_refuses_ddp_clearly():
-    from mmhpc.config import load_config
-
-    with pytest.raises(ConfigError, match="strategy alternating cannot run under ddp; valid: single, blp"):
-        load_config(None, ["strategy.name=alternating", "system.parallelism=ddp"])
-
-
 @pytest.mark.parametrize("precision, device, cap, refused", [
     ("tf32", "cpu", None, True), ("bf16", "cpu", None, False), ("fp32", "cpu", None, False),
     ("fp32_strict", "cpu", None, False),
@@ -388,24 +382,26 @@ def test_training_runs_its_encoders_at_the_runs_precision(tiny_config, precision
 
 def test_the_model_enters_its_precision_in_any_thread(tiny_config):
     """DataParallel runs each replica's forward in a new thread, where the caller's autocast is absent (and
-    CUDA's default autocast dtype is float16): the model enters its stored precision itself."""
+    CUDA's default autocast dtype is float16): the run's model enters the run's precision itself."""
     cfg = tiny_config("cremad")
     ds = build_datasets(cfg)["train"]
     batch = finish_batch(next(iter(build_loader(ds, cfg, True).epoch(0))))
     model = MultimodalModel(cfg.modalities, ds.spec.num_classes, cfg.model, ds.shapes)
-    model.set_precision(Precision("bf16", "cpu"))
+    run = RunModel(model, Precision("bf16", "cpu"))
     seen, hook = _conv_dtypes(model)
     out: dict = {}
-    replica = threading.Thread(target=lambda: out.update(model(batch)))
+    replica = threading.Thread(target=lambda: out.update(run("step", batch)))
     replica.start()
     replica.join()
     assert seen == [torch.bfloat16]
     assert out["fused"].dtype == torch.float32 and all(z.dtype == torch.float32 for z in out["probes"].values())
     # the strategies' separate calls (masked fusion, probes) run at the precision too, outside any autocast
-    z = model.fusion({"audio": out["embs"]["audio"].detach()})
-    assert z.dtype == torch.float32 and model.fusion.precision == Precision("bf16", "cpu")
-    model.set_precision(None)
-    assert model(batch)["fused"].dtype == torch.float32 and seen[-1] == torch.float32
+    z = run("fusion", {"audio": out["embs"]["audio"].detach()})
+    assert z.dtype == torch.float32
+    z.sum().backward()
+    assert model.fusion.head.weight.grad.dtype == torch.float32
+    assert RunModel(model, Precision("fp32", "cpu"))("step", batch)["fused"].dtype == torch.float32
+    assert seen[-1] == torch.float32
     hook.remove()
 
 
@@ -530,7 +526,7 @@ def _preempted_ddp_worker(rank: int, port: int, cfg, out_dir: str) -> None:
     except Preempted as e:
         where = [e.epoch, e.step, len(steps)]
     finally:
-        trainer.par.close()
+        trainer.close()
     Path(out_dir, f"rank{rank}").write_text(json.dumps(where))
 
 

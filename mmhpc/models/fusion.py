@@ -18,8 +18,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mmhpc.system.precision import autocast_method
-
 
 class CosineLinear(nn.Module):
     def __init__(self, in_features: int, out_features: int, scale: float):
@@ -66,8 +64,6 @@ def _head(dim: int, classes: int, cosine: bool, scale: float) -> nn.Module:
 
 class Fusion(nn.Module):
     symmetric = True
-    precision = None  # the model's, set by MultimodalModel.set_precision: a call enters its autocast
-    __call__ = autocast_method(nn.Module.__call__)
 
     def __init__(self, modalities: list[str], dim: int, num_classes: int, cosine: bool = False,
                  scale: float = 1.0):

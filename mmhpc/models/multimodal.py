@@ -5,16 +5,12 @@ import torch
 from torch import nn
 
 from mmhpc.models.encoders import RESNET_WIDTH, build_encoder
-from mmhpc.models.fusion import Fusion, build_fusion, cosine_scale
-from mmhpc.system.precision import Precision, autocast_method
+from mmhpc.models.fusion import build_fusion, cosine_scale
 
 
 class MultimodalModel(nn.Module):
-    """The model runs at the precision it stores (`set_precision`): its forward, `encode`, `encode_one`,
-    `probe_logits` and its fusion's call enter the run's autocast themselves and return float32, in
-    whichever thread calls them (DataParallel replicas and BLP branches run in their own threads)."""
-
-    precision: Precision | None = None
+    """The parameters and the maths; the run's precision and parallelism wrap it
+    (`mmhpc.system.runtime.RunModel`)."""
 
     def __init__(self, modalities: list[str], num_classes: int, cfg, shapes, preset: str = "tiny"):
         """`cfg` is a `ModelConfig`; `shapes` the dataset's `Shapes` (text length and vocabulary); `preset`
@@ -36,15 +32,7 @@ class MultimodalModel(nn.Module):
         scale = cfg.cosine_scale or (cosine_scale(num_classes, num_modalities=len(self.modalities)) if cfg.cosine else 1.0)
         self.fusion = build_fusion(cfg.fusion, self.modalities, dim, num_classes, cfg.cosine, scale, cfg.control)
         self.probes = nn.ModuleDict({m: nn.Linear(dim, num_classes) for m in self.modalities})
-        self.branch_runner = None  # set by Branch-Level Parallelism
 
-    def set_precision(self, precision: Precision | None) -> None:
-        """Store the run's precision on this model and every model or fusion inside it (e.g. AMST's twin)."""
-        for module in self.modules():
-            if isinstance(module, (MultimodalModel, Fusion)):
-                module.precision = precision
-
-    @autocast_method
     def encode_one(self, m: str, x: torch.Tensor) -> torch.Tensor:
         e = self.encoders[m](x)
         if m in self.project:
@@ -53,19 +41,14 @@ class MultimodalModel(nn.Module):
             e = self.dropout[m](e)  # Eq. 2.25: inverted dropout on the embedding
         return e
 
-    @autocast_method
     def encode(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        if self.branch_runner is not None:
-            return self.branch_runner.encode(batch)
         return {m: self.encode_one(m, batch[m]) for m in self.modalities}
 
-    @autocast_method
     def forward(self, batch: dict[str, torch.Tensor]) -> dict:
-        """Embeddings, fused logits and probe logits in one forward: what DP/DDP wrappers run."""
+        """Embeddings, fused logits and probe logits in one forward."""
         embs = self.encode(batch)
         return {"embs": embs, "fused": self.fusion(embs), "probes": self.probe_logits(embs)}
 
-    @autocast_method
     def probe_logits(self, embs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """Helper classifiers on detached embeddings (Sec. 2.2): they never train the encoders."""
         return {m: self.probes[m](e.detach()) for m, e in embs.items()}

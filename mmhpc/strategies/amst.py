@@ -82,7 +82,6 @@ class AMST(Alternating):
 
     name = "amst"
     Params = AMSTParams
-    parallelisms = ("single", "blp")
 
     @classmethod
     def check_config(cls, cfg) -> None:
@@ -99,9 +98,6 @@ class AMST(Alternating):
             require_symmetric(cfg, f"AMST's {p.module} module trains a reduced head over the non-skipped "
                                    "modalities (seed 001 Alg. 2), which needs a fusion a modality can be masked out "
                                    "of (gated/FiLM train with module=alternating, thesis Alg. 4)")
-        if p.module == "full" and cfg.system.parallelism != "single":
-            raise ConfigError(f"system.parallelism: AMST's full module keeps a second set of encoders beside the "
-                              f"branches; {cfg.system.parallelism} is not supported; valid choices: single")
         for m, s in p.skips.items():
             if m not in cfg.modalities:
                 raise ConfigError(f"strategy.params.skips.{m}: not a modality of this run; valid: "
@@ -109,10 +105,12 @@ class AMST(Alternating):
             if s < 1:
                 raise ConfigError(f"strategy.params.skips.{m}: {s!r} must be a positive integer (1 = never skipped)")
 
-    def __init__(self, cfg, model):
-        if self.parse_params(cfg.strategy.params).module == "full":
-            model.add_module("amst_joint", joint_twin(model, cfg))  # before the optimiser is built
-        super().__init__(cfg, model)
+    def __init__(self, cfg, model, runtime, data=None):
+        full = self.parse_params(cfg.strategy.params).module == "full"
+        if full:  # before the runtime wraps the model and the optimiser is built
+            model.add_module("amst_joint", joint_twin(model, cfg))
+        super().__init__(cfg, model, runtime, data)
+        self.joint_net = self.net.part("amst_joint") if full else None
         defaults = AMST_DEFAULT_SKIPS.get(cfg.data.dataset, {})
         self.skips = {m: int(self.params.skips.get(m, defaults.get(m, 1))) for m in self.modalities}
         self._blocks: dict[torch.Tensor, list[slice]] = {}
@@ -175,34 +173,34 @@ class AMST(Alternating):
     def train_step(self, batch, labels):
         module = self.params.module
         if module == "joint":
-            return StepOutput(self._joint_step(self.model, batch, labels))
+            return StepOutput(self._joint_step(self.net, batch, labels))
         logits = super().train_step(batch, labels).logits  # thesis Alg. 4 with self.active
         if module == "full":
-            joint = self._joint_step(self.model.amst_joint, batch, labels)["fused"]
+            joint = self._joint_step(self.joint_net, batch, labels)["fused"]
             logits.update(alt=logits["fused"], joint=joint, fused=self._full(logits, joint))
         return StepOutput(logits)
 
-    def _joint_step(self, model, batch, labels) -> dict[str, torch.Tensor]:
+    def _joint_step(self, net, batch, labels) -> dict[str, torch.Tensor]:
         """Seed 001 Alg. 2: one loss over the non-skipped modalities' embeddings and head weights."""
         logits: dict[str, torch.Tensor] = {}
-        embs = model.encode(batch)
-        loss = self.probe_loss(embs, labels, logits) if model is self.model else None
+        embs = net.encode(batch)
+        loss = self.probe_loss(embs, labels, logits) if net is self.net else None
         if self.active:
-            joint = F.cross_entropy(self._reduced_head(model, {m: embs[m] for m in self.active}), labels)
+            joint = F.cross_entropy(self._reduced_head(net, {m: embs[m] for m in self.active}), labels)
             loss = joint if loss is None else loss + joint
         if loss is not None:
             self.update(loss, self._joint_blocks)
         with torch.no_grad():
             detached = {m: e.detach() for m, e in embs.items()}
-            logits["fused"] = model.fusion(detached)
-            logits.update({m: model.fusion({m: e}) for m, e in detached.items()})
+            logits["fused"] = net.fusion(detached)
+            logits.update({m: net.fusion({m: e}) for m, e in detached.items()})
         return logits
 
-    def _reduced_head(self, model, embs: dict[str, torch.Tensor]) -> torch.Tensor:
+    def _reduced_head(self, net, embs: dict[str, torch.Tensor]) -> torch.Tensor:
         """The joint module's logits over the active modalities. `joint_head=code` on a linear concat head:
         sum_active W_m e_m + (active / M) b, the code base's EarlyConcat with the skipped inputs left out."""
-        z = model.fusion(embs)
-        fusion = model.fusion
+        z = net.fusion(embs)
+        fusion = net.model.fusion
         if self.params.joint_head == "code" and isinstance(fusion, Concat) and not fusion.cosine:
             z = z - (1.0 - len(embs) / len(fusion.modalities)) * fusion.head.bias
         return z
@@ -215,7 +213,7 @@ class AMST(Alternating):
     def eval_logits(self, batch):
         out = super().eval_logits(batch)
         if self.params.module == "full":
-            twin = self.model.amst_joint
+            twin = self.joint_net
             joint = twin.fusion(twin.encode(batch)).float()
             out.update(alt=out["fused"], joint=joint, fused=self._full(out, joint))
         return out

@@ -16,14 +16,15 @@ from mmhpc.models.fusion import SYMMETRIC, Concat, EarlySum, Fusion
 from mmhpc.strategies.formulas import correct_class_score
 
 
-def unimodal_logits(fusion: Fusion, embs: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+def unimodal_logits(net, embs: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """Each modality's additive part of the fused logits: W_m e_m + b / M (seed 003 Eq. 6).
 
-    The masked fusion `fusion({m: e_m})` carries the whole shared bias b; seed 003 splits it into M
+    The masked fusion `net.fusion({m: e_m})` carries the whole shared bias b; seed 003 splits it into M
     parts, so the parts sum to the fused logits. Late-sum has one bias per branch (already additive),
-    cosine heads have none.
+    cosine heads have none. `net`: the strategy's `mmhpc.system.runtime.Net`.
     """
-    parts = {m: fusion({m: e}) for m, e in embs.items()}
+    parts = {m: net.fusion({m: e}) for m, e in embs.items()}
+    fusion: Fusion = net.model.fusion
     head = getattr(fusion, "head", None)
     if isinstance(fusion, (EarlySum, Concat)) and isinstance(head, nn.Linear) and head.bias is not None:
         shared = head.bias * (len(fusion.modalities) - 1) / len(fusion.modalities)
@@ -41,12 +42,12 @@ def batch_scores(logits: Mapping[str, torch.Tensor], labels: torch.Tensor) -> to
     return scores
 
 
-def step_logits(model, embs: Mapping[str, torch.Tensor], fused: torch.Tensor,
+def step_logits(net, embs: Mapping[str, torch.Tensor], fused: torch.Tensor,
                 unimodal: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """Detached logits of one joint step for the training metrics: fused, probes and masked fusion."""
     logits = {"fused": fused.detach(), **{f"probe/{m}": z.detach() for m, z in unimodal.items()}}
     with torch.no_grad():
-        logits.update({m: model.fusion({m: e.detach()}) for m, e in embs.items()})
+        logits.update({m: net.fusion({m: e.detach()}) for m, e in embs.items()})
     return logits
 
 

@@ -1,8 +1,10 @@
 """The strategy interface: what differs between training strategies, and nothing else.
 
 The trainer owns the loop (epochs, loaders, evaluation, timing, records); a strategy owns one training
-step (forward, losses, backward, optimiser steps) and the per-epoch decisions (which modalities train,
-when to stop, when to decay the learning rate). A new strategy subclasses `Strategy`, overrides what
+step (forward, losses, which updates) and the per-epoch decisions (which modalities train, when to stop,
+when to decay the learning rate). The system is the runtime's (`mmhpc.system.runtime.Runtime`): every
+forward goes through `self.net`, every update through `runtime.backward` and `runtime.step`, so every
+strategy runs on every parallelism and precision. A new strategy subclasses `Strategy`, overrides what
 differs and registers itself with `@register`.
 """
 from __future__ import annotations
@@ -50,23 +52,23 @@ class Strategy:
     name: ClassVar[str] = ""
     fusions: ClassVar[tuple[str, ...]] = FUSIONS
     Params: ClassVar[type] = NoParams
-    #: which parallelisms can run this strategy (DDP needs one loss per step, see `mmhpc.system.parallel`)
-    parallelisms: ClassVar[tuple[str, ...]] = ("single", "dp", "ddp", "blp")
     #: 2 for the balancing baselines, which compare modalities with each other
     min_modalities: ClassVar[int] = 1
 
-    def __init__(self, cfg, model):
-        self.cfg = cfg
-        self.model = model  # runs at the run's precision by itself (MultimodalModel.set_precision)
-        self.net = model  # the trainer replaces it by the DP/DDP wrapper
+    def __init__(self, cfg, model, runtime, data=None):
+        """`model`: the parameters (a `MultimodalModel` on the run's device); `runtime`: the run's
+        `Runtime`, which wraps the model for its parallelism and precision here; `data`: a
+        `mmhpc.strategies.data.StrategyData` for passes of the strategy's own (None in unit tests)."""
+        self.cfg, self.model, self.runtime, self.data = cfg, model, runtime, data
         self.params = self.parse_params(cfg.strategy.params)
         self.modalities: list[str] = list(model.modalities)
         self.optimised = {m: 0 for m in self.modalities}  # optimisation epochs per modality (Table 4.4)
         self.active: list[str] = list(self.modalities)
+        self.net = runtime.setup_model(model, data.probe if data is not None else None)
         self.optimizer = self.build_optimizer()
-        self.data = None  # a `mmhpc.strategies.data.StrategyData`, set by the trainer, for passes of its own
 
-    def split_datasets(self, datasets: dict) -> dict:
+    @classmethod
+    def split_datasets(cls, cfg, datasets: dict) -> dict:
         """The run's datasets as this strategy trains on them (Gradient Blending holds part of train out)."""
         return datasets
 
@@ -77,10 +79,6 @@ class Strategy:
         if cfg.model.fusion not in cls.fusions:
             raise ConfigError(problem("model.fusion", f"strategy {cls.name} does not support {cfg.model.fusion}",
                                       cls.fusions))
-        if cfg.system.parallelism not in cls.parallelisms:
-            raise ConfigError(problem("system.parallelism",
-                                      f"strategy {cls.name} cannot run under {cfg.system.parallelism}",
-                                      cls.parallelisms))
         if len(cfg.modalities) < cls.min_modalities:
             raise ConfigError(f"data.modalities: strategy {cls.name} balances two or more modalities, got "
                               f"{cfg.modalities}; use strategy.name=naive for a single-modality baseline")
@@ -169,25 +167,26 @@ class Strategy:
         raise NotImplementedError
 
     def fused_logits(self, embs: dict[str, torch.Tensor]) -> torch.Tensor:
-        return self.model.fusion(embs)
+        return self.net.fusion(embs)
 
     @torch.no_grad()
     def eval_logits(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """Fused, per-modality (masked fusion) and probe logits for evaluation."""
-        embs = self.model.encode(batch)
+        embs = self.net.encode(batch)
         out = {"fused": self.fused_logits(embs)}
-        out.update({m: self.model.fusion({m: embs[m]}) for m in self.modalities})
-        out.update({f"probe/{m}": z for m, z in self.model.probe_logits(embs).items()})
+        out.update({m: self.net.fusion({m: embs[m]}) for m in self.modalities})
+        out.update({f"probe/{m}": z for m, z in self.net.probe_logits(embs).items()})
         return {k: v.float() for k, v in out.items()}
 
     # ---- helpers for subclasses ------------------------------------------------------------------
     def probe_loss(self, embs: dict[str, torch.Tensor], labels: torch.Tensor,
                    logits: dict[str, torch.Tensor]) -> torch.Tensor:
-        probes = self.model.probe_logits(embs)
+        probes = self.net.probe_logits(embs)
         logits.update({f"probe/{m}": z.detach() for m, z in probes.items()})
         return sum(F.cross_entropy(z, labels) for z in probes.values())
 
     def update(self, loss: torch.Tensor) -> None:
+        """One optimiser step on `loss`: gradients through the runtime (loss scaling, DDP's all-reduce)."""
         self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        self.optimizer.step()
+        self.runtime.backward(loss)
+        self.runtime.step(self.optimizer)

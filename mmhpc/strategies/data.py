@@ -2,8 +2,8 @@
 
 PMR computes its prototypes before each epoch from a share of the training batches (the thesis code
 base's `calculate_prototype`); Gradient Blending estimates its weights on a part of the training data
-held out of training (`split_held_out`). The trainer hands every strategy a `StrategyData` as
-`strategy.data`; a strategy built without a trainer (unit tests) can be given one directly.
+held out of training (`split_held_out`). The trainer builds every strategy with a `StrategyData`;
+a strategy built without a trainer (unit tests) can be given one directly.
 """
 from __future__ import annotations
 
@@ -31,6 +31,11 @@ class StrategyData:
             if i >= limit:
                 break
             yield self.to_device(batch)
+
+
+    def probe(self) -> dict:
+        """One training batch on the device, the first of epoch 0's order (BLP measures branch costs on it)."""
+        return next(self.batches("train", 0, shuffle=True))
 
 
 class Part(Subset):

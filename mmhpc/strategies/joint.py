@@ -14,13 +14,13 @@ class Naive(Strategy):
     name = "naive"
 
     def train_step(self, batch, labels):
-        out = self.net(batch)  # one forward through the DP/DDP wrapper when there is one
+        out = self.net(batch)
         embs, fused = out["embs"], out["fused"]
         logits = {"fused": fused.detach(), **{f"probe/{m}": z.detach() for m, z in out["probes"].items()}}
         loss = F.cross_entropy(fused, labels) + sum(F.cross_entropy(z, labels) for z in out["probes"].values())
         self.update(loss)
         with torch.no_grad():  # per-modality logits for the metrics only
-            logits.update({m: self.model.fusion({m: e.detach()}) for m, e in embs.items()})
+            logits.update({m: self.net.fusion({m: e.detach()}) for m, e in embs.items()})
         return StepOutput(logits)
 
 
@@ -34,19 +34,17 @@ class Alternating(Strategy):
     """
 
     name = "alternating"
-    # one backward per modality per step: DDP reduces gradients once per forward, DP replicates per forward
-    parallelisms = ("single", "blp")
 
     def train_step(self, batch, labels):
         logits: dict[str, torch.Tensor] = {}
-        embs = self.model.encode(batch)
+        embs = self.net.encode(batch)
         probe = self.probe_loss(embs, labels, logits)
         if not self.model.fusion.symmetric:
             # Alg. 3 line 3: the fusion learns from all unmasked embeddings; encoders are not touched.
             fused = self.fused_logits({m: e.detach() for m, e in embs.items()})
             self.update(F.cross_entropy(fused, labels))
         for m in self.modalities:
-            z = self.model.fusion({m: embs[m]})
+            z = self.net.fusion({m: embs[m]})
             loss = F.cross_entropy(z, labels)
             logits[m] = z.detach()
             if m in self.active:

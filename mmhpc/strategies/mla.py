@@ -55,7 +55,6 @@ class MLA(Strategy):
     name = "mla"
     Params = MLAParams
     fusions = ("early_sum",)  # the shared head
-    parallelisms = ("single", "blp")  # one backward per modality per step
 
     @classmethod
     def check_config(cls, cfg) -> None:
@@ -93,7 +92,7 @@ class MLA(Strategy):
 
     def fused_logits(self, embs):
         """Runtime fusion: per-sample entropy weights (Eq. 2.32-2.33) or fixed weights over H(e_m)."""
-        z = {m: self.model.fusion({m: e}) for m, e in embs.items()}
+        z = {m: self.net.fusion({m: e}) for m, e in embs.items()}
         if self.params.runtime_fusion == "entropy":
             w = mla_entropy_weights(z)
             return sum(w[m].unsqueeze(1) * z[m].float() for m in z)
@@ -101,18 +100,18 @@ class MLA(Strategy):
 
     def train_step(self, batch, labels):
         logits: dict[str, torch.Tensor] = {}
-        embs = self.model.encode(batch)
+        embs = self.net.encode(batch)
         probe = self.probe_loss(embs, labels, logits)
         for m in self.modalities:
-            z = self.model.fusion({m: embs[m]})
+            z = self.net.fusion({m: embs[m]})
             loss = F.cross_entropy(z, labels)
             logits[m] = z.detach()
             self.optimizer.zero_grad(set_to_none=True)
-            (loss + probe if probe is not None else loss).backward()
+            self.runtime.backward(loss + probe if probe is not None else loss)
             probe = None  # the probes ride on the first update
             if self.params.projection:
                 self.project(embs[m].detach())
-            self.optimizer.step()
+            self.runtime.step(self.optimizer)
         with torch.no_grad():
             logits["fused"] = self.fused_logits({m: e.detach() for m, e in embs.items()})
         return StepOutput(logits)
@@ -123,7 +122,8 @@ class MLA(Strategy):
         weight = self.model.fusion.head.weight
         if self.updates and weight.grad is not None:
             weight.grad = (weight.grad.float() @ self.P).to(weight.grad.dtype)
-        r = features.float().mean(0, keepdim=True).t().to(self.P.device)  # [D, 1]
+        # [D, 1], the mean over the global batch: every DDP process projects alike
+        r = self.runtime.mean(features.float().mean(0, keepdim=True)).t().to(self.P.device)
         k = self.P @ r
         self.P -= (k @ k.t()) / (self.params.projection_alpha + (r.t() @ k))
         self.updates += 1

@@ -56,7 +56,7 @@ class _OnTheFly(ModulationWindow, Strategy):
 
     def parts(self, embs) -> dict[str, torch.Tensor]:
         with torch.no_grad():
-            return unimodal_logits(self.model.fusion, {m: e.detach() for m, e in embs.items()})
+            return unimodal_logits(self.net, {m: e.detach() for m, e in embs.items()})
 
 
 @dataclass
@@ -102,15 +102,15 @@ class OGMGE(_OnTheFly):
         loss = F.cross_entropy(fused, labels) + sum(F.cross_entropy(z, labels) for z in probes.values())
         parts = self.parts(embs)
         self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        self.runtime.backward(loss)
         if self.modulating:
             scores = batch_scores({m: parts[m] for m in self.modalities}, labels)
             self.coeffs = ogm_coefficient_tensor(scores, self.params.alpha, self.params.variant)
             self.modulate()
         else:
             self.coeffs = None
-        self.optimizer.step()
-        return StepOutput(step_logits(self.model, embs, fused, probes))
+        self.runtime.step(self.optimizer)
+        return StepOutput(step_logits(self.net, embs, fused, probes))
 
     @torch.no_grad()
     def modulate(self) -> None:
@@ -168,7 +168,7 @@ class OPM(_OnTheFly):
         embs, fused, probes = out["embs"], out["fused"], out["probes"]
         if self.modulating:
             dropped, valid = self.drop(embs)
-            per_sample = F.cross_entropy(self.model.fusion(dropped), labels, reduction="none")
+            per_sample = F.cross_entropy(self.net.fusion(dropped), labels, reduction="none")
             weight = valid.to(per_sample.dtype)  # the mean over the samples that kept a modality (0 if none)
             loss = (per_sample * weight).sum() / weight.sum().clamp_min(1)
         else:
@@ -179,7 +179,7 @@ class OPM(_OnTheFly):
         if self.modulating:  # Eq. 8: this iteration's scores give the next iteration's q
             scores = batch_scores({m: parts[m] for m in self.modalities}, labels)
             self.q = opm_drop_tensor(scores, self.params.lam, self.params.q_base)
-        return StepOutput(step_logits(self.model, embs, fused, probes))
+        return StepOutput(step_logits(self.net, embs, fused, probes))
 
     def drop_probabilities(self) -> dict[str, float]:
         return dict(zip(self.modalities, self.q.tolist()))

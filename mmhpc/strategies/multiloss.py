@@ -62,7 +62,7 @@ class MultiLoss(Naive):
         loss = self.combine(losses)
         self.before_update(uni, labels)
         self.update(loss)
-        return StepOutput(step_logits(self.model, embs, fused, uni))
+        return StepOutput(step_logits(self.net, embs, fused, uni))
 
 
 @dataclass
@@ -162,17 +162,16 @@ class GradientBlending(MultiLoss):
     def combine(self, losses):
         return sum(self.weights[k] * v for k, v in losses.items())
 
-    def estimating(self) -> bool:
-        return not self.params.weights and self.params.holdout > 0
-
-    def split_datasets(self, datasets: dict) -> dict:
-        if not self.estimating():
+    @classmethod
+    def split_datasets(cls, cfg, datasets: dict) -> dict:
+        p = cls.parse_params(cfg.strategy.params)
+        if p.weights or p.holdout == 0:  # no estimate, or one on the validation split
             return datasets
         from mmhpc.data.dataset import PreparedDataset
 
         train = datasets["train"]
         plain = PreparedDataset(train.root, "train", train.modalities, train=False, verify="none")
-        part, held = split_held_out(train, self.params.holdout, self.cfg.train.seed, plain)
+        part, held = split_held_out(train, p.holdout, cfg.train.seed, plain)
         return {**datasets, "train": part, HOLDOUT: held}
 
     @torch.no_grad()

@@ -60,8 +60,6 @@ class PMR(ModulationWindow, Strategy):
     name = "pmr"
     Params = PMRParams
     fusions = SYMMETRIC  # the paper's sum and concatenation fusions
-    # prototypes come from the embeddings each process saw: DDP processes would disagree
-    parallelisms = ("single", "dp", "blp")
 
     @classmethod
     def check_config(cls, cfg) -> None:
@@ -105,7 +103,7 @@ class PMR(ModulationWindow, Strategy):
         sums: dict[str, torch.Tensor] = {}
         counts = None
         for batch in self.data.batches(self.split, epoch, self.fraction, shuffle=self.split == "train"):
-            embs = self.model.encode(batch)
+            embs = self.net.encode(batch)
             for m, e in embs.items():
                 s, c = pmr_class_sums(e, batch["label"].to(e.device), self.model.num_classes)
                 sums[m] = sums[m] + s if m in sums else s
@@ -118,7 +116,8 @@ class PMR(ModulationWindow, Strategy):
             if first:  # classes not seen yet start at the mean embedding
                 previous = (s.sum(0) / counts.sum()).expand(self.model.num_classes, -1)
             new[m] = pmr_prototypes_from_sums(s, counts, previous, 0.0 if first else self.params.momentum)
-        return new
+        # rank 0's: DDP processes hold their own BatchNorm statistics, so their prototypes could differ
+        return self.runtime.broadcast(new)
 
     def provenance(self) -> dict[str, dict]:
         out = super().provenance()
@@ -148,7 +147,7 @@ class PMR(ModulationWindow, Strategy):
                 reg = torch.stack([pmr_entropy_regulariser(proto[m]) for m in self.modalities])
                 loss = loss - self.params.mu * ((rho > 1).to(reg.dtype) * reg).sum()
         self.update(loss)
-        logits = step_logits(self.model, embs, fused, probes)
+        logits = step_logits(self.net, embs, fused, probes)
         logits.update({f"proto/{m}": z.detach() for m, z in (proto or {}).items()})
         return StepOutput(logits)
 
@@ -156,7 +155,7 @@ class PMR(ModulationWindow, Strategy):
     def eval_logits(self, batch):
         out = super().eval_logits(batch)
         if self.prototypes is not None:
-            embs = self.model.encode(batch)
+            embs = self.net.encode(batch)
             out.update({f"proto/{m}": z.float() for m, z in self.prototype_logits(embs).items()})
         return out
 

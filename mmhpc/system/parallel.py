@@ -3,8 +3,8 @@
 `Parallelism` subclasses, one per `system.parallelism`, answer the launcher and run the trainer's side:
 - rules, asked before anything runs (by `mmhpc sweep` with a cluster's GPU type, by the trainer with the
   devices it sees): `devices_needed`, `tasks_per_node`, `problem`;
-- a run: `setup` (choose the device, join the process group), `wrap` (the module strategies call forward
-  on), `to_device` (where each input goes), `synchronize` (every device the run computes on, before a
+- a run: `setup` (choose the device, join the process group), `branches` (BLP's branch threads),
+  `wrap` (DP/DDP around the run's model, `mmhpc.system.runtime`), `to_device` (where each input goes), `synchronize` (every device the run computes on, before a
   timer is read), `reduce`/`broadcast` (metrics over processes), `peak_memory`, `close`.
 
 - single: one device.
@@ -112,9 +112,14 @@ class Parallelism:
         if problem:
             raise ConfigError(problem)
 
-    def wrap(self, model: nn.Module, probe: Callable[[], dict] | None = None) -> nn.Module:
-        """The module strategies call forward on. `probe()` gives one training batch (BLP measures on it)."""
-        return model
+    def branches(self, model: nn.Module, probe: Callable[[], dict] | None, precision) -> BranchParallel | None:
+        """BLP's branch runner for `model` (None: the model encodes its inputs itself). `probe()` gives one
+        training batch (BLP measures on it)."""
+        return None
+
+    def wrap(self, module: nn.Module) -> nn.Module:
+        """The module the step's forward runs through: DP/DDP around the run's model, or the model."""
+        return module
 
     def input_device(self, key: str) -> torch.device:
         return self.device
@@ -196,10 +201,10 @@ class DataParallel(Parallelism):
         return [torch.device("cuda", i) for i in range(torch.cuda.device_count())] if self.device.type == "cuda" \
             else [self.device]
 
-    def wrap(self, model, probe=None):
-        # the model enters its own autocast in forward: replicas run in new threads, where the caller's
-        # autocast state is absent (see mmhpc.system.precision.autocast_method)
-        return nn.DataParallel(model)
+    def wrap(self, module):
+        # the run's model enters its autocast in forward: replicas run in new threads, where the caller's
+        # autocast state is absent (mmhpc.system.runtime.RunModel)
+        return nn.DataParallel(module)
 
 
 class Distributed(Parallelism):
@@ -281,9 +286,9 @@ class Distributed(Parallelism):
             return f"rank(s) {', '.join(map(str, lost))} died or hang (no answer within {wait_s:g} s)"
         return "every rank still answers"
 
-    def wrap(self, model, probe=None):
+    def wrap(self, module):
         ids = [self.device.index] if self.device.type == "cuda" else None
-        return nn.parallel.DistributedDataParallel(model, device_ids=ids)
+        return nn.parallel.DistributedDataParallel(module, device_ids=ids)
 
     def reduce(self, values, weight):
         if not dist.is_initialized():
@@ -394,21 +399,20 @@ class BranchLevel(Parallelism):
             out[m] = d
         return out
 
-    def placement(self, model, probe) -> dict[str, torch.device]:
+    def placement(self, model, probe, precision) -> dict[str, torch.device]:
         explicit = self.given_devices(self.device)
         if explicit:
             return explicit
         # measuring must not change what the run does next: the RNG and the BatchNorm statistics
         saved = {k: v.clone() for k, v in model.state_dict().items()}
         with torch.random.fork_rng(devices=[]):
-            self.costs = measure_branch_costs(model, probe(), self.device)
+            self.costs = measure_branch_costs(model, probe(), self.device, precision)
         model.load_state_dict(saved)
         return assign_branches(self.costs, blp_devices(self.device))
 
-    def wrap(self, model, probe=None):
-        self.runner = BranchParallel(model, self.placement(model, probe), self.device)
-        model.branch_runner = self.runner
-        return model
+    def branches(self, model, probe, precision):
+        self.runner = BranchParallel(model, self.placement(model, probe, precision), self.device, precision)
+        return self.runner
 
     def input_device(self, key):
         if self.runner is not None and key in self.runner.placement:
@@ -459,16 +463,19 @@ def assign_branches(costs: dict[str, float], devices: list[torch.device]) -> dic
     return placement
 
 
-def measure_branch_costs(model, batch: dict[str, torch.Tensor], device: torch.device, reps: int = 2) -> dict:
-    """Seconds of forward+backward of each encoder branch on `device` (after one warm-up), at the precision
-    the model stores (its `encode_one` enters the run's autocast)."""
+def measure_branch_costs(model, batch: dict[str, torch.Tensor], device: torch.device, precision=None,
+                         reps: int = 2) -> dict:
+    """Seconds of forward+backward of each encoder branch on `device` (after one warm-up), at the run's
+    precision (a `mmhpc.system.precision.Precision`; None: as called)."""
     costs = {}
     for m in model.modalities:
         x = batch[m].to(device)
         times = []
         for _ in range(reps + 1):
             t0 = time.perf_counter()
-            model.encode_one(m, x).float().sum().backward()
+            with precision.autocast() if precision is not None else contextlib.nullcontext():
+                e = model.encode_one(m, x)
+            e.float().sum().backward()
             if device.type == "cuda":
                 torch.cuda.synchronize(device)
             times.append(time.perf_counter() - t0)
@@ -480,13 +487,13 @@ def measure_branch_costs(model, batch: dict[str, torch.Tensor], device: torch.de
 class BranchParallel:
     """Runs each modality's encoder branch on its device, concurrently, and returns embeddings on the master.
 
-    Grad mode is thread-local in PyTorch, so each branch thread re-enters the caller's; the precision is the
-    model's own (its `encode_one` enters it). Inputs arrive on their branch's device already (the trainer
+    Grad mode and autocast are thread-local in PyTorch, so each branch thread re-enters the caller's grad
+    mode and the run's precision (returning float32, as `mmhpc.system.runtime.RunModel` does). Inputs arrive on their branch's device already (the trainer
     asks `BranchLevel.input_device`), so a branch copies nothing through the master.
     """
 
-    def __init__(self, model, placement: dict[str, torch.device], master: torch.device):
-        self.model, self.placement, self.master = model, placement, master
+    def __init__(self, model, placement: dict[str, torch.device], master: torch.device, precision=None):
+        self.model, self.placement, self.master, self.precision = model, placement, master, precision
         for m, dev in placement.items():
             model.encoders[m].to(dev)
             for part in (model.project, model.dropout):
@@ -500,12 +507,18 @@ class BranchParallel:
         stream = self.streams.get(m)
         with torch.set_grad_enabled(grad):
             if stream is None:
-                return self.model.encode_one(m, x.to(dev)).to(self.master)
+                return self._encode_one(m, x.to(dev)).to(self.master)
             torch.cuda.set_device(dev)  # this thread's current device: the branch's
             stream.wait_stream(torch.cuda.current_stream(dev))
             with torch.cuda.stream(stream):
-                e = self.model.encode_one(m, x.to(dev, non_blocking=True))
+                e = self._encode_one(m, x.to(dev, non_blocking=True))
             return e, stream
+
+    def _encode_one(self, m: str, x: torch.Tensor) -> torch.Tensor:
+        if self.precision is None or self.precision.dtype is None:
+            return self.model.encode_one(m, x)
+        with self.precision.autocast():
+            return self.model.encode_one(m, x).float()
 
     def encode(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         grad = torch.is_grad_enabled()

@@ -2,9 +2,9 @@
 
 `Precision(name, device_type)` knows what a precision means on a device, whether a GPU of a given
 compute capability can run it (the trainer asks with the GPU it has, the launcher with the GPU type a
-profile names), sets PyTorch's backend flags, and carries the autocast dtype that the model stores and
-enters in its own forward (`autocast_method`), so that DataParallel replicas, BLP branch threads and
-every strategy run at the run's precision without re-entering an autocast themselves.
+profile names), sets PyTorch's backend flags, and carries the autocast dtype that the run's model
+(`mmhpc.system.runtime.RunModel`) enters in its forward, so that DataParallel replicas, BLP branch
+threads and every strategy run at the run's precision without entering an autocast themselves.
 
 | name          | matmul TF32 | cuDNN TF32 | autocast | what it is                                          |
 |---------------|-------------|------------|----------|-----------------------------------------------------|
@@ -23,12 +23,10 @@ bfloat16 (real, mostly useful to check numerics) and `tf32` is refused.
 """
 from __future__ import annotations
 
-import functools
 from dataclasses import dataclass
 
 import torch
 
-from mmhpc.compat import autocast_state
 from mmhpc.errors import ConfigError
 
 AMPERE = (8, 0)  # tensor cores with TF32 and BF16
@@ -118,36 +116,26 @@ class Precision:
         dtype = self.dtype
         return torch.autocast(self.device_type, dtype=dtype or torch.float32, enabled=dtype is not None)
 
+    # ---- the loss-scaling hooks of `mmhpc.system.runtime.Runtime` (no mode scales its loss yet) ------
+    def backward(self, loss: torch.Tensor) -> None:
+        loss.backward()
 
-def _to_float(out):
+    def step(self, optimizer: torch.optim.Optimizer) -> None:
+        optimizer.step()
+
+    def state_dict(self) -> dict:
+        return {}
+
+    def load_state_dict(self, state: dict) -> None:
+        pass
+
+
+def to_float(out):
     """Floating-point tensors (also inside dicts, lists, tuples) cast to float32 at the autocast boundary."""
     if torch.is_tensor(out):
         return out.float() if out.is_floating_point() else out
     if isinstance(out, dict):
-        return {k: _to_float(v) for k, v in out.items()}
+        return {k: to_float(v) for k, v in out.items()}
     if isinstance(out, (list, tuple)):
-        return type(out)(_to_float(v) for v in out)
+        return type(out)(to_float(v) for v in out)
     return out
-
-
-def autocast_method(fn):
-    """Run a module method under the precision the module stores in `self.precision` (None: as called).
-
-    The outermost call enters the autocast and returns float32 outputs, so losses and metrics computed by
-    the caller outside any autocast see float32, as they would inside one (autocast runs losses and softmax
-    in float32). A call inside an active autocast of that dtype (the model's forward calling its parts) runs
-    as it is. Autocast state is thread-local: a DataParallel replica or a BLP branch thread enters it here,
-    in its own thread, with the dtype stored on the module, never float16 by default.
-    """
-    @functools.wraps(fn)
-    def run(self, *args, **kwargs):
-        precision = self.precision
-        if precision is None or precision.dtype is None:
-            return fn(self, *args, **kwargs)
-        if autocast_state(precision.device_type) == (True, precision.dtype):
-            return fn(self, *args, **kwargs)
-        with precision.autocast():
-            out = fn(self, *args, **kwargs)
-        return _to_float(out)
-
-    return run
