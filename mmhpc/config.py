@@ -20,8 +20,8 @@ from mmhpc import names
 from mmhpc.data.specs import DATASETS
 from mmhpc.errors import ConfigError, problem
 
-Precision = Literal["fp32", "fp32_strict", "tf32", "bf16"]  # meanings: mmhpc.system.precision.MODES
-Parallelism = Literal["single", "dp", "ddp", "blp"]
+Precision = Literal[tuple(names.PRECISIONS)]  # the one registry of system choices: mmhpc.names
+Parallelism = Literal[tuple(names.PARALLELISMS)]
 PRECISIONS: tuple[str, ...] = get_args(Precision)
 PARALLELISMS: tuple[str, ...] = get_args(Parallelism)
 

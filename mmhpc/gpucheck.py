@@ -49,8 +49,10 @@ from pathlib import Path
 
 import torch
 
+from mmhpc.names import THESIS_PRECISIONS
+
 NEEDS_GPU = "needs a CUDA GPU"
-PRECISIONS = ("fp32", "tf32", "bf16")
+PRECISIONS = THESIS_PRECISIONS  # the thesis' settings (mmhpc.names, the registry of system choices)
 MATMUL_N, RESNET_BATCH, RESNET_SIZE, TIMED = 8192, 64, 224, 20  # the precision check's sizes, timed steps
 
 

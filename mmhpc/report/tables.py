@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 import pandas as pd
 
 from mmhpc import metrics as mx
+from mmhpc.names import PARALLELISMS, PRECISIONS, THESIS_PRECISIONS
 from mmhpc.report.load import varying
 from mmhpc.report.reproduce import SOURCE, TOLERANCE_TEXT, Col, Match, ThesisRows, lookup, smoke_reason, verdicts
 
@@ -206,8 +207,8 @@ def of_sweeps_varying(runs: pd.DataFrame, knobs: list[str], least: int = 1, alon
     return runs[runs["sweep"].isin(keep)]
 
 
-ORDER = {"precision": ("fp32", "tf32", "bf16"), "loader": ("standard", "preinit"),
-         "parallelism": ("single", "dp", "ddp", "blp"), "dataset": ("cremad", "ave", "mvsa", "iemocap", "urfunny"),
+ORDER = {"precision": tuple(PRECISIONS), "loader": ("standard", "preinit"),
+         "parallelism": tuple(PARALLELISMS), "dataset": ("cremad", "ave", "mvsa", "iemocap", "urfunny"),
          "strategy": ("naive",), "encoder": ("audio", "visual", "text")}
 
 
@@ -234,7 +235,7 @@ def _name(value) -> str:
 
 
 # how a knob's value reads in a row label (column headers of compared values use NAMES: Std, Opt, as the thesis)
-SHOWN = {"fp32": "FP32", "tf32": "TF32", "bf16": "BF16", "dp": "DP", "ddp": "DDP", "blp": "BLP",
+SHOWN = {**{k: c.label for k, c in PRECISIONS.items()}, **{k: v for k, v in PARALLELISMS.items() if k != "single"},
          "preinit": "pre-initialised loader", "standard": "standard loader"}
 
 
@@ -392,7 +393,7 @@ def _bf16_vs_tf32(cells: dict, notes: Notes) -> list[Col]:
 def precision_table(runs: pd.DataFrame) -> Table | None:
     return _table("precision", "Precision: time per epoch, {versus}",
                   "Single-encoder (and multimodal) time per epoch at each precision, thesis Tables 4.6-4.9.",
-                  runs, "precision", ("fp32", "tf32", "bf16"), "fp32", always=("dataset", "encoder"),
+                  runs, "precision", THESIS_PRECISIONS, "fp32", always=("dataset", "encoder"),
                   extra=_bf16_vs_tf32)
 
 
@@ -524,7 +525,7 @@ def loader_knob_tables(runs: pd.DataFrame) -> list[Table]:
 def parallelism_table(runs: pd.DataFrame) -> Table | None:
     return _table("parallelism", "Parallelism: time per epoch, {versus}",
                   "Single device, DataParallel, DistributedDataParallel and Branch-Level Parallelism, "
-                  "thesis Tables 4.13-4.15.", runs, "parallelism", ("single", "dp", "ddp", "blp"), "single",
+                  "thesis Tables 4.13-4.15.", runs, "parallelism", tuple(PARALLELISMS), "single",
                   owned=("system.blp_devices",))
 
 

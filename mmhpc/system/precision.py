@@ -28,6 +28,7 @@ from dataclasses import dataclass
 import torch
 
 from mmhpc.errors import ConfigError
+from mmhpc.names import PRECISIONS
 
 AMPERE = (8, 0)  # tensor cores with TF32 and BF16
 
@@ -41,12 +42,9 @@ class _Mode:
     cpu: bool                  # has a meaning on the CPU
 
 
-MODES = {
-    "fp32": _Mode(matmul_tf32=False, cudnn_tf32=True, dtype=None, tensor_cores=False, cpu=True),
-    "fp32_strict": _Mode(matmul_tf32=False, cudnn_tf32=False, dtype=None, tensor_cores=False, cpu=True),
-    "tf32": _Mode(matmul_tf32=True, cudnn_tf32=True, dtype=None, tensor_cores=True, cpu=False),
-    "bf16": _Mode(matmul_tf32=True, cudnn_tf32=True, dtype=torch.bfloat16, tensor_cores=True, cpu=True),
-}
+#: the registry's entries (mmhpc.names.PRECISIONS) with their torch dtypes
+MODES = {name: _Mode(c.matmul_tf32, c.cudnn_tf32, getattr(torch, c.autocast) if c.autocast else None,
+                     c.tensor_cores, c.cpu) for name, c in PRECISIONS.items()}
 
 
 def _capability_text(capability) -> str:
