@@ -53,7 +53,7 @@ def bench(cfg, epochs: int = 3, warmup: int = 1, profile: bool = False, progress
     profiler = _profiler(trainer.record_path.with_suffix(".trace.json")) if profile else None
     if profiler is not None:
         profiler.start()
-        trainer.step_hooks.append(profiler.step)
+        trainer.components.append(ProfilerSteps(profiler))
     try:
         record = trainer.fit()
     finally:
@@ -65,6 +65,16 @@ def bench(cfg, epochs: int = 3, warmup: int = 1, profile: bool = False, progress
         record.bench["trace"] = trace.name
     write_record(trainer.record_path, record)
     return record
+
+
+class ProfilerSteps:
+    """A trainer component: the profiler's schedule advances at every training step."""
+
+    def __init__(self, profiler):
+        self.profiler = profiler
+
+    def on_step_end(self, trainer) -> None:
+        self.profiler.step()
 
 
 def _profiler(trace: Path):

@@ -9,6 +9,7 @@ version still reads.
 """
 from __future__ import annotations
 
+import glob
 import json
 import logging
 import math
@@ -16,6 +17,7 @@ import os
 import platform
 import socket
 import sys
+import traceback
 from collections.abc import Iterator, Mapping
 from importlib import metadata
 from pathlib import Path
@@ -198,6 +200,73 @@ class RunRecord(_Part):
 
 def write_record(path: str | Path, record: RunRecord) -> Path:
     return atomic_write_json(path, record.model_dump(by_alias=True))
+
+
+class RecordExistsError(FileExistsError):
+    """A finished record of the same run exists and output.overwrite is off."""
+
+
+def mark_failed(record: RunRecord, exc: BaseException, epoch: int | None = None) -> RunRecord:
+    """A record's failure: status, the error as "Type: message", and the traceback being handled. Ctrl-C
+    is no failure: status `interrupted`, with the epoch (0-based `epoch`, written counted from 1)."""
+    if isinstance(exc, KeyboardInterrupt):
+        record.status = "interrupted"
+        record.error = "KeyboardInterrupt: interrupted (Ctrl-C) " + (
+            f"in epoch {epoch + 1}" if epoch is not None else "before training")
+        return record
+    record.status = "failed"
+    record.error = f"{type(exc).__name__}: {exc}"
+    record.traceback = traceback.format_exc(limit=20)
+    return record
+
+
+class RecordWriter:
+    """The trainer's record component: the record at the run's start, after every epoch and at its end
+    (done, failed or preempted), on rank 0 alone. A rerun over a finished record writes beside it
+    (`.<run>.rerun.json`, and any file a component writes beside that) and replaces it only when done."""
+
+    def __init__(self, cfg, is_main: bool):
+        self.path = self.write_path = cfg.record_path()
+        self.is_main = is_main
+        if is_main:
+            self._check_existing(cfg.output.overwrite)
+
+    def _check_existing(self, overwrite: bool) -> None:
+        if not self.path.exists():
+            return
+        try:
+            old = read_record(self.path)
+        except ValueError:
+            return  # an unreadable partial file from a crash: not a result
+        if old.status == "done":
+            if not overwrite:
+                raise RecordExistsError(f"{self.path}: a finished record exists; set output.overwrite=true "
+                                        "to replace it, or output.name=... to keep both")
+            # keep the finished record until the new run has finished too
+            self.write_path = self.path.with_name(f".{self.path.stem}.rerun.json")
+
+    def save(self, record: RunRecord) -> None:
+        if not self.is_main:
+            return
+        write_record(self.write_path, record)
+        if record.status == "done" and self.write_path != self.path:
+            stem = self.write_path.stem
+            for p in self.write_path.parent.glob(f"{glob.escape(stem)}.*"):  # the series written beside the record
+                if p != self.write_path:
+                    os.replace(p, self.path.with_name(self.path.stem + p.name[len(stem):]))
+            os.replace(self.write_path, self.path)
+
+    def on_fit_start(self, trainer, fit) -> None:
+        self.save(fit.record)
+
+    def on_epoch_end(self, trainer, fit, entry) -> None:
+        self.save(fit.record)
+
+    def on_error(self, trainer, fit, exc: BaseException) -> None:
+        mark_failed(fit.record, exc, fit.epoch)
+
+    def on_fit_end(self, trainer, fit, error) -> None:
+        self.save(fit.record)  # the final record, done, failed or preempted: written here only
 
 
 def read_record(path: str | Path) -> RunRecord:

@@ -1,9 +1,17 @@
-"""The trainer: epochs, evaluation, model selection on validation, timing breakdown, the run record.
+"""The trainer: the loop of epochs and passes, the same for every strategy, firing events to components.
 
-The loop is the same for every strategy; `Strategy` subclasses own the step and the per-epoch choices.
-Per epoch it times the thesis' Table 2.8 breakdown: training-loader initialisation (iterator creation to
-first batch), training, validation-loader initialisation, validation; and the time the training step
-sat idle waiting for data (`mmhpc.system.idle`; estimated per thesis Alg. 7 for `loader.prefetch_factor=0`).
+`Strategy` subclasses own the step and the per-epoch choices; the runtime (`mmhpc.system.runtime`) owns
+the devices and the precision. Per epoch the loop times the thesis' Table 2.8 breakdown: training-loader
+initialisation (iterator creation to first batch), training, validation-loader initialisation,
+validation; and the time the training step sat idle waiting for data (`mmhpc.system.idle`; estimated
+per thesis Alg. 7 for `loader.prefetch_factor=0`).
+
+Components get the events `on_fit_start(trainer, fit)`, `on_epoch_start(trainer, epoch)`,
+`on_step_end(trainer)`, `on_passes_end(trainer, epoch)`, `on_epoch_end(trainer, fit, entry)`,
+`on_error(trainer, fit, exc)` and `on_fit_end(trainer, fit, error)` (each optional): the record writer
+(`mmhpc.results.RecordWriter`), the checkpointer (`mmhpc.checkpoint`), the telemetry
+(`mmhpc.system.telemetry`) and any added one (the profiler of `mmhpc bench`). Start events reach them in
+list order, the others in reverse order, so what starts first ends last.
 """
 from __future__ import annotations
 
@@ -11,13 +19,14 @@ import logging
 import os
 import random
 import time
-import traceback
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 from tqdm.auto import tqdm
 
 from mmhpc import metrics as mx
+from mmhpc.checkpoint import Checkpointer
 from mmhpc.config import ConfigError, RunConfig
 from mmhpc.data.frames import finish_batch
 from mmhpc.data.loading import build_datasets, build_loader
@@ -27,10 +36,12 @@ from mmhpc.progress import RUN
 from mmhpc.results import (
     Epoch,
     EpochTime,
+    RecordExistsError,
+    RecordWriter,
     RunRecord,
     Summary,
     environment,
-    read_record,
+    mark_failed,
     run_ibf,
     single_accuracies,
     write_record,
@@ -39,13 +50,11 @@ from mmhpc.strategies import STRATEGIES
 from mmhpc.strategies.data import StrategyData
 from mmhpc.system.idle import StepGaps, TimedBatches, estimate_prefetch0_idle
 from mmhpc.system.runtime import Runtime
+from mmhpc.system.telemetry import Telemetry
 
 log = logging.getLogger(__name__)
 
-
-
-class RecordExistsError(FileExistsError):
-    """A finished record of the same run exists and output.overwrite is off."""
+__all__ = ["Preempted", "RecordExistsError", "Trainer", "mark_failed", "train", "write_failed_record"]
 
 
 class Preempted(Exception):
@@ -54,7 +63,8 @@ class Preempted(Exception):
     run has the batches and metrics of an uninterrupted one."""
 
     def __init__(self, epoch: int, step: int):
-        super().__init__(f"stopped after step {step} of epoch {epoch + 1} on the pre-timeout/preemption signal")
+        super().__init__(f"stopped after step {step} of epoch {epoch + 1} on the pre-timeout/preemption "
+                         "signal")
         self.epoch, self.step = epoch, step
 
 
@@ -70,68 +80,60 @@ def seed_everything(seed: int, deterministic: bool) -> None:
     torch.backends.cudnn.benchmark = not deterministic
 
 
+@dataclass
+class Fit:
+    """The state of one fit: the record so far, the best epoch's weights, the next epoch."""
+
+    record: RunRecord
+    best: dict
+    epoch: int = 0
+
+
 class Trainer:
     def __init__(self, cfg: RunConfig, progress: bool = True):
         cfg.validate()
-        self.cfg = cfg
-        self.progress = progress
-        self.step_hooks: list = []  # called after every training step (e.g. a profiler's step)
-        self.record_path = cfg.record_path()
-        self.ckpt_path = self.record_path.with_suffix(".ckpt.pt")
-        self.par = self.runtime = Runtime.from_config(cfg)
+        self.cfg, self.progress = cfg, progress
+        self.runtime = Runtime.from_config(cfg)
         self.device = self.runtime.device
-        if self.par.is_main:
-            self._check_existing()
+        self.writer = RecordWriter(cfg, self.runtime.is_main)
+        self.record_path = self.writer.path
         if cfg.system.threads:
             torch.set_num_threads(cfg.system.threads)
         self.single_acc = (single_accuracies(cfg.train.single_acc, cfg.data.dataset, cfg.data.preset)
-                           if self.par.is_main else None)
+                           if self.runtime.is_main else None)
         seed_everything(cfg.train.seed, cfg.system.deterministic)
-        self.datasets = build_datasets(cfg)
-        train_ds = self.datasets["train"]
+        self._build()
+        self.components: list = [Checkpointer(cfg, self.record_path.with_suffix(".ckpt.pt"), self.runtime.is_main),
+                                 self.writer, Telemetry(cfg, self.runtime, self.writer)]
+
+    def _build(self) -> None:
+        """Datasets, model, strategy and loaders: every process trains on its shard; validation and test
+        run whole on rank 0 only."""
+        cfg, rt = self.cfg, self.runtime
+        datasets = build_datasets(cfg)
+        train_ds = datasets["train"]
         self.num_classes = train_ds.spec.num_classes
+        preset = cfg.data.preset if cfg.data.source == "synthetic" else "full"
         self.model = MultimodalModel(cfg.modalities, self.num_classes, cfg.model, train_ds.shapes,
-                                     cfg.data.preset if cfg.data.source == "synthetic" else "full").to(self.device)
+                                     preset).to(self.device)
         kind = STRATEGIES[cfg.strategy.name]
-        self.datasets = kind.split_datasets(cfg, self.datasets)  # Gradient Blending holds part of train out
+        self.datasets = kind.split_datasets(cfg, datasets)  # Gradient Blending holds part of train out
         train_ds = self.datasets["train"]
         data = StrategyData(self.datasets, cfg, self._to_device)  # the strategy's own passes
-        self.strategy = kind(cfg, self.model, self.runtime, data)
-        # every process trains on its shard; validation and test run whole on rank 0 only
-        self.loaders = {"train": build_loader(train_ds, cfg, True, self.par.rank, self.par.world, device=self.device)}
+        self.strategy = kind(cfg, self.model, rt, data)
+        self.loaders = {"train": build_loader(train_ds, cfg, True, rt.rank, rt.world, device=self.device)}
         if cfg.loader.prefetch_factor == 0:  # the estimate's own standard loader (prefetch 1, thesis A.2.1)
-            self.loaders["idle"] = build_loader(train_ds, cfg, True, self.par.rank, self.par.world, preinit=False)
-        if self.par.is_main:
+            self.loaders["idle"] = build_loader(train_ds, cfg, True, rt.rank, rt.world, preinit=False)
+        if rt.is_main:
             self.loaders["val"] = build_loader(self.datasets["val"], cfg, False, device=self.device)
             self.loaders["test"] = build_loader(self.datasets["test"], cfg, False, preinit=False)  # used once
 
-    # ---- records ---------------------------------------------------------------------------------
-    def _check_existing(self) -> None:
-        self._write_path = self.record_path
-        if not self.record_path.exists():
-            return
-        try:
-            old = read_record(self.record_path)
-        except ValueError:
-            return  # an unreadable partial file from a crash: not a result
-        if old.status == "done":
-            if not self.cfg.output.overwrite:
-                raise RecordExistsError(f"{self.record_path}: a finished record exists; set output.overwrite=true "
-                                        "to replace it, or output.name=... to keep both")
-            # keep the finished record until the new run has finished too
-            self._write_path = self.record_path.with_name(f".{self.record_path.stem}.rerun.json")
-
-    def _save(self, record: RunRecord) -> None:
-        if not self.par.is_main:
-            return
-        write_record(self._write_path, record)
-        if record.status == "done" and self._write_path != self.record_path:
-            series = self._write_path.with_suffix(".util.csv")
-            if series.exists():
-                os.replace(series, self.record_path.with_suffix(".util.csv"))
-                os.replace(series.with_name(series.stem + ".markers.json"),
-                           self.record_path.with_name(self.record_path.stem + ".util.markers.json"))
-            os.replace(self._write_path, self.record_path)
+    def _fire(self, event: str, *args) -> None:
+        components = self.components if event in ("fit_start", "epoch_start") else self.components[::-1]
+        for component in components:
+            handler = getattr(component, f"on_{event}", None)
+            if handler is not None:
+                handler(self, *args)
 
     # ---- one pass over a loader ------------------------------------------------------------------
     def _to_device(self, batch: dict) -> dict:
@@ -144,11 +146,11 @@ class Trainer:
 
     def _pass(self, split: str, epoch: int) -> tuple[dict, dict]:
         """Run one epoch over a split's loader; returns (metrics, timings)."""
-        train = split == "train"
+        train, rt = split == "train", self.runtime
         loader = self.loaders[split]
         acc = mx.MetricAccumulator(keep_logits=not train)
         self.model.train(train)
-        self.par.synchronize()  # the timer starts when the device has finished what came before
+        rt.synchronize()  # the timer starts when the device has finished what came before
         t0 = time.perf_counter()
         gaps = StepGaps(self.device) if train else None  # the GPU's idle time between steps
         it = TimedBatches(loader.epoch(epoch))  # sums the waits in next(): idle time of the step
@@ -157,7 +159,7 @@ class Trainer:
         n = steps = 0
         limit = self.cfg.train.max_batches if train else None
         bar = tqdm(total=limit or len(loader), desc=f"{split} {epoch + 1}", leave=False,
-                   disable=not (self.progress and self.par.is_main))
+                   disable=not (self.progress and rt.is_main))
         while batch is not None:
             if train:
                 gaps.start()
@@ -167,9 +169,10 @@ class Trainer:
             acc.update(logits, labels)
             if train:
                 gaps.end()
-                for hook in self.step_hooks:
-                    hook()
-                if self._stop_requested():
+                self._fire("step_end")
+                # STOP_REQUESTED on any rank: every DDP process stops at the same step (the step after the
+                # signal came: the ranks' vote travels during a step, `Distributed.any_rank`)
+                if rt.any_rank(STOP_REQUESTED.is_set()):
                     raise Preempted(epoch, steps + 1)
             n += len(labels)
             steps += 1
@@ -180,26 +183,21 @@ class Trainer:
         bar.close()
         wait_s = it.wait_s
         del it  # shuts workers down unless persistent
-        self.par.synchronize()  # every device the run computes on (BLP: each branch's)
+        rt.synchronize()  # every device the run computes on (BLP: each branch's)
         t_end = time.perf_counter()
         timing = {"loader_init_s": t_first - t0, "run_s": t_end - t_first, "data_wait_s": wait_s, "samples": n,
                   "samples_per_s": n / max(t_end - t0, 1e-9), "gpu_idle_s": gaps.idle_s() if train else None}
         metrics = acc.result()
-        if train and self.par.world > 1:
-            metrics = self.par.reduce(metrics, n)
-            timing["samples_per_s"] = self.par.reduce({"s": timing["samples_per_s"]}, 1)["s"] * self.par.world
+        if train and rt.world > 1:
+            metrics = rt.reduce(metrics, n)
+            timing["samples_per_s"] = rt.reduce({"s": timing["samples_per_s"]}, 1)["s"] * rt.world
         return metrics, timing
 
-    def _stop_requested(self) -> bool:
-        """STOP_REQUESTED on any rank: every DDP process stops at the same step (the step after the signal
-        came: the ranks' vote travels during a step, `Distributed.any_rank`)."""
-        return self.par.any_rank(STOP_REQUESTED.is_set())
-
     def _evaluate(self, split: str, epoch: int = 0) -> tuple[dict, dict]:
-        metrics, timing = ({}, {}) if not self.par.is_main else self._pass(split, epoch)
-        if self.par.is_main:
+        metrics, timing = ({}, {}) if not self.runtime.is_main else self._pass(split, epoch)
+        if self.runtime.is_main:
             metrics.update(self._bias(metrics))
-        return self.par.broadcast((metrics, timing))
+        return self.runtime.broadcast((metrics, timing))
 
     def _bias(self, metrics: dict) -> dict:
         """bias/<m> (Eq. 3.5-3.6) from a split's mean entropies entropy/<m>."""
@@ -213,74 +211,77 @@ class Trainer:
                            model={"parameters": count_parameters(self.model)},
                            data={s: len(d) for s, d in self.datasets.items()}, started=time.time(),
                            provenance=strategy.provenance())
-        best = {"acc": -1.0, "epoch": -1, "state": None}
-        epoch = 0
-        if cfg.output.checkpoint and self.ckpt_path.exists():
-            record, best, epoch = self._resume(record)
-        self._save(record)
-        self._start_sampler()
+        fit = Fit(record, {"acc": -1.0, "epoch": -1, "state": None})
+        error = None
+        self._fire("fit_start", fit)  # resumes from a checkpoint, writes the first record, starts sampling
         try:
-            bar = tqdm(total=strategy.max_epochs(), initial=epoch, desc=cfg.run_name(),
-                       disable=not (self.progress and self.par.is_main))
-            while epoch < strategy.max_epochs():
-                entry = self._epoch(epoch)
-                record.epochs.append(entry)
-                val = entry.val
-                if val["acc/fused"] > best["acc"]:  # model selection on validation, never on test
-                    t0 = self._clock()
-                    best = {"acc": val["acc/fused"], "epoch": epoch,
-                            "state": {k: v.detach().cpu().clone() for k, v in self.model.state_dict().items()}}
-                    entry.time.add_strategy_work(self._clock() - t0)  # the copy is part of the epoch
-                bar.set_postfix_str(" ".join(f"{k.split('/')[1][:3]}={val[k]:.2f}" for k in val
-                                             if k.startswith("acc/") and "probe" not in k))
-                bar.update()
-                if self.par.is_main:
-                    log.info(epoch_line(entry, strategy.max_epochs()))
-                self._save(record)
-                stop = strategy.should_stop(epoch)
-                epoch += 1
-                if cfg.output.checkpoint and self.par.is_main:
-                    self._checkpoint(record, best, epoch)
+            bar = tqdm(total=strategy.max_epochs(), initial=fit.epoch, desc=cfg.run_name(),
+                       disable=not (self.progress and self.runtime.is_main))
+            while fit.epoch < strategy.max_epochs():
+                stop = self._advance(fit, bar)
                 if stop:
-                    if epoch < strategy.max_epochs() and self.par.is_main:
-                        log.info("stopped early after epoch %d of %d: %s", epoch, strategy.max_epochs(),
-                                 strategy.stop_reason())
                     break
             bar.close()
-            if self.par.is_main:
-                self.model.load_state_dict(best["state"])
-            test, _ = self._evaluate("test")
-            record.summary = self._summary(record, test, best["epoch"])
-            record.status = "done"
-            record.finished = time.time()
-            if self.par.is_main:
-                log.log(RUN, run_line(record, cfg.modalities))
+            self._finish(fit)
         except Preempted as e:  # not a failure: the record stays as saved at the last epoch end
-            log.warning("%s: %s; its next start resumes at epoch %d", cfg.run_name(), e, epoch + 1)
+            log.warning("%s: %s; its next start resumes at epoch %d", cfg.run_name(), e, fit.epoch + 1)
+            error = e
             raise
         except BaseException as e:
-            mark_failed(record, e, epoch)
+            error = e
+            self._fire("error", fit, e)
             raise
         finally:
-            self._stop_sampler(record)
+            self._fire("fit_end", fit, error)
             self.close()
-            self._save(record)  # the final record, done or failed: written here only
-        if self.par.is_main:
-            self.ckpt_path.unlink(missing_ok=True)
-        return record
+        return fit.record
+
+    def _advance(self, fit: Fit, bar) -> bool:
+        """One epoch: train, validate, select, tell the components; True when the strategy stops here."""
+        epoch = fit.epoch
+        entry = self._epoch(epoch)
+        fit.record.epochs.append(entry)
+        val = entry.val
+        if val["acc/fused"] > fit.best["acc"]:  # model selection on validation, never on test
+            t0 = self._clock()
+            fit.best = {"acc": val["acc/fused"], "epoch": epoch,
+                        "state": {k: v.detach().cpu().clone() for k, v in self.model.state_dict().items()}}
+            entry.time.add_strategy_work(self._clock() - t0)  # the copy is part of the epoch
+        bar.set_postfix_str(" ".join(f"{k.split('/')[1][:3]}={val[k]:.2f}" for k in val
+                                     if k.startswith("acc/") and "probe" not in k))
+        bar.update()
+        stop = self.strategy.should_stop(epoch)
+        fit.epoch = epoch + 1
+        if stop and fit.epoch < self.strategy.max_epochs() and self.runtime.is_main:
+            log.info("stopped early after epoch %d of %d: %s", fit.epoch, self.strategy.max_epochs(),
+                     self.strategy.stop_reason())
+        self._fire("epoch_end", fit, entry)
+        return stop
+
+    def _finish(self, fit: Fit) -> None:
+        """The best epoch's model on the test split: the run's summary."""
+        if self.runtime.is_main:
+            self.model.load_state_dict(fit.best["state"])
+        test, _ = self._evaluate("test")
+        record = fit.record
+        record.summary = self._summary(record, test, fit.best["epoch"])
+        record.status = "done"
+        record.finished = time.time()
+        if self.runtime.is_main:
+            log.log(RUN, run_line(record, self.cfg.modalities))
 
     def close(self) -> None:
         """Release loader threads and workers, BLP threads and the process group."""
         for loader in self.loaders.values():
             loader.close()
-        self.par.close()
+        self.runtime.close()
 
     def _epoch(self, epoch: int) -> Epoch:
         cfg, strategy = self.cfg, self.strategy
         lr = cfg.train.lr * strategy.lr_factor(epoch)
         for group in strategy.optimizer.param_groups:
             group["lr"] = lr
-        mark = self.sampler.mark(f"epoch {epoch} start") if self.sampler else None
+        self._fire("epoch_start", epoch)
         t0 = self._clock()
         active = list(strategy.begin_epoch(epoch))  # PMR's prototype pass runs here
         strategy_s = self._clock() - t0
@@ -292,7 +293,7 @@ class Trainer:
         t0 = self._clock()
         strategy.end_epoch(epoch, train, val)  # Gradient Blending's held-out pass runs here
         strategy_s += self._clock() - t0
-        util = self._sampled(mark, epoch) if self.cfg.system.sample_interval > 0 else {}
+        self._fire("passes_end", epoch)
         if cfg.loader.prefetch_factor == 0:  # PyTorch cannot: estimated as thesis Appendix A.2.1 (Alg. 7)
             t_train["data_wait_s"] = estimate_prefetch0_idle(self.loaders["idle"], epoch, cfg.train.max_batches)
         time_ = EpochTime(train_loader_init_s=t_train["loader_init_s"], train_s=t_train["run_s"],
@@ -303,87 +304,12 @@ class Trainer:
                           strategy_s=strategy_s, epoch_s=strategy_s + sum(
                               t[k] for t in (t_train, t_val) for k in ("loader_init_s", "run_s")),
                           train_samples=t_train["samples"], train_samples_per_s=t_train["samples_per_s"])
-        return Epoch(epoch=epoch, lr=lr, optimised=active, train=train, val=val, time=time_,
-                     memory=self._peak_memory(), util=util)
+        return Epoch(epoch=epoch, lr=lr, optimised=active, train=train, val=val, time=time_)
 
     def _clock(self) -> float:
         """perf_counter once every device of the run has finished its queued work (GPU work is async)."""
-        self.par.synchronize()
+        self.runtime.synchronize()
         return time.perf_counter()
-
-    # ---- utilisation sampling --------------------------------------------------------------------
-    def _start_sampler(self) -> None:
-        """Rank 0 samples its process and GPUs; in DDP every rank samples its own GPU (its epoch figures are
-        gathered by `_sampled`), since rank 0's process may see no other GPU (one GPU per task, other nodes)."""
-        self.sampler = None
-        if self.cfg.system.sample_interval <= 0:
-            return
-        ddp = self.par.world > 1
-        if self.par.is_main or (ddp and self.device.type == "cuda"):
-            from mmhpc.system.sampler import UtilSampler  # psutil and pandas: only when sampling
-
-            own = [self.device.index] if ddp and self.device.type == "cuda" else ([] if ddp else None)
-            self.sampler = UtilSampler(self.cfg.system.sample_interval, devices=own).start()
-        self.sampled_gpus = self.sampler.gpus if self.sampler else {}
-        if ddp:  # every rank's GPU, named by its rank
-            gathered = self.par.gather(self.sampled_gpus)
-            self.sampled_gpus = {r: uuid for r, g in enumerate(gathered) for uuid in g.values()}
-
-    def _sampled(self, mark, epoch: int) -> dict:
-        """The epoch's utilisation summary (`mark`: its start marker); DDP: every rank's GPU as gpu<rank>."""
-        from mmhpc.system.sampler import merge_ranks
-
-        util = self.sampler.summary(mark, self.sampler.mark(f"epoch {epoch} end")) if self.sampler else {}
-        return merge_ranks(self.par.gather(util)) if self.par.world > 1 else util
-
-    def _stop_sampler(self, record: RunRecord) -> None:
-        if self.sampler is None:
-            return
-        self.sampler.stop()
-        if not self.par.is_main:
-            return
-        self.sampler.save(self._write_path.with_suffix(".util.csv"))  # beside the record being written
-        record.system = {"timeseries": self.record_path.with_suffix(".util.csv").name,
-                         "interval_s": self.sampler.interval_s, "notes": self.sampler.notes,
-                         "gpus": self.sampled_gpus, "energy_scope": self.sampler.energy_scope,
-                         "summary": self.sampler.summary(),
-                         "sample_cost_us": self.sampler.sample_cost_us}
-
-    def _peak_memory(self) -> dict:
-        """Peak GPU memory of the epoch in MiB per device of the run, of every DDP rank; resets the peaks."""
-        return self.par.peak_memory()
-
-    # ---- checkpoints -----------------------------------------------------------------------------
-    def _checkpoint(self, record: RunRecord, best: dict, next_epoch: int) -> None:
-        state = {"config": self.cfg.to_dict(), "next_epoch": next_epoch, "record": record.model_dump(by_alias=True),
-                 "best": best,
-                 "model": self.model.state_dict(), "strategy": self.strategy.state_dict(),
-                 "rng": {"torch": torch.get_rng_state(), "numpy": np.random.get_state(),
-                         "python": random.getstate(),
-                         "loaders": {k: ld.generator.get_state() for k, ld in self.loaders.items()}}}
-        # unique per job and process: a stale copy of the run (a requeue race) never writes into ours
-        job = os.environ.get("SLURM_JOB_ID", "local")
-        tmp = self.ckpt_path.with_name(f".{self.ckpt_path.name}.{job}-{os.getpid()}.tmp")
-        torch.save(state, tmp)
-        os.replace(tmp, self.ckpt_path)
-
-    def _resume(self, fresh: RunRecord) -> tuple[RunRecord, dict, int]:
-        state = torch.load(self.ckpt_path, map_location="cpu", weights_only=False)
-        if _resumable(state["config"]) != _resumable(self.cfg.to_dict()):
-            raise ConfigError(f"{self.ckpt_path}: checkpoint of a different config; remove it or change output.name")
-        self.model.load_state_dict(state["model"])
-        self.strategy.load_state_dict(state["strategy"])
-        rng = state["rng"]
-        torch.set_rng_state(rng["torch"])
-        np.random.set_state(rng["numpy"])
-        random.setstate(rng["python"])
-        for k, g in rng["loaders"].items():
-            if k in self.loaders:
-                self.loaders[k].generator.set_state(g)
-        record = RunRecord.model_validate(state["record"])
-        record.resumed.append({"at_epoch": state["next_epoch"], "time": time.time(),
-                               "env": fresh.env.model_dump()})
-        return record, state["best"], state["next_epoch"]
 
     def _summary(self, record: RunRecord, test: dict, best_epoch: int) -> Summary:
         times = [e.time.epoch_s for e in record.epochs]
@@ -391,47 +317,6 @@ class Trainer:
                        optimised_epochs=dict(self.strategy.optimised), epoch_time_mean_s=float(np.mean(times)),
                        train_time_s=float(np.sum(times)), ibf=run_ibf(test, self.cfg.modalities, self.single_acc,
                                                                            self.cfg.model.fusion))
-
-
-def epoch_line(entry: Epoch, epochs: int) -> str:
-    """One progress line per epoch for a job's output: time, validation accuracies, speed, GPU use."""
-    accs = " ".join(f"{k.split('/', 1)[1]} {v:.3f}" for k, v in entry.val.items()
-                    if k.startswith("acc/") and "probe" not in k)
-    t = entry.time
-    gpus = [v for k, v in entry.util.items() if k.startswith("gpu") and k.endswith("_util_pct_mean") and v is not None]
-    gpu = f"GPU {sum(gpus) / len(gpus):.0f} %" if gpus else "GPU n/a"
-    return (f"epoch {entry.epoch + 1}/{epochs} {t.epoch_s:.1f} s | val acc {accs} | "
-            f"{t.train_samples_per_s:.0f} samples/s | {gpu}")
-
-
-def run_line(record: RunRecord, modalities: list[str]) -> str:
-    """A finished run in one line (the one `-q` keeps): its epochs, the best (from 1), test accuracies."""
-    s = record.summary
-    accs = " ".join(f"{h} {s.test[f'acc/{h}']:.3f}" for h in ["fused", *modalities])
-    return (f"done: {s.epochs_run} epochs in {s.train_time_s:.0f} s, best epoch {s.best_epoch + 1}, "
-            f"test acc {accs}" + (f", IBF {s.ibf:.3f}" if s.ibf is not None else ""))
-
-
-def _resumable(config: dict) -> dict:
-    """What must match for a checkpoint to resume a run: all but the output section and the data's
-    location (jobs stage the dataset to a node-local directory that differs between attempts)."""
-    out = {k: v for k, v in config.items() if k != "output"}
-    out["data"] = {k: v for k, v in config["data"].items() if k != "root"}
-    return out
-
-
-def mark_failed(record: RunRecord, exc: BaseException, epoch: int | None = None) -> RunRecord:
-    """A record's failure: status, the error as "Type: message", and the traceback being handled. Ctrl-C
-    is no failure: status `interrupted`, with the epoch (0-based `epoch`, written counted from 1)."""
-    if isinstance(exc, KeyboardInterrupt):
-        record.status = "interrupted"
-        record.error = "KeyboardInterrupt: interrupted (Ctrl-C) " + (
-            f"in epoch {epoch + 1}" if epoch is not None else "before training")
-        return record
-    record.status = "failed"
-    record.error = f"{type(exc).__name__}: {exc}"
-    record.traceback = traceback.format_exc(limit=20)
-    return record
 
 
 def train(cfg: RunConfig, progress: bool = True) -> RunRecord:
@@ -454,3 +339,11 @@ def write_failed_record(cfg: RunConfig, exc: BaseException) -> None:
     path = cfg.record_path()
     if int(os.environ.get("RANK", "0")) == 0 and not path.exists():
         write_record(path, mark_failed(RunRecord(run=cfg.run_name(), status="running", config=cfg.to_dict()), exc))
+
+
+def run_line(record: RunRecord, modalities: list[str]) -> str:
+    """A finished run in one line (the one `-q` keeps): its epochs, the best (from 1), test accuracies."""
+    s = record.summary
+    accs = " ".join(f"{h} {s.test[f'acc/{h}']:.3f}" for h in ["fused", *modalities])
+    return (f"done: {s.epochs_run} epochs in {s.train_time_s:.0f} s, best epoch {s.best_epoch + 1}, "
+            f"test acc {accs}" + (f", IBF {s.ibf:.3f}" if s.ibf is not None else ""))

@@ -130,10 +130,10 @@ def test_blp_on_fake_gpus_puts_branches_on_their_streams_and_devices(tiny_config
     trainer = Trainer(tiny_config("cremad", "system.parallelism=blp", "system.device=cpu",
                                   "system.blp_devices={audio: cpu, visual: cpu}"), progress=False)
     fake = FakeCuda(monkeypatch, count=2)
-    runner = trainer.par.runner
+    runner = trainer.runtime.parallelism.runner
     runner.streams = {m: torch.cuda.Stream(torch.device("cuda", i)) for i, m in enumerate(("audio", "visual"))}
     try:
-        batch = trainer._probe_batch()
+        batch = trainer.strategy.data.probe()
         out = runner.encode(batch)
         costs = parallel.measure_branch_costs(trainer.model, batch, torch.device("cpu"), reps=1)
     finally:

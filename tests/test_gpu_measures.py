@@ -15,6 +15,7 @@ from mmhpc.results import Epoch, EpochTime, RunRecord
 from mmhpc.system import parallel
 from mmhpc.system.idle import StepGaps
 from mmhpc.system.sampler import UtilSampler, device_used_mib, merge_ranks
+from mmhpc.system.telemetry import Telemetry
 from mmhpc.train import Trainer, train
 
 CUDA = torch.device("cuda", 0)
@@ -111,18 +112,17 @@ def test_gradient_blending_held_out_pass_is_in_the_epoch(tiny_config, monkeypatc
 def test_train_timer_starts_after_a_synchronize_and_copies_skip_the_index(tiny_config, monkeypatch):
     trainer = Trainer(tiny_config("cremad", "loader.pin_memory=false", "system.sample_interval=0"), progress=False)
     events, copies = [], []
-    sync, to_device, loader = trainer.par.synchronize, trainer.par.to_device, trainer.loaders["train"]
+    sync, to_device, loader = trainer.runtime.synchronize, trainer.runtime.to_device, trainer.loaders["train"]
     epoch = loader.epoch
-    monkeypatch.setattr(trainer.par, "synchronize", lambda: (events.append("sync"), sync())[1])
+    monkeypatch.setattr(trainer.runtime, "synchronize", lambda: (events.append("sync"), sync())[1])
     monkeypatch.setattr(loader, "epoch", lambda e: (events.append("train iterator"), epoch(e))[1])
 
     def spy(batch, non_blocking=False):
         copies.append((sorted(batch), non_blocking))
         return to_device(batch, non_blocking)
 
-    monkeypatch.setattr(trainer.par, "to_device", spy)
+    monkeypatch.setattr(trainer.runtime, "to_device", spy)
     try:
-        trainer._start_sampler()
         trainer._epoch(0)
     finally:
         trainer.close()
@@ -204,17 +204,18 @@ def test_every_ddp_rank_samples_its_own_gpu(nvml, monkeypatch, tiny_config):
             self.gathered.append(obj)
             return [{0: "GPU-0000"} if isinstance(obj, dict) and 1 in obj else {"gpu0_util_pct_mean": 11.0}, obj]
 
-    trainer = Trainer.__new__(Trainer)
-    trainer.cfg, trainer.par, trainer.device = tiny_config("cremad", "system.sample_interval=60"), Rank1(), \
-        torch.device("cuda", 1)
-    trainer._start_sampler()
+    runtime = Rank1()
+    runtime.device = torch.device("cuda", 1)
+    telemetry = Telemetry(tiny_config("cremad", "system.sample_interval=60"), runtime, writer=None)
+    telemetry.on_fit_start(None, None)
     try:
-        assert trainer.sampler.gpus == {1: "GPU-1111"}  # its own GPU only, not the node's
-        assert trainer.sampled_gpus == {0: "GPU-0000", 1: "GPU-1111"}
-        mark = trainer.sampler.mark("epoch 0 start")
-        util = trainer._sampled(mark, 0)
+        assert telemetry.sampler.gpus == {1: "GPU-1111"}  # its own GPU only, not the node's
+        assert telemetry.sampled_gpus == {0: "GPU-0000", 1: "GPU-1111"}
+        telemetry.on_epoch_start(None, 0)
+        telemetry.on_passes_end(None, 0)
+        util = telemetry._util
     finally:
-        trainer.sampler.stop()
+        telemetry.sampler.stop()
     assert util["gpu0_util_pct_mean"] == 11.0 and "gpu1_util_pct_mean" in util  # rank r's GPU as gpu<r>
 
 

@@ -14,6 +14,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import yaml
@@ -54,7 +55,7 @@ def test_the_trainer_stops_at_a_step_boundary_and_the_rerun_resumes_exactly(synt
         if len(calls) == 3 + 2:
             STOP_REQUESTED.set()
 
-    trainer.step_hooks.append(signal_at_epoch_1_step_2)
+    trainer.components.append(SimpleNamespace(on_step_end=lambda _: signal_at_epoch_1_step_2()))
     with pytest.raises(Preempted) as stopped:
         trainer.fit()
     assert (stopped.value.epoch, stopped.value.step) == (1, 2) and len(calls) == 5  # no step after the signal

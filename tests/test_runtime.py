@@ -7,6 +7,7 @@ import json
 import os
 import socket
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -62,7 +63,7 @@ def _ddp_worker(rank: int, ports: dict, configs: dict, out_dir: str) -> None:
             dist.all_gather(both, flat)
             unequal.append(int(not torch.equal(both[0], both[1])))
 
-        trainer.step_hooks.append(compare)
+        trainer.components.append(SimpleNamespace(on_step_end=lambda _: compare()))
         rec = trainer.fit()
         results[name] = {"status": rec.status, "epochs": len(rec.epochs), "steps": len(unequal),
                          "unequal": sum(unequal)}

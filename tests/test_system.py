@@ -9,6 +9,7 @@ import threading
 import time
 import uuid
 from pathlib import Path
+from types import SimpleNamespace
 
 import psutil
 import pytest
@@ -519,7 +520,7 @@ def _preempted_ddp_worker(rank: int, port: int, cfg, out_dir: str) -> None:
         if rank == 1 and len(steps) == 3:
             STOP_REQUESTED.set()
 
-    trainer.step_hooks.append(signal_on_rank_1_at_step_3)
+    trainer.components.append(SimpleNamespace(on_step_end=lambda _: signal_on_rank_1_at_step_3()))
     try:
         trainer.fit()
         where = None
