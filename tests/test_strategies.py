@@ -101,19 +101,19 @@ def test_gated_and_film_with_three_modalities_fail_at_once(name, fusion):
     (["strategy.name=entropy"], "model.cosine: strategy entropy trains with the cosine classifier"),
     (["strategy.name=reliability", "strategy.params={warmup: -1}", "model.cosine=true"], "strategy.params.warmup"),
     (["strategy.name=amst", "model.fusion=gated", "strategy.params={module: joint}"],
-     "model.fusion: AMST's joint module .* valid choices: early_sum, late_sum, concat"),
+     "model.fusion: AMST's joint module .* valid: early_sum, late_sum, concat"),
     (["strategy.name=amst", "strategy.params={module: both}"], "strategy.params.module: invalid value 'both'; "
-                                                                "valid choices: alternating, joint, full"),
+                                                                "valid: alternating, joint, full"),
     (["strategy.name=amst", "strategy.params={skips: {text: 2}}"], "strategy.params.skips.text: not a modality"),
     (["strategy.name=amst", "strategy.params={skips: {audio: 0}}"], "must be a positive integer"),
-    (["strategy.name=ogm_ge", "model.fusion=film"], "model.fusion: strategy ogm_ge .* valid choices: early_sum, "
+    (["strategy.name=ogm_ge", "model.fusion=film"], "model.fusion: strategy ogm_ge .* valid: early_sum, "
                                                     "late_sum, concat"),
     (["strategy.name=ogm_ge", "strategy.params={variant: cvpr}"], "strategy.params.variant: invalid value 'cvpr'"),
     (["strategy.name=ogm_ge", "data.modalities=[audio]"], "balances two or more modalities"),
     (["strategy.name=opm", "strategy.params={q_base: 1.5}"], r"strategy.params.q_base: 1.5 must lie in \[0.0, 1.0\]"),
-    (["strategy.name=mla"], "model.fusion: MLA's shared head .* valid choices: early_sum"),
+    (["strategy.name=mla"], "model.fusion: MLA's shared head .* valid: early_sum"),
     (["strategy.name=mla", "model.fusion=early_sum", "strategy.params={runtime_fusion: max}"],
-     "strategy.params.runtime_fusion: invalid value 'max'; valid choices: entropy, fixed"),
+     "strategy.params.runtime_fusion: invalid value 'max'; valid: entropy, fixed"),
     (["strategy.name=mslr", "strategy.params={init: {text: 2}}"], "strategy.params.init.text: not a modality"),
     (["strategy.name=mlb", "strategy.params={beta_max: 0.5}"], "strategy.params.beta_max: 0.5 must be >= 1"),
     (["strategy.name=gradient_blending", "strategy.params={weights: {fused: 1}}"],
@@ -124,10 +124,10 @@ def test_gated_and_film_with_three_modalities_fail_at_once(name, fusion):
                                                                               "modulation runs from start_epoch"),
     (["strategy.name=opm", "strategy.params={lambda: 1}"], "strategy.params.lambda: unknown parameter of opm; valid: "
                                                            "q_base, lam, p_exe, start_epoch, end_epoch"),
-    (["strategy.name=ogm_ge", "strategy.params={weights: bn}"], "strategy.params.weights: invalid value 'bn'; valid "
-                                                                "choices: conv, all"),
-    (["strategy.name=amst", "strategy.params={phase: one}"], "strategy.params.phase: invalid value 'one'; valid "
-                                                             "choices: code, paper"),
+    (["strategy.name=ogm_ge", "strategy.params={weights: bn}"], "strategy.params.weights: invalid value 'bn'; valid: "
+                                                                "conv, all"),
+    (["strategy.name=amst", "strategy.params={phase: one}"], "strategy.params.phase: invalid value 'one'; valid: "
+                                                             "code, paper"),
     (["strategy.name=mslr", "strategy.params={schedule: cosine}"], "strategy.params.schedule: invalid value"),
     (["strategy.name=pmr", "strategy.params={fraction: 0}"], r"strategy.params.fraction: 0.0 must lie in \(0, 1\]"),
     (["strategy.name=gradient_blending", "strategy.params={holdout: 1.0}"], "strategy.params.holdout"),
@@ -377,7 +377,7 @@ def test_entropy_ranks_the_split_it_is_told():
     s = strategy("entropy", "strategy.params={split: train}")
     s.end_epoch(0, train_bias, val_bias)
     assert s.begin_epoch(1) == ["visual"]
-    with pytest.raises(ConfigError, match="strategy.params.split: invalid value 'test'; valid choices: val, train"):
+    with pytest.raises(ConfigError, match="strategy.params.split: invalid value 'test'; valid: val, train"):
         load_config(None, ["strategy.name=entropy", "model.cosine=true", "strategy.params={split: test}"])
 
 

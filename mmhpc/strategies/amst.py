@@ -31,6 +31,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from types import SimpleNamespace
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
@@ -49,17 +50,17 @@ JOINT_HEADS = ("code", "masked")
 
 @dataclass
 class AMSTParams:
-    module: str = "alternating"
+    module: Literal[MODULES] = "alternating"
     #: skip per modality, over the papers' per-dataset defaults (`AMST_DEFAULT_SKIPS`; 1 = never skipped)
     skips: dict[str, int] = field(default_factory=dict)
     #: "code": epochs counted from 0 (trains in epochs 0, s, 2s, ...); "paper": from 1 (epochs s-1, 2s-1, ...)
-    phase: str = "code"
+    phase: Literal[AMST_PHASES] = "code"
     #: true: a skipped modality's concat head block stays fixed (seed 001 Sec. 3.3); false: SGD's momentum and
     #: weight decay still move it, as in the code base
     strict: bool = False
     #: the joint module's reduced concat head: "code" (the code base's HEAD: skipped block untouched, bias x
     #: active / M) or "masked" (skipped embeddings zero-masked in the full head)
-    joint_head: str = "code"
+    joint_head: Literal[JOINT_HEADS] = "code"
 
 
 def joint_twin(model, cfg) -> nn.Module:
@@ -87,23 +88,16 @@ class AMST(Alternating):
     def check_config(cls, cfg) -> None:
         super().check_config(cfg)
         p = cls.parse_params(cfg.strategy.params)
-        if p.module not in MODULES:
-            raise ConfigError(f"strategy.params.module: invalid value {p.module!r}; valid choices: {', '.join(MODULES)}")
-        if p.phase not in AMST_PHASES:
-            raise ConfigError(f"strategy.params.phase: invalid value {p.phase!r}; valid choices: {', '.join(AMST_PHASES)}")
-        if p.joint_head not in JOINT_HEADS:
-            raise ConfigError(problem(("strategy", "params", "joint_head"), f"invalid value {p.joint_head!r}",
-                                      JOINT_HEADS))
         if p.module != "alternating":
             require_symmetric(cfg, f"AMST's {p.module} module trains a reduced head over the non-skipped "
                                    "modalities (seed 001 Alg. 2), which needs a fusion a modality can be masked out "
                                    "of (gated/FiLM train with module=alternating, thesis Alg. 4)")
         for m, s in p.skips.items():
+            field = ("strategy", "params", "skips", m)
             if m not in cfg.modalities:
-                raise ConfigError(f"strategy.params.skips.{m}: not a modality of this run; valid: "
-                                  f"{', '.join(cfg.modalities)}")
+                raise ConfigError(problem(field, "not a modality of this run", cfg.modalities))
             if s < 1:
-                raise ConfigError(f"strategy.params.skips.{m}: {s!r} must be a positive integer (1 = never skipped)")
+                raise ConfigError(problem(field, f"{s!r} must be a positive integer (1 = never skipped)"))
 
     def __init__(self, cfg, model, runtime, data=None):
         full = self.parse_params(cfg.strategy.params).module == "full"

@@ -11,7 +11,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from mmhpc.errors import ConfigError
+from mmhpc.errors import ConfigError, problem
 from mmhpc.models.fusion import SYMMETRIC, Concat, EarlySum, Fusion
 from mmhpc.strategies.formulas import correct_class_score
 
@@ -54,8 +54,7 @@ def step_logits(net, embs: Mapping[str, torch.Tensor], fused: torch.Tensor,
 def require_symmetric(cfg, what: str) -> None:
     """Refuse gated/FiLM where `what` (a sentence) needs the fused logits as a sum of modality parts."""
     if cfg.model.fusion not in SYMMETRIC:
-        raise ConfigError(f"model.fusion: {what}; {cfg.model.fusion} is not such a fusion; "
-                          f"valid choices: {', '.join(SYMMETRIC)}")
+        raise ConfigError(problem("model.fusion", f"{what}; {cfg.model.fusion} is not such a fusion", SYMMETRIC))
 
 
 class ModalityGroups:

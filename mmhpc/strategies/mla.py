@@ -22,11 +22,12 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
 
-from mmhpc.errors import ConfigError
+from mmhpc.errors import ConfigError, problem
 from mmhpc.strategies.base import StepOutput, Strategy, register
 from mmhpc.strategies.formulas import mla_entropy_weights
 
@@ -44,7 +45,7 @@ def mla_default_weights(modalities) -> dict[str, float]:
 
 @dataclass
 class MLAParams:
-    runtime_fusion: str = "entropy"
+    runtime_fusion: Literal[RUNTIME_FUSIONS] = "entropy"
     weights: dict[str, float] = field(default_factory=dict)  # fixed weights; default `mla_default_weights`
     projection: bool = False  # the thesis baseline (code/baseline/mla_new.py) has none; true: MLA's OWM
     projection_alpha: float = 0.1
@@ -59,13 +60,11 @@ class MLA(Strategy):
     @classmethod
     def check_config(cls, cfg) -> None:
         if cfg.model.fusion not in cls.fusions:
-            raise ConfigError(f"model.fusion: MLA's shared head H(e_m) = W e_m + b is early_sum's head (thesis Eq. "
-                              f"2.31); {cfg.model.fusion} gives each modality other weights; valid choices: early_sum")
+            raise ConfigError(problem("model.fusion", f"MLA's shared head H(e_m) = W e_m + b is early_sum's head "
+                                      f"(thesis Eq. 2.31); {cfg.model.fusion} gives each modality other weights",
+                                      cls.fusions))
         super().check_config(cfg)
         p = cls.parse_params(cfg.strategy.params)
-        if p.runtime_fusion not in RUNTIME_FUSIONS:
-            raise ConfigError(f"strategy.params.runtime_fusion: invalid value {p.runtime_fusion!r}; valid choices: "
-                              f"{', '.join(RUNTIME_FUSIONS)}")
         if p.weights:
             if set(p.weights) != set(cfg.modalities) or any(w < 0 for w in p.weights.values()):
                 raise ConfigError(f"strategy.params.weights: give a weight >= 0 for each of {', '.join(cfg.modalities)}"

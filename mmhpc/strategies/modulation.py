@@ -19,6 +19,7 @@ device: a step makes no host synchronisation.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
@@ -62,9 +63,11 @@ class _OnTheFly(ModulationWindow, Strategy):
 @dataclass
 class OGMParams:
     alpha: float = 0.1          # thesis Fig. 2.19 "as specified in the original paper"; code base ogm3_new.py
-    variant: str = "thesis"     # "thesis": Eq. 2.27 on the top-ratio modality; "paper": seed 003 Eq. 11
+    #: "thesis": Eq. 2.27 on the top-ratio modality; "paper": seed 003 Eq. 11
+    variant: Literal[OGM_VARIANTS] = "thesis"
     ge: bool = True             # add the generalisation-enhancement noise (OGM-GE); false: plain OGM
-    weights: str = "conv"       # "conv": only 4-D gradients (code base); "all": every branch parameter (Alg. 2)
+    #: "conv": only 4-D gradients (code base); "all": every branch parameter (Alg. 2)
+    weights: Literal[OGM_WEIGHTS] = "conv"
     start_epoch: int = 0
     end_epoch: int | None = 50  # code base `modulation_ends` (inclusive); null: to the end
 
@@ -78,12 +81,6 @@ class OGMGE(_OnTheFly):
     def check_config(cls, cfg) -> None:
         super().check_config(cfg)
         p = cls.parse_params(cfg.strategy.params)
-        if p.variant not in OGM_VARIANTS:
-            raise ConfigError(f"strategy.params.variant: invalid value {p.variant!r}; valid choices: "
-                              f"{', '.join(OGM_VARIANTS)}")
-        if p.weights not in OGM_WEIGHTS:
-            raise ConfigError(f"strategy.params.weights: invalid value {p.weights!r}; valid choices: "
-                              f"{', '.join(OGM_WEIGHTS)}")
         if p.alpha < 0:
             raise ConfigError(f"strategy.params.alpha: {p.alpha} must be >= 0")
 

@@ -15,8 +15,9 @@ train.lr = 1e-3 that is 1, 10, 0.08. The fusion head and the probes keep `train.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Literal
 
-from mmhpc.errors import ConfigError
+from mmhpc.errors import ConfigError, problem
 from mmhpc.strategies.balancing import ModalityGroups
 from mmhpc.strategies.base import register
 from mmhpc.strategies.formulas import MSLR_SCHEDULES, mslr_schedule_factor
@@ -40,7 +41,7 @@ MSLR_DEFAULT_WINDOW = 5
 class MSLRParams:
     init: dict[str, float] = field(default_factory=dict)  # per-modality multiplier of train.lr
     window: int = MSLR_DEFAULT_WINDOW                       # k_e
-    schedule: str = "as_run"  # as_run: fixed (code base as run); compound (adjust_lr); per_epoch (Eq. 2.28)
+    schedule: Literal[MSLR_SCHEDULES] = "as_run"  # as_run: fixed (code base as run); compound (adjust_lr); per_epoch (Eq. 2.28)
 
 
 @register
@@ -54,15 +55,12 @@ class MSLR(ModalityGroups, Naive):
         p = cls.parse_params(cfg.strategy.params)
         for m, v in p.init.items():
             if m not in cfg.modalities:
-                raise ConfigError(f"strategy.params.init.{m}: not a modality of this run; valid: "
-                                  f"{', '.join(cfg.modalities)}")
+                raise ConfigError(problem(("strategy", "params", "init", m), "not a modality of this run",
+                                          cfg.modalities))
             if v <= 0:
                 raise ConfigError(f"strategy.params.init.{m}: {v!r} must be a positive number (x train.lr)")
         if p.window < 1:
             raise ConfigError(f"strategy.params.window: {p.window!r} must be a positive integer (epochs, k_e)")
-        if p.schedule not in MSLR_SCHEDULES:
-            raise ConfigError(f"strategy.params.schedule: invalid value {p.schedule!r}; valid choices: "
-                              f"{', '.join(MSLR_SCHEDULES)}")
 
     def __init__(self, *args, **kw):
         super().__init__(*args, **kw)

@@ -28,7 +28,7 @@ sum/concat, Alg. 3 for gated/FiLM) with only the chosen modality updating.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import ClassVar, Literal
 
 from mmhpc.errors import ConfigError
 from mmhpc.strategies.base import register
@@ -47,7 +47,7 @@ SPLITS = ("val", "train")
 
 @dataclass
 class EntropyParams(SelectiveParams):
-    split: str = "val"  # the split whose bias Alg. 5 ranks: "val" or "train"
+    split: Literal[SPLITS] = "val"  # the split whose bias Alg. 5 ranks: "val" or "train"
 
 
 class _Selective(Alternating):
@@ -119,13 +119,6 @@ class Entropy(_Selective):
     Params = EntropyParams
     metric = "bias"
     mode = "entropy"
-
-    @classmethod
-    def check_config(cls, cfg) -> None:
-        super().check_config(cfg)
-        p = cls.parse_params(cfg.strategy.params)
-        if p.split not in SPLITS:
-            raise ConfigError(f"strategy.params.split: invalid value {p.split!r}; valid choices: {', '.join(SPLITS)}")
 
     def _ranked(self, train: dict, val: dict) -> dict:
         return train if self.params.split == "train" else val

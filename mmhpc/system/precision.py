@@ -27,7 +27,7 @@ from dataclasses import dataclass
 
 import torch
 
-from mmhpc.errors import ConfigError
+from mmhpc.errors import ConfigError, problem
 from mmhpc.names import PRECISIONS
 
 AMPERE = (8, 0)  # tensor cores with TF32 and BF16
@@ -71,26 +71,24 @@ class Precision:
     @property
     def mode(self) -> _Mode:
         if self.name not in MODES:
-            raise ConfigError(f"system.precision: invalid value {self.name!r}; valid: {', '.join(MODES)}")
+            raise ConfigError(problem("system.precision", f"invalid value {self.name!r}", MODES))
         return MODES[self.name]
 
     @property
     def dtype(self) -> torch.dtype | None:
-        """The autocast dtype the model stores (None: no autocast)."""
+        """The autocast dtype (None: no autocast)."""
         return self.mode.dtype
 
     def problem(self, capability=None, gpu: str = "this GPU") -> str | None:
         """Why this precision cannot run on the device, or None. `capability`: (8, 0) or 8.0 for a GPU."""
         mode = self.mode
         if self.device_type == "cpu" and not mode.cpu:
-            valid = ", ".join(n for n, m in MODES.items() if m.cpu)
-            return (f"system.precision: {self.name} is a tensor-core format of NVIDIA GPUs (compute capability "
-                    f"8.0+), not available on the CPU; valid: {valid}")
+            return problem("system.precision", f"{self.name} is a tensor-core format of NVIDIA GPUs (compute "
+                           "capability 8.0+), not available on the CPU", [n for n, m in MODES.items() if m.cpu])
         if self.device_type == "cuda" and mode.tensor_cores and capability is not None \
                 and _as_tuple(capability) < AMPERE:
-            valid = ", ".join(n for n, m in MODES.items() if not m.tensor_cores)
-            return (f"system.precision: {self.name} needs compute capability 8.0+, {gpu} has "
-                    f"{_capability_text(capability)}; valid: {valid}")
+            return problem("system.precision", f"{self.name} needs compute capability 8.0+, {gpu} has "
+                           f"{_capability_text(capability)}", [n for n, m in MODES.items() if not m.tensor_cores])
         return None
 
     def validate(self, device: torch.device | None = None) -> None:
