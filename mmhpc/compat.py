@@ -12,14 +12,13 @@ from pathlib import Path
 import torch
 
 
-def autocast_state(device_type: str) -> tuple[bool, torch.dtype]:
-    """(enabled, dtype) of the autocast active in this thread for a device type."""
-    get_dtype = getattr(torch, "get_autocast_dtype", None)  # torch 2.4+: one call for every device type
-    if get_dtype is not None:
-        return getattr(torch, "is_autocast_enabled")(device_type), get_dtype(device_type)
-    if device_type == "cuda":
-        return torch.is_autocast_enabled(), torch.get_autocast_gpu_dtype()
-    return torch.is_autocast_cpu_enabled(), torch.get_autocast_cpu_dtype()
+def grad_scaler(device_type: str):
+    """A loss scaler for `device_type`: torch.amp.GradScaler (torch 2.3+, also on the CPU), else the
+    CUDA one of older releases."""
+    amp_scaler = getattr(torch.amp, "GradScaler", None)
+    if amp_scaler is not None:
+        return amp_scaler(device_type)
+    return torch.cuda.amp.GradScaler(enabled=device_type == "cuda")
 
 
 def init_process_group(backend: str, device: torch.device | None = None, **kwargs) -> None:

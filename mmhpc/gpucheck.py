@@ -388,7 +388,7 @@ def check_syncs(ck: Check) -> tuple[dict, str]:
 def _forward_backward(trainer, batch) -> dict:
     model = trainer.model
     model.zero_grad(set_to_none=True)
-    out = model(batch)
+    out = trainer.strategy.net(batch)  # the run's model: its precision, BLP's branch threads
     torch.nn.functional.cross_entropy(out["fused"].float(), batch["label"]).backward()
     return {k: p.grad.detach().float().cpu().clone() for k, p in model.named_parameters() if p.grad is not None}
 

@@ -33,6 +33,7 @@ class PrecisionChoice:
     tensor_cores: bool       # needs compute capability 8.0+ on a GPU
     cpu: bool                # has a meaning on the CPU
     thesis: bool             # a setting the thesis compares (Tables 4.6-4.9): reports and gpu-check
+    loss_scale: bool = False  # backward on a scaled loss (float16's narrow range), unscaled before the step
 
 
 #: system.precision (thesis Sec. 3.4.2, 4.3.2.1), in the order reports show them

@@ -83,3 +83,43 @@ def test_every_strategy_trains_on_ddp_with_equal_parameters_after_every_step(tin
         for name, r in results.items():
             # 2 epochs of 2 steps (the selective strategies: the warm-up epoch and one more)
             assert r == {"status": "done", "epochs": 2, "steps": 4, "unequal": 0}, (rank, name)
+
+
+def _scaled_runtime(monkeypatch):
+    """A runtime whose precision scales its loss: fp32 with a loss scaler (as a float16 mode would have)."""
+    import dataclasses
+
+    from mmhpc.config import load_config
+    from mmhpc.system import parallel, precision
+    from mmhpc.system.runtime import Runtime
+
+    monkeypatch.setitem(precision.MODES, "fp32", dataclasses.replace(precision.MODES["fp32"], loss_scale=True))
+    return Runtime(parallel.Single(load_config(None, [])), precision.Precision("fp32", "cpu"))
+
+
+def test_loss_scaling_backward_scales_and_the_step_uses_the_true_gradients(monkeypatch):
+    rt = _scaled_runtime(monkeypatch)
+    torch.manual_seed(0)
+    model, ref = torch.nn.Linear(4, 2), torch.nn.Linear(4, 2)
+    ref.load_state_dict(model.state_dict())
+    x, y = torch.randn(8, 4), torch.randint(0, 2, (8,))
+    opt, ref_opt = (torch.optim.SGD(m.parameters(), lr=0.1) for m in (model, ref))
+    scale = rt.scaler.get_scale()
+    rt.backward(torch.nn.functional.cross_entropy(model(x), y))
+    torch.nn.functional.cross_entropy(ref(x), y).backward()
+    torch.testing.assert_close(model.weight.grad, ref.weight.grad * scale)  # scaled in backward
+    rt.step(opt)
+    ref_opt.step()
+    torch.testing.assert_close(model.weight, ref.weight)  # unscaled before the step
+    assert rt.state_dict()["scaler"]["scale"] == scale
+
+
+def test_loss_scaling_skips_a_step_with_infinite_gradients_and_lowers_the_scale(monkeypatch):
+    rt = _scaled_runtime(monkeypatch)
+    model = torch.nn.Linear(4, 2)
+    before = model.weight.detach().clone()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    scale = rt.scaler.get_scale()
+    rt.backward(model(torch.full((1, 4), float("inf"))).sum())
+    rt.step(opt)
+    assert torch.equal(model.weight, before) and rt.scaler.get_scale() < scale

@@ -158,13 +158,3 @@ def test_a_snippet_is_judged_like_the_package(snippet, flagged):
     if tuple(map(int, torch_floor().split(".")[:2])) >= (2, 4) and "autocast" in snippet:
         flagged = False
     assert bad == flagged, (snippet, problem, params)
-
-
-def test_autocast_state_reads_the_active_autocast():
-    import torch
-
-    from mmhpc.compat import autocast_state
-
-    assert autocast_state("cpu")[0] is False
-    with torch.autocast("cpu", dtype=torch.bfloat16):
-        assert autocast_state("cpu") == (True, torch.bfloat16)

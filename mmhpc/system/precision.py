@@ -27,6 +27,7 @@ from dataclasses import dataclass
 
 import torch
 
+from mmhpc import compat
 from mmhpc.errors import ConfigError, problem
 from mmhpc.names import PRECISIONS
 
@@ -40,11 +41,12 @@ class _Mode:
     dtype: torch.dtype | None  # autocast dtype; None: no autocast
     tensor_cores: bool         # needs compute capability 8.0+ on a GPU
     cpu: bool                  # has a meaning on the CPU
+    loss_scale: bool = False   # backward on a scaled loss, unscaled before the step (GradScaler)
 
 
 #: the registry's entries (mmhpc.names.PRECISIONS) with their torch dtypes
 MODES = {name: _Mode(c.matmul_tf32, c.cudnn_tf32, getattr(torch, c.autocast) if c.autocast else None,
-                     c.tensor_cores, c.cpu) for name, c in PRECISIONS.items()}
+                     c.tensor_cores, c.cpu, c.loss_scale) for name, c in PRECISIONS.items()}
 
 
 def _capability_text(capability) -> str:
@@ -112,18 +114,9 @@ class Precision:
         dtype = self.dtype
         return torch.autocast(self.device_type, dtype=dtype or torch.float32, enabled=dtype is not None)
 
-    # ---- the loss-scaling hooks of `mmhpc.system.runtime.Runtime` (no mode scales its loss yet) ------
-    def backward(self, loss: torch.Tensor) -> None:
-        loss.backward()
-
-    def step(self, optimizer: torch.optim.Optimizer) -> None:
-        optimizer.step()
-
-    def state_dict(self) -> dict:
-        return {}
-
-    def load_state_dict(self, state: dict) -> None:
-        pass
+    def grad_scaler(self):
+        """The loss scaler of a mode with `loss_scale` (float16 needs one), else None."""
+        return compat.grad_scaler(self.device_type) if self.mode.loss_scale else None
 
 
 def to_float(out):

@@ -101,6 +101,7 @@ class Runtime:
     def __init__(self, parallelism: parallel.Parallelism, precision: Precision):
         self.parallelism, self.precision = parallelism, precision
         self.net: Net | None = None
+        self.scaler = precision.grad_scaler()  # None unless the precision scales its loss
         self._synced = False  # a DDP forward is pending whose backward DDP's reducer synchronises
 
     @classmethod
@@ -155,12 +156,17 @@ class Runtime:
     def backward(self, loss: torch.Tensor) -> None:
         """Gradients of `loss` (through the precision's loss-scaling hook), the same on every process."""
         synced, self._synced = self._synced, False
-        self.precision.backward(loss)
+        (loss if self.scaler is None else self.scaler.scale(loss)).backward()
         if self.world > 1 and not synced:
             self._all_reduce_grads()
 
     def step(self, optimizer: torch.optim.Optimizer) -> None:
-        self.precision.step(optimizer)
+        """The optimiser's step; with loss scaling on unscaled gradients, skipped when one is not finite."""
+        if self.scaler is None:
+            optimizer.step()
+            return
+        self.scaler.step(optimizer)
+        self.scaler.update()
 
     def _all_reduce_grads(self) -> None:
         """Average every gradient over the processes, one all-reduce per dtype. Every process has the
@@ -206,10 +212,11 @@ class Runtime:
 
     # ---- checkpoints and the end --------------------------------------------------------------
     def state_dict(self) -> dict:
-        return {"precision": self.precision.state_dict()}
+        return {"scaler": self.scaler.state_dict() if self.scaler is not None else None}
 
     def load_state_dict(self, state: dict) -> None:
-        self.precision.load_state_dict(state.get("precision", {}))
+        if self.scaler is not None and state.get("scaler"):
+            self.scaler.load_state_dict(state["scaler"])
 
     def close(self) -> None:
         self.parallelism.close()
