@@ -238,8 +238,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--epochs", type=int, default=None, help="epochs per run (default: the demo's)")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=cmd_demo)
-    p = sub.add_parser("strategies", help="the training strategies: source, parameters and defaults, fusions, "
-                                          "parallelisms")
+    p = sub.add_parser("strategies", help="the training strategies: source, parameters and defaults, fusions")
     p.set_defaults(func=cmd_strategies)
     p = sub.add_parser("doctor", help="can this machine run mmhpc? Python, torch, driver, GPUs, data, results",
                        description="Check Python, torch and its CUDA build, the NVIDIA driver, GPUs visible to torch "

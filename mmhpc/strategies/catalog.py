@@ -1,10 +1,11 @@
-"""`mmhpc strategies`: every registered strategy with its source, parameters and defaults, fusions and
-parallelisms. The parameters and defaults are read from each strategy's typed `Params`, so the listing
+"""`mmhpc strategies`: every registered strategy with its source, parameters and defaults and fusions
+(every strategy runs on every parallelism: `mmhpc.system.runtime`). The parameters and defaults are read from each strategy's typed `Params`, so the listing
 cannot drift from what `strategy.params` accepts; the sources are those of README's strategy table."""
 from __future__ import annotations
 
 import dataclasses
 
+from mmhpc.names import PARALLELISMS
 from mmhpc.strategies import STRATEGIES
 
 #: strategy.name -> where its algorithm and defaults come from (thesis = Optimising Multimodal Learning with
@@ -35,12 +36,13 @@ def _default(field: dataclasses.Field) -> str:
 
 
 def describe() -> str:
-    lines = ["strategy.name: source; strategy.params (defaults); fusions; parallelisms",
+    lines = ["strategy.name: source; strategy.params (defaults); fusions (every strategy runs on "
+             f"{', '.join(PARALLELISMS)})",
              "(differences between the thesis text, the papers and the code base: mmhpc/strategies/README.md)"]
     for name in sorted(STRATEGIES):
         cls = STRATEGIES[name]
         lines += ["", f"{name}: {SOURCES.get(name, '?')}"]
         fields = dataclasses.fields(cls.Params) if dataclasses.is_dataclass(cls.Params) else ()
         lines += [f"  params.{f.name} = {_default(f)}" for f in fields] or ["  no parameters"]
-        lines.append(f"  fusions: {', '.join(cls.fusions)}; parallelisms: {', '.join(cls.parallelisms)}")
+        lines.append(f"  fusions: {', '.join(cls.fusions)}")
     return "\n".join(lines)
