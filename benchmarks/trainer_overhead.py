@@ -2,7 +2,7 @@
 
 Both train the same model (same init), on the same data through the same loader, with the same loss
 (naive joint training: fused CE plus the probes' CE) for the same batches, on the run's device and at its
-precision (the model enters its autocast in its own forward), and both wait for the device before the
+precision (the hand loop enters the run's autocast itself), and both wait for the device before the
 clock is read; the trainer adds its metric accumulation, per-modality logits, timing and hooks. Rounds
 alternate the two to spread machine noise. Non-deterministic kernels with cuDNN autotuning, as a system
 benchmark runs.
@@ -35,8 +35,9 @@ def hand_loop(trainer: Trainer, batches: int) -> float:
             break
         batch = {k: v.to(device, non_blocking=pinned) for k, v in batch.items() if torch.is_tensor(v)}
         batch = finish_batch(batch)  # uint8 frames -> model input on the device, as the trainer does
-        out = model(batch)
-        loss = F.cross_entropy(out["fused"], batch["label"]) + sum(
+        with trainer.runtime.precision.autocast():
+            out = model(batch)
+        loss = F.cross_entropy(out["fused"].float(), batch["label"]) + sum(
             F.cross_entropy(z, batch["label"]) for z in out["probes"].values())
         opt.zero_grad(set_to_none=True)
         loss.backward()
