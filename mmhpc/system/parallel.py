@@ -399,7 +399,7 @@ class BranchLevel(Parallelism):
             out[m] = d
         return out
 
-    def placement(self, model, probe, precision) -> dict[str, torch.device]:
+    def placement(self, model, probe, precision=None) -> dict[str, torch.device]:
         explicit = self.given_devices(self.device)
         if explicit:
             return explicit
