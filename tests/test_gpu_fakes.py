@@ -184,7 +184,8 @@ def test_item5_one_task_ddp_job_through_submitit_exports_rank_and_world_size(tin
     from mmhpc.launch.submit import _join_distributed
 
     for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
-        monkeypatch.delenv(k, raising=False)
+        monkeypatch.setenv(k, "")  # recorded, so what the join sets is undone after the test
+        monkeypatch.delenv(k)
     slurm = {"SUBMITIT_EXECUTOR": "slurm", "SLURM_JOB_ID": "4242", "SLURM_NTASKS": "1", "SLURM_PROCID": "0",
              "SLURM_LOCALID": "0", "SLURM_NODEID": "0", "SLURM_JOB_NODELIST": "node1", "SLURM_JOB_NUM_NODES": "1",
              "SLURM_STEP_NODELIST": "node1"}
