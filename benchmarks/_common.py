@@ -1,4 +1,5 @@
-"""Shared bits of the benchmark scripts: run variants of a config through `mmhpc.bench` and tabulate."""
+"""Shared bits of the benchmark scripts: run variants of a config through `mmhpc.bench` and
+tabulate."""
 from __future__ import annotations
 
 import argparse
@@ -11,21 +12,37 @@ from mmhpc.config import load_config
 
 def parser(description: str) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=description)
-    p.add_argument("overrides", nargs="*", help="extra key=value config overrides for every variant")
+    p.add_argument(
+        "overrides", nargs="*", help="extra key=value config overrides for every variant"
+    )
     p.add_argument("--epochs", type=int, default=3, help="measured epochs per variant")
     p.add_argument("--warmup", type=int, default=1, help="warm-up epochs per variant")
-    p.add_argument("--runs-dir", default=None, help="keep the records here (default: a temporary directory)")
+    p.add_argument(
+        "--runs-dir", default=None, help="keep the records here (default: a temporary directory)"
+    )
     return p
 
 
 def run_variants(variants: dict[str, list[str]], args, base: list[str]) -> dict[str, dict]:
-    """Bench each variant (label -> overrides) on the same base config; returns label -> bench summary."""
+    """Bench each variant (label -> overrides) on the same base config; returns label -> bench
+    summary."""
     runs_dir = args.runs_dir or tempfile.mkdtemp(prefix="mmhpc-bench-")
     out = {}
     for label, extra in variants.items():
-        # system benchmarks: fastest kernels and cuDNN autotuning, as the system sweeps run (a base may differ)
-        cfg = load_config(None, ["system.deterministic=false", *base, *args.overrides, *extra, f"output.runs_dir={runs_dir}",
-                                 f"output.name={label}", "output.overwrite=true"])
+        # system benchmarks: fastest kernels and cuDNN autotuning, as the system sweeps run (a base
+        # may differ)
+        cfg = load_config(
+            None,
+            [
+                "system.deterministic=false",
+                *base,
+                *args.overrides,
+                *extra,
+                f"output.runs_dir={runs_dir}",
+                f"output.name={label}",
+                "output.overwrite=true",
+            ],
+        )
         before = resource.getrusage(resource.RUSAGE_SELF)
         out[label] = bench(cfg, epochs=args.epochs, warmup=args.warmup, progress=False).bench
         after = resource.getrusage(resource.RUSAGE_SELF)

@@ -1,14 +1,19 @@
-"""Benchmark e: samples/s per loader worker on full-shape synthetic CREMA-D (3 frames 224x224, filterbank
+"""Benchmark e: samples/s per loader worker on full-shape synthetic CREMA-D (3 frames 224x224,
+filterbank
 1024x128), the former pipeline against the current one, in one run. Target: current/former >= 2.
 
 - former: each worker opens the JPEGs with PIL, crops, flips, converts and normalises the clip with
-  torchvision's v2 transforms, and sends float32 frames (~116 MB per batch of 64) through shared memory.
+  torchvision's v2 transforms, and sends float32 frames (~116 MB per batch of 64) through shared
+  memory.
   Kept here only, as the reference implementation.
-- current (`mmhpc.data`): each worker decodes with `mmhpc.compat.read_jpeg` (TorchCodec), draws the crops, and sends
-  uint8 frames; `frames.finish_batch` does the rest per batch on the device. Its cost is printed apart
+- current (`mmhpc.data`): each worker decodes with `mmhpc.compat.read_jpeg` (TorchCodec), draws the
+crops, and sends
+  uint8 frames; `frames.finish_batch` does the rest per batch on the device. Its cost is printed
+  apart
   (here on the CPU, in the main process; on a GPU it is one kernel sequence per batch).
 
-One worker per pipeline (prefetch 2), timed from its first batch to its last (start-up excluded); rounds
+One worker per pipeline (prefetch 2), timed from its first batch to its last (start-up excluded);
+rounds
 alternate the two pipelines to spread machine noise; the best round of each is reported.
 
     .venv/bin/python benchmarks/loader_throughput.py [--samples 192] [--batch 32] [--rounds 2]
@@ -31,13 +36,20 @@ from mmhpc.data.synthetic import write_synthetic
 
 
 class FormerDataset(PreparedDataset):
-    """The pipeline before: PIL decoding and the whole visual transform in the worker, float32 frames out."""
+    """The pipeline before: PIL decoding and the whole visual transform in the worker, float32
+    frames out."""
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         size = self.shapes.image
-        self.former = v2.Compose([v2.RandomResizedCrop(size, antialias=True), v2.RandomHorizontalFlip(),
-                                  v2.ToDtype(torch.float32, scale=True), v2.Normalize(IMAGENET_MEAN, IMAGENET_STD)])
+        self.former = v2.Compose(
+            [
+                v2.RandomResizedCrop(size, antialias=True),
+                v2.RandomHorizontalFlip(),
+                v2.ToDtype(torch.float32, scale=True),
+                v2.Normalize(IMAGENET_MEAN, IMAGENET_STD),
+            ]
+        )
 
     def __getitem__(self, i: int) -> dict:
         item = super().__getitem__(i)
@@ -71,14 +83,21 @@ def measure(dataset, batch: int, finish: bool) -> tuple[float, float]:
 
 
 if __name__ == "__main__":
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--samples", type=int, default=192)
     p.add_argument("--batch", type=int, default=32)
     p.add_argument("--rounds", type=int, default=2)
-    p.add_argument("--root", default=None, help="reuse this synthetic dataset directory (made if missing)")
+    p.add_argument(
+        "--root", default=None, help="reuse this synthetic dataset directory (made if missing)"
+    )
     args = p.parse_args()
     torch.set_num_threads(1)
-    root = Path(args.root or tempfile.mkdtemp(prefix="mmhpc-throughput-")) / f"cremad-full-{args.samples}"
+    root = (
+        Path(args.root or tempfile.mkdtemp(prefix="mmhpc-throughput-"))
+        / f"cremad-full-{args.samples}"
+    )
     if not (root / "manifest.json").exists():
         write_synthetic(root, DATASETS["cremad"], "full", 0, progress=False, samples=args.samples)
     former_ds = FormerDataset(root, "train", ["audio", "visual"], train=True)
@@ -90,10 +109,19 @@ if __name__ == "__main__":
             best[label] = max(best[label], (rate, finish))
     frame_mb = {k: b["visual"].element_size() * b["visual"].nelement() * args.batch / 1e6
                 for k, b in (("former", former_ds[0]), ("current", current_ds[0]))}
-    print(f"full-shape synthetic CREMA-D, {len(current_ds)} training samples, batch {args.batch}, 1 worker, "
-          f"best of {args.rounds} rounds")
-    print(f"{'pipeline':>9}  {'samples/s/worker':>16}  {'frames MB/batch':>15}  {'finish_batch s/batch (CPU)':>26}")
+    print(
+        f"full-shape synthetic CREMA-D, {len(current_ds)} training samples, batch {args.batch}, 1 "
+        "worker, "
+        f"best of {args.rounds} rounds"
+    )
+    print(
+        f"{'pipeline':>9}  {'samples/s/worker':>16}  {'frames MB/batch':>15}  "
+        f"{'finish_batch s/batch (CPU)':>26}"
+    )
     for label in ("former", "current"):
         rate, finish = best[label]
-        print(f"{label:>9}  {rate:16.1f}  {frame_mb[label]:15.1f}  {finish if label == 'current' else 0:26.3f}")
+        print(
+            f"{label:>9}  {rate:16.1f}  {frame_mb[label]:15.1f}  "
+            f"{finish if label == 'current' else 0:26.3f}"
+        )
     print(f"current/former per worker: {best['current'][0] / best['former'][0]:.2f}x (target >= 2)")

@@ -1,12 +1,18 @@
-"""Overhead of UtilSampler on a fixed CPU workload (prints figures; not a test, timings are machine-dependent).
+"""Overhead of UtilSampler on a fixed CPU workload (prints figures; not a test, timings are
+machine-dependent).
 
     python benchmarks/sampler_overhead.py [--reps 5] [--interval 0.5] [--seconds 4]
 
-Runs a torch matmul loop, alternating without and with the sampler so that drift in machine load hits both
-arms alike, and prints the per-sample cost and the overhead of the workload. Target: <= 1 % at 0.5 s.
-Two overheads are printed: wall-clock slowdown, which is what a job sees but is swamped by other tenants on a
-shared node, and extra process CPU time (workload + sampler thread) relative to the workload's, which other
-tenants barely move. One torch thread by default, since spinning OpenMP threads on an oversubscribed node
+Runs a torch matmul loop, alternating without and with the sampler so that drift in machine load
+hits both
+arms alike, and prints the per-sample cost and the overhead of the workload. Target: <= 1 % at 0.5
+s.
+Two overheads are printed: wall-clock slowdown, which is what a job sees but is swamped by other
+tenants on a
+shared node, and extra process CPU time (workload + sampler thread) relative to the workload's,
+which other
+tenants barely move. One torch thread by default, since spinning OpenMP threads on an oversubscribed
+node
 burn CPU time at random.
 """
 from __future__ import annotations
@@ -24,7 +30,8 @@ from mmhpc.system.sampler import UtilSampler  # noqa: E402
 
 
 def calibrate(seconds: float, n: int = 256) -> int:
-    # By CPU time, so the run length does not depend on how busy the node happens to be at calibration.
+    # By CPU time, so the run length does not depend on how busy the node happens to be at
+    # calibration.
     a = torch.randn(n, n)
     t, iters = time.process_time(), 0
     while time.process_time() - t < 0.5:
@@ -69,15 +76,27 @@ def main() -> None:
     base_wall, base_cpu = [b[0] for b in base], [b[1] for b in base]
     samp_wall, samp_cpu = [w[0] for w in sampled], [w[1] for w in sampled]
 
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {iters} matmuls 256x256 per run, "
-          f"{args.reps} pairs, interval {args.interval} s, {n_samples} samples")
-    print(f"workload without sampler: wall {statistics.mean(base_wall):.3f} s +- {sd(base_wall):.3f}, "
-          f"CPU {statistics.mean(base_cpu):.3f} s +- {sd(base_cpu):.3f}")
-    print(f"workload with sampler:    wall {statistics.mean(samp_wall):.3f} s +- {sd(samp_wall):.3f}, "
-          f"CPU {statistics.mean(samp_cpu):.3f} s +- {sd(samp_cpu):.3f}")
+    print(
+        f"torch {torch.__version__}, {torch.get_num_threads()} threads, {iters} matmuls 256x256 "
+        "per run, "
+        f"{args.reps} pairs, interval {args.interval} s, {n_samples} samples"
+    )
+    print(
+        f"workload without sampler: wall {statistics.mean(base_wall):.3f} s +- "
+        f"{sd(base_wall):.3f}, "
+        f"CPU {statistics.mean(base_cpu):.3f} s +- {sd(base_cpu):.3f}"
+    )
+    print(
+        f"workload with sampler:    wall {statistics.mean(samp_wall):.3f} s +- "
+        f"{sd(samp_wall):.3f}, "
+        f"CPU {statistics.mean(samp_cpu):.3f} s +- {sd(samp_cpu):.3f}"
+    )
     print(f"per-sample cost: wall {statistics.mean(wall_us):.0f} us +- {sd(wall_us):.0f}, "
           f"sampler-thread CPU {statistics.mean(cpu_us):.0f} us +- {sd(cpu_us):.0f}")
-    print(f"sampler CPU per interval: {statistics.mean(cpu_us) / (args.interval * 1e4):.3f} % of one core")
+    print(
+        f"sampler CPU per interval: {statistics.mean(cpu_us) / (args.interval * 1e4):.3f} % of one "
+        "core"
+    )
     for name, over in (("CPU-time overhead", cpu_over), ("wall-clock slowdown", wall_over)):
         print(f"{name}: {statistics.mean(over):+.2f} % +- {sd(over):.2f} (pairs: "
               + ", ".join(f"{o:+.2f}" for o in over) + ")")

@@ -1,17 +1,26 @@
 """Never lose a run, never run one twice: a tiny sweep on the local SLURM, with faults.
 
-    .venv/bin/python benchmarks/sweep_faults.py [--runs 120] [--cancels 12] [--preempts 6] [--seed 0]
+    .venv/bin/python benchmarks/sweep_faults.py [--runs 120] [--cancels 12] [--preempts 6] [--seed
+    0]
 
-Submits RUNS tiny runs (audio only, one epoch of one batch: most of a run is Python starting) to the local
-SLURM (env/slurm, started if needed) as three job arrays, through a PATH shim around the real commands
-that makes `sbatch` die right after printing the job id of the second array, SIGINTs the submitter right
-after a later sbatch, and fails `squeue` at random (SQUEUE_FAIL of the calls). Meanwhile it `scancel`s
-random running tasks and sends others USR2 (what SLURM sends before a time limit), then resumes (`mmhpc
+Submits RUNS tiny runs (audio only, one epoch of one batch: most of a run is Python starting) to the
+local
+SLURM (env/slurm, started if needed) as three job arrays, through a PATH shim around the real
+commands
+that makes `sbatch` die right after printing the job id of the second array, SIGINTs the submitter
+right
+after a later sbatch, and fails `squeue` at random (SQUEUE_FAIL of the calls). Meanwhile it
+`scancel`s
+random running tasks and sends others USR2 (what SLURM sends before a time limit), then resumes
+(`mmhpc
 sweep resume`, a separate process, which refuses while a state is unknown) until every run is done.
 
-Prints done / lost / run-twice: runs with a finished record; runs without one at the end; runs that more
-than one job trained to the end (submitit's result of the job: a success that is not "already done"), or
-that two jobs ran at once (overlapping attempts in `sacct -D`). `--count DIR` counts an existing sweep.
+Prints done / lost / run-twice: runs with a finished record; runs without one at the end; runs that
+more
+than one job trained to the end (submitit's result of the job: a success that is not "already
+done"), or
+that two jobs ran at once (overlapping attempts in `sacct -D`). `--count DIR` counts an existing
+sweep.
 """
 from __future__ import annotations
 
@@ -35,28 +44,38 @@ from mmhpc.launch.store import SweepDir, run_states  # noqa: E402
 
 SQUEUE_FAIL = 0.15
 
-SHIM = r'''#!/bin/bash
+SHIM = r"""#!/bin/bash
 # {name} shim: the real one, with faults (benchmarks/sweep_faults.py)
 real=$(PATH=${{PATH#*:}} command -v {name})
 case {name} in
   squeue)
-    if (( RANDOM % 1000 < {fail} )); then echo "squeue: error: Socket timed out on send/recv operation" >&2; exit 1; fi
+    if (( RANDOM % 1000 < {fail} )); then
+      echo "squeue: error: Socket timed out on send/recv operation" >&2; exit 1
+    fi
     exec "$real" "$@" ;;
   sbatch)
     out=$("$real" "$@"); rc=$?
     echo "$out"
-    n=$(( $(cat "$SHIM_STATE/sbatch-count" 2>/dev/null || echo 0) + 1 )); echo $n > "$SHIM_STATE/sbatch-count"
-    if [[ $rc == 0 && $n == 2 ]]; then echo "die after printing" >> "$SHIM_STATE/faults"; kill -9 $$; fi
-    if [[ $rc == 0 && $n == 4 ]]; then echo "sigint to the submitter" >> "$SHIM_STATE/faults"; kill -INT $PPID; fi
+    n=$(( $(cat "$SHIM_STATE/sbatch-count" 2>/dev/null || echo 0) + 1 ))
+    echo $n > "$SHIM_STATE/sbatch-count"
+    if [[ $rc == 0 && $n == 2 ]]; then
+      echo "die after printing" >> "$SHIM_STATE/faults"; kill -9 $$
+    fi
+    if [[ $rc == 0 && $n == 4 ]]; then
+      echo "sigint to the submitter" >> "$SHIM_STATE/faults"; kill -INT $PPID
+    fi
     exit $rc ;;
 esac
-'''
+"""
 
 
 def sh(*args: str, timeout: float = 60) -> subprocess.CompletedProcess:
-    """Run a command; one that does not answer in time counts as failed (rc 124), as `timeout` would say."""
+    """Run a command; one that does not answer in time counts as failed (rc 124), as `timeout` would
+    say."""
     try:
-        return subprocess.run(list(args), capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL)
+        return subprocess.run(
+            list(args), capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL
+        )
     except subprocess.TimeoutExpired:
         return subprocess.CompletedProcess(list(args), 124, "", f"no answer in {timeout:g} s")
 
@@ -84,14 +103,27 @@ def install_shims(work: Path) -> None:
 def write_sweep(work: Path, runs: int) -> Path:
     seeds = max(1, runs // 10)
     lrs = [round(0.001 * (k + 1), 4) for k in range(runs // seeds)]
-    spec = {"name": "faults", "base": {"data.dataset": "cremad", "data.modalities": ["audio"],
-                                       "train.batch_size": 8, "loader.num_workers": 0, "system.sample_interval": 0},
-            "grid": {"train.lr": lrs}, "seeds": list(range(seeds)),
-            "tiny": {"base": {"train.epochs": 1, "train.max_batches": 1}}}
+    spec = {
+        "name": "faults",
+        "base": {
+            "data.dataset": "cremad",
+            "data.modalities": ["audio"],
+            "train.batch_size": 8,
+            "loader.num_workers": 0,
+            "system.sample_interval": 0,
+        },
+        "grid": {"train.lr": lrs},
+        "seeds": list(range(seeds)),
+        "tiny": {"base": {"train.epochs": 1, "train.max_batches": 1}},
+    }
     path = work / "faults.yaml"
     path.write_text(yaml.safe_dump(spec))
-    clusters = work / "clusters.yaml"  # the local profile, with arrays of at most 50 runs: three sbatch calls
-    clusters.write_text(yaml.safe_dump({"local-bench": {"extends": "local", "max_array_size": -(-runs // 3)}}))
+    clusters = (
+        work / "clusters.yaml"
+    )  # the local profile, with arrays of at most 50 runs: three sbatch calls
+    clusters.write_text(
+        yaml.safe_dump({"local-bench": {"extends": "local", "max_array_size": -(-runs // 3)}})
+    )
     os.environ["MMHPC_CLUSTERS"] = str(clusters)
     return path
 
@@ -119,7 +151,10 @@ def main() -> None:
     if args.count:
         start_slurm()  # sacct of its jobs
         sweep_dir = SweepDir(args.count)
-        print(f"done / lost / run-twice: {' / '.join(map(str, count(sweep_dir, len(sweep_dir.load()['runs']))))}")
+        print(
+            "done / lost / run-twice: "
+            f"{' / '.join(map(str, count(sweep_dir, len(sweep_dir.load()['runs']))))}"
+        )
         return
     rng = random.Random(args.seed)
     t0 = time.monotonic()
@@ -130,14 +165,23 @@ def main() -> None:
     spec = write_sweep(work, args.runs)
     install_shims(work)
     sweep_dir = SweepDir(work / "results" / "faults")
-    faults = {"submitter exits with an error": 0, "resumes refused (state unknown)": 0, "cancelled": 0, "preempted": 0}
+    faults = {
+        "submitter exits with an error": 0,
+        "resumes refused (state unknown)": 0,
+        "cancelled": 0,
+        "preempted": 0,
+    }
 
-    first = mmhpc("submit", str(spec), "--cluster", "local-bench", "--results", str(work / "results"), "-q")
+    first = mmhpc(
+        "submit", str(spec), "--cluster", "local-bench", "--results", str(work / "results"), "-q"
+    )
     faults["submitter exits with an error"] += first.returncode != 0
     cancels, preempts = args.cancels, args.preempts
     last_resume = time.monotonic()
     while time.monotonic() - t0 < args.timeout:
-        lines = [ln.split() for ln in squeue_real("--me", "-h", "-r", "-o", "%i %T %r %j").splitlines()]
+        lines = [
+            ln.split() for ln in squeue_real("--me", "-h", "-r", "-o", "%i %T %r %j").splitlines()
+        ]
         ours = [ln for ln in lines if len(ln) >= 4 and ln[3].startswith("mmhpc-faults-")]
         running = [ln[0] for ln in ours if ln[1] == "RUNNING"]
         for jid in [ln[0] for ln in ours if ln[2] == "BeginTime"]:  # requeued: may start at once
@@ -149,16 +193,24 @@ def main() -> None:
                 cancels -= 1
                 faults["cancelled"] += 1
             else:
-                sh("scancel", "--signal=USR2", victim, timeout=10)  # a task that just ended: refused
+                sh(
+                    "scancel", "--signal=USR2", victim, timeout=10
+                )  # a task that just ended: refused
                 preempts -= 1
                 faults["preempted"] += 1
-        if not ours or time.monotonic() - last_resume > 60:  # resume is safe at any time: never a second copy
-            states = run_states(sweep_dir, sweep_dir.load()) if sweep_dir.exists() and not ours else []
+        if (
+            not ours or time.monotonic() - last_resume > 60
+        ):  # resume is safe at any time: never a second copy
+            states = (
+                run_states(sweep_dir, sweep_dir.load()) if sweep_dir.exists() and not ours else []
+            )
             if states and all(s.state == "done" for s in states):
                 break
             last_resume = time.monotonic()
             res = mmhpc("resume", str(sweep_dir.path), "-q")
-            faults["resumes refused (state unknown)"] += res.returncode == 3 and "is unknown" in res.stderr
+            faults["resumes refused (state unknown)"] += (
+                res.returncode == 3 and "is unknown" in res.stderr
+            )
             faults["submitter exits with an error"] += res.returncode not in (0, 3)
         time.sleep(1)
     wall = time.monotonic() - t0
@@ -166,14 +218,17 @@ def main() -> None:
     shim_faults = (work / "faults").read_text().splitlines() if (work / "faults").exists() else []
     print(f"{args.runs} tiny runs on the local SLURM in {wall:.0f} s; faults: "
           + ", ".join(f"{k} {v}" for k, v in faults.items())
-          + f"; sbatch: {', '.join(shim_faults) or 'none'}; squeue failing {SQUEUE_FAIL:.0%} of calls")
+          + f"; sbatch: {', '.join(shim_faults) or 'none'}; squeue failing {SQUEUE_FAIL:.0%} of "
+          "calls")
     print(f"done / lost / run-twice: {done} / {lost} / {twice}")
     print(f"(sweep directory: {sweep_dir.path})")
 
 
 def count(sweep_dir: SweepDir, runs: int) -> tuple[int, int, int]:
     manifest = sweep_dir.load()
-    done = sum(1 for r in manifest["runs"] if (sweep_dir.record(r["name"]) or {}).get("status") == "done")
+    done = sum(
+        1 for r in manifest["runs"] if (sweep_dir.record(r["name"]) or {}).get("status") == "done"
+    )
     twice = sum(1 for run in manifest["runs"]
                 if len(trained_to_the_end(sweep_dir, run)) > 1 or overlapping(job_ids(run)))
     return done, runs - done, twice
@@ -184,8 +239,10 @@ def job_ids(run: dict) -> set[str]:
 
 
 def trained_to_the_end(sweep_dir: SweepDir, run: dict) -> list[str]:
-    """The jobs of a run that trained it and returned: submitit's result of the job is a success that is
-    neither "already done" (a job that found the run finished) nor a preemption. (A job killed after its
+    """The jobs of a run that trained it and returned: submitit's result of the job is a success
+    that is
+    neither "already done" (a job that found the run finished) nor a preemption. (A job killed after
+    its
     last epoch line but before it finished does not count: it did not complete the run.)"""
     finished = []
     for jid in job_ids(run):
@@ -194,13 +251,16 @@ def trained_to_the_end(sweep_dir: SweepDir, run: dict) -> list[str]:
                 kind, value = pickle.load(f)
         except (OSError, EOFError, pickle.UnpicklingError):
             continue
-        if kind == "success" and not str(value).endswith(("already done", "preempted, job requeued")):
+        if kind == "success" and not str(value).endswith(
+            ("already done", "preempted, job requeued")
+        ):
             finished.append(jid)
     return finished
 
 
 def overlapping(job_ids: set[str]) -> bool:
-    """Did two different jobs of one run run at the same time (every attempt of each, from sacct -D)?"""
+    """Did two different jobs of one run run at the same time (every attempt of each, from sacct
+    -D)?"""
     spans = []
     for jid in job_ids:
         out = sh("sacct", "-n", "-X", "-P", "-D", "-j", jid, "-o", "Start,End").stdout

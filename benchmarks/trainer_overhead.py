@@ -1,14 +1,19 @@
-"""Benchmark a: the trainer's overhead against a minimal hand-written PyTorch loop (target <= 3 % on the CPU).
+"""Benchmark a: the trainer's overhead against a minimal hand-written PyTorch loop (target <= 3 % on
+the CPU).
 
 Both train the same model (same init), on the same data through the same loader, with the same loss
-(naive joint training: fused CE plus the probes' CE) for the same batches, on the run's device and at its
+(naive joint training: fused CE plus the probes' CE) for the same batches, on the run's device and
+at its
 precision (the hand loop enters the run's autocast itself), and both wait for the device before the
-clock is read; the trainer adds its metric accumulation, per-modality logits, timing and hooks. Rounds
-alternate the two to spread machine noise. Non-deterministic kernels with cuDNN autotuning, as a system
+clock is read; the trainer adds its metric accumulation, per-modality logits, timing and hooks.
+Rounds
+alternate the two to spread machine noise. Non-deterministic kernels with cuDNN autotuning, as a
+system
 benchmark runs.
 
     .venv/bin/python benchmarks/trainer_overhead.py [--rounds 3] [--batches 8]
-    .venv/bin/python benchmarks/trainer_overhead.py system.device=cuda system.precision=bf16 data.preset=full
+    .venv/bin/python benchmarks/trainer_overhead.py system.device=cuda system.precision=bf16
+    data.preset=full
 """
 import argparse
 import statistics
@@ -33,8 +38,12 @@ def hand_loop(trainer: Trainer, batches: int) -> float:
     for i, batch in enumerate(trainer.loaders["train"].epoch(0)):
         if i == batches:
             break
-        batch = {k: v.to(device, non_blocking=pinned) for k, v in batch.items() if torch.is_tensor(v)}
-        batch = finish_batch(batch)  # uint8 frames -> model input on the device, as the trainer does
+        batch = {
+            k: v.to(device, non_blocking=pinned) for k, v in batch.items() if torch.is_tensor(v)
+        }
+        batch = finish_batch(
+            batch
+        )  # uint8 frames -> model input on the device, as the trainer does
         with trainer.runtime.precision.autocast():
             out = model(batch)
         loss = F.cross_entropy(out["fused"].float(), batch["label"]) + sum(
@@ -59,14 +68,25 @@ def trainer_pass(trainer: Trainer) -> float:
 
 
 if __name__ == "__main__":
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--batches", type=int, default=8)
     p.add_argument("overrides", nargs="*")
     args = p.parse_args()
-    cfg = load_config(None, ["data.dataset=cremad", "train.lr=0.01", "system.sample_interval=0", "system.deterministic=false",
-                             f"train.max_batches={args.batches}", f"output.runs_dir={tempfile.mkdtemp()}",
-                             *args.overrides])
+    cfg = load_config(
+        None,
+        [
+            "data.dataset=cremad",
+            "train.lr=0.01",
+            "system.sample_interval=0",
+            "system.deterministic=false",
+            f"train.max_batches={args.batches}",
+            f"output.runs_dir={tempfile.mkdtemp()}",
+            *args.overrides,
+        ],
+    )
     trainer = Trainer(cfg, progress=False)
     trainer.progress = False
     hand_loop(trainer, 2)  # warm-up: allocator, thread pools
@@ -79,6 +99,15 @@ if __name__ == "__main__":
     trainer.close()
     ratio = [m / h for m, h in zip(mine, hand)]
     print(f"{args.batches} batches of {cfg.train.batch_size}, {args.rounds} rounds")
-    print(f"hand-written loop: {statistics.mean(hand):.3f} s (rounds: {', '.join(f'{t:.2f}' for t in hand)})")
-    print(f"mmhpc trainer:     {statistics.mean(mine):.3f} s (rounds: {', '.join(f'{t:.2f}' for t in mine)})")
-    print(f"overhead: {100 * (statistics.median(ratio) - 1):+.1f} % (median of per-round ratios; target <= 3 %)")
+    print(
+        f"hand-written loop: {statistics.mean(hand):.3f} s (rounds: "
+        f"{', '.join(f'{t:.2f}' for t in hand)})"
+    )
+    print(
+        f"mmhpc trainer:     {statistics.mean(mine):.3f} s (rounds: "
+        f"{', '.join(f'{t:.2f}' for t in mine)})"
+    )
+    print(
+        f"overhead: {100 * (statistics.median(ratio) - 1):+.1f} % (median of per-round ratios; "
+        "target <= 3 %)"
+    )

@@ -1,11 +1,15 @@
-"""Snapshot the public API of an old torch release from its PyPI wheel, without downloading the wheel.
+"""Snapshot the public API of an old torch release from its PyPI wheel, without downloading the
+wheel.
 
     python env/torch_api.py 2.1.0          # writes env/torch-api/torch-2.1.0.json
 
-A wheel is a zip: its central directory sits at the end, and each member is compressed on its own. With
-HTTP range requests this reads the directory and the few Python sources and type stubs of the modules
+A wheel is a zip: its central directory sits at the end, and each member is compressed on its own.
+With
+HTTP range requests this reads the directory and the few Python sources and type stubs of the
+modules
 mmhpc uses (a few MB of the ~700 MB wheel), and records for each module its public names and, for
-functions, their parameters. tests/test_torch_floor.py checks every `torch.*` use in mmhpc against the
+functions, their parameters. tests/test_torch_floor.py checks every `torch.*` use in mmhpc against
+the
 snapshot of the oldest torch mmhpc supports (setup.cfg), offline.
 """
 from __future__ import annotations
@@ -19,12 +23,30 @@ import urllib.request
 import zipfile
 from pathlib import Path
 
-# the torch modules whose names mmhpc may use; a use of another module fails the floor test until added here
-MODULES = ("torch", "torch.cuda", "torch.nn", "torch.nn.functional", "torch.nn.parallel", "torch.distributed",
-           "torch.utils.data", "torch.optim", "torch.optim.lr_scheduler", "torch.profiler", "torch.backends.cuda",
-           "torch.backends.cudnn", "torch.random", "torch.version", "torch.amp", "torch.autograd",
-           "torch.serialization", "torch.multiprocessing")
-# torch's top level also re-exports the C extension's functions (torch.cat, torch.zeros, ...) from these stubs
+# the torch modules whose names mmhpc may use; a use of another module fails the floor test until
+# added here
+MODULES = (
+    "torch",
+    "torch.cuda",
+    "torch.nn",
+    "torch.nn.functional",
+    "torch.nn.parallel",
+    "torch.distributed",
+    "torch.utils.data",
+    "torch.optim",
+    "torch.optim.lr_scheduler",
+    "torch.profiler",
+    "torch.backends.cuda",
+    "torch.backends.cudnn",
+    "torch.random",
+    "torch.version",
+    "torch.amp",
+    "torch.autograd",
+    "torch.serialization",
+    "torch.multiprocessing",
+)
+# torch's top level also re-exports the C extension's functions (torch.cat, torch.zeros, ...) from
+# these stubs
 EXTRA_STUBS = {"torch": ("torch/_C/__init__.pyi", "torch/_C/_VariableFunctions.pyi")}
 OUT = Path(__file__).with_name("torch-api")
 
@@ -87,23 +109,36 @@ class Wheel:
 
     def files(self, module: str) -> list[str]:
         base = module.replace(".", "/")
-        return [f for f in (f"{base}/__init__.py", f"{base}/__init__.pyi", f"{base}.py", f"{base}.pyi")
-                if f in self.members] + [f for f in EXTRA_STUBS.get(module, ()) if f in self.members]
+        return [
+            f
+            for f in (f"{base}/__init__.py", f"{base}/__init__.pyi", f"{base}.py", f"{base}.pyi")
+            if f in self.members
+        ] + [f for f in EXTRA_STUBS.get(module, ()) if f in self.members]
 
     def names(self, module: str, depth: int = 0) -> dict[str, list[str] | str | None]:
-        """A module's top-level names: a function's parameters (list), an import's origin ('->a.b.c'), or
-        None (class, variable, submodule). `from x import *` of a torch module brings x's public names."""
+        """A module's top-level names: a function's parameters (list), an import's origin
+        ('->a.b.c'), or
+        None (class, variable, submodule). `from x import *` of a torch module brings x's public
+        names."""
         if module in self.cache:
             return self.cache[module]
         out: dict[str, list[str] | str | None] = {}
         for f in self.files(module):
-            package = module if f.endswith(("__init__.py", "__init__.pyi")) else module.rsplit(".", 1)[0]
+            package = (
+                module if f.endswith(("__init__.py", "__init__.pyi")) else module.rsplit(".", 1)[0]
+            )
             self._walk(ast.parse(self.zf.read(f).decode()).body, package, out, depth)
         base = module.replace(".", "/") + "/"
-        for m in self.members:  # submodules are attributes too (torch.cuda, torch.nn.functional ...)
+        for (
+            m
+        ) in self.members:  # submodules are attributes too (torch.cuda, torch.nn.functional ...)
             if m.startswith(base):
                 head = m[len(base):].split("/")[0].removesuffix(".py")
-                if head.isidentifier() and not head.startswith("_") and (m.endswith(".py") or m.count("/") > base.count("/")):
+                if (
+                    head.isidentifier()
+                    and not head.startswith("_")
+                    and (m.endswith(".py") or m.count("/") > base.count("/"))
+                ):
                     out.setdefault(head, None)
         self.cache[module] = out
         return out
@@ -111,11 +146,21 @@ class Wheel:
     def _walk(self, body: list, package: str, out: dict, depth: int) -> None:
         for node in body:
             if isinstance(node, (ast.If, ast.Try)):  # `if is_available():`, try/except imports
-                self._walk(node.body + node.orelse + [s for h in getattr(node, "handlers", []) for s in h.body],
-                           package, out, depth)
+                self._walk(
+                    node.body
+                    + node.orelse
+                    + [s for h in getattr(node, "handlers", []) for s in h.body],
+                    package,
+                    out,
+                    depth,
+                )
             elif isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
                 params, prev = _params(node), out.get(node.name)
-                out[node.name] = params if not isinstance(prev, list) else prev + [p for p in params if p not in prev]
+                out[node.name] = (
+                    params
+                    if not isinstance(prev, list)
+                    else prev + [p for p in params if p not in prev]
+                )
             elif isinstance(node, ast.ClassDef):
                 out.setdefault(node.name, None)
             elif isinstance(node, (ast.Assign, ast.AnnAssign)):
@@ -145,7 +190,9 @@ class Wheel:
 
 def snapshot(version: str) -> dict:
     wheel = Wheel(version)
-    api = {m: {"files": wheel.files(m), "names": dict(sorted(wheel.names(m).items()))} for m in MODULES}
+    api = {
+        m: {"files": wheel.files(m), "names": dict(sorted(wheel.names(m).items()))} for m in MODULES
+    }
     return {"torch": version, "modules": api}
 
 
@@ -154,7 +201,10 @@ def main(argv: list[str]) -> int:
     OUT.mkdir(exist_ok=True)
     path = OUT / f"torch-{version}.json"
     path.write_text(json.dumps(snapshot(version), indent=1, sort_keys=True) + "\n")
-    print(f"{path}: {sum(len(m['names']) for m in json.loads(path.read_text())['modules'].values())} names")
+    print(
+        f"{path}: {sum(len(m['names']) for m in json.loads(path.read_text())['modules'].values())} "
+        "names"
+    )
     return 0
 
 

@@ -4,4 +4,5 @@ from mmhpc import preempt as _preempt
 
 __version__ = "0.1.0"
 
-_preempt.catch_early()  # in a SLURM job: a pre-timeout signal during start-up is noted, not fatal (preempt.py)
+# in a SLURM job: a pre-timeout signal during start-up is noted, not fatal (preempt.py)
+_preempt.catch_early()

@@ -1,6 +1,7 @@
 """`mmhpc bench`: a run config timed for N epochs after W warm-up epochs, with the system section.
 
-The record is a normal run record (same trainer, same sampler) plus a `bench` section aggregating the
+The record is a normal run record (same trainer, same sampler) plus a `bench` section aggregating
+the
 measured epochs: the Table 2.8 breakdown, throughput, utilisation and peak memory, as mean and
 standard error. `--profile` writes a torch.profiler trace of a few training steps beside the record.
 """
@@ -15,15 +16,25 @@ from mmhpc.metrics import mean_se
 from mmhpc.results import RunRecord, write_record
 from mmhpc.train import Trainer
 
-TIME_KEYS = ("epoch_s", "train_loader_init_s", "train_s", "val_loader_init_s", "val_s", "train_samples_per_s")
-# where measured: the strategies' own per-epoch passes, the host's data wait, the GPU's idle between steps
+TIME_KEYS = (
+    "epoch_s",
+    "train_loader_init_s",
+    "train_s",
+    "val_loader_init_s",
+    "val_s",
+    "train_samples_per_s",
+)
+# where measured: the strategies' own per-epoch passes, the host's data wait, the GPU's idle between
+# steps
 MAYBE_TIME_KEYS = ("strategy_s", "train_data_wait_s", "train_gpu_idle_s")
 
 
 def bench_summary(epochs: list[dict], warmup: int) -> dict:
     measured = epochs[warmup:]
     if not measured:
-        raise ValueError(f"bench: {len(epochs)} epoch(s) run, none left after {warmup} warm-up epoch(s)")
+        raise ValueError(
+            f"bench: {len(epochs)} epoch(s) run, none left after {warmup} warm-up epoch(s)"
+        )
     out = {"warmup_epochs": warmup, "measured_epochs": len(measured)}
     for key in TIME_KEYS:
         mean, se = mean_se([e["time"][key] for e in measured])
@@ -37,7 +48,9 @@ def bench_summary(epochs: list[dict], warmup: int) -> dict:
         if not key.endswith(("_mean", "_peak", "_j")):
             continue
         values = [e["util"][key] for e in measured if e.get("util", {}).get(key) is not None]
-        if not values:  # none measured (a MIG slice's utilisation, epochs shorter than the interval)
+        if (
+            not values
+        ):  # none measured (a MIG slice's utilisation, epochs shorter than the interval)
             out[f"util/{key}"] = None
         else:
             out[f"util/{key}"] = float(np.max(values) if key.endswith("_peak") else np.mean(values))
@@ -46,7 +59,9 @@ def bench_summary(epochs: list[dict], warmup: int) -> dict:
     return out
 
 
-def bench(cfg, epochs: int = 3, warmup: int = 1, profile: bool = False, progress: bool = True) -> RunRecord:
+def bench(
+    cfg, epochs: int = 3, warmup: int = 1, profile: bool = False, progress: bool = True
+) -> RunRecord:
     name = cfg.output.name or f"{cfg.run_name()}-bench"
     cfg = cfg.replace({"train.epochs": warmup + epochs, "output.name": name})
     trainer = Trainer(cfg, progress=progress)
@@ -61,7 +76,9 @@ def bench(cfg, epochs: int = 3, warmup: int = 1, profile: bool = False, progress
             profiler.stop()
     record.bench = bench_summary([e.model_dump() for e in record.epochs], warmup)
     trace = trainer.record_path.with_suffix(".trace.json")
-    if profiler is not None and trace.exists():  # written after 5 training steps (the profiler's schedule)
+    if (
+        profiler is not None and trace.exists()
+    ):  # written after 5 training steps (the profiler's schedule)
         record.bench["trace"] = trace.name
     write_record(trainer.record_path, record)
     return record
@@ -81,9 +98,12 @@ def _profiler(trace: Path):
     import torch
     from torch.profiler import ProfilerActivity, profile, schedule
 
-    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if torch.cuda.is_available() else [])
+    activities = [ProfilerActivity.CPU] + (
+        [ProfilerActivity.CUDA] if torch.cuda.is_available() else []
+    )
     if ProfilerActivity.CUDA not in activities:
-        # kineto on a CPU: "ERROR ... gpuGetDeviceCount failed" and its start/stop lines on stderr, noise
+        # kineto on a CPU: "ERROR ... gpuGetDeviceCount failed" and its start/stop lines on stderr,
+        # noise
         os.environ.setdefault("KINETO_LOG_LEVEL", "6")
     return profile(activities=activities, schedule=schedule(wait=1, warmup=1, active=3, repeat=1),
                    on_trace_ready=lambda p: p.export_chrome_trace(str(trace)), record_shapes=True)

@@ -1,4 +1,5 @@
-"""Checkpoints of a run (`output.checkpoint`): the model, the strategy, the runtime, every random number
+"""Checkpoints of a run (`output.checkpoint`): the model, the strategy, the runtime, every random
+number
 generator and the record so far, written at each epoch end; a requeued run resumes from the last one
 with the batches and metrics of an uninterrupted run. A trainer component (`mmhpc.train`)."""
 from __future__ import annotations
@@ -40,13 +41,18 @@ class Checkpointer:
             self.path.unlink(missing_ok=True)
 
     def save(self, trainer, fit) -> None:
-        rng = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate(),
-               "loaders": {k: ld.generator.get_state() for k, ld in trainer.loaders.items()}}
+        rng = {
+            "torch": torch.get_rng_state(),
+            "numpy": np.random.get_state(),
+            "python": random.getstate(),
+            "loaders": {k: ld.generator.get_state() for k, ld in trainer.loaders.items()},
+        }
         state = {"config": self.cfg.to_dict(), "next_epoch": fit.epoch,
                  "record": fit.record.model_dump(by_alias=True), "best": fit.best,
                  "model": trainer.model.state_dict(), "strategy": trainer.strategy.state_dict(),
                  "runtime": trainer.runtime.state_dict(), "rng": rng}
-        # unique per job and process: a stale copy of the run (a requeue race) never writes into ours
+        # unique per job and process: a stale copy of the run (a requeue race) never writes into
+        # ours
         job = os.environ.get("SLURM_JOB_ID", "local")
         tmp = self.path.with_name(f".{self.path.name}.{job}-{os.getpid()}.tmp")
         torch.save(state, tmp)
@@ -55,7 +61,9 @@ class Checkpointer:
     def resume(self, trainer, fit) -> None:
         state = torch.load(self.path, map_location="cpu", weights_only=False)
         if resumable(state["config"]) != resumable(self.cfg.to_dict()):
-            raise ConfigError(f"{self.path}: checkpoint of a different config; remove it or change output.name")
+            raise ConfigError(
+                f"{self.path}: checkpoint of a different config; remove it or change output.name"
+            )
         trainer.model.load_state_dict(state["model"])
         trainer.strategy.load_state_dict(state["strategy"])
         trainer.runtime.load_state_dict(state.get("runtime", {}))

@@ -37,8 +37,10 @@ def read_jpeg(path: str | Path) -> torch.Tensor:
     """uint8 [3, H, W] RGB of a JPEG file, decoded with libjpeg-turbo on the CPU.
 
     TorchCodec's decoder where it is installed: torchvision 0.29 deprecated its own image decoding
-    (`torchvision.io.decode_jpeg`, `read_file`) in favour of TorchCodec 0.16+, which needs torch 2.11+.
-    With an older stack (down to the torch floor) torchvision's, not deprecated there; both give the same
+    (`torchvision.io.decode_jpeg`, `read_file`) in favour of TorchCodec 0.16+, which needs torch
+    2.11+.
+    With an older stack (down to the torch floor) torchvision's, not deprecated there; both give the
+    same
     pixels (tests/test_loading.py)."""
     return _jpeg_decoder()(str(path))
 
@@ -47,7 +49,11 @@ def read_jpeg(path: str | Path) -> torch.Tensor:
 def _jpeg_decoder():
     try:
         from torchcodec.decoders import decode_jpeg
-    except (ImportError, OSError, RuntimeError):  # absent, or built for another torch (a site's module)
+    except (
+        ImportError,
+        OSError,
+        RuntimeError,
+    ):  # absent, or built for another torch (a site's module)
         from torchvision.io import ImageReadMode, decode_jpeg, read_file
 
         return lambda path: decode_jpeg(read_file(path), mode=ImageReadMode.RGB)

@@ -1,9 +1,13 @@
 """Typed run configuration: one `RunConfig` per run, serialised into every record.
 
-Every knob is a field of a pydantic model, with its type, default, help and (as a `Literal`) its valid
-choices; the choices that belong to a registry (datasets, fusions, strategies) are asked of the registry,
-so importing this module imports no model code and no strategy. A config is built from a YAML/JSON file plus
-`key=value` overrides and validated once, before any work starts (`RunConfig.from_dict`): every problem is
+Every knob is a field of a pydantic model, with its type, default, help and (as a `Literal`) its
+valid
+choices; the choices that belong to a registry (datasets, fusions, strategies) are asked of the
+registry,
+so importing this module imports no model code and no strategy. A config is built from a YAML/JSON
+file plus
+`key=value` overrides and validated once, before any work starts (`RunConfig.from_dict`): every
+problem is
 one line `field: problem; valid: a, b, c` of a `ConfigError` (`mmhpc.errors`).
 """
 from __future__ import annotations
@@ -32,7 +36,8 @@ class _Section(BaseModel):
     @field_validator("*", mode="before")
     @classmethod
     def _command_line_forms(cls, value: Any, info: ValidationInfo) -> Any:
-        """The obvious string forms of `key=value` overrides: none/null, `a,b` or `[a, b]`, `{k: v}`."""
+        """The obvious string forms of `key=value` overrides: none/null, `a,b` or `[a, b]`, `{k:
+        v}`."""
         if not isinstance(value, str):
             return value
         annotation = cls.model_fields[info.field_name].annotation
@@ -40,7 +45,11 @@ class _Section(BaseModel):
         if type(None) in kinds and value.strip().lower() in ("none", "null"):
             return None
         if list in kinds:
-            return yaml.safe_load(value) if value.lstrip().startswith("[") else [v for v in value.split(",") if v]
+            return (
+                yaml.safe_load(value)
+                if value.lstrip().startswith("[")
+                else [v for v in value.split(",") if v]
+            )
         if dict in kinds and value.lstrip().startswith("{"):
             return yaml.safe_load(value)
         return value
@@ -54,7 +63,8 @@ class _Section(BaseModel):
 
 
 def registry(name: str) -> list[str]:
-    """The valid names of a registry (datasets, fusions, strategies); from `mmhpc.names` for the model and
+    """The valid names of a registry (datasets, fusions, strategies); from `mmhpc.names` for the
+    model and
     strategy registries, whose modules import torch."""
     if name == "datasets":
         return sorted(DATASETS)
@@ -72,68 +82,115 @@ def _choice(value: str, valid) -> str:
 
 
 class DataConfig(_Section):
-    dataset: str = Field("cremad", description="dataset name", json_schema_extra={"choices_from": "datasets"})
+    dataset: str = Field(
+        "cremad", description="dataset name", json_schema_extra={"choices_from": "datasets"}
+    )
     source: Literal["synthetic", "prepared"] = Field(
         "synthetic", description="synthetic: generate (cached) data; prepared: read `root`")
     preset: Literal["tiny", "full"] = Field("tiny", description="synthetic size preset")
-    root: str | None = Field(None, description="prepared dataset directory (source=prepared), or the synthetic cache "
-                                               "directory (default data/synthetic/...)")
+    root: str | None = Field(
+        None,
+        description="prepared dataset directory (source=prepared), or the synthetic cache "
+        "directory (default data/synthetic/...)",
+    )
     modalities: list[str] | None = Field(
-        None, description="subset of the dataset's modalities to use (one modality = a single-modality baseline run)")
+        None,
+        description="subset of the dataset's modalities to use (one modality = a single-modality "
+        "baseline run)",
+    )
     data_seed: int = Field(0, description="seed of the synthetic generator")
-    verify: Literal["none", "size", "checksum"] = Field("size", description="manifest check when loading")
+    verify: Literal["none", "size", "checksum"] = Field(
+        "size", description="manifest check when loading"
+    )
 
 
 class LoaderConfig(_Section):
     num_workers: int = Field(0, ge=0, description="DataLoader worker processes")
     prefetch_factor: int | None = Field(
-        None, ge=0, description="batches prefetched per worker (workers > 0); 0: none, which PyTorch cannot do: "
-                                "the loader runs with 1 and the idle time is estimated (thesis Alg. 7)")
+        None,
+        ge=0,
+        description="batches prefetched per worker (workers > 0); 0: none, which PyTorch cannot "
+        "do: "
+        "the loader runs with 1 and the idle time is estimated (thesis "
+        "Alg. 7)",
+    )
     pin_memory: bool = Field(False, description="page-locked host memory for faster H2D copies")
     persistent_workers: bool = Field(False, description="keep workers alive between epochs")
-    preinit: bool = Field(False, description="threaded pre-initialisation of the next epoch's loader (thesis Alg. 6)")
+    preinit: bool = Field(
+        False, description="threaded pre-initialisation of the next epoch's loader (thesis Alg. 6)"
+    )
     start_method: Literal["auto", "fork", "forkserver", "spawn"] = Field(
-        "auto", description="how workers start; auto = fork (PyTorch's default; also after CUDA: workers never "
-                            "touch it), forkserver for pre-initialised loaders (safe from threads); forkserver "
-                            "spares the training process the copy-on-write faults of forking (README, benchmark c)")
+        "auto",
+        description="how workers start; auto = fork (PyTorch's default; also after CUDA: workers "
+        "never "
+        "touch it), forkserver for pre-initialised loaders (safe from "
+        "threads); forkserver "
+        "spares the training process the copy-on-write faults of forking "
+        "(README, benchmark c)",
+    )
 
 
 class ModelConfig(_Section):
-    fusion: str = Field("concat", description="late-fusion mechanism", json_schema_extra={"choices_from": "fusions"})
+    fusion: str = Field(
+        "concat", description="late-fusion mechanism", json_schema_extra={"choices_from": "fusions"}
+    )
     embed_dim: int | None = Field(
         None, gt=0,
-        description="common embedding width; default 512 (ResNet-18), or the text width when text is present")
+        description="common embedding width; default 512 (ResNet-18), or the text width when text "
+        "is present")
     cosine: bool = Field(False, description="cosine classifier (thesis Sec. 3.1.2)")
-    cosine_scale: float | None = Field(None, gt=0, description="scale s; default from thesis Eq. 3.2")
-    control: str | None = Field(None, description="control modality of gated/FiLM fusion (default: the first modality)")
+    cosine_scale: float | None = Field(
+        None, gt=0, description="scale s; default from thesis Eq. 3.2"
+    )
+    control: str | None = Field(
+        None, description="control modality of gated/FiLM fusion (default: the first modality)"
+    )
     text_size: Literal["auto", "tiny", "base"] = Field(
-        "auto", description="RoBERTa size: tiny, base, or auto (tiny for synthetic tiny data, else base)")
-    text_pretrained: str | None = Field(None, description="local directory of pretrained RoBERTa weights "
-                                                          "(never downloaded)")
+        "auto",
+        description="RoBERTa size: tiny, base, or auto (tiny for synthetic tiny data, else base)",
+    )
+    text_pretrained: str | None = Field(
+        None, description="local directory of pretrained RoBERTa weights (never downloaded)"
+    )
     embedding_dropout: dict[str, float] = Field(
-        {}, description="dropout rate on a modality's embedding, e.g. {audio: 0.4} (thesis Eq. 2.25)")
-    audio_augment: bool = Field(False, description="time/frequency masking + noise on audio (Eq. 2.24)")
+        {},
+        description="dropout rate on a modality's embedding, e.g. {audio: 0.4} (thesis Eq. 2.25)",
+    )
+    audio_augment: bool = Field(
+        False, description="time/frequency masking + noise on audio (Eq. 2.24)"
+    )
 
 
 class StrategyConfig(_Section):
-    name: str = Field("naive", description="training strategy", json_schema_extra={"choices_from": "strategies"})
+    name: str = Field(
+        "naive", description="training strategy", json_schema_extra={"choices_from": "strategies"}
+    )
     params: dict[str, Any] = Field({}, description="strategy parameters (see `mmhpc strategies`)")
 
 
 class TrainConfig(_Section):
-    epochs: int = Field(100, gt=0, description="training epochs (Entropy/Reliability: per-modality cap T)")
+    epochs: int = Field(
+        100, gt=0, description="training epochs (Entropy/Reliability: per-modality cap T)"
+    )
     batch_size: int = Field(64, gt=0, description="global batch size")
     optimizer: Literal["sgd", "adam"] = Field("sgd", description="optimiser")
     lr: float = Field(1e-3, gt=0, description="learning rate (thesis Sec. 4.2)")
     momentum: float = Field(0.9, ge=0, description="SGD momentum")
     weight_decay: float = Field(1e-4, ge=0, description="L2 weight decay (Eq. 2.26)")
-    lr_decay_epoch: int = Field(70, ge=0, description="epoch at which the LR is multiplied by lr_decay")
+    lr_decay_epoch: int = Field(
+        70, ge=0, description="epoch at which the LR is multiplied by lr_decay"
+    )
     lr_decay: float = Field(0.1, description="step decay factor")
     seed: int = Field(0, description="seed of model init, shuffling and augmentation")
-    max_batches: int | None = Field(None, ge=1, description="cap on training batches per epoch (smoke runs)")
+    max_batches: int | None = Field(
+        None, ge=1, description="cap on training batches per epoch (smoke runs)"
+    )
     single_acc: dict[str, float] | str | None = Field(
-        None, description="single-modality test accuracies for IBF: a {modality: acc} map or a path to run "
-                          "records/JSON")
+        None,
+        description="single-modality test accuracies for IBF: a {modality: acc} map or a path to "
+        "run "
+        "records/JSON",
+    )
 
 
 class SystemConfig(_Section):
@@ -141,18 +198,31 @@ class SystemConfig(_Section):
     precision: Precision = Field("fp32", description="numeric precision")
     parallelism: Parallelism = Field("single", description="parallelism")
     blp_devices: dict[str, str] | None = Field(
-        None, description="BLP placement {modality: device}; default chosen from measured branch cost")
-    deterministic: bool = Field(True, description="deterministic algorithms (bitwise repeatable on CPU)")
-    threads: int | None = Field(None, gt=0, description="torch intra-op threads (default: torch's choice)")
-    sample_interval: float = Field(0.5, ge=0, description="utilisation sampler interval in s (0 = off)")
+        None,
+        description="BLP placement {modality: device}; default chosen from measured branch cost",
+    )
+    deterministic: bool = Field(
+        True, description="deterministic algorithms (bitwise repeatable on CPU)"
+    )
+    threads: int | None = Field(
+        None, gt=0, description="torch intra-op threads (default: torch's choice)"
+    )
+    sample_interval: float = Field(
+        0.5, ge=0, description="utilisation sampler interval in s (0 = off)"
+    )
 
 
 class OutputConfig(_Section):
     runs_dir: str = Field("runs", description="directory of run records")
     name: str | None = Field(None, description="run name (default: derived from the config)")
-    overwrite: bool = Field(False, description="replace an existing finished record of the same name")
-    checkpoint: bool = Field(False, description="save a checkpoint after every epoch; a rerun of the same config "
-                                                "resumes from it (SLURM requeue)")
+    overwrite: bool = Field(
+        False, description="replace an existing finished record of the same name"
+    )
+    checkpoint: bool = Field(
+        False,
+        description="save a checkpoint after every epoch; a rerun of the same config "
+        "resumes from it (SLURM requeue)",
+    )
 
 
 class RunConfig(_Section):
@@ -170,9 +240,12 @@ class RunConfig(_Section):
 
     @classmethod
     def from_dict(cls, raw: dict[str, Any] | None, file: str | None = None) -> RunConfig:
-        """Validate plain data (types and choices, then the rules between fields); ConfigError on any problem."""
+        """Validate plain data (types and choices, then the rules between fields); ConfigError on
+        any problem."""
         if raw is not None and not isinstance(raw, dict):
-            raise ConfigError(problem("", f"expected a mapping of sections, got {type(raw).__name__}", file=file))
+            raise ConfigError(
+                problem("", f"expected a mapping of sections, got {type(raw).__name__}", file=file)
+            )
         try:
             cfg = cls.model_validate(raw or {})
         except ValidationError as e:
@@ -190,7 +263,8 @@ class RunConfig(_Section):
 
     # ---- the rules between fields ----------------------------------------------------------------
     def validate(self) -> None:
-        """The rules that involve several fields or a registry's entry; all problems in one ConfigError."""
+        """The rules that involve several fields or a registry's entry; all problems in one
+        ConfigError."""
         problems = self.problems()
         if problems:
             raise ConfigError(*problems)
@@ -201,33 +275,57 @@ class RunConfig(_Section):
         mods = self.modalities
         for m in mods:
             if m not in spec.modalities:
-                out.append(problem("data.modalities", f"invalid value {m!r} for {self.data.dataset}", spec.modalities))
+                out.append(
+                    problem(
+                        "data.modalities",
+                        f"invalid value {m!r} for {self.data.dataset}",
+                        spec.modalities,
+                    )
+                )
         if len(set(mods)) != len(mods) or not mods:
-            out.append(problem("data.modalities", f"{mods!r} must be a non-empty list without repeats"))
+            out.append(
+                problem("data.modalities", f"{mods!r} must be a non-empty list without repeats")
+            )
         if self.data.source == "prepared" and not self.data.root:
             out.append(problem("data.root", "source=prepared needs the prepared dataset directory"))
         if self.model.fusion in names.TWO_MODALITY and len(mods) not in (1, 2):
-            out.append(problem("model.fusion", f"{self.model.fusion} fuses exactly two modalities, got {len(mods)} "
-                                               f"({', '.join(mods)}); choose two modalities or another fusion",
-                               names.SYMMETRIC))
+            out.append(
+                problem(
+                    "model.fusion",
+                    f"{self.model.fusion} fuses exactly two modalities, got {len(mods)} "
+                    f"({', '.join(mods)}); choose two modalities or "
+                    "another fusion",
+                    names.SYMMETRIC,
+                )
+            )
         if self.model.control is not None and self.model.control not in mods:
             out.append(problem("model.control", f"invalid value {self.model.control!r}", mods))
         for m, p in self.model.embedding_dropout.items():
             if m not in mods:
-                out.append(problem(f"model.embedding_dropout.{m}", "not a modality of this run", mods))
+                out.append(
+                    problem(f"model.embedding_dropout.{m}", "not a modality of this run", mods)
+                )
             if not 0.0 <= p < 1.0:
                 out.append(problem(f"model.embedding_dropout.{m}", f"{p} must be in [0, 1)"))
         lo = self.loader
         if lo.prefetch_factor is not None and lo.num_workers == 0:
             out.append(problem("loader.prefetch_factor", "only valid with loader.num_workers > 0 "
-                                                         "(PyTorch refuses prefetch_factor without workers)"))
+                                                         "(PyTorch refuses prefetch_factor without "
+                                                         "workers)"))
         if lo.persistent_workers and lo.num_workers == 0:
             out.append(problem("loader.persistent_workers", "needs loader.num_workers > 0"))
         if lo.preinit and (lo.num_workers == 0 or lo.persistent_workers):
-            out.append(problem("loader.preinit", "needs loader.num_workers > 0 and loader.persistent_workers=false "
-                                                 "(it hides the start-up of fresh workers; without workers there is "
-                                                 "none to hide, and a persistent loader's single iterator cannot be "
-                                                 "restarted ahead of time)"))
+            out.append(
+                problem(
+                    "loader.preinit",
+                    "needs loader.num_workers > 0 and loader.persistent_workers=false "
+                    "(it hides the start-up of fresh workers; without "
+                    "workers there is "
+                    "none to hide, and a persistent loader's single "
+                    "iterator cannot be "
+                    "restarted ahead of time)",
+                )
+            )
         if not out:  # the strategy's own rules assume a consistent config
             from mmhpc.strategies import STRATEGIES
 
@@ -258,8 +356,10 @@ class RunConfig(_Section):
         if self.output.name:
             return self.output.name
         mods = "+".join(self.modalities)
-        return (f"{self.data.dataset}-{self.data.preset}-{mods}-{self.model.fusion}-{self.strategy.name}"
-                f"-{self.system.precision}-{self.system.parallelism}-bs{self.train.batch_size}-s{self.train.seed}")
+        return (
+            f"{self.data.dataset}-{self.data.preset}-{mods}-{self.model.fusion}-{self.strategy.name}"
+            f"-{self.system.precision}-{self.system.parallelism}-bs{self.train.batch_size}-s{self.train.seed}"
+        )
 
 
 def record_file(runs_dir: str | Path, run_name: str) -> Path:
@@ -267,14 +367,16 @@ def record_file(runs_dir: str | Path, run_name: str) -> Path:
     return Path(runs_dir) / f"{run_name}.json"
 
 
-# ---- overrides and files --------------------------------------------------------------------------
+# ---- overrides and files
+# --------------------------------------------------------------------------
 
 def _sections() -> dict[str, type[_Section]]:
     return {name: f.annotation for name, f in RunConfig.model_fields.items()}
 
 
 def _leaf_index() -> dict[str, list[str]]:
-    """Map each leaf field name to the dotted paths that end in it (for short overrides: fusion=...)."""
+    """Map each leaf field name to the dotted paths that end in it (for short overrides:
+    fusion=...)."""
     index: dict[str, list[str]] = {}
     for section, model in _sections().items():
         for name in model.model_fields:
@@ -299,13 +401,19 @@ def resolve_key(key: str) -> str:
 
 
 def apply_overrides(raw: dict[str, Any], overrides: list[str] | dict[str, Any]) -> dict[str, Any]:
-    """Apply `key=value` strings (YAML-parsed values) or a {dotted: value} map onto a raw config dict."""
+    """Apply `key=value` strings (YAML-parsed values) or a {dotted: value} map onto a raw config
+    dict."""
     items = overrides.items() if isinstance(overrides, dict) else (_split(o) for o in overrides)
     for key, value in items:
         parts = resolve_key(key).split(".")
         if len(parts) == 1 and parts[0] in RunConfig.model_fields and not isinstance(value, dict):
-            raise ConfigError(problem(key, f"a section, not a value{_field_taking(parts[0], value)}",
-                                      [f"{parts[0]}.{f}" for f in _sections()[parts[0]].model_fields]))
+            raise ConfigError(
+                problem(
+                    key,
+                    f"a section, not a value{_field_taking(parts[0], value)}",
+                    [f"{parts[0]}.{f}" for f in _sections()[parts[0]].model_fields],
+                )
+            )
         node = raw
         for p in parts[:-1]:
             node = node.setdefault(p, {})
@@ -316,12 +424,15 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str] | dict[str, Any]) 
 
 
 def _field_taking(section: str, value: Any) -> str:
-    """"; did you mean strategy.name=alternating": the section's fields of fixed choices that take `value`."""
+    """"; did you mean strategy.name=alternating": the section's fields of fixed choices that take
+    `value`."""
     model = _sections()[section]
     fits = []
     for name, field in model.model_fields.items():
         annotation = field.annotation
-        if get_origin(annotation) is not Literal and not (field.json_schema_extra or {}).get("choices_from"):
+        if get_origin(annotation) is not Literal and not (field.json_schema_extra or {}).get(
+            "choices_from"
+        ):
             continue
         try:
             model.model_validate({name: value})
@@ -333,7 +444,9 @@ def _field_taking(section: str, value: Any) -> str:
 
 def _split(item: str) -> tuple[str, Any]:
     if "=" not in item:
-        raise ConfigError(problem(f"override {item!r}", "expected key=value, e.g. model.fusion=concat"))
+        raise ConfigError(
+            problem(f"override {item!r}", "expected key=value, e.g. model.fusion=concat")
+        )
     key, text = item.split("=", 1)
     try:
         value = yaml.safe_load(text) if text.strip() else None
@@ -343,15 +456,22 @@ def _split(item: str) -> tuple[str, Any]:
 
 
 def read_input(path: str | Path, error=ConfigError) -> str:
-    """An input file's text; a file that is missing, unreadable, a directory or not UTF-8 text is one problem
+    """An input file's text; a file that is missing, unreadable, a directory or not UTF-8 text is
+    one problem
     line naming it."""
     try:
         return Path(path).read_text(encoding="utf-8")
     except OSError as e:
         raise error(problem("", f"cannot read: {e.strerror}", file=str(path))) from None
     except UnicodeDecodeError as e:
-        raise error(problem("", f"not UTF-8 text (byte {e.object[e.start]:#04x} at offset {e.start}): a YAML "
-                                "or JSON file was expected", file=str(path))) from None
+        raise error(
+            problem(
+                "",
+                f"not UTF-8 text (byte {e.object[e.start]:#04x} at offset {e.start}): a YAML "
+                "or JSON file was expected",
+                file=str(path),
+            )
+        ) from None
 
 
 def read_yaml(path: str | Path, error=ConfigError) -> Any:
@@ -366,8 +486,11 @@ def read_yaml(path: str | Path, error=ConfigError) -> Any:
         raise error(problem("", f"YAML syntax error{where}: {what}", file=str(path))) from None
 
 
-def load_config(path: str | Path | None = None, overrides: list[str] | dict[str, Any] = ()) -> RunConfig:
-    """A config file (YAML, or JSON by its suffix) plus overrides, validated; problems name the file."""
+def load_config(
+    path: str | Path | None = None, overrides: list[str] | dict[str, Any] = ()
+) -> RunConfig:
+    """A config file (YAML, or JSON by its suffix) plus overrides, validated; problems name the
+    file."""
     raw: dict[str, Any] = {}
     if path is not None:
         if str(path).endswith(".json"):
@@ -390,7 +513,9 @@ def describe_fields() -> list[tuple[str, str, str, str]]:
     defaults = RunConfig()
     for section, model in _sections().items():
         for name, f in model.model_fields.items():
-            literal = [a for a in (get_args(f.annotation) or ()) if get_origin(f.annotation) is Literal]
+            literal = [
+                a for a in (get_args(f.annotation) or ()) if get_origin(f.annotation) is Literal
+            ]
             source = (f.json_schema_extra or {}).get("choices_from")
             choices = literal or (registry(source) if source else None)
             help_ = f.description or ""
@@ -398,5 +523,7 @@ def describe_fields() -> list[tuple[str, str, str, str]]:
                 help_ += f" [{'|'.join(map(str, choices))}]"
             tname = "str" if literal else (getattr(f.annotation, "__name__", None) or
                                            str(f.annotation).replace("typing.", ""))
-            rows.append((f"{section}.{name}", tname, repr(defaults.get(f"{section}.{name}")), help_))
+            rows.append(
+                (f"{section}.{name}", tname, repr(defaults.get(f"{section}.{name}")), help_)
+            )
     return rows

@@ -1,8 +1,12 @@
-"""`mmhpc demo`: the thesis' modality-imbalance symptom and its fix on synthetic CREMA-D, on a laptop CPU.
+"""`mmhpc demo`: the thesis' modality-imbalance symptom and its fix on synthetic CREMA-D, on a
+laptop CPU.
 
-Four runs on the `tiny` preset: single-modality audio and visual baselines, then naive joint training and
-alternating training with concat fusion; IBF (Eq. 3.1) of the multimodal runs is measured against the
-baselines. The thesis trains 100 epochs at lr 1e-3; the demo trains 5 at lr 1e-2 to fit in CPU minutes.
+Four runs on the `tiny` preset: single-modality audio and visual baselines, then naive joint
+training and
+alternating training with concat fusion; IBF (Eq. 3.1) of the multimodal runs is measured against
+the
+baselines. The thesis trains 100 epochs at lr 1e-3; the demo trains 5 at lr 1e-2 to fit in CPU
+minutes.
 """
 from __future__ import annotations
 
@@ -13,8 +17,15 @@ from mmhpc.progress import run_label
 from mmhpc.results import RunRecord
 from mmhpc.train import train
 
-DEMO = {"data.dataset": "cremad", "data.preset": "tiny", "model.fusion": "concat", "train.epochs": 5,
-        "train.lr": 0.01, "train.seed": 0, "output.overwrite": True}
+DEMO = {
+    "data.dataset": "cremad",
+    "data.preset": "tiny",
+    "model.fusion": "concat",
+    "train.epochs": 5,
+    "train.lr": 0.01,
+    "train.seed": 0,
+    "output.overwrite": True,
+}
 
 
 def cell(value: float | None) -> str:
@@ -23,13 +34,18 @@ def cell(value: float | None) -> str:
 
 
 def train_single_modalities(base: dict, quiet: bool, runs: int = 2) -> dict[str, RunRecord]:
-    """The IBF baselines (Eq. 3.1): each modality of synthetic CREMA-D trained alone; modality -> record.
+    """The IBF baselines (Eq. 3.1): each modality of synthetic CREMA-D trained alone; modality ->
+    record.
     They are runs 1 and 2 of `runs` in the log lines."""
     out = {}
     for i, m in enumerate(("audio", "visual"), 1):
         with run_label(f"{i}/{runs} single-{m}"):
-            out[m] = train(load_config(None, dict(base, **{"data.modalities": [m], "output.name": f"single-{m}"})),
-                           progress=not quiet)
+            out[m] = train(
+                load_config(
+                    None, dict(base, **{"data.modalities": [m], "output.name": f"single-{m}"})
+                ),
+                progress=not quiet,
+            )
     return out
 
 
@@ -42,14 +58,43 @@ def run_demo(runs_dir: str = "runs/demo", epochs: int | None = None, quiet: bool
     t0 = time.perf_counter()
     single = train_single_modalities(base, quiet, runs=4)
     single_acc = {m: rec.test_acc("fused") for m, rec in single.items()}
-    rows = [(f"single {m}", None, *(single_acc[m] if k == m else None for k in ("audio", "visual")), None,
-             rec.summary.epoch_time_mean_s) for m, rec in single.items()]
+    rows = [
+        (
+            f"single {m}",
+            None,
+            *(single_acc[m] if k == m else None for k in ("audio", "visual")),
+            None,
+            rec.summary.epoch_time_mean_s,
+        )
+        for m, rec in single.items()
+    ]
     for i, name in enumerate(("naive", "alternating"), 3):
         with run_label(f"{i}/4 {name}"):
-            rec = train(load_config(None, dict(base, **{"strategy.name": name, "output.name": name,
-                                                          "train.single_acc": single_acc})), progress=not quiet)
+            rec = train(
+                load_config(
+                    None,
+                    dict(
+                        base,
+                        **{
+                            "strategy.name": name,
+                            "output.name": name,
+                            "train.single_acc": single_acc,
+                        },
+                    ),
+                ),
+                progress=not quiet,
+            )
         s, test = rec.summary, rec.summary.test
-        rows.append((name, test["acc/fused"], test["acc/audio"], test["acc/visual"], s.ibf, s.epoch_time_mean_s))
+        rows.append(
+            (
+                name,
+                test["acc/fused"],
+                test["acc/audio"],
+                test["acc/visual"],
+                s.ibf,
+                s.epoch_time_mean_s,
+            )
+        )
     print()
     print(f"synthetic CREMA-D (tiny), concat fusion, {base['train.epochs']} epochs, test split "
           f"({time.perf_counter() - t0:.0f} s in all)")

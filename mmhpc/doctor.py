@@ -1,14 +1,18 @@
 """`mmhpc doctor`: is this machine (a login node, or the node a job landed on) able to run mmhpc?
 
 Checks, in order: Python; the architecture of this node and of the jobs' interpreter or image (read
-from its ELF or SIF header; another architecture is refused, `mmhpc doctor` exits 2); torch and the CUDA
-(or ROCm: AMD GPUs, answered through torch.cuda) it was built for; the NVIDIA driver (NVML) and whether it
+from its ELF or SIF header; another architecture is refused, `mmhpc doctor` exits 2); torch and the
+CUDA
+(or ROCm: AMD GPUs, answered through torch.cuda) it was built for; the NVIDIA driver (NVML) and
+whether it
 is new enough for that build; GPUs visible to torch against those SLURM allocated (and against the
-cluster's: a GPU cluster needs a GPU); compute capability against the requested precision; the dataset
+cluster's: a GPU cluster needs a GPU); compute capability against the requested precision; the
+dataset
 and its manifest; a writable results directory. Each check gives one sentence.
 
 Every sweep job runs `check_job` first (mmhpc.launch.submit.execute_run): a mismatch ends the job at
-once with the first failing sentence (e.g. "torch built for CUDA 13.0 needs NVIDIA driver >= 580.65.06,
+once with the first failing sentence (e.g. "torch built for CUDA 13.0 needs NVIDIA driver >=
+580.65.06,
 this node has 575.51.03") instead of training on the CPU or failing an hour later.
 """
 from __future__ import annotations
@@ -21,7 +25,8 @@ from pathlib import Path
 
 from mmhpc.errors import RunError
 
-# The oldest driver of each CUDA major version (CUDA minor-version compatibility: a build for 12.x runs
+# The oldest driver of each CUDA major version (CUDA minor-version compatibility: a build for 12.x
+# runs
 # on any 12.x driver from the first one on). From NVIDIA's CUDA Toolkit release notes, table 3.
 MIN_DRIVER = {11: "450.80.02", 12: "525.60.13", 13: "580.65.06"}
 
@@ -37,8 +42,11 @@ def _ver(text: str) -> tuple[int, ...]:
     return tuple(int(p) for p in text.split(".") if p.isdigit())
 
 
-def driver_problem(torch_cuda: str | None, driver: str | None, driver_cuda: int | None = None) -> str | None:
-    """Why a torch built for CUDA `torch_cuda` cannot use this driver (`driver_cuda` as NVML reports it,
+def driver_problem(
+    torch_cuda: str | None, driver: str | None, driver_cuda: int | None = None
+) -> str | None:
+    """Why a torch built for CUDA `torch_cuda` cannot use this driver (`driver_cuda` as NVML reports
+    it,
     e.g. 12090 for 12.9), or None."""
     if not torch_cuda or not driver:
         return None
@@ -48,10 +56,18 @@ def driver_problem(torch_cuda: str | None, driver: str | None, driver_cuda: int 
         return None
     if need and _ver(driver) >= _ver(need):
         return None
-    supports = f" (it supports CUDA {driver_cuda // 1000}.{driver_cuda % 1000 // 10})" if driver_cuda else ""
-    return (f"torch built for CUDA {torch_cuda} needs NVIDIA driver >= {need or 'a newer one'}, this node has "
-            f"{driver}{supports}; use the site's PyTorch (module or image, see env/) or a torch built for an "
-            "older CUDA")
+    supports = (
+        f" (it supports CUDA {driver_cuda // 1000}.{driver_cuda % 1000 // 10})"
+        if driver_cuda
+        else ""
+    )
+    return (
+        f"torch built for CUDA {torch_cuda} needs NVIDIA driver >= {need or 'a newer one'}, this "
+        "node has "
+        f"{driver}{supports}; use the site's PyTorch (module or image, see env/) or a torch "
+        "built for an "
+        "older CUDA"
+    )
 
 
 def slurm_gpus(env=os.environ) -> int:
@@ -65,7 +81,8 @@ def slurm_gpus(env=os.environ) -> int:
 
 
 def slurm_gpus_per_task(env=os.environ) -> int:
-    """GPUs SLURM binds to each task (`--gpus-per-task`, "1" or "A100:1"); 0 without such a binding."""
+    """GPUs SLURM binds to each task (`--gpus-per-task`, "1" or "A100:1"); 0 without such a
+    binding."""
     tail = env.get("SLURM_GPUS_PER_TASK", "").rsplit(":", 1)[-1]
     return int(tail) if tail.isdigit() else 0
 
@@ -86,15 +103,24 @@ def nvml_driver() -> tuple[str | None, int | None, str]:
         nv.nvmlShutdown()
 
 
-def run_checks(cfg=None, profile=None, results: str | Path | None = None, env=os.environ) -> list[Check]:
-    """Every check for a run config (default: the default config) on a cluster profile (optional)."""
+def run_checks(
+    cfg=None, profile=None, results: str | Path | None = None, env=os.environ
+) -> list[Check]:
+    """Every check for a run config (default: the default config) on a cluster profile
+    (optional)."""
     import torch
 
     from mmhpc.config import load_config
     from mmhpc.system.precision import Precision
 
     cfg = cfg or load_config(None, [])
-    checks = [Check("python", sys.version_info >= (3, 10), f"Python {platform.python_version()} ({sys.executable})")]
+    checks = [
+        Check(
+            "python",
+            sys.version_info >= (3, 10),
+            f"Python {platform.python_version()} ({sys.executable})",
+        )
+    ]
     checks.append(arch_check(profile, env))
     cuda, hip = torch.version.cuda, getattr(torch.version, "hip", None)
     checks.append(Check("torch", True, f"torch {torch.__version__}, " + (
@@ -102,51 +128,98 @@ def run_checks(cfg=None, profile=None, results: str | Path | None = None, env=os
         else "a CPU-only build")))
     driver, driver_cuda, note = nvml_driver()
     bad_driver = driver_problem(cuda, driver, driver_cuda)
-    checks.append(Check("driver", bad_driver is None, bad_driver or (
-        f"NVIDIA driver {driver} (supports CUDA {driver_cuda // 1000}.{driver_cuda % 1000 // 10})" if driver
-        else f"ROCm build: the NVIDIA driver check does not apply ({note})" if hip else note)))
-    visible = torch.cuda.device_count() if cuda or hip else 0  # ROCm builds answer through torch.cuda
+    checks.append(
+        Check(
+            "driver",
+            bad_driver is None,
+            bad_driver
+            or (
+                f"NVIDIA driver {driver} (supports CUDA "
+                f"{driver_cuda // 1000}.{driver_cuda % 1000 // 10})"
+                if driver
+                else f"ROCm build: the NVIDIA driver check does not apply ({note})"
+                if hip
+                else note
+            ),
+        )
+    )
+    visible = (
+        torch.cuda.device_count() if cuda or hip else 0
+    )  # ROCm builds answer through torch.cuda
     allocated, per_task = slurm_gpus(env), slurm_gpus_per_task(env)
-    wants_gpu = bool(profile is not None and profile.is_gpu) or allocated > 0 or cfg.system.device == "cuda"
-    if allocated and visible != allocated and not (per_task and visible == per_task):  # --gpus-per-task:
+    wants_gpu = (
+        bool(profile is not None and profile.is_gpu) or allocated > 0 or cfg.system.device == "cuda"
+    )
+    if (
+        allocated and visible != allocated and not (per_task and visible == per_task)
+    ):  # --gpus-per-task:
         # the task sees its own GPUs, not the node's
         gpus = Check("gpus", False, f"SLURM allocated {allocated} GPU(s) on this node"
                      + (f" ({per_task} per task)" if per_task else "") + f", torch sees {visible}"
                      + (f" ({note})" if not driver else ""))
     elif wants_gpu and not visible:
-        where = (f"cluster {profile.name} runs on GPUs ({', '.join(profile.gpus)})" if profile is not None
-                 and profile.is_gpu else f"system.device={cfg.system.device} needs a GPU")
+        where = (
+            f"cluster {profile.name} runs on GPUs ({', '.join(profile.gpus)})"
+            if profile is not None and profile.is_gpu
+            else f"system.device={cfg.system.device} needs a GPU"
+        )
         why = "torch is a CPU-only build" if not (cuda or hip) else note or "CUDA is not usable"
-        gpus = Check("gpus", False, f"{where}, and torch sees no GPU on this machine ({why}); run on a GPU "
-                     "node (sbatch/srun --gpus-per-node=TYPE:N)")
+        gpus = Check(
+            "gpus",
+            False,
+            f"{where}, and torch sees no GPU on this machine ({why}); run on a GPU "
+            "node (sbatch/srun --gpus-per-node=TYPE:N)",
+        )
     else:
         names = [torch.cuda.get_device_name(i) for i in range(visible)]
-        gpus = Check("gpus", True, f"{visible} GPU(s): {', '.join(names)}" if visible else "no GPU (CPU runs)")
+        gpus = Check(
+            "gpus",
+            True,
+            f"{visible} GPU(s): {', '.join(names)}" if visible else "no GPU (CPU runs)",
+        )
     checks.append(gpus)
     if visible and hip:  # AMD: BF16 on CDNA2+ (MI200/MI300); no TF32 mode in ROCm builds of torch
-        bad = [f"system.precision=tf32: {torch.cuda.get_device_name(0)} (ROCm) has no TF32 mode; valid: fp32, "
-               "bf16"] if cfg.system.precision == "tf32" else []
+        bad = (
+            [
+                f"system.precision=tf32: {torch.cuda.get_device_name(0)} (ROCm) has no TF32 mode; "
+                "valid: fp32, "
+                "bf16"
+            ]
+            if cfg.system.precision == "tf32"
+            else []
+        )
         checks.append(Check("precision", not bad, bad[0] if bad else f"{cfg.system.precision} on "
                             f"{torch.cuda.get_device_name(0)} (ROCm)"))
     elif visible:
         caps = {torch.cuda.get_device_capability(i) for i in range(visible)}
         bad = [p for c in sorted(caps) if (p := Precision(cfg.system.precision, "cuda").problem(
             c, torch.cuda.get_device_name(0)))]
-        checks.append(Check("precision", not bad, bad[0] if bad else f"{cfg.system.precision} on compute capability "
-                            + ", ".join(f"{a}.{b}" for a, b in sorted(caps))))
+        checks.append(
+            Check(
+                "precision",
+                not bad,
+                bad[0]
+                if bad
+                else f"{cfg.system.precision} on compute capability "
+                + ", ".join(f"{a}.{b}" for a, b in sorted(caps)),
+            )
+        )
     checks.append(_data_check(cfg))
     if results is None and profile is not None and profile.results_root:
         if profile.uses_placeholder_path():  # never "ok" for a directory no project owns
             checks.append(Check("results", False, f"cluster {profile.name}: the results path "
-                                f"{profile.results_dir()} is built from the placeholder account; set "
-                                "MMHPC_ACCOUNT (or MMHPC_PROJECT, the storage project) or MMHPC_RESULTS"))
+                                f"{profile.results_dir()} is built from the placeholder account; "
+                                "set "
+                                "MMHPC_ACCOUNT (or MMHPC_PROJECT, the storage project) or "
+                                "MMHPC_RESULTS"))
             return checks
         results = profile.results_dir()
     checks.append(_results_check(results or cfg.output.runs_dir))
     return checks
 
 
-# ---- architecture: the node's, and the one the jobs' interpreter or image was built for ----------------
+# ---- architecture: the node's, and the one the jobs' interpreter or image was built for
+# ----------------
 
 ELF_MACHINES = {62: "x86_64", 183: "aarch64", 3: "i386", 40: "arm", 21: "ppc64le", 243: "riscv64"}
 SIF_ARCHES = {b"01": "i386", b"02": "x86_64", b"03": "arm", b"04": "aarch64", b"06": "ppc64le"}
@@ -167,14 +240,19 @@ def binary_arch(path: str | Path) -> str | None:
     except OSError:
         return None
     if head[:4] == b"\x7fELF" and len(head) >= 20:
-        return ELF_MACHINES.get(int.from_bytes(head[18:20], "little" if head[5] == 1 else "big"), "unknown")
-    if head[32:41] == b"SIF_MAGIC":  # SIF global header: launch line (32), magic (10), version (3), arch (3)
+        return ELF_MACHINES.get(
+            int.from_bytes(head[18:20], "little" if head[5] == 1 else "big"), "unknown"
+        )
+    if (
+        head[32:41] == b"SIF_MAGIC"
+    ):  # SIF global header: launch line (32), magic (10), version (3), arch (3)
         return SIF_ARCHES.get(head[45:47])
     return None
 
 
 def jobs_interpreter(profile) -> tuple[str, str]:
-    """(what, file) the jobs of `profile` execute: its image, its python, its venv's python, or this one."""
+    """(what, file) the jobs of `profile` execute: its image, its python, its venv's python, or this
+    one."""
     import shlex
     import shutil
 
@@ -189,23 +267,37 @@ def jobs_interpreter(profile) -> tuple[str, str]:
 
 
 def arch_check(profile=None, env=os.environ) -> Check:
-    """The node's architecture, and a refusal when the jobs' interpreter or image was built for another
+    """The node's architecture, and a refusal when the jobs' interpreter or image was built for
+    another
     (an x86 venv on an aarch64 GH200 node cannot even start)."""
     here = node_arch()
     in_job = "SLURM_JOB_ID" in env
     target = profile.arch if profile is not None and profile.scheduler == "slurm" else here
     if in_job and target != here:
-        return Check("arch", False, f"this node is {here}, cluster {profile.name}'s nodes are {target}: "
-                     "a profile for another cluster?")
+        return Check(
+            "arch",
+            False,
+            f"this node is {here}, cluster {profile.name}'s nodes are {target}: "
+            "a profile for another cluster?",
+        )
     what, path = jobs_interpreter(profile)
     built = binary_arch(path)
     where = f"nodes of {profile.name} are" if target != here else "this node is"
     if built and built != "unknown" and built != target:
-        fix = ("build the image for it (env/apptainer/mmhpc.def, on a node of that architecture)"
-               if what == "image" else "build the venv on a compute node (make install-cluster CLUSTER="
-               f"{profile.name if profile is not None else '...'})")
-        return Check("arch", False, f"the jobs' {what} {path} is built for {built}, {where} {target}; " + fix)
-    login = f"; cluster {profile.name}'s nodes: {target} (this machine only submits)" if target != here else ""
+        fix = (
+            "build the image for it (env/apptainer/mmhpc.def, on a node of that architecture)"
+            if what == "image"
+            else "build the venv on a compute node (make install-cluster CLUSTER="
+            f"{profile.name if profile is not None else '...'})"
+        )
+        return Check(
+            "arch", False, f"the jobs' {what} {path} is built for {built}, {where} {target}; " + fix
+        )
+    login = (
+        f"; cluster {profile.name}'s nodes: {target} (this machine only submits)"
+        if target != here
+        else ""
+    )
     return Check("arch", True, f"{here}{login}; jobs run {path}" + (f" ({built})" if built else ""))
 
 
@@ -216,8 +308,11 @@ def _data_check(cfg) -> Check:
 
     root = Path(cfg.data.root)
     if not root.is_dir():
-        return Check("data", False, f"data.root: {root} is not a directory; valid: a prepared dataset "
-                                    "(mmhpc prepare)")
+        return Check(
+            "data",
+            False,
+            f"data.root: {root} is not a directory; valid: a prepared dataset (mmhpc prepare)",
+        )
     try:
         manifest = read_manifest(root)
     except (ManifestError, ValueError) as e:
@@ -226,13 +321,18 @@ def _data_check(cfg) -> Check:
 
 
 def _results_check(path: str | Path) -> Check:
-    """Writable, or creatable: the nearest existing ancestor is a writable directory (nothing is created)."""
+    """Writable, or creatable: the nearest existing ancestor is a writable directory (nothing is
+    created)."""
     path = Path(path).expanduser().absolute()
     probe = path
     while not probe.exists() and probe != probe.parent:
         probe = probe.parent
     if probe.is_dir() and os.access(probe, os.W_OK | os.X_OK):
-        return Check("results", True, f"{path} " + ("is writable" if probe == path else f"can be made (in {probe})"))
+        return Check(
+            "results",
+            True,
+            f"{path} " + ("is writable" if probe == path else f"can be made (in {probe})"),
+        )
     why = "is not a directory" if probe.exists() and not probe.is_dir() else "is not writable"
     return Check("results", False, f"results directory {path}: {probe} {why}")
 

@@ -1,17 +1,21 @@
 """The errors of mmhpc, their exit codes, and the one shape of a problem message.
 
-This module is the bottom of the package: it imports nothing of mmhpc, so every layer may raise these.
+This module is the bottom of the package: it imports nothing of mmhpc, so every layer may raise
+these.
 
 Exit-code policy of every `mmhpc` command (`exit_code` maps an exception to it):
 
     0  done
     1  a run or job failed (RunError; the others ran and their records are kept)
-    2  bad input: a config, sweep file, cluster profile or argument (ConfigError), found before any work
+    2  bad input: a config, sweep file, cluster profile or argument (ConfigError), found before any
+    work
     3  the scheduler failed: sbatch/squeue refused or could not be reached (SchedulerError)
     130 interrupted (Ctrl-C): one line; a run's record says `interrupted`
 
-A problem is written `file: field: problem; valid: a, b, c`; the file part only when there is a file, the
-field as a dotted path (`resources.time_min`, `runs[3].train.lr`), the valid part only when the choices are
+A problem is written `file: field: problem; valid: a, b, c`; the file part only when there is a
+file, the
+field as a dotted path (`resources.time_min`, `runs[3].train.lr`), the valid part only when the
+choices are
 known. A ConfigError holds one such line per problem.
 """
 from __future__ import annotations
@@ -33,7 +37,8 @@ class MmhpcError(Exception):
 
 
 class ConfigError(MmhpcError, ValueError):
-    """Bad input (config, sweep, cluster profile, argument): one `file: field: problem; valid: ...` per line."""
+    """Bad input (config, sweep, cluster profile, argument): one `file: field: problem; valid: ...`
+    per line."""
 
     exit_code = EXIT_BAD_INPUT
 
@@ -78,8 +83,12 @@ def field_path(loc: Iterable[str | int]) -> str:
     return out
 
 
-def problem(field: str | Sequence[str | int] = "", text: str = "", valid: Iterable[Any] | None = None,
-            file: str | None = None) -> str:
+def problem(
+    field: str | Sequence[str | int] = "",
+    text: str = "",
+    valid: Iterable[Any] | None = None,
+    file: str | None = None,
+) -> str:
     """One problem line: `file: field: text; valid: a, b, c` (empty parts left out)."""
     if not isinstance(field, str):
         field = field_path(field)
@@ -89,7 +98,8 @@ def problem(field: str | Sequence[str | int] = "", text: str = "", valid: Iterab
     return line
 
 
-# pydantic adds the union member or validator it tried to `loc` ('int', 'function-after[...]'): not fields
+# pydantic adds the union member or validator it tried to `loc` ('int', 'function-after[...]'): not
+# fields
 _TYPE_TAG = re.compile(r"^(?:[a-z_-]+\[.*\]|str|int|float|bool|none|list|dict|set|tuple)$")
 
 
@@ -97,7 +107,8 @@ def validation_problems(err: Any, file: str | None = None, prefix: Sequence[str 
                         model: Any = None) -> list[str]:
     """One problem line per error of a pydantic v2 ValidationError.
 
-    `prefix` is prepended to every field path (e.g. ('runs', 3)); `model` (the validated pydantic model
+    `prefix` is prepended to every field path (e.g. ('runs', 3)); `model` (the validated pydantic
+    model
     class) lets an unknown key list the valid keys of the section it was found in.
     """
     lines: dict[str, list[str]] = {}
@@ -123,7 +134,10 @@ def _describe(e: dict[str, Any], model: Any, loc: list[str | int]) -> tuple[str,
     if kind in _BOUNDS:
         op, key = _BOUNDS[kind]
         bound = ctx.get(key)
-        return f"{value} must be {op} {f'{bound:g}' if isinstance(bound, (int, float)) else bound}", None
+        return (
+            f"{value} must be {op} {f'{bound:g}' if isinstance(bound, (int, float)) else bound}",
+            None,
+        )
     msg = str(e.get("msg", ""))
     for head in ("Value error, ", "Assertion failed, "):
         if msg.startswith(head):
@@ -132,8 +146,12 @@ def _describe(e: dict[str, Any], model: Any, loc: list[str | int]) -> tuple[str,
     return f"{msg}, got {value!r}", None
 
 
-_BOUNDS = {"greater_than": (">", "gt"), "greater_than_equal": (">=", "ge"), "less_than": ("<", "lt"),
-           "less_than_equal": ("<=", "le")}
+_BOUNDS = {
+    "greater_than": (">", "gt"),
+    "greater_than_equal": (">=", "ge"),
+    "less_than": ("<", "lt"),
+    "less_than_equal": ("<=", "le"),
+}
 
 
 def _choices(expected: str) -> list[str]:

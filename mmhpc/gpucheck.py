@@ -1,4 +1,5 @@
-"""`mmhpc gpu-check` (`make gpu-check`): one command that checks a GPU node and records what it measured.
+"""`mmhpc gpu-check` (`make gpu-check`): one command that checks a GPU node and records what it
+measured.
 
 Each check prints PASS, FAIL or SKIP (with the reason) and writes its record to `<out>/<check>.json`
 (default `reports/results/<gpu>/`, e.g. `reports/results/h100/`; on a machine without a GPU
@@ -7,25 +8,33 @@ Each check prints PASS, FAIL or SKIP (with the reason) and writes its record to 
     env          driver, CUDA build, cuDNN, compute capability, versions of what is installed
     precision    precision flags, large-matmul TFLOP/s and ResNet-18 forward+backward images/s
                  (64x3x224x224) at fp32_strict, fp32 (the thesis' baseline), tf32 and bf16
-    syncs        host synchronisations in training steps (torch.cuda.set_sync_debug_mode) of every strategy
+    syncs        host synchronisations in training steps (torch.cuda.set_sync_debug_mode) of every
+    strategy
                  and of a text run: zero
-    blp          Branch-Level Parallelism on one GPU: branch kernels on their own streams (profiler trace),
+    blp          Branch-Level Parallelism on one GPU: branch kernels on their own streams (profiler
+    trace),
                  the same gradients as a single-device model
-    trainer      short runs through the trainer: 1-rank DDP (NCCL), BLP at bf16 with the pre-initialised
+    trainer      short runs through the trainer: 1-rank DDP (NCCL), BLP at bf16 with the
+    pre-initialised
                  loader; DataParallel and BLP over two GPUs where two exist
     sampler      the NVML sampler under load: utilisation, power, energy, cost per sample
     ddp          DistributedDataParallel with NCCL in one process
     bench        `mmhpc bench` per encoder (visual, text) at fp32/tf32/bf16 on full synthetic MVSA
-    loader       standard (persistent workers, as sweeps/loader.yaml) vs pre-initialised loader (thesis
+    loader       standard (persistent workers, as sweeps/loader.yaml) vs pre-initialised loader
+    (thesis
                  Alg. 6) with GPU utilisation
     report       `mmhpc report` of the records above
 
 It needs only torch (plus torchvision, transformers and nvidia-ml-py for some checks): run from the
-repository with `PYTHONPATH=. python3 -m mmhpc.gpucheck`. pydantic and PyYAML are needed by the checks that
+repository with `PYTHONPATH=. python3 -m mmhpc.gpucheck`. pydantic and PyYAML are needed by the
+checks that
 build the trainer (syncs, blp, trainer, bench, loader), psutil and pandas by the sampler, pandas and
-matplotlib by the report; on a node without network, wheels fetched elsewhere by `make gpu-wheels` into
-`.whl/` supply them (`use_wheels`). Each check runs in its own process with its own time limit (a hung
-NCCL, gloo or loader worker fails that check, the others still run). On a machine without a GPU it runs
+matplotlib by the report; on a node without network, wheels fetched elsewhere by `make gpu-wheels`
+into
+`.whl/` supply them (`use_wheels`). Each check runs in its own process with its own time limit (a
+hung
+NCCL, gloo or loader worker fails that check, the others still run). On a machine without a GPU it
+runs
 what it can and exits 0, listing what needs a GPU; on a GPU node a check that cannot run (a package
 missing, the time budget spent) FAILs. Exit 1 when a check fails. The whole run is sized for under 8
 minutes on one H100.
@@ -53,11 +62,17 @@ from mmhpc.names import THESIS_PRECISIONS
 
 NEEDS_GPU = "needs a CUDA GPU"
 PRECISIONS = THESIS_PRECISIONS  # the thesis' settings (mmhpc.names, the registry of system choices)
-MATMUL_N, RESNET_BATCH, RESNET_SIZE, TIMED = 8192, 64, 224, 20  # the precision check's sizes, timed steps
+MATMUL_N, RESNET_BATCH, RESNET_SIZE, TIMED = (
+    8192,
+    64,
+    224,
+    20,
+)  # the precision check's sizes, timed steps
 
 
 class Skip(Exception):
-    """A check that cannot run here (no GPU, a package missing, the time budget spent). `hardware`: for want
+    """A check that cannot run here (no GPU, a package missing, the time budget spent). `hardware`:
+    for want
     of a GPU (or of a second one), the only reason that is not a FAIL on a GPU node."""
 
     def __init__(self, reason: str, hardware: bool = False):
@@ -73,8 +88,12 @@ class Check:
         self.t0 = time.monotonic()
         self.budget_s = budget_s
         self.workers = workers
-        self.scratch = Path(tempfile.mkdtemp(prefix="mmhpc-gpu-check-"))  # Trainers that never write a record
-        self.not_here: list[str] = []  # parts of passing checks that need more GPUs than this machine has
+        self.scratch = Path(
+            tempfile.mkdtemp(prefix="mmhpc-gpu-check-")
+        )  # Trainers that never write a record
+        self.not_here: list[
+            str
+        ] = []  # parts of passing checks that need more GPUs than this machine has
         self.preset = "full"  # the bench and loader checks' data (the CPU tier: tiny)
 
     def need_gpu(self):
@@ -88,7 +107,11 @@ class Check:
 def _need(*modules: str) -> None:
     missing = [m for m in modules if not _importable(m)]
     if missing:
-        hint = "; make gpu-wheels fetches them for a node without network" if set(missing) & set(WHEEL_MODULES) else ""
+        hint = (
+            "; make gpu-wheels fetches them for a node without network"
+            if set(missing) & set(WHEEL_MODULES)
+            else ""
+        )
         raise Skip(f"needs {', '.join(missing)} (not installed{hint})")
 
 
@@ -97,35 +120,58 @@ def _need_trainer() -> None:
     _need("pydantic", "yaml")
 
 
-# what the trainer's checks import beyond torch, torchvision, transformers and nvidia-ml-py (their wheels:
+# what the trainer's checks import beyond torch, torchvision, transformers and nvidia-ml-py (their
+# wheels:
 # the Makefile's GPU_WHEELS)
 WHEEL_MODULES = ("pydantic", "yaml", "psutil", "tqdm", "pandas")
 
 
-# distributions the node keeps even when the wheel set brings them: numpy is the one torch was built against
+# distributions the node keeps even when the wheel set brings them: numpy is the one torch was built
+# against
 KEEP = ("numpy",)
 # the distribution of each of WHEEL_MODULES (what pip installs)
-DISTRIBUTIONS = {"pydantic": "pydantic", "yaml": "PyYAML", "psutil": "psutil", "tqdm": "tqdm", "pandas": "pandas"}
+DISTRIBUTIONS = {
+    "pydantic": "pydantic",
+    "yaml": "PyYAML",
+    "psutil": "psutil",
+    "tqdm": "tqdm",
+    "pandas": "pandas",
+}
 
 
 def missing_modules(modules=None, env=None) -> list[str]:
-    """Those of `modules` (default WHEEL_MODULES) that a fresh process of this Python cannot import (with
-    `env`): where the checks run. An import can fail for more than absence: pydantic fails on an older
+    """Those of `modules` (default WHEEL_MODULES) that a fresh process of this Python cannot import
+    (with
+    `env`): where the checks run. An import can fail for more than absence: pydantic fails on an
+    older
     typing_extensions than it needs, which this process may already hold."""
     modules = list(modules or WHEEL_MODULES)
-    probe = ("import importlib, sys\nfor m in sys.argv[1:]:\n    try:\n        importlib.import_module(m)\n"
-             "    except Exception:\n        print(m)\n")
-    res = subprocess.run([sys.executable, "-c", probe, *modules], capture_output=True, text=True, env=env,
-                         timeout=300)
+    probe = (
+        "import importlib, sys\nfor m in sys.argv[1:]:\n    try:\n        "
+        "importlib.import_module(m)\n"
+        "    except Exception:\n        print(m)\n"
+    )
+    res = subprocess.run(
+        [sys.executable, "-c", probe, *modules],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
     return [m for m in res.stdout.split() if m in modules]
 
 
 def use_wheels(wheels: Path) -> tuple[list[str], Path | None]:
-    """Where this Python cannot import one of WHEEL_MODULES and `wheels` holds wheels (`make gpu-wheels`,
-    for a node without network): pip-install the missing ones with their dependencies, resolved in the wheel
-    set alone, into a temporary directory put first on sys.path and PYTHONPATH (the checks' processes, and
-    loader workers, see it). Inside it the set shadows what the node has (pydantic with the typing_extensions
-    it needs, not the node's older one), except KEEP: the node's numpy stays (torch was built against it).
+    """Where this Python cannot import one of WHEEL_MODULES and `wheels` holds wheels (`make
+    gpu-wheels`,
+    for a node without network): pip-install the missing ones with their dependencies, resolved in
+    the wheel
+    set alone, into a temporary directory put first on sys.path and PYTHONPATH (the checks'
+    processes, and
+    loader workers, see it). Inside it the set shadows what the node has (pydantic with the
+    typing_extensions
+    it needs, not the node's older one), except KEEP: the node's numpy stays (torch was built
+    against it).
     Returns the installed distributions (name-version) and the directory."""
     files = sorted(wheels.glob("*.whl")) if wheels.is_dir() else []
     if not files:
@@ -135,9 +181,24 @@ def use_wheels(wheels: Path) -> tuple[list[str], Path | None]:
         return [], None
     target = Path(tempfile.mkdtemp(prefix="mmhpc-wheels-"))
     try:
-        subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-index", "--find-links", str(wheels),
-                        "--no-compile", "--disable-pip-version-check", "--target", str(target),
-                        *(DISTRIBUTIONS.get(m, m) for m in missing)], check=True)
+        subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "pip",
+                "install",
+                "-q",
+                "--no-index",
+                "--find-links",
+                str(wheels),
+                "--no-compile",
+                "--disable-pip-version-check",
+                "--target",
+                str(target),
+                *(DISTRIBUTIONS.get(m, m) for m in missing),
+            ],
+            check=True,
+        )
         installed = []
         for info in sorted(target.glob("*.dist-info")):
             dist, version = info.name[:-len(".dist-info")].rsplit("-", 1)
@@ -149,14 +210,20 @@ def use_wheels(wheels: Path) -> tuple[list[str], Path | None]:
         shutil.rmtree(target, ignore_errors=True)
         raise
     sys.path.insert(0, str(target))
-    os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, (str(target), os.environ.get("PYTHONPATH"))))
+    os.environ["PYTHONPATH"] = os.pathsep.join(
+        filter(None, (str(target), os.environ.get("PYTHONPATH")))
+    )
     importlib.invalidate_caches()
     return installed, target
 
 
 def _remove_distribution(target: Path, info: Path) -> None:
     """Delete what a dist-info's RECORD lists (and the dist-info) from a --target directory."""
-    tops = {line.split(",", 1)[0].split("/", 1)[0] for line in (info / "RECORD").read_text().splitlines() if line}
+    tops = {
+        line.split(",", 1)[0].split("/", 1)[0]
+        for line in (info / "RECORD").read_text().splitlines()
+        if line
+    }
     for top in tops - {"", ".", ".."}:  # scripts are listed as ../../bin/...: outside the directory
         path = target / top
         if path.is_dir():
@@ -190,7 +257,8 @@ def gpu_slug(name: str) -> str:
 
 
 def set_precision(name: str, device: torch.device, device_type: str | None = None):
-    """The run's precision on `device` (checked, flags set now); returns a zero-argument autocast factory."""
+    """The run's precision on `device` (checked, flags set now); returns a zero-argument autocast
+    factory."""
     from mmhpc.system.precision import Precision
 
     precision = Precision(name, device_type or device.type)
@@ -221,21 +289,48 @@ def _cuda_time(fn, reps: int) -> float:
 def _tiny_config(ck: Check, *overrides: str):
     from mmhpc.config import load_config
 
-    return load_config(None, ["data.dataset=cremad", "data.preset=tiny", f"system.device={ck.device.type}",
-                              "train.batch_size=16", "train.epochs=1", "system.sample_interval=0",
-                              f"output.runs_dir={ck.scratch}",
-                              "output.overwrite=true", *overrides])
+    return load_config(
+        None,
+        [
+            "data.dataset=cremad",
+            "data.preset=tiny",
+            f"system.device={ck.device.type}",
+            "train.batch_size=16",
+            "train.epochs=1",
+            "system.sample_interval=0",
+            f"output.runs_dir={ck.scratch}",
+            "output.overwrite=true",
+            *overrides,
+        ],
+    )
 
 
-# ---- the checks ------------------------------------------------------------------------------------------
+# ---- the checks
+# ------------------------------------------------------------------------------------------
 
 def check_env(ck: Check) -> tuple[dict, str]:
-    rec = {"host": socket.gethostname(), "python": sys.version.split()[0], "torch": torch.__version__,
-           "cuda_build": torch.version.cuda, "cuda_available": ck.cuda,
-           "cudnn": torch.backends.cudnn.version() if torch.backends.cudnn.is_available() else None,
-           "packages": {}}
-    for m in ("torchvision", "transformers", "pynvml", "numpy", "PIL", "yaml", "psutil", "pandas", "matplotlib",
-              "pydantic", "submitit"):
+    rec = {
+        "host": socket.gethostname(),
+        "python": sys.version.split()[0],
+        "torch": torch.__version__,
+        "cuda_build": torch.version.cuda,
+        "cuda_available": ck.cuda,
+        "cudnn": torch.backends.cudnn.version() if torch.backends.cudnn.is_available() else None,
+        "packages": {},
+    }
+    for m in (
+        "torchvision",
+        "transformers",
+        "pynvml",
+        "numpy",
+        "PIL",
+        "yaml",
+        "psutil",
+        "pandas",
+        "matplotlib",
+        "pydantic",
+        "submitit",
+    ):
         try:
             rec["packages"][m] = getattr(importlib.import_module(m), "__version__", "installed")
         except ImportError:
@@ -247,9 +342,15 @@ def check_env(ck: Check) -> tuple[dict, str]:
         rec["nvml"] = note
     if ck.cuda:
         p = torch.cuda.get_device_properties(0)
-        rec["gpu"] = {"name": p.name, "capability": f"{p.major}.{p.minor}", "memory_gib": round(p.total_memory / 2**30, 1),
-                      "count": torch.cuda.device_count(), "sms": p.multi_processor_count}
-        line = f"{p.name}, capability {p.major}.{p.minor}, driver {rec['driver']}, CUDA {torch.version.cuda}"
+        rec["gpu"] = {
+            "name": p.name,
+            "capability": f"{p.major}.{p.minor}",
+            "memory_gib": round(p.total_memory / 2**30, 1),
+            "count": torch.cuda.device_count(),
+            "sms": p.multi_processor_count,
+        }
+        line = (f"{p.name}, capability {p.major}.{p.minor}, driver {rec['driver']}, "
+                f"CUDA {torch.version.cuda}")
     else:
         line = f"no CUDA GPU; torch {torch.__version__} (CUDA build {torch.version.cuda})"
     return rec, line
@@ -264,13 +365,19 @@ def check_precision(ck: Check) -> tuple[dict, str]:
     cap = torch.cuda.get_device_capability(0)
     n, batch, size = MATMUL_N, RESNET_BATCH, RESNET_SIZE
     rec = {"matmul_n": n, "resnet18_batch": [batch, 3, size, size], "precisions": {}}
-    names = ("fp32_strict", *PRECISIONS)  # strict: cuDNN TF32 off too, to show what the thesis' fp32 keeps on
+    names = (
+        "fp32_strict",
+        *PRECISIONS,
+    )  # strict: cuDNN TF32 off too, to show what the thesis' fp32 keeps on
     for name in names:
         if name not in ("fp32", "fp32_strict") and cap < (8, 0):
-            rec["precisions"][name] = {"skipped": f"needs compute capability 8.0+, this GPU has {cap}"}
+            rec["precisions"][name] = {
+                "skipped": f"needs compute capability 8.0+, this GPU has {cap}"
+            }
             continue
         autocast = set_precision(name, ck.device, "cuda")
-        # the matmul of a precision: bf16 operands for bf16 (an autocast of float32 ones would time the casts)
+        # the matmul of a precision: bf16 operands for bf16 (an autocast of float32 ones would time
+        # the casts)
         dtype = Precision(name, "cuda").dtype or torch.float32
         a, b = (torch.randn(n, n, device=ck.device, dtype=dtype) for _ in range(2))
 
@@ -294,8 +401,13 @@ def check_precision(ck: Check) -> tuple[dict, str]:
         for _ in range(3):
             step()
         t_step = _cuda_time(step, TIMED)
-        rec["precisions"][name] = {"flags": _flags(), "autocast": name == "bf16", "matmul_dtype": str(a.dtype),
-                                   "matmul_tflops": 2 * n**3 / t_mm / 1e12, "resnet18_images_per_s": batch / t_step}
+        rec["precisions"][name] = {
+            "flags": _flags(),
+            "autocast": name == "bf16",
+            "matmul_dtype": str(a.dtype),
+            "matmul_tflops": 2 * n**3 / t_mm / 1e12,
+            "resnet18_images_per_s": batch / t_step,
+        }
         del model, opt, a, b, x
     torch.cuda.empty_cache()
     p = rec["precisions"]
@@ -303,28 +415,43 @@ def check_precision(ck: Check) -> tuple[dict, str]:
     for k in done:  # the backend flags each precision set, as Precision says they should be
         mode = Precision(k, "cuda").mode
         got = p[k]["flags"]
-        if (got["matmul_allow_tf32"], got["cudnn_allow_tf32"]) != (mode.matmul_tf32, mode.cudnn_tf32):
-            raise AssertionError(f"{k}: flags {got}, expected matmul TF32 {mode.matmul_tf32}, cuDNN TF32 "
-                                 f"{mode.cudnn_tf32}")
-    line = "; ".join(f"{k}: matmul {p[k]['matmul_tflops']:.0f} TFLOP/s, ResNet-18 {p[k]['resnet18_images_per_s']:.0f} img/s"
-                     for k in done)
+        if (got["matmul_allow_tf32"], got["cudnn_allow_tf32"]) != (
+            mode.matmul_tf32,
+            mode.cudnn_tf32,
+        ):
+            raise AssertionError(
+                f"{k}: flags {got}, expected matmul TF32 {mode.matmul_tf32}, cuDNN TF32 "
+                f"{mode.cudnn_tf32}"
+            )
+    line = "; ".join(
+        f"{k}: matmul {p[k]['matmul_tflops']:.0f} TFLOP/s, ResNet-18 "
+        f"{p[k]['resnet18_images_per_s']:.0f} img/s"
+        for k in done
+    )
     if "tf32" in done:
         rec["tf32_matmul_speedup"] = p["tf32"]["matmul_tflops"] / p["fp32"]["matmul_tflops"]
         if rec["tf32_matmul_speedup"] < 1.5:
-            raise AssertionError(f"TF32 matmul only {rec['tf32_matmul_speedup']:.2f}x FP32: the TF32 flag has no "
-                                 f"effect ({line})")
+            raise AssertionError(
+                f"TF32 matmul only {rec['tf32_matmul_speedup']:.2f}x FP32: the TF32 flag has no "
+                f"effect ({line})"
+            )
     return rec, line
 
 
 def _count_syncs(ck: Check, *overrides: str, steps: int = 3) -> list[str]:
-    """The host synchronisations CUDA reports (torch.cuda.set_sync_debug_mode) in `steps` training steps of
+    """The host synchronisations CUDA reports (torch.cuda.set_sync_debug_mode) in `steps` training
+    steps of
     a tiny run (batch to the device, the strategy's step, the metrics), after one warm-up step."""
     from mmhpc.metrics import MetricAccumulator
     from mmhpc.train import Trainer
 
-    pin = str(ck.device.type == "cuda").lower()  # pinned batches, as sweeps run (not on the CPU tier)
-    trainer = Trainer(_tiny_config(ck, f"loader.pin_memory={pin}", "system.deterministic=false", *overrides),
-                      progress=False)
+    pin = str(
+        ck.device.type == "cuda"
+    ).lower()  # pinned batches, as sweeps run (not on the CPU tier)
+    trainer = Trainer(
+        _tiny_config(ck, f"loader.pin_memory={pin}", "system.deterministic=false", *overrides),
+        progress=False,
+    )
     try:
         batches = iter(trainer.loaders["train"].epoch(0))
         host = [next(batches) for _ in range(steps + 1)]
@@ -348,7 +475,9 @@ def _count_syncs(ck: Check, *overrides: str, steps: int = 3) -> list[str]:
         torch.cuda.synchronize()
     finally:
         trainer.close()
-    return [str(w.message).splitlines()[0] for w in caught if "synchroniz" in str(w.message).lower()]
+    return [
+        str(w.message).splitlines()[0] for w in caught if "synchroniz" in str(w.message).lower()
+    ]
 
 
 def _strategies() -> list[str]:
@@ -357,7 +486,8 @@ def _strategies() -> list[str]:
     return sorted(STRATEGIES)
 
 
-# what a strategy's config check requires beyond the defaults (the cosine classifier, MLA's shared head)
+# what a strategy's config check requires beyond the defaults (the cosine classifier, MLA's shared
+# head)
 STRATEGY_NEEDS = {"entropy": ("model.cosine=true",), "reliability": ("model.cosine=true",),
                   "mla": ("model.fusion=early_sum",)}
 # the text run of the syncs check: RoBERTa (tiny) with the visual branch, on synthetic MVSA
@@ -367,7 +497,10 @@ TEXT_RUN = ("data.dataset=mvsa", "data.modalities=[visual, text]", "strategy.nam
 def check_syncs(ck: Check) -> tuple[dict, str]:
     ck.need_gpu()
     _need_trainer()
-    runs = {f"cremad/{name}": (f"strategy.name={name}", *STRATEGY_NEEDS.get(name, ())) for name in _strategies()}
+    runs = {
+        f"cremad/{name}": (f"strategy.name={name}", *STRATEGY_NEEDS.get(name, ()))
+        for name in _strategies()
+    }
     runs["mvsa/text+visual"] = TEXT_RUN
     rec: dict = {"steps": 3, "runs": {}}
     for name, overrides in runs.items():
@@ -382,7 +515,10 @@ def check_syncs(ck: Check) -> tuple[dict, str]:
         raise AssertionError("host synchronisations or failures in training steps: " + "; ".join(
             f"{k}: {r.get('error') or str(r['host_syncs']) + ' syncs, first: ' + r['messages'][0]}"
             for k, r in bad.items()))
-    return rec, f"0 host synchronisations in 3 steps of each of {len(runs)} runs ({', '.join(runs)})"
+    return (
+        rec,
+        f"0 host synchronisations in 3 steps of each of {len(runs)} runs ({', '.join(runs)})",
+    )
 
 
 def _forward_backward(trainer, batch) -> dict:
@@ -390,7 +526,11 @@ def _forward_backward(trainer, batch) -> dict:
     model.zero_grad(set_to_none=True)
     out = trainer.strategy.net(batch)  # the run's model: its precision, BLP's branch threads
     torch.nn.functional.cross_entropy(out["fused"].float(), batch["label"]).backward()
-    return {k: p.grad.detach().float().cpu().clone() for k, p in model.named_parameters() if p.grad is not None}
+    return {
+        k: p.grad.detach().float().cpu().clone()
+        for k, p in model.named_parameters()
+        if p.grad is not None
+    }
 
 
 def check_blp(ck: Check) -> tuple[dict, str]:
@@ -400,23 +540,38 @@ def check_blp(ck: Check) -> tuple[dict, str]:
     dev = str(ck.device)
     common = ("system.deterministic=true", "system.precision=fp32")
     single = Trainer(_tiny_config(ck, *common, "output.name=blp-single"), progress=False)
-    blp = Trainer(_tiny_config(ck, *common, "system.parallelism=blp", "output.name=blp-blp",
-                               f"system.blp_devices={{audio: '{dev}', visual: '{dev}'}}"), progress=False)
+    blp = Trainer(
+        _tiny_config(
+            ck,
+            *common,
+            "system.parallelism=blp",
+            "output.name=blp-blp",
+            f"system.blp_devices={{audio: '{dev}', visual: '{dev}'}}",
+        ),
+        progress=False,
+    )
     try:
         blp.model.load_state_dict(single.model.state_dict())
         batch = single._to_device(next(iter(single.loaders["train"].epoch(0))))
         g_single = _forward_backward(single, batch)
         g_blp = _forward_backward(blp, batch)
-        worst = max(((g_blp[k] - g).abs().max() / g.abs().max().clamp_min(1e-12)).item() for k, g in g_single.items())
+        worst = max(
+            ((g_blp[k] - g).abs().max() / g.abs().max().clamp_min(1e-12)).item()
+            for k, g in g_single.items()
+        )
         rec = {"parameters_compared": len(g_single), "max_relative_grad_diff": worst, "device": dev}
         if set(g_single) != set(g_blp) or worst > 1e-4:
-            raise AssertionError(f"BLP gradients differ from single: max relative difference {worst:.2e}")
+            raise AssertionError(
+                f"BLP gradients differ from single: max relative difference {worst:.2e}"
+            )
         line = f"gradients equal to single (max relative difference {worst:.1e})"
         if ck.cuda:
             streams = _kernel_streams(lambda: _forward_backward(blp, batch))
             rec["kernel_streams"] = streams
             if len(streams) < 2:
-                raise AssertionError(f"BLP kernels ran on {len(streams)} CUDA stream(s), expected one per branch")
+                raise AssertionError(
+                    f"BLP kernels ran on {len(streams)} CUDA stream(s), expected one per branch"
+                )
             line += f"; kernels on {len(streams)} CUDA streams"
         else:
             line += " (CPU: branches in threads; the stream check needs a CUDA GPU)"
@@ -457,14 +612,17 @@ def _free_port() -> int:
 
 
 def _trainer_run(ck: Check, name: str, *overrides: str, env: dict | None = None) -> dict:
-    """A short run through the trainer (`mmhpc.train.train`, 1 epoch of 4 steps): its record's figures."""
+    """A short run through the trainer (`mmhpc.train.train`, 1 epoch of 4 steps): its record's
+    figures."""
     from mmhpc.train import train
 
     saved = {k: os.environ.get(k) for k in env or {}}
     os.environ.update(env or {})
     try:
-        record = train(_tiny_config(ck, f"output.name=trainer-{name}", "train.max_batches=4", *overrides),
-                       progress=False)
+        record = train(
+            _tiny_config(ck, f"output.name=trainer-{name}", "train.max_batches=4", *overrides),
+            progress=False,
+        )
     finally:
         for k, v in saved.items():
             if v is None:
@@ -474,8 +632,13 @@ def _trainer_run(ck: Check, name: str, *overrides: str, env: dict | None = None)
     if record.status != "done":
         raise AssertionError(f"{name}: the run ended {record.status}")
     epoch = record.epochs[-1]
-    return {"status": record.status, "train_loss": epoch.train["loss/fused"], "val_acc": epoch.val["acc/fused"],
-            "epoch_s": epoch.time.epoch_s, "device": record.env.device}
+    return {
+        "status": record.status,
+        "train_loss": epoch.train["loss/fused"],
+        "val_acc": epoch.val["acc/fused"],
+        "epoch_s": epoch.time.epoch_s,
+        "device": record.env.device,
+    }
 
 
 def check_trainer(ck: Check) -> tuple[dict, str]:
@@ -484,10 +647,18 @@ def check_trainer(ck: Check) -> tuple[dict, str]:
     dev = ck.device.type
     rank0 = {"RANK": "0", "LOCAL_RANK": "0", "WORLD_SIZE": "1", "LOCAL_WORLD_SIZE": "1",
              "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(_free_port())}
-    rec = {"ddp-1rank": _trainer_run(ck, "ddp", "system.parallelism=ddp", env=rank0),
-           "blp-bf16-preinit": _trainer_run(ck, "blp-bf16", "system.parallelism=blp", "system.precision=bf16",
-                                            "loader.num_workers=1", "loader.preinit=true",
-                                            "loader.persistent_workers=false")}
+    rec = {
+        "ddp-1rank": _trainer_run(ck, "ddp", "system.parallelism=ddp", env=rank0),
+        "blp-bf16-preinit": _trainer_run(
+            ck,
+            "blp-bf16",
+            "system.parallelism=blp",
+            "system.precision=bf16",
+            "loader.num_workers=1",
+            "loader.preinit=true",
+            "loader.persistent_workers=false",
+        ),
+    }
     rec["ddp-1rank"]["backend"] = "nccl" if dev == "cuda" else "gloo"
     if ck.cuda and torch.cuda.device_count() >= 2:
         rec["dp-2gpu"] = _trainer_run(ck, "dp", "system.parallelism=dp")
@@ -496,11 +667,15 @@ def check_trainer(ck: Check) -> tuple[dict, str]:
     else:
         ck.not_here += ["trainer: dp-2gpu", "trainer: blp-2gpu"]
         rec["not_run"] = {"dp-2gpu": "needs two CUDA GPUs", "blp-2gpu": "needs two CUDA GPUs"}
-    bad = [k for k, r in rec.items() if k != "not_run" and not r["train_loss"] == r["train_loss"]]  # NaN
+    bad = [
+        k for k, r in rec.items() if k != "not_run" and not r["train_loss"] == r["train_loss"]
+    ]  # NaN
     if bad:
         raise AssertionError(f"a NaN training loss in {', '.join(bad)}")
     runs = [k for k in rec if k != "not_run"]
-    line = f"{', '.join(runs)} trained on {dev}" + (" (ddp over NCCL)" if dev == "cuda" else " (ddp over gloo)")
+    line = f"{', '.join(runs)} trained on {dev}" + (
+        " (ddp over NCCL)" if dev == "cuda" else " (ddp over gloo)"
+    )
     if "not_run" in rec:
         line += "; dp-2gpu, blp-2gpu need two CUDA GPUs"
     return rec, line
@@ -522,7 +697,13 @@ def check_sampler(ck: Check) -> tuple[dict, str]:
             torch.cuda.synchronize()
         s.mark("load end")
     summary = s.summary("load start", "load end")
-    rec = {"interval_s": 0.1, "gpus": s.gpus, "notes": s.notes, "summary": summary, "sample_cost_us": s.sample_cost_us}
+    rec = {
+        "interval_s": 0.1,
+        "gpus": s.gpus,
+        "notes": s.notes,
+        "summary": summary,
+        "sample_cost_us": s.sample_cost_us,
+    }
     if not s.gpus:
         raise AssertionError(f"the sampler found no GPU through NVML: {s.notes}")
     first = next(iter(s.gpus))
@@ -532,7 +713,9 @@ def check_sampler(ck: Check) -> tuple[dict, str]:
     if util is None or util < 50:
         raise AssertionError(f"GPU utilisation under a matmul loop: {util} % (expected > 50)")
     if not power or not energy:
-        raise AssertionError(f"power {power} W, energy {energy} J: NVML power/energy missing ({s.notes})")
+        raise AssertionError(
+            f"power {power} W, energy {energy} J: NVML power/energy missing ({s.notes})"
+        )
     cost = s.sample_cost_us
     return rec, (f"utilisation {util:.0f} %, power {power:.0f} W, energy {energy:.0f} J over 4 s; "
                  f"{cost['wall_us']:.0f} us per sample")
@@ -559,9 +742,13 @@ def check_ddp(ck: Check) -> tuple[dict, str]:
         torch.cuda.synchronize()
         ok = bool((t == 3.0).all()) and all(p.grad is not None for p in model.parameters())
         version = torch.cuda.nccl.version()  # a tuple (2, 21, 5); an int on old releases
-        rec = {"backend": dist.get_backend(),
-               "nccl_version": ".".join(map(str, version)) if isinstance(version, tuple) else str(version),
-               "world_size": dist.get_world_size()}
+        rec = {
+            "backend": dist.get_backend(),
+            "nccl_version": ".".join(map(str, version))
+            if isinstance(version, tuple)
+            else str(version),
+            "world_size": dist.get_world_size(),
+        }
     finally:
         dist.destroy_process_group()
     if not ok:
@@ -569,50 +756,95 @@ def check_ddp(ck: Check) -> tuple[dict, str]:
     return rec, f"NCCL {rec['nccl_version']}: all-reduce and a DDP step in one process"
 
 
-def _bench(ck: Check, name: str, dataset: str, *overrides: str, epochs: int = 1, warmup: int = 1) -> dict:
-    """`mmhpc bench` of one config on the full synthetic `dataset` (generated once under data/synthetic/)."""
+def _bench(
+    ck: Check, name: str, dataset: str, *overrides: str, epochs: int = 1, warmup: int = 1
+) -> dict:
+    """`mmhpc bench` of one config on the full synthetic `dataset` (generated once under
+    data/synthetic/)."""
     from mmhpc.bench import bench
     from mmhpc.config import load_config
 
     sampling = _importable("psutil") and _importable("pandas")
-    cfg = load_config(None, [f"data.dataset={dataset}", f"data.preset={ck.preset}", f"system.device={ck.device.type}",
-                             "system.deterministic=false", "train.batch_size=64", f"loader.num_workers={ck.workers}",
-                             "loader.prefetch_factor=2", "loader.pin_memory=true",
-                             f"system.sample_interval={0.5 if sampling else 0}", f"output.runs_dir={ck.out / 'runs'}",
-                             f"output.name={name}", "output.overwrite=true", *overrides])
+    cfg = load_config(
+        None,
+        [
+            f"data.dataset={dataset}",
+            f"data.preset={ck.preset}",
+            f"system.device={ck.device.type}",
+            "system.deterministic=false",
+            "train.batch_size=64",
+            f"loader.num_workers={ck.workers}",
+            "loader.prefetch_factor=2",
+            "loader.pin_memory=true",
+            f"system.sample_interval={0.5 if sampling else 0}",
+            f"output.runs_dir={ck.out / 'runs'}",
+            f"output.name={name}",
+            "output.overwrite=true",
+            *overrides,
+        ],
+    )
     return bench(cfg, epochs=epochs, warmup=warmup, progress=False).bench
 
 
 def bench_precisions(ck: Check, dataset: str, encoders: list[str], epochs: int = 1, warmup: int = 1,
                      precisions=PRECISIONS) -> dict:
-    """Train time per epoch of each single encoder at fp32, tf32 and bf16 (thesis Tables 4.6-4.9)."""
+    """Train time per epoch of each single encoder at fp32, tf32 and bf16 (thesis Tables
+    4.6-4.9)."""
     rec = {}
     for modality in encoders:
         for p in precisions:
             if ck.left_s() < 150:
                 raise Skip(f"time budget spent after {sorted(rec)}")
-            r = _bench(ck, f"precision-{dataset}-{modality}-{p}", dataset, f"data.modalities=[{modality}]",
-                       f"system.precision={p}", "loader.persistent_workers=true", epochs=epochs, warmup=warmup)
-            rec[f"{modality}/{p}"] = {k: r[k] for k in ("epoch_s_mean", "train_s_mean", "train_samples_per_s_mean")}
+            r = _bench(
+                ck,
+                f"precision-{dataset}-{modality}-{p}",
+                dataset,
+                f"data.modalities=[{modality}]",
+                f"system.precision={p}",
+                "loader.persistent_workers=true",
+                epochs=epochs,
+                warmup=warmup,
+            )
+            rec[f"{modality}/{p}"] = {
+                k: r[k] for k in ("epoch_s_mean", "train_s_mean", "train_samples_per_s_mean")
+            }
     return rec
 
 
 LOADERS = (("standard", "true", "false"), ("preinit", "false", "true"))  # name, persistent, preinit
 
 
-def bench_loaders(ck: Check, dataset: str, *overrides: str, epochs: int = 2, warmup: int = 1) -> dict:
-    """The thesis' standard loader (persistent workers, as sweeps/loader.yaml's preinit block) vs the
-    pre-initialised one (Alg. 6, workers rebuilt each epoch by a helper thread): times, the epoch-start
-    stall, GPU utilisation. `stall_ratio`: the pre-initialised loader's stall over the standard one's."""
+def bench_loaders(
+    ck: Check, dataset: str, *overrides: str, epochs: int = 2, warmup: int = 1
+) -> dict:
+    """The thesis' standard loader (persistent workers, as sweeps/loader.yaml's preinit block) vs
+    the
+    pre-initialised one (Alg. 6, workers rebuilt each epoch by a helper thread): times, the
+    epoch-start
+    stall, GPU utilisation. `stall_ratio`: the pre-initialised loader's stall over the standard
+    one's."""
     rec = {}
     for loader, persistent, preinit in LOADERS:
-        r = _bench(ck, f"loader-{dataset}-{loader}", dataset, f"loader.persistent_workers={persistent}",
-                   f"loader.preinit={preinit}", *overrides, epochs=epochs, warmup=warmup)
+        r = _bench(
+            ck,
+            f"loader-{dataset}-{loader}",
+            dataset,
+            f"loader.persistent_workers={persistent}",
+            f"loader.preinit={preinit}",
+            *overrides,
+            epochs=epochs,
+            warmup=warmup,
+        )
         rec[loader] = {k: v for k, v in r.items() if k.endswith("_mean") or k.startswith("util/")}
         rec[loader]["stall_s"] = r["train_loader_init_s_mean"] + r["val_loader_init_s_mean"]
-        rec[loader]["persistent_workers"], rec[loader]["preinit"] = persistent == "true", preinit == "true"
+        rec[loader]["persistent_workers"], rec[loader]["preinit"] = (
+            persistent == "true",
+            preinit == "true",
+        )
     rec["stall_ratio"] = rec["preinit"]["stall_s"] / max(rec["standard"]["stall_s"], 1e-9)
-    rec["epoch_speedup"] = rec["standard"]["epoch_s_mean"] / max(rec["preinit"]["epoch_s_mean"], 1e-9)
+    rec["epoch_speedup"] = rec["standard"]["epoch_s_mean"] / max(
+        rec["preinit"]["epoch_s_mean"], 1e-9
+    )
     return rec
 
 
@@ -629,9 +861,15 @@ def bench_line(rec: dict) -> str:
     parts = []
     for modality in dict.fromkeys(k.split("/")[0] for k in rec):
         base = rec[f"{modality}/fp32"]["train_s_mean"]
-        parts.append(f"{modality} " + ", ".join(f"{p} {rec[f'{modality}/{p}']['train_s_mean']:.1f} s"
-                                               f" ({base / rec[f'{modality}/{p}']['train_s_mean']:.2f}x)"
-                                               for p in PRECISIONS if f"{modality}/{p}" in rec))
+        parts.append(
+            f"{modality} "
+            + ", ".join(
+                f"{p} {rec[f'{modality}/{p}']['train_s_mean']:.1f} s"
+                f" ({base / rec[f'{modality}/{p}']['train_s_mean']:.2f}x)"
+                for p in PRECISIONS
+                if f"{modality}/{p}" in rec
+            )
+        )
     return "MVSA train s/epoch: " + "; ".join(parts)
 
 
@@ -643,14 +881,24 @@ def check_loader(ck: Check) -> tuple[dict, str]:
     rec = bench_loaders(ck, "mvsa", "data.modalities=[visual]", "system.precision=bf16")
     std, opt = rec["standard"], rec["preinit"]
     util = {k: r.get("util/gpu0_util_pct_mean") for k, r in (("standard", std), ("preinit", opt))}
-    line = (f"MVSA visual, standard (persistent workers) -> pre-initialised: epoch {std['epoch_s_mean']:.2f} s "
-            f"-> {opt['epoch_s_mean']:.2f} s, epoch-start stall {std['stall_s']:.3f} s -> {opt['stall_s']:.3f} s"
-            + (f", GPU util {util['standard']:.0f} -> {util['preinit']:.0f} %" if None not in util.values()
-               else " (no utilisation: psutil/pandas missing)"))
-    # Alg. 6 rebuilds the workers every epoch in a helper thread: its stall must stay near the persistent
+    line = (
+        "MVSA visual, standard (persistent workers) -> pre-initialised: epoch "
+        f"{std['epoch_s_mean']:.2f} s "
+        f"-> {opt['epoch_s_mean']:.2f} s, epoch-start stall {std['stall_s']:.3f} s -> "
+        f"{opt['stall_s']:.3f} s"
+        + (
+            f", GPU util {util['standard']:.0f} -> {util['preinit']:.0f} %"
+            if None not in util.values()
+            else " (no utilisation: psutil/pandas missing)"
+        )
+    )
+    # Alg. 6 rebuilds the workers every epoch in a helper thread: its stall must stay near the
+    # persistent
     # workers' (which never rebuild), not the seconds of a fresh start-up
     if opt["stall_s"] > max(2 * std["stall_s"], std["stall_s"] + 0.5):
-        raise AssertionError(f"the pre-initialised loader stalls more than the standard one: {line}")
+        raise AssertionError(
+            f"the pre-initialised loader stalls more than the standard one: {line}"
+        )
     return rec, line
 
 
@@ -666,12 +914,22 @@ def check_report(ck: Check) -> tuple[dict, str]:
             f"{written['pdf']} ({written['pages']} pages; tables {', '.join(written['kinds'])})")
 
 
-CHECKS = {"env": check_env, "precision": check_precision, "syncs": check_syncs, "blp": check_blp,
-          "trainer": check_trainer, "sampler": check_sampler, "ddp": check_ddp, "bench": check_bench, "loader": check_loader,
-          "report": check_report}
+CHECKS = {
+    "env": check_env,
+    "precision": check_precision,
+    "syncs": check_syncs,
+    "blp": check_blp,
+    "trainer": check_trainer,
+    "sampler": check_sampler,
+    "ddp": check_ddp,
+    "bench": check_bench,
+    "loader": check_loader,
+    "report": check_report,
+}
 
 
-# ---- the command -----------------------------------------------------------------------------------------
+# ---- the command
+# -----------------------------------------------------------------------------------------
 
 def default_out() -> Path:
     if torch.cuda.is_available():
@@ -679,9 +937,20 @@ def default_out() -> Path:
     return Path("reports/out/gpu-check-cpu")
 
 
-# each check's time limit in its own process (s): a hung NCCL, gloo or loader worker fails it, no more
-TIMEOUTS = {"env": 60, "precision": 120, "syncs": 180, "blp": 90, "trainer": 150, "sampler": 60, "ddp": 60,
-            "bench": 240, "loader": 180, "report": 120}
+# each check's time limit in its own process (s): a hung NCCL, gloo or loader worker fails it, no
+# more
+TIMEOUTS = {
+    "env": 60,
+    "precision": 120,
+    "syncs": 180,
+    "blp": 90,
+    "trainer": 150,
+    "sampler": 60,
+    "ddp": 60,
+    "bench": 240,
+    "loader": 180,
+    "report": 120,
+}
 
 
 def run_check(name: str, ck: Check) -> dict:
@@ -694,30 +963,65 @@ def run_check(name: str, ck: Check) -> dict:
     except Skip as e:
         rec, line, status, hardware = {}, str(e), "SKIP", e.hardware
     except Exception as e:  # noqa: BLE001 - a failing check is reported, the others still run
-        rec, line, status = {"traceback": traceback.format_exc(limit=8)}, f"{type(e).__name__}: {e}", "FAIL"
+        rec, line, status = (
+            {"traceback": traceback.format_exc(limit=8)},
+            f"{type(e).__name__}: {e}",
+            "FAIL",
+        )
     finally:
-        _restore(saved)  # a check's determinism or precision must not leak into the next one's timings
-    return {"status": status, "detail": line, "record": rec, "hardware": hardware, "not_here": ck.not_here}
+        _restore(
+            saved
+        )  # a check's determinism or precision must not leak into the next one's timings
+    return {
+        "status": status,
+        "detail": line,
+        "record": rec,
+        "hardware": hardware,
+        "not_here": ck.not_here,
+    }
 
 
 def _run_child(name: str, out: Path, budget_s: float, workers: int, limit_s: float) -> dict:
-    """One check in a process of its own, killed (with its loader workers) after `limit_s` seconds."""
+    """One check in a process of its own, killed (with its loader workers) after `limit_s`
+    seconds."""
     result = out / f".{name}.result.json"
     result.unlink(missing_ok=True)
-    cmd = [sys.executable, "-m", "mmhpc.gpucheck", "--child", name, "--out", str(out), "--budget", str(budget_s),
-           "--workers", str(workers)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "mmhpc.gpucheck",
+        "--child",
+        name,
+        "--out",
+        str(out),
+        "--budget",
+        str(budget_s),
+        "--workers",
+        str(workers),
+    ]
     proc = subprocess.Popen(cmd, start_new_session=True)
     try:
         code = proc.wait(timeout=limit_s)
     except subprocess.TimeoutExpired:
         _kill_group(proc)
-        return {"status": "FAIL", "detail": f"timed out after {limit_s:g} s (killed; a hung collective, loader "
-                                            "worker or kernel?)", "record": {}, "hardware": False, "not_here": []}
+        return {
+            "status": "FAIL",
+            "detail": f"timed out after {limit_s:g} s (killed; a hung collective, loader "
+            "worker or kernel?)",
+            "record": {},
+            "hardware": False,
+            "not_here": [],
+        }
     try:
         return json.loads(result.read_text())
     except (OSError, ValueError):
-        return {"status": "FAIL", "detail": f"its process ended with exit code {code} and no result",
-                "record": {}, "hardware": False, "not_here": []}
+        return {
+            "status": "FAIL",
+            "detail": f"its process ended with exit code {code} and no result",
+            "record": {},
+            "hardware": False,
+            "not_here": [],
+        }
     finally:
         result.unlink(missing_ok=True)
 
@@ -732,18 +1036,30 @@ def _kill_group(proc: subprocess.Popen) -> None:
     proc.wait()
 
 
-def run(out: Path, only: list[str] | None = None, budget_s: float = 450.0, workers: int | None = None,
-        wheels: Path = Path(".whl"), timeout_s: float | None = None, isolate: bool = True) -> int:
-    """Every check (or `only` these), each in its own process (`isolate`) with its TIMEOUTS limit (or
+def run(
+    out: Path,
+    only: list[str] | None = None,
+    budget_s: float = 450.0,
+    workers: int | None = None,
+    wheels: Path = Path(".whl"),
+    timeout_s: float | None = None,
+    isolate: bool = True,
+) -> int:
+    """Every check (or `only` these), each in its own process (`isolate`) with its TIMEOUTS limit
+    (or
     `timeout_s`); records under `out`. Exit status: 1 when a check failed."""
     out.mkdir(parents=True, exist_ok=True)
     try:
         installed, wheel_dir = use_wheels(wheels)
     except (OSError, subprocess.CalledProcessError) as e:  # no pip, or a wheel for another Python
         installed, wheel_dir = [], None
-        print(f"gpu-check: could not install the wheels in {wheels}/ (pip: {getattr(e, 'returncode', e)}; wheels for "
-              f"Python {sys.version_info.major}.{sys.version_info.minor}? make gpu-wheels GPU_PYTHON_VERSION=...); "
-              "checks needing them cannot run")
+        print(
+            f"gpu-check: could not install the wheels in {wheels}/ (pip: "
+            f"{getattr(e, 'returncode', e)}; wheels for "
+            f"Python {sys.version_info.major}.{sys.version_info.minor}? make gpu-wheels "
+            "GPU_PYTHON_VERSION=...); "
+            "checks needing them cannot run"
+        )
     if installed:
         print(f"gpu-check: installed from {wheels}/ for this run: {', '.join(installed)}")
     cuda = torch.cuda.is_available()
@@ -771,17 +1087,36 @@ def run(out: Path, only: list[str] | None = None, budget_s: float = 450.0, worke
         results[name] = {"status": status, "detail": line, "seconds": seconds}
         print(f"{status:<5} {name:<10} {seconds:6.1f} s  {line}", flush=True)
         if status != "SKIP":
-            _write(out / f"{name}.json", {"check": name, "status": status, "detail": line, "seconds": seconds,
-                                          "time": time.time(), **rec})
+            _write(
+                out / f"{name}.json",
+                {
+                    "check": name,
+                    "status": status,
+                    "detail": line,
+                    "seconds": seconds,
+                    "time": time.time(),
+                    **rec,
+                },
+            )
     if wheel_dir is not None:
         shutil.rmtree(wheel_dir, ignore_errors=True)
-    _write(out / "gpu-check.json", {"checks": results, "total_s": time.monotonic() - t0, "time": time.time(),
-                                    "not_run_here": not_here})
+    _write(
+        out / "gpu-check.json",
+        {
+            "checks": results,
+            "total_s": time.monotonic() - t0,
+            "time": time.time(),
+            "not_run_here": not_here,
+        },
+    )
     skipped = [n for n, r in results.items() if r["status"] == "SKIP"]
     failed = [n for n, r in results.items() if r["status"] == "FAIL"]
     gpu_skips = [n for n in skipped if results[n]["detail"].startswith(NEEDS_GPU)]
-    print(f"{len(results) - len(skipped) - len(failed)} passed, {len(failed)} failed, {len(skipped)} skipped "
-          f"in {time.monotonic() - t0:.0f} s; records: {out}")
+    print(
+        f"{len(results) - len(skipped) - len(failed)} passed, {len(failed)} failed, {len(skipped)} "
+        "skipped "
+        f"in {time.monotonic() - t0:.0f} s; records: {out}"
+    )
     if gpu_skips:
         print(f"skipped for want of a CUDA GPU: {', '.join(gpu_skips)}")
     if not_here:
@@ -801,14 +1136,23 @@ def _child(name: str, out: Path, budget_s: float, workers: int) -> int:
 
 
 def _global_state() -> tuple:
-    return (torch.are_deterministic_algorithms_enabled(), torch.backends.cudnn.benchmark,
-            torch.backends.cudnn.deterministic, torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32)
+    return (
+        torch.are_deterministic_algorithms_enabled(),
+        torch.backends.cudnn.benchmark,
+        torch.backends.cudnn.deterministic,
+        torch.backends.cuda.matmul.allow_tf32,
+        torch.backends.cudnn.allow_tf32,
+    )
 
 
 def _restore(state: tuple) -> None:
     torch.use_deterministic_algorithms(state[0])
-    (torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic, torch.backends.cuda.matmul.allow_tf32,
-     torch.backends.cudnn.allow_tf32) = state[1:]
+    (
+        torch.backends.cudnn.benchmark,
+        torch.backends.cudnn.deterministic,
+        torch.backends.cuda.matmul.allow_tf32,
+        torch.backends.cudnn.allow_tf32,
+    ) = state[1:]
 
 
 def _write(path: Path, obj: dict) -> None:
@@ -819,14 +1163,25 @@ def _write(path: Path, obj: dict) -> None:
 
 def _arguments(p) -> None:
     p.add_argument("--out", type=Path, default=None,
-                   help="records directory (default reports/results/<gpu>/, or reports/out/gpu-check-cpu/ without a GPU)")
-    p.add_argument("--only", action="append", choices=list(CHECKS), help="run only these checks (repeatable)")
-    p.add_argument("--budget", type=float, default=450.0, help="seconds after which the long checks skip (default 450)")
-    p.add_argument("--workers", type=int, default=None, help="loader workers (default: CPU count, at most 16)")
+                   help="records directory (default reports/results/<gpu>/, or "
+                   "reports/out/gpu-check-cpu/ without a GPU)")
+    p.add_argument(
+        "--only", action="append", choices=list(CHECKS), help="run only these checks (repeatable)"
+    )
+    p.add_argument(
+        "--budget",
+        type=float,
+        default=450.0,
+        help="seconds after which the long checks skip (default 450)",
+    )
+    p.add_argument(
+        "--workers", type=int, default=None, help="loader workers (default: CPU count, at most 16)"
+    )
     p.add_argument("--wheels", type=Path, default=Path(".whl"),
                    help="wheels for what this Python lacks (make gpu-wheels; default .whl)")
     p.add_argument("--check-timeout", type=float, default=None,
-                   help="seconds each check may run before it is killed and FAILs (default: per check, "
+                   help="seconds each check may run before it is killed and FAILs (default: per "
+                   "check, "
                         "mmhpc.gpucheck.TIMEOUTS)")
     p.add_argument("--child", choices=list(CHECKS), default=None, help=argparse.SUPPRESS)
 

@@ -1,4 +1,5 @@
-"""Evaluation metrics of the thesis (Sec. 3.1, Eq. 4.1, Appendix A) and the MLB appendix (ECE, Eq. 10).
+"""Evaluation metrics of the thesis (Sec. 3.1, Eq. 4.1, Appendix A) and the MLB appendix (ECE, Eq.
+10).
 
 Pure functions: tensors or plain numbers in, tensors or floats out. `MetricAccumulator` is the only
 stateful piece; it sums per-head statistics over batches without forcing a device sync per batch.
@@ -14,13 +15,17 @@ import torch.nn.functional as F
 
 def _check_batch(logits: torch.Tensor, labels: torch.Tensor) -> None:
     if logits.dim() != 2 or labels.dim() != 1 or logits.shape[0] != labels.shape[0]:
-        raise ValueError(f"expected logits [N, C] and labels [N], got {tuple(logits.shape)} and {tuple(labels.shape)}")
+        raise ValueError(
+            f"expected logits [N, C] and labels [N], got {tuple(logits.shape)} and "
+            f"{tuple(labels.shape)}"
+        )
     if logits.shape[0] == 0:
         raise ValueError("empty batch")
 
 
 def accuracy(logits: torch.Tensor, labels: torch.Tensor) -> float:
-    """Fraction of samples whose arg-max class equals the label (ties go to the lowest class index)."""
+    """Fraction of samples whose arg-max class equals the label (ties go to the lowest class
+    index)."""
     _check_batch(logits, labels)
     return (logits.argmax(dim=1) == labels).float().mean().item()
 
@@ -28,9 +33,11 @@ def accuracy(logits: torch.Tensor, labels: torch.Tensor) -> float:
 def ibf(multimodal_acc: Mapping[str, float], single_acc: Mapping[str, float]) -> float:
     """Imbalance factor, thesis Eq. 3.1: IBF = 1 - mean_m min(macc_m / sacc_m, 1).
 
-    `multimodal_acc` is each modality's accuracy inside the multimodal model (its probe), `single_acc`
+    `multimodal_acc` is each modality's accuracy inside the multimodal model (its probe),
+    `single_acc`
     the accuracy of the same modality trained alone; any common unit (fraction or percent).
-    The "E[sum_m ...]" of Eq. 3.1 is the mean over modalities: Table 4.1 (CREMA-D Naive, 0.349) needs it.
+    The "E[sum_m ...]" of Eq. 3.1 is the mean over modalities: Table 4.1 (CREMA-D Naive, 0.349)
+    needs it.
     """
     if not multimodal_acc:
         raise ValueError("ibf needs at least one modality")
@@ -39,26 +46,35 @@ def ibf(multimodal_acc: Mapping[str, float], single_acc: Mapping[str, float]) ->
         if m not in single_acc:
             raise ValueError(f"ibf: modality {m!r} has no single-modality accuracy")
         if single_acc[m] <= 0:
-            raise ValueError(f"ibf: single-modality accuracy of {m!r} is {single_acc[m]}, must be > 0")
+            raise ValueError(
+                f"ibf: single-modality accuracy of {m!r} is {single_acc[m]}, must be > 0"
+            )
         ratios.append(min(macc / single_acc[m], 1.0))
     return 1.0 - sum(ratios) / len(ratios)
 
 
 def ibf_accuracy_keys(fusion: str, modalities) -> dict[str, str]:
-    """Which accuracy `ibf` reads for each modality: the masked fusion head `acc/<m>` for sum and concat fusion,
-    the probe `acc/probe/<m>` (thesis Sec. 2.2) for gated and FiLM fusion (`TWO_MODALITY`: a modality cannot be
-    read from their fused head with the others masked as in Sec. 3.2.1, and the thesis code base records no
+    """Which accuracy `ibf` reads for each modality: the masked fusion head `acc/<m>` for sum and
+    concat fusion,
+    the probe `acc/probe/<m>` (thesis Sec. 2.2) for gated and FiLM fusion (`TWO_MODALITY`: a
+    modality cannot be
+    read from their fused head with the others masked as in Sec. 3.2.1, and the thesis code base
+    records no
     per-modality accuracy for them, its `reinitialize_metrics`, only the probes')."""
-    from mmhpc.models.fusion import TWO_MODALITY  # the fusion registry (imports the model code: when asked)
+    from mmhpc.models.fusion import (
+        TWO_MODALITY,
+    )  # the fusion registry (imports the model code: when asked)
 
     prefix = "acc/probe/" if fusion in TWO_MODALITY else "acc/"
     return {m: f"{prefix}{m}" for m in modalities}
 
 
 def entropy(logits: torch.Tensor) -> torch.Tensor:
-    """Per-sample prediction entropy in nats, thesis Eq. 3.4: H(p) = -sum_i p_i log p_i, p = softmax(logits).
+    """Per-sample prediction entropy in nats, thesis Eq. 3.4: H(p) = -sum_i p_i log p_i, p =
+    softmax(logits).
 
-    Computed from log_softmax; classes with p = 0 (logit -inf) contribute 0 instead of 0 * -inf = nan.
+    Computed from log_softmax; classes with p = 0 (logit -inf) contribute 0 instead of 0 * -inf =
+    nan.
     """
     logp = F.log_softmax(logits.float(), dim=-1)
     return -(logp.exp() * logp.clamp_min(torch.finfo(logp.dtype).min)).sum(dim=-1)
@@ -74,7 +90,10 @@ def bias(mean_entropy: Mapping[str, float], num_classes: int) -> dict[str, float
         raise ValueError(f"bias needs num_classes >= 2 (log C > 0), got {num_classes}")
     if not mean_entropy:
         raise ValueError("bias needs at least one modality")
-    scores = {m: min(max(1.0 - float(h) / math.log(num_classes), 0.0), 1.0) for m, h in mean_entropy.items()}
+    scores = {
+        m: min(max(1.0 - float(h) / math.log(num_classes), 0.0), 1.0)
+        for m, h in mean_entropy.items()
+    }
     total = sum(scores.values())
     if total == 0:
         return {m: 1.0 / len(scores) for m in scores}
@@ -82,7 +101,8 @@ def bias(mean_entropy: Mapping[str, float], num_classes: int) -> dict[str, float
 
 
 def reliability(train_loss: Mapping[str, float], val_loss: Mapping[str, float]) -> dict[str, float]:
-    """Modality reliability, thesis Eq. 3.7: train_loss_m / validation_loss_m (1 = perfectly aligned)."""
+    """Modality reliability, thesis Eq. 3.7: train_loss_m / validation_loss_m (1 = perfectly
+    aligned)."""
     out = {}
     for m, tl in train_loss.items():
         if m not in val_loss:
@@ -114,10 +134,13 @@ def ece(logits: torch.Tensor, labels: torch.Tensor, n_bins: int = 15) -> float:
 
 
 class MetricAccumulator:
-    """Sums loss, correct count, sample count and entropy per head ("fused", "<modality>", "probe/<m>").
+    """Sums loss, correct count, sample count and entropy per head ("fused", "<modality>",
+    "probe/<m>").
 
-    Statistics computed from the logits stay on their device until `result()`, and numbers known on the
-    host (sample counts, losses given as floats) stay on the host, so `update` never synchronises and
+    Statistics computed from the logits stay on their device until `result()`, and numbers known on
+    the
+    host (sample counts, losses given as floats) stay on the host, so `update` never synchronises
+    and
     never copies a Python number to the device (a blocking copy per head per step on a GPU).
     With `keep_logits=True` the fused head's logits and labels are kept for `ece/fused`.
     """
@@ -125,15 +148,20 @@ class MetricAccumulator:
     def __init__(self, keep_logits: bool = False, n_bins: int = 15):
         self.keep_logits = keep_logits
         self.n_bins = n_bins
-        self._sums: dict[str, torch.Tensor] = {}  # head -> on the device: [loss_sum, correct, entropy_sum]
-        self._host: dict[str, list[float]] = {}  # head -> on the host: [loss_sum of float losses, n]
+        self._sums: dict[
+            str, torch.Tensor
+        ] = {}  # head -> on the device: [loss_sum, correct, entropy_sum]
+        self._host: dict[
+            str, list[float]
+        ] = {}  # head -> on the host: [loss_sum of float losses, n]
         self._kept: list[tuple[torch.Tensor, torch.Tensor]] = []
 
     def update(self, logits: Mapping[str, torch.Tensor], labels: torch.Tensor,
                loss: Mapping[str, float] | None = None) -> None:
         """Add one batch: `logits` maps head name -> [N, C] logits, all sharing `labels` [N].
 
-        `loss` optionally maps a head to its batch-mean loss (tensor or float); a head without one is
+        `loss` optionally maps a head to its batch-mean loss (tensor or float); a head without one
+        is
         scored with the cross-entropy of its logits.
         """
         for head, z in logits.items():
@@ -152,14 +180,20 @@ class MetricAccumulator:
             host[0] += float(loss) * n
             loss_sum = logits.new_zeros(())
         host[1] += n
-        batch = torch.stack([loss_sum.to(torch.float64), (logits.argmax(1) == labels).sum().to(torch.float64),
-                             entropy(logits).sum().to(torch.float64)])
+        batch = torch.stack(
+            [
+                loss_sum.to(torch.float64),
+                (logits.argmax(1) == labels).sum().to(torch.float64),
+                entropy(logits).sum().to(torch.float64),
+            ]
+        )
         self._sums[head] = self._sums[head] + batch if head in self._sums else batch
         if self.keep_logits and head == "fused":
             self._kept.append((logits, labels.detach()))
 
     def result(self) -> dict[str, float]:
-        """Flat dict {"loss/<head>", "acc/<head>", "entropy/<head>"} (+ "ece/fused" when logits were kept)."""
+        """Flat dict {"loss/<head>", "acc/<head>", "entropy/<head>"} (+ "ece/fused" when logits were
+        kept)."""
         out = {}
         heads = list(self._sums)
         if heads:  # one copy to the host for every head together
@@ -170,13 +204,17 @@ class MetricAccumulator:
                 out[f"acc/{head}"] = correct / n
                 out[f"entropy/{head}"] = ent / n
         if self._kept:
-            out["ece/fused"] = ece(torch.cat([k[0] for k in self._kept]), torch.cat([k[1] for k in self._kept]),
-                                   self.n_bins)
+            out["ece/fused"] = ece(
+                torch.cat([k[0] for k in self._kept]),
+                torch.cat([k[1] for k in self._kept]),
+                self.n_bins,
+            )
         return out
 
 
 def standard_error(values: Sequence[float]) -> float:
-    """Standard error of the mean (thesis Appendix A): sample std (ddof = 1) / sqrt(n); 0 for a single value."""
+    """Standard error of the mean (thesis Appendix A): sample std (ddof = 1) / sqrt(n); 0 for a
+    single value."""
     n = len(values)
     if n == 0:
         raise ValueError("standard_error of an empty sequence")
@@ -195,7 +233,8 @@ def mean_se(values: Sequence[float]) -> tuple[float, float]:
 
 
 def speedup(baseline_time: float, time: float) -> float:
-    """Thesis Eq. 4.1: Speedup = T_unoptimised / T_optimised (> 1 when `time` beats the baseline)."""
+    """Thesis Eq. 4.1: Speedup = T_unoptimised / T_optimised (> 1 when `time` beats the
+    baseline)."""
     if baseline_time <= 0 or time <= 0:
         raise ValueError(f"speedup needs positive times, got baseline={baseline_time}, time={time}")
     return baseline_time / time

@@ -1,8 +1,11 @@
 """Run records: the typed record of one run, its one writer and its one reader.
 
-A record is one JSON file per run (`RunConfig.record_path()`), written atomically by the trainer alone
-(`write_record`) and read back by everyone else (`read_record`, `iter_records`): the report loader, the
-sweep store, IBF's single-modality baselines. Its parts are pydantic models: `RunRecord` (status, config,
+A record is one JSON file per run (`RunConfig.record_path()`), written atomically by the trainer
+alone
+(`write_record`) and read back by everyone else (`read_record`, `iter_records`): the report loader,
+the
+sweep store, IBF's single-modality baselines. Its parts are pydantic models: `RunRecord` (status,
+config,
 environment, epochs, summary), `Epoch` (metrics and the Table 2.8 time breakdown of one epoch) and
 `Summary` (the selected model's test metrics). Unknown keys are kept, so a record written by a newer
 version still reads.
@@ -39,13 +42,18 @@ def atomic_write_json(path: str | Path, obj: Any) -> Path:
 
 
 def atomic_write_text(path: str | Path, text: str) -> Path:
-    """Write through a temporary file beside `path`, then rename it over `path`. The file's permissions
-    follow the umask (mode 0666 & ~umask, as for any new file; so a group-readable umask shares records,
-    manifests and series with the project's group), and the temporary name is unique per host, process
+    """Write through a temporary file beside `path`, then rename it over `path`. The file's
+    permissions
+    follow the umask (mode 0666 & ~umask, as for any new file; so a group-readable umask shares
+    records,
+    manifests and series with the project's group), and the temporary name is unique per host,
+    process
     and call, so two writers never share one."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{socket.gethostname()}-{os.getpid()}-{os.urandom(4).hex()}.tmp")
+    tmp = path.with_name(
+        f".{path.name}.{socket.gethostname()}-{os.getpid()}-{os.urandom(4).hex()}.tmp"
+    )
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
     try:
         with os.fdopen(fd, "w") as f:
@@ -78,17 +86,32 @@ def environment(device=None) -> dict:
         "versions": {p: _version(p) for p in _PACKAGES},
         "cuda": torch.version.cuda,
         "device": str(device) if device is not None else None,
-        "slurm": {k: v for k, v in os.environ.items() if k.startswith("SLURM_") and k in _SLURM_KEYS},
+        "slurm": {
+            k: v for k, v in os.environ.items() if k.startswith("SLURM_") and k in _SLURM_KEYS
+        },
     }
     if device is not None and getattr(device, "type", None) == "cuda":
         props = torch.cuda.get_device_properties(device)
-        env["gpu"] = {"name": props.name, "capability": f"{props.major}.{props.minor}",
-                      "memory_gib": round(props.total_memory / 2 ** 30, 1), "count": torch.cuda.device_count()}
+        env["gpu"] = {
+            "name": props.name,
+            "capability": f"{props.major}.{props.minor}",
+            "memory_gib": round(props.total_memory / 2**30, 1),
+            "count": torch.cuda.device_count(),
+        }
     return env
 
 
-_SLURM_KEYS = {"SLURM_JOB_ID", "SLURM_ARRAY_JOB_ID", "SLURM_ARRAY_TASK_ID", "SLURM_JOB_NODELIST",
-               "SLURM_NTASKS", "SLURM_PROCID", "SLURM_JOB_PARTITION", "SLURM_CLUSTER_NAME", "SLURM_RESTART_COUNT"}
+_SLURM_KEYS = {
+    "SLURM_JOB_ID",
+    "SLURM_ARRAY_JOB_ID",
+    "SLURM_ARRAY_TASK_ID",
+    "SLURM_JOB_NODELIST",
+    "SLURM_NTASKS",
+    "SLURM_PROCID",
+    "SLURM_JOB_PARTITION",
+    "SLURM_CLUSTER_NAME",
+    "SLURM_RESTART_COUNT",
+}
 
 
 def _version(pkg: str) -> str | None:
@@ -98,14 +121,16 @@ def _version(pkg: str) -> str | None:
         return None
 
 
-# ---- the typed record -----------------------------------------------------------------------------
+# ---- the typed record
+# -----------------------------------------------------------------------------
 
 class _Part(BaseModel):
     model_config = ConfigDict(extra="allow", populate_by_name=True)
 
 
 class EpochTime(_Part):
-    """The thesis' Table 2.8 breakdown of one epoch, in seconds, and the training throughput. `epoch_s` is
+    """The thesis' Table 2.8 breakdown of one epoch, in seconds, and the training throughput.
+    `epoch_s` is
     the four passes plus `strategy_s`, the epoch's work outside them: a strategy's own passes (PMR's
     prototypes, Gradient Blending's held-out losses) and the copy of the best state so far."""
     train_loader_init_s: float
@@ -113,13 +138,17 @@ class EpochTime(_Part):
     val_loader_init_s: float
     val_s: float
     epoch_s: float
-    strategy_s: float | None = None          # None: a record from before it was timed (in no epoch_s then)
+    strategy_s: float | None = None  # None: a record from before it was timed (in no epoch_s then)
     train_samples: int | None = None
     train_samples_per_s: float | None = None
-    train_data_wait_s: float | None = None   # time the training step waited for batches (system/idle.py)
-    train_data_wait_estimated: bool = False  # prefetch_factor=0: estimated as thesis Appendix A.2.1 (Alg. 7)
+    train_data_wait_s: float | None = None
+    train_data_wait_estimated: bool = (
+        False  # prefetch_factor=0: estimated as thesis Appendix A.2.1 (Alg. 7)
+    )
     val_data_wait_s: float | None = None
-    train_gpu_idle_s: float | None = None    # the GPU idle between training steps (CUDA events; None off CUDA)
+    train_gpu_idle_s: float | None = (
+        None  # the GPU idle between training steps (CUDA events; None off CUDA)
+    )
 
     def add_strategy_work(self, seconds: float) -> None:
         self.strategy_s = (self.strategy_s or 0.0) + seconds
@@ -130,17 +159,22 @@ class Epoch(_Part):
     epoch: int
     time: EpochTime | None = None       # always written by the trainer
     lr: float | None = None
-    optimised: list[str] = []           # the modalities trained this epoch
-    train: dict[str, float] = {}        # training metrics: acc/<head>, loss/<head>, entropy/<m>, ...
-    val: dict[str, float] = {}          # validation metrics, plus bias/<m> and reliability/<m>
-    memory: dict[str, float] = {}       # GPU memory per device in MiB: peaks allocated, reserved; NVML used
+    optimised: list[str] = []  # the modalities trained this epoch
+    train: dict[str, float] = {}  # training metrics: acc/<head>, loss/<head>, entropy/<m>, ...
+    val: dict[str, float] = {}  # validation metrics, plus bias/<m> and reliability/<m>
+    memory: dict[
+        str, float
+    ] = {}  # GPU memory per device in MiB: peaks allocated, reserved; NVML used
     util: dict[str, float | None] = {}  # the sampler's utilisation summary over the epoch
 
 
 class Summary(_Part):
-    """What a finished run reached; every field is filled by the trainer (defaults: older records)."""
-    test: dict[str, float] = {}         # test metrics of the model selected on validation
-    best_epoch: int | None = None       # 0-based index into epochs (epoch 1 is 0): selected on validation
+    """What a finished run reached; every field is filled by the trainer (defaults: older
+    records)."""
+    test: dict[str, float] = {}  # test metrics of the model selected on validation
+    best_epoch: int | None = (
+        None  # 0-based index into epochs (epoch 1 is 0): selected on validation
+    )
     epochs_run: int | None = None
     optimised_epochs: dict[str, int] = {}  # optimisation epochs per modality (Table 4.4)
     epoch_time_mean_s: float | None = None
@@ -174,10 +208,13 @@ class RunRecord(_Part):
     summary: Summary | None = None
     error: str | None = None            # "ExceptionType: message" of a failed or interrupted run
     traceback: str | None = None
-    system: dict[str, Any] | None = None  # the sampler: time-series file, interval, notes, GPUs, summary
+    system: dict[str, Any] | None = (
+        None  # the sampler: time-series file, interval, notes, GPUs, summary
+    )
     resumed: list[dict[str, Any]] = []
     bench: dict[str, Any] | None = None   # `mmhpc bench`: measured epochs after warm-up
-    #: defaults the run resolved, each {"value", "source"} (a source, or "assumed"): Strategy.provenance
+    #: defaults the run resolved, each {"value", "source"} (a source, or "assumed"):
+    #: Strategy.provenance
     provenance: dict[str, Any] = {}
 
     @field_validator("schema_version")
@@ -196,7 +233,8 @@ class RunRecord(_Part):
         return None if self.summary is None else self.summary.test.get(f"acc/{head}")
 
 
-# ---- the one writer and the one reader --------------------------------------------------------------
+# ---- the one writer and the one reader
+# --------------------------------------------------------------
 
 def write_record(path: str | Path, record: RunRecord) -> Path:
     return atomic_write_json(path, record.model_dump(by_alias=True))
@@ -207,8 +245,10 @@ class RecordExistsError(FileExistsError):
 
 
 def mark_failed(record: RunRecord, exc: BaseException, epoch: int | None = None) -> RunRecord:
-    """A record's failure: status, the error as "Type: message", and the traceback being handled. Ctrl-C
-    is no failure: status `interrupted`, with the epoch (0-based `epoch`, written counted from 1)."""
+    """A record's failure: status, the error as "Type: message", and the traceback being handled.
+    Ctrl-C
+    is no failure: status `interrupted`, with the epoch (0-based `epoch`, written counted from
+    1)."""
     if isinstance(exc, KeyboardInterrupt):
         record.status = "interrupted"
         record.error = "KeyboardInterrupt: interrupted (Ctrl-C) " + (
@@ -221,9 +261,11 @@ def mark_failed(record: RunRecord, exc: BaseException, epoch: int | None = None)
 
 
 class RecordWriter:
-    """The trainer's record component: the record at the run's start, after every epoch and at its end
+    """The trainer's record component: the record at the run's start, after every epoch and at its
+    end
     (done, failed or preempted), on rank 0 alone. A rerun over a finished record writes beside it
-    (`.<run>.rerun.json`, and any file a component writes beside that) and replaces it only when done."""
+    (`.<run>.rerun.json`, and any file a component writes beside that) and replaces it only when
+    done."""
 
     def __init__(self, cfg, is_main: bool):
         self.path = self.write_path = cfg.record_path()
@@ -240,8 +282,10 @@ class RecordWriter:
             return  # an unreadable partial file from a crash: not a result
         if old.status == "done":
             if not overwrite:
-                raise RecordExistsError(f"{self.path}: a finished record exists; set output.overwrite=true "
-                                        "to replace it, or output.name=... to keep both")
+                raise RecordExistsError(
+                    f"{self.path}: a finished record exists; set output.overwrite=true "
+                    "to replace it, or output.name=... to keep both"
+                )
             # keep the finished record until the new run has finished too
             self.write_path = self.path.with_name(f".{self.path.stem}.rerun.json")
 
@@ -251,7 +295,9 @@ class RecordWriter:
         write_record(self.write_path, record)
         if record.status == "done" and self.write_path != self.path:
             stem = self.write_path.stem
-            for p in self.write_path.parent.glob(f"{glob.escape(stem)}.*"):  # the series written beside the record
+            for p in self.write_path.parent.glob(
+                f"{glob.escape(stem)}.*"
+            ):  # the series written beside the record
                 if p != self.write_path:
                     os.replace(p, self.path.with_name(self.path.stem + p.name[len(stem):]))
             os.replace(self.write_path, self.path)
@@ -270,7 +316,8 @@ class RecordWriter:
 
 
 def read_record(path: str | Path) -> RunRecord:
-    """The record at `path`; ValueError when it is not one (unreadable, torn, or another JSON file)."""
+    """The record at `path`; ValueError when it is not one (unreadable, torn, or another JSON
+    file)."""
     return _validated(json.loads(Path(path).read_text()), path)
 
 
@@ -282,11 +329,17 @@ def _validated(data, path) -> RunRecord:
 
 
 def iter_records(root: str | Path) -> Iterator[tuple[Path, RunRecord]]:
-    """Every readable run record under `root` (hidden files, manifests and sampler files left out). Other JSON
-    files are passed over; a damaged file, or one that looks like a record but is not valid, is passed over
+    """Every readable run record under `root` (hidden files, manifests and sampler files left out).
+    Other JSON
+    files are passed over; a damaged file, or one that looks like a record but is not valid, is
+    passed over
     with a warning naming it."""
     for p in sorted(Path(root).rglob("*.json")):
-        if p.name.startswith(".") or p.name == "manifest.json" or p.name.endswith((".markers.json", ".trace.json")):
+        if (
+            p.name.startswith(".")
+            or p.name == "manifest.json"
+            or p.name.endswith((".markers.json", ".trace.json"))
+        ):
             continue
         try:
             data = json.loads(p.read_text(encoding="utf-8"))
@@ -300,11 +353,17 @@ def iter_records(root: str | Path) -> Iterator[tuple[Path, RunRecord]]:
                 log.warning("%s", e)
 
 
-# ---- IBF from records (Eq. 3.1) ------------------------------------------------------------------------
+# ---- IBF from records (Eq. 3.1)
+# ------------------------------------------------------------------------
 
-def run_ibf(test: Mapping[str, float], modalities: list[str], single_acc: Mapping[str, float] | None,
-            fusion: str = "concat") -> float | None:
-    """IBF of a run from its test accuracies: 0 for a single-modality run, None without baselines; gated and
+def run_ibf(
+    test: Mapping[str, float],
+    modalities: list[str],
+    single_acc: Mapping[str, float] | None,
+    fusion: str = "concat",
+) -> float | None:
+    """IBF of a run from its test accuracies: 0 for a single-modality run, None without baselines;
+    gated and
     FiLM runs read their probes' accuracies (`metrics.ibf_accuracy_keys`)."""
     from mmhpc.metrics import ibf, ibf_accuracy_keys
 
@@ -317,31 +376,45 @@ def run_ibf(test: Mapping[str, float], modalities: list[str], single_acc: Mappin
 
 def single_accuracies(source: dict | str | Path | None, dataset: str | None = None,
                       preset: str | None = None) -> dict[str, float] | None:
-    """Single-modality test accuracies for IBF: a {modality: acc} map, a JSON file of one or a run record,
-    or a directory of run records (finished single-modality runs of `dataset`/`preset`; mean over seeds)."""
+    """Single-modality test accuracies for IBF: a {modality: acc} map, a JSON file of one or a run
+    record,
+    or a directory of run records (finished single-modality runs of `dataset`/`preset`; mean over
+    seeds)."""
     if source is None or isinstance(source, dict):
         return source
     path = Path(source)
     if path.is_file():
         try:
             data = json.loads(path.read_text(encoding="utf-8"))
-            if isinstance(data, dict) and "summary" in data:  # a run record of a single-modality run
+            if (
+                isinstance(data, dict) and "summary" in data
+            ):  # a run record of a single-modality run
                 rec = _validated(data, path)
                 (m,) = rec.modalities
                 return {m: rec.test_acc("fused")}
             return {str(k): float(v) for k, v in data.items()}
         except (OSError, ValueError, TypeError, AttributeError) as e:
-            raise ConfigError(problem("train.single_acc", f"not a JSON map {{modality: accuracy}} nor the record of "
-                                      f"a finished single-modality run ({type(e).__name__}: {e})",
-                                      file=str(path))) from None
+            raise ConfigError(
+                problem(
+                    "train.single_acc",
+                    f"not a JSON map {{modality: accuracy}} nor the record of "
+                    f"a finished single-modality run ({type(e).__name__}: {e})",
+                    file=str(path),
+                )
+            ) from None
     found: dict[str, list[float]] = {}
     for _, rec in iter_records(path):
         data_cfg = rec.config.get("data") or {}
         if rec.status != "done" or len(rec.modalities) != 1:
             continue
-        if dataset is not None and (data_cfg.get("dataset"), data_cfg.get("preset")) != (dataset, preset):
+        if dataset is not None and (data_cfg.get("dataset"), data_cfg.get("preset")) != (
+            dataset,
+            preset,
+        ):
             continue
         found.setdefault(rec.modalities[0], []).append(rec.test_acc("fused"))
     if not found:
-        raise FileNotFoundError(f"train.single_acc: no finished single-modality records under {path}")
+        raise FileNotFoundError(
+            f"train.single_acc: no finished single-modality records under {path}"
+        )
     return {m: math.fsum(v) / len(v) for m, v in found.items()}

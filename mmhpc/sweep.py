@@ -11,12 +11,15 @@ A sweep file (format in `sweeps/README.md`):
     tiny: {base: {...}, seeds: [0], grid: ...}             # what changes for a tiny (CPU) run of it
     resources: {default: {...}, alvis: {gpu: A100, time_min: 120}}
 
-Axis keys are RunConfig keys (`system.precision`, or a unique leaf such as `precision`) or `resources.*`
+Axis keys are RunConfig keys (`system.precision`, or a unique leaf such as `precision`) or
+`resources.*`
 (gpu, gpus, nodes, time_min, ...) for allocations that vary per run. Expansion gives every run a
 stable index (its array task number) and a name made of its axis values (its record file name).
-Every problem is found in one pass and reported together: the file's shape (keys, types, counts, axis keys,
+Every problem is found in one pass and reported together: the file's shape (keys, types, counts,
+axis keys,
 zip lengths), then each run of what can be expanded, as a RunConfig and against the cluster (its
-resources are checked even when its config has a problem elsewhere). A problem shared by several runs (a
+resources are checked even when its config has a problem elsewhere). A problem shared by several
+runs (a
 typo in `base`) is one line naming how many runs it affects; every line names its file and run.
 """
 from __future__ import annotations
@@ -47,26 +50,35 @@ from mmhpc.launch.clusters import (
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._+=-]*$"
 NAME_VALID = "letters, digits and . _ + = - (one directory name, not a path)"
 # A tiny run is a smoke run on the synthetic tiny preset: one epoch of two batches.
-TINY_DEFAULTS = {"data.source": "synthetic", "data.root": None, "data.preset": "tiny", "train.epochs": 1,
-                 "train.max_batches": 2}
+TINY_DEFAULTS = {
+    "data.source": "synthetic",
+    "data.root": None,
+    "data.preset": "tiny",
+    "train.epochs": 1,
+    "train.max_batches": 2,
+}
 # Every sweep run checkpoints each epoch, so a requeued or resumed run continues where it stopped.
 SWEEP_DEFAULTS = {"output.checkpoint": True}
 SWEEP_OWNED = ("output.name", "output.runs_dir", "output.overwrite")
 
 
 class SweepError(ConfigError):
-    """One or more problems with a sweep; `errors` lists every one, each naming its file or run and field."""
+    """One or more problems with a sweep; `errors` lists every one, each naming its file or run and
+    field."""
 
     def __init__(self, errors: list[str], header: str = "sweep"):
         self.errors = list(errors)
         super().__init__(*self.errors)
-        self.args = (f"{header}: {len(errors)} error(s), nothing submitted:\n  " + "\n  ".join(errors),)
+        self.args = (
+            f"{header}: {len(errors)} error(s), nothing submitted:\n  " + "\n  ".join(errors),
+        )
 
     def __str__(self) -> str:
         return self.args[0]
 
 
-# ---- the file's shape: pydantic v2 models, one problem line per error -----------------------------------
+# ---- the file's shape: pydantic v2 models, one problem line per error
+# -----------------------------------
 
 Axes = dict[str, Annotated[list[Any], Field(min_length=1)]]
 
@@ -115,12 +127,16 @@ class PlannedRun:
     index: int
     name: str
     axes: dict[str, Any]
-    raw: dict[str, Any]                      # the RunConfig as plain data, before validation
-    request: dict[str, Any] = field(default_factory=dict)  # the sweep's resources for it (gpu, gpus, ...)
+    raw: dict[str, Any]  # the RunConfig as plain data, before validation
+    request: dict[str, Any] = field(
+        default_factory=dict
+    )  # the sweep's resources for it (gpu, gpus, ...)
     config: RunConfig | None = None
     resources: Resources | None = None
     not_applicable: str | None = None
-    problems: list[str] = field(default_factory=list)  # `field: problem` lines, without the run's label
+    problems: list[str] = field(
+        default_factory=list
+    )  # `field: problem` lines, without the run's label
 
     @property
     def label(self) -> str:
@@ -143,12 +159,15 @@ class SweepPlan:
 
     @property
     def errors(self) -> list[str]:
-        """The file's problems, then each run problem once: on one line for all the runs it affects."""
+        """The file's problems, then each run problem once: on one line for all the runs it
+        affects."""
         groups: dict[str, list[PlannedRun]] = {}
         for run in self.runs:
             for p in dict.fromkeys(run.problems):
                 groups.setdefault(p, []).append(run)
-        runs = [problem(_runs_label(rs, len(self.runs)), p, file=self.file) for p, rs in groups.items()]
+        runs = [
+            problem(_runs_label(rs, len(self.runs)), p, file=self.file) for p, rs in groups.items()
+        ]
         return self.file_problems + runs
 
     def check(self) -> SweepPlan:
@@ -161,21 +180,29 @@ class SweepPlan:
 
 
 def load_sweep(path: str | Path) -> dict:
-    """Read and check a sweep file: a syntax error or a malformed key is a SweepError naming the file."""
+    """Read and check a sweep file: a syntax error or a malformed key is a SweepError naming the
+    file."""
     spec = read_sweep(path)
     check_spec(spec, str(path))
     return spec
 
 
-def plan_sweep(path: str | Path, profile: ClusterProfile, size: str | None = None, runs_dir: str | Path = "runs",
-               overrides: list[str] | dict | None = None) -> SweepPlan:
-    """Read a sweep file and expand it for one cluster, collecting every problem of the file and of its runs
+def plan_sweep(
+    path: str | Path,
+    profile: ClusterProfile,
+    size: str | None = None,
+    runs_dir: str | Path = "runs",
+    overrides: list[str] | dict | None = None,
+) -> SweepPlan:
+    """Read a sweep file and expand it for one cluster, collecting every problem of the file and of
+    its runs
     in one pass (`SweepPlan.check` raises them all)."""
     return expand(read_sweep(path), profile, size, runs_dir, overrides, file=str(path))
 
 
 def read_sweep(path: str | Path) -> dict:
-    """A sweep file's mapping (its shape unchecked); SweepError when it cannot be read or is no mapping."""
+    """A sweep file's mapping (its shape unchecked); SweepError when it cannot be read or is no
+    mapping."""
     path = Path(path)
     if not path.is_file():
         what = "a directory, not a sweep file" if path.is_dir() else "no such sweep file"
@@ -185,8 +212,10 @@ def read_sweep(path: str | Path) -> dict:
     except ConfigError as e:
         raise SweepError(e.problems, "sweep") from None
     if not isinstance(spec, dict):
-        raise SweepError([problem("", f"expected a mapping, got {type(spec).__name__}", SWEEP_KEYS, str(path))],
-                         "sweep")
+        raise SweepError(
+            [problem("", f"expected a mapping, got {type(spec).__name__}", SWEEP_KEYS, str(path))],
+            "sweep",
+        )
     spec.setdefault("name", path.stem)
     return spec
 
@@ -199,7 +228,8 @@ def check_spec(spec: dict, file: str | None = None) -> None:
 
 
 def spec_problems(spec: dict, file: str | None = None) -> list[str]:
-    """Every problem of a sweep's structure: keys, types, counts, then axis keys and zip lengths wherever
+    """Every problem of a sweep's structure: keys, types, counts, then axis keys and zip lengths
+    wherever
     the axes are mappings of lists."""
     errors: list[str] = []
     try:
@@ -210,8 +240,11 @@ def spec_problems(spec: dict, file: str | None = None) -> list[str]:
     parts = [("", spec), ("tiny.", tiny)]
     for pre, src in (("", spec), ("tiny.", tiny)):
         blocks = src.get("blocks")
-        parts += [(f"{pre}blocks[{i}].", b) for i, b in enumerate(blocks if isinstance(blocks, list) else [])
-                  if isinstance(b, dict)]
+        parts += [
+            (f"{pre}blocks[{i}].", b)
+            for i, b in enumerate(blocks if isinstance(blocks, list) else [])
+            if isinstance(b, dict)
+        ]
     for where, block in parts:
         for key in ("grid", "zip"):
             axes = block.get(key) if isinstance(block.get(key), dict) else {}
@@ -222,18 +255,27 @@ def spec_problems(spec: dict, file: str | None = None) -> list[str]:
                     errors.append(problem("", f"{where}{key}.{e}", file=file))
             lengths = {k: len(v) for k, v in axes.items() if isinstance(v, list)}
             if key == "zip" and len(set(lengths.values())) > 1:
-                errors.append(problem(f"{where}zip", "lists must have equal lengths, got "
-                                      + ", ".join(f"{k}={n}" for k, n in lengths.items()), file=file))
+                errors.append(
+                    problem(
+                        f"{where}zip",
+                        "lists must have equal lengths, got "
+                        + ", ".join(f"{k}={n}" for k, n in lengths.items()),
+                        file=file,
+                    )
+                )
     return errors
 
 
-# the depth at which a malformed part of a sweep is left out of the expansion (its problem is reported):
-# one axis of grid/zip, one field of a resource request, one block, one key of `tiny`; else the whole key
+# the depth at which a malformed part of a sweep is left out of the expansion (its problem is
+# reported):
+# one axis of grid/zip, one field of a resource request, one block, one key of `tiny`; else the
+# whole key
 _DROP_DEPTH = {"grid": 2, "zip": 2, "resources": 3, "blocks": 2, "tiny": 2}
 
 
 def _expandable(spec: dict) -> dict:
-    """The sweep without its malformed parts (see `_DROP_DEPTH`), so the rest still expands and its runs
+    """The sweep without its malformed parts (see `_DROP_DEPTH`), so the rest still expands and its
+    runs
     are checked in the same pass."""
     try:
         SweepSpec(**spec)
@@ -262,14 +304,23 @@ def _keys(node) -> range | dict:
     return node if isinstance(node, dict) else range(len(node))
 
 
-def expand(spec: dict, profile: ClusterProfile, size: str | None = None, runs_dir: str | Path = "runs",
-           overrides: list[str] | dict | None = None, file: str | None = None) -> SweepPlan:
-    """Expand a sweep for one cluster into validated runs; every problem is collected, none raised (the
-    file's shape on the plan, each run's on the run; `SweepPlan.check` raises them all). What is malformed
+def expand(
+    spec: dict,
+    profile: ClusterProfile,
+    size: str | None = None,
+    runs_dir: str | Path = "runs",
+    overrides: list[str] | dict | None = None,
+    file: str | None = None,
+) -> SweepPlan:
+    """Expand a sweep for one cluster into validated runs; every problem is collected, none raised
+    (the
+    file's shape on the plan, each run's on the run; `SweepPlan.check` raises them all). What is
+    malformed
     is left out of the expansion, so the rest is still checked.
 
     `overrides` (`--set key=value`) apply to every run after the profile's and before the axes; a
-    `{dataset}` or `{preset}` in `data.root` becomes the run's own, so one line points every dataset of a
+    `{dataset}` or `{preset}` in `data.root` becomes the run's own, so one line points every dataset
+    of a
     sweep at its prepared directory.
     """
     size = size or profile.size
@@ -288,41 +339,72 @@ def expand(spec: dict, profile: ClusterProfile, size: str | None = None, runs_di
         for combo in itertools.product(*groups, [{"train.seed": s} for s in seeds]):
             axes = {k: v for part in combo for k, v in part.items()}
             raw: dict = {}
-            bad: list[str] = []  # keys that name no field (`base: {lrr: 1}`): the run's first problems
-            for source in (SWEEP_DEFAULTS, spec.get("base"), block.get("base"),
-                           {**TINY_DEFAULTS, **((spec.get("tiny") or {}).get("base") or {})} if size == "tiny" else {},
-                           profile.overrides, overrides, {k: v for k, v in axes.items()
-                                                          if not k.startswith("resources.")}):
+            bad: list[
+                str
+            ] = []  # keys that name no field (`base: {lrr: 1}`): the run's first problems
+            for source in (
+                SWEEP_DEFAULTS,
+                spec.get("base"),
+                block.get("base"),
+                {**TINY_DEFAULTS, **((spec.get("tiny") or {}).get("base") or {})}
+                if size == "tiny"
+                else {},
+                profile.overrides,
+                overrides,
+                {k: v for k, v in axes.items() if not k.startswith("resources.")},
+            ):
                 _apply(raw, source, bad)
             request = dict(resources_req)
-            request.update({k.split(".", 1)[1]: v for k, v in axes.items() if k.startswith("resources.")})
+            request.update(
+                {k.split(".", 1)[1]: v for k, v in axes.items() if k.startswith("resources.")}
+            )
             _fill_data_root(raw)
             run_name = _run_name(block.get("name"), axes, name)
-            owned = [f"output.{k}" for k in (raw.get("output") or {}) if f"output.{k}" in SWEEP_OWNED]
-            apply_overrides(raw, {"output.name": run_name, "output.runs_dir": str(runs_dir), "output.overwrite": False})
+            owned = [
+                f"output.{k}" for k in (raw.get("output") or {}) if f"output.{k}" in SWEEP_OWNED
+            ]
+            apply_overrides(
+                raw,
+                {
+                    "output.name": run_name,
+                    "output.runs_dir": str(runs_dir),
+                    "output.overwrite": False,
+                },
+            )
             run = PlannedRun(len(runs), run_name, axes, raw, request, problems=bad)
-            run.problems += [f"{k}: set by the sweep (one record per run, named after its axis values, never "
-                             "overwritten); remove it" for k in owned]
+            run.problems += [
+                f"{k}: set by the sweep (one record per run, named after its axis values, never "
+                "overwritten); remove it"
+                for k in owned
+            ]
             _validate(run, profile)
             runs.append(run)
     _check_duplicates(runs)
     return SweepPlan(name, spec, profile.ref, size, runs, file_problems, file)
 
 
-# ---- axes ------------------------------------------------------------------------------------------
+# ---- axes
+# ------------------------------------------------------------------------------------------
 
 def _axis_key(key: str) -> str:
     if key.startswith("resources."):
         leaf = key.split(".", 1)[1]
         if leaf not in RESOURCE_KEYS:
-            raise ConfigError(f"{key}: unknown key; valid keys: {', '.join('resources.' + k for k in RESOURCE_KEYS)}")
+            raise ConfigError(
+                f"{key}: unknown key; valid keys: "
+                f"{', '.join('resources.' + k for k in RESOURCE_KEYS)}"
+            )
         return key
     key = resolve_key(key)
     known = _config_keys()
-    if key not in known and not any(key.startswith(k + ".") for k in known):  # dict fields take sub-keys
+    if key not in known and not any(
+        key.startswith(k + ".") for k in known
+    ):  # dict fields take sub-keys
         close = difflib.get_close_matches(key, known, n=3)
-        raise ConfigError(f"{key}: unknown key" + (f"; did you mean {', '.join(close)}?" if close else
-                                                   "; see `mmhpc train --help`"))
+        raise ConfigError(
+            f"{key}: unknown key"
+            + (f"; did you mean {', '.join(close)}?" if close else "; see `mmhpc train --help`")
+        )
     return key
 
 
@@ -334,7 +416,8 @@ def _config_keys() -> tuple[str, ...]:
 
 
 def _apply_tiny(spec: dict) -> dict:
-    """The tiny variant: `tiny.grid/zip/blocks/seeds` replace the full ones (e.g. fewer workers on 2 cores)."""
+    """The tiny variant: `tiny.grid/zip/blocks/seeds` replace the full ones (e.g. fewer workers on 2
+    cores)."""
     tiny = spec.get("tiny") or {}
     return {**spec, **{k: v for k, v in tiny.items() if k != "base"}}
 
@@ -343,9 +426,12 @@ CLUSTER_GPUS = "cluster"  # `resources.gpu: [cluster]`: the profile's GPU types 
 
 
 def _axis_groups(spec: dict, block: dict, cluster_gpus: list[str] = ()) -> list[list[dict]]:
-    """Each grid axis is a group of one-key choices; each zip table one group of parallel choices. An axis
-    with an unknown key is left out (`spec_problems` reports it); unequal zip lists stop at the shortest.
-    A `resources.gpu` grid axis of `cluster` stands for `cluster_gpus` (none on a CPU cluster: no axis)."""
+    """Each grid axis is a group of one-key choices; each zip table one group of parallel choices.
+    An axis
+    with an unknown key is left out (`spec_problems` reports it); unequal zip lists stop at the
+    shortest.
+    A `resources.gpu` grid axis of `cluster` stands for `cluster_gpus` (none on a CPU cluster: no
+    axis)."""
     groups = []
     for source in (spec, block):
         for k, values in (source.get("grid") or {}).items():
@@ -362,7 +448,8 @@ def _axis_groups(spec: dict, block: dict, cluster_gpus: list[str] = ()) -> list[
 
 
 def _apply(raw: dict, overrides: list[str] | dict | None, problems: list[str]) -> None:
-    """Apply overrides one by one; a key that cannot be applied is a problem, and the others still apply."""
+    """Apply overrides one by one; a key that cannot be applied is a problem, and the others still
+    apply."""
     items = overrides or {}
     for item in (items if isinstance(items, list) else [{k: v} for k, v in items.items()]):
         try:
@@ -378,7 +465,8 @@ def _known_axis(key: str) -> str | None:
         return None
 
 
-# ---- names and validation ------------------------------------------------------------------------------
+# ---- names and validation
+# ------------------------------------------------------------------------------
 
 def _fill_data_root(raw: dict) -> None:
     data = raw.get("data") or {}
@@ -413,8 +501,10 @@ def _run_name(block: str | None, axes: dict, sweep: str) -> str:
 
 
 def _validate(run: PlannedRun, profile: ClusterProfile) -> None:
-    """The run's config and its resources, in one pass: a config with a malformed field is checked against
-    the cluster with that field at its default, unless the field is a system one (the resources follow from
+    """The run's config and its resources, in one pass: a config with a malformed field is checked
+    against
+    the cluster with that field at its default, unless the field is a system one (the resources
+    follow from
     those); then only the request's own shape is checked."""
     try:
         usable = RunConfig.model_validate(run.raw)
@@ -437,7 +527,8 @@ def _validate(run: PlannedRun, profile: ClusterProfile) -> None:
 
 
 def _repaired(raw: dict, locs: list[tuple]) -> RunConfig | None:
-    """The config with each malformed field (a section, when the section itself is) left at its default."""
+    """The config with each malformed field (a section, when the section itself is) left at its
+    default."""
     out = copy.deepcopy(raw)
     for loc in locs:
         section = out.get(loc[0]) if len(loc) > 1 else None
@@ -455,13 +546,16 @@ def _check_duplicates(runs: list[PlannedRun]) -> None:
     seen: dict[str, int] = {}
     for run in runs:
         if run.name in seen:
-            run.problems.append(f"output.name: same name as run {seen[run.name]}; two runs would share one "
-                                "record (repeated axis values?)")
+            run.problems.append(
+                f"output.name: same name as run {seen[run.name]}; two runs would share one "
+                "record (repeated axis values?)"
+            )
         seen.setdefault(run.name, run.index)
 
 
 def _runs_label(runs: list[PlannedRun], total: int) -> str:
-    """`run 3 (name)` for a problem of one run, up to three such for a few, else how many and which."""
+    """`run 3 (name)` for a problem of one run, up to three such for a few, else how many and
+    which."""
     if len(runs) <= 3:
         return ", ".join(r.label for r in runs)
     if len(runs) == total:
@@ -472,7 +566,9 @@ def _runs_label(runs: list[PlannedRun], total: int) -> str:
             spans[-1][1] = r.index
         else:
             spans.append([r.index, r.index])
-    text = ", ".join(f"{a}" if a == b else f"{a}-{b}" for a, b in spans[:8]) + (", ..." if len(spans) > 8 else "")
+    text = ", ".join(f"{a}" if a == b else f"{a}-{b}" for a, b in spans[:8]) + (
+        ", ..." if len(spans) > 8 else ""
+    )
     return f"{len(runs)} of {total} runs ({text})"
 
 
@@ -487,8 +583,14 @@ def format_table(plan: SweepPlan) -> str:
     lines = ["  ".join(c.ljust(w) for c, w in zip(row[:3], widths)) + "  " + row[3] for row in rows]
     na = [r for r in plan.runs if r.not_applicable]
     invalid = sum(1 for r in plan.runs if r.problems)
-    lines.append(f"{len(plan.runs)} runs on {plan.cluster} ({plan.size}), "
-                 + (f"{invalid} invalid (nothing to submit)" if invalid else f"{len(plan.runs) - len(na)} to submit")
-                 + (f", {len(na)} not applicable:" if na else ""))
+    lines.append(
+        f"{len(plan.runs)} runs on {plan.cluster} ({plan.size}), "
+        + (
+            f"{invalid} invalid (nothing to submit)"
+            if invalid
+            else f"{len(plan.runs) - len(na)} to submit"
+        )
+        + (f", {len(na)} not applicable:" if na else "")
+    )
     lines += [f"  run {r.index} ({r.name}): {r.not_applicable}" for r in na]
     return "\n".join(lines)

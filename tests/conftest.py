@@ -1,4 +1,5 @@
-"""Shared fixtures: synthetic datasets generated once per session into a temporary directory, and the
+"""Shared fixtures: synthetic datasets generated once per session into a temporary directory, and
+the
 project's local SLURM (env/slurm) with helpers for the tests marked `slurm`."""
 from __future__ import annotations
 
@@ -16,7 +17,8 @@ from mmhpc.data.synthetic import ensure_synthetic
 
 @pytest.fixture(scope="session")
 def synth_dir(tmp_path_factory):
-    """`synth_dir(name)` -> directory of the tiny synthetic dataset `name` (made once per session)."""
+    """`synth_dir(name)` -> directory of the tiny synthetic dataset `name` (made once per
+    session)."""
     base = tmp_path_factory.mktemp("synthetic")
     made = {}
 
@@ -33,40 +35,71 @@ def tiny_config(synth_dir, tmp_path):
     """`tiny_config(dataset, **overrides)` -> a validated RunConfig for a short CPU run."""
 
     def make(dataset: str = "cremad", *overrides: str, **kw):
-        base = [f"data.dataset={dataset}", f"data.root={synth_dir(dataset)}", f"output.runs_dir={tmp_path / 'runs'}",
-                "train.epochs=1", "train.max_batches=2", "train.batch_size=16", "system.threads=2"]
+        base = [
+            f"data.dataset={dataset}",
+            f"data.root={synth_dir(dataset)}",
+            f"output.runs_dir={tmp_path / 'runs'}",
+            "train.epochs=1",
+            "train.max_batches=2",
+            "train.batch_size=16",
+            "system.threads=2",
+        ]
         return load_config(None, base + list(overrides) + [f"{k}={v}" for k, v in kw.items()])
 
     return make
 
 
-# ---- the local SLURM (env/slurm): shared by every test marked `slurm` -------------------------------------
+# ---- the local SLURM (env/slurm): shared by every test marked `slurm`
+# -------------------------------------
 
 SLURM_DIR = Path(__file__).resolve().parents[1] / "env" / "slurm"
-SLURM_TERMINAL = ("COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "OUT_OF_MEMORY", "NODE_FAIL", "PREEMPTED",
-                  "BOOT_FAIL", "DEADLINE")
+SLURM_TERMINAL = (
+    "COMPLETED",
+    "FAILED",
+    "CANCELLED",
+    "TIMEOUT",
+    "OUT_OF_MEMORY",
+    "NODE_FAIL",
+    "PREEMPTED",
+    "BOOT_FAIL",
+    "DEADLINE",
+)
 
 
 class LocalSlurm:
-    """The running local cluster: its SLURM_CONF, and helpers that call its commands with a timeout."""
+    """The running local cluster: its SLURM_CONF, and helpers that call its commands with a
+    timeout."""
 
     def __init__(self, conf: str):
         self.conf = conf
         self.env = dict(os.environ, SLURM_CONF=conf)
 
     def run(self, *args: str, check: bool = True, timeout: float = 60) -> str:
-        res = subprocess.run(list(args), env=self.env, capture_output=True, text=True, timeout=timeout,
-                             stdin=subprocess.DEVNULL)
+        res = subprocess.run(
+            list(args),
+            env=self.env,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            stdin=subprocess.DEVNULL,
+        )
         if check and res.returncode != 0:
-            raise AssertionError(f"{' '.join(args)} failed ({res.returncode}): {res.stderr.strip()}")
+            raise AssertionError(
+                f"{' '.join(args)} failed ({res.returncode}): {res.stderr.strip()}"
+            )
         return res.stdout
 
     def sacct_states(self, job_id: str, *flags: str) -> dict[str, str]:
-        """{JobID: State} of the job's allocations (array tasks one by one once they started); `-D` in
+        """{JobID: State} of the job's allocations (array tasks one by one once they started); `-D`
+        in
         `flags` lists every attempt of a requeued job (then the last one per id wins)."""
-        out = self.run("sacct", "-n", "-X", "-P", "-j", job_id, "-o", "JobID,State", *flags, check=False)
-        return {jid: state.split()[0] if state else "" for jid, _, state in
-                (ln.partition("|") for ln in out.splitlines() if "|" in ln)}  # "CANCELLED by 0" -> CANCELLED
+        out = self.run(
+            "sacct", "-n", "-X", "-P", "-j", job_id, "-o", "JobID,State", *flags, check=False
+        )
+        return {
+            jid: state.split()[0] if state else ""
+            for jid, _, state in (ln.partition("|") for ln in out.splitlines() if "|" in ln)
+        }  # "CANCELLED by 0" -> CANCELLED
 
     def squeue(self, job_id: str) -> str:
         return self.run("squeue", "-h", "-j", job_id, "-o", "%T %r", check=False)
@@ -74,16 +107,23 @@ class LocalSlurm:
     def wait_terminal(self, job_id: str, n_tasks: int = 1, timeout: float = 180) -> dict[str, str]:
         def done():
             states = self.sacct_states(job_id)
-            return states if len(states) == n_tasks and all(s in SLURM_TERMINAL for s in states.values()) else None
+            return (
+                states
+                if len(states) == n_tasks and all(s in SLURM_TERMINAL for s in states.values())
+                else None
+            )
 
         try:
             return until(done, f"job {job_id} to finish", timeout)
         except AssertionError as err:
-            raise AssertionError(f"{err}; sacct: {self.sacct_states(job_id)}; squeue: {self.squeue(job_id)}") from None
+            raise AssertionError(
+                f"{err}; sacct: {self.sacct_states(job_id)}; squeue: {self.squeue(job_id)}"
+            ) from None
 
 
 def until(predicate, what: str, timeout: float = 900, poll_s: float = 1.0):
-    """Poll `predicate` until it returns something true (returned), or fail naming `what` after `timeout` s."""
+    """Poll `predicate` until it returns something true (returned), or fail naming `what` after
+    `timeout` s."""
     deadline = time.monotonic() + timeout
     while True:
         value = predicate()
@@ -95,15 +135,23 @@ def until(predicate, what: str, timeout: float = 900, poll_s: float = 1.0):
 
 
 def start_local_slurm() -> str:
-    """Install and start env/slurm (both idempotent); returns SLURM_CONF. Skips where it cannot be set up
+    """Install and start env/slurm (both idempotent); returns SLURM_CONF. Skips where it cannot be
+    set up
     at all (not root, or no apt-get); fails when it can but does not come up."""
     if shutil.which("apt-get") is None or os.geteuid() != 0:
         pytest.skip("local SLURM needs root and apt-get (env/slurm/install.sh) to be set up")
     for script in ("install.sh", "start.sh"):
-        res = subprocess.run(["bash", str(SLURM_DIR / script)], capture_output=True, text=True, timeout=900,
-                             stdin=subprocess.DEVNULL)
+        res = subprocess.run(
+            ["bash", str(SLURM_DIR / script)],
+            capture_output=True,
+            text=True,
+            timeout=900,
+            stdin=subprocess.DEVNULL,
+        )
         if res.returncode != 0:
-            pytest.fail(f"env/slurm/{script} failed ({res.returncode}):\n{res.stdout}\n{res.stderr}")
+            pytest.fail(
+                f"env/slurm/{script} failed ({res.returncode}):\n{res.stdout}\n{res.stderr}"
+            )
     exports = [ln for ln in res.stdout.splitlines() if ln.startswith("export SLURM_CONF=")]
     assert exports, f"start.sh printed no `export SLURM_CONF=` line:\n{res.stdout}"
     return exports[-1].split("=", 1)[1]
@@ -123,7 +171,8 @@ def slurm_data(tmp_path_factory) -> Path:
 
 @pytest.fixture
 def slurm(local_slurm, slurm_data, monkeypatch) -> LocalSlurm:
-    """`local_slurm` with SLURM_CONF in this process' environment (for mmhpc's own sbatch/squeue/sacct
+    """`local_slurm` with SLURM_CONF in this process' environment (for mmhpc's own
+    sbatch/squeue/sacct
     calls), the shared data cache, and no user cluster file or results root."""
     monkeypatch.setenv("SLURM_CONF", local_slurm.conf)
     monkeypatch.setenv("MMHPC_DATA", str(slurm_data))
@@ -132,15 +181,31 @@ def slurm(local_slurm, slurm_data, monkeypatch) -> LocalSlurm:
     return local_slurm
 
 
-# what a user's shell or a SLURM job could set that changes how mmhpc resolves clusters, results and jobs
-JOB_ENV = ("MMHPC_ACCOUNT", "MMHPC_PROJECT", "MMHPC_RESULTS", "MMHPC_APPTAINER", "MMHPC_VENV", "MMHPC_PYTHON",
-           "MMHPC_CLUSTERS", "SIZE", "SUBMITIT_EXECUTOR", "SLURM_JOB_ID", "SLURM_ARRAY_JOB_ID", "SLURM_ARRAY_TASK_ID",
-           "SLURM_RESTART_COUNT", "SLURM_GPUS_ON_NODE", "SLURM_GPUS_PER_NODE")
+# what a user's shell or a SLURM job could set that changes how mmhpc resolves clusters, results and
+# jobs
+JOB_ENV = (
+    "MMHPC_ACCOUNT",
+    "MMHPC_PROJECT",
+    "MMHPC_RESULTS",
+    "MMHPC_APPTAINER",
+    "MMHPC_VENV",
+    "MMHPC_PYTHON",
+    "MMHPC_CLUSTERS",
+    "SIZE",
+    "SUBMITIT_EXECUTOR",
+    "SLURM_JOB_ID",
+    "SLURM_ARRAY_JOB_ID",
+    "SLURM_ARRAY_TASK_ID",
+    "SLURM_RESTART_COUNT",
+    "SLURM_GPUS_ON_NODE",
+    "SLURM_GPUS_PER_NODE",
+)
 
 
 @pytest.fixture
 def isolated_env(monkeypatch, tmp_path):
-    """None of JOB_ENV from the caller's shell, and no user cluster file (MMHPC_CLUSTERS names a missing one)."""
+    """None of JOB_ENV from the caller's shell, and no user cluster file (MMHPC_CLUSTERS names a
+    missing one)."""
     for var in JOB_ENV:
         monkeypatch.delenv(var, raising=False)
     monkeypatch.setenv("MMHPC_CLUSTERS", str(tmp_path / "no-user-clusters.yaml"))

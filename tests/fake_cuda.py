@@ -1,6 +1,9 @@
-"""A stubbed `torch.cuda` for the CPU test tier: fake devices (name, capability, properties), fake CUDA events
-whose elapsed time comes from a given per-call figure, fake streams, memory counters and NVML handles.
-Tensors stay on the CPU; only what needs a GPU (torch.cuda's functions, pynvml) is stubbed, so every line
+"""A stubbed `torch.cuda` for the CPU test tier: fake devices (name, capability, properties), fake
+CUDA events
+whose elapsed time comes from a given per-call figure, fake streams, memory counters and NVML
+handles.
+Tensors stay on the CPU; only what needs a GPU (torch.cuda's functions, pynvml) is stubbed, so every
+line
 of mmhpc that asks CUDA something runs here with known answers. Nothing of mmhpc is stubbed."""
 from __future__ import annotations
 
@@ -13,8 +16,10 @@ import torch
 
 
 class FakeEvent:
-    """torch.cuda.Event: every record advances the fake clock by `FakeCuda.ms_per_record` (a number, or a
-    function of the moment's state, e.g. of the TF32 flag); `elapsed_time` is the clock's difference."""
+    """torch.cuda.Event: every record advances the fake clock by `FakeCuda.ms_per_record` (a number,
+    or a
+    function of the moment's state, e.g. of the TF32 flag); `elapsed_time` is the clock's
+    difference."""
 
     def __init__(self, cuda: FakeCuda, enable_timing: bool = False):
         self.cuda, self.t = cuda, None
@@ -47,9 +52,11 @@ class FakeStream:
 
 
 class FakeCuda:
-    """`FakeCuda(monkeypatch, count=1)`: torch.cuda reports `count` GPUs named `name` of `capability`.
+    """`FakeCuda(monkeypatch, count=1)`: torch.cuda reports `count` GPUs named `name` of
+    `capability`.
 
-    - every event record advances `clock_ms` by `ms_per_record` (a number or a function): timings of events
+    - every event record advances `clock_ms` by `ms_per_record` (a number or a function): timings of
+    events
       recorded around N calls read `ms_per_record / N` ms per call;
     - `sync_warnings`: messages `set_sync_debug_mode("warn")` emits as if the step synchronised;
     - `calls`: what was asked of CUDA (set_device, synchronize, ...).
@@ -100,4 +107,6 @@ class FakeCuda:
         self.sync_mode = mode
         if mode == "warn":
             for text in self.sync_warnings:
-                warnings.warn(f"called a synchronizing CUDA operation: {text}", UserWarning, stacklevel=2)
+                warnings.warn(
+                    f"called a synchronizing CUDA operation: {text}", UserWarning, stacklevel=2
+                )

@@ -1,9 +1,13 @@
 """Fakes of a GPU for CPU tests: a CUDA stream timeline with events, and NVML devices.
 
-`FakeStream` is one CUDA stream: work queued by the host runs after what was queued before it, so an event
-recorded by the host completes when the stream reaches it (`torch.cuda.Event`'s semantics), on a clock the
-test advances. `FakeNvml` patches the real pynvml module's functions with devices that answer in pynvml's
-own return types (ctypes structs, c_uint, NVMLError subclasses by error code), so the code under test runs
+`FakeStream` is one CUDA stream: work queued by the host runs after what was queued before it, so an
+event
+recorded by the host completes when the stream reaches it (`torch.cuda.Event`'s semantics), on a
+clock the
+test advances. `FakeNvml` patches the real pynvml module's functions with devices that answer in
+pynvml's
+own return types (ctypes structs, c_uint, NVMLError subclasses by error code), so the code under
+test runs
 its real pynvml calls and error handling.
 """
 from __future__ import annotations
@@ -21,7 +25,8 @@ class FakeStream:
         self.busy_until = 0.0  # when the stream finishes the work queued so far
 
     def run(self, host_s: float = 0.0, gpu_s: float = 0.0) -> None:
-        """The host spends `host_s` (launching, waiting for data), then queues `gpu_s` of GPU work."""
+        """The host spends `host_s` (launching, waiting for data), then queues `gpu_s` of GPU
+        work."""
         self.host += host_s
         self.busy_until = max(self.host, self.busy_until) + gpu_s
 
@@ -59,7 +64,8 @@ class FakeGpu:
         return e
 
     def samples_after(self, last_us: int) -> list:
-        """The driver's utilisation samples, one every period_s since the device came up, newer than last_us."""
+        """The driver's utilisation samples, one every period_s since the device came up, newer than
+        last_us."""
         now_us, p = int(time.time() * 1e6), int(self.period_s * 1e6)
         k = max(0, (last_us - int(self.t0 * 1e6)) // p + 1)
         out = []

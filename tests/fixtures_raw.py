@@ -1,8 +1,12 @@
-"""Tiny raw copies of the five datasets, in their distributed layouts, made from scratch for the tests.
+"""Tiny raw copies of the five datasets, in their distributed layouts, made from scratch for the
+tests.
 
-WAVs come from the `wave` module, videos are encoded with PyAV (MPEG-4 part 2 in MP4/AVI, FLV1 in FLV,
-AAC or MP2 audio at 22.05 kHz so that resampling is exercised), images from PIL, and the RoBERTa-style
-tokenizer is a byte-level BPE trained on the fixtures' own sentences. Each class has its own colour and
+WAVs come from the `wave` module, videos are encoded with PyAV (MPEG-4 part 2 in MP4/AVI, FLV1 in
+FLV,
+AAC or MP2 audio at 22.05 kHz so that resampling is exercised), images from PIL, and the
+RoBERTa-style
+tokenizer is a byte-level BPE trained on the fixtures' own sentences. Each class has its own colour
+and
 tone, so the data is learnable, but the tests only check that the whole path runs.
 """
 from __future__ import annotations
@@ -18,9 +22,15 @@ from PIL import Image
 SIZE = (64, 48)         # width, height of fixture videos and images
 VIDEO_FPS = 8
 AUDIO_RATE = 22050      # of the audio inside videos; WAVs are 16 kHz like CREMA-D's and IEMOCAP's
-SENTENCES = ["I am so happy to see you today", "this is the worst news I have ever heard",
-             "please leave me alone right now", "we are going to the market later",
-             "what a funny joke that was", "the weather is nice and calm", "excuse me, where is the station"]
+SENTENCES = [
+    "I am so happy to see you today",
+    "this is the worst news I have ever heard",
+    "please leave me alone right now",
+    "we are going to the market later",
+    "what a funny joke that was",
+    "the weather is nice and calm",
+    "excuse me, where is the station",
+]
 
 
 def colour(k: int) -> tuple[int, int, int]:
@@ -28,7 +38,9 @@ def colour(k: int) -> tuple[int, int, int]:
 
 
 def tone(t: np.ndarray, k: int) -> np.ndarray:
-    return 0.3 * np.sin(2 * np.pi * (220 + 110 * k) * t) + 0.02 * np.random.default_rng(k).standard_normal(len(t))
+    return 0.3 * np.sin(2 * np.pi * (220 + 110 * k) * t) + 0.02 * np.random.default_rng(
+        k
+    ).standard_normal(len(t))
 
 
 def write_wav(path: Path, seconds: float, k: int, rate: int = 16000) -> None:
@@ -41,24 +53,35 @@ def write_wav(path: Path, seconds: float, k: int, rate: int = 16000) -> None:
         w.writeframes((np.clip(samples, -1, 1) * 32767).astype("<i2").tobytes())
 
 
-def write_video(path: Path, seconds: float, k: int, codec: str = "mpeg4", audio_codec: str | None = None) -> None:
-    """A clip of a colour that brightens over time; with `audio_codec`, a tone in an audio stream."""
+def write_video(
+    path: Path, seconds: float, k: int, codec: str = "mpeg4", audio_codec: str | None = None
+) -> None:
+    """A clip of a colour that brightens over time; with `audio_codec`, a tone in an audio
+    stream."""
     path.parent.mkdir(parents=True, exist_ok=True)
     with av.open(str(path), "w") as container:
         v = container.add_stream(codec, rate=VIDEO_FPS)
         v.width, v.height, v.pix_fmt = *SIZE, "yuv420p"
-        a = container.add_stream(audio_codec, rate=AUDIO_RATE, layout="mono") if audio_codec else None
+        a = (
+            container.add_stream(audio_codec, rate=AUDIO_RATE, layout="mono")
+            if audio_codec
+            else None
+        )
         base = np.array(colour(k), dtype=np.float32)
         for i in range(int(seconds * VIDEO_FPS)):
             img = np.clip(base * (0.7 + 0.3 * i / (seconds * VIDEO_FPS)), 0, 255).astype(np.uint8)
-            frame = av.VideoFrame.from_ndarray(np.broadcast_to(img, (SIZE[1], SIZE[0], 3)).copy(), format="rgb24")
+            frame = av.VideoFrame.from_ndarray(
+                np.broadcast_to(img, (SIZE[1], SIZE[0], 3)).copy(), format="rgb24"
+            )
             container.mux(v.encode(frame))
         container.mux(v.encode())
         if a is not None:
             samples = tone(np.arange(int(seconds * AUDIO_RATE)) / AUDIO_RATE, k).astype(np.float32)
             step = a.codec_context.frame_size or 1024
             for start in range(0, len(samples), step):
-                frame = av.AudioFrame.from_ndarray(samples[None, start:start + step], format="flt", layout="mono")
+                frame = av.AudioFrame.from_ndarray(
+                    samples[None, start : start + step], format="flt", layout="mono"
+                )
                 frame.sample_rate, frame.pts = AUDIO_RATE, start
                 container.mux(a.encode(frame))
             container.mux(a.encode())
@@ -67,11 +90,14 @@ def write_video(path: Path, seconds: float, k: int, codec: str = "mpeg4", audio_
 def write_image(path: Path, k: int) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     noise = np.random.default_rng(k + 100).integers(-20, 20, size=(SIZE[1], SIZE[0], 3))
-    Image.fromarray(np.clip(np.array(colour(k)) + noise, 0, 255).astype(np.uint8)).save(path, quality=90)
+    Image.fromarray(np.clip(np.array(colour(k)) + noise, 0, 255).astype(np.uint8)).save(
+        path, quality=90
+    )
 
 
 def make_tokenizer(directory: Path) -> Path:
-    """A RoBERTa tokenizer (byte-level BPE, <s> <pad> </s> <unk> <mask> = ids 0-4) saved like roberta-base's."""
+    """A RoBERTa tokenizer (byte-level BPE, <s> <pad> </s> <unk> <mask> = ids 0-4) saved like
+    roberta-base's."""
     from tokenizers import ByteLevelBPETokenizer
     from transformers import RobertaTokenizerFast
 
@@ -80,12 +106,14 @@ def make_tokenizer(directory: Path) -> Path:
     bpe.train_from_iterator(SENTENCES * 3, vocab_size=400, min_frequency=1,
                             special_tokens=["<s>", "<pad>", "</s>", "<unk>", "<mask>"])
     bpe.save_model(str(directory))
-    RobertaTokenizerFast(vocab=str(directory / "vocab.json"), merges=str(directory / "merges.txt")) \
-        .save_pretrained(str(directory))
+    RobertaTokenizerFast(
+        vocab=str(directory / "vocab.json"), merges=str(directory / "merges.txt")
+    ).save_pretrained(str(directory))
     return directory
 
 
-# ---- datasets in their distributed layouts ------------------------------------------------------------------------
+# ---- datasets in their distributed layouts
+# ------------------------------------------------------------------------
 
 CREMAD_CODES = ("ANG", "DIS", "FEA", "HAP", "NEU", "SAD")
 
@@ -103,8 +131,10 @@ AVE_CATEGORIES = ("Church bell", "Bark", "Acoustic guitar", "Frying (food)")
 
 
 def make_ave(root: Path, clips: int = 10) -> Path:
-    """Official split files: the last clip is the test set, the one before it validation, the rest training;
-    the first video is annotated a second time (another event, in the validation split), as 45 AVE videos are."""
+    """Official split files: the last clip is the test set, the one before it validation, the rest
+    training;
+    the first video is annotated a second time (another event, in the validation split), as 45 AVE
+    videos are."""
     header = "Category&VideoID&Quality&StartTime&EndTime\n"
     rows = {"train": [], "val": [], "test": []}
     for i in range(clips):
@@ -114,14 +144,19 @@ def make_ave(root: Path, clips: int = 10) -> Path:
         split = "test" if i == clips - 1 else "val" if i == clips - 2 else "train"
         rows[split].append(f"{AVE_CATEGORIES[k]}&{video_id}&good&0&3\n")
     rows["val"].append(f"{AVE_CATEGORIES[1]}&-vid00_x&good&1&2\n")
-    (root / "Annotations.txt").write_text(header + "".join(r for split in rows.values() for r in split))
+    (root / "Annotations.txt").write_text(
+        header + "".join(r for split in rows.values() for r in split)
+    )
     for split, name in (("train", "trainSet.txt"), ("val", "valSet.txt"), ("test", "testSet.txt")):
         (root / name).write_text("".join(rows[split]))
     return root
 
 
-MVSA_PAIRS = {"negative": ("negative,negative", "negative,neutral"), "neutral": ("neutral,neutral",),
-              "positive": ("positive,positive", "neutral,positive")}
+MVSA_PAIRS = {
+    "negative": ("negative,negative", "negative,neutral"),
+    "neutral": ("neutral,neutral",),
+    "positive": ("positive,positive", "neutral,positive"),
+}
 
 
 def _mvsa_tweets(clips: int) -> list[tuple[str, str, str]]:
@@ -157,7 +192,8 @@ def make_mvsa(root: Path, clips: int = 10) -> Path:
     return root
 
 
-# two dialogs: every code of the five classes, ten `neu` (so a stratified split has a test clip), a `hap`
+# two dialogs: every code of the five classes, ten `neu` (so a stratified split has a test clip), a
+# `hap`
 # (dropped by default, a sixth class by option) and an `xxx` (never kept) each
 IEMOCAP_DIALOGS = (("ang", "neu", "sad", "neu", "exc", "neu", "neu", "hap", "xxx"),
                    ("fru", "neu", "neu", "neu", "neu", "neu", "neu", "hap", "xxx"))
@@ -172,16 +208,27 @@ def make_iemocap(root: Path) -> Path:
         codes = IEMOCAP_DIALOGS[d]
         for k, code in enumerate(codes):
             utterance = f"{dialog}_{'FM'[k % 2]}{k:03d}"
-            length = 0.4 if k == 2 else 1.2  # a 0.4 s utterance has fewer 2 fps slots than frames kept
-            evaluation.append(f"[{t:.4f} - {t + length:.4f}]\t{utterance}\t{code}\t[2.5000, 2.5000, 2.5000]")
-            transcript.append(f"{utterance} [{t:08.4f}-{t + length:08.4f}]: {SENTENCES[k % len(SENTENCES)]}")
+            length = (
+                0.4 if k == 2 else 1.2
+            )  # a 0.4 s utterance has fewer 2 fps slots than frames kept
+            evaluation.append(
+                f"[{t:.4f} - {t + length:.4f}]\t{utterance}\t{code}\t[2.5000, 2.5000, 2.5000]"
+            )
+            transcript.append(
+                f"{utterance} [{t:08.4f}-{t + length:08.4f}]: {SENTENCES[k % len(SENTENCES)]}"
+            )
             write_wav(session / "sentences" / "wav" / dialog / f"{utterance}.wav", length, k)
             t += length + 0.3
         (session / "dialog" / "EmoEvaluation").mkdir(parents=True, exist_ok=True)
         (session / "dialog" / "EmoEvaluation" / f"{dialog}.txt").write_text(
-            "% [START_TIME - END_TIME] TURN_NAME EMOTION [V, A, D]\n\n" + "\n\n".join(evaluation) + "\n")
+            "% [START_TIME - END_TIME] TURN_NAME EMOTION [V, A, D]\n\n"
+            + "\n\n".join(evaluation)
+            + "\n"
+        )
         (session / "dialog" / "transcriptions").mkdir(parents=True, exist_ok=True)
-        (session / "dialog" / "transcriptions" / f"{dialog}.txt").write_text("\n".join(transcript) + "\n")
+        (session / "dialog" / "transcriptions" / f"{dialog}.txt").write_text(
+            "\n".join(transcript) + "\n"
+        )
     return root
 
 

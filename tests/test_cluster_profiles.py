@@ -1,4 +1,5 @@
-"""Profiles of real clusters (Arrhenius, Berzelius, Alvis kept), sweeps that take the cluster's GPU types,
+"""Profiles of real clusters (Arrhenius, Berzelius, Alvis kept), sweeps that take the cluster's GPU
+types,
 placeholder accounts, the architecture of the jobs' interpreter, ROCm builds, and `mmhpc clusters
 discover` on recorded outputs of three cluster shapes (tests/clusters/)."""
 from __future__ import annotations
@@ -23,20 +24,33 @@ pytestmark = pytest.mark.usefixtures("isolated_env")
 
 
 def _runs(sweep: str, cluster: str, account: str = "naiss2026-1-1"):
-    plan = expand(load_sweep(REPO / "sweeps" / f"{sweep}.yaml"), load_profile(cluster, account), "full")
+    plan = expand(
+        load_sweep(REPO / "sweeps" / f"{sweep}.yaml"), load_profile(cluster, account), "full"
+    )
     return plan
 
 
-# ---- profiles ------------------------------------------------------------------------------------------
+# ---- profiles
+# ------------------------------------------------------------------------------------------
 
 def test_arrhenius_asks_for_typed_gh200_with_the_gpu_account_and_keeps_storage_under_the_project():
     p = load_profile("arrhenius", "naiss2026-1-1")
-    assert (p.partition, p.arch, p.fabric, p.default_gpu) == ("gpu", "aarch64", "slingshot", "GH200")
+    assert (p.partition, p.arch, p.fabric, p.default_gpu) == (
+        "gpu",
+        "aarch64",
+        "slingshot",
+        "GH200",
+    )
     assert p.gpus["GH200"].gres_type == "nvidia_gh200_120gb" and p.gpus["GH200"].capability == 9.0
     assert p.job_account == "naiss2026-1-1-gpu"
-    assert load_profile("arrhenius", "naiss2026-1-1-gpu").job_account == "naiss2026-1-1-gpu"  # never twice
+    assert (
+        load_profile("arrhenius", "naiss2026-1-1-gpu").job_account == "naiss2026-1-1-gpu"
+    )  # never twice
     assert str(p.results_dir()) == "/nobackup/proj/naiss2026-1-1/mmhpc"
-    assert str(load_profile("arrhenius", "naiss2026-1-1-gpu").results_dir()) == "/nobackup/proj/naiss2026-1-1/mmhpc"
+    assert (
+        str(load_profile("arrhenius", "naiss2026-1-1-gpu").results_dir())
+        == "/nobackup/proj/naiss2026-1-1/mmhpc"
+    )
 
 
 def test_berzelius_has_no_partition_and_picks_thin_or_fat_by_constraint():
@@ -51,13 +65,16 @@ def test_alvis_is_kept_and_marked_historical():
 
 
 def test_sweeps_take_the_clusters_gpu_types():
-    """`resources.gpu: [cluster]`: Alvis keeps today's A100/A40 runs, Arrhenius gets GH200, Berzelius thin."""
+    """`resources.gpu: [cluster]`: Alvis keeps today's A100/A40 runs, Arrhenius gets GH200,
+    Berzelius thin."""
     for sweep in ("parallelism", "precision", "overall"):
         alvis = _runs(sweep, "alvis")
         assert {r.request["gpu"] for r in alvis.runs} == {"A100", "A40"} and not alvis.errors
         assert all(("A100" in r.name) != ("A40" in r.name) for r in alvis.runs)
         arrhenius = _runs(sweep, "arrhenius")
-        assert {r.request["gpu"] for r in arrhenius.runs} == {"GH200"} and not arrhenius.errors, arrhenius.errors
+        assert {r.request["gpu"] for r in arrhenius.runs} == {"GH200"} and not arrhenius.errors, (
+            arrhenius.errors
+        )
         assert {r.request["gpu"] for r in _runs(sweep, "berzelius").runs} == {"A100"}
 
 
@@ -65,12 +82,16 @@ def test_multi_node_on_slingshot_gets_the_fabric_lines_single_node_does_not(tmp_
     from mmhpc.launch.submit import slurm_parameters
 
     p = load_profile("arrhenius", "a")
-    res, errors, _ = resolve_resources(p, load_config(None, ["system.parallelism=ddp"]), {"gpus": 4, "nodes": 2})
+    res, errors, _ = resolve_resources(
+        p, load_config(None, ["system.parallelism=ddp"]), {"gpus": 4, "nodes": 2}
+    )
     assert errors == [] and "module load aws-ofi-nccl" in slurm_parameters(p, res, "j")["setup"]
     one, _, _ = resolve_resources(p, load_config(None, ["system.parallelism=ddp"]), {"gpus": 4})
     assert "module load aws-ofi-nccl" not in (slurm_parameters(p, one, "j").get("setup") or [])
     p.fabric_setup = []
-    _, errors, _ = resolve_resources(p, load_config(None, ["system.parallelism=ddp"]), {"gpus": 4, "nodes": 2})
+    _, errors, _ = resolve_resources(
+        p, load_config(None, ["system.parallelism=ddp"]), {"gpus": 4, "nodes": 2}
+    )
     assert errors and "aws-ofi-nccl" in errors[0]
 
 
@@ -79,30 +100,62 @@ def test_make_dry_run_for_arrhenius_and_berzelius(tmp_path):
     """The acceptance lines: arrhenius parallelism and berzelius precision, DRY_RUN=1."""
     env = {**os.environ, "MMHPC_ACCOUNT": "naiss2026-1-1", "MMHPC_VENV": "/proj/venv-aarch64",
            "MMHPC_RESULTS": str(tmp_path / "r"), "MMHPC_CLUSTERS": str(tmp_path / "none.yaml")}
-    out = subprocess.run(["make", "-s", "sweep-parallelism", "CLUSTER=arrhenius", "DRY_RUN=1"], cwd=REPO, env=env,
-                         capture_output=True, text=True, timeout=300)
+    out = subprocess.run(
+        ["make", "-s", "sweep-parallelism", "CLUSTER=arrhenius", "DRY_RUN=1"],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert out.returncode == 0, out.stderr[-2000:]
     text = out.stdout
     assert "#SBATCH --gpus-per-node=nvidia_gh200_120gb:1" in text and "nvidia_gh200_120gb:2" in text
     assert "#SBATCH --account=naiss2026-1-1-gpu" in text and "#SBATCH --partition=gpu" in text
-    assert "#SBATCH --cpus-per-task=72" in text and "/proj/venv-aarch64/bin/python -u -m submitit" in text
+    assert (
+        "#SBATCH --cpus-per-task=72" in text
+        and "/proj/venv-aarch64/bin/python -u -m submitit" in text
+    )
     assert "module load" not in text and "PyTorch-bundle" not in text and "alvis" not in text
-    out = subprocess.run(["make", "-s", "sweep-precision", "CLUSTER=berzelius", "DRY_RUN=1"], cwd=REPO, env=env,
-                         capture_output=True, text=True, timeout=300)
+    out = subprocess.run(
+        ["make", "-s", "sweep-precision", "CLUSTER=berzelius", "DRY_RUN=1"],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert out.returncode == 0, out.stderr[-2000:]
     assert "#SBATCH --gpus=1" in out.stdout and "#SBATCH --constraint=thin" in out.stdout
     assert "--partition" not in out.stdout and "--gpus-per-node" not in out.stdout
     assert not (tmp_path / "r").exists()
 
 
-# ---- placeholder accounts (issue 20, item 5) -------------------------------------------------------------
+# ---- placeholder accounts (issue 20, item 5)
+# -------------------------------------------------------------
 
 def test_a_dry_run_without_account_warns_about_the_placeholder(tmp_path, capsys):
     from mmhpc.cli import main
 
-    assert main(["sweep", "submit", str(REPO / "sweeps" / "batch.yaml"), "--cluster", "alvis", "--dry-run"]) == 0
+    assert (
+        main(
+            [
+                "sweep",
+                "submit",
+                str(REPO / "sweeps" / "batch.yaml"),
+                "--cluster",
+                "alvis",
+                "--dry-run",
+            ]
+        )
+        == 0
+    )
     err = capsys.readouterr().err
-    assert "placeholder" in err and "NAISSxxxx-xx-xx" in err and "/mimer/NOBACKUP/groups/naissxxxx-xx-xx" in err
+    assert (
+        "placeholder" in err
+        and "NAISSxxxx-xx-xx" in err
+        and "/mimer/NOBACKUP/groups/naissxxxx-xx-xx" in err
+    )
 
 
 def test_a_real_submission_with_a_placeholder_is_refused(tmp_path, capsys):
@@ -125,7 +178,8 @@ def test_doctor_never_calls_a_placeholder_path_ok(capsys):
     assert line.startswith("FAIL") and "placeholder" in line and "MMHPC_PROJECT" in line
 
 
-# ---- architecture and ROCm -------------------------------------------------------------------------------
+# ---- architecture and ROCm
+# -------------------------------------------------------------------------------
 
 def test_doctor_refuses_an_x86_venv_on_an_aarch64_node(monkeypatch, capsys):
     """Stubbed aarch64 node; the venv is this machine's (x86_64): exit 2, the mismatch named."""
@@ -137,12 +191,18 @@ def test_doctor_refuses_an_x86_venv_on_an_aarch64_node(monkeypatch, capsys):
     monkeypatch.setattr(doctor, "node_arch", lambda: "aarch64")
     assert main(["doctor"]) == 2
     assert "is built for x86_64, this node is aarch64" in capsys.readouterr().out
-    monkeypatch.setattr(doctor, "node_arch", lambda: "x86_64")  # the login node, with the cluster's venv
+    monkeypatch.setattr(
+        doctor, "node_arch", lambda: "x86_64"
+    )  # the login node, with the cluster's venv
     monkeypatch.setenv("MMHPC_VENV", str(Path(sys.executable).parent.parent))
     monkeypatch.setenv("MMHPC_ACCOUNT", "naiss2026-1-1")
     assert main(["doctor", "--cluster", "arrhenius"]) == 2
     out = capsys.readouterr().out
-    assert "FAIL  arch" in out and "built for x86_64" in out and "nodes of arrhenius are aarch64" in out
+    assert (
+        "FAIL  arch" in out
+        and "built for x86_64" in out
+        and "nodes of arrhenius are aarch64" in out
+    )
     assert "make install-cluster CLUSTER=arrhenius" in out
 
 
@@ -150,7 +210,9 @@ def test_binary_arch_reads_elf_and_sif_headers(tmp_path):
     from mmhpc.doctor import binary_arch
 
     sif = tmp_path / "img.sif"
-    sif.write_bytes(b"#!/usr/bin/env run-singularity\n".ljust(32, b"\0") + b"SIF_MAGIC\0" + b"01\0" + b"04\0")
+    sif.write_bytes(
+        b"#!/usr/bin/env run-singularity\n".ljust(32, b"\0") + b"SIF_MAGIC\0" + b"01\0" + b"04\0"
+    )
     assert binary_arch(sif) == "aarch64" and binary_arch(sys.executable) in ("x86_64", "aarch64")
     assert binary_arch(tmp_path / "missing") is None
 
@@ -169,11 +231,14 @@ def test_doctor_recognises_a_rocm_torch(monkeypatch, tmp_path):
     checks = {c.name: c for c in doctor.run_checks(cfg, env=env)}
     assert "ROCm" in checks["torch"].detail and all(c.ok for c in checks.values()), checks
     doctor.check_job(cfg, env=env)  # does not stop the job
-    tf32 = {c.name: c for c in doctor.run_checks(cfg.replace({"system.precision": "tf32"}), env=env)}
+    tf32 = {
+        c.name: c for c in doctor.run_checks(cfg.replace({"system.precision": "tf32"}), env=env)
+    }
     assert not tf32["precision"].ok and "no TF32" in tf32["precision"].detail
 
 
-# ---- discovery -------------------------------------------------------------------------------------------
+# ---- discovery
+# -------------------------------------------------------------------------------------------
 
 def _outputs(shape: str) -> dict[str, str]:
     return {key: (SHAPES / shape / f"{key}.txt").read_text() for key in COMMANDS}
@@ -182,13 +247,21 @@ def _outputs(shape: str) -> dict[str, str]:
 def test_discover_gh200_aarch64_with_typed_gres():
     text = discover(_outputs("gh200"), "gpu")
     p = validate(text, "gh200")
-    assert (p.partition, p.arch, p.fabric, p.max_time_min, p.max_array_size) == ("gpu", "aarch64", "slingshot",
-                                                                                2880, 1001)
+    assert (p.partition, p.arch, p.fabric, p.max_time_min, p.max_array_size) == (
+        "gpu",
+        "aarch64",
+        "slingshot",
+        2880,
+        1001,
+    )
     assert p.gpus["GH200"].gres_type == "nvidia_gh200_120gb" and p.gpus["GH200"].per_node == 4
     assert p.gpus["GH200"].cores_per_gpu(1) == 72 and p.account_required and p.account is None
-    assert "naiss2026-1-1-gpu" in text and "account: ${MMHPC_ACCOUNT}" in text  # listed, never chosen
-    assert "# detected" in text.replace("  # detected", "# detected") and "# assumed" in text.replace(
-        "  # assumed", "# assumed")
+    assert (
+        "naiss2026-1-1-gpu" in text and "account: ${MMHPC_ACCOUNT}" in text
+    )  # listed, never chosen
+    assert "# detected" in text.replace(
+        "  # detected", "# detected"
+    ) and "# assumed" in text.replace("  # assumed", "# assumed")
     default = validate(discover(_outputs("gh200")), "gh200")  # the default partition: CPU nodes
     assert default.partition == "main" and not default.is_gpu and default.size == "tiny"
 
@@ -197,16 +270,25 @@ def test_discover_a100_thin_fat_by_features_without_partition():
     p = validate(discover(_outputs("a100_thin_fat")), "a100")
     assert p.partition is None and p.max_time_min == 3 * 1440
     assert {s.constraint for s in p.gpus.values()} == {"thin", "fat"}
-    assert all(s.gres_type == "" and s.per_node == 8 and s.cores_per_gpu(1) == 16 for s in p.gpus.values())
+    assert all(
+        s.gres_type == "" and s.per_node == 8 and s.cores_per_gpu(1) == 16 for s in p.gpus.values()
+    )
 
 
 def test_discover_an_amd_gpu_partition():
     p = validate(discover(_outputs("amd"), "standard-g"), "amd")
     spec = p.gpus["MI250X"]
-    assert (spec.vendor, spec.gres_type, p.exclusive, p.max_array_size) == ("amd", "mi250", True, 300)
+    assert (spec.vendor, spec.gres_type, p.exclusive, p.max_array_size) == (
+        "amd",
+        "mi250",
+        True,
+        300,
+    )
     _, errors, _ = resolve_resources(p, load_config(None, ["system.precision=tf32"]), {})
     assert errors and "no TF32" in errors[0]
-    with pytest.raises(ClusterError, match="--partition: invalid value 'gpu'; valid: small, standard-g"):
+    with pytest.raises(
+        ClusterError, match="--partition: invalid value 'gpu'; valid: small, standard-g"
+    ):
         discover(_outputs("amd"), "gpu")
 
 
@@ -216,10 +298,19 @@ def test_discover_parsers():
     assert [minutes(t) for t in ("3-00:00:00", "1-12", "2:00:00", "30:00", "30", "UNLIMITED")] == [
         4320, 2160, 120, 30, 30, None]
     probe = parse_probe("arch=aarch64\ngpu=NVIDIA GH200 120GB, 9.0\nscratch_var=TMPDIR\nhsn=hsn0\n")
-    assert probe == {"arch": "aarch64", "gpu_name": "NVIDIA GH200 120GB", "capability": 9.0, "scratch": "TMPDIR",
-                     "fabric": "slingshot", "fabric_seen": "interface hsn0"}
-    text = discover(_outputs("a100_thin_fat"), None, parse_probe("gpu=NVIDIA A100-SXM4-80GB, 8.0\nib=mlx5_0\n"
-                                                                "module=PyTorch/2.4.0\n"))
+    assert probe == {
+        "arch": "aarch64",
+        "gpu_name": "NVIDIA GH200 120GB",
+        "capability": 9.0,
+        "scratch": "TMPDIR",
+        "fabric": "slingshot",
+        "fabric_seen": "interface hsn0",
+    }
+    text = discover(
+        _outputs("a100_thin_fat"),
+        None,
+        parse_probe("gpu=NVIDIA A100-SXM4-80GB, 8.0\nib=mlx5_0\nmodule=PyTorch/2.4.0\n"),
+    )
     assert "fabric: infiniband  # detected: probe: /sys/class/infiniband/mlx5_0" in text
     assert "# PyTorch modules on a node (probe): PyTorch/2.4.0" in text
 
@@ -234,7 +325,8 @@ def test_a_profile_file_is_a_cluster(tmp_path):
     assert yaml.safe_load(path.read_text())["gpus"]["GH200"]["gres"] == "nvidia_gh200_120gb"
 
 
-# ---- energy scope and AMD in the sampler ----------------------------------------------------------------
+# ---- energy scope and AMD in the sampler
+# ----------------------------------------------------------------
 
 @pytest.fixture
 def fake_nvml(monkeypatch):
@@ -244,13 +336,20 @@ def fake_nvml(monkeypatch):
     monkeypatch.setattr("mmhpc.system.sampler._torch_uuids", lambda: None)
     energy = iter(range(0, 10 ** 9, 1000))
     name = {"value": "NVIDIA GH200 120GB"}
-    stubs = {"nvmlInit": lambda: None, "nvmlShutdown": lambda: None, "nvmlDeviceGetCount": lambda: 1,
-             "nvmlDeviceGetHandleByIndex": lambda i: "h0", "nvmlDeviceGetUUID": lambda h: "GPU-1",
-             "nvmlDeviceGetHandleByUUID": lambda u: "h0", "nvmlDeviceGetName": lambda h: name["value"],
-             "nvmlDeviceGetUtilizationRates": lambda h: type("U", (), {"gpu": 50})(),
-             "nvmlDeviceGetMemoryInfo": lambda h: type("M", (), {"used": 2 ** 30})(),
-             "nvmlDeviceGetPowerUsage": lambda h: 300_000, "nvmlDeviceGetClockInfo": lambda h, c: 1980,
-             "nvmlDeviceGetTotalEnergyConsumption": lambda h: next(energy)}
+    stubs = {
+        "nvmlInit": lambda: None,
+        "nvmlShutdown": lambda: None,
+        "nvmlDeviceGetCount": lambda: 1,
+        "nvmlDeviceGetHandleByIndex": lambda i: "h0",
+        "nvmlDeviceGetUUID": lambda h: "GPU-1",
+        "nvmlDeviceGetHandleByUUID": lambda u: "h0",
+        "nvmlDeviceGetName": lambda h: name["value"],
+        "nvmlDeviceGetUtilizationRates": lambda h: type("U", (), {"gpu": 50})(),
+        "nvmlDeviceGetMemoryInfo": lambda h: type("M", (), {"used": 2**30})(),
+        "nvmlDeviceGetPowerUsage": lambda h: 300_000,
+        "nvmlDeviceGetClockInfo": lambda h, c: 1980,
+        "nvmlDeviceGetTotalEnergyConsumption": lambda h: next(energy),
+    }
     for attr, fn in stubs.items():
         monkeypatch.setattr(pynvml, attr, fn)
     return name
@@ -293,32 +392,67 @@ def test_the_sampler_says_gpu_sampling_is_unavailable_on_rocm(monkeypatch):
 
 @pytest.mark.slurm
 @pytest.mark.slow
-def test_a_profile_discovered_from_the_local_slurm_runs_the_parallelism_sweep_to_done(slurm, tmp_path):
+def test_a_profile_discovered_from_the_local_slurm_runs_the_parallelism_sweep_to_done(
+    slurm, tmp_path
+):
     """The acceptance line: `mmhpc clusters discover` on the local SLURM writes a profile, and
     `make sweep-parallelism CLUSTER=<that file>` runs on it to done."""
-    env = {**slurm.env, "MMHPC_RESULTS": str(tmp_path / "r"), "MMHPC_DATA": os.environ["MMHPC_DATA"],
-           "MMHPC_CLUSTERS": str(tmp_path / "none.yaml")}
+    env = {
+        **slurm.env,
+        "MMHPC_RESULTS": str(tmp_path / "r"),
+        "MMHPC_DATA": os.environ["MMHPC_DATA"],
+        "MMHPC_CLUSTERS": str(tmp_path / "none.yaml"),
+    }
     profile = tmp_path / "local.yaml"
     mmhpc = [sys.executable, "-m", "mmhpc.cli"]
-    done = subprocess.run(mmhpc + ["clusters", "discover", "-o", str(profile)], env=env, capture_output=True,
-                          text=True, timeout=120)
+    done = subprocess.run(
+        mmhpc + ["clusters", "discover", "-o", str(profile)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert done.returncode == 0, done.stderr
     p = load_profile(str(profile))
     assert (p.partition, p.scheduler, p.is_gpu, p.size) == ("debug", "slurm", False, "tiny")
     assert "# detected" in profile.read_text() and "# assumed" in profile.read_text()
-    probed = subprocess.run(mmhpc + ["clusters", "discover", "--probe"], env=env, capture_output=True,
-                            text=True, timeout=300, cwd=tmp_path)  # a 2-minute job on the node
+    probed = subprocess.run(
+        mmhpc + ["clusters", "discover", "--probe"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=tmp_path,
+    )  # a 2-minute job on the node
     assert probed.returncode == 0, probed.stderr
     assert "arch: x86_64  # detected: probe: uname -m" in probed.stdout
-    again = subprocess.run(mmhpc + ["clusters", "discover", "-o", str(profile)], env=env, capture_output=True,
-                           text=True, timeout=120)
-    assert again.returncode == 2 and "exists" in again.stderr  # an edited profile is never overwritten
-    done = subprocess.run(["make", "-s", "sweep-parallelism", f"CLUSTER={profile}"], cwd=REPO, env=env,
-                          capture_output=True, text=True, timeout=600)
+    again = subprocess.run(
+        mmhpc + ["clusters", "discover", "-o", str(profile)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert (
+        again.returncode == 2 and "exists" in again.stderr
+    )  # an edited profile is never overwritten
+    done = subprocess.run(
+        ["make", "-s", "sweep-parallelism", f"CLUSTER={profile}"],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
     assert f"submitted on {profile}" in done.stdout
-    waited = subprocess.run(mmhpc + ["sweep", "wait", "-q", "--poll", "2", str(tmp_path / "r" / "parallelism")],
-                            env=env, capture_output=True, text=True, timeout=900)
+    waited = subprocess.run(
+        mmhpc + ["sweep", "wait", "-q", "--poll", "2", str(tmp_path / "r" / "parallelism")],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
     assert waited.returncode == 0, waited.stdout + waited.stderr
     states = [ln.split()[2] for ln in waited.stdout.splitlines() if ln.split()[1:2] and
               ln.split()[1].startswith("parallelism-")]
@@ -326,7 +460,8 @@ def test_a_profile_discovered_from_the_local_slurm_runs_the_parallelism_sweep_to
 
 
 def test_make_never_submits_with_a_venv_this_machine_cannot_run(tmp_path):
-    """Arrhenius: the cluster venv is aarch64 (here: a file that cannot execute); the x86_64 login node
+    """Arrhenius: the cluster venv is aarch64 (here: a file that cannot execute); the x86_64 login
+    node
     submits with its own .venv instead, and does not wait."""
     venv = tmp_path / "aarch64-venv"
     (venv / "bin").mkdir(parents=True)
@@ -334,38 +469,74 @@ def test_make_never_submits_with_a_venv_this_machine_cannot_run(tmp_path):
     foreign.write_bytes(b"\x7fELF\x02\x01\x01" + b"\0" * 9 + b"\x02\x00\xb7\x00" + b"\0" * 44)
     foreign.chmod(0o755)
     env = {**os.environ, "MMHPC_ACCOUNT": "x", "MMHPC_VENV": str(venv)}
-    plan = subprocess.run(["make", "-n", "sweep-parallelism", "CLUSTER=arrhenius"], cwd=REPO, env=env,
-                          capture_output=True, text=True, timeout=60, check=True).stdout
-    assert ".venv/bin/python -m mmhpc.cli sweep submit sweeps/parallelism.yaml --cluster arrhenius" in plan
+    plan = subprocess.run(
+        ["make", "-n", "sweep-parallelism", "CLUSTER=arrhenius"],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    ).stdout
+    assert (
+        ".venv/bin/python -m mmhpc.cli sweep submit sweeps/parallelism.yaml --cluster arrhenius"
+        in plan
+    )
     assert str(foreign) not in plan and "--wait" not in plan  # a cluster: submit and return
 
 
 def test_install_cluster_without_a_torch_module_builds_on_a_gpu_node_of_the_profile(tmp_path):
-    """No torch on the login node's python: one `srun` with one GPU of the profile (typed gres, the job
+    """No torch on the login node's python: one `srun` with one GPU of the profile (typed gres, the
+    job
     account, its partition) runs the PyPI build (--pypi) there, checking the node's architecture."""
     bindir = tmp_path / "bin"
     bindir.mkdir()
     (bindir / "srun").write_text("#!/bin/sh\necho \"srun $*\"\n")
     (bindir / "srun").chmod(0o755)
-    (bindir / "python3").write_text("#!/bin/sh\nexit 1\n")  # a python without torch (no site module)
+    (bindir / "python3").write_text(
+        "#!/bin/sh\nexit 1\n"
+    )  # a python without torch (no site module)
     (bindir / "python3").chmod(0o755)
     env = {**os.environ, "PATH": f"{bindir}:{os.environ['PATH']}", "MMHPC_ACCOUNT": "naiss2026-1-1",
            "LOGIN_PY": sys.executable}
-    done = subprocess.run(["env/install-cluster.sh", "--cluster", "arrhenius", str(tmp_path / "venv")], cwd=REPO,
-                          env=env, capture_output=True, text=True, timeout=120)
+    done = subprocess.run(
+        ["env/install-cluster.sh", "--cluster", "arrhenius", str(tmp_path / "venv")],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert done.returncode == 0, done.stderr
     line = done.stdout.strip()
-    assert line.startswith("srun --time=30 --nodes=1 --ntasks=1 --partition=gpu --account=naiss2026-1-1-gpu")
+    assert line.startswith(
+        "srun --time=30 --nodes=1 --ntasks=1 --partition=gpu --account=naiss2026-1-1-gpu"
+    )
     assert "--gpus-per-node=nvidia_gh200_120gb:1" in line and "--cpus-per-task=72" in line
-    assert line.endswith(f"env/install-cluster.sh --pypi --arch aarch64 --cluster arrhenius {tmp_path}/venv")
+    assert line.endswith(
+        f"env/install-cluster.sh --pypi --arch aarch64 --cluster arrhenius {tmp_path}/venv"
+    )
     no_account = {k: v for k, v in env.items() if k != "MMHPC_ACCOUNT"}
-    refused = subprocess.run(["env/install-cluster.sh", "--cluster", "arrhenius", str(tmp_path / "venv")],
-                             cwd=REPO, env=no_account, capture_output=True, text=True, timeout=120)
-    assert refused.returncode == 2 and "MMHPC_ACCOUNT" in refused.stderr and "srun" not in refused.stdout
+    refused = subprocess.run(
+        ["env/install-cluster.sh", "--cluster", "arrhenius", str(tmp_path / "venv")],
+        cwd=REPO,
+        env=no_account,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert (
+        refused.returncode == 2
+        and "MMHPC_ACCOUNT" in refused.stderr
+        and "srun" not in refused.stdout
+    )
 
 
-def test_jobs_on_nodes_of_another_architecture_need_their_own_interpreter(tmp_path, capsys, monkeypatch):
-    """Arrhenius from this x86_64 machine without MMHPC_VENV/MMHPC_APPTAINER: this interpreter cannot run
+def test_jobs_on_nodes_of_another_architecture_need_their_own_interpreter(
+    tmp_path, capsys, monkeypatch
+):
+    """Arrhenius from this x86_64 machine without MMHPC_VENV/MMHPC_APPTAINER: this interpreter
+    cannot run
     on the GH200 nodes, so a dry run warns and a submission is refused (exit 2), nothing written."""
     from mmhpc.cli import main
     from mmhpc.doctor import node_arch
@@ -375,7 +546,10 @@ def test_jobs_on_nodes_of_another_architecture_need_their_own_interpreter(tmp_pa
     sweep = str(REPO / "sweeps" / "batch.yaml")
     assert main(["sweep", "submit", sweep, "--cluster", "arrhenius", "--dry-run"]) == 0
     assert "nodes are aarch64, this machine is x86_64" in capsys.readouterr().err
-    assert main(["sweep", "submit", sweep, "--cluster", "arrhenius", "--results", str(tmp_path / "r")]) == 2
+    assert (
+        main(["sweep", "submit", sweep, "--cluster", "arrhenius", "--results", str(tmp_path / "r")])
+        == 2
+    )
     assert "MMHPC_VENV" in capsys.readouterr().err and not (tmp_path / "r").exists()
     monkeypatch.setenv("MMHPC_VENV", "/proj/venv-aarch64")
     assert main(["sweep", "submit", sweep, "--cluster", "arrhenius", "--dry-run"]) == 0
@@ -391,26 +565,53 @@ def test_staging_says_so_when_the_scratch_variable_is_unset(tmp_path, caplog, mo
     cfg = load_config(None, ["data.source=prepared", f"data.root={tmp_path / 'data'}",
                              f"output.runs_dir={tmp_path / 'runs'}"]).to_dict()
     with caplog.at_level(logging.WARNING, logger="mmhpc"), pytest.raises(Exception):
-        execute_run(cfg, stage_data=True, scratch="MMHPC_NO_SCRATCH")  # then fails: no dataset there
+        execute_run(
+            cfg, stage_data=True, scratch="MMHPC_NO_SCRATCH"
+        )  # then fails: no dataset there
     assert any("$MMHPC_NO_SCRATCH (the profile's node-local scratch) is unset" in r.getMessage()
                for r in caplog.records)
 
 
 def test_per_gpu_type_partitions_qos_exclusive_and_memory_per_gpu():
-    """A Snellius-like profile: each GPU type in its own partition, a QOS, whole nodes, host memory per GPU."""
+    """A Snellius-like profile: each GPU type in its own partition, a QOS, whole nodes, host memory
+    per GPU."""
     from mmhpc.launch.clusters import profile_from_dict
     from mmhpc.launch.submit import slurm_parameters
 
-    p = profile_from_dict({"name": "snel", "scheduler": "slurm", "qos": "normal", "exclusive": True,
-                           "default_gpu": "A100", "gpus": {
-                               "A100": {"capability": 8.0, "partition": "gpu_a100", "mem_gb_per_gpu": 120,
-                                        "nodes": [{"gpus": 4, "cores": 72}]},
-                               "H100": {"capability": 9.0, "partition": "gpu_h100", "gres": "h100",
-                                        "nodes": [{"gpus": 4, "cores": 64}]}}})
-    a100, _, _ = resolve_resources(p, load_config(None, ["system.parallelism=ddp"]), {"gpu": "A100", "gpus": 2})
+    p = profile_from_dict(
+        {
+            "name": "snel",
+            "scheduler": "slurm",
+            "qos": "normal",
+            "exclusive": True,
+            "default_gpu": "A100",
+            "gpus": {
+                "A100": {
+                    "capability": 8.0,
+                    "partition": "gpu_a100",
+                    "mem_gb_per_gpu": 120,
+                    "nodes": [{"gpus": 4, "cores": 72}],
+                },
+                "H100": {
+                    "capability": 9.0,
+                    "partition": "gpu_h100",
+                    "gres": "h100",
+                    "nodes": [{"gpus": 4, "cores": 64}],
+                },
+            },
+        }
+    )
+    a100, _, _ = resolve_resources(
+        p, load_config(None, ["system.parallelism=ddp"]), {"gpu": "A100", "gpus": 2}
+    )
     h100, _, _ = resolve_resources(p, load_config(None, []), {"gpu": "H100"})
     pa, ph = slurm_parameters(p, a100, "j"), slurm_parameters(p, h100, "j")
     assert (pa["partition"], ph["partition"]) == ("gpu_a100", "gpu_h100")
-    assert pa["qos"] == "normal" and pa["exclusive"] is True and pa["mem"] == "240G" and "mem" not in ph
+    assert (
+        pa["qos"] == "normal"
+        and pa["exclusive"] is True
+        and pa["mem"] == "240G"
+        and "mem" not in ph
+    )
     assert pa["additional_parameters"]["gpus_per_node"] == "A100:2"
     assert ph["additional_parameters"]["gpus_per_node"] == "h100:1"

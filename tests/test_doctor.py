@@ -1,4 +1,5 @@
-"""`mmhpc doctor` on this (GPU-less) machine, and the job-start check that every sweep run goes through."""
+"""`mmhpc doctor` on this (GPU-less) machine, and the job-start check that every sweep run goes
+through."""
 from __future__ import annotations
 
 import platform
@@ -18,12 +19,16 @@ pytestmark = pytest.mark.usefixtures("isolated_env")
 
 def test_doctor_for_alvis_fails_here_naming_the_missing_gpu(capsys, monkeypatch, tmp_path):
     assert torch.cuda.device_count() == 0  # this machine: no GPU
-    monkeypatch.setenv("MMHPC_RESULTS", str(tmp_path / "r"))  # not the placeholder path (its own FAIL)
+    monkeypatch.setenv(
+        "MMHPC_RESULTS", str(tmp_path / "r")
+    )  # not the placeholder path (its own FAIL)
     assert main(["doctor", "--cluster", "alvis"]) == 1
     out = capsys.readouterr().out
     line = next(ln for ln in out.splitlines() if ln.startswith("FAIL"))
     assert "gpus" in line and "cluster alvis runs on GPUs (A100, A100fat, A40, V100, T4)" in line
-    assert "torch sees no GPU" in line and sum(ln.startswith("FAIL") for ln in out.splitlines()) == 1
+    assert (
+        "torch sees no GPU" in line and sum(ln.startswith("FAIL") for ln in out.splitlines()) == 1
+    )
     assert f"Python {platform.python_version()}" in out and f"torch {torch.__version__}" in out
 
 
@@ -34,17 +39,29 @@ def test_doctor_without_a_cluster_passes_on_a_cpu_machine(capsys, tmp_path):
     assert not (tmp_path / "r").exists()  # checked, not created
 
 
-@pytest.mark.parametrize("torch_cuda, driver, driver_cuda, bad", [
-    ("13.0", "575.51.03", 12090, True), ("13.0", "580.65.06", 13000, False), ("12.1", "535.104.05", 12020, False),
-    ("12.4", "525.60.13", 12000, False),  # minor-version compatibility within CUDA 12
-    ("12.1", "470.82.01", 11040, True), (None, "575.51.03", 12090, False), ("12.1", None, None, False)])
-def test_driver_must_be_new_enough_for_the_cuda_torch_was_built_for(torch_cuda, driver, driver_cuda, bad):
+@pytest.mark.parametrize(
+    "torch_cuda, driver, driver_cuda, bad",
+    [
+        ("13.0", "575.51.03", 12090, True),
+        ("13.0", "580.65.06", 13000, False),
+        ("12.1", "535.104.05", 12020, False),
+        ("12.4", "525.60.13", 12000, False),  # minor-version compatibility within CUDA 12
+        ("12.1", "470.82.01", 11040, True),
+        (None, "575.51.03", 12090, False),
+        ("12.1", None, None, False),
+    ],
+)
+def test_driver_must_be_new_enough_for_the_cuda_torch_was_built_for(
+    torch_cuda, driver, driver_cuda, bad
+):
     problem = driver_problem(torch_cuda, driver, driver_cuda)
     assert (problem is not None) == bad
     if bad:
         major = int(torch_cuda.split(".")[0])
-        assert problem.startswith(f"torch built for CUDA {torch_cuda} needs NVIDIA driver >= {MIN_DRIVER[major]}, "
-                                  f"this node has {driver}")
+        assert problem.startswith(
+            f"torch built for CUDA {torch_cuda} needs NVIDIA driver >= {MIN_DRIVER[major]}, "
+            f"this node has {driver}"
+        )
 
 
 def test_slurm_allocation_is_read_from_the_job_environment():
@@ -55,7 +72,9 @@ def test_slurm_allocation_is_read_from_the_job_environment():
 
 def test_a_job_with_allocated_gpus_that_torch_cannot_see_fails_at_once():
     cfg = load_config(None, ["system.device=auto"])
-    with pytest.raises(RunError, match=r"mmhpc doctor: SLURM allocated 2 GPU\(s\) on this node, torch sees 0"):
+    with pytest.raises(
+        RunError, match=r"mmhpc doctor: SLURM allocated 2 GPU\(s\) on this node, torch sees 0"
+    ):
         check_job(cfg, env={"SLURM_GPUS_ON_NODE": "2"})
     check_job(load_config(None, ["system.device=cpu"]), env={})  # a CPU job here: nothing to say
 
@@ -63,7 +82,9 @@ def test_a_job_with_allocated_gpus_that_torch_cannot_see_fails_at_once():
 def test_missing_prepared_dataset_and_unwritable_results_are_named(tmp_path, synth_dir):
     cfg = load_config(None, ["data.source=prepared", f"data.root={tmp_path / 'nope'}"])
     checks = {c.name: c for c in run_checks(cfg, results=tmp_path / "file" / "sub")}
-    assert not checks["data"].ok and checks["data"].detail.startswith(f"data.root: {tmp_path / 'nope'} is not a directory")
+    assert not checks["data"].ok and checks["data"].detail.startswith(
+        f"data.root: {tmp_path / 'nope'} is not a directory"
+    )
     (tmp_path / "file").write_text("x")
     checks = {c.name: c for c in run_checks(cfg, results=tmp_path / "file" / "sub")}
     assert not checks["results"].ok and "is not a directory" in checks["results"].detail
@@ -74,10 +95,22 @@ def test_missing_prepared_dataset_and_unwritable_results_are_named(tmp_path, syn
 
 def test_execute_run_records_the_doctor_failure_before_training(tmp_path, monkeypatch, synth_dir):
     monkeypatch.setenv("SLURM_GPUS_ON_NODE", "1")  # what SLURM sets in a 1-GPU job
-    cfg = load_config(None, ["data.dataset=cremad", f"data.root={synth_dir('cremad')}", "system.device=auto",
-                             f"output.runs_dir={tmp_path / 'runs'}", "output.name=r0", "train.epochs=1"])
+    cfg = load_config(
+        None,
+        [
+            "data.dataset=cremad",
+            f"data.root={synth_dir('cremad')}",
+            "system.device=auto",
+            f"output.runs_dir={tmp_path / 'runs'}",
+            "output.name=r0",
+            "train.epochs=1",
+        ],
+    )
     with pytest.raises(RunError):
         execute_run(cfg.to_dict())
     record = read_record(cfg.record_path())
-    assert record.status == "failed" and "SLURM allocated 1 GPU(s) on this node, torch sees 0" in record.error
+    assert (
+        record.status == "failed"
+        and "SLURM allocated 1 GPU(s) on this node, torch sees 0" in record.error
+    )
     assert not record.epochs  # nothing trained

@@ -1,4 +1,5 @@
-"""The shared error shape: `file: field: problem; valid: a, b, c`, from pydantic errors and by hand."""
+"""The shared error shape: `file: field: problem; valid: a, b, c`, from pydantic errors and by
+hand."""
 from __future__ import annotations
 
 from typing import Annotated, Literal
@@ -6,7 +7,15 @@ from typing import Annotated, Literal
 import pytest
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, field_validator
 
-from mmhpc.errors import ConfigError, RunError, SchedulerError, exit_code, field_path, problem, validation_problems
+from mmhpc.errors import (
+    ConfigError,
+    RunError,
+    SchedulerError,
+    exit_code,
+    field_path,
+    problem,
+    validation_problems,
+)
 
 
 class Resources(BaseModel):
@@ -59,7 +68,9 @@ def test_literal_error_lists_choices_with_file():
 
 
 def test_unknown_key_lists_the_section_keys():
-    assert _problems({"resources": {"time": 5}}) == ["resources.time: unknown key; valid: time_min, partition"]
+    assert _problems({"resources": {"time": 5}}) == [
+        "resources.time: unknown key; valid: time_min, partition"
+    ]
     assert _problems({"resorces": {}}) == ["resorces: unknown key; valid: resources, runs"]
 
 
@@ -68,8 +79,12 @@ def test_value_error_message_kept_and_list_index_in_path():
     assert lines[0] == "resources.time_min: 0 must be > 0"
     with pytest.raises(ValidationError) as info:
         TypeAdapter(Annotated[int, Field(ge=1)]).validate_python(0)
-    assert validation_problems(info.value, prefix=("train", "max_batches")) == ["train.max_batches: 0 must be >= 1"]
-    assert lines[1].startswith("runs[1].lr: input should be a valid number") and lines[1].endswith("got 'fast'")
+    assert validation_problems(info.value, prefix=("train", "max_batches")) == [
+        "train.max_batches: 0 must be >= 1"
+    ]
+    assert lines[1].startswith("runs[1].lr: input should be a valid number") and lines[1].endswith(
+        "got 'fast'"
+    )
     assert lines[2] == "runs[2].lr: required, missing"
 
 
@@ -92,7 +107,9 @@ def test_exit_codes_policy():
     assert exit_code(RunError("x")) == 1
     assert exit_code(SchedulerError("x")) == 3
     assert exit_code(KeyError("x")) == 1
-    assert isinstance(ConfigError("x"), ValueError)  # older `except ValueError` callers still catch it
+    assert isinstance(
+        ConfigError("x"), ValueError
+    )  # older `except ValueError` callers still catch it
 
 
 def test_config_error_still_importable_from_config():

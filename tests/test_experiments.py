@@ -1,4 +1,5 @@
-"""The demonstrations the README quotes (`make demo`, `make demo-algorithms`) run end to end and print their
+"""The demonstrations the README quotes (`make demo`, `make demo-algorithms`) run end to end and
+print their
 tables; the algorithm sweep covers every registered strategy and fusion."""
 from __future__ import annotations
 
@@ -38,8 +39,15 @@ def test_demo_prints_naive_and_alternating_with_ibf(synth_dir, tmp_path, capsys)
 
 @pytest.mark.slow
 def test_algorithms_demonstration_prints_tables_4_1_4_4_4_5(synth_dir, tmp_path, capsys):
-    assert run_algorithms(str(tmp_path / "alg"), epochs=1, quiet=True,
-                          overrides={"data.root": str(synth_dir("cremad")), "train.max_batches": 3}) == 0
+    assert (
+        run_algorithms(
+            str(tmp_path / "alg"),
+            epochs=1,
+            quiet=True,
+            overrides={"data.root": str(synth_dir("cremad")), "train.max_batches": 3},
+        )
+        == 0
+    )
     rows = _rows(capsys.readouterr().out)
     assert list(rows) == ["single audio", "single visual", *[name for name, _ in STRATEGY_RUNS]]
     for name, _ in STRATEGY_RUNS:
@@ -55,12 +63,20 @@ def test_algorithms_demonstration_prints_tables_4_1_4_4_4_5(synth_dir, tmp_path,
 
 def test_demo_command_chooses_the_demonstration():
     args = build_parser().parse_args(["demo", "algorithms", "--epochs", "2", "-q"])
-    assert (args.func, args.which, args.epochs, args.quiet, args.runs_dir) == (cmd_demo, "algorithms", 2, True, None)
+    assert (args.func, args.which, args.epochs, args.quiet, args.runs_dir) == (
+        cmd_demo,
+        "algorithms",
+        2,
+        True,
+        None,
+    )
     assert build_parser().parse_args(["demo"]).which == "imbalance"
 
 
 def test_algorithm_sweep_runs_every_strategy_and_fusion_on_the_cpu():
-    plan = expand(load_sweep(REPO / "sweeps" / "algorithms.yaml"), load_profile("none"), size="tiny").check()
+    plan = expand(
+        load_sweep(REPO / "sweeps" / "algorithms.yaml"), load_profile("none"), size="tiny"
+    ).check()
     configs = [r.config for r in plan.runs]
     assert {c.strategy.name for c in configs} == set(STRATEGIES)
     assert {c.model.fusion for c in configs} == set(FUSIONS)
@@ -68,5 +84,7 @@ def test_algorithm_sweep_runs_every_strategy_and_fusion_on_the_cpu():
     # three modalities too (IEMOCAP), and the cosine classifier wherever Entropy/Reliability train
     assert any(len(c.modalities) == 3 for c in configs)
     assert all(c.model.cosine for c in configs if c.strategy.name in ("entropy", "reliability"))
-    full = expand(load_sweep(REPO / "sweeps" / "algorithms.yaml"), load_profile("none"), size="full").check()
+    full = expand(
+        load_sweep(REPO / "sweeps" / "algorithms.yaml"), load_profile("none"), size="full"
+    ).check()
     assert {r.config.train.seed for r in full.runs} == {0, 1, 2} and len(full.runs) > len(plan.runs)

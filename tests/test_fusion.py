@@ -81,8 +81,12 @@ def test_film_fused_and_switched_masked_logits():
     manual = f.out(f.gamma(e["audio"]) * e["visual"] + f.beta(e["audio"]))  # Eq. 2.11
     torch.testing.assert_close(f(e), manual)
     ones = torch.ones(5, 8)  # FiLM's mask constant c = 1
-    torch.testing.assert_close(f.unimodal(e, "visual"), f.out(f.gamma(ones) * e["visual"] + f.beta(ones)))
-    torch.testing.assert_close(f.unimodal(e, "audio"), f.out(f.gamma(ones) * e["audio"] + f.beta(ones)))
+    torch.testing.assert_close(
+        f.unimodal(e, "visual"), f.out(f.gamma(ones) * e["visual"] + f.beta(ones))
+    )
+    torch.testing.assert_close(
+        f.unimodal(e, "audio"), f.out(f.gamma(ones) * e["audio"] + f.beta(ones))
+    )
 
 
 @pytest.mark.parametrize("cls", [Gated, FiLM])

@@ -1,6 +1,9 @@
-"""The CPU tier of the GPU-only code: every gpu-check check and the CUDA branches of mmhpc/system/ run here
-against a stubbed torch.cuda (tests/fake_cuda.py: fake devices, events, streams and timings), so their
-arithmetic, assertions, records and report run without a GPU. Tensors stay on the CPU; nothing of mmhpc
+"""The CPU tier of the GPU-only code: every gpu-check check and the CUDA branches of mmhpc/system/
+run here
+against a stubbed torch.cuda (tests/fake_cuda.py: fake devices, events, streams and timings), so
+their
+arithmetic, assertions, records and report run without a GPU. Tensors stay on the CPU; nothing of
+mmhpc
 is stubbed. The tests named after issue 18's items fail on the code before it (a723877)."""
 from __future__ import annotations
 
@@ -32,7 +35,8 @@ def fake(monkeypatch):
 
 @pytest.fixture(autouse=True)
 def one_thread():
-    """One intra-op thread: on a loaded 2-core machine two threads make a small convolution 10x slower."""
+    """One intra-op thread: on a loaded 2-core machine two threads make a small convolution 10x
+    slower."""
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     yield
@@ -46,7 +50,8 @@ def data_dir(tmp_path_factory):
 
 @pytest.fixture
 def ck(tmp_path, fake, data_dir, monkeypatch):
-    """A gpu-check Check that believes in the fake GPU and computes on the CPU, on tiny synthetic data."""
+    """A gpu-check Check that believes in the fake GPU and computes on the CPU, on tiny synthetic
+    data."""
     monkeypatch.setenv("MMHPC_DATA", str(data_dir))
     c = Check(tmp_path / "records", float("inf"), workers=1)
     c.device, c.preset = torch.device("cpu"), "tiny"
@@ -63,27 +68,39 @@ def _small_precision_check(monkeypatch):
     monkeypatch.setattr(gpucheck, "TIMED", 2)
 
 
-# ---- item 1: the precision check ran into a method that no longer exists ------------------------------
+# ---- item 1: the precision check ran into a method that no longer exists
+# ------------------------------
 
 def test_item1_precision_check_runs_its_flags_and_figures_with_fake_timings(ck, fake, monkeypatch):
     _small_precision_check(monkeypatch)
-    # fake timings: a matmul with TF32 on takes 1 ms, 4 ms without (what tensor cores give on an H100)
+    # fake timings: a matmul with TF32 on takes 1 ms, 4 ms without (what tensor cores give on an
+    # H100)
     fake.ms_per_record = lambda: 1.0 if torch.backends.cuda.matmul.allow_tf32 else 4.0
     rec, line = gpucheck.check_precision(ck)
     p = rec["precisions"]
     assert list(p) == ["fp32_strict", "fp32", "tf32", "bf16"]
-    assert p["fp32"]["flags"]["matmul_allow_tf32"] is False and p["fp32"]["flags"]["cudnn_allow_tf32"] is True
-    assert p["fp32_strict"]["flags"]["cudnn_allow_tf32"] is False and p["tf32"]["flags"]["matmul_allow_tf32"]
+    assert (
+        p["fp32"]["flags"]["matmul_allow_tf32"] is False
+        and p["fp32"]["flags"]["cudnn_allow_tf32"] is True
+    )
+    assert (
+        p["fp32_strict"]["flags"]["cudnn_allow_tf32"] is False
+        and p["tf32"]["flags"]["matmul_allow_tf32"]
+    )
     # events around 10 matmuls read 4 ms: 0.4 ms a call, 2 n^3 flops each
     assert p["fp32"]["matmul_tflops"] == pytest.approx(2 * 32**3 / 0.4e-3 / 1e12)
     assert rec["tf32_matmul_speedup"] == pytest.approx(4.0)
-    assert p["bf16"]["matmul_dtype"] == "torch.bfloat16" and p["fp32"]["matmul_dtype"] == "torch.float32"
+    assert (
+        p["bf16"]["matmul_dtype"] == "torch.bfloat16"
+        and p["fp32"]["matmul_dtype"] == "torch.float32"
+    )
     assert p["bf16"]["resnet18_images_per_s"] == pytest.approx(2 / (1.0 / 2 / 1000))
     assert "tf32: matmul" in line
 
 
-def test_precision_check_fails_when_tf32_changes_nothing_and_skips_formats_an_old_gpu_lacks(ck, fake,
-                                                                                           monkeypatch):
+def test_precision_check_fails_when_tf32_changes_nothing_and_skips_formats_an_old_gpu_lacks(
+    ck, fake, monkeypatch
+):
     _small_precision_check(monkeypatch)
     with pytest.raises(AssertionError, match="TF32 flag has no effect"):
         gpucheck.check_precision(ck)  # every precision equally fast
@@ -94,7 +111,8 @@ def test_precision_check_fails_when_tf32_changes_nothing_and_skips_formats_an_ol
     assert "tf32_matmul_speedup" not in rec
 
 
-# ---- item 2: blp_devices without an index, or naming no visible GPU ----------------------------------
+# ---- item 2: blp_devices without an index, or naming no visible GPU
+# ----------------------------------
 
 def test_item2_blp_devices_cuda_is_the_runs_gpu_and_indices_are_checked(tiny_config, monkeypatch):
     fake = FakeCuda(monkeypatch, count=2)
@@ -102,16 +120,27 @@ def test_item2_blp_devices_cuda_is_the_runs_gpu_and_indices_are_checked(tiny_con
                       "system.blp_devices={audio: cuda, visual: 'cuda:1'}")
     par = parallel.build(cfg)
     assert par.setup() == torch.device("cuda", 0)
-    assert par.placement(None, None) == {"audio": torch.device("cuda", 0), "visual": torch.device("cuda", 1)}
+    assert par.placement(None, None) == {
+        "audio": torch.device("cuda", 0),
+        "visual": torch.device("cuda", 1),
+    }
     fake.current = 1  # the run's GPU is the current one: a bare `cuda` follows it
     par = parallel.build(cfg)
     assert par.setup() == torch.device("cuda", 1) and par.placement(None, None)["audio"].index == 1
-    for bad in ("{audio: 'cuda:2', visual: cuda}", "{audio: cpu, visual: cuda}", "{audio: gpu0, visual: cuda}"):
+    for bad in (
+        "{audio: 'cuda:2', visual: cuda}",
+        "{audio: cpu, visual: cuda}",
+        "{audio: gpu0, visual: cuda}",
+    ):
         par = parallel.build(tiny_config("cremad", "system.parallelism=blp", "system.device=cuda",
                                          f"system.blp_devices={bad}"))
-        with pytest.raises(ConfigError, match=r"system.blp_devices: audio: .* is not a device of this run "
-                                              r"\(system.device=cuda, 2 visible GPU\(s\)\); valid: cuda, cuda:0, "
-                                              r"cuda:1"):
+        with pytest.raises(
+            ConfigError,
+            match=r"system.blp_devices: audio: .* is not a device of this run "
+            r"\(system.device=cuda, 2 visible GPU\(s\)\); valid: "
+            r"cuda, cuda:0, "
+            r"cuda:1",
+        ):
             par.setup()
 
 
@@ -123,7 +152,8 @@ def test_blp_devices_on_a_cpu_run_must_be_cpu(tiny_config):
 
 
 def test_blp_on_fake_gpus_puts_branches_on_their_streams_and_devices(tiny_config, monkeypatch):
-    """BranchParallel's CUDA branch (a stream per branch, set_device in each branch thread, the join on the
+    """BranchParallel's CUDA branch (a stream per branch, set_device in each branch thread, the join
+    on the
     master's stream) with two fake GPUs' streams; the tensors stay on the CPU."""
     from mmhpc.train import Trainer
 
@@ -131,20 +161,29 @@ def test_blp_on_fake_gpus_puts_branches_on_their_streams_and_devices(tiny_config
                                   "system.blp_devices={audio: cpu, visual: cpu}"), progress=False)
     fake = FakeCuda(monkeypatch, count=2)
     runner = trainer.runtime.parallelism.runner
-    runner.streams = {m: torch.cuda.Stream(torch.device("cuda", i)) for i, m in enumerate(("audio", "visual"))}
+    runner.streams = {
+        m: torch.cuda.Stream(torch.device("cuda", i)) for i, m in enumerate(("audio", "visual"))
+    }
     try:
         batch = trainer.strategy.data.probe()
         out = runner.encode(batch)
         costs = parallel.measure_branch_costs(trainer.model, batch, torch.device("cpu"), reps=1)
     finally:
         trainer.close()
-    assert set(out) == {"audio", "visual"} and all(e.shape[0] == len(batch["label"]) for e in out.values())
-    assert all(s.waited for s in runner.streams.values())  # each branch waited for the master's queue
-    assert {d for _, d in fake.set_devices} == {torch.device("cpu")}  # each thread: its branch's device
+    assert set(out) == {"audio", "visual"} and all(
+        e.shape[0] == len(batch["label"]) for e in out.values()
+    )
+    assert all(
+        s.waited for s in runner.streams.values()
+    )  # each branch waited for the master's queue
+    assert {d for _, d in fake.set_devices} == {
+        torch.device("cpu")
+    }  # each thread: its branch's device
     assert set(costs) == {"audio", "visual"} and all(c > 0 for c in costs.values())
 
 
-# ---- item 3: wheels shadow consistently; on a GPU node nothing skips quietly ---------------------------
+# ---- item 3: wheels shadow consistently; on a GPU node nothing skips quietly
+# ---------------------------
 
 def test_item3_on_a_gpu_node_a_check_that_cannot_run_fails(tmp_path, fake, monkeypatch, capsys):
     def lacks_a_package(ck):
@@ -161,7 +200,8 @@ def test_item3_on_a_gpu_node_a_check_that_cannot_run_fails(tmp_path, fake, monke
     assert json.loads((tmp_path / "a.json").read_text())["status"] == "FAIL"
 
 
-# ---- item 4: two ranks on one visible GPU -----------------------------------------------------------
+# ---- item 4: two ranks on one visible GPU
+# -----------------------------------------------------------
 
 def test_item4_two_ranks_on_one_visible_gpu_are_refused_naming_local_rank(monkeypatch):
     FakeCuda(monkeypatch, count=1)
@@ -178,21 +218,36 @@ def test_item4_two_ranks_on_one_visible_gpu_are_refused_naming_local_rank(monkey
     assert parallel.local_device(0, {}) == torch.device("cuda", 0)  # one rank, one GPU
 
 
-# ---- item 5: a 1-task DDP job exports the torch.distributed variables; doctor and --gpus-per-task -----
+# ---- item 5: a 1-task DDP job exports the torch.distributed variables; doctor and --gpus-per-task
+# -----
 
-def test_item5_one_task_ddp_job_through_submitit_exports_rank_and_world_size(tiny_config, monkeypatch):
+def test_item5_one_task_ddp_job_through_submitit_exports_rank_and_world_size(
+    tiny_config, monkeypatch
+):
     from mmhpc.launch.submit import _join_distributed
 
     for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
         monkeypatch.setenv(k, "")  # recorded, so what the join sets is undone after the test
         monkeypatch.delenv(k)
-    slurm = {"SUBMITIT_EXECUTOR": "slurm", "SLURM_JOB_ID": "4242", "SLURM_NTASKS": "1", "SLURM_PROCID": "0",
-             "SLURM_LOCALID": "0", "SLURM_NODEID": "0", "SLURM_JOB_NODELIST": "node1", "SLURM_JOB_NUM_NODES": "1",
-             "SLURM_STEP_NODELIST": "node1"}
+    slurm = {
+        "SUBMITIT_EXECUTOR": "slurm",
+        "SLURM_JOB_ID": "4242",
+        "SLURM_NTASKS": "1",
+        "SLURM_PROCID": "0",
+        "SLURM_LOCALID": "0",
+        "SLURM_NODEID": "0",
+        "SLURM_JOB_NODELIST": "node1",
+        "SLURM_JOB_NUM_NODES": "1",
+        "SLURM_STEP_NODELIST": "node1",
+    }
     for k, v in slurm.items():
         monkeypatch.setenv(k, v)
     assert _join_distributed(tiny_config("cremad", "system.parallelism=ddp")) == 0
-    assert (os.environ["RANK"], os.environ["WORLD_SIZE"], os.environ["LOCAL_RANK"]) == ("0", "1", "0")
+    assert (os.environ["RANK"], os.environ["WORLD_SIZE"], os.environ["LOCAL_RANK"]) == (
+        "0",
+        "1",
+        "0",
+    )
     assert os.environ["MASTER_ADDR"] == "node1" and os.environ["MASTER_PORT"].isdigit()
 
 
@@ -207,14 +262,32 @@ def test_item5_doctor_accepts_gpus_per_task_allocations(monkeypatch):
     assert not gpus.ok and "SLURM allocated 4 GPU(s) on this node, torch sees 1" in gpus.detail
 
 
-# ---- item 6: per-check timeout; a dead DDP rank is noticed at once and named --------------------------
+# ---- item 6: per-check timeout; a dead DDP rank is noticed at once and named
+# --------------------------
 
 def test_item6_a_check_past_its_time_limit_is_killed_and_fails(tmp_path):
     env = {**os.environ, "PYTHONPATH": str(REPO), "CUDA_VISIBLE_DEVICES": ""}
     t0 = time.monotonic()
-    proc = subprocess.run([sys.executable, "-m", "mmhpc.gpucheck", "--out", str(tmp_path), "--only", "env",
-                           "--check-timeout", "0.2", "--wheels", str(tmp_path / "none")], cwd=tmp_path, env=env,
-                          capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "mmhpc.gpucheck",
+            "--out",
+            str(tmp_path),
+            "--only",
+            "env",
+            "--check-timeout",
+            "0.2",
+            "--wheels",
+            str(tmp_path / "none"),
+        ],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 1, proc.stdout + proc.stderr
     assert "FAIL  env" in proc.stdout and "timed out after 0.2 s (killed" in proc.stdout
     assert time.monotonic() - t0 < 120
@@ -227,7 +300,9 @@ def test_item6_ddp_process_groups_are_made_with_a_bounded_timeout(tiny_config, m
     monkeypatch.setattr(parallel.dist, "is_initialized", lambda: False)
     monkeypatch.setattr(parallel.dist, "init_process_group",
                         lambda backend, init_method=None, **kw: calls.append((backend, kw)))
-    monkeypatch.setattr(parallel.dist, "new_group", lambda **kw: calls.append(("new_group", kw)) or "group")
+    monkeypatch.setattr(
+        parallel.dist, "new_group", lambda **kw: calls.append(("new_group", kw)) or "group"
+    )
     for k, v in {"RANK": "1", "WORLD_SIZE": "2", "LOCAL_RANK": "1"}.items():
         monkeypatch.setenv(k, v)
     monkeypatch.setenv("MMHPC_DIST_TIMEOUT_S", "45")
@@ -236,7 +311,10 @@ def test_item6_ddp_process_groups_are_made_with_a_bounded_timeout(tiny_config, m
     from datetime import timedelta
 
     assert calls[0][0] == "nccl" and calls[0][1]["timeout"] == timedelta(seconds=45)
-    assert calls[1] == ("new_group", {"backend": "gloo"})  # the host-side group, made by every rank at setup
+    assert calls[1] == (
+        "new_group",
+        {"backend": "gloo"},
+    )  # the host-side group, made by every rank at setup
 
 
 def _dying_rank(rank: int, port: int, cfg, out_dir: str) -> None:
@@ -266,7 +344,9 @@ def _dying_rank(rank: int, port: int, cfg, out_dir: str) -> None:
 
 
 @pytest.mark.slow
-def test_item6_a_ddp_rank_that_dies_in_validation_is_named_by_the_others_at_once(tiny_config, tmp_path):
+def test_item6_a_ddp_rank_that_dies_in_validation_is_named_by_the_others_at_once(
+    tiny_config, tmp_path
+):
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
@@ -288,11 +368,18 @@ def test_item6_a_ddp_rank_that_dies_in_validation_is_named_by_the_others_at_once
     assert result["seconds"] < 60
 
 
-# ---- item 13: every check and the CUDA branches of mmhpc/system/ on the fake GPU ----------------------
+# ---- item 13: every check and the CUDA branches of mmhpc/system/ on the fake GPU
+# ----------------------
 
 def test_env_check_and_records_directory_name_the_fake_gpu(ck):
     rec, line = gpucheck.check_env(ck)
-    assert rec["gpu"] == {"name": "NVIDIA H200", "capability": "9.0", "memory_gib": 141.0, "count": 1, "sms": 132}
+    assert rec["gpu"] == {
+        "name": "NVIDIA H200",
+        "capability": "9.0",
+        "memory_gib": 141.0,
+        "count": 1,
+        "sms": 132,
+    }
     assert line.startswith("NVIDIA H200, capability 9.0")
     assert gpucheck.default_out() == Path("reports/results/h200")
 
@@ -307,7 +394,9 @@ def test_sync_counting_reports_what_cuda_says_synchronised(ck, fake):
     assert gpucheck._count_syncs(ck, "strategy.name=naive", steps=1) == []
     fake.sync_warnings = ["aten::item", "cudaMemcpyAsync"]
     assert gpucheck._count_syncs(ck, "strategy.name=naive", steps=1) == [
-        "called a synchronizing CUDA operation: aten::item", "called a synchronizing CUDA operation: cudaMemcpyAsync"]
+        "called a synchronizing CUDA operation: aten::item",
+        "called a synchronizing CUDA operation: cudaMemcpyAsync",
+    ]
     assert fake.sync_mode == "default"  # set back after the counted steps
 
 
@@ -318,15 +407,24 @@ def test_item12_syncs_check_covers_every_strategy_and_a_text_run(ck):
     rec, line = gpucheck.check_syncs(ck)
     assert set(rec["runs"]) == {f"cremad/{s}" for s in STRATEGIES} | {"mvsa/text+visual"}
     assert all(r == {"host_syncs": 0, "messages": []} for r in rec["runs"].values()), rec
-    assert line.startswith(f"0 host synchronisations in 3 steps of each of {len(STRATEGIES) + 1} runs")
+    assert line.startswith(
+        f"0 host synchronisations in 3 steps of each of {len(STRATEGIES) + 1} runs"
+    )
 
 
 def test_blp_check_compares_gradients_and_fails_without_a_stream_per_branch(ck):
     # the fake GPU runs no kernels: the profiler finds none, which the check must call a failure
-    with pytest.raises(AssertionError, match=r"BLP kernels ran on 0 CUDA stream\(s\), expected one per branch"):
+    with pytest.raises(
+        AssertionError, match=r"BLP kernels ran on 0 CUDA stream\(s\), expected one per branch"
+    ):
         gpucheck.check_blp(ck)
-    events = [{"cat": "kernel", "args": {"stream": 7}}, {"cat": "kernel", "args": {"stream": 13}},
-              {"cat": "kernel", "args": {"stream": 7}}, {"cat": "cpu_op", "args": {}}, {"cat": "kernel", "tid": 3}]
+    events = [
+        {"cat": "kernel", "args": {"stream": 7}},
+        {"cat": "kernel", "args": {"stream": 13}},
+        {"cat": "kernel", "args": {"stream": 7}},
+        {"cat": "cpu_op", "args": {}},
+        {"cat": "kernel", "tid": 3},
+    ]
     assert gpucheck.trace_streams(events) == {"7": 2, "13": 1, "3": 1}
 
 
@@ -347,9 +445,12 @@ def test_item14_trainer_check_runs_ddp_and_blp_bf16_preinit_and_lists_what_needs
 
 
 def test_bench_figures_and_line_arithmetic():
-    rec = {f"visual/{p}": {"train_s_mean": t} for p, t in (("fp32", 4.0), ("tf32", 2.0), ("bf16", 1.0))}
-    assert gpucheck.bench_line(rec) == ("MVSA train s/epoch: visual fp32 4.0 s (1.00x), tf32 2.0 s (2.00x), "
-                                        "bf16 1.0 s (4.00x)")
+    rec = {
+        f"visual/{p}": {"train_s_mean": t} for p, t in (("fp32", 4.0), ("tf32", 2.0), ("bf16", 1.0))
+    }
+    assert gpucheck.bench_line(rec) == (
+        "MVSA train s/epoch: visual fp32 4.0 s (1.00x), tf32 2.0 s (2.00x), bf16 1.0 s (4.00x)"
+    )
 
 
 def test_checks_skip_when_their_time_budget_is_spent(ck):
@@ -361,31 +462,45 @@ def test_checks_skip_when_their_time_budget_is_spent(ck):
         gpucheck.bench_precisions(ck, "mvsa", ["visual"])
 
 
-def test_single_run_on_the_fake_gpu_sets_its_device_synchronises_and_reads_peaks(tiny_config, monkeypatch):
+def test_single_run_on_the_fake_gpu_sets_its_device_synchronises_and_reads_peaks(
+    tiny_config, monkeypatch
+):
     fake = FakeCuda(monkeypatch, count=2)
     fake.current = 1
     par = parallel.build(tiny_config("cremad", "system.device=cuda"))
-    assert par.setup() == torch.device("cuda", 1) and fake.set_devices[-1][1] == torch.device("cuda", 1)
+    assert par.setup() == torch.device("cuda", 1) and fake.set_devices[-1][1] == torch.device(
+        "cuda", 1
+    )
     par.synchronize()
     assert ("synchronize", torch.device("cuda", 1)) in fake.calls
-    monkeypatch.setattr("mmhpc.system.sampler.device_used_mib", lambda d: 5.0)  # NVML's figure (fakes_gpu.py)
+    monkeypatch.setattr(
+        "mmhpc.system.sampler.device_used_mib", lambda d: 5.0
+    )  # NVML's figure (fakes_gpu.py)
     assert par.peak_memory() == {"cuda:1_peak_mib": 3.0, "cuda:1_reserved_peak_mib": 4.0,
                                  "cuda:1_device_used_mib": 5.0}
     dp = parallel.build(tiny_config("cremad", "system.device=cuda", "system.parallelism=dp"))
     assert dp.setup() == torch.device("cuda", 1)  # two GPUs: allowed
     assert dp.compute_devices() == [torch.device("cuda", 0), torch.device("cuda", 1)]
-    assert parallel.blp_devices(torch.device("cuda", 0)) == [torch.device("cuda", 0), torch.device("cuda", 1)]
+    assert parallel.blp_devices(torch.device("cuda", 0)) == [
+        torch.device("cuda", 0),
+        torch.device("cuda", 1),
+    ]
 
 
 def test_a_failed_collective_names_the_ranks_that_do_not_answer(tiny_config, tmp_path):
     import torch.distributed as dist
 
     par = parallel.build(tiny_config("cremad", "system.parallelism=ddp"))
-    dist.init_process_group("gloo", store=dist.FileStore(str(tmp_path / "store"), 1), rank=0, world_size=1)
+    dist.init_process_group(
+        "gloo", store=dist.FileStore(str(tmp_path / "store"), 1), rank=0, world_size=1
+    )
     try:
         assert par.reduce({"acc": 0.5}, 10) == {"acc": 0.5} and par.broadcast("x") == "x"
-        with pytest.raises(RunError, match=r"ddp rank 0: the test collective failed \(Connection closed by "
-                                           r"peer\); every rank still answers"):
+        with pytest.raises(
+            RunError,
+            match=r"ddp rank 0: the test collective failed \(Connection closed by "
+            r"peer\); every rank still answers",
+        ):
             with par._collective("the test collective"):
                 raise RuntimeError("Connection closed by peer")
     finally:

@@ -1,6 +1,9 @@
-"""What the trainer measures on a GPU, driven on the CPU with fakes of CUDA events and NVML (tests/fakes_gpu.py):
-GPU idle between steps, epoch time with the strategies' own passes, driver utilisation samples, energy at
-epoch boundaries, MIG, every DDP rank's GPU, memory beyond the allocator's peak, and the host syncs of a step."""
+"""What the trainer measures on a GPU, driven on the CPU with fakes of CUDA events and NVML
+(tests/fakes_gpu.py):
+GPU idle between steps, epoch time with the strategies' own passes, driver utilisation samples,
+energy at
+epoch boundaries, MIG, every DDP rank's GPU, memory beyond the allocator's peak, and the host syncs
+of a step."""
 from __future__ import annotations
 
 import contextlib
@@ -29,7 +32,8 @@ def nvml(monkeypatch):
 
 @contextlib.contextmanager
 def no_host_reads(monkeypatch):
-    """Fail on any read of a tensor's value by the host (on a GPU each one waits for the device's queue)."""
+    """Fail on any read of a tensor's value by the host (on a GPU each one waits for the device's
+    queue)."""
     def refuse(name):
         def read(self, *a, **k):
             raise AssertionError(f"host read of a tensor: Tensor.{name}")
@@ -41,12 +45,15 @@ def no_host_reads(monkeypatch):
         yield
 
 
-# ---- item 7: GPU idle between steps from CUDA events --------------------------------------------------------
+# ---- item 7: GPU idle between steps from CUDA events
+# --------------------------------------------------------
 
 def test_gpu_idle_is_zero_while_the_gpu_has_work_queued_though_the_host_waited(monkeypatch):
     gpu = FakeStream().install(monkeypatch)
     gaps = StepGaps(CUDA)
-    for _ in range(5):  # the host waits 50 ms for each batch, the GPU works 100 ms per step: never idle
+    for _ in range(
+        5
+    ):  # the host waits 50 ms for each batch, the GPU works 100 ms per step: never idle
         gpu.run(host_s=0.05)
         gaps.start()
         gpu.run(gpu_s=0.1)
@@ -72,7 +79,8 @@ def test_no_gpu_idle_figure_off_cuda():
     assert gaps.idle_s() is None
 
 
-# ---- items 7, 8, 12 through the trainer on the CPU --------------------------------------------------------------
+# ---- items 7, 8, 12 through the trainer on the CPU
+# --------------------------------------------------------------
 
 @pytest.mark.slow
 def test_epoch_time_includes_the_strategy_passes_and_the_best_state_copy(tiny_config, monkeypatch):
@@ -85,12 +93,16 @@ def test_epoch_time_includes_the_strategy_passes_and_the_best_state_copy(tiny_co
         return original(self, epoch)
 
     monkeypatch.setattr(PMR, "compute_prototypes", slow_prototypes)
-    rec = train(tiny_config("cremad", "strategy.name=pmr", "system.sample_interval=0"), progress=False)
+    rec = train(
+        tiny_config("cremad", "strategy.name=pmr", "system.sample_interval=0"), progress=False
+    )
     t = rec.epochs[0].time
     passes = t.train_loader_init_s + t.train_s + t.val_loader_init_s + t.val_s
     assert t.strategy_s >= 0.3
     assert t.epoch_s == pytest.approx(passes + t.strategy_s)
-    assert t.train_gpu_idle_s is None and t.train_data_wait_s is not None  # the CPU: the host's figure only
+    assert (
+        t.train_gpu_idle_s is None and t.train_data_wait_s is not None
+    )  # the CPU: the host's figure only
 
 
 @pytest.mark.slow
@@ -104,15 +116,24 @@ def test_gradient_blending_held_out_pass_is_in_the_epoch(tiny_config, monkeypatc
         return original(self)
 
     monkeypatch.setattr(GradientBlending, "held_out_losses", slow)
-    rec = train(tiny_config("cremad", "strategy.name=gradient_blending", "system.sample_interval=0"), progress=False)
+    rec = train(
+        tiny_config("cremad", "strategy.name=gradient_blending", "system.sample_interval=0"),
+        progress=False,
+    )
     assert rec.epochs[0].time.strategy_s >= 0.3
 
 
 @pytest.mark.slow
 def test_train_timer_starts_after_a_synchronize_and_copies_skip_the_index(tiny_config, monkeypatch):
-    trainer = Trainer(tiny_config("cremad", "loader.pin_memory=false", "system.sample_interval=0"), progress=False)
+    trainer = Trainer(
+        tiny_config("cremad", "loader.pin_memory=false", "system.sample_interval=0"), progress=False
+    )
     events, copies = [], []
-    sync, to_device, loader = trainer.runtime.synchronize, trainer.runtime.to_device, trainer.loaders["train"]
+    sync, to_device, loader = (
+        trainer.runtime.synchronize,
+        trainer.runtime.to_device,
+        trainer.loaders["train"],
+    )
     epoch = loader.epoch
     monkeypatch.setattr(trainer.runtime, "synchronize", lambda: (events.append("sync"), sync())[1])
     monkeypatch.setattr(loader, "epoch", lambda e: (events.append("train iterator"), epoch(e))[1])
@@ -130,7 +151,8 @@ def test_train_timer_starts_after_a_synchronize_and_copies_skip_the_index(tiny_c
     assert copies and all("index" not in keys and non_blocking for keys, non_blocking in copies)
 
 
-# ---- item 9: driver samples, energy at markers, MIG, DDP ranks ----------------------------------------------
+# ---- item 9: driver samples, energy at markers, MIG, DDP ranks
+# ----------------------------------------------
 
 def test_utilisation_from_driver_samples_and_energy_read_at_the_markers(nvml):
     gpu = nvml.add("GPU-11111111-2222-3333-4444-555555555555", power_w=300.0)
@@ -150,7 +172,9 @@ def test_utilisation_from_driver_samples_and_energy_read_at_the_markers(nvml):
     assert out["gpu0_util_samples"] == len(inside)
     assert out["gpu0_util_pct_mean"] == pytest.approx(sum(inside) / len(inside))
     assert out["gpu0_util_pct_peak"] == max(inside)
-    start, _poll, end = gpu.energy_reads[:3]  # the counter read at each marker, not at the polls around them
+    start, _poll, end = gpu.energy_reads[
+        :3
+    ]  # the counter read at each marker, not at the polls around them
     assert out["gpu0_energy_j"] == pytest.approx((end - start) / 1000.0)
 
 
@@ -165,7 +189,11 @@ def test_driver_samples_fetched_at_polls_are_not_lost_nor_counted_twice(nvml):
     finally:
         s.stop()
     times = [t for t, _ in s._driver[0]]
-    assert len(times) == len(set(times)) == len([ts for ts, _ in gpu.samples_served if ts / 1e6 >= s.start_time])
+    assert (
+        len(times)
+        == len(set(times))
+        == len([ts for ts, _ in gpu.samples_served if ts / 1e6 >= s.start_time])
+    )
 
 
 def test_a_mig_slice_has_no_utilisation_and_says_so(nvml):
@@ -186,8 +214,13 @@ def test_report_does_not_put_cpu_utilisation_in_place_of_a_mig_gpu():
 
     util = {"gpu0_util_pct_mean": None, "gpu0_mem_mb_mean": 900.0, "cpu_proc_pct_mean": 97.0}
     times = EpochTime(train_loader_init_s=0, train_s=1, val_loader_init_s=0, val_s=1, epoch_s=2)
-    rec = RunRecord(run="r", status="done", config={}, epochs=[Epoch(epoch=0, time=times, util=util)],
-                    summary={"test": {"acc/fused": 0.5}})
+    rec = RunRecord(
+        run="r",
+        status="done",
+        config={},
+        epochs=[Epoch(epoch=0, time=times, util=util)],
+        summary={"test": {"acc/fused": 0.5}},
+    )
     out = _measurements(rec)
     assert out.get("util_kind") != "CPU" and out.get("util_pct") is None
 
@@ -202,7 +235,12 @@ def test_every_ddp_rank_samples_its_own_gpu(nvml, monkeypatch, tiny_config):
 
         def gather(self, obj):  # rank 0 sampled GPU 0 of its node
             self.gathered.append(obj)
-            return [{0: "GPU-0000"} if isinstance(obj, dict) and 1 in obj else {"gpu0_util_pct_mean": 11.0}, obj]
+            return [
+                {0: "GPU-0000"}
+                if isinstance(obj, dict) and 1 in obj
+                else {"gpu0_util_pct_mean": 11.0},
+                obj,
+            ]
 
     runtime = Rank1()
     runtime.device = torch.device("cuda", 1)
@@ -216,17 +254,25 @@ def test_every_ddp_rank_samples_its_own_gpu(nvml, monkeypatch, tiny_config):
         util = telemetry._util
     finally:
         telemetry.sampler.stop()
-    assert util["gpu0_util_pct_mean"] == 11.0 and "gpu1_util_pct_mean" in util  # rank r's GPU as gpu<r>
+    assert (
+        util["gpu0_util_pct_mean"] == 11.0 and "gpu1_util_pct_mean" in util
+    )  # rank r's GPU as gpu<r>
 
 
 def test_merge_ranks_names_each_ranks_gpu_by_its_rank():
     ranks = [{"cpu_proc_pct_mean": 90.0, "gpu0_util_pct_mean": 50.0, "n_samples": 3},
              {"cpu_proc_pct_mean": 80.0, "gpu0_util_pct_mean": 70.0, "gpu0_energy_j": 5.0}]
-    assert merge_ranks(ranks) == {"cpu_proc_pct_mean": 90.0, "n_samples": 3, "gpu0_util_pct_mean": 50.0,
-                                  "gpu1_util_pct_mean": 70.0, "gpu1_energy_j": 5.0}
+    assert merge_ranks(ranks) == {
+        "cpu_proc_pct_mean": 90.0,
+        "n_samples": 3,
+        "gpu0_util_pct_mean": 50.0,
+        "gpu1_util_pct_mean": 70.0,
+        "gpu1_energy_j": 5.0,
+    }
 
 
-# ---- item 10: memory: allocated, reserved, device-level used ----------------------------------------------------
+# ---- item 10: memory: allocated, reserved, device-level used
+# ----------------------------------------------------
 
 def test_peak_memory_has_reserved_and_nvml_used_beside_allocated(nvml, monkeypatch):
     nvml.add("GPU-abcdef01-0000-0000-0000-000000000000", used_mib=3072.0)
@@ -258,7 +304,8 @@ def test_device_used_is_none_without_nvml(monkeypatch):
     assert device_used_mib(CUDA) is None
 
 
-# ---- item 12: host syncs of a step ----------------------------------------------------------------------------
+# ---- item 12: host syncs of a step
+# ----------------------------------------------------------------------------
 
 def test_mlb_step_reads_nothing_back_to_the_host(monkeypatch):
     from test_strategies import batch, strategy
@@ -279,7 +326,9 @@ def test_text_encoder_forward_reads_nothing_back_and_masks_as_before(monkeypatch
     ids = torch.randint(3, 100, (4, 16))
     mask = torch.ones(4, 16, dtype=torch.long)
     mask[:, 10:] = 0
-    expected = enc.net(input_ids=ids, attention_mask=mask).last_hidden_state[:, 0]  # transformers' own masking
+    expected = enc.net(input_ids=ids, attention_mask=mask).last_hidden_state[
+        :, 0
+    ]  # transformers' own masking
     with no_host_reads(monkeypatch):
         got = enc(torch.stack([ids, mask], 1))
     assert torch.allclose(got, expected, atol=1e-6)
@@ -300,7 +349,10 @@ def test_report_shows_the_gpu_idle_beside_the_hosts_data_wait(tmp_path):
     tables, _ = build_tables(load_results(tmp_path).runs)
     (prefetch,) = (t for t in tables if t.name == "loader-prefetch")
     frame = prefetch.frame.set_index("Prefetch factor")
-    assert list(frame["Idle time (s)"]) == ["0.760", "0.720"] and list(frame["GPU idle (s)"]) == ["0.050", "0.000"]
+    assert list(frame["Idle time (s)"]) == ["0.760", "0.720"] and list(frame["GPU idle (s)"]) == [
+        "0.050",
+        "0.000",
+    ]
     assert "CUDA events" in prefetch.caption
 
 
@@ -308,11 +360,27 @@ def test_bench_summary_keeps_the_new_figures_and_a_mig_gpus_missing_utilisation(
     from mmhpc.bench import bench_summary
 
     def epoch(t, idle, util):
-        return {"time": {"epoch_s": t, "train_loader_init_s": 0.0, "train_s": t, "val_loader_init_s": 0.0,
-                         "val_s": 0.0, "train_samples_per_s": 1.0, "strategy_s": 0.5, "train_gpu_idle_s": idle},
-                "util": {"gpu0_util_pct_mean": util, "gpu0_mem_mb_peak": 100.0 * t, "gpu0_util_samples": 0}}
+        return {
+            "time": {
+                "epoch_s": t,
+                "train_loader_init_s": 0.0,
+                "train_s": t,
+                "val_loader_init_s": 0.0,
+                "val_s": 0.0,
+                "train_samples_per_s": 1.0,
+                "strategy_s": 0.5,
+                "train_gpu_idle_s": idle,
+            },
+            "util": {
+                "gpu0_util_pct_mean": util,
+                "gpu0_mem_mb_peak": 100.0 * t,
+                "gpu0_util_samples": 0,
+            },
+        }
 
-    out = bench_summary([epoch(9.0, 3.0, None), epoch(2.0, 0.2, None), epoch(4.0, 0.4, None)], warmup=1)
+    out = bench_summary(
+        [epoch(9.0, 3.0, None), epoch(2.0, 0.2, None), epoch(4.0, 0.4, None)], warmup=1
+    )
     assert out["strategy_s_mean"] == 0.5 and out["train_gpu_idle_s_mean"] == pytest.approx(0.3)
     assert out["util/gpu0_util_pct_mean"] is None and out["util/gpu0_mem_mb_peak"] == 400.0
     assert "util/gpu0_util_samples" not in out

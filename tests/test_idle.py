@@ -1,4 +1,5 @@
-"""Idle time waiting for data (mmhpc.system.idle): the waits in next(), thesis Alg. 7/8, the trainer's record."""
+"""Idle time waiting for data (mmhpc.system.idle): the waits in next(), thesis Alg. 7/8, the
+trainer's record."""
 import time
 
 import pytest
@@ -25,7 +26,8 @@ def test_timed_batches_splits_initialisation_from_the_waits():
 
 
 def test_workload_is_not_idle_time():
-    # Alg. 8: while the step works, nothing is waited for; wall = init + idle + work (+ loop overhead)
+    # Alg. 8: while the step works, nothing is waited for; wall = init + idle + work (+ loop
+    # overhead)
     work = 0.03
     out = epoch_idle(_slow(4), workload=lambda b: time.sleep(work))
     assert out["batches"] == 4

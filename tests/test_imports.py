@@ -1,8 +1,11 @@
 """The package's import graph has no cycle, and importing the config schema imports no strategy.
 
-The graph is read from the source (every `import` statement, function-local ones included, not those under
-`if TYPE_CHECKING:`): importing `a.b.c` runs `a/__init__` and `a/b/__init__` too, so an edge also goes to
-each package above the imported module, except the importer's own packages (already running when it runs).
+The graph is read from the source (every `import` statement, function-local ones included, not those
+under
+`if TYPE_CHECKING:`): importing `a.b.c` runs `a/__init__` and `a/b/__init__` too, so an edge also
+goes to
+each package above the imported module, except the importer's own packages (already running when it
+runs).
 """
 from __future__ import annotations
 
@@ -43,7 +46,9 @@ def _imports(module: str, path: Path, known: set[str]) -> set[str]:
             names.update(a.name for a in node.names)
         elif isinstance(node, ast.ImportFrom):
             if node.level:
-                base = module.split(".")[: len(module.split(".")) - node.level + (1 if is_pkg else 0)]
+                base = module.split(".")[
+                    : len(module.split(".")) - node.level + (1 if is_pkg else 0)
+                ]
                 target = ".".join(base + ([node.module] if node.module else []))
             else:
                 target = node.module or ""
@@ -90,16 +95,21 @@ def test_errors_is_the_bottom_module():
 
 def test_config_imports_no_strategy():
     code = ("import sys, mmhpc.config; "
-            "print(','.join(m for m in sys.modules if m.startswith('mmhpc.strategies') or m == 'torch'))")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+            "print(','.join(m for m in sys.modules if m.startswith('mmhpc.strategies') or m == "
+            "'torch'))")
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    ).stdout
     assert out.strip() == ""  # no strategy, and no torch either: the schema is cheap to import
 
 
-# ---- the light commands import no heavy library ----------------------------------------------------------
+# ---- the light commands import no heavy library
+# ----------------------------------------------------------
 
 HEAVY = ("torch", "pandas", "matplotlib", "transformers")
 FAKE_SLURM = Path(__file__).parent / "fake_slurm" / "fake_slurm.py"
-# runs each command line (one per line of stdin) in this one process, printing the heavy modules loaded
+# runs each command line (one per line of stdin) in this one process, printing the heavy modules
+# loaded
 # after each: the first command that loads one is named
 _RUNNER = """
 import sys
@@ -110,21 +120,31 @@ for line in sys.stdin.read().splitlines():
     except SystemExit as e:  # --help
         code = e.code
     heavy = [m for m in HEAVY if m in sys.modules]
-    print(f"{line.replace(chr(9), ' ')} => exit {code}, heavy: {','.join(heavy) or 'none'}", file=sys.stderr)
+    shown = line.replace(chr(9), " ")
+    print(f"{shown} => exit {code}, heavy: {','.join(heavy) or 'none'}", file=sys.stderr)
 """
 
 
 def _light_commands(argvs: list[list[str]], env: dict[str, str], cwd: Path) -> list[str]:
-    proc = subprocess.run([sys.executable, "-c", f"HEAVY = {HEAVY!r}" + _RUNNER], cwd=cwd, env=env, text=True,
-                          input="\n".join("\t".join(a) for a in argvs), capture_output=True, timeout=300)
+    proc = subprocess.run(
+        [sys.executable, "-c", f"HEAVY = {HEAVY!r}" + _RUNNER],
+        cwd=cwd,
+        env=env,
+        text=True,
+        input="\n".join("\t".join(a) for a in argvs),
+        capture_output=True,
+        timeout=300,
+    )
     lines = [ln for ln in proc.stderr.splitlines() if " => exit " in ln]
     assert len(lines) == len(argvs), proc.stderr[-3000:]
     return lines
 
 
 def test_light_commands_import_no_torch(tmp_path, monkeypatch):
-    """`--help` of every command, `clusters`, `sweep status` and a `sweep resume` with nothing to do start
-    without torch, pandas, matplotlib or transformers (each used to import torch, 3.5-7 s, for the knob
+    """`--help` of every command, `clusters`, `sweep status` and a `sweep resume` with nothing to do
+    start
+    without torch, pandas, matplotlib or transformers (each used to import torch, 3.5-7 s, for the
+    knob
     list of `--help`), against a fake scheduler on PATH."""
     import os
 
@@ -140,24 +160,50 @@ def test_light_commands_import_no_torch(tmp_path, monkeypatch):
     for key, value in env.items():
         monkeypatch.setenv(key, value)
     sweep = tmp_path / "s.yaml"
-    sweep.write_text("name: s\ngrid: {train.lr: [0.1, 0.2]}\nbase: {data.source: prepared, data.root: /d}\n")
+    sweep.write_text(
+        "name: s\ngrid: {train.lr: [0.1, 0.2]}\nbase: {data.source: prepared, data.root: /d}\n"
+    )
     sweep_dir, _ = hold_sweep(sweep, "local", "full", results=tmp_path / "results")
-    (state / "queue").write_text("")  # the held jobs are in no queue: resume submits them once, then has none
-    argvs = [["--help"], *([cmd, "--help"] for cmd in ("train", "bench", "config", "doctor", "report", "demo",
-                                                       "prepare", "clusters", "sweep", "strategies")),
-             ["data", "synth", "--help"], *(["sweep", cmd, "--help"] for cmd in ("expand", "submit", "status",
-                                                                               "resume")),
-             ["clusters"], ["clusters", "alvis"], ["sweep", "status", str(sweep_dir.path)],
-             ["sweep", "resume", str(sweep_dir.path), "-q"], ["sweep", "resume", str(sweep_dir.path), "-q"]]
+    (state / "queue").write_text(
+        ""
+    )  # the held jobs are in no queue: resume submits them once, then has none
+    argvs = [
+        ["--help"],
+        *(
+            [cmd, "--help"]
+            for cmd in (
+                "train",
+                "bench",
+                "config",
+                "doctor",
+                "report",
+                "demo",
+                "prepare",
+                "clusters",
+                "sweep",
+                "strategies",
+            )
+        ),
+        ["data", "synth", "--help"],
+        *(["sweep", cmd, "--help"] for cmd in ("expand", "submit", "status", "resume")),
+        ["clusters"],
+        ["clusters", "alvis"],
+        ["sweep", "status", str(sweep_dir.path)],
+        ["sweep", "resume", str(sweep_dir.path), "-q"],
+        ["sweep", "resume", str(sweep_dir.path), "-q"],
+    ]
     lines = _light_commands(argvs, env, tmp_path)
     assert all(ln.endswith("heavy: none") for ln in lines), "\n".join(lines)
     assert all(" => exit 0," in ln for ln in lines), "\n".join(lines)
     sbatch = [ln for ln in (state / "calls").read_text().splitlines() if ln.startswith("sbatch")]
-    assert len(sbatch) == 1  # the first resume submitted the held array; the second had nothing to do
+    assert (
+        len(sbatch) == 1
+    )  # the first resume submitted the held array; the second had nothing to do
 
 
 def test_names_for_validation_are_the_registries_names():
-    """Validation and `--help` take the fusion and strategy names from mmhpc.names (no torch); the registries
+    """Validation and `--help` take the fusion and strategy names from mmhpc.names (no torch); the
+    registries
     themselves must hold exactly those."""
     from mmhpc import names
     from mmhpc.launch.cli_sweep import SIZES as CLI_SIZES

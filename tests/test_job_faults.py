@@ -1,8 +1,12 @@
-"""Jobs and schedulers that fail the way real ones do, without the local SLURM: the pre-timeout signal
-(the trainer stops at a step boundary, the job requeues, the run resumes exactly), and fake `sbatch`,
-`squeue`, `sacct` and `scontrol` scripts on PATH that fail, hang, or die right after printing a job id.
+"""Jobs and schedulers that fail the way real ones do, without the local SLURM: the pre-timeout
+signal
+(the trainer stops at a step boundary, the job requeues, the run resumes exactly), and fake
+`sbatch`,
+`squeue`, `sacct` and `scontrol` scripts on PATH that fail, hang, or die right after printing a job
+id.
 
-The fake scheduler keeps its queue in a directory ($FAKE_SLURM): `queue` lines `jobid|state|reason|name`
+The fake scheduler keeps its queue in a directory ($FAKE_SLURM): `queue` lines
+`jobid|state|reason|name`
 that the fake squeue prints and the fake sacct answers from, and `calls` (one line per invocation).
 """
 from __future__ import annotations
@@ -40,12 +44,21 @@ def _metrics(rec: RunRecord) -> list:
     return [(e.epoch, e.train, e.val) for e in rec.epochs]
 
 
-# ---- item 7: the pre-timeout signal ---------------------------------------------------------------------
+# ---- item 7: the pre-timeout signal
+# ---------------------------------------------------------------------
 
 @pytest.mark.slow
 def test_the_trainer_stops_at_a_step_boundary_and_the_rerun_resumes_exactly(synth_dir, tmp_path):
-    args = [f"data.root={synth_dir('cremad')}", "data.modalities=[audio]", "train.epochs=2", "train.max_batches=3",
-            "train.batch_size=16", "system.threads=1", "output.checkpoint=true", "output.name=r"]
+    args = [
+        f"data.root={synth_dir('cremad')}",
+        "data.modalities=[audio]",
+        "train.epochs=2",
+        "train.max_batches=3",
+        "train.batch_size=16",
+        "system.threads=1",
+        "output.checkpoint=true",
+        "output.name=r",
+    ]
     cfg = load_config(None, args + [f"output.runs_dir={tmp_path / 'a'}"])
     trainer = Trainer(cfg, progress=False)
     calls = []
@@ -58,7 +71,9 @@ def test_the_trainer_stops_at_a_step_boundary_and_the_rerun_resumes_exactly(synt
     trainer.components.append(SimpleNamespace(on_step_end=lambda _: signal_at_epoch_1_step_2()))
     with pytest.raises(Preempted) as stopped:
         trainer.fit()
-    assert (stopped.value.epoch, stopped.value.step) == (1, 2) and len(calls) == 5  # no step after the signal
+    assert (stopped.value.epoch, stopped.value.step) == (1, 2) and len(
+        calls
+    ) == 5  # no step after the signal
     record = read_record(cfg.record_path())
     assert record.status == "running" and [e.epoch for e in record.epochs] == [0]  # not "failed"
     assert (tmp_path / "a" / "r.ckpt.pt").exists()
@@ -67,30 +82,52 @@ def test_the_trainer_stops_at_a_step_boundary_and_the_rerun_resumes_exactly(synt
     STOP_REQUESTED.clear()
     resumed = train(cfg, progress=False)
     assert resumed.status == "done" and resumed.resumed[0]["at_epoch"] == 1
-    straight = train(load_config(None, args + [f"output.runs_dir={tmp_path / 'b'}"]), progress=False)
-    assert _metrics(resumed) == _metrics(straight)  # the interrupted epoch was trained again from its start
+    straight = train(
+        load_config(None, args + [f"output.runs_dir={tmp_path / 'b'}"]), progress=False
+    )
+    assert _metrics(resumed) == _metrics(
+        straight
+    )  # the interrupted epoch was trained again from its start
     assert resumed.summary.test == straight.summary.test
 
 
 def _sweep(tmp_path: Path, name: str, cluster: str = "none", **spec) -> Path:
     path = tmp_path / f"{name}.yaml"
-    base = {"data.dataset": "cremad", "data.modalities": ["audio"], "train.batch_size": 16, "loader.num_workers": 0,
-            "system.sample_interval": 0, **spec.pop("base", {})}
+    base = {
+        "data.dataset": "cremad",
+        "data.modalities": ["audio"],
+        "train.batch_size": 16,
+        "loader.num_workers": 0,
+        "system.sample_interval": 0,
+        **spec.pop("base", {}),
+    }
     path.write_text(yaml.safe_dump({"name": name, "base": base, **spec}))
     return path
 
 
 @pytest.mark.slow
-def test_usr2_in_a_hand_submitted_job_requeues_it_and_the_requeued_job_finishes_the_run(fake, tmp_path):
+def test_usr2_in_a_hand_submitted_job_requeues_it_and_the_requeued_job_finishes_the_run(
+    fake, tmp_path
+):
     spec = _sweep(tmp_path, "sig", tiny={"base": {"train.epochs": 5, "train.max_batches": 4}})
     sweep_dir, _ = hold_sweep(spec, "none", results=tmp_path / "results")
     run = sweep_dir.load()["runs"][0]
     ckpt = sweep_dir.runs_dir / f"{run['name']}.ckpt.pt"
-    env = dict(os.environ, SLURM_JOB_ID="108",  # the fake scontrol (PATH, FAKE_SLURM) logs the requeue
-               SLURM_ARRAY_JOB_ID="107", SLURM_ARRAY_TASK_ID="0", SLURM_NTASKS="1", SLURM_PROCID="0",
-               SLURM_LOCALID="0", SLURM_NODEID="0", SLURM_JOB_NODELIST="node1")
+    env = dict(
+        os.environ,
+        SLURM_JOB_ID="108",  # the fake scontrol (PATH, FAKE_SLURM) logs the requeue
+        SLURM_ARRAY_JOB_ID="107",
+        SLURM_ARRAY_TASK_ID="0",
+        SLURM_NTASKS="1",
+        SLURM_PROCID="0",
+        SLURM_LOCALID="0",
+        SLURM_NODEID="0",
+        SLURM_JOB_NODELIST="node1",
+    )
     cmd = [sys.executable, "-m", "mmhpc.cli", "sweep", "run-index", str(sweep_dir.path), "0"]
-    job = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    job = subprocess.Popen(
+        cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
     deadline = time.monotonic() + 300
     while not ckpt.exists() and job.poll() is None and time.monotonic() < deadline:
         time.sleep(0.05)
@@ -99,12 +136,16 @@ def test_usr2_in_a_hand_submitted_job_requeues_it_and_the_requeued_job_finishes_
     assert job.returncode == 0, out
     assert (fake / "calls").read_text().split("\n")[0] == "scontrol requeue 107_0", out
     record = sweep_dir.record(run["name"])
-    assert record.status == "running" and 1 <= len(record.epochs) < 5, out  # stopped early, not failed
+    assert record.status == "running" and 1 <= len(record.epochs) < 5, (
+        out
+    )  # stopped early, not failed
     assert "preempted" in out and "epoch 1/5" in out  # the job's output has one line per epoch
 
-    # the requeued job: same ids, SLURM_RESTART_COUNT=1; it resumes from the epoch checkpoint and finishes
-    again = subprocess.run(cmd, env={**env, "SLURM_RESTART_COUNT": "1"}, capture_output=True, text=True,
-                           timeout=300)
+    # the requeued job: same ids, SLURM_RESTART_COUNT=1; it resumes from the epoch checkpoint and
+    # finishes
+    again = subprocess.run(
+        cmd, env={**env, "SLURM_RESTART_COUNT": "1"}, capture_output=True, text=True, timeout=300
+    )
     assert again.returncode == 0, again.stdout + again.stderr
     done = sweep_dir.record(run["name"])
     assert done.status == "done" and [e.epoch for e in done.epochs] == list(range(5))
@@ -123,47 +164,81 @@ def _catches(pid: int, sig: signal.Signals) -> bool:
 
 
 def test_in_a_slurm_job_the_signal_is_noted_from_the_package_import_on():
-    probe = ("import os, signal, time; import mmhpc; from mmhpc.preempt import STOP_REQUESTED; "
-             "os.kill(os.getpid(), signal.SIGUSR2); time.sleep(0.1); print(STOP_REQUESTED.is_set())")
+    probe = (
+        "import os, signal, time; import mmhpc; from mmhpc.preempt import STOP_REQUESTED; "
+        "os.kill(os.getpid(), signal.SIGUSR2); time.sleep(0.1); print(STOP_REQUESTED.is_set())"
+    )
     env = {k: v for k, v in os.environ.items() if not k.startswith("SLURM_")}
-    outside = subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True, text=True, timeout=60)
+    outside = subprocess.run(
+        [sys.executable, "-c", probe], env=env, capture_output=True, text=True, timeout=60
+    )
     assert outside.returncode == -signal.SIGUSR2  # not a SLURM job: the default action, as before
-    job = subprocess.run([sys.executable, "-c", probe], env={**env, "SLURM_JOB_ID": "5"}, capture_output=True,
-                         text=True, timeout=60)
+    job = subprocess.run(
+        [sys.executable, "-c", probe],
+        env={**env, "SLURM_JOB_ID": "5"},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert (job.returncode, job.stdout.strip()) == (0, "True"), job.stderr
     # somebody else's handler (a submitit job's, a user's) is left in place
     mine = "import signal; signal.signal(signal.SIGUSR2, lambda *a: print('theirs')); " + probe
-    theirs = subprocess.run([sys.executable, "-c", mine], env={**env, "SLURM_JOB_ID": "5"}, capture_output=True,
-                            text=True, timeout=60)
+    theirs = subprocess.run(
+        [sys.executable, "-c", mine],
+        env={**env, "SLURM_JOB_ID": "5"},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert theirs.stdout.split() == ["theirs", "False"], theirs.stderr
 
 
 @pytest.mark.slow
 def test_usr2_while_a_job_starts_up_requeues_it_instead_of_failing_it(fake, tmp_path):
-    """The signal lands before torch and the trainer are imported (as soon as the process catches it, in
-    mmhpc's import): the run stops at its first step and the job requeues, where it used to die of USR2."""
+    """The signal lands before torch and the trainer are imported (as soon as the process catches
+    it, in
+    mmhpc's import): the run stops at its first step and the job requeues, where it used to die of
+    USR2."""
     spec = _sweep(tmp_path, "early", tiny={"base": {"train.epochs": 3, "train.max_batches": 4}})
     sweep_dir, _ = hold_sweep(spec, "none", results=tmp_path / "results")
     run = sweep_dir.load()["runs"][0]
-    env = dict(os.environ, SLURM_JOB_ID="208", SLURM_ARRAY_JOB_ID="207", SLURM_ARRAY_TASK_ID="0", SLURM_NTASKS="1",
-               SLURM_PROCID="0", SLURM_LOCALID="0", SLURM_NODEID="0", SLURM_JOB_NODELIST="node1")
+    env = dict(
+        os.environ,
+        SLURM_JOB_ID="208",
+        SLURM_ARRAY_JOB_ID="207",
+        SLURM_ARRAY_TASK_ID="0",
+        SLURM_NTASKS="1",
+        SLURM_PROCID="0",
+        SLURM_LOCALID="0",
+        SLURM_NODEID="0",
+        SLURM_JOB_NODELIST="node1",
+    )
     cmd = [sys.executable, "-m", "mmhpc.cli", "sweep", "run-index", str(sweep_dir.path), "0"]
-    job = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    job = subprocess.Popen(
+        cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
     deadline = time.monotonic() + 60
-    while not _catches(job.pid, signal.SIGUSR2) and job.poll() is None and time.monotonic() < deadline:
+    while (
+        not _catches(job.pid, signal.SIGUSR2) and job.poll() is None and time.monotonic() < deadline
+    ):
         time.sleep(0.001)
     torch_loaded = "libtorch" in Path(f"/proc/{job.pid}/maps").read_text()
     job.send_signal(signal.SIGUSR2)
     out, _ = job.communicate(timeout=300)
-    assert not torch_loaded  # the signal came during start-up, long before the trainer's own handler
+    assert (
+        not torch_loaded
+    )  # the signal came during start-up, long before the trainer's own handler
     assert job.returncode == 0, out
     assert (fake / "calls").read_text().split("\n")[0] == "scontrol requeue 207_0", out
     record = sweep_dir.record(run["name"])
-    assert record.status == "running" and record.epochs == [], out  # stopped at its first step, not failed
+    assert record.status == "running" and record.epochs == [], (
+        out
+    )  # stopped at its first step, not failed
     assert "stopped after step 1 of epoch 1" in out, out
 
 
-# ---- a fake scheduler on PATH --------------------------------------------------------------------------
+# ---- a fake scheduler on PATH
+# --------------------------------------------------------------------------
 
 FAKE = Path(__file__).parent / "fake_slurm" / "fake_slurm.py"
 COMMANDS = ("sbatch", "squeue", "sacct", "scontrol", "srun")
@@ -185,7 +260,8 @@ def fake(tmp_path, monkeypatch, data_home):
     monkeypatch.setenv("PATH", f"{bindir}:{os.environ['PATH']}")
     monkeypatch.setenv("FAKE_SLURM", str(state))
     monkeypatch.setenv("MMHPC_DATA", str(data_home))
-    # long enough for the fake (a Python script) to answer on a loaded machine; the hang test shortens it
+    # long enough for the fake (a Python script) to answer on a loaded machine; the hang test
+    # shortens it
     monkeypatch.setenv("MMHPC_SCHEDULER_TIMEOUT", "30")
     for cmd in COMMANDS:
         monkeypatch.delenv(f"FAKE_{cmd.upper()}", raising=False)
@@ -194,7 +270,11 @@ def fake(tmp_path, monkeypatch, data_home):
 
 def calls(state: Path, cmd: str) -> list[str]:
     path = state / "calls"
-    return [ln for ln in path.read_text().splitlines() if ln.split()[0] == cmd] if path.exists() else []
+    return (
+        [ln for ln in path.read_text().splitlines() if ln.split()[0] == cmd]
+        if path.exists()
+        else []
+    )
 
 
 def queue(state: Path) -> dict[str, list[str]]:
@@ -226,15 +306,22 @@ def states_of(sweep_dir: SweepDir) -> list[tuple[str, str]]:
 
 
 @pytest.mark.slow  # waits out squeue's timeout a few times
-def test_a_failed_or_silent_squeue_makes_states_unknown_and_resume_refuses(fake, tmp_path, monkeypatch, capsys):
+def test_a_failed_or_silent_squeue_makes_states_unknown_and_resume_refuses(
+    fake, tmp_path, monkeypatch, capsys
+):
     sweep_dir, submitted = submit_local(tmp_path)
     assert submitted == [0, 1, 2, 3] and len(calls(fake, "sbatch")) == 1
     assert [s for s, _ in states_of(sweep_dir)] == ["pending"] * 4
-    for mode, said in (("fail", "squeue exit 1: squeue: error: Socket timed out"), ("hang", "no answer in 2 s")):
+    for mode, said in (
+        ("fail", "squeue exit 1: squeue: error: Socket timed out"),
+        ("hang", "no answer in 2 s"),
+    ):
         monkeypatch.setenv("FAKE_SQUEUE", mode)
         monkeypatch.setenv("MMHPC_SCHEDULER_TIMEOUT", "2" if mode == "hang" else "30")
         states = states_of(sweep_dir)
-        assert [s for s, _ in states] == ["unknown"] * 4 and said in states[0][1], states  # never "failed"
+        assert [s for s, _ in states] == ["unknown"] * 4 and said in states[0][1], (
+            states
+        )  # never "failed"
         assert "may be queued or running" in states[0][1]
         assert cli("sweep", "status", str(sweep_dir.path)) == 3
         assert cli("sweep", "resume", str(sweep_dir.path), "-q") == 3
@@ -248,8 +335,11 @@ def test_a_failed_or_silent_squeue_makes_states_unknown_and_resume_refuses(fake,
     monkeypatch.setenv("FAKE_SACCT", "fail")
     states = states_of(sweep_dir)
     assert [s for s, _ in states] == ["unknown"] * 4 and "sacct failed" in states[0][1]
-    assert cli("sweep", "resume", str(sweep_dir.path), "-q") == 3 and len(calls(fake, "sbatch")) == 1
-    # sacct answers: two failed, two completed with a finished record -> resume resubmits the two failed only
+    assert (
+        cli("sweep", "resume", str(sweep_dir.path), "-q") == 3 and len(calls(fake, "sbatch")) == 1
+    )
+    # sacct answers: two failed, two completed with a finished record -> resume resubmits the two
+    # failed only
     monkeypatch.delenv("FAKE_SACCT")
     ids = sorted(rows)
     for k, jid in enumerate(ids):
@@ -257,7 +347,10 @@ def test_a_failed_or_silent_squeue_makes_states_unknown_and_resume_refuses(fake,
     set_queue(fake, rows, "accounting")
     sweep_dir.runs_dir.mkdir(exist_ok=True)
     for run in sweep_dir.load()["runs"][2:]:
-        write_record(sweep_dir.record_path(run["name"]), RunRecord(run=run["name"], status="done", config=run["config"]))
+        write_record(
+            sweep_dir.record_path(run["name"]),
+            RunRecord(run=run["name"], status="done", config=run["config"]),
+        )
     assert [s for s, _ in states_of(sweep_dir)] == ["failed", "failed", "done", "done"]
     assert cli("sweep", "resume", str(sweep_dir.path), "-q") == 0
     assert len(calls(fake, "sbatch")) == 2
@@ -269,13 +362,17 @@ def test_a_cluster_without_accounting_still_answers_from_squeue(fake, tmp_path, 
     set_queue(fake, {})  # the jobs ended and squeue forgot them
     monkeypatch.setenv("FAKE_SACCT", "disabled")
     states = states_of(sweep_dir)
-    assert [s for s, _ in states] == ["failed"] * 4 and "unknown to squeue and sacct" in states[0][1]
+    assert [s for s, _ in states] == ["failed"] * 4 and "unknown to squeue and sacct" in states[0][
+        1
+    ]
 
 
 def test_sbatch_that_dies_after_printing_the_job_id_leaves_a_job_that_is_adopted_not_resubmitted(
         fake, tmp_path, monkeypatch):
     monkeypatch.setenv("FAKE_SBATCH", "die")
-    sweep_dir, submitted = submit_local(tmp_path)  # sbatch was killed, but the array is in the queue: adopted
+    sweep_dir, submitted = submit_local(
+        tmp_path
+    )  # sbatch was killed, but the array is in the queue: adopted
     assert submitted == [0, 1, 2, 3]
     manifest = sweep_dir.load()
     ids = [r["jobs"][-1]["job_id"] for r in manifest["runs"]]
@@ -287,7 +384,9 @@ def test_sbatch_that_dies_after_printing_the_job_id_leaves_a_job_that_is_adopted
     assert len(calls(fake, "sbatch")) == 1 and len(queue(fake)) == 4  # no second copy
 
 
-def test_an_interrupted_submission_is_found_by_its_job_name_once_the_scheduler_answers(fake, tmp_path, monkeypatch):
+def test_an_interrupted_submission_is_found_by_its_job_name_once_the_scheduler_answers(
+    fake, tmp_path, monkeypatch
+):
     monkeypatch.setenv("FAKE_SBATCH", "die")
     monkeypatch.setenv("FAKE_SQUEUE", "fail")
     monkeypatch.setenv("FAKE_SACCT", "fail")
@@ -296,19 +395,27 @@ def test_an_interrupted_submission_is_found_by_its_job_name_once_the_scheduler_a
     assert getattr(err.value, "exit_code", None) == 3
     sweep_dir = SweepDir(tmp_path / "results" / "faults")
     intents = [r["jobs"][-1] for r in sweep_dir.load()["runs"]]
-    assert all(j["job_id"] is None and j["job_name"].startswith("mmhpc-faults-") for j in intents)  # saved first
+    assert all(
+        j["job_id"] is None and j["job_name"].startswith("mmhpc-faults-") for j in intents
+    )  # saved first
     assert [s for s, _ in states_of(sweep_dir)] == ["unknown"] * 4
     monkeypatch.delenv("FAKE_SBATCH")
-    assert cli("sweep", "resume", str(sweep_dir.path), "-q") == 3 and len(calls(fake, "sbatch")) == 1
+    assert (
+        cli("sweep", "resume", str(sweep_dir.path), "-q") == 3 and len(calls(fake, "sbatch")) == 1
+    )
     monkeypatch.delenv("FAKE_SQUEUE")
     monkeypatch.delenv("FAKE_SACCT")
     assert cli("sweep", "resume", str(sweep_dir.path), "-q") == 0
     assert len(calls(fake, "sbatch")) == 1  # adopted by name, not submitted again
-    assert [r["jobs"][-1]["job_id"] for r in sweep_dir.load()["runs"]] == [f"100_{k}" for k in range(4)]
+    assert [r["jobs"][-1]["job_id"] for r in sweep_dir.load()["runs"]] == [
+        f"100_{k}" for k in range(4)
+    ]
     assert all((sweep_dir.logs_dir / f"100_{k}_submitted.pkl").exists() for k in range(4))
 
 
-def test_sbatch_that_fails_without_queueing_leaves_the_runs_unsubmitted(fake, tmp_path, monkeypatch):
+def test_sbatch_that_fails_without_queueing_leaves_the_runs_unsubmitted(
+    fake, tmp_path, monkeypatch
+):
     monkeypatch.setenv("FAKE_SBATCH", "fail")
     with pytest.raises(Exception, match="no job named mmhpc-faults-.* is queued"):
         submit_local(tmp_path)
@@ -320,13 +427,19 @@ def test_sbatch_that_fails_without_queueing_leaves_the_runs_unsubmitted(fake, tm
 
 
 def test_ctrl_c_during_sbatch_waits_until_the_job_ids_are_saved(fake, tmp_path, monkeypatch):
-    monkeypatch.setenv("FAKE_SBATCH", "sigint")  # SIGINT to the submitter right after the job id is printed
+    monkeypatch.setenv(
+        "FAKE_SBATCH", "sigint"
+    )  # SIGINT to the submitter right after the job id is printed
     with pytest.raises(KeyboardInterrupt):
         submit_local(tmp_path)
     sweep_dir = SweepDir(tmp_path / "results" / "faults")
-    assert [r["jobs"][-1]["job_id"] for r in sweep_dir.load()["runs"]] == [f"100_{k}" for k in range(4)]
+    assert [r["jobs"][-1]["job_id"] for r in sweep_dir.load()["runs"]] == [
+        f"100_{k}" for k in range(4)
+    ]
     monkeypatch.delenv("FAKE_SBATCH")
-    assert cli("sweep", "resume", str(sweep_dir.path), "-q") == 0 and len(calls(fake, "sbatch")) == 1
+    assert (
+        cli("sweep", "resume", str(sweep_dir.path), "-q") == 0 and len(calls(fake, "sbatch")) == 1
+    )
 
 
 def test_hold_runs_show_as_held_until_their_sbatch_line_is_run(fake, tmp_path, capsys):
@@ -338,20 +451,32 @@ def test_hold_runs_show_as_held_until_their_sbatch_line_is_run(fake, tmp_path, c
     assert [s for s, _ in states_of(sweep_dir)] == ["held"] * 4
     subprocess.run(lines[0].split(), check=True, cwd=REPO)  # the user runs the printed line
     assert [s for s, _ in states_of(sweep_dir)] == ["pending"] * 4
-    assert cli("sweep", "resume", str(sweep_dir.path), "-q") == 0 and len(calls(fake, "sbatch")) == 1
+    assert (
+        cli("sweep", "resume", str(sweep_dir.path), "-q") == 0 and len(calls(fake, "sbatch")) == 1
+    )
 
 
-# ---- items 10, 11: a finished record is never touched; files follow the umask; no stray directories -------
+# ---- items 10, 11: a finished record is never touched; files follow the umask; no stray
+# directories -------
 
 def test_a_run_that_finds_its_record_done_exits_without_touching_it(tmp_path, monkeypatch):
     from mmhpc.launch.submit import execute_run
 
-    cfg = load_config(None, ["data.modalities=[audio]", f"output.runs_dir={tmp_path / 'runs'}", "output.name=r",
-                             "output.checkpoint=true"])
+    cfg = load_config(
+        None,
+        [
+            "data.modalities=[audio]",
+            f"output.runs_dir={tmp_path / 'runs'}",
+            "output.name=r",
+            "output.checkpoint=true",
+        ],
+    )
     record = write_record(cfg.record_path(), RunRecord(run="r", status="done", config=cfg.to_dict(),
                                                        summary={"test": {"acc/fused": 0.5}}))
     before = (record.stat().st_mtime_ns, record.read_bytes())
-    monkeypatch.setenv("SLURM_JOB_ID", "77")  # a requeued or duplicated job starting after the run finished
+    monkeypatch.setenv(
+        "SLURM_JOB_ID", "77"
+    )  # a requeued or duplicated job starting after the run finished
     monkeypatch.setenv("SLURM_NTASKS", "1")
     assert execute_run(cfg.to_dict()) == f"{record}: already done"
     assert (record.stat().st_mtime_ns, record.read_bytes()) == before
@@ -382,7 +507,9 @@ def test_a_sweep_is_readable_by_the_group_under_a_group_umask(tmp_path, monkeypa
         os.umask(old)
     files = [p for p in sweep_dir.path.rglob("*") if p.is_file()]
     names = {p.name for p in files}
-    assert {"manifest.json", "sweep.yaml"} <= names and any(n.endswith(".util.csv") for n in names), names
+    assert {"manifest.json", "sweep.yaml"} <= names and any(
+        n.endswith(".util.csv") for n in names
+    ), names
     assert sweep_dir.record(sweep_dir.load()["runs"][0]["name"]).status == "done"
     for p in files + [p for p in sweep_dir.path.rglob("*") if p.is_dir()]:
         mode = p.stat().st_mode
@@ -408,7 +535,9 @@ def test_a_damaged_manifest_is_refused_naming_its_file_and_field(fake, tmp_path,
         err = capsys.readouterr().err
         assert f"{sweep_dir.manifest_path}: runs[2].index:" in err and "runs[3].jobs:" in err, err
     sweep_dir.manifest_path.write_text("{\"schema\": 1, \"runs\": [")  # torn
-    assert cli("sweep", "status", str(sweep_dir.path)) == 2 and "not JSON" in capsys.readouterr().err
+    assert (
+        cli("sweep", "status", str(sweep_dir.path)) == 2 and "not JSON" in capsys.readouterr().err
+    )
     sweep_dir.manifest_path.write_bytes(b"\x00\xff" * 64)  # overwritten by something else
     assert cli("sweep", "resume", "-q", str(sweep_dir.path)) == 2
     err = capsys.readouterr().err

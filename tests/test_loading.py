@@ -1,4 +1,5 @@
-"""Data loading: uint8 frames made model input on the device, the worker start method, late pre-initialisation."""
+"""Data loading: uint8 frames made model input on the device, the worker start method, late
+pre-initialisation."""
 import json
 import os
 import subprocess
@@ -19,7 +20,8 @@ from mmhpc.data.loading import build_datasets, build_loader, worker_context
 
 
 def _reference(frame: torch.Tensor, top, left, h, w, flip) -> torch.Tensor:
-    """torchvision's own crop + resize (bilinear) + flip + ImageNet normalisation of one uint8 frame."""
+    """torchvision's own crop + resize (bilinear) + flip + ImageNet normalisation of one uint8
+    frame."""
     size = list(frame.shape[-2:])
     x = TF.resized_crop(frame.float(), top, left, h, w, size, antialias=False)
     if flip:
@@ -30,21 +32,31 @@ def _reference(frame: torch.Tensor, top, left, h, w, flip) -> torch.Tensor:
 def test_finish_batch_crops_flips_and_normalises_each_frame_as_torchvision_does():
     g = torch.Generator().manual_seed(0)
     frames = torch.randint(0, 256, (2, 3, 3, 40, 40), dtype=torch.uint8, generator=g)
-    params = [(0, 0, 40, 40, 0), (5, 7, 20, 30, 1), (10, 2, 13, 9, 0), (0, 20, 40, 20, 1), (33, 30, 7, 10, 1),
-              (1, 1, 38, 25, 0)]
+    params = [
+        (0, 0, 40, 40, 0),
+        (5, 7, 20, 30, 1),
+        (10, 2, 13, 9, 0),
+        (0, 20, 40, 20, 1),
+        (33, 30, 7, 10, 1),
+        (1, 1, 38, 25, 0),
+    ]
     crop = torch.tensor(params, dtype=torch.float32).view(2, 3, 5)
     out = finish_batch({"visual": frames, CROP_KEY: crop, "label": torch.tensor([1, 2])})
     assert CROP_KEY not in out and torch.equal(out["label"], torch.tensor([1, 2]))
     assert out["visual"].dtype == torch.float32 and out["visual"].shape == frames.shape
     for k, p in enumerate(params):
         b, t = divmod(k, 3)
-        torch.testing.assert_close(out["visual"][b, t], _reference(frames[b, t], *p), atol=2e-4, rtol=0)
+        torch.testing.assert_close(
+            out["visual"][b, t], _reference(frames[b, t], *p), atol=2e-4, rtol=0
+        )
 
 
 def test_an_evaluation_batch_is_only_normalised():
     frames = torch.randint(0, 256, (2, 3, 3, 16, 16), dtype=torch.uint8)
     out = finish_batch({"visual": frames})
-    ref = TF.normalize(frames.flatten(0, 1).float() / 255, [0.485, 0.456, 0.406], [0.229, 0.224, 0.225])
+    ref = TF.normalize(
+        frames.flatten(0, 1).float() / 255, [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]
+    )
     torch.testing.assert_close(out["visual"], ref.view(frames.shape))
     assert finish_batch(out) is out  # float frames are model input already
 
@@ -55,20 +67,30 @@ def test_workers_send_uint8_frames_and_each_training_frame_its_own_crop(synth_di
     item = train[0]
     assert item["visual"].dtype == torch.uint8 and item["visual"].shape == (3, 3, 16, 16)
     crops = item[CROP_KEY]
-    assert crops.shape == (3, 5) and len({tuple(c.tolist()) for c in crops}) == 3  # one crop per frame
-    assert ((crops[:, 2] >= 1) & (crops[:, 0] + crops[:, 2] <= 16) & (crops[:, 1] + crops[:, 3] <= 16)).all()
+    assert (
+        crops.shape == (3, 5) and len({tuple(c.tolist()) for c in crops}) == 3
+    )  # one crop per frame
+    assert (
+        (crops[:, 2] >= 1) & (crops[:, 0] + crops[:, 2] <= 16) & (crops[:, 1] + crops[:, 3] <= 16)
+    ).all()
     assert CROP_KEY not in val[0]
-    assert torch.equal(val[0]["visual"], val[0]["visual"])  # evaluation frames are the stored frames
+    assert torch.equal(
+        val[0]["visual"], val[0]["visual"]
+    )  # evaluation frames are the stored frames
 
 
 @pytest.mark.parametrize("workers", [0, 2])
 def test_the_loader_uses_no_deprecated_torch_or_torchvision_api(tiny_config, workers):
-    """torchvision 0.29 deprecated its image decoding (for TorchCodec's): every DeprecationWarning of torch
-    or torchvision on the loader's path is an error here, in the workers too (forked: same filters)."""
+    """torchvision 0.29 deprecated its image decoding (for TorchCodec's): every DeprecationWarning
+    of torch
+    or torchvision on the loader's path is an error here, in the workers too (forked: same
+    filters)."""
     cfg = tiny_config("cremad", f"loader.num_workers={workers}", "loader.preinit=false",
                       "loader.start_method=fork")
     with warnings.catch_warnings():
-        warnings.filterwarnings("error", category=DeprecationWarning, module=r"torch(vision|codec)?(\.|$)")
+        warnings.filterwarnings(
+            "error", category=DeprecationWarning, module=r"torch(vision|codec)?(\.|$)"
+        )
         datasets = build_datasets(cfg)
         for split in ("train", "val"):
             batches = list(build_loader(datasets[split], cfg, split == "train").epoch(0))
@@ -93,7 +115,8 @@ def test_the_standard_loader_forks_and_only_the_preinitialised_one_uses_a_forkse
     assert worker_context("spawn", preinit=False).get_start_method() == "spawn"
 
 
-# a main that notes each import: in the parent as __main__, elsewhere as __mp_main__ (a process re-running it)
+# a main that notes each import: in the parent as __main__, elsewhere as __mp_main__ (a process
+# re-running it)
 _COUNTING_MAIN = """
 import os
 with open(os.environ["IMPORTS_LOG"], "a") as f:
@@ -111,22 +134,33 @@ if __name__ == "__main__":
 
 @pytest.mark.parametrize("how", ["script", pytest.param("module", marks=pytest.mark.slow)])
 def test_forkserver_workers_do_not_import_the_main_module_again(tmp_path, how):
-    """CPython <= 3.13.7 re-ran the parent's main in every forkserver child (its preload of __main__ was
+    """CPython <= 3.13.7 re-ran the parent's main in every forkserver child (its preload of __main__
+    was
     broken); worker_context hands the main to the server, which imports it once for all workers."""
     (tmp_path / "counting_main.py").write_text(_COUNTING_MAIN)
     log = tmp_path / "imports.log"
-    cmd = [sys.executable, "counting_main.py"] if how == "script" else [sys.executable, "-m", "counting_main"]
+    cmd = (
+        [sys.executable, "counting_main.py"]
+        if how == "script"
+        else [sys.executable, "-m", "counting_main"]
+    )
     env = {**os.environ, "IMPORTS_LOG": str(log), "PYTHONPATH": os.pathsep.join(sys.path)}
     subprocess.run(cmd, cwd=tmp_path, env=env, check=True, timeout=300)
     lines = [line.split() for line in log.read_text().splitlines()]
-    assert [name for _, name in lines] == ["__main__", "__mp_main__"], lines  # the parent, the server
+    assert [name for _, name in lines] == ["__main__", "__mp_main__"], (
+        lines
+    )  # the parent, the server
     assert lines[0][0] != lines[1][0]
 
 
-def test_only_a_direct_child_of_the_process_that_wrote_the_hand_over_acts_on_it(tmp_path, monkeypatch):
+def test_only_a_direct_child_of_the_process_that_wrote_the_hand_over_acts_on_it(
+    tmp_path, monkeypatch
+):
     script = tmp_path / "other_main.py"
     script.write_text("raise SystemExit('imported')\n")
-    monkeypatch.setenv(loading.FORKSERVER_ENV, json.dumps({"parent": 1, "init_main_from_path": str(script)}))
+    monkeypatch.setenv(
+        loading.FORKSERVER_ENV, json.dumps({"parent": 1, "init_main_from_path": str(script)})
+    )
     loading.prepare_forkserver_main()  # not the server of pid 1: nothing imported
     assert loading.FORKSERVER_ENV not in os.environ
 
@@ -145,7 +179,8 @@ if __name__ == "__main__":
     for epoch in range(2):
         for i, (batch,) in enumerate(loader.epoch(epoch)):
             seen += len(batch)
-            if epoch == 0 and i == 20:  # what SLURM's --signal=USR2@<s> does: every process of the step gets it
+            # what SLURM's --signal=USR2@<s> does: every process of the step gets it
+            if epoch == 0 and i == 20:
                 for p in psutil.Process().children(recursive=True):
                     os.kill(p.pid, signal.SIGUSR2)
     loader.close()
@@ -154,10 +189,14 @@ if __name__ == "__main__":
 """
 
 
-@pytest.mark.parametrize("how,method", [("preinit", "auto"), pytest.param("standard", "spawn", marks=pytest.mark.slow)])
+@pytest.mark.parametrize(
+    "how,method", [("preinit", "auto"), pytest.param("standard", "spawn", marks=pytest.mark.slow)]
+)
 def test_in_a_slurm_job_the_signal_kills_no_loader_process(tmp_path, how, method):
-    """SLURM's pre-timeout signal reaches every process of the job step (proctrack/linuxproc and cgroup alike).
-    A forkserver, its workers, spawned workers and multiprocessing's resource tracker start from a fresh
+    """SLURM's pre-timeout signal reaches every process of the job step (proctrack/linuxproc and
+    cgroup alike).
+    A forkserver, its workers, spawned workers and multiprocessing's resource tracker start from a
+    fresh
     interpreter, where the signal kills by default: the epoch failed with 'DataLoader worker exited
     unexpectedly' instead of stopping at a step and requeueing. They start with it blocked."""
     (tmp_path / "signalled_main.py").write_text(_SIGNALLED_MAIN)
@@ -165,13 +204,21 @@ def test_in_a_slurm_job_the_signal_kills_no_loader_process(tmp_path, how, method
     out = subprocess.run([sys.executable, "signalled_main.py", how, method], cwd=tmp_path, env=env,
                          capture_output=True, text=True, timeout=300)
     assert out.returncode == 0 and out.stdout.strip() == "all batches", out.stderr[-2000:]
-    assert "Traceback" not in out.stderr, out.stderr[-2000:]  # nor a resource tracker that died and came back
+    assert "Traceback" not in out.stderr, out.stderr[
+        -2000:
+    ]  # nor a resource tracker that died and came back
 
 
 def _workers():
     me = psutil.Process()
-    servers = {p.pid for p in me.children()
-               if any(k in " ".join(p.cmdline()) for k in ("forkserver import main", "resource_tracker import main"))}
+    servers = {
+        p.pid
+        for p in me.children()
+        if any(
+            k in " ".join(p.cmdline())
+            for k in ("forkserver import main", "resource_tracker import main")
+        )
+    }
     return [p for p in me.children(recursive=True)
             if p.pid not in servers and p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
 
@@ -179,7 +226,9 @@ def _workers():
 @pytest.mark.slow
 def test_the_next_epoch_starts_near_the_end_of_the_current_one(tiny_config):
     """Not at the epoch's start (two sets of workers competing all epoch), but before it ends."""
-    cfg = tiny_config("cremad", "loader.num_workers=2", "loader.preinit=true", "train.batch_size=48")
+    cfg = tiny_config(
+        "cremad", "loader.num_workers=2", "loader.preinit=true", "train.batch_size=48"
+    )
     loader = build_loader(build_datasets(cfg)["train"], cfg, True)
     try:
         total = len(loader)
@@ -201,9 +250,12 @@ def test_the_next_epoch_starts_near_the_end_of_the_current_one(tiny_config):
 
 
 def test_a_slow_start_up_is_started_early_enough_to_hide_it(tiny_config, monkeypatch):
-    """With a start-up as long as the whole epoch, the next epoch starts right after the first batch."""
+    """With a start-up as long as the whole epoch, the next epoch starts right after the first
+    batch."""
     monkeypatch.setattr(loading, "START_LEAD", 1e6)
-    cfg = tiny_config("cremad", "loader.num_workers=2", "loader.preinit=true", "train.batch_size=32")
+    cfg = tiny_config(
+        "cremad", "loader.num_workers=2", "loader.preinit=true", "train.batch_size=32"
+    )
     loader = build_loader(build_datasets(cfg)["train"], cfg, True)
     try:
         it = iter(loader.epoch(0))

@@ -1,4 +1,5 @@
-"""mmhpc.metrics against hand-computed values (arithmetic in the comments), thesis tables where they exist."""
+"""mmhpc.metrics against hand-computed values (arithmetic in the comments), thesis tables where they
+exist."""
 import math
 
 import pytest
@@ -29,7 +30,8 @@ def _logits(probs):
     return torch.tensor(probs, dtype=torch.float64).log().float()
 
 
-# ---------------------------------------------------------------------------------------------- accuracy
+# ----------------------------------------------------------------------------------------------
+# accuracy
 
 
 def test_accuracy_hand_case():
@@ -54,7 +56,8 @@ def test_accuracy_bad_shapes(logits, labels):
         accuracy(logits, labels)
 
 
-# --------------------------------------------------------------------------------------------------- IBF
+# --------------------------------------------------------------------------------------------------
+# IBF
 
 
 def test_ibf_cremad_naive_table_4_1():
@@ -68,14 +71,17 @@ def test_ibf_cremad_ogm_table_4_1():
 
 
 def test_ibf_ave_naive_caps_ratio_at_one():
-    # V: 14.4 / 28.5 = 0.505263; A: 57.2 / 55.3 = 1.034 -> min(., 1) = 1; mean 0.752632 -> IBF 0.247368 -> 0.247
+    # V: 14.4 / 28.5 = 0.505263; A: 57.2 / 55.3 = 1.034 -> min(., 1) = 1; mean 0.752632 -> IBF
+    # 0.247368 -> 0.247
     assert round(ibf({"visual": 14.4, "audio": 57.2}, {"visual": 28.5, "audio": 55.3}), 3) == 0.247
 
 
 def test_ibf_iemocap_three_modalities():
     # V 26.7/46.5 = 0.574194, A 43.1/49.2 = 0.876016, T 58.8/62.3 = 0.943820
     # sum 2.394030, mean 0.798010, IBF 0.201990 -> 0.202 (Table 4.1)
-    got = ibf({"visual": 26.7, "audio": 43.1, "text": 58.8}, {"visual": 46.5, "audio": 49.2, "text": 62.3})
+    got = ibf(
+        {"visual": 26.7, "audio": 43.1, "text": 58.8}, {"visual": 46.5, "audio": 49.2, "text": 62.3}
+    )
     assert round(got, 3) == 0.202
 
 
@@ -98,14 +104,17 @@ def test_ibf_empty():
         ibf({}, {"a": 1.0})
 
 
-# ----------------------------------------------------------------------------------------------- entropy
+# -----------------------------------------------------------------------------------------------
+# entropy
 
 
 def test_entropy_hand_cases():
     # uniform over 4 classes: ln 4 = 1.386294
     # p = (0.5, 0.25, 0.25): 0.5 ln 2 + 2 * 0.25 ln 4 = 0.5 ln2 + ln2 = 1.5 ln 2 = 1.039721
     # one-hot through -inf logits: exactly 0, not nan
-    h = entropy(torch.stack([torch.zeros(3), _logits([0.5, 0.25, 0.25]), torch.tensor([0.0, -INF, -INF])]))
+    h = entropy(
+        torch.stack([torch.zeros(3), _logits([0.5, 0.25, 0.25]), torch.tensor([0.0, -INF, -INF])])
+    )
     assert h[1].item() == pytest.approx(1.5 * LN2, abs=1e-6)
     assert h[2].item() == 0.0
     h4 = entropy(torch.zeros(1, 4))
@@ -120,7 +129,8 @@ def test_entropy_shift_invariant_and_large_logits_finite():
     assert torch.isfinite(h).all() and h[1].item() == pytest.approx(0.0, abs=1e-6)
 
 
-# -------------------------------------------------------------------------------------------------- bias
+# --------------------------------------------------------------------------------------------------
+# bias
 
 
 def test_bias_hand_case():
@@ -154,7 +164,8 @@ def test_bias_needs_two_classes(c):
         bias({"a": 0.1}, c)
 
 
-# ------------------------------------------------------------------------------------------- reliability
+# -------------------------------------------------------------------------------------------
+# reliability
 
 
 def test_reliability_hand_case():
@@ -170,7 +181,8 @@ def test_reliability_errors_name_modality():
         reliability({"audio": 1.0}, {"audio": 0.0})
 
 
-# --------------------------------------------------------------------------------------------------- ECE
+# --------------------------------------------------------------------------------------------------
+# ECE
 
 
 def _ece_case():
@@ -198,7 +210,8 @@ def test_ece_one_bin_is_gap_of_means():
 
 
 def test_ece_edge_value_goes_to_lower_bin():
-    # K = 2, bins (0, .5], (.5, 1]. Sample 1: logits (0, 0) -> conf exactly 0.5, pred 0 (tie), label 0 correct.
+    # K = 2, bins (0, .5], (.5, 1]. Sample 1: logits (0, 0) -> conf exactly 0.5, pred 0 (tie), label
+    # 0 correct.
     # Sample 2: conf 0.75, pred 0, label 1 wrong.
     # 0.5 in the lower bin: 1/2 * |1 - 0.5| + 1/2 * |0 - 0.75| = 0.25 + 0.375 = 0.625
     # (were 0.5 in the upper bin: 2/2 * |0.5 - 0.625| = 0.125)
@@ -208,7 +221,9 @@ def test_ece_edge_value_goes_to_lower_bin():
 
 def test_ece_confident_and_right_is_zero():
     # conf = 1/(1+e^-50) ~ 1, correct -> |1 - 1| = 0
-    assert ece(torch.tensor([[50.0, 0.0], [0.0, 50.0]]), torch.tensor([0, 1])) == pytest.approx(0.0, abs=1e-6)
+    assert ece(torch.tensor([[50.0, 0.0], [0.0, 50.0]]), torch.tensor([0, 1])) == pytest.approx(
+        0.0, abs=1e-6
+    )
 
 
 def test_ece_bad_inputs():
@@ -218,16 +233,24 @@ def test_ece_bad_inputs():
         ece(torch.zeros(2, 3), torch.zeros(2, dtype=torch.long), n_bins=0)
 
 
-# ----------------------------------------------------------------------------------------- accumulator
+# -----------------------------------------------------------------------------------------
+# accumulator
 
 
 def test_accumulator_two_batches():
     acc = MetricAccumulator()
     # batch 1: rows (0, 0) label 1 -> argmax 0 wrong; (0, -inf) label 0 right. mean loss given: 1.0
-    acc.update({"fused": torch.tensor([[0.0, 0.0], [0.0, -INF]])}, torch.tensor([1, 0]), loss={"fused": 1.0})
+    acc.update(
+        {"fused": torch.tensor([[0.0, 0.0], [0.0, -INF]])},
+        torch.tensor([1, 0]),
+        loss={"fused": 1.0},
+    )
     # batch 2: three confident right rows, mean loss 0.4
-    acc.update({"fused": torch.tensor([[-INF, 0.0], [0.0, -INF], [0.0, -INF]])}, torch.tensor([1, 0, 0]),
-               loss={"fused": torch.tensor(0.4)})
+    acc.update(
+        {"fused": torch.tensor([[-INF, 0.0], [0.0, -INF], [0.0, -INF]])},
+        torch.tensor([1, 0, 0]),
+        loss={"fused": torch.tensor(0.4)},
+    )
     r = acc.result()
     # loss = (2 * 1.0 + 3 * 0.4) / 5 = 3.2 / 5 = 0.64; acc = (1 + 3) / 5 = 0.8
     # entropy: only row (0, 0) is uncertain, ln 2; the others are 0 -> ln2 / 5 = 0.138629
@@ -241,8 +264,10 @@ def test_accumulator_default_loss_is_cross_entropy_and_heads_separate():
     acc = MetricAccumulator()
     # audio: CE of uniform 2-class logits = ln 2 whatever the label; argmax 0 -> 1 of 2 right
     # probe/audio: confident rows, CE = -log 1 = 0 (logits 0 vs -inf), 2 of 2 right
-    acc.update({"audio": torch.zeros(2, 2), "probe/audio": torch.tensor([[0.0, -INF], [-INF, 0.0]])},
-               torch.tensor([0, 1]))
+    acc.update(
+        {"audio": torch.zeros(2, 2), "probe/audio": torch.tensor([[0.0, -INF], [-INF, 0.0]])},
+        torch.tensor([0, 1]),
+    )
     # a later batch may carry only some heads: probe/audio alone, 1 more right sample
     acc.update({"probe/audio": torch.tensor([[0.0, -INF]])}, torch.tensor([0]))
     r = acc.result()
@@ -271,7 +296,8 @@ def test_accumulator_empty_result_and_bad_batch():
         MetricAccumulator().update({"fused": torch.zeros(3, 2)}, torch.zeros(2, dtype=torch.long))
 
 
-# ---------------------------------------------------------------------------------- standard error etc.
+# ---------------------------------------------------------------------------------- standard error
+# etc.
 
 
 def test_standard_error_hand_case():
@@ -295,7 +321,8 @@ def test_standard_error_empty():
 
 
 def test_speedup_table_4_5():
-    # Eq. 4.1: T_unoptimised / T_optimised. CREMA-D AMST: 13.6 / 9.9 = 1.3737 -> "1.4x"; AVE ALT 8.0 / 9.2 -> 0.9x
+    # Eq. 4.1: T_unoptimised / T_optimised. CREMA-D AMST: 13.6 / 9.9 = 1.3737 -> "1.4x"; AVE ALT 8.0
+    # / 9.2 -> 0.9x
     assert round(speedup(13.6, 9.9), 1) == 1.4
     assert round(speedup(8.0, 9.2), 1) == 0.9
     assert speedup(5.0, 5.0) == 1.0
@@ -307,11 +334,13 @@ def test_speedup_bad_times(b, t):
         speedup(b, t)
 
 
-# --------------------------------------------------------------------- no host traffic on the training step
+# --------------------------------------------------------------------- no host traffic on the
+# training step
 
 
 class HostTraffic(TorchFunctionMode):
-    """Records what would synchronise a GPU step: tensors built from host data on a device, host reads."""
+    """Records what would synchronise a GPU step: tensors built from host data on a device, host
+    reads."""
 
     READS = {"item", "tolist", "__bool__", "__float__", "__int__", "cpu", "numpy"}
 
@@ -322,7 +351,8 @@ class HostTraffic(TorchFunctionMode):
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
         name = getattr(func, "__name__", str(func))
-        # a tensor built from host values on a named device is a blocking copy on a GPU, also where the
+        # a tensor built from host values on a named device is a blocking copy on a GPU, also where
+        # the
         # test's device is the CPU
         if name in ("tensor", "as_tensor") and kwargs.get("device") is not None:
             self.events.append(f"torch.{name} on {kwargs['device']}")
@@ -332,12 +362,15 @@ class HostTraffic(TorchFunctionMode):
 
 
 def test_accumulator_update_never_touches_the_host():
-    # "meta" stands in for a GPU (no data, so any host read would fail too): update must neither build a
+    # "meta" stands in for a GPU (no data, so any host read would fail too): update must neither
+    # build a
     # device tensor from a Python number nor read a device value, whatever the loss is given as
     z, y = torch.randn(4, 3, device="meta"), torch.zeros(4, dtype=torch.long, device="meta")
     acc, device_loss = MetricAccumulator(), torch.tensor(0.2, device="meta")
     with HostTraffic() as traffic:
-        acc.update({"fused": z, "audio": z, "probe/audio": z}, y, loss={"fused": 0.5, "audio": device_loss})
+        acc.update(
+            {"fused": z, "audio": z, "probe/audio": z}, y, loss={"fused": 0.5, "audio": device_loss}
+        )
         acc.update({"fused": z}, y, loss={"fused": 0.7})
     assert traffic.events == [], traffic.events
 
@@ -359,9 +392,14 @@ def test_correct_class_score_stays_on_the_device():
 
 
 def test_batch_scores_stay_on_the_device():
-    logits = {"audio": torch.tensor([[0.7, 0.3], [0.2, 0.8]]).log(), "visual": torch.tensor([[0.5, 0.5], [0.1, 0.9]]).log()}
+    logits = {
+        "audio": torch.tensor([[0.7, 0.3], [0.2, 0.8]]).log(),
+        "visual": torch.tensor([[0.5, 0.5], [0.1, 0.9]]).log(),
+    }
     with HostTraffic() as traffic:
         scores = batch_scores(logits, torch.tensor([0, 1]))
-    assert traffic.events == []  # OGM-GE, OPM and PMR use them on the device; MLB reads them once per step
+    assert (
+        traffic.events == []
+    )  # OGM-GE, OPM and PMR use them on the device; MLB reads them once per step
     # audio: 0.7 + 0.8 = 1.5; visual: 0.5 + 0.9 = 1.4
     assert scores.tolist() == pytest.approx([1.5, 1.4], abs=1e-6)

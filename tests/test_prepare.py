@@ -1,4 +1,5 @@
-"""`mmhpc prepare` on tiny raw copies made by the tests: raw -> prepare -> load -> one epoch of training,
+"""`mmhpc prepare` on tiny raw copies made by the tests: raw -> prepare -> load -> one epoch of
+training,
 per-file errors, resumption, and the manifest check of a prepared dataset."""
 from __future__ import annotations
 
@@ -22,7 +23,13 @@ from mmhpc.data.prepare.video import sample_times
 from mmhpc.data.specs import DATASETS
 
 # dataset -> (clips prepared, samples the dataset's own rules drop)
-EXPECTED = {"cremad": (10, 0), "ave": (11, 0), "mvsa": (10, 2), "iemocap": (14, 4), "urfunny": (10, 0)}
+EXPECTED = {
+    "cremad": (10, 0),
+    "ave": (11, 0),
+    "mvsa": (10, 2),
+    "iemocap": (14, 4),
+    "urfunny": (10, 0),
+}
 TEXT_LEN = {"mvsa": 256, "iemocap": 128, "urfunny": 128}  # the thesis code's tokenisers
 
 
@@ -40,7 +47,9 @@ def prepared(tmp_path_factory, tokenizer):
         if name not in made:
             base = tmp_path_factory.mktemp(name)
             raw = MAKERS[name](base / "raw")
-            report = prepare(name, raw, base / "prepared", jobs=2, seed=0, tokenizer=tokenizer, progress=False)
+            report = prepare(
+                name, raw, base / "prepared", jobs=2, seed=0, tokenizer=tokenizer, progress=False
+            )
             made[name] = raw, base / "prepared", report
         return made[name]
 
@@ -48,9 +57,20 @@ def prepared(tmp_path_factory, tokenizer):
 
 
 def _train_one_epoch(name, root, runs, *overrides):
-    cfg = load_config(None, [f"data.dataset={name}", "data.source=prepared", f"data.root={root}", "train.epochs=1",
-                             "train.batch_size=4", "system.threads=2", "model.text_size=tiny",
-                             f"output.runs_dir={runs}", *overrides])
+    cfg = load_config(
+        None,
+        [
+            f"data.dataset={name}",
+            "data.source=prepared",
+            f"data.root={root}",
+            "train.epochs=1",
+            "train.batch_size=4",
+            "system.threads=2",
+            "model.text_size=tiny",
+            f"output.runs_dir={runs}",
+            *overrides,
+        ],
+    )
     from mmhpc.train import train
 
     return train(cfg, progress=False)
@@ -65,11 +85,17 @@ def test_raw_to_prepared_to_one_epoch(prepared, tokenizer, tmp_path, name):
     assert (report.prepared, sum(report.skipped.values())) == EXPECTED[name]
     assert verify(root, "checksum") == []
     manifest = json.loads((root / "manifest.json").read_text())
-    assert manifest["modalities"] == list(spec.modalities) and manifest["classes"] == list(spec.classes)
+    assert manifest["modalities"] == list(spec.modalities) and manifest["classes"] == list(
+        spec.classes
+    )
     assert sum(manifest["counts"].values()) == EXPECTED[name][0]
-    assert manifest["source"]["split"] == {"ave": "official", "iemocap": "stratified"}.get(name, "random")
+    assert manifest["source"]["split"] == {"ave": "official", "iemocap": "stratified"}.get(
+        name, "random"
+    )
     if "text" in spec.modalities:  # the tiny RoBERTa's vocabulary is the tokenizer's
-        assert manifest["shapes"]["vocab"] == len(json.loads((tokenizer / "vocab.json").read_text()))
+        assert manifest["shapes"]["vocab"] == len(
+            json.loads((tokenizer / "vocab.json").read_text())
+        )
 
     ds = PreparedDataset(root, "train", train=True)
     item = ds[0]
@@ -77,7 +103,10 @@ def test_raw_to_prepared_to_one_epoch(prepared, tokenizer, tmp_path, name):
         assert item["audio"].shape == (1, 1024, 128) and item["audio"].dtype == torch.float32
         assert item["audio"].abs().sum() > 0
     if "visual" in spec.modalities:
-        assert item["visual"].shape == (spec.frames, 3, 224, 224) and item["visual"].dtype == torch.uint8
+        assert (
+            item["visual"].shape == (spec.frames, 3, 224, 224)
+            and item["visual"].dtype == torch.uint8
+        )
     if "text" in spec.modalities:
         ids = item["text"]
         assert ids.shape == (2, TEXT_LEN[name]) and ids.dtype == torch.int64
@@ -98,10 +127,15 @@ def test_labels_follow_the_raw_annotations(prepared):
     ave = DATASETS["ave"].classes
     labels = dict(line.split(",") for line in (root / "labels.csv").read_text().splitlines()[1:])
     assert labels["-vid00_x"] == str(ave.index("Church bell"))
-    assert (root / "splits" / "test.txt").read_text().split() == ["-vid09_x"]  # the official split, kept
+    assert (root / "splits" / "test.txt").read_text().split() == [
+        "-vid09_x"
+    ]  # the official split, kept
     # a video annotated twice is two samples, each with its own label and split
     assert labels["-vid00_x.2"] == str(ave.index("Bark"))
-    assert (root / "splits" / "val.txt").read_text().split() == ["-vid08_x", "-vid00_x.2"]  # official order
+    assert (root / "splits" / "val.txt").read_text().split() == [
+        "-vid08_x",
+        "-vid00_x.2",
+    ]  # official order
     _, root, _ = prepared("mvsa")
     mvsa = DATASETS["mvsa"].classes
     labels = dict(line.split(",") for line in (root / "labels.csv").read_text().split()[1:])
@@ -112,12 +146,15 @@ def test_iemocap_has_the_thesis_five_classes_split_per_class(prepared):
     _, root, report = prepared("iemocap")
     manifest = json.loads((root / "manifest.json").read_text())
     assert manifest["classes"] == ["angry", "excited", "frustrated", "neutral", "sad"]
-    assert report.skipped == {"emotion code hap is not one of ['ang', 'exc', 'fru', 'neu', 'sad']": 2,
-                              "emotion code xxx is not one of ['ang', 'exc', 'fru', 'neu', 'sad']": 2}
+    assert report.skipped == {
+        "emotion code hap is not one of ['ang', 'exc', 'fru', 'neu', 'sad']": 2,
+        "emotion code xxx is not one of ['ang', 'exc', 'fru', 'neu', 'sad']": 2,
+    }
     labels = dict(line.split(",") for line in (root / "labels.csv").read_text().split()[1:])
     split = {s: [labels[c] for c in (root / "splits" / f"{s}.txt").read_text().split()]
              for s in ("train", "val", "test")}
-    neutral = "3"  # ten `neu`: 8 train, 1 test, 1 validation; a class of one goes to validation (the rest)
+    # ten `neu`: 8 train, 1 test, 1 validation; a class of one goes to validation (the rest)
+    neutral = "3"
     assert sorted(split["train"]) == [neutral] * 8 and split["test"] == [neutral]
     assert sorted(split["val"]) == ["0", "1", "2", neutral, "4"]
 
@@ -144,7 +181,10 @@ def test_iemocap_six_class_discovery(tmp_path):
     six = find(raw, classes="six")
     assert six.classes == ("angry", "excited", "frustrated", "happy", "neutral", "sad")
     happy = [c for c in six.clips if c.label == 3]
-    assert len(six.clips) == 16 and [c.clip_id for c in happy] == ["Ses01F_impro01_M007", "Ses01M_script01_1_M007"]
+    assert len(six.clips) == 16 and [c.clip_id for c in happy] == [
+        "Ses01F_impro01_M007",
+        "Ses01M_script01_1_M007",
+    ]
     assert len(find(raw).clips) == 14
 
 
@@ -157,14 +197,20 @@ def test_urfunny_text_is_the_punchline(prepared, tokenizer):
     _, root, _ = prepared("urfunny")
     tok = AutoTokenizer.from_pretrained(str(tokenizer), local_files_only=True)
     ids = np.load(root / "text" / "1.npy")
-    assert tok.decode(ids[0][ids[1] == 1], skip_special_tokens=True) == SENTENCES[4]  # clip 1: humorous
-    language = {"punchline_sentence": "and then it rained.", "context_sentences": ["We went out.", "Sun."]}
+    assert (
+        tok.decode(ids[0][ids[1] == 1], skip_special_tokens=True) == SENTENCES[4]
+    )  # clip 1: humorous
+    language = {
+        "punchline_sentence": "and then it rained.",
+        "context_sentences": ["We went out.", "Sun."],
+    }
     assert sample_text(language) == "and then it rained."
     assert sample_text(language, "context") == "We went out. Sun. and then it rained."
 
 
 def test_evaluation_frames_are_the_whole_frame_resized_as_the_thesis_resize(prepared):
-    """MVSA's prepared image against torchvision's Resize((224, 224)) of the raw image (the thesis' transform)."""
+    """MVSA's prepared image against torchvision's Resize((224, 224)) of the raw image (the thesis'
+    transform)."""
     from PIL import Image
     from torchvision import transforms
 
@@ -173,13 +219,17 @@ def test_evaluation_frames_are_the_whole_frame_resized_as_the_thesis_resize(prep
         expected = np.asarray(transforms.Resize((224, 224))(img.convert("RGB")), dtype=np.float32)
     with Image.open(root / "visual" / "1" / "0.jpg") as img:
         got = np.asarray(img, dtype=np.float32)
-    assert got.shape == expected.shape and np.abs(got - expected).mean() < 3  # JPEG re-encoding only
+    assert (
+        got.shape == expected.shape and np.abs(got - expected).mean() < 3
+    )  # JPEG re-encoding only
 
 
 def test_a_zip_download_of_cremad_with_git_lfs_pointers_is_named(tmp_path):
     raw = make_cremad(tmp_path / "raw", clips=2)
     for p in (*raw.glob("AudioWAV/*.wav"), *raw.glob("VideoFlash/*.flv")):
-        p.write_text(f"version https://git-lfs.github.com/spec/v1\noid sha256:{'0' * 64}\nsize 123456\n")
+        p.write_text(
+            f"version https://git-lfs.github.com/spec/v1\noid sha256:{'0' * 64}\nsize 123456\n"
+        )
     with pytest.raises(PrepareError, match="Git LFS pointer file.*git-lfs"):
         prepare("cremad", raw, tmp_path / "out", progress=False)
     assert not (tmp_path / "out").exists()  # stopped before anything was written
@@ -188,8 +238,13 @@ def test_a_zip_download_of_cremad_with_git_lfs_pointers_is_named(tmp_path):
 def test_a_split_that_comes_out_empty_stops_with_a_message(tmp_path, capsys):
     raw = make_cremad(tmp_path / "raw", clips=3)  # 80/10/10 of 3 clips: no validation clip
     out = tmp_path / "out"
-    assert main(["prepare", "cremad", "--raw", str(raw), "--out", str(out), "--jobs", "1", "-q"]) == 2
-    assert "split val came out empty (3 clips prepared: train 2, val 0, test 1)" in capsys.readouterr().err
+    assert (
+        main(["prepare", "cremad", "--raw", str(raw), "--out", str(out), "--jobs", "1", "-q"]) == 2
+    )
+    assert (
+        "split val came out empty (3 clips prepared: train 2, val 0, test 1)"
+        in capsys.readouterr().err
+    )
     assert not (out / "manifest.json").exists()
 
 
@@ -215,21 +270,31 @@ def test_a_missing_or_corrupt_raw_file_fails_only_its_clip_and_a_rerun_resumes(t
     missing.unlink()
     corrupt.write_bytes(b"this is not a video" * 10)
 
-    assert main(["prepare", "cremad", "--raw", str(raw), "--out", str(out), "--jobs", "2", "-q"]) == 1
+    assert (
+        main(["prepare", "cremad", "--raw", str(raw), "--out", str(out), "--jobs", "2", "-q"]) == 1
+    )
     err = capsys.readouterr().err
     assert "8 clips prepared" in err and "2 failed" in err
     assert f"{missing}: missing" in err and str(corrupt) in err
     failed = json.loads((out / "prepare_errors.json").read_text())["failed"]
     assert set(failed) == {"1001_IEO_FEA_HI", "1001_IEO_HAP_HI"}
     assert str(missing) in failed["1001_IEO_FEA_HI"] and "corrupt" in failed["1001_IEO_HAP_HI"]
-    listed = sum(((out / "splits" / f"{s}.txt").read_text().split() for s in ("train", "val", "test")), [])
+    listed = sum(
+        ((out / "splits" / f"{s}.txt").read_text().split() for s in ("train", "val", "test")), []
+    )
     assert len(listed) == 8 and not set(failed) & set(listed)
-    assert not (out / "audio" / "1001_IEO_HAP_HI.npy").exists()  # a failed clip leaves no partial outputs
+    assert not (
+        out / "audio" / "1001_IEO_HAP_HI.npy"
+    ).exists()  # a failed clip leaves no partial outputs
     assert verify(out) == []
-    splits_before = {s: (out / "splits" / f"{s}.txt").read_text().split() for s in ("train", "val", "test")}
+    splits_before = {
+        s: (out / "splits" / f"{s}.txt").read_text().split() for s in ("train", "val", "test")
+    }
 
     # a crash mid-clip: one frame never renamed into place, its temporary file left behind
-    (out / "visual" / "1001_IEO_ANG_HI" / "2.jpg").rename(out / "visual" / "1001_IEO_ANG_HI" / ".2.jpg.tmp-99")
+    (out / "visual" / "1001_IEO_ANG_HI" / "2.jpg").rename(
+        out / "visual" / "1001_IEO_ANG_HI" / ".2.jpg.tmp-99"
+    )
     missing.write_bytes(kept_audio)
     corrupt.write_bytes(kept_video)
     report = prepare("cremad", raw, out, jobs=1, progress=False)
@@ -238,7 +303,9 @@ def test_a_missing_or_corrupt_raw_file_fails_only_its_clip_and_a_rerun_resumes(t
     assert verify(out, "checksum") == []
     assert sum(json.loads((out / "manifest.json").read_text())["counts"].values()) == 10
     after = {s: (out / "splits" / f"{s}.txt").read_text().split() for s in ("train", "val", "test")}
-    assert all(set(splits_before[s]) <= set(after[s]) for s in after)  # fixing files moves no other clip
+    assert all(
+        set(splits_before[s]) <= set(after[s]) for s in after
+    )  # fixing files moves no other clip
 
 
 def test_the_manifest_check_catches_a_truncated_prepared_file(prepared, tmp_path):
@@ -261,7 +328,9 @@ def test_another_recipe_in_the_same_directory_is_refused(prepared, tmp_path):
     (tmp_path / "other" / "notes.txt").write_text("mine")
     with pytest.raises(PrepareError, match="not empty"):
         prepare("ave", raw, tmp_path / "other", progress=False)
-    assert main(["prepare", "mvsa", "--raw", str(raw), "--out", str(tmp_path / "m"), "-q"]) == 2  # no tokenizer
+    assert (
+        main(["prepare", "mvsa", "--raw", str(raw), "--out", str(tmp_path / "m"), "-q"]) == 2
+    )  # no tokenizer
 
 
 def test_mvsa_labelling_rule():
@@ -272,10 +341,10 @@ def test_mvsa_labelling_rule():
 
 
 def test_frame_times_at_fps_evenly_spaced():
-    assert sample_times(0.0, 10.0, 1.0, 3) == [0.5, 5.5, 9.5]          # AVE: 10 frames at 1 fps, 3 kept
-    assert sample_times(6.0, 8.0, 2.0, 3) == [6.25, 7.25, 7.75]        # IEMOCAP: a 2 s utterance at 2 fps
-    assert sample_times(0.0, 2.5, 1.0, 3) == [0.5, 1.5, 1.5]           # CREMA-D: 2 slots for 3 frames
-    assert sample_times(1.0, 1.4, 2.0, 3) == [1.2, 1.2, 1.2]           # shorter than one slot: its middle
+    assert sample_times(0.0, 10.0, 1.0, 3) == [0.5, 5.5, 9.5]  # AVE: 10 frames at 1 fps, 3 kept
+    assert sample_times(6.0, 8.0, 2.0, 3) == [6.25, 7.25, 7.75]  # IEMOCAP: a 2 s utterance at 2 fps
+    assert sample_times(0.0, 2.5, 1.0, 3) == [0.5, 1.5, 1.5]  # CREMA-D: 2 slots for 3 frames
+    assert sample_times(1.0, 1.4, 2.0, 3) == [1.2, 1.2, 1.2]  # shorter than one slot: its middle
 
 
 def test_fbank_is_padded_and_cut_to_1024_frames():

@@ -1,4 +1,5 @@
-"""The runtime: every strategy on every parallelism this machine has (single, DDP with two gloo processes,
+"""The runtime: every strategy on every parallelism this machine has (single, DDP with two gloo
+processes,
 BLP on CPU threads), DDP's parameters equal on every process after every step, and the gradient
 synchronisation of steps with several backward passes."""
 from __future__ import annotations
@@ -17,7 +18,8 @@ from mmhpc.config import RunConfig
 from mmhpc.strategies import STRATEGIES
 from mmhpc.train import Trainer, train
 
-#: every registered strategy, with what it needs (cosine heads, the shared head), and AMST's full module
+#: every registered strategy, with what it needs (cosine heads, the shared head), and AMST's full
+#: module
 MATRIX = {name: [] for name in STRATEGIES}
 MATRIX.update({"entropy": ["model.cosine=true"], "reliability": ["model.cosine=true"],
                "mla": ["model.fusion=early_sum"], "amst_full": ["strategy.params={module: full}"]})
@@ -38,7 +40,9 @@ def test_the_matrix_covers_every_strategy():
 @pytest.mark.parametrize("parallelism", ["single", "blp"])
 @pytest.mark.parametrize("name", sorted(MATRIX))
 def test_every_strategy_trains_two_epochs(tiny_config, name, parallelism):
-    rec = train(tiny_config("cremad", *overrides(name), f"system.parallelism={parallelism}"), progress=False)
+    rec = train(
+        tiny_config("cremad", *overrides(name), f"system.parallelism={parallelism}"), progress=False
+    )
     assert rec.status == "done" and len(rec.epochs) == 2, rec.error
 
 
@@ -49,7 +53,8 @@ def _free_port() -> int:
 
 
 def _ddp_worker(rank: int, ports: dict, configs: dict, out_dir: str) -> None:
-    """Each strategy in turn, on two gloo processes; after every step the ranks' parameters are compared."""
+    """Each strategy in turn, on two gloo processes; after every step the ranks' parameters are
+    compared."""
     os.environ.update(RANK=str(rank), WORLD_SIZE="2", LOCAL_RANK=str(rank), MASTER_ADDR="127.0.0.1")
     results = {}
     for name, cfg in configs.items():
@@ -86,14 +91,17 @@ def test_every_strategy_trains_on_ddp_with_equal_parameters_after_every_step(tin
 
 
 def _scaled_runtime(monkeypatch):
-    """A runtime whose precision scales its loss: fp32 with a loss scaler (as a float16 mode would have)."""
+    """A runtime whose precision scales its loss: fp32 with a loss scaler (as a float16 mode would
+    have)."""
     import dataclasses
 
     from mmhpc.config import load_config
     from mmhpc.system import parallel, precision
     from mmhpc.system.runtime import Runtime
 
-    monkeypatch.setitem(precision.MODES, "fp32", dataclasses.replace(precision.MODES["fp32"], loss_scale=True))
+    monkeypatch.setitem(
+        precision.MODES, "fp32", dataclasses.replace(precision.MODES["fp32"], loss_scale=True)
+    )
     return Runtime(parallel.Single(load_config(None, [])), precision.Precision("fp32", "cpu"))
 
 

@@ -1,4 +1,5 @@
-"""UtilSampler against real psutil; NVML is absent on CI machines, so its presence is only forced off, never faked."""
+"""UtilSampler against real psutil; NVML is absent on CI machines, so its presence is only forced
+off, never faked."""
 from __future__ import annotations
 
 import json
@@ -32,7 +33,8 @@ def no_nvml(monkeypatch):
 
 
 def _wait_for(condition, timeout=30.0):
-    """Poll until `condition()` holds (a condition, not a count of sleeps); fail after `timeout` s."""
+    """Poll until `condition()` holds (a condition, not a count of sleeps); fail after `timeout`
+    s."""
     end = time.monotonic() + timeout
     while not condition():
         assert time.monotonic() < end, "condition not reached in time"
@@ -72,7 +74,9 @@ def test_stop_is_prompt_and_idempotent(no_nvml):
     t = time.monotonic()
     s.stop()
     assert time.monotonic() - t < 2 * interval
-    assert not any(th.name == "mmhpc-util-sampler" and th.is_alive() for th in threading.enumerate())
+    assert not any(
+        th.name == "mmhpc-util-sampler" and th.is_alive() for th in threading.enumerate()
+    )
     n = len(s.samples)
     s.stop()
     assert len(s.samples) == n
@@ -87,8 +91,10 @@ def test_interval_does_not_drift(no_nvml):
     with UtilSampler(interval) as s:
         _wait_for(lambda: len(s.samples) >= 6)
         ticks = s.samples.t.to_numpy()  # taken by the thread (the stop tail comes later)
-    # Tick k is scheduled at t0 + k*interval (never before it), and ticks missed while the machine was busy are
-    # skipped rather than fired in a burst: every sample falls into a grid slot of its own, from slot 1 on.
+    # Tick k is scheduled at t0 + k*interval (never before it), and ticks missed while the machine
+    # was busy are
+    # skipped rather than fired in a burst: every sample falls into a grid slot of its own, from
+    # slot 1 on.
     slots = np.floor(ticks / interval + 1e-9)
     assert slots[0] >= 1 and (np.diff(slots) >= 1).all(), ticks
 
@@ -136,7 +142,10 @@ def test_save_roundtrip(no_nvml, tmp_path):
     assert list(df.columns) == list(s.samples.columns) and len(df) == len(s.samples) == 2
     meta = json.loads((tmp_path / "sub" / "util.markers.json").read_text())
     assert [m["label"] for m in meta["markers"]] == ["half"] and meta["notes"] == s.notes
-    assert sorted(p.name for p in (tmp_path / "sub").iterdir()) == ["util.csv", "util.markers.json"]  # no temp left
+    assert sorted(p.name for p in (tmp_path / "sub").iterdir()) == [
+        "util.csv",
+        "util.markers.json",
+    ]  # no temp left
 
 
 @pytest.mark.parametrize("env, expected", [

@@ -1,6 +1,8 @@
-"""The training strategies: every strategy on every fusion it supports, and hand-checked formula uses.
+"""The training strategies: every strategy on every fusion it supports, and hand-checked formula
+uses.
 
-Unit tests build a strategy on an untrained tiny model and drive its hooks directly (no data needed);
+Unit tests build a strategy on an untrained tiny model and drive its hooks directly (no data
+needed);
 end-to-end runs use one batch per epoch on the tiny synthetic datasets with one thread each.
 """
 from __future__ import annotations
@@ -30,7 +32,9 @@ def strategy(name: str, *overrides: str, dataset: str = "cremad", seed: int = 0,
     """A strategy on a freshly initialised tiny model, built the way the trainer builds it."""
     from mmhpc.strategies.data import StrategyData
 
-    cfg = load_config(None, [f"data.dataset={dataset}", f"strategy.name={name}", *NEEDS.get(name, []), *overrides])
+    cfg = load_config(
+        None, [f"data.dataset={dataset}", f"strategy.name={name}", *NEEDS.get(name, []), *overrides]
+    )
     torch.manual_seed(seed)
     spec = DATASETS[cfg.data.dataset]
     model = MultimodalModel(cfg.modalities, spec.num_classes, cfg.model, spec.shapes("tiny"))
@@ -47,7 +51,9 @@ def batch(n: int = 8, seed: int = 0, modalities=("audio", "visual")):
 
 def val_metrics(**per_modality) -> dict:
     """{"reliability/audio": .., ...} from reliability={"audio": .., ...}, bias={...}."""
-    return {f"{metric}/{m}": v for metric, values in per_modality.items() for m, v in values.items()}
+    return {
+        f"{metric}/{m}": v for metric, values in per_modality.items() for m, v in values.items()
+    }
 
 
 def fusions_of(name: str, params: str | None = None) -> list[str]:
@@ -62,14 +68,25 @@ SMOKE += [("amst", fusion, f"strategy.params={{module: {module}}}")
           for module in ("alternating", "joint", "full") for fusion in fusions_of("amst", module)]
 
 
-# ---- every strategy x every fusion it supports ----------------------------------------------------------
+# ---- every strategy x every fusion it supports
+# ----------------------------------------------------------
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name, fusion, params", SMOKE, ids=[f"{n}-{f}" + (f"-{p.split()[-1][:-1]}" if p else "")
-                                                              for n, f, p in SMOKE])
+@pytest.mark.parametrize(
+    "name, fusion, params",
+    SMOKE,
+    ids=[f"{n}-{f}" + (f"-{p.split()[-1][:-1]}" if p else "") for n, f, p in SMOKE],
+)
 def test_every_strategy_trains_on_every_fusion_it_supports(tiny_config, name, fusion, params):
     extra = [params] if params else []
-    cfg = tiny_config("cremad", f"strategy.name={name}", f"model.fusion={fusion}", *NEEDS.get(name, []), *FAST, *extra)
+    cfg = tiny_config(
+        "cremad",
+        f"strategy.name={name}",
+        f"model.fusion={fusion}",
+        *NEEDS.get(name, []),
+        *FAST,
+        *extra,
+    )
     rec = train(cfg, progress=False)
     assert rec.status == "done" and rec.summary.epochs_run == 1
     test = rec.summary.test
@@ -83,7 +100,9 @@ def test_every_strategy_trains_on_every_fusion_it_supports(tiny_config, name, fu
 @pytest.mark.parametrize("name", ["amst", "reliability", "ogm_ge", "opm", "mla", "mlb"])
 def test_three_modalities_with_text(tiny_config, name):
     fusion = "early_sum" if name == "mla" else "concat"
-    cfg = tiny_config("iemocap", f"strategy.name={name}", f"model.fusion={fusion}", *NEEDS.get(name, []), *FAST)
+    cfg = tiny_config(
+        "iemocap", f"strategy.name={name}", f"model.fusion={fusion}", *NEEDS.get(name, []), *FAST
+    )
     rec = train(cfg, progress=False)
     assert rec.status == "done"
     assert set(rec.summary.optimised_epochs) == {"audio", "visual", "text"}
@@ -92,58 +111,138 @@ def test_three_modalities_with_text(tiny_config, name):
 @pytest.mark.parametrize("name", [n for n in NEW if "gated" in STRATEGIES[n].fusions])
 @pytest.mark.parametrize("fusion", ["gated", "film"])
 def test_gated_and_film_with_three_modalities_fail_at_once(name, fusion):
-    with pytest.raises(ConfigError, match=f"model.fusion: {fusion} fuses exactly two modalities, got 3"):
-        load_config(None, ["data.dataset=iemocap", f"model.fusion={fusion}", f"strategy.name={name}",
-                           *NEEDS.get(name, [])])
+    with pytest.raises(
+        ConfigError, match=f"model.fusion: {fusion} fuses exactly two modalities, got 3"
+    ):
+        load_config(
+            None,
+            [
+                "data.dataset=iemocap",
+                f"model.fusion={fusion}",
+                f"strategy.name={name}",
+                *NEEDS.get(name, []),
+            ],
+        )
 
 
-@pytest.mark.parametrize("overrides, message", [
-    (["strategy.name=entropy"], "model.cosine: strategy entropy trains with the cosine classifier"),
-    (["strategy.name=reliability", "strategy.params={warmup: -1}", "model.cosine=true"], "strategy.params.warmup"),
-    (["strategy.name=amst", "model.fusion=gated", "strategy.params={module: joint}"],
-     "model.fusion: AMST's joint module .* valid: early_sum, late_sum, concat"),
-    (["strategy.name=amst", "strategy.params={module: both}"], "strategy.params.module: invalid value 'both'; "
-                                                                "valid: alternating, joint, full"),
-    (["strategy.name=amst", "strategy.params={skips: {text: 2}}"], "strategy.params.skips.text: not a modality"),
-    (["strategy.name=amst", "strategy.params={skips: {audio: 0}}"], "must be a positive integer"),
-    (["strategy.name=ogm_ge", "model.fusion=film"], "model.fusion: strategy ogm_ge .* valid: early_sum, "
-                                                    "late_sum, concat"),
-    (["strategy.name=ogm_ge", "strategy.params={variant: cvpr}"], "strategy.params.variant: invalid value 'cvpr'"),
-    (["strategy.name=ogm_ge", "data.modalities=[audio]"], "balances two or more modalities"),
-    (["strategy.name=opm", "strategy.params={q_base: 1.5}"], r"strategy.params.q_base: 1.5 must lie in \[0.0, 1.0\]"),
-    (["strategy.name=mla"], "model.fusion: MLA's shared head .* valid: early_sum"),
-    (["strategy.name=mla", "model.fusion=early_sum", "strategy.params={runtime_fusion: max}"],
-     "strategy.params.runtime_fusion: invalid value 'max'; valid: entropy, fixed"),
-    (["strategy.name=mslr", "strategy.params={init: {text: 2}}"], "strategy.params.init.text: not a modality"),
-    (["strategy.name=mlb", "strategy.params={beta_max: 0.5}"], "strategy.params.beta_max: 0.5 must be >= 1"),
-    (["strategy.name=gradient_blending", "strategy.params={weights: {fused: 1}}"],
-     "strategy.params.weights: give a weight >= 0 for each of fused, audio, visual"),
-    (["strategy.name=pmr", "data.modalities=[visual]"], "data.modalities: strategy pmr balances two or more"),
-    (["strategy.name=mlb", "data.modalities=[audio]"], "data.modalities: strategy mlb balances two or more"),
-    (["strategy.name=pmr", "strategy.params={start_epoch: 3, end_epoch: 1}"], "strategy.params.end_epoch: "
-                                                                              "modulation runs from start_epoch"),
-    (["strategy.name=opm", "strategy.params={lambda: 1}"], "strategy.params.lambda: unknown parameter of opm; valid: "
-                                                           "q_base, lam, p_exe, start_epoch, end_epoch"),
-    (["strategy.name=ogm_ge", "strategy.params={weights: bn}"], "strategy.params.weights: invalid value 'bn'; valid: "
-                                                                "conv, all"),
-    (["strategy.name=amst", "strategy.params={phase: one}"], "strategy.params.phase: invalid value 'one'; valid: "
-                                                             "code, paper"),
-    (["strategy.name=mslr", "strategy.params={schedule: cosine}"], "strategy.params.schedule: invalid value"),
-    (["strategy.name=pmr", "strategy.params={fraction: 0}"], r"strategy.params.fraction: 0.0 must lie in \(0, 1\]"),
-    (["strategy.name=gradient_blending", "strategy.params={holdout: 1.0}"], "strategy.params.holdout"),
-])
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        (
+            ["strategy.name=entropy"],
+            "model.cosine: strategy entropy trains with the cosine classifier",
+        ),
+        (
+            ["strategy.name=reliability", "strategy.params={warmup: -1}", "model.cosine=true"],
+            "strategy.params.warmup",
+        ),
+        (
+            ["strategy.name=amst", "model.fusion=gated", "strategy.params={module: joint}"],
+            "model.fusion: AMST's joint module .* valid: early_sum, late_sum, concat",
+        ),
+        (
+            ["strategy.name=amst", "strategy.params={module: both}"],
+            "strategy.params.module: invalid value 'both'; valid: alternating, joint, full",
+        ),
+        (
+            ["strategy.name=amst", "strategy.params={skips: {text: 2}}"],
+            "strategy.params.skips.text: not a modality",
+        ),
+        (
+            ["strategy.name=amst", "strategy.params={skips: {audio: 0}}"],
+            "must be a positive integer",
+        ),
+        (
+            ["strategy.name=ogm_ge", "model.fusion=film"],
+            "model.fusion: strategy ogm_ge .* valid: early_sum, late_sum, concat",
+        ),
+        (
+            ["strategy.name=ogm_ge", "strategy.params={variant: cvpr}"],
+            "strategy.params.variant: invalid value 'cvpr'",
+        ),
+        (["strategy.name=ogm_ge", "data.modalities=[audio]"], "balances two or more modalities"),
+        (
+            ["strategy.name=opm", "strategy.params={q_base: 1.5}"],
+            r"strategy.params.q_base: 1.5 must lie in \[0.0, 1.0\]",
+        ),
+        (["strategy.name=mla"], "model.fusion: MLA's shared head .* valid: early_sum"),
+        (
+            [
+                "strategy.name=mla",
+                "model.fusion=early_sum",
+                "strategy.params={runtime_fusion: max}",
+            ],
+            "strategy.params.runtime_fusion: invalid value 'max'; valid: entropy, fixed",
+        ),
+        (
+            ["strategy.name=mslr", "strategy.params={init: {text: 2}}"],
+            "strategy.params.init.text: not a modality",
+        ),
+        (
+            ["strategy.name=mlb", "strategy.params={beta_max: 0.5}"],
+            "strategy.params.beta_max: 0.5 must be >= 1",
+        ),
+        (
+            ["strategy.name=gradient_blending", "strategy.params={weights: {fused: 1}}"],
+            "strategy.params.weights: give a weight >= 0 for each of fused, audio, visual",
+        ),
+        (
+            ["strategy.name=pmr", "data.modalities=[visual]"],
+            "data.modalities: strategy pmr balances two or more",
+        ),
+        (
+            ["strategy.name=mlb", "data.modalities=[audio]"],
+            "data.modalities: strategy mlb balances two or more",
+        ),
+        (
+            ["strategy.name=pmr", "strategy.params={start_epoch: 3, end_epoch: 1}"],
+            "strategy.params.end_epoch: modulation runs from start_epoch",
+        ),
+        (
+            ["strategy.name=opm", "strategy.params={lambda: 1}"],
+            "strategy.params.lambda: unknown parameter of opm; valid: "
+            "q_base, lam, p_exe, start_epoch, "
+            "end_epoch",
+        ),
+        (
+            ["strategy.name=ogm_ge", "strategy.params={weights: bn}"],
+            "strategy.params.weights: invalid value 'bn'; valid: conv, all",
+        ),
+        (
+            ["strategy.name=amst", "strategy.params={phase: one}"],
+            "strategy.params.phase: invalid value 'one'; valid: code, paper",
+        ),
+        (
+            ["strategy.name=mslr", "strategy.params={schedule: cosine}"],
+            "strategy.params.schedule: invalid value",
+        ),
+        (
+            ["strategy.name=pmr", "strategy.params={fraction: 0}"],
+            r"strategy.params.fraction: 0.0 must lie in \(0, 1\]",
+        ),
+        (
+            ["strategy.name=gradient_blending", "strategy.params={holdout: 1.0}"],
+            "strategy.params.holdout",
+        ),
+    ],
+)
 def test_bad_parameters_are_refused_naming_the_field(overrides, message):
     with pytest.raises(ConfigError, match=message):
         load_config(None, overrides)
 
 
-# ---- one step against a hand-built reference ---------------------------------------------------------------
-# Each strategy's step is compared with the same update written out here: a copy of the model, the loss of the
-# paper/thesis written by hand, and a fresh SGD with the run's settings. A step that trains the wrong modality,
-# drops a loss term, flips a sign or scales the wrong parameters moves some parameter elsewhere and fails.
+# ---- one step against a hand-built reference
+# ---------------------------------------------------------------
+# Each strategy's step is compared with the same update written out here: a copy of the model, the
+# loss of the
+# paper/thesis written by hand, and a fresh SGD with the run's settings. A step that trains the
+# wrong modality,
+# drops a loss term, flips a sign or scales the wrong parameters moves some parameter elsewhere and
+# fails.
 
 def reference(s, lrs: dict | None = None):
-    """(copy of s.model, update(loss)) with SGD of the run's settings; `lrs` {modality: lr} gives each branch
+    """(copy of s.model, update(loss)) with SGD of the run's settings; `lrs` {modality: lr} gives
+    each branch
     its own rate (the rest keeps train.lr), as MSLR and MLB do."""
     ref = copy.deepcopy(s.model)
     t = s.cfg.train
@@ -173,11 +272,16 @@ def probe_loss(model, embs, y):
 
 
 def assert_same_step(s, ref, before, moved=("encoders.audio", "encoders.visual", "fusion")):
-    """Every parameter of the strategy's model equals the reference's; the `moved` prefixes did move."""
+    """Every parameter of the strategy's model equals the reference's; the `moved` prefixes did
+    move."""
     for (name, p), (_, q) in zip(s.model.named_parameters(), ref.named_parameters()):
         assert torch.allclose(p, q, rtol=1e-4, atol=1e-6), name
     for prefix in moved:
-        assert any(not torch.equal(p, before[n]) for n, p in s.model.named_parameters() if n.startswith(prefix)), prefix
+        assert any(
+            not torch.equal(p, before[n])
+            for n, p in s.model.named_parameters()
+            if n.startswith(prefix)
+        ), prefix
 
 
 def snapshot(model):
@@ -202,7 +306,9 @@ def test_naive_step_is_one_update_of_the_fused_loss_and_the_probes():
     embs = encode(ref, x)
     update(F.cross_entropy(ref.fusion(embs), y) + probe_loss(ref, embs, y))
     before, _ = run_step(s, x, y)
-    assert_same_step(s, ref, before, moved=("encoders.audio", "encoders.visual", "fusion", "probes"))
+    assert_same_step(
+        s, ref, before, moved=("encoders.audio", "encoders.visual", "fusion", "probes")
+    )
 
 
 @pytest.mark.parametrize("fusion", ["concat", "late_sum"])
@@ -212,7 +318,9 @@ def test_alternating_step_updates_each_modality_on_its_masked_loss_in_turn(fusio
     ref, update = reference(s)
     embs = encode(ref, x)
     update(F.cross_entropy(ref.fusion({"audio": embs["audio"]}), y) + probe_loss(ref, embs, y))
-    update(F.cross_entropy(ref.fusion({"visual": embs["visual"]}), y))  # after the audio update (Alg. 2)
+    update(
+        F.cross_entropy(ref.fusion({"visual": embs["visual"]}), y)
+    )  # after the audio update (Alg. 2)
     before, _ = run_step(s, x, y)
     assert_same_step(s, ref, before)
 
@@ -222,14 +330,17 @@ def test_alternating_gated_updates_the_fusion_first_on_all_embeddings():
     x, y = batch()
     ref, update = reference(s)
     embs = encode(ref, x)
-    update(F.cross_entropy(ref.fusion({m: e.detach() for m, e in embs.items()}), y))  # Alg. 3 line 3
+    update(
+        F.cross_entropy(ref.fusion({m: e.detach() for m, e in embs.items()}), y)
+    )  # Alg. 3 line 3
     update(F.cross_entropy(ref.fusion({"audio": embs["audio"]}), y) + probe_loss(ref, embs, y))
     update(F.cross_entropy(ref.fusion({"visual": embs["visual"]}), y))
     before, _ = run_step(s, x, y)
     assert_same_step(s, ref, before)
 
 
-# ---- AMST ----------------------------------------------------------------------------------------------
+# ---- AMST
+# ----------------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("dataset, modalities, skips", [
     ("cremad", None, {"audio": 5, "visual": 1}),
@@ -243,20 +354,36 @@ def test_amst_default_skips_per_dataset(dataset, modalities, skips):
 
 
 def test_amst_schedule_which_modality_trains_when():
-    s = strategy("amst")  # CREMA-D: audio every 5th epoch, visual always; the code base's phase: 0, 5, 10
+    s = strategy(
+        "amst"
+    )  # CREMA-D: audio every 5th epoch, visual always; the code base's phase: 0, 5, 10
     schedule = [s.begin_epoch(e) for e in range(11)]
     assert [e for e, active in enumerate(schedule) if "audio" in active] == [0, 5, 10]
     assert all("visual" in active for active in schedule)
     s = strategy("amst", "strategy.params={skips: {audio: 3, visual: 2}}")
-    assert [s.begin_epoch(e) for e in range(5)] == [["audio", "visual"], [], ["visual"], ["audio"], ["visual"]]
-    s = strategy("amst", "strategy.params={phase: paper}")  # seed 001 Alg. 1 counts from 1: the 5th, 10th epoch
+    assert [s.begin_epoch(e) for e in range(5)] == [
+        ["audio", "visual"],
+        [],
+        ["visual"],
+        ["audio"],
+        ["visual"],
+    ]
+    s = strategy(
+        "amst", "strategy.params={phase: paper}"
+    )  # seed 001 Alg. 1 counts from 1: the 5th, 10th epoch
     assert [e for e in range(11) if "audio" in s.begin_epoch(e)] == [4, 9]
 
 
 @pytest.mark.parametrize("phase, audio_epochs", [("code", [0]), ("paper", [4])])
 @pytest.mark.slow
 def test_amst_phase_in_a_five_epoch_run(tiny_config, phase, audio_epochs):
-    cfg = tiny_config("cremad", "strategy.name=amst", "train.epochs=5", f"strategy.params={{phase: {phase}}}", *FAST)
+    cfg = tiny_config(
+        "cremad",
+        "strategy.name=amst",
+        "train.epochs=5",
+        f"strategy.params={{phase: {phase}}}",
+        *FAST,
+    )
     rec = train(cfg, progress=False)
     assert [e.epoch for e in rec.epochs if "audio" in e.optimised] == audio_epochs
     assert rec.summary.optimised_epochs == {"audio": 1, "visual": 5}
@@ -282,14 +409,19 @@ def test_amst_skipped_modality_never_runs_backward(module):
 
 
 def assert_visual_update_alone(s):
-    """The step of epoch 1 is the reference SGD update of the visual loss (plus probes) alone; audio stays put."""
+    """The step of epoch 1 is the reference SGD update of the visual loss (plus probes) alone; audio
+    stays put."""
     x, y = batch()
     ref, update = reference(s)
     embs = encode(ref, x)
     update(F.cross_entropy(ref.fusion({"visual": embs["visual"]}), y) + probe_loss(ref, embs, y))
     before, _ = run_step(s, x, y, epoch=1)
     assert_same_step(s, ref, before, moved=("encoders.visual", "fusion"))
-    assert all(torch.equal(p, before[n]) for n, p in s.model.named_parameters() if n.startswith("encoders.audio"))
+    assert all(
+        torch.equal(p, before[n])
+        for n, p in s.model.named_parameters()
+        if n.startswith("encoders.audio")
+    )
 
 
 def test_amst_step_in_a_skipped_epoch_is_the_visual_update_alone():
@@ -298,7 +430,8 @@ def test_amst_step_in_a_skipped_epoch_is_the_visual_update_alone():
 
 
 def test_amst_joint_step_is_one_loss_over_the_active_modalities():
-    # joint_head=masked: the reduced head as the fusion with the skipped embedding zero-masked (whole bias)
+    # joint_head=masked: the reduced head as the fusion with the skipped embedding zero-masked
+    # (whole bias)
     s = strategy("amst", "strategy.params={module: joint, joint_head: masked}", *LR)
     x, y = batch()
     ref, update = reference(s)
@@ -310,8 +443,10 @@ def test_amst_joint_step_is_one_loss_over_the_active_modalities():
 
 @pytest.mark.parametrize("module", ["alternating", "joint"])
 def test_amst_strict_keeps_the_skipped_head_block_fixed(module):
-    # weight decay 0.1, lr 0.1: on the first step SGD's buffer is g + wd w, and the audio block's g is 0, so
-    # by default the block shrinks to w (1 - lr wd) = 0.99 w (the code base); strict keeps it, and its momentum 0
+    # weight decay 0.1, lr 0.1: on the first step SGD's buffer is g + wd w, and the audio block's g
+    # is 0, so
+    # by default the block shrinks to w (1 - lr wd) = 0.99 w (the code base); strict keeps it, and
+    # its momentum 0
     x, y = batch()
     d = None
     for strict in (False, True):
@@ -323,34 +458,52 @@ def test_amst_strict_keeps_the_skipped_head_block_fixed(module):
         run_step(s, x, y, epoch=1)
         if strict:
             assert torch.equal(w[:, :d], before[:, :d])
-            assert torch.equal(s.optimizer.state[w]["momentum_buffer"][:, :d], torch.zeros_like(before[:, :d]))
+            assert torch.equal(
+                s.optimizer.state[w]["momentum_buffer"][:, :d], torch.zeros_like(before[:, :d])
+            )
         else:
             assert torch.allclose(w[:, :d], 0.99 * before[:, :d], rtol=1e-5, atol=1e-7)
         assert not torch.allclose(w[:, d:], before[:, d:])  # the visual block learns either way
     s.begin_epoch(2)
-    s.train_step(x, y)  # a second skipped step: the momentum buffer would move the block if it were kept
+    s.train_step(
+        x, y
+    )  # a second skipped step: the momentum buffer would move the block if it were kept
     assert torch.equal(s.model.fusion.head.weight[:, :d], before[:, :d])
 
 
 def test_amst_full_module_averages_alternating_and_joint_logits():
     s = strategy("amst", "strategy.params={module: full}")
     twin = s.model.amst_joint
-    assert set(twin.encoders) == {"audio", "visual"} and twin.encoders["audio"] is not s.model.encoders["audio"]
-    assert {id(p) for p in twin.parameters()} <= {id(p) for g in s.optimizer.param_groups for p in g["params"]}
+    assert (
+        set(twin.encoders) == {"audio", "visual"}
+        and twin.encoders["audio"] is not s.model.encoders["audio"]
+    )
+    assert {id(p) for p in twin.parameters()} <= {
+        id(p) for g in s.optimizer.param_groups for p in g["params"]
+    }
     x, _ = batch()
     s.model.eval()
     out = s.eval_logits(x)
-    with torch.no_grad():  # by hand: the alternating module's masked heads and the twin's fused head
+    with (
+        torch.no_grad()
+    ):  # by hand: the alternating module's masked heads and the twin's fused head
         d = s.model.dim
         w, b = s.model.fusion.head.weight, s.model.fusion.head.bias
         audio = s.model.encode_one("audio", x["audio"]) @ w[:, :d].t() + b
         visual = s.model.encode_one("visual", x["visual"]) @ w[:, d:].t() + b
         tw, tb = twin.fusion.head.weight, twin.fusion.head.bias
-        joint = torch.cat([twin.encode_one("audio", x["audio"]), twin.encode_one("visual", x["visual"])], 1) @ tw.t() + tb
+        joint = (
+            torch.cat(
+                [twin.encode_one("audio", x["audio"]), twin.encode_one("visual", x["visual"])], 1
+            )
+            @ tw.t()
+            + tb
+        )
     assert torch.allclose(out["fused"], (audio + visual + joint) / 3, atol=1e-5)  # seed 001 Fig. 1c
 
 
-# ---- Entropy and Reliability ---------------------------------------------------------------------------
+# ---- Entropy and Reliability
+# ---------------------------------------------------------------------------
 
 def test_reliability_trains_the_most_reliable_modality_and_entropy_the_least_biased():
     rel = strategy("reliability")
@@ -361,8 +514,10 @@ def test_reliability_trains_the_most_reliable_modality_and_entropy_the_least_bia
     rel.end_epoch(0, {}, val)
     ent.end_epoch(0, {}, val)
     assert rel.begin_epoch(1) == ["visual"]  # highest reliability
-    assert ent.begin_epoch(1) == ["audio"]   # lowest bias
-    val = val_metrics(reliability={"audio": 0.95, "visual": 0.8}, bias={"audio": 0.6, "visual": 0.4})
+    assert ent.begin_epoch(1) == ["audio"]  # lowest bias
+    val = val_metrics(
+        reliability={"audio": 0.95, "visual": 0.8}, bias={"audio": 0.6, "visual": 0.4}
+    )
     rel.end_epoch(1, {}, val)
     ent.end_epoch(1, {}, val)
     assert rel.begin_epoch(2) == ["audio"] and ent.begin_epoch(2) == ["visual"]
@@ -370,15 +525,22 @@ def test_reliability_trains_the_most_reliable_modality_and_entropy_the_least_bia
 
 
 def test_entropy_ranks_the_split_it_is_told():
-    train_bias, val_bias = val_metrics(bias={"audio": 0.8, "visual": 0.2}), val_metrics(bias={"audio": 0.3, "visual": 0.7})
+    train_bias, val_bias = (
+        val_metrics(bias={"audio": 0.8, "visual": 0.2}),
+        val_metrics(bias={"audio": 0.3, "visual": 0.7}),
+    )
     s = strategy("entropy")
     s.end_epoch(0, train_bias, val_bias)
     assert s.begin_epoch(1) == ["audio"]  # validation (default): audio is the less biased there
     s = strategy("entropy", "strategy.params={split: train}")
     s.end_epoch(0, train_bias, val_bias)
     assert s.begin_epoch(1) == ["visual"]
-    with pytest.raises(ConfigError, match="strategy.params.split: invalid value 'test'; valid: val, train"):
-        load_config(None, ["strategy.name=entropy", "model.cosine=true", "strategy.params={split: test}"])
+    with pytest.raises(
+        ConfigError, match="strategy.params.split: invalid value 'test'; valid: val, train"
+    ):
+        load_config(
+            None, ["strategy.name=entropy", "model.cosine=true", "strategy.params={split: test}"]
+        )
 
 
 def test_selective_step_trains_the_chosen_modality_alone():
@@ -435,10 +597,12 @@ def test_selective_state_survives_a_checkpoint():
     assert t.begin_epoch(1) == ["visual"] and t.optimised == s.optimised
 
 
-# ---- OGM-GE and OPM ------------------------------------------------------------------------------------
+# ---- OGM-GE and OPM
+# ------------------------------------------------------------------------------------
 
 def _unmodulated_grads(s, x, y):
-    """Gradients of the joint loss without modulation, by hand, from the strategy's current weights."""
+    """Gradients of the joint loss without modulation, by hand, from the strategy's current
+    weights."""
     model = s.model
     embs = encode(model, x)
     loss = F.cross_entropy(model.fusion(embs), y) + probe_loss(model, embs, y)
@@ -451,8 +615,9 @@ def _unmodulated_grads(s, x, y):
 
 def _capture_step(s):
     captured = {}
-    s.optimizer.step = lambda: captured.update({n: p.grad.clone() for n, p in s.model.named_parameters()
-                                                if p.grad is not None})
+    s.optimizer.step = lambda: captured.update(
+        {n: p.grad.clone() for n, p in s.model.named_parameters() if p.grad is not None}
+    )
     return captured
 
 
@@ -460,25 +625,35 @@ def _concat_scores(s, embs, y):
     """Seed 003 Eq. 6 by hand for concat: s_m = sum_i softmax(W_m e_m + b / 2)[y_i]."""
     w, b = s.model.fusion.head.weight.detach(), s.model.fusion.head.bias.detach()
     d = s.model.dim
-    part = {"audio": embs["audio"] @ w[:, :d].t() + b / 2, "visual": embs["visual"] @ w[:, d:].t() + b / 2}
+    part = {
+        "audio": embs["audio"] @ w[:, :d].t() + b / 2,
+        "visual": embs["visual"] @ w[:, d:].t() + b / 2,
+    }
     return {m: F.softmax(z, 1)[torch.arange(len(y)), y].sum().item() for m, z in part.items()}
 
 
 def _hand_ogm(score, alpha):
-    """Thesis Eq. 2.27 as the code base runs it: the modality with the higher ratio gets 1 - tanh(alpha rho)."""
+    """Thesis Eq. 2.27 as the code base runs it: the modality with the higher ratio gets 1 -
+    tanh(alpha rho)."""
     rho = {"audio": score["audio"] / score["visual"], "visual": score["visual"] / score["audio"]}
     top = max(rho, key=rho.get)
     return {m: 1 - math.tanh(alpha * rho[m]) if m == top else 1.0 for m in rho}
 
 
 def _branch_of(name):
-    return next((m for m in ("audio", "visual") if name.startswith((f"encoders.{m}.", f"project.{m}."))), None)
+    return next(
+        (m for m in ("audio", "visual") if name.startswith((f"encoders.{m}.", f"project.{m}."))),
+        None,
+    )
 
 
 @pytest.mark.slow
 def test_ogm_scales_the_top_modalitys_conv_gradients_by_k():
-    # alpha 0.1, conv weights; embed_dim 64 puts a 2-D projection into each branch, which must stay unscaled
-    s = strategy("ogm_ge", "model.fusion=concat", "model.embed_dim=64", "strategy.params={ge: false}")
+    # alpha 0.1, conv weights; embed_dim 64 puts a 2-D projection into each branch, which must stay
+    # unscaled
+    s = strategy(
+        "ogm_ge", "model.fusion=concat", "model.embed_dim=64", "strategy.params={ge: false}"
+    )
     x, y = batch()
     s.model.train()
     ref, embs = _unmodulated_grads(s, x, y)
@@ -491,7 +666,9 @@ def test_ogm_scales_the_top_modalitys_conv_gradients_by_k():
     scaled = 0
     for name, g in captured.items():
         m = _branch_of(name)
-        scale = k[m] if m is not None and g.dim() == 4 else 1.0  # 1-D (BatchNorm) and head gradients untouched
+        scale = (
+            k[m] if m is not None and g.dim() == 4 else 1.0
+        )  # 1-D (BatchNorm) and head gradients untouched
         scaled += scale != 1.0
         assert torch.allclose(g, scale * ref[name], rtol=1e-4, atol=1e-7), name
     assert scaled > 10 and {1, 2} <= {g.dim() for n, g in captured.items() if _branch_of(n)}
@@ -499,14 +676,19 @@ def test_ogm_scales_the_top_modalitys_conv_gradients_by_k():
 
 @pytest.mark.slow
 def test_ogm_paper_variant_on_every_parameter():
-    s = strategy("ogm_ge", "model.fusion=concat", "strategy.params={ge: false, alpha: 1.0, variant: paper, "
-                                                  "weights: all}")
+    s = strategy(
+        "ogm_ge",
+        "model.fusion=concat",
+        "strategy.params={ge: false, alpha: 1.0, variant: paper, weights: all}",
+    )
     x, y = batch()
     s.model.train()
     ref, embs = _unmodulated_grads(s, x, y)
     score = _concat_scores(s, embs, y)
     rho = {"audio": score["audio"] / score["visual"], "visual": score["visual"] / score["audio"]}
-    k = {m: max(0.0, 1 - math.tanh(r - 1)) if r > 1 else 1.0 for m, r in rho.items()}  # seed 003 Eq. 11
+    k = {
+        m: max(0.0, 1 - math.tanh(r - 1)) if r > 1 else 1.0 for m, r in rho.items()
+    }  # seed 003 Eq. 11
     captured = _capture_step(s)
     s.begin_epoch(0)
     s.train_step(x, y)
@@ -531,14 +713,22 @@ def test_ogm_ge_adds_noise_with_the_gradients_spread_to_conv_weights():
         assert noise.std().item() == pytest.approx(ref[name].std().item(), rel=0.05)
         assert abs(noise.mean().item()) < 0.05 * ref[name].std().item()
         bn = f"encoders.{m}.net.layer4.0.bn1.weight"
-        assert torch.allclose(captured[bn], ref[bn], rtol=1e-4, atol=1e-7)  # no noise on 1-D parameters
+        assert torch.allclose(
+            captured[bn], ref[bn], rtol=1e-4, atol=1e-7
+        )  # no noise on 1-D parameters
 
 
 def test_ogm_window_is_the_code_bases_epochs_0_to_50():
     s = strategy("ogm_ge")
     assert [s.begin_epoch(e) and s.modulating for e in (0, 50, 51)] == [True, True, False]
     s = strategy("ogm_ge", "strategy.params={start_epoch: 2, end_epoch: 3}")
-    assert [s.begin_epoch(e) and s.modulating for e in range(5)] == [False, False, True, True, False]
+    assert [s.begin_epoch(e) and s.modulating for e in range(5)] == [
+        False,
+        False,
+        True,
+        True,
+        False,
+    ]
 
 
 def test_opm_drops_features_with_probability_q():
@@ -548,14 +738,20 @@ def test_opm_drops_features_with_probability_q():
     s.q = torch.tensor([1.0, 0.0])
     dropped, valid = s.drop(embs)
     assert torch.all(dropped["audio"] == 0)
-    assert torch.allclose(dropped["visual"], 2 * embs["visual"])  # 1 / (1 - theta), theta = (1 + 0) / 2
+    assert torch.allclose(
+        dropped["visual"], 2 * embs["visual"]
+    )  # 1 / (1 - theta), theta = (1 + 0) / 2
     assert bool(valid.all())
     s.q = torch.tensor([0.0, 0.0])
     dropped, _ = s.drop(embs)
     assert torch.equal(dropped["audio"], embs["audio"])
     s.q = torch.tensor([0.5, 0.0])
     torch.manual_seed(0)
-    kept = (s.drop({"audio": torch.ones(4000, 1), "visual": torch.ones(4000, 1)})[0]["audio"] != 0).float().mean()
+    kept = (
+        (s.drop({"audio": torch.ones(4000, 1), "visual": torch.ones(4000, 1)})[0]["audio"] != 0)
+        .float()
+        .mean()
+    )
     assert kept.item() == pytest.approx(0.5, abs=0.03)
 
 
@@ -566,12 +762,16 @@ def test_opm_step_drops_the_dominant_modality_and_sets_the_next_q():
     ref, update = reference(s)
     embs = encode(ref, x)
     score = _concat_scores(s, {m: e.detach() for m, e in embs.items()}, y)
-    update(F.cross_entropy(ref.fusion({"audio": embs["audio"] * 0, "visual": embs["visual"] * 2}), y)
-           + probe_loss(ref, embs, y))
+    update(
+        F.cross_entropy(ref.fusion({"audio": embs["audio"] * 0, "visual": embs["visual"] * 2}), y)
+        + probe_loss(ref, embs, y)
+    )
     before, _ = run_step(s, x, y)
     assert_same_step(s, ref, before)
     rho = {"audio": score["audio"] / score["visual"], "visual": score["visual"] / score["audio"]}
-    q = {m: min(1.0, 0.5 * (1 + 0.5 * math.tanh(r - 1))) if r > 1 else 0.0 for m, r in rho.items()}  # Eq. 8
+    q = {
+        m: min(1.0, 0.5 * (1 + 0.5 * math.tanh(r - 1))) if r > 1 else 0.0 for m, r in rho.items()
+    }  # Eq. 8
     assert s.drop_probabilities() == pytest.approx(q, rel=1e-5)
     assert 0.5 < max(q.values()) < 0.75 and min(q.values()) == 0.0
     t = strategy("opm")
@@ -579,14 +779,17 @@ def test_opm_step_drops_the_dominant_modality_and_sets_the_next_q():
     assert t.drop_probabilities() == s.drop_probabilities()
 
 
-# ---- MSLR and MLB: per-modality learning rates -----------------------------------------------------------
+# ---- MSLR and MLB: per-modality learning rates
+# -----------------------------------------------------------
 
 def test_mslr_compounds_each_modalitys_rate_every_k_e_epochs():
     s = strategy("mslr", "train.lr=0.01", "train.weight_decay=0.001",
                  "strategy.params={window: 2, schedule: compound}")
     assert [g["weight_decay"] for g in s.optimizer.param_groups] == [0.001] * 3
     s.begin_epoch(0)
-    assert s.modality_lr() == pytest.approx({"audio": 0.01, "visual": 0.1})  # code base: 1e-3 / 1e-2 at lr 1e-3
+    assert s.modality_lr() == pytest.approx(
+        {"audio": 0.01, "visual": 0.1}
+    )  # code base: 1e-3 / 1e-2 at lr 1e-3
     accs = [(0.5, 0.2), (0.3, 0.4), (0.6, 0.2), (0.6, 0.3), (0.9, 0.6)]
     rates = []
     for epoch, (acc_a, acc_v) in enumerate(accs):
@@ -594,12 +797,15 @@ def test_mslr_compounds_each_modalitys_rate_every_k_e_epochs():
         s.begin_epoch(epoch + 1)
         rates.append(s.modality_lr())
     # epochs 1, 3 (t = 0, 2 odd): unchanged; after t = 2: audio x 0.6 / mean(0.3, 0.6) = 4/3,
-    # visual x 0.2 / mean(0.4, 0.2) = 2/3; after t = 4: audio x 0.9 / mean(0.6, 0.9) = 1.2, visual x 0.6 / 0.45
+    # visual x 0.2 / mean(0.4, 0.2) = 2/3; after t = 4: audio x 0.9 / mean(0.6, 0.9) = 1.2, visual x
+    # 0.6 / 0.45
     assert rates[0] == pytest.approx({"audio": 0.01, "visual": 0.1})
     assert rates[1] == pytest.approx({"audio": 0.01, "visual": 0.1})
     assert rates[2] == pytest.approx({"audio": 0.01 * 4 / 3, "visual": 0.1 * 2 / 3})
     assert rates[3] == pytest.approx(rates[2])
-    assert rates[4] == pytest.approx({"audio": 0.01 * 4 / 3 * 1.2, "visual": 0.1 * 2 / 3 * 0.6 / 0.45})
+    assert rates[4] == pytest.approx(
+        {"audio": 0.01 * 4 / 3 * 1.2, "visual": 0.1 * 2 / 3 * 0.6 / 0.45}
+    )
     assert s.optimizer.param_groups[-1]["lr"] == 0.01  # fusion head and probes keep train.lr
     literal = strategy("mslr", "train.lr=0.01", "strategy.params={window: 2, schedule: per_epoch}")
     for epoch, (acc_a, acc_v) in enumerate(accs[:2]):
@@ -623,9 +829,14 @@ def test_mlb_scales_each_encoders_learning_rate_by_k():
     s = strategy("mlb", "train.lr=0.1", "strategy.params={alpha: 2.0, beta_max: 3.0}")
     x, y = batch()
     ref = copy.deepcopy(s.model)
-    with torch.no_grad():  # the scores come from the unimodal heads (the probes) before the update (seed 002 Eq. 4)
+    with (
+        torch.no_grad()
+    ):  # the scores come from the unimodal heads (the probes) before the update (seed 002 Eq. 4)
         embs = encode(ref, x)
-        score = {m: F.softmax(ref.probes[m](e), 1)[torch.arange(len(y)), y].sum().item() for m, e in embs.items()}
+        score = {
+            m: F.softmax(ref.probes[m](e), 1)[torch.arange(len(y)), y].sum().item()
+            for m, e in embs.items()
+        }
     k = {}
     for m, other in (("audio", "visual"), ("visual", "audio")):
         r = score[other] / score[m]  # Eq. 5: the others' mean over the own score
@@ -634,7 +845,10 @@ def test_mlb_scales_each_encoders_learning_rate_by_k():
     assert min(k.values()) < 1.0 < max(k.values())  # decelerate one, accelerate the other
     ref, update = reference(s, lrs={m: 0.1 * v for m, v in k.items()})
     embs = encode(ref, x)
-    update(F.cross_entropy(ref.fusion(embs), y) + sum(F.cross_entropy(ref.probes[m](e), y) for m, e in embs.items()))
+    update(
+        F.cross_entropy(ref.fusion(embs), y)
+        + sum(F.cross_entropy(ref.probes[m](e), y) for m, e in embs.items())
+    )
     before, _ = run_step(s, x, y)
     assert dict(zip(s.modalities, s.coeffs.tolist())) == pytest.approx(k, rel=1e-5)
     assert_same_step(s, ref, before)  # each encoder updated as with its rate 0.1 x k
@@ -645,41 +859,67 @@ def test_multi_loss_step_trains_the_encoders_through_the_unimodal_heads():
     x, y = batch()
     ref, update = reference(s)
     embs = encode(ref, x)  # seed 002 Eq. 3: the unimodal heads are not detached
-    update(F.cross_entropy(ref.fusion(embs), y) + sum(F.cross_entropy(ref.probes[m](e), y) for m, e in embs.items()))
+    update(
+        F.cross_entropy(ref.fusion(embs), y)
+        + sum(F.cross_entropy(ref.probes[m](e), y) for m, e in embs.items())
+    )
     before, out = run_step(s, x, y)
-    assert_same_step(s, ref, before, moved=("encoders.audio", "encoders.visual", "fusion", "probes"))
+    assert_same_step(
+        s, ref, before, moved=("encoders.audio", "encoders.visual", "fusion", "probes")
+    )
     assert {"fused", "audio", "visual", "probe/audio", "probe/visual"} <= set(out.logits)
 
 
 def test_gradient_blending_reestimates_its_weights_from_the_losses():
-    s = strategy("gradient_blending", "strategy.params={holdout: 0}")  # the validation split's losses
+    s = strategy(
+        "gradient_blending", "strategy.params={holdout: 0}"
+    )  # the validation split's losses
     assert s.weights == pytest.approx({"fused": 1 / 3, "audio": 1 / 3, "visual": 1 / 3})
     keys = lambda f, a, v: {"loss/fused": f, "loss/probe/audio": a, "loss/probe/visual": v}  # noqa: E731
     s.end_epoch(0, keys(1.5, 1.2, 1.7), keys(1.6, 1.5, 1.75))
-    assert s.weights == pytest.approx({"fused": 1 / 3, "audio": 1 / 3, "visual": 1 / 3})  # one estimate only
+    assert s.weights == pytest.approx(
+        {"fused": 1 / 3, "audio": 1 / 3, "visual": 1 / 3}
+    )  # one estimate only
     s.end_epoch(1, keys(1.0, 0.5, 1.5), keys(1.4, 1.45, 1.6))
-    # gain dG = val_prev - val_now: 0.2, 0.05, 0.15; overfitting O = val - train: before 0.1, 0.3, 0.05, now 0.4,
-    # 0.95, 0.1, so dO = 0.3, 0.65, 0.05; dG / dO^2 = 2.2222222, 0.1183432, 60 (sum 62.3405654) -> normalised
+    # gain dG = val_prev - val_now: 0.2, 0.05, 0.15; overfitting O = val - train: before 0.1, 0.3,
+    # 0.05, now 0.4,
+    # 0.95, 0.1, so dO = 0.3, 0.65, 0.05; dG / dO^2 = 2.2222222, 0.1183432, 60 (sum 62.3405654) ->
+    # normalised
     expected = {"fused": 0.0356469, "audio": 0.0018983, "visual": 0.9624548}
     assert s.weights == pytest.approx(expected, abs=1e-6)
     with torch.no_grad():  # the blended loss of Eq. 2.29
-        losses = {"fused": torch.tensor(2.0), "audio": torch.tensor(1.0), "visual": torch.tensor(3.0)}
-        assert s.combine(losses).item() == pytest.approx(2 * 0.0356469 + 0.0018983 + 3 * 0.9624548, abs=1e-5)
-    fixed = strategy("gradient_blending", "strategy.params={weights: {fused: 1, audio: 0.5, visual: 0.5}}")
+        losses = {
+            "fused": torch.tensor(2.0),
+            "audio": torch.tensor(1.0),
+            "visual": torch.tensor(3.0),
+        }
+        assert s.combine(losses).item() == pytest.approx(
+            2 * 0.0356469 + 0.0018983 + 3 * 0.9624548, abs=1e-5
+        )
+    fixed = strategy(
+        "gradient_blending", "strategy.params={weights: {fused: 1, audio: 0.5, visual: 0.5}}"
+    )
     fixed.end_epoch(0, keys(1, 1, 1), keys(1, 1, 1))
     fixed.end_epoch(1, keys(0.5, 0.5, 0.5), keys(0.9, 0.9, 0.9))
     assert fixed.weights == {"fused": 1, "audio": 0.5, "visual": 0.5}
 
 
 def test_gradient_blending_step_weights_each_loss():
-    s = strategy("gradient_blending", *LR, "strategy.params={weights: {fused: 0.2, audio: 1.5, visual: 0.1}}")
+    s = strategy(
+        "gradient_blending", *LR, "strategy.params={weights: {fused: 0.2, audio: 1.5, visual: 0.1}}"
+    )
     x, y = batch()
     ref, update = reference(s)
     embs = encode(ref, x)
-    update(0.2 * F.cross_entropy(ref.fusion(embs), y) + 1.5 * F.cross_entropy(ref.probes["audio"](embs["audio"]), y)
-           + 0.1 * F.cross_entropy(ref.probes["visual"](embs["visual"]), y))
+    update(
+        0.2 * F.cross_entropy(ref.fusion(embs), y)
+        + 1.5 * F.cross_entropy(ref.probes["audio"](embs["audio"]), y)
+        + 0.1 * F.cross_entropy(ref.probes["visual"](embs["visual"]), y)
+    )
     before, _ = run_step(s, x, y)
-    assert_same_step(s, ref, before, moved=("encoders.audio", "encoders.visual", "fusion", "probes"))
+    assert_same_step(
+        s, ref, before, moved=("encoders.audio", "encoders.visual", "fusion", "probes")
+    )
 
 
 def test_gradient_blending_holds_out_part_of_the_training_split(synth_dir):
@@ -688,13 +928,17 @@ def test_gradient_blending_holds_out_part_of_the_training_split(synth_dir):
 
     root = synth_dir("cremad")
     s = strategy("gradient_blending", f"data.root={root}", "strategy.params={holdout: 0.25}")
-    full = {split: PreparedDataset(root, split, ["audio", "visual"], train=split == "train") for split in
-            ("train", "val", "test")}
+    full = {
+        split: PreparedDataset(root, split, ["audio", "visual"], train=split == "train")
+        for split in ("train", "val", "test")
+    }
     ds = s.split_datasets(s.cfg, full)
     n = len(full["train"])
     held = ds["gb_holdout"]
     assert len(held) == round(0.25 * n) and len(ds["train"]) == n - len(held)
-    assert set(held.indices).isdisjoint(ds["train"].indices) and set(held.indices) | set(ds["train"].indices) == set(range(n))
+    assert set(held.indices).isdisjoint(ds["train"].indices) and set(held.indices) | set(
+        ds["train"].indices
+    ) == set(range(n))
     assert ds["val"] is full["val"] and ds["train"].spec is full["train"].spec
     assert not held.dataset.train  # the held-out part is read without training augmentation
     s.data = StrategyData(ds, s.cfg, finish_batch)
@@ -704,24 +948,36 @@ def test_gradient_blending_holds_out_part_of_the_training_split(synth_dir):
         x = finish_batch({m: torch.stack([it[m] for it in items]) for m in ("audio", "visual")})
         y = torch.tensor([it["label"] for it in items])
         embs = encode(s.model, x)
-        expected = {"loss/fused": F.cross_entropy(s.model.fusion(embs), y).item(),
-                    **{f"loss/probe/{m}": F.cross_entropy(s.model.probes[m](e), y).item() for m, e in embs.items()}}
+        expected = {
+            "loss/fused": F.cross_entropy(s.model.fusion(embs), y).item(),
+            **{
+                f"loss/probe/{m}": F.cross_entropy(s.model.probes[m](e), y).item()
+                for m, e in embs.items()
+            },
+        }
     assert s.held_out_losses() == pytest.approx(expected, rel=1e-4)
     val = {k: 100.0 for k in expected}  # the validation split plays no part in the estimate
     train_losses = {k: 0.5 for k in expected}
     s.end_epoch(0, train_losses, val)
-    assert s.reference == (dict(zip(["fused", "audio", "visual"], [0.5] * 3)),
-                           pytest.approx({k.split("/")[-1]: v for k, v in expected.items()}, rel=1e-4))
+    assert s.reference == (
+        dict(zip(["fused", "audio", "visual"], [0.5] * 3)),
+        pytest.approx({k.split("/")[-1]: v for k, v in expected.items()}, rel=1e-4),
+    )
 
 
-# ---- PMR -----------------------------------------------------------------------------------------------
+# ---- PMR
+# -----------------------------------------------------------------------------------------------
 
 def _pmr(synth_dir, *overrides):
     from mmhpc.data.dataset import PreparedDataset
 
     root = synth_dir("cremad")
-    train_ds = PreparedDataset(root, "train", ["audio", "visual"], train=False)  # no augmentation: repeatable
-    s = strategy("pmr", f"data.root={root}", "train.batch_size=8", *overrides, datasets={"train": train_ds})
+    train_ds = PreparedDataset(
+        root, "train", ["audio", "visual"], train=False
+    )  # no augmentation: repeatable
+    s = strategy(
+        "pmr", f"data.root={root}", "train.batch_size=8", *overrides, datasets={"train": train_ds}
+    )
     return s, train_ds
 
 
@@ -746,7 +1002,9 @@ def test_pmr_prototypes_are_class_means_of_the_training_data_blended_with_moment
             p.mul_(1.1)  # the embeddings move: the next prototypes blend old and new
     s.begin_epoch(1)
     second = _class_means(s.model, ds)
-    assert torch.allclose(s.prototypes["audio"], 0.8 * second["audio"] + 0.2 * first["audio"], atol=1e-5)
+    assert torch.allclose(
+        s.prototypes["audio"], 0.8 * second["audio"] + 0.2 * first["audio"], atol=1e-5
+    )
     assert not torch.allclose(second["audio"], first["audio"], atol=1e-3)
     assert s.begin_epoch(71) and s.modulating is False  # the code base's window ends at epoch 70
 
@@ -755,9 +1013,15 @@ def _proto_reference(s, x, y, mu):
     ref, update = reference(s)
     embs = encode(ref, x)
     logits = {m: -torch.cdist(embs[m], s.prototypes[m]) for m in embs}  # the code base's -EU_dist
-    score = {m: F.softmax(z.detach(), 1)[torch.arange(len(y)), y].sum().item() for m, z in logits.items()}
+    score = {
+        m: F.softmax(z.detach(), 1)[torch.arange(len(y)), y].sum().item() for m, z in logits.items()
+    }
     lag, lead = sorted(score, key=score.get)
-    loss = F.cross_entropy(ref.fusion(embs), y) + probe_loss(ref, embs, y) + 1.0 * F.cross_entropy(logits[lag], y)
+    loss = (
+        F.cross_entropy(ref.fusion(embs), y)
+        + probe_loss(ref, embs, y)
+        + 1.0 * F.cross_entropy(logits[lag], y)
+    )
     if mu:  # thesis Eq. 2.30: minus mu x the mean prototype entropy of the leading modality
         p = F.softmax(logits[lead], 1)
         loss = loss - mu * (-(p * p.log()).sum(1)).mean()
@@ -780,31 +1044,42 @@ def test_pmr_step_adds_the_lagging_modalitys_prototype_loss(synth_dir, mu):
     assert {"proto/audio", "proto/visual"} <= set(s.eval_logits(x))
 
 
-# ---- MLA -----------------------------------------------------------------------------------------------
+# ---- MLA
+# -----------------------------------------------------------------------------------------------
 
 def test_mla_entropy_weights_in_fused_logits():
     s = strategy("mla", "model.fusion=early_sum")
     d = s.model.dim
     embs = {"audio": torch.randn(5, d), "visual": torch.randn(5, d)}
     with torch.no_grad():
-        z = {m: s.model.fusion.head(e) for m, e in embs.items()}  # the shared head H(e_m) = W e_m + b
+        z = {
+            m: s.model.fusion.head(e) for m, e in embs.items()
+        }  # the shared head H(e_m) = W e_m + b
         p = {m: F.softmax(v, 1) for m, v in z.items()}
-        h = {m: -(q * q.log()).sum(1) for m, q in p.items()}  # Eq. 2.32, per sample over the classes
+        h = {
+            m: -(q * q.log()).sum(1) for m, q in p.items()
+        }  # Eq. 2.32, per sample over the classes
         top = torch.maximum(h["audio"], h["visual"])
         e = {m: torch.exp(top - h[m]) for m in h}  # Eq. 2.33
         w = {m: e[m] / (e["audio"] + e["visual"]) for m in e}
         expected = w["audio"].unsqueeze(1) * z["audio"] + w["visual"].unsqueeze(1) * z["visual"]
         assert torch.allclose(s.fused_logits(embs), expected, atol=1e-5)
-        assert torch.all((w["audio"] > w["visual"]) == (h["audio"] < h["visual"]))  # confident -> heavier
+        assert torch.all(
+            (w["audio"] > w["visual"]) == (h["audio"] < h["visual"])
+        )  # confident -> heavier
     fixed = strategy("mla", "model.fusion=early_sum", "strategy.params={runtime_fusion: fixed, "
                                                       "weights: {audio: 0.3, visual: 0.7}}")
     with torch.no_grad():
         z = {m: fixed.model.fusion.head(e) for m, e in embs.items()}
-        assert torch.allclose(fixed.fused_logits(embs), 0.3 * z["audio"] + 0.7 * z["visual"], atol=1e-5)
+        assert torch.allclose(
+            fixed.fused_logits(embs), 0.3 * z["audio"] + 0.7 * z["visual"], atol=1e-5
+        )
 
 
 def test_mla_projects_the_shared_heads_gradient():
-    s = strategy("mla", "model.fusion=early_sum", "strategy.params={projection: true, projection_alpha: 0.1}")
+    s = strategy(
+        "mla", "model.fusion=early_sum", "strategy.params={projection: true, projection_alpha: 0.1}"
+    )
     weight = s.model.fusion.head.weight
     d = s.model.dim
     r = torch.rand(1, d)
@@ -817,12 +1092,16 @@ def test_mla_projects_the_shared_heads_gradient():
     weight.grad = g.clone()
     s.project(torch.rand(1, d))
     assert torch.allclose(weight.grad, g @ expected_p, atol=1e-5)
-    assert (weight.grad @ r.t()).abs().max() < 0.05 * (g @ r.t()).abs().max()  # r's direction is removed
+    assert (weight.grad @ r.t()).abs().max() < 0.05 * (
+        g @ r.t()
+    ).abs().max()  # r's direction is removed
 
 
 def test_mla_step_alternates_the_shared_head_without_projection_by_default():
     s = strategy("mla", "model.fusion=early_sum", *LR)
-    assert s.params.projection is False  # the thesis' MLA baseline (the AMST code base's mla_new.py)
+    assert (
+        s.params.projection is False
+    )  # the thesis' MLA baseline (the AMST code base's mla_new.py)
     x, y = batch()
     ref, update = reference(s)
     embs = encode(ref, x)
@@ -833,29 +1112,43 @@ def test_mla_step_alternates_the_shared_head_without_projection_by_default():
     assert {"fused", "audio", "visual", "probe/audio", "probe/visual"} <= set(out.logits)
 
 
-# ---- IBF ----------------------------------------------------------------------------------------------
+# ---- IBF
+# ----------------------------------------------------------------------------------------------
 
 def test_ibf_reads_the_probes_for_gated_and_film():
     from mmhpc.metrics import ibf_accuracy_keys
 
-    assert ibf_accuracy_keys("gated", ["audio", "visual"]) == {"audio": "acc/probe/audio", "visual": "acc/probe/visual"}
+    assert ibf_accuracy_keys("gated", ["audio", "visual"]) == {
+        "audio": "acc/probe/audio",
+        "visual": "acc/probe/visual",
+    }
     assert ibf_accuracy_keys("film", ["audio"]) == {"audio": "acc/probe/audio"}
     for fusion in ("concat", "late_sum", "early_sum"):
-        assert ibf_accuracy_keys(fusion, ["audio", "visual"]) == {"audio": "acc/audio", "visual": "acc/visual"}
+        assert ibf_accuracy_keys(fusion, ["audio", "visual"]) == {
+            "audio": "acc/audio",
+            "visual": "acc/visual",
+        }
 
 
-# ---- ablation knobs ------------------------------------------------------------------------------------
+# ---- ablation knobs
+# ------------------------------------------------------------------------------------
 
 @pytest.mark.slow
 def test_ablation_knobs_reach_the_run(tiny_config):
     """Audio augmentation (Eq. 2.24), embedding dropout (Eq. 2.25) and weight decay (Eq. 2.26)."""
     from mmhpc.data.loading import build_datasets
 
-    knobs = ["model.audio_augment=true", "model.embedding_dropout={audio: 0.5}", "train.weight_decay=0.01"]
+    knobs = [
+        "model.audio_augment=true",
+        "model.embedding_dropout={audio: 0.5}",
+        "train.weight_decay=0.01",
+    ]
     cfg = tiny_config("cremad", "strategy.name=amst", *knobs, *FAST)
     ds = build_datasets(cfg)
     train_ds, val_ds = ds["train"], ds["val"]
-    assert not torch.equal(train_ds[0]["audio"], train_ds[0]["audio"])  # augmented afresh at every load
+    assert not torch.equal(
+        train_ds[0]["audio"], train_ds[0]["audio"]
+    )  # augmented afresh at every load
     assert torch.equal(val_ds[0]["audio"], val_ds[0]["audio"])          # never outside training
     s = strategy("mslr", *knobs)
     assert all(g["weight_decay"] == 0.01 for g in s.optimizer.param_groups)
@@ -863,24 +1156,38 @@ def test_ablation_knobs_reach_the_run(tiny_config):
     s.model.train()
     with torch.no_grad():
         a1, a2 = s.model.encode(x)["audio"], s.model.encode(x)["audio"]
-    assert not torch.equal(a1, a2) and (a1 == 0).float().mean() > 0.3  # inverted dropout on the embedding
+    assert (
+        not torch.equal(a1, a2) and (a1 == 0).float().mean() > 0.3
+    )  # inverted dropout on the embedding
     rec = train(cfg, progress=False)
     assert rec.status == "done" and rec.config["model"]["embedding_dropout"] == {"audio": 0.5}
 
 
 @pytest.mark.slow
 def test_gated_run_ibf_uses_the_probes(tiny_config):
-    cfg = tiny_config("cremad", "model.fusion=gated", "train.single_acc={audio: 0.9, visual: 0.6}", *FAST)
+    cfg = tiny_config(
+        "cremad", "model.fusion=gated", "train.single_acc={audio: 0.9, visual: 0.6}", *FAST
+    )
     rec = train(cfg, progress=False)
     test = rec.summary.test
-    expected = 1 - (min(test["acc/probe/audio"] / 0.9, 1) + min(test["acc/probe/visual"] / 0.6, 1)) / 2  # Eq. 3.1
+    expected = (
+        1 - (min(test["acc/probe/audio"] / 0.9, 1) + min(test["acc/probe/visual"] / 0.6, 1)) / 2
+    )  # Eq. 3.1
     assert rec.summary.ibf == pytest.approx(expected)
 
 
-@pytest.mark.parametrize("name, params", [("ogm_ge", "{}"), ("ogm_ge", "{variant: paper, weights: all}"),
-                                          ("opm", "{p_exe: 0.5}"), ("multi_loss", "{}")])
+@pytest.mark.parametrize(
+    "name, params",
+    [
+        ("ogm_ge", "{}"),
+        ("ogm_ge", "{variant: paper, weights: all}"),
+        ("opm", "{p_exe: 0.5}"),
+        ("multi_loss", "{}"),
+    ],
+)
 def test_balancing_steps_never_read_the_device(name, params):
-    """Issue 11 item 8: the scores, coefficients, masks and noise stay on the device (the CPU stands in for a
+    """Issue 11 item 8: the scores, coefficients, masks and noise stay on the device (the CPU stands
+    in for a
     GPU: any host read of a tensor or a device tensor built from host numbers is recorded)."""
     from test_metrics import HostTraffic
 
@@ -888,23 +1195,30 @@ def test_balancing_steps_never_read_the_device(name, params):
     x, y = batch()
     s.model.train()
     s.begin_epoch(0)
-    s.train_step(x, y)  # OPM: the first step has q = 0; the second drops with the scores of the first
+    s.train_step(
+        x, y
+    )  # OPM: the first step has q = 0; the second drops with the scores of the first
     with HostTraffic() as traffic:
         s.train_step(x, y)
     assert traffic.events == []
 
 
-# ---- the thesis code base as it ran (AMST repository, code/): defaults pinned by hand --------------------
+# ---- the thesis code base as it ran (AMST repository, code/): defaults pinned by hand
+# --------------------
 
 def test_mslr_default_keeps_the_initial_rates_as_the_code_base_ran():
-    """mslr3_new.py's adjust_lr hangs on `after_validate`, which common.py never calls (it calls after_valid):
-    the runs kept their initial rates. Accuracies that compound would act on at t = 5 change nothing."""
+    """mslr3_new.py's adjust_lr hangs on `after_validate`, which common.py never calls (it calls
+    after_valid):
+    the runs kept their initial rates. Accuracies that compound would act on at t = 5 change
+    nothing."""
     s = strategy("mslr", "train.lr=0.01")
     accs = [(0.2, 0.1), (0.3, 0.2), (0.4, 0.2), (0.5, 0.3), (0.6, 0.3), (0.9, 0.6), (0.2, 0.1)]
     for epoch, (acc_a, acc_v) in enumerate(accs):
         s.end_epoch(epoch, {}, {"acc/audio": acc_a, "acc/visual": acc_v})
         s.begin_epoch(epoch + 1)
-        assert s.modality_lr() == pytest.approx({"audio": 0.01, "visual": 0.1})  # 1e-3 / 1e-2 at lr 1e-3
+        assert s.modality_lr() == pytest.approx(
+            {"audio": 0.01, "visual": 0.1}
+        )  # 1e-3 / 1e-2 at lr 1e-3
     compound = strategy("mslr", "train.lr=0.01", "strategy.params={schedule: compound}")
     for epoch, (acc_a, acc_v) in enumerate(accs[:6]):
         compound.end_epoch(epoch, {}, {"acc/audio": acc_a, "acc/visual": acc_v})
@@ -913,19 +1227,23 @@ def test_mslr_default_keeps_the_initial_rates_as_the_code_base_ran():
 
 
 def test_mslr_text_rate_is_the_one_its_text_runs_used():
-    """Text 8e-5 (the job script's UR-FUNNY runs, the AMST paper), not the argparse default 2e-5: 0.08 x lr."""
+    """Text 8e-5 (the job script's UR-FUNNY runs, the AMST paper), not the argparse default 2e-5:
+    0.08 x lr."""
     s = strategy("mslr", dataset="iemocap")
     s.begin_epoch(0)
     assert s.modality_lr() == pytest.approx({"audio": 1e-3, "visual": 1e-2, "text": 8e-5})
     assert "8e-5" in s.provenance()["strategy.params.init.text"]["source"]
-    s = strategy("mslr", "strategy.params={init: {text: 0.02}}", dataset="iemocap")  # the code's default
+    s = strategy(
+        "mslr", "strategy.params={init: {text: 0.02}}", dataset="iemocap"
+    )  # the code's default
     s.begin_epoch(0)
     assert s.modality_lr()["text"] == pytest.approx(2e-5)
     assert "strategy.params.init.text" not in s.provenance()
 
 
 def test_pmr_on_ave_takes_its_prototypes_from_the_whole_validation_split(synth_dir):
-    """pmr3_new.py: on AVE the prototypes come from the validation loader with factor 1.0 (Jobs/pmr.sh)."""
+    """pmr3_new.py: on AVE the prototypes come from the validation loader with factor 1.0
+    (Jobs/pmr.sh)."""
     from mmhpc.data.dataset import PreparedDataset
     from mmhpc.strategies.data import StrategyData
 
@@ -936,13 +1254,17 @@ def test_pmr_on_ave_takes_its_prototypes_from_the_whole_validation_split(synth_d
     s.data = StrategyData({"train": train_ds, "val": val}, s.cfg, finish_batch)
     s.begin_epoch(0)
     s.model.eval()
-    with torch.no_grad():  # by hand: each class's mean validation embedding; absent classes: the mean embedding
+    with (
+        torch.no_grad()
+    ):  # by hand: each class's mean validation embedding; absent classes: the mean embedding
         items = [val[i] for i in range(len(val))]
         x = finish_batch({m: torch.stack([it[m] for it in items]) for m in ("audio", "visual")})
         y = torch.tensor([it["label"] for it in items])
         embs = encode(s.model, x)
     for m, e in embs.items():
-        expected = torch.stack([e[y == k].mean(0) if (y == k).any() else e.mean(0) for k in range(28)])
+        expected = torch.stack(
+            [e[y == k].mean(0) if (y == k).any() else e.mean(0) for k in range(28)]
+        )
         assert torch.allclose(s.prototypes[m], expected, atol=1e-5)
     assert (s.split, s.fraction) == ("val", 1.0)
     other = strategy("pmr", dataset="cremad")  # elsewhere: 10 % of the shuffled training batches
@@ -952,8 +1274,10 @@ def test_pmr_on_ave_takes_its_prototypes_from_the_whole_validation_split(synth_d
 
 
 def test_amst_joint_head_is_the_code_bases_reduced_concat_head():
-    """code/amst_joint.py passes None for a skipped modality; EarlyConcat leaves it out, each present block adding
-    bias / M. So in a skipped epoch z = W_v e_v + b / 2, and SGD never touches the audio block (no gradient: no
+    """code/amst_joint.py passes None for a skipped modality; EarlyConcat leaves it out, each
+    present block adding
+    bias / M. So in a skipped epoch z = W_v e_v + b / 2, and SGD never touches the audio block (no
+    gradient: no
     momentum, no weight decay). By hand, SGD's first step is p - lr (g + wd p), lr 0.1, wd 0.1."""
     s = strategy("amst", "strategy.params={module: joint}", "train.weight_decay=0.1", *LR)
     x, y = batch()
@@ -973,10 +1297,14 @@ def test_amst_joint_head_is_the_code_bases_reduced_concat_head():
     s.begin_epoch(2)
     s.train_step(x, y)  # a second skipped step leaves the block where it was too
     assert torch.equal(head.weight[:, :d], w0[:, :d])
-    masked = strategy("amst", "strategy.params={module: joint, joint_head: masked}", "train.weight_decay=0.1", *LR)
+    masked = strategy(
+        "amst", "strategy.params={module: joint, joint_head: masked}", "train.weight_decay=0.1", *LR
+    )
     w1 = masked.model.fusion.head.weight.detach().clone()
     run_step(masked, x, y, epoch=1)  # the zero-masked reading: a zero gradient, decayed to 0.99 w
-    assert torch.allclose(masked.model.fusion.head.weight[:, :d], 0.99 * w1[:, :d], rtol=1e-5, atol=1e-7)
+    assert torch.allclose(
+        masked.model.fusion.head.weight[:, :d], 0.99 * w1[:, :d], rtol=1e-5, atol=1e-7
+    )
 
 
 def test_amst_joint_head_in_an_epoch_that_trains_every_modality_is_the_whole_head():
@@ -990,8 +1318,14 @@ def test_amst_joint_head_in_an_epoch_that_trains_every_modality_is_the_whole_hea
 
 
 def test_mla_fixed_weights_are_the_code_bases_for_three_modalities():
-    """mla_new.py: text 0.4, visual 0.25, audio 0.35 on the text-visual-audio datasets; 0.5 / 0.5 for two."""
-    s = strategy("mla", "model.fusion=early_sum", "strategy.params={runtime_fusion: fixed}", dataset="iemocap")
+    """mla_new.py: text 0.4, visual 0.25, audio 0.35 on the text-visual-audio datasets; 0.5 / 0.5
+    for two."""
+    s = strategy(
+        "mla",
+        "model.fusion=early_sum",
+        "strategy.params={runtime_fusion: fixed}",
+        dataset="iemocap",
+    )
     assert s.weights == {"audio": 0.35, "visual": 0.25, "text": 0.4}
     d = s.model.dim
     embs = {m: torch.randn(4, d) for m in ("audio", "visual", "text")}
@@ -1005,15 +1339,22 @@ def test_mla_fixed_weights_are_the_code_bases_for_three_modalities():
 
 
 def test_unsourced_defaults_say_assumed():
-    """MLB's alpha where its paper gives none, the cosine scale's p: "assumed", with the value, in the record."""
+    """MLB's alpha where its paper gives none, the cosine scale's p: "assumed", with the value, in
+    the record."""
     mlb = strategy("mlb", dataset="mvsa", seed=0)
     entry = mlb.provenance()["strategy.params.alpha"]
     assert entry["value"] == 5.0 and entry["source"].startswith("assumed")
-    assert not strategy("mlb").provenance()["strategy.params.alpha"]["source"].startswith("assumed")  # CREMA-D
-    assert "strategy.params.alpha" not in strategy("mlb", "strategy.params={alpha: 1.0}").provenance()
+    assert (
+        not strategy("mlb").provenance()["strategy.params.alpha"]["source"].startswith("assumed")
+    )  # CREMA-D
+    assert (
+        "strategy.params.alpha" not in strategy("mlb", "strategy.params={alpha: 1.0}").provenance()
+    )
     cos = strategy("reliability").provenance()["model.cosine_scale.p"]
     assert cos["value"] == 0.99 and cos["source"].startswith("assumed")
-    assert "model.cosine_scale.p" not in strategy("reliability", "model.cosine_scale=4.0").provenance()
+    assert (
+        "model.cosine_scale.p" not in strategy("reliability", "model.cosine_scale=4.0").provenance()
+    )
 
 
 def test_urfunny_full_preset_has_the_code_bases_sample_count():

@@ -32,7 +32,9 @@ def test_layout_and_shapes(synth_dir, name):
         assert item["text"].shape == (2, shapes.text_len) and item["text"].dtype == torch.int64
     assert 0 <= int(item["label"]) < spec.num_classes
     # the three splits partition the samples
-    ids = [set((root / "splits" / f"{s}.txt").read_text().split()) for s in ("train", "val", "test")]
+    ids = [
+        set((root / "splits" / f"{s}.txt").read_text().split()) for s in ("train", "val", "test")
+    ]
     assert not (ids[0] & ids[1]) and not (ids[0] & ids[2]) and not (ids[1] & ids[2])
 
 
@@ -43,7 +45,11 @@ def test_full_preset_has_the_real_shapes_and_counts():
     assert spec.samples("full") == 7442
     assert DATASETS["mvsa"].shapes("full").frames == 1
     assert DATASETS["mvsa"].shapes("full").text_len == 256  # the thesis code's MVSA token length
-    assert DATASETS["iemocap"].shapes("full").text_len == DATASETS["urfunny"].shapes("full").text_len == 128
+    assert (
+        DATASETS["iemocap"].shapes("full").text_len
+        == DATASETS["urfunny"].shapes("full").text_len
+        == 128
+    )
 
 
 def test_synthetic_iemocap_has_the_thesis_five_classes(synth_dir):

@@ -1,4 +1,5 @@
-"""System layer on the CPU: pre-initialised loader, parallelism, precision guards, clean shutdown."""
+"""System layer on the CPU: pre-initialised loader, parallelism, precision guards, clean
+shutdown."""
 import json
 import os
 import signal
@@ -32,8 +33,14 @@ def _workers():
     """Live DataLoader workers of this process: any descendant but multiprocessing's own servers
     (the forkserver and the resource tracker, direct children that live as long as the process)."""
     me = psutil.Process()
-    servers = {p.pid for p in me.children()
-               if any(k in " ".join(p.cmdline()) for k in ("forkserver import main", "resource_tracker import main"))}
+    servers = {
+        p.pid
+        for p in me.children()
+        if any(
+            k in " ".join(p.cmdline())
+            for k in ("forkserver import main", "resource_tracker import main")
+        )
+    }
     return [p for p in me.children(recursive=True)
             if p.pid not in servers and p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
 
@@ -41,8 +48,16 @@ def _workers():
 def _batches(loader, epochs):
     out = []
     for e in range(epochs):
-        out.append([(b["index"].clone(), (b["visual"].clone(), b["visual_crop"].clone()), b["audio"].clone())
-                    for b in loader.epoch(e)])
+        out.append(
+            [
+                (
+                    b["index"].clone(),
+                    (b["visual"].clone(), b["visual_crop"].clone()),
+                    b["audio"].clone(),
+                )
+                for b in loader.epoch(e)
+            ]
+        )
     loader.close()
     return out
 
@@ -57,7 +72,9 @@ def test_preinit_yields_the_standard_batches_in_order(tiny_config):
     for es, et in zip(standard, threaded):
         for (i1, v1, a1), (i2, v2, a2) in zip(es, et):
             assert torch.equal(i1, i2)  # same samples, same order
-            assert all(map(torch.equal, v1, v2)) and torch.equal(a1, a2)  # same frames, random crops and flips
+            assert all(map(torch.equal, v1, v2)) and torch.equal(
+                a1, a2
+            )  # same frames, random crops and flips
     assert not torch.equal(standard[0][0][0], standard[1][0][0])  # epochs are reshuffled
     assert _workers() == []
 
@@ -66,7 +83,9 @@ def test_preinit_yields_the_standard_batches_in_order(tiny_config):
 def test_preinit_training_matches_standard_training(tiny_config):
     base = ("train.epochs=2", "loader.num_workers=2", "train.max_batches=3")
     a = train(tiny_config("cremad", *base, "output.name=std"), progress=False)
-    b = train(tiny_config("cremad", *base, "loader.preinit=true", "output.name=pre"), progress=False)
+    b = train(
+        tiny_config("cremad", *base, "loader.preinit=true", "output.name=pre"), progress=False
+    )
     for ea, eb in zip(a.epochs, b.epochs):
         assert ea.train == eb.train and ea.val == eb.val
     assert _workers() == []
@@ -74,8 +93,11 @@ def test_preinit_training_matches_standard_training(tiny_config):
 
 @pytest.mark.slow
 def test_preinit_does_not_deadlock_while_the_main_thread_computes(tiny_config, tmp_path):
-    """Workers are started from the helper thread while the main thread runs torch ops (a known freeze)."""
-    cfg = tiny_config("cremad", "loader.num_workers=2", "loader.preinit=true", "train.batch_size=32")
+    """Workers are started from the helper thread while the main thread runs torch ops (a known
+    freeze)."""
+    cfg = tiny_config(
+        "cremad", "loader.num_workers=2", "loader.preinit=true", "train.batch_size=32"
+    )
     script = tmp_path / "drive.py"
     script.write_text(textwrap.dedent(f"""
         import torch
@@ -146,7 +168,8 @@ def _tagged(tag: str) -> list[int]:
 
 
 def test_blp_gives_the_gradients_of_single(tiny_config):
-    """Branches run concurrently in threads; the one loss's backward reaches every branch unchanged."""
+    """Branches run concurrently in threads; the one loss's backward reaches every branch
+    unchanged."""
     cfg = tiny_config("iemocap", "model.fusion=concat")
     ds = build_datasets(cfg)["train"]
     batch = finish_batch(next(iter(build_loader(ds, cfg, True).epoch(0))))
@@ -154,7 +177,9 @@ def test_blp_gives_the_gradients_of_single(tiny_config):
     single = MultimodalModel(cfg.modalities, ds.spec.num_classes, cfg.model, ds.shapes)
     blp = MultimodalModel(cfg.modalities, ds.spec.num_classes, cfg.model, ds.shapes)
     blp.load_state_dict(single.state_dict())
-    runner = parallel.BranchParallel(blp, {m: torch.device("cpu") for m in cfg.modalities}, torch.device("cpu"))
+    runner = parallel.BranchParallel(
+        blp, {m: torch.device("cpu") for m in cfg.modalities}, torch.device("cpu")
+    )
     fp32 = Precision("fp32", "cpu")
     for model in (RunModel(single, fp32), RunModel(blp, fp32, runner)):
         torch.manual_seed(1)  # RoBERTa's dropout masks: the same draws for both
@@ -170,16 +195,33 @@ def test_blp_gives_the_gradients_of_single(tiny_config):
 
 @pytest.mark.slow
 def test_blp_training_places_branches_by_measured_cost_and_trains_as_single(tiny_config):
-    common = ("strategy.name=alternating", "train.epochs=2", "train.max_batches=3", "system.sample_interval=0")
-    trainer = Trainer(tiny_config("cremad", *common, "system.parallelism=blp", "output.name=blp"), progress=False)
+    common = (
+        "strategy.name=alternating",
+        "train.epochs=2",
+        "train.max_batches=3",
+        "system.sample_interval=0",
+    )
+    trainer = Trainer(
+        tiny_config("cremad", *common, "system.parallelism=blp", "output.name=blp"), progress=False
+    )
     par = trainer.runtime.parallelism
-    assert set(par.costs) == {"audio", "visual"} and all(c > 0 for c in par.costs.values())  # measured
+    assert set(par.costs) == {"audio", "visual"} and all(
+        c > 0 for c in par.costs.values()
+    )  # measured
     assert par.runner.placement == {"audio": torch.device("cpu"), "visual": torch.device("cpu")}
-    assert trainer.strategy.net.local.branches is par.runner and trainer.strategy.net.model is trainer.model
-    assert par.input_device("visual") == par.runner.placement["visual"] and par.input_device("label") == trainer.device
+    assert (
+        trainer.strategy.net.local.branches is par.runner
+        and trainer.strategy.net.model is trainer.model
+    )
+    assert (
+        par.input_device("visual") == par.runner.placement["visual"]
+        and par.input_device("label") == trainer.device
+    )
     blp = trainer.fit()
     single = train(tiny_config("cremad", *common, "output.name=single"), progress=False)
-    assert not par.runner.pool._threads or all(not t.is_alive() for t in par.runner.pool._threads)  # closed
+    assert not par.runner.pool._threads or all(
+        not t.is_alive() for t in par.runner.pool._threads
+    )  # closed
     assert len(blp.epochs) == len(single.epochs) == 2
     for eb, es in zip(blp.epochs, single.epochs):  # same gradients, same updates
         assert eb.train["loss/fused"] == pytest.approx(es.train["loss/fused"], rel=1e-4)
@@ -187,14 +229,27 @@ def test_blp_training_places_branches_by_measured_cost_and_trains_as_single(tiny
 
 
 def test_blp_explicit_placement_is_used_and_checked(tiny_config):
-    trainer = Trainer(tiny_config("cremad", "system.parallelism=blp", "system.blp_devices={audio: cpu, visual: cpu}"),
-                      progress=False)
+    trainer = Trainer(
+        tiny_config(
+            "cremad", "system.parallelism=blp", "system.blp_devices={audio: cpu, visual: cpu}"
+        ),
+        progress=False,
+    )
     assert trainer.runtime.parallelism.costs is None  # given, not measured
-    assert trainer.runtime.parallelism.runner.placement == {"audio": torch.device("cpu"), "visual": torch.device("cpu")}
+    assert trainer.runtime.parallelism.runner.placement == {
+        "audio": torch.device("cpu"),
+        "visual": torch.device("cpu"),
+    }
     trainer.close()
-    with pytest.raises(ConfigError, match="system.blp_devices: give one device per modality; got \\['audio'\\]; "
-                                          "valid: audio, visual"):
-        Trainer(tiny_config("cremad", "system.parallelism=blp", "system.blp_devices={audio: cpu}"), progress=False)
+    with pytest.raises(
+        ConfigError,
+        match="system.blp_devices: give one device per modality; got \\['audio'\\]; "
+        "valid: audio, visual",
+    ):
+        Trainer(
+            tiny_config("cremad", "system.parallelism=blp", "system.blp_devices={audio: cpu}"),
+            progress=False,
+        )
 
 
 def test_load_aware_placement_balances_cost():
@@ -206,11 +261,22 @@ def test_load_aware_placement_balances_cost():
 
 @pytest.mark.slow
 def test_ddp_two_gloo_processes_match_single(tiny_config, tmp_path):
-    common = ["train.epochs=3", "train.batch_size=32", "train.max_batches=4", "data.modalities=[visual]",
-              "system.sample_interval=0"]
+    common = [
+        "train.epochs=3",
+        "train.batch_size=32",
+        "train.max_batches=4",
+        "data.modalities=[visual]",
+        "system.sample_interval=0",
+    ]
     single = train(tiny_config("cremad", *common, "output.name=single"), progress=False)
-    ddp_cfg = tiny_config("cremad", *common, "system.parallelism=ddp", "system.device=cpu", "output.name=ddp",
-                          "system.threads=1")
+    ddp_cfg = tiny_config(
+        "cremad",
+        *common,
+        "system.parallelism=ddp",
+        "system.device=cpu",
+        "output.name=ddp",
+        "system.threads=1",
+    )
     config = tmp_path / "ddp.yaml"
     config.write_text(ddp_cfg.to_yaml())
     out = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2",
@@ -223,13 +289,20 @@ def test_ddp_two_gloo_processes_match_single(tiny_config, tmp_path):
     assert ddp.status == "done" and ddp.config["system"]["parallelism"] == "ddp"
     assert set(ddp.summary.test) == set(single.summary.test)  # the same metrics as a single run
     # Same samples per global step and the same initial weights, but BatchNorm normalises over each
-    # process's 16 samples instead of 32 (SyncBatchNorm is GPU-only), so the trajectories drift apart
-    # slowly. Stated tolerance: first epoch within 3 %, every epoch within 15 % (seen: 1 %, 4 %, 11 %).
-    losses = [(es.train["loss/fused"], ed.train["loss/fused"]) for es, ed in zip(single.epochs, ddp.epochs)]
+    # process's 16 samples instead of 32 (SyncBatchNorm is GPU-only), so the trajectories drift
+    # apart
+    # slowly. Stated tolerance: first epoch within 3 %, every epoch within 15 % (seen: 1 %, 4 %, 11
+    # %).
+    losses = [
+        (es.train["loss/fused"], ed.train["loss/fused"])
+        for es, ed in zip(single.epochs, ddp.epochs)
+    ]
     assert losses[0][1] == pytest.approx(losses[0][0], rel=0.03)
     for s_loss, d_loss in losses:
         assert d_loss == pytest.approx(s_loss, rel=0.15)
-    assert losses[-1][1] < 0.95 * losses[0][1]  # and it learns (12 steps at lr 1e-3: seen 1.88 -> 1.64)
+    assert (
+        losses[-1][1] < 0.95 * losses[0][1]
+    )  # and it learns (12 steps at lr 1e-3: seen 1.88 -> 1.64)
 
 
 def test_ddp_without_a_launcher_says_how(tiny_config):
@@ -238,12 +311,15 @@ def test_ddp_without_a_launcher_says_how(tiny_config):
 
 
 def test_dp_on_a_machine_without_two_gpus_is_refused(tiny_config):
-    with pytest.raises(ConfigError, match="dp .*needs >= 2 CUDA GPUs, this run has 0; valid: single"):
+    with pytest.raises(
+        ConfigError, match="dp .*needs >= 2 CUDA GPUs, this run has 0; valid: single"
+    ):
         Trainer(tiny_config("cremad", "system.parallelism=dp"), progress=False)
 
 
 class _FakeCuda:
-    """Stubs of torch.cuda's device count and current device for a machine without CUDA; the process group
+    """Stubs of torch.cuda's device count and current device for a machine without CUDA; the process
+    group
     call is recorded instead of made (NCCL cannot run here). Nothing of mmhpc is stubbed."""
 
     def __init__(self, monkeypatch, count: int):
@@ -255,7 +331,9 @@ class _FakeCuda:
             (threading.current_thread().name, torch.device(d))))
         monkeypatch.setattr(parallel.dist, "is_initialized", lambda: False)
 
-        def init_process_group(backend, init_method=None, device_id=None, timeout=None, **kw):  # in part
+        def init_process_group(
+            backend, init_method=None, device_id=None, timeout=None, **kw
+        ):  # in part
             self.init_calls.append((backend, {"device_id": device_id, **kw}))
 
         monkeypatch.setattr(parallel.dist, "init_process_group", init_process_group)
@@ -268,8 +346,9 @@ class _FakeCuda:
     (4, 1, 1),  # torchrun / --gpus-per-node=4: all GPUs visible, one per local rank
     (4, 3, 3),
 ])
-def test_ddp_chooses_its_gpu_once_and_passes_it_to_the_process_group(tiny_config, monkeypatch, visible,
-                                                                        local_rank, expected):
+def test_ddp_chooses_its_gpu_once_and_passes_it_to_the_process_group(
+    tiny_config, monkeypatch, visible, local_rank, expected
+):
     fake = _FakeCuda(monkeypatch, visible)
     if visible == 1:
         monkeypatch.setenv("SLURM_GPUS_PER_TASK", "1")
@@ -289,11 +368,14 @@ def test_ddp_with_more_local_ranks_than_gpus_is_refused(tiny_config, monkeypatch
     for k, v in {"RANK": "2", "WORLD_SIZE": "4", "LOCAL_RANK": "2"}.items():
         monkeypatch.setenv(k, v)
     with pytest.raises(ConfigError, match="local rank 2 sees 2 GPUs; run one process per GPU"):
-        parallel.build(tiny_config("cremad", "system.parallelism=ddp", "system.device=cuda")).setup()
+        parallel.build(
+            tiny_config("cremad", "system.parallelism=ddp", "system.device=cuda")
+        ).setup()
 
 
 def test_preinit_thread_runs_on_the_runs_device(tiny_config, monkeypatch):
-    """The helper thread that builds the next epoch's iterator makes the run's GPU its current device first
+    """The helper thread that builds the next epoch's iterator makes the run's GPU its current
+    device first
     (else DataLoader's pin-memory thread would open a context on GPU 0)."""
     fake = _FakeCuda(monkeypatch, 2)
     cfg = tiny_config("cremad", "loader.num_workers=1", "loader.preinit=true")
@@ -306,19 +388,31 @@ def test_preinit_thread_runs_on_the_runs_device(tiny_config, monkeypatch):
     assert all(name.startswith("mmhpc-preinit") for name, _ in fake.set_devices)
 
 
-@pytest.mark.parametrize("precision, device, cap, refused", [
-    ("tf32", "cpu", None, True), ("bf16", "cpu", None, False), ("fp32", "cpu", None, False),
-    ("fp32_strict", "cpu", None, False),
-    ("bf16", "cuda", (7, 0), True), ("tf32", "cuda", (7, 5), True), ("tf32", "cuda", 7.5, True),  # V100, T4
-    ("bf16", "cuda", (8, 0), False), ("tf32", "cuda", (8, 6), False), ("bf16", "cuda", 9.0, False),
-    ("fp32", "cuda", (7, 0), False), ("fp32_strict", "cuda", (6, 0), False),
-])
+@pytest.mark.parametrize(
+    "precision, device, cap, refused",
+    [
+        ("tf32", "cpu", None, True),
+        ("bf16", "cpu", None, False),
+        ("fp32", "cpu", None, False),
+        ("fp32_strict", "cpu", None, False),
+        ("bf16", "cuda", (7, 0), True),
+        ("tf32", "cuda", (7, 5), True),
+        ("tf32", "cuda", 7.5, True),  # V100, T4
+        ("bf16", "cuda", (8, 0), False),
+        ("tf32", "cuda", (8, 6), False),
+        ("bf16", "cuda", 9.0, False),
+        ("fp32", "cuda", (7, 0), False),
+        ("fp32_strict", "cuda", (6, 0), False),
+    ],
+)
 def test_precision_guards(precision, device, cap, refused):
     problem = Precision(precision, device).problem(cap, "GPU")
     assert (problem is not None) == refused
     if refused:
         assert problem.startswith(f"system.precision: {precision} ")
-        assert problem.endswith("; valid: fp32, fp32_strict, bf16" if device == "cpu" else "; valid: fp32, fp32_strict")
+        assert problem.endswith(
+            "; valid: fp32, fp32_strict, bf16" if device == "cpu" else "; valid: fp32, fp32_strict"
+        )
 
 
 @pytest.fixture
@@ -326,7 +420,11 @@ def restore_backend_flags():
     saved = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32,
              torch.backends.cudnn.benchmark, torch.are_deterministic_algorithms_enabled())
     yield
-    torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32, torch.backends.cudnn.benchmark = saved[:3]
+    (
+        torch.backends.cuda.matmul.allow_tf32,
+        torch.backends.cudnn.allow_tf32,
+        torch.backends.cudnn.benchmark,
+    ) = saved[:3]
     torch.use_deterministic_algorithms(saved[3], warn_only=True)
 
 
@@ -340,17 +438,34 @@ def test_precision_sets_both_tf32_flags_every_time(precision, matmul, cudnn, res
     for start in (False, True):  # whatever an earlier run in this process left
         torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = start
         Precision(precision, "cuda").apply()
-        assert (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32) == (matmul, cudnn)
+        assert (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32) == (
+            matmul,
+            cudnn,
+        )
 
 
 def test_fp32_is_pytorchs_default(restore_backend_flags):
-    out = subprocess.run([sys.executable, "-c", "import torch; print(torch.backends.cuda.matmul.allow_tf32, "
-                          "torch.backends.cudnn.allow_tf32)"], capture_output=True, text=True, check=True)
-    assert out.stdout.split() == [str(Precision("fp32").mode.matmul_tf32), str(Precision("fp32").mode.cudnn_tf32)]
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "import torch; print(torch.backends.cuda.matmul.allow_tf32, "
+            "torch.backends.cudnn.allow_tf32)",
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert out.stdout.split() == [
+        str(Precision("fp32").mode.matmul_tf32),
+        str(Precision("fp32").mode.cudnn_tf32),
+    ]
 
 
 @pytest.mark.parametrize("deterministic", [True, False])
-def test_determinism_sets_kernels_and_cudnn_autotuning_both_ways(deterministic, restore_backend_flags):
+def test_determinism_sets_kernels_and_cudnn_autotuning_both_ways(
+    deterministic, restore_backend_flags
+):
     torch.backends.cudnn.benchmark = deterministic
     torch.use_deterministic_algorithms(not deterministic)
     seed_everything(0, deterministic)
@@ -372,8 +487,12 @@ def _conv_dtypes(model) -> tuple[list, object]:
 @pytest.mark.slow
 @pytest.mark.parametrize("precision, inner", [("bf16", torch.bfloat16), ("fp32", torch.float32)])
 def test_training_runs_its_encoders_at_the_runs_precision(tiny_config, precision, inner):
-    trainer = Trainer(tiny_config("mvsa", f"system.precision={precision}", "train.epochs=1", "train.max_batches=2"),
-                      progress=False)
+    trainer = Trainer(
+        tiny_config(
+            "mvsa", f"system.precision={precision}", "train.epochs=1", "train.max_batches=2"
+        ),
+        progress=False,
+    )
     seen, hook = _conv_dtypes(trainer.model)
     rec = trainer.fit()
     hook.remove()
@@ -382,7 +501,8 @@ def test_training_runs_its_encoders_at_the_runs_precision(tiny_config, precision
 
 
 def test_the_model_enters_its_precision_in_any_thread(tiny_config):
-    """DataParallel runs each replica's forward in a new thread, where the caller's autocast is absent (and
+    """DataParallel runs each replica's forward in a new thread, where the caller's autocast is
+    absent (and
     CUDA's default autocast dtype is float16): the run's model enters the run's precision itself."""
     cfg = tiny_config("cremad")
     ds = build_datasets(cfg)["train"]
@@ -395,8 +515,11 @@ def test_the_model_enters_its_precision_in_any_thread(tiny_config):
     replica.start()
     replica.join()
     assert seen == [torch.bfloat16]
-    assert out["fused"].dtype == torch.float32 and all(z.dtype == torch.float32 for z in out["probes"].values())
-    # the strategies' separate calls (masked fusion, probes) run at the precision too, outside any autocast
+    assert out["fused"].dtype == torch.float32 and all(
+        z.dtype == torch.float32 for z in out["probes"].values()
+    )
+    # the strategies' separate calls (masked fusion, probes) run at the precision too, outside any
+    # autocast
     z = run("fusion", {"audio": out["embs"]["audio"].detach()})
     assert z.dtype == torch.float32
     z.sum().backward()
@@ -408,9 +531,14 @@ def test_the_model_enters_its_precision_in_any_thread(tiny_config):
 
 @pytest.mark.slow
 def test_record_has_the_time_breakdown_and_utilisation(tiny_config):
-    rec = train(tiny_config("cremad", "train.epochs=2", "system.sample_interval=0.2"), progress=False)
+    rec = train(
+        tiny_config("cremad", "train.epochs=2", "system.sample_interval=0.2"), progress=False
+    )
     ep = rec.epochs[1]
-    assert all(getattr(ep.time, k) >= 0 for k in ("train_loader_init_s", "train_s", "val_loader_init_s", "val_s"))
+    assert all(
+        getattr(ep.time, k) >= 0
+        for k in ("train_loader_init_s", "train_s", "val_loader_init_s", "val_s")
+    )
     assert ep.time.train_samples_per_s > 0
     assert ep.util["n_samples"] >= 1 and "cpu_proc_pct_mean" in ep.util
     assert any("nvml" in n.lower() for n in rec.system["notes"])  # no GPU here: noted, not an error
@@ -420,11 +548,30 @@ def test_record_has_the_time_breakdown_and_utilisation(tiny_config):
 
 @pytest.mark.slow
 def test_bench_cli_writes_the_bench_section_and_a_profiler_trace(synth_dir, tmp_path):
-    out = subprocess.run([sys.executable, "-m", "mmhpc.cli", "bench", "-q", "--epochs", "2", "--warmup", "1",
-                          "--profile", f"data.root={synth_dir('cremad')}", f"output.runs_dir={tmp_path}",
-                          "train.max_batches=6", "train.batch_size=16", "system.threads=2",
-                          "output.name=b", "system.sample_interval=0.2"],
-                         capture_output=True, text=True, timeout=600)
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "mmhpc.cli",
+            "bench",
+            "-q",
+            "--epochs",
+            "2",
+            "--warmup",
+            "1",
+            "--profile",
+            f"data.root={synth_dir('cremad')}",
+            f"output.runs_dir={tmp_path}",
+            "train.max_batches=6",
+            "train.batch_size=16",
+            "system.threads=2",
+            "output.name=b",
+            "system.sample_interval=0.2",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert out.returncode == 0, out.stderr[-2000:]
     from mmhpc.results import read_record
 
@@ -440,7 +587,8 @@ def test_bench_cli_writes_the_bench_section_and_a_profiler_trace(synth_dir, tmp_
 
 @pytest.mark.parametrize("sweep", ["precision", "loader", "parallelism", "batch"])
 def test_system_sweeps_measure_at_the_thesis_settings(sweep):
-    """Non-deterministic kernels with cuDNN autotuning; TF32, the thesis' default precision (Sec. 4.3.2.1),
+    """Non-deterministic kernels with cuDNN autotuning; TF32, the thesis' default precision (Sec.
+    4.3.2.1),
     unless the sweep varies it; on Alvis always on the GPU (never `auto`)."""
     from mmhpc.launch.clusters import load_profile
     from mmhpc.sweep import expand, load_sweep
@@ -464,19 +612,27 @@ def test_algorithm_runs_stay_deterministic():
 
 
 def test_ddp_records_the_peak_memory_of_every_rank(tiny_config, monkeypatch, tmp_path):
-    """A real gloo process group (one process here); CUDA's memory counters are stubbed (no GPU here)."""
+    """A real gloo process group (one process here); CUDA's memory counters are stubbed (no GPU
+    here)."""
     import torch.distributed as dist
 
     monkeypatch.setattr(torch.cuda, "max_memory_allocated", lambda d: 3 * 2 ** 20)
     monkeypatch.setattr(torch.cuda, "max_memory_reserved", lambda d: 4 * 2 ** 20)
     monkeypatch.setattr(torch.cuda, "reset_peak_memory_stats", lambda d: None)
-    monkeypatch.setattr("mmhpc.system.sampler.device_used_mib", lambda d: 5.0)  # NVML: tests/test_gpu_measures.py
+    monkeypatch.setattr(
+        "mmhpc.system.sampler.device_used_mib", lambda d: 5.0
+    )  # NVML: tests/test_gpu_measures.py
     par = parallel.build(tiny_config("cremad", "system.parallelism=ddp"))
     par.device = torch.device("cuda", 0)
-    dist.init_process_group("gloo", store=dist.FileStore(str(tmp_path / "store"), 1), rank=0, world_size=1)
+    dist.init_process_group(
+        "gloo", store=dist.FileStore(str(tmp_path / "store"), 1), rank=0, world_size=1
+    )
     try:
-        assert par.peak_memory() == {"rank0/cuda:0_peak_mib": 3.0, "rank0/cuda:0_reserved_peak_mib": 4.0,
-                                     "rank0/cuda:0_device_used_mib": 5.0}
+        assert par.peak_memory() == {
+            "rank0/cuda:0_peak_mib": 3.0,
+            "rank0/cuda:0_reserved_peak_mib": 4.0,
+            "rank0/cuda:0_device_used_mib": 5.0,
+        }
     finally:
         par.close()
     assert not dist.is_initialized()
@@ -489,9 +645,15 @@ def _any_rank_worker(rank: int, store_path: str, cfg, out_dir: str) -> None:
     try:
         par = Distributed(cfg)
         par.rank, par.world = rank, 2
-        # step 0: nobody asks to stop; step 1: only rank 1 does (its pre-timeout signal came first); step 2:
+        # step 0: nobody asks to stop; step 1: only rank 1 does (its pre-timeout signal came first);
+        # step 2:
         # every rank has the answer of step 1's vote, which travelled while step 2 ran
-        seen = [par.any_rank(False), par.any_rank(rank == 1), par.any_rank(False), par.any_rank(False)]
+        seen = [
+            par.any_rank(False),
+            par.any_rank(rank == 1),
+            par.any_rank(False),
+            par.any_rank(False),
+        ]
         Path(out_dir, f"rank{rank}").write_text(json.dumps(seen))
     finally:
         par.close()
@@ -499,11 +661,18 @@ def _any_rank_worker(rank: int, store_path: str, cfg, out_dir: str) -> None:
 
 
 def test_a_stop_asked_on_one_ddp_rank_stops_every_rank_at_the_same_step(tiny_config, tmp_path):
-    """Two real gloo processes: the host-side flag is true on both ranks, one step after one rank raised it."""
+    """Two real gloo processes: the host-side flag is true on both ranks, one step after one rank
+    raised it."""
     import torch.multiprocessing as tmp
 
-    tmp.spawn(_any_rank_worker, args=(str(tmp_path / "store"), tiny_config("cremad"), str(tmp_path)), nprocs=2)
-    assert [json.loads((tmp_path / f"rank{r}").read_text()) for r in (0, 1)] == [[False, False, True, False]] * 2
+    tmp.spawn(
+        _any_rank_worker,
+        args=(str(tmp_path / "store"), tiny_config("cremad"), str(tmp_path)),
+        nprocs=2,
+    )
+    assert [json.loads((tmp_path / f"rank{r}").read_text()) for r in (0, 1)] == [
+        [False, False, True, False]
+    ] * 2
 
 
 def _preempted_ddp_worker(rank: int, port: int, cfg, out_dir: str) -> None:
@@ -532,9 +701,13 @@ def _preempted_ddp_worker(rank: int, port: int, cfg, out_dir: str) -> None:
 
 
 @pytest.mark.slow
-def test_a_ddp_run_stops_on_every_rank_at_the_same_step_when_one_rank_is_signalled(tiny_config, tmp_path):
-    """Two real DDP trainers (gloo on the CPU): rank 1 alone gets the signal during step 3; both stop after
-    step 4, the step during which the ranks' vote travelled, and neither trains a step more than the other."""
+def test_a_ddp_run_stops_on_every_rank_at_the_same_step_when_one_rank_is_signalled(
+    tiny_config, tmp_path
+):
+    """Two real DDP trainers (gloo on the CPU): rank 1 alone gets the signal during step 3; both
+    stop after
+    step 4, the step during which the ranks' vote travelled, and neither trains a step more than the
+    other."""
     import socket
 
     import torch.multiprocessing as tmp

@@ -1,4 +1,5 @@
-"""End-to-end training on tiny synthetic data: every fusion under every strategy of the foundation."""
+"""End-to-end training on tiny synthetic data: every fusion under every strategy of the
+foundation."""
 import json
 import shutil
 from pathlib import Path
@@ -41,7 +42,9 @@ def test_every_fusion_trains_under_every_strategy(tiny_config, fusion, strategy)
 @pytest.mark.slow
 @pytest.mark.parametrize("fusion", ["early_sum", "concat"])
 def test_three_modalities_with_text_and_cosine(tiny_config, fusion):
-    cfg = tiny_config("iemocap", f"model.fusion={fusion}", "model.cosine=true", "strategy.name=alternating")
+    cfg = tiny_config(
+        "iemocap", f"model.fusion={fusion}", "model.cosine=true", "strategy.name=alternating"
+    )
     rec = train(cfg, progress=False)
     _check_record(rec, cfg)
     assert rec.summary.optimised_epochs == {"audio": 1, "visual": 1, "text": 1}
@@ -67,7 +70,9 @@ def test_finished_record_is_never_overwritten(tiny_config, synth_dir, tmp_path):
     with pytest.raises(RecordExistsError, match="output.overwrite=true"):
         train(cfg, progress=False)
     # a rerun that is allowed to overwrite but fails midway keeps the finished record intact
-    trainer = Trainer(tiny_config("mvsa", f"data.root={data}", "output.overwrite=true"), progress=False)
+    trainer = Trainer(
+        tiny_config("mvsa", f"data.root={data}", "output.overwrite=true"), progress=False
+    )
     for frames in (data / "visual").iterdir():
         shutil.rmtree(frames)
     with pytest.raises(Exception):
@@ -78,8 +83,13 @@ def test_finished_record_is_never_overwritten(tiny_config, synth_dir, tmp_path):
     assert failed.status == "failed" and "Error" in failed.error
 
 
-def _single_record(runs: Path, modality: str, acc: float, seed: int, dataset: str = "cremad") -> None:
-    config = {"data": {"dataset": dataset, "preset": "tiny", "modalities": [modality]}, "train": {"seed": seed}}
+def _single_record(
+    runs: Path, modality: str, acc: float, seed: int, dataset: str = "cremad"
+) -> None:
+    config = {
+        "data": {"dataset": dataset, "preset": "tiny", "modalities": [modality]},
+        "train": {"seed": seed},
+    }
     write_record(runs / f"{dataset}-{modality}-{seed}.json",
                  RunRecord(run=f"{dataset}-{modality}-{seed}", status="done", config=config,
                            summary=Summary(test={"acc/fused": acc})))
@@ -89,16 +99,22 @@ def test_single_accuracies_and_ibf_from_records(tmp_path):
     _single_record(tmp_path, "audio", 0.8, 0)
     _single_record(tmp_path, "audio", 0.6, 1)
     _single_record(tmp_path, "visual", 0.5, 0)
-    _single_record(tmp_path, "visual", 0.1, 0, dataset="ave")  # another dataset: not a baseline of cremad
+    _single_record(
+        tmp_path, "visual", 0.1, 0, dataset="ave"
+    )  # another dataset: not a baseline of cremad
     singles = single_accuracies(tmp_path, "cremad", "tiny")
     assert singles == pytest.approx({"audio": 0.7, "visual": 0.5})  # mean over the two audio seeds
     # 1 - (min(0.35 / 0.7, 1) + min(0.6 / 0.5, 1)) / 2 = 1 - (0.5 + 1) / 2
-    assert run_ibf({"acc/audio": 0.35, "acc/visual": 0.6}, ["audio", "visual"], singles) == pytest.approx(0.25)
+    assert run_ibf(
+        {"acc/audio": 0.35, "acc/visual": 0.6}, ["audio", "visual"], singles
+    ) == pytest.approx(0.25)
     assert run_ibf({"acc/audio": 0.35}, ["audio"], singles) == 0.0
     assert run_ibf({"acc/audio": 0.35}, ["audio"], None) is None
 
 
-@pytest.mark.parametrize("content", [b"\xff\xfe", b'{"audio": 0.5', b'["audio", 0.5]', b'{"audio": "high"}'])
+@pytest.mark.parametrize(
+    "content", [b"\xff\xfe", b'{"audio": 0.5', b'["audio", 0.5]', b'{"audio": "high"}']
+)
 def test_an_unusable_single_acc_file_is_a_config_error_naming_file_and_field(tmp_path, content):
     from mmhpc.errors import ConfigError
 
@@ -110,13 +126,16 @@ def test_an_unusable_single_acc_file_is_a_config_error_naming_file_and_field(tmp
 
 @pytest.mark.slow
 def test_trainer_summary_takes_ibf_from_single_records(tiny_config, tmp_path):
-    # baselines far below anything a trained modality reaches: every ratio is capped at 1, so IBF = 0
+    # baselines far below anything a trained modality reaches: every ratio is capped at 1, so IBF =
+    # 0
     _single_record(tmp_path, "audio", 1e-9, 0)
     _single_record(tmp_path, "visual", 1e-9, 0)
     rec = train(tiny_config("cremad", f"train.single_acc={tmp_path}"), progress=False)
     assert all(rec.summary.test[f"acc/{m}"] > 0 for m in ("audio", "visual"))
     assert rec.summary.ibf == 0.0
-    assert train(tiny_config("cremad", "output.name=no-baselines"), progress=False).summary.ibf is None
+    assert (
+        train(tiny_config("cremad", "output.name=no-baselines"), progress=False).summary.ibf is None
+    )
 
 
 def test_failure_before_the_trainer_leaves_a_failed_record(tiny_config, tmp_path):
@@ -124,7 +143,9 @@ def test_failure_before_the_trainer_leaves_a_failed_record(tiny_config, tmp_path
     with pytest.raises(ManifestError, match="no manifest.json"):
         train(cfg, progress=False)
     rec = read_record(cfg.record_path())
-    assert rec.status == "failed" and rec.error.startswith("ManifestError") and "absent" in rec.error
+    assert (
+        rec.status == "failed" and rec.error.startswith("ManifestError") and "absent" in rec.error
+    )
     assert rec.config == cfg.to_dict() and not rec.epochs
 
 
@@ -142,14 +163,25 @@ def test_parallelism_not_available_fails_before_work(tiny_config):
         train(tiny_config("cremad", "system.parallelism=dp"), progress=False)
 
 
-@pytest.mark.parametrize("refused", ["system.precision=tf32", "system.parallelism=dp", "system.device=cuda"])
-def test_a_config_this_machine_cannot_run_is_refused_before_any_record(synth_dir, tmp_path, capsys, refused):
-    """Exit 2, one line naming the field, and nothing in runs/ (a CPU machine: no tensor cores, no GPU)."""
+@pytest.mark.parametrize(
+    "refused", ["system.precision=tf32", "system.parallelism=dp", "system.device=cuda"]
+)
+def test_a_config_this_machine_cannot_run_is_refused_before_any_record(
+    synth_dir, tmp_path, capsys, refused
+):
+    """Exit 2, one line naming the field, and nothing in runs/ (a CPU machine: no tensor cores, no
+    GPU)."""
     from mmhpc.cli import main
 
     runs = tmp_path / "runs"
-    argv = ["train", f"data.root={synth_dir('cremad')}", f"output.runs_dir={runs}", "train.epochs=1",
-            "system.device=cpu", refused]
+    argv = [
+        "train",
+        f"data.root={synth_dir('cremad')}",
+        f"output.runs_dir={runs}",
+        "train.epochs=1",
+        "system.device=cpu",
+        refused,
+    ]
     assert main(argv) == 2
     assert refused.split("=")[0] in capsys.readouterr().err
     assert not runs.exists() or not any(runs.iterdir())
@@ -157,9 +189,13 @@ def test_a_config_this_machine_cannot_run_is_refused_before_any_record(synth_dir
 
 @pytest.mark.slow
 def test_checkpoint_resume_continues_exactly(tiny_config, tmp_path, monkeypatch):
-    reference = train(tiny_config("cremad", "train.epochs=3", f"output.runs_dir={tmp_path / 'ref'}"),
-                      progress=False)
-    cfg = tiny_config("cremad", "train.epochs=3", "output.checkpoint=true", f"output.runs_dir={tmp_path / 'ck'}")
+    reference = train(
+        tiny_config("cremad", "train.epochs=3", f"output.runs_dir={tmp_path / 'ref'}"),
+        progress=False,
+    )
+    cfg = tiny_config(
+        "cremad", "train.epochs=3", "output.checkpoint=true", f"output.runs_dir={tmp_path / 'ck'}"
+    )
     trainer = Trainer(cfg, progress=False)
     real_epoch = Trainer._epoch
 

@@ -1,4 +1,5 @@
-"""The user's path through the command line: `mmhpc strategies`, and the common slips answered with what
+"""The user's path through the command line: `mmhpc strategies`, and the common slips answered with
+what
 was meant."""
 from __future__ import annotations
 
@@ -44,11 +45,25 @@ def test_common_slips_get_a_did_you_mean(override, meant):
 
 
 @pytest.mark.slow
-def test_bench_profile_says_where_its_trace_went_without_profiler_noise_on_the_cpu(synth_dir, tmp_path, capfd):
+def test_bench_profile_says_where_its_trace_went_without_profiler_noise_on_the_cpu(
+    synth_dir, tmp_path, capfd
+):
     runs = tmp_path / "runs"
-    argv = ["bench", f"data.root={synth_dir('cremad')}", f"output.runs_dir={runs}", "output.name=prof",
-            "train.max_batches=3", "train.batch_size=16", "system.threads=1", "system.device=cpu",
-            "--epochs", "1", "--warmup", "1", "--profile"]
+    argv = [
+        "bench",
+        f"data.root={synth_dir('cremad')}",
+        f"output.runs_dir={runs}",
+        "output.name=prof",
+        "train.max_batches=3",
+        "train.batch_size=16",
+        "system.threads=1",
+        "system.device=cpu",
+        "--epochs",
+        "1",
+        "--warmup",
+        "1",
+        "--profile",
+    ]
     assert main(argv) == 0
     out, err = capfd.readouterr()  # the file descriptors: kineto writes from C++
     trace = runs / "prof.trace.json"
@@ -60,14 +75,32 @@ def test_data_synthesis_through_a_pipe_shows_no_progress_bar(tmp_path):
     import subprocess
     import sys
 
-    res = subprocess.run([sys.executable, "-m", "mmhpc.cli", "data", "synth", "cremad", "--out", str(tmp_path / "d")],
-                         capture_output=True, text=True, timeout=600, stdin=subprocess.DEVNULL)
+    res = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "mmhpc.cli",
+            "data",
+            "synth",
+            "cremad",
+            "--out",
+            str(tmp_path / "d"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        stdin=subprocess.DEVNULL,
+    )
     assert res.returncode == 0, res.stderr
-    assert "\r" not in res.stderr and "it/s" not in res.stderr and "synth cremad" not in res.stderr, res.stderr
+    assert (
+        "\r" not in res.stderr and "it/s" not in res.stderr and "synth cremad" not in res.stderr
+    ), res.stderr
 
 
 @pytest.mark.slow
-def test_every_log_line_of_the_demo_names_its_run_and_quiet_keeps_one_line_per_run(synth_dir, tmp_path, capsys):
+def test_every_log_line_of_the_demo_names_its_run_and_quiet_keeps_one_line_per_run(
+    synth_dir, tmp_path, capsys
+):
     from mmhpc.cli import setup_logging
     from mmhpc.demo import run_demo
 

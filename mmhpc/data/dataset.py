@@ -16,30 +16,47 @@ from mmhpc.data.specs import DATASETS, SPLITS, Shapes
 class PreparedDataset(Dataset):
     """One split of a prepared dataset: items are {modality: tensor, "label": int, "index": int}.
 
-    audio [1, frames, mel] float32; visual [frames, 3, S, S] uint8, with "visual_crop" [frames, 5] (each
-    frame's random crop and flip) in a training split, both made model input by `frames.finish_batch` on the
+    audio [1, frames, mel] float32; visual [frames, 3, S, S] uint8, with "visual_crop" [frames, 5]
+    (each
+    frame's random crop and flip) in a training split, both made model input by
+    `frames.finish_batch` on the
     device; text [2, L] int64 (ids, mask).
     """
 
-    def __init__(self, root: str | Path, split: str, modalities: list[str] | None = None, train: bool = False,
-                 verify: str = "size", audio_augment=None):
+    def __init__(
+        self,
+        root: str | Path,
+        split: str,
+        modalities: list[str] | None = None,
+        train: bool = False,
+        verify: str = "size",
+        audio_augment=None,
+    ):
         if split not in SPLITS:
             raise ValueError(f"split {split!r}; valid: {', '.join(SPLITS)}")
         self.root = Path(root)
         self.manifest = mf.check(self.root, verify, modalities)
         # the class list of the data (an option such as IEMOCAP classes=six changes the spec's)
-        self.spec = replace(DATASETS[self.manifest["dataset"]], classes=tuple(self.manifest["classes"]))
+        self.spec = replace(
+            DATASETS[self.manifest["dataset"]], classes=tuple(self.manifest["classes"])
+        )
         self.shapes = Shapes(**{k: tuple(v) if isinstance(v, list) else v
                                 for k, v in self.manifest["shapes"].items()})
         self.modalities = list(modalities or self.manifest["modalities"])
         missing = set(self.modalities) - set(self.manifest["modalities"])
         if missing:
-            raise ValueError(f"{root}: has no {sorted(missing)} (it has {self.manifest['modalities']})")
-        labels = dict(line.split(",") for line in (self.root / "labels.csv").read_text().split()[1:])
+            raise ValueError(
+                f"{root}: has no {sorted(missing)} (it has {self.manifest['modalities']})"
+            )
+        labels = dict(
+            line.split(",") for line in (self.root / "labels.csv").read_text().split()[1:]
+        )
         self.ids = (self.root / "splits" / f"{split}.txt").read_text().split()
         if not self.ids:
-            raise ValueError(f"{self.root / 'splits' / f'{split}.txt'}: the {split} split is empty; prepare the "
-                             "dataset from a larger raw copy")
+            raise ValueError(
+                f"{self.root / 'splits' / f'{split}.txt'}: the {split} split is empty; prepare the "
+                "dataset from a larger raw copy"
+            )
         self.labels = torch.tensor([int(labels[c]) for c in self.ids])
         self.train = train
         self.audio_augment = audio_augment if train else None

@@ -45,33 +45,58 @@ def build_datasets(cfg) -> dict[str, PreparedDataset]:
 
 def build_loader(dataset: Dataset, cfg, train: bool, rank: int = 0, world: int = 1,
                  preinit: bool | None = None, device: torch.device | None = None) -> EpochLoader:
-    """The run's loader knobs on a DataLoader; the global batch is split evenly over `world` processes.
+    """The run's loader knobs on a DataLoader; the global batch is split evenly over `world`
+    processes.
     `device`: the run's device, made current in the pre-initialisation thread (its pin-memory thread
     would otherwise open a context on GPU 0 in every DDP process)."""
     lc = cfg.loader
-    sampler = DistributedSampler(dataset, num_replicas=world, rank=rank, shuffle=train, seed=cfg.train.seed,
-                                 drop_last=False) if train else None
+    sampler = (
+        DistributedSampler(
+            dataset,
+            num_replicas=world,
+            rank=rank,
+            shuffle=train,
+            seed=cfg.train.seed,
+            drop_last=False,
+        )
+        if train
+        else None
+    )
     preinit = lc.preinit if preinit is None else preinit
     kwargs = {}
     if lc.num_workers > 0:
-        # prefetch 0 (no prefetching) is refused by PyTorch: 1, and the trainer estimates the idle time
-        kwargs.update(persistent_workers=lc.persistent_workers, prefetch_factor=1 if lc.prefetch_factor == 0 else lc.prefetch_factor,
-                      multiprocessing_context=worker_context(lc.start_method, preinit))
-    loader = DataLoader(dataset, batch_size=cfg.train.batch_size // world, sampler=sampler, num_workers=lc.num_workers,
-                        pin_memory=lc.pin_memory, generator=torch.Generator().manual_seed(cfg.train.seed + rank),
-                        **kwargs)
+        # prefetch 0 (no prefetching) is refused by PyTorch: 1, and the trainer estimates the idle
+        # time
+        kwargs.update(
+            persistent_workers=lc.persistent_workers,
+            prefetch_factor=1 if lc.prefetch_factor == 0 else lc.prefetch_factor,
+            multiprocessing_context=worker_context(lc.start_method, preinit),
+        )
+    loader = DataLoader(
+        dataset,
+        batch_size=cfg.train.batch_size // world,
+        sampler=sampler,
+        num_workers=lc.num_workers,
+        pin_memory=lc.pin_memory,
+        generator=torch.Generator().manual_seed(cfg.train.seed + rank),
+        **kwargs,
+    )
     return PreinitLoader(loader, device) if preinit else EpochLoader(loader)
 
 
 def worker_context(method: str, preinit: bool):
     """How DataLoader workers start.
 
-    `auto` forks the standard loader's workers (cheapest), also after CUDA is initialised: its workers only
+    `auto` forks the standard loader's workers (cheapest), also after CUDA is initialised: its
+    workers only
     read and decode files and never touch CUDA (frames become model input on the device, in the main
-    process), which is what makes a fork after CUDA safe. A pre-initialised loader starts its workers from a
+    process), which is what makes a fork after CUDA safe. A pre-initialised loader starts its
+    workers from a
     helper thread, and a child forked from a multi-threaded process can inherit locks held by other
-    threads (workers died or hung here when forked while the main thread trained); a forkserver forks
-    them from a clean single-threaded process instead, with the parent's main module, torch and the dataset
+    threads (workers died or hung here when forked while the main thread trained); a forkserver
+    forks
+    them from a clean single-threaded process instead, with the parent's main module, torch and the
+    dataset
     module preloaded there, so a worker starts about as fast as a forked one.
     """
     if method == "auto":
@@ -85,25 +110,35 @@ def worker_context(method: str, preinit: bool):
     return ctx
 
 
-# CPython's forkserver is meant to import the parent's `__main__` once and fork every child from that state,
-# but up to 3.13.7 the hand-over was broken (python/cpython#98552, #126631, #137996: the server looks for a
-# `main_path` key that spawn.get_preparation_data renamed `init_main_from_path` in 2013), so every worker
-# re-ran the main script or module first: for `mmhpc`, a benchmark script or pytest about 0.6 s of imports
-# per worker, paid each epoch by a pre-initialised loader, competing with the training step for the cores.
+# CPython's forkserver is meant to import the parent's `__main__` once and fork every child from
+# that state,
+# but up to 3.13.7 the hand-over was broken (python/cpython#98552, #126631, #137996: the server
+# looks for a
+# `main_path` key that spawn.get_preparation_data renamed `init_main_from_path` in 2013), so every
+# worker
+# re-ran the main script or module first: for `mmhpc`, a benchmark script or pytest about 0.6 s of
+# imports
+# per worker, paid each epoch by a pre-initialised loader, competing with the training step for the
+# cores.
 # worker_context hands sys.path and the main over in FORKSERVER_ENV; the server's first preload,
-# mmhpc.data.forkserver, applies them. On a fixed CPython the main is in place already and nothing happens.
+# mmhpc.data.forkserver, applies them. On a fixed CPython the main is in place already and nothing
+# happens.
 FORKSERVER_ENV = "MMHPC_FORKSERVER_MAIN"
 _MAIN_KEYS = ("sys_path", "init_main_from_name", "init_main_from_path")
 
 
 def prepare_forkserver_main() -> None:
-    """In the forkserver: import the parent's main as each child would (once, here). Only in a direct child of
-    the process that wrote FORKSERVER_ENV; a main that fails here is left to the workers, which report it."""
+    """In the forkserver: import the parent's main as each child would (once, here). Only in a
+    direct child of
+    the process that wrote FORKSERVER_ENV; a main that fails here is left to the workers, which
+    report it."""
     data = json.loads(os.environ.pop(FORKSERVER_ENV, "") or "{}")
     if data.pop("parent", None) != os.getppid():
         return
     current = process.current_process()
-    current._inheriting = True  # as CPython's fix: a main starting processes at import fails, not recurses
+    current._inheriting = (
+        True  # as CPython's fix: a main starting processes at import fails, not recurses
+    )
     try:
         spawn.prepare(data)
     except Exception:  # noqa: BLE001
@@ -113,7 +148,8 @@ def prepare_forkserver_main() -> None:
 
 
 class EpochLoader:
-    """The standard loader: each epoch creates a fresh iterator (and, without persistent workers, workers)."""
+    """The standard loader: each epoch creates a fresh iterator (and, without persistent workers,
+    workers)."""
 
     def __init__(self, loader: DataLoader):
         self.loader = loader
@@ -139,7 +175,8 @@ class EpochLoader:
 
 
 class _Started:
-    """An iterator whose first batch has been fetched already, and how long that took (the start-up)."""
+    """An iterator whose first batch has been fetched already, and how long that took (the
+    start-up)."""
 
     def __init__(self, it, first, seconds: float):
         self.it, self.first, self.seconds = it, first, seconds
@@ -158,24 +195,35 @@ START_LEAD = 1.5
 
 
 class PreinitLoader(EpochLoader):
-    """Thesis Alg. 6: a background thread builds the next epoch's iterator and fetches its first batch
+    """Thesis Alg. 6: a background thread builds the next epoch's iterator and fetches its first
+    batch
     while the current epoch trains, hiding worker start-up and pipeline warm-up.
 
     The next epoch is started late, when the batches left in the current one should take about
-    `START_LEAD` times the shortest start-up measured so far: early enough to hide it, late enough that the two
-    epochs' workers do not compete for the cores for the whole epoch (on a 2-core node starting them at
-    the epoch's beginning made every epoch 1.27x slower). Epoch e+1 is always started after epoch e has
-    fetched its first batch, so the loader's generator is drawn from in the same order as the standard
-    loader's and the batches are identical. Workers are forked from the helper thread; the main thread
+    `START_LEAD` times the shortest start-up measured so far: early enough to hide it, late enough
+    that the two
+    epochs' workers do not compete for the cores for the whole epoch (on a 2-core node starting them
+    at
+    the epoch's beginning made every epoch 1.27x slower). Epoch e+1 is always started after epoch e
+    has
+    fetched its first batch, so the loader's generator is drawn from in the same order as the
+    standard
+    loader's and the batches are identical. Workers are forked from the helper thread; the main
+    thread
     never holds a DataLoader lock while that happens.
     """
 
     def __init__(self, loader: DataLoader, device: torch.device | None = None):
         if loader.persistent_workers:
-            raise ValueError("loader.preinit: not with loader.persistent_workers=true (a persistent loader has a "
-                             "single iterator that cannot be started while the current epoch uses it)")
+            raise ValueError(
+                "loader.preinit: not with loader.persistent_workers=true (a persistent loader has "
+                "a "
+                "single iterator that cannot be started while the current epoch uses "
+                "it)"
+            )
         super().__init__(loader)
-        # a new thread's current CUDA device is 0: make it the run's before DataLoader starts its pin-memory thread
+        # a new thread's current CUDA device is 0: make it the run's before DataLoader starts its
+        # pin-memory thread
         cuda = device is not None and device.type == "cuda"
         self._pool = ThreadPoolExecutor(1, thread_name_prefix="mmhpc-preinit",
                                         initializer=torch.cuda.set_device if cuda else None,
@@ -183,7 +231,9 @@ class PreinitLoader(EpochLoader):
         self._pending: tuple[int, Future] | None = None
         self._live: list = []
         self._lock = threading.Lock()
-        self._startup_s = float("inf")  # the shortest start-up measured (one made under contention runs longer)
+        self._startup_s = float(
+            "inf"
+        )  # the shortest start-up measured (one made under contention runs longer)
 
     def _start(self, epoch: int) -> _Started:
         t0 = time.perf_counter()
@@ -211,18 +261,22 @@ class PreinitLoader(EpochLoader):
         return self._paced(started, epoch)
 
     def _paced(self, started: _Started, epoch: int) -> Iterator:
-        """The epoch's batches; starts epoch + 1 once the time left is about START_LEAD start-ups."""
+        """The epoch's batches; starts epoch + 1 once the time left is about START_LEAD
+        start-ups."""
         total, t0 = len(self.loader), time.perf_counter()
         for done, batch in enumerate(started, start=1):
             yield batch  # the trainer works on it; the time to the next request is one step
             per_batch = (time.perf_counter() - t0) / done
             left = total - done
             # at the latest with the last batch, so its step overlaps the start-up
-            if self._pending is None and (left <= 1 or left * per_batch <= START_LEAD * self._startup_s):
+            if self._pending is None and (
+                left <= 1 or left * per_batch <= START_LEAD * self._startup_s
+            ):
                 self.prefetch(epoch + 1)
 
     def _retire(self, keep=None) -> None:
-        """Shut down iterators of finished epochs so their workers exit now, not at garbage collection."""
+        """Shut down iterators of finished epochs so their workers exit now, not at garbage
+        collection."""
         with self._lock:
             old = [it for it in self._live if it is not keep]
             self._live = [it for it in self._live if it is keep]

@@ -15,7 +15,8 @@ FORMAT = 1
 
 
 class ManifestError(RunError):
-    """A prepared dataset does not match its manifest (missing, truncated or altered files), or has none."""
+    """A prepared dataset does not match its manifest (missing, truncated or altered files), or has
+    none."""
 
 
 def sha256(path: Path) -> str:
@@ -36,7 +37,9 @@ def _data_files(root: Path):
 
 
 def write_manifest(root: Path, spec, shapes, source: dict) -> dict:
-    files = {rel: {"size": p.stat().st_size, "sha256": sha256(p)} for rel, p in sorted(_data_files(root))}
+    files = {
+        rel: {"size": p.stat().st_size, "sha256": sha256(p)} for rel, p in sorted(_data_files(root))
+    }
     counts = {s: len((root / "splits" / f"{s}.txt").read_text().split()) for s in SPLITS}
     manifest = {
         "format": FORMAT,
@@ -57,7 +60,9 @@ def write_manifest(root: Path, spec, shapes, source: dict) -> dict:
 def read_manifest(root: Path) -> dict:
     path = Path(root) / MANIFEST
     if not path.exists():
-        raise ManifestError(f"{root}: no {MANIFEST}; prepare the dataset first (mmhpc prepare / mmhpc data synth)")
+        raise ManifestError(
+            f"{root}: no {MANIFEST}; prepare the dataset first (mmhpc prepare / mmhpc data synth)"
+        )
     try:
         manifest = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError) as e:
@@ -71,7 +76,8 @@ def read_manifest(root: Path) -> dict:
 def verify(root: Path, level: str = "size", modalities=None) -> list[str]:
     """Check files against the manifest; return the problems found (empty list: all good).
 
-    level "size" is a stat per file (catches missing and truncated files cheaply), "checksum" reads all.
+    level "size" is a stat per file (catches missing and truncated files cheaply), "checksum" reads
+    all.
     """
     root = Path(root)
     manifest = read_manifest(root)
@@ -90,7 +96,9 @@ def verify(root: Path, level: str = "size", modalities=None) -> list[str]:
             problems.append(f"{rel}: missing")
             continue
         if size != meta["size"]:
-            problems.append(f"{rel}: size {size} != {meta['size']} in the manifest (truncated or altered)")
+            problems.append(
+                f"{rel}: size {size} != {meta['size']} in the manifest (truncated or altered)"
+            )
         elif level == "checksum" and sha256(p) != meta["sha256"]:
             problems.append(f"{rel}: sha256 differs from the manifest")
     return problems
@@ -101,5 +109,7 @@ def check(root: Path, level: str = "size", modalities=None) -> dict:
     if problems:
         shown = "\n  ".join(problems[:10])
         more = f"\n  ... and {len(problems) - 10} more" if len(problems) > 10 else ""
-        raise ManifestError(f"{root}: {len(problems)} file(s) do not match the manifest:\n  {shown}{more}")
+        raise ManifestError(
+            f"{root}: {len(problems)} file(s) do not match the manifest:\n  {shown}{more}"
+        )
     return read_manifest(root)

@@ -1,8 +1,11 @@
-"""What each dataset is: modalities, classes, sample counts and prepared shapes (thesis Sec. 1.5, 4.1).
+"""What each dataset is: modalities, classes, sample counts and prepared shapes (thesis Sec. 1.5,
+4.1).
 
-The prepared on-disk layout, shared by real (``mmhpc prepare``) and synthetic (``mmhpc data synth``) data:
+The prepared on-disk layout, shared by real (``mmhpc prepare``) and synthetic (``mmhpc data synth``)
+data:
 
-    <root>/manifest.json               dataset, modalities, classes, shapes, split counts, size+sha256 per file
+    <root>/manifest.json               dataset, modalities, classes, shapes, split counts,
+    size+sha256 per file
     <root>/labels.csv                  clip_id,label
     <root>/splits/{train,val,test}.txt clip ids, one per line
     <root>/audio/<clip_id>.npy         float32 Kaldi filterbank [frames, mel_bins]
@@ -37,8 +40,10 @@ class DatasetSpec:
     split: str                # "official" (AVE) or "random 80/10/10"
     frames: int = 3           # MVSA has one image per sample
     tiny_samples: int = 600
-    text_len: int = 128       # token ids per text in the thesis code: MVSA 256, IEMOCAP and UR-FUNNY 128
-    size_source: str = ""     # where num_samples comes from when sources disagree (the run record's provenance)
+    text_len: int = 128  # token ids per text in the thesis code: MVSA 256, IEMOCAP and UR-FUNNY 128
+    size_source: str = (
+        ""  # where num_samples comes from when sources disagree (the run record's provenance)
+    )
 
     @property
     def num_classes(self) -> int:
@@ -46,34 +51,105 @@ class DatasetSpec:
 
     def shapes(self, preset: str) -> Shapes:
         base = FULL if preset == "full" else TINY
-        return Shapes(base.audio, self.frames, base.image, self.text_len if preset == "full" else base.text_len,
-                      base.vocab)
+        return Shapes(
+            base.audio,
+            self.frames,
+            base.image,
+            self.text_len if preset == "full" else base.text_len,
+            base.vocab,
+        )
 
     def samples(self, preset: str) -> int:
         return self.num_samples if preset == "full" else self.tiny_samples
 
 
-# The 28 AVE event categories as spelled in its Annotations.txt, sorted: a class index is the category's rank.
-_AVE_CLASSES = tuple(sorted((
-    "Church bell", "Male speech, man speaking", "Bark", "Fixed-wing aircraft, airplane", "Race car, auto racing",
-    "Female speech, woman speaking", "Helicopter", "Violin, fiddle", "Flute", "Ukulele", "Frying (food)", "Truck",
-    "Shofar", "Motorcycle", "Acoustic guitar", "Train horn", "Clock", "Banjo", "Goat", "Baby cry, infant cry", "Bus",
-    "Chainsaw", "Cat", "Horse", "Toilet flush", "Rodents, rats, mice", "Accordion", "Mandolin")))
+# The 28 AVE event categories as spelled in its Annotations.txt, sorted: a class index is the
+# category's rank.
+_AVE_CLASSES = tuple(
+    sorted(
+        (
+            "Church bell",
+            "Male speech, man speaking",
+            "Bark",
+            "Fixed-wing aircraft, airplane",
+            "Race car, auto racing",
+            "Female speech, woman speaking",
+            "Helicopter",
+            "Violin, fiddle",
+            "Flute",
+            "Ukulele",
+            "Frying (food)",
+            "Truck",
+            "Shofar",
+            "Motorcycle",
+            "Acoustic guitar",
+            "Train horn",
+            "Clock",
+            "Banjo",
+            "Goat",
+            "Baby cry, infant cry",
+            "Bus",
+            "Chainsaw",
+            "Cat",
+            "Horse",
+            "Toilet flush",
+            "Rodents, rats, mice",
+            "Accordion",
+            "Mandolin",
+        )
+    )
+)
 
-DATASETS: dict[str, DatasetSpec] = {s.name: s for s in (
-    DatasetSpec("cremad", "CREMA-D", ("audio", "visual"),
-                ("anger", "disgust", "fear", "happy", "neutral", "sad"), 7442, "random 80/10/10"),
-    DatasetSpec("ave", "AVE", ("audio", "visual"), _AVE_CLASSES, 4143, "official", tiny_samples=840),
-    DatasetSpec("mvsa", "MVSA", ("visual", "text"), ("negative", "neutral", "positive"), 5129,
-                "random 80/10/10", frames=1, text_len=256),
-    # the thesis' five classes, `hap` dropped (ang 1,103 + exc 1,041 + fru 1,849 + neu 1,708 + sad 1,084)
-    DatasetSpec("iemocap", "IEMOCAP", ("audio", "visual", "text"),
-                ("angry", "excited", "frustrated", "neutral", "sad"), 6785, "stratified 80/10/10 per class"),
-    # the code base's UR-FUNNY v2 files: 10,166 samples; the thesis (Sec. 4.1) and the AMST paper say 16,514
-    DatasetSpec("urfunny", "UR-FUNNY", ("audio", "visual", "text"), ("not_humorous", "humorous"), 10166,
-                "random 80/10/10",
-                size_source="code base as run: code/data/UR-FUNNY/ur_funny_info.txt, 10,166 samples (8,132 / "
-                            "1,016 / 1,018); thesis Sec. 4.1 and AMST paper Sec. 4: 16,514"),
-)}
+DATASETS: dict[str, DatasetSpec] = {
+    s.name: s
+    for s in (
+        DatasetSpec(
+            "cremad",
+            "CREMA-D",
+            ("audio", "visual"),
+            ("anger", "disgust", "fear", "happy", "neutral", "sad"),
+            7442,
+            "random 80/10/10",
+        ),
+        DatasetSpec(
+            "ave", "AVE", ("audio", "visual"), _AVE_CLASSES, 4143, "official", tiny_samples=840
+        ),
+        DatasetSpec(
+            "mvsa",
+            "MVSA",
+            ("visual", "text"),
+            ("negative", "neutral", "positive"),
+            5129,
+            "random 80/10/10",
+            frames=1,
+            text_len=256,
+        ),
+        # the thesis' five classes, `hap` dropped (ang 1,103 + exc 1,041 + fru 1,849 + neu 1,708 +
+        # sad
+        # 1,084)
+        DatasetSpec(
+            "iemocap",
+            "IEMOCAP",
+            ("audio", "visual", "text"),
+            ("angry", "excited", "frustrated", "neutral", "sad"),
+            6785,
+            "stratified 80/10/10 per class",
+        ),
+        # the code base's UR-FUNNY v2 files: 10,166 samples; the thesis (Sec. 4.1) and the AMST
+        # paper
+        # say 16,514
+        DatasetSpec(
+            "urfunny",
+            "UR-FUNNY",
+            ("audio", "visual", "text"),
+            ("not_humorous", "humorous"),
+            10166,
+            "random 80/10/10",
+            size_source="code base as run: code/data/UR-FUNNY/ur_funny_info.txt, 10,166 "
+            "samples (8,132 / "
+            "1,016 / 1,018); thesis Sec. 4.1 and AMST paper Sec. 4: 16,514",
+        ),
+    )
+}
 
 SPLITS = ("train", "val", "test")

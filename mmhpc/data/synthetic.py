@@ -1,18 +1,23 @@
 """Synthetic multimodal datasets written in the prepared on-disk layout (see `mmhpc.data.specs`).
 
-Each class has a template per modality; a sample is its class template buried in noise. Two knobs per
+Each class has a template per modality; a sample is its class template buried in noise. Two knobs
+per
 modality make the thesis' imbalance reproducible:
 
-- `strength`: template amplitude against unit noise. A strong modality is learned in a few steps, a weak
+- `strength`: template amplitude against unit noise. A strong modality is learned in a few steps, a
+weak
   one slowly (audio fast, visual slow, as in CREMA-D/AVE; text fast as in MVSA/IEMOCAP).
 - `informative`: the fraction of samples whose template shows the true class (the rest show another
   class), separately for the training split and for validation/test. The fast modality is fully
-  informative on the training split but only partly on held-out data: it fits the training set at once
-  and generalises worse, which is what an overfitting modality does. The slow one is fully informative
+  informative on the training split but only partly on held-out data: it fits the training set at
+  once
+  and generalises worse, which is what an overfitting modality does. The slow one is fully
+  informative
   everywhere, so the two are complementary, and a fused model beats both unless the slow modality is
   suppressed (thesis Sec. 1.2.1, 2.3).
 
-Visual templates are a colour shift plus a left-right symmetric low-frequency pattern, so they survive
+Visual templates are a colour shift plus a left-right symmetric low-frequency pattern, so they
+survive
 the RandomResizedCrop/flip of the real training transform.
 """
 from __future__ import annotations
@@ -42,7 +47,8 @@ class Signal:
     informative_eval: float
 
 
-# Fast modalities are strong and overfit (misleading on held-out data); slow ones weak but always right.
+# Fast modalities are strong and overfit (misleading on held-out data); slow ones weak but always
+# right.
 SIGNALS = {
     "audio": Signal(strength=1.0, informative_train=1.0, informative_eval=0.6),
     "visual": Signal(strength=0.25, informative_train=1.0, informative_eval=1.0),
@@ -74,9 +80,16 @@ def ensure_synthetic(dataset: str, preset: str, data_seed: int = 0, root: str | 
     return root
 
 
-def write_synthetic(root: Path, spec: DatasetSpec, preset: str, data_seed: int, progress: bool = True,
-                    samples: int | None = None) -> None:
-    """`samples` overrides the preset's sample count (benchmarks: a few hundred samples of the full shapes)."""
+def write_synthetic(
+    root: Path,
+    spec: DatasetSpec,
+    preset: str,
+    data_seed: int,
+    progress: bool = True,
+    samples: int | None = None,
+) -> None:
+    """`samples` overrides the preset's sample count (benchmarks: a few hundred samples of the full
+    shapes)."""
     shapes = spec.shapes(preset)
     n = samples or spec.samples(preset)
     rng = np.random.default_rng([data_seed, GENERATOR_VERSION, sum(map(ord, spec.name))])
@@ -88,20 +101,43 @@ def write_synthetic(root: Path, spec: DatasetSpec, preset: str, data_seed: int, 
         (root / m).mkdir(parents=True, exist_ok=True)
     splits = random_split(ids, seed=data_seed)
     in_train = np.isin(ids, splits["train"])
-    shown = {m: _shown_labels(labels, np.where(in_train, SIGNALS[m].informative_train, SIGNALS[m].informative_eval),
-                              spec.num_classes, rng) for m in spec.modalities}
-    for i in tqdm(range(n), desc=f"synth {spec.name}/{preset}", disable=not bars(progress), leave=False):
-        sample_rng = np.random.default_rng([data_seed, GENERATOR_VERSION, i, sum(map(ord, spec.name))])
+    shown = {
+        m: _shown_labels(
+            labels,
+            np.where(in_train, SIGNALS[m].informative_train, SIGNALS[m].informative_eval),
+            spec.num_classes,
+            rng,
+        )
+        for m in spec.modalities
+    }
+    for i in tqdm(
+        range(n), desc=f"synth {spec.name}/{preset}", disable=not bars(progress), leave=False
+    ):
+        sample_rng = np.random.default_rng(
+            [data_seed, GENERATOR_VERSION, i, sum(map(ord, spec.name))]
+        )
         for m in spec.modalities:
-            _WRITERS[m](root, ids[i], templates[m][shown[m][i]], SIGNALS[m].strength, shapes, sample_rng)
+            _WRITERS[m](
+                root, ids[i], templates[m][shown[m][i]], SIGNALS[m].strength, shapes, sample_rng
+            )
     write_split_files(root, splits, dict(zip(ids, labels.tolist())))
-    write_manifest(root, spec, shapes, source={"kind": "synthetic", "preset": preset, "data_seed": data_seed,
-                                                "generator_version": GENERATOR_VERSION,
-                                                "signals": {m: asdict(SIGNALS[m]) for m in spec.modalities}})
+    write_manifest(
+        root,
+        spec,
+        shapes,
+        source={
+            "kind": "synthetic",
+            "preset": preset,
+            "data_seed": data_seed,
+            "generator_version": GENERATOR_VERSION,
+            "signals": {m: asdict(SIGNALS[m]) for m in spec.modalities},
+        },
+    )
 
 
 def _shown_labels(labels: np.ndarray, informative: np.ndarray, num_classes: int, rng) -> np.ndarray:
-    """The class each sample's template shows: the true one, or (for the uninformative rest) another."""
+    """The class each sample's template shows: the true one, or (for the uninformative rest)
+    another."""
     wrong = rng.random(len(labels)) >= informative
     offset = rng.integers(1, num_classes, size=len(labels))
     return np.where(wrong, (labels + offset) % num_classes, labels)
@@ -114,22 +150,30 @@ def _templates(spec: DatasetSpec, shapes, rng) -> dict[str, np.ndarray]:
         t, f = shapes.audio
         # A class is a set of mel bands switched on with a slow temporal envelope.
         bands = (rng.random((c, 1, f)) < 0.25).astype(np.float32)
-        envelope = 1.0 + 0.5 * np.sin(np.linspace(0, 2 * np.pi, t))[None, :, None] * rng.choice([-1, 1], (c, 1, 1))
+        envelope = 1.0 + 0.5 * np.sin(np.linspace(0, 2 * np.pi, t))[None, :, None] * rng.choice(
+            [-1, 1], (c, 1, 1)
+        )
         proto = bands * envelope
-        out["audio"] = (proto - proto.mean(axis=(1, 2), keepdims=True)) / (proto.std(axis=(1, 2), keepdims=True) + 1e-6)
+        out["audio"] = (proto - proto.mean(axis=(1, 2), keepdims=True)) / (
+            proto.std(axis=(1, 2), keepdims=True) + 1e-6
+        )
     if "visual" in spec.modalities:
         s = shapes.image
         colour = rng.normal(size=(c, 1, 1, 3))
         colour /= np.linalg.norm(colour, axis=-1, keepdims=True)
         yy, xx = np.meshgrid(np.linspace(-1, 1, s), np.linspace(-1, 1, s), indexing="ij")
         freq = rng.integers(1, 4, size=(c, 2))
-        pattern = np.stack([np.cos(np.pi * fy * yy) * np.cos(np.pi * fx * xx) for fy, fx in freq])[..., None]
+        pattern = np.stack([np.cos(np.pi * fy * yy) * np.cos(np.pi * fx * xx) for fy, fx in freq])[
+            ..., None
+        ]
         out["visual"] = (colour + 0.5 * pattern).astype(np.float32)
     if "text" in spec.modalities:
         # Each class owns a slice of the vocabulary; informative tokens are drawn from it.
         first = 4  # ids 0-3 are RoBERTa's <s>, <pad>, </s>, <unk>
         per = (shapes.vocab - first) // (c + 1)
-        out["text"] = np.array([first + k * per for k in range(c)])[:, None] + np.arange(per)[None, :]
+        out["text"] = (
+            np.array([first + k * per for k in range(c)])[:, None] + np.arange(per)[None, :]
+        )
     return out
 
 

@@ -1,13 +1,15 @@
 """`mmhpc sweep ...` and `mmhpc clusters`: the command-line face of mmhpc.sweep and mmhpc.launch.
 
-Their errors (bad input, a failed scheduler) end the command in `mmhpc.cli.main`: one message, the exit
+Their errors (bad input, a failed scheduler) end the command in `mmhpc.cli.main`: one message, the
+exit
 code of `mmhpc.errors`."""
 from __future__ import annotations
 
 import os
 import sys
 
-# Only the parsers are built for every command: what a command needs (the schema, pydantic, submitit) is
+# Only the parsers are built for every command: what a command needs (the schema, pydantic,
+# submitit) is
 # imported when it runs, and nothing here imports torch (tests/test_imports.py).
 SIZES = ("tiny", "full")  # mmhpc.launch.clusters.SIZES, checked equal by tests/test_imports.py
 
@@ -30,36 +32,69 @@ def cmd_expand(args) -> int:
     if args.sbatch:
         from mmhpc.launch.submit import hand_sbatch_lines
 
-        profile, plan, sweep_dir = prepare_sweep(args.file, args.cluster, _size(args), args.account, dry_run=True,
-                                                 overrides=args.set)
+        profile, plan, sweep_dir = prepare_sweep(
+            args.file, args.cluster, _size(args), args.account, dry_run=True, overrides=args.set
+        )
         print("\n".join(hand_sbatch_lines(sweep_dir, profile, _plan_runs(plan))))
     return 0
 
 
 def _plan_runs(plan) -> list[dict]:
-    return [{"index": r.index, "name": r.name, "resources": r.resources.to_dict()} for r in plan.runnable()]
+    return [
+        {"index": r.index, "name": r.name, "resources": r.resources.to_dict()}
+        for r in plan.runnable()
+    ]
 
 
 def cmd_submit(args) -> int:
     from mmhpc.launch import submit
 
     if args.dry_run:
-        profile, plan, sweep_dir = submit.prepare_sweep(args.file, args.cluster, _size(args), args.account,
-                                                        args.results, args.name, dry_run=True, overrides=args.set)
+        profile, plan, sweep_dir = submit.prepare_sweep(
+            args.file,
+            args.cluster,
+            _size(args),
+            args.account,
+            args.results,
+            args.name,
+            dry_run=True,
+            overrides=args.set,
+        )
         print(submit.render_scripts(sweep_dir, profile, plan.name, _plan_runs(plan)))
         na = [r for r in plan.runs if r.not_applicable]
         for r in na:
-            print(f"# not applicable on {profile.name}: run {r.index} ({r.name}): {r.not_applicable}")
+            print(
+                f"# not applicable on {profile.name}: run {r.index} ({r.name}): {r.not_applicable}"
+            )
         return 0
     if args.hold:
-        sweep_dir, lines = submit.hold_sweep(args.file, args.cluster, _size(args), args.account, args.results,
-                                             args.name, overrides=args.set)
-        print(f"sweep directory {sweep_dir.path}: {len(lines)} array(s) held; submit them by hand with:"
-              if lines else f"sweep directory {sweep_dir.path}: nothing left to do")
+        sweep_dir, lines = submit.hold_sweep(
+            args.file,
+            args.cluster,
+            _size(args),
+            args.account,
+            args.results,
+            args.name,
+            overrides=args.set,
+        )
+        print(
+            f"sweep directory {sweep_dir.path}: {len(lines)} array(s) held; submit them by hand "
+            "with:"
+            if lines
+            else f"sweep directory {sweep_dir.path}: nothing left to do"
+        )
         print("\n".join(lines))
         return 0
-    sweep_dir, todo = submit.submit_sweep(args.file, args.cluster, _size(args), args.account, args.results,
-                                          args.name, progress=not args.quiet, overrides=args.set)
+    sweep_dir, todo = submit.submit_sweep(
+        args.file,
+        args.cluster,
+        _size(args),
+        args.account,
+        args.results,
+        args.name,
+        progress=not args.quiet,
+        overrides=args.set,
+    )
     print(f"sweep {sweep_dir.path}: {len(todo)} run(s) submitted on {args.cluster}"
           + ("" if todo else " (nothing left to do)"))
     return _after_submit(sweep_dir, args)
@@ -82,8 +117,9 @@ def _after_submit(sweep_dir, args) -> int:
 def cmd_resume(args) -> int:
     from mmhpc.launch.submit import resume_sweep
 
-    sweep_dir, todo, script = resume_sweep(args.dir, args.cluster, args.account, progress=not args.quiet,
-                                           dry_run=args.dry_run)
+    sweep_dir, todo, script = resume_sweep(
+        args.dir, args.cluster, args.account, progress=not args.quiet, dry_run=args.dry_run
+    )
     if args.dry_run:
         print(script or f"# nothing to resubmit in {sweep_dir.path}")
         return 0
@@ -98,8 +134,11 @@ def cmd_status(args) -> int:
     states = run_states(sweep_dir, sweep_dir.load(), query_slurm=not args.no_slurm)
     print(format_states(states))
     if not args.no_slurm and any(s.state == "unknown" for s in states):
-        print("mmhpc: the scheduler did not answer (see the reasons): states it alone knows are unknown",
-              file=sys.stderr)
+        print(
+            "mmhpc: the scheduler did not answer (see the reasons): states it alone knows are "
+            "unknown",
+            file=sys.stderr,
+        )
         return 3
     return 0
 
@@ -155,7 +194,9 @@ def cmd_discover(args) -> int:
 
     out = Path(args.output).expanduser().absolute() if args.output else None
     if out is not None and out.exists():  # a profile someone edited is never overwritten
-        raise ConfigError(f"-o: {out} exists; valid: a new file (remove it first to discover again)")
+        raise ConfigError(
+            f"-o: {out} exists; valid: a new file (remove it first to discover again)"
+        )
     text = discover_here(args.partition, args.probe)
     validate(text, str(out or "<discovered>"))
     if out is None:
@@ -165,8 +206,11 @@ def cmd_discover(args) -> int:
     tmp = out.with_name(f".{out.name}.part-{os.getpid()}")
     tmp.write_text(text)
     os.replace(tmp, out)
-    print(f"wrote {out}: check its `assumed` values, then: make sweep-parallelism CLUSTER={out} DRY_RUN=1",
-          file=sys.stderr)
+    print(
+        f"wrote {out}: check its `assumed` values, then: make sweep-parallelism CLUSTER={out} "
+        "DRY_RUN=1",
+        file=sys.stderr,
+    )
     return 0
 
 
@@ -175,46 +219,81 @@ def add_parsers(sub) -> None:
     default_cluster = os.environ.get("MMHPC_CLUSTER", "none")
 
     def cluster_args(p, default=default_cluster):
-        p.add_argument("--cluster", default=default, help=f"cluster profile (default {default}; see `mmhpc clusters`)")
-        p.add_argument("--account", default=None, help="SLURM account, sbatch -A (default: the profile's, e.g. "
-                                                       "$MMHPC_ACCOUNT on alvis)")
+        p.add_argument(
+            "--cluster",
+            default=default,
+            help=f"cluster profile (default {default}; see `mmhpc clusters`)",
+        )
+        p.add_argument(
+            "--account",
+            default=None,
+            help="SLURM account, sbatch -A (default: the profile's, e.g. $MMHPC_ACCOUNT on alvis)",
+        )
 
     def size_args(p):
         p.add_argument("--size", choices=SIZES, default=None,
-                       help="tiny: the synthetic tiny smoke version; full: as written (default: the cluster's)")
+                       help="tiny: the synthetic tiny smoke version; full: as written (default: "
+                       "the cluster's)")
         p.add_argument("--tiny", action="store_true", help="same as --size tiny")
         p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                       help="RunConfig override of every run (repeatable); {dataset} in data.root is the run's "
-                            "dataset, e.g. --set data.source=prepared --set data.root=/data/prepared/{dataset}")
+                       help="RunConfig override of every run (repeatable); {dataset} in data.root "
+                       "is the run's "
+                            "dataset, e.g. --set data.source=prepared --set "
+                            "data.root=/data/prepared/{dataset}")
 
     def wait_args(p):
-        p.add_argument("--wait", action="store_true", help="block until every run has finished, with a progress bar")
-        p.add_argument("--poll", type=float, default=5.0, help="seconds between status polls with --wait")
+        p.add_argument(
+            "--wait",
+            action="store_true",
+            help="block until every run has finished, with a progress bar",
+        )
+        p.add_argument(
+            "--poll", type=float, default=5.0, help="seconds between status polls with --wait"
+        )
         p.add_argument("-q", "--quiet", action="store_true", help="no progress bars or tables")
 
-    sweep = sub.add_parser("sweep", help="expand, submit, follow and resume YAML sweeps (see sweeps/README.md)")
+    sweep = sub.add_parser(
+        "sweep", help="expand, submit, follow and resume YAML sweeps (see sweeps/README.md)"
+    )
     ss = sweep.add_subparsers(dest="sweep_command", required=True)
 
     p = ss.add_parser("expand", help="list and validate the runs of a sweep file for a cluster")
     p.add_argument("file")
     cluster_args(p)
     size_args(p)
-    p.add_argument("--sbatch", action="store_true", help="also print sbatch lines for jobs/sweep_array.sbatch")
+    p.add_argument(
+        "--sbatch", action="store_true", help="also print sbatch lines for jobs/sweep_array.sbatch"
+    )
     p.set_defaults(func=cmd_expand)
 
-    p = ss.add_parser("submit", help="validate every run, then submit one job array per resource shape")
+    p = ss.add_parser(
+        "submit", help="validate every run, then submit one job array per resource shape"
+    )
     p.add_argument("file")
     cluster_args(p)
     size_args(p)
-    p.add_argument("--results", default=None, help="results root (default: the profile's; sweep dir = ROOT/NAME)")
+    p.add_argument(
+        "--results",
+        default=None,
+        help="results root (default: the profile's; sweep dir = ROOT/NAME)",
+    )
     p.add_argument("--name", default=None, help="sweep directory name (default: the sweep's name)")
-    p.add_argument("--dry-run", action="store_true", help="print the sbatch scripts; submit and write nothing")
-    p.add_argument("--hold", action="store_true", help="submit nothing: write the sweep directory and print "
-                   "sbatch lines for jobs/sweep_array.sbatch (its runs show as held until those jobs are queued)")
+    p.add_argument(
+        "--dry-run", action="store_true", help="print the sbatch scripts; submit and write nothing"
+    )
+    p.add_argument(
+        "--hold",
+        action="store_true",
+        help="submit nothing: write the sweep directory and print "
+        "sbatch lines for jobs/sweep_array.sbatch (its runs show as held until those "
+        "jobs are queued)",
+    )
     wait_args(p)
     p.set_defaults(func=cmd_submit)
 
-    p = ss.add_parser("status", help="pending / running / done / failed (with the reason) of every run")
+    p = ss.add_parser(
+        "status", help="pending / running / done / failed (with the reason) of every run"
+    )
     p.add_argument("dir")
     p.add_argument("--no-slurm", action="store_true", help="records only; do not ask squeue/sacct")
     p.set_defaults(func=cmd_status)
@@ -222,7 +301,11 @@ def add_parsers(sub) -> None:
     p = ss.add_parser("resume", help="resubmit what is neither done, pending nor running")
     p.add_argument("dir")
     cluster_args(p, default=None)
-    p.add_argument("--dry-run", action="store_true", help="print the sbatch scripts of what would be resubmitted")
+    p.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="print the sbatch scripts of what would be resubmitted",
+    )
     wait_args(p)
     p.set_defaults(func=cmd_resume)
 
@@ -232,17 +315,33 @@ def add_parsers(sub) -> None:
     p.add_argument("-q", "--quiet", action="store_true")
     p.set_defaults(func=cmd_wait)
 
-    p = ss.add_parser("run-index", help="run number INDEX of a sweep here (jobs/sweep_array.sbatch)")
+    p = ss.add_parser(
+        "run-index", help="run number INDEX of a sweep here (jobs/sweep_array.sbatch)"
+    )
     p.add_argument("dir")
     p.add_argument("index", type=int)
     p.set_defaults(func=cmd_run_index)
 
-    p = sub.add_parser("clusters", help="list the cluster profiles, show one, or `discover` this cluster's",
-                       description="mmhpc clusters [NAME]: the profiles, or one. mmhpc clusters discover "
-                                   "[--partition P] [-o FILE] [--probe]: a draft profile from scontrol/sacctmgr")
+    p = sub.add_parser(
+        "clusters",
+        help="list the cluster profiles, show one, or `discover` this cluster's",
+        description="mmhpc clusters [NAME]: the profiles, or one. mmhpc clusters "
+        "discover "
+        "[--partition P] [-o FILE] [--probe]: a draft profile from "
+        "scontrol/sacctmgr",
+    )
     p.add_argument("name", nargs="?", help="a profile name or file, or `discover`")
-    p.add_argument("--partition", default=None, help="discover: the partition (default: SLURM's default)")
-    p.add_argument("-o", "--output", default=None, help="discover: write the profile here (default: stdout)")
-    p.add_argument("--probe", action="store_true", help="discover: also submit a 2-minute 1-GPU job that "
-                   "records the GPU's capability, uname -m, scratch variables, interconnect and PyTorch modules")
+    p.add_argument(
+        "--partition", default=None, help="discover: the partition (default: SLURM's default)"
+    )
+    p.add_argument(
+        "-o", "--output", default=None, help="discover: write the profile here (default: stdout)"
+    )
+    p.add_argument(
+        "--probe",
+        action="store_true",
+        help="discover: also submit a 2-minute 1-GPU job that "
+        "records the GPU's capability, uname -m, scratch variables, interconnect and "
+        "PyTorch modules",
+    )
     p.set_defaults(func=cmd_clusters)

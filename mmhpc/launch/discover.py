@@ -1,15 +1,20 @@
 """`mmhpc clusters discover`: a draft cluster profile from what SLURM says about itself.
 
 Reads `scontrol show config` (MaxArraySize, DefMemPerCPU), `scontrol show partition -o` (MaxTime,
-MaxNodes, which partition is the default), `scontrol show node -o` (Arch, CPUTot, RealMemory, Gres with
+MaxNodes, which partition is the default), `scontrol show node -o` (Arch, CPUTot, RealMemory, Gres
+with
 its GPU type, ActiveFeatures, Partitions) and `sacctmgr show assoc user=$USER` (accounts, QOS), and
-writes a profile that validates, each value marked `detected` or `assumed` in a comment. The account is
-never guessed: the profile reads `${MMHPC_ACCOUNT}` and the comment lists the accounts sacctmgr showed.
+writes a profile that validates, each value marked `detected` or `assumed` in a comment. The account
+is
+never guessed: the profile reads `${MMHPC_ACCOUNT}` and the comment lists the accounts sacctmgr
+showed.
 `--probe` submits a 2-minute 1-GPU job that records what SLURM does not know (GPU name and compute
 capability, `uname -m`, scratch variables, interconnect, PyTorch modules) and fills those in.
 
-Parsed here rather than with facebookresearch's clusterscope: it reduces a node's GPUs to a generation
-and a count (`h100, 8`), dropping the gres type a request must name (`nvidia_gh200_120gb`), and reads
+Parsed here rather than with facebookresearch's clusterscope: it reduces a node's GPUs to a
+generation
+and a count (`h100, 8`), dropping the gres type a request must name (`nvidia_gh200_120gb`), and
+reads
 neither node features (Berzelius' `thin`/`fat` constraints), MaxArraySize nor sacctmgr.
 """
 from __future__ import annotations
@@ -33,20 +38,43 @@ COMMANDS = {  # what is asked of SLURM; the recorded fixtures of tests/clusters/
     "config": ["scontrol", "show", "config"],
     "partitions": ["scontrol", "show", "partition", "-o"],
     "nodes": ["scontrol", "show", "node", "-o"],
-    "assoc": ["sacctmgr", "-n", "-P", "show", "assoc", "user={user}", "format=account,partition,qos"],
+    "assoc": [
+        "sacctmgr",
+        "-n",
+        "-P",
+        "show",
+        "assoc",
+        "user={user}",
+        "format=account,partition,qos",
+    ],
 }
 # CUDA compute capability of GPU models SLURM names in gres types (NVIDIA's CUDA GPUs list); AMD
 # models have none: their precision rules are by vendor (no TF32 in ROCm builds of torch).
-MODELS = [("gh200", "GH200", 9.0), ("gb200", "GB200", 10.0), ("h200", "H200", 9.0), ("h100", "H100", 9.0),
-          ("a100", "A100", 8.0), ("a40", "A40", 8.6), ("a10", "A10", 8.6), ("l40s", "L40S", 8.9),
-          ("l40", "L40", 8.9), ("l4", "L4", 8.9), ("v100", "V100", 7.0), ("t4", "T4", 7.5),
-          ("mi300", "MI300X", 9.4), ("mi250", "MI250X", 9.0), ("mi210", "MI210", 9.0), ("mi100", "MI100", 9.0)]
+MODELS = [
+    ("gh200", "GH200", 9.0),
+    ("gb200", "GB200", 10.0),
+    ("h200", "H200", 9.0),
+    ("h100", "H100", 9.0),
+    ("a100", "A100", 8.0),
+    ("a40", "A40", 8.6),
+    ("a10", "A10", 8.6),
+    ("l40s", "L40S", 8.9),
+    ("l40", "L40", 8.9),
+    ("l4", "L4", 8.9),
+    ("v100", "V100", 7.0),
+    ("t4", "T4", 7.5),
+    ("mi300", "MI300X", 9.4),
+    ("mi250", "MI250X", 9.0),
+    ("mi210", "MI210", 9.0),
+    ("mi100", "MI100", 9.0),
+]
 AMD = ("mi300", "mi250", "mi210", "mi100")
 _KV = re.compile(r"(\w+)=(.*?)(?= \w+=|$)")
 
 
 def parse_kv(line: str) -> dict[str, str]:
-    """`Key=Value Key=Value ...` of one `scontrol -o` line (a value may hold spaces, e.g. Reason)."""
+    """`Key=Value Key=Value ...` of one `scontrol -o` line (a value may hold spaces, e.g.
+    Reason)."""
     return {k: v.strip() for k, v in _KV.findall(line.strip())}
 
 
@@ -76,7 +104,8 @@ def parse_gres(gres: str) -> list[tuple[str | None, int]]:
 
 
 def minutes(max_time: str) -> int | None:
-    """SLURM's MaxTime (`3-00:00:00`, `1-12`, `2:00:00`, `30:00`, `30`, `UNLIMITED`) in whole minutes
+    """SLURM's MaxTime (`3-00:00:00`, `1-12`, `2:00:00`, `30:00`, `30`, `UNLIMITED`) in whole
+    minutes
     (seconds round up); None when unlimited."""
     if not max_time or max_time.upper() in ("UNLIMITED", "INFINITE"):
         return None
@@ -129,8 +158,10 @@ def run_slurm(user: str) -> dict[str, str]:
             if key == "assoc":  # no accounting: no accounts to list
                 out[key] = ""
                 continue
-            raise ClusterError(f"discover: `{shlex.join(cmd)}` failed ({e}); run it on a login node of the "
-                               "cluster (SLURM's commands on PATH)") from None
+            raise ClusterError(
+                f"discover: `{shlex.join(cmd)}` failed ({e}); run it on a login node of the "
+                "cluster (SLURM's commands on PATH)"
+            ) from None
         if done.returncode and key != "assoc":
             raise ClusterError(f"discover: `{shlex.join(cmd)}` exited {done.returncode}: "
                                f"{done.stderr.strip()[-300:]}")
@@ -138,10 +169,16 @@ def run_slurm(user: str) -> dict[str, str]:
     return out
 
 
-def discover(outputs: dict[str, str], partition: str | None = None, probe: dict | None = None) -> str:
+def discover(
+    outputs: dict[str, str], partition: str | None = None, probe: dict | None = None
+) -> str:
     """A profile (YAML text with comments) from the recorded outputs of COMMANDS (and a probe's)."""
     config = parse_config(outputs.get("config", ""))
-    parts = [parse_kv(line) for line in outputs.get("partitions", "").splitlines() if "PartitionName=" in line]
+    parts = [
+        parse_kv(line)
+        for line in outputs.get("partitions", "").splitlines()
+        if "PartitionName=" in line
+    ]
     if not parts:
         raise ClusterError("discover: `scontrol show partition` listed no partition")
     names = [p["PartitionName"] for p in parts]
@@ -159,10 +196,19 @@ def discover(outputs: dict[str, str], partition: str | None = None, probe: dict 
             continue
         gpus = parse_gres(node.get("Gres", ""))
         gres, count = gpus[0] if gpus else (None, 0)
-        features = frozenset(f for f in node.get("ActiveFeatures", node.get("Features", "")).split(",")
-                             if f and f != "(null)")
-        key = (node.get("Arch", "x86_64"), int(node.get("CPUTot", 1)), int(node.get("RealMemory", 0) or 0),
-               gres, count, features)
+        features = frozenset(
+            f
+            for f in node.get("ActiveFeatures", node.get("Features", "")).split(",")
+            if f and f != "(null)"
+        )
+        key = (
+            node.get("Arch", "x86_64"),
+            int(node.get("CPUTot", 1)),
+            int(node.get("RealMemory", 0) or 0),
+            gres,
+            count,
+            features,
+        )
         groups.setdefault(key, NodeGroup(*key)).names.append(node["NodeName"])
     if not groups:
         raise ClusterError(f"discover: no node of partition {pname} in `scontrol show node`")
@@ -170,17 +216,29 @@ def discover(outputs: dict[str, str], partition: str | None = None, probe: dict 
     only_default = len(parts) == 1 and chosen.get("Default") == "YES"
     gpu_groups = [g for g in groups.values() if g.gpus]
     if only_default and gpu_groups:
-        v["partition"] = Value(None, "detected", f"the only partition ({pname}), the default: no --partition")
+        v["partition"] = Value(
+            None, "detected", f"the only partition ({pname}), the default: no --partition"
+        )
     else:
-        v["partition"] = Value(pname, "detected", "--partition" + (" (the default)" if chosen.get("Default")
-                                                                   == "YES" else ""))
+        v["partition"] = Value(
+            pname,
+            "detected",
+            "--partition" + (" (the default)" if chosen.get("Default") == "YES" else ""),
+        )
     if chosen.get("OverSubscribe", "").startswith("EXCLUSIVE"):
-        v["exclusive"] = Value(True, "detected", f"OverSubscribe={chosen['OverSubscribe']}: whole nodes")
+        v["exclusive"] = Value(
+            True, "detected", f"OverSubscribe={chosen['OverSubscribe']}: whole nodes"
+        )
     arches = sorted({g.arch for g in groups.values()})
-    v["arch"] = Value(arches[0], "detected", "Arch of the nodes" + (f" (also {arches[1:]})" if arches[1:] else ""))
+    v["arch"] = Value(
+        arches[0], "detected", "Arch of the nodes" + (f" (also {arches[1:]})" if arches[1:] else "")
+    )
     max_time = minutes(chosen.get("MaxTime", ""))
-    v["max_time_min"] = (Value(max_time, "detected", f"MaxTime {chosen.get('MaxTime')}") if max_time else
-                         Value(10080, "assumed", f"MaxTime {chosen.get('MaxTime', '?')}: 7 days assumed"))
+    v["max_time_min"] = (
+        Value(max_time, "detected", f"MaxTime {chosen.get('MaxTime')}")
+        if max_time
+        else Value(10080, "assumed", f"MaxTime {chosen.get('MaxTime', '?')}: 7 days assumed")
+    )
     v["time_min"] = Value(min(60, v["max_time_min"].value), "assumed", "default time of one run")
     total = int(chosen.get("TotalNodes") or sum(len(g.names) for g in groups.values()))
     max_nodes = chosen.get("MaxNodes", "UNLIMITED")
@@ -189,12 +247,18 @@ def discover(outputs: dict[str, str], partition: str | None = None, probe: dict 
     size = config.get("MaxArraySize", "")
     v["max_array_size"] = (Value(int(size), "detected", "MaxArraySize") if size.isdigit() else
                            Value(1000, "assumed", "SLURM's default MaxArraySize"))
-    accounts = sorted({line.split("|")[0] for line in outputs.get("assoc", "").splitlines() if line.strip()})
+    accounts = sorted(
+        {line.split("|")[0] for line in outputs.get("assoc", "").splitlines() if line.strip()}
+    )
     qos = sorted({q for line in outputs.get("assoc", "").splitlines() for q in
                   (line.split("|")[2].split(",") if line.count("|") >= 2 else []) if q})
     real = [a for a in accounts if a != "root"]
-    v["account_required"] = Value(bool(real), "detected", f"sacctmgr accounts: {', '.join(accounts) or 'none'}"
-                                  + ("; export MMHPC_ACCOUNT=<one of them>" if real else ""))
+    v["account_required"] = Value(
+        bool(real),
+        "detected",
+        f"sacctmgr accounts: {', '.join(accounts) or 'none'}"
+        + ("; export MMHPC_ACCOUNT=<one of them>" if real else ""),
+    )
     gpus: dict[str, dict] = {}
     if gpu_groups:
         by_model = defaultdict(list)
@@ -206,8 +270,10 @@ def discover(outputs: dict[str, str], partition: str | None = None, probe: dict 
             for g in members:
                 own = sorted(g.features - shared) if len(kinds) > 1 else []
                 gname = name if not own else f"{name}-{own[0]}"
-                spec = gpus.setdefault(gname, {"gres": g.gres or "", "capability": cap or 7.0, "nodes": [],
-                                               "_notes": []})
+                spec = gpus.setdefault(
+                    gname,
+                    {"gres": g.gres or "", "capability": cap or 7.0, "nodes": [], "_notes": []},
+                )
                 if own:
                     spec["constraint"] = own[0]
                 if vendor == "amd":
@@ -217,11 +283,15 @@ def discover(outputs: dict[str, str], partition: str | None = None, probe: dict 
                     node["mem_gb"] = round(g.mem_mb / 1024)
                 if node not in spec["nodes"]:
                     spec["nodes"].append(node)
-                spec["_notes"] = [f"gres {g.gres or 'untyped'} x{g.gpus} on {len(g.names)} node(s)"
-                                  + (f" (feature {own[0]}: -C {own[0]})" if own else "") + (
-                                      "" if cap else "; capability assumed 7.0 (unknown model: --probe)")]
+                spec["_notes"] = [
+                    f"gres {g.gres or 'untyped'} x{g.gpus} on {len(g.names)} node(s)"
+                    + (f" (feature {own[0]}: -C {own[0]})" if own else "")
+                    + ("" if cap else "; capability assumed 7.0 (unknown model: --probe)")
+                ]
         v["default_gpu"] = Value(sorted(gpus)[0], "assumed", "the first GPU type by name")
-        v["overrides"] = Value({"system.device": "cuda"}, "assumed", "GPU runs never fall back to the CPU")
+        v["overrides"] = Value(
+            {"system.device": "cuda"}, "assumed", "GPU runs never fall back to the CPU"
+        )
         v["size"] = Value("full", "assumed", "")
     else:
         cores = min(g.cores for g in groups.values())
@@ -229,7 +299,9 @@ def discover(outputs: dict[str, str], partition: str | None = None, probe: dict 
         v["cpus_per_task"] = Value(1, "assumed", f"{cores} cores per node")
         v["array_parallelism"] = Value(max(1, min(16, cores)), "detected", f"CPUTot {cores}")
         v["size"] = Value("tiny", "assumed", "no GPU: the tiny CPU versions of the sweeps")
-        v["overrides"] = Value({"system.device": "cpu", "system.threads": 1}, "assumed", "one core per task")
+        v["overrides"] = Value(
+            {"system.device": "cpu", "system.threads": 1}, "assumed", "one core per task"
+        )
     fabric = _fabric(groups.values(), probe)
     v["fabric"] = fabric
     if probe:
@@ -241,7 +313,10 @@ def _fabric(groups, probe: dict | None) -> Value:
     if probe and probe.get("fabric"):
         return Value(probe["fabric"], "detected", "probe: " + probe.get("fabric_seen", ""))
     feats = {f.lower() for g in groups for f in g.features}
-    for name, words in (("infiniband", ("ib", "infiniband", "hdr", "edr", "ndr")), ("slingshot", ("slingshot",))):
+    for name, words in (
+        ("infiniband", ("ib", "infiniband", "hdr", "edr", "ndr")),
+        ("slingshot", ("slingshot",)),
+    ):
         if feats & set(words) or any(w in f for f in feats for w in words[1:]):
             return Value(name, "detected", "node features")
     return Value("ethernet", "assumed", "not in SLURM's outputs: multi-node DDP refused until set "
@@ -258,25 +333,53 @@ def _apply_probe(v: dict[str, Value], gpus: dict, probe: dict) -> None:
     for spec in gpus.values():
         if probe.get("capability") and len(gpus) == 1:
             spec["capability"] = probe["capability"]
-            spec["_notes"].append(f"probe: {probe.get('gpu_name', '')} capability {probe['capability']}")
+            spec["_notes"].append(
+                f"probe: {probe.get('gpu_name', '')} capability {probe['capability']}"
+            )
 
 
 def _scalar(value) -> str:
-    return yaml.safe_dump(value, default_flow_style=True, width=200).strip().removesuffix("...").strip()
+    return (
+        yaml.safe_dump(value, default_flow_style=True, width=200)
+        .strip()
+        .removesuffix("...")
+        .strip()
+    )
 
 
 def _render(pname: str, config: dict, v: dict[str, Value], gpus: dict, accounts, qos) -> str:
     cluster = config.get("ClusterName") or "cluster"
     name = re.sub(r"[^\w-]", "-", f"{cluster}-{pname}")
-    lines = [f"# Drafted by `mmhpc clusters discover` on {time.strftime('%Y-%m-%d')} from scontrol and sacctmgr"
-             f" (cluster {cluster}, partition {pname}).",
-             "# Each value says whether it was detected or assumed: check the assumed ones. Accounts are never",
-             "# guessed: the profile reads $MMHPC_ACCOUNT.",
-             f"# DefMemPerCPU: {config.get('DefMemPerCPU', '?')} MB; QOS available: {', '.join(qos) or 'none'}",
-             f"name: {name}", f"description: discovered from {cluster}, partition {pname}", "scheduler: slurm"]
-    for key in ("partition", "arch", "fabric", "size", "time_min", "max_time_min", "max_nodes",
-                "max_array_size", "account_required", "exclusive", "cpu_tasks", "cpus_per_task", "array_parallelism",
-                "default_gpu", "scratch"):
+    lines = [
+        f"# Drafted by `mmhpc clusters discover` on {time.strftime('%Y-%m-%d')} from scontrol and "
+        "sacctmgr"
+        f" (cluster {cluster}, partition {pname}).",
+        "# Each value says whether it was detected or assumed: check the assumed ones. "
+        "Accounts are never",
+        "# guessed: the profile reads $MMHPC_ACCOUNT.",
+        f"# DefMemPerCPU: {config.get('DefMemPerCPU', '?')} MB; QOS available: "
+        f"{', '.join(qos) or 'none'}",
+        f"name: {name}",
+        f"description: discovered from {cluster}, partition {pname}",
+        "scheduler: slurm",
+    ]
+    for key in (
+        "partition",
+        "arch",
+        "fabric",
+        "size",
+        "time_min",
+        "max_time_min",
+        "max_nodes",
+        "max_array_size",
+        "account_required",
+        "exclusive",
+        "cpu_tasks",
+        "cpus_per_task",
+        "array_parallelism",
+        "default_gpu",
+        "scratch",
+    ):
         if key in v:
             item = v[key]
             if item.value is None:
@@ -284,7 +387,8 @@ def _render(pname: str, config: dict, v: dict[str, Value], gpus: dict, accounts,
                 continue
             lines.append(f"{key}: {_scalar(item.value)}  # {item.how}: {item.note}".rstrip(": "))
     lines += ["account: ${MMHPC_ACCOUNT}", "project: ${MMHPC_PROJECT}",
-              "results_root: ${MMHPC_RESULTS:-results}  # assumed: set MMHPC_RESULTS to project storage",
+              "results_root: ${MMHPC_RESULTS:-results}  # assumed: set MMHPC_RESULTS to project "
+              "storage",
               "python: ${MMHPC_PYTHON}", "venv: ${MMHPC_VENV}", "apptainer: ${MMHPC_APPTAINER}",
               "modules: []  # assumed: `module spider PyTorch` (or --probe) lists the site's"]
     if "modules_seen" in v:
@@ -296,7 +400,9 @@ def _render(pname: str, config: dict, v: dict[str, Value], gpus: dict, accounts,
             lines.append(f"  {gname}:  # detected: {'; '.join(notes)}")
             for key, value in spec.items():
                 lines.append(f"    {key}: {_scalar(value)}")
-    lines.append(f"overrides: {_scalar(v['overrides'].value)}  # {v['overrides'].how}: {v['overrides'].note}")
+    lines.append(
+        f"overrides: {_scalar(v['overrides'].value)}  # {v['overrides'].how}: {v['overrides'].note}"
+    )
     return "\n".join(lines) + "\n"
 
 
@@ -305,14 +411,17 @@ def validate(text: str, source: str):
     return profile_from_dict(yaml.safe_load(text), source)
 
 
-# ---- --probe: one short job that records what SLURM does not know -----------------------------------
+# ---- --probe: one short job that records what SLURM does not know
+# -----------------------------------
 
 PROBE_SCRIPT = r"""#!/bin/bash
 echo "arch=$(uname -m)"
 if command -v nvidia-smi >/dev/null; then
   nvidia-smi --query-gpu=name,compute_cap --format=csv,noheader | head -1 | sed 's/^/gpu=/'
 fi
-for v in TMPDIR SNIC_TMP SCRATCH LOCAL_SCRATCH SLURM_TMPDIR; do [ -n "${!v:-}" ] && echo "scratch_var=$v"; done
+for v in TMPDIR SNIC_TMP SCRATCH LOCAL_SCRATCH SLURM_TMPDIR; do
+  [ -n "${!v:-}" ] && echo "scratch_var=$v"
+done
 ls /sys/class/infiniband 2>/dev/null | head -1 | sed 's/^/ib=/'
 ip -o link 2>/dev/null | grep -o 'hsn[0-9]*' | head -1 | sed 's/^/hsn=/'
 (module -t avail PyTorch 2>&1 || true) | grep -i torch | head -5 | sed 's/^/module=/'
@@ -346,18 +455,34 @@ def parse_probe(text: str) -> dict:
     return out
 
 
-def run_probe(partition: str | None, gpu_gres: str | None, account: str | None, timeout_s: int = 900) -> dict:
+def run_probe(
+    partition: str | None, gpu_gres: str | None, account: str | None, timeout_s: int = 900
+) -> dict:
     """Submit the probe (2 minutes, 1 GPU when the partition has GPUs) and wait for its output."""
     with tempfile.TemporaryDirectory(prefix="mmhpc-probe-", dir=os.getcwd()) as tmp:
         script, out = Path(tmp) / "probe.sh", Path(tmp) / "probe.out"
         script.write_text(PROBE_SCRIPT)
-        cmd = ["sbatch", "--wait", "--parsable", "--time=2", "--nodes=1", "--ntasks=1", f"--output={out}",
-               "--job-name=mmhpc-probe"]
+        cmd = [
+            "sbatch",
+            "--wait",
+            "--parsable",
+            "--time=2",
+            "--nodes=1",
+            "--ntasks=1",
+            f"--output={out}",
+            "--job-name=mmhpc-probe",
+        ]
         cmd += [f"--partition={partition}"] if partition else []
         cmd += [f"--account={account}"] if account else []
-        cmd += [f"--gpus-per-node={gpu_gres + ':' if gpu_gres else ''}1"] if gpu_gres is not None else []
+        cmd += (
+            [f"--gpus-per-node={gpu_gres + ':' if gpu_gres else ''}1"]
+            if gpu_gres is not None
+            else []
+        )
         try:
-            done = subprocess.run(cmd + [str(script)], capture_output=True, text=True, timeout=timeout_s)
+            done = subprocess.run(
+                cmd + [str(script)], capture_output=True, text=True, timeout=timeout_s
+            )
         except (OSError, subprocess.TimeoutExpired) as e:
             raise ClusterError(f"discover --probe: `{shlex.join(cmd)}` failed: {e}") from None
         if done.returncode or not out.exists():
@@ -366,7 +491,9 @@ def run_probe(partition: str | None, gpu_gres: str | None, account: str | None, 
         return parse_probe(out.read_text())
 
 
-def discover_here(partition: str | None = None, probe: bool = False, account: str | None = None) -> str:
+def discover_here(
+    partition: str | None = None, probe: bool = False, account: str | None = None
+) -> str:
     user = os.environ.get("USER") or getpass.getuser()
     outputs = run_slurm(user)
     found = None

@@ -7,16 +7,22 @@
       logs/            submitit: generated sbatch scripts, pickles, stdout/stderr per task
 
 A run's state comes from its record first (a finished record is final) and from SLURM for the rest:
-squeue says whether its job is alive (`-t all` also lists jobs that ended in the last minutes), sacct
-how an older one ended. States: done | running | pending | held | failed | unsubmitted | unknown | n/a.
+squeue says whether its job is alive (`-t all` also lists jobs that ended in the last minutes),
+sacct
+how an older one ended. States: done | running | pending | held | failed | unsubmitted | unknown |
+n/a.
 
 `unknown` means the scheduler did not answer (squeue or sacct failed or timed out, after
-$MMHPC_SCHEDULER_TIMEOUT seconds, default 60): the run may be queued or running, so `resume` refuses to
+$MMHPC_SCHEDULER_TIMEOUT seconds, default 60): the run may be queued or running, so `resume` refuses
+to
 submit anything while a state is unknown. Never a guess of `failed`.
 
-A submission records its intent in the manifest before it calls sbatch: each run's job entry gets the
-array's unique job name (`mmhpc-<sweep>-<shape>-<tag>`) and the run's task in the array, with no job id
-yet. If the submitter dies before it saves the job ids (or sbatch dies after queueing), the job is found
+A submission records its intent in the manifest before it calls sbatch: each run's job entry gets
+the
+array's unique job name (`mmhpc-<sweep>-<shape>-<tag>`) and the run's task in the array, with no job
+id
+yet. If the submitter dies before it saves the job ids (or sbatch dies after queueing), the job is
+found
 again by its name (`find_by_name`), so it is adopted, never submitted a second time. `submit --hold`
 writes such entries for the sbatch lines it prints (state `held` until a job of that name shows up).
 """
@@ -42,22 +48,35 @@ from mmhpc.results import RunRecord, atomic_write_text, read_record
 from mmhpc.sweep import SweepError, SweepPlan
 
 MANIFEST_SCHEMA = 1
-PENDING = {"PENDING", "REQUEUED", "REQUEUE_FED", "REQUEUE_HOLD", "CONFIGURING", "RESIZING", "SUSPENDED"}
+PENDING = {
+    "PENDING",
+    "REQUEUED",
+    "REQUEUE_FED",
+    "REQUEUE_HOLD",
+    "CONFIGURING",
+    "RESIZING",
+    "SUSPENDED",
+}
 RUNNING = {"RUNNING", "COMPLETING", "STAGE_OUT", "SIGNALING"}
 STATES = ("done", "running", "pending", "held", "failed", "unsubmitted", "unknown", "n/a")
 
 
-# ---- the manifest's schema: checked on every load and save ----------------------------------------------
-# The code reads and updates the manifest as the plain JSON mapping it is (job entries gain fields as a
-# submission proceeds); these models are its schema, so a hand-edited or torn manifest is refused with its
-# file and field named before `status` or `resume` acts on it, and the submitter never writes a bad one.
+# ---- the manifest's schema: checked on every load and save
+# ----------------------------------------------
+# The code reads and updates the manifest as the plain JSON mapping it is (job entries gain fields
+# as a
+# submission proceeds); these models are its schema, so a hand-edited or torn manifest is refused
+# with its
+# file and field named before `status` or `resume` acts on it, and the submitter never writes a bad
+# one.
 
 class _Open(BaseModel):
     model_config = ConfigDict(extra="allow")
 
 
 class ManifestJob(_Open):
-    """One submission of a run: the job name is its intent, the job id is filled once sbatch answered."""
+    """One submission of a run: the job name is its intent, the job id is filled once sbatch
+    answered."""
     job_id: str | None = None
     job_name: str | None = None
     task: int | None = None
@@ -93,7 +112,8 @@ class SweepManifest(_Open):
 
 
 def check_manifest(manifest: dict, path: Path) -> dict:
-    """`manifest` itself when it has the manifest's shape, else a ConfigError naming the file and fields."""
+    """`manifest` itself when it has the manifest's shape, else a ConfigError naming the file and
+    fields."""
     try:
         SweepManifest.model_validate(manifest)
     except ValidationError as err:
@@ -104,7 +124,9 @@ def check_manifest(manifest: dict, path: Path) -> dict:
 class SweepDir:
     def __init__(self, path: str | Path):
         self.path = Path(path).expanduser().absolute()
-        self._lines: dict[int, tuple[dict, str]] = {}  # run index -> (the run, its JSON line) as last saved
+        self._lines: dict[
+            int, tuple[dict, str]
+        ] = {}  # run index -> (the run, its JSON line) as last saved
 
     manifest_path = property(lambda self: self.path / "manifest.json")
     runs_dir = property(lambda self: self.path / "runs")
@@ -114,22 +136,32 @@ class SweepDir:
         return self.manifest_path.exists()
 
     def load(self) -> dict:
-        """The manifest; a missing one is an error and creates nothing (a mistyped path stays absent)."""
+        """The manifest; a missing one is an error and creates nothing (a mistyped path stays
+        absent)."""
         if not self.exists():
             raise FileNotFoundError(f"{self.path}: not a sweep directory (no manifest.json); "
                                     "create one with `mmhpc sweep submit FILE`")
         try:
             raw = json.loads(self.manifest_path.read_text())
-        except ValueError as err:  # JSONDecodeError, or UnicodeDecodeError for bytes that are not text
-            raise ConfigError(f"{self.manifest_path}: not JSON ({err}); the sweep's records under runs/ are "
-                              "intact") from None
+        except (
+            ValueError
+        ) as err:  # JSONDecodeError, or UnicodeDecodeError for bytes that are not text
+            raise ConfigError(
+                f"{self.manifest_path}: not JSON ({err}); the sweep's records under runs/ are "
+                "intact"
+            ) from None
         return check_manifest(raw, self.manifest_path)
 
     def save(self, manifest: dict, changed: list[dict] | None = None) -> None:
-        """Write the manifest atomically, checked first. `changed`: the only runs modified since this
-        manifest was last saved here (a submission saves a 10,000-run manifest twice per job array): only
-        they and the top level are checked and encoded again, the others are written as saved before."""
-        check_manifest(manifest if changed is None else {**manifest, "runs": changed}, self.manifest_path)
+        """Write the manifest atomically, checked first. `changed`: the only runs modified since
+        this
+        manifest was last saved here (a submission saves a 10,000-run manifest twice per job array):
+        only
+        they and the top level are checked and encoded again, the others are written as saved
+        before."""
+        check_manifest(
+            manifest if changed is None else {**manifest, "runs": changed}, self.manifest_path
+        )
         fresh = None if changed is None else {id(run) for run in changed}
         lines = []
         for run in manifest["runs"]:
@@ -141,8 +173,10 @@ class SweepDir:
 
     @contextlib.contextmanager
     def lock(self, create: bool = False):
-        """One submitter at a time, so that two `resume`s cannot submit the same run twice. Only `submit`
-        creates the directory; elsewhere a missing sweep directory is an error, and nothing is created."""
+        """One submitter at a time, so that two `resume`s cannot submit the same run twice. Only
+        `submit`
+        creates the directory; elsewhere a missing sweep directory is an error, and nothing is
+        created."""
         if create:
             self.path.mkdir(parents=True, exist_ok=True)
         elif not self.exists():
@@ -158,10 +192,13 @@ class SweepDir:
         return record_file(self.runs_dir, name)
 
     def record_names(self) -> set[str]:
-        """The run names that have a record file (one directory listing instead of a look-up per run)."""
+        """The run names that have a record file (one directory listing instead of a look-up per
+        run)."""
         suffix = record_file(".", "").name  # a record is `<run><suffix>`
         try:
-            return {e.name[:-len(suffix)] for e in os.scandir(self.runs_dir) if e.name.endswith(suffix)}
+            return {
+                e.name[: -len(suffix)] for e in os.scandir(self.runs_dir) if e.name.endswith(suffix)
+            }
         except FileNotFoundError:
             return set()
 
@@ -169,13 +206,19 @@ class SweepDir:
         try:
             return read_record(self.record_path(name))
         except (OSError, ValueError):
-            return None  # missing, or not a record (torn by a crash mid-write of a non-atomic writer)
+            return (
+                None  # missing, or not a record (torn by a crash mid-write of a non-atomic writer)
+            )
 
 
 def manifest_json(manifest: dict, run_lines: list[str] | None = None) -> str:
-    """The manifest as JSON with one line per run (`run_lines`: those lines, already encoded): greppable,
-    and written by json's C encoder (indented JSON takes its pure-Python one: seconds for 10,000 runs)."""
-    head = json.dumps({k: v for k, v in manifest.items() if k != "runs"}, separators=(",", ":"))[1:-1]
+    """The manifest as JSON with one line per run (`run_lines`: those lines, already encoded):
+    greppable,
+    and written by json's C encoder (indented JSON takes its pure-Python one: seconds for 10,000
+    runs)."""
+    head = json.dumps({k: v for k, v in manifest.items() if k != "runs"}, separators=(",", ":"))[
+        1:-1
+    ]
     if run_lines is None:
         run_lines = [json.dumps(run, separators=(",", ":")) for run in manifest["runs"]]
     return "{" + head + ("," if head else "") + '"runs":[\n' + ",\n".join(run_lines) + "\n]}\n"
@@ -192,16 +235,30 @@ def create(sweep_dir: SweepDir, plan: SweepPlan, source: Path | None) -> dict:
         new = {r["name"]: r["config"] for r in runs}
         if old != new:
             changed = sorted(n for n in set(old) | set(new) if old.get(n) != new.get(n))
-            raise SweepError([f"{sweep_dir.path}: holds a different expansion of sweep {manifest['sweep']} "
-                              f"({len(changed)} run(s) differ, e.g. {changed[0]}); resume it with `mmhpc sweep "
-                              "resume`, or submit this one under another --name"], "sweep")
+            raise SweepError(
+                [
+                    f"{sweep_dir.path}: holds a different expansion of sweep {manifest['sweep']} "
+                    f"({len(changed)} run(s) differ, e.g. {changed[0]}); resume it with "
+                    "`mmhpc sweep "
+                    "resume`, or submit this one under another --name"
+                ],
+                "sweep",
+            )
         return manifest
     sweep_dir.path.mkdir(parents=True, exist_ok=True)
     if source is not None:
         shutil.copyfile(source, sweep_dir.path / "sweep.yaml")
-    manifest = {"schema": MANIFEST_SCHEMA, "sweep": plan.name, "source": str(source) if source else None,
-                "cluster": plan.cluster, "size": plan.size, "created": time.time(),
-                "runs_dir": str(sweep_dir.runs_dir), "runs": runs, "arrays": []}
+    manifest = {
+        "schema": MANIFEST_SCHEMA,
+        "sweep": plan.name,
+        "source": str(source) if source else None,
+        "cluster": plan.cluster,
+        "size": plan.size,
+        "created": time.time(),
+        "runs_dir": str(sweep_dir.runs_dir),
+        "runs": runs,
+        "arrays": [],
+    }
     sweep_dir.save(manifest)
     return manifest
 
@@ -215,7 +272,8 @@ class RunState:
     job_id: str | None = None
 
 
-# ---- what the scheduler says -------------------------------------------------------------------------------
+# ---- what the scheduler says
+# -------------------------------------------------------------------------------
 
 def scheduler_timeout_s() -> float:
     return float(os.environ.get("MMHPC_SCHEDULER_TIMEOUT") or 60)
@@ -223,7 +281,8 @@ def scheduler_timeout_s() -> float:
 
 @dataclass
 class SchedulerView:
-    """squeue's and sacct's answers about some jobs: {job id (array tasks `123_4`): (state, reason, name)}.
+    """squeue's and sacct's answers about some jobs: {job id (array tasks `123_4`): (state, reason,
+    name)}.
     An error is why a command gave no answer (it failed or timed out); None when it answered."""
     squeue: dict[str, tuple[str, str, str]] = field(default_factory=dict)
     sacct: dict[str, tuple[str, str, str]] = field(default_factory=dict)
@@ -239,24 +298,32 @@ class SchedulerView:
         if job_id in self.sacct:
             return self.sacct[job_id][:2]
         if self.sacct_error:
-            return f"job {job_id} has left the queue and sacct failed ({self.sacct_error}): how it ended is unknown"
+            return (f"job {job_id} has left the queue and sacct failed ({self.sacct_error}): "
+                    "how it ended is unknown")
         return "", ""
 
     def find_by_name(self, job_name: str, task: int) -> str | None:
-        """The id of task `task` of the job named `job_name` (a plain job is task 0), from squeue or sacct."""
+        """The id of task `task` of the job named `job_name` (a plain job is task 0), from squeue or
+        sacct."""
         found = None
         for jobs in (self.squeue, self.sacct):
             for jid, (_, _, name) in jobs.items():
                 if name != job_name:
                     continue
                 main, _, index = jid.partition("_")
-                if (int(index) if index else 0) == task and (found is None or _id_key(jid) > _id_key(found)):
+                if (int(index) if index else 0) == task and (
+                    found is None or _id_key(jid) > _id_key(found)
+                ):
                     found = jid  # the latest, should a name have been submitted twice by hand
         return found
 
     def name_unanswered(self) -> str | None:
         """Why a job name that was not found may still exist (None when both commands answered)."""
-        errors = [f"{cmd} failed ({e})" for cmd, e in (("squeue", self.squeue_error), ("sacct", self.sacct_error)) if e]
+        errors = [
+            f"{cmd} failed ({e})"
+            for cmd, e in (("squeue", self.squeue_error), ("sacct", self.sacct_error))
+            if e
+        ]
         return "; ".join(errors) or None
 
 
@@ -265,18 +332,29 @@ def _id_key(job_id: str) -> tuple[int, int]:
     return int(main) if main.isdigit() else 0, int(index) if index.isdigit() else 0
 
 
-def query_scheduler(job_ids: list[str], names: list[str], since: float | None = None) -> SchedulerView:
-    """Ask squeue for this user's jobs (alive or recently ended) and sacct for the given ids and names that
+def query_scheduler(
+    job_ids: list[str], names: list[str], since: float | None = None
+) -> SchedulerView:
+    """Ask squeue for this user's jobs (alive or recently ended) and sacct for the given ids and
+    names that
     squeue no longer lists. A command that fails or times out leaves its error in the view."""
-    from submitit.slurm.slurm import SlurmInfoWatcher  # parses squeue/sacct ids, array ranges included
+    from submitit.slurm.slurm import (
+        SlurmInfoWatcher,
+    )  # parses squeue/sacct ids, array ranges included
 
     parse = SlurmInfoWatcher().read_info
     view = SchedulerView()
 
     def table(text: str) -> dict[str, tuple[str, str, str]]:
         rows = parse("JobID|State|Reason|Name\n" + text)
-        return {jid: (r["State"].split(" ")[0], "" if r.get("Reason") in (None, "None") else r["Reason"],
-                      r.get("Name", "")) for jid, r in rows.items()}
+        return {
+            jid: (
+                r["State"].split(" ")[0],
+                "" if r.get("Reason") in (None, "None") else r["Reason"],
+                r.get("Name", ""),
+            )
+            for jid, r in rows.items()
+        }
 
     out, view.squeue_error = _call(["squeue", "--me", "-h", "-r", "-t", "all", "-o", "%i|%T|%r|%j"])
     if out is not None:
@@ -284,8 +362,11 @@ def query_scheduler(job_ids: list[str], names: list[str], since: float | None = 
     ids = sorted({j.split("_")[0] for j in job_ids if j not in view.squeue})
     missing_names = sorted(set(names) - {n for _, _, n in view.squeue.values()})
     for flags in ([["-j", ",".join(ids)]] if ids else []) + (
-            [["--name", ",".join(missing_names), "-S", _sacct_time(since)]] if missing_names else []):
-        out, error = _call(["sacct", "-X", "-n", "--parsable2", "-o", "JobID,State,Reason,JobName", *flags])
+        [["--name", ",".join(missing_names), "-S", _sacct_time(since)]] if missing_names else []
+    ):
+        out, error = _call(
+            ["sacct", "-X", "-n", "--parsable2", "-o", "JobID,State,Reason,JobName", *flags]
+        )
         if out is not None:
             view.sacct.update(table(out))
         elif error and "accounting storage is disabled" in error:
@@ -296,7 +377,8 @@ def query_scheduler(job_ids: list[str], names: list[str], since: float | None = 
 
 
 def _sacct_time(since: float | None) -> str:
-    """sacct's -S (a search by name covers jobs that started since then; an hour's margin for clocks)."""
+    """sacct's -S (a search by name covers jobs that started since then; an hour's margin for
+    clocks)."""
     return time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime((since or time.time()) - 3600))
 
 
@@ -317,31 +399,50 @@ def _call(cmd: list[str]) -> tuple[str | None, str | None]:
     return res.stdout, None
 
 
-# ---- the state of each run ---------------------------------------------------------------------------------
+# ---- the state of each run
+# ---------------------------------------------------------------------------------
 
 def run_states(sweep_dir: SweepDir, manifest: dict, query_slurm: bool = True) -> list[RunState]:
-    """Each run's state; `query_slurm=False`: records only (runs that need the scheduler are unknown)."""
+    """Each run's state; `query_slurm=False`: records only (runs that need the scheduler are
+    unknown)."""
     present = sweep_dir.record_names()
-    records = {r["name"]: sweep_dir.record(r["name"]) if r["name"] in present else None for r in manifest["runs"]}
+    records = {
+        r["name"]: sweep_dir.record(r["name"]) if r["name"] in present else None
+        for r in manifest["runs"]
+    }
     jobs = {r["name"]: _last_job(r, records[r["name"]]) for r in manifest["runs"]}
-    open_jobs = [j for r in manifest["runs"] for j in [jobs[r["name"]]] if j and j.get("scheduler") == "slurm"
-                 and not r.get("not_applicable") and getattr(records[r["name"]], "status", None) != "done"]
+    open_jobs = [
+        j
+        for r in manifest["runs"]
+        for j in [jobs[r["name"]]]
+        if j
+        and j.get("scheduler") == "slurm"
+        and not r.get("not_applicable")
+        and getattr(records[r["name"]], "status", None) != "done"
+    ]
     view = None
     if query_slurm and open_jobs:
         view = query_scheduler([j["job_id"] for j in open_jobs if j.get("job_id")],
                                sorted({j["job_name"] for j in open_jobs if not j.get("job_id")}),
                                min((j.get("submitted") or time.time()) for j in open_jobs))
-    return [_state(sweep_dir, run, records[run["name"]], jobs[run["name"]], view) for run in manifest["runs"]]
+    return [
+        _state(sweep_dir, run, records[run["name"]], jobs[run["name"]], view)
+        for run in manifest["runs"]
+    ]
 
 
 def _last_job(run: dict, rec: RunRecord | None) -> dict | None:
-    """The run's latest job: from the manifest, or, for a run submitted by hand (jobs/sweep_array.sbatch)
+    """The run's latest job: from the manifest, or, for a run submitted by hand
+    (jobs/sweep_array.sbatch)
     with no job name the manifest knows, the SLURM job its record was written from."""
     if run["jobs"] and (run["jobs"][-1].get("job_id") or not run["jobs"][-1].get("hand")):
         return run["jobs"][-1]
     slurm = rec.env.slurm if rec else {}
     if "SLURM_ARRAY_JOB_ID" in slurm:
-        return {"job_id": f"{slurm['SLURM_ARRAY_JOB_ID']}_{slurm['SLURM_ARRAY_TASK_ID']}", "scheduler": "slurm"}
+        return {
+            "job_id": f"{slurm['SLURM_ARRAY_JOB_ID']}_{slurm['SLURM_ARRAY_TASK_ID']}",
+            "scheduler": "slurm",
+        }
     if "SLURM_JOB_ID" in slurm:
         return {"job_id": slurm["SLURM_JOB_ID"], "scheduler": "slurm"}
     return run["jobs"][-1] if run["jobs"] else None
@@ -359,19 +460,32 @@ def _state(sweep_dir: SweepDir, run: dict, rec: RunRecord | None, job: dict | No
     if job is None:
         return RunState(index, name, "failed" if rec else "unsubmitted", error or (
             "interrupted: the record was never finished" if rec else ""))
-    if job.get("scheduler") != "slurm":  # in-process or local executor: nothing left alive once the command ended
-        return RunState(index, name, "failed", error or "interrupted: the record was never finished", job_id)
+    if (
+        job.get("scheduler") != "slurm"
+    ):  # in-process or local executor: nothing left alive once the command ended
+        return RunState(
+            index, name, "failed", error or "interrupted: the record was never finished", job_id
+        )
     if view is None:
         return RunState(index, name, "unknown", "the scheduler was not asked (--no-slurm)", job_id)
-    if not job_id:  # an intent: sbatch was called (or the sbatch line printed) but no job id was saved
+    if (
+        not job_id
+    ):  # an intent: sbatch was called (or the sbatch line printed) but no job id was saved
         job_id = view.find_by_name(job["job_name"], job["task"])
         if job_id is None:
             why = view.name_unanswered()
             if why:
-                return RunState(index, name, "unknown", f"{why}: job {job['job_name']} may be queued")
+                return RunState(
+                    index, name, "unknown", f"{why}: job {job['job_name']} may be queued"
+                )
             if job.get("hand"):
-                return RunState(index, name, "held", f"submit it by hand with the sbatch line of `submit --hold` "
-                                                     f"(job name {job['job_name']})")
+                return RunState(
+                    index,
+                    name,
+                    "held",
+                    f"submit it by hand with the sbatch line of `submit --hold` "
+                    f"(job name {job['job_name']})",
+                )
             return RunState(index, name, "unsubmitted", f"sbatch did not queue {job['job_name']}")
     found = view.lookup(job_id)
     if isinstance(found, str):
@@ -382,7 +496,9 @@ def _state(sweep_dir: SweepDir, run: dict, rec: RunRecord | None, job: dict | No
     if state in RUNNING:
         return RunState(index, name, "running", "", job_id)
     if not state:
-        return RunState(index, name, "failed", error or f"job {job_id} is unknown to squeue and sacct", job_id)
+        return RunState(
+            index, name, "failed", error or f"job {job_id} is unknown to squeue and sacct", job_id
+        )
     detail = error or _submitit_error(sweep_dir, job_id) or (
         "the job ended without a finished record" if state == "COMPLETED" else "")
     what = "" if state == "COMPLETED" else f"SLURM {state}"
@@ -390,7 +506,8 @@ def _state(sweep_dir: SweepDir, run: dict, rec: RunRecord | None, job: dict | No
 
 
 def adopt(manifest: dict, states: list[RunState]) -> list[tuple[dict, dict]]:
-    """Write the job ids found by name into the intents of the manifest; returns (run, adopted job entry)
+    """Write the job ids found by name into the intents of the manifest; returns (run, adopted job
+    entry)
     pairs."""
     adopted = []
     for s in states:
@@ -401,7 +518,11 @@ def adopt(manifest: dict, states: list[RunState]) -> list[tuple[dict, dict]]:
             adopted.append((run, entry))
     for array in manifest.get("arrays", []):
         if not array.get("job_id"):
-            ids = {manifest["runs"][i]["jobs"][-1].get("job_id") for i in array["runs"] if manifest["runs"][i]["jobs"]}
+            ids = {
+                manifest["runs"][i]["jobs"][-1].get("job_id")
+                for i in array["runs"]
+                if manifest["runs"][i]["jobs"]
+            }
             mains = {j.split("_")[0] for j in ids if j}
             if len(mains) == 1:
                 array["job_id"] = mains.pop()

@@ -1,4 +1,5 @@
-"""Encoders of the thesis (Sec. 4.2): ResNet-18 from scratch for audio and visual, RoBERTa for text."""
+"""Encoders of the thesis (Sec. 4.2): ResNet-18 from scratch for audio and visual, RoBERTa for
+text."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -10,7 +11,9 @@ from torchvision.models import resnet18
 RESNET_WIDTH = 512
 
 # A RoBERTa small enough for CPU tests; `base` is RoBERTa-base's shape (transformers' defaults).
-TINY_ROBERTA = dict(hidden_size=128, num_hidden_layers=2, num_attention_heads=2, intermediate_size=256)
+TINY_ROBERTA = dict(
+    hidden_size=128, num_hidden_layers=2, num_attention_heads=2, intermediate_size=256
+)
 
 
 def _resnet(in_channels: int) -> nn.Module:
@@ -58,9 +61,13 @@ class TextEncoder(nn.Module):
         if pretrained:
             path = Path(pretrained)
             if not (path / "config.json").exists():
-                raise FileNotFoundError(f"model.text_pretrained: {path} has no config.json; give a local directory "
-                                        "saved with save_pretrained() (hub downloads are not used)")
-            self.net = RobertaModel.from_pretrained(path, local_files_only=True, add_pooling_layer=False)
+                raise FileNotFoundError(
+                    f"model.text_pretrained: {path} has no config.json; give a local directory "
+                    "saved with save_pretrained() (hub downloads are not used)"
+                )
+            self.net = RobertaModel.from_pretrained(
+                path, local_files_only=True, add_pooling_layer=False
+            )
         else:
             extra = TINY_ROBERTA if size == "tiny" else {}
             config = RobertaConfig(vocab_size=max(vocab, 50265 if size == "base" else vocab),
@@ -73,9 +80,12 @@ class TextEncoder(nn.Module):
         return out.last_hidden_state[:, 0]
 
     def attention_mask(self, mask: torch.Tensor) -> torch.Tensor:
-        """The padding mask [B, L] as the attention takes it, [B, 1, 1, L], which transformers passes on as it
-        is: from a [B, L] mask it first asks whether any token is padded, to drop a mask of all ones (a host
-        synchronisation in every forward). SDPA takes True where a token is attended, eager attention adds
+        """The padding mask [B, L] as the attention takes it, [B, 1, 1, L], which transformers
+        passes on as it
+        is: from a [B, L] mask it first asks whether any token is padded, to drop a mask of all ones
+        (a host
+        synchronisation in every forward). SDPA takes True where a token is attended, eager
+        attention adds
         the mask to the scores; other attention kernels get the [B, L] mask."""
         kind = self.net.config._attn_implementation
         keep = mask[:, None, None, :].bool()

@@ -1,13 +1,17 @@
 """Late-fusion heads of the thesis (Sec. 2.1.3) with per-modality logits by masking (Sec. 3.2).
 
-Every fusion takes a dict {modality: embedding [B, D]}. A modality missing from the dict is *masked*:
+Every fusion takes a dict {modality: embedding [B, D]}. A modality missing from the dict is
+*masked*:
 - symmetric fusions (early-sum, late-sum, concat) see zeros in its place (Sec. 3.2.1), so
   `fusion({m: e_m})` is modality m's logits z_m (Eq. 2.4, 2.6, 2.8);
 - asymmetric fusions (gated, FiLM) switch the control role to the missing modality and feed it the
-  constant c (0 gated, 1 FiLM), so the present modality passes through the modulated path (Sec. 3.2.2).
+  constant c (0 gated, 1 FiLM), so the present modality passes through the modulated path (Sec.
+  3.2.2).
 
-With `cosine=True` the output layers are cosine classifiers (Sec. 3.1.2): L2-normalised inputs and weight
-rows, times a scale s. For the symmetric fusions each modality is normalised on its own, so the fused
+With `cosine=True` the output layers are cosine classifiers (Sec. 3.1.2): L2-normalised inputs and
+weight
+rows, times a scale s. For the symmetric fusions each modality is normalised on its own, so the
+fused
 logits stay the sum of the per-modality ones.
 """
 from __future__ import annotations
@@ -31,18 +35,25 @@ class CosineLinear(nn.Module):
 
 
 COSINE_FORMS = ("printed", "normface")
-#: the target probability p of thesis Eq. 3.2: assumed, no source states it (a run records it as assumed)
+#: the target probability p of thesis Eq. 3.2: assumed, no source states it (a run records it as
+#: assumed)
 COSINE_P = 0.99
 
 
-def cosine_scale(num_classes: int, p: float = COSINE_P, num_modalities: int = 2, form: str = "printed") -> float:
-    """Scale s of the cosine classifier, thesis Eq. 3.2 (after MMCosine [51], from NormFace), M modalities.
+def cosine_scale(
+    num_classes: int, p: float = COSINE_P, num_modalities: int = 2, form: str = "printed"
+) -> float:
+    """Scale s of the cosine classifier, thesis Eq. 3.2 (after MMCosine [51], from NormFace), M
+    modalities.
 
-    form "printed" (default): s = (C - 1) / (M (C + 1)) * log((C - 1) p / (1 - p)), Eq. 3.2 as the thesis
-        prints it ("(C - 1) / 2(C + 1)", line ~1735 of seed 000), with the 2 read as M, the number of
+    form "printed" (default): s = (C - 1) / (M (C + 1)) * log((C - 1) p / (1 - p)), Eq. 3.2 as the
+    thesis
+        prints it ("(C - 1) / 2(C + 1)", line ~1735 of seed 000), with the 2 read as M, the number
+        of
         summed unit cosines (2 in the audio-visual case the thesis cites it for).
     form "normface": s = (C - 1) / (M C) * log((C - 1) p / (1 - p)), NormFace's bound for one cosine
-        (s >= (C-1)/C log(...), the smallest s that lets the true class reach softmax probability p),
+        (s >= (C-1)/C log(...), the smallest s that lets the true class reach softmax probability
+        p),
         divided by M because the fused logit sums M cosines; M = 1 is NormFace's own bound.
     """
     if num_classes < 2:
@@ -124,8 +135,11 @@ class Concat(Fusion):
         ref = next(iter(embs.values()))
         if self.cosine:  # each modality's block of W and its embedding normalised on their own
             blocks = self.weight.split(self.dim, dim=1)
-            return sum(self.scale * F.linear(F.normalize(embs[m], dim=-1), F.normalize(blocks[i], dim=-1))
-                       for i, m in enumerate(self.modalities) if m in embs)
+            return sum(
+                self.scale * F.linear(F.normalize(embs[m], dim=-1), F.normalize(blocks[i], dim=-1))
+                for i, m in enumerate(self.modalities)
+                if m in embs
+            )
         parts = [embs[m] if m in embs else ref.new_zeros(ref.shape) for m in self.modalities]
         return self.head(torch.cat(parts, dim=1))
 
@@ -136,10 +150,14 @@ class _Asymmetric(Fusion):
     symmetric = False
     mask_value = 0.0
 
-    def __init__(self, modalities, dim, num_classes, cosine=False, scale=1.0, control: str | None = None):
+    def __init__(
+        self, modalities, dim, num_classes, cosine=False, scale=1.0, control: str | None = None
+    ):
         if len(modalities) != 2:
-            raise ValueError(f"{type(self).__name__} fuses exactly two modalities, got {list(modalities)}; "
-                             "use early_sum, late_sum or concat for three")
+            raise ValueError(
+                f"{type(self).__name__} fuses exactly two modalities, got {list(modalities)}; "
+                "use early_sum, late_sum or concat for three"
+            )
         super().__init__(modalities, dim, num_classes, cosine, scale)
         self.control = control or self.modalities[0]
         if self.control not in self.modalities:
@@ -148,7 +166,9 @@ class _Asymmetric(Fusion):
 
     def forward(self, embs, control: str | None = None):
         self._check(embs)
-        if len(embs) == 1:  # switch the control role to the masked modality and feed it the constant c
+        if (
+            len(embs) == 1
+        ):  # switch the control role to the masked modality and feed it the constant c
             (present,) = embs
             (control,) = [m for m in self.modalities if m != present]
             e = embs[present]
@@ -189,9 +209,15 @@ class FiLM(_Asymmetric):
         return self.out(self.gamma(e_control) * e_other + self.beta(e_control))
 
 
-# The fusion registry: the one list of valid `model.fusion` values; the config and the strategies ask it.
-FUSION_CLASSES: dict[str, type[Fusion]] = {"early_sum": EarlySum, "late_sum": LateSum, "concat": Concat,
-                                           "gated": Gated, "film": FiLM}
+# The fusion registry: the one list of valid `model.fusion` values; the config and the strategies
+# ask it.
+FUSION_CLASSES: dict[str, type[Fusion]] = {
+    "early_sum": EarlySum,
+    "late_sum": LateSum,
+    "concat": Concat,
+    "gated": Gated,
+    "film": FiLM,
+}
 FUSIONS = tuple(FUSION_CLASSES)
 #: fusions whose fused logits are a sum of per-modality parts (thesis Sec. 3.2.1)
 SYMMETRIC = tuple(name for name, cls in FUSION_CLASSES.items() if cls.symmetric)

@@ -1,4 +1,5 @@
-"""The full model of thesis Fig. 2.1: one encoder per modality, a late-fusion head, linear probes."""
+"""The full model of thesis Fig. 2.1: one encoder per modality, a late-fusion head, linear
+probes."""
 from __future__ import annotations
 
 import torch
@@ -13,12 +14,16 @@ class MultimodalModel(nn.Module):
     (`mmhpc.system.runtime.RunModel`)."""
 
     def __init__(self, modalities: list[str], num_classes: int, cfg, shapes, preset: str = "tiny"):
-        """`cfg` is a `ModelConfig`; `shapes` the dataset's `Shapes` (text length and vocabulary); `preset`
-        "tiny" picks the small RoBERTa under text_size=auto (synthetic tiny data), anything else RoBERTa-base."""
+        """`cfg` is a `ModelConfig`; `shapes` the dataset's `Shapes` (text length and vocabulary);
+        `preset`
+        "tiny" picks the small RoBERTa under text_size=auto (synthetic tiny data), anything else
+        RoBERTa-base."""
         super().__init__()
         self.modalities = list(modalities)
         self.num_classes = num_classes
-        text_size = cfg.text_size if cfg.text_size != "auto" else ("tiny" if preset == "tiny" else "base")
+        text_size = (
+            cfg.text_size if cfg.text_size != "auto" else ("tiny" if preset == "tiny" else "base")
+        )
         self.encoders = nn.ModuleDict({
             m: build_encoder(m, text_size=text_size, text_len=shapes.text_len, vocab=shapes.vocab,
                              text_pretrained=cfg.text_pretrained)
@@ -28,9 +33,15 @@ class MultimodalModel(nn.Module):
         dim = cfg.embed_dim or widths.get("text", RESNET_WIDTH)
         self.dim = dim
         self.project = nn.ModuleDict({m: nn.Linear(w, dim) for m, w in widths.items() if w != dim})
-        self.dropout = nn.ModuleDict({m: nn.Dropout(p) for m, p in cfg.embedding_dropout.items() if p > 0})
-        scale = cfg.cosine_scale or (cosine_scale(num_classes, num_modalities=len(self.modalities)) if cfg.cosine else 1.0)
-        self.fusion = build_fusion(cfg.fusion, self.modalities, dim, num_classes, cfg.cosine, scale, cfg.control)
+        self.dropout = nn.ModuleDict(
+            {m: nn.Dropout(p) for m, p in cfg.embedding_dropout.items() if p > 0}
+        )
+        scale = cfg.cosine_scale or (
+            cosine_scale(num_classes, num_modalities=len(self.modalities)) if cfg.cosine else 1.0
+        )
+        self.fusion = build_fusion(
+            cfg.fusion, self.modalities, dim, num_classes, cfg.cosine, scale, cfg.control
+        )
         self.probes = nn.ModuleDict({m: nn.Linear(dim, num_classes) for m in self.modalities})
 
     def encode_one(self, m: str, x: torch.Tensor) -> torch.Tensor:

@@ -1,11 +1,15 @@
 """Reports of a sweep: the thesis' speedup, utilisation and accuracy tables, figures, and a PDF.
 
     from mmhpc.report import build_report
-    build_report("results/parallelism")            # -> results/parallelism/report/report.pdf, tables/, figures/
+    build_report("results/parallelism")            # -> results/parallelism/report/report.pdf,
+    tables/, figures/
 
-The pipeline: `load` (records and the sweep's manifest -> one tidy DataFrame, a row per run, done or not)
--> `tables` (comparisons in the thesis' shapes, each measured row followed by the thesis' values from
-`thesis`, set side by side in `reproduce`, which also gives each thesis claim a verdict) -> `figures` ->
+The pipeline: `load` (records and the sweep's manifest -> one tidy DataFrame, a row per run, done or
+not)
+-> `tables` (comparisons in the thesis' shapes, each measured row followed by the thesis' values
+from
+`thesis`, set side by side in `reproduce`, which also gives each thesis claim a verdict) ->
+`figures` ->
 `pdf` (PDF, Markdown, LaTeX, PNG; reproduction.md/json).
 """
 from __future__ import annotations
@@ -18,8 +22,10 @@ KIND_CHOICES = ("auto", "precision", "loader", "parallelism", "overall", "algori
 
 def build_report(path: str | Path, out: str | Path | None = None, kinds: list[str] | None = None,
                  query_slurm: bool = True) -> dict:
-    """Load every run under `path`, build the tables of `kinds` (None or ["auto"]: from the runs), the
-    figures and the PDF under `out` (default `<path>/report`). Returns what was written, plus `messages`."""
+    """Load every run under `path`, build the tables of `kinds` (None or ["auto"]: from the runs),
+    the
+    figures and the PDF under `out` (default `<path>/report`). Returns what was written, plus
+    `messages`."""
     from mmhpc.report.figures import build_figures
     from mmhpc.report.load import load_results
     from mmhpc.report.pdf import write_report
@@ -47,20 +53,31 @@ def cmd_report(args) -> int:
         return 2
     for m in written["messages"]:
         print(f"note: {m}", file=sys.stderr)
-    print(f"{written['pdf']} ({written['pages']} pages): tables {', '.join(written['kinds'])}; "
-          f"{len(written['figures'])} figures; Markdown/LaTeX in {written['pdf'].parent / 'tables'}")
+    print(
+        f"{written['pdf']} ({written['pages']} pages): tables {', '.join(written['kinds'])}; "
+        f"{len(written['figures'])} figures; Markdown/LaTeX in {written['pdf'].parent / 'tables'}"
+    )
     return 0
 
 
 def _add_report_parser(sub) -> None:
     """`mmhpc report SWEEP_DIR`: called from mmhpc.cli.build_parser."""
-    p = sub.add_parser("report", help="tables, figures and a PDF of a sweep directory or a directory of records",
-                       description="Load every run record under SWEEP_DIR (a sweep directory of `mmhpc sweep`, "
-                                   "or any directory of records) and write report.pdf, tables/*.md|tex and "
-                                   "figures/*.png in the shapes of the thesis' Tables 4.1-4.16.")
+    p = sub.add_parser(
+        "report",
+        help="tables, figures and a PDF of a sweep directory or a directory of records",
+        description="Load every run record under SWEEP_DIR (a sweep directory of "
+        "`mmhpc sweep`, "
+        "or any directory of records) and write report.pdf, "
+        "tables/*.md|tex and "
+        "figures/*.png in the shapes of the thesis' Tables 4.1-4.16.",
+    )
     p.add_argument("sweep_dir", metavar="SWEEP_DIR")
     p.add_argument("--out", default=None, help="output directory (default SWEEP_DIR/report)")
     p.add_argument("--kind", action="append", choices=KIND_CHOICES, default=None,
                    help="tables to build (repeatable; default auto: those the runs support)")
-    p.add_argument("--no-slurm", action="store_true", help="states from the records only; do not ask squeue/sacct")
+    p.add_argument(
+        "--no-slurm",
+        action="store_true",
+        help="states from the records only; do not ask squeue/sacct",
+    )
     p.set_defaults(func=cmd_report)

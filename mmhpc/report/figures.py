@@ -32,14 +32,17 @@ class Figure:
 
 
 def new_figure(**kw) -> plt.Figure:
-    """Every report figure starts here: on the file backend (Agg), never a window, even on a login node
-    with a display; chosen here rather than at import, so importing mmhpc leaves matplotlib alone."""
+    """Every report figure starts here: on the file backend (Agg), never a window, even on a login
+    node
+    with a display; chosen here rather than at import, so importing mmhpc leaves matplotlib
+    alone."""
     plt.switch_backend("Agg")
     return plt.figure(**kw)
 
 
 def page(title: str, caption: str, n: int, cols: int = 2, sharey: bool = True):
-    """An A4-landscape figure with n panels (one y-axis for all: panels of one figure read on one scale),
+    """An A4-landscape figure with n panels (one y-axis for all: panels of one figure read on one
+    scale),
     its title at the top and its caption at the bottom."""
     rows = max(1, int(np.ceil(n / cols)))
     fig = new_figure(figsize=PAGE)
@@ -60,8 +63,12 @@ def _wrap(text: str, width: int) -> str:
 
 
 def run_label(row: pd.Series, cols: list[str], seed: bool = False) -> str:
-    """A short name for a run from the knobs that vary: `FP32 · Single · Std` rather than its file name."""
-    parts = [NAMES.get(str(row[c]), f"{c.split('.')[-1]}={row[c]}" if "." in c else str(row[c])) for c in cols]
+    """A short name for a run from the knobs that vary: `FP32 · Single · Std` rather than its file
+    name."""
+    parts = [
+        NAMES.get(str(row[c]), f"{c.split('.')[-1]}={row[c]}" if "." in c else str(row[c]))
+        for c in cols
+    ]
     if seed:
         parts.append(f"seed {row['seed']}")
     return " · ".join(parts) if parts else str(row["run"])
@@ -69,14 +76,18 @@ def run_label(row: pd.Series, cols: list[str], seed: bool = False) -> str:
 
 def _in_order(runs: pd.DataFrame, cols: list[str]) -> pd.DataFrame:
     """Runs in the tables' row order (FP32 before BF16, ...), then by seed."""
-    keys = [sort_key(cols, tuple(str(r[c]) for c in cols)) + (r["seed"],) for _, r in runs.iterrows()]
+    keys = [
+        sort_key(cols, tuple(str(r[c]) for c in cols)) + (r["seed"],) for _, r in runs.iterrows()
+    ]
     return runs.iloc[sorted(range(len(runs)), key=lambda i: keys[i])]
 
 
-# ---- utilisation over time -------------------------------------------------------------------------------
+# ---- utilisation over time
+# -------------------------------------------------------------------------------
 
 def timeseries(row: pd.Series) -> tuple[pd.DataFrame, list[dict], str] | None:
-    """(samples, epoch markers, "GPU"|"CPU") of a finished run, from the `.util.csv` beside its record."""
+    """(samples, epoch markers, "GPU"|"CPU") of a finished run, from the `.util.csv` beside its
+    record."""
     rec = row["record"]
     name = (rec.system or {}).get("timeseries") if rec is not None else None
     if not name or not row["path"]:
@@ -93,7 +104,9 @@ def timeseries(row: pd.Series) -> tuple[pd.DataFrame, list[dict], str] | None:
     else:
         return None
     try:
-        markers = json.loads(csv.with_name(csv.stem + ".markers.json").read_text()).get("markers", [])
+        markers = json.loads(csv.with_name(csv.stem + ".markers.json").read_text()).get(
+            "markers", []
+        )
     except (OSError, ValueError):
         markers = []
     return data, markers, kind
@@ -108,10 +121,15 @@ def _shade_epochs(ax, markers: list[dict]) -> None:
 
 def _kind_caption(kinds: set[str]) -> str:
     if kinds == {"CPU"}:
-        return ("No GPU was sampled (a CPU sweep): the curves are the CPU utilisation of the training process "
-                "and its loader workers, in % of one core (100 = one core busy), instead of GPU utilisation.")
+        return (
+            "No GPU was sampled (a CPU sweep): the curves are the CPU utilisation of the training "
+            "process "
+            "and its loader workers, in % of one core (100 = one core busy), instead of GPU "
+            "utilisation."
+        )
     if "CPU" in kinds:
-        return "Runs without GPU samples show the CPU utilisation of the training process (% of one core) instead."
+        return ("Runs without GPU samples show the CPU utilisation of the training process "
+                "(% of one core) instead.")
     return "GPU utilisation from NVML (the mean over a run's GPUs)."
 
 
@@ -125,10 +143,14 @@ def utilisation_figures(runs: pd.DataFrame) -> list[Figure]:
         chunk = done[start:start + PANELS]
         kinds = {ts[2] for _, ts in chunk}
         kind = kinds.pop() if len(kinds) == 1 else "GPU/CPU"
-        fig, axes = page(f"{kind} utilisation over time per run (cf. thesis Fig. 4.1/4.2)",
-                         _kind_caption({ts[2] for _, ts in chunk}) + " Shaded: epochs (training and validation);"
-                         " gaps between them are loader start-up, test and bookkeeping. The whole run is drawn; "
-                         "the tables' means leave its warm-up epoch out.", len(chunk))
+        fig, axes = page(
+            f"{kind} utilisation over time per run (cf. thesis Fig. 4.1/4.2)",
+            _kind_caption({ts[2] for _, ts in chunk}) + " Shaded: epochs (training and validation);"
+            " gaps between them are loader start-up, test and bookkeeping. The whole "
+            "run is drawn; "
+            "the tables' means leave its warm-up epoch out.",
+            len(chunk),
+        )
         for ax, (row, (data, markers, k)) in zip(axes, chunk):
             _shade_epochs(ax, markers)
             ax.plot(data["t"], data["util"], lw=1.0, color=OPT)
@@ -143,24 +165,35 @@ def utilisation_figures(runs: pd.DataFrame) -> list[Figure]:
 
 
 def loader_overlays(runs: pd.DataFrame) -> list[Figure]:
-    """Standard vs pre-initialised loader on one axis per setting (the two halves of Fig. 4.1/4.2)."""
+    """Standard vs pre-initialised loader on one axis per setting (the two halves of Fig.
+    4.1/4.2)."""
     ctx = context_columns(runs, ("loader", "loader.persistent_workers"))
     pairs = []
     for key, group in row_groups(runs[runs["state"] == "done"], ctx):
-        std = [ts for _, r in group[group["loader"] == "standard"].iterrows() if (ts := timeseries(r))]
-        opt = [ts for _, r in group[group["loader"] == "preinit"].iterrows() if (ts := timeseries(r))]
+        std = [
+            ts for _, r in group[group["loader"] == "standard"].iterrows() if (ts := timeseries(r))
+        ]
+        opt = [
+            ts for _, r in group[group["loader"] == "preinit"].iterrows() if (ts := timeseries(r))
+        ]
         if std and opt:  # the first seed of each: overlaying every seed would hide the gaps
-            pairs.append((" · ".join(NAMES.get(str(k), str(k)) for k in key) or "all", std[0], opt[0]))
+            pairs.append(
+                (" · ".join(NAMES.get(str(k), str(k)) for k in key) or "all", std[0], opt[0])
+            )
     figures = []
     for start in range(0, len(pairs), 4):
         chunk = pairs[start:start + 4]
         kinds = {p[1][2] for p in chunk} | {p[2][2] for p in chunk}
         kind = kinds.pop() if len(kinds) == 1 else "GPU/CPU"
-        fig, axes = page(f"{kind} utilisation: standard vs pre-initialised loader (thesis Fig. 4.1 vs 4.2)",
-                         _kind_caption({p[1][2] for p in chunk} | {p[2][2] for p in chunk})
-                         + " Grey: standard loader; blue: threaded pre-initialisation (Alg. 6), which builds the "
-                         "next epoch's loader while the current one trains, closing the gaps between epochs.",
-                         len(chunk))
+        fig, axes = page(
+            f"{kind} utilisation: standard vs pre-initialised loader (thesis Fig. 4.1 vs 4.2)",
+            _kind_caption({p[1][2] for p in chunk} | {p[2][2] for p in chunk})
+            + " Grey: standard loader; blue: threaded pre-initialisation (Alg. 6), "
+            "which builds the "
+            "next epoch's loader while the current one trains, closing the gaps "
+            "between epochs.",
+            len(chunk),
+        )
         for ax, (label, (sd, _, k), (od, _, _)) in zip(axes, chunk):
             ax.plot(sd["t"], sd["util"], lw=1.0, color=STD, label="standard")
             ax.plot(od["t"], od["util"], lw=1.0, color=OPT, label="pre-initialised")
@@ -169,13 +202,19 @@ def loader_overlays(runs: pd.DataFrame) -> list[Figure]:
             ax.set_ylabel(f"{k} util (%)", fontsize=9)
             ax.legend(fontsize=8, loc="lower right")
             ax.tick_params(labelsize=8, labelleft=True)
-        axes[0].set_ylim(0, max([100.0] + [float(max(p[1][0]["util"].max(), p[2][0]["util"].max())) * 1.05
-                                           for p in chunk]))
+        axes[0].set_ylim(
+            0,
+            max(
+                [100.0]
+                + [float(max(p[1][0]["util"].max(), p[2][0]["util"].max())) * 1.05 for p in chunk]
+            ),
+        )
         figures.append(Figure(f"loader-overlay-{start // 4 + 1}", fig))
     return figures
 
 
-# ---- speedups and accuracy -------------------------------------------------------------------------------
+# ---- speedups and accuracy
+# -------------------------------------------------------------------------------
 
 def _bars(table: Table) -> tuple[pd.DataFrame, pd.DataFrame | None] | None:
     if table.bars is None:
@@ -192,7 +231,8 @@ def _bars(table: Table) -> tuple[pd.DataFrame, pd.DataFrame | None] | None:
 
 
 def speedup_figures(tables: list[Table]) -> list[Figure]:
-    """The speedups of every comparison table, one panel each, up to four panels a page on one y-axis; the
+    """The speedups of every comparison table, one panel each, up to four panels a page on one
+    y-axis; the
     thesis' value of the same cell as a black diamond where it has one."""
     panels = [(t, b) for t in tables if (b := _bars(t)) is not None]
     # a table of many settings gets a page of its own; the others share pages, four panels each
@@ -203,13 +243,19 @@ def speedup_figures(tables: list[Table]) -> list[Figure]:
     for start, chunk in enumerate(pages):
         wide = len(chunk) == 1 and len(chunk[0][1][0]) > WIDE
         smoke = [t.smoke for t, _ in chunk if t.smoke]
-        fig, axes = page("Speedups (Eq. 4.1) against each table's baseline, with the thesis' values"
-                         + (" [smoke test]" if smoke else ""),
-                         ("SMOKE TEST: not a result, never compared with the thesis. " if smoke else "")
-                         + "Bars: measured speedup over the baseline of the same row (above 1 is faster), from times "
-                         "averaged without the warm-up epochs. Black diamonds: the thesis' speedup for the same "
-                         "cell (its dataset, modalities, setting and batch size). Settings without a finished pair "
-                         "of runs are left out here; the tables show why.", 1 if wide else 4)
+        fig, axes = page(
+            "Speedups (Eq. 4.1) against each table's baseline, with the thesis' values"
+            + (" [smoke test]" if smoke else ""),
+            ("SMOKE TEST: not a result, never compared with the thesis. " if smoke else "")
+            + "Bars: measured speedup over the baseline of the same row (above 1 is "
+            "faster), from times "
+            "averaged without the warm-up epochs. Black diamonds: the thesis' speedup "
+            "for the same "
+            "cell (its dataset, modalities, setting and batch size). Settings without "
+            "a finished pair "
+            "of runs are left out here; the tables show why.",
+            1 if wide else 4,
+        )
         for ax in axes[len(chunk):]:
             ax.set_visible(False)
         if wide:
@@ -224,21 +270,30 @@ def speedup_figures(tables: list[Table]) -> list[Figure]:
                 pos = x + (i - (n_series - 1) / 2) * width
                 ax.bar(pos, np.nan_to_num(vals), width, label=str(col))
                 for p, v in zip(pos, vals):
-                    if np.isfinite(v) and n_rows * n_series <= 12:  # more: the table has the numbers
+                    if (
+                        np.isfinite(v) and n_rows * n_series <= 12
+                    ):  # more: the table has the numbers
                         ax.text(p, v, f"{v:.2f}×", ha="center", va="bottom", fontsize=7)
                 if thesis is not None and col in thesis:
                     t = thesis[col].to_numpy()
                     ok = np.isfinite(t)
                     if ok.any():
-                        ax.plot(pos[ok], t[ok], "D", color="k", ms=5, label="thesis" if i == 0 else None)
+                        ax.plot(
+                            pos[ok], t[ok], "D", color="k", ms=5, label="thesis" if i == 0 else None
+                        )
                         top = max(top, float(np.nanmax(t)))
                 top = max(top, float(np.nanmax(np.nan_to_num(vals))))
             ax.axhline(1.0, color="k", lw=0.8, ls="--")
             spare = max(3 - n_rows, 0) / 2  # one or two settings: narrow bars, not a wall of colour
             ax.set_xlim(-0.5 - spare, n_rows - 0.5 + spare)
-            ax.set_xticks(x, [_wrap(str(i), 22) if n_rows <= 4 else str(i) for i in bars.index], fontsize=7,
-                          rotation=0 if n_rows <= 4 else 60, ha="center" if n_rows <= 4 else "right",
-                          rotation_mode="anchor")
+            ax.set_xticks(
+                x,
+                [_wrap(str(i), 22) if n_rows <= 4 else str(i) for i in bars.index],
+                fontsize=7,
+                rotation=0 if n_rows <= 4 else 60,
+                ha="center" if n_rows <= 4 else "right",
+                rotation_mode="anchor",
+            )
             base = NAMES.get(table.baseline, table.baseline)
             ax.set_title(f"{table.title.split(':')[0]} (against {base})", fontsize=10)
             ax.set_ylabel("speedup (×)", fontsize=9)
@@ -261,18 +316,28 @@ def accuracy_figures(runs: pd.DataFrame) -> list[Figure]:
                                   for e in r.epochs]) for r in group["record"] if len(r.epochs) > 1]
         per_seed = [f for f in per_seed if not f.empty]
         if per_seed:
-            curves.append((run_label(group.iloc[0], ctx), pd.concat(per_seed).groupby(level=0).mean()))
+            curves.append(
+                (run_label(group.iloc[0], ctx), pd.concat(per_seed).groupby(level=0).mean())
+            )
     figures = []
     for start in range(0, len(curves), PANELS):
         chunk = curves[start:start + PANELS]
         fig, axes = page("Validation accuracy per modality over epochs",
-                         "Accuracy of the fused prediction and of each modality inside the model (masked fusion), "
+                         "Accuracy of the fused prediction and of each modality inside the model "
+                         "(masked fusion), "
                          "on the validation set after each epoch; mean over seeds.", len(chunk))
         for ax, (label, acc) in zip(axes, chunk):
             for col in [c for c in acc.columns if not c.startswith("acc/probe/")]:
                 head = col.split("/", 1)[1]
-                ax.plot(acc.index, 100 * acc[col], marker="o", ms=3, lw=1.5 if head == "fused" else 1.0,
-                        color="k" if head == "fused" else None, label=head)
+                ax.plot(
+                    acc.index,
+                    100 * acc[col],
+                    marker="o",
+                    ms=3,
+                    lw=1.5 if head == "fused" else 1.0,
+                    color="k" if head == "fused" else None,
+                    label=head,
+                )
             ax.set_title(_wrap(label, 70), fontsize=8)
             ax.set_xlabel("epoch", fontsize=9)
             ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))

@@ -2,12 +2,15 @@
 
 A sweep directory (with `manifest.json`) lists every planned run, so runs that are not applicable,
 failed, still running or never submitted get a row with their state and reason (from
-`mmhpc.launch.store`). A plain directory of records (e.g. `reports/results/`, copied from a cluster) gives
+`mmhpc.launch.store`). A plain directory of records (e.g. `reports/results/`, copied from a cluster)
+gives
 one row per record found; sweep directories below it are read as sweeps.
 
-Columns: `sweep`, `run`, `state`, `reason`, every config knob flattened (`system.precision`, ...), the
+Columns: `sweep`, `run`, `state`, `reason`, every config knob flattened (`system.precision`, ...),
+the
 derived labels the tables group by (`dataset`, `encoder`, `device`, `loader`, ...), the measured
-`time_epoch_s` / `time_train_s` / `util_pct` and the test metrics (`acc/fused`, `acc/<m>`, `bias/<m>`,
+`time_epoch_s` / `time_train_s` / `util_pct` and the test metrics (`acc/fused`, `acc/<m>`,
+`bias/<m>`,
 `ibf`, `epochs/<m>`). The record itself stays in the `record` column for the figures.
 """
 from __future__ import annotations
@@ -22,15 +25,19 @@ import pandas as pd
 
 from mmhpc.results import RunRecord, iter_records
 
-# Knobs that never make two runs different experiments (names, paths, seeds: seeds are averaged over).
+# Knobs that never make two runs different experiments (names, paths, seeds: seeds are averaged
+# over).
 NOT_AXES = ("output.", "train.seed", "data.root", "train.single_acc", "system.sample_interval")
-WARMUP_EPOCHS = 1  # a training record's first epoch is its warm-up: left out of every mean (see _measurements)
+WARMUP_EPOCHS = (
+    1  # a training record's first epoch is its warm-up: left out of every mean (see _measurements)
+)
 STATE_ORDER = ("done", "running", "pending", "failed", "unsubmitted", "missing", "n/a")
 
 
 @dataclass
 class Results:
-    """Everything a report needs: the runs, and what the title page says about where they come from."""
+    """Everything a report needs: the runs, and what the title page says about where they come
+    from."""
     path: Path
     runs: pd.DataFrame
     name: str
@@ -44,7 +51,8 @@ class Results:
 
 
 def load_results(path: str | Path, query_slurm: bool = True) -> Results:
-    """Every run under `path`: a sweep directory, a directory of sweep directories, or loose records."""
+    """Every run under `path`: a sweep directory, a directory of sweep directories, or loose
+    records."""
     path = Path(path).expanduser().absolute()
     if not path.is_dir():
         raise FileNotFoundError(f"{path}: no such directory of run records or sweep")
@@ -58,7 +66,9 @@ def load_results(path: str | Path, query_slurm: bool = True) -> Results:
         if not any(d == rec_path.parent or d in rec_path.parents for d in sweep_dirs):
             rows.append(_record_row(rec, rec_path, _sweep_label(rec_path, path)))
     if not rows:
-        raise FileNotFoundError(f"{path}: no run records (*.json with a config) and no sweep manifest found")
+        raise FileNotFoundError(
+            f"{path}: no run records (*.json with a config) and no sweep manifest found"
+        )
     runs = _tidy(rows)
     if len(infos) == 1:
         name, description, cluster = infos[0]
@@ -76,7 +86,8 @@ def _sweep_label(rec_path: Path, root: Path) -> str:
     return str(rel) if str(rel) != "." else root.name
 
 
-# ---- sweep directories -----------------------------------------------------------------------------------
+# ---- sweep directories
+# -----------------------------------------------------------------------------------
 
 def _sweep_rows(path: Path, query_slurm: bool) -> tuple[list[dict], tuple[str, str, str | None]]:
     from mmhpc.launch.store import SweepDir, run_states
@@ -102,7 +113,9 @@ def _sweep_rows(path: Path, query_slurm: bool) -> tuple[list[dict], tuple[str, s
         rows.append(row)
     known = {r["name"] for r in manifest["runs"]}
     for rec_path, rec in iter_records(sweep_dir.runs_dir if sweep_dir.runs_dir.is_dir() else path):
-        if rec_path.stem not in known:  # a record the manifest does not list (copied in by hand): still a run
+        if (
+            rec_path.stem not in known
+        ):  # a record the manifest does not list (copied in by hand): still a run
             rows.append(_record_row(rec, rec_path, name))
     return rows, (name, spec.get("description", ""), manifest.get("cluster"))
 
@@ -126,13 +139,22 @@ def _planned_device(run: dict) -> str:
     return "CPU" if run.get("resources") is not None or run.get("not_applicable") else "?"
 
 
-# ---- one record ------------------------------------------------------------------------------------------
+# ---- one record
+# ------------------------------------------------------------------------------------------
 
 def _record_row(rec: RunRecord, path: Path | None, sweep: str) -> dict:
     row = _config_row(rec.config, sweep)
-    stopped = rec.status in ("failed", "interrupted")  # an interrupted run (Ctrl-C) shows as failed, with why
-    row.update(run=rec.run, state="failed" if stopped else rec.status, reason=(rec.error or "") if stopped else "",
-               path=str(path) if path else None, record=rec)
+    stopped = rec.status in (
+        "failed",
+        "interrupted",
+    )  # an interrupted run (Ctrl-C) shows as failed, with why
+    row.update(
+        run=rec.run,
+        state="failed" if stopped else rec.status,
+        reason=(rec.error or "") if stopped else "",
+        path=str(path) if path else None,
+        record=rec,
+    )
     row["device"] = device_label(rec.env)
     row["host"] = rec.env.host
     row["cluster"] = rec.env.slurm.get("SLURM_CLUSTER_NAME")
@@ -146,28 +168,46 @@ def _config_row(config: dict, sweep: str) -> dict:
     from mmhpc.data.specs import DATASETS
 
     cfg = _merge(RunConfig().to_dict(), config or {})
-    row: dict = {"sweep": sweep, "state": "missing", "reason": "", "path": None, "record": None, "device": "?"}
+    row: dict = {
+        "sweep": sweep,
+        "state": "missing",
+        "reason": "",
+        "path": None,
+        "record": None,
+        "device": "?",
+    }
     row.update({k: _hashable(v) for k, v in _flatten(cfg).items()})
     data = cfg["data"]
     mods = data.get("modalities") or (list(DATASETS[data["dataset"]].modalities)
                                       if data["dataset"] in DATASETS else [])
-    row.update(dataset=data["dataset"], modalities="+".join(mods), n_modalities=len(mods),
-               encoder="+".join(mods), fusion=cfg["model"]["fusion"], strategy=cfg["strategy"]["name"],
-               precision=cfg["system"]["precision"], parallelism=cfg["system"]["parallelism"],
-               loader="preinit" if cfg["loader"]["preinit"] else "standard",
-               batch_size=cfg["train"]["batch_size"], seed=cfg["train"]["seed"])
+    row.update(
+        dataset=data["dataset"],
+        modalities="+".join(mods),
+        n_modalities=len(mods),
+        encoder="+".join(mods),
+        fusion=cfg["model"]["fusion"],
+        strategy=cfg["strategy"]["name"],
+        precision=cfg["system"]["precision"],
+        parallelism=cfg["system"]["parallelism"],
+        loader="preinit" if cfg["loader"]["preinit"] else "standard",
+        batch_size=cfg["train"]["batch_size"],
+        seed=cfg["train"]["seed"],
+    )
     return row
 
 
 def _measurements(rec: RunRecord) -> dict:
-    """Time per epoch, idle time, utilisation and test metrics of a finished run, over its measured epochs.
+    """Time per epoch, idle time, utilisation and test metrics of a finished run, over its measured
+    epochs.
 
-    Warm-up epochs are left out of every mean: a `bench` record's own warm-up, a training record's first
+    Warm-up epochs are left out of every mean: a `bench` record's own warm-up, a training record's
+    first
     `WARMUP_EPOCHS` (cuDNN autotuning, allocator growth, first worker start-up and file cache; as
     `mmhpc bench --warmup 1`). A record with no epoch beyond its warm-up has no time, idle time or
     utilisation: `na_reason` says why (never a figure taken over the warm-up). Utilisation: the
     GPUs' mean (their average when a run uses several), else the CPU's. Idle: the time per epoch the
-    training step waited for data (`train_data_wait_s`; estimated, thesis Alg. 7, for prefetch factor 0).
+    training step waited for data (`train_data_wait_s`; estimated, thesis Alg. 7, for prefetch
+    factor 0).
     """
     out: dict = {}
     bench, summary = rec.bench, rec.summary
@@ -176,16 +216,29 @@ def _measurements(rec: RunRecord) -> dict:
     measured = epochs[warmup:]
     out["warmup_epochs"] = len(epochs) - len(measured)
     if not bench and not measured:
-        out["na_reason"] = (f"{len(epochs)} epoch(s), all warm-up: no measured epoch for time or utilisation "
-                            f"(needs at least {warmup + 1})")
+        out["na_reason"] = (
+            f"{len(epochs)} epoch(s), all warm-up: no measured epoch for time or utilisation "
+            f"(needs at least {warmup + 1})"
+        )
     if bench:
         out["time_epoch_s"] = bench.get("epoch_s_mean")
-        out["time_train_s"] = _sum_or_none(bench.get("train_loader_init_s_mean"), bench.get("train_s_mean"))
-        util = {k[len("util/"):]: v for k, v in bench.items() if k.startswith("util/") and v is not None}
+        out["time_train_s"] = _sum_or_none(
+            bench.get("train_loader_init_s_mean"), bench.get("train_s_mean")
+        )
+        util = {
+            k[len("util/") :]: v
+            for k, v in bench.items()
+            if k.startswith("util/") and v is not None
+        }
     else:
-        out["time_epoch_s"] = float(np.mean([e.time.epoch_s for e in measured])) if measured else None
-        out["time_train_s"] = (float(np.mean([e.time.train_loader_init_s + e.time.train_s for e in measured]))
-                               if measured else None)
+        out["time_epoch_s"] = (
+            float(np.mean([e.time.epoch_s for e in measured])) if measured else None
+        )
+        out["time_train_s"] = (
+            float(np.mean([e.time.train_loader_init_s + e.time.train_s for e in measured]))
+            if measured
+            else None
+        )
         util = _mean_util([e.util for e in measured])
     waits = [e.time.train_data_wait_s for e in measured if e.time.train_data_wait_s is not None]
     out["idle_s"] = float(np.mean(waits)) if waits else None
@@ -195,7 +248,9 @@ def _measurements(rec: RunRecord) -> dict:
     gpu = [v for k, v in util.items() if re.fullmatch(r"gpu\d+_util_pct_mean", k)]
     if gpu:
         out["util_pct"], out["util_kind"] = float(np.mean(gpu)), "GPU"
-    elif any(re.match(r"gpu\d+_", k) for k in util):  # GPUs that give no utilisation (MIG): never the CPU's
+    elif any(
+        re.match(r"gpu\d+_", k) for k in util
+    ):  # GPUs that give no utilisation (MIG): never the CPU's
         out["util_pct"], out["util_kind"] = None, "GPU"
     elif "cpu_proc_pct_mean" in util:
         out["util_pct"], out["util_kind"] = util["cpu_proc_pct_mean"], "CPU"
@@ -210,7 +265,8 @@ def _measurements(rec: RunRecord) -> dict:
 
 
 def _mean_util(per_epoch: list[dict]) -> dict:
-    """Mean over epochs of each `*_mean` utilisation; an epoch shorter than the sampler interval has no
+    """Mean over epochs of each `*_mean` utilisation; an epoch shorter than the sampler interval has
+    no
     sample (its values are None) and counts for nothing."""
     values: dict[str, list[float]] = {}
     for u in per_epoch:
@@ -236,12 +292,17 @@ def device_label(env) -> str:
     return "?" if not device else device
 
 
-# ---- helpers ---------------------------------------------------------------------------------------------
+# ---- helpers
+# ---------------------------------------------------------------------------------------------
 
 def _merge(base: dict, over: dict) -> dict:
     out = dict(base)
     for k, v in over.items():
-        out[k] = _merge(base[k], v) if isinstance(v, dict) and isinstance(base.get(k), dict) and base[k] else v
+        out[k] = (
+            _merge(base[k], v)
+            if isinstance(v, dict) and isinstance(base.get(k), dict) and base[k]
+            else v
+        )
     return out
 
 
@@ -268,8 +329,20 @@ def _hashable(v):
 
 def _tidy(rows: list[dict]) -> pd.DataFrame:
     df = pd.DataFrame(rows)
-    for col in ("time_epoch_s", "time_train_s", "util_pct", "util_kind", "host", "cluster", "ibf", "n_epochs",
-                "idle_s", "gpu_idle_s", "warmup_epochs", "na_reason"):
+    for col in (
+        "time_epoch_s",
+        "time_train_s",
+        "util_pct",
+        "util_kind",
+        "host",
+        "cluster",
+        "ibf",
+        "n_epochs",
+        "idle_s",
+        "gpu_idle_s",
+        "warmup_epochs",
+        "na_reason",
+    ):
         if col not in df:
             df[col] = np.nan if col not in ("util_kind", "host", "cluster", "na_reason") else None
     df["reason"] = df["reason"].fillna("")
@@ -285,7 +358,8 @@ def config_columns(runs: pd.DataFrame) -> list[str]:
 
 def varying(runs: pd.DataFrame) -> list[str]:
     """Knobs that take more than one value across the runs: what the sweep compares."""
-    # runs of two sweeps are two experiments even with equal configs (e.g. the FP32 single-device run of
+    # runs of two sweeps are two experiments even with equal configs (e.g. the FP32 single-device
+    # run of
     # the precision and of the parallelism sweep): the sweep is an axis when a report spans several
     cols = [c for c in config_columns(runs) if not c.startswith(NOT_AXES)] + ["device", "sweep"]
     return [c for c in cols if runs[c].astype(str).nunique() > 1]

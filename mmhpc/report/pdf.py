@@ -1,8 +1,10 @@
 """The report as files: report.pdf (matplotlib PdfPages), tables/*.md and *.tex, figures/*.png.
 
-PDF: a title page (sweep, description, clusters, devices, software versions, date, contents), one section
+PDF: a title page (sweep, description, clusters, devices, software versions, date, contents), one
+section
 per table (a table longer than a page continues on the next), the figures, and the runs table last.
-Markdown and LaTeX are written here rather than with pandas' `to_markdown`/`to_latex`, which need the
+Markdown and LaTeX are written here rather than with pandas' `to_markdown`/`to_latex`, which need
+the
 optional `tabulate` and `jinja2` packages.
 """
 from __future__ import annotations
@@ -20,7 +22,8 @@ from mmhpc.report.figures import PAGE, Figure, new_figure
 from mmhpc.report.load import Results
 from mmhpc.report.tables import Table
 
-# ---- markdown and LaTeX ----------------------------------------------------------------------------------
+# ---- markdown and LaTeX
+# ----------------------------------------------------------------------------------
 
 def to_markdown(table: Table) -> str:
     def row(cells):
@@ -34,9 +37,24 @@ def to_markdown(table: Table) -> str:
     return "\n".join(lines) + "\n"
 
 
-_TEX = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_", "{": r"\{",
-        "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}", "×": r"$\times$", "±": r"$\pm$",
-        "–": "--", "·": r"$\cdot$", ">": r"$>$", "<": r"$<$"}
+_TEX = {
+    "\\": r"\textbackslash{}",
+    "&": r"\&",
+    "%": r"\%",
+    "$": r"\$",
+    "#": r"\#",
+    "_": r"\_",
+    "{": r"\{",
+    "}": r"\}",
+    "~": r"\textasciitilde{}",
+    "^": r"\textasciicircum{}",
+    "×": r"$\times$",
+    "±": r"$\pm$",
+    "–": "--",
+    "·": r"$\cdot$",
+    ">": r"$>$",
+    "<": r"$<$",
+}
 
 
 def tex_escape(text) -> str:
@@ -44,14 +62,17 @@ def tex_escape(text) -> str:
 
 
 def to_latex(table: Table) -> str:
-    """A booktabs table (needs \\usepackage{booktabs}); key columns left-aligned, numbers right-aligned."""
+    """A booktabs table (needs \\usepackage{booktabs}); key columns left-aligned, numbers
+    right-aligned."""
     cols = list(table.frame.columns)
     spec = "l" * table.keys + "r" * (len(cols) - table.keys)
     lines = [r"\begin{table}[htbp]", r"\centering", r"\small",
              rf"\caption{{{tex_escape(table.title)}. {tex_escape(table.caption)}}}",
              rf"\label{{tab:{table.name}}}", rf"\begin{{tabular}}{{{spec}}}", r"\toprule",
              " & ".join(tex_escape(c) for c in cols) + r" \\", r"\midrule"]
-    lines += [" & ".join(tex_escape(c) for c in r) + r" \\" for r in table.frame.itertuples(index=False)]
+    lines += [
+        " & ".join(tex_escape(c) for c in r) + r" \\" for r in table.frame.itertuples(index=False)
+    ]
     lines += [r"\bottomrule", r"\end{tabular}"]
     if table.notes:
         lines += [r"\par\footnotesize"] + [tex_escape(n) + r"\\" for n in table.notes]
@@ -59,23 +80,35 @@ def to_latex(table: Table) -> str:
     return "\n".join(lines) + "\n"
 
 
-# ---- PDF pages -------------------------------------------------------------------------------------------
+# ---- PDF pages
+# -------------------------------------------------------------------------------------------
 
 FONT = 10.0
 CHARS_PER_LINE = 135          # what fits across the page at FONT, for wrapping cells
-TABLE_BOX = (0.04, 0.15, 0.92, 0.66)  # left, bottom, width, height of the table on a page (figure fraction)
-CAPTION_LINE = 8.5 * 1.25 / 72 / 8.27  # one caption line (8.5 pt) as a fraction of the page's height
+TABLE_BOX = (
+    0.04,
+    0.15,
+    0.92,
+    0.66,
+)  # left, bottom, width, height of the table on a page (figure fraction)
+CAPTION_LINE = (
+    8.5 * 1.25 / 72 / 8.27
+)  # one caption line (8.5 pt) as a fraction of the page's height
 LINE_IN = FONT * 1.55 / 72    # height of one text line in a cell, inches
 ROW_PAD = 0.6                 # a cell is its wrapped lines plus this many lines high
 
 
 def _column_widths(frame: pd.DataFrame, fixed: list[int] | None = None) -> list[int]:
-    """Characters per column: `fixed` (0: the rest of the line), else each as wide as its longest cell, the
+    """Characters per column: `fixed` (0: the rest of the line), else each as wide as its longest
+    cell, the
     widest shrunk until the row fits."""
     if fixed:
         rest = max(CHARS_PER_LINE - sum(fixed), 12)
         return [w or rest for w in fixed]
-    widths = [max([len(str(c)) for c in frame[col]] + [min(len(str(col)), 14), 4]) for col in frame.columns]
+    widths = [
+        max([len(str(c)) for c in frame[col]] + [min(len(str(col)), 14), 4])
+        for col in frame.columns
+    ]
     while sum(widths) > CHARS_PER_LINE and max(widths) > 10:
         widths[widths.index(max(widths))] -= 1
     return widths
@@ -100,10 +133,13 @@ def wrap_cell(text: str, width: int) -> str:
 
 
 def _wrapped(frame: pd.DataFrame, keys: int, fixed: list[int] | None = None):
-    """Header, body (cells wrapped; a key repeated from the row above blanked), each row's line count and the
+    """Header, body (cells wrapped; a key repeated from the row above blanked), each row's line
+    count and the
     column widths in characters."""
     widths = _column_widths(frame, fixed)
-    header = ["\n".join(textwrap.wrap(str(c), max(w, 8))) or " " for c, w in zip(frame.columns, widths)]
+    header = [
+        "\n".join(textwrap.wrap(str(c), max(w, 8))) or " " for c, w in zip(frame.columns, widths)
+    ]
     body, prev = [], None
     for r in frame.itertuples(index=False):
         cells = [wrap_cell(c, w) for c, w in zip(r, widths)]
@@ -117,8 +153,11 @@ def _wrapped(frame: pd.DataFrame, keys: int, fixed: list[int] | None = None):
     return header, body, [max(c.count("\n") + 1 for c in row) for row in body], widths
 
 
-def _pages_of_rows(lines: list[int], header_lines: int, height: float = TABLE_BOX[3]) -> list[tuple[int, int]]:
-    """Split rows into pages by their drawn heights (wrapped lines + ROW_PAD each): [(start, stop), ...]."""
+def _pages_of_rows(
+    lines: list[int], header_lines: int, height: float = TABLE_BOX[3]
+) -> list[tuple[int, int]]:
+    """Split rows into pages by their drawn heights (wrapped lines + ROW_PAD each): [(start, stop),
+    ...]."""
     capacity = height * PAGE[1] / LINE_IN - (header_lines + ROW_PAD)
     spans, start, used = [], 0, 0.0
     for i, n in enumerate(lines):
@@ -134,7 +173,8 @@ def table_pages(table: Table, number: int) -> list[plt.Figure]:
     header, body, lines, widths = _wrapped(table.frame, table.keys, table.widths)
     header_lines = max(h.count("\n") + 1 for h in header)
     caption = textwrap.wrap(table.caption, 175)
-    # the table starts below its caption, however long (a smoke test's or a report's with many notes)
+    # the table starts below its caption, however long (a smoke test's or a report's with many
+    # notes)
     height = min(TABLE_BOX[3], 0.905 - CAPTION_LINE * len(caption) - 0.015 - TABLE_BOX[1])
     box = (TABLE_BOX[0], TABLE_BOX[1], TABLE_BOX[2], height)
     spans = _pages_of_rows(lines, header_lines, height)
@@ -142,7 +182,14 @@ def table_pages(table: Table, number: int) -> list[plt.Figure]:
     for i, (a, b) in enumerate(spans):
         cont = f" (continued, {i + 1}/{len(spans)})" if i else ""
         fig = new_figure(figsize=PAGE)
-        fig.text(0.05, 0.95, f"Table {number}. {table.title}{cont}", fontsize=14, fontweight="bold", va="top")
+        fig.text(
+            0.05,
+            0.95,
+            f"Table {number}. {table.title}{cont}",
+            fontsize=14,
+            fontweight="bold",
+            va="top",
+        )
         fig.text(0.05, 0.905, "\n".join(caption), fontsize=8.5, va="top", style="italic")
         ax = fig.add_axes(box)
         ax.axis("off")
@@ -162,14 +209,29 @@ def table_pages(table: Table, number: int) -> list[plt.Figure]:
 def _notes_text(notes: list[str], max_lines: int = 9) -> str:
     lines = [ln for n in notes for ln in textwrap.wrap(n, 200, subsequent_indent="     ")]
     if len(lines) > max_lines:
-        lines = lines[:max_lines - 1] + [f"... ({len(lines) - max_lines + 1} more lines in the .md/.tex table)"]
+        lines = lines[: max_lines - 1] + [
+            f"... ({len(lines) - max_lines + 1} more lines in the .md/.tex table)"
+        ]
     return "\n".join(lines)
 
 
-def _draw_table(fig, ax, header, body, lines, header_lines, keys, shade_from=0, widths=None, sources=None,
-                height: float = TABLE_BOX[3]) -> None:
-    """A matplotlib table with row heights from their wrapped lines, bold header, alternate shading; `widths`:
-    fixed column widths in characters (the same on every page); `sources`: each row's Source (measured,
+def _draw_table(
+    fig,
+    ax,
+    header,
+    body,
+    lines,
+    header_lines,
+    keys,
+    shade_from=0,
+    widths=None,
+    sources=None,
+    height: float = TABLE_BOX[3],
+) -> None:
+    """A matplotlib table with row heights from their wrapped lines, bold header, alternate shading;
+    `widths`:
+    fixed column widths in characters (the same on every page); `sources`: each row's Source
+    (measured,
     thesis, ratio), the thesis rows in grey italics and each measured row's group shaded alike."""
     if not body:
         ax.text(0.5, 0.9, "(no rows)", ha="center", fontsize=10)
@@ -180,7 +242,9 @@ def _draw_table(fig, ax, header, body, lines, header_lines, keys, shade_from=0, 
     if not widths:
         tbl.auto_set_column_width(list(range(len(header))))
     line = LINE_IN / (height * PAGE[1])  # one text line in axes coordinates
-    prose = {j for j in range(len(header)) if any("\n" in row[j] for row in body)}  # wrapped text reads left
+    prose = {
+        j for j in range(len(header)) if any("\n" in row[j] for row in body)
+    }  # wrapped text reads left
     for (i, j), c in tbl.get_celld().items():
         c.set_edgecolor("#bbbbbb")
         c.set_linewidth(0.5)
@@ -191,9 +255,13 @@ def _draw_table(fig, ax, header, body, lines, header_lines, keys, shade_from=0, 
         else:
             c.set_height(line * (lines[i - 1] + ROW_PAD))
             if sources is None:
-                c.set_facecolor("#f3f5f9" if (i + shade_from) % 2 == 0 else "white")  # zebra: rows are wide
+                c.set_facecolor(
+                    "#f3f5f9" if (i + shade_from) % 2 == 0 else "white"
+                )  # zebra: rows are wide
             else:
-                group = sum(1 for s in sources[:i] if s == "measured")  # the measured row its group starts with
+                group = sum(
+                    1 for s in sources[:i] if s == "measured"
+                )  # the measured row its group starts with
                 c.set_facecolor("#f3f5f9" if group % 2 == 0 else "white")
                 if sources[i - 1] != "measured":
                     c.get_text().set_color("#555555")
@@ -228,9 +296,14 @@ def title_page(results: Results, contents: list[tuple[str, int]]) -> plt.Figure:
     fig = new_figure(figsize=PAGE)
     fig.text(0.06, 0.9, f"mmhpc report: {results.name}", fontsize=24, fontweight="bold", va="top")
     if results.description:
-        fig.text(0.06, 0.83, "\n".join(textwrap.wrap(results.description, 110)), fontsize=12, va="top")
+        fig.text(
+            0.06, 0.83, "\n".join(textwrap.wrap(results.description, 110)), fontsize=12, va="top"
+        )
     states = ", ".join(f"{n} {s}" for s, n in runs["state"].value_counts().items() if n)
-    devices = ", ".join(f"{d} ({n} runs)" for d, n in done["device"].value_counts().items()) or "none finished"
+    devices = (
+        ", ".join(f"{d} ({n} runs)" for d, n in done["device"].value_counts().items())
+        or "none finished"
+    )
     gpus = sorted({(r.env.gpu or {}).get("name") for r in done["record"]} - {None})
     info = [("Source", str(results.path)), ("Sweeps", ", ".join(results.sweeps)),
             ("Cluster", ", ".join(results.clusters) or "unknown (plain records)"),
@@ -290,11 +363,18 @@ def write_report(results: Results, tables: list[Table], figures: list[Figure], o
         f.figure.savefig(path, dpi=110)
         written["figures"].append(path)
     # sections in page order: comparison tables, figures, the runs table as an appendix
-    main, appendix = [t for t in tables if t.name != "runs"], [t for t in tables if t.name == "runs"]
+    main, appendix = (
+        [t for t in tables if t.name != "runs"],
+        [t for t in tables if t.name == "runs"],
+    )
     sections: list[tuple[str, list]] = []
     for i, t in enumerate(main + appendix, 1):
         sections.append((f"Table {i}. {t.title}", table_pages(t, i)))
-    sections = sections[:len(main)] + [(f"Figure: {_fig_title(f)}", [f.figure]) for f in figures] + sections[len(main):]
+    sections = (
+        sections[: len(main)]
+        + [(f"Figure: {_fig_title(f)}", [f.figure]) for f in figures]
+        + sections[len(main) :]
+    )
     contents, page_no = [], 2
     for title, pages in sections:
         contents.append((title, page_no))

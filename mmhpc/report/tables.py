@@ -1,10 +1,15 @@
-"""The thesis' tables from the tidy run frame (`mmhpc.report.load`), as display strings with footnotes.
+"""The thesis' tables from the tidy run frame (`mmhpc.report.load`), as display strings with
+footnotes.
 
-Every system table is one comparison: runs that share a *context* (every knob that varies in the sweep
+Every system table is one comparison: runs that share a *context* (every knob that varies in the
+sweep
 except the compared one, and the seed) are set side by side by the compared knob's values, and each
-value's speedup (thesis Eq. 4.1) is taken against a named baseline value, e.g. FP32. Times are means over
-seeds, with the standard error (Appendix A) when there are several. A cell without a finished run says
-why: `n/a [k]`, `failed [k]`, `running`, `pending`, `unsubmitted` or `missing`, the reason in footnote k.
+value's speedup (thesis Eq. 4.1) is taken against a named baseline value, e.g. FP32. Times are means
+over
+seeds, with the standard error (Appendix A) when there are several. A cell without a finished run
+says
+why: `n/a [k]`, `failed [k]`, `running`, `pending`, `unsubmitted` or `missing`, the reason in
+footnote k.
 
     kind          thesis          compared knob         baseline
     precision     Tables 4.6-4.9  system.precision      fp32
@@ -22,25 +27,60 @@ import pandas as pd
 from mmhpc import metrics as mx
 from mmhpc.names import PARALLELISMS, PRECISIONS, THESIS_PRECISIONS
 from mmhpc.report.load import varying
-from mmhpc.report.reproduce import SOURCE, TOLERANCE_TEXT, Col, Match, ThesisRows, lookup, smoke_reason, verdicts
+from mmhpc.report.reproduce import (
+    SOURCE,
+    TOLERANCE_TEXT,
+    Col,
+    Match,
+    ThesisRows,
+    lookup,
+    smoke_reason,
+    verdicts,
+)
 
 KINDS = ("precision", "loader", "parallelism", "overall", "algorithm")
-# Headers of the columns a row may be keyed on, in column order (other knobs: their leaf name), and the
+# Headers of the columns a row may be keyed on, in column order (other knobs: their leaf name), and
+# the
 # config knob behind each derived column
-LABELS = {"sweep": "Sweep", "dataset": "Dataset", "encoder": "Encoder", "device": "Device",
-          "batch_size": "Batch size", "fusion": "Fusion", "strategy": "Method", "precision": "Precision",
-          "loader": "Loader", "parallelism": "Parallelism", "loader.num_workers": "Workers",
-          "loader.prefetch_factor": "Prefetch factor"}
+LABELS = {
+    "sweep": "Sweep",
+    "dataset": "Dataset",
+    "encoder": "Encoder",
+    "device": "Device",
+    "batch_size": "Batch size",
+    "fusion": "Fusion",
+    "strategy": "Method",
+    "precision": "Precision",
+    "loader": "Loader",
+    "parallelism": "Parallelism",
+    "loader.num_workers": "Workers",
+    "loader.prefetch_factor": "Prefetch factor",
+}
 KNOB_OF = {"dataset": "data.dataset", "encoder": "data.modalities", "fusion": "model.fusion",
            "strategy": "strategy.name", "precision": "system.precision", "loader": "loader.preinit",
            "parallelism": "system.parallelism", "batch_size": "train.batch_size"}
-NAMES = {"fp32": "FP32", "tf32": "TF32", "bf16": "BF16", "standard": "Standard", "preinit": "Pre-initialised",
-         "single": "Single", "dp": "DP", "ddp": "DDP", "blp": "BLP"}
-TIME_NOTE = ("Time: seconds per epoch (training and validation, loader start included), mean over the epochs "
-             "after the warm-up (a training record's first epoch, a bench record's own warm-up); a run with "
-             "none after it: n/a, never a figure over the warm-up.")
-THESIS_NOTE = ("Under each measured row: the thesis' value (Tables {tables}) and the ratio measured/thesis; "
-               "times and utilisation only on the thesis' GPU type (else \"other GPU\").")
+NAMES = {
+    "fp32": "FP32",
+    "tf32": "TF32",
+    "bf16": "BF16",
+    "standard": "Standard",
+    "preinit": "Pre-initialised",
+    "single": "Single",
+    "dp": "DP",
+    "ddp": "DDP",
+    "blp": "BLP",
+}
+TIME_NOTE = (
+    "Time: seconds per epoch (training and validation, loader start included), mean over the "
+    "epochs "
+    "after the warm-up (a training record's first epoch, a bench record's own warm-up); a "
+    "run with "
+    "none after it: n/a, never a figure over the warm-up."
+)
+THESIS_NOTE = (
+    "Under each measured row: the thesis' value (Tables {tables}) and the ratio measured/thesis; "
+    'times and utilisation only on the thesis\' GPU type (else "other GPU").'
+)
 # the thesis tables each report table mirrors, in the order a cell is looked up
 THESIS_TABLES = {"precision": ("4.6", "4.7", "4.8", "4.9"), "loader": ("4.10", "4.11", "4.12"),
                  "parallelism": ("4.13", "4.14", "4.15"), "overall": ("4.16",),
@@ -60,8 +100,10 @@ class Table:
     baseline: str = ""
     matches: list[Match] = field(default_factory=list)  # measured cells set against the thesis'
     thesis_bars: pd.DataFrame | None = None  # the thesis' speedups of the bars, for markers
-    smoke: str = ""                 # why (some of) its runs are smoke tests
-    widths: list[int] | None = None  # fixed characters per column in the PDF (0: the rest of the line)
+    smoke: str = ""  # why (some of) its runs are smoke tests
+    widths: list[int] | None = (
+        None  # fixed characters per column in the PDF (0: the rest of the line)
+    )
 
 
 @dataclass
@@ -90,7 +132,8 @@ class Notes:
         return [f"[{i}] {t}" for i, t in enumerate(self.items, 1)]
 
 
-# ---- formatting ------------------------------------------------------------------------------------------
+# ---- formatting
+# ------------------------------------------------------------------------------------------
 
 def fmt_time(x: float) -> str:
     return f"{x:.2f}" if abs(x) >= 0.1 or x == 0 else f"{x:.3g}"
@@ -110,15 +153,24 @@ def fmt_speedup(x: float | None) -> str:
 
 
 def cell(runs: pd.DataFrame, column: str, notes: Notes) -> Cell:
-    """Mean and standard error over the finished runs (seeds) of one table cell; else why there is none."""
-    done = runs[(runs["state"] == "done") & runs[column].notna()] if column in runs else runs.iloc[:0]
+    """Mean and standard error over the finished runs (seeds) of one table cell; else why there is
+    none."""
+    done = (
+        runs[(runs["state"] == "done") & runs[column].notna()] if column in runs else runs.iloc[:0]
+    )
     if len(done):
         mean, se = mx.mean_se([float(v) for v in done[column]])
         rest = runs[runs["state"] != "done"]
-        partial = f" ({len(done)} of {len(runs)} seeds{notes.cite(_reasons(rest))})" if len(rest) else ""
+        partial = (
+            f" ({len(done)} of {len(runs)} seeds{notes.cite(_reasons(rest))})" if len(rest) else ""
+        )
         twice = done[done["seed"].duplicated(keep=False)]
-        if len(twice):  # e.g. a train and a bench record of one config: averaged, but never unnoticed
-            partial += notes.cite(f"averaged over runs that share a seed: {', '.join(twice['run'])}")
+        if len(
+            twice
+        ):  # e.g. a train and a bench record of one config: averaged, but never unnoticed
+            partial += notes.cite(
+                f"averaged over runs that share a seed: {', '.join(twice['run'])}"
+            )
         return Cell(mean, se, len(done), partial)
     if not len(runs):
         return Cell(None, None, 0, "missing")
@@ -126,8 +178,13 @@ def cell(runs: pd.DataFrame, column: str, notes: Notes) -> Cell:
         hit = runs[runs["state"] == state]
         if len(hit):
             if state == "done":
-                why = "; ".join(dict.fromkeys(str(w) for w in hit.get("na_reason", pd.Series(dtype=str))
-                                              if isinstance(w, str) and w))
+                why = "; ".join(
+                    dict.fromkeys(
+                        str(w)
+                        for w in hit.get("na_reason", pd.Series(dtype=str))
+                        if isinstance(w, str) and w
+                    )
+                )
                 if why:
                     return Cell(None, None, 0, "n/a" + notes.cite(why), why)
                 reason = f"finished, but the record has no {column}"
@@ -137,7 +194,8 @@ def cell(runs: pd.DataFrame, column: str, notes: Notes) -> Cell:
 
 
 def _reasons(runs: pd.DataFrame) -> str:
-    """The distinct reasons of some runs (which run has which: the runs table), so equal ones share a note."""
+    """The distinct reasons of some runs (which run has which: the runs table), so equal ones share
+    a note."""
     return "; ".join(dict.fromkeys(str(r.reason) for r in runs.itertuples() if r.reason))
 
 
@@ -148,7 +206,8 @@ def speedup(base: Cell, other: Cell) -> float | None:
 
 
 def speedup_text(base: Cell, other: Cell, notes: Notes) -> str:
-    """A speedup, or n/a with the reason one of its times is missing (e.g. no epoch after warm-up)."""
+    """A speedup, or n/a with the reason one of its times is missing (e.g. no epoch after
+    warm-up)."""
     s = speedup(base, other)
     if s is not None:
         return fmt_speedup(s)
@@ -156,12 +215,18 @@ def speedup_text(base: Cell, other: Cell, notes: Notes) -> str:
     return "n/a" + notes.cite(why) if why else "–"
 
 
-# ---- contexts --------------------------------------------------------------------------------------------
+# ---- contexts
+# --------------------------------------------------------------------------------------------
 
-def context_columns(runs: pd.DataFrame, compared: tuple[str, ...], always: tuple[str, ...] = ("dataset",)) -> list[str]:
-    """What a row is: the labelled knobs (dataset, ...) plus every other knob that varies, minus the compared
-    ones, minus knobs in lockstep (one-to-one) with a compared or shown one (e.g. persistent workers, zipped
-    with the loader type), and minus knobs the shown ones determine (e.g. one constant within each sweep of a
+def context_columns(
+    runs: pd.DataFrame, compared: tuple[str, ...], always: tuple[str, ...] = ("dataset",)
+) -> list[str]:
+    """What a row is: the labelled knobs (dataset, ...) plus every other knob that varies, minus the
+    compared
+    ones, minus knobs in lockstep (one-to-one) with a compared or shown one (e.g. persistent
+    workers, zipped
+    with the loader type), and minus knobs the shown ones determine (e.g. one constant within each
+    sweep of a
     report of several sweeps): they would split nothing and only widen the table."""
     var = set(varying(runs))
     skip = {KNOB_OF.get(c, c) for c in compared} | set(compared)
@@ -169,16 +234,18 @@ def context_columns(runs: pd.DataFrame, compared: tuple[str, ...], always: tuple
     knobs_shown = {KNOB_OF.get(c, c) for c in labelled}
     others = [c for c in varying(runs) if c not in skip and c not in knobs_shown]
     # every value as text, unset ones too (astype(str) keeps NaN as NaN in pandas' string dtype)
-    shown_as_text = runs.assign(**{c: runs[c].map(str) for c in set(labelled + others + [x for x in compared
-                                                                                       if x in runs])})
+    shown_as_text = runs.assign(
+        **{c: runs[c].map(str) for c in set(labelled + others + [x for x in compared if x in runs])}
+    )
     kept: list[str] = []
     for c in labelled + others:
         if c in always:
             kept.append(c)
             continue
         determined = bool(kept) and shown_as_text.groupby(kept)[c].nunique().max() <= 1
-        if not determined and not any(_lockstep(shown_as_text, c, x) for x in kept + [x for x in compared
-                                                                                    if x in runs]):
+        if not determined and not any(
+            _lockstep(shown_as_text, c, x) for x in kept + [x for x in compared if x in runs]
+        ):
             kept.append(c)
     return kept
 
@@ -189,10 +256,15 @@ def _lockstep(runs: pd.DataFrame, a: str, b: str) -> bool:
     return pairs[a].is_unique and pairs[b].is_unique
 
 
-def of_sweeps_varying(runs: pd.DataFrame, knobs: list[str], least: int = 1, alone: bool = False) -> pd.DataFrame:
-    """In a report of several sweeps, the runs of the sweeps in which at least `least` of `knobs` vary (a
-    precision table of the precision sweep, not of every sweep that ran at some precision); `alone`: of those,
-    the sweeps in which no other system knob varies, when there are any (not the overall sweep's)."""
+def of_sweeps_varying(
+    runs: pd.DataFrame, knobs: list[str], least: int = 1, alone: bool = False
+) -> pd.DataFrame:
+    """In a report of several sweeps, the runs of the sweeps in which at least `least` of `knobs`
+    vary (a
+    precision table of the precision sweep, not of every sweep that ran at some precision); `alone`:
+    of those,
+    the sweeps in which no other system knob varies, when there are any (not the overall
+    sweep's)."""
     if runs["sweep"].nunique() < 2:
         return runs
 
@@ -207,13 +279,19 @@ def of_sweeps_varying(runs: pd.DataFrame, knobs: list[str], least: int = 1, alon
     return runs[runs["sweep"].isin(keep)]
 
 
-ORDER = {"precision": tuple(PRECISIONS), "loader": ("standard", "preinit"),
-         "parallelism": tuple(PARALLELISMS), "dataset": ("cremad", "ave", "mvsa", "iemocap", "urfunny"),
-         "strategy": ("naive",), "encoder": ("audio", "visual", "text")}
+ORDER = {
+    "precision": tuple(PRECISIONS),
+    "loader": ("standard", "preinit"),
+    "parallelism": tuple(PARALLELISMS),
+    "dataset": ("cremad", "ave", "mvsa", "iemocap", "urfunny"),
+    "strategy": ("naive",),
+    "encoder": ("audio", "visual", "text"),
+}
 
 
 def sort_key(cols: list[str], key: tuple) -> tuple:
-    """Rows in the thesis' order: known values first in their order (FP32, TF32, BF16), numbers by value."""
+    """Rows in the thesis' order: known values first in their order (FP32, TF32, BF16), numbers by
+    value."""
     out = []
     for c, v in zip(cols, key):
         order = ORDER.get(c, ())
@@ -226,7 +304,8 @@ def sort_key(cols: list[str], key: tuple) -> tuple:
 
 
 def _label(col: str) -> str:
-    """Column header of a key: `Batch size`, or an unlabelled knob's leaf (`model.cosine` -> `cosine`)."""
+    """Column header of a key: `Batch size`, or an unlabelled knob's leaf (`model.cosine` ->
+    `cosine`)."""
     return LABELS.get(col) or col.rsplit(".", 1)[-1].replace("_", " ")
 
 
@@ -234,13 +313,19 @@ def _name(value) -> str:
     return NAMES.get(str(value), str(value))
 
 
-# how a knob's value reads in a row label (column headers of compared values use NAMES: Std, Opt, as the thesis)
-SHOWN = {**{k: c.label for k, c in PRECISIONS.items()}, **{k: v for k, v in PARALLELISMS.items() if k != "single"},
-         "preinit": "pre-initialised loader", "standard": "standard loader"}
+# how a knob's value reads in a row label (column headers of compared values use NAMES: Std, Opt, as
+# the thesis)
+SHOWN = {
+    **{k: c.label for k, c in PRECISIONS.items()},
+    **{k: v for k, v in PARALLELISMS.items() if k != "single"},
+    "preinit": "pre-initialised loader",
+    "standard": "standard loader",
+}
 
 
 def shown(value) -> str:
-    """A knob's value as a row label reads it: unset -> default, booleans yes/no, `pre-initialised loader`."""
+    """A knob's value as a row label reads it: unset -> default, booleans yes/no, `pre-initialised
+    loader`."""
     v = str(value)
     if v in ("None", "nan"):  # a knob left unset (None; NaN once in the frame) runs at its default
         return "default"
@@ -258,7 +343,10 @@ def row_groups(runs: pd.DataFrame, ctx: list[str]):
         yield (), runs
         return
     keyed = runs.assign(**{c: runs[c].astype(str) for c in ctx})  # None/NaN are values too
-    groups = [((k if isinstance(k, tuple) else (k,)), g) for k, g in keyed.groupby(ctx, sort=False, dropna=False)]
+    groups = [
+        ((k if isinstance(k, tuple) else (k,)), g)
+        for k, g in keyed.groupby(ctx, sort=False, dropna=False)
+    ]
     for key, group in sorted(groups, key=lambda kg: sort_key(ctx, kg[0])):
         yield key, runs.loc[group.index]
 
@@ -272,7 +360,8 @@ def _constants(runs: pd.DataFrame, ctx: list[str]) -> str:
     return ", ".join(parts)
 
 
-# ---- one comparison --------------------------------------------------------------------------------------
+# ---- one comparison
+# --------------------------------------------------------------------------------------
 
 @dataclass
 class Compared:
@@ -288,7 +377,8 @@ class Compared:
 
 
 def _not_applicable_values(runs: pd.DataFrame, axis: str, values: list, baseline) -> dict:
-    """Compared values whose every run is not applicable here (e.g. TF32 on a CPU): no column, a caption line."""
+    """Compared values whose every run is not applicable here (e.g. TF32 on a CPU): no column, a
+    caption line."""
     out = {}
     for v in values:
         hit = runs[runs[axis] == v]
@@ -297,59 +387,117 @@ def _not_applicable_values(runs: pd.DataFrame, axis: str, values: list, baseline
     return out
 
 
-def comparison(runs: pd.DataFrame, axis: str, order: tuple, baseline, name: str,
-               owned: tuple[str, ...] = (), util: bool = False, always: tuple[str, ...] = ("dataset",),
-               extra=None) -> Compared:
-    """Rows of one knob compared within each context, each followed by its thesis and measured/thesis rows."""
+def comparison(
+    runs: pd.DataFrame,
+    axis: str,
+    order: tuple,
+    baseline,
+    name: str,
+    owned: tuple[str, ...] = (),
+    util: bool = False,
+    always: tuple[str, ...] = ("dataset",),
+    extra=None,
+) -> Compared:
+    """Rows of one knob compared within each context, each followed by its thesis and
+    measured/thesis rows."""
     ctx = context_columns(runs, (axis, *owned), always)
     notes = Notes()
     thesis = ThesisRows(name, THESIS_TABLES[name], notes)
-    values = [v for v in order if v in set(runs[axis])] + sorted(set(runs[axis]) - set(order), key=str)
+    values = [v for v in order if v in set(runs[axis])] + sorted(
+        set(runs[axis]) - set(order), key=str
+    )
     not_here = _not_applicable_values(runs, axis, values, baseline)
     values = [v for v in values if v not in not_here]
     rows, bars, tbars, left_out = [], [], [], 0
     for key, group in row_groups(runs, ctx):
-        if group[axis].nunique() < 2 or not (group[axis] == baseline).any() or (group["state"] == "n/a").all():
-            left_out += len(group)  # nothing to compare it with (or none can run here): in the runs table
+        if (
+            group[axis].nunique() < 2
+            or not (group[axis] == baseline).any()
+            or (group["state"] == "n/a").all()
+        ):
+            left_out += len(
+                group
+            )  # nothing to compare it with (or none can run here): in the runs table
             continue
         cells = {v: cell(group[group[axis] == v], "time_epoch_s", notes) for v in values}
         row = _key_cells(ctx, key)
         keys = list(row) + [SOURCE]
-        cols = [Col(f"{_name(v)} (s)", fmt_mean_se(cells[v]), cells[v].mean, "time_epoch_s", str(v)) for v in values]
+        cols = [
+            Col(f"{_name(v)} (s)", fmt_mean_se(cells[v]), cells[v].mean, "time_epoch_s", str(v))
+            for v in values
+        ]
         speed = {v: speedup(cells[baseline], cells[v]) for v in values if v != baseline}
-        cols += [Col(f"{_name(v)} speedup", speedup_text(cells[baseline], cells[v], notes), s, "speedup", str(v),
-                     str(baseline)) for v, s in speed.items()]
+        cols += [
+            Col(
+                f"{_name(v)} speedup",
+                speedup_text(cells[baseline], cells[v], notes),
+                s,
+                "speedup",
+                str(v),
+                str(baseline),
+            )
+            for v, s in speed.items()
+        ]
         if extra is not None:
             cols += extra(cells, notes)
         if util:
             u = {v: cell(group[group[axis] == v], "util_pct", notes) for v in values}
-            cols += [Col(f"{_name(v)} util (%)", fmt_mean_se(u[v], lambda x: f"{x:.1f}"), u[v].mean, "util_pct",
-                         str(v)) for v in values]
+            cols += [
+                Col(
+                    f"{_name(v)} util (%)",
+                    fmt_mean_se(u[v], lambda x: f"{x:.1f}"),
+                    u[v].mean,
+                    "util_pct",
+                    str(v),
+                )
+                for v in values
+            ]
             for v in values:
                 if v != baseline:
-                    gain = None if u[v].mean is None or u[baseline].mean is None else u[v].mean - u[baseline].mean
-                    cols.append(Col(f"{_name(v)} util gain", "–" if gain is None else f"{gain:+.1f}", gain,
-                                    "util_gain", str(v), str(baseline)))
+                    gain = (
+                        None
+                        if u[v].mean is None or u[baseline].mean is None
+                        else u[v].mean - u[baseline].mean
+                    )
+                    cols.append(
+                        Col(
+                            f"{_name(v)} util gain",
+                            "–" if gain is None else f"{gain:+.1f}",
+                            gain,
+                            "util_gain",
+                            str(v),
+                            str(baseline),
+                        )
+                    )
         row.update({c.name: c.text for c in cols})
         n_before = len(thesis.matches)
         rows += thesis.rows(row, keys, cols, group)
-        label = (" · ".join(shown(k) for k in key) or "all") + (" (smoke test)" if _smoke(group) else "")
+        label = (" · ".join(shown(k) for k in key) or "all") + (
+            " (smoke test)" if _smoke(group) else ""
+        )
         bars.append(pd.Series(speed, name=label))
-        published = {m.setting: m.thesis for m in thesis.matches[n_before:] if m.metric == "speedup"}
+        published = {
+            m.setting: m.thesis for m in thesis.matches[n_before:] if m.metric == "speedup"
+        }
         tbars.append(pd.Series({v: published.get(str(v)) for v in speed}, name=label, dtype=float))
     bar_frame = pd.DataFrame(bars).rename(columns=_name) if bars else None
     thesis_frame = pd.DataFrame(tbars).rename(columns=_name) if tbars else None
-    return Compared(rows, bar_frame, thesis_frame, notes, ctx, values, left_out, not_here, thesis.matches)
+    return Compared(
+        rows, bar_frame, thesis_frame, notes, ctx, values, left_out, not_here, thesis.matches
+    )
 
 
 def _smoke(runs: pd.DataFrame) -> str:
-    """Why the finished runs of a table are smoke tests ("" when none is), for its title and caption."""
+    """Why the finished runs of a table are smoke tests ("" when none is), for its title and
+    caption."""
     done = runs[runs["state"] == "done"]
     reasons = [r for r in (done.apply(smoke_reason, axis=1) if len(done) else []) if r]
     if not reasons:
         return ""
     kinds = ", ".join(dict.fromkeys(x for r in reasons for x in r.split(", ")))
-    share = "all runs" if len(reasons) == len(done) else f"{len(reasons)} of {len(done)} finished runs"
+    share = (
+        "all runs" if len(reasons) == len(done) else f"{len(reasons)} of {len(done)} finished runs"
+    )
     return f"{share}: {kinds}"
 
 
@@ -363,24 +511,43 @@ def _versus(values: list) -> str:
 
 def _table(name, title, caption, runs, axis, order, baseline, **kw) -> Table | None:
     c = comparison(runs, axis, order, baseline, name, **kw)
-    if not c.rows or len(c.values) < 2:  # e.g. TF32 not applicable anywhere here: nothing to compare
+    if (
+        not c.rows or len(c.values) < 2
+    ):  # e.g. TF32 not applicable anywhere here: nothing to compare
         return None
     setting = _constants(runs, c.ctx)
     smoke = _smoke(runs)
-    caption = (smoke_caption(smoke) + f"{caption} Speedup (Eq. 4.1) against the {_name(baseline)} column of the "
-               f"same setting. {TIME_NOTE} " + THESIS_NOTE.format(tables=", ".join(THESIS_TABLES[name]))
-               + (f" Setting: {setting}." if setting else ""))
+    caption = (
+        smoke_caption(smoke)
+        + f"{caption} Speedup (Eq. 4.1) against the {_name(baseline)} column of the "
+        f"same setting. {TIME_NOTE} "
+        + THESIS_NOTE.format(tables=", ".join(THESIS_TABLES[name]))
+        + (f" Setting: {setting}." if setting else "")
+    )
     if c.not_here:
         caption += " Not applicable here, so no column: " + "; ".join(
             f"{_name(v)} ({why})" for v, why in c.not_here.items()) + "."
     if c.left_out:
-        caption += f" {c.left_out} run(s) with no counterpart to compare with are listed in the runs table only."
+        caption += (f" {c.left_out} run(s) with no counterpart to compare with are listed in the "
+                    "runs table only.")
     title = title.format(versus=_versus(c.values)) + (" [smoke test]" if smoke else "")
-    return Table(name, title, caption, pd.DataFrame(c.rows).fillna("–"), c.notes.lines(), len(c.ctx) + 1,
-                 c.bars, baseline, c.matches, c.thesis_bars, smoke)
+    return Table(
+        name,
+        title,
+        caption,
+        pd.DataFrame(c.rows).fillna("–"),
+        c.notes.lines(),
+        len(c.ctx) + 1,
+        c.bars,
+        baseline,
+        c.matches,
+        c.thesis_bars,
+        smoke,
+    )
 
 
-# ---- the tables ------------------------------------------------------------------------------------------
+# ---- the tables
+# ------------------------------------------------------------------------------------------
 
 def _bf16_vs_tf32(cells: dict, notes: Notes) -> list[Col]:
     """Tables 4.8 and 4.9 compare BF16 with TF32 (not FP32): that speedup too, when both ran."""
@@ -392,44 +559,63 @@ def _bf16_vs_tf32(cells: dict, notes: Notes) -> list[Col]:
 
 def precision_table(runs: pd.DataFrame) -> Table | None:
     return _table("precision", "Precision: time per epoch, {versus}",
-                  "Single-encoder (and multimodal) time per epoch at each precision, thesis Tables 4.6-4.9.",
+                  "Single-encoder (and multimodal) time per epoch at each precision, thesis Tables "
+                  "4.6-4.9.",
                   runs, "precision", THESIS_PRECISIONS, "fp32", always=("dataset", "encoder"),
                   extra=_bf16_vs_tf32)
 
 
 def loader_table(runs: pd.DataFrame) -> Table | None:
     kind = _util_kind(runs)
-    t = _table("loader", f"Data loader: {{versus}} loader, time and {kind} utilisation",
-               "Standard vs threaded pre-initialised loader (Alg. 6), thesis Tables 4.10-4.12. "
-               f"Util: mean {kind} utilisation over the measured epochs"
-               + (" (CPU: % of one core, as in top)" if kind != "GPU" else "")
-               + "; gain in percentage points.", runs, "loader", ("standard", "preinit"), "standard",
-               owned=("loader.persistent_workers",), util=True)
+    t = _table(
+        "loader",
+        f"Data loader: {{versus}} loader, time and {kind} utilisation",
+        "Standard vs threaded pre-initialised loader (Alg. 6), thesis Tables 4.10-4.12. "
+        f"Util: mean {kind} utilisation over the measured epochs"
+        + (" (CPU: % of one core, as in top)" if kind != "GPU" else "")
+        + "; gain in percentage points.",
+        runs,
+        "loader",
+        ("standard", "preinit"),
+        "standard",
+        owned=("loader.persistent_workers",),
+        util=True,
+    )
     if t is not None:
         t.title = t.title.replace("Standard vs Pre-initialised", "standard vs pre-initialised")
     return t
 
 
-# ---- loader knobs one at a time (thesis Tables 2.4, 2.5) and a recommendation for the node ---------------
+# ---- loader knobs one at a time (thesis Tables 2.4, 2.5) and a recommendation for the node
+# ---------------
 
 NEAR_BEST = 0.05  # a setting within 5 % of the best measured one counts as good as the best
 
 
 def _knob_rows(runs: pd.DataFrame, knob: str, metric: str, header: str, notes: Notes, fmt=fmt_time,
                value_name=str, beside: tuple = ()):
-    """One row per value of `knob` within each setting where it varies: [(key cells, value, cell, row)];
+    """One row per value of `knob` within each setting where it varies: [(key cells, value, cell,
+    row)];
     `beside`: (metric, header) pairs shown next to it where any run has them."""
     ctx = context_columns(runs, (knob,))
     rows = []
     for key, group in row_groups(runs, ctx):
         if group[knob].astype(str).nunique() < 2:
             continue
-        values = sorted(group[knob].unique(), key=lambda v: (-1 if v is None or pd.isna(v) else float(v)))
+        values = sorted(
+            group[knob].unique(), key=lambda v: -1 if v is None or pd.isna(v) else float(v)
+        )
         for v in values:
             hit = group[group[knob].isna()] if v is None or pd.isna(v) else group[group[knob] == v]
             c = cell(hit, metric, notes)
             row = {**_key_cells(ctx, key), _label(knob): value_name(v), header: fmt_mean_se(c, fmt)}
-            row.update({h: fmt_mean_se(cell(hit, m, notes), fmt) for m, h in beside if m in runs and runs[m].notna().any()})
+            row.update(
+                {
+                    h: fmt_mean_se(cell(hit, m, notes), fmt)
+                    for m, h in beside
+                    if m in runs and runs[m].notna().any()
+                }
+            )
             rows.append((key, v, c, row))
     return ctx, rows
 
@@ -448,7 +634,8 @@ def _recommend(rows, lower_is_better_floor: float = 0.0):
 
 
 def _knob_thesis(runs, ctx, key, name, metric, v, fmt, notes: Notes) -> str:
-    """The thesis' Table 2.4/2.5 value for this worker count or prefetch factor, where it has one."""
+    """The thesis' Table 2.4/2.5 value for this worker count or prefetch factor, where it has
+    one."""
     if v is None or pd.isna(v):
         return "–"
     where = dict(zip(ctx, key))
@@ -457,12 +644,21 @@ def _knob_thesis(runs, ctx, key, name, metric, v, fmt, notes: Notes) -> str:
         sel = sel[sel[c].astype(str) == str(k)]
     first = sel.iloc[0] if len(sel) else runs.iloc[0]
     devices = set(sel[sel["state"] == "done"]["device"].astype(str)) or {str(first["device"])}
-    hit, why = lookup(THESIS_TABLES[name], metric, str(first["dataset"]), str(first["modalities"]), str(int(v)),
-                      gpu=devices.pop() if len(devices) == 1 else "?", batch=first.get("batch_size"))
+    hit, why = lookup(
+        THESIS_TABLES[name],
+        metric,
+        str(first["dataset"]),
+        str(first["modalities"]),
+        str(int(v)),
+        gpu=devices.pop() if len(devices) == 1 else "?",
+        batch=first.get("batch_size"),
+    )
     if hit is None or hit["value"] is None or pd.isna(hit["value"]):
         return "–"
     text = fmt(float(hit["value"]))
-    return ("other GPU" + notes.cite(f"{why}: {text} in thesis Table {hit['table']}")) if why else text
+    return (
+        ("other GPU" + notes.cite(f"{why}: {text} in thesis Table {hit['table']}")) if why else text
+    )
 
 
 def _prefetch_name(v) -> str:
@@ -472,14 +668,32 @@ def _prefetch_name(v) -> str:
 
 
 def loader_knob_tables(runs: pd.DataFrame) -> list[Table]:
-    """Table 2.4 (time per epoch by worker count), Table 2.5 (idle time by prefetch factor), each with the
+    """Table 2.4 (time per epoch by worker count), Table 2.5 (idle time by prefetch factor), each
+    with the
     recommended value for the node it ran on."""
     tables, all_runs = [], runs
     for knob, name, title, metric, header, fmt, value_name, thesis in (
-            ("loader.num_workers", "loader-workers", "Data loader: worker processes", "time_epoch_s",
-             "Time (s)", fmt_time, lambda v: str(int(v)), "Table 2.4"),
-            ("loader.prefetch_factor", "loader-prefetch", "Data loader: prefetch factor and idle time", "idle_s",
-             "Idle time (s)", lambda x: f"{x:.3f}", _prefetch_name, "Table 2.5")):
+        (
+            "loader.num_workers",
+            "loader-workers",
+            "Data loader: worker processes",
+            "time_epoch_s",
+            "Time (s)",
+            fmt_time,
+            lambda v: str(int(v)),
+            "Table 2.4",
+        ),
+        (
+            "loader.prefetch_factor",
+            "loader-prefetch",
+            "Data loader: prefetch factor and idle time",
+            "idle_s",
+            "Idle time (s)",
+            lambda x: f"{x:.3f}",
+            _prefetch_name,
+            "Table 2.5",
+        ),
+    ):
         if knob not in all_runs or knob not in varying(all_runs):
             continue
         runs = of_sweeps_varying(all_runs, [knob])
@@ -488,43 +702,71 @@ def loader_knob_tables(runs: pd.DataFrame) -> list[Table]:
         ctx, rows = _knob_rows(runs, knob, metric, header, notes, fmt, value_name, beside)
         if not rows:
             continue
-        # a setting's recommendation: the cheapest value as good as the best (idle: within 5 % or 10 ms)
+        # a setting's recommendation: the cheapest value as good as the best (idle: within 5 % or 10
+        # ms)
         rec = _recommend(rows, 0.01 if metric == "idle_s" else 0.0)
         shown = []
         for key, v, _, row in rows:
             chosen = key in rec and v is not None and not pd.isna(v) and float(v) == rec[key]
             row["Recommended"] = "✓" if chosen else ""
-            row[f"Thesis {header[0].lower()}{header[1:]}"] = _knob_thesis(runs, ctx, key, name, metric, v, fmt, notes)
+            row[f"Thesis {header[0].lower()}{header[1:]}"] = _knob_thesis(
+                runs, ctx, key, name, metric, v, fmt, notes
+            )
         for key, v in rec.items():
             where = ", ".join(f"{k} {x}" for k, x in _key_cells(ctx, key).items())
             shown.append(f"{value_name(v)}" + (f" ({where})" if where else ""))
         if metric == "idle_s":
-            what = ("Idle time: seconds per epoch the training step waited for a batch (the waits in the "
-                    "loader's next(), first batch excluded: that is initialisation, Table 2.8), averaged over "
-                    "the measured epochs. PyTorch cannot run prefetch factor 0 with workers: its row is "
-                    "estimated as thesis Appendix A.2.1 (Alg. 7), from a pass over the epoch with prefetch "
-                    "factor 1 and no work in the loop. GPU idle (GPU runs): the GPU's own idle time between "
-                    "training steps, from CUDA events (the host's wait overstates it by the work queued).")
-            rule = (f"Recommended: the smallest prefetch factor whose idle time is within {NEAR_BEST:.0%} (or "
-                    "10 ms) of the least measured")
+            what = (
+                "Idle time: seconds per epoch the training step waited for a batch (the waits in "
+                "the "
+                "loader's next(), first batch excluded: that is initialisation, Table 2.8), "
+                "averaged over "
+                "the measured epochs. PyTorch cannot run prefetch factor 0 with workers: its "
+                "row is "
+                "estimated as thesis Appendix A.2.1 (Alg. 7), from a pass over the epoch with "
+                "prefetch "
+                "factor 1 and no work in the loop. GPU idle (GPU runs): the GPU's own idle "
+                "time between "
+                "training steps, from CUDA events (the host's wait overstates it by the work "
+                "queued)."
+            )
+            rule = (
+                "Recommended: the smallest prefetch factor whose idle time is within "
+                f"{NEAR_BEST:.0%} (or "
+                "10 ms) of the least measured"
+            )
         else:
             what = TIME_NOTE
-            rule = f"Recommended: the fewest workers whose time per epoch is within {NEAR_BEST:.0%} of the fastest"
+            rule = (f"Recommended: the fewest workers whose time per epoch is within "
+                    f"{NEAR_BEST:.0%} of the fastest")
         setting = _constants(runs, ctx)
         smoke = _smoke(runs)
-        caption = (smoke_caption(smoke) + f"{title}, thesis {thesis}. {what} {rule}, for the node the runs ran on: "
-                   f"{'; '.join(shown)}. Thesis: the value of {thesis} (AVE, batch size 64, A100) beside each "
-                   "row; on another GPU type or dataset it is not comparable."
-                   + (f" Setting: {setting}." if setting else ""))
-        tables.append(Table(name, title + (" [smoke test]" if smoke else ""), caption,
-                            pd.DataFrame([r for *_, r in rows]).fillna("–"), notes.lines(), len(ctx) + 1,
-                            smoke=smoke))
+        caption = (
+            smoke_caption(smoke)
+            + f"{title}, thesis {thesis}. {what} {rule}, for the node the runs ran on: "
+            f"{'; '.join(shown)}. Thesis: the value of {thesis} (AVE, batch size 64, A100) "
+            "beside each "
+            "row; on another GPU type or dataset it is not comparable."
+            + (f" Setting: {setting}." if setting else "")
+        )
+        tables.append(
+            Table(
+                name,
+                title + (" [smoke test]" if smoke else ""),
+                caption,
+                pd.DataFrame([r for *_, r in rows]).fillna("–"),
+                notes.lines(),
+                len(ctx) + 1,
+                smoke=smoke,
+            )
+        )
     return tables
 
 
 def parallelism_table(runs: pd.DataFrame) -> Table | None:
     return _table("parallelism", "Parallelism: time per epoch, {versus}",
-                  "Single device, DataParallel, DistributedDataParallel and Branch-Level Parallelism, "
+                  "Single device, DataParallel, DistributedDataParallel and Branch-Level "
+                  "Parallelism, "
                   "thesis Tables 4.13-4.15.", runs, "parallelism", tuple(PARALLELISMS), "single",
                   owned=("system.blp_devices",))
 
@@ -538,11 +780,14 @@ DEFAULTS = {"precision": "fp32", "loader": "standard", "parallelism": "single"}
 
 
 def overall_table(runs: pd.DataFrame) -> Table | None:
-    """Default settings vs all optimisations at once (thesis Table 4.16): per setting, the default row
+    """Default settings vs all optimisations at once (thesis Table 4.16): per setting, the default
+    row
     against the runs that change the most of the three system knobs, among those applicable here."""
     knobs = tuple(DEFAULTS)
     n_changed = sum((runs[k] != d) for k, d in DEFAULTS.items())
-    changed = n_changed.where(runs["state"] != "n/a", -1)  # a combination that cannot run here is no candidate
+    changed = n_changed.where(
+        runs["state"] != "n/a", -1
+    )  # a combination that cannot run here is no candidate
     if changed.max() < 2:
         return None
     ctx = context_columns(runs, knobs + ("loader.persistent_workers", "system.blp_devices"))
@@ -550,12 +795,18 @@ def overall_table(runs: pd.DataFrame) -> Table | None:
     thesis = ThesisRows("overall", THESIS_TABLES["overall"], notes)
     for key, group in row_groups(runs.assign(changed=changed, n_changed=n_changed), ctx):
         default = group[group["n_changed"] == 0]
-        best = group[group["changed"] == group["changed"].max()] if group["changed"].max() >= 2 else group.iloc[:0]
+        best = (
+            group[group["changed"] == group["changed"].max()]
+            if group["changed"].max() >= 2
+            else group.iloc[:0]
+        )
         base = cell(default, "time_epoch_s", notes)
         for combo, opt in best.groupby(list(knobs), sort=False):
             c = cell(opt, "time_epoch_s", notes)
             changed_values = [str(v) for v in combo if v not in DEFAULTS.values()]
-            label = " + ".join(_name(v) for v in changed_values)  # e.g. TF32 + Pre-initialised + BLP
+            label = " + ".join(
+                _name(v) for v in changed_values
+            )  # e.g. TF32 + Pre-initialised + BLP
             setting = "+".join(changed_values)
             row = _key_cells(ctx, key)
             row["Optimisations"] = label
@@ -565,26 +816,51 @@ def overall_table(runs: pd.DataFrame) -> Table | None:
                     Col("Speedup", speedup_text(base, c, notes), s, "speedup", setting, "default")]
             row.update({col.name: col.text for col in cols})
             n_before = len(thesis.matches)
-            rows += thesis.rows(row, [*_key_cells(ctx, key), "Optimisations", SOURCE], cols, pd.concat([default, opt]))
+            rows += thesis.rows(
+                row,
+                [*_key_cells(ctx, key), "Optimisations", SOURCE],
+                cols,
+                pd.concat([default, opt]),
+            )
             name = " · ".join(shown(k) for k in key) or "all"
             bars.append(pd.Series({label: s}, name=name))
             published = [m.thesis for m in thesis.matches[n_before:] if m.metric == "speedup"]
-            tbars.append(pd.Series({label: published[0] if published else None}, name=name, dtype=float))
+            tbars.append(
+                pd.Series({label: published[0] if published else None}, name=name, dtype=float)
+            )
     if not rows:
         return None
     setting = _constants(runs, ctx)
     smoke = _smoke(runs)
-    caption = (smoke_caption(smoke) + "Default settings (FP32, standard loader, single device) vs all "
-               "optimisations of the sweep at once, thesis Table 4.16: the runs that change the most of precision, "
-               "loader and parallelism (combinations not applicable on this cluster are left out here; the runs "
-               "table lists them). Speedup (Eq. 4.1) against the default column. " + TIME_NOTE + " "
-               + THESIS_NOTE.format(tables="4.16") + (f" Setting: {setting}." if setting else ""))
-    return Table("overall", "Overall: default vs all optimisations" + (" [smoke test]" if smoke else ""), caption,
-                 pd.DataFrame(rows).fillna("–"), notes.lines(), len(ctx) + 2, pd.DataFrame(bars), "default",
-                 thesis.matches, pd.DataFrame(tbars), smoke)
+    caption = (
+        smoke_caption(smoke) + "Default settings (FP32, standard loader, single device) vs all "
+        "optimisations of the sweep at once, thesis Table 4.16: the runs that change the "
+        "most of precision, "
+        "loader and parallelism (combinations not applicable on this cluster are left out "
+        "here; the runs "
+        "table lists them). Speedup (Eq. 4.1) against the default column. "
+        + TIME_NOTE
+        + " "
+        + THESIS_NOTE.format(tables="4.16")
+        + (f" Setting: {setting}." if setting else "")
+    )
+    return Table(
+        "overall",
+        "Overall: default vs all optimisations" + (" [smoke test]" if smoke else ""),
+        caption,
+        pd.DataFrame(rows).fillna("–"),
+        notes.lines(),
+        len(ctx) + 2,
+        pd.DataFrame(bars),
+        "default",
+        thesis.matches,
+        pd.DataFrame(tbars),
+        smoke,
+    )
 
 
-# ---- algorithm level -------------------------------------------------------------------------------------
+# ---- algorithm level
+# -------------------------------------------------------------------------------------
 
 MODALITY_ORDER = ("audio", "visual", "text")
 
@@ -594,7 +870,12 @@ def _modalities(runs: pd.DataFrame) -> list[str]:
     return [m for m in MODALITY_ORDER if m in found] + sorted(found - set(MODALITY_ORDER))
 
 
-DATA_IDENTITY = ("dataset", "data.source", "data.preset", "data.data_seed")  # which data a baseline was trained on
+DATA_IDENTITY = (
+    "dataset",
+    "data.source",
+    "data.preset",
+    "data.data_seed",
+)  # which data a baseline was trained on
 
 
 def _data_key(runs: pd.DataFrame, row: pd.Series) -> tuple[str, ...]:
@@ -602,18 +883,28 @@ def _data_key(runs: pd.DataFrame, row: pd.Series) -> tuple[str, ...]:
 
 
 def _single_baselines(runs: pd.DataFrame) -> dict[tuple, float]:
-    """(data key, modality) -> mean test accuracy of the finished single-modality runs on the same data
-    (dataset, source, preset, generator seed): a tiny run's baseline never serves a full run (the IBF reference)."""
+    """(data key, modality) -> mean test accuracy of the finished single-modality runs on the same
+    data
+    (dataset, source, preset, generator seed): a tiny run's baseline never serves a full run (the
+    IBF reference)."""
     single = runs[(runs["n_modalities"] == 1) & (runs["state"] == "done")]
     if "acc/fused" not in single:
         return {}
     cols = [c for c in DATA_IDENTITY if c in runs]
-    keyed = single.astype({c: str for c in cols})  # as _data_key spells them (an absent value: "nan")
-    return {(tuple(k[:-1]), k[-1]): float(g.mean()) for k, g in keyed.groupby(cols + ["modalities"])["acc/fused"]}
+    keyed = single.astype(
+        {c: str for c in cols}
+    )  # as _data_key spells them (an absent value: "nan")
+    return {
+        (tuple(k[:-1]), k[-1]): float(g.mean())
+        for k, g in keyed.groupby(cols + ["modalities"])["acc/fused"]
+    }
 
 
-def _ibf(group: pd.DataFrame, mods: list[str], singles: dict, notes: Notes) -> tuple[str, float | None]:
-    """IBF (Eq. 3.1) from the mean accuracies over seeds, as in Appendix A; else the records' own IBF."""
+def _ibf(
+    group: pd.DataFrame, mods: list[str], singles: dict, notes: Notes
+) -> tuple[str, float | None]:
+    """IBF (Eq. 3.1) from the mean accuracies over seeds, as in Appendix A; else the records' own
+    IBF."""
     if len(mods) == 1:
         return "0", 0.0
     dataset = group["dataset"].iloc[0]
@@ -623,12 +914,16 @@ def _ibf(group: pd.DataFrame, mods: list[str], singles: dict, notes: Notes) -> t
     data = _data_key(group, group.iloc[0])
     keys = mx.ibf_accuracy_keys(group["fusion"].iloc[0] if "fusion" in group else "", mods)
     if all((data, m) in singles for m in mods) and all(keys[m] in done for m in mods):
-        value = mx.ibf({m: done[k].mean() for m, k in keys.items()}, {m: singles[data, m] for m in mods})
+        value = mx.ibf(
+            {m: done[k].mean() for m, k in keys.items()}, {m: singles[data, m] for m in mods}
+        )
         return f"{value:.3f}", float(value)
     c = cell(group, "ibf", notes)
     if c.mean is not None:
         return fmt_mean_se(c, lambda x: f"{x:.3f}"), c.mean
-    return "–" + notes.cite(f"{dataset}: no single-modality runs to compute IBF against (Eq. 3.1)"), None
+    return "–" + notes.cite(
+        f"{dataset}: no single-modality runs to compute IBF against (Eq. 3.1)"
+    ), None
 
 
 def _pct(c: Cell) -> float | None:
@@ -641,7 +936,9 @@ def algorithm_tables(runs: pd.DataFrame) -> list[Table]:
     singles = _single_baselines(runs)
     acc_notes, train_notes = Notes(), Notes()
     acc_thesis = ThesisRows("algorithm-accuracy", THESIS_TABLES["algorithm-accuracy"], acc_notes)
-    train_thesis = ThesisRows("algorithm-training", THESIS_TABLES["algorithm-training"], train_notes)
+    train_thesis = ThesisRows(
+        "algorithm-training", THESIS_TABLES["algorithm-training"], train_notes
+    )
     acc_rows, train_rows = [], []
     pct = dict(scale=100.0, fmt=lambda x: f"{x:.1f}", se_fmt=lambda x: f"{x:.2f}")
     base_ctx = [c for c in ctx if c != "strategy"]
@@ -651,55 +948,139 @@ def algorithm_tables(runs: pd.DataFrame) -> list[Table]:
         keys = list(label) + [SOURCE]
         strategy, fusion = str(group["strategy"].iloc[0]), str(group["fusion"].iloc[0])
         fused = cell(group, "acc/fused", acc_notes)
-        cols = [Col("Fused acc (%)", fmt_mean_se(fused, **pct), _pct(fused), "acc", strategy, head="fused",
-                    strategy=strategy, fusion=fusion)]
+        cols = [
+            Col(
+                "Fused acc (%)",
+                fmt_mean_se(fused, **pct),
+                _pct(fused),
+                "acc",
+                strategy,
+                head="fused",
+                strategy=strategy,
+                fusion=fusion,
+            )
+        ]
         for m in mods_all:
             c = cell(group, f"acc/{m}", acc_notes) if m in mods else None
-            cols.append(Col(f"{m.capitalize()} acc (%)", fmt_mean_se(c, **pct) if c else "–",
-                            _pct(c) if c else None, "acc", strategy, head=m, strategy=strategy, fusion=fusion))
+            cols.append(
+                Col(
+                    f"{m.capitalize()} acc (%)",
+                    fmt_mean_se(c, **pct) if c else "–",
+                    _pct(c) if c else None,
+                    "acc",
+                    strategy,
+                    head=m,
+                    strategy=strategy,
+                    fusion=fusion,
+                )
+            )
         ibf_text, ibf_value = _ibf(group, mods, singles, acc_notes)
-        cols.append(Col("IBF", ibf_text, ibf_value, "ibf", strategy, strategy=strategy, fusion=fusion))
+        cols.append(
+            Col("IBF", ibf_text, ibf_value, "ibf", strategy, strategy=strategy, fusion=fusion)
+        )
         row = {**label, **{c.name: c.text for c in cols}}
-        acc_rows += acc_thesis.rows(row, keys, [c for c in cols if c.text != "–" or c.name == "IBF"], group)
+        acc_rows += acc_thesis.rows(
+            row, keys, [c for c in cols if c.text != "–" or c.name == "IBF"], group
+        )
         tcols = []
         for m in mods_all:
             c = cell(group, f"bias/{m}", train_notes) if m in mods and len(mods) > 1 else None
-            tcols.append(Col(f"Bias {m}", fmt_mean_se(c, lambda x: f"{x:.2f}") if c else "–",
-                             c.mean if c else None, "bias", strategy, head=m, strategy=strategy, fusion=fusion))
+            tcols.append(
+                Col(
+                    f"Bias {m}",
+                    fmt_mean_se(c, lambda x: f"{x:.2f}") if c else "–",
+                    c.mean if c else None,
+                    "bias",
+                    strategy,
+                    head=m,
+                    strategy=strategy,
+                    fusion=fusion,
+                )
+            )
         for m in mods_all:
             c = cell(group, f"epochs/{m}", train_notes) if m in mods else None
-            tcols.append(Col(f"Epochs {m}", fmt_mean_se(c, lambda x: f"{x:.3g}") if c else "–",
-                             c.mean if c else None, "epochs", strategy, head=m, strategy=strategy, fusion=fusion))
+            tcols.append(
+                Col(
+                    f"Epochs {m}",
+                    fmt_mean_se(c, lambda x: f"{x:.3g}") if c else "–",
+                    c.mean if c else None,
+                    "epochs",
+                    strategy,
+                    head=m,
+                    strategy=strategy,
+                    fusion=fusion,
+                )
+            )
         t = cell(group, "time_epoch_s", train_notes)
-        tcols.append(Col("Time/epoch (s)", fmt_mean_se(t), t.mean, "time_epoch_s", strategy, strategy=strategy,
-                         fusion=fusion))
+        tcols.append(
+            Col(
+                "Time/epoch (s)",
+                fmt_mean_se(t),
+                t.mean,
+                "time_epoch_s",
+                strategy,
+                strategy=strategy,
+                fusion=fusion,
+            )
+        )
         naive = _naive_of(runs, group, base_ctx)
         if naive is not None and strategy != "naive":
             base = cell(naive, "time_epoch_s", Notes())
-            tcols.append(Col("Speedup vs naive", speedup_text(base, t, train_notes), speedup(base, t), "speedup",
-                             strategy, "naive", strategy=strategy, fusion=fusion))
+            tcols.append(
+                Col(
+                    "Speedup vs naive",
+                    speedup_text(base, t, train_notes),
+                    speedup(base, t),
+                    "speedup",
+                    strategy,
+                    "naive",
+                    strategy=strategy,
+                    fusion=fusion,
+                )
+            )
         trow = {**label, **{c.name: c.text for c in tcols}}
-        train_rows += train_thesis.rows(trow, keys, [c for c in tcols if c.text != "–" or c.metric == "speedup"],
-                                        group)
+        train_rows += train_thesis.rows(
+            trow, keys, [c for c in tcols if c.text != "–" or c.metric == "speedup"], group
+        )
     setting = _constants(runs, ctx)
     where = f" Setting: {setting}." if setting else ""
     se = " Mean ± standard error over seeds (Appendix A) where there are several."
     smoke = _smoke(runs)
     tag = " [smoke test]" if smoke else ""
     return [
-        Table("algorithm-accuracy", "Algorithm: test accuracy per modality and fused, IBF" + tag,
-              smoke_caption(smoke) + "Test accuracy of the fused model and of each modality inside it (masked "
-              "fusion), thesis Tables 4.1-4.3; IBF (Eq. 3.1) from the mean accuracies against the single-modality "
-              f"runs of the same dataset (0 for those runs).{se} "
-              + THESIS_NOTE.format(tables="4.1, 4.2, 4.3; ± from A.1-A.10") + where,
-              pd.DataFrame(acc_rows).fillna("–"), acc_notes.lines(), len(ctx) + 1, matches=acc_thesis.matches,
-              smoke=smoke),
-        Table("algorithm-training", "Algorithm: modality bias, optimisation epochs, time per epoch" + tag,
-              smoke_caption(smoke) + "Relative modality bias on the test set (Eq. 3.5-3.6), epochs in which each "
-              "modality was optimised, and time per epoch with its speedup (Eq. 4.1) against the naive row of the "
-              f"same setting, thesis Tables 4.4-4.5.{se} {TIME_NOTE} " + THESIS_NOTE.format(tables="4.4, 4.5")
-              + where, pd.DataFrame(train_rows).fillna("–"), train_notes.lines(), len(ctx) + 1, baseline="naive",
-              matches=train_thesis.matches, smoke=smoke),
+        Table(
+            "algorithm-accuracy",
+            "Algorithm: test accuracy per modality and fused, IBF" + tag,
+            smoke_caption(smoke)
+            + "Test accuracy of the fused model and of each modality inside it (masked "
+            "fusion), thesis Tables 4.1-4.3; IBF (Eq. 3.1) from the mean accuracies against the "
+            "single-modality "
+            f"runs of the same dataset (0 for those runs).{se} "
+            + THESIS_NOTE.format(tables="4.1, 4.2, 4.3; ± from A.1-A.10")
+            + where,
+            pd.DataFrame(acc_rows).fillna("–"),
+            acc_notes.lines(),
+            len(ctx) + 1,
+            matches=acc_thesis.matches,
+            smoke=smoke,
+        ),
+        Table(
+            "algorithm-training",
+            "Algorithm: modality bias, optimisation epochs, time per epoch" + tag,
+            smoke_caption(smoke)
+            + "Relative modality bias on the test set (Eq. 3.5-3.6), epochs in which each "
+            "modality was optimised, and time per epoch with its speedup (Eq. 4.1) against the "
+            "naive row of the "
+            f"same setting, thesis Tables 4.4-4.5.{se} {TIME_NOTE} "
+            + THESIS_NOTE.format(tables="4.4, 4.5")
+            + where,
+            pd.DataFrame(train_rows).fillna("–"),
+            train_notes.lines(),
+            len(ctx) + 1,
+            baseline="naive",
+            matches=train_thesis.matches,
+            smoke=smoke,
+        ),
     ]
 
 
@@ -715,31 +1096,65 @@ def _naive_of(runs: pd.DataFrame, group: pd.DataFrame, base_ctx: list[str]) -> p
     return runs[mask] if mask.any() else None
 
 
-# ---- every run, and which tables apply -------------------------------------------------------------------
+# ---- every run, and which tables apply
+# -------------------------------------------------------------------
 
 def runs_table(runs: pd.DataFrame) -> Table:
-    """Every run of the sweep with its state and reason: nothing a comparison leaves out goes unseen."""
+    """Every run of the sweep with its state and reason: nothing a comparison leaves out goes
+    unseen."""
     many = runs["sweep"].nunique() > 1
     rows = []
     for r in runs.to_dict("records"):
-        reason = str(r["reason"] or (r.get("na_reason") if isinstance(r.get("na_reason"), str) else "") or "")
+        reason = str(
+            r["reason"] or (r.get("na_reason") if isinstance(r.get("na_reason"), str) else "") or ""
+        )
         row = {"Sweep": r["sweep"]} if many else {}
-        row.update({"Run": r["run"], "State": str(r["state"]), "Device": r["device"],
-                    "Time per epoch (s)": "–" if pd.isna(r["time_epoch_s"]) else fmt_time(r["time_epoch_s"]),
-                    "Util (%)": "–" if pd.isna(r["util_pct"]) else f"{r['util_pct']:.1f} {r['util_kind']}",
-                    "Smoke test": smoke_reason(r) or "no", "Reason": reason or "–"})
+        row.update(
+            {
+                "Run": r["run"],
+                "State": str(r["state"]),
+                "Device": r["device"],
+                "Time per epoch (s)": "–"
+                if pd.isna(r["time_epoch_s"])
+                else fmt_time(r["time_epoch_s"]),
+                "Util (%)": "–"
+                if pd.isna(r["util_pct"])
+                else f"{r['util_pct']:.1f} {r['util_kind']}",
+                "Smoke test": smoke_reason(r) or "no",
+                "Reason": reason or "–",
+            }
+        )
         rows.append(row)
     counts = runs["state"].value_counts()
     summary = ", ".join(f"{n} {s}" for s, n in counts.items() if n)
-    widths = ([14] if many else []) + [30, 8, 8, 10, 10, 14, 0]  # fixed on every page; Reason takes the rest
-    return Table("runs", "All runs", f"Every run of the report with its state ({summary}); a run that is not "
-                 "done shows why (not applicable on this cluster, its error, or its SLURM state); a done run "
-                 "without time or utilisation says why. Smoke test: a run on the CPU, on tiny data or with capped "
-                 "batches, never compared with the thesis.", pd.DataFrame(rows), [], 1 + many, widths=widths)
+    widths = ([14] if many else []) + [
+        30,
+        8,
+        8,
+        10,
+        10,
+        14,
+        0,
+    ]  # fixed on every page; Reason takes the rest
+    return Table(
+        "runs",
+        "All runs",
+        f"Every run of the report with its state ({summary}); a run that is not "
+        "done shows why (not applicable on this cluster, its error, or its SLURM state); "
+        "a done run "
+        "without time or utilisation says why. Smoke test: a run on the CPU, on tiny data "
+        "or with capped "
+        "batches, never compared with the thesis.",
+        pd.DataFrame(rows),
+        [],
+        1 + many,
+        widths=widths,
+    )
 
 
 def detect_kinds(runs: pd.DataFrame) -> list[str]:
-    """The tables a set of runs supports: a knob that varies gets its table; algorithm when the training
+    """The tables a set of runs supports: a knob that varies gets its table; algorithm when the
+    training
     method or fusion varies, or when no system knob does."""
     var = set(varying(runs))
     kinds = [k for k in ("precision", "loader", "parallelism") if KNOB_OF[k] in var]
@@ -752,15 +1167,24 @@ def detect_kinds(runs: pd.DataFrame) -> list[str]:
     return kinds
 
 
-def build_tables(runs: pd.DataFrame, kinds: list[str] | None = None) -> tuple[list[Table], list[str]]:
-    """The tables of `kinds` (default: detected), then the runs table; and a message per kind that gave none."""
+def build_tables(
+    runs: pd.DataFrame, kinds: list[str] | None = None
+) -> tuple[list[Table], list[str]]:
+    """The tables of `kinds` (default: detected), then the runs table; and a message per kind that
+    gave none."""
     kinds = kinds or detect_kinds(runs)
-    builders = {"precision": precision_table, "loader": loader_table, "parallelism": parallelism_table,
-                "overall": overall_table}
+    builders = {
+        "precision": precision_table,
+        "loader": loader_table,
+        "parallelism": parallelism_table,
+        "overall": overall_table,
+    }
     tables, messages = [], []
     for kind in kinds:
         if kind not in KINDS:
-            raise ValueError(f"kind: invalid value {kind!r}; valid choices: auto, {', '.join(KINDS)}")
+            raise ValueError(
+                f"kind: invalid value {kind!r}; valid choices: auto, {', '.join(KINDS)}"
+            )
         if kind == "algorithm":
             made = algorithm_tables(of_sweeps_varying(runs, ["strategy", "fusion"]))
         elif kind == "loader":
@@ -773,23 +1197,53 @@ def build_tables(runs: pd.DataFrame, kinds: list[str] | None = None) -> tuple[li
             made = [builders[kind](of_sweeps_varying(runs, [kind], alone=True))]
         made = [t for t in made if t is not None]
         if not made:
-            messages.append(f"{kind}: no runs that differ in {KNOB_OF.get(kind, 'the system knobs')} "
-                            "within the same setting; no table")
+            messages.append(
+                f"{kind}: no runs that differ in {KNOB_OF.get(kind, 'the system knobs')} "
+                "within the same setting; no table"
+            )
         tables += made
     return tables + [runs_table(runs)], messages
 
 
 def reproduction_table(tables: list[Table]) -> tuple[Table, list[dict]]:
-    """The Reproduction page: each thesis claim the report's runs cover, with its verdict (and the entries,
+    """The Reproduction page: each thesis claim the report's runs cover, with its verdict (and the
+    entries,
     for reproduction.json/md)."""
     entries = verdicts([m for t in tables for m in t.matches])
-    frame = pd.DataFrame([{"Thesis claim": e["text"], "Table": ", ".join(e["thesis_tables"]), "Thesis": e["thesis"],
-                           "Measured": e["measured"], "Verdict": e["verdict"], "Why": e["why"]} for e in entries])
-    smoke = "; ".join(f"{t.title.replace(' [smoke test]', '')}: {t.smoke}" for t in tables if t.smoke)
+    frame = pd.DataFrame(
+        [
+            {
+                "Thesis claim": e["text"],
+                "Table": ", ".join(e["thesis_tables"]),
+                "Thesis": e["thesis"],
+                "Measured": e["measured"],
+                "Verdict": e["verdict"],
+                "Why": e["why"],
+            }
+            for e in entries
+        ]
+    )
+    smoke = "; ".join(
+        f"{t.title.replace(' [smoke test]', '')}: {t.smoke}" for t in tables if t.smoke
+    )
     counts = pd.Series([e["verdict"] for e in entries]).value_counts()
     summary = ", ".join(f"{n} {v}" for v, n in counts.items())
-    caption = (f"Every claim of the thesis' result tables that a sweep can test ({summary}). {TOLERANCE_TEXT}"
-               + (f" Smoke tests in this report, shown beside the thesis but never compared: {smoke}." if smoke
-                  else "") + " The same verdicts: reproduction.md and reproduction.json beside report.pdf.")
-    return Table("reproduction", "Reproduction: the thesis' claims and this report's verdicts", caption, frame, [],
-                 1, widths=[36, 9, 12, 12, 14, 0]), entries
+    caption = (
+        f"Every claim of the thesis' result tables that a sweep can test ({summary}). "
+        f"{TOLERANCE_TEXT}"
+        + (
+            f" Smoke tests in this report, shown beside the thesis but never compared: {smoke}."
+            if smoke
+            else ""
+        )
+        + " The same verdicts: reproduction.md and reproduction.json beside report.pdf."
+    )
+    return Table(
+        "reproduction",
+        "Reproduction: the thesis' claims and this report's verdicts",
+        caption,
+        frame,
+        [],
+        1,
+        widths=[36, 9, 12, 12, 14, 0],
+    ), entries

@@ -1,18 +1,25 @@
-"""AMST, Alternating Multimodal Skip Training: thesis Alg. 4 and the AMST paper's modules (seed 001).
+"""AMST, Alternating Multimodal Skip Training: thesis Alg. 4 and the AMST paper's modules (seed
+001).
 
-Modality m trains in epoch e (0-based) iff e mod skip_m == 0 (thesis Eq. 3.8, seed 001 Eq. 1, counted from 0 as
-the thesis code base counts: `phase=code`; `phase=paper` counts from 1 as seed 001 Alg. 1-2); a skipped
+Modality m trains in epoch e (0-based) iff e mod skip_m == 0 (thesis Eq. 3.8, seed 001 Eq. 1,
+counted from 0 as
+the thesis code base counts: `phase=code`; `phase=paper` counts from 1 as seed 001 Alg. 1-2); a
+skipped
 modality's encoder still runs forward (its per-modality metrics, Alg. 4 line 2) but never backward,
 which is where AMST's time per epoch drops (thesis Table 4.5).
 
 Modules (`strategy.params.module`):
-- `alternating` (default): thesis Alg. 4 = Alternating training (Alg. 2 sum/concat, Alg. 3 gated/FiLM)
+- `alternating` (default): thesis Alg. 4 = Alternating training (Alg. 2 sum/concat, Alg. 3
+gated/FiLM)
   where only the modalities due this epoch update; seed 001 Alg. 1 is its shared-head special case.
-- `joint`: seed 001 Alg. 2: one joint loss per step from a reduced head over the non-skipped modalities'
-  weights (early-sum: the skipped embeddings are left out of the sum; late-sum: their branch heads are
+- `joint`: seed 001 Alg. 2: one joint loss per step from a reduced head over the non-skipped
+modalities'
+  weights (early-sum: the skipped embeddings are left out of the sum; late-sum: their branch heads
+  are
   not called). Concat (`joint_head`): by default as the code base's HEAD runs it (code/amst_joint.py
   passes None for a skipped modality and code/models/fusion_modules.py `EarlyConcat` skips it, each
-  block adding bias / M): the skipped block of W gets no gradient, so SGD leaves it, its momentum and
+  block adding bias / M): the skipped block of W gets no gradient, so SGD leaves it, its momentum
+  and
   its weight decay untouched, and the bias enters x (active / M); `joint_head=masked` is the fusion
   with the skipped embeddings zero-masked, the whole bias, and a zero gradient on the skipped block
   that momentum and weight decay still act on (unless `strict`).
@@ -21,10 +28,13 @@ Modules (`strategy.params.module`):
   alternating module's per-modality logits and the joint module's logits (Fig. 1c).
 
 `strict=true` keeps a skipped modality's block of a concat head exactly where it is (weights and SGD
-momentum), as seed 001 Sec. 3.3 says ("only ... the corresponding weights of the independent head are
+momentum), as seed 001 Sec. 3.3 says ("only ... the corresponding weights of the independent head
+are
 updated"), in the alternating module too (whose masked concat step otherwise gives the block a zero
-gradient that momentum and weight decay act on; the code base's HEAD runs its alternating module on the
-shared head only, code/amst_alt.py `--fusion_method msum`). Other heads need no care: a skipped late-sum branch head and a skipped encoder
+gradient that momentum and weight decay act on; the code base's HEAD runs its alternating module on
+the
+shared head only, code/amst_alt.py `--fusion_method msum`). Other heads need no care: a skipped
+late-sum branch head and a skipped encoder
 get no gradient at all, so SGD leaves them alone; early-sum's head is shared by every modality.
 """
 from __future__ import annotations
@@ -51,20 +61,25 @@ JOINT_HEADS = ("code", "masked")
 @dataclass
 class AMSTParams:
     module: Literal[MODULES] = "alternating"
-    #: skip per modality, over the papers' per-dataset defaults (`AMST_DEFAULT_SKIPS`; 1 = never skipped)
+    #: skip per modality, over the papers' per-dataset defaults (`AMST_DEFAULT_SKIPS`; 1 = never
+    #: skipped)
     skips: dict[str, int] = field(default_factory=dict)
-    #: "code": epochs counted from 0 (trains in epochs 0, s, 2s, ...); "paper": from 1 (epochs s-1, 2s-1, ...)
+    #: "code": epochs counted from 0 (trains in epochs 0, s, 2s, ...); "paper": from 1 (epochs s-1,
+    #: 2s-1, ...)
     phase: Literal[AMST_PHASES] = "code"
-    #: true: a skipped modality's concat head block stays fixed (seed 001 Sec. 3.3); false: SGD's momentum and
+    #: true: a skipped modality's concat head block stays fixed (seed 001 Sec. 3.3); false: SGD's
+    #: momentum and
     #: weight decay still move it, as in the code base
     strict: bool = False
-    #: the joint module's reduced concat head: "code" (the code base's HEAD: skipped block untouched, bias x
+    #: the joint module's reduced concat head: "code" (the code base's HEAD: skipped block
+    #: untouched, bias x
     #: active / M) or "masked" (skipped embeddings zero-masked in the full head)
     joint_head: Literal[JOINT_HEADS] = "code"
 
 
 def joint_twin(model, cfg) -> nn.Module:
-    """The full module's joint module: a second model of the same shape with its own initial weights."""
+    """The full module's joint module: a second model of the same shape with its own initial
+    weights."""
     from mmhpc.models.multimodal import MultimodalModel
 
     text = model.encoders["text"].net.config if "text" in model.encoders else None
@@ -79,7 +94,8 @@ def joint_twin(model, cfg) -> nn.Module:
 
 @register
 class AMST(Alternating):
-    """Alternating training with per-modality skip parameters (and the AMST paper's joint/full modules)."""
+    """Alternating training with per-modality skip parameters (and the AMST paper's joint/full
+    modules)."""
 
     name = "amst"
     Params = AMSTParams
@@ -89,15 +105,21 @@ class AMST(Alternating):
         super().check_config(cfg)
         p = cls.parse_params(cfg.strategy.params)
         if p.module != "alternating":
-            require_symmetric(cfg, f"AMST's {p.module} module trains a reduced head over the non-skipped "
-                                   "modalities (seed 001 Alg. 2), which needs a fusion a modality can be masked out "
-                                   "of (gated/FiLM train with module=alternating, thesis Alg. 4)")
+            require_symmetric(
+                cfg,
+                f"AMST's {p.module} module trains a reduced head over the non-skipped "
+                "modalities (seed 001 Alg. 2), which needs a fusion a modality "
+                "can be masked out "
+                "of (gated/FiLM train with module=alternating, thesis Alg. 4)",
+            )
         for m, s in p.skips.items():
             field = ("strategy", "params", "skips", m)
             if m not in cfg.modalities:
                 raise ConfigError(problem(field, "not a modality of this run", cfg.modalities))
             if s < 1:
-                raise ConfigError(problem(field, f"{s!r} must be a positive integer (1 = never skipped)"))
+                raise ConfigError(
+                    problem(field, f"{s!r} must be a positive integer (1 = never skipped)")
+                )
 
     def __init__(self, cfg, model, runtime, data=None):
         full = self.parse_params(cfg.strategy.params).module == "full"
@@ -116,17 +138,24 @@ class AMST(Alternating):
             out["strategy.params.joint_head"] = {
                 "value": self.params.joint_head,
                 "source": "code base HEAD: code/amst_joint.py passes None for a skipped modality, "
-                          "code/models/fusion_modules.py EarlyConcat leaves it out (bias / M per block)"}
+                          "code/models/fusion_modules.py EarlyConcat leaves it out (bias / M per "
+                          "block)"}
         return out
 
     def joint_model(self):
         """The model the joint step trains: this one (`joint`), the twin (`full`), or none."""
-        return {"joint": self.model, "full": getattr(self.model, "amst_joint", None)}.get(self.params.module)
+        return {"joint": self.model, "full": getattr(self.model, "amst_joint", None)}.get(
+            self.params.module
+        )
 
     def begin_epoch(self, epoch: int) -> list[str]:
-        self.active = [m for m in self.modalities if amst_trains(epoch, self.skips[m], self.params.phase)]
+        self.active = [
+            m for m in self.modalities if amst_trains(epoch, self.skips[m], self.params.phase)
+        ]
         models = [self.model] + ([self.model.amst_joint] if self.params.module == "full" else [])
-        self._blocks = self._skipped_blocks(models) if self.params.strict else {}  # fixed for the epoch
+        self._blocks = (
+            self._skipped_blocks(models) if self.params.strict else {}
+        )  # fixed for the epoch
         joint = self.joint_model()
         held = self.params.strict or self.params.joint_head == "code"
         self._joint_blocks = self._skipped_blocks([joint]) if joint is not None and held else {}
@@ -134,8 +163,12 @@ class AMST(Alternating):
 
     def update(self, loss: torch.Tensor, blocks: dict | None = None) -> None:
         blocks = self._blocks if blocks is None else blocks
-        saved = [(t, cols, t[:, cols].clone()) for w, spans in blocks.items() for t in self._with_state(w)
-                 for cols in spans]
+        saved = [
+            (t, cols, t[:, cols].clone())
+            for w, spans in blocks.items()
+            for t in self._with_state(w)
+            for cols in spans
+        ]
         fresh = [w for w in blocks if not self.optimizer.state.get(w)]
         super().update(loss)
         with torch.no_grad():
@@ -149,10 +182,13 @@ class AMST(Alternating):
     def _with_state(self, weight: torch.Tensor) -> list[torch.Tensor]:
         """The weight and its optimiser state of the same shape (SGD momentum; Adam moments)."""
         state = self.optimizer.state.get(weight, {})
-        return [weight] + [v for v in state.values() if torch.is_tensor(v) and v.shape == weight.shape]
+        return [weight] + [
+            v for v in state.values() if torch.is_tensor(v) and v.shape == weight.shape
+        ]
 
     def _skipped_blocks(self, models) -> dict[torch.Tensor, list[slice]]:
-        """Concat head weights -> the column blocks of the modalities skipped this epoch (slices: indexing
+        """Concat head weights -> the column blocks of the modalities skipped this epoch (slices:
+        indexing
         with them copies no index tensor to the device on every update)."""
         out = {}
         for model in models:
@@ -163,7 +199,8 @@ class AMST(Alternating):
                 out[weight] = [slice(i * fusion.dim, (i + 1) * fusion.dim) for i in skipped]
         return out
 
-    # ---- steps ------------------------------------------------------------------------------------
+    # ---- steps
+    # ------------------------------------------------------------------------------------
     def train_step(self, batch, labels):
         module = self.params.module
         if module == "joint":
@@ -175,12 +212,15 @@ class AMST(Alternating):
         return StepOutput(logits)
 
     def _joint_step(self, net, batch, labels) -> dict[str, torch.Tensor]:
-        """Seed 001 Alg. 2: one loss over the non-skipped modalities' embeddings and head weights."""
+        """Seed 001 Alg. 2: one loss over the non-skipped modalities' embeddings and head
+        weights."""
         logits: dict[str, torch.Tensor] = {}
         embs = net.encode(batch)
         loss = self.probe_loss(embs, labels, logits) if net is self.net else None
         if self.active:
-            joint = F.cross_entropy(self._reduced_head(net, {m: embs[m] for m in self.active}), labels)
+            joint = F.cross_entropy(
+                self._reduced_head(net, {m: embs[m] for m in self.active}), labels
+            )
             loss = joint if loss is None else loss + joint
         if loss is not None:
             self.update(loss, self._joint_blocks)
@@ -191,8 +231,10 @@ class AMST(Alternating):
         return logits
 
     def _reduced_head(self, net, embs: dict[str, torch.Tensor]) -> torch.Tensor:
-        """The joint module's logits over the active modalities. `joint_head=code` on a linear concat head:
-        sum_active W_m e_m + (active / M) b, the code base's EarlyConcat with the skipped inputs left out."""
+        """The joint module's logits over the active modalities. `joint_head=code` on a linear
+        concat head:
+        sum_active W_m e_m + (active / M) b, the code base's EarlyConcat with the skipped inputs
+        left out."""
         z = net.fusion(embs)
         fusion = net.model.fusion
         if self.params.joint_head == "code" and isinstance(fusion, Concat) and not fusion.cosine:
@@ -200,7 +242,8 @@ class AMST(Alternating):
         return z
 
     def _full(self, logits: dict[str, torch.Tensor], joint: torch.Tensor) -> torch.Tensor:
-        """Seed 001 Fig. 1c: mean of the alternating module's per-modality logits and the joint logits."""
+        """Seed 001 Fig. 1c: mean of the alternating module's per-modality logits and the joint
+        logits."""
         return torch.stack([logits[m].float() for m in self.modalities] + [joint.float()]).mean(0)
 
     @torch.no_grad()

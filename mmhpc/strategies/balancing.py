@@ -1,4 +1,5 @@
-"""Pieces the balancing baselines share: per-modality components of the fused prediction, scores that
+"""Pieces the balancing baselines share: per-modality components of the fused prediction, scores
+that
 agree across DDP processes, one optimiser group per modality, and the joint step's metric logits.
 
 The formulas themselves live in `formulas.py`; this module only wires them to the model.
@@ -19,23 +20,32 @@ from mmhpc.strategies.formulas import correct_class_score
 def unimodal_logits(net, embs: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """Each modality's additive part of the fused logits: W_m e_m + b / M (seed 003 Eq. 6).
 
-    The masked fusion `net.fusion({m: e_m})` carries the whole shared bias b; seed 003 splits it into M
-    parts, so the parts sum to the fused logits. Late-sum has one bias per branch (already additive),
+    The masked fusion `net.fusion({m: e_m})` carries the whole shared bias b; seed 003 splits it
+    into M
+    parts, so the parts sum to the fused logits. Late-sum has one bias per branch (already
+    additive),
     cosine heads have none. `net`: the strategy's `mmhpc.system.runtime.Net`.
     """
     parts = {m: net.fusion({m: e}) for m, e in embs.items()}
     fusion: Fusion = net.model.fusion
     head = getattr(fusion, "head", None)
-    if isinstance(fusion, (EarlySum, Concat)) and isinstance(head, nn.Linear) and head.bias is not None:
+    if (
+        isinstance(fusion, (EarlySum, Concat))
+        and isinstance(head, nn.Linear)
+        and head.bias is not None
+    ):
         shared = head.bias * (len(fusion.modalities) - 1) / len(fusion.modalities)
         parts = {m: z - shared for m, z in parts.items()}
     return parts
 
 
 def batch_scores(logits: Mapping[str, torch.Tensor], labels: torch.Tensor) -> torch.Tensor:
-    """s [M] in the order of `logits`: sum over the (global) batch of softmax(z_m)[y] (seed 003 Eq. 6, seed 002
-    Eq. 4). The scores stay on the device and are summed over DDP processes there (so every process takes the
-    same balancing decision); a strategy that needs host numbers reads them in one copy (`.tolist()`)."""
+    """s [M] in the order of `logits`: sum over the (global) batch of softmax(z_m)[y] (seed 003 Eq.
+    6, seed 002
+    Eq. 4). The scores stay on the device and are summed over DDP processes there (so every process
+    takes the
+    same balancing decision); a strategy that needs host numbers reads them in one copy
+    (`.tolist()`)."""
     scores = torch.stack([correct_class_score(z, labels) for z in logits.values()])
     if dist.is_available() and dist.is_initialized():
         dist.all_reduce(scores)
@@ -44,7 +54,8 @@ def batch_scores(logits: Mapping[str, torch.Tensor], labels: torch.Tensor) -> to
 
 def step_logits(net, embs: Mapping[str, torch.Tensor], fused: torch.Tensor,
                 unimodal: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Detached logits of one joint step for the training metrics: fused, probes and masked fusion."""
+    """Detached logits of one joint step for the training metrics: fused, probes and masked
+    fusion."""
     logits = {"fused": fused.detach(), **{f"probe/{m}": z.detach() for m, z in unimodal.items()}}
     with torch.no_grad():
         logits.update({m: net.fusion({m: e.detach()}) for m, e in embs.items()})
@@ -52,25 +63,37 @@ def step_logits(net, embs: Mapping[str, torch.Tensor], fused: torch.Tensor,
 
 
 def require_symmetric(cfg, what: str) -> None:
-    """Refuse gated/FiLM where `what` (a sentence) needs the fused logits as a sum of modality parts."""
+    """Refuse gated/FiLM where `what` (a sentence) needs the fused logits as a sum of modality
+    parts."""
     if cfg.model.fusion not in SYMMETRIC:
-        raise ConfigError(problem("model.fusion", f"{what}; {cfg.model.fusion} is not such a fusion", SYMMETRIC))
+        raise ConfigError(
+            problem("model.fusion", f"{what}; {cfg.model.fusion} is not such a fusion", SYMMETRIC)
+        )
 
 
 class ModalityGroups:
-    """Mixin: one optimiser group per modality branch (encoder and projection) plus one for the rest.
+    """Mixin: one optimiser group per modality branch (encoder and projection) plus one for the
+    rest.
 
-    The trainer sets every group's rate to `train.lr` x the epoch's decay factor before `begin_epoch`;
-    that rate is kept as `epoch_lr`, and `set_modality_lr` gives each branch its own rate on top of it.
-    The groups take the optimiser and its defaults (momentum, weight decay) from `Strategy.build_optimizer`.
+    The trainer sets every group's rate to `train.lr` x the epoch's decay factor before
+    `begin_epoch`;
+    that rate is kept as `epoch_lr`, and `set_modality_lr` gives each branch its own rate on top of
+    it.
+    The groups take the optimiser and its defaults (momentum, weight decay) from
+    `Strategy.build_optimizer`.
     """
 
     def build_optimizer(self) -> torch.optim.Optimizer:
         base = super().build_optimizer()
-        branches = {m: [p for p in self.model.branch_parameters(m) if p.requires_grad] for m in self.model.modalities}
+        branches = {
+            m: [p for p in self.model.branch_parameters(m) if p.requires_grad]
+            for m in self.model.modalities
+        }
         in_branch = {id(p) for ps in branches.values() for p in ps}
         shared = [p for p in self.model.parameters() if p.requires_grad and id(p) not in in_branch]
-        groups = [{"params": ps, "modality": m} for m, ps in branches.items()] + [{"params": shared, "modality": None}]
+        groups = [{"params": ps, "modality": m} for m, ps in branches.items()] + [
+            {"params": shared, "modality": None}
+        ]
         return type(base)(groups, **base.defaults)
 
     def begin_epoch(self, epoch: int) -> list[str]:
@@ -83,11 +106,14 @@ class ModalityGroups:
                 group["lr"] = lrs[group["modality"]]
 
     def modality_lr(self) -> dict[str, float]:
-        return {g["modality"]: g["lr"] for g in self.optimizer.param_groups if g["modality"] is not None}
+        return {
+            g["modality"]: g["lr"] for g in self.optimizer.param_groups if g["modality"] is not None
+        }
 
 
 class ModulationWindow:
-    """Mixin: the balancing acts from epoch `params.start_epoch` to `params.end_epoch` (inclusive; None = to
+    """Mixin: the balancing acts from epoch `params.start_epoch` to `params.end_epoch` (inclusive;
+    None = to
     the end), and plain joint training runs outside; `modulating` says which holds this epoch."""
 
     min_modalities = 2
@@ -98,8 +124,11 @@ class ModulationWindow:
         super().check_config(cfg)
         p = cls.parse_params(cfg.strategy.params)
         if p.start_epoch < 0 or (p.end_epoch is not None and p.end_epoch < p.start_epoch):
-            raise ConfigError(f"strategy.params.end_epoch: modulation runs from start_epoch ({p.start_epoch}) to "
-                              f"end_epoch ({p.end_epoch}, inclusive, null = to the end); give 0 <= start <= end")
+            raise ConfigError(
+                f"strategy.params.end_epoch: modulation runs from start_epoch ({p.start_epoch}) to "
+                f"end_epoch ({p.end_epoch}, inclusive, null = to the end); give 0 <= "
+                "start <= end"
+            )
 
     def begin_epoch(self, epoch: int) -> list[str]:
         p = self.params
@@ -108,7 +137,8 @@ class ModulationWindow:
 
 
 def dataset_default(given, table: Mapping, cfg, fallback):
-    """`given` when the user set it, else the per-dataset default (seed 004 Table 2 gives CREMA-D and AVE
+    """`given` when the user set it, else the per-dataset default (seed 004 Table 2 gives CREMA-D
+    and AVE
     values, some per fusion; other datasets take `fallback`)."""
     if given is not None:
         return given

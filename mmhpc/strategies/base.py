@@ -1,10 +1,15 @@
 """The strategy interface: what differs between training strategies, and nothing else.
 
-The trainer owns the loop (epochs, loaders, evaluation, timing, records); a strategy owns one training
-step (forward, losses, which updates) and the per-epoch decisions (which modalities train, when to stop,
-when to decay the learning rate). The system is the runtime's (`mmhpc.system.runtime.Runtime`): every
-forward goes through `self.net`, every update through `runtime.backward` and `runtime.step`, so every
-strategy runs on every parallelism and precision. A new strategy subclasses `Strategy`, overrides what
+The trainer owns the loop (epochs, loaders, evaluation, timing, records); a strategy owns one
+training
+step (forward, losses, which updates) and the per-epoch decisions (which modalities train, when to
+stop,
+when to decay the learning rate). The system is the runtime's (`mmhpc.system.runtime.Runtime`):
+every
+forward goes through `self.net`, every update through `runtime.backward` and `runtime.step`, so
+every
+strategy runs on every parallelism and precision. A new strategy subclasses `Strategy`, overrides
+what
 differs and registers itself with `@register`.
 """
 from __future__ import annotations
@@ -22,7 +27,8 @@ from mmhpc.data.specs import DATASETS
 from mmhpc.errors import ConfigError, problem
 from mmhpc.models.fusion import COSINE_P, FUSIONS
 
-# The strategy registry: the one list of valid `strategy.name` values (filled by importing mmhpc.strategies).
+# The strategy registry: the one list of valid `strategy.name` values (filled by importing
+# mmhpc.strategies).
 STRATEGIES: dict[str, type[Strategy]] = {}
 
 
@@ -58,18 +64,22 @@ class Strategy:
     def __init__(self, cfg, model, runtime, data=None):
         """`model`: the parameters (a `MultimodalModel` on the run's device); `runtime`: the run's
         `Runtime`, which wraps the model for its parallelism and precision here; `data`: a
-        `mmhpc.strategies.data.StrategyData` for passes of the strategy's own (None in unit tests)."""
+        `mmhpc.strategies.data.StrategyData` for passes of the strategy's own (None in unit
+        tests)."""
         self.cfg, self.model, self.runtime, self.data = cfg, model, runtime, data
         self.params = self.parse_params(cfg.strategy.params)
         self.modalities: list[str] = list(model.modalities)
-        self.optimised = {m: 0 for m in self.modalities}  # optimisation epochs per modality (Table 4.4)
+        self.optimised = {
+            m: 0 for m in self.modalities
+        }  # optimisation epochs per modality (Table 4.4)
         self.active: list[str] = list(self.modalities)
         self.net = runtime.setup_model(model, data.probe if data is not None else None)
         self.optimizer = self.build_optimizer()
 
     @classmethod
     def split_datasets(cls, cfg, datasets: dict) -> dict:
-        """The run's datasets as this strategy trains on them (Gradient Blending holds part of train out)."""
+        """The run's datasets as this strategy trains on them (Gradient Blending holds part of train
+        out)."""
         return datasets
 
     # ---- configuration ---------------------------------------------------------------------------
@@ -77,20 +87,35 @@ class Strategy:
     def check_config(cls, cfg) -> None:
         """Reject configs this strategy cannot run, naming the field and the valid choices."""
         if cfg.model.fusion not in cls.fusions:
-            raise ConfigError(problem("model.fusion", f"strategy {cls.name} does not support {cfg.model.fusion}",
-                                      cls.fusions))
+            raise ConfigError(
+                problem(
+                    "model.fusion",
+                    f"strategy {cls.name} does not support {cfg.model.fusion}",
+                    cls.fusions,
+                )
+            )
         if len(cfg.modalities) < cls.min_modalities:
-            raise ConfigError(f"data.modalities: strategy {cls.name} balances two or more modalities, got "
-                              f"{cfg.modalities}; use strategy.name=naive for a single-modality baseline")
+            raise ConfigError(
+                f"data.modalities: strategy {cls.name} balances two or more modalities, got "
+                f"{cfg.modalities}; use strategy.name=naive for a single-modality "
+                "baseline"
+            )
         cls.parse_params(cfg.strategy.params)
 
     @classmethod
     def parse_params(cls, params: dict[str, Any]):
-        """`strategy.params` as this strategy's `Params`, validated by pydantic against the dataclass's field
-        types (strings from the command line coerced, `__post_init__` checks run); ConfigError otherwise."""
+        """`strategy.params` as this strategy's `Params`, validated by pydantic against the
+        dataclass's field
+        types (strings from the command line coerced, `__post_init__` checks run); ConfigError
+        otherwise."""
         known = [f.name for f in dataclasses.fields(cls.Params)]
-        unknown = [problem(("strategy", "params", key), f"unknown parameter of {cls.name}", known or ["none"])
-                   for key in params if key not in known]
+        unknown = [
+            problem(
+                ("strategy", "params", key), f"unknown parameter of {cls.name}", known or ["none"]
+            )
+            for key in params
+            if key not in known
+        ]
         if unknown:
             raise ConfigError(*unknown)
         try:
@@ -132,16 +157,25 @@ class Strategy:
 
     # ---- provenance ------------------------------------------------------------------------------
     def provenance(self) -> dict[str, dict]:
-        """Values this run took from a default rather than from its config, each {"value", "source"}: where
-        the value comes from, or "assumed" when no source gives it (the run record's `provenance`)."""
+        """Values this run took from a default rather than from its config, each {"value",
+        "source"}: where
+        the value comes from, or "assumed" when no source gives it (the run record's
+        `provenance`)."""
         out: dict[str, dict] = {}
         model, data = self.cfg.model, self.cfg.data
         if model.cosine and model.cosine_scale is None:
             out["model.cosine_scale.p"] = {
-                "value": COSINE_P, "source": "assumed: thesis Eq. 3.2 (after MMCosine) leaves the target "
-                                             "probability p unstated"}
+                "value": COSINE_P,
+                "source": "assumed: thesis Eq. 3.2 (after MMCosine) leaves the target "
+                "probability p unstated",
+            }
         spec = DATASETS.get(data.dataset)
-        if data.source == "synthetic" and data.preset == "full" and spec is not None and spec.size_source:
+        if (
+            data.source == "synthetic"
+            and data.preset == "full"
+            and spec is not None
+            and spec.size_source
+        ):
             out["data.num_samples"] = {"value": spec.num_samples, "source": spec.size_source}
         return out
 
@@ -186,7 +220,8 @@ class Strategy:
         return sum(F.cross_entropy(z, labels) for z in probes.values())
 
     def update(self, loss: torch.Tensor) -> None:
-        """One optimiser step on `loss`: gradients through the runtime (loss scaling, DDP's all-reduce)."""
+        """One optimiser step on `loss`: gradients through the runtime (loss scaling, DDP's
+        all-reduce)."""
         self.optimizer.zero_grad(set_to_none=True)
         self.runtime.backward(loss)
         self.runtime.step(self.optimizer)

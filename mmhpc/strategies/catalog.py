@@ -1,6 +1,9 @@
-"""`mmhpc strategies`: every registered strategy with its source, parameters and defaults and fusions
-(every strategy runs on every parallelism: `mmhpc.system.runtime`). The parameters and defaults are read from each strategy's typed `Params`, so the listing
-cannot drift from what `strategy.params` accepts; the sources are those of README's strategy table."""
+"""`mmhpc strategies`: every registered strategy with its source, parameters and defaults and
+fusions
+(every strategy runs on every parallelism: `mmhpc.system.runtime`). The parameters and defaults are
+read from each strategy's typed `Params`, so the listing
+cannot drift from what `strategy.params` accepts; the sources are those of README's strategy
+table."""
 from __future__ import annotations
 
 import dataclasses
@@ -8,7 +11,8 @@ import dataclasses
 from mmhpc.names import PARALLELISMS
 from mmhpc.strategies import STRATEGIES
 
-#: strategy.name -> where its algorithm and defaults come from (thesis = Optimising Multimodal Learning with
+#: strategy.name -> where its algorithm and defaults come from (thesis = Optimising Multimodal
+#: Learning with
 #: a System-Aware Perspective; code base = github CXianRen/AMST, code/)
 SOURCES = {
     "naive": "thesis baseline: one joint loss",
@@ -38,7 +42,8 @@ def _default(field: dataclasses.Field) -> str:
 def describe() -> str:
     lines = ["strategy.name: source; strategy.params (defaults); fusions (every strategy runs on "
              f"{', '.join(PARALLELISMS)})",
-             "(differences between the thesis text, the papers and the code base: mmhpc/strategies/README.md)"]
+             "(differences between the thesis text, the papers and the code base: "
+             "mmhpc/strategies/README.md)"]
     for name in sorted(STRATEGIES):
         cls = STRATEGIES[name]
         lines += ["", f"{name}: {SOURCES.get(name, '?')}"]

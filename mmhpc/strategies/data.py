@@ -1,7 +1,8 @@
 """Passes a strategy runs over the data itself, outside the trainer's epoch loop.
 
 PMR computes its prototypes before each epoch from a share of the training batches (the thesis code
-base's `calculate_prototype`); Gradient Blending estimates its weights on a part of the training data
+base's `calculate_prototype`); Gradient Blending estimates its weights on a part of the training
+data
 held out of training (`split_held_out`). The trainer builds every strategy with a `StrategyData`;
 a strategy built without a trainer (unit tests) can be given one directly.
 """
@@ -20,9 +21,13 @@ class StrategyData:
     def __init__(self, datasets: dict[str, Dataset], cfg, to_device: Callable[[dict], dict]):
         self.datasets, self.cfg, self.to_device = datasets, cfg, to_device
 
-    def batches(self, split: str, epoch: int = 0, fraction: float = 1.0, shuffle: bool = False) -> Iterator[dict]:
-        """Device batches of `split`: the first ceil(fraction x batches), in the training order of `epoch`
-        when `shuffle` (the permutation the training pass of that epoch uses), else in file order."""
+    def batches(
+        self, split: str, epoch: int = 0, fraction: float = 1.0, shuffle: bool = False
+    ) -> Iterator[dict]:
+        """Device batches of `split`: the first ceil(fraction x batches), in the training order of
+        `epoch`
+        when `shuffle` (the permutation the training pass of that epoch uses), else in file
+        order."""
         if split not in self.datasets:
             raise KeyError(f"no {split!r} split here; the run has {', '.join(self.datasets)}")
         loader = build_loader(self.datasets[split], self.cfg, shuffle, preinit=False)
@@ -34,12 +39,14 @@ class StrategyData:
 
 
     def probe(self) -> dict:
-        """One training batch on the device, the first of epoch 0's order (BLP measures branch costs on it)."""
+        """One training batch on the device, the first of epoch 0's order (BLP measures branch costs
+        on it)."""
         return next(self.batches("train", 0, shuffle=True))
 
 
 class Part(Subset):
-    """A subset that still answers the whole dataset's attributes (spec, shapes, modalities, ...)."""
+    """A subset that still answers the whole dataset's attributes (spec, shapes, modalities,
+    ...)."""
 
     def __getattr__(self, name):
         if name in ("dataset", "indices"):
@@ -47,8 +54,11 @@ class Part(Subset):
         return getattr(self.dataset, name)
 
 
-def split_held_out(train: Dataset, fraction: float, seed: int, evaluation: Dataset) -> tuple[Part, Part]:
-    """(training part, held-out part) of the training split: a seeded random `fraction` of its samples is held
+def split_held_out(
+    train: Dataset, fraction: float, seed: int, evaluation: Dataset
+) -> tuple[Part, Part]:
+    """(training part, held-out part) of the training split: a seeded random `fraction` of its
+    samples is held
     out, read from `evaluation` (the same samples without training augmentation)."""
     n = len(train)
     k = round(fraction * n)

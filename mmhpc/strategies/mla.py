@@ -1,21 +1,32 @@
-"""MLA, multimodal learning by alternating unimodal adaptation (Zhang et al. CVPR 2024; thesis Sec. 2.5.3).
+"""MLA, multimodal learning by alternating unimodal adaptation (Zhang et al. CVPR 2024; thesis Sec.
+2.5.3).
 
-- Shared head (Eq. 2.31): one linear layer H(e) = W e + b for every modality: early-sum's head, whose
-  masked output `fusion({m: e_m})` is exactly H(e_m). MLA therefore runs with `model.fusion=early_sum`.
+- Shared head (Eq. 2.31): one linear layer H(e) = W e + b for every modality: early-sum's head,
+whose
+  masked output `fusion({m: e_m})` is exactly H(e_m). MLA therefore runs with
+  `model.fusion=early_sum`.
 - Training: per step, each modality in turn updates its encoder and the shared head on its own loss
   CE(H(e_m), y) (the thesis' Fig. 2.23).
-- Gradient modification (`projection`, off by default as in the thesis' MLA baseline): the head's gradient from modality m is projected
+- Gradient modification (`projection`, off by default as in the thesis' MLA baseline): the head's
+gradient from modality m is projected
   away from the inputs the head has already been trained on, orthogonal weight modification as MLA
-  describes it: W.grad <- W.grad P, then P <- P - P r r^T P / (alpha + r^T P r) with r the batch-mean
+  describes it: W.grad <- W.grad P, then P <- P - P r r^T P / (alpha + r^T P r) with r the
+  batch-mean
   embedding of m (P = I at the start, the first update unprojected). The public MLA code never runs
-  this (its parameter-name test does not match, so the projection is dead code); the AMST authors' MLA
-  baseline (code/baseline/mla_new.py), which the thesis tables report, ran without it: the default. Unlike
-  that dead code, P is not rescaled to unit Frobenius norm (which would shrink every head gradient by
+  this (its parameter-name test does not match, so the projection is dead code); the AMST authors'
+  MLA
+  baseline (code/baseline/mla_new.py), which the thesis tables report, ran without it: the default.
+  Unlike
+  that dead code, P is not rescaled to unit Frobenius norm (which would shrink every head gradient
+  by
   about 1/sqrt(D)) and alpha is constant instead of decaying within the epoch.
 - Runtime fusion (evaluation and the training metrics' "fused"): per sample, sum_m w_m H(e_m) with
-  entropy weights (Eq. 2.32-2.33, `mla_entropy_weights`: softmax over the class axis of each sample's
-  logits, not over the batch as in the public code) or fixed weights (`weights`). Default fixed weights:
-  the code base's (code/baseline/mla_new.py `reinitialize_metrics`): text 0.4, visual 0.25, audio 0.35
+  entropy weights (Eq. 2.32-2.33, `mla_entropy_weights`: softmax over the class axis of each
+  sample's
+  logits, not over the batch as in the public code) or fixed weights (`weights`). Default fixed
+  weights:
+  the code base's (code/baseline/mla_new.py `reinitialize_metrics`): text 0.4, visual 0.25, audio
+  0.35
   for the three modalities ("MLA default alpha for 3 modality dataset"), 0.5 each for two (the
   "default alpha of msum fusion"); other sets of modalities 1/M each.
 """
@@ -32,12 +43,14 @@ from mmhpc.strategies.base import StepOutput, Strategy, register
 from mmhpc.strategies.formulas import mla_entropy_weights
 
 RUNTIME_FUSIONS = ("entropy", "fixed")
-#: code/baseline/mla_new.py: the fixed runtime-fusion weights it records for text-visual-audio datasets
+#: code/baseline/mla_new.py: the fixed runtime-fusion weights it records for text-visual-audio
+#: datasets
 MLA_THREE_MODALITY_WEIGHTS = {"text": 0.4, "visual": 0.25, "audio": 0.35}
 
 
 def mla_default_weights(modalities) -> dict[str, float]:
-    """The code base's fixed weights for audio-visual-text, else 1/M each (its 0.5 / 0.5 for two)."""
+    """The code base's fixed weights for audio-visual-text, else 1/M each (its 0.5 / 0.5 for
+    two)."""
     if set(modalities) == set(MLA_THREE_MODALITY_WEIGHTS):
         return {m: MLA_THREE_MODALITY_WEIGHTS[m] for m in modalities}
     return {m: 1.0 / len(modalities) for m in modalities}
@@ -46,8 +59,12 @@ def mla_default_weights(modalities) -> dict[str, float]:
 @dataclass
 class MLAParams:
     runtime_fusion: Literal[RUNTIME_FUSIONS] = "entropy"
-    weights: dict[str, float] = field(default_factory=dict)  # fixed weights; default `mla_default_weights`
-    projection: bool = False  # the thesis baseline (code/baseline/mla_new.py) has none; true: MLA's OWM
+    weights: dict[str, float] = field(
+        default_factory=dict
+    )  # fixed weights; default `mla_default_weights`
+    projection: bool = (
+        False  # the thesis baseline (code/baseline/mla_new.py) has none; true: MLA's OWM
+    )
     projection_alpha: float = 0.1
 
 
@@ -60,21 +77,33 @@ class MLA(Strategy):
     @classmethod
     def check_config(cls, cfg) -> None:
         if cfg.model.fusion not in cls.fusions:
-            raise ConfigError(problem("model.fusion", f"MLA's shared head H(e_m) = W e_m + b is early_sum's head "
-                                      f"(thesis Eq. 2.31); {cfg.model.fusion} gives each modality other weights",
-                                      cls.fusions))
+            raise ConfigError(
+                problem(
+                    "model.fusion",
+                    f"MLA's shared head H(e_m) = W e_m + b is early_sum's head "
+                    f"(thesis Eq. 2.31); {cfg.model.fusion} gives each modality "
+                    "other weights",
+                    cls.fusions,
+                )
+            )
         super().check_config(cfg)
         p = cls.parse_params(cfg.strategy.params)
         if p.weights:
             if set(p.weights) != set(cfg.modalities) or any(w < 0 for w in p.weights.values()):
-                raise ConfigError(f"strategy.params.weights: give a weight >= 0 for each of {', '.join(cfg.modalities)}"
-                                  f", got {p.weights}")
+                raise ConfigError(
+                    "strategy.params.weights: give a weight >= 0 for each of "
+                    f"{', '.join(cfg.modalities)}"
+                    f", got {p.weights}"
+                )
         if p.projection_alpha <= 0:
             raise ConfigError(f"strategy.params.projection_alpha: {p.projection_alpha} must be > 0")
 
     def __init__(self, *args, **kw):
         super().__init__(*args, **kw)
-        self.weights = {k: float(w) for k, w in (self.params.weights or mla_default_weights(self.modalities)).items()}
+        self.weights = {
+            k: float(w)
+            for k, w in (self.params.weights or mla_default_weights(self.modalities)).items()
+        }
         dim = self.model.dim
         self.P = torch.eye(dim, device=self.model.fusion.head.weight.device)
         self.updates = 0  # head updates so far (the first one is not projected)
@@ -84,13 +113,17 @@ class MLA(Strategy):
         if not self.params.weights and self.params.runtime_fusion == "fixed":
             out["strategy.params.weights"] = {
                 "value": dict(self.weights),
-                "source": "code base: code/baseline/mla_new.py reinitialize_metrics (text 0.4, visual 0.25, audio "
-                          "0.35 for three modalities; 0.5 each for two)" if len(self.weights) in (2, 3)
-                else "assumed: 1/M each"}
+                "source": "code base: code/baseline/mla_new.py reinitialize_metrics (text 0.4, "
+                "visual 0.25, audio "
+                "0.35 for three modalities; 0.5 each for two)"
+                if len(self.weights) in (2, 3)
+                else "assumed: 1/M each",
+            }
         return out
 
     def fused_logits(self, embs):
-        """Runtime fusion: per-sample entropy weights (Eq. 2.32-2.33) or fixed weights over H(e_m)."""
+        """Runtime fusion: per-sample entropy weights (Eq. 2.32-2.33) or fixed weights over
+        H(e_m)."""
         z = {m: self.net.fusion({m: e}) for m, e in embs.items()}
         if self.params.runtime_fusion == "entropy":
             w = mla_entropy_weights(z)

@@ -1,4 +1,5 @@
-"""On-the-fly modulation (seed 003): OGM-GE slows the dominant encoder's gradients, OPM drops its features.
+"""On-the-fly modulation (seed 003): OGM-GE slows the dominant encoder's gradients, OPM drops its
+features.
 
 Both monitor each modality's share of the fused prediction: the discriminative score s_m (Eq. 6, the
 additive part W_m e_m + b/M of the fused logits, `unimodal_logits`) and its ratio rho_m to the other
@@ -8,8 +9,10 @@ device: a step makes no host synchronisation.
 
 - OGM-GE (thesis Eq. 2.27; seed 003 Alg. 2): after backward and before the optimiser step, encoder
   gradients become k_m g + h, h Gaussian noise with the gradient's own spread (Eq. 16, the
-  generalisation enhancement; `ge=false` gives plain OGM, k_m g). Defaults are the thesis code base's
-  (AMST repository code/baseline/ogm3_new.py): k = 1 - tanh(alpha rho) on the modality with the highest
+  generalisation enhancement; `ge=false` gives plain OGM, k_m g). Defaults are the thesis code
+  base's
+  (AMST repository code/baseline/ogm3_new.py): k = 1 - tanh(alpha rho) on the modality with the
+  highest
   ratio only, alpha 0.1, only 4-D (convolution) gradients, epochs 0-50. `variant=paper`,
   `weights=all`, `end_epoch=null` give seed 003's Eq. 11 on every parameter for the whole run.
 - OPM (Alg. 1): in the forward pass each sample drops modality m's feature with probability q_m from
@@ -51,8 +54,10 @@ class _OnTheFly(ModulationWindow, Strategy):
 
     @classmethod
     def check_config(cls, cfg) -> None:
-        require_symmetric(cfg, f"strategy {cls.name} splits the fused logits into per-modality parts (seed 003 "
-                               "Eq. 6)")
+        require_symmetric(
+            cfg,
+            f"strategy {cls.name} splits the fused logits into per-modality parts (seed 003 Eq. 6)",
+        )
         super().check_config(cfg)
 
     def parts(self, embs) -> dict[str, torch.Tensor]:
@@ -62,10 +67,12 @@ class _OnTheFly(ModulationWindow, Strategy):
 
 @dataclass
 class OGMParams:
-    alpha: float = 0.1          # thesis Fig. 2.19 "as specified in the original paper"; code base ogm3_new.py
+    alpha: float = (
+        0.1  # thesis Fig. 2.19 "as specified in the original paper"; code base ogm3_new.py
+    )
     #: "thesis": Eq. 2.27 on the top-ratio modality; "paper": seed 003 Eq. 11
     variant: Literal[OGM_VARIANTS] = "thesis"
-    ge: bool = True             # add the generalisation-enhancement noise (OGM-GE); false: plain OGM
+    ge: bool = True  # add the generalisation-enhancement noise (OGM-GE); false: plain OGM
     #: "conv": only 4-D gradients (code base); "all": every branch parameter (Alg. 2)
     weights: Literal[OGM_WEIGHTS] = "conv"
     start_epoch: int = 0
@@ -86,7 +93,9 @@ class OGMGE(_OnTheFly):
 
     def __init__(self, *args, **kw):
         super().__init__(*args, **kw)
-        self.coeffs: torch.Tensor | None = None  # the last step's k [M] (modality order), on the device
+        self.coeffs: torch.Tensor | None = (
+            None  # the last step's k [M] (modality order), on the device
+        )
 
     def coefficients(self) -> dict[str, float]:
         """The last step's k_m as host numbers (for tests and logs; a synchronisation)."""
@@ -96,7 +105,9 @@ class OGMGE(_OnTheFly):
     def train_step(self, batch, labels):
         out = self.net(batch)
         embs, fused, probes = out["embs"], out["fused"], out["probes"]
-        loss = F.cross_entropy(fused, labels) + sum(F.cross_entropy(z, labels) for z in probes.values())
+        loss = F.cross_entropy(fused, labels) + sum(
+            F.cross_entropy(z, labels) for z in probes.values()
+        )
         parts = self.parts(embs)
         self.optimizer.zero_grad(set_to_none=True)
         self.runtime.backward(loss)
@@ -125,8 +136,8 @@ class OGMGE(_OnTheFly):
 @dataclass
 class OPMParams:
     q_base: float = 0.5  # base drop probability (official code 0.5)
-    lam: float = 0.5     # lambda of Eq. 8 (official code 0.5)
-    p_exe: float = 1.0   # chance that a batch is modulated at all (official code's knob; 1 = Alg. 1)
+    lam: float = 0.5  # lambda of Eq. 8 (official code 0.5)
+    p_exe: float = 1.0  # chance that a batch is modulated at all (official code's knob; 1 = Alg. 1)
     start_epoch: int = 0
     end_epoch: int | None = None
 
@@ -142,15 +153,20 @@ class OPM(_OnTheFly):
         p = cls.parse_params(cfg.strategy.params)
         for key, lo, hi in (("q_base", 0.0, 1.0), ("p_exe", 0.0, 1.0), ("lam", 0.0, float("inf"))):
             if not lo <= getattr(p, key) <= hi:
-                raise ConfigError(f"strategy.params.{key}: {getattr(p, key)} must lie in [{lo}, {hi}]")
+                raise ConfigError(
+                    f"strategy.params.{key}: {getattr(p, key)} must lie in [{lo}, {hi}]"
+                )
 
     def __init__(self, *args, **kw):
         super().__init__(*args, **kw)
         device = next(self.model.parameters()).device
-        self.q = torch.zeros(len(self.modalities), device=device)  # drop probabilities [M] for the next step
+        self.q = torch.zeros(
+            len(self.modalities), device=device
+        )  # drop probabilities [M] for the next step
 
     def drop(self, embs: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
-        """Alg. 1: per-sample feature dropping with probabilities q; returns the features and which samples
+        """Alg. 1: per-sample feature dropping with probabilities q; returns the features and which
+        samples
         kept at least one modality (the others carry no signal and are left out of the loss)."""
         first = embs[self.modalities[0]]
         q = self.q.to(first.device)
@@ -166,7 +182,9 @@ class OPM(_OnTheFly):
         if self.modulating:
             dropped, valid = self.drop(embs)
             per_sample = F.cross_entropy(self.net.fusion(dropped), labels, reduction="none")
-            weight = valid.to(per_sample.dtype)  # the mean over the samples that kept a modality (0 if none)
+            weight = valid.to(
+                per_sample.dtype
+            )  # the mean over the samples that kept a modality (0 if none)
             loss = (per_sample * weight).sum() / weight.sum().clamp_min(1)
         else:
             loss = F.cross_entropy(fused, labels)

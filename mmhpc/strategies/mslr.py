@@ -1,13 +1,17 @@
-"""MSLR, modality-specific learning rates (thesis Eq. 2.28; Yao and Mihalcea 2022), as the thesis code base ran it.
+"""MSLR, modality-specific learning rates (thesis Eq. 2.28; Yao and Mihalcea 2022), as the thesis
+code base ran it.
 
 Joint training (one fused loss, as Naive) where each modality's branch has its own learning rate,
-lr x init_m x f_m; `mslr_schedule_factor` gives f_m from the modality's validation accuracy (its masked
-head). Default `schedule=as_run`: f_m = 1, fixed rates, because the code base's rate update never ran
+lr x init_m x f_m; `mslr_schedule_factor` gives f_m from the modality's validation accuracy (its
+masked
+head). Default `schedule=as_run`: f_m = 1, fixed rates, because the code base's rate update never
+ran
 (AMST repository code/baseline/mslr3_new.py defines `after_validate`, code/common.py calls
 `after_valid()`). `schedule=compound` is that update as written (after the validation of epoch t > 0
 with t mod k_e = 0, x acc_t / mean(last k_e), compounding; k_e = 5, `history_length`);
 `schedule=per_epoch` is thesis Eq. 2.28 read literally. Initial rates: audio 1e-3, visual 1e-2 (the
-code base's defaults and job script), text 8e-5 (the job script that ran MSLR on UR-FUNNY and the AMST
+code base's defaults and job script), text 8e-5 (the job script that ran MSLR on UR-FUNNY and the
+AMST
 paper, Sec. 4; the code's own default is 2e-5, its later audio-visual job script passes 1e-3): x
 train.lr = 1e-3 that is 1, 10, 0.08. The fusion head and the probes keep `train.lr`; the step decay
 (`train.lr_decay_epoch`) scales every rate, as the code base's StepLR does.
@@ -40,8 +44,10 @@ MSLR_DEFAULT_WINDOW = 5
 @dataclass
 class MSLRParams:
     init: dict[str, float] = field(default_factory=dict)  # per-modality multiplier of train.lr
-    window: int = MSLR_DEFAULT_WINDOW                       # k_e
-    schedule: Literal[MSLR_SCHEDULES] = "as_run"  # as_run: fixed (code base as run); compound (adjust_lr); per_epoch (Eq. 2.28)
+    window: int = MSLR_DEFAULT_WINDOW  # k_e
+    schedule: Literal[MSLR_SCHEDULES] = (
+        "as_run"  # as_run: fixed (code base as run); compound (adjust_lr); per_epoch (Eq. 2.28)
+    )
 
 
 @register
@@ -55,16 +61,28 @@ class MSLR(ModalityGroups, Naive):
         p = cls.parse_params(cfg.strategy.params)
         for m, v in p.init.items():
             if m not in cfg.modalities:
-                raise ConfigError(problem(("strategy", "params", "init", m), "not a modality of this run",
-                                          cfg.modalities))
+                raise ConfigError(
+                    problem(
+                        ("strategy", "params", "init", m),
+                        "not a modality of this run",
+                        cfg.modalities,
+                    )
+                )
             if v <= 0:
-                raise ConfigError(f"strategy.params.init.{m}: {v!r} must be a positive number (x train.lr)")
+                raise ConfigError(
+                    f"strategy.params.init.{m}: {v!r} must be a positive number (x train.lr)"
+                )
         if p.window < 1:
-            raise ConfigError(f"strategy.params.window: {p.window!r} must be a positive integer (epochs, k_e)")
+            raise ConfigError(
+                f"strategy.params.window: {p.window!r} must be a positive integer (epochs, k_e)"
+            )
 
     def __init__(self, *args, **kw):
         super().__init__(*args, **kw)
-        self.init = {m: float(self.params.init.get(m, MSLR_DEFAULT_INIT.get(m, 1.0))) for m in self.modalities}
+        self.init = {
+            m: float(self.params.init.get(m, MSLR_DEFAULT_INIT.get(m, 1.0)))
+            for m in self.modalities
+        }
         self.window = self.params.window
         self.history: dict[str, list[float]] = {m: [] for m in self.modalities}
 
@@ -74,7 +92,11 @@ class MSLR(ModalityGroups, Naive):
         return active
 
     def rate(self, m: str) -> float:
-        return self.epoch_lr * self.init[m] * mslr_schedule_factor(self.history[m], self.window, self.params.schedule)
+        return (
+            self.epoch_lr
+            * self.init[m]
+            * mslr_schedule_factor(self.history[m], self.window, self.params.schedule)
+        )
 
     def end_epoch(self, epoch, train, val) -> None:
         super().end_epoch(epoch, train, val)
@@ -85,11 +107,15 @@ class MSLR(ModalityGroups, Naive):
         out = super().provenance()
         for m in self.modalities:
             if m not in self.params.init and m in MSLR_INIT_SOURCES:
-                out[f"strategy.params.init.{m}"] = {"value": self.init[m], "source": MSLR_INIT_SOURCES[m]}
+                out[f"strategy.params.init.{m}"] = {
+                    "value": self.init[m],
+                    "source": MSLR_INIT_SOURCES[m],
+                }
         if "schedule" not in self.cfg.strategy.params:
             out["strategy.params.schedule"] = {
                 "value": self.params.schedule,
-                "source": "code base as run: mslr3_new.py's after_validate is never called (common.py calls "
+                "source": "code base as run: mslr3_new.py's after_validate is never called "
+                "(common.py calls "
                           "after_valid), rates fixed; Doc/Logs/MSLR_CREMAD.log has no rate update"}
         return out
 

@@ -1,23 +1,34 @@
-"""Strategies with one loss per head: Multi-Loss and MLB (seed 002), Gradient Blending (thesis Eq. 2.29).
+"""Strategies with one loss per head: Multi-Loss and MLB (seed 002), Gradient Blending (thesis Eq.
+2.29).
 
-The unimodal classifiers f_i (seed 002 Fig. 1b-c; the helper classifiers of thesis Fig. 2.20) are the
+The unimodal classifiers f_i (seed 002 Fig. 1b-c; the helper classifiers of thesis Fig. 2.20) are
+the
 model's linear probes applied to the encoder outputs *without* detaching them, so their losses train
-the encoders; the "probe/<m>" metrics of these runs are those classifiers. Any fusion works: the fused
+the encoders; the "probe/<m>" metrics of these runs are those classifiers. Any fusion works: the
+fused
 head only contributes the multimodal loss.
 
 - Multi-Loss (seed 002 Eq. 3): L = CE(f(X), y) + sum_i CE(f_i(X_i), y).
-- MLB (seed 002 Eq. 2-7): the same loss; encoder i's learning rate is scaled by k_i each step, from this
+- MLB (seed 002 Eq. 2-7): the same loss; encoder i's learning rate is scaled by k_i each step, from
+this
   batch's unimodal scores (`mlb_coefficient_tensor`: accelerate a lagging modality up to beta_max,
-  decelerate a leading one, k -> 1 once they agree). Eq. 2 scales the update lr x k_i: the optimiser's
-  update of encoder i's group is multiplied by k_i on the device (SGD's and Adam's updates are linear in
-  the rate, so this is lr x k_i exactly; not on the gradient, so Adam's normalisation cannot undo it).
+  decelerate a leading one, k -> 1 once they agree). Eq. 2 scales the update lr x k_i: the
+  optimiser's
+  update of encoder i's group is multiplied by k_i on the device (SGD's and Adam's updates are
+  linear in
+  the rate, so this is lr x k_i exactly; not on the gradient, so Adam's normalisation cannot undo
+  it).
   k_i never reaches the host: a step makes no host synchronisation.
 - Gradient Blending (thesis Eq. 2.29; Wang et al. 2020): L = w_fused L_multi + sum_m w_m L_m. Fixed
   `weights`, or (default) weights re-estimated every `interval` epochs from the overfitting-to-
-  generalisation ratio between two estimates (`gradient_blending_weights`) of the heads' train losses
-  and their losses on a part of the training data held out of training (`holdout`, 10 %, seeded; the GB
-  paper's held-out set), so the validation split stays for model selection alone; `holdout=0` uses the
-  validation split instead. Equal weights until the first estimate. Deviation: the train losses are the
+  generalisation ratio between two estimates (`gradient_blending_weights`) of the heads' train
+  losses
+  and their losses on a part of the training data held out of training (`holdout`, 10 %, seeded; the
+  GB
+  paper's held-out set), so the validation split stays for model selection alone; `holdout=0` uses
+  the
+  validation split instead. Equal weights until the first estimate. Deviation: the train losses are
+  the
   epoch's running training losses, not a separate pass over the training set at the checkpoint.
 """
 from __future__ import annotations
@@ -36,7 +47,8 @@ from mmhpc.strategies.joint import Naive
 
 #: seed 004 Table 2 (ResNet): CREMA-D late-linear 5.0, FiLM 0.5, gated 5.0; AVE late-linear 2.0
 MLB_DEFAULT_ALPHA = {"cremad": 5.0, ("cremad", "film"): 0.5, "ave": 2.0}
-#: alpha on datasets MLB's paper gives no value for (MVSA, IEMOCAP, UR-FUNNY; the code base has no MLB)
+#: alpha on datasets MLB's paper gives no value for (MVSA, IEMOCAP, UR-FUNNY; the code base has no
+#: MLB)
 MLB_FALLBACK_ALPHA = 5.0
 
 
@@ -58,7 +70,10 @@ class MultiLoss(Naive):
         out = self.net(batch)
         embs, fused = out["embs"], out["fused"]
         uni = self.unimodal(embs)
-        losses = {"fused": F.cross_entropy(fused, labels), **{m: F.cross_entropy(z, labels) for m, z in uni.items()}}
+        losses = {
+            "fused": F.cross_entropy(fused, labels),
+            **{m: F.cross_entropy(z, labels) for m, z in uni.items()},
+        }
         loss = self.combine(losses)
         self.before_update(uni, labels)
         self.update(loss)
@@ -84,13 +99,19 @@ class MLB(ModalityGroups, MultiLoss):
         if p.alpha is not None and p.alpha <= 0:
             raise ConfigError(f"strategy.params.alpha: {p.alpha} must be > 0")
         if p.beta_max < 1:
-            raise ConfigError(f"strategy.params.beta_max: {p.beta_max} must be >= 1 (1 = never accelerate)")
+            raise ConfigError(
+                f"strategy.params.beta_max: {p.beta_max} must be >= 1 (1 = never accelerate)"
+            )
 
     def __init__(self, *args, **kw):
         super().__init__(*args, **kw)
-        self.alpha = dataset_default(self.params.alpha, MLB_DEFAULT_ALPHA, self.cfg, MLB_FALLBACK_ALPHA)
+        self.alpha = dataset_default(
+            self.params.alpha, MLB_DEFAULT_ALPHA, self.cfg, MLB_FALLBACK_ALPHA
+        )
         self.epoch_lr = self.cfg.train.lr
-        self.coeffs: torch.Tensor | None = None  # the last step's k [M] (order of the unimodal heads), on the device
+        self.coeffs: torch.Tensor | None = (
+            None  # the last step's k [M] (order of the unimodal heads), on the device
+        )
         self._order = list(self.modalities)
 
     def provenance(self) -> dict[str, dict]:
@@ -101,15 +122,19 @@ class MLB(ModalityGroups, MultiLoss):
             out["strategy.params.alpha"] = {
                 "value": self.alpha,
                 "source": "MLB appendix (seed 004) Table 2, tuned with Adam" if published else
-                "assumed: MLB's papers give no value for this dataset (Table 2: CREMA-D, AVE); CREMA-D's 5.0"}
+                "assumed: MLB's papers give no value for this dataset (Table 2: CREMA-D, AVE); "
+                "CREMA-D's 5.0"}
         return out
 
     def before_update(self, unimodal, labels) -> None:
-        self.coeffs = mlb_coefficient_tensor(batch_scores(unimodal, labels), self.alpha, self.params.beta_max)
+        self.coeffs = mlb_coefficient_tensor(
+            batch_scores(unimodal, labels), self.alpha, self.params.beta_max
+        )
         self._order = list(unimodal)
 
     def update(self, loss) -> None:
-        """The optimiser's step, then each encoder group's update scaled by its k_i: p <- p0 + k_i (p - p0)."""
+        """The optimiser's step, then each encoder group's update scaled by its k_i: p <- p0 + k_i
+        (p - p0)."""
         groups = [g for g in self.optimizer.param_groups if g["modality"] is not None]
         before = [[p.detach().clone() for p in g["params"]] for g in groups]
         super().update(loss)
@@ -118,7 +143,9 @@ class MLB(ModalityGroups, MultiLoss):
                 if not p0:
                     continue
                 params = [p.detach() for p in g["params"]]
-                k = self.coeffs[self._order.index(g["modality"])].to(params[0].device, non_blocking=True)
+                k = self.coeffs[self._order.index(g["modality"])].to(
+                    params[0].device, non_blocking=True
+                )
                 delta = torch._foreach_sub(params, p0)
                 torch._foreach_mul_(delta, k - 1.0)
                 torch._foreach_add_(params, delta)
@@ -126,9 +153,13 @@ class MLB(ModalityGroups, MultiLoss):
 
 @dataclass
 class BlendParams:
-    weights: dict[str, float] = field(default_factory=dict)  # fixed weights, keys "fused" and modalities
+    weights: dict[str, float] = field(
+        default_factory=dict
+    )  # fixed weights, keys "fused" and modalities
     interval: int = 1  # epochs between two estimates of the weights
-    holdout: float = 0.1  # share of the training split held out to estimate the weights; 0: the validation split
+    holdout: float = (
+        0.1  # share of the training split held out to estimate the weights; 0: the validation split
+    )
 
 
 #: the name of the held-out part of the training split in the run's datasets
@@ -146,12 +177,19 @@ class GradientBlending(MultiLoss):
         p = cls.parse_params(cfg.strategy.params)
         heads = ["fused", *cfg.modalities]
         if p.weights and (set(p.weights) != set(heads) or any(w < 0 for w in p.weights.values())):
-            raise ConfigError(f"strategy.params.weights: give a weight >= 0 for each of {', '.join(heads)}, "
-                              f"got {p.weights}")
+            raise ConfigError(
+                f"strategy.params.weights: give a weight >= 0 for each of {', '.join(heads)}, "
+                f"got {p.weights}"
+            )
         if p.interval < 1:
-            raise ConfigError(f"strategy.params.interval: {p.interval!r} must be a positive integer (epochs)")
+            raise ConfigError(
+                f"strategy.params.interval: {p.interval!r} must be a positive integer (epochs)"
+            )
         if not 0.0 <= p.holdout < 1.0:
-            raise ConfigError(f"strategy.params.holdout: {p.holdout} must lie in [0, 1) (0: use the validation split)")
+            raise ConfigError(
+                f"strategy.params.holdout: {p.holdout} must lie in [0, 1) (0: use the validation "
+                "split)"
+            )
 
     def __init__(self, *args, **kw):
         super().__init__(*args, **kw)
@@ -176,7 +214,8 @@ class GradientBlending(MultiLoss):
 
     @torch.no_grad()
     def held_out_losses(self) -> dict[str, float]:
-        """Mean CE of the fused head and each unimodal head on the held-out part of the training data."""
+        """Mean CE of the fused head and each unimodal head on the held-out part of the training
+        data."""
         was_training = self.model.training
         self.model.eval()
         total, n = None, 0
@@ -188,7 +227,9 @@ class GradientBlending(MultiLoss):
             total = losses if total is None else total + losses
             n += len(labels)
         self.model.train(was_training)
-        return dict(zip(["loss/fused", *(f"loss/probe/{m}" for m in self.modalities)], (total / n).tolist()))
+        return dict(
+            zip(["loss/fused", *(f"loss/probe/{m}" for m in self.modalities)], (total / n).tolist())
+        )
 
     def end_epoch(self, epoch, train, val) -> None:
         super().end_epoch(epoch, train, val)

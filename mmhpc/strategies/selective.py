@@ -1,27 +1,38 @@
 """Entropy and Reliability training (thesis Sec. 3.3.2, Alg. 5): one modality optimised per epoch.
 
 After each epoch the next modality is chosen from that epoch's validation metrics: Entropy training
-takes the lowest bias (Eq. 3.5-3.6), Reliability training the highest reliability (Eq. 3.7, train loss /
+takes the lowest bias (Eq. 3.5-3.6), Reliability training the highest reliability (Eq. 3.7, train
+loss /
 validation loss of the modality's masked head). The step itself is Alternating training (Alg. 2 for
 sum/concat, Alg. 3 for gated/FiLM) with only the chosen modality updating.
 
-- Cap: `train.epochs` is T, the optimisation epochs any one modality may get; the run stops as soon as
+- Cap: `train.epochs` is T, the optimisation epochs any one modality may get; the run stops as soon
+as
   one modality reaches T, so it lasts at most M x T epochs (2T bimodal, 3T trimodal, Sec. 4.2).
-- LR decay: `train.lr_decay` applies once any modality has `train.lr_decay_epoch` optimisation epochs
-  (Sec. 4.2: "when any single modality reaches 70"). The threshold counts optimisation epochs, the unit
+- LR decay: `train.lr_decay` applies once any modality has `train.lr_decay_epoch` optimisation
+epochs
+  (Sec. 4.2: "when any single modality reaches 70"). The threshold counts optimisation epochs, the
+  unit
   in which other strategies count epochs, so one config (T = 100, decay at 70) decays every strategy
   after the same share of a modality's training.
-- First epoch(s): no validation metric exists before training, so the first `warmup` epochs (default 1)
+- First epoch(s): no validation metric exists before training, so the first `warmup` epochs (default
+1)
   train every modality, as Alternating training does; every modality then has a meaningful bias and
   reliability to compare, and the warm-up counts towards each modality's optimisation epochs. With
   `warmup=0` the first epoch trains the first modality of `data.modalities`.
-- Which split: Alg. 5 ranks "the mean entropy of modality m across the dataset" (Eq. 3.5) without naming the
-  split. Entropy training ranks the validation split's bias by default (`split=val`): it is measured with
-  the epoch's final weights, without training augmentation, on the split Reliability already reads; the
-  training split's bias (running over the epoch's steps, the curves of thesis Fig. 3.2 and Table 4.4) is
+- Which split: Alg. 5 ranks "the mean entropy of modality m across the dataset" (Eq. 3.5) without
+naming the
+  split. Entropy training ranks the validation split's bias by default (`split=val`): it is measured
+  with
+  the epoch's final weights, without training augmentation, on the split Reliability already reads;
+  the
+  training split's bias (running over the epoch's steps, the curves of thesis Fig. 3.2 and Table
+  4.4) is
   recorded every epoch as train bias/<m> and drives the choice with `split=train`.
-- Cosine classifier: the thesis runs both with cosine heads (Sec. 3.3.2, 4.2), which remove the logit
-  scale so that bias measures direction only. A config without `model.cosine=true` is refused (the model
+- Cosine classifier: the thesis runs both with cosine heads (Sec. 3.3.2, 4.2), which remove the
+logit
+  scale so that bias measures direction only. A config without `model.cosine=true` is refused (the
+  model
   is built before the strategy, so it cannot be switched on silently); `require_cosine=false` allows
   the ablation with linear heads.
 """
@@ -52,7 +63,9 @@ class EntropyParams(SelectiveParams):
 
 class _Selective(Alternating):
     metric: ClassVar[str] = ""  # the validation metric Alg. 5 ranks ("bias" or "reliability")
-    mode: ClassVar[str] = ""    # `select_modality` mode: lowest ("entropy") or highest ("reliability")
+    mode: ClassVar[str] = (
+        ""  # `select_modality` mode: lowest ("entropy") or highest ("reliability")
+    )
     Params = SelectiveParams
 
     @classmethod
@@ -60,12 +73,17 @@ class _Selective(Alternating):
         super().check_config(cfg)
         p = cls.parse_params(cfg.strategy.params)
         if p.require_cosine and not cfg.model.cosine:
-            raise ConfigError(f"model.cosine: strategy {cls.name} trains with the cosine classifier (thesis Sec. "
-                              "3.3.2, 4.2); set model.cosine=true, or strategy.params.require_cosine=false for "
-                              "the ablation with linear heads")
+            raise ConfigError(
+                f"model.cosine: strategy {cls.name} trains with the cosine classifier (thesis Sec. "
+                "3.3.2, 4.2); set model.cosine=true, or "
+                "strategy.params.require_cosine=false for "
+                "the ablation with linear heads"
+            )
         if p.warmup < 0:
-            raise ConfigError(f"strategy.params.warmup: {p.warmup!r} must be an integer >= 0 (epochs that train "
-                              "every modality before the metric chooses)")
+            raise ConfigError(
+                f"strategy.params.warmup: {p.warmup!r} must be an integer >= 0 (epochs that train "
+                "every modality before the metric chooses)"
+            )
 
     def __init__(self, *args, **kw):
         super().__init__(*args, **kw)
@@ -97,8 +115,10 @@ class _Selective(Alternating):
 
     def stop_reason(self) -> str:
         done = ", ".join(f"{m} {n}" for m, n in self.optimised.items())
-        return (f"a modality has had T = {self.cfg.train.epochs} optimisation epochs (thesis Alg. 5; "
-                f"optimisation epochs: {done})")
+        return (
+            f"a modality has had T = {self.cfg.train.epochs} optimisation epochs (thesis Alg. 5; "
+            f"optimisation epochs: {done})"
+        )
 
     def lr_factor(self, epoch: int) -> float:
         t = self.cfg.train

@@ -1,17 +1,22 @@
 """Parallelism as one interface (thesis Sec. 2.7.3.3-2.7.3.4, 3.4.4, Tables 4.13-4.15).
 
-`Parallelism` subclasses, one per `system.parallelism`, answer the launcher and run the trainer's side:
-- rules, asked before anything runs (by `mmhpc sweep` with a cluster's GPU type, by the trainer with the
+`Parallelism` subclasses, one per `system.parallelism`, answer the launcher and run the trainer's
+side:
+- rules, asked before anything runs (by `mmhpc sweep` with a cluster's GPU type, by the trainer with
+the
   devices it sees): `devices_needed`, `tasks_per_node`, `problem`;
 - a run: `setup` (choose the device, join the process group), `branches` (BLP's branch threads),
-  `wrap` (DP/DDP around the run's model, `mmhpc.system.runtime`), `to_device` (where each input goes), `synchronize` (every device the run computes on, before a
+  `wrap` (DP/DDP around the run's model, `mmhpc.system.runtime`), `to_device` (where each input
+  goes), `synchronize` (every device the run computes on, before a
   timer is read), `reduce`/`broadcast` (metrics over processes), `peak_memory`, `close`.
 
 - single: one device.
 - dp: `nn.DataParallel` over all visible GPUs; needs at least two (no silent fallback).
-- ddp: one process per device (torchrun or SLURM tasks set RANK/WORLD_SIZE/LOCAL_RANK/MASTER_ADDR/PORT),
+- ddp: one process per device (torchrun or SLURM tasks set
+RANK/WORLD_SIZE/LOCAL_RANK/MASTER_ADDR/PORT),
   NCCL on GPUs and gloo on the CPU; the global batch is split evenly over the processes.
-- blp: each encoder branch on its own device, run concurrently from threads (on one GPU: one CUDA stream
+- blp: each encoder branch on its own device, run concurrently from threads (on one GPU: one CUDA
+stream
   per branch; on the CPU: threads), fusion and loss on the master device. Backward crosses devices
   through autograd, so every branch gets its gradient from the one loss.
 """
@@ -47,8 +52,10 @@ def local_device(local_rank: int, env=os.environ) -> torch.device:
     """The GPU of the process with this node-local rank, whatever SLURM lets it see.
 
     All of the node's GPUs visible (torchrun, `--gpus-per-node`): GPU `local_rank`. One GPU per task
-    (`--gpus-per-task=1`, cgroups): that GPU is ordinal 0 in every process. One GPU visible without a
-    per-task binding while the node runs several ranks: they would all share it (NCCL: "Duplicate GPU
+    (`--gpus-per-task=1`, cgroups): that GPU is ordinal 0 in every process. One GPU visible without
+    a
+    per-task binding while the node runs several ranks: they would all share it (NCCL: "Duplicate
+    GPU
     detected"), so it is refused.
     """
     count = torch.cuda.device_count()
@@ -57,14 +64,21 @@ def local_device(local_rank: int, env=os.environ) -> torch.device:
         return torch.device("cuda", 0)
     if count == 1:
         raise ConfigError(
-            f"system.parallelism: ddp process of LOCAL_RANK {local_rank} sees one GPU (CUDA_VISIBLE_DEVICES="
-            f"{env.get('CUDA_VISIBLE_DEVICES', '<unset>')}) and so does every other rank on this node: two ranks "
-            "on one GPU fail in NCCL (duplicate GPU); give each task its own GPU (--gpus-per-task=1) or let "
-            "every rank see all of the node's GPUs (--gpus-per-node=N, torchrun --nproc-per-node <= GPUs)")
+            f"system.parallelism: ddp process of LOCAL_RANK {local_rank} sees one GPU "
+            "(CUDA_VISIBLE_DEVICES="
+            f"{env.get('CUDA_VISIBLE_DEVICES', '<unset>')}) and so does every other rank on this "
+            "node: two ranks "
+            "on one GPU fail in NCCL (duplicate GPU); give each task its own GPU "
+            "(--gpus-per-task=1) or let "
+            "every rank see all of the node's GPUs (--gpus-per-node=N, torchrun --nproc-per-node "
+            "<= GPUs)")
     if local_rank < count:
         return torch.device("cuda", local_rank)
-    raise ConfigError(f"system.parallelism: ddp process of local rank {local_rank} sees {count} GPUs; run one "
-                      "process per GPU (torchrun --nproc-per-node <= GPUs, or one SLURM task per GPU)")
+    raise ConfigError(
+        f"system.parallelism: ddp process of local rank {local_rank} sees {count} GPUs; run one "
+        "process per GPU (torchrun --nproc-per-node <= GPUs, or one SLURM task per "
+        "GPU)"
+    )
 
 
 class Parallelism:
@@ -80,7 +94,8 @@ class Parallelism:
     def is_main(self) -> bool:
         return self.rank == 0
 
-    # ---- rules: what one run needs (launcher and trainer) -----------------------------------------
+    # ---- rules: what one run needs (launcher and trainer)
+    # -----------------------------------------
     @classmethod
     def devices_needed(cls, cfg, requested: int | None = None) -> int:
         """Devices one run uses: GPUs on a GPU cluster (processes for CPU DDP)."""
@@ -93,10 +108,12 @@ class Parallelism:
 
     @classmethod
     def problem(cls, cfg, device_type: str, devices: int, world: int = 1) -> str | None:
-        """Why the run cannot use `devices` devices of `device_type` (`world` DDP processes), or None."""
+        """Why the run cannot use `devices` devices of `device_type` (`world` DDP processes), or
+        None."""
         return None
 
-    # ---- a run ------------------------------------------------------------------------------------
+    # ---- a run
+    # ------------------------------------------------------------------------------------
     def setup(self) -> torch.device:
         """Choose the run's device (and make it the current CUDA device of this thread)."""
         self.device = resolve_device(self.cfg.system.device)
@@ -104,7 +121,9 @@ class Parallelism:
             if self.device.index is None:
                 self.device = torch.device("cuda", torch.cuda.current_device())
             torch.cuda.set_device(self.device)
-        self._check(self.device.type, torch.cuda.device_count() if self.device.type == "cuda" else 0)
+        self._check(
+            self.device.type, torch.cuda.device_count() if self.device.type == "cuda" else 0
+        )
         return self.device
 
     def _check(self, device_type: str, devices: int) -> None:
@@ -112,13 +131,17 @@ class Parallelism:
         if problem:
             raise ConfigError(problem)
 
-    def branches(self, model: nn.Module, probe: Callable[[], dict] | None, precision) -> BranchParallel | None:
-        """BLP's branch runner for `model` (None: the model encodes its inputs itself). `probe()` gives one
+    def branches(
+        self, model: nn.Module, probe: Callable[[], dict] | None, precision
+    ) -> BranchParallel | None:
+        """BLP's branch runner for `model` (None: the model encodes its inputs itself). `probe()`
+        gives one
         training batch (BLP measures on it)."""
         return None
 
     def wrap(self, module: nn.Module) -> nn.Module:
-        """The module the step's forward runs through: DP/DDP around the run's model, or the model."""
+        """The module the step's forward runs through: DP/DDP around the run's model, or the
+        model."""
         return module
 
     def input_device(self, key: str) -> torch.device:
@@ -126,8 +149,10 @@ class Parallelism:
 
     def to_device(self, batch: dict, non_blocking: bool = False) -> dict:
         """Each tensor of a batch straight to the device that consumes it."""
-        return {k: v.to(self.input_device(k), non_blocking=non_blocking) if torch.is_tensor(v) else v
-                for k, v in batch.items()}
+        return {
+            k: v.to(self.input_device(k), non_blocking=non_blocking) if torch.is_tensor(v) else v
+            for k, v in batch.items()
+        }
 
     def compute_devices(self) -> list[torch.device]:
         return [self.device]
@@ -139,7 +164,8 @@ class Parallelism:
                 torch.cuda.synchronize(d)
 
     def reduce(self, values: dict[str, float], weight: float) -> dict[str, float]:
-        """Weighted mean of per-process metrics (weight = samples seen); the values themselves in one process."""
+        """Weighted mean of per-process metrics (weight = samples seen); the values themselves in
+        one process."""
         return values
 
     def broadcast(self, obj):
@@ -147,7 +173,8 @@ class Parallelism:
         return obj
 
     def gather(self, obj, what: str = "") -> list:
-        """Every rank's object, in rank order, on every rank (`what`: the collective, for a timeout's message)."""
+        """Every rank's object, in rank order, on every rank (`what`: the collective, for a
+        timeout's message)."""
         return [obj]
 
     def any_rank(self, flag: bool) -> bool:
@@ -155,9 +182,12 @@ class Parallelism:
         return flag
 
     def peak_memory(self) -> dict:
-        """GPU memory of the epoch in MiB per device the run uses (empty on the CPU), and resets the peaks:
-        the peak of the tensors (`_peak_mib`), the peak the caching allocator reserved (`_reserved_peak_mib`),
-        and what NVML counts as used on the device at the epoch's end (`_device_used_mib`: every process and
+        """GPU memory of the epoch in MiB per device the run uses (empty on the CPU), and resets the
+        peaks:
+        the peak of the tensors (`_peak_mib`), the peak the caching allocator reserved
+        (`_reserved_peak_mib`),
+        and what NVML counts as used on the device at the epoch's end (`_device_used_mib`: every
+        process and
         CUDA context on it)."""
         from mmhpc.system.sampler import device_used_mib
 
@@ -193,16 +223,21 @@ class DataParallel(Parallelism):
     def problem(cls, cfg, device_type, devices, world=1):
         if device_type != "cuda" or devices < 2:
             return (f"system.parallelism: dp (nn.DataParallel) needs >= 2 CUDA GPUs, this run has "
-                    f"{devices if device_type == 'cuda' else 0}; valid: single, or ddp (which also runs on the "
+                    f"{devices if device_type == 'cuda' else 0}; valid: single, or ddp (which also "
+                    "runs on the "
                     "CPU with gloo)")
         return None
 
     def compute_devices(self):
-        return [torch.device("cuda", i) for i in range(torch.cuda.device_count())] if self.device.type == "cuda" \
+        return (
+            [torch.device("cuda", i) for i in range(torch.cuda.device_count())]
+            if self.device.type == "cuda"
             else [self.device]
+        )
 
     def wrap(self, module):
-        # the run's model enters its autocast in forward: replicas run in new threads, where the caller's
+        # the run's model enters its autocast in forward: replicas run in new threads, where the
+        # caller's
         # autocast state is absent (mmhpc.system.runtime.RunModel)
         return nn.DataParallel(module)
 
@@ -223,14 +258,18 @@ class Distributed(Parallelism):
     @classmethod
     def problem(cls, cfg, device_type, devices, world=1):
         if cfg.train.batch_size % world:
-            return (f"train.batch_size: {cfg.train.batch_size} is not divisible by the {world} DDP processes; "
-                    "the global batch is split evenly")
+            return (
+                f"train.batch_size: {cfg.train.batch_size} is not divisible by the {world} DDP "
+                "processes; "
+                "the global batch is split evenly"
+            )
         return None
 
     def setup(self):
         if "WORLD_SIZE" not in os.environ:
             raise ConfigError("system.parallelism: ddp runs one process per device; launch it with "
-                              "`torchrun --nproc-per-node N -m mmhpc.cli train ...`, or submit it with `mmhpc sweep` "
+                              "`torchrun --nproc-per-node N -m mmhpc.cli train ...`, or submit it "
+                              "with `mmhpc sweep` "
                               "(one SLURM task per GPU)")
         self.rank, self.world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
         self._check("cpu", 0)  # the batch split: before the device is touched
@@ -250,8 +289,10 @@ class Distributed(Parallelism):
         return self.device
 
     def _host_group(self):
-        """The gloo group of the host-side collectives (stop vote, metrics, rank 0's evaluation, peaks): CPU
-        tensors, no GPU sync. Its timeout stays gloo's default (the other ranks wait there while rank 0
+        """The gloo group of the host-side collectives (stop vote, metrics, rank 0's evaluation,
+        peaks): CPU
+        tensors, no GPU sync. Its timeout stays gloo's default (the other ranks wait there while
+        rank 0
         evaluates alone); a dead peer's closed connection fails it at once. Made at the first call
         (new_group is collective: setup calls it on every rank)."""
         if self._votes is None:
@@ -268,8 +309,10 @@ class Distributed(Parallelism):
                            f"{self._lost_ranks()}") from e
 
     def _lost_ranks(self, wait_s: float = 5.0) -> str:
-        """Which ranks no longer answer: every rank that saw a collective fail marks itself alive in the
-        rendezvous store and waits `wait_s` for the others' marks. The store lives in rank 0's process: when
+        """Which ranks no longer answer: every rank that saw a collective fail marks itself alive in
+        the
+        rendezvous store and waits `wait_s` for the others' marks. The store lives in rank 0's
+        process: when
         it cannot be reached, rank 0 is the one gone."""
         try:
             store = dist.distributed_c10d._get_default_store()
@@ -281,9 +324,12 @@ class Distributed(Parallelism):
                     break
                 time.sleep(0.2)
         except (RuntimeError, ValueError, AttributeError):  # the store's host (rank 0) is gone
-            return "rank(s) 0 died or hang (rank 0 holds the rendezvous store, which no longer answers)"
+            return ("rank(s) 0 died or hang (rank 0 holds the rendezvous store, which no longer "
+                    "answers)")
         if lost:
-            return f"rank(s) {', '.join(map(str, lost))} died or hang (no answer within {wait_s:g} s)"
+            return (
+                f"rank(s) {', '.join(map(str, lost))} died or hang (no answer within {wait_s:g} s)"
+            )
         return "every rank still answers"
 
     def wrap(self, module):
@@ -300,10 +346,14 @@ class Distributed(Parallelism):
         return {k: sum(v[k] * w for v, w in gathered) / total for k in values}
 
     def any_rank(self, flag):
-        """One call late: True on every rank when `flag` was true on any rank at the previous call. The vote
-        is an all-reduce on the CPU over its own gloo group, started at one training step and read at the
-        next, so it travels while the step runs: a blocking one held every rank's host in lockstep at each
-        step, and an NCCL one read with .item() would wait for the GPU's queue. The group is made at the
+        """One call late: True on every rank when `flag` was true on any rank at the previous call.
+        The vote
+        is an all-reduce on the CPU over its own gloo group, started at one training step and read
+        at the
+        next, so it travels while the step runs: a blocking one held every rank's host in lockstep
+        at each
+        step, and an NCCL one read with .item() would wait for the GPU's queue. The group is made at
+        the
         first call, which every rank reaches at the same step (new_group is collective)."""
         if not dist.is_initialized():
             return flag
@@ -335,7 +385,8 @@ class Distributed(Parallelism):
         return gathered
 
     def peak_memory(self):
-        """Every rank's peak, keyed by rank and device (a DDP run's memory is not rank 0's alone)."""
+        """Every rank's peak, keyed by rank and device (a DDP run's memory is not rank 0's
+        alone)."""
         mine = super().peak_memory()
         if not dist.is_initialized():
             return mine
@@ -360,7 +411,9 @@ class BranchLevel(Parallelism):
 
     @classmethod
     def devices_needed(cls, cfg, requested=None):
-        return len(cfg.modalities)  # one device per encoder branch; resources.gpus is for dp/ddp only
+        return len(
+            cfg.modalities
+        )  # one device per encoder branch; resources.gpus is for dp/ddp only
 
     @classmethod
     def problem(cls, cfg, device_type, devices, world=1):
@@ -376,14 +429,19 @@ class BranchLevel(Parallelism):
         return device
 
     def given_devices(self, device: torch.device) -> dict[str, torch.device] | None:
-        """`system.blp_devices` as devices: a bare `cuda` is the run's GPU, an index must be a visible GPU,
-        and every entry must be of the run's device type (ConfigError naming the entry otherwise)."""
+        """`system.blp_devices` as devices: a bare `cuda` is the run's GPU, an index must be a
+        visible GPU,
+        and every entry must be of the run's device type (ConfigError naming the entry
+        otherwise)."""
         explicit = self.cfg.system.blp_devices
         if not explicit:
             return None
         visible = torch.cuda.device_count() if device.type == "cuda" else 0
-        valid = (", ".join(["cuda", *(f"cuda:{i}" for i in range(visible))]) if device.type == "cuda"
-                 else "cpu")
+        valid = (
+            ", ".join(["cuda", *(f"cuda:{i}" for i in range(visible))])
+            if device.type == "cuda"
+            else "cpu"
+        )
         out = {}
         for m, name in explicit.items():
             try:
@@ -392,9 +450,14 @@ class BranchLevel(Parallelism):
                 d = None
             if d is not None and d.type == "cuda" and d.index is None:
                 d = device if device.type == "cuda" else d
-            if d is None or d.type != device.type or (d.type == "cuda" and not 0 <= d.index < visible):
+            if (
+                d is None
+                or d.type != device.type
+                or (d.type == "cuda" and not 0 <= d.index < visible)
+            ):
                 raise ConfigError(f"system.blp_devices: {m}: {name!r} is not a device of this run ("
-                                  f"system.device={self.cfg.system.device}, {visible} visible GPU(s)); "
+                                  f"system.device={self.cfg.system.device}, {visible} visible "
+                                  "GPU(s)); "
                                   f"valid: {valid}")
             out[m] = d
         return out
@@ -411,7 +474,9 @@ class BranchLevel(Parallelism):
         return assign_branches(self.costs, blp_devices(self.device))
 
     def branches(self, model, probe, precision):
-        self.runner = BranchParallel(model, self.placement(model, probe, precision), self.device, precision)
+        self.runner = BranchParallel(
+            model, self.placement(model, probe, precision), self.device, precision
+        )
         return self.runner
 
     def input_device(self, key):
@@ -432,12 +497,16 @@ class BranchLevel(Parallelism):
 
 def dist_timeout() -> timedelta:
     """How long a collective of the default group (DDP's gradient all-reduce) waits for a peer:
-    MMHPC_DIST_TIMEOUT_S, default 60 s. torch's defaults (NCCL 10 minutes, gloo 30) leave the live ranks of
-    a run whose rank died waiting that long; NCCL, unlike gloo, does not see a dead peer's closed socket."""
+    MMHPC_DIST_TIMEOUT_S, default 60 s. torch's defaults (NCCL 10 minutes, gloo 30) leave the live
+    ranks of
+    a run whose rank died waiting that long; NCCL, unlike gloo, does not see a dead peer's closed
+    socket."""
     return timedelta(seconds=float(os.environ.get("MMHPC_DIST_TIMEOUT_S") or 60))
 
 
-PARALLELISMS: dict[str, type[Parallelism]] = {p.name: p for p in (Single, DataParallel, Distributed, BranchLevel)}
+PARALLELISMS: dict[str, type[Parallelism]] = {
+    p.name: p for p in (Single, DataParallel, Distributed, BranchLevel)
+}
 
 
 def build(cfg) -> Parallelism:
@@ -452,8 +521,11 @@ def blp_devices(master: torch.device) -> list[torch.device]:
     return [master]
 
 
-def assign_branches(costs: dict[str, float], devices: list[torch.device]) -> dict[str, torch.device]:
-    """Load-aware placement: most expensive branch first, each onto the least loaded device (LPT)."""
+def assign_branches(
+    costs: dict[str, float], devices: list[torch.device]
+) -> dict[str, torch.device]:
+    """Load-aware placement: most expensive branch first, each onto the least loaded device
+    (LPT)."""
     load = {d: 0.0 for d in devices}
     placement = {}
     for m in sorted(costs, key=lambda k: (-costs[k], k)):
@@ -463,9 +535,11 @@ def assign_branches(costs: dict[str, float], devices: list[torch.device]) -> dic
     return placement
 
 
-def measure_branch_costs(model, batch: dict[str, torch.Tensor], device: torch.device, precision=None,
-                         reps: int = 2) -> dict:
-    """Seconds of forward+backward of each encoder branch on `device` (after one warm-up), at the run's
+def measure_branch_costs(
+    model, batch: dict[str, torch.Tensor], device: torch.device, precision=None, reps: int = 2
+) -> dict:
+    """Seconds of forward+backward of each encoder branch on `device` (after one warm-up), at the
+    run's
     precision (a `mmhpc.system.precision.Precision`; None: as called)."""
     costs = {}
     for m in model.modalities:
@@ -485,21 +559,35 @@ def measure_branch_costs(model, batch: dict[str, torch.Tensor], device: torch.de
 
 
 class BranchParallel:
-    """Runs each modality's encoder branch on its device, concurrently, and returns embeddings on the master.
+    """Runs each modality's encoder branch on its device, concurrently, and returns embeddings on
+    the master.
 
-    Grad mode and autocast are thread-local in PyTorch, so each branch thread re-enters the caller's grad
-    mode and the run's precision (returning float32, as `mmhpc.system.runtime.RunModel` does). Inputs arrive on their branch's device already (the trainer
+    Grad mode and autocast are thread-local in PyTorch, so each branch thread re-enters the caller's
+    grad
+    mode and the run's precision (returning float32, as `mmhpc.system.runtime.RunModel` does).
+    Inputs arrive on their branch's device already (the trainer
     asks `BranchLevel.input_device`), so a branch copies nothing through the master.
     """
 
-    def __init__(self, model, placement: dict[str, torch.device], master: torch.device, precision=None):
-        self.model, self.placement, self.master, self.precision = model, placement, master, precision
+    def __init__(
+        self, model, placement: dict[str, torch.device], master: torch.device, precision=None
+    ):
+        self.model, self.placement, self.master, self.precision = (
+            model,
+            placement,
+            master,
+            precision,
+        )
         for m, dev in placement.items():
             model.encoders[m].to(dev)
             for part in (model.project, model.dropout):
                 if m in part:
                     part[m].to(dev)
-        self.streams = {m: torch.cuda.Stream(dev) for m, dev in placement.items()} if master.type == "cuda" else {}
+        self.streams = (
+            {m: torch.cuda.Stream(dev) for m, dev in placement.items()}
+            if master.type == "cuda"
+            else {}
+        )
         self.pool = ThreadPoolExecutor(len(placement), thread_name_prefix="mmhpc-blp")
 
     def _branch(self, m: str, x: torch.Tensor, grad: bool):
@@ -526,7 +614,9 @@ class BranchParallel:
         out = {}
         for m, fut in futures.items():
             res = fut.result()
-            if isinstance(res, tuple):  # CUDA: join the branch stream before the master uses its output
+            if isinstance(
+                res, tuple
+            ):  # CUDA: join the branch stream before the master uses its output
                 e, stream = res
                 torch.cuda.current_stream(self.master).wait_stream(stream)
                 e.record_stream(torch.cuda.current_stream(self.master))

@@ -1,21 +1,30 @@
 """Numeric precision as one object (thesis Sec. 3.4.2 and 4.3.2.1, Tables 4.6-4.9).
 
 `Precision(name, device_type)` knows what a precision means on a device, whether a GPU of a given
-compute capability can run it (the trainer asks with the GPU it has, the launcher with the GPU type a
+compute capability can run it (the trainer asks with the GPU it has, the launcher with the GPU type
+a
 profile names), sets PyTorch's backend flags, and carries the autocast dtype that the run's model
 (`mmhpc.system.runtime.RunModel`) enters in its forward, so that DataParallel replicas, BLP branch
 threads and every strategy run at the run's precision without entering an autocast themselves.
 
-| name          | matmul TF32 | cuDNN TF32 | autocast | what it is                                          |
+| name          | matmul TF32 | cuDNN TF32 | autocast | what it is
+|
 |---------------|-------------|------------|----------|-----------------------------------------------------|
-| `fp32`        | off         | on         | -        | PyTorch's defaults: the thesis' "No TF32" baseline  |
-| `fp32_strict` | off         | off        | -        | every op in IEEE float32 (not a thesis setting)     |
-| `tf32`        | on          | on         | -        | thesis Fig. 3.6, the thesis' default precision      |
-| `bf16`        | on          | on         | bfloat16 | thesis Fig. 3.7 on top of the code base's TF32 flags |
+| `fp32`        | off         | on         | -        | PyTorch's defaults: the thesis' "No TF32"
+baseline  |
+| `fp32_strict` | off         | off        | -        | every op in IEEE float32 (not a thesis
+setting)     |
+| `tf32`        | on          | on         | -        | thesis Fig. 3.6, the thesis' default
+precision      |
+| `bf16`        | on          | on         | bfloat16 | thesis Fig. 3.7 on top of the code base's
+TF32 flags |
 
-Sec. 4.3.2.1: "TF32 support for convolution operations is enabled by default in PyTorch", which is why the
-CNN encoders "show minimal performance change" in Tables 4.6/4.7: the baseline `fp32` keeps cuDNN TF32
-on. The thesis' code base (CXianRen/AMST, `code/common.py`) turns both flags on unless `--no_tf32`, also in
+Sec. 4.3.2.1: "TF32 support for convolution operations is enabled by default in PyTorch", which is
+why the
+CNN encoders "show minimal performance change" in Tables 4.6/4.7: the baseline `fp32` keeps cuDNN
+TF32
+on. The thesis' code base (CXianRen/AMST, `code/common.py`) turns both flags on unless `--no_tf32`,
+also in
 its BF16 runs; ops that autocast leaves in float32 therefore use TF32 under `bf16` too.
 TF32 and BF16 need compute capability 8.0+ (A100, A40, H100); `fp32_strict` and `fp32` run anywhere.
 On the CPU there is no TF32: `fp32` and `fp32_strict` are plain float32, `bf16` is CPU autocast to
@@ -45,8 +54,17 @@ class _Mode:
 
 
 #: the registry's entries (mmhpc.names.PRECISIONS) with their torch dtypes
-MODES = {name: _Mode(c.matmul_tf32, c.cudnn_tf32, getattr(torch, c.autocast) if c.autocast else None,
-                     c.tensor_cores, c.cpu, c.loss_scale) for name, c in PRECISIONS.items()}
+MODES = {
+    name: _Mode(
+        c.matmul_tf32,
+        c.cudnn_tf32,
+        getattr(torch, c.autocast) if c.autocast else None,
+        c.tensor_cores,
+        c.cpu,
+        c.loss_scale,
+    )
+    for name, c in PRECISIONS.items()
+}
 
 
 def _capability_text(capability) -> str:
@@ -82,23 +100,39 @@ class Precision:
         return self.mode.dtype
 
     def problem(self, capability=None, gpu: str = "this GPU") -> str | None:
-        """Why this precision cannot run on the device, or None. `capability`: (8, 0) or 8.0 for a GPU."""
+        """Why this precision cannot run on the device, or None. `capability`: (8, 0) or 8.0 for a
+        GPU."""
         mode = self.mode
         if self.device_type == "cpu" and not mode.cpu:
-            return problem("system.precision", f"{self.name} is a tensor-core format of NVIDIA GPUs (compute "
-                           "capability 8.0+), not available on the CPU", [n for n, m in MODES.items() if m.cpu])
+            return problem(
+                "system.precision",
+                f"{self.name} is a tensor-core format of NVIDIA GPUs (compute "
+                "capability 8.0+), not available on the CPU",
+                [n for n, m in MODES.items() if m.cpu],
+            )
         if self.device_type == "cuda" and mode.tensor_cores and capability is not None \
                 and _as_tuple(capability) < AMPERE:
-            return problem("system.precision", f"{self.name} needs compute capability 8.0+, {gpu} has "
-                           f"{_capability_text(capability)}", [n for n, m in MODES.items() if not m.tensor_cores])
+            return problem(
+                "system.precision",
+                f"{self.name} needs compute capability 8.0+, {gpu} has "
+                f"{_capability_text(capability)}",
+                [n for n, m in MODES.items() if not m.tensor_cores],
+            )
         return None
 
     def validate(self, device: torch.device | None = None) -> None:
         """Refuse, before any work, a precision the (current) device cannot run."""
         capability, gpu = None, "this GPU"
         if self.device_type == "cuda":
-            index = device.index if device is not None and device.index is not None else torch.cuda.current_device()
-            capability, gpu = torch.cuda.get_device_capability(index), torch.cuda.get_device_name(index)
+            index = (
+                device.index
+                if device is not None and device.index is not None
+                else torch.cuda.current_device()
+            )
+            capability, gpu = (
+                torch.cuda.get_device_capability(index),
+                torch.cuda.get_device_name(index),
+            )
         problem = self.problem(capability, gpu)
         if problem:
             raise ConfigError(problem)
@@ -112,7 +146,9 @@ class Precision:
     def autocast(self):
         """The autocast context of this precision (disabled without an autocast dtype)."""
         dtype = self.dtype
-        return torch.autocast(self.device_type, dtype=dtype or torch.float32, enabled=dtype is not None)
+        return torch.autocast(
+            self.device_type, dtype=dtype or torch.float32, enabled=dtype is not None
+        )
 
     def grad_scaler(self):
         """The loss scaler of a mode with `loss_scale` (float16 needs one), else None."""
@@ -120,7 +156,8 @@ class Precision:
 
 
 def to_float(out):
-    """Floating-point tensors (also inside dicts, lists, tuples) cast to float32 at the autocast boundary."""
+    """Floating-point tensors (also inside dicts, lists, tuples) cast to float32 at the autocast
+    boundary."""
     if torch.is_tensor(out):
         return out.float() if out.is_floating_point() else out
     if isinstance(out, dict):

@@ -5,9 +5,11 @@ Lightning Fabric's strategy and precision plugins (`strategy.backward -> precisi
 - `setup_model(model, probe)`: the model wrapped for the run (`RunModel`: the run's autocast, BLP's
   branch threads; then `nn.DataParallel` or `DistributedDataParallel` around it), and `Net`, the one
   object strategies call forward on;
-- `to_device(batch)`, `backward(loss)` (the precision's loss-scaling hook; DDP's gradient all-reduce,
+- `to_device(batch)`, `backward(loss)` (the precision's loss-scaling hook; DDP's gradient
+all-reduce,
   correct for steps with several backward passes), `step(optimizer)`;
-- the collectives `reduce`, `broadcast`, `gather`, `any_rank`, `mean`, `synchronize`, `peak_memory`, and
+- the collectives `reduce`, `broadcast`, `gather`, `any_rank`, `mean`, `synchronize`, `peak_memory`,
+and
   `state_dict` / `load_state_dict` for a resumed run.
 
 DDP synchronises gradients in two ways. The step's full forward (`net(batch)`: embeddings, fused and
@@ -31,7 +33,8 @@ class RunModel(nn.Module):
     """The model at the run's precision: `forward(op, *args)` runs one of the model's parts (`step`,
     `encode`, `encode_one`, `fusion`, `probe_logits`) inside the run's autocast and returns float32
     (losses computed outside see float32, as they would inside an autocast). Autocast state is
-    thread-local: DataParallel replicas enter it here, in their own thread; BLP's branch threads enter
+    thread-local: DataParallel replicas enter it here, in their own thread; BLP's branch threads
+    enter
     it in `BranchParallel`."""
 
     def __init__(self, model: nn.Module, precision: Precision, branches=None):
@@ -62,11 +65,16 @@ class RunModel(nn.Module):
     def _step(self, batch: dict) -> dict:
         """Embeddings, fused and probe logits in one forward: what a one-backward step trains on."""
         embs = self._encode(batch)
-        return {"embs": embs, "fused": self.model.fusion(embs), "probes": self.model.probe_logits(embs)}
+        return {
+            "embs": embs,
+            "fused": self.model.fusion(embs),
+            "probes": self.model.probe_logits(embs),
+        }
 
 
 class Net:
-    """What strategies call forward on, at the run's precision and parallelism: `net(batch)` (the step's
+    """What strategies call forward on, at the run's precision and parallelism: `net(batch)` (the
+    step's
     full forward), `net.encode(batch)`, `net.encode_one(m, x)`, `net.fusion(embs)`,
     `net.probe_logits(embs)`. `net.part(name)` is the same for a submodel (AMST's joint module)."""
 
@@ -132,7 +140,8 @@ class Runtime:
         return self.parallelism.is_main
 
     def setup_model(self, model: nn.Module, probe=None) -> Net:
-        """Wrap `model` for the run; `probe()` gives one training batch (BLP measures branch costs on it)."""
+        """Wrap `model` for the run; `probe()` gives one training batch (BLP measures branch costs
+        on it)."""
         branches = self.parallelism.branches(model, probe, self.precision)
         local = RunModel(model, self.precision, branches)
         self.net = Net(self, local, self.parallelism.wrap(local))
@@ -154,14 +163,16 @@ class Runtime:
 
     # ---- one update ---------------------------------------------------------------------------
     def backward(self, loss: torch.Tensor) -> None:
-        """Gradients of `loss` (through the precision's loss-scaling hook), the same on every process."""
+        """Gradients of `loss` (through the precision's loss-scaling hook), the same on every
+        process."""
         synced, self._synced = self._synced, False
         (loss if self.scaler is None else self.scaler.scale(loss)).backward()
         if self.world > 1 and not synced:
             self._all_reduce_grads()
 
     def step(self, optimizer: torch.optim.Optimizer) -> None:
-        """The optimiser's step; with loss scaling on unscaled gradients, skipped when one is not finite."""
+        """The optimiser's step; with loss scaling on unscaled gradients, skipped when one is not
+        finite."""
         if self.scaler is None:
             optimizer.step()
             return
@@ -169,7 +180,8 @@ class Runtime:
         self.scaler.update()
 
     def _all_reduce_grads(self) -> None:
-        """Average every gradient over the processes, one all-reduce per dtype. Every process has the
+        """Average every gradient over the processes, one all-reduce per dtype. Every process has
+        the
         same set of gradients: the strategy's graph is the same on every process."""
         if not dist.is_initialized():
             return

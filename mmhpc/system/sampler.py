@@ -1,13 +1,20 @@
-"""Background utilisation sampler (psutil + NVML) for the time series of Fig. 4.1/4.2 and Tables 4.10-4.12.
+"""Background utilisation sampler (psutil + NVML) for the time series of Fig. 4.1/4.2 and Tables
+4.10-4.12.
 
-Rate columns (CPU %, bytes/s) at row `t` cover the interval since the previous row. CPU % is per core
-(100 = one core busy), as in `top`. `rss_mb` sums RSS over the process and its children, so pages shared
-copy-on-write with DataLoader workers count once per process (PSS would be exact but costs a smaps read).
+Rate columns (CPU %, bytes/s) at row `t` cover the interval since the previous row. CPU % is per
+core
+(100 = one core busy), as in `top`. `rss_mb` sums RSS over the process and its children, so pages
+shared
+copy-on-write with DataLoader workers count once per process (PSS would be exact but costs a smaps
+read).
 
-GPU utilisation over a window comes from the driver's own timestamped samples (`nvmlDeviceGetSamples`,
+GPU utilisation over a window comes from the driver's own timestamped samples
+(`nvmlDeviceGetSamples`,
 one every 1/6 to 1 s depending on the GPU), fetched at every poll and at every marker, not from the
-polled `nvmlDeviceGetUtilizationRates` (a 0.5 s poll gives an H200 epoch a handful of values); the polled
-value stays in the time series. The energy counter is read at each marker, so an epoch's energy is the
+polled `nvmlDeviceGetUtilizationRates` (a 0.5 s poll gives an H200 epoch a handful of values); the
+polled
+value stays in the time series. The energy counter is read at each marker, so an epoch's energy is
+the
 counter's difference between its two markers, not between the polls around them. NVML gives no
 utilisation for a MIG slice: its utilisation is None, with a note, never the CPU's in its place.
 """
@@ -32,18 +39,22 @@ MiB = 2 ** 20
 HOST_COLUMNS = ["cpu_proc_pct", "rss_mb", "n_children", "cpu_sys_pct",
                 "disk_read_bps", "disk_write_bps", "net_sent_bps", "net_recv_bps"]
 GPU_METRICS = ["util_pct", "mem_mb", "power_w", "sm_clock_mhz", "energy_mj"]
-# NVML's energy counter covers the GPU board, except on Grace superchips (GH200, GB200), where it covers
-# the whole module: Grace CPU, GPU and memory. Such energies are not comparable with a discrete GPU's.
+# NVML's energy counter covers the GPU board, except on Grace superchips (GH200, GB200), where it
+# covers
+# the whole module: Grace CPU, GPU and memory. Such energies are not comparable with a discrete
+# GPU's.
 MODULE_ENERGY = ("GH200", "GB200", "GRACE")
 
 
 def energy_scope(gpu_name: str) -> str:
-    """`module` for a Grace superchip, else `gpu`: what NVML's energy counter of this device covers."""
+    """`module` for a Grace superchip, else `gpu`: what NVML's energy counter of this device
+    covers."""
     return "module" if any(k in gpu_name.upper() for k in MODULE_ENERGY) else "gpu"
 
 
 def energy_key(i: int, scope: str) -> str:
-    """The summary key of a GPU's energy: `gpu0_energy_j`, or `gpu0_module_energy_j` for a module's, so
+    """The summary key of a GPU's energy: `gpu0_energy_j`, or `gpu0_module_energy_j` for a module's,
+    so
     energies of different scopes never share a column."""
     return f"gpu{i}_energy_j" if scope == "gpu" else f"gpu{i}_{scope}_energy_j"
 
@@ -52,13 +63,16 @@ def visible_gpus(env_value: str | None, nvml_uuids_by_index: Sequence[str]) -> l
     """UUIDs of the GPUs a CUDA process sees, in CUDA ordinal order, given CUDA_VISIBLE_DEVICES.
 
     Integer entries index NVML's (PCI bus) order, which matches CUDA's only under
-    CUDA_DEVICE_ORDER=PCI_BUS_ID (what SLURM assumes); UUIDs are unambiguous. `GPU-` entries may be unique
+    CUDA_DEVICE_ORDER=PCI_BUS_ID (what SLURM assumes); UUIDs are unambiguous. `GPU-` entries may be
+    unique
     prefixes, as CUDA allows; `MIG-` UUIDs pass through since NVML resolves them by UUID only.
     """
     uuids = [u.decode() if isinstance(u, bytes) else str(u) for u in nvml_uuids_by_index]
     if env_value is None:
         return uuids
-    if not env_value.strip() or env_value.strip() == "-1":  # "-1" is the usual idiom for "hide all GPUs"
+    if (
+        not env_value.strip() or env_value.strip() == "-1"
+    ):  # "-1" is the usual idiom for "hide all GPUs"
         return []
     out: list[str] = []
     for pos, raw in enumerate(env_value.split(",")):
@@ -72,7 +86,9 @@ def visible_gpus(env_value: str | None, nvml_uuids_by_index: Sequence[str]) -> l
         elif entry.startswith("GPU-") and len(entry) > 4:
             hits = [u for u in uuids if u.lower().startswith(entry.lower())]
             if len(hits) != 1:
-                raise ValueError(f"{where}: {'no' if not hits else 'ambiguous'} GPU UUID match among {uuids}")
+                raise ValueError(
+                    f"{where}: {'no' if not hits else 'ambiguous'} GPU UUID match among {uuids}"
+                )
             uuid = hits[0]
         elif entry.startswith("MIG-") and len(entry) > 4:
             uuid = entry
@@ -85,19 +101,25 @@ def visible_gpus(env_value: str | None, nvml_uuids_by_index: Sequence[str]) -> l
 
 
 def _torch_uuids() -> list[str] | None:
-    # Only when the caller already initialised CUDA: initialising it here could break fork-based workers.
+    # Only when the caller already initialised CUDA: initialising it here could break fork-based
+    # workers.
     torch = sys.modules.get("torch")
     try:
         if torch is None or not torch.cuda.is_initialized():
             return None
-        uuids = [str(torch.cuda.get_device_properties(i).uuid) for i in range(torch.cuda.device_count())]
-        return [u if u[:4] in ("GPU-", "MIG-") else f"GPU-{u}" for u in uuids]  # MIG: nvml_handle tries both
+        uuids = [
+            str(torch.cuda.get_device_properties(i).uuid) for i in range(torch.cuda.device_count())
+        ]
+        return [
+            u if u[:4] in ("GPU-", "MIG-") else f"GPU-{u}" for u in uuids
+        ]  # MIG: nvml_handle tries both
     except Exception:
         return None
 
 
 def nvml_handle(nv, uuid: str):
-    """(UUID, NVML handle) of the GPU or MIG slice `uuid`, or None. torch formats UUIDs without the GPU-/MIG-
+    """(UUID, NVML handle) of the GPU or MIG slice `uuid`, or None. torch formats UUIDs without the
+    GPU-/MIG-
     prefix, and MIG slices cannot be told apart by it: both prefixes are tried."""
     bare = uuid.split("-", 1)[1] if uuid[:4] in ("GPU-", "MIG-") else uuid
     for cand in dict.fromkeys([uuid, f"GPU-{bare}", f"MIG-{bare}"]):
@@ -112,7 +134,8 @@ _USED_HANDLES: dict = {}  # torch device -> NVML handle, for device_used_mib
 
 
 def device_used_mib(device) -> float | None:
-    """The memory NVML counts as used on a CUDA device, in MiB (every process and CUDA context on it, the
+    """The memory NVML counts as used on a CUDA device, in MiB (every process and CUDA context on
+    it, the
     caching allocator's reserve included); None where NVML cannot tell."""
     import torch
 
@@ -131,10 +154,15 @@ def device_used_mib(device) -> float | None:
 
 def _sample_value(nv, value_type: int, sample) -> float:
     """The number in an NVML sample's value union, by the value type the driver gave."""
-    field = {nv.NVML_VALUE_TYPE_DOUBLE: "dVal", nv.NVML_VALUE_TYPE_UNSIGNED_INT: "uiVal",
-             nv.NVML_VALUE_TYPE_UNSIGNED_LONG: "ulVal", nv.NVML_VALUE_TYPE_UNSIGNED_LONG_LONG: "ullVal",
-             nv.NVML_VALUE_TYPE_SIGNED_LONG_LONG: "sllVal", nv.NVML_VALUE_TYPE_SIGNED_INT: "siVal",
-             nv.NVML_VALUE_TYPE_UNSIGNED_SHORT: "usVal"}[value_type]
+    field = {
+        nv.NVML_VALUE_TYPE_DOUBLE: "dVal",
+        nv.NVML_VALUE_TYPE_UNSIGNED_INT: "uiVal",
+        nv.NVML_VALUE_TYPE_UNSIGNED_LONG: "ulVal",
+        nv.NVML_VALUE_TYPE_UNSIGNED_LONG_LONG: "ullVal",
+        nv.NVML_VALUE_TYPE_SIGNED_LONG_LONG: "sllVal",
+        nv.NVML_VALUE_TYPE_SIGNED_INT: "siVal",
+        nv.NVML_VALUE_TYPE_UNSIGNED_SHORT: "usVal",
+    }[value_type]
     return float(getattr(sample.sampleValue, field))
 
 
@@ -142,7 +170,8 @@ _GPU_KEY = re.compile(r"gpu(\d+)_(.+)")
 
 
 def merge_ranks(summaries: Sequence[dict]) -> dict:
-    """One window's summary of a DDP run from every rank's (each sampled its own GPU): rank 0's process
+    """One window's summary of a DDP run from every rank's (each sampled its own GPU): rank 0's
+    process
     figures, and rank r's GPU figures as gpu<r>_..."""
     out = {k: v for k, v in summaries[0].items() if not _GPU_KEY.fullmatch(k)}
     for rank, summary in enumerate(summaries):
@@ -153,7 +182,12 @@ def merge_ranks(summaries: Sequence[dict]) -> dict:
 
 
 class UtilSampler:
-    def __init__(self, interval_s: float = 0.5, devices: Sequence[int | str] | None = None, pid: int | None = None):
+    def __init__(
+        self,
+        interval_s: float = 0.5,
+        devices: Sequence[int | str] | None = None,
+        pid: int | None = None,
+    ):
         if interval_s <= 0:
             raise ValueError(f"interval_s must be > 0, got {interval_s}")
         self.interval_s = float(interval_s)
@@ -163,7 +197,9 @@ class UtilSampler:
         self.gpus: dict[int, str] = {}  # CUDA ordinal -> UUID of each sampled GPU
         self.energy_scope: dict[int, str] = {}  # CUDA ordinal -> gpu | module (energy_scope)
         self.markers: list[tuple[float, str]] = []
-        self.start_time: float | None = None  # wall clock (time.time()) at t = 0, to align with other logs
+        self.start_time: float | None = (
+            None  # wall clock (time.time()) at t = 0, to align with other logs
+        )
         self._rows: list[tuple] = []
         self._lock = threading.Lock()
         self._stop = threading.Event()
@@ -175,15 +211,23 @@ class UtilSampler:
         self._handles: list = []
         self._off: set[tuple[int, str]] = set()
         self.mig: set[int] = set()  # sampled GPUs that are MIG slices (no utilisation from NVML)
-        self._driver: dict[int, list[tuple[float, float]]] = {}  # gpu -> [(t, util %)] of the driver's samples
-        self._driver_seen: dict[int, int] = {}  # gpu -> timestamp (us) of the last driver sample fetched
-        self._energy_at: dict[str, dict[int, float]] = {}  # marker label -> {gpu: energy counter, mJ}
+        self._driver: dict[
+            int, list[tuple[float, float]]
+        ] = {}  # gpu -> [(t, util %)] of the driver's samples
+        self._driver_seen: dict[
+            int, int
+        ] = {}  # gpu -> timestamp (us) of the last driver sample fetched
+        self._energy_at: dict[
+            str, dict[int, float]
+        ] = {}  # marker label -> {gpu: energy counter, mJ}
         self._cost_wall = self._cost_cpu = 0.0
         self._n_cost = 0
 
-    # -- lifecycle -------------------------------------------------------------------------------------------------
+    # -- lifecycle
+    # ----------------------------------------------------------------------------------------------
     def start(self, background: bool = True) -> UtilSampler:
-        """Open NVML and start sampling every `interval_s` on a thread; `background=False` starts no thread
+        """Open NVML and start sampling every `interval_s` on a thread; `background=False` starts no
+        thread
         (samples are then taken by `sample_now`, e.g. by a caller with its own schedule)."""
         if self._started:
             raise RuntimeError("UtilSampler.start() called twice")
@@ -194,17 +238,24 @@ class UtilSampler:
         except BaseException:
             self._close_nvml()
             raise
-        self.columns = ["t"] + HOST_COLUMNS + [f"gpu{i}_{m}" for i in self.gpus for m in GPU_METRICS]
+        self.columns = (
+            ["t"] + HOST_COLUMNS + [f"gpu{i}_{m}" for i in self.gpus for m in GPU_METRICS]
+        )
         self._t0, self.start_time = time.monotonic(), time.time()
-        self._driver_seen = {i: int(self.start_time * 1e6) for i in self._driver}  # none from before the start
+        self._driver_seen = {
+            i: int(self.start_time * 1e6) for i in self._driver
+        }  # none from before the start
         self._prime()
         if background:
-            self._thread = threading.Thread(target=self._run, name="mmhpc-util-sampler", daemon=True)
+            self._thread = threading.Thread(
+                target=self._run, name="mmhpc-util-sampler", daemon=True
+            )
             self._thread.start()
         return self
 
     def sample_now(self) -> None:
-        """Take one sample now (beside the thread's, if it runs): its rates cover the time since the last one."""
+        """Take one sample now (beside the thread's, if it runs): its rates cover the time since the
+        last one."""
         if not self._started or self._stop.is_set():
             raise RuntimeError("UtilSampler.sample_now() outside start() ... stop()")
         self._sample()
@@ -215,7 +266,8 @@ class UtilSampler:
         self._stop.set()
         if self._thread is not None:
             self._thread.join()
-        # The tail since the last tick completes short windows and energy totals; a tail of a few ms would give
+        # The tail since the last tick completes short windows and energy totals; a tail of a few ms
+        # would give
         # CPU % dominated by the kernel's 10 ms accounting tick, so it is dropped.
         if time.monotonic() - self._t_prev > 0.25 * self.interval_s:
             self._sample()
@@ -239,7 +291,9 @@ class UtilSampler:
         """Record an event marker ("epoch 3 start"); returns its `t`."""
         if not self._started:
             raise RuntimeError("UtilSampler.mark() before start()")
-        with self._sampling:  # the boundary's driver samples and energy, read now (not at the next poll)
+        with (
+            self._sampling
+        ):  # the boundary's driver samples and energy, read now (not at the next poll)
             t = time.monotonic() - self._t0
             if self._handles:
                 self._fetch_driver_samples()
@@ -254,15 +308,21 @@ class UtilSampler:
 
     def _run(self) -> None:
         k = 1
-        # Ticks are scheduled at t0 + k*interval so sampling cost and wake-up latency do not accumulate.
+        # Ticks are scheduled at t0 + k*interval so sampling cost and wake-up latency do not
+        # accumulate.
         while not self._stop.wait(max(0.0, self._t0 + k * self.interval_s - time.monotonic())):
             try:
                 self._sample()
-            except Exception as e:  # a monitoring glitch must not end the series, nor the training run
+            except (
+                Exception
+            ) as e:  # a monitoring glitch must not end the series, nor the training run
                 self._note(f"sample failed: {type(e).__name__}: {e}")
-            k = max(k + 1, int((time.monotonic() - self._t0) / self.interval_s) + 1)  # skip missed ticks, no burst
+            k = max(
+                k + 1, int((time.monotonic() - self._t0) / self.interval_s) + 1
+            )  # skip missed ticks, no burst
 
-    # -- NVML ------------------------------------------------------------------------------------------------------
+    # -- NVML
+    # ----------------------------------------------------------------------------------------------
     def _open_gpus(self) -> None:
         try:
             import pynvml as nv
@@ -278,7 +338,9 @@ class UtilSampler:
         try:
             n = nv.nvmlDeviceGetCount()
             nvml_uuids = [nv.nvmlDeviceGetUUID(nv.nvmlDeviceGetHandleByIndex(i)) for i in range(n)]
-            visible = _torch_uuids() or visible_gpus(os.environ.get("CUDA_VISIBLE_DEVICES"), nvml_uuids)
+            visible = _torch_uuids() or visible_gpus(
+                os.environ.get("CUDA_VISIBLE_DEVICES"), nvml_uuids
+            )
         except Exception as e:
             self._note(f"gpu selection failed: {e}")
             return
@@ -298,14 +360,19 @@ class UtilSampler:
             self._handles.append(handle)
             try:
                 name = nv.nvmlDeviceGetName(handle)
-                self.energy_scope[d] = energy_scope(name.decode() if isinstance(name, bytes) else name)
+                self.energy_scope[d] = energy_scope(
+                    name.decode() if isinstance(name, bytes) else name
+                )
             except nv.NVMLError as e:
                 self.energy_scope[d] = "gpu"
                 self._note(f"gpu{d} name: {e}")
             if self._is_mig(handle):
                 self.mig.add(d)
                 self._off.add((d, "util_pct"))
-                self._note(f"gpu{d} util_pct: unavailable, a MIG slice (NVML has no utilisation for MIG devices)")
+                self._note(
+                    f"gpu{d} util_pct: unavailable, a MIG slice (NVML has no utilisation for MIG "
+                    "devices)"
+                )
             else:
                 self._driver[d] = []
 
@@ -316,17 +383,24 @@ class UtilSampler:
             return False
 
     def _fetch_driver_samples(self) -> None:
-        """Append the driver's utilisation samples newer than the last fetched (its buffer holds the last
+        """Append the driver's utilisation samples newer than the last fetched (its buffer holds the
+        last
         few seconds' worth, so a poll every interval_s loses none)."""
         nv = self._nv
         for i, h in zip(self.gpus, self._handles):
             if i not in self._driver or (i, "driver_util") in self._off:
                 continue
             try:
-                vtype, samples = nv.nvmlDeviceGetSamples(h, nv.NVML_GPU_UTILIZATION_SAMPLES, self._driver_seen[i])
+                vtype, samples = nv.nvmlDeviceGetSamples(
+                    h, nv.NVML_GPU_UTILIZATION_SAMPLES, self._driver_seen[i]
+                )
             except nv.NVMLError_NotFound:  # no sample since the last fetch
                 continue
-            except (nv.NVMLError_NotSupported, nv.NVMLError_NoPermission, nv.NVMLError_FunctionNotFound) as e:
+            except (
+                nv.NVMLError_NotSupported,
+                nv.NVMLError_NoPermission,
+                nv.NVMLError_FunctionNotFound,
+            ) as e:
                 self._off.add((i, "driver_util"))
                 self._note(f"gpu{i} driver utilisation samples: {e}; the polled values stand in")
                 continue
@@ -363,15 +437,22 @@ class UtilSampler:
                 if (i, m) not in self._off:
                     try:
                         v = float(getters[m](h))
-                    except (nv.NVMLError_NotSupported, nv.NVMLError_NoPermission, nv.NVMLError_FunctionNotFound) as e:
-                        self._off.add((i, m))  # MIG slices and older boards lack some metrics; stop asking
+                    except (
+                        nv.NVMLError_NotSupported,
+                        nv.NVMLError_NoPermission,
+                        nv.NVMLError_FunctionNotFound,
+                    ) as e:
+                        self._off.add(
+                            (i, m)
+                        )  # MIG slices and older boards lack some metrics; stop asking
                         self._note(f"gpu{i} {m}: {e}")
                     except nv.NVMLError as e:
                         self._note(f"gpu{i} {m}: {e}")
                 out.append(v)
         return out
 
-    # -- psutil ----------------------------------------------------------------------------------------------------
+    # -- psutil
+    # ----------------------------------------------------------------------------------------------
     def _prime(self) -> None:
         self._procs: dict[int, psutil.Process] = {}
         self._cpu_prev: dict[int, float] = {}
@@ -382,8 +463,10 @@ class UtilSampler:
         self._t_prev = time.monotonic()
 
     def _descendants(self) -> list[int]:
-        # psutil's children() reads /proc/*/stat of every process on the node (ms on a busy node); the kernel's
-        # per-thread children lists cost only our own tree. Fall back where CONFIG_PROC_CHILDREN is missing.
+        # psutil's children() reads /proc/*/stat of every process on the node (ms on a busy node);
+        # the kernel's
+        # per-thread children lists cost only our own tree. Fall back where CONFIG_PROC_CHILDREN is
+        # missing.
         if self._fast_kids:
             out, stack = [], [self.pid]
             while stack:
@@ -410,7 +493,9 @@ class UtilSampler:
         """(CPU seconds consumed since the previous call, RSS bytes, number of live children)."""
         procs, prevs, cpu, rss = {}, {}, 0.0, 0
         for pid in [self.pid, *self._descendants()]:
-            p = self._procs.get(pid)  # reused: building a psutil.Process costs a /proc read of its own
+            p = self._procs.get(
+                pid
+            )  # reused: building a psutil.Process costs a /proc read of its own
             try:
                 p = p or psutil.Process(pid)
                 with p.oneshot():
@@ -419,8 +504,10 @@ class UtilSampler:
                 continue
             procs[pid] = p
             total = prevs[pid] = ct.user + ct.system
-            # A process unseen at the last sample was born since then, so all its CPU time is new; a total that went
-            # backwards means the pid was reused. Children that exit between samples lose their last partial interval.
+            # A process unseen at the last sample was born since then, so all its CPU time is new; a
+            # total that went
+            # backwards means the pid was reused. Children that exit between samples lose their last
+            # partial interval.
             prev = self._cpu_prev.get(pid, 0.0)
             cpu += total - prev if total >= prev else total
             rss += mem.rss
@@ -431,7 +518,9 @@ class UtilSampler:
     def _sys_busy() -> tuple[float, float]:
         t = psutil.cpu_times()
         idle = t.idle + getattr(t, "iowait", 0.0)
-        total = sum(t) - getattr(t, "guest", 0.0) - getattr(t, "guest_nice", 0.0)  # guest is inside user already
+        total = (
+            sum(t) - getattr(t, "guest", 0.0) - getattr(t, "guest_nice", 0.0)
+        )  # guest is inside user already
         return total - idle, total
 
     def _counters(self, kind: str) -> tuple[float, float] | None:
@@ -459,9 +548,15 @@ class UtilSampler:
         dbusy, dtotal = busy - self._sys_prev[0], total - self._sys_prev[1]
         rates = []
         for k in ("disk", "net"):
-            cur, prev = self._counters(k) if self._io_prev[k] is not None else None, self._io_prev[k]
+            cur, prev = (
+                self._counters(k) if self._io_prev[k] is not None else None,
+                self._io_prev[k],
+            )
             ok = cur is not None and prev is not None
-            rates += [(c - p) / dt if ok and c >= p else math.nan for c, p in zip(cur or (0, 0), prev or (0, 0))]
+            rates += [
+                (c - p) / dt if ok and c >= p else math.nan
+                for c, p in zip(cur or (0, 0), prev or (0, 0))
+            ]
             self._io_prev[k] = cur
         row = (now - self._t0, 100.0 * cpu_s / dt, rss / MiB, n_kids,
                100.0 * dbusy / dtotal if dtotal > 0 else math.nan, *rates,
@@ -475,7 +570,8 @@ class UtilSampler:
             self._cost_cpu += time.thread_time() - c0
             self._n_cost += 1
 
-    # -- results ---------------------------------------------------------------------------------------------------
+    # -- results
+    # ----------------------------------------------------------------------------------------------
     @property
     def samples(self) -> pd.DataFrame:
         with self._lock:
@@ -486,7 +582,11 @@ class UtilSampler:
     def sample_cost_us(self) -> dict[str, float]:
         """Mean wall time and sampler-thread CPU time per sample, in microseconds."""
         n = max(self._n_cost, 1)
-        return {"n": self._n_cost, "wall_us": 1e6 * self._cost_wall / n, "cpu_us": 1e6 * self._cost_cpu / n}
+        return {
+            "n": self._n_cost,
+            "wall_us": 1e6 * self._cost_wall / n,
+            "cpu_us": 1e6 * self._cost_cpu / n,
+        }
 
     def _when(self, t: float | str | None, default: float) -> float:
         if t is None:
@@ -499,14 +599,22 @@ class UtilSampler:
         return float(t)
 
     def summary(self, t0: float | str | None = None, t1: float | str | None = None) -> dict:
-        """Mean and peak of each metric over samples with t0 <= t <= t1 (seconds or marker labels), plus
-        `gpu{i}_energy_j` from the energy counter: between the readings taken at two markers, else from the
-        last sample at or before t0. GPU utilisation from the driver's samples in the window where the
-        driver gives them (`gpu{i}_util_samples` counts the values behind the mean, driver's or polled)."""
+        """Mean and peak of each metric over samples with t0 <= t <= t1 (seconds or marker labels),
+        plus
+        `gpu{i}_energy_j` from the energy counter: between the readings taken at two markers, else
+        from the
+        last sample at or before t0. GPU utilisation from the driver's samples in the window where
+        the
+        driver gives them (`gpu{i}_util_samples` counts the values behind the mean, driver's or
+        polled)."""
         df = self.samples
         a, b = self._when(t0, -math.inf), self._when(t1, math.inf)
         win = df[(df.t >= a) & (df.t <= b)]
-        out: dict = {"t0": None if t0 is None else a, "t1": None if t1 is None else b, "n_samples": len(win)}
+        out: dict = {
+            "t0": None if t0 is None else a,
+            "t1": None if t1 is None else b,
+            "n_samples": len(win),
+        }
 
         def num(v):
             return None if v is None or pd.isna(v) else float(v)
@@ -535,12 +643,16 @@ class UtilSampler:
         if i in self._driver and (i, "driver_util") not in self._off:
             with self._lock:
                 values = [v for t, v in self._driver[i] if a <= t <= b]
-            return {f"{key}_mean": sum(values) / len(values) if values else None,
-                    f"{key}_peak": max(values) if values else None, f"gpu{i}_util_samples": len(values)}
+            return {
+                f"{key}_mean": sum(values) / len(values) if values else None,
+                f"{key}_peak": max(values) if values else None,
+                f"gpu{i}_util_samples": len(values),
+            }
         return {f"gpu{i}_util_samples": int(win[key].notna().sum())}
 
     def save(self, path: str | os.PathLike) -> Path:
-        """Write the time series as CSV and, next to it, `<stem>.markers.json` (markers, notes, devices)."""
+        """Write the time series as CSV and, next to it, `<stem>.markers.json` (markers, notes,
+        devices)."""
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         meta = {"interval_s": self.interval_s, "start_time": self.start_time, "pid": self.pid,
@@ -555,6 +667,7 @@ class UtilSampler:
 
 
 def _atomic_write(path: Path, text: str) -> None:
-    # Same-directory temp + os.replace: readers (live plotting, a crashed job's epilogue) never see half a file;
+    # Same-directory temp + os.replace: readers (live plotting, a crashed job's epilogue) never see
+    # half a file;
     # mmhpc.results has the one such writer (modes that follow the umask, unique temporary names).
     atomic_write_text(path, text)

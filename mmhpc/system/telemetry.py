@@ -1,5 +1,6 @@
 """What a run measures of the system besides its step times: the utilisation sampler (GPU/CPU series
-with per-epoch summaries, `mmhpc.system.sampler`), each epoch's peak memory, and the one log line per
+with per-epoch summaries, `mmhpc.system.sampler`), each epoch's peak memory, and the one log line
+per
 epoch of a batch job. A trainer component (`mmhpc.train`)."""
 from __future__ import annotations
 
@@ -9,7 +10,8 @@ log = logging.getLogger("mmhpc.train")
 
 
 def epoch_line(entry, epochs: int) -> str:
-    """One progress line per epoch for a job's output: time, validation accuracies, speed, GPU use."""
+    """One progress line per epoch for a job's output: time, validation accuracies, speed, GPU
+    use."""
     accs = " ".join(f"{k.split('/', 1)[1]} {v:.3f}" for k, v in entry.val.items()
                     if k.startswith("acc/") and "probe" not in k)
     t = entry.time
@@ -29,7 +31,8 @@ class Telemetry:
         self._util: dict = {}
 
     def on_fit_start(self, trainer, fit) -> None:
-        """Rank 0 samples its process and GPUs; in DDP every rank samples its own GPU (its epoch figures
+        """Rank 0 samples its process and GPUs; in DDP every rank samples its own GPU (its epoch
+        figures
         are gathered at each epoch's end), since rank 0's process may see no other GPU (one GPU per
         task, other nodes)."""
         rt = self.runtime
@@ -63,7 +66,8 @@ class Telemetry:
 
     def on_epoch_end(self, trainer, fit, entry) -> None:
         entry.util = self._util
-        # peak GPU memory of the epoch in MiB per device of the run, of every DDP rank; resets the peaks
+        # peak GPU memory of the epoch in MiB per device of the run, of every DDP rank; resets the
+        # peaks
         entry.memory = self.runtime.peak_memory()
         if self.runtime.is_main:
             log.info(epoch_line(entry, trainer.strategy.max_epochs()))
@@ -76,7 +80,12 @@ class Telemetry:
         if not self.runtime.is_main:
             return
         s.save(self.writer.write_path.with_suffix(".util.csv"))  # beside the record being written
-        fit.record.system = {"timeseries": self.writer.path.with_suffix(".util.csv").name,
-                             "interval_s": s.interval_s, "notes": s.notes, "gpus": self.sampled_gpus,
-                             "energy_scope": s.energy_scope, "summary": s.summary(),
-                             "sample_cost_us": s.sample_cost_us}
+        fit.record.system = {
+            "timeseries": self.writer.path.with_suffix(".util.csv").name,
+            "interval_s": s.interval_s,
+            "notes": s.notes,
+            "gpus": self.sampled_gpus,
+            "energy_scope": s.energy_scope,
+            "summary": s.summary(),
+            "sample_cost_us": s.sample_cost_us,
+        }

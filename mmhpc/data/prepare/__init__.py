@@ -4,9 +4,12 @@
     prepare("iemocap", raw=..., out=..., tokenizer=..., options={"classes": "six"})
 
 Clips are prepared in a process pool. A rerun skips every clip whose outputs exist (they are written
-atomically, so existing means complete), and a raw file that is missing or corrupt fails its clip only:
-the others are prepared, the failures are listed in `prepare_errors.json` and left out of the splits,
-and the manifest is written for what was prepared. Each dataset's raw layout is in its module (and in
+atomically, so existing means complete), and a raw file that is missing or corrupt fails its clip
+only:
+the others are prepared, the failures are listed in `prepare_errors.json` and left out of the
+splits,
+and the manifest is written for what was prepared. Each dataset's raw layout is in its module (and
+in
 README.md next to this file).
 """
 from __future__ import annotations
@@ -29,7 +32,9 @@ from mmhpc.data.prepare.raw import Clip, PrepareError, RawFormat, is_safe_id
 from mmhpc.data.specs import DATASETS, FULL, SPLITS, Shapes
 from mmhpc.data.splits import random_split, stratified_split, write_split_files
 
-RAW_FORMATS: dict[str, RawFormat] = {m.FORMAT.name: m.FORMAT for m in (cremad, ave, mvsa, iemocap, urfunny)}
+RAW_FORMATS: dict[str, RawFormat] = {
+    m.FORMAT.name: m.FORMAT for m in (cremad, ave, mvsa, iemocap, urfunny)
+}
 RECIPE_FILE = ".prepare.json"   # hidden: not a data file of the manifest
 ERRORS_FILE = "prepare_errors.json"
 PREPARE_VERSION = 2  # 2: whole frame resized to 224 x 224; per-dataset token length; options
@@ -44,7 +49,7 @@ class PrepareReport:
     prepared: int = 0                                     # clips written by this run
     reused: int = 0                                       # clips already prepared by an earlier run
     failed: dict[str, str] = field(default_factory=dict)  # clip id -> error naming the raw file
-    skipped: Counter = field(default_factory=Counter)     # reason -> samples the dataset's rules drop
+    skipped: Counter = field(default_factory=Counter)  # reason -> samples the dataset's rules drop
 
     @property
     def ok(self) -> bool:
@@ -56,14 +61,17 @@ class PrepareReport:
         lines += [f"  skipped {n}: {reason}" for reason, n in self.skipped.most_common()]
         lines += [f"  FAILED {clip}: {error}" for clip, error in list(self.failed.items())[:shown]]
         if len(self.failed) > shown:
-            lines.append(f"  ... and {len(self.failed) - shown} more failures in {self.root / ERRORS_FILE}")
+            lines.append(
+                f"  ... and {len(self.failed) - shown} more failures in {self.root / ERRORS_FILE}"
+            )
         return "\n".join(lines)
 
 
 def prepare(dataset: str, raw: str | Path, out: str | Path, jobs: int = 1, seed: int = 0,
             tokenizer: str | Path | None = None, progress: bool = True,
             options: dict[str, str] | None = None) -> PrepareReport:
-    """Prepare `dataset` from its raw copy `raw` into `out`; see the module docstring. `options` are the
+    """Prepare `dataset` from its raw copy `raw` into `out`; see the module docstring. `options` are
+    the
     dataset's choices beside the thesis recipe (`RawFormat.options`, e.g. IEMOCAP classes=six)."""
     if dataset not in RAW_FORMATS:
         raise PrepareError(f"dataset {dataset!r}; valid: {', '.join(sorted(RAW_FORMATS))}")
@@ -73,10 +81,18 @@ def prepare(dataset: str, raw: str | Path, out: str | Path, jobs: int = 1, seed:
     if not raw.is_dir():
         raise PrepareError(f"--raw {raw}: not a directory")
     if "text" in spec.modalities and tokenizer is None:
-        raise PrepareError(f"{dataset} has text: give --tokenizer, a local RoBERTa tokenizer directory")
+        raise PrepareError(
+            f"{dataset} has text: give --tokenizer, a local RoBERTa tokenizer directory"
+        )
     found = fmt.find(raw, **chosen)  # before --out is touched: a wrong --raw leaves nothing behind
-    settings = Settings(spec.modalities, spec.frames, fmt.fps, str(tokenizer) if "text" in spec.modalities else None,
-                        found.text_truncation, fmt.text_len)
+    settings = Settings(
+        spec.modalities,
+        spec.frames,
+        fmt.fps,
+        str(tokenizer) if "text" in spec.modalities else None,
+        found.text_truncation,
+        fmt.text_len,
+    )
     recipe = _recipe(dataset, settings, chosen)
     out.mkdir(parents=True, exist_ok=True)
     _claim(out, recipe)
@@ -96,25 +112,50 @@ def prepare(dataset: str, raw: str | Path, out: str | Path, jobs: int = 1, seed:
     _prune(out, set(labels))
     split = "official" if found.official_splits else fmt.split
     counts = write_split_files(out, _splits(found, clips, split, seed), labels)
-    (out / ERRORS_FILE).write_text(json.dumps({"failed": report.failed, "skipped": dict(report.skipped)}, indent=1))
+    (out / ERRORS_FILE).write_text(
+        json.dumps({"failed": report.failed, "skipped": dict(report.skipped)}, indent=1)
+    )
     empty = [s for s in SPLITS if not counts[s]]
-    if empty:  # no manifest: training refuses the directory instead of failing on an empty split later
+    if (
+        empty
+    ):  # no manifest: training refuses the directory instead of failing on an empty split later
         sizes = ", ".join(f"{s} {counts[s]}" for s in SPLITS)
-        raise PrepareError(f"--out {out}: split {', '.join(empty)} came out empty ({len(labels)} clips prepared: "
-                           f"{sizes}); the raw copy is too small to split, or most of its clips failed (see "
-                           f"{out / ERRORS_FILE}); nothing was trained on, no manifest written")
+        raise PrepareError(
+            f"--out {out}: split {', '.join(empty)} came out empty ({len(labels)} clips prepared: "
+            f"{sizes}); the raw copy is too small to split, or most of its clips "
+            "failed (see "
+            f"{out / ERRORS_FILE}); nothing was trained on, no manifest written"
+        )
     vocab = recipe["text"]["vocab"] if "text" in recipe else FULL.vocab
-    shapes = Shapes(audio=(audio.FRAMES, audio.MEL_BINS), frames=spec.frames, image=video.IMAGE_SIZE,
-                    text_len=fmt.text_len, vocab=vocab)
+    shapes = Shapes(
+        audio=(audio.FRAMES, audio.MEL_BINS),
+        frames=spec.frames,
+        image=video.IMAGE_SIZE,
+        text_len=fmt.text_len,
+        vocab=vocab,
+    )
     classes = found.classes or spec.classes
-    write_manifest(out, replace(spec, classes=classes), shapes, source={
-        "kind": "prepared", "raw": str(raw.resolve()), "split": split, "seed": seed, "options": chosen,
-        "recipe": recipe, "failed": len(report.failed), "skipped": dict(report.skipped)})
+    write_manifest(
+        out,
+        replace(spec, classes=classes),
+        shapes,
+        source={
+            "kind": "prepared",
+            "raw": str(raw.resolve()),
+            "split": split,
+            "seed": seed,
+            "options": chosen,
+            "recipe": recipe,
+            "failed": len(report.failed),
+            "skipped": dict(report.skipped),
+        },
+    )
     return report
 
 
 def _splits(found, clips: list[Clip], split: str, seed: int) -> dict[str, list[str]]:
-    """The official split, or one drawn over every clip found (failed ones included: repairing a file and
+    """The official split, or one drawn over every clip found (failed ones included: repairing a
+    file and
     preparing again adds its clip without moving any other clip)."""
     if split == "official":
         return found.official_splits
@@ -124,7 +165,8 @@ def _splits(found, clips: list[Clip], split: str, seed: int) -> dict[str, list[s
 
 
 def _usable(clips: list[Clip], failed: dict[str, str]) -> list[Clip]:
-    """The clips that can be prepared; ids that cannot be file names, or that repeat, fail (into `failed`)."""
+    """The clips that can be prepared; ids that cannot be file names, or that repeat, fail (into
+    `failed`)."""
     usable, seen = [], set(failed)
     for clip in clips:
         if not is_safe_id(clip.clip_id):
@@ -138,23 +180,29 @@ def _usable(clips: list[Clip], failed: dict[str, str]) -> list[Clip]:
 
 
 def _recipe(dataset: str, settings: Settings, options: dict[str, str]) -> dict:
-    """Everything that decides the bytes of a clip's outputs and its labels; a resumed run must use the same."""
+    """Everything that decides the bytes of a clip's outputs and its labels; a resumed run must use
+    the same."""
     recipe = {"version": PREPARE_VERSION, "dataset": dataset, "options": options,
               "visual": video.recipe(settings.fps, settings.frames)}
     if "audio" in settings.modalities:
         recipe["audio"] = audio.recipe()
     if "text" in settings.modalities:
-        recipe["text"] = text.recipe(settings.tokenizer, settings.truncation_side, settings.text_len)
+        recipe["text"] = text.recipe(
+            settings.tokenizer, settings.truncation_side, settings.text_len
+        )
     return recipe
 
 
 def _claim(out: Path, recipe: dict) -> None:
-    """Refuse to mix clips of two recipes (another dataset, tokenizer or version) in one directory."""
+    """Refuse to mix clips of two recipes (another dataset, tokenizer or version) in one
+    directory."""
     path = out / RECIPE_FILE
     if path.exists():
         if _comparable(json.loads(path.read_text())) != _comparable(recipe):
-            raise PrepareError(f"--out {out} was prepared with another recipe ({path}); use a new --out, "
-                               "or delete it to start over")
+            raise PrepareError(
+                f"--out {out} was prepared with another recipe ({path}); use a new --out, "
+                "or delete it to start over"
+            )
     elif any(out.iterdir()):
         raise PrepareError(f"--out {out} is not empty and was not made by `mmhpc prepare`")
     tmp = out / f"{RECIPE_FILE}{TMP_MARK}{os.getpid()}"
@@ -163,7 +211,8 @@ def _claim(out: Path, recipe: dict) -> None:
 
 
 def _comparable(recipe: dict) -> dict:
-    """The recipe without the tokenizer's location: it may move on disk, what counts is its vocabulary."""
+    """The recipe without the tokenizer's location: it may move on disk, what counts is its
+    vocabulary."""
     recipe = dict(recipe)
     if "text" in recipe:
         recipe["text"] = {k: v for k, v in recipe["text"].items() if k != "tokenizer"}
@@ -181,7 +230,9 @@ def _run(clips: list[Clip], out: Path, settings: Settings, jobs: int, progress: 
                 bar.update()
             return
         # fork: workers start at once and inherit the loaded tokenizer; they touch no accelerator
-        with ProcessPoolExecutor(jobs, mp_context=get_context("fork"), initializer=_init_worker) as pool:
+        with ProcessPoolExecutor(
+            jobs, mp_context=get_context("fork"), initializer=_init_worker
+        ) as pool:
             futures = [pool.submit(prepare_clip, clip, out, settings) for clip in clips]
             try:
                 for future in as_completed(futures):
@@ -203,7 +254,8 @@ def _init_worker() -> None:
 
 
 def _remove_temporaries(out: Path) -> None:
-    """Half-written files of a run that was killed (hidden names, ignored by the manifest anyway)."""
+    """Half-written files of a run that was killed (hidden names, ignored by the manifest
+    anyway)."""
     for dirpath, _, names in os.walk(out):
         for name in names:
             if name.startswith(".") and TMP_MARK in name:
@@ -211,7 +263,8 @@ def _remove_temporaries(out: Path) -> None:
 
 
 def _prune(out: Path, keep: set[str]) -> None:
-    """Remove outputs of clips not prepared (failed now, or gone from the raw copy since an earlier run),
+    """Remove outputs of clips not prepared (failed now, or gone from the raw copy since an earlier
+    run),
     so the manifest lists exactly the prepared clips."""
     for modality in ("audio", "text"):
         for p in (out / modality).glob("*.npy"):

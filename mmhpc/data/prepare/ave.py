@@ -1,21 +1,36 @@
 """AVE as distributed (Tian et al., ECCV 2018; github.com/YapengTian/AVE-ECCV18):
 
     AVE/<VideoID>.mp4                     10 s videos; the audio is the video's own audio stream
-    Annotations.txt                       Category&VideoID&Quality&StartTime&EndTime, first line a header
-    trainSet.txt, valSet.txt, testSet.txt the official split, same format (a header line is tolerated)
+    Annotations.txt                       Category&VideoID&Quality&StartTime&EndTime, first line a
+    header
+    trainSet.txt, valSet.txt, testSet.txt the official split, same format (a header line is
+    tolerated)
 
-The class is the Category (index in the sorted category names of `specs.py`); the whole 10 s video is one
-sample, as in the classification setting of the thesis' code base (StartTime/EndTime localise the event
-and are not used). A sample is a row of a split file, so the 45 videos annotated twice (two events) stay
-two samples with their own label and split, as the official lists have them: 4,143 rows, 4,097 videos. The
-second row of a video gets the clip id `<VideoID>.2`. A split row missing from Annotations.txt is skipped.
+The class is the Category (index in the sorted category names of `specs.py`); the whole 10 s video
+is one
+sample, as in the classification setting of the thesis' code base (StartTime/EndTime localise the
+event
+and are not used). A sample is a row of a split file, so the 45 videos annotated twice (two events)
+stay
+two samples with their own label and split, as the official lists have them: 4,143 rows, 4,097
+videos. The
+second row of a video gets the clip id `<VideoID>.2`. A split row missing from Annotations.txt is
+skipped.
 """
 from __future__ import annotations
 
 from collections import Counter
 from pathlib import Path
 
-from mmhpc.data.prepare.raw import Clip, Discovery, Media, PrepareError, RawFormat, read_text, require_file
+from mmhpc.data.prepare.raw import (
+    Clip,
+    Discovery,
+    Media,
+    PrepareError,
+    RawFormat,
+    read_text,
+    require_file,
+)
 from mmhpc.data.specs import DATASETS, SPLITS
 
 SPLIT_FILES = {"train": "trainSet.txt", "val": "valSet.txt", "test": "testSet.txt"}
@@ -30,7 +45,10 @@ def read_annotations(path: Path) -> list[tuple[str, str]]:
             continue
         fields = line.strip().split("&")
         if len(fields) != 5:
-            raise PrepareError(f"{path}:{number}: expected Category&VideoID&Quality&StartTime&EndTime, got {line!r}")
+            raise PrepareError(
+                f"{path}:{number}: expected Category&VideoID&Quality&StartTime&EndTime, got "
+                f"{line!r}"
+            )
         rows.append((fields[0].strip(), fields[1].strip()))
     return rows
 
@@ -53,7 +71,9 @@ def find(raw: Path) -> Discovery:
                 skipped[f"category not one of the 28 AVE classes: {category}"] += 1
             else:
                 video = raw / "AVE" / f"{video_id}.mp4"
-                clips.append(Clip(clip_id, classes.index(category), audio=video, visual=Media(video)))
+                clips.append(
+                    Clip(clip_id, classes.index(category), audio=video, visual=Media(video))
+                )
                 splits[split].append(clip_id)
     skipped["annotated but in no split file"] += len(annotated - listed)
     return Discovery(clips, +skipped, official_splits=splits)

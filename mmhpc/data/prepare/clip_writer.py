@@ -1,6 +1,7 @@
 """Preparing one clip: its output files, written atomically, and per-file errors instead of a crash.
 
-Every output file is written to a hidden temporary name and renamed into place, so a file that exists
+Every output file is written to a hidden temporary name and renamed into place, so a file that
+exists
 is complete: a clip whose outputs all exist is prepared, and a rerun after a crash skips it. Hidden
 names are also what the manifest ignores, so a stale temporary file is never listed.
 """
@@ -83,7 +84,9 @@ def prepare_clip(clip: Clip, out: Path, settings: Settings) -> tuple[str, str | 
             for k, img in enumerate(frames):
                 atomic_write(out / "visual" / clip.clip_id / f"{k}.jpg", video.jpeg_bytes(img))
         if "text" in settings.modalities:
-            ids = text.token_ids(_text_of(clip), settings.tokenizer, settings.truncation_side, settings.text_len)
+            ids = text.token_ids(
+                _text_of(clip), settings.tokenizer, settings.truncation_side, settings.text_len
+            )
             atomic_write(out / "text" / f"{clip.clip_id}.npy", npy_bytes(ids))
     except Exception as e:  # noqa: BLE001 - any failure fails this clip only; the run goes on
         remove_outputs(out, clip.clip_id)

@@ -1,8 +1,12 @@
-"""What a dataset module hands to the preparation: one `Clip` per sample, pointing into the raw copy.
+"""What a dataset module hands to the preparation: one `Clip` per sample, pointing into the raw
+copy.
 
-A dataset module only parses its distributed layout (file names, annotation files) into clips; decoding,
-feature extraction and writing are shared (`audio`, `video`, `text`, `clip_writer`). Raw media are not
-opened while clips are found, so a missing or corrupt media file fails its own clip, not the whole run.
+A dataset module only parses its distributed layout (file names, annotation files) into clips;
+decoding,
+feature extraction and writing are shared (`audio`, `video`, `text`, `clip_writer`). Raw media are
+not
+opened while clips are found, so a missing or corrupt media file fails its own clip, not the whole
+run.
 """
 from __future__ import annotations
 
@@ -18,7 +22,8 @@ _SAFE_ID = re.compile(r"^[A-Za-z0-9_-][A-Za-z0-9_.-]*$")
 
 
 class PrepareError(RuntimeError):
-    """The raw copy cannot be prepared at all (wrong directory, missing annotation file, bad options)."""
+    """The raw copy cannot be prepared at all (wrong directory, missing annotation file, bad
+    options)."""
 
 
 class RawFileError(RuntimeError):
@@ -31,7 +36,8 @@ class RawFileError(RuntimeError):
 
 @dataclass(frozen=True)
 class Media:
-    """A video or image file, optionally a time window of it (IEMOCAP utterances in a dialog video)."""
+    """A video or image file, optionally a time window of it (IEMOCAP utterances in a dialog
+    video)."""
 
     path: Path
     start: float | None = None  # seconds; None: from the beginning
@@ -49,37 +55,48 @@ class Clip:
 
 @dataclass
 class Discovery:
-    """The clips found in a raw copy; samples dropped by the dataset's own rules are counted, not failed."""
+    """The clips found in a raw copy; samples dropped by the dataset's own rules are counted, not
+    failed."""
 
     clips: list[Clip]
-    skipped: Counter = field(default_factory=Counter)        # reason -> number of samples
-    failed: dict[str, str] = field(default_factory=dict)     # clip id -> error, known before decoding
-    official_splits: dict[str, list[str]] | None = None      # split -> clip ids (AVE); None: drawn by the format
-    classes: tuple[str, ...] | None = None                    # when an option changes the spec's class list
-    text_truncation: str = "right"                            # which end of a too-long text the tokenizer drops
+    skipped: Counter = field(default_factory=Counter)  # reason -> number of samples
+    failed: dict[str, str] = field(default_factory=dict)  # clip id -> error, known before decoding
+    official_splits: dict[str, list[str]] | None = None
+    classes: tuple[str, ...] | None = None  # when an option changes the spec's class list
+    text_truncation: str = "right"  # which end of a too-long text the tokenizer drops
 
 
 @dataclass(frozen=True)
 class RawFormat:
-    """A dataset's distributed layout and the thesis code base's recipe for it: how to find its clips (`find`
-    takes the raw directory and the chosen `options`), the frame rate, the token length, the split."""
+    """A dataset's distributed layout and the thesis code base's recipe for it: how to find its
+    clips (`find`
+    takes the raw directory and the chosen `options`), the frame rate, the token length, the
+    split."""
 
     name: str
     find: Callable[..., Discovery]
     fps: float = 1.0
-    text_len: int = 128              # token ids per text (MVSA 256, as the thesis code tokenises it)
-    split: str = "random"            # "random" 80/10/10, or "stratified" per class (IEMOCAP)
-    options: dict[str, tuple[str, ...]] = field(default_factory=dict)  # name -> valid values, default first
+    text_len: int = 128  # token ids per text (MVSA 256, as the thesis code tokenises it)
+    split: str = "random"  # "random" 80/10/10, or "stratified" per class (IEMOCAP)
+    options: dict[str, tuple[str, ...]] = field(
+        default_factory=dict
+    )  # name -> valid values, default first
 
     def chosen(self, options: dict[str, str] | None) -> dict[str, str]:
-        """Every option of this format with its value: the given ones checked, the others at their default."""
+        """Every option of this format with its value: the given ones checked, the others at their
+        default."""
         options = dict(options or {})
         for key, value in options.items():
             if key not in self.options:
                 valid = ", ".join(sorted(self.options)) or "none for this dataset"
-                raise PrepareError(f"--option {key}: {self.name} has no such option; valid: {valid}")
+                raise PrepareError(
+                    f"--option {key}: {self.name} has no such option; valid: {valid}"
+                )
             if value not in self.options[key]:
-                raise PrepareError(f"--option {key}={value}: not a valid value; valid: {', '.join(self.options[key])}")
+                raise PrepareError(
+                    f"--option {key}={value}: not a valid value; valid: "
+                    f"{', '.join(self.options[key])}"
+                )
         return {key: options.get(key, values[0]) for key, values in self.options.items()}
 
 

@@ -1,11 +1,15 @@
 """UR-FUNNY v2 as distributed (Hasan et al., EMNLP 2019; github.com/ROC-HCI/UR-FUNNY):
 
-    urfunny2_videos/<id>.mp4   context and punchline of one sample; the audio is the video's audio stream
+    urfunny2_videos/<id>.mp4   context and punchline of one sample; the audio is the video's audio
+    stream
     humor_label_sdk.pkl        {id: 0 or 1}
-    language_sdk.pkl           {id: {"punchline_sentence": str, "context_sentences": [str, ...], ...}}
+    language_sdk.pkl           {id: {"punchline_sentence": str, "context_sentences": [str, ...],
+    ...}}
 
-The label is 1 = humorous, 0 = not humorous. The text is the punchline sentence, as the thesis code base
-tokenises it (AMST `code/data/UR-FUNNY/gen_urfunny_txt.py`), in 128 tokens. The option text=context puts
+The label is 1 = humorous, 0 = not humorous. The text is the punchline sentence, as the thesis code
+base
+tokenises it (AMST `code/data/UR-FUNNY/gen_urfunny_txt.py`), in 128 tokens. The option text=context
+puts
 the context sentences before it, joined with spaces; such a text longer than 128 tokens loses its
 beginning, so the punchline stays.
 """
@@ -19,7 +23,8 @@ from mmhpc.data.specs import DATASETS
 
 
 def load_pickle(path: Path):
-    """The SDK pickles; those written by Python 2 need latin-1 (as the UR-FUNNY repository loads them)."""
+    """The SDK pickles; those written by Python 2 need latin-1 (as the UR-FUNNY repository loads
+    them)."""
     with open(path, "rb") as f:
         try:
             return pickle.load(f)
@@ -37,7 +42,9 @@ def find(raw: Path, text: str = "punchline") -> Discovery:
     labels = load_pickle(require_file(raw / "humor_label_sdk.pkl", "UR-FUNNY labels"))
     language = load_pickle(require_file(raw / "language_sdk.pkl", "UR-FUNNY texts"))
     if not isinstance(labels, dict) or not isinstance(language, dict):
-        raise PrepareError(f"{raw}: humor_label_sdk.pkl and language_sdk.pkl must each hold a dict keyed by id")
+        raise PrepareError(
+            f"{raw}: humor_label_sdk.pkl and language_sdk.pkl must each hold a dict keyed by id"
+        )
     classes = DATASETS["urfunny"].classes
     clips, failed = [], {}
     for key in sorted(labels, key=str):
@@ -46,8 +53,15 @@ def find(raw: Path, text: str = "punchline") -> Discovery:
             failed[clip_id] = f"{raw / 'language_sdk.pkl'}: no entry for {clip_id}"
             continue
         video = raw / "urfunny2_videos" / f"{clip_id}.mp4"
-        clips.append(Clip(clip_id, classes.index("humorous" if int(labels[key]) else "not_humorous"),
-                          audio=video, visual=Media(video), text=sample_text(language[key], text)))
+        clips.append(
+            Clip(
+                clip_id,
+                classes.index("humorous" if int(labels[key]) else "not_humorous"),
+                audio=video,
+                visual=Media(video),
+                text=sample_text(language[key], text),
+            )
+        )
     return Discovery(clips, failed=failed, text_truncation="left" if text == "context" else "right")
 
 
