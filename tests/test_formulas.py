@@ -645,7 +645,8 @@ def test_audio_augment_bad(kw):
 
 def test_amst_trains():
     assert amst_trains(0, 5) and amst_trains(5, 5) and not amst_trains(3, 5) and amst_trains(7, 1)
-    # seed 001 Alg. 1 counts epochs from 1: skip 5 trains in the 5th, 10th, ... epoch (0-based 4, 9,
+    # the AMST paper Alg. 1 counts epochs from 1: skip 5 trains in the 5th, 10th, ... epoch (0-based
+    # 4, 9,
     # ...)
     assert [e for e in range(12) if amst_trains(e, 5, "paper")] == [4, 9]
     assert [e for e in range(12) if amst_trains(e, 5)] == [0, 5, 10]

@@ -370,7 +370,7 @@ def test_amst_schedule_which_modality_trains_when():
     ]
     s = strategy(
         "amst", "strategy.params={phase: paper}"
-    )  # seed 001 Alg. 1 counts from 1: the 5th, 10th epoch
+    )  # the AMST paper Alg. 1 counts from 1: the 5th, 10th epoch
     assert [e for e in range(11) if "audio" in s.begin_epoch(e)] == [4, 9]
 
 
@@ -499,7 +499,9 @@ def test_amst_full_module_averages_alternating_and_joint_logits():
             @ tw.t()
             + tb
         )
-    assert torch.allclose(out["fused"], (audio + visual + joint) / 3, atol=1e-5)  # seed 001 Fig. 1c
+    assert torch.allclose(
+        out["fused"], (audio + visual + joint) / 3, atol=1e-5
+    )  # the AMST paper Fig. 1c
 
 
 # ---- Entropy and Reliability
@@ -688,7 +690,7 @@ def test_ogm_paper_variant_on_every_parameter():
     rho = {"audio": score["audio"] / score["visual"], "visual": score["visual"] / score["audio"]}
     k = {
         m: max(0.0, 1 - math.tanh(r - 1)) if r > 1 else 1.0 for m, r in rho.items()
-    }  # seed 003 Eq. 11
+    }  # the OPM/OGM-GE paper Eq. 11
     captured = _capture_step(s)
     s.begin_epoch(0)
     s.train_step(x, y)
@@ -829,9 +831,8 @@ def test_mlb_scales_each_encoders_learning_rate_by_k():
     s = strategy("mlb", "train.lr=0.1", "strategy.params={alpha: 2.0, beta_max: 3.0}")
     x, y = batch()
     ref = copy.deepcopy(s.model)
-    with (
-        torch.no_grad()
-    ):  # the scores come from the unimodal heads (the probes) before the update (seed 002 Eq. 4)
+    # the scores come from the unimodal heads (the probes) before the update (the MLB paper Eq. 4)
+    with torch.no_grad():
         embs = encode(ref, x)
         score = {
             m: F.softmax(ref.probes[m](e), 1)[torch.arange(len(y)), y].sum().item()
@@ -858,7 +859,7 @@ def test_multi_loss_step_trains_the_encoders_through_the_unimodal_heads():
     s = strategy("multi_loss", *LR)
     x, y = batch()
     ref, update = reference(s)
-    embs = encode(ref, x)  # seed 002 Eq. 3: the unimodal heads are not detached
+    embs = encode(ref, x)  # the MLB paper Eq. 3: the unimodal heads are not detached
     update(
         F.cross_entropy(ref.fusion(embs), y)
         + sum(F.cross_entropy(ref.probes[m](e), y) for m, e in embs.items())

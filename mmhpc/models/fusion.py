@@ -48,7 +48,7 @@ def cosine_scale(
 
     form "printed" (default): s = (C - 1) / (M (C + 1)) * log((C - 1) p / (1 - p)), Eq. 3.2 as the
     thesis
-        prints it ("(C - 1) / 2(C + 1)", line ~1735 of seed 000), with the 2 read as M, the number
+        prints it ("(C - 1) / 2(C + 1)", line ~1735 of the thesis), with the 2 read as M, the number
         of
         summed unit cosines (2 in the audio-visual case the thesis cites it for).
     form "normface": s = (C - 1) / (M C) * log((C - 1) p / (1 - p)), NormFace's bound for one cosine

@@ -1,9 +1,10 @@
 """AMST, Alternating Multimodal Skip Training: thesis Alg. 4 and the AMST paper's modules (seed
 001).
 
-Modality m trains in epoch e (0-based) iff e mod skip_m == 0 (thesis Eq. 3.8, seed 001 Eq. 1,
+Modality m trains in epoch e (0-based) iff e mod skip_m == 0 (thesis Eq. 3.8, the AMST paper Eq. 1,
 counted from 0 as
-the thesis code base counts: `phase=code`; `phase=paper` counts from 1 as seed 001 Alg. 1-2); a
+the thesis code base counts: `phase=code`; `phase=paper` counts from 1 as the AMST paper Alg. 1-2);
+a
 skipped
 modality's encoder still runs forward (its per-modality metrics, Alg. 4 line 2) but never backward,
 which is where AMST's time per epoch drops (thesis Table 4.5).
@@ -11,8 +12,9 @@ which is where AMST's time per epoch drops (thesis Table 4.5).
 Modules (`strategy.params.module`):
 - `alternating` (default): thesis Alg. 4 = Alternating training (Alg. 2 sum/concat, Alg. 3
 gated/FiLM)
-  where only the modalities due this epoch update; seed 001 Alg. 1 is its shared-head special case.
-- `joint`: seed 001 Alg. 2: one joint loss per step from a reduced head over the non-skipped
+  where only the modalities due this epoch update; the AMST paper Alg. 1 is its shared-head special
+  case.
+- `joint`: the AMST paper Alg. 2: one joint loss per step from a reduced head over the non-skipped
 modalities'
   weights (early-sum: the skipped embeddings are left out of the sum; late-sum: their branch heads
   are
@@ -23,12 +25,14 @@ modalities'
   its weight decay untouched, and the bias enters x (active / M); `joint_head=masked` is the fusion
   with the skipped embeddings zero-masked, the whole bias, and a zero gradient on the skipped block
   that momentum and weight decay still act on (unless `strict`).
-- `full`: seed 001 Sec. 3.4: an alternating module (this model) and an independent joint module with
+- `full`: the AMST paper Sec. 3.4: an alternating module (this model) and an independent joint
+module with
   its own encoders, trained side by side with the same skips; the prediction is the mean of the
   alternating module's per-modality logits and the joint module's logits (Fig. 1c).
 
 `strict=true` keeps a skipped modality's block of a concat head exactly where it is (weights and SGD
-momentum), as seed 001 Sec. 3.3 says ("only ... the corresponding weights of the independent head
+momentum), as the AMST paper Sec. 3.3 says ("only ... the corresponding weights of the independent
+head
 are
 updated"), in the alternating module too (whose masked concat step otherwise gives the block a zero
 gradient that momentum and weight decay act on; the code base's HEAD runs its alternating module on
@@ -67,7 +71,8 @@ class AMSTParams:
     #: "code": epochs counted from 0 (trains in epochs 0, s, 2s, ...); "paper": from 1 (epochs s-1,
     #: 2s-1, ...)
     phase: Literal[AMST_PHASES] = "code"
-    #: true: a skipped modality's concat head block stays fixed (seed 001 Sec. 3.3); false: SGD's
+    #: true: a skipped modality's concat head block stays fixed (the AMST paper Sec. 3.3); false:
+    #: SGD's
     #: momentum and
     #: weight decay still move it, as in the code base
     strict: bool = False
@@ -108,7 +113,7 @@ class AMST(Alternating):
             require_symmetric(
                 cfg,
                 f"AMST's {p.module} module trains a reduced head over the non-skipped "
-                "modalities (seed 001 Alg. 2), which needs a fusion a modality "
+                "modalities (the AMST paper Alg. 2), which needs a fusion a modality "
                 "can be masked out "
                 "of (gated/FiLM train with module=alternating, thesis Alg. 4)",
             )

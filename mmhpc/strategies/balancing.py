@@ -18,9 +18,11 @@ from mmhpc.strategies.formulas import correct_class_score
 
 
 def unimodal_logits(net, embs: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Each modality's additive part of the fused logits: W_m e_m + b / M (seed 003 Eq. 6).
+    """Each modality's additive part of the fused logits: W_m e_m + b / M (the OPM/OGM-GE paper Eq.
+    6).
 
-    The masked fusion `net.fusion({m: e_m})` carries the whole shared bias b; seed 003 splits it
+    The masked fusion `net.fusion({m: e_m})` carries the whole shared bias b; the OPM/OGM-GE paper
+    splits it
     into M
     parts, so the parts sum to the fused logits. Late-sum has one bias per branch (already
     additive),
@@ -40,8 +42,9 @@ def unimodal_logits(net, embs: Mapping[str, torch.Tensor]) -> dict[str, torch.Te
 
 
 def batch_scores(logits: Mapping[str, torch.Tensor], labels: torch.Tensor) -> torch.Tensor:
-    """s [M] in the order of `logits`: sum over the (global) batch of softmax(z_m)[y] (seed 003 Eq.
-    6, seed 002
+    """s [M] in the order of `logits`: sum over the (global) batch of softmax(z_m)[y] (the
+    OPM/OGM-GE paper Eq.
+    6, the MLB paper
     Eq. 4). The scores stay on the device and are summed over DDP processes there (so every process
     takes the
     same balancing decision); a strategy that needs host numbers reads them in one copy
@@ -137,7 +140,8 @@ class ModulationWindow:
 
 
 def dataset_default(given, table: Mapping, cfg, fallback):
-    """`given` when the user set it, else the per-dataset default (seed 004 Table 2 gives CREMA-D
+    """`given` when the user set it, else the per-dataset default (the MLB appendix Table 2 gives
+    CREMA-D
     and AVE
     values, some per fusion; other datasets take `fallback`)."""
     if given is not None:

@@ -1,11 +1,12 @@
 """Balancing formulas used by the strategies, each as a small pure function.
 
-Sources (under /work/shared/seeds): 000 thesis, 002 MLB, 003 OPM/OGM (TPAMI version), 004 MLB
-appendix.
+Sources: the thesis ("Optimising Multimodal Learning with a System-Aware Perspective", Chalmers);
+the MLB paper ("Improving Multimodal Learning with Multi-Loss Gradient Modulation", Kontras et al.,
+2024) and its appendix; the OPM/OGM-GE paper ("On-the-fly Modulation for Balanced Multimodal
+Learning", Wei et al., TPAMI 2024); the AMST paper ("AMST: Alternating Multimodal Skip Training").
 Where a source was ambiguous, the docstring says which form is implemented and why.
 Scores `s_m` passed to the OGM/OPM/MLB functions are per-batch sums of the softmax probability of
-the
-true class (seed 003 Eq. 6, seed 002 Eq. 4): see `correct_class_score`.
+the true class (the OPM/OGM-GE paper Eq. 6, the MLB paper Eq. 4): see `correct_class_score`.
 """
 from __future__ import annotations
 
@@ -34,7 +35,8 @@ AMST_DEFAULT_SKIPS: dict[str, dict[str, int]] = {
 
 
 def correct_class_score(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """s = sum_i softmax(logits_i)[y_i]: the discriminative score of seed 003 Eq. 6 / seed 002 Eq.
+    """s = sum_i softmax(logits_i)[y_i]: the discriminative score of the OPM/OGM-GE paper Eq. 6 /
+    the MLB paper Eq.
     4.
 
     A 0-d float32 tensor on the logits' device: no host synchronisation (`.item()` it where a host
@@ -50,7 +52,8 @@ def correct_class_score(logits: torch.Tensor, labels: torch.Tensor) -> torch.Ten
 
 
 def discrepancy_ratios(score: Mapping[str, float]) -> dict[str, float]:
-    """rho_m = s_m / ((1 / (M-1)) sum_{j != m} s_j), seed 003 Eq. 7 (its M-modality form)."""
+    """rho_m = s_m / ((1 / (M-1)) sum_{j != m} s_j), the OPM/OGM-GE paper Eq. 7 (its M-modality
+    form)."""
     if len(score) < 2:
         raise ValueError(f"need at least two modalities, got {list(score)}")
     for m, s in score.items():
@@ -99,7 +102,7 @@ def ogm_coefficient_tensor(
         it (AMST repository, code/baseline/ogm3_new.py, `apply_modulation`): rho_m = s_m / sum_{j !=
         m} s_j and
         only the modality with the highest rho is modulated (k = 1 for the others; ties: the first).
-    variant "paper": seed 003 Eq. 7 and 11: rho_m = s_m / mean_{j != m} s_j and
+    variant "paper": the OPM/OGM-GE paper Eq. 7 and 11: rho_m = s_m / mean_{j != m} s_j and
         k_m = max(0, 1 - alpha * tanh(rho_m - 1)) for every modality with rho_m > 1, else 1.
     """
     if alpha < 0:
@@ -125,7 +128,7 @@ def ogm_coefficients(
 
 def ogm_ge_noise(grad: torch.Tensor, std: float | torch.Tensor | None = None,
                  generator: torch.Generator | None = None, eps: float = 1e-8) -> torch.Tensor:
-    """Generalisation-enhancement noise h ~ N(0, std^2), seed 003 Eq. 16 (OGM-GE).
+    """Generalisation-enhancement noise h ~ N(0, std^2), the OPM/OGM-GE paper Eq. 16 (OGM-GE).
 
     The paper asks for the covariance of the current gradient; like the official code, a diagonal
     approximation is used: std = the gradient tensor's own standard deviation (+ eps so it is never
@@ -146,7 +149,8 @@ def ogm_ge_noise(grad: torch.Tensor, std: float | torch.Tensor | None = None,
 
 def ogm_ge_modulate(grad: torch.Tensor, coeff: float | torch.Tensor,
                     generator: torch.Generator | None = None) -> torch.Tensor:
-    """OGM-GE gradient k * g + h(g), seed 003 Eq. 16 / Alg. 2 (the noise uses g's std before
+    """OGM-GE gradient k * g + h(g), the OPM/OGM-GE paper Eq. 16 / Alg. 2 (the noise uses g's std
+    before
     scaling)."""
     return grad * coeff + ogm_ge_noise(grad, generator=generator)
 
@@ -156,7 +160,8 @@ def ogm_ge_modulate(grad: torch.Tensor, coeff: float | torch.Tensor,
 
 
 def opm_drop_tensor(scores: torch.Tensor, lam: float, q_base: float) -> torch.Tensor:
-    """OPM drop probabilities q [M] for the next iteration from the scores s [M], seed 003 Eq. 8, on
+    """OPM drop probabilities q [M] for the next iteration from the scores s [M], the OPM/OGM-GE
+    paper Eq. 8, on
     their device.
 
     q_m = min(1, q_base * (1 + lam * tanh(rho_m - 1))) if rho_m > 1 else 0, rho the M-modality form
@@ -187,7 +192,8 @@ def opm_keep(
     p_exe: float = 1.0,
     device=None,
 ) -> torch.Tensor:
-    """Per-sample keep masks [N, M] (1 = keep, 0 = drop) for OPM's modality dropping, seed 003 Alg.
+    """Per-sample keep masks [N, M] (1 = keep, 0 = drop) for OPM's modality dropping, the OPM/OGM-GE
+    paper Alg.
     1.
 
     Each sample drops modality m with probability q_m (keep iff u >= q_m, u ~ U[0, 1), so P(keep) =
@@ -247,7 +253,7 @@ def opm_feature_scale(
 
 
 def mlb_coefficient(r: float, alpha: float, beta_max: float) -> float:
-    """MLB coefficient, seed 002 Eq. 6-7: k = 1 + (beta - 1) * tanh(alpha * (r - 1)).
+    """MLB coefficient, the MLB paper Eq. 6-7: k = 1 + (beta - 1) * tanh(alpha * (r - 1)).
 
     r = mean score of the other modalities / own score (Eq. 5): r > 1 means the modality lags, so it
     is
@@ -269,7 +275,8 @@ def mlb_coefficient(r: float, alpha: float, beta_max: float) -> float:
 def mlb_coefficient_tensor(scores: torch.Tensor, alpha: float, beta_max: float) -> torch.Tensor:
     """`mlb_coefficients` on the scores' device, k [M] from s [M] (modality order), with no host
     read
-    (seed 002 Eq. 5-7). Where the host version refuses a score of 0 (r undefined), r is infinite
+    (the MLB paper Eq. 5-7). Where the host version refuses a score of 0 (r undefined), r is
+    infinite
     here
     and the modality gets the full acceleration, beta_max."""
     r = (_others_sum(scores) / (len(scores) - 1)) / scores
@@ -278,7 +285,7 @@ def mlb_coefficient_tensor(scores: torch.Tensor, alpha: float, beta_max: float) 
 
 
 def mlb_coefficients(score: Mapping[str, float], alpha: float, beta_max: float) -> dict[str, float]:
-    """k_i for every modality from scores s_i (seed 002 Eq. 4-7); r_i = 1 / rho_i of
+    """k_i for every modality from scores s_i (the MLB paper Eq. 4-7); r_i = 1 / rho_i of
     `discrepancy_ratios`."""
     out = {}
     for m, rho in discrepancy_ratios(score).items():
@@ -514,7 +521,8 @@ def amst_trains(epoch: int, skip: int, phase: str = "code") -> bool:
     does
         (AMST repository, code/amst.py: `for epoch in range(E)`, `epoch % skip`): trains in epochs
         0, s, 2s, ...
-    phase "paper": seed 001 Alg. 1-2 count epochs from 1 (`for e = 1 to E`): trains in the trainer's
+    phase "paper": the AMST paper Alg. 1-2 count epochs from 1 (`for e = 1 to E`): trains in the
+    trainer's
     epochs
         s - 1, 2s - 1, ... (the s-th, 2s-th, ... epoch).
     """

@@ -1,4 +1,5 @@
-"""On-the-fly modulation (seed 003): OGM-GE slows the dominant encoder's gradients, OPM drops its
+"""On-the-fly modulation (OPM/OGM-GE paper): OGM-GE slows the dominant encoder's gradients, OPM
+drops its
 features.
 
 Both monitor each modality's share of the fused prediction: the discriminative score s_m (Eq. 6, the
@@ -7,14 +8,16 @@ modalities' scores (Eq. 7). Both are defined for fusions whose logits are such a
 late-sum and concat, for any number of modalities. Scores, coefficients, masks and noise stay on the
 device: a step makes no host synchronisation.
 
-- OGM-GE (thesis Eq. 2.27; seed 003 Alg. 2): after backward and before the optimiser step, encoder
+- OGM-GE (thesis Eq. 2.27; the OPM/OGM-GE paper Alg. 2): after backward and before the optimiser
+step, encoder
   gradients become k_m g + h, h Gaussian noise with the gradient's own spread (Eq. 16, the
   generalisation enhancement; `ge=false` gives plain OGM, k_m g). Defaults are the thesis code
   base's
   (AMST repository code/baseline/ogm3_new.py): k = 1 - tanh(alpha rho) on the modality with the
   highest
   ratio only, alpha 0.1, only 4-D (convolution) gradients, epochs 0-50. `variant=paper`,
-  `weights=all`, `end_epoch=null` give seed 003's Eq. 11 on every parameter for the whole run.
+  `weights=all`, `end_epoch=null` give the OPM/OGM-GE paper's Eq. 11 on every parameter for the
+  whole run.
 - OPM (Alg. 1): in the forward pass each sample drops modality m's feature with probability q_m from
   the previous iteration's scores (Eq. 8; q = 0 at the first step), kept features rescaled by
   1 / (1 - theta) (official code); the scores for the next q come from the undropped features.
@@ -56,7 +59,8 @@ class _OnTheFly(ModulationWindow, Strategy):
     def check_config(cls, cfg) -> None:
         require_symmetric(
             cfg,
-            f"strategy {cls.name} splits the fused logits into per-modality parts (seed 003 Eq. 6)",
+            f"strategy {cls.name} splits the fused logits into per-modality parts (the OPM/OGM-GE "
+            "paper Eq. 6)",
         )
         super().check_config(cfg)
 
@@ -70,7 +74,7 @@ class OGMParams:
     alpha: float = (
         0.1  # thesis Fig. 2.19 "as specified in the original paper"; code base ogm3_new.py
     )
-    #: "thesis": Eq. 2.27 on the top-ratio modality; "paper": seed 003 Eq. 11
+    #: "thesis": Eq. 2.27 on the top-ratio modality; "paper": the OPM/OGM-GE paper Eq. 11
     variant: Literal[OGM_VARIANTS] = "thesis"
     ge: bool = True  # add the generalisation-enhancement noise (OGM-GE); false: plain OGM
     #: "conv": only 4-D gradients (code base); "all": every branch parameter (Alg. 2)

@@ -1,15 +1,17 @@
-"""Strategies with one loss per head: Multi-Loss and MLB (seed 002), Gradient Blending (thesis Eq.
+"""Strategies with one loss per head: Multi-Loss and MLB (MLB paper), Gradient Blending (thesis Eq.
 2.29).
 
-The unimodal classifiers f_i (seed 002 Fig. 1b-c; the helper classifiers of thesis Fig. 2.20) are
+The unimodal classifiers f_i (the MLB paper Fig. 1b-c; the helper classifiers of thesis Fig. 2.20)
+are
 the
 model's linear probes applied to the encoder outputs *without* detaching them, so their losses train
 the encoders; the "probe/<m>" metrics of these runs are those classifiers. Any fusion works: the
 fused
 head only contributes the multimodal loss.
 
-- Multi-Loss (seed 002 Eq. 3): L = CE(f(X), y) + sum_i CE(f_i(X_i), y).
-- MLB (seed 002 Eq. 2-7): the same loss; encoder i's learning rate is scaled by k_i each step, from
+- Multi-Loss (the MLB paper Eq. 3): L = CE(f(X), y) + sum_i CE(f_i(X_i), y).
+- MLB (the MLB paper Eq. 2-7): the same loss; encoder i's learning rate is scaled by k_i each step,
+from
 this
   batch's unimodal scores (`mlb_coefficient_tensor`: accelerate a lagging modality up to beta_max,
   decelerate a leading one, k -> 1 once they agree). Eq. 2 scales the update lr x k_i: the
@@ -45,7 +47,8 @@ from mmhpc.strategies.data import split_held_out
 from mmhpc.strategies.formulas import gradient_blending_weights, mlb_coefficient_tensor
 from mmhpc.strategies.joint import Naive
 
-#: seed 004 Table 2 (ResNet): CREMA-D late-linear 5.0, FiLM 0.5, gated 5.0; AVE late-linear 2.0
+#: the MLB appendix Table 2 (ResNet): CREMA-D late-linear 5.0, FiLM 0.5, gated 5.0; AVE late-linear
+#: 2.0
 MLB_DEFAULT_ALPHA = {"cremad": 5.0, ("cremad", "film"): 0.5, "ave": 2.0}
 #: alpha on datasets MLB's paper gives no value for (MVSA, IEMOCAP, UR-FUNNY; the code base has no
 #: MLB)
@@ -83,7 +86,7 @@ class MultiLoss(Naive):
 @dataclass
 class MLBParams:
     alpha: float | None = None  # slope of tanh; None: MLB_DEFAULT_ALPHA
-    beta_max: float = 2.0       # largest acceleration (seed 004: values >= 2 made no difference)
+    beta_max: float = 2.0  # largest acceleration (the MLB appendix: values >= 2 made no difference)
 
 
 @register
@@ -121,7 +124,7 @@ class MLB(ModalityGroups, MultiLoss):
             published = key in MLB_DEFAULT_ALPHA or self.cfg.data.dataset in MLB_DEFAULT_ALPHA
             out["strategy.params.alpha"] = {
                 "value": self.alpha,
-                "source": "MLB appendix (seed 004) Table 2, tuned with Adam" if published else
+                "source": "MLB appendix (MLB appendix) Table 2, tuned with Adam" if published else
                 "assumed: MLB's papers give no value for this dataset (Table 2: CREMA-D, AVE); "
                 "CREMA-D's 5.0"}
         return out
