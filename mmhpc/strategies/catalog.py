@@ -2,7 +2,7 @@
 fusions
 (every strategy runs on every parallelism: `mmhpc.system.runtime`). The parameters and defaults are
 read from each strategy's typed `Params`, so the listing
-cannot drift from what `strategy.params` accepts; the sources are those of README's strategy
+cannot drift from what `strategy.params` accepts; the sources are those of docs/strategies.md's strategy
 table."""
 from __future__ import annotations
 
