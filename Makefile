@@ -38,7 +38,7 @@ demo-algorithms: install
 	$(VENV)/bin/mmhpc demo algorithms
 
 # the whole suite, then the coverage of the GPU-only code (gpucheck.py, mmhpc/system/: lines and functions
-# entered; the fake-CUDA tier, tests/test_gpu_fakes.py, reaches its CUDA branches on the CPU)
+# entered; the fake-CUDA tier, tests/system/test_gpu_fakes.py, reaches its CUDA branches on the CPU)
 COVERAGE_JSON = reports/out/coverage-gpu.json
 test: install system-deps
 	$(PY) -m pytest -q --cov=mmhpc.gpucheck --cov=mmhpc.system --cov-report=term \

@@ -41,7 +41,7 @@ def read_jpeg(path: str | Path) -> torch.Tensor:
     2.11+.
     With an older stack (down to the torch floor) torchvision's, not deprecated there; both give the
     same
-    pixels (tests/test_loading.py)."""
+    pixels (tests/data/test_loading.py)."""
     return _jpeg_decoder()(str(path))
 
 

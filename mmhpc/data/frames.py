@@ -16,7 +16,7 @@ and over PCIe. `finish_batch` then converts, crops, flips and normalises the who
 lands:
 one `grid_sample` over all frames. A crop of an S x S frame resized to S x S only ever enlarges, so
 bilinear sampling without antialiasing is what a resize of the crop computes
-(`tests/test_loading.py`
+(`tests/data/test_loading.py`
 checks it against torchvision's own crop, resize and flip).
 """
 from __future__ import annotations

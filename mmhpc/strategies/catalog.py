@@ -1,9 +1,7 @@
 """`mmhpc strategies`: every registered strategy with its source, parameters and defaults and
-fusions
-(every strategy runs on every parallelism: `mmhpc.system.runtime`). The parameters and defaults are
-read from each strategy's typed `Params`, so the listing
-cannot drift from what `strategy.params` accepts; the sources are those of docs/strategies.md's strategy
-table."""
+fusions (every strategy runs on every parallelism: `mmhpc.system.runtime`). The parameters and
+defaults are read from each strategy's typed `Params`, so the listing cannot drift from what
+`strategy.params` accepts; the sources are those of docs/strategies.md's strategy table."""
 from __future__ import annotations
 
 import dataclasses

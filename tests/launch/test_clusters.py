@@ -25,7 +25,7 @@ from mmhpc.launch.clusters import (
 from mmhpc.launch.store import SweepDir
 from mmhpc.launch.submit import hand_sbatch_lines, plan_arrays, render_scripts, slurm_parameters
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 pytestmark = pytest.mark.usefixtures("isolated_env")

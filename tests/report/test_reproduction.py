@@ -16,9 +16,9 @@ from mmhpc.report import build_report
 from mmhpc.report.load import load_results
 from mmhpc.report.reproduce import Match, verdicts
 from mmhpc.report.tables import build_tables
-from tests.test_report import A100, nonwhite_fraction, record, row, write
+from tests.report.test_report import A100, nonwhite_fraction, record, row, write
 
-FIXTURE = Path(__file__).resolve().parent / "fixtures" / "gpu-sweep"
+FIXTURE = Path(__file__).resolve().parents[1] / "fixtures" / "gpu-sweep"
 A40 = {**A100, "gpu": {"name": "NVIDIA A40", "capability": "8.6"}}
 H100 = {**A100, "gpu": {"name": "NVIDIA H100 80GB HBM3", "capability": "9.0"}}
 CPU = {"device": "cpu", "host": "laptop"}

@@ -561,7 +561,7 @@ def test_overall_sweep_lists_the_table_4_16_runs():
     from mmhpc.launch.clusters import load_profile
     from mmhpc.sweep import expand, load_sweep
 
-    plan = expand(load_sweep(Path(__file__).resolve().parents[1] / "sweeps" / "overall.yaml"),
+    plan = expand(load_sweep(Path(__file__).resolve().parents[2] / "sweeps" / "overall.yaml"),
                   load_profile("alvis", "NAISS1")).check()
     combos = {
         (r.config.system.precision, r.config.loader.preinit, r.config.system.parallelism)

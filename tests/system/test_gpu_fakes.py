@@ -25,7 +25,7 @@ from mmhpc.errors import ConfigError, RunError
 from mmhpc.gpucheck import Check, Skip
 from mmhpc.system import parallel
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture

@@ -28,7 +28,7 @@ from mmhpc.results import RunRecord, iter_records
 
 pytestmark = [pytest.mark.slurm, pytest.mark.slow]
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 SETTLE_TIMEOUT_S = 900  # the 2-core node is shared with whatever else runs
 # of the runs that are cancelled or preempted mid-run: tiny epochs take 0.3 s (idle) to 1 s (loaded)
 EPOCHS = 30

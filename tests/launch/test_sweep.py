@@ -18,8 +18,8 @@ from mmhpc.launch.submit import prepare_sweep, render_scripts, submit_sweep, to_
 from mmhpc.results import RunRecord, write_record
 from mmhpc.sweep import SweepError, expand, format_table, load_sweep
 
-REPO = Path(__file__).resolve().parents[1]
-GOLDEN = Path(__file__).parent / "golden"
+REPO = Path(__file__).resolve().parents[2]
+GOLDEN = Path(__file__).resolve().parents[1] / "golden"
 
 pytestmark = pytest.mark.usefixtures("isolated_env")
 

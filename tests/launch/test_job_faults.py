@@ -30,7 +30,7 @@ from mmhpc.preempt import STOP_REQUESTED
 from mmhpc.results import RunRecord, read_record, write_record
 from mmhpc.train import Preempted, Trainer, train
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(autouse=True)
@@ -240,7 +240,7 @@ def test_usr2_while_a_job_starts_up_requeues_it_instead_of_failing_it(fake, tmp_
 # ---- a fake scheduler on PATH
 # --------------------------------------------------------------------------
 
-FAKE = Path(__file__).parent / "fake_slurm" / "fake_slurm.py"
+FAKE = Path(__file__).resolve().parents[1] / "fake_slurm" / "fake_slurm.py"
 COMMANDS = ("sbatch", "squeue", "sacct", "scontrol", "srun")
 
 

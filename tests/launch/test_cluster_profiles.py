@@ -17,7 +17,7 @@ from mmhpc.launch.clusters import ClusterError, load_profile, resolve_resources
 from mmhpc.launch.discover import COMMANDS, discover, minutes, parse_gres, parse_probe, validate
 from mmhpc.sweep import expand, load_sweep
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 SHAPES = REPO / "tests" / "clusters"
 
 pytestmark = pytest.mark.usefixtures("isolated_env")

@@ -26,7 +26,7 @@ from mmhpc.system.precision import Precision
 from mmhpc.system.runtime import RunModel
 from mmhpc.train import Trainer, seed_everything, train
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 def _workers():
@@ -621,7 +621,7 @@ def test_ddp_records_the_peak_memory_of_every_rank(tiny_config, monkeypatch, tmp
     monkeypatch.setattr(torch.cuda, "reset_peak_memory_stats", lambda d: None)
     monkeypatch.setattr(
         "mmhpc.system.sampler.device_used_mib", lambda d: 5.0
-    )  # NVML: tests/test_gpu_measures.py
+    )  # NVML: tests/system/test_gpu_measures.py
     par = parallel.build(tiny_config("cremad", "system.parallelism=ddp"))
     par.device = torch.device("cuda", 0)
     dist.init_process_group(
