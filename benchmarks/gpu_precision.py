@@ -1,14 +1,10 @@
 """Benchmark e (needs a CUDA GPU of compute capability 8.0+): fp32 / tf32 / bf16 train time per
-epoch of each
-single encoder on the `full` synthetic datasets (the shape of thesis Tables 4.6-4.9), and standard
-vs
-pre-initialised loader with GPU utilisation (Tables 4.10-4.12), at the system sweeps' settings
-(batch 64,
-prefetch 2, pinned memory, non-deterministic kernels with cudnn.benchmark). The same measurements as
-the
-bench and loader checks of `make gpu-check` (mmhpc/gpucheck.py), for more datasets and epochs;
-records go
-to reports/results/<gpu>/runs/ (or --out).
+epoch of each single encoder on the `full` synthetic datasets (the shape of thesis Tables 4.6-4.9),
+and standard vs pre-initialised loader with GPU utilisation (Tables 4.10-4.12), at the system
+sweeps' settings (batch 64, prefetch 2, pinned memory, non-deterministic kernels with
+cudnn.benchmark). The same measurements as the bench and loader checks of `make gpu-check`
+(mmhpc/gpucheck.py), for more datasets and epochs; records go to reports/results/<gpu>/runs/ (or
+--out).
 
     .venv/bin/python benchmarks/gpu_precision.py --datasets cremad mvsa --epochs 2
 """

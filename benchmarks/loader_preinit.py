@@ -2,25 +2,19 @@
 persistent.
 
 The epoch-start stall is the time from asking for an epoch's iterator to holding its first batch,
-for the
-training and the validation loader together (thesis Table 2.8). Targets against the standard loader
-(the
-thesis' and PyTorch's default: workers forked, `loader.start_method=auto`): stall removed >= 80 %,
-whole
-epoch preinit/standard <= 1.02 (the next epoch's workers start near the current epoch's end, so they
-do not
-compete with it all epoch).
+for the training and the validation loader together (thesis Table 2.8). Targets against the standard
+loader (the thesis' and PyTorch's default: workers forked, `loader.start_method=auto`): stall
+removed >= 80 %, whole epoch preinit/standard <= 1.02 (the next epoch's workers start near the
+current epoch's end, so they do not compete with it all epoch).
 
 A pre-initialised loader starts its workers from a forkserver (forking from its helper thread is
-unsafe),
-so a third variant, the standard loader with forkserver workers, separates what pre-initialisation
-itself
-gains from what the start method does: forking workers from a process that trains costs the training
-process copy-on-write page faults (its `main sys s` and `minor faults` columns, the whole bench).
+unsafe), so a third variant, the standard loader with forkserver workers, separates what
+pre-initialisation itself gains from what the start method does: forking workers from a process that
+trains costs the training process copy-on-write page faults (its `main sys s` and `minor faults`
+columns, the whole bench).
 
 Rounds alternate the variants (and their order) to spread machine noise; each round gives a ratio,
-and the
-median ratio is the figure.
+and the median ratio is the figure.
 
     .venv/bin/python benchmarks/loader_preinit.py [--rounds 3] [--epochs 2] [key=value ...]
 """

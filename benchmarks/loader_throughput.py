@@ -1,6 +1,6 @@
 """Benchmark e: samples/s per loader worker on full-shape synthetic CREMA-D (3 frames 224x224,
-filterbank
-1024x128), the former pipeline against the current one, in one run. Target: current/former >= 2.
+filterbank 1024x128), the former pipeline against the current one, in one run. Target:
+current/former >= 2.
 
 - former: each worker opens the JPEGs with PIL, crops, flips, converts and normalises the clip with
   torchvision's v2 transforms, and sends float32 frames (~116 MB per batch of 64) through shared
@@ -13,8 +13,7 @@ crops, and sends
   (here on the CPU, in the main process; on a GPU it is one kernel sequence per batch).
 
 One worker per pipeline (prefetch 2), timed from its first batch to its last (start-up excluded);
-rounds
-alternate the two pipelines to spread machine noise; the best round of each is reported.
+rounds alternate the two pipelines to spread machine noise; the best round of each is reported.
 
     .venv/bin/python benchmarks/loader_throughput.py [--samples 192] [--batch 32] [--rounds 2]
 """

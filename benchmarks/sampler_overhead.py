@@ -4,16 +4,11 @@ machine-dependent).
     python benchmarks/sampler_overhead.py [--reps 5] [--interval 0.5] [--seconds 4]
 
 Runs a torch matmul loop, alternating without and with the sampler so that drift in machine load
-hits both
-arms alike, and prints the per-sample cost and the overhead of the workload. Target: <= 1 % at 0.5
-s.
-Two overheads are printed: wall-clock slowdown, which is what a job sees but is swamped by other
-tenants on a
-shared node, and extra process CPU time (workload + sampler thread) relative to the workload's,
-which other
-tenants barely move. One torch thread by default, since spinning OpenMP threads on an oversubscribed
-node
-burn CPU time at random.
+hits both arms alike, and prints the per-sample cost and the overhead of the workload. Target: <= 1
+% at 0.5 s. Two overheads are printed: wall-clock slowdown, which is what a job sees but is swamped
+by other tenants on a shared node, and extra process CPU time (workload + sampler thread) relative
+to the workload's, which other tenants barely move. One torch thread by default, since spinning
+OpenMP threads on an oversubscribed node burn CPU time at random.
 """
 from __future__ import annotations
 

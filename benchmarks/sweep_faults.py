@@ -16,11 +16,9 @@ random running tasks and sends others USR2 (what SLURM sends before a time limit
 sweep resume`, a separate process, which refuses while a state is unknown) until every run is done.
 
 Prints done / lost / run-twice: runs with a finished record; runs without one at the end; runs that
-more
-than one job trained to the end (submitit's result of the job: a success that is not "already
-done"), or
-that two jobs ran at once (overlapping attempts in `sacct -D`). `--count DIR` counts an existing
-sweep.
+more than one job trained to the end (submitit's result of the job: a success that is not "already
+done"), or that two jobs ran at once (overlapping attempts in `sacct -D`). `--count DIR` counts an
+existing sweep.
 """
 from __future__ import annotations
 
@@ -240,9 +238,8 @@ def job_ids(run: dict) -> set[str]:
 
 def trained_to_the_end(sweep_dir: SweepDir, run: dict) -> list[str]:
     """The jobs of a run that trained it and returned: submitit's result of the job is a success
-    that is
-    neither "already done" (a job that found the run finished) nor a preemption. (A job killed after
-    its
+    that is neither "already done" (a job that found the run finished) nor a preemption. (A job
+    killed after its
     last epoch line but before it finished does not count: it did not complete the run.)"""
     finished = []
     for jid in job_ids(run):

@@ -1,8 +1,7 @@
 """`mmhpc bench`: a run config timed for N epochs after W warm-up epochs, with the system section.
 
 The record is a normal run record (same trainer, same sampler) plus a `bench` section aggregating
-the
-measured epochs: the Table 2.8 breakdown, throughput, utilisation and peak memory, as mean and
+the measured epochs: the Table 2.8 breakdown, throughput, utilisation and peak memory, as mean and
 standard error. `--profile` writes a torch.profiler trace of a few training steps beside the record.
 """
 from __future__ import annotations

@@ -1,14 +1,11 @@
 """Typed run configuration: one `RunConfig` per run, serialised into every record.
 
 Every knob is a field of a pydantic model, with its type, default, help and (as a `Literal`) its
-valid
-choices; the choices that belong to a registry (datasets, fusions, strategies) are asked of the
-registry,
-so importing this module imports no model code and no strategy. A config is built from a YAML/JSON
-file plus
-`key=value` overrides and validated once, before any work starts (`RunConfig.from_dict`): every
-problem is
-one line `field: problem; valid: a, b, c` of a `ConfigError` (`mmhpc.errors`).
+valid choices; the choices that belong to a registry (datasets, fusions, strategies) are asked of
+the registry, so importing this module imports no model code and no strategy. A config is built from
+a YAML/JSON file plus `key=value` overrides and validated once, before any work starts
+(`RunConfig.from_dict`): every problem is one line `field: problem; valid: a, b, c` of a
+`ConfigError` (`mmhpc.errors`).
 """
 from __future__ import annotations
 

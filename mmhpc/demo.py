@@ -2,11 +2,9 @@
 laptop CPU.
 
 Four runs on the `tiny` preset: single-modality audio and visual baselines, then naive joint
-training and
-alternating training with concat fusion; IBF (Eq. 3.1) of the multimodal runs is measured against
-the
-baselines. The thesis trains 100 epochs at lr 1e-3; the demo trains 5 at lr 1e-2 to fit in CPU
-minutes.
+training and alternating training with concat fusion; IBF (Eq. 3.1) of the multimodal runs is
+measured against the baselines. The thesis trains 100 epochs at lr 1e-3; the demo trains 5 at lr
+1e-2 to fit in CPU minutes.
 """
 from __future__ import annotations
 

@@ -2,18 +2,15 @@
 
 Checks, in order: Python; the architecture of this node and of the jobs' interpreter or image (read
 from its ELF or SIF header; another architecture is refused, `mmhpc doctor` exits 2); torch and the
-CUDA
-(or ROCm: AMD GPUs, answered through torch.cuda) it was built for; the NVIDIA driver (NVML) and
-whether it
-is new enough for that build; GPUs visible to torch against those SLURM allocated (and against the
-cluster's: a GPU cluster needs a GPU); compute capability against the requested precision; the
-dataset
-and its manifest; a writable results directory. Each check gives one sentence.
+CUDA (or ROCm: AMD GPUs, answered through torch.cuda) it was built for; the NVIDIA driver (NVML) and
+whether it is new enough for that build; GPUs visible to torch against those SLURM allocated (and
+against the cluster's: a GPU cluster needs a GPU); compute capability against the requested
+precision; the dataset and its manifest; a writable results directory. Each check gives one
+sentence.
 
 Every sweep job runs `check_job` first (mmhpc.launch.submit.execute_run): a mismatch ends the job at
 once with the first failing sentence (e.g. "torch built for CUDA 13.0 needs NVIDIA driver >=
-580.65.06,
-this node has 575.51.03") instead of training on the CPU or failing an hour later.
+580.65.06, this node has 575.51.03") instead of training on the CPU or failing an hour later.
 """
 from __future__ import annotations
 

@@ -5,18 +5,14 @@ these.
 
 Exit-code policy of every `mmhpc` command (`exit_code` maps an exception to it):
 
-    0  done
-    1  a run or job failed (RunError; the others ran and their records are kept)
-    2  bad input: a config, sweep file, cluster profile or argument (ConfigError), found before any
-    work
-    3  the scheduler failed: sbatch/squeue refused or could not be reached (SchedulerError)
-    130 interrupted (Ctrl-C): one line; a run's record says `interrupted`
+    0  done 1  a run or job failed (RunError; the others ran and their records are kept) 2  bad
+    input: a config, sweep file, cluster profile or argument (ConfigError), found before any work 3
+    the scheduler failed: sbatch/squeue refused or could not be reached (SchedulerError) 130
+    interrupted (Ctrl-C): one line; a run's record says `interrupted`
 
 A problem is written `file: field: problem; valid: a, b, c`; the file part only when there is a
-file, the
-field as a dotted path (`resources.time_min`, `runs[3].train.lr`), the valid part only when the
-choices are
-known. A ConfigError holds one such line per problem.
+file, the field as a dotted path (`resources.time_min`, `runs[3].train.lr`), the valid part only
+when the choices are known. A ConfigError holds one such line per problem.
 """
 from __future__ import annotations
 
@@ -108,8 +104,7 @@ def validation_problems(err: Any, file: str | None = None, prefix: Sequence[str 
     """One problem line per error of a pydantic v2 ValidationError.
 
     `prefix` is prepended to every field path (e.g. ('runs', 3)); `model` (the validated pydantic
-    model
-    class) lets an unknown key list the valid keys of the section it was found in.
+    model class) lets an unknown key list the valid keys of the section it was found in.
     """
     lines: dict[str, list[str]] = {}
     valids: dict[str, list[str] | None] = {}

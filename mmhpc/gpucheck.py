@@ -27,17 +27,13 @@ Each check prints PASS, FAIL or SKIP (with the reason) and writes its record to 
 
 It needs only torch (plus torchvision, transformers and nvidia-ml-py for some checks): run from the
 repository with `PYTHONPATH=. python3 -m mmhpc.gpucheck`. pydantic and PyYAML are needed by the
-checks that
-build the trainer (syncs, blp, trainer, bench, loader), psutil and pandas by the sampler, pandas and
-matplotlib by the report; on a node without network, wheels fetched elsewhere by `make gpu-wheels`
-into
-`.whl/` supply them (`use_wheels`). Each check runs in its own process with its own time limit (a
-hung
-NCCL, gloo or loader worker fails that check, the others still run). On a machine without a GPU it
-runs
-what it can and exits 0, listing what needs a GPU; on a GPU node a check that cannot run (a package
-missing, the time budget spent) FAILs. Exit 1 when a check fails. The whole run is sized for under 8
-minutes on one H100.
+checks that build the trainer (syncs, blp, trainer, bench, loader), psutil and pandas by the
+sampler, pandas and matplotlib by the report; on a node without network, wheels fetched elsewhere by
+`make gpu-wheels` into `.whl/` supply them (`use_wheels`). Each check runs in its own process with
+its own time limit (a hung NCCL, gloo or loader worker fails that check, the others still run). On a
+machine without a GPU it runs what it can and exits 0, listing what needs a GPU; on a GPU node a
+check that cannot run (a package missing, the time budget spent) FAILs. Exit 1 when a check fails.
+The whole run is sized for under 8 minutes on one H100.
 """
 from __future__ import annotations
 
@@ -141,9 +137,8 @@ DISTRIBUTIONS = {
 
 def missing_modules(modules=None, env=None) -> list[str]:
     """Those of `modules` (default WHEEL_MODULES) that a fresh process of this Python cannot import
-    (with
-    `env`): where the checks run. An import can fail for more than absence: pydantic fails on an
-    older
+    (with `env`): where the checks run. An import can fail for more than absence: pydantic fails on
+    an older
     typing_extensions than it needs, which this process may already hold."""
     modules = list(modules or WHEEL_MODULES)
     probe = (
@@ -163,15 +158,11 @@ def missing_modules(modules=None, env=None) -> list[str]:
 
 def use_wheels(wheels: Path) -> tuple[list[str], Path | None]:
     """Where this Python cannot import one of WHEEL_MODULES and `wheels` holds wheels (`make
-    gpu-wheels`,
-    for a node without network): pip-install the missing ones with their dependencies, resolved in
-    the wheel
-    set alone, into a temporary directory put first on sys.path and PYTHONPATH (the checks'
-    processes, and
-    loader workers, see it). Inside it the set shadows what the node has (pydantic with the
-    typing_extensions
-    it needs, not the node's older one), except KEEP: the node's numpy stays (torch was built
-    against it).
+    gpu-wheels`, for a node without network): pip-install the missing ones with their dependencies,
+    resolved in the wheel set alone, into a temporary directory put first on sys.path and PYTHONPATH
+    (the checks' processes, and loader workers, see it). Inside it the set shadows what the node has
+    (pydantic with the typing_extensions it needs, not the node's older one), except KEEP: the
+    node's numpy stays (torch was built against it).
     Returns the installed distributions (name-version) and the directory."""
     files = sorted(wheels.glob("*.whl")) if wheels.is_dir() else []
     if not files:
@@ -818,10 +809,9 @@ def bench_loaders(
     ck: Check, dataset: str, *overrides: str, epochs: int = 2, warmup: int = 1
 ) -> dict:
     """The thesis' standard loader (persistent workers, as sweeps/loader.yaml's preinit block) vs
-    the
-    pre-initialised one (Alg. 6, workers rebuilt each epoch by a helper thread): times, the
-    epoch-start
-    stall, GPU utilisation. `stall_ratio`: the pre-initialised loader's stall over the standard
+    the pre-initialised one (Alg. 6, workers rebuilt each epoch by a helper thread): times, the
+    epoch-start stall, GPU utilisation. `stall_ratio`: the pre-initialised loader's stall over the
+    standard
     one's."""
     rec = {}
     for loader, persistent, preinit in LOADERS:

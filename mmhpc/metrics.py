@@ -34,10 +34,9 @@ def ibf(multimodal_acc: Mapping[str, float], single_acc: Mapping[str, float]) ->
     """Imbalance factor, thesis Eq. 3.1: IBF = 1 - mean_m min(macc_m / sacc_m, 1).
 
     `multimodal_acc` is each modality's accuracy inside the multimodal model (its probe),
-    `single_acc`
-    the accuracy of the same modality trained alone; any common unit (fraction or percent).
-    The "E[sum_m ...]" of Eq. 3.1 is the mean over modalities: Table 4.1 (CREMA-D Naive, 0.349)
-    needs it.
+    `single_acc` the accuracy of the same modality trained alone; any common unit (fraction or
+    percent). The "E[sum_m ...]" of Eq. 3.1 is the mean over modalities: Table 4.1 (CREMA-D Naive,
+    0.349) needs it.
     """
     if not multimodal_acc:
         raise ValueError("ibf needs at least one modality")
@@ -55,11 +54,9 @@ def ibf(multimodal_acc: Mapping[str, float], single_acc: Mapping[str, float]) ->
 
 def ibf_accuracy_keys(fusion: str, modalities) -> dict[str, str]:
     """Which accuracy `ibf` reads for each modality: the masked fusion head `acc/<m>` for sum and
-    concat fusion,
-    the probe `acc/probe/<m>` (thesis Sec. 2.2) for gated and FiLM fusion (`TWO_MODALITY`: a
-    modality cannot be
-    read from their fused head with the others masked as in Sec. 3.2.1, and the thesis code base
-    records no
+    concat fusion, the probe `acc/probe/<m>` (thesis Sec. 2.2) for gated and FiLM fusion
+    (`TWO_MODALITY`: a modality cannot be read from their fused head with the others masked as in
+    Sec. 3.2.1, and the thesis code base records no
     per-modality accuracy for them, its `reinitialize_metrics`, only the probes')."""
     from mmhpc.models.fusion import (
         TWO_MODALITY,
@@ -161,8 +158,7 @@ class MetricAccumulator:
         """Add one batch: `logits` maps head name -> [N, C] logits, all sharing `labels` [N].
 
         `loss` optionally maps a head to its batch-mean loss (tensor or float); a head without one
-        is
-        scored with the cross-entropy of its logits.
+        is scored with the cross-entropy of its logits.
         """
         for head, z in logits.items():
             self._update_head(head, z, labels, None if loss is None else loss.get(head))

@@ -1,10 +1,9 @@
 """The names in mmhpc's registries of model parts and system choices, importable without torch.
 
 The fusion and strategy registries (`mmhpc.models.fusion.FUSION_CLASSES`,
-`mmhpc.strategies.STRATEGIES`)
-hold classes whose modules import torch. Config validation and `--help` need only the names, so they
-are
-listed here; tests/test_imports.py checks that each registry holds exactly these names.
+`mmhpc.strategies.STRATEGIES`) hold classes whose modules import torch. Config validation and
+`--help` need only the names, so they are listed here; tests/test_imports.py checks that each
+registry holds exactly these names.
 """
 from __future__ import annotations
 

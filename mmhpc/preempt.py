@@ -2,14 +2,11 @@
 moment.
 
 The signal's default action kills a process. The trainer's handler (mmhpc.launch.submit) is
-installed once a
-run starts, after the imports of torch and the trainer (one to two seconds into a job): a signal
-before that
-killed the attempt, which SLURM then reports FAILED instead of requeueing it. `catch_early`, called
-when the
-package is imported, notes the signal instead, in a SLURM job only; a run that starts with it noted
-stops at
-its first step boundary and requeues like any other. Outside a SLURM job nothing changes.
+installed once a run starts, after the imports of torch and the trainer (one to two seconds into a
+job): a signal before that killed the attempt, which SLURM then reports FAILED instead of requeueing
+it. `catch_early`, called when the package is imported, notes the signal instead, in a SLURM job
+only; a run that starts with it noted stops at its first step boundary and requeues like any other.
+Outside a SLURM job nothing changes.
 """
 from __future__ import annotations
 
@@ -46,19 +43,13 @@ def catch_early() -> None:
 @contextlib.contextmanager
 def deaf_children():
     """Processes started inside (loader workers, a forkserver, multiprocessing's resource tracker)
-    begin with
-    PREEMPT_SIGNAL and SIGINT blocked. SLURM signals every process of the job step, and a process
-    started
-    from a fresh interpreter (forkserver, spawn) dies of it by default: the epoch then failed with
-    "DataLoader
-    worker exited unexpectedly" instead of stopping at a step and requeueing. Ctrl-C reaches the
-    terminal's
-    whole process group: the trainer ends its workers itself. Only the trainer acts on either
-    signal; one
-    arriving meanwhile is not lost. In the main thread Ctrl-C is noted inside and raised at the end:
-    another
-    thread may take the signal, and Python would then raise its KeyboardInterrupt inside os.fork's
-    at-fork
+    begin with PREEMPT_SIGNAL and SIGINT blocked. SLURM signals every process of the job step, and a
+    process started from a fresh interpreter (forkserver, spawn) dies of it by default: the epoch
+    then failed with "DataLoader worker exited unexpectedly" instead of stopping at a step and
+    requeueing. Ctrl-C reaches the terminal's whole process group: the trainer ends its workers
+    itself. Only the trainer acts on either signal; one arriving meanwhile is not lost. In the main
+    thread Ctrl-C is noted inside and raised at the end: another thread may take the signal, and
+    Python would then raise its KeyboardInterrupt inside os.fork's at-fork
     callbacks, where CPython prints and drops it (the run went on)."""
     old = signal.pthread_sigmask(signal.SIG_BLOCK, {PREEMPT_SIGNAL, signal.SIGINT})
     interrupted = []

@@ -2,12 +2,10 @@
 terminal only.
 
 A multi-run command (`mmhpc demo`, `demo algorithms`, a sweep run here) names each run in every log
-line
-(`[3/4 naive] epoch 2/5 ...`) through `run_label`; the CLI's handler adds the prefix (`RunPrefix`).
-`RUN` is
-the level of a run's one closing line: `-q` shows it and hides the per-epoch lines. Progress bars
-only go
-to an interactive terminal: redirected output and SLURM job logs get the log lines instead.
+line (`[3/4 naive] epoch 2/5 ...`) through `run_label`; the CLI's handler adds the prefix
+(`RunPrefix`). `RUN` is the level of a run's one closing line: `-q` shows it and hides the per-epoch
+lines. Progress bars only go to an interactive terminal: redirected output and SLURM job logs get
+the log lines instead.
 """
 from __future__ import annotations
 

@@ -1,14 +1,11 @@
 """Run records: the typed record of one run, its one writer and its one reader.
 
 A record is one JSON file per run (`RunConfig.record_path()`), written atomically by the trainer
-alone
-(`write_record`) and read back by everyone else (`read_record`, `iter_records`): the report loader,
-the
-sweep store, IBF's single-modality baselines. Its parts are pydantic models: `RunRecord` (status,
-config,
-environment, epochs, summary), `Epoch` (metrics and the Table 2.8 time breakdown of one epoch) and
-`Summary` (the selected model's test metrics). Unknown keys are kept, so a record written by a newer
-version still reads.
+alone (`write_record`) and read back by everyone else (`read_record`, `iter_records`): the report
+loader, the sweep store, IBF's single-modality baselines. Its parts are pydantic models: `RunRecord`
+(status, config, environment, epochs, summary), `Epoch` (metrics and the Table 2.8 time breakdown of
+one epoch) and `Summary` (the selected model's test metrics). Unknown keys are kept, so a record
+written by a newer version still reads.
 """
 from __future__ import annotations
 
@@ -43,11 +40,9 @@ def atomic_write_json(path: str | Path, obj: Any) -> Path:
 
 def atomic_write_text(path: str | Path, text: str) -> Path:
     """Write through a temporary file beside `path`, then rename it over `path`. The file's
-    permissions
-    follow the umask (mode 0666 & ~umask, as for any new file; so a group-readable umask shares
-    records,
-    manifests and series with the project's group), and the temporary name is unique per host,
-    process
+    permissions follow the umask (mode 0666 & ~umask, as for any new file; so a group-readable umask
+    shares records, manifests and series with the project's group), and the temporary name is unique
+    per host, process
     and call, so two writers never share one."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -130,8 +125,8 @@ class _Part(BaseModel):
 
 class EpochTime(_Part):
     """The thesis' Table 2.8 breakdown of one epoch, in seconds, and the training throughput.
-    `epoch_s` is
-    the four passes plus `strategy_s`, the epoch's work outside them: a strategy's own passes (PMR's
+    `epoch_s` is the four passes plus `strategy_s`, the epoch's work outside them: a strategy's own
+    passes (PMR's
     prototypes, Gradient Blending's held-out losses) and the copy of the best state so far."""
     train_loader_init_s: float
     train_s: float
@@ -246,8 +241,8 @@ class RecordExistsError(FileExistsError):
 
 def mark_failed(record: RunRecord, exc: BaseException, epoch: int | None = None) -> RunRecord:
     """A record's failure: status, the error as "Type: message", and the traceback being handled.
-    Ctrl-C
-    is no failure: status `interrupted`, with the epoch (0-based `epoch`, written counted from
+    Ctrl-C is no failure: status `interrupted`, with the epoch (0-based `epoch`, written counted
+    from
     1)."""
     if isinstance(exc, KeyboardInterrupt):
         record.status = "interrupted"
@@ -262,9 +257,8 @@ def mark_failed(record: RunRecord, exc: BaseException, epoch: int | None = None)
 
 class RecordWriter:
     """The trainer's record component: the record at the run's start, after every epoch and at its
-    end
-    (done, failed or preempted), on rank 0 alone. A rerun over a finished record writes beside it
-    (`.<run>.rerun.json`, and any file a component writes beside that) and replaces it only when
+    end (done, failed or preempted), on rank 0 alone. A rerun over a finished record writes beside
+    it (`.<run>.rerun.json`, and any file a component writes beside that) and replaces it only when
     done."""
 
     def __init__(self, cfg, is_main: bool):
@@ -330,9 +324,8 @@ def _validated(data, path) -> RunRecord:
 
 def iter_records(root: str | Path) -> Iterator[tuple[Path, RunRecord]]:
     """Every readable run record under `root` (hidden files, manifests and sampler files left out).
-    Other JSON
-    files are passed over; a damaged file, or one that looks like a record but is not valid, is
-    passed over
+    Other JSON files are passed over; a damaged file, or one that looks like a record but is not
+    valid, is passed over
     with a warning naming it."""
     for p in sorted(Path(root).rglob("*.json")):
         if (
@@ -377,8 +370,8 @@ def run_ibf(
 def single_accuracies(source: dict | str | Path | None, dataset: str | None = None,
                       preset: str | None = None) -> dict[str, float] | None:
     """Single-modality test accuracies for IBF: a {modality: acc} map, a JSON file of one or a run
-    record,
-    or a directory of run records (finished single-modality runs of `dataset`/`preset`; mean over
+    record, or a directory of run records (finished single-modality runs of `dataset`/`preset`; mean
+    over
     seeds)."""
     if source is None or isinstance(source, dict):
         return source

@@ -2,14 +2,13 @@
 
 A sweep file (format in `sweeps/README.md`):
 
-    name: batch
-    base: {data.dataset: cremad, train.epochs: 100}        # RunConfig overrides of every run
-    grid: {system.parallelism: [single, ddp, blp]}         # cartesian axes
-    zip: {train.batch_size: [32, 64], train.lr: [...]}     # parallel lists, crossed with the grid
+    name: batch base: {data.dataset: cremad, train.epochs: 100}        # RunConfig overrides of
+    every run grid: {system.parallelism: [single, ddp, blp]}         # cartesian axes zip:
+    {train.batch_size: [32, 64], train.lr: [...]}     # parallel lists, crossed with the grid
     blocks: [{name: ..., base: {...}, grid: {...}, zip: {...}}]  # optional union of sub-sweeps
-    seeds: [0, 1, 2]                                       # train.seed, innermost axis
-    tiny: {base: {...}, seeds: [0], grid: ...}             # what changes for a tiny (CPU) run of it
-    resources: {default: {...}, alvis: {gpu: A100, time_min: 120}}
+    seeds: [0, 1, 2]                                       # train.seed, innermost axis tiny: {base:
+    {...}, seeds: [0], grid: ...}             # what changes for a tiny (CPU) run of it resources:
+    {default: {...}, alvis: {gpu: A100, time_min: 120}}
 
 Axis keys are RunConfig keys (`system.precision`, or a unique leaf such as `precision`) or
 `resources.*`
@@ -313,15 +312,12 @@ def expand(
     file: str | None = None,
 ) -> SweepPlan:
     """Expand a sweep for one cluster into validated runs; every problem is collected, none raised
-    (the
-    file's shape on the plan, each run's on the run; `SweepPlan.check` raises them all). What is
-    malformed
-    is left out of the expansion, so the rest is still checked.
+    (the file's shape on the plan, each run's on the run; `SweepPlan.check` raises them all). What
+    is malformed is left out of the expansion, so the rest is still checked.
 
     `overrides` (`--set key=value`) apply to every run after the profile's and before the axes; a
     `{dataset}` or `{preset}` in `data.root` becomes the run's own, so one line points every dataset
-    of a
-    sweep at its prepared directory.
+    of a sweep at its prepared directory.
     """
     size = size or profile.size
     file_problems = spec_problems(spec, file)
@@ -427,10 +423,9 @@ CLUSTER_GPUS = "cluster"  # `resources.gpu: [cluster]`: the profile's GPU types 
 
 def _axis_groups(spec: dict, block: dict, cluster_gpus: list[str] = ()) -> list[list[dict]]:
     """Each grid axis is a group of one-key choices; each zip table one group of parallel choices.
-    An axis
-    with an unknown key is left out (`spec_problems` reports it); unequal zip lists stop at the
-    shortest.
-    A `resources.gpu` grid axis of `cluster` stands for `cluster_gpus` (none on a CPU cluster: no
+    An axis with an unknown key is left out (`spec_problems` reports it); unequal zip lists stop at
+    the shortest. A `resources.gpu` grid axis of `cluster` stands for `cluster_gpus` (none on a CPU
+    cluster: no
     axis)."""
     groups = []
     for source in (spec, block):
@@ -502,9 +497,8 @@ def _run_name(block: str | None, axes: dict, sweep: str) -> str:
 
 def _validate(run: PlannedRun, profile: ClusterProfile) -> None:
     """The run's config and its resources, in one pass: a config with a malformed field is checked
-    against
-    the cluster with that field at its default, unless the field is a system one (the resources
-    follow from
+    against the cluster with that field at its default, unless the field is a system one (the
+    resources follow from
     those); then only the request's own shape is checked."""
     try:
         usable = RunConfig.model_validate(run.raw)

@@ -12,11 +12,9 @@ per thesis Alg. 7 for `loader.prefetch_factor=0`).
 Components get the events `on_fit_start(trainer, fit)`, `on_epoch_start(trainer, epoch)`,
 `on_step_end(trainer)`, `on_passes_end(trainer, epoch)`, `on_epoch_end(trainer, fit, entry)`,
 `on_error(trainer, fit, exc)` and `on_fit_end(trainer, fit, error)` (each optional): the record
-writer
-(`mmhpc.results.RecordWriter`), the checkpointer (`mmhpc.checkpoint`), the telemetry
+writer (`mmhpc.results.RecordWriter`), the checkpointer (`mmhpc.checkpoint`), the telemetry
 (`mmhpc.system.telemetry`) and any added one (the profiler of `mmhpc bench`). Start events reach
-them in
-list order, the others in reverse order, so what starts first ends last.
+them in list order, the others in reverse order, so what starts first ends last.
 """
 from __future__ import annotations
 
@@ -71,9 +69,8 @@ __all__ = [
 
 class Preempted(Exception):
     """Training stopped at a step boundary on request (STOP_REQUESTED). The run resumes, in a
-    requeued job,
-    from its last epoch checkpoint: the interrupted epoch is trained again from its start, so the
-    resumed
+    requeued job, from its last epoch checkpoint: the interrupted epoch is trained again from its
+    start, so the resumed
     run has the batches and metrics of an uninterrupted one."""
 
     def __init__(self, epoch: int, step: int):
@@ -409,9 +406,9 @@ class Trainer:
 
 def train(cfg: RunConfig, progress: bool = True) -> RunRecord:
     """Train one run and return its record. A run that fails before its trainer is set up (an
-    unreadable
-    dataset) still leaves a failed record, unless a record of that run already exists; a config this
-    machine cannot run (precision, parallelism, device: ConfigError) is bad input and writes
+    unreadable dataset) still leaves a failed record, unless a record of that run already exists; a
+    config this machine cannot run (precision, parallelism, device: ConfigError) is bad input and
+    writes
     nothing."""
     try:
         trainer = Trainer(cfg, progress=progress)
@@ -425,8 +422,7 @@ def train(cfg: RunConfig, progress: bool = True) -> RunRecord:
 
 def write_failed_record(cfg: RunConfig, exc: BaseException) -> None:
     """The failed record of a run that failed before its trainer wrote one (on rank 0; never over a
-    record
-    that exists, such as a finished one the rerun was refused to overwrite). Call it inside
+    record that exists, such as a finished one the rerun was refused to overwrite). Call it inside
     `except`."""
     path = cfg.record_path()
     if int(os.environ.get("RANK", "0")) == 0 and not path.exists():

@@ -1,9 +1,7 @@
 """A stubbed `torch.cuda` for the CPU test tier: fake devices (name, capability, properties), fake
-CUDA events
-whose elapsed time comes from a given per-call figure, fake streams, memory counters and NVML
-handles.
-Tensors stay on the CPU; only what needs a GPU (torch.cuda's functions, pynvml) is stubbed, so every
-line
+CUDA events whose elapsed time comes from a given per-call figure, fake streams, memory counters and
+NVML handles. Tensors stay on the CPU; only what needs a GPU (torch.cuda's functions, pynvml) is
+stubbed, so every line
 of mmhpc that asks CUDA something runs here with known answers. Nothing of mmhpc is stubbed."""
 from __future__ import annotations
 
@@ -17,8 +15,7 @@ import torch
 
 class FakeEvent:
     """torch.cuda.Event: every record advances the fake clock by `FakeCuda.ms_per_record` (a number,
-    or a
-    function of the moment's state, e.g. of the TF32 flag); `elapsed_time` is the clock's
+    or a function of the moment's state, e.g. of the TF32 flag); `elapsed_time` is the clock's
     difference."""
 
     def __init__(self, cuda: FakeCuda, enable_timing: bool = False):

@@ -1,14 +1,10 @@
 """Fakes of a GPU for CPU tests: a CUDA stream timeline with events, and NVML devices.
 
 `FakeStream` is one CUDA stream: work queued by the host runs after what was queued before it, so an
-event
-recorded by the host completes when the stream reaches it (`torch.cuda.Event`'s semantics), on a
-clock the
-test advances. `FakeNvml` patches the real pynvml module's functions with devices that answer in
-pynvml's
-own return types (ctypes structs, c_uint, NVMLError subclasses by error code), so the code under
-test runs
-its real pynvml calls and error handling.
+event recorded by the host completes when the stream reaches it (`torch.cuda.Event`'s semantics), on
+a clock the test advances. `FakeNvml` patches the real pynvml module's functions with devices that
+answer in pynvml's own return types (ctypes structs, c_uint, NVMLError subclasses by error code), so
+the code under test runs its real pynvml calls and error handling.
 """
 from __future__ import annotations
 

@@ -2,12 +2,10 @@
 tests.
 
 WAVs come from the `wave` module, videos are encoded with PyAV (MPEG-4 part 2 in MP4/AVI, FLV1 in
-FLV,
-AAC or MP2 audio at 22.05 kHz so that resampling is exercised), images from PIL, and the
-RoBERTa-style
-tokenizer is a byte-level BPE trained on the fixtures' own sentences. Each class has its own colour
-and
-tone, so the data is learnable, but the tests only check that the whole path runs.
+FLV, AAC or MP2 audio at 22.05 kHz so that resampling is exercised), images from PIL, and the
+RoBERTa-style tokenizer is a byte-level BPE trained on the fixtures' own sentences. Each class has
+its own colour and tone, so the data is learnable, but the tests only check that the whole path
+runs.
 """
 from __future__ import annotations
 
@@ -132,8 +130,8 @@ AVE_CATEGORIES = ("Church bell", "Bark", "Acoustic guitar", "Frying (food)")
 
 def make_ave(root: Path, clips: int = 10) -> Path:
     """Official split files: the last clip is the test set, the one before it validation, the rest
-    training;
-    the first video is annotated a second time (another event, in the validation split), as 45 AVE
+    training; the first video is annotated a second time (another event, in the validation split),
+    as 45 AVE
     videos are."""
     header = "Category&VideoID&Quality&StartTime&EndTime\n"
     rows = {"train": [], "val": [], "test": []}

@@ -1,6 +1,5 @@
 """Every malformed sweep file and cluster profile under tests/bad_inputs/ is refused before anything
-is
-written, with one `file: field: problem; valid: ...` line per problem (the file's `# expect:`
+is written, with one `file: field: problem; valid: ...` line per problem (the file's `# expect:`
 lines), and
 the command line exits 2 without a traceback."""
 from __future__ import annotations
@@ -163,8 +162,7 @@ def test_an_unreadable_input_file_is_one_line_naming_it_with_exit_2(
     kind, tmp_path, capsys, monkeypatch
 ):
     """A config, sweep or cluster file that is not UTF-8 text, is a directory or is missing: exit 2,
-    no
-    traceback, one line naming the file (each used to end in 'failed: UnicodeDecodeError' or
+    no traceback, one line naming the file (each used to end in 'failed: UnicodeDecodeError' or
     'IsADirectoryError', exit 1, without the file's name)."""
     bad = tmp_path / "input.yaml"
     if kind == "binary":

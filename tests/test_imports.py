@@ -1,11 +1,9 @@
 """The package's import graph has no cycle, and importing the config schema imports no strategy.
 
 The graph is read from the source (every `import` statement, function-local ones included, not those
-under
-`if TYPE_CHECKING:`): importing `a.b.c` runs `a/__init__` and `a/b/__init__` too, so an edge also
-goes to
-each package above the imported module, except the importer's own packages (already running when it
-runs).
+under `if TYPE_CHECKING:`): importing `a.b.c` runs `a/__init__` and `a/b/__init__` too, so an edge
+also goes to each package above the imported module, except the importer's own packages (already
+running when it runs).
 """
 from __future__ import annotations
 
@@ -142,9 +140,8 @@ def _light_commands(argvs: list[list[str]], env: dict[str, str], cwd: Path) -> l
 
 def test_light_commands_import_no_torch(tmp_path, monkeypatch):
     """`--help` of every command, `clusters`, `sweep status` and a `sweep resume` with nothing to do
-    start
-    without torch, pandas, matplotlib or transformers (each used to import torch, 3.5-7 s, for the
-    knob
+    start without torch, pandas, matplotlib or transformers (each used to import torch, 3.5-7 s, for
+    the knob
     list of `--help`), against a fake scheduler on PATH."""
     import os
 

@@ -15,10 +15,8 @@ def audio_augment(
     mel_bins].
 
     F zeroes one band of w_f ~ U{0..freq_mask} mel bins, T one span of w_t ~ U{0..time_mask} frames,
-    at
-    uniform positions (SpecAugment-style, one mask each per call). The thesis gives no widths: the
-    default
-    (None) is a fifth of the axis, close to AST's 192/1024 frames. Returns a new tensor.
+    at uniform positions (SpecAugment-style, one mask each per call). The thesis gives no widths:
+    the default (None) is a fifth of the axis, close to AST's 192/1024 frames. Returns a new tensor.
     """
     if fbank.dim() < 2:
         raise ValueError(f"fbank must be [..., frames, mel_bins], got shape {tuple(fbank.shape)}")

@@ -17,10 +17,8 @@ class PreparedDataset(Dataset):
     """One split of a prepared dataset: items are {modality: tensor, "label": int, "index": int}.
 
     audio [1, frames, mel] float32; visual [frames, 3, S, S] uint8, with "visual_crop" [frames, 5]
-    (each
-    frame's random crop and flip) in a training split, both made model input by
-    `frames.finish_batch` on the
-    device; text [2, L] int64 (ids, mask).
+    (each frame's random crop and flip) in a training split, both made model input by
+    `frames.finish_batch` on the device; text [2, L] int64 (ids, mask).
     """
 
     def __init__(

@@ -44,8 +44,7 @@ def crop_params(frames: torch.Tensor) -> torch.Tensor:
     """float32 [T, 5]: top, left, height, width and flip (0/1) of each frame's random crop.
 
     Drawn from torch's global generator, which the DataLoader seeds per worker from the loader's
-    generator,
-    so a run's crops are a function of its seed as before.
+    generator, so a run's crops are a function of its seed as before.
     """
     rows = []
     for frame in frames:
@@ -56,8 +55,8 @@ def crop_params(frames: torch.Tensor) -> torch.Tensor:
 
 def finish_batch(batch: dict) -> dict:
     """The batch's uint8 frames [B, T, 3, S, S] -> normalised float32, cropped and flipped where the
-    batch
-    carries crop parameters (a training batch), on the device the frames are on. Other keys pass
+    batch carries crop parameters (a training batch), on the device the frames are on. Other keys
+    pass
     through."""
     if "visual" not in batch or batch["visual"].dtype != torch.uint8:
         return batch
@@ -88,9 +87,8 @@ def _crop_flip(x: torch.Tensor, crop: torch.Tensor) -> torch.Tensor:
     flipped.
 
     A bilinear resize (align_corners=False) reads output pixel k at source pixel left + (k + 0.5) w
-    / W - 0.5,
-    clamped to the crop's first and last pixel; the grid holds those positions in grid_sample's [-1,
-    1].
+    / W - 0.5, clamped to the crop's first and last pixel; the grid holds those positions in
+    grid_sample's [-1, 1].
     """
     n, _, h, w = x.shape
     top, left, ch, cw, flip = (c[:, None] for c in crop.unbind(1))

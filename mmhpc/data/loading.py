@@ -46,8 +46,8 @@ def build_datasets(cfg) -> dict[str, PreparedDataset]:
 def build_loader(dataset: Dataset, cfg, train: bool, rank: int = 0, world: int = 1,
                  preinit: bool | None = None, device: torch.device | None = None) -> EpochLoader:
     """The run's loader knobs on a DataLoader; the global batch is split evenly over `world`
-    processes.
-    `device`: the run's device, made current in the pre-initialisation thread (its pin-memory thread
+    processes. `device`: the run's device, made current in the pre-initialisation thread (its
+    pin-memory thread
     would otherwise open a context on GPU 0 in every DDP process)."""
     lc = cfg.loader
     sampler = (
@@ -129,8 +129,8 @@ _MAIN_KEYS = ("sys_path", "init_main_from_name", "init_main_from_path")
 
 def prepare_forkserver_main() -> None:
     """In the forkserver: import the parent's main as each child would (once, here). Only in a
-    direct child of
-    the process that wrote FORKSERVER_ENV; a main that fails here is left to the workers, which
+    direct child of the process that wrote FORKSERVER_ENV; a main that fails here is left to the
+    workers, which
     report it."""
     data = json.loads(os.environ.pop(FORKSERVER_ENV, "") or "{}")
     if data.pop("parent", None) != os.getppid():
@@ -196,21 +196,15 @@ START_LEAD = 1.5
 
 class PreinitLoader(EpochLoader):
     """Thesis Alg. 6: a background thread builds the next epoch's iterator and fetches its first
-    batch
-    while the current epoch trains, hiding worker start-up and pipeline warm-up.
+    batch while the current epoch trains, hiding worker start-up and pipeline warm-up.
 
     The next epoch is started late, when the batches left in the current one should take about
     `START_LEAD` times the shortest start-up measured so far: early enough to hide it, late enough
-    that the two
-    epochs' workers do not compete for the cores for the whole epoch (on a 2-core node starting them
-    at
-    the epoch's beginning made every epoch 1.27x slower). Epoch e+1 is always started after epoch e
-    has
-    fetched its first batch, so the loader's generator is drawn from in the same order as the
-    standard
-    loader's and the batches are identical. Workers are forked from the helper thread; the main
-    thread
-    never holds a DataLoader lock while that happens.
+    that the two epochs' workers do not compete for the cores for the whole epoch (on a 2-core node
+    starting them at the epoch's beginning made every epoch 1.27x slower). Epoch e+1 is always
+    started after epoch e has fetched its first batch, so the loader's generator is drawn from in
+    the same order as the standard loader's and the batches are identical. Workers are forked from
+    the helper thread; the main thread never holds a DataLoader lock while that happens.
     """
 
     def __init__(self, loader: DataLoader, device: torch.device | None = None):

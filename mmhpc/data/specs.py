@@ -5,12 +5,10 @@ The prepared on-disk layout, shared by real (``mmhpc prepare``) and synthetic (`
 data:
 
     <root>/manifest.json               dataset, modalities, classes, shapes, split counts,
-    size+sha256 per file
-    <root>/labels.csv                  clip_id,label
-    <root>/splits/{train,val,test}.txt clip ids, one per line
-    <root>/audio/<clip_id>.npy         float32 Kaldi filterbank [frames, mel_bins]
-    <root>/visual/<clip_id>/<k>.jpg    RGB frames, k = 0 .. frames-1
-    <root>/text/<clip_id>.npy          int64 [2, max_len]: input ids, attention mask
+    size+sha256 per file <root>/labels.csv                  clip_id,label
+    <root>/splits/{train,val,test}.txt clip ids, one per line <root>/audio/<clip_id>.npy
+    float32 Kaldi filterbank [frames, mel_bins] <root>/visual/<clip_id>/<k>.jpg    RGB frames, k = 0
+    .. frames-1 <root>/text/<clip_id>.npy          int64 [2, max_len]: input ids, attention mask
 """
 from __future__ import annotations
 

@@ -14,8 +14,7 @@ def random_split(clip_ids: list[str], seed: int) -> dict[str, list[str]]:
     """80/10/10 at random (thesis Sec. 4.2), a function of the seed and the set of ids only.
 
     Callers pass every clip found in the raw copy, failed ones included, so that fixing a broken
-    file
-    and preparing again does not move the other clips between splits.
+    file and preparing again does not move the other clips between splits.
     """
     ids = sorted(clip_ids)
     order = np.random.default_rng(seed).permutation(len(ids))

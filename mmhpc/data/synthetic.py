@@ -1,8 +1,7 @@
 """Synthetic multimodal datasets written in the prepared on-disk layout (see `mmhpc.data.specs`).
 
 Each class has a template per modality; a sample is its class template buried in noise. Two knobs
-per
-modality make the thesis' imbalance reproducible:
+per modality make the thesis' imbalance reproducible:
 
 - `strength`: template amplitude against unit noise. A strong modality is learned in a few steps, a
 weak
@@ -17,8 +16,7 @@ weak
   suppressed (thesis Sec. 1.2.1, 2.3).
 
 Visual templates are a colour shift plus a left-right symmetric low-frequency pattern, so they
-survive
-the RandomResizedCrop/flip of the real training transform.
+survive the RandomResizedCrop/flip of the real training transform.
 """
 from __future__ import annotations
 

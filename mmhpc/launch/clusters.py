@@ -12,14 +12,10 @@ line (mmhpc.errors).
 
 A profile also knows what its devices can do, so that a run it cannot execute is refused before
 anything is submitted (`resolve_resources`): multi-node DDP needs InfiniBand, and how many cores
-come with
-a GPU on each node type becomes `--cpus-per-task`. The precision and parallelism rules are the
-trainer's
-own, asked of the same objects with the profile's GPU type instead of a live GPU:
-`Precision.problem`
-(BF16/TF32 need compute capability 8.0+) and the `Parallelism` classes (GPUs per run, tasks per
-node,
-DataParallel's two GPUs, the DDP batch split).
+come with a GPU on each node type becomes `--cpus-per-task`. The precision and parallelism rules are
+the trainer's own, asked of the same objects with the profile's GPU type instead of a live GPU:
+`Precision.problem` (BF16/TF32 need compute capability 8.0+) and the `Parallelism` classes (GPUs per
+run, tasks per node, DataParallel's two GPUs, the DDP batch split).
 """
 from __future__ import annotations
 
@@ -292,8 +288,7 @@ class ClusterProfile(_Strict):
 
     def interpreter(self) -> str:
         """What the jobs run: `python` if set; else the image's `python`; else `{venv}/bin/python`;
-        only
-        when none is set the interpreter that submits (the same machine, or a shared file
+        only when none is set the interpreter that submits (the same machine, or a shared file
         system)."""
         if self.apptainer:  # the image carries the environment; --nv exposes the GPUs and driver
             return f"apptainer exec --nv {self.apptainer} {self.python or 'python'}"

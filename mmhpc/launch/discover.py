@@ -2,20 +2,17 @@
 
 Reads `scontrol show config` (MaxArraySize, DefMemPerCPU), `scontrol show partition -o` (MaxTime,
 MaxNodes, which partition is the default), `scontrol show node -o` (Arch, CPUTot, RealMemory, Gres
-with
-its GPU type, ActiveFeatures, Partitions) and `sacctmgr show assoc user=$USER` (accounts, QOS), and
-writes a profile that validates, each value marked `detected` or `assumed` in a comment. The account
-is
-never guessed: the profile reads `${MMHPC_ACCOUNT}` and the comment lists the accounts sacctmgr
-showed.
-`--probe` submits a 2-minute 1-GPU job that records what SLURM does not know (GPU name and compute
-capability, `uname -m`, scratch variables, interconnect, PyTorch modules) and fills those in.
+with its GPU type, ActiveFeatures, Partitions) and `sacctmgr show assoc user=$USER` (accounts, QOS),
+and writes a profile that validates, each value marked `detected` or `assumed` in a comment. The
+account is never guessed: the profile reads `${MMHPC_ACCOUNT}` and the comment lists the accounts
+sacctmgr showed. `--probe` submits a 2-minute 1-GPU job that records what SLURM does not know (GPU
+name and compute capability, `uname -m`, scratch variables, interconnect, PyTorch modules) and fills
+those in.
 
 Parsed here rather than with facebookresearch's clusterscope: it reduces a node's GPUs to a
-generation
-and a count (`h100, 8`), dropping the gres type a request must name (`nvidia_gh200_120gb`), and
-reads
-neither node features (Berzelius' `thin`/`fat` constraints), MaxArraySize nor sacctmgr.
+generation and a count (`h100, 8`), dropping the gres type a request must name
+(`nvidia_gh200_120gb`), and reads neither node features (Berzelius' `thin`/`fat` constraints),
+MaxArraySize nor sacctmgr.
 """
 from __future__ import annotations
 

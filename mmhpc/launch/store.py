@@ -8,23 +8,19 @@
 
 A run's state comes from its record first (a finished record is final) and from SLURM for the rest:
 squeue says whether its job is alive (`-t all` also lists jobs that ended in the last minutes),
-sacct
-how an older one ended. States: done | running | pending | held | failed | unsubmitted | unknown |
-n/a.
+sacct how an older one ended. States: done | running | pending | held | failed | unsubmitted |
+unknown | n/a.
 
 `unknown` means the scheduler did not answer (squeue or sacct failed or timed out, after
 $MMHPC_SCHEDULER_TIMEOUT seconds, default 60): the run may be queued or running, so `resume` refuses
-to
-submit anything while a state is unknown. Never a guess of `failed`.
+to submit anything while a state is unknown. Never a guess of `failed`.
 
 A submission records its intent in the manifest before it calls sbatch: each run's job entry gets
-the
-array's unique job name (`mmhpc-<sweep>-<shape>-<tag>`) and the run's task in the array, with no job
-id
-yet. If the submitter dies before it saves the job ids (or sbatch dies after queueing), the job is
-found
-again by its name (`find_by_name`), so it is adopted, never submitted a second time. `submit --hold`
-writes such entries for the sbatch lines it prints (state `held` until a job of that name shows up).
+the array's unique job name (`mmhpc-<sweep>-<shape>-<tag>`) and the run's task in the array, with no
+job id yet. If the submitter dies before it saves the job ids (or sbatch dies after queueing), the
+job is found again by its name (`find_by_name`), so it is adopted, never submitted a second time.
+`submit --hold` writes such entries for the sbatch lines it prints (state `held` until a job of that
+name shows up).
 """
 from __future__ import annotations
 
@@ -154,10 +150,9 @@ class SweepDir:
 
     def save(self, manifest: dict, changed: list[dict] | None = None) -> None:
         """Write the manifest atomically, checked first. `changed`: the only runs modified since
-        this
-        manifest was last saved here (a submission saves a 10,000-run manifest twice per job array):
-        only
-        they and the top level are checked and encoded again, the others are written as saved
+        this manifest was last saved here (a submission saves a 10,000-run manifest twice per job
+        array): only they and the top level are checked and encoded again, the others are written as
+        saved
         before."""
         check_manifest(
             manifest if changed is None else {**manifest, "runs": changed}, self.manifest_path
@@ -174,8 +169,8 @@ class SweepDir:
     @contextlib.contextmanager
     def lock(self, create: bool = False):
         """One submitter at a time, so that two `resume`s cannot submit the same run twice. Only
-        `submit`
-        creates the directory; elsewhere a missing sweep directory is an error, and nothing is
+        `submit` creates the directory; elsewhere a missing sweep directory is an error, and nothing
+        is
         created."""
         if create:
             self.path.mkdir(parents=True, exist_ok=True)
@@ -213,8 +208,8 @@ class SweepDir:
 
 def manifest_json(manifest: dict, run_lines: list[str] | None = None) -> str:
     """The manifest as JSON with one line per run (`run_lines`: those lines, already encoded):
-    greppable,
-    and written by json's C encoder (indented JSON takes its pure-Python one: seconds for 10,000
+    greppable, and written by json's C encoder (indented JSON takes its pure-Python one: seconds for
+    10,000
     runs)."""
     head = json.dumps({k: v for k, v in manifest.items() if k != "runs"}, separators=(",", ":"))[
         1:-1

@@ -1,21 +1,15 @@
 """Submission with submitit: one job array per resource shape, DDP as one SLURM task per GPU,
-requeue on
-preemption or timeout, and the same runs without a scheduler.
+requeue on preemption or timeout, and the same runs without a scheduler.
 
 Submission returns as soon as SLURM has the jobs; `wait` follows them with a progress bar. Every run
-is a
-`SweepRun` (a submitit `Checkpointable`). On SLURM's signal before the time limit or before
-preemption
-(USR2, `--signal=USR2@<signal_delay_s>`) the trainer stops at the next step boundary
-(`mmhpc.train.Preempted`),
-then the job requeues itself: through submitit's handler in a submitit job (which also counts
-timeouts
-against `max_requeues`), with `scontrol requeue` in a job of jobs/sweep_array.sbatch. The requeued
-job
-resumes from the run's last epoch checkpoint (`output.checkpoint=true`, set for every sweep run), so
-a
-timeout ends REQUEUED, never FAILED. The sbatch scripts of `--dry-run` come from submitit's own
-executor, so they are the ones a real submission would write.
+is a `SweepRun` (a submitit `Checkpointable`). On SLURM's signal before the time limit or before
+preemption (USR2, `--signal=USR2@<signal_delay_s>`) the trainer stops at the next step boundary
+(`mmhpc.train.Preempted`), then the job requeues itself: through submitit's handler in a submitit
+job (which also counts timeouts against `max_requeues`), with `scontrol requeue` in a job of
+jobs/sweep_array.sbatch. The requeued job resumes from the run's last epoch checkpoint
+(`output.checkpoint=true`, set for every sweep run), so a timeout ends REQUEUED, never FAILED. The
+sbatch scripts of `--dry-run` come from submitit's own executor, so they are the ones a real
+submission would write.
 """
 from __future__ import annotations
 
@@ -138,15 +132,11 @@ def execute_run(config: dict, stage_data: bool = False, max_requeues: int | None
 @contextlib.contextmanager
 def _signal_stops_training():
     """While training, PREEMPT_SIGNAL asks the trainer to stop at its next step boundary. Yields the
-    handler
-    it replaces when that is someone else's (submitit's checkpoint-and-requeue in a submitit job). A
-    signal
-    noted since the job's start (mmhpc.preempt) stays noted: the run stops at its first step.
-    Afterwards the
-    signal is ignored and the note cleared: the run's work is over, and a signal that lands while
-    the
-    process ends (Python then restores the default action, which kills it) would turn a finished job
-    into a
+    handler it replaces when that is someone else's (submitit's checkpoint-and-requeue in a submitit
+    job). A signal noted since the job's start (mmhpc.preempt) stays noted: the run stops at its
+    first step. Afterwards the signal is ignored and the note cleared: the run's work is over, and a
+    signal that lands while the process ends (Python then restores the default action, which kills
+    it) would turn a finished job into a
     FAILED one."""
     try:
         previous = signal.signal(PREEMPT_SIGNAL, note_stop)
@@ -164,8 +154,8 @@ def _signal_stops_training():
 
 def _requeue(previous, max_requeues: int | None) -> None:
     """Requeue this SLURM job after the trainer stopped: submitit's handler when submitit installed
-    one
-    (it checkpoints the job's callable, counts timeouts, calls `scontrol requeue` and exits), else
+    one (it checkpoints the job's callable, counts timeouts, calls `scontrol requeue` and exits),
+    else
     `scontrol requeue` here, up to `max_requeues` restarts."""
     if callable(previous):
         previous(PREEMPT_SIGNAL, None)
@@ -259,11 +249,9 @@ def slurm_parameters(
     """submitit's parameters for one job array: the resource lines of its sbatch script.
 
     `--cpus-per-task` also goes to `srun` (since SLURM 22.05 srun no longer inherits it from
-    sbatch),
-    `--mem` carries its unit (a bare number would be megabytes), GPUs are asked for as the profile
-    says
-    (`--gpus-per-node=TYPE:N` with the GPU type's gres name, untyped, or `--gpus=N`), with the GPU
-    type's
+    sbatch), `--mem` carries its unit (a bare number would be megabytes), GPUs are asked for as the
+    profile says (`--gpus-per-node=TYPE:N` with the GPU type's gres name, untyped, or `--gpus=N`),
+    with the GPU type's
     partition and constraint; the account is the job account (`account_suffix`)."""
     params = {"job_name": job_name, "time": res.time_min, "nodes": res.nodes,
               "ntasks_per_node": res.tasks_per_node, "signal_delay_s": profile.signal_delay_s,
@@ -451,10 +439,9 @@ HELD_SIGNALS = (signal.SIGINT, signal.SIGHUP, signal.SIGTERM)
 @contextlib.contextmanager
 def signals_held(signums=HELD_SIGNALS):
     """Hold Ctrl-C, hang-up and TERM until the block ends, then act on one that came meanwhile.
-    Python's
-    handlers are deferred (a signal may reach any thread of the process); the main thread also
-    blocks them,
-    so the sbatch child, which inherits that mask, cannot be killed mid-way by a Ctrl-C at the
+    Python's handlers are deferred (a signal may reach any thread of the process); the main thread
+    also blocks them, so the sbatch child, which inherits that mask, cannot be killed mid-way by a
+    Ctrl-C at the
     terminal."""
     if threading.current_thread() is not threading.main_thread():
         yield
@@ -676,11 +663,9 @@ def _run_here(sweep_dir: SweepDir, manifest: dict, profile: ClusterProfile, runs
 def to_resubmit(sweep_dir: SweepDir, manifest: dict, profile: ClusterProfile | None = None,
                 dry_run: bool = False) -> list[int]:
     """The runs to submit again: neither done, alive nor not applicable. Jobs found by the name of
-    an
-    interrupted submission are adopted first (saved in the manifest; `dry_run`: adopts and saves
-    nothing).
-    Raises SchedulerError, submitting nothing, while the scheduler cannot tell whether some run is
-    still
+    an interrupted submission are adopted first (saved in the manifest; `dry_run`: adopts and saves
+    nothing). Raises SchedulerError, submitting nothing, while the scheduler cannot tell whether
+    some run is still
     queued or running."""
     states = run_states(sweep_dir, manifest)
     adopted = [] if dry_run else adopt(manifest, states)

@@ -9,10 +9,8 @@ Every fusion takes a dict {modality: embedding [B, D]}. A modality missing from 
   3.2.2).
 
 With `cosine=True` the output layers are cosine classifiers (Sec. 3.1.2): L2-normalised inputs and
-weight
-rows, times a scale s. For the symmetric fusions each modality is normalised on its own, so the
-fused
-logits stay the sum of the per-modality ones.
+weight rows, times a scale s. For the symmetric fusions each modality is normalised on its own, so
+the fused logits stay the sum of the per-modality ones.
 """
 from __future__ import annotations
 

@@ -15,8 +15,8 @@ class MultimodalModel(nn.Module):
 
     def __init__(self, modalities: list[str], num_classes: int, cfg, shapes, preset: str = "tiny"):
         """`cfg` is a `ModelConfig`; `shapes` the dataset's `Shapes` (text length and vocabulary);
-        `preset`
-        "tiny" picks the small RoBERTa under text_size=auto (synthetic tiny data), anything else
+        `preset` "tiny" picks the small RoBERTa under text_size=auto (synthetic tiny data), anything
+        else
         RoBERTa-base."""
         super().__init__()
         self.modalities = list(modalities)

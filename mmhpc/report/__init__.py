@@ -23,8 +23,7 @@ KIND_CHOICES = ("auto", "precision", "loader", "parallelism", "overall", "algori
 def build_report(path: str | Path, out: str | Path | None = None, kinds: list[str] | None = None,
                  query_slurm: bool = True) -> dict:
     """Load every run under `path`, build the tables of `kinds` (None or ["auto"]: from the runs),
-    the
-    figures and the PDF under `out` (default `<path>/report`). Returns what was written, plus
+    the figures and the PDF under `out` (default `<path>/report`). Returns what was written, plus
     `messages`."""
     from mmhpc.report.figures import build_figures
     from mmhpc.report.load import load_results

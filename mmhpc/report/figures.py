@@ -33,8 +33,7 @@ class Figure:
 
 def new_figure(**kw) -> plt.Figure:
     """Every report figure starts here: on the file backend (Agg), never a window, even on a login
-    node
-    with a display; chosen here rather than at import, so importing mmhpc leaves matplotlib
+    node with a display; chosen here rather than at import, so importing mmhpc leaves matplotlib
     alone."""
     plt.switch_backend("Agg")
     return plt.figure(**kw)

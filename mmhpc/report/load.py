@@ -3,15 +3,12 @@
 A sweep directory (with `manifest.json`) lists every planned run, so runs that are not applicable,
 failed, still running or never submitted get a row with their state and reason (from
 `mmhpc.launch.store`). A plain directory of records (e.g. `reports/results/`, copied from a cluster)
-gives
-one row per record found; sweep directories below it are read as sweeps.
+gives one row per record found; sweep directories below it are read as sweeps.
 
 Columns: `sweep`, `run`, `state`, `reason`, every config knob flattened (`system.precision`, ...),
-the
-derived labels the tables group by (`dataset`, `encoder`, `device`, `loader`, ...), the measured
+the derived labels the tables group by (`dataset`, `encoder`, `device`, `loader`, ...), the measured
 `time_epoch_s` / `time_train_s` / `util_pct` and the test metrics (`acc/fused`, `acc/<m>`,
-`bias/<m>`,
-`ibf`, `epochs/<m>`). The record itself stays in the `record` column for the figures.
+`bias/<m>`, `ibf`, `epochs/<m>`). The record itself stays in the `record` column for the figures.
 """
 from __future__ import annotations
 
@@ -201,10 +198,9 @@ def _measurements(rec: RunRecord) -> dict:
     epochs.
 
     Warm-up epochs are left out of every mean: a `bench` record's own warm-up, a training record's
-    first
-    `WARMUP_EPOCHS` (cuDNN autotuning, allocator growth, first worker start-up and file cache; as
-    `mmhpc bench --warmup 1`). A record with no epoch beyond its warm-up has no time, idle time or
-    utilisation: `na_reason` says why (never a figure taken over the warm-up). Utilisation: the
+    first `WARMUP_EPOCHS` (cuDNN autotuning, allocator growth, first worker start-up and file cache;
+    as `mmhpc bench --warmup 1`). A record with no epoch beyond its warm-up has no time, idle time
+    or utilisation: `na_reason` says why (never a figure taken over the warm-up). Utilisation: the
     GPUs' mean (their average when a run uses several), else the CPU's. Idle: the time per epoch the
     training step waited for data (`train_data_wait_s`; estimated, thesis Alg. 7, for prefetch
     factor 0).

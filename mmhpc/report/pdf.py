@@ -1,11 +1,9 @@
 """The report as files: report.pdf (matplotlib PdfPages), tables/*.md and *.tex, figures/*.png.
 
 PDF: a title page (sweep, description, clusters, devices, software versions, date, contents), one
-section
-per table (a table longer than a page continues on the next), the figures, and the runs table last.
-Markdown and LaTeX are written here rather than with pandas' `to_markdown`/`to_latex`, which need
-the
-optional `tabulate` and `jinja2` packages.
+section per table (a table longer than a page continues on the next), the figures, and the runs
+table last. Markdown and LaTeX are written here rather than with pandas' `to_markdown`/`to_latex`,
+which need the optional `tabulate` and `jinja2` packages.
 """
 from __future__ import annotations
 
@@ -229,9 +227,8 @@ def _draw_table(
     height: float = TABLE_BOX[3],
 ) -> None:
     """A matplotlib table with row heights from their wrapped lines, bold header, alternate shading;
-    `widths`:
-    fixed column widths in characters (the same on every page); `sources`: each row's Source
-    (measured,
+    `widths`: fixed column widths in characters (the same on every page); `sources`: each row's
+    Source (measured,
     thesis, ratio), the thesis rows in grey italics and each measured row's group shaded alike."""
     if not body:
         ax.text(0.5, 0.9, "(no rows)", ha="center", fontsize=10)

@@ -2,14 +2,11 @@
 footnotes.
 
 Every system table is one comparison: runs that share a *context* (every knob that varies in the
-sweep
-except the compared one, and the seed) are set side by side by the compared knob's values, and each
-value's speedup (thesis Eq. 4.1) is taken against a named baseline value, e.g. FP32. Times are means
-over
-seeds, with the standard error (Appendix A) when there are several. A cell without a finished run
-says
-why: `n/a [k]`, `failed [k]`, `running`, `pending`, `unsubmitted` or `missing`, the reason in
-footnote k.
+sweep except the compared one, and the seed) are set side by side by the compared knob's values, and
+each value's speedup (thesis Eq. 4.1) is taken against a named baseline value, e.g. FP32. Times are
+means over seeds, with the standard error (Appendix A) when there are several. A cell without a
+finished run says why: `n/a [k]`, `failed [k]`, `running`, `pending`, `unsubmitted` or `missing`,
+the reason in footnote k.
 
     kind          thesis          compared knob         baseline
     precision     Tables 4.6-4.9  system.precision      fp32
@@ -222,11 +219,9 @@ def context_columns(
     runs: pd.DataFrame, compared: tuple[str, ...], always: tuple[str, ...] = ("dataset",)
 ) -> list[str]:
     """What a row is: the labelled knobs (dataset, ...) plus every other knob that varies, minus the
-    compared
-    ones, minus knobs in lockstep (one-to-one) with a compared or shown one (e.g. persistent
-    workers, zipped
-    with the loader type), and minus knobs the shown ones determine (e.g. one constant within each
-    sweep of a
+    compared ones, minus knobs in lockstep (one-to-one) with a compared or shown one (e.g.
+    persistent workers, zipped with the loader type), and minus knobs the shown ones determine (e.g.
+    one constant within each sweep of a
     report of several sweeps): they would split nothing and only widen the table."""
     var = set(varying(runs))
     skip = {KNOB_OF.get(c, c) for c in compared} | set(compared)
@@ -884,8 +879,8 @@ def _data_key(runs: pd.DataFrame, row: pd.Series) -> tuple[str, ...]:
 
 def _single_baselines(runs: pd.DataFrame) -> dict[tuple, float]:
     """(data key, modality) -> mean test accuracy of the finished single-modality runs on the same
-    data
-    (dataset, source, preset, generator seed): a tiny run's baseline never serves a full run (the
+    data (dataset, source, preset, generator seed): a tiny run's baseline never serves a full run
+    (the
     IBF reference)."""
     single = runs[(runs["n_modalities"] == 1) & (runs["state"] == "done")]
     if "acc/fused" not in single:

@@ -11,8 +11,8 @@ bias, epochs), `gpu`, `batch_size`, `dataset`, `modalities` (`+`-joined, the the
 baseline). A dash in the thesis is an empty value; a `note` says why, and where the thesis text is
 garbled or inconsistent.
 
-    from mmhpc.report.thesis import thesis_values
-    values = thesis_values()          # pandas DataFrame, validated row by row with pydantic
+    from mmhpc.report.thesis import thesis_values values = thesis_values()          # pandas
+    DataFrame, validated row by row with pydantic
 """
 
 from __future__ import annotations

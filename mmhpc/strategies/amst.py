@@ -2,12 +2,9 @@
 001).
 
 Modality m trains in epoch e (0-based) iff e mod skip_m == 0 (thesis Eq. 3.8, the AMST paper Eq. 1,
-counted from 0 as
-the thesis code base counts: `phase=code`; `phase=paper` counts from 1 as the AMST paper Alg. 1-2);
-a
-skipped
-modality's encoder still runs forward (its per-modality metrics, Alg. 4 line 2) but never backward,
-which is where AMST's time per epoch drops (thesis Table 4.5).
+counted from 0 as the thesis code base counts: `phase=code`; `phase=paper` counts from 1 as the AMST
+paper Alg. 1-2); a skipped modality's encoder still runs forward (its per-modality metrics, Alg. 4
+line 2) but never backward, which is where AMST's time per epoch drops (thesis Table 4.5).
 
 Modules (`strategy.params.module`):
 - `alternating` (default): thesis Alg. 4 = Alternating training (Alg. 2 sum/concat, Alg. 3
@@ -32,14 +29,11 @@ module with
 
 `strict=true` keeps a skipped modality's block of a concat head exactly where it is (weights and SGD
 momentum), as the AMST paper Sec. 3.3 says ("only ... the corresponding weights of the independent
-head
-are
-updated"), in the alternating module too (whose masked concat step otherwise gives the block a zero
-gradient that momentum and weight decay act on; the code base's HEAD runs its alternating module on
-the
-shared head only, code/amst_alt.py `--fusion_method msum`). Other heads need no care: a skipped
-late-sum branch head and a skipped encoder
-get no gradient at all, so SGD leaves them alone; early-sum's head is shared by every modality.
+head are updated"), in the alternating module too (whose masked concat step otherwise gives the
+block a zero gradient that momentum and weight decay act on; the code base's HEAD runs its
+alternating module on the shared head only, code/amst_alt.py `--fusion_method msum`). Other heads
+need no care: a skipped late-sum branch head and a skipped encoder get no gradient at all, so SGD
+leaves them alone; early-sum's head is shared by every modality.
 """
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
 """Pieces the balancing baselines share: per-modality components of the fused prediction, scores
-that
-agree across DDP processes, one optimiser group per modality, and the joint step's metric logits.
+that agree across DDP processes, one optimiser group per modality, and the joint step's metric
+logits.
 
 The formulas themselves live in `formulas.py`; this module only wires them to the model.
 """
@@ -22,11 +22,8 @@ def unimodal_logits(net, embs: Mapping[str, torch.Tensor]) -> dict[str, torch.Te
     6).
 
     The masked fusion `net.fusion({m: e_m})` carries the whole shared bias b; the OPM/OGM-GE paper
-    splits it
-    into M
-    parts, so the parts sum to the fused logits. Late-sum has one bias per branch (already
-    additive),
-    cosine heads have none. `net`: the strategy's `mmhpc.system.runtime.Net`.
+    splits it into M parts, so the parts sum to the fused logits. Late-sum has one bias per branch
+    (already additive), cosine heads have none. `net`: the strategy's `mmhpc.system.runtime.Net`.
     """
     parts = {m: net.fusion({m: e}) for m, e in embs.items()}
     fusion: Fusion = net.model.fusion
@@ -43,11 +40,9 @@ def unimodal_logits(net, embs: Mapping[str, torch.Tensor]) -> dict[str, torch.Te
 
 def batch_scores(logits: Mapping[str, torch.Tensor], labels: torch.Tensor) -> torch.Tensor:
     """s [M] in the order of `logits`: sum over the (global) batch of softmax(z_m)[y] (the
-    OPM/OGM-GE paper Eq.
-    6, the MLB paper
-    Eq. 4). The scores stay on the device and are summed over DDP processes there (so every process
-    takes the
-    same balancing decision); a strategy that needs host numbers reads them in one copy
+    OPM/OGM-GE paper Eq. 6, the MLB paper Eq. 4). The scores stay on the device and are summed over
+    DDP processes there (so every process takes the same balancing decision); a strategy that needs
+    host numbers reads them in one copy
     (`.tolist()`)."""
     scores = torch.stack([correct_class_score(z, labels) for z in logits.values()])
     if dist.is_available() and dist.is_initialized():
@@ -79,10 +74,8 @@ class ModalityGroups:
     rest.
 
     The trainer sets every group's rate to `train.lr` x the epoch's decay factor before
-    `begin_epoch`;
-    that rate is kept as `epoch_lr`, and `set_modality_lr` gives each branch its own rate on top of
-    it.
-    The groups take the optimiser and its defaults (momentum, weight decay) from
+    `begin_epoch`; that rate is kept as `epoch_lr`, and `set_modality_lr` gives each branch its own
+    rate on top of it. The groups take the optimiser and its defaults (momentum, weight decay) from
     `Strategy.build_optimizer`.
     """
 
@@ -141,8 +134,7 @@ class ModulationWindow:
 
 def dataset_default(given, table: Mapping, cfg, fallback):
     """`given` when the user set it, else the per-dataset default (the MLB appendix Table 2 gives
-    CREMA-D
-    and AVE
+    CREMA-D and AVE
     values, some per fusion; other datasets take `fallback`)."""
     if given is not None:
         return given

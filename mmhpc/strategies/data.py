@@ -2,9 +2,8 @@
 
 PMR computes its prototypes before each epoch from a share of the training batches (the thesis code
 base's `calculate_prototype`); Gradient Blending estimates its weights on a part of the training
-data
-held out of training (`split_held_out`). The trainer builds every strategy with a `StrategyData`;
-a strategy built without a trainer (unit tests) can be given one directly.
+data held out of training (`split_held_out`). The trainer builds every strategy with a
+`StrategyData`; a strategy built without a trainer (unit tests) can be given one directly.
 """
 from __future__ import annotations
 
@@ -25,8 +24,7 @@ class StrategyData:
         self, split: str, epoch: int = 0, fraction: float = 1.0, shuffle: bool = False
     ) -> Iterator[dict]:
         """Device batches of `split`: the first ceil(fraction x batches), in the training order of
-        `epoch`
-        when `shuffle` (the permutation the training pass of that epoch uses), else in file
+        `epoch` when `shuffle` (the permutation the training pass of that epoch uses), else in file
         order."""
         if split not in self.datasets:
             raise KeyError(f"no {split!r} split here; the run has {', '.join(self.datasets)}")

@@ -36,8 +36,7 @@ AMST_DEFAULT_SKIPS: dict[str, dict[str, int]] = {
 
 def correct_class_score(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     """s = sum_i softmax(logits_i)[y_i]: the discriminative score of the OPM/OGM-GE paper Eq. 6 /
-    the MLB paper Eq.
-    4.
+    the MLB paper Eq. 4.
 
     A 0-d float32 tensor on the logits' device: no host synchronisation (`.item()` it where a host
     value is needed).
@@ -132,8 +131,8 @@ def ogm_ge_noise(grad: torch.Tensor, std: float | torch.Tensor | None = None,
 
     The paper asks for the covariance of the current gradient; like the official code, a diagonal
     approximation is used: std = the gradient tensor's own standard deviation (+ eps so it is never
-    0),
-    computed on the gradient's device (no host synchronisation). The update is then g' = k * g + h.
+    0), computed on the gradient's device (no host synchronisation). The update is then g' = k * g +
+    h.
     """
     if std is None:
         std = (
@@ -161,8 +160,7 @@ def ogm_ge_modulate(grad: torch.Tensor, coeff: float | torch.Tensor,
 
 def opm_drop_tensor(scores: torch.Tensor, lam: float, q_base: float) -> torch.Tensor:
     """OPM drop probabilities q [M] for the next iteration from the scores s [M], the OPM/OGM-GE
-    paper Eq. 8, on
-    their device.
+    paper Eq. 8, on their device.
 
     q_m = min(1, q_base * (1 + lam * tanh(rho_m - 1))) if rho_m > 1 else 0, rho the M-modality form
     of Eq. 7,
@@ -193,15 +191,12 @@ def opm_keep(
     device=None,
 ) -> torch.Tensor:
     """Per-sample keep masks [N, M] (1 = keep, 0 = drop) for OPM's modality dropping, the OPM/OGM-GE
-    paper Alg.
-    1.
+    paper Alg. 1.
 
     Each sample drops modality m with probability q_m (keep iff u >= q_m, u ~ U[0, 1), so P(keep) =
-    1 - q_m
-    exactly, q = 0 always keeps, q = 1 always drops). As in the official code, the whole batch is
-    left
-    untouched with probability 1 - p_exe (one draw, made first). Drawn on `device`: no host
-    synchronisation.
+    1 - q_m exactly, q = 0 always keeps, q = 1 always drops). As in the official code, the whole
+    batch is left untouched with probability 1 - p_exe (one draw, made first). Drawn on `device`: no
+    host synchronisation.
     """
     if batch_size < 0:
         raise ValueError(f"batch_size must be >= 0, got {batch_size}")
@@ -235,9 +230,8 @@ def opm_feature_scale(
     d_m.
 
     Official OPM code (Modality_drop.execute_drop); the paper leaves it implicit. With q a tensor
-    [M] (dims a
-    sequence in the same order) it stays on the device; theta < 1 always holds there, since the
-    lowest-scoring modality has rho <= 1, q = 0.
+    [M] (dims a sequence in the same order) it stays on the device; theta < 1 always holds there,
+    since the lowest-scoring modality has rho <= 1, q = 0.
     """
     if torch.is_tensor(q):  # dims are host numbers: no device tensor is built from them
         return 1.0 / (1.0 - sum(d * q[i] for i, d in enumerate(dims)) / sum(dims))
@@ -274,10 +268,8 @@ def mlb_coefficient(r: float, alpha: float, beta_max: float) -> float:
 
 def mlb_coefficient_tensor(scores: torch.Tensor, alpha: float, beta_max: float) -> torch.Tensor:
     """`mlb_coefficients` on the scores' device, k [M] from s [M] (modality order), with no host
-    read
-    (the MLB paper Eq. 5-7). Where the host version refuses a score of 0 (r undefined), r is
-    infinite
-    here
+    read (the MLB paper Eq. 5-7). Where the host version refuses a score of 0 (r undefined), r is
+    infinite here
     and the modality gets the full acceleration, beta_max."""
     r = (_others_sum(scores) / (len(scores) - 1)) / scores
     beta = torch.where(r > 1, beta_max, 2.0)
@@ -303,10 +295,9 @@ def mslr_update(lr_m: float, acc_history_m: Sequence[float], k_e: int) -> float:
     """MSLR learning rate, thesis Eq. 2.28: lr_m * acc_t / mean(acc over the last k_e epochs).
 
     `acc_history_m` holds the modality's validation accuracy per epoch, ending with the current
-    acc_t;
-    the window includes acc_t (E[acc_{t-N,t}] closes at t) and shrinks to what exists in early
-    epochs.
-    Which `lr_m` it scales and how often is the schedule's choice (`mslr_schedule_factor`).
+    acc_t; the window includes acc_t (E[acc_{t-N,t}] closes at t) and shrinks to what exists in
+    early epochs. Which `lr_m` it scales and how often is the schedule's choice
+    (`mslr_schedule_factor`).
     """
     if k_e < 1:
         raise ValueError(f"k_e must be >= 1, got {k_e}")
@@ -362,8 +353,8 @@ def mla_entropy_weights(logits: Mapping[str, torch.Tensor]) -> dict[str, torch.T
     """MLA's dynamic fusion weights, thesis Eq. 2.32-2.33.
 
     e_{s,m} = -p_{s,m}^T log p_{s,m};  w_{s,m} = exp(max_j e_{s,j} - e_{s,m}) / sum_k exp(max_j
-    e_{s,j} - e_{s,k}).
-    Lower entropy (more confident) -> larger weight; each sample's weights sum to 1.
+    e_{s,j} - e_{s,k}). Lower entropy (more confident) -> larger weight; each sample's weights sum
+    to 1.
     """
     if not logits:
         raise ValueError("mla_entropy_weights needs at least one modality")
@@ -384,8 +375,7 @@ def pmr_prototypes(emb: torch.Tensor, labels: torch.Tensor, num_classes: int,
     c_k^prev.
 
     The momentum blend is the official PMR code's (`momentum_coef`, 0.2 there). A class without
-    samples
-    keeps its previous prototype; without a previous one it is an error.
+    samples keeps its previous prototype; without a previous one it is an error.
     """
     return pmr_prototypes_from_sums(*pmr_class_sums(emb, labels, num_classes), previous, momentum)
 
@@ -436,9 +426,8 @@ def pmr_prototype_logits(
     """Prototype-classifier logits -d(z, c_k) [N, C] for the PCE loss of thesis Eq. 2.30 (PMR).
 
     Default: plain Euclidean distance, as the official PMR code (`-EU_dist`, a sqrt of the dot
-    product).
-    `squared=True` gives the prototypical-network form -||z - c_k||^2. The sqrt is taken of a value
-    clamped at 1e-12 so a sample sitting on a prototype has a finite gradient.
+    product). `squared=True` gives the prototypical-network form -||z - c_k||^2. The sqrt is taken
+    of a value clamped at 1e-12 so a sample sitting on a prototype has a finite gradient.
     """
     if emb.dim() != 2 or prototypes.dim() != 2 or emb.shape[1] != prototypes.shape[1]:
         raise ValueError(
@@ -481,13 +470,11 @@ def gradient_blending_weights(train_prev: Mapping[str, float], train_now: Mappin
     2020, [5]).
 
     The seeds give only the weighted sum (thesis Eq. 2.29) and name the
-    overfitting-to-generalisation ratio
-    (MLB Sec. 2.2); the rule is the GB paper's: per head k between two checkpoints,
-    dG_k = L^V_prev - L^V_now (generalisation gain), O = L^V - L^T, dO_k = O_now - O_prev
-    (overfitting),
-    w_k proportional to dG_k / dO_k^2, normalised to sum 1. A head whose validation loss rose (dG <=
-    0)
-    gets 0; when none gained, the weights are equal. Fixed user weights need no function.
+    overfitting-to-generalisation ratio (MLB Sec. 2.2); the rule is the GB paper's: per head k
+    between two checkpoints, dG_k = L^V_prev - L^V_now (generalisation gain), O = L^V - L^T, dO_k =
+    O_now - O_prev (overfitting), w_k proportional to dG_k / dO_k^2, normalised to sum 1. A head
+    whose validation loss rose (dG <= 0) gets 0; when none gained, the weights are equal. Fixed user
+    weights need no function.
     """
     heads = list(train_now)
     for d, name in ((train_prev, "train_prev"), (val_prev, "val_prev"), (val_now, "val_now")):

@@ -35,10 +35,9 @@ class Alternating(Strategy):
     """Each modality optimised on its own masked loss, one update per modality per step.
 
     Sum/concat (Alg. 2): L_i from the fusion with the other embeddings masked by zeros, update
-    (theta_f,
-    theta_i). Gated/FiLM (Alg. 3): first update theta_f on the unmasked fused loss, then per
-    modality the
-    switched-and-masked loss. Subclasses choose which modalities train via `begin_epoch`.
+    (theta_f, theta_i). Gated/FiLM (Alg. 3): first update theta_f on the unmasked fused loss, then
+    per modality the switched-and-masked loss. Subclasses choose which modalities train via
+    `begin_epoch`.
     """
 
     name = "alternating"

@@ -1,6 +1,5 @@
 """On-the-fly modulation (OPM/OGM-GE paper): OGM-GE slows the dominant encoder's gradients, OPM
-drops its
-features.
+drops its features.
 
 Both monitor each modality's share of the fused prediction: the discriminative score s_m (Eq. 6, the
 additive part W_m e_m + b/M of the fused logits, `unimodal_logits`) and its ratio rho_m to the other

@@ -1,20 +1,17 @@
 """MSLR, modality-specific learning rates (thesis Eq. 2.28; Yao and Mihalcea 2022), as the thesis
 code base ran it.
 
-Joint training (one fused loss, as Naive) where each modality's branch has its own learning rate,
-lr x init_m x f_m; `mslr_schedule_factor` gives f_m from the modality's validation accuracy (its
-masked
+Joint training (one fused loss, as Naive) where each modality's branch has its own learning rate, lr
+x init_m x f_m; `mslr_schedule_factor` gives f_m from the modality's validation accuracy (its masked
 head). Default `schedule=as_run`: f_m = 1, fixed rates, because the code base's rate update never
-ran
-(AMST repository code/baseline/mslr3_new.py defines `after_validate`, code/common.py calls
+ran (AMST repository code/baseline/mslr3_new.py defines `after_validate`, code/common.py calls
 `after_valid()`). `schedule=compound` is that update as written (after the validation of epoch t > 0
 with t mod k_e = 0, x acc_t / mean(last k_e), compounding; k_e = 5, `history_length`);
 `schedule=per_epoch` is thesis Eq. 2.28 read literally. Initial rates: audio 1e-3, visual 1e-2 (the
 code base's defaults and job script), text 8e-5 (the job script that ran MSLR on UR-FUNNY and the
-AMST
-paper, Sec. 4; the code's own default is 2e-5, its later audio-visual job script passes 1e-3): x
-train.lr = 1e-3 that is 1, 10, 0.08. The fusion head and the probes keep `train.lr`; the step decay
-(`train.lr_decay_epoch`) scales every rate, as the code base's StepLR does.
+AMST paper, Sec. 4; the code's own default is 2e-5, its later audio-visual job script passes 1e-3):
+x train.lr = 1e-3 that is 1, 10, 0.08. The fusion head and the probes keep `train.lr`; the step
+decay (`train.lr_decay_epoch`) scales every rate, as the code base's StepLR does.
 """
 from __future__ import annotations
 

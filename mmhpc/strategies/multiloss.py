@@ -2,12 +2,9 @@
 2.29).
 
 The unimodal classifiers f_i (the MLB paper Fig. 1b-c; the helper classifiers of thesis Fig. 2.20)
-are
-the
-model's linear probes applied to the encoder outputs *without* detaching them, so their losses train
-the encoders; the "probe/<m>" metrics of these runs are those classifiers. Any fusion works: the
-fused
-head only contributes the multimodal loss.
+are the model's linear probes applied to the encoder outputs *without* detaching them, so their
+losses train the encoders; the "probe/<m>" metrics of these runs are those classifiers. Any fusion
+works: the fused head only contributes the multimodal loss.
 
 - Multi-Loss (the MLB paper Eq. 3): L = CE(f(X), y) + sum_i CE(f_i(X_i), y).
 - MLB (the MLB paper Eq. 2-7): the same loss; encoder i's learning rate is scaled by k_i each step,

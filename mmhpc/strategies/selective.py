@@ -2,9 +2,8 @@
 
 After each epoch the next modality is chosen from that epoch's validation metrics: Entropy training
 takes the lowest bias (Eq. 3.5-3.6), Reliability training the highest reliability (Eq. 3.7, train
-loss /
-validation loss of the modality's masked head). The step itself is Alternating training (Alg. 2 for
-sum/concat, Alg. 3 for gated/FiLM) with only the chosen modality updating.
+loss / validation loss of the modality's masked head). The step itself is Alternating training (Alg.
+2 for sum/concat, Alg. 3 for gated/FiLM) with only the chosen modality updating.
 
 - Cap: `train.epochs` is T, the optimisation epochs any one modality may get; the run stops as soon
 as

@@ -1,25 +1,20 @@
 """Time spent waiting for data (thesis Sec. 2.7.3.2, Table 2.5, Appendix A.2.1).
 
 `TimedBatches` wraps an epoch's batch iterator and sums the time spent blocked in `next()`: the
-first
-batch is the loader's initialisation (Table 2.8 keeps it apart), every later wait is idle time of
-the
-training step (the consumer had nothing to work on). The trainer records it per epoch; that is the
-thesis' Alg. 8 with the run's real workload in place of a simulated one.
+first batch is the loader's initialisation (Table 2.8 keeps it apart), every later wait is idle time
+of the training step (the consumer had nothing to work on). The trainer records it per epoch; that
+is the thesis' Alg. 8 with the run's real workload in place of a simulated one.
 
 PyTorch refuses `prefetch_factor=0` with workers, so the idle time without prefetching is estimated
-as
-Appendix A.2.1 (Alg. 7) does: build the loader with prefetch factor 1 and iterate an epoch with no
-work
-in the loop; every batch is then waited for in full, which is what an un-prefetched loader would
-make the
-step wait. `epoch_idle` runs either algorithm: without a workload it is Alg. 7, with one Alg. 8.
+as Appendix A.2.1 (Alg. 7) does: build the loader with prefetch factor 1 and iterate an epoch with
+no work in the loop; every batch is then waited for in full, which is what an un-prefetched loader
+would make the step wait. `epoch_idle` runs either algorithm: without a workload it is Alg. 7, with
+one Alg. 8.
 
 The host's wait is not the GPU's: the host runs ahead of the GPU by the work it has queued, so a
-host
-that waits for a batch may leave the GPU busy all along. `StepGaps` measures the GPU's own idle time
-between training steps from CUDA events on the device's timeline (end of step i to start of step
-i+1).
+host that waits for a batch may leave the GPU busy all along. `StepGaps` measures the GPU's own idle
+time between training steps from CUDA events on the device's timeline (end of step i to start of
+step i+1).
 """
 from __future__ import annotations
 
@@ -65,12 +60,10 @@ class StepGaps:
 
     `start()` before a step's first GPU work (its input copies) and `end()` after its last is queued
     record CUDA events on the device's current stream; an event completes when the stream reaches
-    it.
-    The gap from end of step i to start of step i + 1 is ~0 when step i's work was still queued when
-    the
-    host began step i + 1, and the time the GPU sat idle otherwise (waiting for data, or for the
-    host).
-    `idle_s()` reads the events: call it after the device was synchronised (the epoch's end).
+    it. The gap from end of step i to start of step i + 1 is ~0 when step i's work was still queued
+    when the host began step i + 1, and the time the GPU sat idle otherwise (waiting for data, or
+    for the host). `idle_s()` reads the events: call it after the device was synchronised (the
+    epoch's end).
     """
 
     def __init__(self, device: torch.device):
@@ -105,10 +98,9 @@ def epoch_idle(batches: Iterable, workload: Callable[[object], None] | None = No
     """One pass over an epoch's batches: initialisation, idle (data-wait) time, batches, wall time.
 
     workload None: thesis Alg. 7, the prefetch-factor-0 estimate when `batches` comes from a loader
-    with
-    prefetch factor 1 (the idle time is then the time to load every batch but the first). A workload
-    (called with each batch, e.g. a simulated GPU step): Alg. 8, the idle time left by prefetching.
-    `limit`: at most that many batches (as `train.max_batches`).
+    with prefetch factor 1 (the idle time is then the time to load every batch but the first). A
+    workload (called with each batch, e.g. a simulated GPU step): Alg. 8, the idle time left by
+    prefetching. `limit`: at most that many batches (as `train.max_batches`).
     """
     t0 = time.perf_counter()
     timed = TimedBatches(batches)

@@ -53,10 +53,8 @@ def local_device(local_rank: int, env=os.environ) -> torch.device:
 
     All of the node's GPUs visible (torchrun, `--gpus-per-node`): GPU `local_rank`. One GPU per task
     (`--gpus-per-task=1`, cgroups): that GPU is ordinal 0 in every process. One GPU visible without
-    a
-    per-task binding while the node runs several ranks: they would all share it (NCCL: "Duplicate
-    GPU
-    detected"), so it is refused.
+    a per-task binding while the node runs several ranks: they would all share it (NCCL: "Duplicate
+    GPU detected"), so it is refused.
     """
     count = torch.cuda.device_count()
     local_world = int(env.get("LOCAL_WORLD_SIZE") or env.get("SLURM_NTASKS_PER_NODE") or 1)
@@ -290,10 +288,9 @@ class Distributed(Parallelism):
 
     def _host_group(self):
         """The gloo group of the host-side collectives (stop vote, metrics, rank 0's evaluation,
-        peaks): CPU
-        tensors, no GPU sync. Its timeout stays gloo's default (the other ranks wait there while
-        rank 0
-        evaluates alone); a dead peer's closed connection fails it at once. Made at the first call
+        peaks): CPU tensors, no GPU sync. Its timeout stays gloo's default (the other ranks wait
+        there while rank 0 evaluates alone); a dead peer's closed connection fails it at once. Made
+        at the first call
         (new_group is collective: setup calls it on every rank)."""
         if self._votes is None:
             self._votes = dist.new_group(backend="gloo")
@@ -310,8 +307,7 @@ class Distributed(Parallelism):
 
     def _lost_ranks(self, wait_s: float = 5.0) -> str:
         """Which ranks no longer answer: every rank that saw a collective fail marks itself alive in
-        the
-        rendezvous store and waits `wait_s` for the others' marks. The store lives in rank 0's
+        the rendezvous store and waits `wait_s` for the others' marks. The store lives in rank 0's
         process: when
         it cannot be reached, rank 0 is the one gone."""
         try:
@@ -347,13 +343,10 @@ class Distributed(Parallelism):
 
     def any_rank(self, flag):
         """One call late: True on every rank when `flag` was true on any rank at the previous call.
-        The vote
-        is an all-reduce on the CPU over its own gloo group, started at one training step and read
-        at the
-        next, so it travels while the step runs: a blocking one held every rank's host in lockstep
-        at each
-        step, and an NCCL one read with .item() would wait for the GPU's queue. The group is made at
-        the
+        The vote is an all-reduce on the CPU over its own gloo group, started at one training step
+        and read at the next, so it travels while the step runs: a blocking one held every rank's
+        host in lockstep at each step, and an NCCL one read with .item() would wait for the GPU's
+        queue. The group is made at the
         first call, which every rank reaches at the same step (new_group is collective)."""
         if not dist.is_initialized():
             return flag
@@ -430,8 +423,7 @@ class BranchLevel(Parallelism):
 
     def given_devices(self, device: torch.device) -> dict[str, torch.device] | None:
         """`system.blp_devices` as devices: a bare `cuda` is the run's GPU, an index must be a
-        visible GPU,
-        and every entry must be of the run's device type (ConfigError naming the entry
+        visible GPU, and every entry must be of the run's device type (ConfigError naming the entry
         otherwise)."""
         explicit = self.cfg.system.blp_devices
         if not explicit:
@@ -498,8 +490,8 @@ class BranchLevel(Parallelism):
 def dist_timeout() -> timedelta:
     """How long a collective of the default group (DDP's gradient all-reduce) waits for a peer:
     MMHPC_DIST_TIMEOUT_S, default 60 s. torch's defaults (NCCL 10 minutes, gloo 30) leave the live
-    ranks of
-    a run whose rank died waiting that long; NCCL, unlike gloo, does not see a dead peer's closed
+    ranks of a run whose rank died waiting that long; NCCL, unlike gloo, does not see a dead peer's
+    closed
     socket."""
     return timedelta(seconds=float(os.environ.get("MMHPC_DIST_TIMEOUT_S") or 60))
 
@@ -563,10 +555,9 @@ class BranchParallel:
     the master.
 
     Grad mode and autocast are thread-local in PyTorch, so each branch thread re-enters the caller's
-    grad
-    mode and the run's precision (returning float32, as `mmhpc.system.runtime.RunModel` does).
-    Inputs arrive on their branch's device already (the trainer
-    asks `BranchLevel.input_device`), so a branch copies nothing through the master.
+    grad mode and the run's precision (returning float32, as `mmhpc.system.runtime.RunModel` does).
+    Inputs arrive on their branch's device already (the trainer asks `BranchLevel.input_device`), so
+    a branch copies nothing through the master.
     """
 
     def __init__(

@@ -2,8 +2,7 @@
 
 `Precision(name, device_type)` knows what a precision means on a device, whether a GPU of a given
 compute capability can run it (the trainer asks with the GPU it has, the launcher with the GPU type
-a
-profile names), sets PyTorch's backend flags, and carries the autocast dtype that the run's model
+a profile names), sets PyTorch's backend flags, and carries the autocast dtype that the run's model
 (`mmhpc.system.runtime.RunModel`) enters in its forward, so that DataParallel replicas, BLP branch
 threads and every strategy run at the run's precision without entering an autocast themselves.
 

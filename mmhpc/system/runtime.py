@@ -74,8 +74,7 @@ class RunModel(nn.Module):
 
 class Net:
     """What strategies call forward on, at the run's precision and parallelism: `net(batch)` (the
-    step's
-    full forward), `net.encode(batch)`, `net.encode_one(m, x)`, `net.fusion(embs)`,
+    step's full forward), `net.encode(batch)`, `net.encode_one(m, x)`, `net.fusion(embs)`,
     `net.probe_logits(embs)`. `net.part(name)` is the same for a submodel (AMST's joint module)."""
 
     def __init__(self, runtime: Runtime, local: RunModel, wrapped: nn.Module | None = None):

@@ -2,21 +2,17 @@
 4.10-4.12.
 
 Rate columns (CPU %, bytes/s) at row `t` cover the interval since the previous row. CPU % is per
-core
-(100 = one core busy), as in `top`. `rss_mb` sums RSS over the process and its children, so pages
-shared
-copy-on-write with DataLoader workers count once per process (PSS would be exact but costs a smaps
-read).
+core (100 = one core busy), as in `top`. `rss_mb` sums RSS over the process and its children, so
+pages shared copy-on-write with DataLoader workers count once per process (PSS would be exact but
+costs a smaps read).
 
 GPU utilisation over a window comes from the driver's own timestamped samples
-(`nvmlDeviceGetSamples`,
-one every 1/6 to 1 s depending on the GPU), fetched at every poll and at every marker, not from the
-polled `nvmlDeviceGetUtilizationRates` (a 0.5 s poll gives an H200 epoch a handful of values); the
-polled
-value stays in the time series. The energy counter is read at each marker, so an epoch's energy is
-the
-counter's difference between its two markers, not between the polls around them. NVML gives no
-utilisation for a MIG slice: its utilisation is None, with a note, never the CPU's in its place.
+(`nvmlDeviceGetSamples`, one every 1/6 to 1 s depending on the GPU), fetched at every poll and at
+every marker, not from the polled `nvmlDeviceGetUtilizationRates` (a 0.5 s poll gives an H200 epoch
+a handful of values); the polled value stays in the time series. The energy counter is read at each
+marker, so an epoch's energy is the counter's difference between its two markers, not between the
+polls around them. NVML gives no utilisation for a MIG slice: its utilisation is None, with a note,
+never the CPU's in its place.
 """
 from __future__ import annotations
 
@@ -64,8 +60,8 @@ def visible_gpus(env_value: str | None, nvml_uuids_by_index: Sequence[str]) -> l
 
     Integer entries index NVML's (PCI bus) order, which matches CUDA's only under
     CUDA_DEVICE_ORDER=PCI_BUS_ID (what SLURM assumes); UUIDs are unambiguous. `GPU-` entries may be
-    unique
-    prefixes, as CUDA allows; `MIG-` UUIDs pass through since NVML resolves them by UUID only.
+    unique prefixes, as CUDA allows; `MIG-` UUIDs pass through since NVML resolves them by UUID
+    only.
     """
     uuids = [u.decode() if isinstance(u, bytes) else str(u) for u in nvml_uuids_by_index]
     if env_value is None:
@@ -600,12 +596,10 @@ class UtilSampler:
 
     def summary(self, t0: float | str | None = None, t1: float | str | None = None) -> dict:
         """Mean and peak of each metric over samples with t0 <= t <= t1 (seconds or marker labels),
-        plus
-        `gpu{i}_energy_j` from the energy counter: between the readings taken at two markers, else
-        from the
-        last sample at or before t0. GPU utilisation from the driver's samples in the window where
-        the
-        driver gives them (`gpu{i}_util_samples` counts the values behind the mean, driver's or
+        plus `gpu{i}_energy_j` from the energy counter: between the readings taken at two markers,
+        else from the last sample at or before t0. GPU utilisation from the driver's samples in the
+        window where the driver gives them (`gpu{i}_util_samples` counts the values behind the mean,
+        driver's or
         polled)."""
         df = self.samples
         a, b = self._when(t0, -math.inf), self._when(t1, math.inf)

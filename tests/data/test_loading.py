@@ -82,8 +82,7 @@ def test_workers_send_uint8_frames_and_each_training_frame_its_own_crop(synth_di
 @pytest.mark.parametrize("workers", [0, 2])
 def test_the_loader_uses_no_deprecated_torch_or_torchvision_api(tiny_config, workers):
     """torchvision 0.29 deprecated its image decoding (for TorchCodec's): every DeprecationWarning
-    of torch
-    or torchvision on the loader's path is an error here, in the workers too (forked: same
+    of torch or torchvision on the loader's path is an error here, in the workers too (forked: same
     filters)."""
     cfg = tiny_config("cremad", f"loader.num_workers={workers}", "loader.preinit=false",
                       "loader.start_method=fork")
@@ -194,10 +193,9 @@ if __name__ == "__main__":
 )
 def test_in_a_slurm_job_the_signal_kills_no_loader_process(tmp_path, how, method):
     """SLURM's pre-timeout signal reaches every process of the job step (proctrack/linuxproc and
-    cgroup alike).
-    A forkserver, its workers, spawned workers and multiprocessing's resource tracker start from a
-    fresh
-    interpreter, where the signal kills by default: the epoch failed with 'DataLoader worker exited
+    cgroup alike). A forkserver, its workers, spawned workers and multiprocessing's resource tracker
+    start from a fresh interpreter, where the signal kills by default: the epoch failed with
+    'DataLoader worker exited
     unexpectedly' instead of stopping at a step and requeueing. They start with it blocked."""
     (tmp_path / "signalled_main.py").write_text(_SIGNALLED_MAIN)
     env = {**os.environ, "SLURM_JOB_ID": "9", "PYTHONPATH": os.pathsep.join(sys.path)}

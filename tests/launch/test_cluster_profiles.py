@@ -1,6 +1,6 @@
 """Profiles of real clusters (Arrhenius, Berzelius, Alvis kept), sweeps that take the cluster's GPU
-types,
-placeholder accounts, the architecture of the jobs' interpreter, ROCm builds, and `mmhpc clusters
+types, placeholder accounts, the architecture of the jobs' interpreter, ROCm builds, and `mmhpc
+clusters
 discover` on recorded outputs of three cluster shapes (tests/clusters/)."""
 from __future__ import annotations
 

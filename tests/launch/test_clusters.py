@@ -1,7 +1,6 @@
 """Cluster profiles as resources: cores per GPU per node type, memory in SLURM's unit, the
-interpreter of
-the jobs, job arrays split at max_array_size under one concurrency cap, InfiniBand for multi-node
-DDP, and
+interpreter of the jobs, job arrays split at max_array_size under one concurrency cap, InfiniBand
+for multi-node DDP, and
 the profiles shipped as package data."""
 from __future__ import annotations
 

@@ -1,13 +1,11 @@
 """Jobs and schedulers that fail the way real ones do, without the local SLURM: the pre-timeout
-signal
-(the trainer stops at a step boundary, the job requeues, the run resumes exactly), and fake
-`sbatch`,
-`squeue`, `sacct` and `scontrol` scripts on PATH that fail, hang, or die right after printing a job
-id.
+signal (the trainer stops at a step boundary, the job requeues, the run resumes exactly), and fake
+`sbatch`, `squeue`, `sacct` and `scontrol` scripts on PATH that fail, hang, or die right after
+printing a job id.
 
 The fake scheduler keeps its queue in a directory ($FAKE_SLURM): `queue` lines
-`jobid|state|reason|name`
-that the fake squeue prints and the fake sacct answers from, and `calls` (one line per invocation).
+`jobid|state|reason|name` that the fake squeue prints and the fake sacct answers from, and `calls`
+(one line per invocation).
 """
 from __future__ import annotations
 
@@ -196,8 +194,8 @@ def test_in_a_slurm_job_the_signal_is_noted_from_the_package_import_on():
 @pytest.mark.slow
 def test_usr2_while_a_job_starts_up_requeues_it_instead_of_failing_it(fake, tmp_path):
     """The signal lands before torch and the trainer are imported (as soon as the process catches
-    it, in
-    mmhpc's import): the run stops at its first step and the job requeues, where it used to die of
+    it, in mmhpc's import): the run stops at its first step and the job requeues, where it used to
+    die of
     USR2."""
     spec = _sweep(tmp_path, "early", tiny={"base": {"train.epochs": 3, "train.max_batches": 4}})
     sweep_dir, _ = hold_sweep(spec, "none", results=tmp_path / "results")

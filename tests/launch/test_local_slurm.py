@@ -2,8 +2,7 @@
 second cluster started from a checkout whose path is too long for unix sockets (the state moves).
 
 The session fixture (conftest) installs the packages and starts the cluster (both idempotent) and
-leaves
-it running. Skipped only where it cannot be set up at all: no apt-get or not root.
+leaves it running. Skipped only where it cannot be set up at all: no apt-get or not root.
 """
 from __future__ import annotations
 

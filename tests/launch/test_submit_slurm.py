@@ -6,8 +6,7 @@ limit (the job requeues itself and the run resumes, never FAILED), and the hand-
 jobs/sweep_array.sbatch.
 
 The `slurm` fixture (conftest) installs and starts the cluster (both idempotent) and leaves it
-running.
-Skipped only where it cannot be set up at all (not root, or no apt-get).
+running. Skipped only where it cannot be set up at all (not root, or no apt-get).
 """
 from __future__ import annotations
 
@@ -75,8 +74,7 @@ def release_requeued(slurm, job: str) -> None:
 
 def release_if_held(slurm, job: str) -> None:
     """A requeued job held back (BeginTime) for more than a few seconds: let it start in 2 s, once
-    per
-    requeue. Never `StartTime=now` (within the second of the kill the attempt ends FAILED, see
+    per requeue. Never `StartTime=now` (within the second of the kill the attempt ends FAILED, see
     release_requeued), and never again while the 2 s run (that would keep pushing its start
     away)."""
     reason, _, start = (

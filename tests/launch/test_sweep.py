@@ -170,9 +170,8 @@ def test_structure_errors_name_the_key_and_the_valid_keys():
 
 def test_a_problem_of_many_runs_is_one_line_with_their_count():
     """A typo in `base` is one line for all runs (algorithms.yaml used to print it 474 times), one
-    in a block's
-    base one line with the count and indices of that block's runs; each line names its runs, also a
-    run's
+    in a block's base one line with the count and indices of that block's runs; each line names its
+    runs, also a run's
     second problem (which used to follow the first without the run's name)."""
     block = {"grid": {"train.lr": [0.1, 0.2, 0.3, 0.4, 0.5]}}
     spec = {

@@ -51,9 +51,8 @@ def record(
     warmup=True,
 ):
     """A minimal run record: one epoch per entry of `times` (its epoch_s), optional GPU utilisation
-    per epoch,
-    loader knobs and per-epoch data waits; after a warm-up epoch (99 s, 1 % util: any mean that
-    takes it in
+    per epoch, loader knobs and per-epoch data waits; after a warm-up epoch (99 s, 1 % util: any
+    mean that takes it in
     is visibly off), unless warmup=False."""
     if warmup and times:
         times = [99.0, *times]
@@ -346,8 +345,7 @@ def test_algorithm_mean_se_and_ibf(tmp_path):
 
 def test_ibf_baselines_come_from_runs_on_the_same_data(tmp_path):
     """A report folder holding tiny and full runs of one dataset: each IBF is computed against the
-    single-
-    modality runs of its own preset, and a preset without baselines gets none (not the other
+    single- modality runs of its own preset, and a preset without baselines gets none (not the other
     preset's)."""
     d = tmp_path / "records"
     for preset, (a, v) in {"tiny": (0.9, 0.8), "full": (0.6, 0.5)}.items():

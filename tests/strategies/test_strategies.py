@@ -2,8 +2,8 @@
 uses.
 
 Unit tests build a strategy on an untrained tiny model and drive its hooks directly (no data
-needed);
-end-to-end runs use one batch per epoch on the tiny synthetic datasets with one thread each.
+needed); end-to-end runs use one batch per epoch on the tiny synthetic datasets with one thread
+each.
 """
 from __future__ import annotations
 
@@ -1209,8 +1209,8 @@ def test_balancing_steps_never_read_the_device(name, params):
 
 def test_mslr_default_keeps_the_initial_rates_as_the_code_base_ran():
     """mslr3_new.py's adjust_lr hangs on `after_validate`, which common.py never calls (it calls
-    after_valid):
-    the runs kept their initial rates. Accuracies that compound would act on at t = 5 change
+    after_valid): the runs kept their initial rates. Accuracies that compound would act on at t = 5
+    change
     nothing."""
     s = strategy("mslr", "train.lr=0.01")
     accs = [(0.2, 0.1), (0.3, 0.2), (0.4, 0.2), (0.5, 0.3), (0.6, 0.3), (0.9, 0.6), (0.2, 0.1)]
@@ -1276,9 +1276,8 @@ def test_pmr_on_ave_takes_its_prototypes_from_the_whole_validation_split(synth_d
 
 def test_amst_joint_head_is_the_code_bases_reduced_concat_head():
     """code/amst_joint.py passes None for a skipped modality; EarlyConcat leaves it out, each
-    present block adding
-    bias / M. So in a skipped epoch z = W_v e_v + b / 2, and SGD never touches the audio block (no
-    gradient: no
+    present block adding bias / M. So in a skipped epoch z = W_v e_v + b / 2, and SGD never touches
+    the audio block (no gradient: no
     momentum, no weight decay). By hand, SGD's first step is p - lr (g + wd p), lr 0.1, wd 0.1."""
     s = strategy("amst", "strategy.params={module: joint}", "train.weight_decay=0.1", *LR)
     x, y = batch()

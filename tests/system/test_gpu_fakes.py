@@ -1,9 +1,7 @@
 """The CPU tier of the GPU-only code: every gpu-check check and the CUDA branches of mmhpc/system/
-run here
-against a stubbed torch.cuda (tests/fake_cuda.py: fake devices, events, streams and timings), so
-their
-arithmetic, assertions, records and report run without a GPU. Tensors stay on the CPU; nothing of
-mmhpc
+run here against a stubbed torch.cuda (tests/fake_cuda.py: fake devices, events, streams and
+timings), so their arithmetic, assertions, records and report run without a GPU. Tensors stay on the
+CPU; nothing of mmhpc
 is stubbed. The tests named after issue 18's items fail on the code before it (a723877)."""
 from __future__ import annotations
 

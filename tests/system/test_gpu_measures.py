@@ -1,8 +1,7 @@
 """What the trainer measures on a GPU, driven on the CPU with fakes of CUDA events and NVML
-(tests/fakes_gpu.py):
-GPU idle between steps, epoch time with the strategies' own passes, driver utilisation samples,
-energy at
-epoch boundaries, MIG, every DDP rank's GPU, memory beyond the allocator's peak, and the host syncs
+(tests/fakes_gpu.py): GPU idle between steps, epoch time with the strategies' own passes, driver
+utilisation samples, energy at epoch boundaries, MIG, every DDP rank's GPU, memory beyond the
+allocator's peak, and the host syncs
 of a step."""
 from __future__ import annotations
 

@@ -705,8 +705,8 @@ def test_a_ddp_run_stops_on_every_rank_at_the_same_step_when_one_rank_is_signall
     tiny_config, tmp_path
 ):
     """Two real DDP trainers (gloo on the CPU): rank 1 alone gets the signal during step 3; both
-    stop after
-    step 4, the step during which the ranks' vote travelled, and neither trains a step more than the
+    stop after step 4, the step during which the ranks' vote travelled, and neither trains a step
+    more than the
     other."""
     import socket
 

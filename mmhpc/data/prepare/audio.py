@@ -1,13 +1,10 @@
 """Audio -> Kaldi filterbank [1024, 128], the recipe of the thesis' code base (AST-style fbank).
 
 The waveform is decoded with PyAV (a WAV, or the audio stream of a video), mixed to mono and
-resampled to
-16 kHz, its DC offset removed, and turned into 128 log-mel bins every 10 ms over 25 ms Hanning
-windows by
-`torchaudio.compliance.kaldi.fbank` (dither 0, so preparation is deterministic). The frames are
-padded
-with zeros or cut to 1024 (10.24 s). No normalisation is applied here: values are plain log-mel
-energies.
+resampled to 16 kHz, its DC offset removed, and turned into 128 log-mel bins every 10 ms over 25 ms
+Hanning windows by `torchaudio.compliance.kaldi.fbank` (dither 0, so preparation is deterministic).
+The frames are padded with zeros or cut to 1024 (10.24 s). No normalisation is applied here: values
+are plain log-mel energies.
 
 torchaudio is imported only here, never on the trainer's import path.
 """

@@ -2,20 +2,15 @@
 
     AVE/<VideoID>.mp4                     10 s videos; the audio is the video's own audio stream
     Annotations.txt                       Category&VideoID&Quality&StartTime&EndTime, first line a
-    header
-    trainSet.txt, valSet.txt, testSet.txt the official split, same format (a header line is
+    header trainSet.txt, valSet.txt, testSet.txt the official split, same format (a header line is
     tolerated)
 
 The class is the Category (index in the sorted category names of `specs.py`); the whole 10 s video
-is one
-sample, as in the classification setting of the thesis' code base (StartTime/EndTime localise the
-event
-and are not used). A sample is a row of a split file, so the 45 videos annotated twice (two events)
-stay
-two samples with their own label and split, as the official lists have them: 4,143 rows, 4,097
-videos. The
-second row of a video gets the clip id `<VideoID>.2`. A split row missing from Annotations.txt is
-skipped.
+is one sample, as in the classification setting of the thesis' code base (StartTime/EndTime localise
+the event and are not used). A sample is a row of a split file, so the 45 videos annotated twice
+(two events) stay two samples with their own label and split, as the official lists have them: 4,143
+rows, 4,097 videos. The second row of a video gets the clip id `<VideoID>.2`. A split row missing
+from Annotations.txt is skipped.
 """
 from __future__ import annotations
 

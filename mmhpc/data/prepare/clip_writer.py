@@ -1,9 +1,8 @@
 """Preparing one clip: its output files, written atomically, and per-file errors instead of a crash.
 
 Every output file is written to a hidden temporary name and renamed into place, so a file that
-exists
-is complete: a clip whose outputs all exist is prepared, and a rerun after a crash skips it. Hidden
-names are also what the manifest ignores, so a stale temporary file is never listed.
+exists is complete: a clip whose outputs all exist is prepared, and a rerun after a crash skips it.
+Hidden names are also what the manifest ignores, so a stale temporary file is never listed.
 """
 from __future__ import annotations
 

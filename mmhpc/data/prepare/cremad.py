@@ -5,10 +5,8 @@
 
 The label is the emotion code EMO. A clip is every stem found in either folder; a stem whose WAV or
 video is missing fails with the missing file named. The repository keeps its media in Git LFS: a
-copy
-downloaded as a ZIP holds small LFS pointer files instead, which stops the preparation with a
-message to
-clone with git-lfs (rather than one "corrupt" error per clip).
+copy downloaded as a ZIP holds small LFS pointer files instead, which stops the preparation with a
+message to clone with git-lfs (rather than one "corrupt" error per clip).
 """
 from __future__ import annotations
 

@@ -2,11 +2,9 @@
 copy.
 
 A dataset module only parses its distributed layout (file names, annotation files) into clips;
-decoding,
-feature extraction and writing are shared (`audio`, `video`, `text`, `clip_writer`). Raw media are
-not
-opened while clips are found, so a missing or corrupt media file fails its own clip, not the whole
-run.
+decoding, feature extraction and writing are shared (`audio`, `video`, `text`, `clip_writer`). Raw
+media are not opened while clips are found, so a missing or corrupt media file fails its own clip,
+not the whole run.
 """
 from __future__ import annotations
 

@@ -2,10 +2,9 @@
 directory.
 
 The tokenizer is the one `save_pretrained()` wrote (e.g. roberta-base's tokenizer files copied by
-hand);
-nothing is downloaded. Texts are padded to max_len tokens and truncated to it, <s> ... </s>
-included: 256 for
-MVSA, 128 for IEMOCAP and UR-FUNNY, as the thesis code base tokenises them (`RawFormat.text_len`).
+hand); nothing is downloaded. Texts are padded to max_len tokens and truncated to it, <s> ... </s>
+included: 256 for MVSA, 128 for IEMOCAP and UR-FUNNY, as the thesis code base tokenises them
+(`RawFormat.text_len`).
 """
 from __future__ import annotations
 

@@ -7,11 +7,9 @@
     ...}}
 
 The label is 1 = humorous, 0 = not humorous. The text is the punchline sentence, as the thesis code
-base
-tokenises it (AMST `code/data/UR-FUNNY/gen_urfunny_txt.py`), in 128 tokens. The option text=context
-puts
-the context sentences before it, joined with spaces; such a text longer than 128 tokens loses its
-beginning, so the punchline stays.
+base tokenises it (AMST `code/data/UR-FUNNY/gen_urfunny_txt.py`), in 128 tokens. The option
+text=context puts the context sentences before it, joined with spaces; such a text longer than 128
+tokens loses its beginning, so the punchline stays.
 """
 from __future__ import annotations
 

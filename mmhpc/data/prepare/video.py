@@ -1,19 +1,14 @@
 """Video -> a few RGB frames per clip, 224 x 224, decoded with PyAV.
 
 Frames are taken at `fps` (1 fps; 2 fps for IEMOCAP) over the clip, at the middle of each 1/fps
-slot, and
-`count` evenly spaced of those are kept (3, as in the thesis Sec. 4.2). A clip too short for `count`
-slots repeats frames. An image file (MVSA) is its own single frame.
+slot, and `count` evenly spaced of those are kept (3, as in the thesis Sec. 4.2). A clip too short
+for `count` slots repeats frames. An image file (MVSA) is its own single frame.
 
 Each whole frame is resized to 224 x 224 (bilinear, the aspect ratio not kept) before it is stored:
-that is
-the thesis code base's evaluation transform, `Resize((224, 224))` (AMST `code/dataset/dataset.py`),
-which
-keeps both speakers of IEMOCAP's two-person frames where a centre square would cut one out.
-Training's
-RandomResizedCrop 224 + flip (`mmhpc.data.frames`) then works on this image, and the prepared
-dataset
-stays small (one ~15 KB JPEG per frame).
+that is the thesis code base's evaluation transform, `Resize((224, 224))` (AMST
+`code/dataset/dataset.py`), which keeps both speakers of IEMOCAP's two-person frames where a centre
+square would cut one out. Training's RandomResizedCrop 224 + flip (`mmhpc.data.frames`) then works
+on this image, and the prepared dataset stays small (one ~15 KB JPEG per frame).
 """
 from __future__ import annotations
 
