@@ -30,8 +30,7 @@ def _logits(probs):
     return torch.tensor(probs, dtype=torch.float64).log().float()
 
 
-# ----------------------------------------------------------------------------------------------
-# accuracy
+# ----------------------------------------------------------------------------------------- accuracy
 
 
 def test_accuracy_hand_case():
@@ -56,8 +55,7 @@ def test_accuracy_bad_shapes(logits, labels):
         accuracy(logits, labels)
 
 
-# --------------------------------------------------------------------------------------------------
-# IBF
+# ---------------------------------------------------------------------------------------------- IBF
 
 
 def test_ibf_cremad_naive_table_4_1():
@@ -104,8 +102,7 @@ def test_ibf_empty():
         ibf({}, {"a": 1.0})
 
 
-# -----------------------------------------------------------------------------------------------
-# entropy
+# ------------------------------------------------------------------------------------------ entropy
 
 
 def test_entropy_hand_cases():
@@ -129,8 +126,7 @@ def test_entropy_shift_invariant_and_large_logits_finite():
     assert torch.isfinite(h).all() and h[1].item() == pytest.approx(0.0, abs=1e-6)
 
 
-# --------------------------------------------------------------------------------------------------
-# bias
+# --------------------------------------------------------------------------------------------- bias
 
 
 def test_bias_hand_case():
@@ -164,8 +160,7 @@ def test_bias_needs_two_classes(c):
         bias({"a": 0.1}, c)
 
 
-# -------------------------------------------------------------------------------------------
-# reliability
+# -------------------------------------------------------------------------------------- reliability
 
 
 def test_reliability_hand_case():
@@ -181,8 +176,7 @@ def test_reliability_errors_name_modality():
         reliability({"audio": 1.0}, {"audio": 0.0})
 
 
-# --------------------------------------------------------------------------------------------------
-# ECE
+# ---------------------------------------------------------------------------------------------- ECE
 
 
 def _ece_case():
@@ -233,8 +227,7 @@ def test_ece_bad_inputs():
         ece(torch.zeros(2, 3), torch.zeros(2, dtype=torch.long), n_bins=0)
 
 
-# -----------------------------------------------------------------------------------------
-# accumulator
+# -------------------------------------------------------------------------------------- accumulator
 
 
 def test_accumulator_two_batches():
@@ -296,8 +289,7 @@ def test_accumulator_empty_result_and_bad_batch():
         MetricAccumulator().update({"fused": torch.zeros(3, 2)}, torch.zeros(2, dtype=torch.long))
 
 
-# ---------------------------------------------------------------------------------- standard error
-# etc.
+# ------------------------------------------------------------------------------ standard error etc.
 
 
 def test_standard_error_hand_case():
@@ -334,8 +326,7 @@ def test_speedup_bad_times(b, t):
         speedup(b, t)
 
 
-# --------------------------------------------------------------------- no host traffic on the
-# training step
+# ------------------------------------------------------------- no host traffic on the training step
 
 
 class HostTraffic(TorchFunctionMode):

@@ -30,8 +30,7 @@ AMST_DEFAULT_SKIPS: dict[str, dict[str, int]] = {
 
 
 
-# ------------------------------------------------------------------------------------ discrepancy
-# ratio
+# -------------------------------------------------------------------------------- discrepancy ratio
 
 
 def correct_class_score(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -84,8 +83,7 @@ def _scores_tensor(score: Mapping[str, float]) -> torch.Tensor:
     return torch.tensor([float(v) for v in score.values()], dtype=torch.float64)
 
 
-# -------------------------------------------------------------------------------------------------
-# OGM
+# ---------------------------------------------------------------------------------------------- OGM
 
 OGM_VARIANTS = ("thesis", "paper")
 
@@ -154,8 +152,7 @@ def ogm_ge_modulate(grad: torch.Tensor, coeff: float | torch.Tensor,
     return grad * coeff + ogm_ge_noise(grad, generator=generator)
 
 
-# -------------------------------------------------------------------------------------------------
-# OPM
+# ---------------------------------------------------------------------------------------------- OPM
 
 
 def opm_drop_tensor(scores: torch.Tensor, lam: float, q_base: float) -> torch.Tensor:
@@ -242,8 +239,7 @@ def opm_feature_scale(
     return 1.0 / (1.0 - theta)
 
 
-# -------------------------------------------------------------------------------------------------
-# MLB
+# ---------------------------------------------------------------------------------------------- MLB
 
 
 def mlb_coefficient(r: float, alpha: float, beta_max: float) -> float:
@@ -287,8 +283,7 @@ def mlb_coefficients(score: Mapping[str, float], alpha: float, beta_max: float) 
     return out
 
 
-# ------------------------------------------------------------------------------------------------
-# MSLR
+# --------------------------------------------------------------------------------------------- MSLR
 
 
 def mslr_update(lr_m: float, acc_history_m: Sequence[float], k_e: int) -> float:
@@ -345,8 +340,7 @@ def mslr_schedule_factor(
     return factor
 
 
-# -------------------------------------------------------------------------------------------------
-# MLA
+# ---------------------------------------------------------------------------------------------- MLA
 
 
 def mla_entropy_weights(logits: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -365,8 +359,7 @@ def mla_entropy_weights(logits: Mapping[str, torch.Tensor]) -> dict[str, torch.T
     return {m: w[i] for i, m in enumerate(names)}
 
 
-# -------------------------------------------------------------------------------------------------
-# PMR
+# ---------------------------------------------------------------------------------------------- PMR
 
 
 def pmr_prototypes(emb: torch.Tensor, labels: torch.Tensor, num_classes: int,
@@ -459,8 +452,7 @@ def pmr_coefficients(score: Mapping[str, float], alpha: float) -> dict[str, floa
     return {m: alpha if rho < 1 else 0.0 for m, rho in discrepancy_ratios(score).items()}
 
 
-# ------------------------------------------------------------------------------------- Gradient
-# Blending
+# -------------------------------------------------------------------------------- Gradient Blending
 
 
 def gradient_blending_weights(train_prev: Mapping[str, float], train_now: Mapping[str, float],
@@ -493,8 +485,7 @@ def gradient_blending_weights(train_prev: Mapping[str, float], train_now: Mappin
 
 
 
-# ------------------------------------------------------------------------------------ AMST, Alg. 5
-# choice
+# ------------------------------------------------------------------------------ AMST, Alg. 5 choice
 
 
 AMST_PHASES = ("code", "paper")
