@@ -442,14 +442,11 @@ def pmr_entropy_regulariser(proto_logits: torch.Tensor) -> torch.Tensor:
     return entropy(proto_logits).mean()
 
 
-def pmr_coefficients(score: Mapping[str, float], alpha: float) -> dict[str, float]:
-    """PCE weights per modality, official PMR code: alpha for a modality behind the others (rho <
-    1), else 0.
-
-    rho from prototype-classifier scores (`discrepancy_ratios`); rho exactly 1 gives 0 to every
-    modality.
-    """
-    return {m: alpha if rho < 1 else 0.0 for m, rho in discrepancy_ratios(score).items()}
+def pmr_coefficients(rho: torch.Tensor, alpha: float) -> torch.Tensor:
+    """PCE weights beta [M], official PMR code: alpha for a modality behind the others (rho < 1),
+    else 0; rho [M] from the prototype classifiers' scores (`discrepancy_ratio_tensor`), so rho
+    exactly 1 gives 0 to every modality. On rho's device: no host synchronisation."""
+    return alpha * (rho < 1).to(rho.dtype)
 
 
 # -------------------------------------------------------------------------------- Gradient Blending

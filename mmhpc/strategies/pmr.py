@@ -44,6 +44,7 @@ from mmhpc.strategies.base import StepOutput, Strategy, register
 from mmhpc.strategies.formulas import (
     discrepancy_ratio_tensor,
     pmr_class_sums,
+    pmr_coefficients,
     pmr_entropy_regulariser,
     pmr_prototype_logits,
     pmr_prototypes_from_sums,
@@ -176,7 +177,7 @@ class PMR(ModulationWindow, Strategy):
             proto = self.prototype_logits(embs)
             rho = discrepancy_ratio_tensor(batch_scores(proto, labels))
             pce = torch.stack([F.cross_entropy(proto[m], labels) for m in self.modalities])
-            loss = loss + (self.params.alpha * (rho < 1).to(pce.dtype) * pce).sum()
+            loss = loss + (pmr_coefficients(rho, self.params.alpha).to(pce.dtype) * pce).sum()
             if self.per:
                 reg = torch.stack([pmr_entropy_regulariser(proto[m]) for m in self.modalities])
                 loss = loss - self.params.mu * ((rho > 1).to(reg.dtype) * reg).sum()

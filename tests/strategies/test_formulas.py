@@ -511,8 +511,10 @@ def test_discrepancy_ratio_tensor():
 
 def test_pmr_coefficients():
     # audio ahead (rho 3) gets 0; visual behind (rho 1/3) gets alpha; a tie gives 0 to both
-    assert pmr_coefficients(AV, 2.0) == {"audio": 0.0, "visual": 2.0}
-    assert pmr_coefficients({"a": 1.0, "v": 1.0}, 2.0) == {"a": 0.0, "v": 0.0}
+    rho = discrepancy_ratio_tensor(torch.tensor([AV["audio"], AV["visual"]]))
+    assert pmr_coefficients(rho, 2.0).tolist() == [0.0, 2.0]
+    tie = discrepancy_ratio_tensor(torch.tensor([1.0, 1.0]))
+    assert pmr_coefficients(tie, 2.0).tolist() == [0.0, 0.0]
 
 
 # -------------------------------------------------------------------------------- gradient blending
