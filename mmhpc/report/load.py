@@ -21,6 +21,7 @@ import numpy as np
 import pandas as pd
 
 from mmhpc.results import RunRecord, iter_records
+from mmhpc.system.sampler import gpu_util_unavailable
 
 # Knobs that never make two runs different experiments (names, paths, seeds: seeds are averaged
 # over).
@@ -242,12 +243,14 @@ def _measurements(rec: RunRecord) -> dict:
     out["gpu_idle_s"] = float(np.mean(gaps)) if gaps else None  # the GPU's own idle between steps
     out["n_epochs"] = len(measured) or None
     gpu = [v for k, v in util.items() if re.fullmatch(r"gpu\d+_util_pct_mean", k)]
+    on_gpu = not str(rec.env.device or "").startswith("cpu")
+    notes = (rec.system or {}).get("notes") or []
+    unavailable = gpu_util_unavailable(notes) if on_gpu else None
     if gpu:
         out["util_pct"], out["util_kind"] = float(np.mean(gpu)), "GPU"
-    elif any(
-        re.match(r"gpu\d+_", k) for k in util
-    ):  # GPUs that give no utilisation (MIG): never the CPU's
+    elif unavailable or any(re.match(r"gpu\d+_", k) for k in util):  # never the CPU's in its place
         out["util_pct"], out["util_kind"] = None, "GPU"
+        out["util_pct_na"] = unavailable  # the sampler's own words (ROCm without NVML, a MIG slice)
     elif "cpu_proc_pct_mean" in util:
         out["util_pct"], out["util_kind"] = util["cpu_proc_pct_mean"], "CPU"
     for key, value in summary.test.items():
@@ -338,9 +341,11 @@ def _tidy(rows: list[dict]) -> pd.DataFrame:
         "gpu_idle_s",
         "warmup_epochs",
         "na_reason",
+        "util_pct_na",
     ):
         if col not in df:
-            df[col] = np.nan if col not in ("util_kind", "host", "cluster", "na_reason") else None
+            text = ("util_kind", "host", "cluster", "na_reason", "util_pct_na")
+            df[col] = np.nan if col not in text else None
     df["reason"] = df["reason"].fillna("")
     df["state"] = pd.Categorical(df["state"], categories=STATE_ORDER)
     return df.sort_values(["sweep", "run"], kind="stable").reset_index(drop=True)

@@ -177,8 +177,9 @@ def cell(runs: pd.DataFrame, column: str, notes: Notes) -> Cell:
             if state == "done":
                 why = "; ".join(
                     dict.fromkeys(
-                        str(w)
-                        for w in hit.get("na_reason", pd.Series(dtype=str))
+                        str(w)  # why the run has none: its record's own words
+                        for c in ("na_reason", f"{column}_na")
+                        for w in hit.get(c, pd.Series(dtype=str))
                         if isinstance(w, str) and w
                     )
                 )
@@ -1100,9 +1101,8 @@ def runs_table(runs: pd.DataFrame) -> Table:
     many = runs["sweep"].nunique() > 1
     rows = []
     for r in runs.to_dict("records"):
-        reason = str(
-            r["reason"] or (r.get("na_reason") if isinstance(r.get("na_reason"), str) else "") or ""
-        )
+        said = (r["reason"], r.get("na_reason"), r.get("util_pct_na"))
+        reason = "; ".join(str(w) for w in said if isinstance(w, str) and w)
         row = {"Sweep": r["sweep"]} if many else {}
         row.update(
             {
@@ -1112,9 +1112,11 @@ def runs_table(runs: pd.DataFrame) -> Table:
                 "Time per epoch (s)": "–"
                 if pd.isna(r["time_epoch_s"])
                 else fmt_time(r["time_epoch_s"]),
-                "Util (%)": "–"
-                if pd.isna(r["util_pct"])
-                else f"{r['util_pct']:.1f} {r['util_kind']}",
+                "Util (%)": f"{r['util_pct']:.1f} {r['util_kind']}"
+                if pd.notna(r["util_pct"])
+                else "n/a"
+                if isinstance(r.get("util_pct_na"), str)
+                else "–",
                 "Smoke test": smoke_reason(r) or "no",
                 "Reason": reason or "–",
             }

@@ -35,6 +35,9 @@ MiB = 2 ** 20
 HOST_COLUMNS = ["cpu_proc_pct", "rss_mb", "n_children", "cpu_sys_pct",
                 "disk_read_bps", "disk_write_bps", "net_sent_bps", "net_recv_bps"]
 GPU_METRICS = ["util_pct", "mem_mb", "power_w", "sm_clock_mhz", "energy_mj"]
+# The notes of a sampler that measured no GPU utilisation (the report shows them in its place)
+NO_GPU_SAMPLING = "GPU sampling unavailable"
+NO_GPU_UTIL = "util_pct: unavailable"
 # NVML's energy counter covers the GPU board, except on Grace superchips (GH200, GB200), where it
 # covers
 # the whole module: Grace CPU, GPU and memory. Such energies are not comparable with a discrete
@@ -163,6 +166,12 @@ def _sample_value(nv, value_type: int, sample) -> float:
 
 
 _GPU_KEY = re.compile(r"gpu(\d+)_(.+)")
+
+
+def gpu_util_unavailable(notes: Sequence[str]) -> str | None:
+    """Why a record's sampler measured no GPU utilisation (ROCm without NVML, MIG), or None."""
+    why = [n for n in notes if n.startswith(NO_GPU_SAMPLING) or NO_GPU_UTIL in n]
+    return "; ".join(why) or None
 
 
 def merge_ranks(summaries: Sequence[dict]) -> dict:
@@ -327,7 +336,7 @@ class UtilSampler:
             self._note(f"nvml unavailable: {e}")
             torch = sys.modules.get("torch")
             if torch is not None and getattr(torch.version, "hip", None):
-                self._note("GPU sampling unavailable: a ROCm build on AMD GPUs (NVML is NVIDIA's; "
+                self._note(f"{NO_GPU_SAMPLING}: a ROCm build on AMD GPUs (NVML is NVIDIA's; "
                            "no AMD sampler here): host metrics only")
             return
         self._nv = nv
@@ -366,7 +375,7 @@ class UtilSampler:
                 self.mig.add(d)
                 self._off.add((d, "util_pct"))
                 self._note(
-                    f"gpu{d} util_pct: unavailable, a MIG slice (NVML has no utilisation for MIG "
+                    f"gpu{d} {NO_GPU_UTIL}, a MIG slice (NVML has no utilisation for MIG "
                     "devices)"
                 )
             else:

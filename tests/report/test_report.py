@@ -481,6 +481,47 @@ def test_an_epoch_shorter_than_the_sampler_interval_has_no_utilisation_and_is_le
     assert run["util_pct"] == 60.0 and run["util_kind"] == "GPU"
 
 
+def test_gpu_utilisation_unavailable_is_said_where_the_utilisation_would_be(tmp_path):
+    """A ROCm run without an AMD sampler (host figures only) and a MIG slice: the sampler's note
+    stands in the utilisation's place, never the CPU's figure, never a bare dash."""
+    from mmhpc.system.sampler import NO_GPU_SAMPLING, NO_GPU_UTIL
+
+    d = tmp_path / "records"
+    rocm_note = f"{NO_GPU_SAMPLING}: a ROCm build on AMD GPUs (NVML is NVIDIA's): host metrics only"
+    mig_note = f"gpu0 {NO_GPU_UTIL}, a MIG slice (NVML has no utilisation for MIG devices)"
+    for run, note, util in (
+        ("rocm", rocm_note, {"cpu_proc_pct_mean": 97.0}),
+        ("mig", mig_note, {"gpu0_util_pct_mean": None, "cpu_proc_pct_mean": 95.0}),
+    ):
+        for preinit in (False, True):
+            rec = record(
+                f"{run}-{int(preinit)}",
+                [20.0 - 4 * preinit],
+                preinit=preinit,
+                util=[0.0],
+                dataset=run,
+            )
+            for e in rec["epochs"]:
+                e["util"] = dict(util)
+            rec["system"] = {"notes": ["nvml unavailable: not found", note]}
+            write(d, rec)
+    runs = load_results(d).runs.set_index("run")
+    assert (
+        pd.isna(runs.loc["rocm-0", "util_pct"]) and runs.loc["rocm-0", "util_kind"] == "GPU"
+    )  # not 97 CPU
+    assert (
+        runs.loc["rocm-0", "util_pct_na"] == rocm_note
+        and runs.loc["mig-1", "util_pct_na"] == mig_note
+    )
+    (loader, runs_table), _ = build_tables(load_results(d).runs)
+    rocm = row(loader, Dataset="rocm")
+    assert rocm["Standard (s)"] == "20.00" and rocm["Standard util (%)"].startswith("n/a [")
+    assert any(rocm_note in n for n in loader.notes) and any(mig_note in n for n in loader.notes)
+    shown = runs_table.frame.set_index("Run")
+    assert shown.loc["rocm-0", "Util (%)"] == "n/a" and rocm_note in shown.loc["rocm-0", "Reason"]
+    assert shown.loc["mig-1", "Util (%)"] == "n/a" and mig_note in shown.loc["mig-1", "Reason"]
+
+
 # ---- warm-up epochs, loader knobs (Tables 2.4, 2.5) and the overall sweep (Table 4.16)
 # -------------------------
 
@@ -559,8 +600,10 @@ def test_overall_sweep_lists_the_table_4_16_runs():
     from mmhpc.launch.clusters import load_profile
     from mmhpc.sweep import expand, load_sweep
 
-    plan = expand(load_sweep(Path(__file__).resolve().parents[2] / "sweeps" / "overall.yaml"),
-                  load_profile("alvis", "NAISS1")).check()
+    plan = expand(
+        load_sweep(Path(__file__).resolve().parents[2] / "sweeps" / "overall.yaml"),
+        load_profile("alvis", "NAISS1"),
+    ).check()
     combos = {
         (r.config.system.precision, r.config.loader.preinit, r.config.system.parallelism)
         for r in plan.runs
