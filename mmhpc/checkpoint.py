@@ -4,13 +4,13 @@ last one
 with the batches and metrics of an uninterrupted run. A trainer component (`mmhpc.train`)."""
 from __future__ import annotations
 
-import os
 import random
 import time
 
 import numpy as np
 import torch
 
+from mmhpc.atomic import atomic_write
 from mmhpc.errors import ConfigError
 from mmhpc.results import RunRecord
 
@@ -51,12 +51,9 @@ class Checkpointer:
                  "record": fit.record.model_dump(by_alias=True), "best": fit.best,
                  "model": trainer.model.state_dict(), "strategy": trainer.strategy.state_dict(),
                  "runtime": trainer.runtime.state_dict(), "rng": rng}
-        # unique per job and process: a stale copy of the run (a requeue race) never writes into
-        # ours
-        job = os.environ.get("SLURM_JOB_ID", "local")
-        tmp = self.path.with_name(f".{self.path.name}.{job}-{os.getpid()}.tmp")
-        torch.save(state, tmp)
-        os.replace(tmp, self.path)
+        # the temporary name is unique per host, process and call: a stale copy of the run (a
+        # requeue race) never writes into ours
+        atomic_write(self.path, lambda tmp: torch.save(state, tmp))
 
     def resume(self, trainer, fit) -> None:
         state = torch.load(self.path, map_location="cpu", weights_only=False)

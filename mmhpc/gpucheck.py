@@ -54,6 +54,7 @@ from pathlib import Path
 
 import torch
 
+from mmhpc.atomic import atomic_write_text
 from mmhpc.names import THESIS_PRECISIONS
 
 NEEDS_GPU = "needs a CUDA GPU"
@@ -1146,9 +1147,7 @@ def _restore(state: tuple) -> None:
 
 
 def _write(path: Path, obj: dict) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(obj, indent=1, default=str))
-    os.replace(tmp, path)
+    atomic_write_text(path, json.dumps(obj, indent=1, default=str))
 
 
 def _arguments(p) -> None:

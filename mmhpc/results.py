@@ -25,6 +25,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from mmhpc.atomic import atomic_write_text
 from mmhpc.errors import ConfigError, problem
 
 SCHEMA = 1
@@ -36,30 +37,6 @@ log = logging.getLogger(__name__)
 def atomic_write_json(path: str | Path, obj: Any) -> Path:
     """Write JSON so readers see the old file or the new one, never a partial one."""
     return atomic_write_text(path, json.dumps(obj, indent=1, default=_jsonable))
-
-
-def atomic_write_text(path: str | Path, text: str) -> Path:
-    """Write through a temporary file beside `path`, then rename it over `path`. The file's
-    permissions follow the umask (mode 0666 & ~umask, as for any new file; so a group-readable umask
-    shares records, manifests and series with the project's group), and the temporary name is unique
-    per host, process
-    and call, so two writers never share one."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(
-        f".{path.name}.{socket.gethostname()}-{os.getpid()}-{os.urandom(4).hex()}.tmp"
-    )
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    return path
 
 
 def _jsonable(x: Any) -> Any:

@@ -116,3 +116,17 @@ def test_config_error_still_importable_from_config():
     from mmhpc.config import ConfigError as Old
 
     assert Old is ConfigError
+
+
+def test_choice_messages_go_through_errors_problem():
+    """An unknown table kind or fusion names the field and the valid choices in the one format."""
+    import pandas as pd
+
+    from mmhpc.models.fusion import build_fusion
+    from mmhpc.report.tables import KINDS, build_tables
+
+    with pytest.raises(ValueError) as e:
+        build_tables(pd.DataFrame(), ["nope"])
+    assert str(e.value) == f"kind: invalid value 'nope'; valid: auto, {', '.join(KINDS)}"
+    with pytest.raises(ValueError, match=r"^model.fusion: invalid value 'x'; valid: "):
+        build_fusion("x", ["audio", "visual"], 8, 2, False, 1.0)

@@ -7,6 +7,7 @@ import os
 from dataclasses import asdict
 from pathlib import Path
 
+from mmhpc.atomic import atomic_write_text
 from mmhpc.data.specs import SPLITS
 from mmhpc.errors import RunError
 
@@ -51,9 +52,7 @@ def write_manifest(root: Path, spec, shapes, source: dict) -> dict:
         "source": source,
         "files": files,
     }
-    tmp = root / f".{MANIFEST}.tmp"
-    tmp.write_text(json.dumps(manifest, indent=1))
-    os.replace(tmp, root / MANIFEST)
+    atomic_write_text(root / MANIFEST, json.dumps(manifest, indent=1))
     return manifest
 
 

@@ -189,6 +189,7 @@ def cmd_discover(args) -> int:
     """Draft a profile from this cluster's SLURM; validated before it is printed or written."""
     from pathlib import Path
 
+    from mmhpc.atomic import atomic_write_text
     from mmhpc.errors import ConfigError
     from mmhpc.launch.discover import discover_here, validate
 
@@ -202,10 +203,7 @@ def cmd_discover(args) -> int:
     if out is None:
         print(text, end="")
         return 0
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.part-{os.getpid()}")
-    tmp.write_text(text)
-    os.replace(tmp, out)
+    atomic_write_text(out, text)
     print(
         f"wrote {out}: check its `assumed` values, then: make sweep-parallelism CLUSTER={out} "
         "DRY_RUN=1",

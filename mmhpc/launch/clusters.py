@@ -591,17 +591,15 @@ def resolve_resources(
             return (
                 None,
                 errors
-                + [
-                    f"resources.gpu: invalid value {gpu!r} on {profile.name}; valid choices: "
-                    f"{', '.join(profile.gpus)}"
-                ],
+                + [problem("resources.gpu", f"invalid value {gpu!r} on {profile.name}",
+                           profile.gpus)],
                 None,
             )
         spec = profile.gpus[gpu]
         wrong = Precision(precision, "cuda").problem(spec.capability, gpu)
         if spec.vendor == "amd" and precision == "tf32":  # ROCm builds of torch have no TF32 mode
-            wrong = (f"system.precision=tf32: {gpu} is an AMD GPU (ROCm): no TF32 mode; "
-                     "valid: fp32, bf16")
+            wrong = problem("system.precision=tf32", f"{gpu} is an AMD GPU (ROCm): no TF32 mode",
+                            ["fp32", "bf16"])
         if wrong:
             able = [
                 g

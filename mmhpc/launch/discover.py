@@ -29,6 +29,7 @@ from pathlib import Path
 
 import yaml
 
+from mmhpc.errors import problem
 from mmhpc.launch.clusters import ClusterError, profile_from_dict
 
 COMMANDS = {  # what is asked of SLURM; the recorded fixtures of tests/clusters/ hold these outputs
@@ -184,7 +185,7 @@ def discover(
     elif partition in names:
         chosen = parts[names.index(partition)]
     else:
-        raise ClusterError(f"--partition: invalid value {partition!r}; valid: {', '.join(names)}")
+        raise ClusterError(problem("--partition", f"invalid value {partition!r}", names))
     pname = chosen["PartitionName"]
     groups: dict[tuple, NodeGroup] = {}
     for line in outputs.get("nodes", "").splitlines():

@@ -20,6 +20,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from mmhpc.errors import problem
+
 
 class CosineLinear(nn.Module):
     def __init__(self, in_features: int, out_features: int, scale: float):
@@ -226,7 +228,7 @@ TWO_MODALITY = tuple(name for name, cls in FUSION_CLASSES.items() if not cls.sym
 def build_fusion(name: str, modalities, dim: int, num_classes: int, cosine: bool, scale: float,
                  control: str | None = None) -> Fusion:
     if name not in FUSION_CLASSES:
-        raise ValueError(f"model.fusion: invalid value {name!r}; valid: {', '.join(FUSIONS)}")
+        raise ValueError(problem("model.fusion", f"invalid value {name!r}", FUSIONS))
     cls = FUSION_CLASSES[name]
     if len(modalities) == 1 and not cls.symmetric:
         cls = LateSum  # a single-modality baseline has nothing to gate: a plain linear head

@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 import pandas as pd
 
 from mmhpc import metrics as mx
+from mmhpc.errors import problem
 from mmhpc.names import PARALLELISMS, PRECISIONS, THESIS_PRECISIONS
 from mmhpc.report.load import varying
 from mmhpc.report.reproduce import (
@@ -1179,9 +1180,7 @@ def build_tables(
     tables, messages = [], []
     for kind in kinds:
         if kind not in KINDS:
-            raise ValueError(
-                f"kind: invalid value {kind!r}; valid choices: auto, {', '.join(KINDS)}"
-            )
+            raise ValueError(problem("kind", f"invalid value {kind!r}", ["auto", *KINDS]))
         if kind == "algorithm":
             made = algorithm_tables(of_sweeps_varying(runs, ["strategy", "fusion"]))
         elif kind == "loader":

@@ -29,7 +29,7 @@ from pathlib import Path
 import pandas as pd
 import psutil
 
-from mmhpc.results import atomic_write_text
+from mmhpc.atomic import atomic_write_text
 
 MiB = 2 ** 20
 HOST_COLUMNS = ["cpu_proc_pct", "rss_mb", "n_children", "cpu_sys_pct",
@@ -664,13 +664,9 @@ class UtilSampler:
                 "markers": [{"t": t, "label": label} for t, label in self.markers],
                 "energy_mj_at_markers": self._energy_at,
                 "driver_util_samples": {str(k): v for k, v in self._driver.items()}}  # [t, util %]
-        _atomic_write(path, self.samples.to_csv(index=False))
-        _atomic_write(path.with_suffix(".markers.json"), json.dumps(meta, indent=1))
+        # atomic: readers (live plotting, a crashed job's epilogue) never see half a file
+        atomic_write_text(path, self.samples.to_csv(index=False))
+        atomic_write_text(path.with_suffix(".markers.json"), json.dumps(meta, indent=1))
         return path
 
 
-def _atomic_write(path: Path, text: str) -> None:
-    # Same-directory temp + os.replace: readers (live plotting, a crashed job's epilogue) never see
-    # half a file;
-    # mmhpc.results has the one such writer (modes that follow the umask, unique temporary names).
-    atomic_write_text(path, text)

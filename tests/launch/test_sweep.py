@@ -359,7 +359,7 @@ def test_gpu_count_follows_parallelism():
     assert "exceeds the alvis limit of 10080 minutes (7 days)" in errors[0]
     _, errors, _ = _resolve("alvis", {"gpu": "H100"})
     assert errors == [
-        "resources.gpu: invalid value 'H100' on alvis; valid choices: A100, A100fat, A40, V100, T4"
+        "resources.gpu: invalid value 'H100' on alvis; valid: A100, A100fat, A40, V100, T4"
     ]
 
 

@@ -25,12 +25,14 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from mmhpc.atomic import atomic_write_text, is_temporary
 from mmhpc.data.manifest import write_manifest
 from mmhpc.data.prepare import audio, ave, cremad, iemocap, mvsa, text, urfunny, video
 from mmhpc.data.prepare.clip_writer import TMP_MARK, Settings, is_prepared, prepare_clip
 from mmhpc.data.prepare.raw import Clip, PrepareError, RawFormat, is_safe_id
 from mmhpc.data.specs import DATASETS, FULL, SPLITS, Shapes
 from mmhpc.data.splits import random_split, stratified_split, write_split_files
+from mmhpc.errors import problem
 
 RAW_FORMATS: dict[str, RawFormat] = {
     m.FORMAT.name: m.FORMAT for m in (cremad, ave, mvsa, iemocap, urfunny)
@@ -74,7 +76,7 @@ def prepare(dataset: str, raw: str | Path, out: str | Path, jobs: int = 1, seed:
     the
     dataset's choices beside the thesis recipe (`RawFormat.options`, e.g. IEMOCAP classes=six)."""
     if dataset not in RAW_FORMATS:
-        raise PrepareError(f"dataset {dataset!r}; valid: {', '.join(sorted(RAW_FORMATS))}")
+        raise PrepareError(problem("dataset", f"invalid value {dataset!r}", sorted(RAW_FORMATS)))
     fmt, spec = RAW_FORMATS[dataset], DATASETS[dataset]
     raw, out = Path(raw), Path(out)
     chosen = fmt.chosen(options)
@@ -205,9 +207,7 @@ def _claim(out: Path, recipe: dict) -> None:
             )
     elif any(out.iterdir()):
         raise PrepareError(f"--out {out} is not empty and was not made by `mmhpc prepare`")
-    tmp = out / f"{RECIPE_FILE}{TMP_MARK}{os.getpid()}"
-    tmp.write_text(json.dumps(recipe, indent=1))
-    os.replace(tmp, path)
+    atomic_write_text(path, json.dumps(recipe, indent=1))
 
 
 def _comparable(recipe: dict) -> dict:
@@ -258,7 +258,7 @@ def _remove_temporaries(out: Path) -> None:
     anyway)."""
     for dirpath, _, names in os.walk(out):
         for name in names:
-            if name.startswith(".") and TMP_MARK in name:
+            if is_temporary(name) or (name.startswith(".") and TMP_MARK in name):
                 (Path(dirpath) / name).unlink(missing_ok=True)
 
 

@@ -7,13 +7,13 @@ Hidden names are also what the manifest ignores, so a stale temporary file is ne
 from __future__ import annotations
 
 import io
-import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from mmhpc.atomic import atomic_write_bytes
 from mmhpc.data.prepare import audio, text, video
 from mmhpc.data.prepare.raw import Clip, RawFileError, read_text
 
@@ -54,11 +54,6 @@ def remove_outputs(out: Path, clip_id: str) -> None:
     shutil.rmtree(out / "visual" / clip_id, ignore_errors=True)
 
 
-def atomic_write(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}{TMP_MARK}{os.getpid()}")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
 
 
 def npy_bytes(array: np.ndarray) -> bytes:
@@ -75,18 +70,19 @@ def prepare_clip(clip: Clip, out: Path, settings: Settings) -> tuple[str, str | 
     try:
         if "audio" in settings.modalities:
             fbank = _reading(clip.audio, "audio", audio.audio_features)
-            atomic_write(out / "audio" / f"{clip.clip_id}.npy", npy_bytes(fbank))
+            atomic_write_bytes(out / "audio" / f"{clip.clip_id}.npy", npy_bytes(fbank))
         if "visual" in settings.modalities:
             media = clip.visual
             frames = _reading(media and media.path, "visual",
                               lambda p: video.clip_frames(media, settings.fps, settings.frames))
             for k, img in enumerate(frames):
-                atomic_write(out / "visual" / clip.clip_id / f"{k}.jpg", video.jpeg_bytes(img))
+                jpg = out / "visual" / clip.clip_id / f"{k}.jpg"
+                atomic_write_bytes(jpg, video.jpeg_bytes(img))
         if "text" in settings.modalities:
             ids = text.token_ids(
                 _text_of(clip), settings.tokenizer, settings.truncation_side, settings.text_len
             )
-            atomic_write(out / "text" / f"{clip.clip_id}.npy", npy_bytes(ids))
+            atomic_write_bytes(out / "text" / f"{clip.clip_id}.npy", npy_bytes(ids))
     except Exception as e:  # noqa: BLE001 - any failure fails this clip only; the run goes on
         remove_outputs(out, clip.clip_id)
         return clip.clip_id, str(e) if isinstance(e, RawFileError) else f"{type(e).__name__}: {e}"
