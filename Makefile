@@ -4,7 +4,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: gpu-check gpu-wheels install install-cluster system-deps demo demo-algorithms test check lint clean-venv demo-report report
+.PHONY: gpu-check gpu-wheels install install-cluster install-login system-deps demo demo-algorithms test check lint clean-venv demo-report report
 RESULTS ?= $(or $(MMHPC_RESULTS),results)
 SWEEP   ?=
 
@@ -22,6 +22,18 @@ $(STAMP): env/requirements.txt env/requirements-nodeps.txt setup.cfg pyproject.t
 # the missing packages installed: module load PyTorch-bundle/...; make install-cluster MMHPC_VENV=~/mmhpc-venv
 install-cluster:
 	LOGIN_PY=$(PY) env/install-cluster.sh $(if $(CLUSTER),--cluster $(CLUSTER)) $(MMHPC_VENV)
+
+# The login node's venv for submitting only (no torch, a few MB): mmhpc without its dependencies plus the
+# pure-Python part that `mmhpc config`, `sweep expand|submit|status|resume` and `clusters` import, pinned as
+# in env/requirements.txt. `make sweep-*` submits with it when the jobs have their own interpreter
+# (MMHPC_VENV, MMHPC_PYTHON or MMHPC_APPTAINER) that cannot run here (Arrhenius: x86_64 login, aarch64 nodes).
+LOGIN_VENV ?= .venv-login
+LOGIN_PKGS := submitit pydantic PyYAML psutil tqdm
+install-login:
+	test -x $(LOGIN_VENV)/bin/python || $(PYTHON) -m venv $(LOGIN_VENV)
+	$(LOGIN_VENV)/bin/python -m pip install -q \
+	  $(shell grep -iE '^($(subst $(eval) ,|,$(LOGIN_PKGS)))==' env/requirements.txt)
+	$(LOGIN_VENV)/bin/python -m pip install -q --no-deps -e .
 
 
 # Debian tools the tests use: pdftoppm renders report PDFs (the local SLURM installs itself, env/slurm).

@@ -15,12 +15,15 @@ SWEEP_ARGS ?=
 SWEEPS     := precision loader parallelism batch overall algorithms
 
 # The interpreter that submits, on the login node: the cluster venv ($MMHPC_VENV, `make install-cluster`)
-# when it runs on this machine, else the project's .venv (`make install`, for this machine's architecture:
+# when it runs on this machine, else the light login venv (`make install-login`) if built, else the project's .venv (`make install`, for this machine's architecture:
 # on Arrhenius the login node is x86_64 and the venv of the jobs, built on a GH200 node, aarch64). Only
 # CLUSTER=local/none build .venv first; on a cluster nothing is built unless asked. The jobs run the
 # profile's interpreter (its venv or image), never this one.
 _cluster_py := $(if $(MMHPC_VENV),$(shell $(MMHPC_VENV)/bin/python -c 'print(1)' >/dev/null 2>&1 && echo $(MMHPC_VENV)/bin/python))
-SUBMIT_PY := $(or $(_cluster_py),$(PY))
+# `make install-login`'s light venv (no torch) when the jobs have an interpreter of their own: it submits
+# only (on local/none, and without a job interpreter, the jobs would run the submitting one)
+_login_py := $(if $(filter local none,$(CLUSTER)),,$(if $(or $(MMHPC_VENV),$(MMHPC_PYTHON),$(MMHPC_APPTAINER)),$(wildcard $(LOGIN_VENV)/bin/python)))
+SUBMIT_PY := $(or $(_cluster_py),$(_login_py),$(PY))
 _build    := $(if $(filter $(PY),$(SUBMIT_PY)),$(if $(filter local none,$(CLUSTER)),install))
 
 _dry   := $(filter 1 yes true,$(DRY_RUN))

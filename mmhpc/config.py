@@ -324,10 +324,10 @@ class RunConfig(_Section):
                 )
             )
         if not out:  # the strategy's own rules assume a consistent config
-            from mmhpc.strategies import STRATEGIES
+            from mmhpc.rules.strategies import RULES  # torch-free; the strategies inherit them
 
             try:
-                STRATEGIES[self.strategy.name].check_config(self)
+                RULES[self.strategy.name].check_config(self)
             except ConfigError as e:
                 out += e.problems
         return out

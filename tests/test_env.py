@@ -1,6 +1,7 @@
 """env/: the cluster venv script on top of a "module" (a Python whose torch comes from PYTHONPATH,
 as an
 EasyBuild module provides it), and the Apptainer definition's shape."""
+
 from __future__ import annotations
 
 import os
@@ -32,8 +33,10 @@ def test_install_cluster_keeps_the_site_torch_and_adds_only_mmhpc(tmp_path):
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     added = {p.name.split("-")[0] for p in (venv / "lib").glob("python3*/site-packages/*")}
     assert "mmhpc" in added and not added & {"torch", "torchvision", "numpy", "nvidia"}, added
-    probe = ("import torch, mmhpc.launch.clusters as c; print(torch.__file__); print(c.__file__); "
-             "print(c.load_profile('alvis').gpus['A100'].cores_per_gpu(1))")
+    probe = (
+        "import torch, mmhpc.launch.clusters as c; print(torch.__file__); print(c.__file__); "
+        "print(c.load_profile('alvis').gpus['A100'].cores_per_gpu(1))"
+    )
     out = subprocess.run(
         [str(venv / "bin" / "python"), "-c", probe],
         env=env,
@@ -77,3 +80,98 @@ def test_apptainer_definition_builds_on_ngc_pytorch_and_installs_only_mmhpc():
         "README.md",
     ):  # what pip needs to build the package
         assert f"    {src} /opt/mmhpc-src/" in text and (REPO / src).exists()
+
+
+@pytest.mark.slow
+def test_install_login_builds_a_venv_without_torch_that_validates_and_submits(tmp_path):
+    """`make install-login`: the login node's venv (mmhpc --no-deps plus its pure-Python part) has
+    no torch, and validates a GPU sweep for aarch64 nodes; `make sweep-*` submits with it when the
+    jobs have their own interpreter, and with .venv on local/none."""
+    venv = tmp_path / "login venv"  # users' paths have spaces too
+    env = {
+        k: v for k, v in os.environ.items() if k not in ("VIRTUAL_ENV", "MMHPC_VENV", "MAKEFLAGS")
+    }
+    env["PYTHON"] = shutil.which("python3.11") or shutil.which("python3")
+    proc = subprocess.run(
+        ["make", "-s", "install-login", f"LOGIN_VENV={tmp_path}/lv"],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    (tmp_path / "lv").rename(
+        venv
+    )  # the make variable cannot hold a space; the venv's scripts must still run
+    python = venv / "bin" / "python"
+    assert (
+        subprocess.run([str(python), "-c", "import torch"], capture_output=True, env=env).returncode
+        != 0
+    )
+    for heavy in ("pandas", "matplotlib", "transformers", "numpy"):
+        found = subprocess.run([str(python), "-c", f"import {heavy}"], capture_output=True, env=env)
+        assert found.returncode != 0, heavy
+    out = subprocess.run(
+        [
+            str(python),
+            "-m",
+            "mmhpc.cli",
+            "sweep",
+            "expand",
+            "sweeps/parallelism.yaml",
+            "--cluster",
+            "arrhenius",
+        ],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "nvidia_gh200_120gb" in out.stdout or "GH200" in out.stdout
+    assert "to submit" in out.stdout
+    bad = subprocess.run(
+        [str(python), "-m", "mmhpc.cli", "config", "strategy.name=mla", "model.fusion=concat"],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert bad.returncode == 2 and "model.fusion" in bad.stderr, bad.stderr[-2000:]
+    # make's choice of the submitting interpreter (-n: print, run nothing)
+    lv = f"LOGIN_VENV={tmp_path}/lv"
+    (tmp_path / "lv").symlink_to(venv)
+    plan = subprocess.run(
+        [
+            "make",
+            "-n",
+            "sweep-parallelism",
+            "CLUSTER=arrhenius",
+            "DRY_RUN=1",
+            lv,
+            f"MMHPC_VENV={tmp_path}/aarch64-venv",
+        ],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert f"{tmp_path}/lv/bin/python -m mmhpc.cli sweep submit" in plan.stdout, (
+        plan.stdout + plan.stderr
+    )
+    plan = subprocess.run(
+        ["make", "-n", "sweep-parallelism", "CLUSTER=none", "DRY_RUN=1", lv],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert (
+        f"{tmp_path}/lv/bin/python" not in plan.stdout
+        and ".venv/bin/python -m mmhpc.cli" in plan.stdout
+    )

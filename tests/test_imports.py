@@ -5,6 +5,7 @@ under `if TYPE_CHECKING:`): importing `a.b.c` runs `a/__init__` and `a/b/__init_
 also goes to each package above the imported module, except the importer's own packages (already
 running when it runs).
 """
+
 from __future__ import annotations
 
 import ast
@@ -76,8 +77,8 @@ def test_graph_is_read_from_the_package():
     graph = import_graph()
     assert "mmhpc.train" in graph and "mmhpc.config" in graph["mmhpc.train"]
     assert "mmhpc.strategies.base" in graph["mmhpc.strategies"]
-    # function-local imports count: config asks the strategy registry inside a validator
-    assert "mmhpc.strategies" in graph["mmhpc.config"]
+    # function-local imports count: config asks the strategies' rules inside a validator
+    assert "mmhpc.rules.strategies" in graph["mmhpc.config"]
 
 
 def test_no_import_cycle():
@@ -92,9 +93,11 @@ def test_errors_is_the_bottom_module():
 
 
 def test_config_imports_no_strategy():
-    code = ("import sys, mmhpc.config; "
-            "print(','.join(m for m in sys.modules if m.startswith('mmhpc.strategies') or m == "
-            "'torch'))")
+    code = (
+        "import sys, mmhpc.config; "
+        "print(','.join(m for m in sys.modules if m.startswith('mmhpc.strategies') or m == "
+        "'torch'))"
+    )
     out = subprocess.run(
         [sys.executable, "-c", code], capture_output=True, text=True, check=True
     ).stdout
@@ -106,9 +109,9 @@ def test_config_imports_no_strategy():
 
 HEAVY = ("torch", "pandas", "matplotlib", "transformers")
 FAKE_SLURM = Path(__file__).parent / "fake_slurm" / "fake_slurm.py"
+REPO = Path(__file__).parent.parent
 # runs each command line (one per line of stdin) in this one process, printing the heavy modules
-# loaded
-# after each: the first command that loads one is named
+# loaded after each: the first command that loads one is named
 _RUNNER = """
 import sys
 from mmhpc.cli import main
@@ -139,12 +142,15 @@ def _light_commands(argvs: list[list[str]], env: dict[str, str], cwd: Path) -> l
 
 
 def test_light_commands_import_no_torch(tmp_path, monkeypatch):
-    """`--help` of every command, `clusters`, `sweep status` and a `sweep resume` with nothing to do
-    start without torch, pandas, matplotlib or transformers (each used to import torch, 3.5-7 s, for
-    the knob
-    list of `--help`), against a fake scheduler on PATH."""
+    """`--help` of every command, `clusters`, `config`, `sweep expand`, `sweep submit`, `sweep
+    status` and a `sweep resume` with nothing to do start without torch, pandas, matplotlib or
+    transformers (each used to import torch, 3.5-7 s, for the knob list of `--help`; validating a
+    run imported every strategy and the precision/parallelism rules with torch), against a fake
+    scheduler on PATH: a login node whose architecture differs from the GPU nodes' runs these on
+    the pure-Python part alone."""
     import os
 
+    from mmhpc import names
     from mmhpc.launch.submit import hold_sweep
 
     bindir, state = tmp_path / "bin", tmp_path / "fake-slurm"
@@ -152,8 +158,13 @@ def test_light_commands_import_no_torch(tmp_path, monkeypatch):
     state.mkdir()
     for cmd in ("sbatch", "squeue", "sacct", "scontrol", "srun"):
         (bindir / cmd).symlink_to(FAKE_SLURM)
-    env = {**os.environ, "PATH": f"{bindir}:{os.environ['PATH']}", "FAKE_SLURM": str(state),
-           "MMHPC_CLUSTERS": str(tmp_path / "none.yaml"), "MMHPC_SCHEDULER_TIMEOUT": "60"}
+    env = {
+        **os.environ,
+        "PATH": f"{bindir}:{os.environ['PATH']}",
+        "FAKE_SLURM": str(state),
+        "MMHPC_CLUSTERS": str(tmp_path / "none.yaml"),
+        "MMHPC_SCHEDULER_TIMEOUT": "60",
+    }
     for key, value in env.items():
         monkeypatch.setenv(key, value)
     sweep = tmp_path / "s.yaml"
@@ -188,14 +199,29 @@ def test_light_commands_import_no_torch(tmp_path, monkeypatch):
         ["sweep", "status", str(sweep_dir.path)],
         ["sweep", "resume", str(sweep_dir.path), "-q"],
         ["sweep", "resume", str(sweep_dir.path), "-q"],
+        # validation: every strategy's rules, and the precision/parallelism rules against a profile
+        *(
+            [
+                "config",
+                f"strategy.name={s}",
+                "data.modalities=[audio,visual]",
+                "model.cosine=true",
+                "model.fusion=early_sum",
+            ]
+            for s in names.STRATEGIES
+        ),
+        ["config", "system.precision=bf16", "system.parallelism=ddp"],
+        ["sweep", "expand", str(REPO / "sweeps" / "parallelism.yaml"), "--cluster", "arrhenius"],
+        ["sweep", "expand", str(REPO / "sweeps" / "precision.yaml"), "--cluster", "alvis"],
+        ["sweep", "submit", str(sweep), "--cluster", "local", "--results", str(tmp_path / "r2")],
     ]
     lines = _light_commands(argvs, env, tmp_path)
     assert all(ln.endswith("heavy: none") for ln in lines), "\n".join(lines)
     assert all(" => exit 0," in ln for ln in lines), "\n".join(lines)
     sbatch = [ln for ln in (state / "calls").read_text().splitlines() if ln.startswith("sbatch")]
-    assert (
-        len(sbatch) == 1
-    )  # the first resume submitted the held array; the second had nothing to do
+    # the first resume submitted the held array, the second had nothing to do; `sweep submit`
+    # one array
+    assert len(sbatch) == 2
 
 
 def test_names_for_validation_are_the_registries_names():
@@ -211,3 +237,28 @@ def test_names_for_validation_are_the_registries_names():
     assert {n: c.symmetric for n, c in FUSION_CLASSES.items()} == names.FUSION_SYMMETRIC
     assert sorted(STRATEGIES) == sorted(names.STRATEGIES)
     assert CLI_SIZES == SIZES
+
+
+def test_the_trainer_runs_the_validated_rules():
+    """Validation (no torch) uses `mmhpc.rules`; the trainer's strategies, precisions and
+    parallelisms inherit those classes, so their checks are the same functions, not copies."""
+    from mmhpc.rules.strategies import RULES
+    from mmhpc.rules.system import PARALLELISM_RULES, PrecisionRules
+    from mmhpc.strategies import STRATEGIES
+    from mmhpc.system.parallel import PARALLELISMS
+    from mmhpc.system.precision import Precision
+
+    assert sorted(RULES) == sorted(STRATEGIES)
+    for name, cls in STRATEGIES.items():
+        assert issubclass(cls, RULES[name]), name
+        assert cls.check_config.__func__ is RULES[name].check_config.__func__, name
+        assert cls.Params is RULES[name].Params and cls.fusions == RULES[name].fusions, name
+    assert sorted(PARALLELISM_RULES) == sorted(PARALLELISMS)
+    for name, cls in PARALLELISMS.items():
+        assert issubclass(cls, PARALLELISM_RULES[name]), name
+        for rule in ("devices_needed", "tasks_per_node", "problem"):
+            assert getattr(cls, rule).__func__ is getattr(PARALLELISM_RULES[name], rule).__func__, (
+                name,
+                rule,
+            )
+    assert issubclass(Precision, PrecisionRules) and Precision.problem is PrecisionRules.problem

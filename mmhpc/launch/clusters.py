@@ -555,8 +555,8 @@ def resolve_resources(
         req = ResourceRequest(**request)
     except ValidationError as e:
         return None, validation_problems(e, prefix=["resources"], model=ResourceRequest), None
-    from mmhpc.system.parallel import PARALLELISMS
-    from mmhpc.system.precision import Precision
+    from mmhpc.rules.system import PARALLELISM_RULES as PARALLELISMS
+    from mmhpc.rules.system import PrecisionRules as Precision
 
     errors: list[str] = []
     par, precision = cfg.system.parallelism, cfg.system.precision

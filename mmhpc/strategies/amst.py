@@ -37,43 +37,17 @@ leaves them alone; early-sum's head is shared by every modality.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from types import SimpleNamespace
-from typing import Literal
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mmhpc.errors import ConfigError, problem
 from mmhpc.models.fusion import Concat
-from mmhpc.strategies.balancing import require_symmetric
+from mmhpc.rules.strategies import AMSTRules
 from mmhpc.strategies.base import StepOutput, register
-from mmhpc.strategies.formulas import AMST_DEFAULT_SKIPS, AMST_PHASES, amst_trains
+from mmhpc.strategies.formulas import AMST_DEFAULT_SKIPS, amst_trains
 from mmhpc.strategies.joint import Alternating
-
-MODULES = ("alternating", "joint", "full")
-JOINT_HEADS = ("code", "masked")
-
-
-@dataclass
-class AMSTParams:
-    module: Literal[MODULES] = "alternating"
-    #: skip per modality, over the papers' per-dataset defaults (`AMST_DEFAULT_SKIPS`; 1 = never
-    #: skipped)
-    skips: dict[str, int] = field(default_factory=dict)
-    #: "code": epochs counted from 0 (trains in epochs 0, s, 2s, ...); "paper": from 1 (epochs s-1,
-    #: 2s-1, ...)
-    phase: Literal[AMST_PHASES] = "code"
-    #: true: a skipped modality's concat head block stays fixed (the AMST paper Sec. 3.3); false:
-    #: SGD's
-    #: momentum and
-    #: weight decay still move it, as in the code base
-    strict: bool = False
-    #: the joint module's reduced concat head: "code" (the code base's HEAD: skipped block
-    #: untouched, bias x
-    #: active / M) or "masked" (skipped embeddings zero-masked in the full head)
-    joint_head: Literal[JOINT_HEADS] = "code"
 
 
 def joint_twin(model, cfg) -> nn.Module:
@@ -92,33 +66,9 @@ def joint_twin(model, cfg) -> nn.Module:
 
 
 @register
-class AMST(Alternating):
+class AMST(Alternating, AMSTRules):
     """Alternating training with per-modality skip parameters (and the AMST paper's joint/full
     modules)."""
-
-    name = "amst"
-    Params = AMSTParams
-
-    @classmethod
-    def check_config(cls, cfg) -> None:
-        super().check_config(cfg)
-        p = cls.parse_params(cfg.strategy.params)
-        if p.module != "alternating":
-            require_symmetric(
-                cfg,
-                f"AMST's {p.module} module trains a reduced head over the non-skipped "
-                "modalities (the AMST paper Alg. 2), which needs a fusion a modality "
-                "can be masked out "
-                "of (gated/FiLM train with module=alternating, thesis Alg. 4)",
-            )
-        for m, s in p.skips.items():
-            field = ("strategy", "params", "skips", m)
-            if m not in cfg.modalities:
-                raise ConfigError(problem(field, "not a modality of this run", cfg.modalities))
-            if s < 1:
-                raise ConfigError(
-                    problem(field, f"{s!r} must be a positive integer (1 = never skipped)")
-                )
 
     def __init__(self, cfg, model, runtime, data=None):
         full = self.parse_params(cfg.strategy.params).module == "full"

@@ -12,8 +12,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from mmhpc.errors import ConfigError, problem
-from mmhpc.models.fusion import SYMMETRIC, Concat, EarlySum, Fusion
+from mmhpc.models.fusion import Concat, EarlySum, Fusion
 from mmhpc.strategies.formulas import correct_class_score
 
 
@@ -60,15 +59,6 @@ def step_logits(net, embs: Mapping[str, torch.Tensor], fused: torch.Tensor,
     return logits
 
 
-def require_symmetric(cfg, what: str) -> None:
-    """Refuse gated/FiLM where `what` (a sentence) needs the fused logits as a sum of modality
-    parts."""
-    if cfg.model.fusion not in SYMMETRIC:
-        raise ConfigError(
-            problem("model.fusion", f"{what}; {cfg.model.fusion} is not such a fusion", SYMMETRIC)
-        )
-
-
 class ModalityGroups:
     """Mixin: one optimiser group per modality branch (encoder and projection) plus one for the
     rest.
@@ -112,19 +102,7 @@ class ModulationWindow:
     None = to
     the end), and plain joint training runs outside; `modulating` says which holds this epoch."""
 
-    min_modalities = 2
     modulating = True  # before the first `begin_epoch`
-
-    @classmethod
-    def check_config(cls, cfg) -> None:
-        super().check_config(cfg)
-        p = cls.parse_params(cfg.strategy.params)
-        if p.start_epoch < 0 or (p.end_epoch is not None and p.end_epoch < p.start_epoch):
-            raise ConfigError(
-                f"strategy.params.end_epoch: modulation runs from start_epoch ({p.start_epoch}) to "
-                f"end_epoch ({p.end_epoch}, inclusive, null = to the end); give 0 <= "
-                "start <= end"
-            )
 
     def begin_epoch(self, epoch: int) -> list[str]:
         p = self.params

@@ -1,50 +1,33 @@
 """The strategy interface: what differs between training strategies, and nothing else.
 
 The trainer owns the loop (epochs, loaders, evaluation, timing, records); a strategy owns one
-training
-step (forward, losses, which updates) and the per-epoch decisions (which modalities train, when to
-stop,
-when to decay the learning rate). The system is the runtime's (`mmhpc.system.runtime.Runtime`):
-every
-forward goes through `self.net`, every update through `runtime.backward` and `runtime.step`, so
-every
-strategy runs on every parallelism and precision. A new strategy subclasses `Strategy`, overrides
-what
-differs and registers itself with `@register`.
+training step (forward, losses, which updates) and the per-epoch decisions (which modalities train,
+when to stop, when to decay the learning rate). The system is the runtime's
+(`mmhpc.system.runtime.Runtime`): every forward goes through `self.net`, every update through
+`runtime.backward` and `runtime.step`, so every strategy runs on every parallelism and precision.
+A new strategy subclasses `Strategy` and its rules class (`mmhpc.rules.strategies`: name, `Params`,
+fusions, `check_config`, torch-free, listed in `RULES`), overrides what differs and registers itself
+with `@register`.
 """
 from __future__ import annotations
 
-import dataclasses
-import functools
 from dataclasses import dataclass
-from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
-from pydantic import TypeAdapter, ValidationError
 
 from mmhpc.data.specs import DATASETS
-from mmhpc.errors import ConfigError, problem
-from mmhpc.models.fusion import COSINE_P, FUSIONS
+from mmhpc.models.fusion import COSINE_P
+from mmhpc.rules.strategies import Rules
 
 # The strategy registry: the one list of valid `strategy.name` values (filled by importing
 # mmhpc.strategies).
 STRATEGIES: dict[str, type[Strategy]] = {}
 
 
-@functools.cache
-def _params_adapter(params: type) -> TypeAdapter:
-    return TypeAdapter(params)
-
-
 def register(cls: type[Strategy]) -> type[Strategy]:
     STRATEGIES[cls.name] = cls
     return cls
-
-
-@dataclass
-class NoParams:
-    pass
 
 
 @dataclass
@@ -54,13 +37,7 @@ class StepOutput:
     logits: dict[str, torch.Tensor]
 
 
-class Strategy:
-    name: ClassVar[str] = ""
-    fusions: ClassVar[tuple[str, ...]] = FUSIONS
-    Params: ClassVar[type] = NoParams
-    #: 2 for the balancing baselines, which compare modalities with each other
-    min_modalities: ClassVar[int] = 1
-
+class Strategy(Rules):
     def __init__(self, cfg, model, runtime, data=None):
         """`model`: the parameters (a `MultimodalModel` on the run's device); `runtime`: the run's
         `Runtime`, which wraps the model for its parallelism and precision here; `data`: a
@@ -83,45 +60,6 @@ class Strategy:
         return datasets
 
     # ---- configuration ---------------------------------------------------------------------------
-    @classmethod
-    def check_config(cls, cfg) -> None:
-        """Reject configs this strategy cannot run, naming the field and the valid choices."""
-        if cfg.model.fusion not in cls.fusions:
-            raise ConfigError(
-                problem(
-                    "model.fusion",
-                    f"strategy {cls.name} does not support {cfg.model.fusion}",
-                    cls.fusions,
-                )
-            )
-        if len(cfg.modalities) < cls.min_modalities:
-            raise ConfigError(
-                f"data.modalities: strategy {cls.name} balances two or more modalities, got "
-                f"{cfg.modalities}; use strategy.name=naive for a single-modality "
-                "baseline"
-            )
-        cls.parse_params(cfg.strategy.params)
-
-    @classmethod
-    def parse_params(cls, params: dict[str, Any]):
-        """`strategy.params` as this strategy's `Params`, validated by pydantic against the
-        dataclass's field
-        types (strings from the command line coerced, `__post_init__` checks run); ConfigError
-        otherwise."""
-        known = [f.name for f in dataclasses.fields(cls.Params)]
-        unknown = [
-            problem(
-                ("strategy", "params", key), f"unknown parameter of {cls.name}", known or ["none"]
-            )
-            for key in params
-            if key not in known
-        ]
-        if unknown:
-            raise ConfigError(*unknown)
-        try:
-            return _params_adapter(cls.Params).validate_python(dict(params))
-        except ValidationError as e:
-            raise ConfigError.from_validation(e, prefix=("strategy", "params")) from None
 
     def build_optimizer(self) -> torch.optim.Optimizer:
         t = self.cfg.train

@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 
 from mmhpc.metrics import entropy
+from mmhpc.rules.strategies import AMST_PHASES, MSLR_SCHEDULES, OGM_VARIANTS
 
 # Thesis Sec. 4.2: visual never skipped; audio 5 (CREMA-D), 2 (AVE), 4 (IEMOCAP), 6 (UR-FUNNY); text
 # 10.
@@ -27,7 +28,6 @@ AMST_DEFAULT_SKIPS: dict[str, dict[str, int]] = {
     "iemocap": {"audio": 4, "visual": 1, "text": 10},
     "urfunny": {"audio": 6, "visual": 1, "text": 10},
 }
-
 
 
 # -------------------------------------------------------------------------------- discrepancy ratio
@@ -84,8 +84,6 @@ def _scores_tensor(score: Mapping[str, float]) -> torch.Tensor:
 
 
 # ---------------------------------------------------------------------------------------------- OGM
-
-OGM_VARIANTS = ("thesis", "paper")
 
 
 def ogm_coefficient_tensor(
@@ -305,9 +303,6 @@ def mslr_update(lr_m: float, acc_history_m: Sequence[float], k_e: int) -> float:
     return lr_m * acc_history_m[-1] / mean
 
 
-MSLR_SCHEDULES = ("as_run", "compound", "per_epoch")
-
-
 def mslr_schedule_factor(
     acc_history_m: Sequence[float], k_e: int, schedule: str = "as_run"
 ) -> float:
@@ -481,11 +476,7 @@ def gradient_blending_weights(train_prev: Mapping[str, float], train_now: Mappin
     return {k: v / total for k, v in raw.items()}
 
 
-
 # ------------------------------------------------------------------------------ AMST, Alg. 5 choice
-
-
-AMST_PHASES = ("code", "paper")
 
 
 def amst_trains(epoch: int, skip: int, phase: str = "code") -> bool:

@@ -4,15 +4,14 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from mmhpc.rules.strategies import AlternatingRules, NaiveRules
 from mmhpc.strategies.base import StepOutput, Strategy, register
 
 
 @register
-class Naive(Strategy):
+class Naive(Strategy, NaiveRules):
     """One joint loss on the fused logits; every parameter updated every step (the thesis'
     baseline)."""
-
-    name = "naive"
 
     def train_step(self, batch, labels):
         out = self.net(batch)
@@ -31,7 +30,7 @@ class Naive(Strategy):
 
 
 @register
-class Alternating(Strategy):
+class Alternating(Strategy, AlternatingRules):
     """Each modality optimised on its own masked loss, one update per modality per step.
 
     Sum/concat (Alg. 2): L_i from the fusion with the other embeddings masked by zeros, update
@@ -39,8 +38,6 @@ class Alternating(Strategy):
     per modality the switched-and-masked loss. Subclasses choose which modalities train via
     `begin_epoch`.
     """
-
-    name = "alternating"
 
     def train_step(self, batch, labels):
         logits: dict[str, torch.Tensor] = {}

@@ -32,17 +32,13 @@ gradient from modality m is projected
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Literal
-
 import torch
 import torch.nn.functional as F
 
-from mmhpc.errors import ConfigError, problem
+from mmhpc.rules.strategies import MLARules
 from mmhpc.strategies.base import StepOutput, Strategy, register
 from mmhpc.strategies.formulas import mla_entropy_weights
 
-RUNTIME_FUSIONS = ("entropy", "fixed")
 #: code/baseline/mla_new.py: the fixed runtime-fusion weights it records for text-visual-audio
 #: datasets
 MLA_THREE_MODALITY_WEIGHTS = {"text": 0.4, "visual": 0.25, "audio": 0.35}
@@ -56,48 +52,8 @@ def mla_default_weights(modalities) -> dict[str, float]:
     return {m: 1.0 / len(modalities) for m in modalities}
 
 
-@dataclass
-class MLAParams:
-    runtime_fusion: Literal[RUNTIME_FUSIONS] = "entropy"
-    weights: dict[str, float] = field(
-        default_factory=dict
-    )  # fixed weights; default `mla_default_weights`
-    projection: bool = (
-        False  # the thesis baseline (code/baseline/mla_new.py) has none; true: MLA's OWM
-    )
-    projection_alpha: float = 0.1
-
-
 @register
-class MLA(Strategy):
-    name = "mla"
-    Params = MLAParams
-    fusions = ("early_sum",)  # the shared head
-
-    @classmethod
-    def check_config(cls, cfg) -> None:
-        if cfg.model.fusion not in cls.fusions:
-            raise ConfigError(
-                problem(
-                    "model.fusion",
-                    f"MLA's shared head H(e_m) = W e_m + b is early_sum's head "
-                    f"(thesis Eq. 2.31); {cfg.model.fusion} gives each modality "
-                    "other weights",
-                    cls.fusions,
-                )
-            )
-        super().check_config(cfg)
-        p = cls.parse_params(cfg.strategy.params)
-        if p.weights:
-            if set(p.weights) != set(cfg.modalities) or any(w < 0 for w in p.weights.values()):
-                raise ConfigError(
-                    "strategy.params.weights: give a weight >= 0 for each of "
-                    f"{', '.join(cfg.modalities)}"
-                    f", got {p.weights}"
-                )
-        if p.projection_alpha <= 0:
-            raise ConfigError(f"strategy.params.projection_alpha: {p.projection_alpha} must be > 0")
-
+class MLA(Strategy, MLARules):
     def __init__(self, *args, **kw):
         super().__init__(*args, **kw)
         self.weights = {

@@ -23,24 +23,18 @@ step, encoder
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Literal
-
 import torch
 import torch.nn.functional as F
 
-from mmhpc.errors import ConfigError
+from mmhpc.rules.strategies import OGMGERules, OnTheFlyRules, OPMRules
 from mmhpc.strategies.balancing import (
-    SYMMETRIC,
     ModulationWindow,
     batch_scores,
-    require_symmetric,
     step_logits,
     unimodal_logits,
 )
 from mmhpc.strategies.base import StepOutput, Strategy, register
 from mmhpc.strategies.formulas import (
-    OGM_VARIANTS,
     ogm_coefficient_tensor,
     ogm_ge_modulate,
     opm_drop_tensor,
@@ -48,52 +42,15 @@ from mmhpc.strategies.formulas import (
     opm_keep,
 )
 
-OGM_WEIGHTS = ("conv", "all")
 
-
-class _OnTheFly(ModulationWindow, Strategy):
-    fusions = SYMMETRIC
-
-    @classmethod
-    def check_config(cls, cfg) -> None:
-        require_symmetric(
-            cfg,
-            f"strategy {cls.name} splits the fused logits into per-modality parts (the OPM/OGM-GE "
-            "paper Eq. 6)",
-        )
-        super().check_config(cfg)
-
+class _OnTheFly(ModulationWindow, Strategy, OnTheFlyRules):
     def parts(self, embs) -> dict[str, torch.Tensor]:
         with torch.no_grad():
             return unimodal_logits(self.net, {m: e.detach() for m, e in embs.items()})
 
 
-@dataclass
-class OGMParams:
-    alpha: float = (
-        0.1  # thesis Fig. 2.19 "as specified in the original paper"; code base ogm3_new.py
-    )
-    #: "thesis": Eq. 2.27 on the top-ratio modality; "paper": the OPM/OGM-GE paper Eq. 11
-    variant: Literal[OGM_VARIANTS] = "thesis"
-    ge: bool = True  # add the generalisation-enhancement noise (OGM-GE); false: plain OGM
-    #: "conv": only 4-D gradients (code base); "all": every branch parameter (Alg. 2)
-    weights: Literal[OGM_WEIGHTS] = "conv"
-    start_epoch: int = 0
-    end_epoch: int | None = 50  # code base `modulation_ends` (inclusive); null: to the end
-
-
 @register
-class OGMGE(_OnTheFly):
-    name = "ogm_ge"
-    Params = OGMParams
-
-    @classmethod
-    def check_config(cls, cfg) -> None:
-        super().check_config(cfg)
-        p = cls.parse_params(cfg.strategy.params)
-        if p.alpha < 0:
-            raise ConfigError(f"strategy.params.alpha: {p.alpha} must be >= 0")
-
+class OGMGE(_OnTheFly, OGMGERules):
     def __init__(self, *args, **kw):
         super().__init__(*args, **kw)
         self.coeffs: torch.Tensor | None = (
@@ -136,30 +93,8 @@ class OGMGE(_OnTheFly):
                 p.grad = ogm_ge_modulate(g, k) if self.params.ge else g * k
 
 
-@dataclass
-class OPMParams:
-    q_base: float = 0.5  # base drop probability (official code 0.5)
-    lam: float = 0.5  # lambda of Eq. 8 (official code 0.5)
-    p_exe: float = 1.0  # chance that a batch is modulated at all (official code's knob; 1 = Alg. 1)
-    start_epoch: int = 0
-    end_epoch: int | None = None
-
-
 @register
-class OPM(_OnTheFly):
-    name = "opm"
-    Params = OPMParams
-
-    @classmethod
-    def check_config(cls, cfg) -> None:
-        super().check_config(cfg)
-        p = cls.parse_params(cfg.strategy.params)
-        for key, lo, hi in (("q_base", 0.0, 1.0), ("p_exe", 0.0, 1.0), ("lam", 0.0, float("inf"))):
-            if not lo <= getattr(p, key) <= hi:
-                raise ConfigError(
-                    f"strategy.params.{key}: {getattr(p, key)} must lie in [{lo}, {hi}]"
-                )
-
+class OPM(_OnTheFly, OPMRules):
     def __init__(self, *args, **kw):
         super().__init__(*args, **kw)
         device = next(self.model.parameters()).device

@@ -15,13 +15,10 @@ decay (`train.lr_decay_epoch`) scales every rate, as the code base's StepLR does
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Literal
-
-from mmhpc.errors import ConfigError, problem
+from mmhpc.rules.strategies import MSLRRules
 from mmhpc.strategies.balancing import ModalityGroups
 from mmhpc.strategies.base import register
-from mmhpc.strategies.formulas import MSLR_SCHEDULES, mslr_schedule_factor
+from mmhpc.strategies.formulas import mslr_schedule_factor
 from mmhpc.strategies.joint import Naive
 
 #: x train.lr (1e-3): audio 1e-3, visual 1e-2 (code/baseline/mslr3_new.py defaults, Jobs/mslr3.sh);
@@ -34,46 +31,10 @@ MSLR_INIT_SOURCES = {
     "text": "code base as run: Jobs/mslr3.sh TEXT_LR=8e-5 (its UR-FUNNY runs) = AMST paper Sec. 4; "
             "argparse default 2e-5, later audio-visual script 1e-3",
 }
-#: code/baseline/mslr3_new.py `history_length`: k_e = 5
-MSLR_DEFAULT_WINDOW = 5
-
-
-@dataclass
-class MSLRParams:
-    init: dict[str, float] = field(default_factory=dict)  # per-modality multiplier of train.lr
-    window: int = MSLR_DEFAULT_WINDOW  # k_e
-    schedule: Literal[MSLR_SCHEDULES] = (
-        "as_run"  # as_run: fixed (code base as run); compound (adjust_lr); per_epoch (Eq. 2.28)
-    )
 
 
 @register
-class MSLR(ModalityGroups, Naive):
-    name = "mslr"
-    Params = MSLRParams
-
-    @classmethod
-    def check_config(cls, cfg) -> None:
-        super().check_config(cfg)
-        p = cls.parse_params(cfg.strategy.params)
-        for m, v in p.init.items():
-            if m not in cfg.modalities:
-                raise ConfigError(
-                    problem(
-                        ("strategy", "params", "init", m),
-                        "not a modality of this run",
-                        cfg.modalities,
-                    )
-                )
-            if v <= 0:
-                raise ConfigError(
-                    f"strategy.params.init.{m}: {v!r} must be a positive number (x train.lr)"
-                )
-        if p.window < 1:
-            raise ConfigError(
-                f"strategy.params.window: {p.window!r} must be a positive integer (epochs, k_e)"
-            )
-
+class MSLR(ModalityGroups, Naive, MSLRRules):
     def __init__(self, *args, **kw):
         super().__init__(*args, **kw)
         self.init = {

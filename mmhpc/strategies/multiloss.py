@@ -32,12 +32,10 @@ this
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-
 import torch
 import torch.nn.functional as F
 
-from mmhpc.errors import ConfigError
+from mmhpc.rules.strategies import BlendRules, MLBRules, MultiLossRules
 from mmhpc.strategies.balancing import ModalityGroups, batch_scores, dataset_default, step_logits
 from mmhpc.strategies.base import StepOutput, register
 from mmhpc.strategies.data import split_held_out
@@ -53,9 +51,7 @@ MLB_FALLBACK_ALPHA = 5.0
 
 
 @register
-class MultiLoss(Naive):
-    name = "multi_loss"
-
+class MultiLoss(Naive, MultiLossRules):
     def unimodal(self, embs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """f_i(X_i): the probe heads on the encoder outputs, gradients flowing into the encoders."""
         return {m: self.model.probes[m](e) for m, e in embs.items()}
@@ -80,29 +76,8 @@ class MultiLoss(Naive):
         return StepOutput(step_logits(self.net, embs, fused, uni))
 
 
-@dataclass
-class MLBParams:
-    alpha: float | None = None  # slope of tanh; None: MLB_DEFAULT_ALPHA
-    beta_max: float = 2.0  # largest acceleration (the MLB appendix: values >= 2 made no difference)
-
-
 @register
-class MLB(ModalityGroups, MultiLoss):
-    name = "mlb"
-    Params = MLBParams
-    min_modalities = 2
-
-    @classmethod
-    def check_config(cls, cfg) -> None:
-        super().check_config(cfg)
-        p = cls.parse_params(cfg.strategy.params)
-        if p.alpha is not None and p.alpha <= 0:
-            raise ConfigError(f"strategy.params.alpha: {p.alpha} must be > 0")
-        if p.beta_max < 1:
-            raise ConfigError(
-                f"strategy.params.beta_max: {p.beta_max} must be >= 1 (1 = never accelerate)"
-            )
-
+class MLB(ModalityGroups, MultiLoss, MLBRules):
     def __init__(self, *args, **kw):
         super().__init__(*args, **kw)
         self.alpha = dataset_default(
@@ -151,46 +126,12 @@ class MLB(ModalityGroups, MultiLoss):
                 torch._foreach_add_(params, delta)
 
 
-@dataclass
-class BlendParams:
-    weights: dict[str, float] = field(
-        default_factory=dict
-    )  # fixed weights, keys "fused" and modalities
-    interval: int = 1  # epochs between two estimates of the weights
-    holdout: float = (
-        0.1  # share of the training split held out to estimate the weights; 0: the validation split
-    )
-
-
 #: the name of the held-out part of the training split in the run's datasets
 HOLDOUT = "gb_holdout"
 
 
 @register
-class GradientBlending(MultiLoss):
-    name = "gradient_blending"
-    Params = BlendParams
-
-    @classmethod
-    def check_config(cls, cfg) -> None:
-        super().check_config(cfg)
-        p = cls.parse_params(cfg.strategy.params)
-        heads = ["fused", *cfg.modalities]
-        if p.weights and (set(p.weights) != set(heads) or any(w < 0 for w in p.weights.values())):
-            raise ConfigError(
-                f"strategy.params.weights: give a weight >= 0 for each of {', '.join(heads)}, "
-                f"got {p.weights}"
-            )
-        if p.interval < 1:
-            raise ConfigError(
-                f"strategy.params.interval: {p.interval!r} must be a positive integer (epochs)"
-            )
-        if not 0.0 <= p.holdout < 1.0:
-            raise ConfigError(
-                f"strategy.params.holdout: {p.holdout} must lie in [0, 1) (0: use the validation "
-                "split)"
-            )
-
+class GradientBlending(MultiLoss, BlendRules):
     def __init__(self, *args, **kw):
         super().__init__(*args, **kw)
         heads = ["fused", *self.modalities]

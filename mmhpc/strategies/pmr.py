@@ -33,13 +33,11 @@ Scores, weights and regulariser stay on the device: a step makes no host synchro
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 import torch.nn.functional as F
 
-from mmhpc.errors import ConfigError, problem
-from mmhpc.strategies.balancing import SYMMETRIC, ModulationWindow, batch_scores, step_logits
+from mmhpc.rules.strategies import PMRRules
+from mmhpc.strategies.balancing import ModulationWindow, batch_scores, step_logits
 from mmhpc.strategies.base import StepOutput, Strategy, register
 from mmhpc.strategies.formulas import (
     discrepancy_ratio_tensor,
@@ -50,49 +48,14 @@ from mmhpc.strategies.formulas import (
     pmr_prototypes_from_sums,
 )
 
-PROTOTYPE_SPLITS = ("train", "val")
 #: the code base's prototype passes per dataset (pmr3_new.py `before_train_epoch`, Jobs/pmr.sh
 #: FACTOR)
 PMR_PROTOTYPE_DATA = {"ave": ("val", 1.0)}
 PMR_DEFAULT_PROTOTYPE_DATA = ("train", 0.1)
 
 
-@dataclass
-class PMRParams:
-    alpha: float = 1.0          # PCE weight of the lagging modality (code base `--alpha` 1.0)
-    mu: float = 0.0  # PER weight: 0 in the code base; thesis Eq. 2.30: 1
-    per_end_epoch: int | None = (
-        None  # last epoch of the PER ("early training stage"); null: end_epoch
-    )
-    momentum: float = 0.2  # blend with the previous prototypes (code base `--momentum_coef`)
-    split: str | None = None
-    fraction: float | None = (
-        None  # share of its batches (`--factor`); null: 1.0 on AVE, 0.1 elsewhere
-    )
-    start_epoch: int = 0
-    end_epoch: int | None = 70  # code base `--modulation_ends` (inclusive)
-
-
 @register
-class PMR(ModulationWindow, Strategy):
-    name = "pmr"
-    Params = PMRParams
-    fusions = SYMMETRIC  # the paper's sum and concatenation fusions
-
-    @classmethod
-    def check_config(cls, cfg) -> None:
-        super().check_config(cfg)
-        p = cls.parse_params(cfg.strategy.params)
-        if p.alpha < 0 or p.mu < 0:
-            raise ConfigError(f"strategy.params: alpha ({p.alpha}) and mu ({p.mu}) must be >= 0")
-        if not 0.0 <= p.momentum <= 1.0:
-            raise ConfigError(f"strategy.params.momentum: {p.momentum} must lie in [0, 1]")
-        if p.fraction is not None and not 0.0 < p.fraction <= 1.0:
-            raise ConfigError(f"strategy.params.fraction: {p.fraction} must lie in (0, 1]")
-        if p.split is not None and p.split not in PROTOTYPE_SPLITS:
-            raise ConfigError(problem(("strategy", "params", "split"), f"invalid value {p.split!r}",
-                                      PROTOTYPE_SPLITS))
-
+class PMR(ModulationWindow, Strategy, PMRRules):
     def __init__(self, *args, **kw):
         super().__init__(*args, **kw)
         self.prototypes: dict[str, torch.Tensor] | None = None

@@ -37,52 +37,23 @@ logit
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import ClassVar, Literal
+from typing import ClassVar
 
-from mmhpc.errors import ConfigError
+from mmhpc.rules.strategies import (
+    EntropyRules,
+    ReliabilityRules,
+    SelectiveRules,
+)
 from mmhpc.strategies.base import register
 from mmhpc.strategies.formulas import select_modality
 from mmhpc.strategies.joint import Alternating
 
 
-@dataclass
-class SelectiveParams:
-    warmup: int = 1
-    require_cosine: bool = True
-
-
-SPLITS = ("val", "train")
-
-
-@dataclass
-class EntropyParams(SelectiveParams):
-    split: Literal[SPLITS] = "val"  # the split whose bias Alg. 5 ranks: "val" or "train"
-
-
-class _Selective(Alternating):
+class _Selective(Alternating, SelectiveRules):
     metric: ClassVar[str] = ""  # the validation metric Alg. 5 ranks ("bias" or "reliability")
     mode: ClassVar[str] = (
         ""  # `select_modality` mode: lowest ("entropy") or highest ("reliability")
     )
-    Params = SelectiveParams
-
-    @classmethod
-    def check_config(cls, cfg) -> None:
-        super().check_config(cfg)
-        p = cls.parse_params(cfg.strategy.params)
-        if p.require_cosine and not cfg.model.cosine:
-            raise ConfigError(
-                f"model.cosine: strategy {cls.name} trains with the cosine classifier (thesis Sec. "
-                "3.3.2, 4.2); set model.cosine=true, or "
-                "strategy.params.require_cosine=false for "
-                "the ablation with linear heads"
-            )
-        if p.warmup < 0:
-            raise ConfigError(
-                f"strategy.params.warmup: {p.warmup!r} must be an integer >= 0 (epochs that train "
-                "every modality before the metric chooses)"
-            )
 
     def __init__(self, *args, **kw):
         super().__init__(*args, **kw)
@@ -131,11 +102,9 @@ class _Selective(Alternating):
 
 
 @register
-class Entropy(_Selective):
+class Entropy(_Selective, EntropyRules):
     """Alg. 5 with the bias metric: train the least confident modality (lowest B_m, Eq. 3.6)."""
 
-    name = "entropy"
-    Params = EntropyParams
     metric = "bias"
     mode = "entropy"
 
@@ -144,9 +113,8 @@ class Entropy(_Selective):
 
 
 @register
-class Reliability(_Selective):
+class Reliability(_Selective, ReliabilityRules):
     """Alg. 5 with reliability: train the modality that generalises best (highest R_m, Eq. 3.7)."""
 
-    name = "reliability"
     metric = "reliability"
     mode = "reliability"

@@ -28,7 +28,6 @@ import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
-from typing import ClassVar
 
 import torch
 import torch.distributed as dist
@@ -36,6 +35,13 @@ from torch import nn
 
 from mmhpc import compat
 from mmhpc.errors import ConfigError, RunError
+from mmhpc.rules.system import (
+    BranchLevelRules,
+    DataParallelRules,
+    DistributedRules,
+    ParallelismRules,
+    SingleRules,
+)
 
 
 def resolve_device(name: str) -> torch.device:
@@ -79,9 +85,9 @@ def local_device(local_rank: int, env=os.environ) -> torch.device:
     )
 
 
-class Parallelism:
-    name: ClassVar[str] = ""
-    gpu_only: ClassVar[bool] = False  # cannot exist on a CPU machine at all (DataParallel)
+class Parallelism(ParallelismRules):
+    """A run's parallelism; what it needs (`devices_needed`, `tasks_per_node`, `problem`) is
+    `mmhpc.rules.system`'s, inherited (torch-free, for the launcher)."""
 
     def __init__(self, cfg):
         self.cfg = cfg
@@ -92,23 +98,8 @@ class Parallelism:
     def is_main(self) -> bool:
         return self.rank == 0
 
-    # ---- rules: what one run needs (launcher and trainer)
     # -----------------------------------------
-    @classmethod
-    def devices_needed(cls, cfg, requested: int | None = None) -> int:
-        """Devices one run uses: GPUs on a GPU cluster (processes for CPU DDP)."""
-        return 1
 
-    @classmethod
-    def tasks_per_node(cls, devices: int) -> int:
-        """Processes per node: one per device for DDP, else one."""
-        return 1
-
-    @classmethod
-    def problem(cls, cfg, device_type: str, devices: int, world: int = 1) -> str | None:
-        """Why the run cannot use `devices` devices of `device_type` (`world` DDP processes), or
-        None."""
-        return None
 
     # ---- a run
     # ------------------------------------------------------------------------------------
@@ -204,28 +195,11 @@ class Parallelism:
         pass
 
 
-class Single(Parallelism):
-    name = "single"
+class Single(Parallelism, SingleRules):
+    pass
 
 
-class DataParallel(Parallelism):
-    name = "dp"
-    gpu_only = True
-
-    @classmethod
-    def devices_needed(cls, cfg, requested=None):
-        # as many GPUs as BLP would use unless told, for a like-for-like comparison
-        return int(requested or len(cfg.modalities))
-
-    @classmethod
-    def problem(cls, cfg, device_type, devices, world=1):
-        if device_type != "cuda" or devices < 2:
-            return (f"system.parallelism: dp (nn.DataParallel) needs >= 2 CUDA GPUs, this run has "
-                    f"{devices if device_type == 'cuda' else 0}; valid: single, or ddp (which also "
-                    "runs on the "
-                    "CPU with gloo)")
-        return None
-
+class DataParallel(Parallelism, DataParallelRules):
     def compute_devices(self):
         return (
             [torch.device("cuda", i) for i in range(torch.cuda.device_count())]
@@ -240,28 +214,9 @@ class DataParallel(Parallelism):
         return nn.DataParallel(module)
 
 
-class Distributed(Parallelism):
-    name = "ddp"
+class Distributed(Parallelism, DistributedRules):
     _votes = None   # the gloo group of the stop vote (made at the first vote)
     _vote = None    # (work, tensor) of the vote in flight
-
-    @classmethod
-    def devices_needed(cls, cfg, requested=None):
-        return int(requested or len(cfg.modalities))
-
-    @classmethod
-    def tasks_per_node(cls, devices):
-        return devices
-
-    @classmethod
-    def problem(cls, cfg, device_type, devices, world=1):
-        if cfg.train.batch_size % world:
-            return (
-                f"train.batch_size: {cfg.train.batch_size} is not divisible by the {world} DDP "
-                "processes; "
-                "the global batch is split evenly"
-            )
-        return None
 
     def setup(self):
         if "WORLD_SIZE" not in os.environ:
@@ -394,27 +349,11 @@ class Distributed(Parallelism):
             dist.destroy_process_group()
 
 
-class BranchLevel(Parallelism):
-    name = "blp"
-
+class BranchLevel(Parallelism, BranchLevelRules):
     def __init__(self, cfg):
         super().__init__(cfg)
         self.runner: BranchParallel | None = None
         self.costs: dict[str, float] | None = None
-
-    @classmethod
-    def devices_needed(cls, cfg, requested=None):
-        return len(
-            cfg.modalities
-        )  # one device per encoder branch; resources.gpus is for dp/ddp only
-
-    @classmethod
-    def problem(cls, cfg, device_type, devices, world=1):
-        explicit = cfg.system.blp_devices
-        if explicit and set(explicit) != set(cfg.modalities):
-            return (f"system.blp_devices: give one device per modality; got {sorted(explicit)}; "
-                    f"valid: {', '.join(cfg.modalities)}")
-        return None
 
     def setup(self):
         device = super().setup()

@@ -36,10 +36,9 @@ from dataclasses import dataclass
 import torch
 
 from mmhpc import compat
-from mmhpc.errors import ConfigError, problem
+from mmhpc.errors import ConfigError
 from mmhpc.names import PRECISIONS
-
-AMPERE = (8, 0)  # tensor cores with TF32 and BF16
+from mmhpc.rules.system import PrecisionRules
 
 
 @dataclass(frozen=True)
@@ -66,58 +65,20 @@ MODES = {
 }
 
 
-def _capability_text(capability) -> str:
-    if isinstance(capability, tuple):
-        return f"{capability[0]}.{capability[1]}"
-    return f"{float(capability):.1f}"
-
-
-def _as_tuple(capability) -> tuple[int, int]:
-    """(8, 6) or 8.6 -> (8, 6)."""
-    if isinstance(capability, tuple):
-        return capability
-    major, _, minor = f"{float(capability):.1f}".partition(".")
-    return int(major), int(minor)
-
-
 @dataclass(frozen=True)
-class Precision:
-    """One run's precision on one kind of device (`cuda` or `cpu`)."""
-
-    name: str
-    device_type: str = "cuda"
+class Precision(PrecisionRules):
+    """One run's precision on one kind of device (`cuda` or `cpu`): its fields and `problem` are
+    `mmhpc.rules.system.PrecisionRules`' (torch-free, for the launcher); this adds torch's part."""
 
     @property
     def mode(self) -> _Mode:
-        if self.name not in MODES:
-            raise ConfigError(problem("system.precision", f"invalid value {self.name!r}", MODES))
+        self.choice  # refuses an unknown name, naming the valid ones
         return MODES[self.name]
 
     @property
     def dtype(self) -> torch.dtype | None:
         """The autocast dtype (None: no autocast)."""
         return self.mode.dtype
-
-    def problem(self, capability=None, gpu: str = "this GPU") -> str | None:
-        """Why this precision cannot run on the device, or None. `capability`: (8, 0) or 8.0 for a
-        GPU."""
-        mode = self.mode
-        if self.device_type == "cpu" and not mode.cpu:
-            return problem(
-                "system.precision",
-                f"{self.name} is a tensor-core format of NVIDIA GPUs (compute "
-                "capability 8.0+), not available on the CPU",
-                [n for n, m in MODES.items() if m.cpu],
-            )
-        if self.device_type == "cuda" and mode.tensor_cores and capability is not None \
-                and _as_tuple(capability) < AMPERE:
-            return problem(
-                "system.precision",
-                f"{self.name} needs compute capability 8.0+, {gpu} has "
-                f"{_capability_text(capability)}",
-                [n for n, m in MODES.items() if not m.tensor_cores],
-            )
-        return None
 
     def validate(self, device: torch.device | None = None) -> None:
         """Refuse, before any work, a precision the (current) device cannot run."""
