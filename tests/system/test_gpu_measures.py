@@ -6,6 +6,7 @@ of a step."""
 from __future__ import annotations
 
 import contextlib
+import json
 import time
 
 import pytest
@@ -16,7 +17,13 @@ from mmhpc.models.encoders import TextEncoder
 from mmhpc.results import Epoch, EpochTime, RunRecord
 from mmhpc.system import parallel
 from mmhpc.system.idle import StepGaps
-from mmhpc.system.sampler import UtilSampler, device_used_mib, merge_ranks
+from mmhpc.system.sampler import (
+    UtilSampler,
+    _sample_value,
+    device_used_mib,
+    gpu_util_unavailable,
+    merge_ranks,
+)
 from mmhpc.system.telemetry import Telemetry
 from mmhpc.train import Trainer, train
 
@@ -208,6 +215,69 @@ def test_a_mig_slice_has_no_utilisation_and_says_so(nvml):
     assert any("MIG" in n and "util" in n for n in s.notes)
 
 
+
+def test_the_polled_nvml_figures_of_each_gpu_in_the_series_and_the_csv(nvml, tmp_path):
+    """The real-NVML check of test_sampler on fake devices: every polled metric of every GPU in the
+    series, in its unit (the fake: 50 % util, 1000 / 2500 MiB used, 250 / 400 W, 1980 MHz, energy
+    power x time), and the devices and scopes in the saved markers file."""
+    nvml.add("GPU-aaaa", used_mib=1000.0)
+    nvml.add("GPU-bbbb", used_mib=2500.0, power_w=400.0)
+    s = UtilSampler(60.0).start(background=False)
+    try:
+        time.sleep(0.3)
+        s.sample_now()
+        time.sleep(0.3)
+        s.sample_now()
+    finally:
+        s.stop()
+    df = s.samples
+    assert s.gpus == {0: "GPU-aaaa", 1: "GPU-bbbb"} and s.energy_scope == {0: "gpu", 1: "gpu"}
+    assert list(df["gpu0_util_pct"].dropna()) == [50.0] * len(df)
+    assert list(df["gpu0_mem_mb"]) == [1000.0] * len(df) and list(df["gpu1_mem_mb"]) == [
+        2500.0
+    ] * len(df)
+    assert list(df["gpu1_power_w"]) == [400.0] * len(df) and set(df["gpu0_sm_clock_mhz"]) == {
+        1980.0
+    }
+    # the counter grows at power x time: 400 W over the samples' span, in mJ (0.3 s or more: 120 J)
+    e = df["gpu1_energy_mj"]
+    span = df["t"].iloc[-1] - df["t"].iloc[0]
+    assert (e.iloc[-1] - e.iloc[0]) / 1000.0 == pytest.approx(400.0 * span, rel=0.2)
+    s.save(tmp_path / "u.util.csv")
+    meta = json.loads((tmp_path / "u.util.markers.json").read_text())
+    assert meta["gpus"] == {"0": "GPU-aaaa", "1": "GPU-bbbb"} and nvml.inits == 1
+
+
+def test_a_rocm_build_without_nvml_says_gpu_sampling_is_unavailable(monkeypatch):
+    """ROCm: NVML does not load; the note says GPU sampling is unavailable (the report shows it)."""
+    import pynvml
+
+    def absent():
+        raise pynvml.NVMLError(pynvml.NVML_ERROR_LIBRARY_NOT_FOUND)
+
+    monkeypatch.setattr(pynvml, "nvmlInit", absent)
+    monkeypatch.setattr(torch.version, "hip", "6.2.41133", raising=False)
+    with UtilSampler(60.0) as s:
+        s.sample_now()
+    assert s.gpus == {} and not any(c.startswith("gpu") for c in s.samples.columns)
+    why = gpu_util_unavailable(s.notes)
+    assert why is not None and why.startswith("GPU sampling unavailable: a ROCm build")
+    monkeypatch.setattr(torch.version, "hip", None)
+    with UtilSampler(60.0) as cuda_build:  # a CUDA build without a driver: no such claim
+        pass
+    assert gpu_util_unavailable(cuda_build.notes) is None
+
+
+def test_sample_values_by_the_drivers_value_type():
+    import pynvml as nv
+
+    sample = nv.c_nvmlSample_t()
+    sample.sampleValue.dVal = 37.5
+    assert _sample_value(nv, nv.NVML_VALUE_TYPE_DOUBLE, sample) == 37.5
+    sample.sampleValue.ullVal = 2**40 + 3
+    assert _sample_value(nv, nv.NVML_VALUE_TYPE_UNSIGNED_LONG_LONG, sample) == 2**40 + 3
+
+
 def test_report_does_not_put_cpu_utilisation_in_place_of_a_mig_gpu():
     from mmhpc.report.load import _measurements
 
@@ -259,8 +329,10 @@ def test_every_ddp_rank_samples_its_own_gpu(nvml, monkeypatch, tiny_config):
 
 
 def test_merge_ranks_names_each_ranks_gpu_by_its_rank():
-    ranks = [{"cpu_proc_pct_mean": 90.0, "gpu0_util_pct_mean": 50.0, "n_samples": 3},
-             {"cpu_proc_pct_mean": 80.0, "gpu0_util_pct_mean": 70.0, "gpu0_energy_j": 5.0}]
+    ranks = [
+        {"cpu_proc_pct_mean": 90.0, "gpu0_util_pct_mean": 50.0, "n_samples": 3},
+        {"cpu_proc_pct_mean": 80.0, "gpu0_util_pct_mean": 70.0, "gpu0_energy_j": 5.0},
+    ]
     assert merge_ranks(ranks) == {
         "cpu_proc_pct_mean": 90.0,
         "n_samples": 3,
@@ -273,6 +345,7 @@ def test_merge_ranks_names_each_ranks_gpu_by_its_rank():
 # ---- item 10: memory: allocated, reserved, device-level used
 # ----------------------------------------------------
 
+
 def test_peak_memory_has_reserved_and_nvml_used_beside_allocated(nvml, monkeypatch):
     nvml.add("GPU-abcdef01-0000-0000-0000-000000000000", used_mib=3072.0)
 
@@ -280,15 +353,18 @@ def test_peak_memory_has_reserved_and_nvml_used_beside_allocated(nvml, monkeypat
         uuid = "abcdef01-0000-0000-0000-000000000000"  # torch's format: no GPU- prefix
 
     reset = []
-    monkeypatch.setattr(torch.cuda, "max_memory_allocated", lambda d: 1024 * 2 ** 20)
-    monkeypatch.setattr(torch.cuda, "max_memory_reserved", lambda d: 2048 * 2 ** 20)
+    monkeypatch.setattr(torch.cuda, "max_memory_allocated", lambda d: 1024 * 2**20)
+    monkeypatch.setattr(torch.cuda, "max_memory_reserved", lambda d: 2048 * 2**20)
     monkeypatch.setattr(torch.cuda, "reset_peak_memory_stats", reset.append)
     monkeypatch.setattr(torch.cuda, "get_device_properties", lambda d: Props)
     monkeypatch.setattr("mmhpc.system.sampler._USED_HANDLES", {})
     par = parallel.Single(None)
     par.device = CUDA
-    assert par.peak_memory() == {"cuda:0_peak_mib": 1024.0, "cuda:0_reserved_peak_mib": 2048.0,
-                                 "cuda:0_device_used_mib": 3072.0}
+    assert par.peak_memory() == {
+        "cuda:0_peak_mib": 1024.0,
+        "cuda:0_reserved_peak_mib": 2048.0,
+        "cuda:0_device_used_mib": 3072.0,
+    }
     assert reset == [CUDA]
 
 
@@ -305,6 +381,7 @@ def test_device_used_is_none_without_nvml(monkeypatch):
 
 # ---- item 12: host syncs of a step
 # ----------------------------------------------------------------------------
+
 
 def test_mlb_step_reads_nothing_back_to_the_host(monkeypatch):
     from test_strategies import batch, strategy
@@ -340,8 +417,12 @@ def test_report_shows_the_gpu_idle_beside_the_hosts_data_wait(tmp_path):
     from mmhpc.report.tables import build_tables
 
     for p, idle, gpu_idle in ((1, 0.76, 0.05), (2, 0.72, 0.0)):
-        rec = record(f"prefetch-{p}", [99.0, 9.0], loader={"num_workers": 16, "prefetch_factor": p},
-                     waits=[idle, idle])
+        rec = record(
+            f"prefetch-{p}",
+            [99.0, 9.0],
+            loader={"num_workers": 16, "prefetch_factor": p},
+            waits=[idle, idle],
+        )
         for e in rec["epochs"]:
             e["time"]["train_gpu_idle_s"] = gpu_idle
         write(tmp_path, rec)
