@@ -1,5 +1,5 @@
-"""Background utilisation sampler (psutil + NVML) for the time series of Fig. 4.1/4.2 and Tables
-4.10-4.12.
+"""Background utilisation sampler (psutil + NVML, or AMD SMI on AMD GPUs: system/amd.py) for
+the time series of Fig. 4.1/4.2 and Tables 4.10-4.12.
 
 Rate columns (CPU %, bytes/s) at row `t` cover the interval since the previous row. CPU % is per
 core (100 = one core busy), as in `top`. `rss_mb` sums RSS over the process and its children, so
@@ -104,8 +104,8 @@ def _torch_uuids() -> list[str] | None:
     # workers.
     torch = sys.modules.get("torch")
     try:
-        if torch is None or not torch.cuda.is_initialized():
-            return None
+        if torch is None or not torch.cuda.is_initialized() or getattr(torch.version, "hip", None):
+            return None  # ROCm: HIP's UUIDs are not AMD SMI's; the visible-devices variables decide
         uuids = [
             str(torch.cuda.get_device_properties(i).uuid) for i in range(torch.cuda.device_count())
         ]
@@ -328,24 +328,43 @@ class UtilSampler:
 
     # -- NVML
     # ----------------------------------------------------------------------------------------------
+    def _init_backend(self):
+        """pynvml, or AMD SMI behind the same calls (a ROCm build of torch, or no NVML); None, with
+        a note saying why, when neither loads."""
+        from mmhpc.system import amd
+
+        torch = sys.modules.get("torch")
+        rocm = torch is not None and bool(getattr(torch.version, "hip", None))
+        order = ["amd", "nvml"] if rocm else ["nvml"] + (["amd"] if amd.available() else [])
+        for name in order:
+            try:
+                if name == "nvml":
+                    import pynvml as nv
+                else:
+                    nv = amd.AmdSmiAsNvml()
+                nv.nvmlInit()
+                if name == "amd":
+                    self._note(f"GPU metrics from {nv.vendor}: polled utilisation (no driver "
+                               "samples)")
+                return nv
+            except Exception as e:
+                self._note(f"{'nvml' if name == 'nvml' else 'amdsmi'} unavailable: {e}")
+        if rocm:
+            self._note(f"{NO_GPU_SAMPLING}: a ROCm build on AMD GPUs without AMD SMI (the amdsmi "
+                       "package of ROCm) and NVML is NVIDIA's: host metrics only")
+        return None
+
     def _open_gpus(self) -> None:
-        try:
-            import pynvml as nv
-            nv.nvmlInit()
-        except Exception as e:
-            self._note(f"nvml unavailable: {e}")
-            torch = sys.modules.get("torch")
-            if torch is not None and getattr(torch.version, "hip", None):
-                self._note(f"{NO_GPU_SAMPLING}: a ROCm build on AMD GPUs (NVML is NVIDIA's; "
-                           "no AMD sampler here): host metrics only")
+        nv = self._init_backend()
+        if nv is None:
             return
         self._nv = nv
         try:
             n = nv.nvmlDeviceGetCount()
             nvml_uuids = [nv.nvmlDeviceGetUUID(nv.nvmlDeviceGetHandleByIndex(i)) for i in range(n)]
-            visible = _torch_uuids() or visible_gpus(
-                os.environ.get("CUDA_VISIBLE_DEVICES"), nvml_uuids
-            )
+            env = nv.visible_env() if hasattr(nv, "visible_env") else os.environ.get(
+                "CUDA_VISIBLE_DEVICES")
+            visible = _torch_uuids() or visible_gpus(env, nvml_uuids)
         except Exception as e:
             self._note(f"gpu selection failed: {e}")
             return
