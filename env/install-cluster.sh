@@ -68,7 +68,7 @@ except ConfigError as e:
     sys.exit(f'install-cluster: {e}')
 print(p.arch, shlex.join(one_gpu_flags(p)))" "$CLUSTER") || exit 2
     read -r ARCH FLAGS <<< "$ALLOC"
-    echo "building $VENV on a $ARCH GPU node: srun $FLAGS" >&2
+    echo "building $VENV on a $ARCH compute node of the profile: srun $FLAGS" >&2
     # shellcheck disable=SC2086  # FLAGS is a list of srun options
     exec srun $FLAGS "$REPO/env/install-cluster.sh" --pypi --arch "$ARCH" --cluster "$CLUSTER" "$VENV"
 fi
