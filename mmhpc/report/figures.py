@@ -229,10 +229,17 @@ def _bars(table: Table) -> tuple[pd.DataFrame, pd.DataFrame | None] | None:
     return bars, thesis
 
 
+SPEEDUP_CAPTION = (
+    "Bars: measured speedup over the baseline of the same row (above 1 is faster), from times "
+    "averaged without the warm-up epochs. Black diamonds: the thesis' speedup for the same cell "
+    "(its dataset, modalities, setting and batch size). Settings without a finished pair of runs "
+    "are left out here; the tables show why."
+)
+
+
 def speedup_figures(tables: list[Table]) -> list[Figure]:
     """The speedups of every comparison table, one panel each, up to four panels a page on one
-    y-axis; the
-    thesis' value of the same cell as a black diamond where it has one."""
+    y-axis; the thesis' value of the same cell as a black diamond where it has one."""
     panels = [(t, b) for t in tables if (b := _bars(t)) is not None]
     # a table of many settings gets a page of its own; the others share pages, four panels each
     pages = [[p] for p in panels if len(p[1][0]) > WIDE]
@@ -246,63 +253,55 @@ def speedup_figures(tables: list[Table]) -> list[Figure]:
             "Speedups (Eq. 4.1) against each table's baseline, with the thesis' values"
             + (" [smoke test]" if smoke else ""),
             ("SMOKE TEST: not a result, never compared with the thesis. " if smoke else "")
-            + "Bars: measured speedup over the baseline of the same row (above 1 is "
-            "faster), from times "
-            "averaged without the warm-up epochs. Black diamonds: the thesis' speedup "
-            "for the same "
-            "cell (its dataset, modalities, setting and batch size). Settings without "
-            "a finished pair "
-            "of runs are left out here; the tables show why.",
+            + SPEEDUP_CAPTION,
             1 if wide else 4,
         )
         for ax in axes[len(chunk):]:
             ax.set_visible(False)
         if wide:
             fig.subplots_adjust(bottom=0.3)
-        top = 1.0
-        for ax, (table, (bars, thesis)) in zip(axes, chunk):
-            n_rows, n_series = bars.shape
-            width = 0.8 / max(n_series, 1)
-            x = np.arange(n_rows)
-            for i, col in enumerate(bars.columns):
-                vals = bars[col].to_numpy()
-                pos = x + (i - (n_series - 1) / 2) * width
-                ax.bar(pos, np.nan_to_num(vals), width, label=str(col))
-                for p, v in zip(pos, vals):
-                    if (
-                        np.isfinite(v) and n_rows * n_series <= 12
-                    ):  # more: the table has the numbers
-                        ax.text(p, v, f"{v:.2f}×", ha="center", va="bottom", fontsize=7)
-                if thesis is not None and col in thesis:
-                    t = thesis[col].to_numpy()
-                    ok = np.isfinite(t)
-                    if ok.any():
-                        ax.plot(
-                            pos[ok], t[ok], "D", color="k", ms=5, label="thesis" if i == 0 else None
-                        )
-                        top = max(top, float(np.nanmax(t)))
-                top = max(top, float(np.nanmax(np.nan_to_num(vals))))
-            ax.axhline(1.0, color="k", lw=0.8, ls="--")
-            spare = max(3 - n_rows, 0) / 2  # one or two settings: narrow bars, not a wall of colour
-            ax.set_xlim(-0.5 - spare, n_rows - 0.5 + spare)
-            ax.set_xticks(
-                x,
-                [_wrap(str(i), 22) if n_rows <= 4 else str(i) for i in bars.index],
-                fontsize=7,
-                rotation=0 if n_rows <= 4 else 60,
-                ha="center" if n_rows <= 4 else "right",
-                rotation_mode="anchor",
-            )
-            base = NAMES.get(table.baseline, table.baseline)
-            ax.set_title(f"{table.title.split(':')[0]} (against {base})", fontsize=10)
-            ax.set_ylabel("speedup (×)", fontsize=9)
-            ax.tick_params(labelsize=8, labelleft=True)
-            handles, labels = ax.get_legend_handles_labels()
-            if labels:
-                ax.legend(fontsize=7, loc="upper left")
+        top = max([1.0] + [_speedup_panel(ax, *panel) for ax, panel in zip(axes, chunk)])
         axes[0].set_ylim(0, top * 1.18)
         figures.append(Figure(f"speedups-{start + 1}", fig))
     return figures
+
+
+def _speedup_panel(ax, table: Table, bars_thesis) -> float:
+    """One table's speedup bars (and the thesis' diamonds) on `ax`; returns the highest value."""
+    bars, thesis = bars_thesis
+    n_rows, n_series = bars.shape
+    width = 0.8 / max(n_series, 1)
+    x = np.arange(n_rows)
+    top = 1.0
+    for i, col in enumerate(bars.columns):
+        vals = bars[col].to_numpy()
+        pos = x + (i - (n_series - 1) / 2) * width
+        ax.bar(pos, np.nan_to_num(vals), width, label=str(col))
+        for p, v in zip(pos, vals):
+            if np.isfinite(v) and n_rows * n_series <= 12:  # more: the table has the numbers
+                ax.text(p, v, f"{v:.2f}×", ha="center", va="bottom", fontsize=7)
+        if thesis is not None and col in thesis:
+            t = thesis[col].to_numpy()
+            ok = np.isfinite(t)
+            if ok.any():
+                ax.plot(pos[ok], t[ok], "D", color="k", ms=5, label="thesis" if i == 0 else None)
+                top = max(top, float(np.nanmax(t)))
+        top = max(top, float(np.nanmax(np.nan_to_num(vals))))
+    ax.axhline(1.0, color="k", lw=0.8, ls="--")
+    spare = max(3 - n_rows, 0) / 2  # one or two settings: narrow bars, not a wall of colour
+    ax.set_xlim(-0.5 - spare, n_rows - 0.5 + spare)
+    few = n_rows <= 4
+    ax.set_xticks(x, [_wrap(str(i), 22) if few else str(i) for i in bars.index], fontsize=7,
+                  rotation=0 if few else 60, ha="center" if few else "right",
+                  rotation_mode="anchor")
+    base = NAMES.get(table.baseline, table.baseline)
+    ax.set_title(f"{table.title.split(':')[0]} (against {base})", fontsize=10)
+    ax.set_ylabel("speedup (×)", fontsize=9)
+    ax.tick_params(labelsize=8, labelleft=True)
+    handles, labels = ax.get_legend_handles_labels()
+    if labels:
+        ax.legend(fontsize=7, loc="upper left")
+    return top
 
 
 def accuracy_figures(runs: pd.DataFrame) -> list[Figure]:

@@ -206,8 +206,29 @@ def _measurements(rec: RunRecord) -> dict:
     training step waited for data (`train_data_wait_s`; estimated, thesis Alg. 7, for prefetch
     factor 0).
     """
+    out, measured, util = _times(rec)
+    waits = [e.time.train_data_wait_s for e in measured if e.time.train_data_wait_s is not None]
+    out["idle_s"] = float(np.mean(waits)) if waits else None
+    gaps = [e.time.train_gpu_idle_s for e in measured if e.time.train_gpu_idle_s is not None]
+    out["gpu_idle_s"] = float(np.mean(gaps)) if gaps else None  # the GPU's own idle between steps
+    out["n_epochs"] = len(measured) or None
+    out.update(_utilisation(rec, util))
+    summary = rec.summary
+    for key, value in summary.test.items():
+        if key.startswith(("acc/", "bias/")) or key == "ece/fused":
+            out[key] = value
+    for m, n in summary.optimised_epochs.items():
+        out[f"epochs/{m}"] = n
+    if summary.ibf is not None:
+        out["ibf"] = summary.ibf
+    return out
+
+
+def _times(rec: RunRecord) -> tuple[dict, list, dict]:
+    """The warm-up count and the times of a finished run, its measured epochs and their mean
+    utilisations (a bench record's own means)."""
     out: dict = {}
-    bench, summary = rec.bench, rec.summary
+    bench = rec.bench
     epochs = [e for e in rec.epochs if e.time is not None]
     warmup = bench.get("warmup_epochs", 0) if bench else WARMUP_EPOCHS
     measured = epochs[warmup:]
@@ -222,11 +243,8 @@ def _measurements(rec: RunRecord) -> dict:
         out["time_train_s"] = _sum_or_none(
             bench.get("train_loader_init_s_mean"), bench.get("train_s_mean")
         )
-        util = {
-            k[len("util/") :]: v
-            for k, v in bench.items()
-            if k.startswith("util/") and v is not None
-        }
+        util = {k[len("util/"):]: v for k, v in bench.items()
+                if k.startswith("util/") and v is not None}
     else:
         out["time_epoch_s"] = (
             float(np.mean([e.time.epoch_s for e in measured])) if measured else None
@@ -237,30 +255,24 @@ def _measurements(rec: RunRecord) -> dict:
             else None
         )
         util = _mean_util([e.util for e in measured])
-    waits = [e.time.train_data_wait_s for e in measured if e.time.train_data_wait_s is not None]
-    out["idle_s"] = float(np.mean(waits)) if waits else None
-    gaps = [e.time.train_gpu_idle_s for e in measured if e.time.train_gpu_idle_s is not None]
-    out["gpu_idle_s"] = float(np.mean(gaps)) if gaps else None  # the GPU's own idle between steps
-    out["n_epochs"] = len(measured) or None
+    return out, measured, util
+
+
+def _utilisation(rec: RunRecord, util: dict) -> dict:
+    """util_pct and util_kind: the GPUs' mean, else (no GPU sampled on a GPU run) none and the
+    sampler's reason, else the CPU's."""
     gpu = [v for k, v in util.items() if re.fullmatch(r"gpu\d+_util_pct_mean", k)]
     on_gpu = not str(rec.env.device or "").startswith("cpu")
     notes = (rec.system or {}).get("notes") or []
     unavailable = gpu_util_unavailable(notes) if on_gpu else None
     if gpu:
-        out["util_pct"], out["util_kind"] = float(np.mean(gpu)), "GPU"
-    elif unavailable or any(re.match(r"gpu\d+_", k) for k in util):  # never the CPU's in its place
-        out["util_pct"], out["util_kind"] = None, "GPU"
-        out["util_pct_na"] = unavailable  # the sampler's own words (ROCm without NVML, a MIG slice)
-    elif "cpu_proc_pct_mean" in util:
-        out["util_pct"], out["util_kind"] = util["cpu_proc_pct_mean"], "CPU"
-    for key, value in summary.test.items():
-        if key.startswith(("acc/", "bias/")) or key == "ece/fused":
-            out[key] = value
-    for m, n in summary.optimised_epochs.items():
-        out[f"epochs/{m}"] = n
-    if summary.ibf is not None:
-        out["ibf"] = summary.ibf
-    return out
+        return {"util_pct": float(np.mean(gpu)), "util_kind": "GPU"}
+    if unavailable or any(re.match(r"gpu\d+_", k) for k in util):  # never the CPU's in its place
+        # the sampler's own words (ROCm without NVML, a MIG slice)
+        return {"util_pct": None, "util_kind": "GPU", "util_pct_na": unavailable}
+    if "cpu_proc_pct_mean" in util:
+        return {"util_pct": util["cpu_proc_pct_mean"], "util_kind": "CPU"}
+    return {}
 
 
 def _mean_util(per_epoch: list[dict]) -> dict:

@@ -172,85 +172,58 @@ class ThesisRows:
     def rows(
         self, measured: dict, keys: list[str], cols: list[Col], group: pd.DataFrame
     ) -> list[dict]:
-        first = group.iloc[0]
-        done = group[group["state"] == "done"]
-        devices = sorted(set(done["device"].astype(str))) or sorted(
-            set(group["device"].astype(str))
-        )
-        device = devices[0] if len(devices) == 1 else "/".join(devices)
-        smoke = "; ".join(
-            dict.fromkeys(
-                r for r in (done if len(done) else group).apply(smoke_reason, axis=1) if r
-            )
-        )
+        """The measured row (its keys, then the source, then its values), the thesis row and the
+        measured/thesis row; each column set against the thesis is kept as a Match."""
+        device, smoke = _device_and_smoke(group)
         keys = [k for k in keys if k != SOURCE]
         context = " · ".join(str(measured[k]) for k in keys if measured.get(k) not in ("", None))
         values = {k: v for k, v in measured.items() if k not in keys}
-        measured = {**{k: measured[k] for k in keys}, SOURCE: "measured", **values}
-        thesis_row = {**{k: measured[k] for k in keys}, SOURCE: "thesis"}
-        ratio_row = {**{k: measured[k] for k in keys}, SOURCE: RATIO_LABEL if not smoke else SMOKE}
+        key_cells = {k: measured[k] for k in keys}
+        measured = {**key_cells, SOURCE: "measured", **values}
+        thesis_row = {**key_cells, SOURCE: "thesis"}
+        ratio_row = {**key_cells, SOURCE: RATIO_LABEL if not smoke else SMOKE}
+        first = group.iloc[0]
         for c in cols:
-            hit, why = lookup(
-                self.tables,
-                c.metric,
-                str(first["dataset"]),
-                str(first["modalities"]),
-                c.setting,
-                c.baseline,
-                device,
-                first.get("batch_size"),
-                c.head,
-                c.strategy,
-                c.fusion,
-            )
-            if hit is None or hit["value"] is None or pd.isna(hit["value"]):
-                thesis_row[c.name] = "–"
-                ratio_row[c.name] = "–"
-                continue
-            t = float(hit["value"])
-            text = _num("", c.metric, t)
-            if (
-                c.metric not in ("speedup",)
-                and hit.get("se") is not None
-                and pd.notna(hit.get("se"))
-            ):
-                text += f" ± {hit['se']:g}"
-            gpu_bound_other = c.metric in GPU_BOUND and why.startswith("other GPU")
-            comparable = not smoke and not why
-            if gpu_bound_other:
-                thesis_row[c.name] = "other GPU" + self.notes.cite(
-                    f"{why}: {text} in thesis Table {hit['table']}"
-                )
-            else:
-                thesis_row[c.name] = text + (self.notes.cite(why) if why else "")
-            if c.value is not None and comparable and c.metric in RATIO and t:
-                ratio_row[c.name] = f"{c.value / t:.2f}"
-            else:
-                ratio_row[c.name] = "–"
-            self.matches.append(
-                Match(
-                    self.report_table,
-                    context,
-                    c.metric,
-                    c.setting or "",
-                    c.value,
-                    t,
-                    hit["table"],
-                    hit["row"],
-                    hit["column"],
-                    str(first["dataset"]),
-                    str(first["modalities"]),
-                    device,
-                    hit["gpu"],
-                    smoke,
-                    comparable and c.value is not None,
-                    SMOKE + f" ({smoke})"
-                    if smoke
-                    else (why or ("no measured value" if c.value is None else "")),
-                    None if pd.isna(hit["batch_size"]) else int(hit["batch_size"]),
-                )
-            )
+            thesis_row[c.name], ratio_row[c.name] = self._cell(c, first, device, smoke, context)
         return [measured, thesis_row, ratio_row]
+
+    def _cell(self, c: Col, first: pd.Series, device: str, smoke: str, context: str):
+        """The thesis and the ratio text of one column (the Match kept where the thesis has it)."""
+        hit, why = lookup(self.tables, c.metric, str(first["dataset"]), str(first["modalities"]),
+                          c.setting, c.baseline, device, first.get("batch_size"), c.head,
+                          c.strategy, c.fusion)
+        if hit is None or hit["value"] is None or pd.isna(hit["value"]):
+            return "–", "–"
+        t = float(hit["value"])
+        text = _num("", c.metric, t)
+        if c.metric not in ("speedup",) and hit.get("se") is not None and pd.notna(hit.get("se")):
+            text += f" ± {hit['se']:g}"
+        comparable = not smoke and not why
+        if c.metric in GPU_BOUND and why.startswith("other GPU"):
+            thesis = "other GPU" + self.notes.cite(f"{why}: {text} in thesis Table {hit['table']}")
+        else:
+            thesis = text + (self.notes.cite(why) if why else "")
+        ratio = "–"
+        if c.value is not None and comparable and c.metric in RATIO and t:
+            ratio = f"{c.value / t:.2f}"
+        why_not = SMOKE + f" ({smoke})" if smoke else (
+            why or ("no measured value" if c.value is None else ""))
+        self.matches.append(Match(
+            self.report_table, context, c.metric, c.setting or "", c.value, t, hit["table"],
+            hit["row"], hit["column"], str(first["dataset"]), str(first["modalities"]), device,
+            hit["gpu"], smoke, comparable and c.value is not None, why_not,
+            None if pd.isna(hit["batch_size"]) else int(hit["batch_size"])))
+        return thesis, ratio
+
+
+def _device_and_smoke(group: pd.DataFrame) -> tuple[str, str]:
+    """The device(s) a row's runs ran on (its finished ones where there are any) and why they are
+    smoke tests ("" when they are not)."""
+    done = group[group["state"] == "done"]
+    devices = sorted(set(done["device"].astype(str))) or sorted(set(group["device"].astype(str)))
+    device = devices[0] if len(devices) == 1 else "/".join(devices)
+    reasons = (done if len(done) else group).apply(smoke_reason, axis=1)
+    return device, "; ".join(dict.fromkeys(r for r in reasons if r))
 
 
 # ---- claims and verdicts ------------------------------------------------------------------------

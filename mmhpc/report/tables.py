@@ -412,60 +412,12 @@ def comparison(
             or not (group[axis] == baseline).any()
             or (group["state"] == "n/a").all()
         ):
-            left_out += len(
-                group
-            )  # nothing to compare it with (or none can run here): in the runs table
+            # nothing to compare it with (or none can run here): in the runs table
+            left_out += len(group)
             continue
-        cells = {v: cell(group[group[axis] == v], "time_epoch_s", notes) for v in values}
+        cols, speed = _compared_cols(group, axis, values, baseline, notes, util, extra)
         row = _key_cells(ctx, key)
         keys = list(row) + [SOURCE]
-        cols = [
-            Col(f"{_name(v)} (s)", fmt_mean_se(cells[v]), cells[v].mean, "time_epoch_s", str(v))
-            for v in values
-        ]
-        speed = {v: speedup(cells[baseline], cells[v]) for v in values if v != baseline}
-        cols += [
-            Col(
-                f"{_name(v)} speedup",
-                speedup_text(cells[baseline], cells[v], notes),
-                s,
-                "speedup",
-                str(v),
-                str(baseline),
-            )
-            for v, s in speed.items()
-        ]
-        if extra is not None:
-            cols += extra(cells, notes)
-        if util:
-            u = {v: cell(group[group[axis] == v], "util_pct", notes) for v in values}
-            cols += [
-                Col(
-                    f"{_name(v)} util (%)",
-                    fmt_mean_se(u[v], lambda x: f"{x:.1f}"),
-                    u[v].mean,
-                    "util_pct",
-                    str(v),
-                )
-                for v in values
-            ]
-            for v in values:
-                if v != baseline:
-                    gain = (
-                        None
-                        if u[v].mean is None or u[baseline].mean is None
-                        else u[v].mean - u[baseline].mean
-                    )
-                    cols.append(
-                        Col(
-                            f"{_name(v)} util gain",
-                            "–" if gain is None else f"{gain:+.1f}",
-                            gain,
-                            "util_gain",
-                            str(v),
-                            str(baseline),
-                        )
-                    )
         row.update({c.name: c.text for c in cols})
         n_before = len(thesis.matches)
         rows += thesis.rows(row, keys, cols, group)
@@ -482,6 +434,46 @@ def comparison(
     return Compared(
         rows, bar_frame, thesis_frame, notes, ctx, values, left_out, not_here, thesis.matches
     )
+
+
+def _compared_cols(group: pd.DataFrame, axis: str, values: list, baseline, notes: Notes,
+                   util: bool, extra) -> tuple[list[Col], dict]:
+    """One setting's columns (time per value, speedups against the baseline, `extra`'s, and the
+    utilisation and its gain when `util`) and the speedups by value."""
+    cells = {v: cell(group[group[axis] == v], "time_epoch_s", notes) for v in values}
+    cols = [
+        Col(f"{_name(v)} (s)", fmt_mean_se(cells[v]), cells[v].mean, "time_epoch_s", str(v))
+        for v in values
+    ]
+    speed = {v: speedup(cells[baseline], cells[v]) for v in values if v != baseline}
+    cols += [
+        Col(f"{_name(v)} speedup", speedup_text(cells[baseline], cells[v], notes), s, "speedup",
+            str(v), str(baseline))
+        for v, s in speed.items()
+    ]
+    if extra is not None:
+        cols += extra(cells, notes)
+    if util:
+        cols += _util_cols(group, axis, values, baseline, notes)
+    return cols, speed
+
+
+def _util_cols(group: pd.DataFrame, axis: str, values: list, baseline, notes: Notes) -> list[Col]:
+    """Mean utilisation per compared value, then each value's gain over the baseline (points)."""
+    u = {v: cell(group[group[axis] == v], "util_pct", notes) for v in values}
+    cols = [
+        Col(f"{_name(v)} util (%)", fmt_mean_se(u[v], lambda x: f"{x:.1f}"), u[v].mean,
+            "util_pct", str(v))
+        for v in values
+    ]
+    for v in values:
+        if v == baseline:
+            continue
+        gain = None if u[v].mean is None or u[baseline].mean is None else (
+            u[v].mean - u[baseline].mean)
+        cols.append(Col(f"{_name(v)} util gain", "–" if gain is None else f"{gain:+.1f}", gain,
+                        "util_gain", str(v), str(baseline)))
+    return cols
 
 
 def _smoke(runs: pd.DataFrame) -> str:
@@ -664,100 +656,92 @@ def _prefetch_name(v) -> str:
     return "0 (estimated)" if int(v) == 0 else str(int(v))
 
 
+IDLE_NOTE = (
+    "Idle time: seconds per epoch the training step waited for a batch (the waits in the loader's "
+    "next(), first batch excluded: that is initialisation, Table 2.8), averaged over the measured "
+    "epochs. PyTorch cannot run prefetch factor 0 with workers: its row is estimated as thesis "
+    "Appendix A.2.1 (Alg. 7), from a pass over the epoch with prefetch factor 1 and no work in the "
+    "loop. GPU idle (GPU runs): the GPU's own idle time between training steps, from CUDA events "
+    "(the host's wait overstates it by the work queued)."
+)
+
+
+@dataclass(frozen=True)
+class KnobTable:
+    """One loader knob measured a value at a time (thesis Table 2.4 or 2.5)."""
+
+    knob: str
+    name: str
+    title: str
+    metric: str
+    header: str
+    fmt: object
+    value_name: object
+    thesis: str
+    what: str  # what the metric is, for the caption
+    rule: str  # how the recommended value is chosen, for the caption
+    floor: float = 0.0  # an absolute margin the recommendation allows beside NEAR_BEST
+    beside: tuple = ()  # (metric, header) pairs shown next to it where any run has them
+
+
+KNOB_TABLES = (
+    KnobTable("loader.num_workers", "loader-workers", "Data loader: worker processes",
+              "time_epoch_s", "Time (s)", fmt_time, lambda v: str(int(v)), "Table 2.4",
+              TIME_NOTE, f"Recommended: the fewest workers whose time per epoch is within "
+              f"{NEAR_BEST:.0%} of the fastest"),
+    KnobTable("loader.prefetch_factor", "loader-prefetch",
+              "Data loader: prefetch factor and idle time", "idle_s", "Idle time (s)",
+              lambda x: f"{x:.3f}", _prefetch_name, "Table 2.5", IDLE_NOTE,
+              "Recommended: the smallest prefetch factor whose idle time is within "
+              f"{NEAR_BEST:.0%} (or 10 ms) of the least measured",
+              floor=0.01, beside=(("gpu_idle_s", "GPU idle (s)"),)),
+)
+
+
 def loader_knob_tables(runs: pd.DataFrame) -> list[Table]:
     """Table 2.4 (time per epoch by worker count), Table 2.5 (idle time by prefetch factor), each
-    with the
-    recommended value for the node it ran on."""
-    tables, all_runs = [], runs
-    for knob, name, title, metric, header, fmt, value_name, thesis in (
-        (
-            "loader.num_workers",
-            "loader-workers",
-            "Data loader: worker processes",
-            "time_epoch_s",
-            "Time (s)",
-            fmt_time,
-            lambda v: str(int(v)),
-            "Table 2.4",
-        ),
-        (
-            "loader.prefetch_factor",
-            "loader-prefetch",
-            "Data loader: prefetch factor and idle time",
-            "idle_s",
-            "Idle time (s)",
-            lambda x: f"{x:.3f}",
-            _prefetch_name,
-            "Table 2.5",
-        ),
-    ):
-        if knob not in all_runs or knob not in varying(all_runs):
+    with the recommended value for the node it ran on."""
+    tables = []
+    for spec in KNOB_TABLES:
+        if spec.knob not in runs or spec.knob not in varying(runs):
             continue
-        runs = of_sweeps_varying(all_runs, [knob])
-        notes = Notes()
-        beside = (("gpu_idle_s", "GPU idle (s)"),) if metric == "idle_s" else ()
-        ctx, rows = _knob_rows(runs, knob, metric, header, notes, fmt, value_name, beside)
-        if not rows:
-            continue
-        # a setting's recommendation: the cheapest value as good as the best (idle: within 5 % or 10
-        # ms)
-        rec = _recommend(rows, 0.01 if metric == "idle_s" else 0.0)
-        shown = []
-        for key, v, _, row in rows:
-            chosen = key in rec and v is not None and not pd.isna(v) and float(v) == rec[key]
-            row["Recommended"] = "✓" if chosen else ""
-            row[f"Thesis {header[0].lower()}{header[1:]}"] = _knob_thesis(
-                runs, ctx, key, name, metric, v, fmt, notes
-            )
-        for key, v in rec.items():
-            where = ", ".join(f"{k} {x}" for k, x in _key_cells(ctx, key).items())
-            shown.append(f"{value_name(v)}" + (f" ({where})" if where else ""))
-        if metric == "idle_s":
-            what = (
-                "Idle time: seconds per epoch the training step waited for a batch (the waits in "
-                "the "
-                "loader's next(), first batch excluded: that is initialisation, Table 2.8), "
-                "averaged over "
-                "the measured epochs. PyTorch cannot run prefetch factor 0 with workers: its "
-                "row is "
-                "estimated as thesis Appendix A.2.1 (Alg. 7), from a pass over the epoch with "
-                "prefetch "
-                "factor 1 and no work in the loop. GPU idle (GPU runs): the GPU's own idle "
-                "time between "
-                "training steps, from CUDA events (the host's wait overstates it by the work "
-                "queued)."
-            )
-            rule = (
-                "Recommended: the smallest prefetch factor whose idle time is within "
-                f"{NEAR_BEST:.0%} (or "
-                "10 ms) of the least measured"
-            )
-        else:
-            what = TIME_NOTE
-            rule = (f"Recommended: the fewest workers whose time per epoch is within "
-                    f"{NEAR_BEST:.0%} of the fastest")
-        setting = _constants(runs, ctx)
-        smoke = _smoke(runs)
-        caption = (
-            smoke_caption(smoke)
-            + f"{title}, thesis {thesis}. {what} {rule}, for the node the runs ran on: "
-            f"{'; '.join(shown)}. Thesis: the value of {thesis} (AVE, batch size 64, A100) "
-            "beside each "
-            "row; on another GPU type or dataset it is not comparable."
-            + (f" Setting: {setting}." if setting else "")
-        )
-        tables.append(
-            Table(
-                name,
-                title + (" [smoke test]" if smoke else ""),
-                caption,
-                pd.DataFrame([r for *_, r in rows]).fillna("–"),
-                notes.lines(),
-                len(ctx) + 1,
-                smoke=smoke,
-            )
-        )
+        table = _knob_table(of_sweeps_varying(runs, [spec.knob]), spec)
+        if table is not None:
+            tables.append(table)
     return tables
+
+
+def _knob_table(runs: pd.DataFrame, spec: KnobTable) -> Table | None:
+    notes = Notes()
+    ctx, rows = _knob_rows(runs, spec.knob, spec.metric, spec.header, notes, spec.fmt,
+                           spec.value_name, spec.beside)
+    if not rows:
+        return None
+    # a setting's recommendation: the cheapest value as good as the best (idle: within 5 % or 10 ms)
+    rec = _recommend(rows, spec.floor)
+    header = spec.header
+    for key, v, _, row in rows:
+        chosen = key in rec and v is not None and not pd.isna(v) and float(v) == rec[key]
+        row["Recommended"] = "✓" if chosen else ""
+        row[f"Thesis {header[0].lower()}{header[1:]}"] = _knob_thesis(
+            runs, ctx, key, spec.name, spec.metric, v, spec.fmt, notes
+        )
+    shown = []
+    for key, v in rec.items():
+        where = ", ".join(f"{k} {x}" for k, x in _key_cells(ctx, key).items())
+        shown.append(f"{spec.value_name(v)}" + (f" ({where})" if where else ""))
+    setting = _constants(runs, ctx)
+    smoke = _smoke(runs)
+    caption = (
+        smoke_caption(smoke)
+        + f"{spec.title}, thesis {spec.thesis}. {spec.what} {spec.rule}, for the node the runs "
+        f"ran on: {'; '.join(shown)}. Thesis: the value of {spec.thesis} (AVE, batch size 64, "
+        "A100) beside each row; on another GPU type or dataset it is not comparable."
+        + (f" Setting: {setting}." if setting else "")
+    )
+    return Table(spec.name, spec.title + (" [smoke test]" if smoke else ""), caption,
+                 pd.DataFrame([r for *_, r in rows]).fillna("–"), notes.lines(), len(ctx) + 1,
+                 smoke=smoke)
 
 
 def parallelism_table(runs: pd.DataFrame) -> Table | None:
@@ -776,84 +760,72 @@ def _util_kind(runs: pd.DataFrame) -> str:
 DEFAULTS = {"precision": "fp32", "loader": "standard", "parallelism": "single"}
 
 
+OVERALL_CAPTION = (
+    "Default settings (FP32, standard loader, single device) vs all optimisations of the sweep at "
+    "once, thesis Table 4.16: the runs that change the most of precision, loader and parallelism "
+    "(combinations not applicable on this cluster are left out here; the runs table lists them). "
+    "Speedup (Eq. 4.1) against the default column. "
+)
+
+
 def overall_table(runs: pd.DataFrame) -> Table | None:
     """Default settings vs all optimisations at once (thesis Table 4.16): per setting, the default
-    row
-    against the runs that change the most of the three system knobs, among those applicable here."""
-    knobs = tuple(DEFAULTS)
+    row against the runs that change the most of the three system knobs, among those applicable
+    here."""
     n_changed = sum((runs[k] != d) for k, d in DEFAULTS.items())
-    changed = n_changed.where(
-        runs["state"] != "n/a", -1
-    )  # a combination that cannot run here is no candidate
+    # a combination that cannot run here is no candidate
+    changed = n_changed.where(runs["state"] != "n/a", -1)
     if changed.max() < 2:
         return None
-    ctx = context_columns(runs, knobs + ("loader.persistent_workers", "system.blp_devices"))
+    ctx = context_columns(runs, tuple(DEFAULTS) + ("loader.persistent_workers",
+                                                   "system.blp_devices"))
     notes, rows, bars, tbars = Notes(), [], [], []
     thesis = ThesisRows("overall", THESIS_TABLES["overall"], notes)
     for key, group in row_groups(runs.assign(changed=changed, n_changed=n_changed), ctx):
-        default = group[group["n_changed"] == 0]
-        best = (
-            group[group["changed"] == group["changed"].max()]
-            if group["changed"].max() >= 2
-            else group.iloc[:0]
-        )
-        base = cell(default, "time_epoch_s", notes)
-        for combo, opt in best.groupby(list(knobs), sort=False):
-            c = cell(opt, "time_epoch_s", notes)
-            changed_values = [str(v) for v in combo if v not in DEFAULTS.values()]
-            label = " + ".join(
-                _name(v) for v in changed_values
-            )  # e.g. TF32 + Pre-initialised + BLP
-            setting = "+".join(changed_values)
-            row = _key_cells(ctx, key)
-            row["Optimisations"] = label
-            s = speedup(base, c)
-            cols = [Col("Default (s)", fmt_mean_se(base), base.mean, "time_epoch_s", "default"),
-                    Col("Optimised (s)", fmt_mean_se(c), c.mean, "time_epoch_s", setting),
-                    Col("Speedup", speedup_text(base, c, notes), s, "speedup", setting, "default")]
-            row.update({col.name: col.text for col in cols})
-            n_before = len(thesis.matches)
-            rows += thesis.rows(
-                row,
-                [*_key_cells(ctx, key), "Optimisations", SOURCE],
-                cols,
-                pd.concat([default, opt]),
-            )
-            name = " · ".join(shown(k) for k in key) or "all"
-            bars.append(pd.Series({label: s}, name=name))
-            published = [m.thesis for m in thesis.matches[n_before:] if m.metric == "speedup"]
-            tbars.append(
-                pd.Series({label: published[0] if published else None}, name=name, dtype=float)
-            )
+        for row_list, bar, tbar in _overall_rows(group, ctx, key, thesis, notes):
+            rows += row_list
+            bars.append(bar)
+            tbars.append(tbar)
     if not rows:
         return None
     setting = _constants(runs, ctx)
     smoke = _smoke(runs)
     caption = (
-        smoke_caption(smoke) + "Default settings (FP32, standard loader, single device) vs all "
-        "optimisations of the sweep at once, thesis Table 4.16: the runs that change the "
-        "most of precision, "
-        "loader and parallelism (combinations not applicable on this cluster are left out "
-        "here; the runs "
-        "table lists them). Speedup (Eq. 4.1) against the default column. "
-        + TIME_NOTE
-        + " "
-        + THESIS_NOTE.format(tables="4.16")
-        + (f" Setting: {setting}." if setting else "")
+        smoke_caption(smoke) + OVERALL_CAPTION + TIME_NOTE + " "
+        + THESIS_NOTE.format(tables="4.16") + (f" Setting: {setting}." if setting else "")
     )
-    return Table(
-        "overall",
-        "Overall: default vs all optimisations" + (" [smoke test]" if smoke else ""),
-        caption,
-        pd.DataFrame(rows).fillna("–"),
-        notes.lines(),
-        len(ctx) + 2,
-        pd.DataFrame(bars),
-        "default",
-        thesis.matches,
-        pd.DataFrame(tbars),
-        smoke,
-    )
+    return Table("overall", "Overall: default vs all optimisations" + (
+        " [smoke test]" if smoke else ""), caption, pd.DataFrame(rows).fillna("–"), notes.lines(),
+        len(ctx) + 2, pd.DataFrame(bars), "default", thesis.matches, pd.DataFrame(tbars), smoke)
+
+
+def _overall_rows(group: pd.DataFrame, ctx: list[str], key: tuple, thesis: ThesisRows,
+                  notes: Notes):
+    """Per combination of one setting that changes the most knobs: its rows (measured, thesis,
+    ratio), its speedup bar and the thesis' speedup."""
+    default = group[group["n_changed"] == 0]
+    top = group["changed"].max()
+    best = group[group["changed"] == top] if top >= 2 else group.iloc[:0]
+    base = cell(default, "time_epoch_s", notes)
+    name = " · ".join(shown(k) for k in key) or "all"
+    for combo, opt in best.groupby(list(DEFAULTS), sort=False):
+        c = cell(opt, "time_epoch_s", notes)
+        changed_values = [str(v) for v in combo if v not in DEFAULTS.values()]
+        label = " + ".join(_name(v) for v in changed_values)  # e.g. TF32 + Pre-initialised + BLP
+        setting = "+".join(changed_values)
+        row = _key_cells(ctx, key)
+        row["Optimisations"] = label
+        s = speedup(base, c)
+        cols = [Col("Default (s)", fmt_mean_se(base), base.mean, "time_epoch_s", "default"),
+                Col("Optimised (s)", fmt_mean_se(c), c.mean, "time_epoch_s", setting),
+                Col("Speedup", speedup_text(base, c, notes), s, "speedup", setting, "default")]
+        row.update({col.name: col.text for col in cols})
+        n_before = len(thesis.matches)
+        rows = thesis.rows(row, [*_key_cells(ctx, key), "Optimisations", SOURCE], cols,
+                           pd.concat([default, opt]))
+        published = [m.thesis for m in thesis.matches[n_before:] if m.metric == "speedup"]
+        yield (rows, pd.Series({label: s}, name=name),
+               pd.Series({label: published[0] if published else None}, name=name, dtype=float))
 
 
 # ---- algorithm level
@@ -927,7 +899,22 @@ def _pct(c: Cell) -> float | None:
     return None if c.mean is None else 100.0 * c.mean
 
 
+ACCURACY_CAPTION = (
+    "Test accuracy of the fused model and of each modality inside it (masked fusion), thesis "
+    "Tables 4.1-4.3; IBF (Eq. 3.1) from the mean accuracies against the single-modality runs of "
+    "the same dataset (0 for those runs).{se} "
+)
+TRAINING_CAPTION = (
+    "Relative modality bias on the test set (Eq. 3.5-3.6), epochs in which each modality was "
+    "optimised, and time per epoch with its speedup (Eq. 4.1) against the naive row of the same "
+    "setting, thesis Tables 4.4-4.5.{se} {time} "
+)
+SE_NOTE = " Mean ± standard error over seeds (Appendix A) where there are several."
+
+
 def algorithm_tables(runs: pd.DataFrame) -> list[Table]:
+    """Tables 4.1-4.3 (accuracy per head and IBF) and 4.4-4.5 (bias, optimisation epochs, time
+    per epoch and its speedup against naive), a row per method and setting."""
     ctx = context_columns(runs, (), always=("dataset", "strategy"))
     mods_all = _modalities(runs)
     singles = _single_baselines(runs)
@@ -937,148 +924,88 @@ def algorithm_tables(runs: pd.DataFrame) -> list[Table]:
         "algorithm-training", THESIS_TABLES["algorithm-training"], train_notes
     )
     acc_rows, train_rows = [], []
-    pct = dict(scale=100.0, fmt=lambda x: f"{x:.1f}", se_fmt=lambda x: f"{x:.2f}")
     base_ctx = [c for c in ctx if c != "strategy"]
     for key, group in row_groups(runs, ctx):
         mods = [m for m in str(group["modalities"].iloc[0]).split("+") if m]
         label = _key_cells(ctx, key)
         keys = list(label) + [SOURCE]
-        strategy, fusion = str(group["strategy"].iloc[0]), str(group["fusion"].iloc[0])
-        fused = cell(group, "acc/fused", acc_notes)
-        cols = [
-            Col(
-                "Fused acc (%)",
-                fmt_mean_se(fused, **pct),
-                _pct(fused),
-                "acc",
-                strategy,
-                head="fused",
-                strategy=strategy,
-                fusion=fusion,
-            )
-        ]
-        for m in mods_all:
-            c = cell(group, f"acc/{m}", acc_notes) if m in mods else None
-            cols.append(
-                Col(
-                    f"{m.capitalize()} acc (%)",
-                    fmt_mean_se(c, **pct) if c else "–",
-                    _pct(c) if c else None,
-                    "acc",
-                    strategy,
-                    head=m,
-                    strategy=strategy,
-                    fusion=fusion,
-                )
-            )
-        ibf_text, ibf_value = _ibf(group, mods, singles, acc_notes)
-        cols.append(
-            Col("IBF", ibf_text, ibf_value, "ibf", strategy, strategy=strategy, fusion=fusion)
-        )
+        cols = _accuracy_cols(group, mods, mods_all, singles, acc_notes)
         row = {**label, **{c.name: c.text for c in cols}}
         acc_rows += acc_thesis.rows(
             row, keys, [c for c in cols if c.text != "–" or c.name == "IBF"], group
         )
-        tcols = []
-        for m in mods_all:
-            c = cell(group, f"bias/{m}", train_notes) if m in mods and len(mods) > 1 else None
-            tcols.append(
-                Col(
-                    f"Bias {m}",
-                    fmt_mean_se(c, lambda x: f"{x:.2f}") if c else "–",
-                    c.mean if c else None,
-                    "bias",
-                    strategy,
-                    head=m,
-                    strategy=strategy,
-                    fusion=fusion,
-                )
-            )
-        for m in mods_all:
-            c = cell(group, f"epochs/{m}", train_notes) if m in mods else None
-            tcols.append(
-                Col(
-                    f"Epochs {m}",
-                    fmt_mean_se(c, lambda x: f"{x:.3g}") if c else "–",
-                    c.mean if c else None,
-                    "epochs",
-                    strategy,
-                    head=m,
-                    strategy=strategy,
-                    fusion=fusion,
-                )
-            )
-        t = cell(group, "time_epoch_s", train_notes)
-        tcols.append(
-            Col(
-                "Time/epoch (s)",
-                fmt_mean_se(t),
-                t.mean,
-                "time_epoch_s",
-                strategy,
-                strategy=strategy,
-                fusion=fusion,
-            )
-        )
-        naive = _naive_of(runs, group, base_ctx)
-        if naive is not None and strategy != "naive":
-            base = cell(naive, "time_epoch_s", Notes())
-            tcols.append(
-                Col(
-                    "Speedup vs naive",
-                    speedup_text(base, t, train_notes),
-                    speedup(base, t),
-                    "speedup",
-                    strategy,
-                    "naive",
-                    strategy=strategy,
-                    fusion=fusion,
-                )
-            )
+        tcols = _training_cols(runs, group, mods, mods_all, base_ctx, train_notes)
         trow = {**label, **{c.name: c.text for c in tcols}}
         train_rows += train_thesis.rows(
             trow, keys, [c for c in tcols if c.text != "–" or c.metric == "speedup"], group
         )
     setting = _constants(runs, ctx)
     where = f" Setting: {setting}." if setting else ""
-    se = " Mean ± standard error over seeds (Appendix A) where there are several."
     smoke = _smoke(runs)
     tag = " [smoke test]" if smoke else ""
-    return [
-        Table(
-            "algorithm-accuracy",
-            "Algorithm: test accuracy per modality and fused, IBF" + tag,
-            smoke_caption(smoke)
-            + "Test accuracy of the fused model and of each modality inside it (masked "
-            "fusion), thesis Tables 4.1-4.3; IBF (Eq. 3.1) from the mean accuracies against the "
-            "single-modality "
-            f"runs of the same dataset (0 for those runs).{se} "
-            + THESIS_NOTE.format(tables="4.1, 4.2, 4.3; ± from A.1-A.10")
-            + where,
-            pd.DataFrame(acc_rows).fillna("–"),
-            acc_notes.lines(),
-            len(ctx) + 1,
-            matches=acc_thesis.matches,
-            smoke=smoke,
-        ),
-        Table(
-            "algorithm-training",
-            "Algorithm: modality bias, optimisation epochs, time per epoch" + tag,
-            smoke_caption(smoke)
-            + "Relative modality bias on the test set (Eq. 3.5-3.6), epochs in which each "
-            "modality was optimised, and time per epoch with its speedup (Eq. 4.1) against the "
-            "naive row of the "
-            f"same setting, thesis Tables 4.4-4.5.{se} {TIME_NOTE} "
-            + THESIS_NOTE.format(tables="4.4, 4.5")
-            + where,
-            pd.DataFrame(train_rows).fillna("–"),
-            train_notes.lines(),
-            len(ctx) + 1,
-            baseline="naive",
-            matches=train_thesis.matches,
-            smoke=smoke,
-        ),
-    ]
+    accuracy = Table(
+        "algorithm-accuracy", "Algorithm: test accuracy per modality and fused, IBF" + tag,
+        smoke_caption(smoke) + ACCURACY_CAPTION.format(se=SE_NOTE)
+        + THESIS_NOTE.format(tables="4.1, 4.2, 4.3; ± from A.1-A.10") + where,
+        pd.DataFrame(acc_rows).fillna("–"), acc_notes.lines(), len(ctx) + 1,
+        matches=acc_thesis.matches, smoke=smoke)
+    training = Table(
+        "algorithm-training", "Algorithm: modality bias, optimisation epochs, time per epoch" + tag,
+        smoke_caption(smoke) + TRAINING_CAPTION.format(se=SE_NOTE, time=TIME_NOTE)
+        + THESIS_NOTE.format(tables="4.4, 4.5") + where,
+        pd.DataFrame(train_rows).fillna("–"), train_notes.lines(), len(ctx) + 1,
+        baseline="naive", matches=train_thesis.matches, smoke=smoke)
+    return [accuracy, training]
+
+
+PCT = dict(scale=100.0, fmt=lambda x: f"{x:.1f}", se_fmt=lambda x: f"{x:.2f}")
+
+
+def _method(group: pd.DataFrame) -> dict:
+    """The thesis keys of a row's method: its strategy and fusion."""
+    return {"strategy": str(group["strategy"].iloc[0]), "fusion": str(group["fusion"].iloc[0])}
+
+
+def _accuracy_cols(group: pd.DataFrame, mods: list[str], mods_all: list[str], singles: dict,
+                   notes: Notes) -> list[Col]:
+    """Fused accuracy, each modality's (– for one the run does not have) and IBF, in %."""
+    method = _method(group)
+    strategy = method["strategy"]
+    fused = cell(group, "acc/fused", notes)
+    cols = [Col("Fused acc (%)", fmt_mean_se(fused, **PCT), _pct(fused), "acc", strategy,
+                head="fused", **method)]
+    for m in mods_all:
+        c = cell(group, f"acc/{m}", notes) if m in mods else None
+        cols.append(Col(f"{m.capitalize()} acc (%)", fmt_mean_se(c, **PCT) if c else "–",
+                        _pct(c) if c else None, "acc", strategy, head=m, **method))
+    ibf_text, ibf_value = _ibf(group, mods, singles, notes)
+    cols.append(Col("IBF", ibf_text, ibf_value, "ibf", strategy, **method))
+    return cols
+
+
+def _training_cols(runs: pd.DataFrame, group: pd.DataFrame, mods: list[str],
+                   mods_all: list[str], base_ctx: list[str], notes: Notes) -> list[Col]:
+    """Bias (multimodal runs) and optimisation epochs per modality, time per epoch and its speedup
+    against the naive runs of the same setting."""
+    method = _method(group)
+    strategy = method["strategy"]
+    cols = []
+    for metric, header, fmt, has in (
+        ("bias", "Bias", lambda x: f"{x:.2f}", lambda m: m in mods and len(mods) > 1),
+        ("epochs", "Epochs", lambda x: f"{x:.3g}", lambda m: m in mods),
+    ):
+        for m in mods_all:
+            c = cell(group, f"{metric}/{m}", notes) if has(m) else None
+            cols.append(Col(f"{header} {m}", fmt_mean_se(c, fmt) if c else "–",
+                            c.mean if c else None, metric, strategy, head=m, **method))
+    t = cell(group, "time_epoch_s", notes)
+    cols.append(Col("Time/epoch (s)", fmt_mean_se(t), t.mean, "time_epoch_s", strategy, **method))
+    naive = _naive_of(runs, group, base_ctx)
+    if naive is not None and strategy != "naive":
+        base = cell(naive, "time_epoch_s", Notes())
+        cols.append(Col("Speedup vs naive", speedup_text(base, t, notes), speedup(base, t),
+                        "speedup", strategy, "naive", **method))
+    return cols
 
 
 def _naive_of(runs: pd.DataFrame, group: pd.DataFrame, base_ctx: list[str]) -> pd.DataFrame | None:
