@@ -59,12 +59,9 @@ from mmhpc.names import THESIS_PRECISIONS
 
 NEEDS_GPU = "needs a CUDA GPU"
 PRECISIONS = THESIS_PRECISIONS  # the thesis' settings (mmhpc.names, the registry of system choices)
-MATMUL_N, RESNET_BATCH, RESNET_SIZE, TIMED = (
-    8192,
-    64,
-    224,
-    20,
-)  # the precision check's sizes, timed steps
+# the precision check's sizes and timed steps; the sampler check's matmul size and seconds of load
+MATMUL_N, RESNET_BATCH, RESNET_SIZE, TIMED = 8192, 64, 224, 20
+SAMPLER_N, SAMPLER_LOAD_S = 8192, 4.0
 
 
 class Skip(Exception):
@@ -348,79 +345,30 @@ def check_env(ck: Check) -> tuple[dict, str]:
     return rec, line
 
 
-def check_precision(ck: Check) -> tuple[dict, str]:
-    ck.need_gpu()
-    import torchvision
-
+def precision_problem(name: str, device_type: str, device: torch.device) -> str | None:
+    """Why `device` (a GPU's capability, or the CPU) cannot run precision `name`, or None."""
     from mmhpc.system.precision import Precision
 
-    cap = torch.cuda.get_device_capability(0)
-    n, batch, size = MATMUL_N, RESNET_BATCH, RESNET_SIZE
-    rec = {"matmul_n": n, "resnet18_batch": [batch, 3, size, size], "precisions": {}}
-    names = (
-        "fp32_strict",
-        *PRECISIONS,
-    )  # strict: cuDNN TF32 off too, to show what the thesis' fp32 keeps on
-    for name in names:
-        if name not in ("fp32", "fp32_strict") and cap < (8, 0):
-            rec["precisions"][name] = {
-                "skipped": f"needs compute capability 8.0+, this GPU has {cap}"
-            }
-            continue
-        autocast = set_precision(name, ck.device, "cuda")
-        # the matmul of a precision: bf16 operands for bf16 (an autocast of float32 ones would time
-        # the casts)
-        dtype = Precision(name, "cuda").dtype or torch.float32
-        a, b = (torch.randn(n, n, device=ck.device, dtype=dtype) for _ in range(2))
+    if device_type != "cuda":
+        return Precision(name, device_type).problem()
+    index = device.index if device.type == "cuda" and device.index is not None else 0
+    return Precision(name, "cuda").problem(torch.cuda.get_device_capability(index),
+                                           torch.cuda.get_device_name(index))
 
-        def matmul(a=a, b=b):
-            a @ b
 
-        t_mm = _cuda_time(matmul, 10)
-        model = torchvision.models.resnet18(num_classes=1000).to(ck.device)
-        opt = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9)
-        x = torch.randn(batch, 3, size, size, device=ck.device)
-        y = torch.randint(0, 1000, (batch,), device=ck.device)
-
-        def step(model=model, opt=opt, x=x, y=y, autocast=autocast):
-            with autocast():
-                loss = torch.nn.functional.cross_entropy(model(x), y)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-
-        torch.backends.cudnn.benchmark = True
-        for _ in range(3):
-            step()
-        t_step = _cuda_time(step, TIMED)
-        rec["precisions"][name] = {
-            "flags": _flags(),
-            "autocast": name == "bf16",
-            "matmul_dtype": str(a.dtype),
-            "matmul_tflops": 2 * n**3 / t_mm / 1e12,
-            "resnet18_images_per_s": batch / t_step,
-        }
-        del model, opt, a, b, x
+def check_precision(ck: Check) -> tuple[dict, str]:
+    ck.need_gpu()
+    rec = {"matmul_n": MATMUL_N, "resnet18_batch": [RESNET_BATCH, 3, RESNET_SIZE, RESNET_SIZE],
+           "precisions": {}}
+    for name in ("fp32_strict", *PRECISIONS):  # strict: cuDNN TF32 off too, what fp32 keeps on
+        problem = precision_problem(name, "cuda", ck.device)
+        rec["precisions"][name] = {"skipped": problem} if problem else _time_precision(ck, name)
     torch.cuda.empty_cache()
-    p = rec["precisions"]
-    done = [k for k in names if "matmul_tflops" in p[k]]
-    for k in done:  # the backend flags each precision set, as Precision says they should be
-        mode = Precision(k, "cuda").mode
-        got = p[k]["flags"]
-        if (got["matmul_allow_tf32"], got["cudnn_allow_tf32"]) != (
-            mode.matmul_tf32,
-            mode.cudnn_tf32,
-        ):
-            raise AssertionError(
-                f"{k}: flags {got}, expected matmul TF32 {mode.matmul_tf32}, cuDNN TF32 "
-                f"{mode.cudnn_tf32}"
-            )
-    line = "; ".join(
-        f"{k}: matmul {p[k]['matmul_tflops']:.0f} TFLOP/s, ResNet-18 "
-        f"{p[k]['resnet18_images_per_s']:.0f} img/s"
-        for k in done
-    )
-    if "tf32" in done:
+    p = {k: r for k, r in rec["precisions"].items() if "skipped" not in r}
+    _check_flags(p)
+    line = "; ".join(f"{k}: matmul {r['matmul_tflops']:.0f} TFLOP/s, ResNet-18 "
+                     f"{r['resnet18_images_per_s']:.0f} img/s" for k, r in p.items())
+    if "tf32" in p:
         rec["tf32_matmul_speedup"] = p["tf32"]["matmul_tflops"] / p["fp32"]["matmul_tflops"]
         if rec["tf32_matmul_speedup"] < 1.5:
             raise AssertionError(
@@ -428,6 +376,56 @@ def check_precision(ck: Check) -> tuple[dict, str]:
                 f"effect ({line})"
             )
     return rec, line
+
+
+def _time_precision(ck: Check, name: str) -> dict:
+    """One precision's backend flags, large-matmul TFLOP/s and ResNet-18 training images/s."""
+    from mmhpc.system.precision import Precision
+
+    autocast = set_precision(name, ck.device, "cuda")
+    # the matmul of a precision: bf16 operands for bf16 (an autocast of float32 ones would time the
+    # casts)
+    dtype = Precision(name, "cuda").dtype or torch.float32
+    n = MATMUL_N
+    a, b = (torch.randn(n, n, device=ck.device, dtype=dtype) for _ in range(2))
+    t_mm = _cuda_time(lambda: a @ b, 10)
+    return {"flags": _flags(), "autocast": dtype != torch.float32, "matmul_dtype": str(dtype),
+            "matmul_tflops": 2 * n**3 / t_mm / 1e12,
+            "resnet18_images_per_s": RESNET_BATCH / _resnet_step_s(ck, autocast)}
+
+
+def _resnet_step_s(ck: Check, autocast) -> float:
+    """Seconds per ResNet-18 training step (forward, backward, SGD) on RESNET_BATCH images."""
+    import torchvision
+
+    model = torchvision.models.resnet18(num_classes=1000).to(ck.device)
+    opt = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9)
+    x = torch.randn(RESNET_BATCH, 3, RESNET_SIZE, RESNET_SIZE, device=ck.device)
+    y = torch.randint(0, 1000, (RESNET_BATCH,), device=ck.device)
+
+    def step():
+        with autocast():
+            loss = torch.nn.functional.cross_entropy(model(x), y)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+
+    torch.backends.cudnn.benchmark = True
+    for _ in range(3):
+        step()
+    return _cuda_time(step, TIMED)
+
+
+def _check_flags(precisions: dict) -> None:
+    """The backend flags each precision set, as Precision says they should be."""
+    from mmhpc.system.precision import Precision
+
+    for k, r in precisions.items():
+        mode, got = Precision(k, "cuda").mode, r["flags"]
+        if (got["matmul_allow_tf32"], got["cudnn_allow_tf32"]) != (mode.matmul_tf32,
+                                                                   mode.cudnn_tf32):
+            raise AssertionError(f"{k}: flags {got}, expected matmul TF32 {mode.matmul_tf32}, "
+                                 f"cuDNN TF32 {mode.cudnn_tf32}")
 
 
 def _count_syncs(ck: Check, *overrides: str, steps: int = 3) -> list[str]:
@@ -679,10 +677,10 @@ def check_sampler(ck: Check) -> tuple[dict, str]:
 
     if not ck.cuda:
         raise Skip(NEEDS_GPU + " (NVML utilisation, power, energy)", hardware=True)
-    a = torch.randn(8192, 8192, device=ck.device, dtype=torch.bfloat16)
+    a = torch.randn(SAMPLER_N, SAMPLER_N, device=ck.device, dtype=torch.bfloat16)
     with UtilSampler(0.1) as s:
         s.mark("load start")
-        end = time.monotonic() + 4.0
+        end = time.monotonic() + SAMPLER_LOAD_S
         while time.monotonic() < end:
             for _ in range(20):
                 a @ a
@@ -709,7 +707,8 @@ def check_sampler(ck: Check) -> tuple[dict, str]:
             f"power {power} W, energy {energy} J: NVML power/energy missing ({s.notes})"
         )
     cost = s.sample_cost_us
-    return rec, (f"utilisation {util:.0f} %, power {power:.0f} W, energy {energy:.0f} J over 4 s; "
+    return rec, (f"utilisation {util:.0f} %, power {power:.0f} W, energy {energy:.0f} J over "
+                 f"{SAMPLER_LOAD_S:g} s; "
                  f"{cost['wall_us']:.0f} us per sample")
 
 
@@ -787,6 +786,10 @@ def bench_precisions(ck: Check, dataset: str, encoders: list[str], epochs: int =
         for p in precisions:
             if ck.left_s() < 150:
                 raise Skip(f"time budget spent after {sorted(rec)}")
+            problem = precision_problem(p, ck.device.type, ck.device)
+            if problem:  # tf32, bf16 on a GPU older than Ampere (or on the CPU tier: tf32)
+                rec[f"{modality}/{p}"] = {"skipped": problem}
+                continue
             r = _bench(
                 ck,
                 f"precision-{dataset}-{modality}-{p}",
@@ -851,16 +854,11 @@ def bench_line(rec: dict) -> str:
     """Train s/epoch of each encoder and precision, with the speed-up over fp32."""
     parts = []
     for modality in dict.fromkeys(k.split("/")[0] for k in rec):
-        base = rec[f"{modality}/fp32"]["train_s_mean"]
-        parts.append(
-            f"{modality} "
-            + ", ".join(
-                f"{p} {rec[f'{modality}/{p}']['train_s_mean']:.1f} s"
-                f" ({base / rec[f'{modality}/{p}']['train_s_mean']:.2f}x)"
-                for p in PRECISIONS
-                if f"{modality}/{p}" in rec
-            )
-        )
+        times = {p: rec[f"{modality}/{p}"].get("train_s_mean") for p in PRECISIONS
+                 if f"{modality}/{p}" in rec}
+        parts.append(f"{modality} " + ", ".join(
+            f"{p} {t:.1f} s ({times['fp32'] / t:.2f}x)" if t else f"{p} skipped"
+            for p, t in times.items()))
     return "MVSA train s/epoch: " + "; ".join(parts)
 
 
@@ -977,44 +975,25 @@ def _run_child(name: str, out: Path, budget_s: float, workers: int, limit_s: flo
     seconds."""
     result = out / f".{name}.result.json"
     result.unlink(missing_ok=True)
-    cmd = [
-        sys.executable,
-        "-m",
-        "mmhpc.gpucheck",
-        "--child",
-        name,
-        "--out",
-        str(out),
-        "--budget",
-        str(budget_s),
-        "--workers",
-        str(workers),
-    ]
+    cmd = [sys.executable, "-m", "mmhpc.gpucheck", "--child", name, "--out", str(out),
+           "--budget", str(budget_s), "--workers", str(workers)]
     proc = subprocess.Popen(cmd, start_new_session=True)
     try:
         code = proc.wait(timeout=limit_s)
     except subprocess.TimeoutExpired:
         _kill_group(proc)
-        return {
-            "status": "FAIL",
-            "detail": f"timed out after {limit_s:g} s (killed; a hung collective, loader "
-            "worker or kernel?)",
-            "record": {},
-            "hardware": False,
-            "not_here": [],
-        }
+        return _failed(f"timed out after {limit_s:g} s (killed; a hung collective, loader worker "
+                       "or kernel?)")
     try:
         return json.loads(result.read_text())
     except (OSError, ValueError):
-        return {
-            "status": "FAIL",
-            "detail": f"its process ended with exit code {code} and no result",
-            "record": {},
-            "hardware": False,
-            "not_here": [],
-        }
+        return _failed(f"its process ended with exit code {code} and no result")
     finally:
         result.unlink(missing_ok=True)
+
+
+def _failed(detail: str) -> dict:
+    return {"status": "FAIL", "detail": detail, "record": {}, "hardware": False, "not_here": []}
 
 
 def _kill_group(proc: subprocess.Popen) -> None:
@@ -1027,87 +1006,78 @@ def _kill_group(proc: subprocess.Popen) -> None:
     proc.wait()
 
 
-def run(
-    out: Path,
-    only: list[str] | None = None,
-    budget_s: float = 450.0,
-    workers: int | None = None,
-    wheels: Path = Path(".whl"),
-    timeout_s: float | None = None,
-    isolate: bool = True,
-) -> int:
+def run(out: Path, only: list[str] | None = None, budget_s: float = 450.0,
+        workers: int | None = None, wheels: Path = Path(".whl"), timeout_s: float | None = None,
+        isolate: bool = True) -> int:
     """Every check (or `only` these), each in its own process (`isolate`) with its TIMEOUTS limit
-    (or
-    `timeout_s`); records under `out`. Exit status: 1 when a check failed."""
+    (or `timeout_s`); records under `out`. Exit status: 1 when a check failed."""
     out.mkdir(parents=True, exist_ok=True)
-    try:
-        installed, wheel_dir = use_wheels(wheels)
-    except (OSError, subprocess.CalledProcessError) as e:  # no pip, or a wheel for another Python
-        installed, wheel_dir = [], None
-        print(
-            f"gpu-check: could not install the wheels in {wheels}/ (pip: "
-            f"{getattr(e, 'returncode', e)}; wheels for "
-            f"Python {sys.version_info.major}.{sys.version_info.minor}? make gpu-wheels "
-            "GPU_PYTHON_VERSION=...); "
-            "checks needing them cannot run"
-        )
-    if installed:
-        print(f"gpu-check: installed from {wheels}/ for this run: {', '.join(installed)}")
-    cuda = torch.cuda.is_available()
+    wheel_dir = _install_wheels(wheels)
     workers = workers or min(16, os.cpu_count() or 1)
     t0 = time.monotonic()
     results, not_here = {}, []
-    for name in CHECKS:
-        if only and name not in only:
-            continue
-        start = time.monotonic()
-        left = budget_s - (start - t0)
-        if isolate:
-            res = _run_child(name, out, left, workers, timeout_s or TIMEOUTS[name])
-        else:
-            ck = Check(out, left, workers)
-            try:
-                res = run_check(name, ck)
-            finally:
-                shutil.rmtree(ck.scratch, ignore_errors=True)
-        status, line, rec = res["status"], res["detail"], res["record"]
-        if status == "SKIP" and cuda and not res["hardware"]:  # on a GPU node nothing skips quietly
-            status, line = "FAIL", f"cannot run on this GPU node: {line}"
-        not_here += res["not_here"]
-        seconds = time.monotonic() - start
-        results[name] = {"status": status, "detail": line, "seconds": seconds}
-        print(f"{status:<5} {name:<10} {seconds:6.1f} s  {line}", flush=True)
-        if status != "SKIP":
-            _write(
-                out / f"{name}.json",
-                {
-                    "check": name,
-                    "status": status,
-                    "detail": line,
-                    "seconds": seconds,
-                    "time": time.time(),
-                    **rec,
-                },
-            )
-    if wheel_dir is not None:
-        shutil.rmtree(wheel_dir, ignore_errors=True)
-    _write(
-        out / "gpu-check.json",
-        {
-            "checks": results,
-            "total_s": time.monotonic() - t0,
-            "time": time.time(),
-            "not_run_here": not_here,
-        },
-    )
+    try:
+        for name in (n for n in CHECKS if not only or n in only):
+            start = time.monotonic()
+            left = budget_s - (start - t0)
+            if isolate:
+                res = _run_child(name, out, left, workers, timeout_s or TIMEOUTS[name])
+            else:
+                res = _run_here(name, out, left, workers)
+            results[name] = _report(name, res, out, time.monotonic() - start)
+            not_here += res["not_here"]
+    finally:
+        if wheel_dir is not None:
+            shutil.rmtree(wheel_dir, ignore_errors=True)
+    total_s = time.monotonic() - t0
+    _write(out / "gpu-check.json", {"checks": results, "total_s": total_s, "time": time.time(),
+                                    "not_run_here": not_here})
+    return _summary(results, not_here, out, total_s)
+
+
+def _install_wheels(wheels: Path) -> Path | None:
+    """`use_wheels`, said on the console; the wheels' directory (None: nothing installed)."""
+    try:
+        installed, wheel_dir = use_wheels(wheels)
+    except (OSError, subprocess.CalledProcessError) as e:  # no pip, or a wheel for another Python
+        print(f"gpu-check: could not install the wheels in {wheels}/ (pip: "
+              f"{getattr(e, 'returncode', e)}; wheels for Python {sys.version_info.major}."
+              f"{sys.version_info.minor}? make gpu-wheels GPU_PYTHON_VERSION=...); checks needing "
+              "them cannot run")
+        return None
+    if installed:
+        print(f"gpu-check: installed from {wheels}/ for this run: {', '.join(installed)}")
+    return wheel_dir
+
+
+def _run_here(name: str, out: Path, budget_s: float, workers: int) -> dict:
+    ck = Check(out, budget_s, workers)
+    try:
+        return run_check(name, ck)
+    finally:
+        shutil.rmtree(ck.scratch, ignore_errors=True)
+
+
+def _report(name: str, res: dict, out: Path, seconds: float) -> dict:
+    """A check's line on the console and its record (none for a SKIP). On a GPU node nothing skips
+    quietly: a SKIP for any reason but missing hardware is a FAIL."""
+    status, line = res["status"], res["detail"]
+    if status == "SKIP" and torch.cuda.is_available() and not res["hardware"]:
+        status, line = "FAIL", f"cannot run on this GPU node: {line}"
+    print(f"{status:<5} {name:<10} {seconds:6.1f} s  {line}", flush=True)
+    if status != "SKIP":
+        _write(out / f"{name}.json", {"check": name, "status": status, "detail": line,
+                                      "seconds": seconds, "time": time.time(), **res["record"]})
+    return {"status": status, "detail": line, "seconds": seconds}
+
+
+def _summary(results: dict, not_here: list[str], out: Path, total_s: float) -> int:
+    """The closing lines (what passed, failed, skipped, and what needs a GPU); the exit status."""
     skipped = [n for n, r in results.items() if r["status"] == "SKIP"]
     failed = [n for n, r in results.items() if r["status"] == "FAIL"]
     gpu_skips = [n for n in skipped if results[n]["detail"].startswith(NEEDS_GPU)]
-    print(
-        f"{len(results) - len(skipped) - len(failed)} passed, {len(failed)} failed, {len(skipped)} "
-        "skipped "
-        f"in {time.monotonic() - t0:.0f} s; records: {out}"
-    )
+    print(f"{len(results) - len(skipped) - len(failed)} passed, {len(failed)} failed, "
+          f"{len(skipped)} skipped in {total_s:.0f} s; records: {out}")
     if gpu_skips:
         print(f"skipped for want of a CUDA GPU: {', '.join(gpu_skips)}")
     if not_here:

@@ -31,7 +31,7 @@ from mmhpc.system.precision import Precision, to_float
 
 class RunModel(nn.Module):
     """The model at the run's precision: `forward(op, *args)` runs one of the model's parts (`step`,
-    `encode`, `encode_one`, `fusion`, `probe_logits`) inside the run's autocast and returns float32
+    `encode`, `fusion`, `probe_logits`) inside the run's autocast and returns float32
     (losses computed outside see float32, as they would inside an autocast). Autocast state is
     thread-local: DataParallel replicas enter it here, in their own thread; BLP's branch threads
     enter
@@ -53,9 +53,6 @@ class RunModel(nn.Module):
             return self.branches.encode(batch)
         return self.model.encode(batch)
 
-    def _encode_one(self, m: str, x: torch.Tensor) -> torch.Tensor:
-        return self.model.encode_one(m, x)
-
     def _fusion(self, embs: dict) -> torch.Tensor:
         return self.model.fusion(embs)
 
@@ -74,8 +71,8 @@ class RunModel(nn.Module):
 
 class Net:
     """What strategies call forward on, at the run's precision and parallelism: `net(batch)` (the
-    step's full forward), `net.encode(batch)`, `net.encode_one(m, x)`, `net.fusion(embs)`,
-    `net.probe_logits(embs)`. `net.part(name)` is the same for a submodel (AMST's joint module)."""
+    step's full forward), `net.encode(batch)`, `net.fusion(embs)`, `net.probe_logits(embs)`.
+    `net.part(name)` is the same for a submodel (AMST's joint module)."""
 
     def __init__(self, runtime: Runtime, local: RunModel, wrapped: nn.Module | None = None):
         self.runtime, self.local, self.wrapped = runtime, local, wrapped
@@ -85,9 +82,6 @@ class Net:
 
     def encode(self, batch: dict) -> dict:
         return self.runtime.forward(self, "encode", batch)
-
-    def encode_one(self, m: str, x: torch.Tensor) -> torch.Tensor:
-        return self.runtime.forward(self, "encode_one", m, x)
 
     def fusion(self, embs: dict) -> torch.Tensor:
         return self.runtime.forward(self, "fusion", embs)

@@ -1,5 +1,5 @@
 """The CPU tier of the GPU-only code: every gpu-check check and the CUDA branches of mmhpc/system/
-run here against a stubbed torch.cuda (tests/fake_cuda.py: fake devices, events, streams and
+run here against a stubbed torch.cuda (tests/fakes_gpu.py: fake devices, events, streams and
 timings), so their arithmetic, assertions, records and report run without a GPU. Tensors stay on the
 CPU; nothing of mmhpc
 is stubbed. The tests named after issue 18's items fail on the code before it (a723877)."""
@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from fake_cuda import FakeCuda
+from fakes_gpu import FakeCuda, FakeNvml
 
 from mmhpc import gpucheck
 from mmhpc.errors import ConfigError, RunError
@@ -263,33 +263,59 @@ def test_item5_doctor_accepts_gpus_per_task_allocations(monkeypatch):
 # ---- item 6: per-check timeout; a dead DDP rank is noticed at once and named
 # --------------------------
 
-def test_item6_a_check_past_its_time_limit_is_killed_and_fails(tmp_path):
-    env = {**os.environ, "PYTHONPATH": str(REPO), "CUDA_VISIBLE_DEVICES": ""}
+def test_item6_a_check_past_its_time_limit_is_killed_and_fails(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")  # the check's own process: no GPU either
     t0 = time.monotonic()
-    proc = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "mmhpc.gpucheck",
-            "--out",
-            str(tmp_path),
-            "--only",
-            "env",
-            "--check-timeout",
-            "0.2",
-            "--wheels",
-            str(tmp_path / "none"),
-        ],
-        cwd=tmp_path,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert proc.returncode == 1, proc.stdout + proc.stderr
-    assert "FAIL  env" in proc.stdout and "timed out after 0.2 s (killed" in proc.stdout
+    code = gpucheck.main(["--out", str(tmp_path), "--only", "env", "--check-timeout", "0.2",
+                          "--wheels", str(tmp_path / "none")])
+    out = capsys.readouterr().out
+    assert code == 1, out
+    assert "FAIL  env" in out and "timed out after 0.2 s (killed" in out
     assert time.monotonic() - t0 < 120
     assert json.loads((tmp_path / "env.json").read_text())["status"] == "FAIL"
+    assert not list(tmp_path.glob(".*.result.json"))
+
+
+def test_each_check_runs_in_a_process_of_its_own_and_reports_its_result(tmp_path, monkeypatch,
+                                                                        capsys):
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
+    assert gpucheck.run(tmp_path, only=["env", "report"], wheels=tmp_path / "none") == 0
+    out = capsys.readouterr().out
+    assert "PASS  env" in out and "SKIP  report" in out and "no run records to report on" in out
+    env = json.loads((tmp_path / "env.json").read_text())
+    assert env["status"] == "PASS" and env["cuda_available"] is False  # the child's own answer
+    assert env["python"] == sys.version.split()[0] and env["packages"]["pydantic"]
+    summary = json.loads((tmp_path / "gpu-check.json").read_text())
+    assert {k: r["status"] for k, r in summary["checks"].items()} == {"env": "PASS",
+                                                                       "report": "SKIP"}
+    assert not (tmp_path / "report.json").exists()  # a skip writes no record
+    # a check process that ends without a result (here: a name it does not know) fails it
+    res = gpucheck._run_child("no-such-check", tmp_path, 60.0, 1, 120.0)
+    assert res == {"status": "FAIL", "detail": "its process ended with exit code 2 and no result",
+                   "record": {}, "hardware": False, "not_here": []}
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"  # a zombie has ended
+    except FileNotFoundError:
+        return False
+
+
+def test_a_timed_out_checks_whole_process_group_is_killed(tmp_path):
+    """A hung check's loader workers are its children: the kill takes its process group."""
+    proc = subprocess.Popen(["sh", "-c", "sleep 300 & echo $!; wait"], stdout=subprocess.PIPE,
+                            text=True, start_new_session=True)
+    grandchild = int(proc.stdout.readline())
+    assert _alive(grandchild)
+    gpucheck._kill_group(proc)
+    assert proc.returncode == -9
+    deadline = time.monotonic() + 10
+    while _alive(grandchild) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not _alive(grandchild)
+    gpucheck._kill_group(proc)  # already gone: nothing to kill, no error
 
 
 def test_item6_ddp_process_groups_are_made_with_a_bounded_timeout(tiny_config, monkeypatch):
@@ -446,9 +472,47 @@ def test_bench_figures_and_line_arithmetic():
     rec = {
         f"visual/{p}": {"train_s_mean": t} for p, t in (("fp32", 4.0), ("tf32", 2.0), ("bf16", 1.0))
     }
+    rec["text/fp32"], rec["text/tf32"] = {"train_s_mean": 3.0}, {"skipped": "needs 8.0+"}
     assert gpucheck.bench_line(rec) == (
-        "MVSA train s/epoch: visual fp32 4.0 s (1.00x), tf32 2.0 s (2.00x), bf16 1.0 s (4.00x)"
+        "MVSA train s/epoch: visual fp32 4.0 s (1.00x), tf32 2.0 s (2.00x), bf16 1.0 s (4.00x); "
+        "text fp32 3.0 s (1.00x), tf32 skipped"
     )
+
+
+@pytest.mark.slow
+def test_bench_check_times_each_encoder_at_each_precision_the_device_runs(ck):
+    """On the CPU tier the runs are on the CPU, where tf32 has no meaning: it is skipped with the
+    reason, as a GPU older than Ampere skips tf32 and bf16."""
+    rec, line = gpucheck.check_bench(ck)
+    assert list(rec) == [f"{m}/{p}" for m in ("visual", "text") for p in gpucheck.PRECISIONS]
+    for m in ("visual", "text"):
+        assert "tf32 is a tensor-core format" in rec[f"{m}/tf32"]["skipped"]
+        for p in ("fp32", "bf16"):
+            r = rec[f"{m}/{p}"]
+            assert r["train_s_mean"] > 0 and r["epoch_s_mean"] >= r["train_s_mean"]
+            record = json.loads((ck.out / "runs" / f"precision-mvsa-{m}-{p}.json").read_text())
+            assert record["config"]["system"]["precision"] == p
+            assert record["config"]["data"]["modalities"] == [m]
+    assert line == gpucheck.bench_line(rec) and "tf32 skipped" in line
+
+
+def test_sampler_check_reads_utilisation_power_and_energy_of_the_fake_gpu(ck, monkeypatch):
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    monkeypatch.setattr(gpucheck, "SAMPLER_N", 64)
+    monkeypatch.setattr(gpucheck, "SAMPLER_LOAD_S", 0.5)
+    nvml = FakeNvml(monkeypatch)
+    gpu = nvml.add("GPU-5a5a5a5a-0000-0000-0000-000000000000", power_w=300.0, util_pct=93)
+    rec, line = gpucheck.check_sampler(ck)
+    s = rec["summary"]
+    assert rec["gpus"] == {0: gpu.uuid} and rec["interval_s"] == 0.1
+    assert s["gpu0_util_pct_mean"] == 93.0 and s["gpu0_util_samples"] >= 20  # 20 ms per sample
+    assert s["gpu0_power_w_mean"] == 300.0
+    # the energy counter read at the two markers: 300 W over the 0.5 s load (and a little more)
+    assert 300.0 * 0.5 <= s["gpu0_energy_j"] < 300.0 * 5
+    assert line.startswith("utilisation 93 %, power 300 W, energy ") and " J over 0.5 s; " in line
+    gpu.util_pct = 12  # a GPU that idles under the load fails the check
+    with pytest.raises(AssertionError, match=r"GPU utilisation under a matmul loop: 12.0 %"):
+        gpucheck.check_sampler(ck)
 
 
 def test_checks_skip_when_their_time_budget_is_spent(ck):
@@ -471,9 +535,10 @@ def test_single_run_on_the_fake_gpu_sets_its_device_synchronises_and_reads_peaks
     )
     par.synchronize()
     assert ("synchronize", torch.device("cuda", 1)) in fake.calls
-    monkeypatch.setattr(
-        "mmhpc.system.sampler.device_used_mib", lambda d: 5.0
-    )  # NVML's figure (fakes_gpu.py)
+    nvml = FakeNvml(monkeypatch)  # NVML's used memory, found by the UUID torch gives
+    for i, used in enumerate((9.0, 5.0)):
+        nvml.add(f"GPU-{i:08x}-0000-0000-0000-000000000000", used_mib=used)
+    monkeypatch.setattr("mmhpc.system.sampler._USED_HANDLES", {})
     assert par.peak_memory() == {"cuda:1_peak_mib": 3.0, "cuda:1_reserved_peak_mib": 4.0,
                                  "cuda:1_device_used_mib": 5.0}
     dp = parallel.build(tiny_config("cremad", "system.device=cuda", "system.parallelism=dp"))

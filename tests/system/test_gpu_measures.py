@@ -1,8 +1,7 @@
-"""What the trainer measures on a GPU, driven on the CPU with fakes of CUDA events and NVML
-(tests/fakes_gpu.py): GPU idle between steps, epoch time with the strategies' own passes, driver
-utilisation samples, energy at epoch boundaries, MIG, every DDP rank's GPU, memory beyond the
-allocator's peak, and the host syncs
-of a step."""
+"""What the trainer measures on a GPU, driven on the CPU with the fake GPU of tests/fakes_gpu.py
+(CUDA's timeline and events, NVML): GPU idle between steps, epoch time with the strategies' own
+passes, driver utilisation samples, energy at epoch boundaries, MIG, every DDP rank's GPU, memory
+beyond the allocator's peak, and the host syncs of a step."""
 from __future__ import annotations
 
 import contextlib
@@ -11,7 +10,7 @@ import time
 
 import pytest
 import torch
-from fakes_gpu import FakeNvml, FakeStream
+from fakes_gpu import FakeCuda, FakeNvml
 
 from mmhpc.models.encoders import TextEncoder
 from mmhpc.results import Epoch, EpochTime, RunRecord
@@ -55,7 +54,7 @@ def no_host_reads(monkeypatch):
 # --------------------------------------------------------
 
 def test_gpu_idle_is_zero_while_the_gpu_has_work_queued_though_the_host_waited(monkeypatch):
-    gpu = FakeStream().install(monkeypatch)
+    gpu = FakeCuda(monkeypatch, ms_per_record=0)
     gaps = StepGaps(CUDA)
     for _ in range(
         5
@@ -68,7 +67,7 @@ def test_gpu_idle_is_zero_while_the_gpu_has_work_queued_though_the_host_waited(m
 
 
 def test_gpu_idle_is_the_gpu_timeline_gap_between_steps(monkeypatch):
-    gpu = FakeStream().install(monkeypatch)
+    gpu = FakeCuda(monkeypatch, ms_per_record=0)
     gaps = StepGaps(CUDA)
     for _ in range(5):  # 50 ms data wait, 10 ms of GPU work: the GPU idles 40 ms between two steps
         gpu.run(host_s=0.05)
@@ -348,15 +347,9 @@ def test_merge_ranks_names_each_ranks_gpu_by_its_rank():
 
 def test_peak_memory_has_reserved_and_nvml_used_beside_allocated(nvml, monkeypatch):
     nvml.add("GPU-abcdef01-0000-0000-0000-000000000000", used_mib=3072.0)
-
-    class Props:
-        uuid = "abcdef01-0000-0000-0000-000000000000"  # torch's format: no GPU- prefix
-
-    reset = []
-    monkeypatch.setattr(torch.cuda, "max_memory_allocated", lambda d: 1024 * 2**20)
-    monkeypatch.setattr(torch.cuda, "max_memory_reserved", lambda d: 2048 * 2**20)
-    monkeypatch.setattr(torch.cuda, "reset_peak_memory_stats", reset.append)
-    monkeypatch.setattr(torch.cuda, "get_device_properties", lambda d: Props)
+    # torch's UUID format: no GPU- prefix
+    fake = FakeCuda(monkeypatch, uuids=["abcdef01-0000-0000-0000-000000000000"])
+    fake.allocated_mib, fake.reserved_mib = 1024.0, 2048.0
     monkeypatch.setattr("mmhpc.system.sampler._USED_HANDLES", {})
     par = parallel.Single(None)
     par.device = CUDA
@@ -365,7 +358,7 @@ def test_peak_memory_has_reserved_and_nvml_used_beside_allocated(nvml, monkeypat
         "cuda:0_reserved_peak_mib": 2048.0,
         "cuda:0_device_used_mib": 3072.0,
     }
-    assert reset == [CUDA]
+    assert fake.resets == [CUDA]
 
 
 def test_device_used_is_none_without_nvml(monkeypatch):
