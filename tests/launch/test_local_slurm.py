@@ -7,6 +7,7 @@ leaves it running. Skipped only where it cannot be set up at all: no apt-get or 
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 import time
@@ -128,14 +129,17 @@ def test_a_checkout_too_long_for_sockets_moves_its_state_and_its_env_file_follow
         assert other.wait_terminal(job) == {job: "COMPLETED"}
         assert (tmp_path / "from-long-checkout.txt").read_text().strip() == "mmhpc"
         # the first cluster's ports are taken: a clear refusal, not a half-started second cluster
+        taken = re.search(r"^SlurmctldPort=(\d+)$", Path(local_slurm.conf).read_text(), re.M)
         clash = _run_script(
             long_dir / "start.sh",
-            dict(env, MMHPC_SLURM_PORT_BASE="16817", MMHPC_SLURM_STATE=str(clash_state)),
+            dict(env, MMHPC_SLURM_PORT_BASE=taken[1], MMHPC_SLURM_STATE=str(clash_state)),
             timeout=120,
         )
         assert clash.returncode == 1 and "is taken by another process" in clash.stderr, clash.stderr
     finally:
         _run_script(long_dir / "stop.sh", env, timeout=300)
+        if clash_state.exists():  # a clash that started after all: no daemons left behind
+            _run_script(long_dir / "stop.sh", dict(env, MMHPC_SLURM_STATE=str(clash_state)), 300)
         location = long_dir / "state" / "location"
         for path in ([Path(location.read_text().strip())] if location.exists() else []) + [
             clash_state
