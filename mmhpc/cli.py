@@ -207,8 +207,7 @@ def cmd_doctor(args) -> int:
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="mmhpc", description="Multimodal late-fusion training benchmarks.",
                      epilog="exit codes: 0 done, 1 a run or job failed, 2 bad input, 3 the "
-                     "scheduler failed, "
-                            "130 interrupted (Ctrl-C)")
+                     "scheduler failed, 130 interrupted (Ctrl-C)")
     parser.add_argument(
         "-v", "--verbose", action="store_true", help="debug messages, tracebacks of failures"
     )
@@ -216,22 +215,30 @@ def build_parser() -> argparse.ArgumentParser:
         "-q", "--quiet", dest="log_quiet", action="store_true", help="only warnings and errors"
     )
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    for add in (_add_train, _add_bench, _add_config, _add_data, _add_prepare, _add_demo,
+                _add_strategies, _add_doctor, _add_sweep_parser, _add_report, _add_gpu_check):
+        add(sub)
+    return parser
 
+
+def _quiet(p, help_="no progress bars") -> None:
+    p.add_argument("-q", "--quiet", action="store_true", help=help_)
+
+
+def _add_train(sub) -> None:
     p = sub.add_parser("train", help="train one configuration", epilog=_knob_help,
                        formatter_class=argparse.RawDescriptionHelpFormatter,
                        description="Train one run config: `mmhpc train [CONFIG.yaml] key=value "
                        "...`.")
     _add_config_args(p)
     p.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
-    p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+    _quiet(p)
     p.set_defaults(func=cmd_train)
 
-    p = sub.add_parser(
-        "bench",
-        help="time a config: N epochs after warm-up, with utilisation",
-        epilog=_knob_help,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+
+def _add_bench(sub) -> None:
+    p = sub.add_parser("bench", help="time a config: N epochs after warm-up, with utilisation",
+                       epilog=_knob_help, formatter_class=argparse.RawDescriptionHelpFormatter)
     _add_config_args(p)
     p.add_argument("--epochs", type=int, default=3, help="measured epochs (default 3)")
     p.add_argument(
@@ -240,117 +247,106 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--profile", action="store_true", help="write a torch.profiler trace beside the record"
     )
-    p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+    _quiet(p)
     p.set_defaults(func=cmd_bench)
 
-    p = sub.add_parser(
-        "config",
-        help="print the resolved config of a file plus overrides",
-        epilog=_knob_help,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+
+def _add_config(sub) -> None:
+    p = sub.add_parser("config", help="print the resolved config of a file plus overrides",
+                       epilog=_knob_help, formatter_class=argparse.RawDescriptionHelpFormatter)
     _add_config_args(p)
     p.set_defaults(func=cmd_config)
 
-    data = sub.add_parser("data", help="datasets").add_subparsers(
-        dest="data_command", required=True
+
+def _add_data(sub) -> None:
+    data = sub.add_parser("data", help="datasets")
+    p = data.add_subparsers(dest="data_command", required=True).add_parser(
+        "synth", help="write a synthetic dataset in the prepared layout"
     )
-    p = data.add_parser("synth", help="write a synthetic dataset in the prepared layout")
     p.add_argument("dataset", help="dataset name or 'all'")
     p.add_argument("--preset", default="tiny", choices=("tiny", "full"))
     p.add_argument("--seed", type=int, default=0, help="generator seed")
-    p.add_argument(
-        "--out",
-        default=None,
-        help="output directory (default data/synthetic/<name>-<preset>-d<seed>)",
-    )
+    p.add_argument("--out", default=None,
+                   help="output directory (default data/synthetic/<name>-<preset>-d<seed>)")
     p.set_defaults(func=cmd_synth)
 
+
+def _add_prepare(sub) -> None:
     p = sub.add_parser("prepare", help="prepare a real dataset from its local raw copy",
                        description="Convert a dataset's distributed raw layout (see "
-                       "mmhpc/data/prepare/README.md) "
-                                   "to the prepared layout: filterbanks, frames, token ids, "
-                                   "splits, manifest. "
-                                   "Resumable; failed raw files are reported per file.")
+                       "mmhpc/data/prepare/README.md) to the prepared layout: filterbanks, "
+                       "frames, token ids, splits, manifest. Resumable; failed raw files are "
+                       "reported per file.")
     p.add_argument("dataset", choices=("ave", "cremad", "iemocap", "mvsa", "urfunny"))
     p.add_argument("--raw", required=True, help="the dataset's top directory, as distributed")
-    p.add_argument(
-        "--out",
-        required=True,
-        help="the prepared dataset's directory (then: data.root=OUT data.source=prepared)",
-    )
+    p.add_argument("--out", required=True,
+                   help="the prepared dataset's directory (then: data.root=OUT "
+                   "data.source=prepared)")
     p.add_argument("--jobs", type=int, default=len(os.sched_getaffinity(0)),
                    help="worker processes (default: the cores this process may use, e.g. its SLURM "
                    "allocation)")
-    p.add_argument(
-        "--seed", type=int, default=0, help="seed of the random 80/10/10 split (not AVE)"
-    )
-    p.add_argument(
-        "--tokenizer",
-        default=None,
-        help="local RoBERTa tokenizer directory (MVSA, IEMOCAP, UR-FUNNY)",
-    )
+    p.add_argument("--seed", type=int, default=0,
+                   help="seed of the random 80/10/10 split (not AVE)")
+    p.add_argument("--tokenizer", default=None,
+                   help="local RoBERTa tokenizer directory (MVSA, IEMOCAP, UR-FUNNY)")
     p.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
                    help="a choice beside the thesis recipe: iemocap classes=six (keep hap), "
-                   "urfunny text=context "
-                        "(context sentences before the punchline)")
-    p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+                   "urfunny text=context (context sentences before the punchline)")
+    _quiet(p, "no progress bar")
     p.set_defaults(func=cmd_prepare)
 
-    p = sub.add_parser(
-        "demo",
-        help="naive vs alternating training on synthetic CREMA-D (tiny), with IBF; "
-        "`demo algorithms`: five strategies in the shape of thesis "
-        "Tables 4.1/4.4/4.5",
-    )
+
+def _add_demo(sub) -> None:
+    p = sub.add_parser("demo", help="naive vs alternating training on synthetic CREMA-D (tiny), "
+                       "with IBF; `demo algorithms`: five strategies in the shape of thesis "
+                       "Tables 4.1/4.4/4.5")
     p.add_argument("which", nargs="?", default="imbalance", choices=("imbalance", "algorithms"),
                    help="imbalance (default): naive vs alternating; algorithms: Naive, OGM-GE, "
-                   "Alternating, "
-                        "AMST, Reliability")
+                   "Alternating, AMST, Reliability")
     p.add_argument("--runs-dir", default=None, help="default runs/demo or runs/algorithms")
     p.add_argument("--epochs", type=int, default=None, help="epochs per run (default: the demo's)")
-    p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+    _quiet(p)
     p.set_defaults(func=cmd_demo)
+
+
+def _add_strategies(sub) -> None:
     p = sub.add_parser(
         "strategies", help="the training strategies: source, parameters and defaults, fusions"
     )
     p.set_defaults(func=cmd_strategies)
+
+
+def _add_doctor(sub) -> None:
     p = sub.add_parser(
         "doctor",
         help="can this machine run mmhpc? Python, torch, driver, GPUs, data, results",
-        description="Check Python, torch and its CUDA build, the NVIDIA driver, "
-        "GPUs visible to torch "
-        "vs allocated by SLURM (and a GPU cluster's need of one), "
-        "compute capability vs "
-        "system.precision, the dataset and its manifest, and a writable "
-        "results "
-        "directory. Every sweep job runs these checks first.",
+        description="Check Python, torch and its CUDA build, the NVIDIA driver, GPUs visible to "
+        "torch vs allocated by SLURM (and a GPU cluster's need of one), compute capability vs "
+        "system.precision, the dataset and its manifest, and a writable results directory. "
+        "Every sweep job runs these checks first.",
     )
     _add_config_args(p)
     p.add_argument(
         "--cluster", default=None, help="check for this cluster profile (e.g. alvis: needs a GPU)"
     )
-    p.add_argument(
-        "--results",
-        default=None,
-        help="results directory to check (default: the profile's, or output.runs_dir)",
-    )
+    p.add_argument("--results", default=None,
+                   help="results directory to check (default: the profile's, or output.runs_dir)")
     p.set_defaults(func=cmd_doctor)
-    _add_sweep_parser(sub)
+
+
+def _add_report(sub) -> None:
     from mmhpc.report import _add_report_parser  # `report` lives with the report layer
 
     _add_report_parser(sub)
+
+
+def _add_gpu_check(sub) -> None:
     # options are parsed by mmhpc.gpucheck itself (`mmhpc gpu-check --help`); importing it imports
     # torch
-    p = sub.add_parser(
-        "gpu-check",
-        add_help=False,
-        help="check a GPU node: environment, precision, host syncs, "
-        "BLP streams, sampler, NCCL, bench, loader; records under "
-        "reports/results/<gpu>/",
-    )
+    p = sub.add_parser("gpu-check", add_help=False,
+                       help="check a GPU node: environment, precision, host syncs, BLP streams, "
+                       "sampler, NCCL, bench, loader; records under reports/results/<gpu>/")
     p.set_defaults(func=lambda args: cmd_gpu_check([]))
-    return parser
 
 
 def cmd_gpu_check(options: list[str]) -> int:

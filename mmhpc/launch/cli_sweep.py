@@ -214,62 +214,72 @@ def cmd_discover(args) -> int:
 
 def add_parsers(sub) -> None:
     """Add `sweep` and `clusters` to the `mmhpc` subcommands."""
-    default_cluster = os.environ.get("MMHPC_CLUSTER", "none")
-
-    def cluster_args(p, default=default_cluster):
-        p.add_argument(
-            "--cluster",
-            default=default,
-            help=f"cluster profile (default {default}; see `mmhpc clusters`)",
-        )
-        p.add_argument(
-            "--account",
-            default=None,
-            help="SLURM account, sbatch -A (default: the profile's, e.g. $MMHPC_ACCOUNT on alvis)",
-        )
-
-    def size_args(p):
-        p.add_argument("--size", choices=SIZES, default=None,
-                       help="tiny: the synthetic tiny smoke version; full: as written (default: "
-                       "the cluster's)")
-        p.add_argument("--tiny", action="store_true", help="same as --size tiny")
-        p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                       help="RunConfig override of every run (repeatable); {dataset} in data.root "
-                       "is the run's "
-                            "dataset, e.g. --set data.source=prepared --set "
-                            "data.root=/data/prepared/{dataset}")
-
-    def wait_args(p):
-        p.add_argument(
-            "--wait",
-            action="store_true",
-            help="block until every run has finished, with a progress bar",
-        )
-        p.add_argument(
-            "--poll", type=float, default=5.0, help="seconds between status polls with --wait"
-        )
-        p.add_argument("-q", "--quiet", action="store_true", help="no progress bars or tables")
-
     sweep = sub.add_parser(
         "sweep", help="expand, submit, follow and resume YAML sweeps (see sweeps/README.md)"
     )
     ss = sweep.add_subparsers(dest="sweep_command", required=True)
+    for add in (_add_expand, _add_submit, _add_status, _add_resume, _add_wait, _add_run_index):
+        add(ss)
+    _add_clusters(sub)
 
+
+def _cluster_args(p, default: str | None = "") -> None:
+    """--cluster (default: $MMHPC_CLUSTER or none; None: no default) and --account."""
+    if default == "":
+        default = os.environ.get("MMHPC_CLUSTER", "none")
+    p.add_argument(
+        "--cluster",
+        default=default,
+        help=f"cluster profile (default {default}; see `mmhpc clusters`)",
+    )
+    p.add_argument(
+        "--account",
+        default=None,
+        help="SLURM account, sbatch -A (default: the profile's, e.g. $MMHPC_ACCOUNT on alvis)",
+    )
+
+
+def _size_args(p) -> None:
+    p.add_argument("--size", choices=SIZES, default=None,
+                   help="tiny: the synthetic tiny smoke version; full: as written (default: "
+                   "the cluster's)")
+    p.add_argument("--tiny", action="store_true", help="same as --size tiny")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="RunConfig override of every run (repeatable); {dataset} in data.root "
+                   "is the run's dataset, e.g. --set data.source=prepared --set "
+                   "data.root=/data/prepared/{dataset}")
+
+
+def _wait_args(p) -> None:
+    p.add_argument(
+        "--wait",
+        action="store_true",
+        help="block until every run has finished, with a progress bar",
+    )
+    p.add_argument(
+        "--poll", type=float, default=5.0, help="seconds between status polls with --wait"
+    )
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bars or tables")
+
+
+def _add_expand(ss) -> None:
     p = ss.add_parser("expand", help="list and validate the runs of a sweep file for a cluster")
     p.add_argument("file")
-    cluster_args(p)
-    size_args(p)
+    _cluster_args(p)
+    _size_args(p)
     p.add_argument(
         "--sbatch", action="store_true", help="also print sbatch lines for jobs/sweep_array.sbatch"
     )
     p.set_defaults(func=cmd_expand)
 
+
+def _add_submit(ss) -> None:
     p = ss.add_parser(
         "submit", help="validate every run, then submit one job array per resource shape"
     )
     p.add_argument("file")
-    cluster_args(p)
-    size_args(p)
+    _cluster_args(p)
+    _size_args(p)
     p.add_argument(
         "--results",
         default=None,
@@ -286,9 +296,11 @@ def add_parsers(sub) -> None:
         "sbatch lines for jobs/sweep_array.sbatch (its runs show as held until those "
         "jobs are queued)",
     )
-    wait_args(p)
+    _wait_args(p)
     p.set_defaults(func=cmd_submit)
 
+
+def _add_status(ss) -> None:
     p = ss.add_parser(
         "status", help="pending / running / done / failed (with the reason) of every run"
     )
@@ -296,23 +308,29 @@ def add_parsers(sub) -> None:
     p.add_argument("--no-slurm", action="store_true", help="records only; do not ask squeue/sacct")
     p.set_defaults(func=cmd_status)
 
+
+def _add_resume(ss) -> None:
     p = ss.add_parser("resume", help="resubmit what is neither done, pending nor running")
     p.add_argument("dir")
-    cluster_args(p, default=None)
+    _cluster_args(p, default=None)
     p.add_argument(
         "--dry-run",
         action="store_true",
         help="print the sbatch scripts of what would be resubmitted",
     )
-    wait_args(p)
+    _wait_args(p)
     p.set_defaults(func=cmd_resume)
 
+
+def _add_wait(ss) -> None:
     p = ss.add_parser("wait", help="block until no run of the sweep is pending or running")
     p.add_argument("dir")
     p.add_argument("--poll", type=float, default=5.0)
     p.add_argument("-q", "--quiet", action="store_true")
     p.set_defaults(func=cmd_wait)
 
+
+def _add_run_index(ss) -> None:
     p = ss.add_parser(
         "run-index", help="run number INDEX of a sweep here (jobs/sweep_array.sbatch)"
     )
@@ -320,13 +338,13 @@ def add_parsers(sub) -> None:
     p.add_argument("index", type=int)
     p.set_defaults(func=cmd_run_index)
 
+
+def _add_clusters(sub) -> None:
     p = sub.add_parser(
         "clusters",
         help="list the cluster profiles, show one, or `discover` this cluster's",
-        description="mmhpc clusters [NAME]: the profiles, or one. mmhpc clusters "
-        "discover "
-        "[--partition P] [-o FILE] [--probe]: a draft profile from "
-        "scontrol/sacctmgr",
+        description="mmhpc clusters [NAME]: the profiles, or one. mmhpc clusters discover "
+        "[--partition P] [-o FILE] [--probe]: a draft profile from scontrol/sacctmgr",
     )
     p.add_argument("name", nargs="?", help="a profile name or file, or `discover`")
     p.add_argument(

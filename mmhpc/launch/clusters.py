@@ -546,23 +546,47 @@ def resolve_resources(
     """Derive a run's allocation from its parallelism and check it against the cluster.
 
     Returns (resources, errors, not_applicable): an error is a mistake in the sweep (e.g. BF16 asked
-    of a
-    V100); `not_applicable` means the run cannot exist on this kind of machine at all (DP or TF32 on
-    a CPU
-    cluster) and is recorded as such instead of failing the whole sweep.
+    of a V100); `not_applicable` means the run cannot exist on this kind of machine at all (DP or
+    TF32 on a CPU cluster) and is recorded as such instead of failing the whole sweep.
     """
     try:
         req = ResourceRequest(**request)
     except ValidationError as e:
         return None, validation_problems(e, prefix=["resources"], model=ResourceRequest), None
     from mmhpc.rules.system import PARALLELISM_RULES as PARALLELISMS
-    from mmhpc.rules.system import PrecisionRules as Precision
 
+    par = cfg.system.parallelism
+    nodes, time_min = req.nodes or 1, req.time_min or profile.time_min
+    errors = _limit_problems(profile, par, nodes, time_min)
+    if profile.is_gpu:
+        res, gpu_errors = _gpu_resources(profile, cfg, req, nodes, time_min)
+        errors += gpu_errors
+        if res is None:
+            return None, errors, None
+    else:
+        res, absent = _cpu_resources(profile, cfg, req, nodes, time_min)
+        if res is None:
+            return None, errors, absent
+    device, world = "cuda" if profile.is_gpu else "cpu", res.nodes * res.tasks_per_node
+    wrong = PARALLELISMS[par].problem(cfg, device, res.gpus_per_node, world)
+    if wrong:
+        errors.append(wrong)
+    workers = cfg.loader.num_workers
+    if res.cpus_per_task and workers > res.cpus_per_task:
+        errors.append(
+            problem(
+                "loader.num_workers",
+                f"{workers} workers exceed the {res.cpus_per_task} cores each "
+                f"process of this run gets on {profile.name}",
+                [f"0..{res.cpus_per_task}", "or resources.cpus_per_task"],
+            )
+        )
+    return res, errors, None
+
+
+def _limit_problems(profile: ClusterProfile, par: str, nodes: int, time_min: int) -> list[str]:
+    """The cluster's limits on time and nodes, and multi-node runs' need of DDP."""
     errors: list[str] = []
-    par, precision = cfg.system.parallelism, cfg.system.precision
-    rules = PARALLELISMS[par]
-    nodes = req.nodes or 1
-    time_min = req.time_min or profile.time_min
     if time_min > profile.max_time_min:
         errors.append(
             problem(
@@ -584,111 +608,113 @@ def resolve_resources(
                 [f"1..{profile.max_nodes}"],
             )
         )
-    cpus = req.cpus_per_task or profile.cpus_per_task
-    if profile.is_gpu:
-        gpu = req.gpu or profile.default_gpu
-        if gpu not in profile.gpus:
-            return (
-                None,
-                errors
-                + [problem("resources.gpu", f"invalid value {gpu!r} on {profile.name}",
-                           profile.gpus)],
-                None,
-            )
-        spec = profile.gpus[gpu]
-        wrong = Precision(precision, "cuda").problem(spec.capability, gpu)
-        if spec.vendor == "amd" and precision == "tf32":  # ROCm builds of torch have no TF32 mode
-            wrong = problem("system.precision=tf32", f"{gpu} is an AMD GPU (ROCm): no TF32 mode",
-                            ["fp32", "bf16"])
-        if wrong:
-            able = [
-                g
-                for g, s in profile.gpus.items()
-                if not Precision(precision, "cuda").problem(s.capability)
-            ]
-            errors.append(wrong + (f" (or resources.gpu: {', '.join(able)})" if able else ""))
-        count = rules.devices_needed(cfg, req.gpus)
-        if count > spec.per_node:
-            errors.append(
-                f"resources.gpus: {par} needs {count} GPUs per node, {gpu} nodes have "
-                f"{spec.per_node}"
-                + ("; use resources.nodes for multi-node ddp" if par == "ddp" else "")
-            )
-        fabric = profile.gpu_fabric(gpu)
-        if nodes > 1 and fabric not in FAST_FABRICS:
-            errors.append(
-                problem(
-                    "resources.nodes",
-                    f"{nodes} nodes of {gpu}: {gpu} nodes have no InfiniBand "
-                    f"or Slingshot (fabric {fabric}), so multi-node DDP would run "
-                    "over Ethernet",
-                    [
-                        "1",
-                        "or resources.gpu: "
-                        + ", ".join(
-                            g for g in profile.gpus if profile.gpu_fabric(g) in FAST_FABRICS
-                        ),
-                    ],
-                )
-            )
-        elif nodes > 1 and fabric == "slingshot" and not profile.fabric_setup:
-            errors.append(
-                problem(
-                    "fabric_setup",
-                    f"{nodes} nodes of {gpu} on Slingshot: NCCL needs the "
-                    "aws-ofi-nccl plugin there; the profile must load it "
-                    "(fabric_setup)",
-                    ["e.g. [module load aws-ofi-nccl]"],
-                    profile.source,
-                )
-            )
-        tasks = rules.tasks_per_node(count)
-        if cpus is None and count <= spec.per_node:  # the cores that come with the task's GPUs
-            cpus = spec.cores_per_gpu(count) * (count // tasks)
-        mem = (
-            req.mem_gb
-            or profile.mem_gb
-            or (spec.mem_gb_per_gpu * count if spec.mem_gb_per_gpu else None)
-        )
-        res = Resources(
-            gpu=gpu,
-            gpus_per_node=count,
-            nodes=nodes,
-            tasks_per_node=tasks,
-            time_min=time_min,
-            cpus_per_task=cpus,
-            mem_gb=mem,
-        )
-        wrong = rules.problem(cfg, "cuda", count, res.nodes * res.tasks_per_node)
-    else:
-        # a run that cannot exist on a CPU cluster (DP, TF32) is recorded as not applicable, not an
-        # error
-        absent = Precision(precision, "cpu").problem() or (
-            rules.problem(cfg, "cpu", 0) if rules.gpu_only else None
-        )
-        if absent:
-            return None, errors, f"{absent} (cluster {profile.name} has no GPU)"
-        count = rules.devices_needed(cfg, req.gpus or profile.cpu_tasks)  # DDP: gloo processes
-        res = Resources(
-            gpu=None,
-            gpus_per_node=0,
-            nodes=nodes,
-            tasks_per_node=rules.tasks_per_node(count),
-            time_min=time_min,
-            cpus_per_task=cpus,
-            mem_gb=req.mem_gb or profile.mem_gb,
-        )
-        wrong = rules.problem(cfg, "cpu", 0, res.nodes * res.tasks_per_node)
-    if wrong:
-        errors.append(wrong)
-    workers = cfg.loader.num_workers
-    if res.cpus_per_task and workers > res.cpus_per_task:
+    return errors
+
+
+def _gpu_resources(
+    profile: ClusterProfile, cfg, req: ResourceRequest, nodes: int, time_min: int
+) -> tuple[Resources | None, list[str]]:
+    """A GPU cluster's allocation of a run (None for an unknown GPU type) and its problems."""
+    from mmhpc.rules.system import PARALLELISM_RULES as PARALLELISMS
+
+    gpu = req.gpu or profile.default_gpu
+    if gpu not in profile.gpus:
+        return None, [problem("resources.gpu", f"invalid value {gpu!r} on {profile.name}",
+                              profile.gpus)]
+    spec, par = profile.gpus[gpu], cfg.system.parallelism
+    rules = PARALLELISMS[par]
+    errors = _precision_problems(profile, cfg.system.precision, gpu)
+    count = rules.devices_needed(cfg, req.gpus)
+    if count > spec.per_node:
         errors.append(
-            problem(
-                "loader.num_workers",
-                f"{workers} workers exceed the {res.cpus_per_task} cores each "
-                f"process of this run gets on {profile.name}",
-                [f"0..{res.cpus_per_task}", "or resources.cpus_per_task"],
-            )
+            f"resources.gpus: {par} needs {count} GPUs per node, {gpu} nodes have "
+            f"{spec.per_node}"
+            + ("; use resources.nodes for multi-node ddp" if par == "ddp" else "")
         )
-    return res, errors, None
+    errors += _fabric_problems(profile, gpu, nodes)
+    tasks = rules.tasks_per_node(count)
+    cpus = req.cpus_per_task or profile.cpus_per_task
+    if cpus is None and count <= spec.per_node:  # the cores that come with the task's GPUs
+        cpus = spec.cores_per_gpu(count) * (count // tasks)
+    mem = (
+        req.mem_gb
+        or profile.mem_gb
+        or (spec.mem_gb_per_gpu * count if spec.mem_gb_per_gpu else None)
+    )
+    res = Resources(gpu=gpu, gpus_per_node=count, nodes=nodes, tasks_per_node=tasks,
+                    time_min=time_min, cpus_per_task=cpus, mem_gb=mem)
+    return res, errors
+
+
+def _precision_problems(profile: ClusterProfile, precision: str, gpu: str) -> list[str]:
+    """system.precision on this GPU type, with the types that could run it."""
+    from mmhpc.rules.system import PrecisionRules as Precision
+
+    spec = profile.gpus[gpu]
+    wrong = Precision(precision, "cuda").problem(spec.capability, gpu)
+    if spec.vendor == "amd" and precision == "tf32":  # ROCm builds of torch have no TF32 mode
+        wrong = problem("system.precision=tf32", f"{gpu} is an AMD GPU (ROCm): no TF32 mode",
+                        ["fp32", "bf16"])
+    if not wrong:
+        return []
+    able = [
+        g
+        for g, s in profile.gpus.items()
+        if not Precision(precision, "cuda").problem(s.capability)
+    ]
+    return [wrong + (f" (or resources.gpu: {', '.join(able)})" if able else "")]
+
+
+def _fabric_problems(profile: ClusterProfile, gpu: str, nodes: int) -> list[str]:
+    """Multi-node DDP needs a fast fabric (InfiniBand, Slingshot with its NCCL plugin)."""
+    fabric = profile.gpu_fabric(gpu)
+    if nodes > 1 and fabric not in FAST_FABRICS:
+        return [
+            problem(
+                "resources.nodes",
+                f"{nodes} nodes of {gpu}: {gpu} nodes have no InfiniBand "
+                f"or Slingshot (fabric {fabric}), so multi-node DDP would run "
+                "over Ethernet",
+                [
+                    "1",
+                    "or resources.gpu: "
+                    + ", ".join(
+                        g for g in profile.gpus if profile.gpu_fabric(g) in FAST_FABRICS
+                    ),
+                ],
+            )
+        ]
+    if nodes > 1 and fabric == "slingshot" and not profile.fabric_setup:
+        return [
+            problem(
+                "fabric_setup",
+                f"{nodes} nodes of {gpu} on Slingshot: NCCL needs the "
+                "aws-ofi-nccl plugin there; the profile must load it "
+                "(fabric_setup)",
+                ["e.g. [module load aws-ofi-nccl]"],
+                profile.source,
+            )
+        ]
+    return []
+
+
+def _cpu_resources(
+    profile: ClusterProfile, cfg, req: ResourceRequest, nodes: int, time_min: int
+) -> tuple[Resources | None, str | None]:
+    """A CPU cluster's allocation of a run, or (None, why): a run that cannot exist on a CPU
+    cluster (DP, TF32) is recorded as not applicable, not as an error."""
+    from mmhpc.rules.system import PARALLELISM_RULES as PARALLELISMS
+    from mmhpc.rules.system import PrecisionRules as Precision
+
+    rules = PARALLELISMS[cfg.system.parallelism]
+    absent = Precision(cfg.system.precision, "cpu").problem() or (
+        rules.problem(cfg, "cpu", 0) if rules.gpu_only else None
+    )
+    if absent:
+        return None, f"{absent} (cluster {profile.name} has no GPU)"
+    count = rules.devices_needed(cfg, req.gpus or profile.cpu_tasks)  # DDP: gloo processes
+    res = Resources(gpu=None, gpus_per_node=0, nodes=nodes,
+                    tasks_per_node=rules.tasks_per_node(count), time_min=time_min,
+                    cpus_per_task=req.cpus_per_task or profile.cpus_per_task,
+                    mem_gb=req.mem_gb or profile.mem_gb)
+    return res, None
