@@ -267,6 +267,17 @@ class RunConfig(_Section):
             raise ConfigError(*problems)
 
     def problems(self) -> list[str]:
+        out = self._data_problems() + self._model_problems() + self._loader_problems()
+        if not out:  # the strategy's own rules assume a consistent config
+            from mmhpc.rules.strategies import RULES  # torch-free; the strategies inherit them
+
+            try:
+                RULES[self.strategy.name].check_config(self)
+            except ConfigError as e:
+                out += e.problems
+        return out
+
+    def _data_problems(self) -> list[str]:
         out: list[str] = []
         spec = DATASETS[self.data.dataset]
         mods = self.modalities
@@ -285,13 +296,17 @@ class RunConfig(_Section):
             )
         if self.data.source == "prepared" and not self.data.root:
             out.append(problem("data.root", "source=prepared needs the prepared dataset directory"))
+        return out
+
+    def _model_problems(self) -> list[str]:
+        out: list[str] = []
+        mods = self.modalities
         if self.model.fusion in names.TWO_MODALITY and len(mods) not in (1, 2):
             out.append(
                 problem(
                     "model.fusion",
                     f"{self.model.fusion} fuses exactly two modalities, got {len(mods)} "
-                    f"({', '.join(mods)}); choose two modalities or "
-                    "another fusion",
+                    f"({', '.join(mods)}); choose two modalities or another fusion",
                     names.SYMMETRIC,
                 )
             )
@@ -304,11 +319,14 @@ class RunConfig(_Section):
                 )
             if not 0.0 <= p < 1.0:
                 out.append(problem(f"model.embedding_dropout.{m}", f"{p} must be in [0, 1)"))
+        return out
+
+    def _loader_problems(self) -> list[str]:
+        out: list[str] = []
         lo = self.loader
         if lo.prefetch_factor is not None and lo.num_workers == 0:
             out.append(problem("loader.prefetch_factor", "only valid with loader.num_workers > 0 "
-                                                         "(PyTorch refuses prefetch_factor without "
-                                                         "workers)"))
+                               "(PyTorch refuses prefetch_factor without workers)"))
         if lo.persistent_workers and lo.num_workers == 0:
             out.append(problem("loader.persistent_workers", "needs loader.num_workers > 0"))
         if lo.preinit and (lo.num_workers == 0 or lo.persistent_workers):
@@ -316,20 +334,11 @@ class RunConfig(_Section):
                 problem(
                     "loader.preinit",
                     "needs loader.num_workers > 0 and loader.persistent_workers=false "
-                    "(it hides the start-up of fresh workers; without "
-                    "workers there is "
-                    "none to hide, and a persistent loader's single "
-                    "iterator cannot be "
+                    "(it hides the start-up of fresh workers; without workers there is "
+                    "none to hide, and a persistent loader's single iterator cannot be "
                     "restarted ahead of time)",
                 )
             )
-        if not out:  # the strategy's own rules assume a consistent config
-            from mmhpc.rules.strategies import RULES  # torch-free; the strategies inherit them
-
-            try:
-                RULES[self.strategy.name].check_config(self)
-            except ConfigError as e:
-                out += e.problems
         return out
 
     # ---- conveniences --------------------------------------------------------------------------

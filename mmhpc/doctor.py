@@ -108,7 +108,6 @@ def run_checks(
     import torch
 
     from mmhpc.config import load_config
-    from mmhpc.system.precision import Precision
 
     cfg = cfg or load_config(None, [])
     checks = [
@@ -124,25 +123,39 @@ def run_checks(
         f"built for CUDA {cuda}" if cuda else f"built for ROCm (HIP {hip}): AMD GPUs" if hip
         else "a CPU-only build")))
     driver, driver_cuda, note = nvml_driver()
-    bad_driver = driver_problem(cuda, driver, driver_cuda)
-    checks.append(
-        Check(
-            "driver",
-            bad_driver is None,
-            bad_driver
-            or (
-                f"NVIDIA driver {driver} (supports CUDA "
-                f"{driver_cuda // 1000}.{driver_cuda % 1000 // 10})"
-                if driver
-                else f"ROCm build: the NVIDIA driver check does not apply ({note})"
-                if hip
-                else note
-            ),
-        )
-    )
+    checks.append(_driver_check(cuda, hip, driver, driver_cuda, note))
     visible = (
         torch.cuda.device_count() if cuda or hip else 0
     )  # ROCm builds answer through torch.cuda
+    checks.append(_gpus_check(cfg, profile, env, visible, bool(cuda or hip), driver, note))
+    if visible:
+        checks.append(_precision_check(cfg, visible, bool(hip)))
+    checks.append(_data_check(cfg))
+    return checks + _results_checks(cfg, profile, results)
+
+
+def _driver_check(cuda, hip, driver, driver_cuda, note: str) -> Check:
+    bad_driver = driver_problem(cuda, driver, driver_cuda)
+    return Check(
+        "driver",
+        bad_driver is None,
+        bad_driver
+        or (
+            f"NVIDIA driver {driver} (supports CUDA "
+            f"{driver_cuda // 1000}.{driver_cuda % 1000 // 10})"
+            if driver
+            else f"ROCm build: the NVIDIA driver check does not apply ({note})"
+            if hip
+            else note
+        ),
+    )
+
+
+def _gpus_check(cfg, profile, env, visible: int, gpu_build: bool, driver, note: str) -> Check:
+    """The GPUs torch sees against those SLURM allocated and those the run or cluster needs
+    (`driver`, `note`: NVML's answer)."""
+    import torch
+
     allocated, per_task = slurm_gpus(env), slurm_gpus_per_task(env)
     wants_gpu = (
         bool(profile is not None and profile.is_gpu) or allocated > 0 or cfg.system.device == "cuda"
@@ -151,31 +164,37 @@ def run_checks(
         allocated and visible != allocated and not (per_task and visible == per_task)
     ):  # --gpus-per-task:
         # the task sees its own GPUs, not the node's
-        gpus = Check("gpus", False, f"SLURM allocated {allocated} GPU(s) on this node"
+        return Check("gpus", False, f"SLURM allocated {allocated} GPU(s) on this node"
                      + (f" ({per_task} per task)" if per_task else "") + f", torch sees {visible}"
                      + (f" ({note})" if not driver else ""))
-    elif wants_gpu and not visible:
+    if wants_gpu and not visible:
         where = (
             f"cluster {profile.name} runs on GPUs ({', '.join(profile.gpus)})"
             if profile is not None and profile.is_gpu
             else f"system.device={cfg.system.device} needs a GPU"
         )
-        why = "torch is a CPU-only build" if not (cuda or hip) else note or "CUDA is not usable"
-        gpus = Check(
+        why = "torch is a CPU-only build" if not gpu_build else note or "CUDA is not usable"
+        return Check(
             "gpus",
             False,
             f"{where}, and torch sees no GPU on this machine ({why}); run on a GPU "
             "node (sbatch/srun --gpus-per-node=TYPE:N)",
         )
-    else:
-        names = [torch.cuda.get_device_name(i) for i in range(visible)]
-        gpus = Check(
-            "gpus",
-            True,
-            f"{visible} GPU(s): {', '.join(names)}" if visible else "no GPU (CPU runs)",
-        )
-    checks.append(gpus)
-    if visible and hip:  # AMD: BF16 on CDNA2+ (MI200/MI300); no TF32 mode in ROCm builds of torch
+    names = [torch.cuda.get_device_name(i) for i in range(visible)]
+    return Check(
+        "gpus",
+        True,
+        f"{visible} GPU(s): {', '.join(names)}" if visible else "no GPU (CPU runs)",
+    )
+
+
+def _precision_check(cfg, visible: int, hip: bool) -> Check:
+    """system.precision on the GPUs torch sees."""
+    import torch
+
+    from mmhpc.system.precision import Precision
+
+    if hip:  # AMD: BF16 on CDNA2+ (MI200/MI300); no TF32 mode in ROCm builds of torch
         bad = (
             [
                 f"system.precision=tf32: {torch.cuda.get_device_name(0)} (ROCm) has no TF32 mode; "
@@ -185,34 +204,32 @@ def run_checks(
             if cfg.system.precision == "tf32"
             else []
         )
-        checks.append(Check("precision", not bad, bad[0] if bad else f"{cfg.system.precision} on "
-                            f"{torch.cuda.get_device_name(0)} (ROCm)"))
-    elif visible:
-        caps = {torch.cuda.get_device_capability(i) for i in range(visible)}
-        bad = [p for c in sorted(caps) if (p := Precision(cfg.system.precision, "cuda").problem(
-            c, torch.cuda.get_device_name(0)))]
-        checks.append(
-            Check(
-                "precision",
-                not bad,
-                bad[0]
-                if bad
-                else f"{cfg.system.precision} on compute capability "
-                + ", ".join(f"{a}.{b}" for a, b in sorted(caps)),
-            )
-        )
-    checks.append(_data_check(cfg))
+        return Check("precision", not bad, bad[0] if bad else f"{cfg.system.precision} on "
+                     f"{torch.cuda.get_device_name(0)} (ROCm)")
+    caps = {torch.cuda.get_device_capability(i) for i in range(visible)}
+    bad = [p for c in sorted(caps) if (p := Precision(cfg.system.precision, "cuda").problem(
+        c, torch.cuda.get_device_name(0)))]
+    return Check(
+        "precision",
+        not bad,
+        bad[0]
+        if bad
+        else f"{cfg.system.precision} on compute capability "
+        + ", ".join(f"{a}.{b}" for a, b in sorted(caps)),
+    )
+
+
+def _results_checks(cfg, profile, results) -> list[Check]:
+    """A writable results directory: the one given, the profile's, or output.runs_dir."""
     if results is None and profile is not None and profile.results_root:
         if profile.uses_placeholder_path():  # never "ok" for a directory no project owns
-            checks.append(Check("results", False, f"cluster {profile.name}: the results path "
-                                f"{profile.results_dir()} is built from the placeholder account; "
-                                "set "
-                                "MMHPC_ACCOUNT (or MMHPC_PROJECT, the storage project) or "
-                                "MMHPC_RESULTS"))
-            return checks
+            return [Check("results", False, f"cluster {profile.name}: the results path "
+                          f"{profile.results_dir()} is built from the placeholder account; "
+                          "set "
+                          "MMHPC_ACCOUNT (or MMHPC_PROJECT, the storage project) or "
+                          "MMHPC_RESULTS")]
         results = profile.results_dir()
-    checks.append(_results_check(results or cfg.output.runs_dir))
-    return checks
+    return [_results_check(results or cfg.output.runs_dir)]
 
 
 # ---- architecture: the node's, and the one the jobs' interpreter or image was built for

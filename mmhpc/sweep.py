@@ -334,49 +334,63 @@ def expand(
         groups = _axis_groups(spec, block, profile.default_sweep_gpus())
         for combo in itertools.product(*groups, [{"train.seed": s} for s in seeds]):
             axes = {k: v for part in combo for k, v in part.items()}
-            raw: dict = {}
-            bad: list[
-                str
-            ] = []  # keys that name no field (`base: {lrr: 1}`): the run's first problems
-            for source in (
-                SWEEP_DEFAULTS,
-                spec.get("base"),
-                block.get("base"),
-                {**TINY_DEFAULTS, **((spec.get("tiny") or {}).get("base") or {})}
-                if size == "tiny"
-                else {},
-                profile.overrides,
-                overrides,
-                {k: v for k, v in axes.items() if not k.startswith("resources.")},
-            ):
-                _apply(raw, source, bad)
+            raw, bad = _run_raw(spec, block, axes, size, profile, overrides)
             request = dict(resources_req)
             request.update(
                 {k.split(".", 1)[1]: v for k, v in axes.items() if k.startswith("resources.")}
             )
             _fill_data_root(raw)
             run_name = _run_name(block.get("name"), axes, name)
-            owned = [
-                f"output.{k}" for k in (raw.get("output") or {}) if f"output.{k}" in SWEEP_OWNED
-            ]
-            apply_overrides(
-                raw,
-                {
-                    "output.name": run_name,
-                    "output.runs_dir": str(runs_dir),
-                    "output.overwrite": False,
-                },
-            )
-            run = PlannedRun(len(runs), run_name, axes, raw, request, problems=bad)
-            run.problems += [
-                f"{k}: set by the sweep (one record per run, named after its axis values, never "
-                "overwritten); remove it"
-                for k in owned
-            ]
+            run = _planned_run(len(runs), run_name, axes, raw, request, bad, runs_dir)
             _validate(run, profile)
             runs.append(run)
     _check_duplicates(runs)
     return SweepPlan(name, spec, profile.ref, size, runs, file_problems, file)
+
+
+def _run_raw(
+    spec: dict, block: dict, axes: dict, size: str, profile: ClusterProfile, overrides
+) -> tuple[dict, list[str]]:
+    """A run's config before validation, layered: the sweep defaults, the sweep's and the block's
+    base, the tiny defaults, the profile's overrides, `--set`, the axes. With the keys that name
+    no field (`base: {lrr: 1}`): the run's first problems."""
+    raw: dict = {}
+    bad: list[str] = []
+    for source in (
+        SWEEP_DEFAULTS,
+        spec.get("base"),
+        block.get("base"),
+        {**TINY_DEFAULTS, **((spec.get("tiny") or {}).get("base") or {})}
+        if size == "tiny"
+        else {},
+        profile.overrides,
+        overrides,
+        {k: v for k, v in axes.items() if not k.startswith("resources.")},
+    ):
+        _apply(raw, source, bad)
+    return raw, bad
+
+
+def _planned_run(
+    index: int, run_name: str, axes: dict, raw: dict, request: dict, bad: list[str], runs_dir
+) -> PlannedRun:
+    """The run with the output fields the sweep owns (a record per run, never overwritten)."""
+    owned = [f"output.{k}" for k in (raw.get("output") or {}) if f"output.{k}" in SWEEP_OWNED]
+    apply_overrides(
+        raw,
+        {
+            "output.name": run_name,
+            "output.runs_dir": str(runs_dir),
+            "output.overwrite": False,
+        },
+    )
+    run = PlannedRun(index, run_name, axes, raw, request, problems=bad)
+    run.problems += [
+        f"{k}: set by the sweep (one record per run, named after its axis values, never "
+        "overwritten); remove it"
+        for k in owned
+    ]
+    return run
 
 
 # ---- axes

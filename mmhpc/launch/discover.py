@@ -179,16 +179,47 @@ def discover(
     ]
     if not parts:
         raise ClusterError("discover: `scontrol show partition` listed no partition")
+    chosen = _chosen_partition(parts, partition)
+    pname = chosen["PartitionName"]
+    groups = _node_groups(outputs.get("nodes", ""), pname)
+    if not groups:
+        raise ClusterError(f"discover: no node of partition {pname} in `scontrol show node`")
+    gpu_groups = [g for g in groups.values() if g.gpus]
+    v = _partition_values(chosen, len(parts) == 1, groups, bool(gpu_groups), config)
+    accounts = sorted(
+        {line.split("|")[0] for line in outputs.get("assoc", "").splitlines() if line.strip()}
+    )
+    qos = sorted({q for line in outputs.get("assoc", "").splitlines() for q in
+                  (line.split("|")[2].split(",") if line.count("|") >= 2 else []) if q})
+    real = [a for a in accounts if a != "root"]
+    v["account_required"] = Value(
+        bool(real),
+        "detected",
+        f"sacctmgr accounts: {', '.join(accounts) or 'none'}"
+        + ("; export MMHPC_ACCOUNT=<one of them>" if real else ""),
+    )
+    gpus = _gpu_specs(gpu_groups)
+    v.update(_gpu_values(gpus) if gpu_groups else _cpu_values(groups))
+    v["fabric"] = _fabric(groups.values(), probe)
+    if probe:
+        _apply_probe(v, gpus, probe)
+    return _render(pname, config, v, gpus, accounts, qos)
+
+
+def _chosen_partition(parts: list[dict], partition: str | None) -> dict:
+    """The partition asked for (`--partition`), else SLURM's default one, else the first."""
     names = [p["PartitionName"] for p in parts]
     if partition is None:
-        chosen = next((p for p in parts if p.get("Default") == "YES"), parts[0])
-    elif partition in names:
-        chosen = parts[names.index(partition)]
-    else:
-        raise ClusterError(problem("--partition", f"invalid value {partition!r}", names))
-    pname = chosen["PartitionName"]
+        return next((p for p in parts if p.get("Default") == "YES"), parts[0])
+    if partition in names:
+        return parts[names.index(partition)]
+    raise ClusterError(problem("--partition", f"invalid value {partition!r}", names))
+
+
+def _node_groups(nodes: str, pname: str) -> dict[tuple, NodeGroup]:
+    """The partition's nodes of `scontrol show node`, grouped by their hardware and features."""
     groups: dict[tuple, NodeGroup] = {}
-    for line in outputs.get("nodes", "").splitlines():
+    for line in nodes.splitlines():
         node = parse_kv(line)
         if "NodeName" not in node or pname not in node.get("Partitions", "").split(","):
             continue
@@ -208,12 +239,16 @@ def discover(
             features,
         )
         groups.setdefault(key, NodeGroup(*key)).names.append(node["NodeName"])
-    if not groups:
-        raise ClusterError(f"discover: no node of partition {pname} in `scontrol show node`")
+    return groups
+
+
+def _partition_values(
+    chosen: dict, only: bool, groups: dict, has_gpus: bool, config: dict
+) -> dict[str, Value]:
+    """What the partition and the cluster's config say: name, exclusivity, arch, limits."""
     v: dict[str, Value] = {}
-    only_default = len(parts) == 1 and chosen.get("Default") == "YES"
-    gpu_groups = [g for g in groups.values() if g.gpus]
-    if only_default and gpu_groups:
+    pname = chosen["PartitionName"]
+    if only and chosen.get("Default") == "YES" and has_gpus:
         v["partition"] = Value(
             None, "detected", f"the only partition ({pname}), the default: no --partition"
         )
@@ -245,66 +280,63 @@ def discover(
     size = config.get("MaxArraySize", "")
     v["max_array_size"] = (Value(int(size), "detected", "MaxArraySize") if size.isdigit() else
                            Value(1000, "assumed", "SLURM's default MaxArraySize"))
-    accounts = sorted(
-        {line.split("|")[0] for line in outputs.get("assoc", "").splitlines() if line.strip()}
-    )
-    qos = sorted({q for line in outputs.get("assoc", "").splitlines() for q in
-                  (line.split("|")[2].split(",") if line.count("|") >= 2 else []) if q})
-    real = [a for a in accounts if a != "root"]
-    v["account_required"] = Value(
-        bool(real),
-        "detected",
-        f"sacctmgr accounts: {', '.join(accounts) or 'none'}"
-        + ("; export MMHPC_ACCOUNT=<one of them>" if real else ""),
-    )
+    return v
+
+
+def _gpu_specs(gpu_groups: list[NodeGroup]) -> dict[str, dict]:
+    """One GPU type per model (and per node feature where nodes of one model differ by it)."""
     gpus: dict[str, dict] = {}
-    if gpu_groups:
-        by_model = defaultdict(list)
-        for g in gpu_groups:
-            by_model[model_of(g.gres, set(g.features))].append(g)
-        for (name, cap, vendor), members in by_model.items():
-            kinds = {frozenset(g.features) for g in members}
-            shared = frozenset.intersection(*kinds) if kinds else frozenset()
-            for g in members:
-                own = sorted(g.features - shared) if len(kinds) > 1 else []
-                gname = name if not own else f"{name}-{own[0]}"
-                spec = gpus.setdefault(
-                    gname,
-                    {"gres": g.gres or "", "capability": cap or 7.0, "nodes": [], "_notes": []},
-                )
-                if own:
-                    spec["constraint"] = own[0]
-                if vendor == "amd":
-                    spec["vendor"] = "amd"
-                node = {"gpus": g.gpus, "cores": g.cores}
-                if g.mem_mb:
-                    node["mem_gb"] = round(g.mem_mb / 1024)
-                if node not in spec["nodes"]:
-                    spec["nodes"].append(node)
-                spec["_notes"] = [
-                    f"gres {g.gres or 'untyped'} x{g.gpus} on {len(g.names)} node(s)"
-                    + (f" (feature {own[0]}: -C {own[0]})" if own else "")
-                    + ("" if cap else "; capability assumed 7.0 (unknown model: --probe)")
-                ]
-        v["default_gpu"] = Value(sorted(gpus)[0], "assumed", "the first GPU type by name")
-        v["overrides"] = Value(
+    by_model = defaultdict(list)
+    for g in gpu_groups:
+        by_model[model_of(g.gres, set(g.features))].append(g)
+    for (name, cap, vendor), members in by_model.items():
+        kinds = {frozenset(g.features) for g in members}
+        shared = frozenset.intersection(*kinds) if kinds else frozenset()
+        for g in members:
+            own = sorted(g.features - shared) if len(kinds) > 1 else []
+            gname = name if not own else f"{name}-{own[0]}"
+            spec = gpus.setdefault(
+                gname,
+                {"gres": g.gres or "", "capability": cap or 7.0, "nodes": [], "_notes": []},
+            )
+            if own:
+                spec["constraint"] = own[0]
+            if vendor == "amd":
+                spec["vendor"] = "amd"
+            node = {"gpus": g.gpus, "cores": g.cores}
+            if g.mem_mb:
+                node["mem_gb"] = round(g.mem_mb / 1024)
+            if node not in spec["nodes"]:
+                spec["nodes"].append(node)
+            spec["_notes"] = [
+                f"gres {g.gres or 'untyped'} x{g.gpus} on {len(g.names)} node(s)"
+                + (f" (feature {own[0]}: -C {own[0]})" if own else "")
+                + ("" if cap else "; capability assumed 7.0 (unknown model: --probe)")
+            ]
+    return gpus
+
+
+def _gpu_values(gpus: dict[str, dict]) -> dict[str, Value]:
+    return {
+        "default_gpu": Value(sorted(gpus)[0], "assumed", "the first GPU type by name"),
+        "overrides": Value(
             {"system.device": "cuda"}, "assumed", "GPU runs never fall back to the CPU"
-        )
-        v["size"] = Value("full", "assumed", "")
-    else:
-        cores = min(g.cores for g in groups.values())
-        v["cpu_tasks"] = Value(2, "assumed", "DDP processes (gloo) per run")
-        v["cpus_per_task"] = Value(1, "assumed", f"{cores} cores per node")
-        v["array_parallelism"] = Value(max(1, min(16, cores)), "detected", f"CPUTot {cores}")
-        v["size"] = Value("tiny", "assumed", "no GPU: the tiny CPU versions of the sweeps")
-        v["overrides"] = Value(
+        ),
+        "size": Value("full", "assumed", ""),
+    }
+
+
+def _cpu_values(groups: dict) -> dict[str, Value]:
+    cores = min(g.cores for g in groups.values())
+    return {
+        "cpu_tasks": Value(2, "assumed", "DDP processes (gloo) per run"),
+        "cpus_per_task": Value(1, "assumed", f"{cores} cores per node"),
+        "array_parallelism": Value(max(1, min(16, cores)), "detected", f"CPUTot {cores}"),
+        "size": Value("tiny", "assumed", "no GPU: the tiny CPU versions of the sweeps"),
+        "overrides": Value(
             {"system.device": "cpu", "system.threads": 1}, "assumed", "one core per task"
-        )
-    fabric = _fabric(groups.values(), probe)
-    v["fabric"] = fabric
-    if probe:
-        _apply_probe(v, gpus, probe)
-    return _render(pname, config, v, gpus, accounts, qos)
+        ),
+    }
 
 
 def _fabric(groups, probe: dict | None) -> Value:

@@ -73,8 +73,8 @@ def prepare(dataset: str, raw: str | Path, out: str | Path, jobs: int = 1, seed:
             tokenizer: str | Path | None = None, progress: bool = True,
             options: dict[str, str] | None = None) -> PrepareReport:
     """Prepare `dataset` from its raw copy `raw` into `out`; see the module docstring. `options` are
-    the
-    dataset's choices beside the thesis recipe (`RawFormat.options`, e.g. IEMOCAP classes=six)."""
+    the dataset's choices beside the thesis recipe (`RawFormat.options`, e.g. IEMOCAP
+    classes=six)."""
     if dataset not in RAW_FORMATS:
         raise PrepareError(problem("dataset", f"invalid value {dataset!r}", sorted(RAW_FORMATS)))
     fmt, spec = RAW_FORMATS[dataset], DATASETS[dataset]
@@ -101,33 +101,52 @@ def prepare(dataset: str, raw: str | Path, out: str | Path, jobs: int = 1, seed:
     _remove_temporaries(out)
 
     report = PrepareReport(dataset, out, failed=dict(found.failed), skipped=found.skipped)
+    clips = _prepare_clips(report, found, settings, jobs, progress)
+    labels = {c.clip_id: c.label for c in clips if c.clip_id not in report.failed}
+    _prune(out, set(labels))
+    split = "official" if found.official_splits else fmt.split
+    _write_splits(report, _splits(found, clips, split, seed), labels)
+    source = {"kind": "prepared", "raw": str(raw.resolve()), "split": split, "seed": seed,
+              "options": chosen, "recipe": recipe, "failed": len(report.failed),
+              "skipped": dict(report.skipped)}
+    _write_manifest(out, spec, fmt, found.classes, source)
+    return report
+
+
+def _prepare_clips(report: PrepareReport, found, settings: Settings, jobs: int,
+                   progress: bool) -> list[Clip]:
+    """Prepare the usable clips not yet prepared (in `jobs` processes); returns the usable ones."""
+    out = report.root
     clips = _usable(found.clips, report.failed)
     todo = [c for c in clips if not is_prepared(out, c.clip_id, settings)]
     report.reused = len(clips) - len(todo)
-    for clip_id, error in _run(todo, out, settings, jobs, progress, dataset):
+    for clip_id, error in _run(todo, out, settings, jobs, progress, report.dataset):
         if error is None:
             report.prepared += 1
         else:
             report.failed[clip_id] = error
+    return clips
 
-    labels = {c.clip_id: c.label for c in clips if c.clip_id not in report.failed}
-    _prune(out, set(labels))
-    split = "official" if found.official_splits else fmt.split
-    counts = write_split_files(out, _splits(found, clips, split, seed), labels)
+
+def _write_splits(report: PrepareReport, splits: dict[str, list[str]], labels: dict) -> None:
+    """The split files and the failures file; PrepareError when a split came out empty."""
+    out = report.root
+    counts = write_split_files(out, splits, labels)
     (out / ERRORS_FILE).write_text(
         json.dumps({"failed": report.failed, "skipped": dict(report.skipped)}, indent=1)
     )
     empty = [s for s in SPLITS if not counts[s]]
-    if (
-        empty
-    ):  # no manifest: training refuses the directory instead of failing on an empty split later
+    if empty:  # no manifest: training refuses the directory instead of failing on an empty split
         sizes = ", ".join(f"{s} {counts[s]}" for s in SPLITS)
         raise PrepareError(
             f"--out {out}: split {', '.join(empty)} came out empty ({len(labels)} clips prepared: "
-            f"{sizes}); the raw copy is too small to split, or most of its clips "
-            "failed (see "
+            f"{sizes}); the raw copy is too small to split, or most of its clips failed (see "
             f"{out / ERRORS_FILE}); nothing was trained on, no manifest written"
         )
+
+
+def _write_manifest(out: Path, spec, fmt, classes, source: dict) -> None:
+    recipe = source["recipe"]
     vocab = recipe["text"]["vocab"] if "text" in recipe else FULL.vocab
     shapes = Shapes(
         audio=(audio.FRAMES, audio.MEL_BINS),
@@ -136,23 +155,7 @@ def prepare(dataset: str, raw: str | Path, out: str | Path, jobs: int = 1, seed:
         text_len=fmt.text_len,
         vocab=vocab,
     )
-    classes = found.classes or spec.classes
-    write_manifest(
-        out,
-        replace(spec, classes=classes),
-        shapes,
-        source={
-            "kind": "prepared",
-            "raw": str(raw.resolve()),
-            "split": split,
-            "seed": seed,
-            "options": chosen,
-            "recipe": recipe,
-            "failed": len(report.failed),
-            "skipped": dict(report.skipped),
-        },
-    )
-    return report
+    write_manifest(out, replace(spec, classes=classes or spec.classes), shapes, source=source)
 
 
 def _splits(found, clips: list[Clip], split: str, seed: int) -> dict[str, list[str]]:
