@@ -9,20 +9,17 @@ Each check prints PASS, FAIL or SKIP (with the reason) and writes its record to 
     precision    precision flags, large-matmul TFLOP/s and ResNet-18 forward+backward images/s
                  (64x3x224x224) at fp32_strict, fp32 (the thesis' baseline), tf32 and bf16
     syncs        host synchronisations in training steps (torch.cuda.set_sync_debug_mode) of every
-    strategy
-                 and of a text run: zero
+                 strategy and of a text run: zero
     blp          Branch-Level Parallelism on one GPU: branch kernels on their own streams (profiler
-    trace),
-                 the same gradients as a single-device model
+                 trace), the same gradients as a single-device model
     trainer      short runs through the trainer: 1-rank DDP (NCCL), BLP at bf16 with the
-    pre-initialised
-                 loader; DataParallel and BLP over two GPUs where two exist
+                 pre-initialised loader; DataParallel and BLP over two GPUs where two exist
     sampler      the NVML sampler under load: utilisation, power, energy, cost per sample
     ddp          DistributedDataParallel with NCCL in one process
-    bench        `mmhpc bench` per encoder (visual, text) at fp32/tf32/bf16 on full synthetic MVSA
+    bench        `mmhpc bench` per encoder (visual, text) at fp32/tf32/bf16 (those the GPU runs: no
+                 tf32/bf16 before Ampere) on full synthetic MVSA
     loader       standard (persistent workers, as sweeps/loader.yaml) vs pre-initialised loader
-    (thesis
-                 Alg. 6) with GPU utilisation
+                 (thesis Alg. 6) with GPU utilisation
     report       `mmhpc report` of the records above
 
 It needs only torch (plus torchvision, transformers and nvidia-ml-py for some checks): run from the
@@ -66,8 +63,7 @@ SAMPLER_N, SAMPLER_LOAD_S = 8192, 4.0
 
 class Skip(Exception):
     """A check that cannot run here (no GPU, a package missing, the time budget spent). `hardware`:
-    for want
-    of a GPU (or of a second one), the only reason that is not a FAIL on a GPU node."""
+    for want of a GPU (or of a second one), the only reason that is not a FAIL on a GPU node."""
 
     def __init__(self, reason: str, hardware: bool = False):
         super().__init__(reason)
@@ -82,12 +78,8 @@ class Check:
         self.t0 = time.monotonic()
         self.budget_s = budget_s
         self.workers = workers
-        self.scratch = Path(
-            tempfile.mkdtemp(prefix="mmhpc-gpu-check-")
-        )  # Trainers that never write a record
-        self.not_here: list[
-            str
-        ] = []  # parts of passing checks that need more GPUs than this machine has
+        self.scratch = Path(tempfile.mkdtemp(prefix="mmhpc-gpu-check-"))  # runs kept no record
+        self.not_here: list[str] = []  # parts of passing checks that need more GPUs than here
         self.preset = "full"  # the bench and loader checks' data (the CPU tier: tiny)
 
     def need_gpu(self):
@@ -115,13 +107,12 @@ def _need_trainer() -> None:
 
 
 # what the trainer's checks import beyond torch, torchvision, transformers and nvidia-ml-py (their
-# wheels:
-# the Makefile's GPU_WHEELS)
+# wheels: the Makefile's GPU_WHEELS)
 WHEEL_MODULES = ("pydantic", "yaml", "psutil", "tqdm", "pandas")
 
 
-# distributions the node keeps even when the wheel set brings them: numpy is the one torch was built
-# against
+# distributions the node keeps even when the wheel set brings them: numpy (torch was built against
+# the node's)
 KEEP = ("numpy",)
 # the distribution of each of WHEEL_MODULES (what pip installs)
 DISTRIBUTIONS = {
@@ -868,27 +859,25 @@ def check_loader(ck: Check) -> tuple[dict, str]:
     if ck.left_s() < 120:
         raise Skip("time budget spent")
     rec = bench_loaders(ck, "mvsa", "data.modalities=[visual]", "system.precision=bf16")
+    return rec, loader_line(rec)
+
+
+def loader_line(rec: dict) -> str:
+    """The loader check's line. AssertionError when the pre-initialised loader (thesis Alg. 6:
+    workers rebuilt every epoch by a helper thread) stalls at the epoch's start beyond the
+    persistent workers (which never rebuild) by more than a factor 2 and 0.5 s: the seconds of a
+    fresh start-up."""
     std, opt = rec["standard"], rec["preinit"]
-    util = {k: r.get("util/gpu0_util_pct_mean") for k, r in (("standard", std), ("preinit", opt))}
-    line = (
-        "MVSA visual, standard (persistent workers) -> pre-initialised: epoch "
-        f"{std['epoch_s_mean']:.2f} s "
-        f"-> {opt['epoch_s_mean']:.2f} s, epoch-start stall {std['stall_s']:.3f} s -> "
-        f"{opt['stall_s']:.3f} s"
-        + (
-            f", GPU util {util['standard']:.0f} -> {util['preinit']:.0f} %"
-            if None not in util.values()
-            else " (no utilisation: psutil/pandas missing)"
-        )
-    )
-    # Alg. 6 rebuilds the workers every epoch in a helper thread: its stall must stay near the
-    # persistent
-    # workers' (which never rebuild), not the seconds of a fresh start-up
+    util = [r.get("util/gpu0_util_pct_mean") for r in (std, opt)]
+    line = (f"MVSA visual, standard (persistent workers) -> pre-initialised: epoch "
+            f"{std['epoch_s_mean']:.2f} s -> {opt['epoch_s_mean']:.2f} s, epoch-start stall "
+            f"{std['stall_s']:.3f} s -> {opt['stall_s']:.3f} s")
+    line += (f", GPU util {util[0]:.0f} -> {util[1]:.0f} %" if None not in util
+             else " (no GPU utilisation: psutil/pandas missing, or none from NVML as on MIG)")
     if opt["stall_s"] > max(2 * std["stall_s"], std["stall_s"] + 0.5):
         raise AssertionError(
-            f"the pre-initialised loader stalls more than the standard one: {line}"
-        )
-    return rec, line
+            f"the pre-initialised loader stalls more than the standard one: {line}")
+    return line
 
 
 def check_report(ck: Check) -> tuple[dict, str]:

@@ -148,9 +148,7 @@ class Parallelism(ParallelismRules):
 
     def synchronize(self) -> None:
         """Wait for every device the run computes on (before an epoch timer is read)."""
-        for d in self.compute_devices():
-            if d.type == "cuda":
-                torch.cuda.synchronize(d)
+        wait_for(self.compute_devices())
 
     def reduce(self, values: dict[str, float], weight: float) -> dict[str, float]:
         """Weighted mean of per-process metrics (weight = samples seen); the values themselves in
@@ -426,6 +424,14 @@ class BranchLevel(Parallelism, BranchLevelRules):
             self.runner.close()
 
 
+def wait_for(devices) -> None:
+    """Wait until the CUDA devices among `devices` finished their queued work (the CPU computes
+    synchronously)."""
+    for d in devices:
+        if d.type == "cuda":
+            torch.cuda.synchronize(d)
+
+
 def dist_timeout() -> timedelta:
     """How long a collective of the default group (DDP's gradient all-reduce) waits for a peer:
     MMHPC_DIST_TIMEOUT_S, default 60 s. torch's defaults (NCCL 10 minutes, gloo 30) leave the live
@@ -481,8 +487,7 @@ def measure_branch_costs(
             with precision.autocast() if precision is not None else contextlib.nullcontext():
                 e = model.encode_one(m, x)
             e.float().sum().backward()
-            if device.type == "cuda":
-                torch.cuda.synchronize(device)
+            wait_for([device])
             times.append(time.perf_counter() - t0)
         costs[m] = min(times[1:])
     model.zero_grad(set_to_none=True)

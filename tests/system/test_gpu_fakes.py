@@ -515,6 +515,23 @@ def test_sampler_check_reads_utilisation_power_and_energy_of_the_fake_gpu(ck, mo
         gpucheck.check_sampler(ck)
 
 
+def test_loader_line_fails_a_preinit_loader_that_stalls_like_a_fresh_start():
+    def rec(std_stall, preinit_stall, util=(80.0, 95.0)):
+        return {"standard": {"epoch_s_mean": 10.0, "stall_s": std_stall,
+                             "util/gpu0_util_pct_mean": util[0]},
+                "preinit": {"epoch_s_mean": 8.0, "stall_s": preinit_stall,
+                            "util/gpu0_util_pct_mean": util[1]}}
+
+    assert gpucheck.loader_line(rec(0.2, 0.6)) == (
+        "MVSA visual, standard (persistent workers) -> pre-initialised: epoch 10.00 s -> 8.00 s, "
+        "epoch-start stall 0.200 s -> 0.600 s, GPU util 80 -> 95 %")
+    gpucheck.loader_line(rec(2.0, 3.9))  # within twice the standard stall
+    with pytest.raises(AssertionError, match="stalls more than the standard one: MVSA visual"):
+        gpucheck.loader_line(rec(0.2, 0.75))  # beyond both twice and 0.5 s more
+    assert gpucheck.loader_line(rec(0.2, 0.2, util=(None, 50.0))).endswith(
+        "(no GPU utilisation: psutil/pandas missing, or none from NVML as on MIG)")
+
+
 def test_checks_skip_when_their_time_budget_is_spent(ck):
     ck.budget_s = 0
     with pytest.raises(Skip, match="time budget spent") as e:
