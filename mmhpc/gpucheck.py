@@ -915,8 +915,10 @@ def default_out() -> Path:
     return Path("reports/out/gpu-check-cpu")
 
 
-# each check's time limit in its own process (s): a hung NCCL, gloo or loader worker fails it, no
-# more
+# each check's time limit in its own process (s) on a GPU node: a hung NCCL, gloo or loader worker
+# fails it, no more. Without a GPU the checks that run compute on the CPU (blp, trainer): CPU_SLOWER
+# times as long.
+CPU_SLOWER = 4
 TIMEOUTS = {
     "env": 60,
     "precision": 120,
@@ -999,10 +1001,12 @@ def run(out: Path, only: list[str] | None = None, budget_s: float = 450.0,
         workers: int | None = None, wheels: Path = Path(".whl"), timeout_s: float | None = None,
         isolate: bool = True) -> int:
     """Every check (or `only` these), each in its own process (`isolate`) with its TIMEOUTS limit
-    (or `timeout_s`); records under `out`. Exit status: 1 when a check failed."""
+    (CPU_SLOWER times that without a GPU, or `timeout_s`); records under `out`. Exit status: 1 when
+    a check failed."""
     out.mkdir(parents=True, exist_ok=True)
     wheel_dir = _install_wheels(wheels)
     workers = workers or min(16, os.cpu_count() or 1)
+    slower = 1 if torch.cuda.is_available() else CPU_SLOWER
     t0 = time.monotonic()
     results, not_here = {}, []
     try:
@@ -1010,7 +1014,7 @@ def run(out: Path, only: list[str] | None = None, budget_s: float = 450.0,
             start = time.monotonic()
             left = budget_s - (start - t0)
             if isolate:
-                res = _run_child(name, out, left, workers, timeout_s or TIMEOUTS[name])
+                res = _run_child(name, out, left, workers, timeout_s or TIMEOUTS[name] * slower)
             else:
                 res = _run_here(name, out, left, workers)
             results[name] = _report(name, res, out, time.monotonic() - start)

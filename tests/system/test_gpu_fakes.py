@@ -276,6 +276,15 @@ def test_item6_a_check_past_its_time_limit_is_killed_and_fails(tmp_path, monkeyp
     assert not list(tmp_path.glob(".*.result.json"))
 
 
+def test_without_a_gpu_a_check_gets_cpu_slower_times_its_limit(tmp_path, monkeypatch, capsys):
+    """The checks that run without a GPU compute on the CPU: their limits are CPU_SLOWER times the
+    GPU node's (`make gpu-check` on a loaded CPU machine passes its trainer runs)."""
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
+    monkeypatch.setitem(gpucheck.TIMEOUTS, "env", 0.05)
+    assert gpucheck.run(tmp_path, only=["env"], wheels=tmp_path / "none") == 1
+    assert f"timed out after {0.05 * gpucheck.CPU_SLOWER:g} s (killed" in capsys.readouterr().out
+
+
 def test_each_check_runs_in_a_process_of_its_own_and_reports_its_result(tmp_path, monkeypatch,
                                                                         capsys):
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
