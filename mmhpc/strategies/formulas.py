@@ -10,12 +10,12 @@ the true class (the OPM/OGM-GE paper Eq. 6, the MLB paper Eq. 4): see `correct_c
 """
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping, Sequence
 
 import torch
 import torch.nn.functional as F
 
+from mmhpc.errors import problem
 from mmhpc.metrics import entropy
 from mmhpc.rules.strategies import AMST_PHASES, MSLR_SCHEDULES, OGM_VARIANTS
 
@@ -49,38 +49,15 @@ def correct_class_score(logits: torch.Tensor, labels: torch.Tensor) -> torch.Ten
     return probs.gather(1, labels.view(-1, 1)).sum()
 
 
-def discrepancy_ratios(score: Mapping[str, float]) -> dict[str, float]:
-    """rho_m = s_m / ((1 / (M-1)) sum_{j != m} s_j), the OPM/OGM-GE paper Eq. 7 (its M-modality
-    form)."""
-    if len(score) < 2:
-        raise ValueError(f"need at least two modalities, got {list(score)}")
-    for m, s in score.items():
-        if s < 0:
-            raise ValueError(f"score of {m!r} is negative ({s})")
-    total, others = sum(score.values()), len(score) - 1
-    out = {}
-    for m, s in score.items():
-        mean_others = (total - s) / others
-        if mean_others <= 0:
-            raise ValueError(f"the other modalities' mean score is 0: ratio of {m!r} undefined")
-        out[m] = s / mean_others
-    return out
-
-
 def discrepancy_ratio_tensor(scores: torch.Tensor) -> torch.Tensor:
-    """`discrepancy_ratios` on the scores' device, rho [M] from s [M] (for two modalities s_1 / s_2
-    and its
-    inverse, as the PMR code has it); the others' sum is kept above 0 instead of checked."""
+    """rho_m = s_m / ((1 / (M-1)) sum_{j != m} s_j), the OPM/OGM-GE paper Eq. 7 (its M-modality
+    form): rho [M] from s [M] on the scores' device (for two modalities s_1 / s_2 and its inverse,
+    as the PMR code has it); the others' sum is kept above 0 instead of checked."""
     return scores / (_others_sum(scores) / (len(scores) - 1))
 
 
 def _others_sum(scores: torch.Tensor) -> torch.Tensor:
     return (scores.sum() - scores).clamp_min(torch.finfo(scores.dtype).tiny)
-
-
-def _scores_tensor(score: Mapping[str, float]) -> torch.Tensor:
-    discrepancy_ratios(score)  # validates: two or more modalities, scores >= 0, ratios defined
-    return torch.tensor([float(v) for v in score.values()], dtype=torch.float64)
 
 
 # ---------------------------------------------------------------------------------------------- OGM
@@ -103,7 +80,7 @@ def ogm_coefficient_tensor(
     if alpha < 0:
         raise ValueError(f"alpha must be >= 0, got {alpha}")
     if variant not in OGM_VARIANTS:
-        raise ValueError(f"variant must be one of {', '.join(OGM_VARIANTS)}, got {variant!r}")
+        raise ValueError(problem("variant", f"invalid value {variant!r}", OGM_VARIANTS))
     ones = torch.ones_like(scores)
     if variant == "thesis":
         rho = scores / _others_sum(scores)
@@ -111,14 +88,6 @@ def ogm_coefficient_tensor(
         return torch.where(top, 1 - torch.tanh(alpha * rho.clamp_min(0)), ones)
     rho = discrepancy_ratio_tensor(scores)
     return torch.where(rho > 1, (1 - alpha * torch.tanh(rho - 1)).clamp_min(0), ones)
-
-
-def ogm_coefficients(
-    score: Mapping[str, float], alpha: float, variant: str = "thesis"
-) -> dict[str, float]:
-    """`ogm_coefficient_tensor` on host numbers: {modality: score} -> {modality: k}."""
-    k = ogm_coefficient_tensor(_scores_tensor(score), alpha, variant)
-    return dict(zip(score, k.tolist()))
 
 
 def ogm_ge_noise(grad: torch.Tensor, std: float | torch.Tensor | None = None,
@@ -173,11 +142,6 @@ def opm_drop_tensor(scores: torch.Tensor, lam: float, q_base: float) -> torch.Te
     )
 
 
-def opm_drop_probability(score: Mapping[str, float], lam: float, q_base: float) -> dict[str, float]:
-    """`opm_drop_tensor` on host numbers: {modality: score} -> {modality: q}."""
-    return dict(zip(score, opm_drop_tensor(_scores_tensor(score), lam, q_base).tolist()))
-
-
 def opm_keep(
     q: torch.Tensor,
     batch_size: int,
@@ -204,81 +168,33 @@ def opm_keep(
     return keep if gate is None else torch.where(gate, keep, torch.ones_like(keep))
 
 
-def opm_mask(q: Mapping[str, float], batch_size: int, generator: torch.Generator | None = None,
-             p_exe: float = 1.0, device=None) -> dict[str, torch.Tensor]:
-    """`opm_keep` with host probabilities: {modality: q} -> {modality: keep mask [N]}.
-
-    Samples that lose every modality carry no signal: the official code excludes them from the loss.
-    """
-    for m, qm in q.items():
-        if not 0.0 <= qm <= 1.0:
-            raise ValueError(f"drop probability of {m!r} must lie in [0, 1], got {qm}")
-    keep = opm_keep(torch.tensor([float(v) for v in q.values()]), batch_size, generator, p_exe,
-                    device if device is not None else "cpu")
-    return {m: keep[:, i] for i, m in enumerate(q)}
-
-
-def opm_feature_scale(
-    q: Mapping[str, float] | torch.Tensor, dims: Mapping[str, int] | Sequence[int]
-):
+def opm_feature_scale(q: torch.Tensor, dims: Sequence[int]) -> torch.Tensor:
     """Inverted-dropout rescale of the kept features, 1 / (1 - theta), theta = sum_m d_m q_m / sum_m
-    d_m.
+    d_m, from the drop probabilities q [M] and the embedding widths d (same order), on q's device.
 
-    Official OPM code (Modality_drop.execute_drop); the paper leaves it implicit. With q a tensor
-    [M] (dims a sequence in the same order) it stays on the device; theta < 1 always holds there,
-    since the lowest-scoring modality has rho <= 1, q = 0.
+    Official OPM code (Modality_drop.execute_drop); the paper leaves it implicit. theta < 1 always
+    holds, since the lowest-scoring modality has rho <= 1, q = 0 (`opm_drop_tensor`).
     """
-    if torch.is_tensor(q):  # dims are host numbers: no device tensor is built from them
-        return 1.0 / (1.0 - sum(d * q[i] for i, d in enumerate(dims)) / sum(dims))
-    total = sum(dims[m] for m in q)
-    theta = sum(dims[m] * qm for m, qm in q.items()) / total
-    if theta >= 1.0:
-        raise ValueError("every modality is always dropped (theta = 1): no rescale exists")
-    return 1.0 / (1.0 - theta)
+    # dims are host numbers: no device tensor is built from them
+    return 1.0 / (1.0 - sum(d * q[i] for i, d in enumerate(dims)) / sum(dims))
 
 
 # ---------------------------------------------------------------------------------------------- MLB
 
 
-def mlb_coefficient(r: float, alpha: float, beta_max: float) -> float:
-    """MLB coefficient, the MLB paper Eq. 6-7: k = 1 + (beta - 1) * tanh(alpha * (r - 1)).
+def mlb_coefficient_tensor(scores: torch.Tensor, alpha: float, beta_max: float) -> torch.Tensor:
+    """MLB coefficients k [M] from the scores s [M] (modality order), the MLB paper Eq. 4-7, on the
+    scores' device with no host read: k = 1 + (beta - 1) * tanh(alpha * (r - 1)).
 
     r = mean score of the other modalities / own score (Eq. 5): r > 1 means the modality lags, so it
-    is
-    accelerated with beta = beta_max (k in (1, beta_max)); otherwise beta = 2 and k = 1 +
-    tanh(alpha(r - 1))
-    lies in (1 - tanh(alpha), 1] (decelerated, never stopped). r = 1 gives k = 1 (balancing phases
-    out).
+    is accelerated with beta = beta_max (k in (1, beta_max)); otherwise beta = 2 and k = 1 +
+    tanh(alpha(r - 1)) lies in (1 - tanh(alpha), 1] (decelerated, never stopped). r = 1 gives k = 1
+    (balancing phases out); a score of 0 makes r infinite: the full acceleration, beta_max.
+    `strategy.params` are checked where the config is (alpha > 0, beta_max >= 1: MLBRules).
     """
-    if r < 0:
-        raise ValueError(f"r must be >= 0, got {r}")
-    if alpha <= 0:
-        raise ValueError(f"alpha must be > 0, got {alpha}")
-    if beta_max < 1:
-        raise ValueError(f"beta_max must be >= 1, got {beta_max}")
-    beta = beta_max if r > 1 else 2.0
-    return 1.0 + (beta - 1.0) * math.tanh(alpha * (r - 1.0))
-
-
-def mlb_coefficient_tensor(scores: torch.Tensor, alpha: float, beta_max: float) -> torch.Tensor:
-    """`mlb_coefficients` on the scores' device, k [M] from s [M] (modality order), with no host
-    read (the MLB paper Eq. 5-7). Where the host version refuses a score of 0 (r undefined), r is
-    infinite here
-    and the modality gets the full acceleration, beta_max."""
     r = (_others_sum(scores) / (len(scores) - 1)) / scores
     beta = torch.where(r > 1, beta_max, 2.0)
     return 1.0 + (beta - 1.0) * torch.tanh(alpha * (r - 1.0))
-
-
-def mlb_coefficients(score: Mapping[str, float], alpha: float, beta_max: float) -> dict[str, float]:
-    """k_i for every modality from scores s_i (the MLB paper Eq. 4-7); r_i = 1 / rho_i of
-    `discrepancy_ratios`."""
-    out = {}
-    for m, rho in discrepancy_ratios(score).items():
-        if rho == 0:
-            raise ValueError(f"score of {m!r} is 0: r = mean(others) / s is undefined")
-        out[m] = mlb_coefficient(1.0 / rho, alpha, beta_max)
-    return out
 
 
 # --------------------------------------------------------------------------------------------- MSLR
@@ -322,7 +238,7 @@ def mslr_schedule_factor(
     A window whose mean accuracy is 0 leaves the factor unchanged (the ratio is undefined).
     """
     if schedule not in MSLR_SCHEDULES:
-        raise ValueError(f"schedule must be one of {', '.join(MSLR_SCHEDULES)}, got {schedule!r}")
+        raise ValueError(problem("schedule", f"invalid value {schedule!r}", MSLR_SCHEDULES))
     if schedule == "as_run":
         return 1.0
     history = list(acc_history_m)
@@ -357,17 +273,6 @@ def mla_entropy_weights(logits: Mapping[str, torch.Tensor]) -> dict[str, torch.T
 # ---------------------------------------------------------------------------------------------- PMR
 
 
-def pmr_prototypes(emb: torch.Tensor, labels: torch.Tensor, num_classes: int,
-                   previous: torch.Tensor | None = None, momentum: float = 0.0) -> torch.Tensor:
-    """Class prototypes c_k = mean embedding of class k (PMR), optionally (1 - mu) c_k + mu
-    c_k^prev.
-
-    The momentum blend is the official PMR code's (`momentum_coef`, 0.2 there). A class without
-    samples keeps its previous prototype; without a previous one it is an error.
-    """
-    return pmr_prototypes_from_sums(*pmr_class_sums(emb, labels, num_classes), previous, momentum)
-
-
 def pmr_class_sums(
     emb: torch.Tensor, labels: torch.Tensor, num_classes: int
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -391,8 +296,12 @@ def pmr_prototypes_from_sums(
     previous: torch.Tensor | None = None,
     momentum: float = 0.0,
 ) -> torch.Tensor:
-    """`pmr_prototypes` from per-class sums and counts (`pmr_class_sums`, possibly added over
-    batches)."""
+    """Class prototypes c_k = mean embedding of class k (PMR) from per-class sums and counts
+    (`pmr_class_sums`, possibly added over batches), optionally (1 - mu) c_k + mu c_k^prev.
+
+    The momentum blend is the official PMR code's (`momentum_coef`, 0.2 there). A class without
+    samples keeps its previous prototype; without a previous one it is an error.
+    """
     if not 0.0 <= momentum <= 1.0:
         raise ValueError(f"momentum must lie in [0, 1], got {momentum}")
     empty = counts == 0
@@ -497,7 +406,7 @@ def amst_trains(epoch: int, skip: int, phase: str = "code") -> bool:
     if epoch < 0:
         raise ValueError(f"epoch must be >= 0, got {epoch}")
     if phase not in AMST_PHASES:
-        raise ValueError(f"phase must be one of {', '.join(AMST_PHASES)}, got {phase!r}")
+        raise ValueError(problem("phase", f"invalid value {phase!r}", AMST_PHASES))
     return (epoch + (phase == "paper")) % skip == 0
 
 

@@ -15,25 +15,21 @@ from mmhpc.strategies.formulas import (
     amst_trains,
     correct_class_score,
     discrepancy_ratio_tensor,
-    discrepancy_ratios,
     gradient_blending_weights,
     mla_entropy_weights,
-    mlb_coefficient,
     mlb_coefficient_tensor,
-    mlb_coefficients,
     mslr_schedule_factor,
     mslr_update,
-    ogm_coefficients,
+    ogm_coefficient_tensor,
     ogm_ge_modulate,
     ogm_ge_noise,
-    opm_drop_probability,
+    opm_drop_tensor,
     opm_feature_scale,
-    opm_mask,
+    opm_keep,
     pmr_class_sums,
     pmr_coefficients,
     pmr_entropy_regulariser,
     pmr_prototype_logits,
-    pmr_prototypes,
     pmr_prototypes_from_sums,
     select_modality,
 )
@@ -42,6 +38,24 @@ LN2 = 0.6931471805599453
 INF = float("inf")
 AV = {"audio": 30.0, "visual": 10.0}          # rho_audio = 30/10 = 3, rho_visual = 10/30 = 1/3
 AVT = {"audio": 6.0, "visual": 2.0, "text": 4.0}  # rho: a 6/3 = 2, v 2/5 = 0.4, t 4/4 = 1 (exactly)
+
+
+def named(formula, score: dict, *args, **kw) -> dict:
+    """A formula as the strategies run it (on a tensor of scores in modality order), given
+    {modality: score} and read back as {modality: value}."""
+    scores = torch.tensor(list(score.values()), dtype=torch.float64)
+    return dict(zip(score, formula(scores, *args, **kw).tolist()))
+
+
+def keep_masks(q: dict, batch_size: int, generator=None, p_exe: float = 1.0) -> dict:
+    """`opm_keep` (as OPM runs it) with {modality: drop probability}: {modality: keep mask [N]}."""
+    keep = opm_keep(torch.tensor(list(q.values())), batch_size, generator, p_exe)
+    return {m: keep[:, i] for i, m in enumerate(q)}
+
+
+def prototypes(emb, labels, num_classes, previous=None, momentum=0.0):
+    """Class prototypes as PMR builds them: class sums and counts, then the (blended) means."""
+    return pmr_prototypes_from_sums(*pmr_class_sums(emb, labels, num_classes), previous, momentum)
 
 
 # ------------------------------------------------------------------------------------- cosine scale
@@ -123,38 +137,24 @@ def test_correct_class_score():
         correct_class_score(logits, torch.tensor([0]))
 
 
-def test_discrepancy_ratios():
-    assert discrepancy_ratios(AV) == pytest.approx({"audio": 3.0, "visual": 1 / 3})
-    assert discrepancy_ratios(AVT) == pytest.approx({"audio": 2.0, "visual": 0.4, "text": 1.0})
-
-
-@pytest.mark.parametrize(
-    "score", [{"audio": 1.0}, {"audio": -1.0, "visual": 1.0}, {"audio": 1.0, "visual": 0.0}]
-)
-def test_discrepancy_ratios_bad(score):
-    # one modality; a negative score; audio's "others" mean is 0
-    with pytest.raises(ValueError):
-        discrepancy_ratios(score)
-
-
 # ---------------------------------------------------------------------------------------------- OGM
 
 
 def test_ogm_paper_form():
     # rho_a = 3 > 1: k = 1 - 0.5 * tanh(3 - 1) = 1 - 0.5 * 0.9640276 = 0.5179862; visual (rho < 1)
     # -> 1
-    k = ogm_coefficients(AV, alpha=0.5, variant="paper")
+    k = named(ogm_coefficient_tensor, AV, alpha=0.5, variant="paper")
     assert k["audio"] == pytest.approx(0.5179862, abs=1e-6) and k["visual"] == 1.0
 
 
 def test_ogm_paper_form_clipped_at_zero():
     # alpha = 2: 1 - 2 * 0.9640276 = -0.928 -> 0
-    assert ogm_coefficients(AV, alpha=2.0, variant="paper")["audio"] == 0.0
+    assert named(ogm_coefficient_tensor, AV, alpha=2.0, variant="paper")["audio"] == 0.0
 
 
 def test_ogm_thesis_form_is_the_default():
     # thesis Eq. 2.27: rho_a = 30 / 10 = 3: 1 - tanh(0.5 * 3) = 1 - 0.9051483 = 0.0948517
-    k = ogm_coefficients(AV, alpha=0.5)
+    k = named(ogm_coefficient_tensor, AV, alpha=0.5)
     assert k["audio"] == pytest.approx(0.0948517, abs=1e-6) and k["visual"] == 1.0
 
 
@@ -162,11 +162,11 @@ def test_ogm_ties():
     # paper: rho = 1 is not > 1: no modulation; thesis (code base): the first top-ratio modality is
     # modulated,
     # 1 - tanh(1 * 1) = 1 - 0.7615942 = 0.2384058
-    assert ogm_coefficients({"audio": 5.0, "visual": 5.0}, 1.0, "paper") == {
+    assert named(ogm_coefficient_tensor, {"audio": 5.0, "visual": 5.0}, 1.0, "paper") == {
         "audio": 1.0,
         "visual": 1.0,
     }
-    assert ogm_coefficients({"audio": 5.0, "visual": 5.0}, 1.0) == pytest.approx(
+    assert named(ogm_coefficient_tensor, {"audio": 5.0, "visual": 5.0}, 1.0) == pytest.approx(
         {"audio": 0.2384058, "visual": 1.0}
     )
 
@@ -174,23 +174,21 @@ def test_ogm_ties():
 def test_ogm_three_modalities():
     # paper (mean of the others): rho a = 6 / 3 = 2: 1 - 1 * tanh(1) = 0.2384058; v = 0.4 -> 1; t
     # exactly 1 -> 1
-    k = ogm_coefficients(AVT, alpha=1.0, variant="paper")
+    k = named(ogm_coefficient_tensor, AVT, alpha=1.0, variant="paper")
     assert k == pytest.approx({"audio": 0.2384058, "visual": 1.0, "text": 1.0}, abs=1e-6)
     # thesis (code base: sum of the others, top modality only): rho a = 6 / 6 = 1, v = 2 / 10, t = 4
     # / 8;
     # a: 1 - tanh(2 * 1) = 1 - 0.9640276 = 0.0359724 (the mean form would give rho 2: 1 - tanh(4) =
     # 0.0006707)
-    k = ogm_coefficients(AVT, alpha=2.0)
+    k = named(ogm_coefficient_tensor, AVT, alpha=2.0)
     assert k == pytest.approx({"audio": 0.0359724, "visual": 1.0, "text": 1.0}, abs=1e-6)
 
 
 def test_ogm_bad():
     with pytest.raises(ValueError):
-        ogm_coefficients(AV, alpha=-1.0)
-    with pytest.raises(ValueError):
-        ogm_coefficients(AV, alpha=1.0, variant="cvpr")
-    with pytest.raises(ValueError):
-        ogm_coefficients({"audio": 1.0}, alpha=1.0)
+        named(ogm_coefficient_tensor, AV, alpha=-1.0)
+    with pytest.raises(ValueError, match="variant: invalid value 'cvpr'; valid: thesis, paper"):
+        named(ogm_coefficient_tensor, AV, alpha=1.0, variant="cvpr")
 
 
 def test_ogm_ge_noise_uses_gradient_std():
@@ -233,16 +231,16 @@ def test_ogm_ge_modulate():
 
 def test_opm_drop_probability_hand_case():
     # rho_a = 3: 0.5 * (1 + 0.5 * tanh(2)) = 0.5 * 1.4820138 = 0.7410069; visual (rho < 1) -> 0
-    q = opm_drop_probability(AV, lam=0.5, q_base=0.5)
+    q = named(opm_drop_tensor, AV, lam=0.5, q_base=0.5)
     assert q["audio"] == pytest.approx(0.7410069, abs=1e-6) and q["visual"] == 0.0
 
 
 def test_opm_drop_probability_capped_at_one_and_ties():
     # 0.9 * (1 + 1 * 0.9640276) = 1.7676 -> 1
-    assert opm_drop_probability(AV, lam=1.0, q_base=0.9)["audio"] == 1.0
-    assert opm_drop_probability({"a": 2.0, "v": 2.0}, 0.5, 0.5) == {"a": 0.0, "v": 0.0}
+    assert named(opm_drop_tensor, AV, lam=1.0, q_base=0.9)["audio"] == 1.0
+    assert named(opm_drop_tensor, {"a": 2.0, "v": 2.0}, 0.5, 0.5) == {"a": 0.0, "v": 0.0}
     # three modalities: only a (rho 2) drops: 0.5 * (1 + 1 * tanh(1)) = 0.5 * 1.7615942 = 0.8807971
-    assert opm_drop_probability(AVT, 1.0, 0.5) == pytest.approx(
+    assert named(opm_drop_tensor, AVT, 1.0, 0.5) == pytest.approx(
         {"audio": 0.8807971, "visual": 0.0, "text": 0.0}
     )
 
@@ -250,21 +248,21 @@ def test_opm_drop_probability_capped_at_one_and_ties():
 @pytest.mark.parametrize("lam,q_base", [(-0.1, 0.5), (0.5, 1.5), (0.5, -0.1)])
 def test_opm_drop_probability_bad(lam, q_base):
     with pytest.raises(ValueError):
-        opm_drop_probability(AV, lam, q_base)
+        named(opm_drop_tensor, AV, lam, q_base)
 
 
 def test_opm_mask_extremes_and_determinism():
-    m = opm_mask({"audio": 0.0, "visual": 1.0}, 6, torch.Generator().manual_seed(0))
+    m = keep_masks({"audio": 0.0, "visual": 1.0}, 6, torch.Generator().manual_seed(0))
     assert m["audio"].tolist() == [1.0] * 6 and m["visual"].tolist() == [0.0] * 6
-    a = opm_mask({"audio": 0.5}, 32, torch.Generator().manual_seed(7))
-    b = opm_mask({"audio": 0.5}, 32, torch.Generator().manual_seed(7))
+    a = keep_masks({"audio": 0.5}, 32, torch.Generator().manual_seed(7))
+    b = keep_masks({"audio": 0.5}, 32, torch.Generator().manual_seed(7))
     assert torch.equal(a["audio"], b["audio"])
     assert set(a["audio"].unique().tolist()) <= {0.0, 1.0}
 
 
 def test_opm_mask_keep_rate():
     # P(keep) = 1 - q = 0.75; with 40k samples the rate is within 0.01 (sd ~ 0.002)
-    m = opm_mask({"audio": 0.25}, 40_000, torch.Generator().manual_seed(1))
+    m = keep_masks({"audio": 0.25}, 40_000, torch.Generator().manual_seed(1))
     assert m["audio"].mean().item() == pytest.approx(0.75, abs=0.01)
 
 
@@ -272,12 +270,12 @@ def test_opm_mask_execution_gate():
     # p_exe = 0 never drops; with p_exe = 0.5 the batch is untouched iff the first uniform draw u >=
     # 0.5
     assert (
-        opm_mask({"audio": 1.0}, 4, torch.Generator().manual_seed(0), p_exe=0.0)["audio"].tolist()
+        keep_masks({"audio": 1.0}, 4, torch.Generator().manual_seed(0), p_exe=0.0)["audio"].tolist()
         == [1.0] * 4
     )
     for seed in range(6):
         u = torch.rand(1, generator=torch.Generator().manual_seed(seed)).item()
-        got = opm_mask({"audio": 1.0}, 4, torch.Generator().manual_seed(seed), p_exe=0.5)[
+        got = keep_masks({"audio": 1.0}, 4, torch.Generator().manual_seed(seed), p_exe=0.5)[
             "audio"
         ].tolist()
         assert got == ([1.0] * 4 if u >= 0.5 else [0.0] * 4)
@@ -285,58 +283,52 @@ def test_opm_mask_execution_gate():
 
 def test_opm_mask_bad():
     with pytest.raises(ValueError):
-        opm_mask({"audio": 1.5}, 4)
-    with pytest.raises(ValueError):
-        opm_mask({"audio": 0.5}, 4, p_exe=2.0)
+        keep_masks({"audio": 0.5}, 4, p_exe=2.0)
 
 
 def test_opm_feature_scale():
     # theta = (512 * 0.5 + 512 * 0) / 1024 = 0.25 -> 1 / 0.75 = 1.3333333
-    assert opm_feature_scale({"a": 0.5, "v": 0.0}, {"a": 512, "v": 512}) == pytest.approx(4 / 3)
+    assert opm_feature_scale(torch.tensor([0.5, 0.0]), [512, 512]).item() == pytest.approx(4 / 3)
     # theta = (100 * 0.8 + 300 * 0) / 400 = 0.2 -> 1.25
-    assert opm_feature_scale({"a": 0.8, "v": 0.0}, {"a": 100, "v": 300}) == pytest.approx(1.25)
-    with pytest.raises(ValueError):
-        opm_feature_scale({"a": 1.0, "v": 1.0}, {"a": 1, "v": 1})
+    assert opm_feature_scale(torch.tensor([0.8, 0.0]), [100, 300]).item() == pytest.approx(1.25)
 
 
 # ---------------------------------------------------------------------------------------------- MLB
 
 
+def mlb_k(r: float, alpha: float, beta_max: float) -> float:
+    """MLB's coefficient for a modality whose r (the MLB paper Eq. 5: mean score of the others / its
+    own) is `r`: scores (1, r) in `mlb_coefficient_tensor`, as MLB runs it."""
+    return named(mlb_coefficient_tensor, {"own": 1.0, "other": r}, alpha, beta_max)["own"]
+
+
 def test_mlb_acceleration():
     # r = 2 > 1: beta = beta_max = 3: 1 + 2 * tanh(1) = 1 + 1.5231884 = 2.5231884
-    assert mlb_coefficient(2.0, alpha=1.0, beta_max=3.0) == pytest.approx(2.5231884, abs=1e-6)
+    assert mlb_k(2.0, alpha=1.0, beta_max=3.0) == pytest.approx(2.5231884, abs=1e-6)
     # r = 1.5, alpha = 2, beta_max = 1.5: 1 + 0.5 * tanh(1) = 1.3807971
-    assert mlb_coefficient(1.5, alpha=2.0, beta_max=1.5) == pytest.approx(1.3807971, abs=1e-6)
+    assert mlb_k(1.5, alpha=2.0, beta_max=1.5) == pytest.approx(1.3807971, abs=1e-6)
 
 
 def test_mlb_deceleration_uses_beta_two():
     # r = 0.5 < 1: beta = 2: 1 + 1 * tanh(-0.5) = 1 - 0.4621172 = 0.5378828 (beta_max plays no role)
-    assert mlb_coefficient(0.5, alpha=1.0, beta_max=10.0) == pytest.approx(0.5378828, abs=1e-6)
+    assert mlb_k(0.5, alpha=1.0, beta_max=10.0) == pytest.approx(0.5378828, abs=1e-6)
     # r = 0: 1 - tanh(1) = 0.2384058 > 0, learning never halted
-    assert mlb_coefficient(0.0, alpha=1.0, beta_max=3.0) == pytest.approx(0.2384058, abs=1e-6)
+    assert mlb_k(0.0, alpha=1.0, beta_max=3.0) == pytest.approx(0.2384058, abs=1e-6)
 
 
 def test_mlb_r_exactly_one_and_no_acceleration():
-    assert mlb_coefficient(1.0, alpha=5.0, beta_max=3.0) == 1.0
+    assert mlb_k(1.0, alpha=5.0, beta_max=3.0) == 1.0
     assert (
-        mlb_coefficient(2.0, alpha=5.0, beta_max=1.0) == 1.0
+        mlb_k(2.0, alpha=5.0, beta_max=1.0) == 1.0
     )  # beta_max = 1 disables acceleration
-
-
-@pytest.mark.parametrize("r,alpha,beta_max", [(-0.1, 1.0, 2.0), (1.0, 0.0, 2.0), (1.0, 1.0, 0.5)])
-def test_mlb_bad(r, alpha, beta_max):
-    with pytest.raises(ValueError):
-        mlb_coefficient(r, alpha, beta_max)
 
 
 def test_mlb_coefficients_from_scores():
     # r_a = 10 / 30 = 1/3: 1 + tanh(-2/3) = 1 - 0.5827829 = 0.4172171
     # r_v = 30 / 10 = 3:   1 + (3 - 1) * tanh(2) = 1 + 1.9280552 = 2.9280552
-    k = mlb_coefficients(AV, alpha=1.0, beta_max=3.0)
+    k = named(mlb_coefficient_tensor, AV, alpha=1.0, beta_max=3.0)
     assert k == pytest.approx({"audio": 0.4172171, "visual": 2.9280552}, abs=1e-6)
-    assert mlb_coefficients({"a": 4.0, "v": 4.0}, 1.0, 3.0) == {"a": 1.0, "v": 1.0}
-    with pytest.raises(ValueError):
-        mlb_coefficients({"a": 0.0, "v": 4.0}, 1.0, 3.0)
+    assert named(mlb_coefficient_tensor, {"a": 4.0, "v": 4.0}, 1.0, 3.0) == {"a": 1.0, "v": 1.0}
 
 
 def test_mlb_coefficients_on_the_device_match_the_hand_values():
@@ -347,7 +339,7 @@ def test_mlb_coefficients_on_the_device_match_the_hand_values():
     # (beta_max 3)
     k = mlb_coefficient_tensor(torch.tensor([10.0, 20.0, 20.0]), alpha=1.0, beta_max=3.0)
     assert k[0].item() == pytest.approx(2.5231884, abs=1e-6)
-    # a zero score: r infinite, full acceleration (the host version refuses it)
+    # a zero score: r infinite, full acceleration
     # (and the other's r = 0 / 4: 1 - tanh(1) = 0.2384058)
     k = mlb_coefficient_tensor(torch.tensor([0.0, 4.0]), 1.0, 3.0)
     assert k.tolist() == pytest.approx([3.0, 0.2384058], abs=1e-6)
@@ -468,11 +460,11 @@ def test_pmr_prototypes_mean_and_momentum():
     labels = torch.tensor([0, 0, 1])
     # class 0: mean of (1,1), (3,3) = (2,2); class 1: (10,0)
     torch.testing.assert_close(
-        pmr_prototypes(emb, labels, 2), torch.tensor([[2.0, 2.0], [10.0, 0.0]])
+        prototypes(emb, labels, 2), torch.tensor([[2.0, 2.0], [10.0, 0.0]])
     )
     # momentum 0.2: 0.8 * (2,2) + 0.2 * (0,0) = (1.6,1.6); 0.8 * (10,0) + 0.2 * (0,10) = (8,2)
     prev = torch.tensor([[0.0, 0.0], [0.0, 10.0]])
-    torch.testing.assert_close(pmr_prototypes(emb, labels, 2, prev, momentum=0.2),
+    torch.testing.assert_close(prototypes(emb, labels, 2, prev, momentum=0.2),
                                torch.tensor([[1.6, 1.6], [8.0, 2.0]]))
 
 
@@ -493,10 +485,10 @@ def test_pmr_class_sums_add_over_batches_to_the_prototypes_of_the_whole_epoch():
 def test_pmr_prototypes_empty_class():
     emb, labels = torch.tensor([[1.0, 1.0], [3.0, 3.0]]), torch.tensor([0, 0])
     with pytest.raises(ValueError, match=r"\[1, 2\]"):
-        pmr_prototypes(emb, labels, 3)
+        prototypes(emb, labels, 3)
     prev = torch.tensor([[9.0, 9.0], [5.0, 5.0], [7.0, 7.0]])
     # classes 1, 2 keep their previous prototypes; class 0 -> (2, 2) with momentum 0
-    torch.testing.assert_close(pmr_prototypes(emb, labels, 3, prev),
+    torch.testing.assert_close(prototypes(emb, labels, 3, prev),
                                torch.tensor([[2.0, 2.0], [5.0, 5.0], [7.0, 7.0]]))
 
 
@@ -507,6 +499,8 @@ def test_discrepancy_ratio_tensor():
     torch.testing.assert_close(
         discrepancy_ratio_tensor(torch.tensor([6.0, 2.0, 4.0])), torch.tensor([2.0, 0.4, 1.0])
     )
+    # the others' scores all 0: kept above 0, so the ratio is large but finite (no nan, no inf)
+    assert torch.isfinite(discrepancy_ratio_tensor(torch.tensor([1.0, 0.0]))).all()
 
 
 def test_pmr_coefficients():
