@@ -23,6 +23,7 @@ from mmhpc.errors import (
     ConfigError,
     MmhpcError,
     exit_code,
+    problem,
 )
 
 # Heavy modules (torch, pandas, matplotlib, transformers; even the config schema) are imported by
@@ -144,10 +145,8 @@ def cmd_synth(args) -> int:
     names = sorted(DATASETS) if args.dataset == "all" else [args.dataset]
     for name in names:
         if name not in DATASETS:
-            raise ConfigError(
-                f"dataset: invalid value {name!r}; valid choices: all, "
-                f"{', '.join(sorted(DATASETS))}"
-            )
+            raise ConfigError(problem("dataset", f"invalid value {name!r}",
+                                      ["all", *sorted(DATASETS)]))
         root = ensure_synthetic(
             name, args.preset, args.seed, root=args.out if len(names) == 1 else None
         )

@@ -74,7 +74,7 @@ def registry(name: str) -> list[str]:
 
 def _choice(value: str, valid) -> str:
     if value not in valid:
-        raise ValueError(f"invalid value {value!r}; valid: {', '.join(valid)}")
+        raise ValueError(problem("", f"invalid value {value!r}", valid))
     return value
 
 

@@ -20,7 +20,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from mmhpc.errors import RunError
+from mmhpc.errors import RunError, problem
 
 # The oldest driver of each CUDA major version (CUDA minor-version compatibility: a build for 12.x
 # runs
@@ -195,15 +195,8 @@ def _precision_check(cfg, visible: int, hip: bool) -> Check:
     from mmhpc.system.precision import Precision
 
     if hip:  # AMD: BF16 on CDNA2+ (MI200/MI300); no TF32 mode in ROCm builds of torch
-        bad = (
-            [
-                f"system.precision=tf32: {torch.cuda.get_device_name(0)} (ROCm) has no TF32 mode; "
-                "valid: fp32, "
-                "bf16"
-            ]
-            if cfg.system.precision == "tf32"
-            else []
-        )
+        bad = [problem("system.precision", f"tf32: {torch.cuda.get_device_name(0)} (ROCm) has no "
+                       "TF32 mode", ("fp32", "bf16"))] if cfg.system.precision == "tf32" else []
         return Check("precision", not bad, bad[0] if bad else f"{cfg.system.precision} on "
                      f"{torch.cuda.get_device_name(0)} (ROCm)")
     caps = {torch.cuda.get_device_capability(i) for i in range(visible)}
@@ -325,7 +318,8 @@ def _data_check(cfg) -> Check:
         return Check(
             "data",
             False,
-            f"data.root: {root} is not a directory; valid: a prepared dataset (mmhpc prepare)",
+            problem("data.root", f"{root} is not a directory",
+                    ["a prepared dataset (mmhpc prepare)"]),
         )
     try:
         manifest = read_manifest(root)

@@ -62,43 +62,12 @@ class PrecisionChoice:
 
 
 #: system.precision (thesis Sec. 3.4.2, 4.3.2.1), in the order reports show them
+# a row each; columns: label, matmul_tf32, cudnn_tf32, autocast, tensor_cores, cpu, thesis
 PRECISIONS = {
-    "fp32": PrecisionChoice(
-        "FP32",
-        matmul_tf32=False,
-        cudnn_tf32=True,
-        autocast=None,
-        tensor_cores=False,
-        cpu=True,
-        thesis=True,
-    ),
-    "fp32_strict": PrecisionChoice(
-        "FP32 strict",
-        matmul_tf32=False,
-        cudnn_tf32=False,
-        autocast=None,
-        tensor_cores=False,
-        cpu=True,
-        thesis=False,
-    ),
-    "tf32": PrecisionChoice(
-        "TF32",
-        matmul_tf32=True,
-        cudnn_tf32=True,
-        autocast=None,
-        tensor_cores=True,
-        cpu=False,
-        thesis=True,
-    ),
-    "bf16": PrecisionChoice(
-        "BF16",
-        matmul_tf32=True,
-        cudnn_tf32=True,
-        autocast="bfloat16",
-        tensor_cores=True,
-        cpu=True,
-        thesis=True,
-    ),
+    "fp32": PrecisionChoice("FP32", False, True, None, False, True, True),
+    "fp32_strict": PrecisionChoice("FP32 strict", False, False, None, False, True, False),
+    "tf32": PrecisionChoice("TF32", True, True, None, True, False, True),
+    "bf16": PrecisionChoice("BF16", True, True, "bfloat16", True, True, True),
 }
 THESIS_PRECISIONS = tuple(name for name, choice in PRECISIONS.items() if choice.thesis)
 

@@ -193,7 +193,7 @@ class RunRecord(_Part):
     @classmethod
     def _known_schema(cls, v: int) -> int:
         if v != SCHEMA:
-            raise ValueError(f"schema {v} is not one this version reads; valid: {SCHEMA}")
+            raise ValueError(problem("", f"schema {v} is not one this version reads", [SCHEMA]))
         return v
 
     @property

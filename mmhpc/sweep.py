@@ -84,7 +84,7 @@ Axes = dict[str, Annotated[list[Any], Field(min_length=1)]]
 
 def _dir_name(value: str) -> str:
     if not re.match(NAME_PATTERN, value) or value in (".", ".."):
-        raise ValueError(f"{value!r} cannot name a directory; valid: {NAME_VALID}")
+        raise ValueError(problem("", f"{value!r} cannot name a directory", [NAME_VALID]))
     return value
 
 
@@ -400,10 +400,8 @@ def _axis_key(key: str) -> str:
     if key.startswith("resources."):
         leaf = key.split(".", 1)[1]
         if leaf not in RESOURCE_KEYS:
-            raise ConfigError(
-                f"{key}: unknown key; valid keys: "
-                f"{', '.join('resources.' + k for k in RESOURCE_KEYS)}"
-            )
+            raise ConfigError(problem(key, "unknown key",
+                                      ["resources." + k for k in RESOURCE_KEYS]))
         return key
     key = resolve_key(key)
     known = _config_keys()

@@ -130,3 +130,65 @@ def test_choice_messages_go_through_errors_problem():
     assert str(e.value) == f"kind: invalid value 'nope'; valid: auto, {', '.join(KINDS)}"
     with pytest.raises(ValueError, match=r"^model.fusion: invalid value 'x'; valid: "):
         build_fusion("x", ["audio", "visual"], 8, 2, False, 1.0)
+
+
+def _synth(dataset):
+    from argparse import Namespace
+
+    from mmhpc.cli import cmd_synth
+
+    cmd_synth(Namespace(dataset=dataset, preset="tiny", seed=0, out=None))
+
+
+def _cosine_form(form):
+    from mmhpc.models.fusion import cosine_scale
+
+    cosine_scale(6, form=form)
+
+
+def _split(split):
+    from mmhpc.data.dataset import PreparedDataset
+
+    PreparedDataset("/nonexistent", split)
+
+
+def _axis(key):
+    from mmhpc.sweep import _axis_key
+
+    _axis_key(key)
+
+
+def _amst_phase(phase):
+    from mmhpc.strategies.formulas import amst_trains
+
+    amst_trains(0, 2, phase)
+
+
+def _mslr_schedule(schedule):
+    from mmhpc.strategies.formulas import mslr_schedule_factor
+
+    mslr_schedule_factor([0.5], 2, schedule)
+
+
+def _pmr_split(split):
+    from mmhpc.rules.strategies import RULES
+
+    RULES["pmr"].parse_params({"split": split})  # a Literal: pydantic refuses it with the choices
+
+
+@pytest.mark.parametrize("call,bad,message", [
+    (_synth, "bogus", "dataset: invalid value 'bogus'; valid: all, ave, cremad, iemocap, mvsa, "
+     "urfunny"),
+    (_cosine_form, "round", "form: invalid value 'round'; valid: printed, normface"),
+    (_split, "dev", "split: invalid value 'dev'; valid: train, val, test"),
+    (_axis, "resources.bogus", "resources.bogus: unknown key; valid: resources."),
+    (_amst_phase, "late", "phase: invalid value 'late'; valid: code, paper"),
+    (_mslr_schedule, "daily", "schedule: invalid value 'daily'; valid: as_run, compound, per_epoch"),
+    (_pmr_split, "test", "strategy.params.split: invalid value 'test'; valid: train, val"),
+])
+def test_messages_listing_choices_have_the_one_shape(call, bad, message):
+    """`field: invalid value 'x'; valid: a, b` (errors.problem), never a hand-made variant of it
+    ("valid choices:", "valid keys:", "must be one of ..., got ...")."""
+    with pytest.raises(ValueError) as e:
+        call(bad)
+    assert str(e.value).startswith(message), str(e.value)

@@ -11,6 +11,7 @@ from torch.utils.data import Dataset
 from mmhpc.data import manifest as mf
 from mmhpc.data.frames import CROP_KEY, crop_params, read_frames
 from mmhpc.data.specs import DATASETS, SPLITS, Shapes
+from mmhpc.errors import problem
 
 
 class PreparedDataset(Dataset):
@@ -31,7 +32,7 @@ class PreparedDataset(Dataset):
         audio_augment=None,
     ):
         if split not in SPLITS:
-            raise ValueError(f"split {split!r}; valid: {', '.join(SPLITS)}")
+            raise ValueError(problem("split", f"invalid value {split!r}", SPLITS))
         self.root = Path(root)
         self.manifest = mf.check(self.root, verify, modalities)
         # the class list of the data (an option such as IEMOCAP classes=six changes the spec's)

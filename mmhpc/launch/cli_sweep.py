@@ -190,14 +190,13 @@ def cmd_discover(args) -> int:
     from pathlib import Path
 
     from mmhpc.atomic import atomic_write_text
-    from mmhpc.errors import ConfigError
+    from mmhpc.errors import ConfigError, problem
     from mmhpc.launch.discover import discover_here, validate
 
     out = Path(args.output).expanduser().absolute() if args.output else None
     if out is not None and out.exists():  # a profile someone edited is never overwritten
-        raise ConfigError(
-            f"-o: {out} exists; valid: a new file (remove it first to discover again)"
-        )
+        raise ConfigError(problem("-o", f"{out} exists",
+                                  ["a new file (remove it first to discover again)"]))
     text = discover_here(args.partition, args.probe)
     validate(text, str(out or "<discovered>"))
     if out is None:

@@ -8,6 +8,8 @@ import torch
 from torch import nn
 from torchvision.models import resnet18
 
+from mmhpc.errors import problem
+
 RESNET_WIDTH = 512
 
 # A RoBERTa small enough for CPU tests; `base` is RoBERTa-base's shape (transformers' defaults).
@@ -102,4 +104,4 @@ def build_encoder(modality: str, *, text_size: str, text_len: int, vocab: int,
         return VisualEncoder()
     if modality == "text":
         return TextEncoder(text_size, text_len, vocab, text_pretrained)
-    raise ValueError(f"unknown modality {modality!r}; valid: audio, visual, text")
+    raise ValueError(problem("", f"unknown modality {modality!r}", ("audio", "visual", "text")))

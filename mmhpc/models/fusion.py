@@ -63,7 +63,7 @@ def cosine_scale(
     if not 1.0 / num_classes < p < 1.0:
         raise ValueError(f"p must lie in (1/C, 1) = ({1.0 / num_classes:.4g}, 1), got {p}")
     if form not in COSINE_FORMS:
-        raise ValueError(f"form must be one of {', '.join(COSINE_FORMS)}, got {form!r}")
+        raise ValueError(problem("form", f"invalid value {form!r}", COSINE_FORMS))
     c = num_classes
     denominator = c + 1 if form == "printed" else c
     return (c - 1) / (num_modalities * denominator) * math.log((c - 1) * p / (1 - p))
@@ -161,7 +161,8 @@ class _Asymmetric(Fusion):
         super().__init__(modalities, dim, num_classes, cosine, scale)
         self.control = control or self.modalities[0]
         if self.control not in self.modalities:
-            raise ValueError(f"control modality {self.control!r} is not one of {self.modalities}")
+            raise ValueError(problem("model.control", f"invalid value {self.control!r}",
+                                     self.modalities))
         self.out = _head(dim, num_classes, cosine, scale)
 
     def forward(self, embs, control: str | None = None):

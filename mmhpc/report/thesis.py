@@ -24,6 +24,8 @@ from typing import Literal
 import pandas as pd
 from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
 
+from mmhpc.errors import problem
+
 # shipped with the package (a non-editable install finds it); reports/thesis-results.csv links to it
 THESIS_CSV = Path(__file__).with_name("thesis-results.csv")
 METRICS = (
@@ -76,7 +78,7 @@ class ThesisValue(BaseModel):
     def _known_modalities(cls, v: str) -> str:
         bad = [m for m in v.split("+") if v and m not in MODALITIES]
         if bad:
-            raise ValueError(f"unknown modality {bad[0]!r}; valid: {', '.join(MODALITIES)}")
+            raise ValueError(problem("", f"unknown modality {bad[0]!r}", MODALITIES))
         return v
 
 

@@ -46,6 +46,19 @@ def require_symmetric(cfg, what: str) -> None:
         )
 
 
+def _param(key: str | tuple, text: str, valid=None) -> ConfigError:
+    """The error of `strategy.params.<key>` (a dotted key or a path; "" for the params as a
+    whole)."""
+    path = ("strategy", "params", *((key,) if isinstance(key, str) else key))
+    return ConfigError(problem([p for p in path if p != ""], text, valid))
+
+
+def _check_weights(weights: dict[str, float], heads: list[str]) -> None:
+    """Fixed loss weights (`strategy.params.weights`): none given, or one >= 0 for each head."""
+    if weights and (set(weights) != set(heads) or any(w < 0 for w in weights.values())):
+        raise _param("weights", f"give a weight >= 0 for each of {', '.join(heads)}, got {weights}")
+
+
 @dataclass
 class NoParams:
     pass
@@ -60,22 +73,21 @@ class Rules:
 
     @classmethod
     def check_config(cls, cfg) -> None:
-        """Reject configs this strategy cannot run, naming the field and the valid choices."""
+        """Reject configs this strategy cannot run, naming the field and the valid choices: the
+        fusion, the number of modalities, then its parameters (`check_params`)."""
         if cfg.model.fusion not in cls.fusions:
-            raise ConfigError(
-                problem(
-                    "model.fusion",
-                    f"strategy {cls.name} does not support {cfg.model.fusion}",
-                    cls.fusions,
-                )
-            )
+            raise ConfigError(problem("model.fusion",
+                                      f"strategy {cls.name} does not support {cfg.model.fusion}",
+                                      cls.fusions))
         if len(cfg.modalities) < cls.min_modalities:
-            raise ConfigError(
-                f"data.modalities: strategy {cls.name} balances two or more modalities, got "
-                f"{cfg.modalities}; use strategy.name=naive for a single-modality "
-                "baseline"
-            )
-        cls.parse_params(cfg.strategy.params)
+            raise ConfigError(problem(
+                "data.modalities", f"strategy {cls.name} balances two or more modalities, got "
+                f"{cfg.modalities}; use strategy.name=naive for a single-modality baseline"))
+        cls.check_params(cfg, cls.parse_params(cfg.strategy.params))
+
+    @classmethod
+    def check_params(cls, cfg, p) -> None:
+        """The rules of this strategy's parsed `Params` `p` (and between them and the run)."""
 
     @classmethod
     def parse_params(cls, params: dict[str, Any]):
@@ -132,9 +144,8 @@ class AMSTRules(AlternatingRules):
     Params = AMSTParams
 
     @classmethod
-    def check_config(cls, cfg) -> None:
-        super().check_config(cfg)
-        p = cls.parse_params(cfg.strategy.params)
+    def check_params(cls, cfg, p) -> None:
+        super().check_params(cfg, p)
         if p.module != "alternating":
             require_symmetric(
                 cfg,
@@ -144,13 +155,10 @@ class AMSTRules(AlternatingRules):
                 "of (gated/FiLM train with module=alternating, thesis Alg. 4)",
             )
         for m, s in p.skips.items():
-            field = ("strategy", "params", "skips", m)
             if m not in cfg.modalities:
-                raise ConfigError(problem(field, "not a modality of this run", cfg.modalities))
+                raise _param(("skips", m), "not a modality of this run", cfg.modalities)
             if s < 1:
-                raise ConfigError(
-                    problem(field, f"{s!r} must be a positive integer (1 = never skipped)")
-                )
+                raise _param(("skips", m), f"{s!r} must be a positive integer (1 = never skipped)")
 
 
 @dataclass
@@ -168,21 +176,16 @@ class SelectiveRules(AlternatingRules):
     Params = SelectiveParams
 
     @classmethod
-    def check_config(cls, cfg) -> None:
-        super().check_config(cfg)
-        p = cls.parse_params(cfg.strategy.params)
+    def check_params(cls, cfg, p) -> None:
+        super().check_params(cfg, p)
         if p.require_cosine and not cfg.model.cosine:
-            raise ConfigError(
-                f"model.cosine: strategy {cls.name} trains with the cosine classifier (thesis Sec. "
-                "3.3.2, 4.2); set model.cosine=true, or "
-                "strategy.params.require_cosine=false for "
-                "the ablation with linear heads"
-            )
+            raise ConfigError(problem(
+                "model.cosine", f"strategy {cls.name} trains with the cosine classifier (thesis "
+                "Sec. 3.3.2, 4.2); set model.cosine=true, or strategy.params.require_cosine=false "
+                "for the ablation with linear heads"))
         if p.warmup < 0:
-            raise ConfigError(
-                f"strategy.params.warmup: {p.warmup!r} must be an integer >= 0 (epochs that train "
-                "every modality before the metric chooses)"
-            )
+            raise _param("warmup", f"{p.warmup!r} must be an integer >= 0 (epochs that train "
+                         "every modality before the metric chooses)")
 
 
 class EntropyRules(SelectiveRules):
@@ -201,15 +204,12 @@ class WindowRules(Rules):
     min_modalities = 2
 
     @classmethod
-    def check_config(cls, cfg) -> None:
-        super().check_config(cfg)
-        p = cls.parse_params(cfg.strategy.params)
+    def check_params(cls, cfg, p) -> None:
+        super().check_params(cfg, p)
         if p.start_epoch < 0 or (p.end_epoch is not None and p.end_epoch < p.start_epoch):
-            raise ConfigError(
-                f"strategy.params.end_epoch: modulation runs from start_epoch ({p.start_epoch}) to "
-                f"end_epoch ({p.end_epoch}, inclusive, null = to the end); give 0 <= "
-                "start <= end"
-            )
+            raise _param("end_epoch", f"modulation runs from start_epoch ({p.start_epoch}) to "
+                         f"end_epoch ({p.end_epoch}, inclusive, null = to the end); give 0 <= "
+                         "start <= end")
 
 
 class OnTheFlyRules(WindowRules):
@@ -244,11 +244,10 @@ class OGMGERules(OnTheFlyRules):
     Params = OGMParams
 
     @classmethod
-    def check_config(cls, cfg) -> None:
-        super().check_config(cfg)
-        p = cls.parse_params(cfg.strategy.params)
+    def check_params(cls, cfg, p) -> None:
+        super().check_params(cfg, p)
         if p.alpha < 0:
-            raise ConfigError(f"strategy.params.alpha: {p.alpha} must be >= 0")
+            raise _param("alpha", f"{p.alpha} must be >= 0")
 
 
 @dataclass
@@ -265,14 +264,11 @@ class OPMRules(OnTheFlyRules):
     Params = OPMParams
 
     @classmethod
-    def check_config(cls, cfg) -> None:
-        super().check_config(cfg)
-        p = cls.parse_params(cfg.strategy.params)
+    def check_params(cls, cfg, p) -> None:
+        super().check_params(cfg, p)
         for key, lo, hi in (("q_base", 0.0, 1.0), ("p_exe", 0.0, 1.0), ("lam", 0.0, float("inf"))):
             if not lo <= getattr(p, key) <= hi:
-                raise ConfigError(
-                    f"strategy.params.{key}: {getattr(p, key)} must lie in [{lo}, {hi}]"
-                )
+                raise _param(key, f"{getattr(p, key)} must lie in [{lo}, {hi}]")
 
 
 @dataclass
@@ -283,7 +279,8 @@ class PMRParams:
         None  # last epoch of the PER ("early training stage"); null: end_epoch
     )
     momentum: float = 0.2  # blend with the previous prototypes (code base `--momentum_coef`)
-    split: str | None = None
+    #: the split the prototypes are computed on; null: the code base's choice per dataset
+    split: Literal[PMR_PROTOTYPE_SPLITS] | None = None
     fraction: float | None = (
         None  # share of its batches (`--factor`); null: 1.0 on AVE, 0.1 elsewhere
     )
@@ -297,23 +294,14 @@ class PMRRules(WindowRules):
     fusions = SYMMETRIC  # the paper's sum and concatenation fusions
 
     @classmethod
-    def check_config(cls, cfg) -> None:
-        super().check_config(cfg)
-        p = cls.parse_params(cfg.strategy.params)
+    def check_params(cls, cfg, p) -> None:
+        super().check_params(cfg, p)
         if p.alpha < 0 or p.mu < 0:
-            raise ConfigError(f"strategy.params: alpha ({p.alpha}) and mu ({p.mu}) must be >= 0")
+            raise _param("", f"alpha ({p.alpha}) and mu ({p.mu}) must be >= 0")
         if not 0.0 <= p.momentum <= 1.0:
-            raise ConfigError(f"strategy.params.momentum: {p.momentum} must lie in [0, 1]")
+            raise _param("momentum", f"{p.momentum} must lie in [0, 1]")
         if p.fraction is not None and not 0.0 < p.fraction <= 1.0:
-            raise ConfigError(f"strategy.params.fraction: {p.fraction} must lie in (0, 1]")
-        if p.split is not None and p.split not in PMR_PROTOTYPE_SPLITS:
-            raise ConfigError(
-                problem(
-                    ("strategy", "params", "split"),
-                    f"invalid value {p.split!r}",
-                    PMR_PROTOTYPE_SPLITS,
-                )
-            )
+            raise _param("fraction", f"{p.fraction} must lie in (0, 1]")
 
 
 @dataclass
@@ -330,26 +318,15 @@ class MSLRRules(NaiveRules):
     Params = MSLRParams
 
     @classmethod
-    def check_config(cls, cfg) -> None:
-        super().check_config(cfg)
-        p = cls.parse_params(cfg.strategy.params)
+    def check_params(cls, cfg, p) -> None:
+        super().check_params(cfg, p)
         for m, v in p.init.items():
             if m not in cfg.modalities:
-                raise ConfigError(
-                    problem(
-                        ("strategy", "params", "init", m),
-                        "not a modality of this run",
-                        cfg.modalities,
-                    )
-                )
+                raise _param(("init", m), "not a modality of this run", cfg.modalities)
             if v <= 0:
-                raise ConfigError(
-                    f"strategy.params.init.{m}: {v!r} must be a positive number (x train.lr)"
-                )
+                raise _param(("init", m), f"{v!r} must be a positive number (x train.lr)")
         if p.window < 1:
-            raise ConfigError(
-                f"strategy.params.window: {p.window!r} must be a positive integer (epochs, k_e)"
-            )
+            raise _param("window", f"{p.window!r} must be a positive integer (epochs, k_e)")
 
 
 @dataclass
@@ -382,16 +359,13 @@ class MLARules(Rules):
                 )
             )
         super().check_config(cfg)
-        p = cls.parse_params(cfg.strategy.params)
-        if p.weights:
-            if set(p.weights) != set(cfg.modalities) or any(w < 0 for w in p.weights.values()):
-                raise ConfigError(
-                    "strategy.params.weights: give a weight >= 0 for each of "
-                    f"{', '.join(cfg.modalities)}"
-                    f", got {p.weights}"
-                )
+
+    @classmethod
+    def check_params(cls, cfg, p) -> None:
+        super().check_params(cfg, p)
+        _check_weights(p.weights, cfg.modalities)
         if p.projection_alpha <= 0:
-            raise ConfigError(f"strategy.params.projection_alpha: {p.projection_alpha} must be > 0")
+            raise _param("projection_alpha", f"{p.projection_alpha} must be > 0")
 
 
 class MultiLossRules(NaiveRules):
@@ -410,15 +384,12 @@ class MLBRules(MultiLossRules):
     min_modalities = 2
 
     @classmethod
-    def check_config(cls, cfg) -> None:
-        super().check_config(cfg)
-        p = cls.parse_params(cfg.strategy.params)
+    def check_params(cls, cfg, p) -> None:
+        super().check_params(cfg, p)
         if p.alpha is not None and p.alpha <= 0:
-            raise ConfigError(f"strategy.params.alpha: {p.alpha} must be > 0")
+            raise _param("alpha", f"{p.alpha} must be > 0")
         if p.beta_max < 1:
-            raise ConfigError(
-                f"strategy.params.beta_max: {p.beta_max} must be >= 1 (1 = never accelerate)"
-            )
+            raise _param("beta_max", f"{p.beta_max} must be >= 1 (1 = never accelerate)")
 
 
 @dataclass
@@ -437,24 +408,13 @@ class BlendRules(MultiLossRules):
     Params = BlendParams
 
     @classmethod
-    def check_config(cls, cfg) -> None:
-        super().check_config(cfg)
-        p = cls.parse_params(cfg.strategy.params)
-        heads = ["fused", *cfg.modalities]
-        if p.weights and (set(p.weights) != set(heads) or any(w < 0 for w in p.weights.values())):
-            raise ConfigError(
-                f"strategy.params.weights: give a weight >= 0 for each of {', '.join(heads)}, "
-                f"got {p.weights}"
-            )
+    def check_params(cls, cfg, p) -> None:
+        super().check_params(cfg, p)
+        _check_weights(p.weights, ["fused", *cfg.modalities])
         if p.interval < 1:
-            raise ConfigError(
-                f"strategy.params.interval: {p.interval!r} must be a positive integer (epochs)"
-            )
+            raise _param("interval", f"{p.interval!r} must be a positive integer (epochs)")
         if not 0.0 <= p.holdout < 1.0:
-            raise ConfigError(
-                f"strategy.params.holdout: {p.holdout} must lie in [0, 1) (0: use the validation "
-                "split)"
-            )
+            raise _param("holdout", f"{p.holdout} must lie in [0, 1) (0: use the validation split)")
 
 
 #: strategy.name -> its rules; the trainer's STRATEGIES[name] subclasses RULES[name]

@@ -110,11 +110,9 @@ class DataParallelRules(ParallelismRules):
     @classmethod
     def problem(cls, cfg, device_type, devices, world=1):
         if device_type != "cuda" or devices < 2:
-            return (
-                f"system.parallelism: dp (nn.DataParallel) needs >= 2 CUDA GPUs, this run has "
-                f"{devices if device_type == 'cuda' else 0}; valid: single, or ddp (which also "
-                "runs on the CPU with gloo)"
-            )
+            return problem("system.parallelism", "dp (nn.DataParallel) needs >= 2 CUDA GPUs, this "
+                           f"run has {devices if device_type == 'cuda' else 0}",
+                           ["single, or ddp (which also runs on the CPU with gloo)"])
         return None
 
 
@@ -152,10 +150,8 @@ class BranchLevelRules(ParallelismRules):
     def problem(cls, cfg, device_type, devices, world=1):
         explicit = cfg.system.blp_devices
         if explicit and set(explicit) != set(cfg.modalities):
-            return (
-                f"system.blp_devices: give one device per modality; got {sorted(explicit)}; "
-                f"valid: {', '.join(cfg.modalities)}"
-            )
+            return problem("system.blp_devices",
+                           f"give one device per modality; got {sorted(explicit)}", cfg.modalities)
         return None
 
 

@@ -6,8 +6,8 @@ when to stop, when to decay the learning rate). The system is the runtime's
 (`mmhpc.system.runtime.Runtime`): every forward goes through `self.net`, every update through
 `runtime.backward` and `runtime.step`, so every strategy runs on every parallelism and precision.
 A new strategy subclasses `Strategy` and its rules class (`mmhpc.rules.strategies`: name, `Params`,
-fusions, `check_config`, torch-free, listed in `RULES`), overrides what differs and registers itself
-with `@register`.
+fusions, `check_params` for the rules of its parameters, torch-free, listed in `RULES`), overrides
+what differs and registers itself with `@register`.
 """
 from __future__ import annotations
 

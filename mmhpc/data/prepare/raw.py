@@ -14,6 +14,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from mmhpc.errors import problem
+
 # Clip ids become file names and lines of labels.csv / splits: no separators, commas, whitespace or
 # a leading dot (hidden names are temporary files). YouTube ids (AVE) may start with "-" or "_".
 _SAFE_ID = re.compile(r"^[A-Za-z0-9_-][A-Za-z0-9_.-]*$")
@@ -86,15 +88,11 @@ class RawFormat:
         options = dict(options or {})
         for key, value in options.items():
             if key not in self.options:
-                valid = ", ".join(sorted(self.options)) or "none for this dataset"
-                raise PrepareError(
-                    f"--option {key}: {self.name} has no such option; valid: {valid}"
-                )
+                raise PrepareError(problem(f"--option {key}", f"{self.name} has no such option",
+                                           sorted(self.options) or ["none for this dataset"]))
             if value not in self.options[key]:
-                raise PrepareError(
-                    f"--option {key}={value}: not a valid value; valid: "
-                    f"{', '.join(self.options[key])}"
-                )
+                raise PrepareError(problem(f"--option {key}={value}", "not a valid value",
+                                           self.options[key]))
         return {key: options.get(key, values[0]) for key, values in self.options.items()}
 
 
