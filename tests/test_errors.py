@@ -183,7 +183,8 @@ def _pmr_split(split):
     (_split, "dev", "split: invalid value 'dev'; valid: train, val, test"),
     (_axis, "resources.bogus", "resources.bogus: unknown key; valid: resources."),
     (_amst_phase, "late", "phase: invalid value 'late'; valid: code, paper"),
-    (_mslr_schedule, "daily", "schedule: invalid value 'daily'; valid: as_run, compound, per_epoch"),
+    (_mslr_schedule, "daily",
+     "schedule: invalid value 'daily'; valid: as_run, compound, per_epoch"),
     (_pmr_split, "test", "strategy.params.split: invalid value 'test'; valid: train, val"),
 ])
 def test_messages_listing_choices_have_the_one_shape(call, bad, message):
