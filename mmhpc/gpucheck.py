@@ -757,7 +757,7 @@ def _bench(
             "train.batch_size=64",
             f"loader.num_workers={ck.workers}",
             "loader.prefetch_factor=2",
-            "loader.pin_memory=true",
+            f"loader.pin_memory={str(ck.device.type == 'cuda').lower()}",  # pinned for a GPU
             f"system.sample_interval={0.5 if sampling else 0}",
             f"output.runs_dir={ck.out / 'runs'}",
             f"output.name={name}",
