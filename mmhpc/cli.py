@@ -183,7 +183,7 @@ def cmd_demo(args) -> int:
 
 
 def cmd_strategies(args) -> int:
-    from mmhpc.strategies.catalog import describe
+    from mmhpc.rules.catalog import describe
 
     print(describe())
     return 0

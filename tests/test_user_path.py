@@ -13,7 +13,7 @@ from mmhpc.config import ConfigError, load_config
 
 def test_mmhpc_strategies_lists_every_strategy_with_its_source_parameters_and_defaults(capsys):
     from mmhpc.strategies import STRATEGIES
-    from mmhpc.strategies.catalog import SOURCES
+    from mmhpc.rules.catalog import SOURCES
 
     assert main(["strategies"]) == 0
     out = capsys.readouterr().out

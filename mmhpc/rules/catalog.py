@@ -1,13 +1,15 @@
 """`mmhpc strategies`: every registered strategy with its source, parameters and defaults and
 fusions (every strategy runs on every parallelism: `mmhpc.system.runtime`). The parameters and
 defaults are read from each strategy's typed `Params`, so the listing cannot drift from what
-`strategy.params` accepts; the sources are those of docs/strategies.md's strategy table."""
+`strategy.params` accepts; the sources are those of docs/strategies.md's strategy table. Torch-free:
+it reads the strategies' rules (`mmhpc.rules.strategies`), whose `Params` and fusions the trainer's
+strategies inherit."""
 from __future__ import annotations
 
 import dataclasses
 
 from mmhpc.names import PARALLELISMS
-from mmhpc.strategies import STRATEGIES
+from mmhpc.rules.strategies import RULES
 
 #: strategy.name -> where its algorithm and defaults come from (thesis = Optimising Multimodal
 #: Learning with
@@ -42,8 +44,8 @@ def describe() -> str:
              f"{', '.join(PARALLELISMS)})",
              "(differences between the thesis text, the papers and the code base: "
              "mmhpc/strategies/README.md)"]
-    for name in sorted(STRATEGIES):
-        cls = STRATEGIES[name]
+    for name in sorted(RULES):
+        cls = RULES[name]
         lines += ["", f"{name}: {SOURCES.get(name, '?')}"]
         fields = dataclasses.fields(cls.Params) if dataclasses.is_dataclass(cls.Params) else ()
         lines += [f"  params.{f.name} = {_default(f)}" for f in fields] or ["  no parameters"]
