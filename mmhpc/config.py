@@ -10,6 +10,7 @@ a YAML/JSON file plus `key=value` overrides and validated once, before any work 
 from __future__ import annotations
 
 import difflib
+import functools
 import json
 from pathlib import Path
 from typing import Any, Literal, get_args, get_origin
@@ -37,8 +38,7 @@ class _Section(BaseModel):
         v}`."""
         if not isinstance(value, str):
             return value
-        annotation = cls.model_fields[info.field_name].annotation
-        kinds = {get_origin(a) or a for a in (get_args(annotation) or (annotation,))}
+        kinds = _kinds(cls, info.field_name)
         if type(None) in kinds and value.strip().lower() in ("none", "null"):
             return None
         if list in kinds:
@@ -55,8 +55,23 @@ class _Section(BaseModel):
     @classmethod
     def _in_registry(cls, value: Any, info: ValidationInfo) -> Any:
         """A field with `choices_from` takes a name of that registry."""
-        source = (cls.model_fields[info.field_name].json_schema_extra or {}).get("choices_from")
+        source = _choices_from(cls, info.field_name)
         return _choice(value, registry(source)) if source else value
+
+
+# What the two validators ask of a field, once per field rather than once per value (a 10,000-run
+# sweep validates each field thousands of times).
+@functools.cache
+def _kinds(model: type[BaseModel], field: str) -> frozenset:
+    """The types a field's annotation admits: {str, NoneType} for `str | None`."""
+    annotation = model.model_fields[field].annotation
+    return frozenset(get_origin(a) or a for a in (get_args(annotation) or (annotation,)))
+
+
+@functools.cache
+def _choices_from(model: type[BaseModel], field: str) -> str | None:
+    """The registry whose names a field takes (`choices_from`), or None."""
+    return (model.model_fields[field].json_schema_extra or {}).get("choices_from")
 
 
 def registry(name: str) -> list[str]:
@@ -355,7 +370,9 @@ class RunConfig(_Section):
         return obj
 
     def record_path(self) -> Path:
-        """Where this run's record is written and read (see `record_file`)."""
+        """Where this run's record is written and read (see `mmhpc.results.record_file`)."""
+        from mmhpc.results import record_file
+
         return record_file(self.output.runs_dir, self.run_name())
 
     def run_name(self) -> str:
@@ -366,11 +383,6 @@ class RunConfig(_Section):
             f"{self.data.dataset}-{self.data.preset}-{mods}-{self.model.fusion}-{self.strategy.name}"
             f"-{self.system.precision}-{self.system.parallelism}-bs{self.train.batch_size}-s{self.train.seed}"
         )
-
-
-def record_file(runs_dir: str | Path, run_name: str) -> Path:
-    """The record of run `run_name` under `runs_dir`: the only place a record's path is made."""
-    return Path(runs_dir) / f"{run_name}.json"
 
 
 # ---- overrides and files

@@ -34,6 +34,11 @@ _PACKAGES = ("torch", "torchvision", "transformers", "numpy", "submitit", "nvidi
 log = logging.getLogger(__name__)
 
 
+def record_file(runs_dir: str | Path, run_name: str) -> Path:
+    """The record of run `run_name` under `runs_dir`: the only place a record's path is made."""
+    return Path(runs_dir) / f"{run_name}.json"
+
+
 def atomic_write_json(path: str | Path, obj: Any) -> Path:
     """Write JSON so readers see the old file or the new one, never a partial one."""
     return atomic_write_text(path, json.dumps(obj, indent=1, default=_jsonable))

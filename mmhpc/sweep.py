@@ -34,6 +34,7 @@ from typing import Annotated, Any
 
 from pydantic import AfterValidator, Field, StrictInt, ValidationError
 
+from mmhpc.bulk import gc_paused
 from mmhpc.config import RunConfig, apply_overrides, read_yaml, resolve_key
 from mmhpc.errors import ConfigError, problem, validation_problems
 from mmhpc.launch.clusters import (
@@ -186,6 +187,7 @@ def load_sweep(path: str | Path) -> dict:
     return spec
 
 
+@gc_paused()  # 10,000 runs: mmhpc.bulk
 def plan_sweep(
     path: str | Path,
     profile: ClusterProfile,

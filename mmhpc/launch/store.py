@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import functools
 import json
 import os
 import pickle
@@ -34,14 +35,18 @@ import subprocess
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Annotated, Any, NotRequired
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import ConfigDict, Field, TypeAdapter, ValidationError, with_config
+from typing_extensions import TypedDict  # pydantic needs this one on Python < 3.12
 
-from mmhpc.config import record_file
+from mmhpc.atomic import atomic_write_text
+from mmhpc.bulk import gc_paused
 from mmhpc.errors import ConfigError
-from mmhpc.results import RunRecord, atomic_write_text, read_record
-from mmhpc.sweep import SweepError, SweepPlan
+from mmhpc.results import RunRecord, read_record, record_file
+
+if TYPE_CHECKING:  # status and resume need neither the config schema nor the sweep file's
+    from mmhpc.sweep import SweepPlan
 
 MANIFEST_SCHEMA = 1
 PENDING = {
@@ -57,61 +62,67 @@ RUNNING = {"RUNNING", "COMPLETING", "STAGE_OUT", "SIGNALING"}
 STATES = ("done", "running", "pending", "held", "failed", "unsubmitted", "unknown", "n/a")
 
 
-# ---- the manifest's schema: checked on every load and save
-# ----------------------------------------------
+# ---- the manifest's schema: checked on every load and save --------------------------------------
 # The code reads and updates the manifest as the plain JSON mapping it is (job entries gain fields
-# as a
-# submission proceeds); these models are its schema, so a hand-edited or torn manifest is refused
-# with its
-# file and field named before `status` or `resume` acts on it, and the submitter never writes a bad
-# one.
-
-class _Open(BaseModel):
-    model_config = ConfigDict(extra="allow")
+# as a submission proceeds); these TypedDicts are its schema, so a hand-edited or torn manifest is
+# refused with its file and field named before `status` or `resume` acts on it, and the submitter
+# never writes a bad one. (TypedDicts, not models: pydantic checks a 10,000-run manifest in about a
+# third of the time a model instance per run and per job takes.)
+_OPEN = ConfigDict(extra="allow")
 
 
-class ManifestJob(_Open):
+@with_config(_OPEN)
+class ManifestJob(TypedDict, total=False):
     """One submission of a run: the job name is its intent, the job id is filled once sbatch
     answered."""
-    job_id: str | None = None
-    job_name: str | None = None
-    task: int | None = None
+    job_id: str | None
+    job_name: str | None
+    task: int | None
 
 
-class ManifestRun(_Open):
-    index: int = Field(ge=0)
-    name: str = Field(min_length=1)
-    axes: dict[str, Any] = {}
+@with_config(_OPEN)
+class ManifestRun(TypedDict):
+    index: Annotated[int, Field(ge=0)]
+    name: Annotated[str, Field(min_length=1)]
+    axes: NotRequired[dict[str, Any]]
     config: dict[str, Any]
-    request: dict[str, Any] | None = None
-    resources: dict[str, Any] | None = None
-    not_applicable: str | None = None
+    request: NotRequired[dict[str, Any] | None]
+    resources: NotRequired[dict[str, Any] | None]
+    not_applicable: NotRequired[str | None]
     jobs: list[ManifestJob]
 
 
-class ManifestArray(_Open):
-    job_name: str | None = None  # absent in manifests written before submissions were tagged
+@with_config(_OPEN)
+class ManifestArray(TypedDict):
+    job_name: NotRequired[str | None]  # absent in manifests written before submissions were tagged
     runs: list[int]
-    job_id: str | None = None
+    job_id: NotRequired[str | None]
 
 
-class SweepManifest(_Open):
-    schema_version: int = Field(alias="schema")
-    sweep: str
-    source: str | None = None
-    cluster: str
-    size: str | None = None
-    created: float | None = None
-    runs_dir: str | None = None
-    runs: list[ManifestRun]
-    arrays: list[ManifestArray] = []
+# functional form: the manifest's key `schema`
+SweepManifest = with_config(_OPEN)(TypedDict("SweepManifest", {
+    "schema": int,
+    "sweep": str,
+    "source": NotRequired[str | None],
+    "cluster": str,
+    "size": NotRequired[str | None],
+    "created": NotRequired[float | None],
+    "runs_dir": NotRequired[str | None],
+    "runs": list[ManifestRun],
+    "arrays": NotRequired[list[ManifestArray]],
+}))
+
+
+@functools.cache
+def _manifest_schema() -> TypeAdapter:
+    return TypeAdapter(SweepManifest)
 
 
 def check_manifest(manifest: dict, path: Path) -> dict:
     """`manifest` itself when it has the manifest's shape, else a ConfigError naming the file and
     fields."""
     try:
-        SweepManifest.model_validate(manifest)
+        _manifest_schema().validate_python(manifest)
     except ValidationError as err:
         raise ConfigError.from_validation(err, file=str(path)) from None
     return manifest
@@ -131,6 +142,7 @@ class SweepDir:
     def exists(self) -> bool:
         return self.manifest_path.exists()
 
+    @gc_paused()
     def load(self) -> dict:
         """The manifest; a missing one is an error and creates nothing (a mistyped path stays
         absent)."""
@@ -148,6 +160,7 @@ class SweepDir:
             ) from None
         return check_manifest(raw, self.manifest_path)
 
+    @gc_paused()
     def save(self, manifest: dict, changed: list[dict] | None = None) -> None:
         """Write the manifest atomically, checked first. `changed`: the only runs modified since
         this manifest was last saved here (a submission saves a 10,000-run manifest twice per job
@@ -219,6 +232,7 @@ def manifest_json(manifest: dict, run_lines: list[str] | None = None) -> str:
     return "{" + head + ("," if head else "") + '"runs":[\n' + ",\n".join(run_lines) + "\n]}\n"
 
 
+@gc_paused()
 def create(sweep_dir: SweepDir, plan: SweepPlan, source: Path | None) -> dict:
     """Write sweep.yaml and the manifest; an existing sweep directory must hold the same runs."""
     runs = [{"index": r.index, "name": r.name, "axes": r.axes, "config": r.config.to_dict(),
@@ -229,6 +243,8 @@ def create(sweep_dir: SweepDir, plan: SweepPlan, source: Path | None) -> dict:
         old = {r["name"]: r["config"] for r in manifest["runs"]}
         new = {r["name"]: r["config"] for r in runs}
         if old != new:
+            from mmhpc.sweep import SweepError
+
             changed = sorted(n for n in set(old) | set(new) if old.get(n) != new.get(n))
             raise SweepError(
                 [
@@ -397,6 +413,7 @@ def _call(cmd: list[str]) -> tuple[str | None, str | None]:
 # ---- the state of each run
 # ---------------------------------------------------------------------------------
 
+@gc_paused()
 def run_states(sweep_dir: SweepDir, manifest: dict, query_slurm: bool = True) -> list[RunState]:
     """Each run's state; `query_slurm=False`: records only (runs that need the scheduler are
     unknown)."""

@@ -32,6 +32,7 @@ from submitit.core.utils import FailedJobError, FailedSubmissionError
 from submitit.slurm.slurm import SlurmExecutor
 from tqdm.auto import tqdm
 
+from mmhpc.bulk import gc_paused
 from mmhpc.config import RunConfig
 from mmhpc.errors import RunError, SchedulerError
 from mmhpc.launch.clusters import ClusterError, ClusterProfile, Resources, resolve_resources
@@ -486,6 +487,7 @@ def submit_runs(sweep_dir: SweepDir, manifest: dict, profile: ClusterProfile, in
     return job_ids
 
 
+@gc_paused()  # the array's job entries, submitit's tasks: mmhpc.bulk
 def _submit_array(sweep_dir: SweepDir, manifest: dict, profile: ClusterProfile, plan: ArrayPlan,
                   after: str | None) -> list[str]:
     """One sbatch: the intent is saved first, the job ids right after; signals wait until both are
