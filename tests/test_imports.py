@@ -144,8 +144,9 @@ def _light_commands(argvs: list[list[str]], env: dict[str, str], cwd: Path) -> l
 def test_light_commands_import_no_torch(tmp_path, monkeypatch):
     """`--help` of every command, `clusters`, `strategies`, `config`, `sweep expand`, `sweep
     submit`, `sweep status` and a `sweep resume` with nothing to do start without torch, pandas,
-    matplotlib or transformers (each used to import torch, 3.5-7 s, for the knob list of `--help`; validating a
-    run imported every strategy and the precision/parallelism rules with torch), against a fake
+    matplotlib or transformers (each used to import torch, 3.5-7 s, for the knob list of `--help`;
+    validating a run imported every strategy and the precision/parallelism rules with torch; the
+    strategies' listing imported them all), against a fake
     scheduler on PATH: a login node whose architecture differs from the GPU nodes' runs these on
     the pure-Python part alone."""
     import os

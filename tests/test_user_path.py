@@ -12,8 +12,8 @@ from mmhpc.config import ConfigError, load_config
 
 
 def test_mmhpc_strategies_lists_every_strategy_with_its_source_parameters_and_defaults(capsys):
-    from mmhpc.strategies import STRATEGIES
     from mmhpc.rules.catalog import SOURCES
+    from mmhpc.strategies import STRATEGIES
 
     assert main(["strategies"]) == 0
     out = capsys.readouterr().out
