@@ -14,6 +14,34 @@ import pytest
 from mmhpc.config import load_config
 from mmhpc.data.synthetic import ensure_synthetic
 
+REPO = Path(__file__).resolve().parent.parent
+
+
+def run_ok(cmd: list[str], env: dict[str, str], timeout: float = 300, cwd: Path = REPO) -> str:
+    """Run a command as a user does (from the checkout unless `cwd` says otherwise): it must exit
+    0; returns its stdout (the tails of its output when it failed)."""
+    proc = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    return proc.stdout
+
+
+@pytest.fixture
+def make_sweep(tmp_path):
+    """`make_sweep(target, cluster, *make_args, **env)` -> stdout of `make -s TARGET CLUSTER=...
+    DRY_RUN=1 ...` from the checkout (exit 0 asserted), with results under tmp_path/r and no user
+    cluster file; `env` adds to the caller's environment (MMHPC_ACCOUNT, MMHPC_VENV, ...)."""
+
+    def run(target: str, cluster: str, *make_args: str, **env: str) -> str:
+        full = {
+            **os.environ,
+            "MMHPC_RESULTS": str(tmp_path / "r"),
+            "MMHPC_CLUSTERS": str(tmp_path / "none.yaml"),
+            **env,
+        }
+        return run_ok(["make", "-s", target, f"CLUSTER={cluster}", "DRY_RUN=1", *make_args], full)
+
+    return run
+
 
 @pytest.fixture(scope="session")
 def synth_dir(tmp_path_factory):

@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from conftest import run_ok
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -23,29 +24,14 @@ def test_install_cluster_keeps_the_site_torch_and_adds_only_mmhpc(tmp_path):
     env = {**os.environ, "PYTHONPATH": site_packages, "PYTHON": base}
     env.pop("VIRTUAL_ENV", None)
     venv = tmp_path / "venv"
-    proc = subprocess.run(
-        [str(REPO / "env" / "install-cluster.sh"), str(venv)],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    run_ok([str(REPO / "env" / "install-cluster.sh"), str(venv)], env, 600)
     added = {p.name.split("-")[0] for p in (venv / "lib").glob("python3*/site-packages/*")}
     assert "mmhpc" in added and not added & {"torch", "torchvision", "numpy", "nvidia"}, added
     probe = (
         "import torch, mmhpc.launch.clusters as c; print(torch.__file__); print(c.__file__); "
         "print(c.load_profile('alvis').gpus['A100'].cores_per_gpu(1))"
     )
-    out = subprocess.run(
-        [str(venv / "bin" / "python"), "-c", probe],
-        env=env,
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=True,
-    ).stdout.split()
+    out = run_ok([str(venv / "bin" / "python"), "-c", probe], env, 120, cwd=tmp_path).split()
     assert out[0].startswith(site_packages)  # the site's torch
     assert out[1].startswith(str(venv))  # a non-editable install, profiles as package data
     assert out[2] == "16"
@@ -92,15 +78,7 @@ def test_install_login_builds_a_venv_without_torch_that_validates_and_submits(tm
         k: v for k, v in os.environ.items() if k not in ("VIRTUAL_ENV", "MMHPC_VENV", "MAKEFLAGS")
     }
     env["PYTHON"] = shutil.which("python3.11") or shutil.which("python3")
-    proc = subprocess.run(
-        ["make", "-s", "install-login", f"LOGIN_VENV={tmp_path}/lv"],
-        cwd=REPO,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    run_ok(["make", "-s", "install-login", f"LOGIN_VENV={tmp_path}/lv"], env, 600)
     (tmp_path / "lv").rename(
         venv
     )  # the make variable cannot hold a space; the venv's scripts must still run
@@ -112,26 +90,13 @@ def test_install_login_builds_a_venv_without_torch_that_validates_and_submits(tm
     for heavy in ("pandas", "matplotlib", "transformers", "numpy"):
         found = subprocess.run([str(python), "-c", f"import {heavy}"], capture_output=True, env=env)
         assert found.returncode != 0, heavy
-    out = subprocess.run(
-        [
-            str(python),
-            "-m",
-            "mmhpc.cli",
-            "sweep",
-            "expand",
-            "sweeps/parallelism.yaml",
-            "--cluster",
-            "arrhenius",
-        ],
-        cwd=REPO,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
+    out = run_ok(
+        [str(python), "-m", "mmhpc.cli", "sweep", "expand", "sweeps/parallelism.yaml", "--cluster",
+         "arrhenius"],
+        env,
     )
-    assert out.returncode == 0, out.stderr[-3000:]
-    assert "nvidia_gh200_120gb" in out.stdout or "GH200" in out.stdout
-    assert "to submit" in out.stdout
+    assert "nvidia_gh200_120gb" in out or "GH200" in out
+    assert "to submit" in out
     bad = subprocess.run(
         [str(python), "-m", "mmhpc.cli", "config", "strategy.name=mla", "model.fusion=concat"],
         cwd=REPO,
@@ -144,34 +109,12 @@ def test_install_login_builds_a_venv_without_torch_that_validates_and_submits(tm
     # make's choice of the submitting interpreter (-n: print, run nothing)
     lv = f"LOGIN_VENV={tmp_path}/lv"
     (tmp_path / "lv").symlink_to(venv)
-    plan = subprocess.run(
-        [
-            "make",
-            "-n",
-            "sweep-parallelism",
-            "CLUSTER=arrhenius",
-            "DRY_RUN=1",
-            lv,
-            f"MMHPC_VENV={tmp_path}/aarch64-venv",
-        ],
-        cwd=REPO,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
+    plan = run_ok(
+        ["make", "-n", "sweep-parallelism", "CLUSTER=arrhenius", "DRY_RUN=1", lv,
+         f"MMHPC_VENV={tmp_path}/aarch64-venv"],
+        env,
+        120,
     )
-    assert f"{tmp_path}/lv/bin/python -m mmhpc.cli sweep submit" in plan.stdout, (
-        plan.stdout + plan.stderr
-    )
-    plan = subprocess.run(
-        ["make", "-n", "sweep-parallelism", "CLUSTER=none", "DRY_RUN=1", lv],
-        cwd=REPO,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert (
-        f"{tmp_path}/lv/bin/python" not in plan.stdout
-        and ".venv/bin/python -m mmhpc.cli" in plan.stdout
-    )
+    assert f"{tmp_path}/lv/bin/python -m mmhpc.cli sweep submit" in plan, plan
+    plan = run_ok(["make", "-n", "sweep-parallelism", "CLUSTER=none", "DRY_RUN=1", lv], env, 120)
+    assert f"{tmp_path}/lv/bin/python" not in plan and ".venv/bin/python -m mmhpc.cli" in plan

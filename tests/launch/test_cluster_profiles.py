@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from conftest import run_ok
 
 from mmhpc.config import load_config
 from mmhpc.launch.clusters import ClusterError, load_profile, resolve_resources
@@ -96,20 +97,10 @@ def test_multi_node_on_slingshot_gets_the_fabric_lines_single_node_does_not(tmp_
 
 
 @pytest.mark.slow
-def test_make_dry_run_for_arrhenius_and_berzelius(tmp_path):
+def test_make_dry_run_for_arrhenius_and_berzelius(make_sweep, tmp_path):
     """The acceptance lines: arrhenius parallelism and berzelius precision, DRY_RUN=1."""
-    env = {**os.environ, "MMHPC_ACCOUNT": "naiss2026-1-1", "MMHPC_VENV": "/proj/venv-aarch64",
-           "MMHPC_RESULTS": str(tmp_path / "r"), "MMHPC_CLUSTERS": str(tmp_path / "none.yaml")}
-    out = subprocess.run(
-        ["make", "-s", "sweep-parallelism", "CLUSTER=arrhenius", "DRY_RUN=1"],
-        cwd=REPO,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert out.returncode == 0, out.stderr[-2000:]
-    text = out.stdout
+    env = {"MMHPC_ACCOUNT": "naiss2026-1-1", "MMHPC_VENV": "/proj/venv-aarch64"}
+    text = make_sweep("sweep-parallelism", "arrhenius", **env)
     assert "#SBATCH --gpus-per-node=nvidia_gh200_120gb:1" in text and "nvidia_gh200_120gb:2" in text
     assert "#SBATCH --account=naiss2026-1-1-gpu" in text and "#SBATCH --partition=gpu" in text
     assert (
@@ -117,17 +108,9 @@ def test_make_dry_run_for_arrhenius_and_berzelius(tmp_path):
         and "/proj/venv-aarch64/bin/python -u -m submitit" in text
     )
     assert "module load" not in text and "PyTorch-bundle" not in text and "alvis" not in text
-    out = subprocess.run(
-        ["make", "-s", "sweep-precision", "CLUSTER=berzelius", "DRY_RUN=1"],
-        cwd=REPO,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert out.returncode == 0, out.stderr[-2000:]
-    assert "#SBATCH --gpus=1" in out.stdout and "#SBATCH --constraint=thin" in out.stdout
-    assert "--partition" not in out.stdout and "--gpus-per-node" not in out.stdout
+    text = make_sweep("sweep-precision", "berzelius", **env)
+    assert "#SBATCH --gpus=1" in text and "#SBATCH --constraint=thin" in text
+    assert "--partition" not in text and "--gpus-per-node" not in text
     assert not (tmp_path / "r").exists()
 
 
@@ -436,16 +419,8 @@ def test_a_profile_discovered_from_the_local_slurm_runs_the_parallelism_sweep_to
     assert (
         again.returncode == 2 and "exists" in again.stderr
     )  # an edited profile is never overwritten
-    done = subprocess.run(
-        ["make", "-s", "sweep-parallelism", f"CLUSTER={profile}"],
-        cwd=REPO,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
-    assert f"submitted on {profile}" in done.stdout
+    done = run_ok(["make", "-s", "sweep-parallelism", f"CLUSTER={profile}"], env, 600)
+    assert f"submitted on {profile}" in done
     waited = subprocess.run(
         mmhpc + ["sweep", "wait", "-q", "--poll", "2", str(tmp_path / "r" / "parallelism")],
         env=env,
@@ -469,15 +444,7 @@ def test_make_never_submits_with_a_venv_this_machine_cannot_run(tmp_path):
     foreign.write_bytes(b"\x7fELF\x02\x01\x01" + b"\0" * 9 + b"\x02\x00\xb7\x00" + b"\0" * 44)
     foreign.chmod(0o755)
     env = {**os.environ, "MMHPC_ACCOUNT": "x", "MMHPC_VENV": str(venv)}
-    plan = subprocess.run(
-        ["make", "-n", "sweep-parallelism", "CLUSTER=arrhenius"],
-        cwd=REPO,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=True,
-    ).stdout
+    plan = run_ok(["make", "-n", "sweep-parallelism", "CLUSTER=arrhenius"], env, 60)
     assert (
         ".venv/bin/python -m mmhpc.cli sweep submit sweeps/parallelism.yaml --cluster arrhenius"
         in plan
@@ -499,16 +466,8 @@ def test_install_cluster_without_a_torch_module_builds_on_a_gpu_node_of_the_prof
     (bindir / "python3").chmod(0o755)
     env = {**os.environ, "PATH": f"{bindir}:{os.environ['PATH']}", "MMHPC_ACCOUNT": "naiss2026-1-1",
            "LOGIN_PY": sys.executable}
-    done = subprocess.run(
-        ["env/install-cluster.sh", "--cluster", "arrhenius", str(tmp_path / "venv")],
-        cwd=REPO,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert done.returncode == 0, done.stderr
-    line = done.stdout.strip()
+    cmd = ["env/install-cluster.sh", "--cluster", "arrhenius", str(tmp_path / "venv")]
+    line = run_ok(cmd, env, 120).strip()
     assert line.startswith(
         "srun --time=30 --nodes=1 --ntasks=1 --partition=gpu --account=naiss2026-1-1-gpu"
     )
@@ -518,7 +477,7 @@ def test_install_cluster_without_a_torch_module_builds_on_a_gpu_node_of_the_prof
     )
     no_account = {k: v for k, v in env.items() if k != "MMHPC_ACCOUNT"}
     refused = subprocess.run(
-        ["env/install-cluster.sh", "--cluster", "arrhenius", str(tmp_path / "venv")],
+        cmd,
         cwd=REPO,
         env=no_account,
         capture_output=True,

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from conftest import run_ok
 
 from mmhpc.config import load_config
 from mmhpc.launch.clusters import (
@@ -275,28 +276,10 @@ def test_a_built_wheel_carries_the_profiles(tmp_path):
 
 
 @pytest.mark.slow
-def test_make_dry_run_for_alvis_shows_the_job_as_submitted(tmp_path):
+def test_make_dry_run_for_alvis_shows_the_job_as_submitted(make_sweep, tmp_path):
     """The acceptance line: `MMHPC_ACCOUNT=x MMHPC_VENV=/some/venv make sweep-parallelism
     CLUSTER=alvis DRY_RUN=1`."""
-    import os
-
-    env = {
-        **os.environ,
-        "MMHPC_ACCOUNT": "x",
-        "MMHPC_VENV": "/some/venv",
-        "MMHPC_RESULTS": str(tmp_path / "r"),
-        "MMHPC_CLUSTERS": str(tmp_path / "none.yaml"),
-    }
-    proc = subprocess.run(
-        ["make", "-s", "sweep-parallelism", "CLUSTER=alvis", "DRY_RUN=1"],
-        cwd=REPO,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    out = proc.stdout
+    out = make_sweep("sweep-parallelism", "alvis", MMHPC_ACCOUNT="x", MMHPC_VENV="/some/venv")
     assert "#SBATCH --gpus-per-node=A100:1" in out and "#SBATCH --gpus-per-node=A40:2" in out
     assert "#SBATCH --cpus-per-task=16" in out and "#SBATCH --signal=USR2@120" in out
     assert "#SBATCH --account=x" in out and "source /some/venv/bin/activate" in out
@@ -317,21 +300,12 @@ def test_make_on_a_cluster_submits_with_the_cluster_venv_and_builds_nothing(tmp_
         ({"MMHPC_VENV": str(venv)}, f"{venv}/bin/python"),
         ({}, ".venv/bin/python"),
     ):
-        plan = subprocess.run(
-            ["make", "-n", "sweep-parallelism", "CLUSTER=alvis"],
-            cwd=REPO,
-            env={**env, **extra},
-            capture_output=True,
-            text=True,
-            timeout=60,
-            check=True,
-        ).stdout
+        plan = run_ok(["make", "-n", "sweep-parallelism", "CLUSTER=alvis"], {**env, **extra}, 60)
         assert (
             f"{submit_py} -m mmhpc.cli sweep submit sweeps/parallelism.yaml --cluster alvis" in plan
         )
         assert "pip install" not in plan and "-m venv" not in plan
-    plan = subprocess.run(["make", "-n", "sweep-parallelism", "CLUSTER=none"], cwd=REPO, env=env,
-                          capture_output=True, text=True, timeout=60, check=True).stdout
+    plan = run_ok(["make", "-n", "sweep-parallelism", "CLUSTER=none"], env, 60)
     assert (
         ".venv/bin/python -m mmhpc.cli sweep submit" in plan
     )  # here: .venv, built first when needed

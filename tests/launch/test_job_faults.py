@@ -103,26 +103,40 @@ def _sweep(tmp_path: Path, name: str, cluster: str = "none", **spec) -> Path:
     return path
 
 
+@pytest.fixture
+def hand_job(fake, tmp_path):
+    """`hand_job(name, job_id, epochs)` -> (sweep dir, its one run, the environment SLURM gives
+    array task 0 of job `job_id` (its array job `job_id - 1`; the fake scontrol logs a requeue),
+    the task's command line `mmhpc sweep run-index DIR 0`): a tiny one-run sweep submitted by
+    hand (`submit --hold`), 4 batches an epoch."""
+
+    def make(name: str, job_id: int, epochs: int):
+        tiny = {"base": {"train.epochs": epochs, "train.max_batches": 4}}
+        sweep_dir, _ = hold_sweep(_sweep(tmp_path, name, tiny=tiny), "none",
+                                  results=tmp_path / "results")
+        env = dict(
+            os.environ,
+            SLURM_JOB_ID=str(job_id),
+            SLURM_ARRAY_JOB_ID=str(job_id - 1),
+            SLURM_ARRAY_TASK_ID="0",
+            SLURM_NTASKS="1",
+            SLURM_PROCID="0",
+            SLURM_LOCALID="0",
+            SLURM_NODEID="0",
+            SLURM_JOB_NODELIST="node1",
+        )
+        cmd = [sys.executable, "-m", "mmhpc.cli", "sweep", "run-index", str(sweep_dir.path), "0"]
+        return sweep_dir, sweep_dir.load()["runs"][0], env, cmd
+
+    return make
+
+
 @pytest.mark.slow
 def test_usr2_in_a_hand_submitted_job_requeues_it_and_the_requeued_job_finishes_the_run(
-    fake, tmp_path
+    fake, hand_job
 ):
-    spec = _sweep(tmp_path, "sig", tiny={"base": {"train.epochs": 5, "train.max_batches": 4}})
-    sweep_dir, _ = hold_sweep(spec, "none", results=tmp_path / "results")
-    run = sweep_dir.load()["runs"][0]
+    sweep_dir, run, env, cmd = hand_job("sig", 108, epochs=5)
     ckpt = sweep_dir.runs_dir / f"{run['name']}.ckpt.pt"
-    env = dict(
-        os.environ,
-        SLURM_JOB_ID="108",  # the fake scontrol (PATH, FAKE_SLURM) logs the requeue
-        SLURM_ARRAY_JOB_ID="107",
-        SLURM_ARRAY_TASK_ID="0",
-        SLURM_NTASKS="1",
-        SLURM_PROCID="0",
-        SLURM_LOCALID="0",
-        SLURM_NODEID="0",
-        SLURM_JOB_NODELIST="node1",
-    )
-    cmd = [sys.executable, "-m", "mmhpc.cli", "sweep", "run-index", str(sweep_dir.path), "0"]
     job = subprocess.Popen(
         cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
     )
@@ -192,26 +206,12 @@ def test_in_a_slurm_job_the_signal_is_noted_from_the_package_import_on():
 
 
 @pytest.mark.slow
-def test_usr2_while_a_job_starts_up_requeues_it_instead_of_failing_it(fake, tmp_path):
+def test_usr2_while_a_job_starts_up_requeues_it_instead_of_failing_it(fake, hand_job):
     """The signal lands before torch and the trainer are imported (as soon as the process catches
     it, in mmhpc's import): the run stops at its first step and the job requeues, where it used to
     die of
     USR2."""
-    spec = _sweep(tmp_path, "early", tiny={"base": {"train.epochs": 3, "train.max_batches": 4}})
-    sweep_dir, _ = hold_sweep(spec, "none", results=tmp_path / "results")
-    run = sweep_dir.load()["runs"][0]
-    env = dict(
-        os.environ,
-        SLURM_JOB_ID="208",
-        SLURM_ARRAY_JOB_ID="207",
-        SLURM_ARRAY_TASK_ID="0",
-        SLURM_NTASKS="1",
-        SLURM_PROCID="0",
-        SLURM_LOCALID="0",
-        SLURM_NODEID="0",
-        SLURM_JOB_NODELIST="node1",
-    )
-    cmd = [sys.executable, "-m", "mmhpc.cli", "sweep", "run-index", str(sweep_dir.path), "0"]
+    sweep_dir, run, env, cmd = hand_job("early", 208, epochs=3)
     job = subprocess.Popen(
         cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
     )
