@@ -21,6 +21,18 @@ PREEMPT_SIGNAL = signal.SIGUSR2  # what `--signal` sends (submitit's default too
 STOP_REQUESTED = threading.Event()
 
 
+class Preempted(Exception):
+    """Training stopped at a step boundary on request (STOP_REQUESTED). The run resumes, in a
+    requeued job, from its last epoch checkpoint: the interrupted epoch is trained again from its
+    start, so the resumed run has the batches and metrics of an uninterrupted one."""
+
+    def __init__(self, epoch: int, step: int):
+        super().__init__(
+            f"stopped after step {step} of epoch {epoch + 1} on the pre-timeout/preemption signal"
+        )
+        self.epoch, self.step = epoch, step
+
+
 def note_stop(signum=None, frame=None) -> None:
     STOP_REQUESTED.set()
 

@@ -237,6 +237,18 @@ def mark_failed(record: RunRecord, exc: BaseException, epoch: int | None = None)
     return record
 
 
+def write_failed_record(cfg, exc: BaseException) -> None:
+    """The failed record of a run that failed before its trainer wrote one (on rank 0; never over a
+    record that exists, such as a finished one the rerun was refused to overwrite). Call it inside
+    `except`."""
+    path = cfg.record_path()
+    if int(os.environ.get("RANK", "0")) == 0 and not path.exists():
+        write_record(
+            path,
+            mark_failed(RunRecord(run=cfg.run_name(), status="running", config=cfg.to_dict()), exc),
+        )
+
+
 class RecordWriter:
     """The trainer's record component: the record at the run's start, after every epoch and at its
     end (done, failed or preempted), on rank 0 alone. A rerun over a finished record writes beside

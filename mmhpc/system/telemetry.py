@@ -1,10 +1,12 @@
 """What a run measures of the system besides its step times: the utilisation sampler (GPU/CPU series
-with per-epoch summaries, `mmhpc.system.sampler`), each epoch's peak memory, and the one log line
-per
-epoch of a batch job. A trainer component (`mmhpc.train`)."""
+with per-epoch summaries, `mmhpc.system.sampler`), each epoch's peak memory, the one log line per
+epoch of a batch job and the finished run's line. A trainer component (`mmhpc.train`)."""
 from __future__ import annotations
 
 import logging
+
+from mmhpc.preempt import Preempted
+from mmhpc.progress import RUN
 
 log = logging.getLogger("mmhpc.train")
 
@@ -20,6 +22,17 @@ def epoch_line(entry, epochs: int) -> str:
     gpu = f"GPU {sum(gpus) / len(gpus):.0f} %" if gpus else "GPU n/a"
     return (f"epoch {entry.epoch + 1}/{epochs} {t.epoch_s:.1f} s | val acc {accs} | "
             f"{t.train_samples_per_s:.0f} samples/s | {gpu}")
+
+
+def run_line(record, modalities: list[str]) -> str:
+    """A finished run in one line (the one `-q` keeps): its epochs, the best (from 1), test
+    accuracies."""
+    s = record.summary
+    accs = " ".join(f"{h} {s.test[f'acc/{h}']:.3f}" for h in ["fused", *modalities])
+    return (
+        f"done: {s.epochs_run} epochs in {s.train_time_s:.0f} s, best epoch {s.best_epoch + 1}, "
+        f"test acc {accs}" + (f", IBF {s.ibf:.3f}" if s.ibf is not None else "")
+    )
 
 
 class Telemetry:
@@ -69,10 +82,20 @@ class Telemetry:
         # peak GPU memory of the epoch in MiB per device of the run, of every DDP rank; resets the
         # peaks
         entry.memory = self.runtime.peak_memory()
-        if self.runtime.is_main:
-            log.info(epoch_line(entry, trainer.strategy.max_epochs()))
+        if not self.runtime.is_main:
+            return
+        strategy = trainer.strategy
+        if fit.stop and fit.epoch < strategy.max_epochs():
+            log.info("stopped early after epoch %d of %d: %s", fit.epoch, strategy.max_epochs(),
+                     strategy.stop_reason())
+        log.info(epoch_line(entry, strategy.max_epochs()))
 
     def on_fit_end(self, trainer, fit, error) -> None:
+        if isinstance(error, Preempted):  # not a failure: the record stays as last saved
+            log.warning("%s: %s; its next start resumes at epoch %d", self.cfg.run_name(), error,
+                        fit.epoch + 1)
+        elif error is None and self.runtime.is_main:
+            log.log(RUN, run_line(fit.record, self.cfg.modalities))
         s = self.sampler
         if s is None:
             return
