@@ -29,6 +29,8 @@ from mmhpc.results import RunRecord, read_record, write_record
 from mmhpc.train import Preempted, Trainer, train
 
 REPO = Path(__file__).resolve().parents[2]
+# a bound against hangs only: under a CPU hog (load 20 on 2 cores) a tiny epoch takes minutes
+HANG_S = 1200
 
 
 @pytest.fixture(autouse=True)
@@ -140,11 +142,11 @@ def test_usr2_in_a_hand_submitted_job_requeues_it_and_the_requeued_job_finishes_
     job = subprocess.Popen(
         cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
     )
-    deadline = time.monotonic() + 300
+    deadline = time.monotonic() + HANG_S
     while not ckpt.exists() and job.poll() is None and time.monotonic() < deadline:
         time.sleep(0.05)
     job.send_signal(signal.SIGUSR2)  # what --signal=USR2@120 sends to the job step
-    out, _ = job.communicate(timeout=300)
+    out, _ = job.communicate(timeout=HANG_S)
     assert job.returncode == 0, out
     assert (fake / "calls").read_text().split("\n")[0] == "scontrol requeue 107_0", out
     record = sweep_dir.record(run["name"])
@@ -156,7 +158,7 @@ def test_usr2_in_a_hand_submitted_job_requeues_it_and_the_requeued_job_finishes_
     # the requeued job: same ids, SLURM_RESTART_COUNT=1; it resumes from the epoch checkpoint and
     # finishes
     again = subprocess.run(
-        cmd, env={**env, "SLURM_RESTART_COUNT": "1"}, capture_output=True, text=True, timeout=300
+        cmd, env={**env, "SLURM_RESTART_COUNT": "1"}, capture_output=True, text=True, timeout=HANG_S
     )
     assert again.returncode == 0, again.stdout + again.stderr
     done = sweep_dir.record(run["name"])
@@ -222,7 +224,7 @@ def test_usr2_while_a_job_starts_up_requeues_it_instead_of_failing_it(fake, hand
         time.sleep(0.001)
     torch_loaded = "libtorch" in Path(f"/proc/{job.pid}/maps").read_text()
     job.send_signal(signal.SIGUSR2)
-    out, _ = job.communicate(timeout=300)
+    out, _ = job.communicate(timeout=HANG_S)
     assert (
         not torch_loaded
     )  # the signal came during start-up, long before the trainer's own handler
