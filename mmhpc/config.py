@@ -379,9 +379,10 @@ class RunConfig(_Section):
         if self.output.name:
             return self.output.name
         mods = "+".join(self.modalities)
+        d, m, sy, t = self.data, self.model, self.system, self.train
         return (
-            f"{self.data.dataset}-{self.data.preset}-{mods}-{self.model.fusion}-{self.strategy.name}"
-            f"-{self.system.precision}-{self.system.parallelism}-bs{self.train.batch_size}-s{self.train.seed}"
+            f"{d.dataset}-{d.preset}-{mods}-{m.fusion}-{self.strategy.name}"
+            f"-{sy.precision}-{sy.parallelism}-bs{t.batch_size}-s{t.seed}"
         )
 
 

@@ -82,8 +82,9 @@ def format_table(
         s, test = rec.summary, rec.summary.test
         opt = s.optimised_epochs
         sec = _mean_train_s(rec)
-        lines.append(f"{name:<14}{cell(test['acc/fused'])}{cell(test['acc/audio'])}{cell(test['acc/visual'])}"
-                     f"{cell(s.ibf)}{s.epochs_run:>8}{opt['audio']:>5}/{opt['visual']:<3}"
-                     f"{sec:>11.1f}{speedup(reference, sec):>7.2f}x")
+        accs = "".join(cell(test[f"acc/{k}"]) for k in ("fused", "audio", "visual"))
+        lines.append(f"{name:<14}{accs}{cell(s.ibf)}{s.epochs_run:>8}"
+                     f"{opt['audio']:>5}/{opt['visual']:<3}{sec:>11.1f}"
+                     f"{speedup(reference, sec):>7.2f}x")
     return "\n".join(lines)
 

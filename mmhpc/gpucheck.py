@@ -487,7 +487,8 @@ def check_syncs(ck: Check) -> tuple[dict, str]:
     for name, overrides in runs.items():
         try:
             syncs = _count_syncs(ck, *overrides)
-        except Exception as e:  # noqa: BLE001 - a strategy that cannot build here is a finding of its own
+        # a strategy that cannot build here is a finding of its own
+        except Exception as e:  # noqa: BLE001
             rec["runs"][name] = {"error": f"{type(e).__name__}: {e}"}
             continue
         rec["runs"][name] = {"host_syncs": len(syncs), "messages": syncs[:5]}

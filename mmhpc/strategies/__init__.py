@@ -4,7 +4,16 @@ Importing a module registers its strategies: joint (naive, alternating; thesis A
 4),
 selective (entropy, reliability; Alg. 5), and the baselines (mla, modulation, mslr, multiloss, pmr).
 """
-from mmhpc.strategies import amst, joint, mla, modulation, mslr, multiloss, pmr, selective  # noqa: F401
+from mmhpc.strategies import (  # noqa: F401 (each module registers its strategies)
+    amst,
+    joint,
+    mla,
+    modulation,
+    mslr,
+    multiloss,
+    pmr,
+    selective,
+)
 from mmhpc.strategies.base import STRATEGIES, StepOutput, Strategy, register
 
 __all__ = ["STRATEGIES", "StepOutput", "Strategy", "register"]

@@ -6,26 +6,19 @@ a profile names), sets PyTorch's backend flags, and carries the autocast dtype t
 (`mmhpc.system.runtime.RunModel`) enters in its forward, so that DataParallel replicas, BLP branch
 threads and every strategy run at the run's precision without entering an autocast themselves.
 
-| name          | matmul TF32 | cuDNN TF32 | autocast | what it is
-|
-|---------------|-------------|------------|----------|-----------------------------------------------------|
-| `fp32`        | off         | on         | -        | PyTorch's defaults: the thesis' "No TF32"
-baseline  |
-| `fp32_strict` | off         | off        | -        | every op in IEEE float32 (not a thesis
-setting)     |
-| `tf32`        | on          | on         | -        | thesis Fig. 3.6, the thesis' default
-precision      |
-| `bf16`        | on          | on         | bfloat16 | thesis Fig. 3.7 on top of the code base's
-TF32 flags |
+| name          | matmul TF32 | cuDNN TF32 | autocast | what it is                                |
+|---------------|-------------|------------|----------|-------------------------------------------|
+| `fp32`        | off         | on         | -        | PyTorch's defaults: the thesis' "No TF32" |
+| `fp32_strict` | off         | off        | -        | every op in IEEE float32 (not the thesis) |
+| `tf32`        | on          | on         | -        | thesis Fig. 3.6, its default precision    |
+| `bf16`        | on          | on         | bfloat16 | thesis Fig. 3.7, on the code base's TF32  |
 
 Sec. 4.3.2.1: "TF32 support for convolution operations is enabled by default in PyTorch", which is
-why the
-CNN encoders "show minimal performance change" in Tables 4.6/4.7: the baseline `fp32` keeps cuDNN
-TF32
-on. The thesis' code base (CXianRen/AMST, `code/common.py`) turns both flags on unless `--no_tf32`,
-also in
-its BF16 runs; ops that autocast leaves in float32 therefore use TF32 under `bf16` too.
-TF32 and BF16 need compute capability 8.0+ (A100, A40, H100); `fp32_strict` and `fp32` run anywhere.
+why the CNN encoders "show minimal performance change" in Tables 4.6/4.7: the baseline `fp32` keeps
+cuDNN TF32 on. The thesis' code base (CXianRen/AMST, `code/common.py`) turns both flags on unless
+`--no_tf32`, also in its BF16 runs; ops that autocast leaves in float32 therefore use TF32 under
+`bf16` too. TF32 and BF16 need compute capability 8.0+ (A100, A40, H100); `fp32_strict` and `fp32`
+run anywhere.
 On the CPU there is no TF32: `fp32` and `fp32_strict` are plain float32, `bf16` is CPU autocast to
 bfloat16 (real, mostly useful to check numerics) and `tf32` is refused.
 """

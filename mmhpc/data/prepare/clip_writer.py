@@ -99,7 +99,8 @@ def _reading(path: Path | None, modality: str, read):
         return read(path)
     except RawFileError:
         raise
-    except Exception as e:  # noqa: BLE001 - decoder errors come in many types; name the file either way
+    # decoder errors come in many types: name the file either way
+    except Exception as e:  # noqa: BLE001
         raise RawFileError(path, f"corrupt or unreadable ({type(e).__name__}: {e})") from e
 
 
