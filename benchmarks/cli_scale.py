@@ -5,21 +5,17 @@
 Times the installed `mmhpc` command as a user runs it (a new process each time, start-up included):
 `mmhpc --help`, `mmhpc train --help`, `mmhpc clusters`, then for a sweep of RUNS runs (one resource
 shape, so 10 job arrays of 1,000 on a profile with SLURM's default MaxArraySize) `sweep expand`,
-`sweep
-submit`, `sweep status` and a `sweep resume` that has nothing to do. The scheduler is the tests'
-fake
-(tests/fake_slurm: `sbatch`, `squeue`, `sacct`, `srun`, `scontrol` on PATH; squeue lists every
-queued task),
-so the figures are mmhpc's own cost, not a scheduler's. Each command also reports whether it
-imported
-torch (`MMHPC_BENCH_MODULES`: the command prints its loaded modules at exit). Every command runs
-`--repeat` times (expand and submit too: each submission into a results directory of its own) and
-the best run is shown, with all of them: on a machine shared with other work the best is the one
-least disturbed.
+`sweep submit`, `sweep status` and a `sweep resume` that has nothing to do. The scheduler is the
+tests' fake (tests/fake_slurm: `sbatch`, `squeue`, `sacct`, `srun`, `scontrol` on PATH; squeue lists
+every queued task), so the figures are mmhpc's own cost, not a scheduler's. Each command also
+reports whether it imported torch (`MMHPC_BENCH_MODULES`: the command prints its loaded modules at
+exit). Every command runs `--repeat` times (expand and submit too: each submission into a results
+directory of its own) and the best run is shown, with all of them: on a machine shared with other
+work the best is the one least disturbed.
 
 Targets (issue 20, an idle machine): `--help` < 1 s; expand + submit < 10 s together; status < 1 s.
-On a
-loaded machine the CPU time (user + system of the command and its children) is the steadier figure.
+On a loaded machine the CPU time (user + system of the command and its children) is the steadier
+figure.
 """
 from __future__ import annotations
 

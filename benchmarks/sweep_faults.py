@@ -4,16 +4,12 @@
     0]
 
 Submits RUNS tiny runs (audio only, one epoch of one batch: most of a run is Python starting) to the
-local
-SLURM (env/slurm, started if needed) as three job arrays, through a PATH shim around the real
-commands
-that makes `sbatch` die right after printing the job id of the second array, SIGINTs the submitter
-right
-after a later sbatch, and fails `squeue` at random (SQUEUE_FAIL of the calls). Meanwhile it
-`scancel`s
-random running tasks and sends others USR2 (what SLURM sends before a time limit), then resumes
-(`mmhpc
-sweep resume`, a separate process, which refuses while a state is unknown) until every run is done.
+local SLURM (env/slurm, started if needed) as three job arrays, through a PATH shim around the real
+commands that makes `sbatch` die right after printing the job id of the second array, SIGINTs the
+submitter right after a later sbatch, and fails `squeue` at random (SQUEUE_FAIL of the calls).
+Meanwhile it `scancel`s random running tasks and sends others USR2 (what SLURM sends before a time
+limit), then resumes (`mmhpc sweep resume`, a separate process, which refuses while a state is
+unknown) until every run is done.
 
 Prints done / lost / run-twice: runs with a finished record; runs without one at the end; runs that
 more than one job trained to the end (submitit's result of the job: a success that is not "already
@@ -239,8 +235,8 @@ def job_ids(run: dict) -> set[str]:
 def trained_to_the_end(sweep_dir: SweepDir, run: dict) -> list[str]:
     """The jobs of a run that trained it and returned: submitit's result of the job is a success
     that is neither "already done" (a job that found the run finished) nor a preemption. (A job
-    killed after its
-    last epoch line but before it finished does not count: it did not complete the run.)"""
+    killed after its last epoch line but before it finished does not count: it did not complete the
+    run.)"""
     finished = []
     for jid in job_ids(run):
         try:

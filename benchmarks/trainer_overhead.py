@@ -3,13 +3,10 @@ the CPU).
 
 Both train the same model (same init), on the same data through the same loader, with the same loss
 (naive joint training: fused CE plus the probes' CE) for the same batches, on the run's device and
-at its
-precision (the hand loop enters the run's autocast itself), and both wait for the device before the
-clock is read; the trainer adds its metric accumulation, per-modality logits, timing and hooks.
-Rounds
-alternate the two to spread machine noise. Non-deterministic kernels with cuDNN autotuning, as a
-system
-benchmark runs.
+at its precision (the hand loop enters the run's autocast itself), and both wait for the device
+before the clock is read; the trainer adds its metric accumulation, per-modality logits, timing and
+hooks. Rounds alternate the two to spread machine noise. Non-deterministic kernels with cuDNN
+autotuning, as a system benchmark runs.
 
     .venv/bin/python benchmarks/trainer_overhead.py [--rounds 3] [--batches 8]
     .venv/bin/python benchmarks/trainer_overhead.py system.device=cuda system.precision=bf16

@@ -1,8 +1,7 @@
 """Function coverage of the GPU-only code, printed by `make test`: of mmhpc/gpucheck.py and
-mmhpc/system/,
-how many functions the tests entered (coverage.py's JSON report, which has a region per function),
-and
-the names of those never entered. Usage: python env/coverage_functions.py coverage.json"""
+mmhpc/system/, how many functions the tests entered (coverage.py's JSON report, which has a region
+per function), and the names of those never entered. Usage: python env/coverage_functions.py
+coverage.json"""
 from __future__ import annotations
 
 import json

@@ -4,13 +4,10 @@ wheel.
     python env/torch_api.py 2.1.0          # writes env/torch-api/torch-2.1.0.json
 
 A wheel is a zip: its central directory sits at the end, and each member is compressed on its own.
-With
-HTTP range requests this reads the directory and the few Python sources and type stubs of the
-modules
-mmhpc uses (a few MB of the ~700 MB wheel), and records for each module its public names and, for
-functions, their parameters. tests/test_torch_floor.py checks every `torch.*` use in mmhpc against
-the
-snapshot of the oldest torch mmhpc supports (setup.cfg), offline.
+With HTTP range requests this reads the directory and the few Python sources and type stubs of the
+modules mmhpc uses (a few MB of the ~700 MB wheel), and records for each module its public names
+and, for functions, their parameters. tests/test_torch_floor.py checks every `torch.*` use in mmhpc
+against the snapshot of the oldest torch mmhpc supports (setup.cfg), offline.
 """
 from __future__ import annotations
 
@@ -117,9 +114,8 @@ class Wheel:
 
     def names(self, module: str, depth: int = 0) -> dict[str, list[str] | str | None]:
         """A module's top-level names: a function's parameters (list), an import's origin
-        ('->a.b.c'), or
-        None (class, variable, submodule). `from x import *` of a torch module brings x's public
-        names."""
+        ('->a.b.c'), or None (class, variable, submodule). `from x import *` of a torch module
+        brings x's public names."""
         if module in self.cache:
             return self.cache[module]
         out: dict[str, list[str] | str | None] = {}

@@ -29,11 +29,11 @@ def is_temporary(name: str) -> bool:
 def atomic_write(path: str | Path, write: Callable[[Path], Any]) -> Path:
     """The project's one atomic writer: `write(tmp)` fills a temporary file beside `path` (text,
     bytes, `torch.save`, ...), which is then synced and renamed over `path`, so readers see the old
-    file or the new one, never a partial one; a failing `write` leaves the old file as it was and
-    no temporary file behind. The file's permissions follow the umask (mode 0666 & ~umask, as for
-    any new file; so a group-readable umask shares records, manifests and series with the
-    project's group), and the temporary name is unique per host, process and call, so two writers
-    never share one."""
+    file or the new one, never a partial one; a failing `write` leaves the old file as it was and no
+    temporary file behind. The file's permissions follow the umask (mode 0666 & ~umask, as for any
+    new file; so a group-readable umask shares records, manifests and series with the project's
+    group), and the temporary name is unique per host, process and call, so two writers never share
+    one."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(

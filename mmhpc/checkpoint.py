@@ -1,7 +1,7 @@
 """Checkpoints of a run (`output.checkpoint`): the model, the strategy, the runtime, every random
 number generator and the record so far, written at each epoch end; a requeued run resumes from the
-last one
-with the batches and metrics of an uninterrupted run. A trainer component (`mmhpc.train`)."""
+last one with the batches and metrics of an uninterrupted run. A trainer component
+(`mmhpc.train`)."""
 from __future__ import annotations
 
 import random

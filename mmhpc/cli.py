@@ -2,10 +2,8 @@
 
 Exit codes, the same for every command (`mmhpc.errors`): 0 done, 1 a run or job failed, 2 bad input
 (config, sweep file, cluster profile, argument; nothing was started), 3 the scheduler failed, 130
-interrupted (Ctrl-C). `-v` logs
-debug messages and the traceback of a failure, `-q` only warnings and errors; progress bars are for
-an
-interactive terminal (`-q` after a command turns them off).
+interrupted (Ctrl-C). `-v` logs debug messages and the traceback of a failure, `-q` only warnings
+and errors; progress bars are for an interactive terminal (`-q` after a command turns them off).
 """
 from __future__ import annotations
 
@@ -27,10 +25,8 @@ from mmhpc.errors import (
 )
 
 # Heavy modules (torch, pandas, matplotlib, transformers; even the config schema) are imported by
-# the
-# command that uses them, never here: `--help`, `config`, `clusters` and `sweep ...` start in well
-# under a
-# second (tests/test_imports.py, benchmarks/cli_scale.py).
+# the command that uses them, never here: `--help`, `config`, `clusters` and `sweep ...` start in
+# well under a second (tests/test_imports.py, benchmarks/cli_scale.py).
 log = logging.getLogger("mmhpc")
 
 

@@ -39,8 +39,7 @@ def read_jpeg(path: str | Path) -> torch.Tensor:
     TorchCodec's decoder where it is installed: torchvision 0.29 deprecated its own image decoding
     (`torchvision.io.decode_jpeg`, `read_file`) in favour of TorchCodec 0.16+, which needs torch
     2.11+. With an older stack (down to the torch floor) torchvision's, not deprecated there; both
-    give the same
-    pixels (tests/data/test_loading.py)."""
+    give the same pixels (tests/data/test_loading.py)."""
     return _jpeg_decoder()(str(path))
 
 

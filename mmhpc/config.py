@@ -76,8 +76,7 @@ def _choices_from(model: type[BaseModel], field: str) -> str | None:
 
 def registry(name: str) -> list[str]:
     """The valid names of a registry (datasets, fusions, strategies); from `mmhpc.names` for the
-    model and
-    strategy registries, whose modules import torch."""
+    model and strategy registries, whose modules import torch."""
     if name == "datasets":
         return sorted(DATASETS)
     if name == "fusions":
@@ -476,8 +475,7 @@ def _split(item: str) -> tuple[str, Any]:
 
 def read_input(path: str | Path, error=ConfigError) -> str:
     """An input file's text; a file that is missing, unreadable, a directory or not UTF-8 text is
-    one problem
-    line naming it."""
+    one problem line naming it."""
     try:
         return Path(path).read_text(encoding="utf-8")
     except OSError as e:

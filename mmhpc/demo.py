@@ -33,8 +33,7 @@ def cell(value: float | None) -> str:
 
 def train_single_modalities(base: dict, quiet: bool, runs: int = 2) -> dict[str, RunRecord]:
     """The IBF baselines (Eq. 3.1): each modality of synthetic CREMA-D trained alone; modality ->
-    record.
-    They are runs 1 and 2 of `runs` in the log lines."""
+    record. They are runs 1 and 2 of `runs` in the log lines."""
     out = {}
     for i, m in enumerate(("audio", "visual"), 1):
         with run_label(f"{i}/{runs} single-{m}"):

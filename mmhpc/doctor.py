@@ -23,8 +23,7 @@ from pathlib import Path
 from mmhpc.errors import RunError, problem
 
 # The oldest driver of each CUDA major version (CUDA minor-version compatibility: a build for 12.x
-# runs
-# on any 12.x driver from the first one on). From NVIDIA's CUDA Toolkit release notes, table 3.
+# runs on any 12.x driver from the first one on). From NVIDIA's CUDA Toolkit release notes, table 3.
 MIN_DRIVER = {11: "450.80.02", 12: "525.60.13", 13: "580.65.06"}
 
 
@@ -43,8 +42,7 @@ def driver_problem(
     torch_cuda: str | None, driver: str | None, driver_cuda: int | None = None
 ) -> str | None:
     """Why a torch built for CUDA `torch_cuda` cannot use this driver (`driver_cuda` as NVML reports
-    it,
-    e.g. 12090 for 12.9), or None."""
+    it, e.g. 12090 for 12.9), or None."""
     if not torch_cuda or not driver:
         return None
     major = _ver(torch_cuda)[0]
@@ -275,8 +273,7 @@ def jobs_interpreter(profile) -> tuple[str, str]:
 
 def arch_check(profile=None, env=os.environ) -> Check:
     """The node's architecture, and a refusal when the jobs' interpreter or image was built for
-    another
-    (an x86 venv on an aarch64 GH200 node cannot even start)."""
+    another (an x86 venv on an aarch64 GH200 node cannot even start)."""
     here = node_arch()
     in_job = "SLURM_JOB_ID" in env
     target = profile.arch if profile is not None and profile.scheduler == "slurm" else here

@@ -112,8 +112,8 @@ def bias_metrics(metrics: dict, modalities: list[str], num_classes: int) -> dict
 
 
 def reliability(train: dict, val: dict, modalities: list[str]) -> dict:
-    """reliability/<m>: the training loss over the validation loss of each modality (thesis
-    Eq. 3.7)."""
+    """reliability/<m>: the training loss over the validation loss of each modality (thesis Eq.
+    3.7)."""
     return {
         f"reliability/{m}": train[f"loss/{m}"] / max(val[f"loss/{m}"], 1e-12) for m in modalities
     }

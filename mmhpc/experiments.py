@@ -1,17 +1,12 @@
 """CPU demonstration of the strategies: `mmhpc demo algorithms` (`make demo-algorithms`).
 
 `algorithms`: the shape of thesis Tables 4.1, 4.4 and 4.5 on synthetic CREMA-D (tiny), with the
-settings
-of `mmhpc demo` (concat fusion, 5 epochs at lr 1e-2; see `mmhpc.demo.DEMO`). Single-modality audio
-and
-visual runs give the baselines of IBF (Eq. 3.1); then Naive, OGM-GE, Alternating, AMST (audio skip
-5) and
-Reliability training (cosine classifier; T = 5 optimisation epochs per modality). The table reports
-test
-accuracies, IBF, optimisation epochs per modality (Table 4.4) and the training time per epoch with
-its
-speedup over Alternating (Eq. 4.1). Every run uses one thread, so that the timings compare the
-algorithms rather than the machine's load.
+settings of `mmhpc demo` (concat fusion, 5 epochs at lr 1e-2; see `mmhpc.demo.DEMO`).
+Single-modality audio and visual runs give the baselines of IBF (Eq. 3.1); then Naive, OGM-GE,
+Alternating, AMST (audio skip 5) and Reliability training (cosine classifier; T = 5 optimisation
+epochs per modality). The table reports test accuracies, IBF, optimisation epochs per modality
+(Table 4.4) and the training time per epoch with its speedup over Alternating (Eq. 4.1). Every run
+uses one thread, so that the timings compare the algorithms rather than the machine's load.
 """
 from __future__ import annotations
 

@@ -127,8 +127,7 @@ DISTRIBUTIONS = {
 def missing_modules(modules=None, env=None) -> list[str]:
     """Those of `modules` (default WHEEL_MODULES) that a fresh process of this Python cannot import
     (with `env`): where the checks run. An import can fail for more than absence: pydantic fails on
-    an older
-    typing_extensions than it needs, which this process may already hold."""
+    an older typing_extensions than it needs, which this process may already hold."""
     modules = list(modules or WHEEL_MODULES)
     probe = (
         "import importlib, sys\nfor m in sys.argv[1:]:\n    try:\n        "
@@ -421,8 +420,8 @@ def _check_flags(precisions: dict) -> None:
 
 def _count_syncs(ck: Check, *overrides: str, steps: int = 3) -> list[str]:
     """The host synchronisations CUDA reports (torch.cuda.set_sync_debug_mode) in `steps` training
-    steps of
-    a tiny run (batch to the device, the strategy's step, the metrics), after one warm-up step."""
+    steps of a tiny run (batch to the device, the strategy's step, the metrics), after one warm-up
+    step."""
     from mmhpc.metrics import MetricAccumulator
     from mmhpc.train import Trainer
 
@@ -807,8 +806,7 @@ def bench_loaders(
     """The thesis' standard loader (persistent workers, as sweeps/loader.yaml's preinit block) vs
     the pre-initialised one (Alg. 6, workers rebuilt each epoch by a helper thread): times, the
     epoch-start stall, GPU utilisation. `stall_ratio`: the pre-initialised loader's stall over the
-    standard
-    one's."""
+    standard one's."""
     rec = {}
     for loader, persistent, preinit in LOADERS:
         r = _bench(

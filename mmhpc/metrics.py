@@ -135,11 +135,9 @@ class MetricAccumulator:
     "probe/<m>").
 
     Statistics computed from the logits stay on their device until `result()`, and numbers known on
-    the
-    host (sample counts, losses given as floats) stay on the host, so `update` never synchronises
-    and
-    never copies a Python number to the device (a blocking copy per head per step on a GPU).
-    With `keep_logits=True` the fused head's logits and labels are kept for `ece/fused`.
+    the host (sample counts, losses given as floats) stay on the host, so `update` never
+    synchronises and never copies a Python number to the device (a blocking copy per head per step
+    on a GPU). With `keep_logits=True` the fused head's logits and labels are kept for `ece/fused`.
     """
 
     def __init__(self, keep_logits: bool = False, n_bins: int = 15):

@@ -46,8 +46,7 @@ STRATEGIES = (
 @dataclass(frozen=True)
 class PrecisionChoice:
     """What a `system.precision` means (`mmhpc.system.precision` applies it; config validation,
-    --help,
-    reports and gpu-check read the names, labels and the thesis' settings from here)."""
+    --help, reports and gpu-check read the names, labels and the thesis' settings from here)."""
 
     label: str               # in reports and --help
     matmul_tf32: bool        # torch.backends.cuda.matmul.allow_tf32

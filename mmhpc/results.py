@@ -108,8 +108,8 @@ class _Part(BaseModel):
 class EpochTime(_Part):
     """The thesis' Table 2.8 breakdown of one epoch, in seconds, and the training throughput.
     `epoch_s` is the four passes plus `strategy_s`, the epoch's work outside them: a strategy's own
-    passes (PMR's
-    prototypes, Gradient Blending's held-out losses) and the copy of the best state so far."""
+    passes (PMR's prototypes, Gradient Blending's held-out losses) and the copy of the best state so
+    far."""
     train_loader_init_s: float
     train_s: float
     val_loader_init_s: float
@@ -224,8 +224,7 @@ class RecordExistsError(FileExistsError):
 def mark_failed(record: RunRecord, exc: BaseException, epoch: int | None = None) -> RunRecord:
     """A record's failure: status, the error as "Type: message", and the traceback being handled.
     Ctrl-C is no failure: status `interrupted`, with the epoch (0-based `epoch`, written counted
-    from
-    1)."""
+    from 1)."""
     if isinstance(exc, KeyboardInterrupt):
         record.status = "interrupted"
         record.error = "KeyboardInterrupt: interrupted (Ctrl-C) " + (
@@ -319,8 +318,7 @@ def _validated(data, path) -> RunRecord:
 def iter_records(root: str | Path) -> Iterator[tuple[Path, RunRecord]]:
     """Every readable run record under `root` (hidden files, manifests and sampler files left out).
     Other JSON files are passed over; a damaged file, or one that looks like a record but is not
-    valid, is passed over
-    with a warning naming it."""
+    valid, is passed over with a warning naming it."""
     for p in sorted(Path(root).rglob("*.json")):
         if (
             p.name.startswith(".")
@@ -350,8 +348,7 @@ def run_ibf(
     fusion: str = "concat",
 ) -> float | None:
     """IBF of a run from its test accuracies: 0 for a single-modality run, None without baselines;
-    gated and
-    FiLM runs read their probes' accuracies (`metrics.ibf_accuracy_keys`)."""
+    gated and FiLM runs read their probes' accuracies (`metrics.ibf_accuracy_keys`)."""
     from mmhpc.metrics import ibf, ibf_accuracy_keys
 
     if single_acc is None:
@@ -365,8 +362,7 @@ def single_accuracies(source: dict | str | Path | None, dataset: str | None = No
                       preset: str | None = None) -> dict[str, float] | None:
     """Single-modality test accuracies for IBF: a {modality: acc} map, a JSON file of one or a run
     record, or a directory of run records (finished single-modality runs of `dataset`/`preset`; mean
-    over
-    seeds)."""
+    over seeds)."""
     if source is None or isinstance(source, dict):
         return source
     path = Path(source)

@@ -11,15 +11,13 @@ A sweep file (format in `sweeps/README.md`):
     {default: {...}, alvis: {gpu: A100, time_min: 120}}
 
 Axis keys are RunConfig keys (`system.precision`, or a unique leaf such as `precision`) or
-`resources.*`
-(gpu, gpus, nodes, time_min, ...) for allocations that vary per run. Expansion gives every run a
-stable index (its array task number) and a name made of its axis values (its record file name).
-Every problem is found in one pass and reported together: the file's shape (keys, types, counts,
-axis keys,
-zip lengths), then each run of what can be expanded, as a RunConfig and against the cluster (its
-resources are checked even when its config has a problem elsewhere). A problem shared by several
-runs (a
-typo in `base`) is one line naming how many runs it affects; every line names its file and run.
+`resources.*` (gpu, gpus, nodes, time_min, ...) for allocations that vary per run. Expansion gives
+every run a stable index (its array task number) and a name made of its axis values (its record file
+name). Every problem is found in one pass and reported together: the file's shape (keys, types,
+counts, axis keys, zip lengths), then each run of what can be expanded, as a RunConfig and against
+the cluster (its resources are checked even when its config has a problem elsewhere). A problem
+shared by several runs (a typo in `base`) is one line naming how many runs it affects; every line
+names its file and run.
 """
 from __future__ import annotations
 
@@ -196,8 +194,7 @@ def plan_sweep(
     overrides: list[str] | dict | None = None,
 ) -> SweepPlan:
     """Read a sweep file and expand it for one cluster, collecting every problem of the file and of
-    its runs
-    in one pass (`SweepPlan.check` raises them all)."""
+    its runs in one pass (`SweepPlan.check` raises them all)."""
     return expand(read_sweep(path), profile, size, runs_dir, overrides, file=str(path))
 
 
@@ -230,8 +227,7 @@ def check_spec(spec: dict, file: str | None = None) -> None:
 
 def spec_problems(spec: dict, file: str | None = None) -> list[str]:
     """Every problem of a sweep's structure: keys, types, counts, then axis keys and zip lengths
-    wherever
-    the axes are mappings of lists."""
+    wherever the axes are mappings of lists."""
     errors: list[str] = []
     try:
         SweepSpec(**spec)
@@ -268,16 +264,14 @@ def spec_problems(spec: dict, file: str | None = None) -> list[str]:
 
 
 # the depth at which a malformed part of a sweep is left out of the expansion (its problem is
-# reported):
-# one axis of grid/zip, one field of a resource request, one block, one key of `tiny`; else the
-# whole key
+# reported): one axis of grid/zip, one field of a resource request, one block, one key of `tiny`;
+# else the whole key
 _DROP_DEPTH = {"grid": 2, "zip": 2, "resources": 3, "blocks": 2, "tiny": 2}
 
 
 def _expandable(spec: dict) -> dict:
     """The sweep without its malformed parts (see `_DROP_DEPTH`), so the rest still expands and its
-    runs
-    are checked in the same pass."""
+    runs are checked in the same pass."""
     try:
         SweepSpec(**spec)
         return spec
@@ -439,8 +433,7 @@ def _axis_groups(spec: dict, block: dict, cluster_gpus: list[str] = ()) -> list[
     """Each grid axis is a group of one-key choices; each zip table one group of parallel choices.
     An axis with an unknown key is left out (`spec_problems` reports it); unequal zip lists stop at
     the shortest. A `resources.gpu` grid axis of `cluster` stands for `cluster_gpus` (none on a CPU
-    cluster: no
-    axis)."""
+    cluster: no axis)."""
     groups = []
     for source in (spec, block):
         for k, values in (source.get("grid") or {}).items():
@@ -512,8 +505,7 @@ def _run_name(block: str | None, axes: dict, sweep: str) -> str:
 def _validate(run: PlannedRun, profile: ClusterProfile) -> None:
     """The run's config and its resources, in one pass: a config with a malformed field is checked
     against the cluster with that field at its default, unless the field is a system one (the
-    resources follow from
-    those); then only the request's own shape is checked."""
+    resources follow from those); then only the request's own shape is checked."""
     try:
         usable = RunConfig.model_validate(run.raw)
     except ValidationError as e:

@@ -1,6 +1,5 @@
 """Shared fixtures: synthetic datasets generated once per session into a temporary directory, and
-the
-project's local SLURM (env/slurm) with helpers for the tests marked `slurm`."""
+the project's local SLURM (env/slurm) with helpers for the tests marked `slurm`."""
 from __future__ import annotations
 
 import os
@@ -119,8 +118,7 @@ class LocalSlurm:
 
     def sacct_states(self, job_id: str, *flags: str) -> dict[str, str]:
         """{JobID: State} of the job's allocations (array tasks one by one once they started); `-D`
-        in
-        `flags` lists every attempt of a requeued job (then the last one per id wins)."""
+        in `flags` lists every attempt of a requeued job (then the last one per id wins)."""
         out = self.run(
             "sacct", "-n", "-X", "-P", "-j", job_id, "-o", "JobID,State", *flags, check=False
         )
@@ -164,8 +162,7 @@ def until(predicate, what: str, timeout: float = 900, poll_s: float = 1.0):
 
 def start_local_slurm() -> str:
     """Install and start env/slurm (both idempotent); returns SLURM_CONF. Skips where it cannot be
-    set up
-    at all (not root, or no apt-get); fails when it can but does not come up."""
+    set up at all (not root, or no apt-get); fails when it can but does not come up."""
     if shutil.which("apt-get") is None or os.geteuid() != 0:
         pytest.skip("local SLURM needs root and apt-get (env/slurm/install.sh) to be set up")
     for script in ("install.sh", "start.sh"):

@@ -131,8 +131,7 @@ AVE_CATEGORIES = ("Church bell", "Bark", "Acoustic guitar", "Frying (food)")
 def make_ave(root: Path, clips: int = 10) -> Path:
     """Official split files: the last clip is the test set, the one before it validation, the rest
     training; the first video is annotated a second time (another event, in the validation split),
-    as 45 AVE
-    videos are."""
+    as 45 AVE videos are."""
     header = "Category&VideoID&Quality&StartTime&EndTime\n"
     rows = {"train": [], "val": [], "test": []}
     for i in range(clips):
@@ -191,8 +190,7 @@ def make_mvsa(root: Path, clips: int = 10) -> Path:
 
 
 # two dialogs: every code of the five classes, ten `neu` (so a stratified split has a test clip), a
-# `hap`
-# (dropped by default, a sixth class by option) and an `xxx` (never kept) each
+# `hap` (dropped by default, a sixth class by option) and an `xxx` (never kept) each
 IEMOCAP_DIALOGS = (("ang", "neu", "sad", "neu", "exc", "neu", "neu", "hap", "xxx"),
                    ("fru", "neu", "neu", "neu", "neu", "neu", "neu", "hap", "xxx"))
 

@@ -1,7 +1,6 @@
 """Every malformed sweep file and cluster profile under tests/bad_inputs/ is refused before anything
 is written, with one `file: field: problem; valid: ...` line per problem (the file's `# expect:`
-lines), and
-the command line exits 2 without a traceback."""
+lines), and the command line exits 2 without a traceback."""
 from __future__ import annotations
 
 import subprocess
@@ -47,8 +46,7 @@ def check_problems(problems: list[str], path: Path) -> None:
 @pytest.mark.parametrize("path", SWEEPS, ids=lambda p: p.stem)
 def test_bad_sweep_files_list_every_problem(path):
     """Every problem in one round: the file's shape and, for what of it can be expanded, each run's
-    config
-    and resources (every line names the file; a run's lines name the run)."""
+    config and resources (every line names the file; a run's lines name the run)."""
     with pytest.raises(ConfigError) as e:
         plan_sweep(path, load_profile("alvis", "NAISS1")).check()
     check_problems(e.value.problems, path)

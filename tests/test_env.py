@@ -1,6 +1,5 @@
 """env/: the cluster venv script on top of a "module" (a Python whose torch comes from PYTHONPATH,
-as an
-EasyBuild module provides it), and the Apptainer definition's shape."""
+as an EasyBuild module provides it), and the Apptainer definition's shape."""
 
 from __future__ import annotations
 

@@ -1,6 +1,5 @@
 """The demonstrations the README quotes (`make demo`, `make demo-algorithms`) run end to end and
-print their
-tables; the algorithm sweep covers every registered strategy and fusion."""
+print their tables; the algorithm sweep covers every registered strategy and fusion."""
 from __future__ import annotations
 
 from pathlib import Path

@@ -1,7 +1,6 @@
 """`mmhpc gpu-check` on this CPU machine: with only what a bare system Python has (torch,
 torchvision, transformers, nvidia-ml-py) it runs what it can, exits 0, says what each skipped check
-lacks and lists the
-checks that need a GPU. (On a GPU node `make gpu-check` runs them all.)"""
+lacks and lists the checks that need a GPU. (On a GPU node `make gpu-check` runs them all.)"""
 import json
 import os
 import shutil
@@ -136,8 +135,7 @@ def _wheel(
     house: Path, dist: str, version: str, module: str, source: str, requires=(), script=False
 ) -> Path:
     """A real (minimal) wheel, as pip download leaves them in .whl/ (`script`: with a console
-    script, which
-    a --target install records as ../../bin/...)."""
+    script, which a --target install records as ../../bin/...)."""
     path = house / f"{dist}-{version}-py3-none-any.whl"
     info = f"{dist}-{version}.dist-info"
     needs = "".join(f"Requires-Dist: {r}\n" for r in requires)
@@ -160,8 +158,7 @@ def test_missing_modules_come_from_the_wheelhouse_with_their_dependencies_but_nu
 ):
     """What a fresh process cannot import is installed with its dependencies from the wheel set
     alone, which shadows the node's copies of them (pytest here), except numpy (torch was built
-    against the
-    node's)."""
+    against the node's)."""
     house = tmp_path / "whl"
     house.mkdir()
     _wheel(
@@ -236,8 +233,8 @@ def test_wheels_route_runs_the_trainer_checks_on_a_bare_python_with_an_old_typin
 ):
     """A bare Python (no pydantic, pandas, psutil, ...) whose typing_extensions is older than
     pydantic's need, and the real wheel set of `make gpu-wheels`: the wheels are installed
-    consistently (pydantic with the
-    typing_extensions it needs, shadowing the node's) and the trainer's checks run."""
+    consistently (pydantic with the typing_extensions it needs, shadowing the node's) and the
+    trainer's checks run."""
     import typing_extensions
 
     house = tmp_path / "whl"

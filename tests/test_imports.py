@@ -146,9 +146,8 @@ def test_light_commands_import_no_torch(tmp_path, monkeypatch):
     submit`, `sweep status` and a `sweep resume` with nothing to do start without torch, pandas,
     matplotlib or transformers (each used to import torch, 3.5-7 s, for the knob list of `--help`;
     validating a run imported every strategy and the precision/parallelism rules with torch; the
-    strategies' listing imported them all), against a fake
-    scheduler on PATH: a login node whose architecture differs from the GPU nodes' runs these on
-    the pure-Python part alone."""
+    strategies' listing imported them all), against a fake scheduler on PATH: a login node whose
+    architecture differs from the GPU nodes' runs these on the pure-Python part alone."""
     import os
 
     from mmhpc import names
@@ -221,15 +220,14 @@ def test_light_commands_import_no_torch(tmp_path, monkeypatch):
     assert all(ln.endswith("heavy: none") for ln in lines), "\n".join(lines)
     assert all(" => exit 0," in ln for ln in lines), "\n".join(lines)
     sbatch = [ln for ln in (state / "calls").read_text().splitlines() if ln.startswith("sbatch")]
-    # the first resume submitted the held array, the second had nothing to do; `sweep submit`
-    # one array
+    # the first resume submitted the held array, the second had nothing to do; `sweep submit` one
+    # array
     assert len(sbatch) == 2
 
 
 def test_names_for_validation_are_the_registries_names():
     """Validation and `--help` take the fusion and strategy names from mmhpc.names (no torch); the
-    registries
-    themselves must hold exactly those."""
+    registries themselves must hold exactly those."""
     from mmhpc import names
     from mmhpc.launch.cli_sweep import SIZES as CLI_SIZES
     from mmhpc.launch.clusters import SIZES

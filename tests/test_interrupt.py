@@ -1,7 +1,6 @@
 """Ctrl-C: a command ends with one line and exit 130, the run's record says `interrupted` (with the
 epoch), and the next start resumes it from its checkpoint. A real process gets a real SIGINT, as a
-terminal sends
-it: to the whole process group, loader workers included."""
+terminal sends it: to the whole process group, loader workers included."""
 from __future__ import annotations
 
 import os

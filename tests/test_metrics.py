@@ -137,8 +137,8 @@ def test_bias_hand_case():
 
 
 def test_bias_clips_scores():
-    # H above log C (impossible, e.g. rounding) -> S = 0 (clipped); negative H -> S = 1 (clipped)
-    # S = (1, 0) -> B = (1, 0)
+    # H above log C (impossible, e.g. rounding) -> S = 0 (clipped); negative H -> S = 1 (clipped) S
+    # = (1, 0) -> B = (1, 0)
     b = bias({"a": -0.1, "v": 5.0}, 2)
     assert b == {"a": 1.0, "v": 0.0}
 
@@ -205,10 +205,9 @@ def test_ece_one_bin_is_gap_of_means():
 
 def test_ece_edge_value_goes_to_lower_bin():
     # K = 2, bins (0, .5], (.5, 1]. Sample 1: logits (0, 0) -> conf exactly 0.5, pred 0 (tie), label
-    # 0 correct.
-    # Sample 2: conf 0.75, pred 0, label 1 wrong.
-    # 0.5 in the lower bin: 1/2 * |1 - 0.5| + 1/2 * |0 - 0.75| = 0.25 + 0.375 = 0.625
-    # (were 0.5 in the upper bin: 2/2 * |0.5 - 0.625| = 0.125)
+    # 0 correct. Sample 2: conf 0.75, pred 0, label 1 wrong. 0.5 in the lower bin: 1/2 * |1 - 0.5| +
+    # 1/2 * |0 - 0.75| = 0.25 + 0.375 = 0.625 (were 0.5 in the upper bin: 2/2 * |0.5 - 0.625| =
+    # 0.125)
     logits = torch.stack([torch.zeros(2), _logits([0.75, 0.25])])
     assert ece(logits, torch.tensor([0, 1]), n_bins=2) == pytest.approx(0.625, abs=1e-6)
 
@@ -343,8 +342,7 @@ class HostTraffic(TorchFunctionMode):
         kwargs = kwargs or {}
         name = getattr(func, "__name__", str(func))
         # a tensor built from host values on a named device is a blocking copy on a GPU, also where
-        # the
-        # test's device is the CPU
+        # the test's device is the CPU
         if name in ("tensor", "as_tensor") and kwargs.get("device") is not None:
             self.events.append(f"torch.{name} on {kwargs['device']}")
         if name in self.READS:
@@ -354,8 +352,8 @@ class HostTraffic(TorchFunctionMode):
 
 def test_accumulator_update_never_touches_the_host():
     # "meta" stands in for a GPU (no data, so any host read would fail too): update must neither
-    # build a
-    # device tensor from a Python number nor read a device value, whatever the loss is given as
+    # build a device tensor from a Python number nor read a device value, whatever the loss is given
+    # as
     z, y = torch.randn(4, 3, device="meta"), torch.zeros(4, dtype=torch.long, device="meta")
     acc, device_loss = MetricAccumulator(), torch.tensor(0.2, device="meta")
     with HostTraffic() as traffic:

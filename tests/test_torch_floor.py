@@ -1,8 +1,7 @@
 """The oldest torch mmhpc supports (setup.cfg's `torch>=`) is checked against that release's real
 API: every `torch.*` name mmhpc uses must exist there, and calls must pass arguments its signatures
 take. The API is a snapshot taken from the release's PyPI wheel by env/torch_api.py (range requests,
-no full
-download)."""
+no full download)."""
 from __future__ import annotations
 
 import ast

@@ -1,6 +1,5 @@
 """The user's path through the command line: `mmhpc strategies`, and the common slips answered with
-what
-was meant."""
+what was meant."""
 from __future__ import annotations
 
 import dataclasses

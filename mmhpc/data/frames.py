@@ -2,12 +2,9 @@
 batch.
 
 The thesis code base's transforms (AMST `code/dataset/dataset.py`): for training each frame gets its
-own
-RandomResizedCrop(224) (scale 0.08-1, ratio 3/4-4/3, bilinear) and horizontal flip; for evaluation
-the
-full frame is resized to 224 x 224 (`Resize((224, 224))`, done once by `mmhpc prepare`, so the
-stored
-frame already is the evaluation frame); then ImageNet normalisation.
+own RandomResizedCrop(224) (scale 0.08-1, ratio 3/4-4/3, bilinear) and horizontal flip; for
+evaluation the full frame is resized to 224 x 224 (`Resize((224, 224))`, done once by `mmhpc
+prepare`, so the stored frame already is the evaluation frame); then ImageNet normalisation.
 
 A worker only decodes the JPEGs (`mmhpc.compat.read_jpeg`: TorchCodec, libjpeg-turbo) and draws each
 frame's crop and flip (`crop_params`); the frames travel as uint8 [T, 3, S, S], a quarter of float32
@@ -56,8 +53,7 @@ def crop_params(frames: torch.Tensor) -> torch.Tensor:
 def finish_batch(batch: dict) -> dict:
     """The batch's uint8 frames [B, T, 3, S, S] -> normalised float32, cropped and flipped where the
     batch carries crop parameters (a training batch), on the device the frames are on. Other keys
-    pass
-    through."""
+    pass through."""
     if "visual" not in batch or batch["visual"].dtype != torch.uint8:
         return batch
     out = dict(batch)

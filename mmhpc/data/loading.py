@@ -47,8 +47,7 @@ def build_loader(dataset: Dataset, cfg, train: bool, rank: int = 0, world: int =
                  preinit: bool | None = None, device: torch.device | None = None) -> EpochLoader:
     """The run's loader knobs on a DataLoader; the global batch is split evenly over `world`
     processes. `device`: the run's device, made current in the pre-initialisation thread (its
-    pin-memory thread
-    would otherwise open a context on GPU 0 in every DDP process)."""
+    pin-memory thread would otherwise open a context on GPU 0 in every DDP process)."""
     lc = cfg.loader
     sampler = (
         DistributedSampler(
@@ -88,16 +87,13 @@ def worker_context(method: str, preinit: bool):
     """How DataLoader workers start.
 
     `auto` forks the standard loader's workers (cheapest), also after CUDA is initialised: its
-    workers only
-    read and decode files and never touch CUDA (frames become model input on the device, in the main
-    process), which is what makes a fork after CUDA safe. A pre-initialised loader starts its
-    workers from a
-    helper thread, and a child forked from a multi-threaded process can inherit locks held by other
-    threads (workers died or hung here when forked while the main thread trained); a forkserver
-    forks
-    them from a clean single-threaded process instead, with the parent's main module, torch and the
-    dataset
-    module preloaded there, so a worker starts about as fast as a forked one.
+    workers only read and decode files and never touch CUDA (frames become model input on the
+    device, in the main process), which is what makes a fork after CUDA safe. A pre-initialised
+    loader starts its workers from a helper thread, and a child forked from a multi-threaded process
+    can inherit locks held by other threads (workers died or hung here when forked while the main
+    thread trained); a forkserver forks them from a clean single-threaded process instead, with the
+    parent's main module, torch and the dataset module preloaded there, so a worker starts about as
+    fast as a forked one.
     """
     if method == "auto":
         method = "forkserver" if preinit else "fork"
@@ -111,18 +107,13 @@ def worker_context(method: str, preinit: bool):
 
 
 # CPython's forkserver is meant to import the parent's `__main__` once and fork every child from
-# that state,
-# but up to 3.13.7 the hand-over was broken (python/cpython#98552, #126631, #137996: the server
-# looks for a
-# `main_path` key that spawn.get_preparation_data renamed `init_main_from_path` in 2013), so every
-# worker
-# re-ran the main script or module first: for `mmhpc`, a benchmark script or pytest about 0.6 s of
-# imports
-# per worker, paid each epoch by a pre-initialised loader, competing with the training step for the
-# cores.
-# worker_context hands sys.path and the main over in FORKSERVER_ENV; the server's first preload,
-# mmhpc.data.forkserver, applies them. On a fixed CPython the main is in place already and nothing
-# happens.
+# that state, but up to 3.13.7 the hand-over was broken (python/cpython#98552, #126631, #137996: the
+# server looks for a `main_path` key that spawn.get_preparation_data renamed `init_main_from_path`
+# in 2013), so every worker re-ran the main script or module first: for `mmhpc`, a benchmark script
+# or pytest about 0.6 s of imports per worker, paid each epoch by a pre-initialised loader,
+# competing with the training step for the cores. worker_context hands sys.path and the main over in
+# FORKSERVER_ENV; the server's first preload, mmhpc.data.forkserver, applies them. On a fixed
+# CPython the main is in place already and nothing happens.
 FORKSERVER_ENV = "MMHPC_FORKSERVER_MAIN"
 _MAIN_KEYS = ("sys_path", "init_main_from_name", "init_main_from_path")
 
@@ -130,8 +121,7 @@ _MAIN_KEYS = ("sys_path", "init_main_from_name", "init_main_from_path")
 def prepare_forkserver_main() -> None:
     """In the forkserver: import the parent's main as each child would (once, here). Only in a
     direct child of the process that wrote FORKSERVER_ENV; a main that fails here is left to the
-    workers, which
-    report it."""
+    workers, which report it."""
     data = json.loads(os.environ.pop(FORKSERVER_ENV, "") or "{}")
     if data.pop("parent", None) != os.getppid():
         return

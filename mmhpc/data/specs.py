@@ -123,8 +123,7 @@ DATASETS: dict[str, DatasetSpec] = {
             text_len=256,
         ),
         # the thesis' five classes, `hap` dropped (ang 1,103 + exc 1,041 + fru 1,849 + neu 1,708 +
-        # sad
-        # 1,084)
+        # sad 1,084)
         DatasetSpec(
             "iemocap",
             "IEMOCAP",
@@ -134,8 +133,7 @@ DATASETS: dict[str, DatasetSpec] = {
             "stratified 80/10/10 per class",
         ),
         # the code base's UR-FUNNY v2 files: 10,166 samples; the thesis (Sec. 4.1) and the AMST
-        # paper
-        # say 16,514
+        # paper say 16,514
         DatasetSpec(
             "urfunny",
             "UR-FUNNY",

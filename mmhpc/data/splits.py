@@ -29,8 +29,7 @@ def random_split(clip_ids: list[str], seed: int) -> dict[str, list[str]]:
 
 def stratified_split(labels: dict[str, int], seed: int) -> dict[str, list[str]]:
     """Per class, at random: 80 % training, 10 % test, the rest validation, as the thesis code base
-    splits
-    IEMOCAP (AMST `code/data/IEMOCAP/split_iemo_dataset.py`), so every split keeps the class
+    splits IEMOCAP (AMST `code/data/IEMOCAP/split_iemo_dataset.py`), so every split keeps the class
     balance."""
     rng = np.random.default_rng(seed)
     out = {split: [] for split in SPLITS}
@@ -48,8 +47,7 @@ def write_split_files(
     root: Path, splits: dict[str, list[str]], labels: dict[str, int]
 ) -> dict[str, int]:
     """labels.csv and the split lists, restricted to the clips in `labels` (the prepared ones);
-    returns the
-    number of clips per split."""
+    returns the number of clips per split."""
     kept = {split: [c for c in splits[split] if c in labels] for split in SPLITS}
     listed = sorted(c for ids in kept.values() for c in ids)
     (root / "labels.csv").write_text(

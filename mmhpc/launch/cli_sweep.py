@@ -1,16 +1,14 @@
 """`mmhpc sweep ...` and `mmhpc clusters`: the command-line face of mmhpc.sweep and mmhpc.launch.
 
 Their errors (bad input, a failed scheduler) end the command in `mmhpc.cli.main`: one message, the
-exit
-code of `mmhpc.errors`."""
+exit code of `mmhpc.errors`."""
 from __future__ import annotations
 
 import os
 import sys
 
 # Only the parsers are built for every command: what a command needs (the schema, pydantic,
-# submitit) is
-# imported when it runs, and nothing here imports torch (tests/test_imports.py).
+# submitit) is imported when it runs, and nothing here imports torch (tests/test_imports.py).
 SIZES = ("tiny", "full")  # mmhpc.launch.clusters.SIZES, checked equal by tests/test_imports.py
 
 

@@ -2,13 +2,10 @@
 
 The built-in profiles are package data, `mmhpc/launch/profiles/*.yaml` (alvis, local, none), so a
 non-editable install finds them. A user file (`$MMHPC_CLUSTERS`, else
-`~/.config/mmhpc/clusters.yaml`)
-maps more names to profiles; a profile may `extends:` another and override some of its keys. String
-values may read the environment as `${VAR}` or `${VAR:-default}`, so accounts and paths stay out of
-the
-files. Validation is pydantic v2 (`ClusterProfile`); every problem is one `file: field: problem;
-valid: ...`
-line (mmhpc.errors).
+`~/.config/mmhpc/clusters.yaml`) maps more names to profiles; a profile may `extends:` another and
+override some of its keys. String values may read the environment as `${VAR}` or `${VAR:-default}`,
+so accounts and paths stay out of the files. Validation is pydantic v2 (`ClusterProfile`); every
+problem is one `file: field: problem; valid: ...` line (mmhpc.errors).
 
 A profile also knows what its devices can do, so that a run it cannot execute is refused before
 anything is submitted (`resolve_resources`): multi-node DDP needs InfiniBand, and how many cores
@@ -159,8 +156,7 @@ class ClusterProfile(_Strict):
     @property
     def ref(self) -> str:
         """What a sweep directory records as its cluster: the name, or the profile file's absolute
-        path
-        (`--cluster path/to/profile.yaml`, e.g. one written by `mmhpc clusters discover`)."""
+        path (`--cluster path/to/profile.yaml`, e.g. one written by `mmhpc clusters discover`)."""
         return self._ref or self.name
 
     @property
@@ -220,8 +216,7 @@ class ClusterProfile(_Strict):
 
     def check_interpreter(self, dry_run: bool = False) -> None:
         """Nodes of another architecture than this machine cannot run this interpreter: without a
-        venv,
-        python or image for them, a dry run warns and anything else is refused."""
+        venv, python or image for them, a dry run warns and anything else is refused."""
         from mmhpc.doctor import node_arch
 
         here = node_arch()
@@ -252,8 +247,7 @@ class ClusterProfile(_Strict):
 
     def results_dir(self) -> Path:
         """The results root with `{project}` filled in (the storage project defaults to the account
-        in
-        lower case, without the job account's suffix)."""
+        in lower case, without the job account's suffix)."""
         if not self.results_root:
             raise ClusterError(
                 problem(
@@ -450,16 +444,15 @@ def profile_from_dict(raw: dict, source: str = "<dict>", prefix: str = "") -> Cl
 
 
 # `${VAR}` or `${VAR:-default}`; a default may hold literal `{word}` placeholders such as
-# `{project}`.
-# Written here rather than os.path.expandvars, which has no defaults and leaves typos in place
-# silently.
+# `{project}`. Written here rather than os.path.expandvars, which has no defaults and leaves typos
+# in place silently.
 _VAR = re.compile(r"\$\{(\w+)(?::-((?:[^${}]|\{\w+\})*))?\}")
 
 
 def _expand_env(value: Any, field: str, source: str, problems: list[str]) -> Any:
     """`${VAR}` / `${VAR:-default}` in strings (recursively in lists and mappings). An unset
-    `${VAR}`
-    without default makes the whole value None, so a missing account reads as 'no account'."""
+    `${VAR}` without default makes the whole value None, so a missing account reads as 'no
+    account'."""
     if isinstance(value, list):
         out = [_expand_env(v, f"{field}[{i}]", source, problems) for i, v in enumerate(value)]
         return [v for v in out if v is not None]

@@ -103,8 +103,7 @@ def parse_gres(gres: str) -> list[tuple[str | None, int]]:
 
 def minutes(max_time: str) -> int | None:
     """SLURM's MaxTime (`3-00:00:00`, `1-12`, `2:00:00`, `30:00`, `30`, `UNLIMITED`) in whole
-    minutes
-    (seconds round up); None when unlimited."""
+    minutes (seconds round up); None when unlimited."""
     if not max_time or max_time.upper() in ("UNLIMITED", "INFINITE"):
         return None
     days, dash, rest = max_time.rpartition("-")

@@ -165,8 +165,7 @@ class SweepDir:
         """Write the manifest atomically, checked first. `changed`: the only runs modified since
         this manifest was last saved here (a submission saves a 10,000-run manifest twice per job
         array): only they and the top level are checked and encoded again, the others are written as
-        saved
-        before."""
+        saved before."""
         check_manifest(
             manifest if changed is None else {**manifest, "runs": changed}, self.manifest_path
         )
@@ -183,8 +182,7 @@ class SweepDir:
     def lock(self, create: bool = False):
         """One submitter at a time, so that two `resume`s cannot submit the same run twice. Only
         `submit` creates the directory; elsewhere a missing sweep directory is an error, and nothing
-        is
-        created."""
+        is created."""
         if create:
             self.path.mkdir(parents=True, exist_ok=True)
         elif not self.exists():
@@ -222,8 +220,7 @@ class SweepDir:
 def manifest_json(manifest: dict, run_lines: list[str] | None = None) -> str:
     """The manifest as JSON with one line per run (`run_lines`: those lines, already encoded):
     greppable, and written by json's C encoder (indented JSON takes its pure-Python one: seconds for
-    10,000
-    runs)."""
+    10,000 runs)."""
     head = json.dumps({k: v for k, v in manifest.items() if k != "runs"}, separators=(",", ":"))[
         1:-1
     ]
@@ -293,8 +290,8 @@ def scheduler_timeout_s() -> float:
 @dataclass
 class SchedulerView:
     """squeue's and sacct's answers about some jobs: {job id (array tasks `123_4`): (state, reason,
-    name)}.
-    An error is why a command gave no answer (it failed or timed out); None when it answered."""
+    name)}. An error is why a command gave no answer (it failed or timed out); None when it
+    answered."""
     squeue: dict[str, tuple[str, str, str]] = field(default_factory=dict)
     sacct: dict[str, tuple[str, str, str]] = field(default_factory=dict)
     squeue_error: str | None = None
@@ -347,8 +344,8 @@ def query_scheduler(
     job_ids: list[str], names: list[str], since: float | None = None
 ) -> SchedulerView:
     """Ask squeue for this user's jobs (alive or recently ended) and sacct for the given ids and
-    names that
-    squeue no longer lists. A command that fails or times out leaves its error in the view."""
+    names that squeue no longer lists. A command that fails or times out leaves its error in the
+    view."""
     from submitit.slurm.slurm import (
         SlurmInfoWatcher,
     )  # parses squeue/sacct ids, array ranges included
@@ -519,8 +516,7 @@ def _state(sweep_dir: SweepDir, run: dict, rec: RunRecord | None, job: dict | No
 
 def adopt(manifest: dict, states: list[RunState]) -> list[tuple[dict, dict]]:
     """Write the job ids found by name into the intents of the manifest; returns (run, adopted job
-    entry)
-    pairs."""
+    entry) pairs."""
     adopted = []
     for s in states:
         run = manifest["runs"][s.index]

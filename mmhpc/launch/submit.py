@@ -137,8 +137,7 @@ def _signal_stops_training():
     job). A signal noted since the job's start (mmhpc.preempt) stays noted: the run stops at its
     first step. Afterwards the signal is ignored and the note cleared: the run's work is over, and a
     signal that lands while the process ends (Python then restores the default action, which kills
-    it) would turn a finished job into a
-    FAILED one."""
+    it) would turn a finished job into a FAILED one."""
     try:
         previous = signal.signal(PREEMPT_SIGNAL, note_stop)
     except (
@@ -156,8 +155,7 @@ def _signal_stops_training():
 def _requeue(previous, max_requeues: int | None) -> None:
     """Requeue this SLURM job after the trainer stopped: submitit's handler when submitit installed
     one (it checkpoints the job's callable, counts timeouts, calls `scontrol requeue` and exits),
-    else
-    `scontrol requeue` here, up to `max_requeues` restarts."""
+    else `scontrol requeue` here, up to `max_requeues` restarts."""
     if callable(previous):
         previous(PREEMPT_SIGNAL, None)
         return
@@ -252,8 +250,8 @@ def slurm_parameters(
     `--cpus-per-task` also goes to `srun` (since SLURM 22.05 srun no longer inherits it from
     sbatch), `--mem` carries its unit (a bare number would be megabytes), GPUs are asked for as the
     profile says (`--gpus-per-node=TYPE:N` with the GPU type's gres name, untyped, or `--gpus=N`),
-    with the GPU type's
-    partition and constraint; the account is the job account (`account_suffix`)."""
+    with the GPU type's partition and constraint; the account is the job account
+    (`account_suffix`)."""
     params = {"job_name": job_name, "time": res.time_min, "nodes": res.nodes,
               "ntasks_per_node": res.tasks_per_node, "signal_delay_s": profile.signal_delay_s,
               "array_parallelism": parallelism or profile.array_parallelism}
@@ -442,8 +440,7 @@ def signals_held(signums=HELD_SIGNALS):
     """Hold Ctrl-C, hang-up and TERM until the block ends, then act on one that came meanwhile.
     Python's handlers are deferred (a signal may reach any thread of the process); the main thread
     also blocks them, so the sbatch child, which inherits that mask, cannot be killed mid-way by a
-    Ctrl-C at the
-    terminal."""
+    Ctrl-C at the terminal."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
@@ -532,8 +529,7 @@ def _submit_array(sweep_dir: SweepDir, manifest: dict, profile: ClusterProfile, 
 def _after_failed_sbatch(sweep_dir: SweepDir, manifest: dict, profile: ClusterProfile, name: str,
                          group: list[dict], error: Exception) -> list[str]:
     """sbatch failed, or died after queueing: ask the queue for the array by its name. Found: its
-    ids
-    (adopted, with the task files submitit did not get to write). Not found: SchedulerError."""
+    ids (adopted, with the task files submitit did not get to write). Not found: SchedulerError."""
     first = str(error).strip().splitlines()
     why = f"sbatch failed ({type(error).__name__}: {first[-1][:300] if first else ''})"
     view = query_scheduler([], [name], time.time())
@@ -575,8 +571,7 @@ def hold_runs(
     sweep_dir: SweepDir, manifest: dict, profile: ClusterProfile, indices: list[int]
 ) -> list[str]:
     """`submit --hold`: record the job names of the sbatch lines for jobs/sweep_array.sbatch (state
-    `held`
-    until a job of that name is queued) and return the lines."""
+    `held` until a job of that name is queued) and return the lines."""
     runs = [manifest["runs"][i] for i in indices]
     plans = plan_arrays(profile, runs)
     names = [job_name(manifest["sweep"], plan.res) for plan in plans]
@@ -667,8 +662,7 @@ def to_resubmit(sweep_dir: SweepDir, manifest: dict, profile: ClusterProfile | N
     """The runs to submit again: neither done, alive nor not applicable. Jobs found by the name of
     an interrupted submission are adopted first (saved in the manifest; `dry_run`: adopts and saves
     nothing). Raises SchedulerError, submitting nothing, while the scheduler cannot tell whether
-    some run is still
-    queued or running."""
+    some run is still queued or running."""
     states = run_states(sweep_dir, manifest)
     adopted = [] if dry_run else adopt(manifest, states)
     if adopted:
@@ -784,8 +778,7 @@ def submit_sweep(
     overrides: list[str] | None = None,
 ) -> tuple[SweepDir, list[int]]:
     """Validate, create the sweep directory and submit what is not done yet (all of it, the first
-    time).
-    Returns (dir, submitted run indices); `hold_sweep` submits nothing."""
+    time). Returns (dir, submitted run indices); `hold_sweep` submits nothing."""
     with _opened_sweep(path, cluster, size, account, results, name, overrides) as (
         sweep_dir,
         manifest,
@@ -816,8 +809,7 @@ def hold_sweep(path: str | Path, cluster: str, size: str | None = None, account:
                results: str | Path | None = None, name: str | None = None,
                overrides: list[str] | None = None) -> tuple[SweepDir, list[str]]:
     """`submit --hold`: the sweep directory, and sbatch lines for jobs/sweep_array.sbatch for what
-    is not
-    done; the runs show as held until jobs of those lines' names are queued."""
+    is not done; the runs show as held until jobs of those lines' names are queued."""
     with _opened_sweep(path, cluster, size, account, results, name, overrides) as (
         sweep_dir,
         manifest,

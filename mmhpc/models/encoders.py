@@ -85,8 +85,8 @@ class TextEncoder(nn.Module):
         """The padding mask [B, L] as the attention takes it, [B, 1, 1, L], which transformers
         passes on as it is: from a [B, L] mask it first asks whether any token is padded, to drop a
         mask of all ones (a host synchronisation in every forward). SDPA takes True where a token is
-        attended, eager attention adds
-        the mask to the scores; other attention kernels get the [B, L] mask."""
+        attended, eager attention adds the mask to the scores; other attention kernels get the [B,
+        L] mask."""
         kind = self.net.config._attn_implementation
         keep = mask[:, None, None, :].bool()
         if kind == "sdpa":

@@ -16,8 +16,7 @@ class MultimodalModel(nn.Module):
     def __init__(self, modalities: list[str], num_classes: int, cfg, shapes, preset: str = "tiny"):
         """`cfg` is a `ModelConfig`; `shapes` the dataset's `Shapes` (text length and vocabulary);
         `preset` "tiny" picks the small RoBERTa under text_size=auto (synthetic tiny data), anything
-        else
-        RoBERTa-base."""
+        else RoBERTa-base."""
         super().__init__()
         self.modalities = list(modalities)
         self.num_classes = num_classes

@@ -5,12 +5,9 @@
     tables/, figures/
 
 The pipeline: `load` (records and the sweep's manifest -> one tidy DataFrame, a row per run, done or
-not)
--> `tables` (comparisons in the thesis' shapes, each measured row followed by the thesis' values
-from
-`thesis`, set side by side in `reproduce`, which also gives each thesis claim a verdict) ->
-`figures` ->
-`pdf` (PDF, Markdown, LaTeX, PNG; reproduction.md/json).
+not) -> `tables` (comparisons in the thesis' shapes, each measured row followed by the thesis'
+values from `thesis`, set side by side in `reproduce`, which also gives each thesis claim a verdict)
+-> `figures` -> `pdf` (PDF, Markdown, LaTeX, PNG; reproduction.md/json).
 """
 from __future__ import annotations
 

@@ -41,8 +41,7 @@ def new_figure(**kw) -> plt.Figure:
 
 def page(title: str, caption: str, n: int, cols: int = 2, sharey: bool = True):
     """An A4-landscape figure with n panels (one y-axis for all: panels of one figure read on one
-    scale),
-    its title at the top and its caption at the bottom."""
+    scale), its title at the top and its caption at the bottom."""
     rows = max(1, int(np.ceil(n / cols)))
     fig = new_figure(figsize=PAGE)
     axes = fig.subplots(rows, cols if n > 1 else 1, squeeze=False, sharey=sharey)

@@ -277,8 +277,7 @@ def _utilisation(rec: RunRecord, util: dict) -> dict:
 
 def _mean_util(per_epoch: list[dict]) -> dict:
     """Mean over epochs of each `*_mean` utilisation; an epoch shorter than the sampler interval has
-    no
-    sample (its values are None) and counts for nothing."""
+    no sample (its values are None) and counts for nothing."""
     values: dict[str, list[float]] = {}
     for u in per_epoch:
         for k, v in u.items():
@@ -372,7 +371,7 @@ def config_columns(runs: pd.DataFrame) -> list[str]:
 def varying(runs: pd.DataFrame) -> list[str]:
     """Knobs that take more than one value across the runs: what the sweep compares."""
     # runs of two sweeps are two experiments even with equal configs (e.g. the FP32 single-device
-    # run of
-    # the precision and of the parallelism sweep): the sweep is an axis when a report spans several
+    # run of the precision and of the parallelism sweep): the sweep is an axis when a report spans
+    # several
     cols = [c for c in config_columns(runs) if not c.startswith(NOT_AXES)] + ["device", "sweep"]
     return [c for c in cols if runs[c].astype(str).nunique() > 1]

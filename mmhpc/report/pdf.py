@@ -98,8 +98,7 @@ ROW_PAD = 0.6                 # a cell is its wrapped lines plus this many lines
 
 def _column_widths(frame: pd.DataFrame, fixed: list[int] | None = None) -> list[int]:
     """Characters per column: `fixed` (0: the rest of the line), else each as wide as its longest
-    cell, the
-    widest shrunk until the row fits."""
+    cell, the widest shrunk until the row fits."""
     if fixed:
         rest = max(CHARS_PER_LINE - sum(fixed), 12)
         return [w or rest for w in fixed]
@@ -132,8 +131,7 @@ def wrap_cell(text: str, width: int) -> str:
 
 def _wrapped(frame: pd.DataFrame, keys: int, fixed: list[int] | None = None):
     """Header, body (cells wrapped; a key repeated from the row above blanked), each row's line
-    count and the
-    column widths in characters."""
+    count and the column widths in characters."""
     widths = _column_widths(frame, fixed)
     header = [
         "\n".join(textwrap.wrap(str(c), max(w, 8))) or " " for c, w in zip(frame.columns, widths)
@@ -228,8 +226,8 @@ def _draw_table(
 ) -> None:
     """A matplotlib table with row heights from their wrapped lines, bold header, alternate shading;
     `widths`: fixed column widths in characters (the same on every page); `sources`: each row's
-    Source (measured,
-    thesis, ratio), the thesis rows in grey italics and each measured row's group shaded alike."""
+    Source (measured, thesis, ratio), the thesis rows in grey italics and each measured row's group
+    shaded alike."""
     if not body:
         ax.text(0.5, 0.9, "(no rows)", ha="center", fontsize=10)
         return

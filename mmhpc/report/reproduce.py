@@ -98,8 +98,7 @@ def lookup(
     fusion: str | None = None,
 ) -> tuple[dict | None, str]:
     """The thesis cell for these keys and why it is not comparable ("" when it is): the first of
-    `tables`
-    that has it; on the run's GPU type when the thesis has it there, else on the A100."""
+    `tables` that has it; on the run's GPU type when the thesis has it there, else on the A100."""
     v = thesis_values()
     sel = v[
         v["table"].isin(tables)

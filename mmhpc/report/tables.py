@@ -38,8 +38,7 @@ from mmhpc.report.reproduce import (
 
 KINDS = ("precision", "loader", "parallelism", "overall", "algorithm")
 # Headers of the columns a row may be keyed on, in column order (other knobs: their leaf name), and
-# the
-# config knob behind each derived column
+# the config knob behind each derived column
 LABELS = {
     "sweep": "Sweep",
     "dataset": "Dataset",
@@ -223,8 +222,8 @@ def context_columns(
     """What a row is: the labelled knobs (dataset, ...) plus every other knob that varies, minus the
     compared ones, minus knobs in lockstep (one-to-one) with a compared or shown one (e.g.
     persistent workers, zipped with the loader type), and minus knobs the shown ones determine (e.g.
-    one constant within each sweep of a
-    report of several sweeps): they would split nothing and only widen the table."""
+    one constant within each sweep of a report of several sweeps): they would split nothing and only
+    widen the table."""
     var = set(varying(runs))
     skip = {KNOB_OF.get(c, c) for c in compared} | set(compared)
     labelled = [c for c in LABELS if c not in skip and (c in always or KNOB_OF.get(c, c) in var)]
@@ -257,11 +256,9 @@ def of_sweeps_varying(
     runs: pd.DataFrame, knobs: list[str], least: int = 1, alone: bool = False
 ) -> pd.DataFrame:
     """In a report of several sweeps, the runs of the sweeps in which at least `least` of `knobs`
-    vary (a
-    precision table of the precision sweep, not of every sweep that ran at some precision); `alone`:
-    of those,
-    the sweeps in which no other system knob varies, when there are any (not the overall
-    sweep's)."""
+    vary (a precision table of the precision sweep, not of every sweep that ran at some precision);
+    `alone`: of those, the sweeps in which no other system knob varies, when there are any (not the
+    overall sweep's)."""
     if runs["sweep"].nunique() < 2:
         return runs
 
@@ -584,8 +581,7 @@ NEAR_BEST = 0.05  # a setting within 5 % of the best measured one counts as good
 def _knob_rows(runs: pd.DataFrame, knob: str, metric: str, header: str, notes: Notes, fmt=fmt_time,
                value_name=str, beside: tuple = ()):
     """One row per value of `knob` within each setting where it varies: [(key cells, value, cell,
-    row)];
-    `beside`: (metric, header) pairs shown next to it where any run has them."""
+    row)]; `beside`: (metric, header) pairs shown next to it where any run has them."""
     ctx = context_columns(runs, (knob,))
     rows = []
     for key, group in row_groups(runs, ctx):
@@ -854,8 +850,7 @@ def _data_key(runs: pd.DataFrame, row: pd.Series) -> tuple[str, ...]:
 def _single_baselines(runs: pd.DataFrame) -> dict[tuple, float]:
     """(data key, modality) -> mean test accuracy of the finished single-modality runs on the same
     data (dataset, source, preset, generator seed): a tiny run's baseline never serves a full run
-    (the
-    IBF reference)."""
+    (the IBF reference)."""
     single = runs[(runs["n_modalities"] == 1) & (runs["state"] == "done")]
     if "acc/fused" not in single:
         return {}
@@ -1079,8 +1074,7 @@ def runs_table(runs: pd.DataFrame) -> Table:
 
 def detect_kinds(runs: pd.DataFrame) -> list[str]:
     """The tables a set of runs supports: a knob that varies gets its table; algorithm when the
-    training
-    method or fusion varies, or when no system knob does."""
+    training method or fusion varies, or when no system knob does."""
     var = set(varying(runs))
     kinds = [k for k in ("precision", "loader", "parallelism") if KNOB_OF[k] in var]
     if "loader" not in kinds and var & {"loader.num_workers", "loader.prefetch_factor"}:
@@ -1130,8 +1124,7 @@ def build_tables(
 
 def reproduction_table(tables: list[Table]) -> tuple[Table, list[dict]]:
     """The Reproduction page: each thesis claim the report's runs cover, with its verdict (and the
-    entries,
-    for reproduction.json/md)."""
+    entries, for reproduction.json/md)."""
     entries = verdicts([m for t in tables for m in t.matches])
     frame = pd.DataFrame(
         [

@@ -92,9 +92,8 @@ class Rules:
     @classmethod
     def parse_params(cls, params: dict[str, Any]):
         """`strategy.params` as this strategy's `Params`, validated by pydantic against the
-        dataclass's field
-        types (strings from the command line coerced, `__post_init__` checks run); ConfigError
-        otherwise."""
+        dataclass's field types (strings from the command line coerced, `__post_init__` checks run);
+        ConfigError otherwise."""
         known = [f.name for f in dataclasses.fields(cls.Params)]
         unknown = [
             problem(

@@ -1,8 +1,8 @@
 """Training strategies, each a small `Strategy` subclass in the `STRATEGIES` registry.
 
 Importing a module registers its strategies: joint (naive, alternating; thesis Alg. 2-3), amst (Alg.
-4),
-selective (entropy, reliability; Alg. 5), and the baselines (mla, modulation, mslr, multiloss, pmr).
+4), selective (entropy, reliability; Alg. 5), and the baselines (mla, modulation, mslr, multiloss,
+pmr).
 """
 from mmhpc.strategies import (  # noqa: F401 (each module registers its strategies)
     amst,

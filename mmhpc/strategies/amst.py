@@ -137,8 +137,7 @@ class AMST(Alternating, AMSTRules):
 
     def _skipped_blocks(self, models) -> dict[torch.Tensor, list[slice]]:
         """Concat head weights -> the column blocks of the modalities skipped this epoch (slices:
-        indexing
-        with them copies no index tensor to the device on every update)."""
+        indexing with them copies no index tensor to the device on every update)."""
         out = {}
         for model in models:
             fusion = model.fusion
@@ -181,9 +180,8 @@ class AMST(Alternating, AMSTRules):
 
     def _reduced_head(self, net, embs: dict[str, torch.Tensor]) -> torch.Tensor:
         """The joint module's logits over the active modalities. `joint_head=code` on a linear
-        concat head:
-        sum_active W_m e_m + (active / M) b, the code base's EarlyConcat with the skipped inputs
-        left out."""
+        concat head: sum_active W_m e_m + (active / M) b, the code base's EarlyConcat with the
+        skipped inputs left out."""
         z = net.fusion(embs)
         fusion = net.model.fusion
         if self.params.joint_head == "code" and isinstance(fusion, Concat) and not fusion.cosine:

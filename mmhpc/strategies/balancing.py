@@ -41,8 +41,7 @@ def batch_scores(logits: Mapping[str, torch.Tensor], labels: torch.Tensor) -> to
     """s [M] in the order of `logits`: sum over the (global) batch of softmax(z_m)[y] (the
     OPM/OGM-GE paper Eq. 6, the MLB paper Eq. 4). The scores stay on the device and are summed over
     DDP processes there (so every process takes the same balancing decision); a strategy that needs
-    host numbers reads them in one copy
-    (`.tolist()`)."""
+    host numbers reads them in one copy (`.tolist()`)."""
     scores = torch.stack([correct_class_score(z, labels) for z in logits.values()])
     if dist.is_available() and dist.is_initialized():
         dist.all_reduce(scores)
@@ -99,8 +98,8 @@ class ModalityGroups:
 
 class ModulationWindow:
     """Mixin: the balancing acts from epoch `params.start_epoch` to `params.end_epoch` (inclusive;
-    None = to
-    the end), and plain joint training runs outside; `modulating` says which holds this epoch."""
+    None = to the end), and plain joint training runs outside; `modulating` says which holds this
+    epoch."""
 
     modulating = True  # before the first `begin_epoch`
 
@@ -112,8 +111,7 @@ class ModulationWindow:
 
 def dataset_default(given, table: Mapping, cfg, fallback):
     """`given` when the user set it, else the per-dataset default (the MLB appendix Table 2 gives
-    CREMA-D and AVE
-    values, some per fusion; other datasets take `fallback`)."""
+    CREMA-D and AVE values, some per fusion; other datasets take `fallback`)."""
     if given is not None:
         return given
     return table.get((cfg.data.dataset, cfg.model.fusion), table.get(cfg.data.dataset, fallback))

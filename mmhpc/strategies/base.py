@@ -97,8 +97,7 @@ class Strategy(Rules):
     def provenance(self) -> dict[str, dict]:
         """Values this run took from a default rather than from its config, each {"value",
         "source"}: where the value comes from, or "assumed" when no source gives it (the run
-        record's
-        `provenance`)."""
+        record's `provenance`)."""
         out: dict[str, dict] = {}
         model, data = self.cfg.model, self.cfg.data
         if model.cosine and model.cosine_scale is None:

@@ -56,8 +56,7 @@ def split_held_out(
     train: Dataset, fraction: float, seed: int, evaluation: Dataset
 ) -> tuple[Part, Part]:
     """(training part, held-out part) of the training split: a seeded random `fraction` of its
-    samples is held
-    out, read from `evaluation` (the same samples without training augmentation)."""
+    samples is held out, read from `evaluation` (the same samples without training augmentation)."""
     n = len(train)
     k = round(fraction * n)
     if not 0 < k < n:

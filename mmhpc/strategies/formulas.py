@@ -114,8 +114,7 @@ def ogm_ge_noise(grad: torch.Tensor, std: float | torch.Tensor | None = None,
 def ogm_ge_modulate(grad: torch.Tensor, coeff: float | torch.Tensor,
                     generator: torch.Generator | None = None) -> torch.Tensor:
     """OGM-GE gradient k * g + h(g), the OPM/OGM-GE paper Eq. 16 / Alg. 2 (the noise uses g's std
-    before
-    scaling)."""
+    before scaling)."""
     return grad * coeff + ogm_ge_noise(grad, generator=generator)
 
 
@@ -127,10 +126,8 @@ def opm_drop_tensor(scores: torch.Tensor, lam: float, q_base: float) -> torch.Te
     paper Eq. 8, on their device.
 
     q_m = min(1, q_base * (1 + lam * tanh(rho_m - 1))) if rho_m > 1 else 0, rho the M-modality form
-    of Eq. 7,
-    z(x) = tanh(x - 1) and the cap at 1 the paper states; `lam` is the paper's lambda (> 0),
-    `q_base` in (0, 1)
-    (official code: 0.5, 0.5).
+    of Eq. 7, z(x) = tanh(x - 1) and the cap at 1 the paper states; `lam` is the paper's lambda (>
+    0), `q_base` in (0, 1) (official code: 0.5, 0.5).
     """
     if lam < 0:
         raise ValueError(f"lam must be >= 0, got {lam}")

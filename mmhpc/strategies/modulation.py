@@ -104,8 +104,8 @@ class OPM(_OnTheFly, OPMRules):
 
     def drop(self, embs: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
         """Alg. 1: per-sample feature dropping with probabilities q; returns the features and which
-        samples
-        kept at least one modality (the others carry no signal and are left out of the loss)."""
+        samples kept at least one modality (the others carry no signal and are left out of the
+        loss)."""
         first = embs[self.modalities[0]]
         q = self.q.to(first.device)
         keep = opm_keep(q, first.shape[0], p_exe=self.params.p_exe, device=first.device)  # [N, M]

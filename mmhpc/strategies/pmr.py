@@ -79,8 +79,8 @@ class PMR(ModulationWindow, Strategy, PMRRules):
     @torch.no_grad()
     def compute_prototypes(self, epoch: int) -> dict[str, torch.Tensor]:
         """Class means of the embeddings of the first `fraction` of the batches of `split` (the
-        training
-        split in this epoch's shuffled order, the validation split in file order), blended."""
+        training split in this epoch's shuffled order, the validation split in file order),
+        blended."""
         if self.data is None:
             raise RuntimeError(
                 "PMR computes its prototypes from the training data: give the strategy a "

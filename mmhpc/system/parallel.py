@@ -124,8 +124,7 @@ class Parallelism(ParallelismRules):
         self, model: nn.Module, probe: Callable[[], dict] | None, precision
     ) -> BranchParallel | None:
         """BLP's branch runner for `model` (None: the model encodes its inputs itself). `probe()`
-        gives one
-        training batch (BLP measures on it)."""
+        gives one training batch (BLP measures on it)."""
         return None
 
     def wrap(self, module: nn.Module) -> nn.Module:
@@ -207,8 +206,7 @@ class DataParallel(Parallelism, DataParallelRules):
 
     def wrap(self, module):
         # the run's model enters its autocast in forward: replicas run in new threads, where the
-        # caller's
-        # autocast state is absent (mmhpc.system.runtime.RunModel)
+        # caller's autocast state is absent (mmhpc.system.runtime.RunModel)
         return nn.DataParallel(module)
 
 
@@ -243,8 +241,7 @@ class Distributed(Parallelism, DistributedRules):
         """The gloo group of the host-side collectives (stop vote, metrics, rank 0's evaluation,
         peaks): CPU tensors, no GPU sync. Its timeout stays gloo's default (the other ranks wait
         there while rank 0 evaluates alone); a dead peer's closed connection fails it at once. Made
-        at the first call
-        (new_group is collective: setup calls it on every rank)."""
+        at the first call (new_group is collective: setup calls it on every rank)."""
         if self._votes is None:
             self._votes = dist.new_group(backend="gloo")
         return self._votes
@@ -261,8 +258,7 @@ class Distributed(Parallelism, DistributedRules):
     def _lost_ranks(self, wait_s: float = 5.0) -> str:
         """Which ranks no longer answer: every rank that saw a collective fail marks itself alive in
         the rendezvous store and waits `wait_s` for the others' marks. The store lives in rank 0's
-        process: when
-        it cannot be reached, rank 0 is the one gone."""
+        process: when it cannot be reached, rank 0 is the one gone."""
         try:
             store = dist.distributed_c10d._get_default_store()
             store.set(f"mmhpc/alive/{self.rank}", "1")
@@ -299,8 +295,8 @@ class Distributed(Parallelism, DistributedRules):
         The vote is an all-reduce on the CPU over its own gloo group, started at one training step
         and read at the next, so it travels while the step runs: a blocking one held every rank's
         host in lockstep at each step, and an NCCL one read with .item() would wait for the GPU's
-        queue. The group is made at the
-        first call, which every rank reaches at the same step (new_group is collective)."""
+        queue. The group is made at the first call, which every rank reaches at the same step
+        (new_group is collective)."""
         if not dist.is_initialized():
             return flag
         group = self._host_group()
@@ -436,8 +432,7 @@ def dist_timeout() -> timedelta:
     """How long a collective of the default group (DDP's gradient all-reduce) waits for a peer:
     MMHPC_DIST_TIMEOUT_S, default 60 s. torch's defaults (NCCL 10 minutes, gloo 30) leave the live
     ranks of a run whose rank died waiting that long; NCCL, unlike gloo, does not see a dead peer's
-    closed
-    socket."""
+    closed socket."""
     return timedelta(seconds=float(os.environ.get("MMHPC_DIST_TIMEOUT_S") or 60))
 
 
@@ -476,8 +471,7 @@ def measure_branch_costs(
     model, batch: dict[str, torch.Tensor], device: torch.device, precision=None, reps: int = 2
 ) -> dict:
     """Seconds of forward+backward of each encoder branch on `device` (after one warm-up), at the
-    run's
-    precision (a `mmhpc.system.precision.Precision`; None: as called)."""
+    run's precision (a `mmhpc.system.precision.Precision`; None: as called)."""
     costs = {}
     for m in model.modalities:
         x = batch[m].to(device)

@@ -18,9 +18,8 @@ why the CNN encoders "show minimal performance change" in Tables 4.6/4.7: the ba
 cuDNN TF32 on. The thesis' code base (CXianRen/AMST, `code/common.py`) turns both flags on unless
 `--no_tf32`, also in its BF16 runs; ops that autocast leaves in float32 therefore use TF32 under
 `bf16` too. TF32 and BF16 need compute capability 8.0+ (A100, A40, H100); `fp32_strict` and `fp32`
-run anywhere.
-On the CPU there is no TF32: `fp32` and `fp32_strict` are plain float32, `bf16` is CPU autocast to
-bfloat16 (real, mostly useful to check numerics) and `tf32` is refused.
+run anywhere. On the CPU there is no TF32: `fp32` and `fp32_strict` are plain float32, `bf16` is CPU
+autocast to bfloat16 (real, mostly useful to check numerics) and `tf32` is refused.
 """
 from __future__ import annotations
 

@@ -31,11 +31,10 @@ from mmhpc.system.precision import Precision, to_float
 
 class RunModel(nn.Module):
     """The model at the run's precision: `forward(op, *args)` runs one of the model's parts (`step`,
-    `encode`, `fusion`, `probe_logits`) inside the run's autocast and returns float32
-    (losses computed outside see float32, as they would inside an autocast). Autocast state is
-    thread-local: DataParallel replicas enter it here, in their own thread; BLP's branch threads
-    enter
-    it in `BranchParallel`."""
+    `encode`, `fusion`, `probe_logits`) inside the run's autocast and returns float32 (losses
+    computed outside see float32, as they would inside an autocast). Autocast state is thread-local:
+    DataParallel replicas enter it here, in their own thread; BLP's branch threads enter it in
+    `BranchParallel`."""
 
     def __init__(self, model: nn.Module, precision: Precision, branches=None):
         super().__init__()
@@ -174,8 +173,7 @@ class Runtime:
 
     def _all_reduce_grads(self) -> None:
         """Average every gradient over the processes, one all-reduce per dtype. Every process has
-        the
-        same set of gradients: the strategy's graph is the same on every process."""
+        the same set of gradients: the strategy's graph is the same on every process."""
         if not dist.is_initialized():
             return
         grads = [p.grad for p in self.net.local.parameters() if p.grad is not None]

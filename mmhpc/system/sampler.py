@@ -39,9 +39,8 @@ GPU_METRICS = ["util_pct", "mem_mb", "power_w", "sm_clock_mhz", "energy_mj"]
 NO_GPU_SAMPLING = "GPU sampling unavailable"
 NO_GPU_UTIL = "util_pct: unavailable"
 # NVML's energy counter covers the GPU board, except on Grace superchips (GH200, GB200), where it
-# covers
-# the whole module: Grace CPU, GPU and memory. Such energies are not comparable with a discrete
-# GPU's.
+# covers the whole module: Grace CPU, GPU and memory. Such energies are not comparable with a
+# discrete GPU's.
 MODULE_ENERGY = ("GH200", "GB200", "GRACE")
 
 
@@ -53,8 +52,7 @@ def energy_scope(gpu_name: str) -> str:
 
 def energy_key(i: int, scope: str) -> str:
     """The summary key of a GPU's energy: `gpu0_energy_j`, or `gpu0_module_energy_j` for a module's,
-    so
-    energies of different scopes never share a column."""
+    so energies of different scopes never share a column."""
     return f"gpu{i}_energy_j" if scope == "gpu" else f"gpu{i}_{scope}_energy_j"
 
 
@@ -118,8 +116,7 @@ def _torch_uuids() -> list[str] | None:
 
 def nvml_handle(nv, uuid: str):
     """(UUID, NVML handle) of the GPU or MIG slice `uuid`, or None. torch formats UUIDs without the
-    GPU-/MIG-
-    prefix, and MIG slices cannot be told apart by it: both prefixes are tried."""
+    GPU-/MIG- prefix, and MIG slices cannot be told apart by it: both prefixes are tried."""
     bare = uuid.split("-", 1)[1] if uuid[:4] in ("GPU-", "MIG-") else uuid
     for cand in dict.fromkeys([uuid, f"GPU-{bare}", f"MIG-{bare}"]):
         try:
@@ -134,8 +131,7 @@ _USED_HANDLES: dict = {}  # torch device -> NVML handle, for device_used_mib
 
 def device_used_mib(device) -> float | None:
     """The memory NVML counts as used on a CUDA device, in MiB (every process and CUDA context on
-    it, the
-    caching allocator's reserve included); None where NVML cannot tell."""
+    it, the caching allocator's reserve included); None where NVML cannot tell."""
     import torch
 
     try:
@@ -176,8 +172,7 @@ def gpu_util_unavailable(notes: Sequence[str]) -> str | None:
 
 def merge_ranks(summaries: Sequence[dict]) -> dict:
     """One window's summary of a DDP run from every rank's (each sampled its own GPU): rank 0's
-    process
-    figures, and rank r's GPU figures as gpu<r>_..."""
+    process figures, and rank r's GPU figures as gpu<r>_..."""
     out = {k: v for k, v in summaries[0].items() if not _GPU_KEY.fullmatch(k)}
     for rank, summary in enumerate(summaries):
         for k, v in summary.items():
@@ -232,8 +227,7 @@ class UtilSampler:
     # ----------------------------------------------------------------------------------------------
     def start(self, background: bool = True) -> UtilSampler:
         """Open NVML and start sampling every `interval_s` on a thread; `background=False` starts no
-        thread
-        (samples are then taken by `sample_now`, e.g. by a caller with its own schedule)."""
+        thread (samples are then taken by `sample_now`, e.g. by a caller with its own schedule)."""
         if self._started:
             raise RuntimeError("UtilSampler.start() called twice")
         self._started = True
@@ -272,8 +266,7 @@ class UtilSampler:
         if self._thread is not None:
             self._thread.join()
         # The tail since the last tick completes short windows and energy totals; a tail of a few ms
-        # would give
-        # CPU % dominated by the kernel's 10 ms accounting tick, so it is dropped.
+        # would give CPU % dominated by the kernel's 10 ms accounting tick, so it is dropped.
         if time.monotonic() - self._t_prev > 0.25 * self.interval_s:
             self._sample()
         self._close_nvml()
@@ -408,8 +401,7 @@ class UtilSampler:
 
     def _fetch_driver_samples(self) -> None:
         """Append the driver's utilisation samples newer than the last fetched (its buffer holds the
-        last
-        few seconds' worth, so a poll every interval_s loses none)."""
+        last few seconds' worth, so a poll every interval_s loses none)."""
         nv = self._nv
         for i, h in zip(self.gpus, self._handles):
             if i not in self._driver or (i, "driver_util") in self._off:
@@ -488,9 +480,8 @@ class UtilSampler:
 
     def _descendants(self) -> list[int]:
         # psutil's children() reads /proc/*/stat of every process on the node (ms on a busy node);
-        # the kernel's
-        # per-thread children lists cost only our own tree. Fall back where CONFIG_PROC_CHILDREN is
-        # missing.
+        # the kernel's per-thread children lists cost only our own tree. Fall back where
+        # CONFIG_PROC_CHILDREN is missing.
         if self._fast_kids:
             out, stack = [], [self.pid]
             while stack:
@@ -529,9 +520,8 @@ class UtilSampler:
             procs[pid] = p
             total = prevs[pid] = ct.user + ct.system
             # A process unseen at the last sample was born since then, so all its CPU time is new; a
-            # total that went
-            # backwards means the pid was reused. Children that exit between samples lose their last
-            # partial interval.
+            # total that went backwards means the pid was reused. Children that exit between samples
+            # lose their last partial interval.
             prev = self._cpu_prev.get(pid, 0.0)
             cpu += total - prev if total >= prev else total
             rss += mem.rss
@@ -627,8 +617,7 @@ class UtilSampler:
         plus `gpu{i}_energy_j` from the energy counter: between the readings taken at two markers,
         else from the last sample at or before t0. GPU utilisation from the driver's samples in the
         window where the driver gives them (`gpu{i}_util_samples` counts the values behind the mean,
-        driver's or
-        polled)."""
+        driver's or polled)."""
         df = self.samples
         a, b = self._when(t0, -math.inf), self._when(t1, math.inf)
         win = df[(df.t >= a) & (df.t <= b)]

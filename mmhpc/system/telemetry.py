@@ -46,8 +46,7 @@ class Telemetry:
     def on_fit_start(self, trainer, fit) -> None:
         """Rank 0 samples its process and GPUs; in DDP every rank samples its own GPU (its epoch
         figures are gathered at each epoch's end), since rank 0's process may see no other GPU (one
-        GPU per
-        task, other nodes)."""
+        GPU per task, other nodes)."""
         rt = self.runtime
         if self.cfg.system.sample_interval <= 0:
             return

@@ -134,8 +134,8 @@ if __name__ == "__main__":
 @pytest.mark.parametrize("how", ["script", pytest.param("module", marks=pytest.mark.slow)])
 def test_forkserver_workers_do_not_import_the_main_module_again(tmp_path, how):
     """CPython <= 3.13.7 re-ran the parent's main in every forkserver child (its preload of __main__
-    was
-    broken); worker_context hands the main to the server, which imports it once for all workers."""
+    was broken); worker_context hands the main to the server, which imports it once for all
+    workers."""
     (tmp_path / "counting_main.py").write_text(_COUNTING_MAIN)
     log = tmp_path / "imports.log"
     cmd = (
@@ -195,8 +195,8 @@ def test_in_a_slurm_job_the_signal_kills_no_loader_process(tmp_path, how, method
     """SLURM's pre-timeout signal reaches every process of the job step (proctrack/linuxproc and
     cgroup alike). A forkserver, its workers, spawned workers and multiprocessing's resource tracker
     start from a fresh interpreter, where the signal kills by default: the epoch failed with
-    'DataLoader worker exited
-    unexpectedly' instead of stopping at a step and requeueing. They start with it blocked."""
+    'DataLoader worker exited unexpectedly' instead of stopping at a step and requeueing. They start
+    with it blocked."""
     (tmp_path / "signalled_main.py").write_text(_SIGNALLED_MAIN)
     env = {**os.environ, "SLURM_JOB_ID": "9", "PYTHONPATH": os.pathsep.join(sys.path)}
     out = subprocess.run([sys.executable, "signalled_main.py", how, method], cwd=tmp_path, env=env,

@@ -1,6 +1,5 @@
 """`mmhpc prepare` on tiny raw copies made by the tests: raw -> prepare -> load -> one epoch of
-training,
-per-file errors, resumption, and the manifest check of a prepared dataset."""
+training, per-file errors, resumption, and the manifest check of a prepared dataset."""
 from __future__ import annotations
 
 import json

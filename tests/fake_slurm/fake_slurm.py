@@ -3,14 +3,11 @@
 file.
 
 State lives in $FAKE_SLURM: `queue` (lines `jobid|state|reason|name`, what squeue lists),
-`accounting` (the
-same shape, what sacct answers for jobs that left the queue), `next_id`, and `calls` (one line per
-call).
-$FAKE_<COMMAND> picks a behaviour: ok (default) | fail (an error exit) | hang (no answer for 600 s)
-|
-die (sbatch: queue the job, print its id, then get killed) | sigint (sbatch: queue, print, then
-SIGINT the
-submitter, as a Ctrl-C at that moment would) | disabled (sacct: a cluster without accounting).
+`accounting` (the same shape, what sacct answers for jobs that left the queue), `next_id`, and
+`calls` (one line per call). $FAKE_<COMMAND> picks a behaviour: ok (default) | fail (an error exit)
+| hang (no answer for 600 s) | die (sbatch: queue the job, print its id, then get killed) | sigint
+(sbatch: queue, print, then SIGINT the submitter, as a Ctrl-C at that moment would) | disabled
+(sacct: a cluster without accounting).
 """
 import os
 import re

@@ -1,7 +1,6 @@
 """Profiles of real clusters (Arrhenius, Berzelius, Alvis kept), sweeps that take the cluster's GPU
 types, placeholder accounts, the architecture of the jobs' interpreter, ROCm builds, and `mmhpc
-clusters
-discover` on recorded outputs of three cluster shapes (tests/clusters/)."""
+clusters discover` on recorded outputs of three cluster shapes (tests/clusters/)."""
 from __future__ import annotations
 
 import os
@@ -436,8 +435,7 @@ def test_a_profile_discovered_from_the_local_slurm_runs_the_parallelism_sweep_to
 
 def test_make_never_submits_with_a_venv_this_machine_cannot_run(tmp_path):
     """Arrhenius: the cluster venv is aarch64 (here: a file that cannot execute); the x86_64 login
-    node
-    submits with its own .venv instead, and does not wait."""
+    node submits with its own .venv instead, and does not wait."""
     venv = tmp_path / "aarch64-venv"
     (venv / "bin").mkdir(parents=True)
     foreign = venv / "bin" / "python"
@@ -454,8 +452,8 @@ def test_make_never_submits_with_a_venv_this_machine_cannot_run(tmp_path):
 
 def test_install_cluster_without_a_torch_module_builds_on_a_gpu_node_of_the_profile(tmp_path):
     """No torch on the login node's python: one `srun` with one GPU of the profile (typed gres, the
-    job
-    account, its partition) runs the PyPI build (--pypi) there, checking the node's architecture."""
+    job account, its partition) runs the PyPI build (--pypi) there, checking the node's
+    architecture."""
     bindir = tmp_path / "bin"
     bindir.mkdir()
     (bindir / "srun").write_text("#!/bin/sh\necho \"srun $*\"\n")
@@ -495,8 +493,8 @@ def test_jobs_on_nodes_of_another_architecture_need_their_own_interpreter(
     tmp_path, capsys, monkeypatch
 ):
     """Arrhenius from this x86_64 machine without MMHPC_VENV/MMHPC_APPTAINER: this interpreter
-    cannot run
-    on the GH200 nodes, so a dry run warns and a submission is refused (exit 2), nothing written."""
+    cannot run on the GH200 nodes, so a dry run warns and a submission is refused (exit 2), nothing
+    written."""
     from mmhpc.cli import main
     from mmhpc.doctor import node_arch
 

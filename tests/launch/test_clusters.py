@@ -1,7 +1,6 @@
 """Cluster profiles as resources: cores per GPU per node type, memory in SLURM's unit, the
 interpreter of the jobs, job arrays split at max_array_size under one concurrency cap, InfiniBand
-for multi-node DDP, and
-the profiles shipped as package data."""
+for multi-node DDP, and the profiles shipped as package data."""
 from __future__ import annotations
 
 import re
@@ -202,8 +201,7 @@ def test_arrays_split_at_max_array_size_and_the_cap_holds_for_the_whole_sweep(n_
         range(n_a + n_b)
     )  # each run once
     # at most one array of a lane runs at a time (each waits for the one before it in its lane): the
-    # most
-    # that can run at once is the sum over lanes of the largest cap in the lane
+    # most that can run at once is the sum over lanes of the largest cap in the lane
     lanes: dict[int, list[int]] = {}
     for k, p in enumerate(plans):
         lane = k if p.after is None else next(ln for ln, ks in lanes.items() if ks[-1] == p.after)

@@ -211,8 +211,7 @@ def test_in_a_slurm_job_the_signal_is_noted_from_the_package_import_on():
 def test_usr2_while_a_job_starts_up_requeues_it_instead_of_failing_it(fake, hand_job):
     """The signal lands before torch and the trainer are imported (as soon as the process catches
     it, in mmhpc's import): the run stops at its first step and the job requeues, where it used to
-    die of
-    USR2."""
+    die of USR2."""
     sweep_dir, run, env, cmd = hand_job("early", 208, epochs=3)
     job = subprocess.Popen(
         cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True

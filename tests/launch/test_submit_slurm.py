@@ -1,8 +1,6 @@
 """Sweeps through the real local SLURM (env/slurm): a job array of tiny runs, the CPU parallelism
-sweep
-with a 2-task DDP (gloo) job, scancel of a running array task then `resume`, preemption and a real
-time
-limit (the job requeues itself and the run resumes, never FAILED), and the hand-written
+sweep with a 2-task DDP (gloo) job, scancel of a running array task then `resume`, preemption and a
+real time limit (the job requeues itself and the run resumes, never FAILED), and the hand-written
 jobs/sweep_array.sbatch.
 
 The `slurm` fixture (conftest) installs and starts the cluster (both idempotent) and leaves it
@@ -154,9 +152,8 @@ def test_parallelism_sweep_runs_single_ddp_and_blp_through_slurm(slurm, tmp_path
 
 def test_scancel_of_a_running_task_then_resume_completes_the_sweep(slurm, tmp_path):
     # A tiny epoch takes about a second, so the runs are long (EPOCHS) and the victim is taken
-    # within its
-    # first epochs: scancel then always reaches a run that is still training, with an epoch
-    # checkpoint.
+    # within its first epochs: scancel then always reaches a run that is still training, with an
+    # epoch checkpoint.
     spec = write_sweep(
         tmp_path / "cancel.yaml",
         "cancel",
@@ -218,9 +215,8 @@ def attempts(slurm, job: str) -> list[str]:
 
 def test_a_time_limit_ends_requeued_and_the_run_resumes_never_failed(slurm, tmp_path, monkeypatch):
     # one minute of time limit, the signal 20 s before it (SLURM sends it up to 30 s earlier still),
-    # and a run
-    # that needs longer than a minute: every attempt ends REQUEUED at a step boundary and the next
-    # one resumes
+    # and a run that needs longer than a minute: every attempt ends REQUEUED at a step boundary and
+    # the next one resumes
     users = tmp_path / "clusters.yaml"
     users.write_text(
         yaml.safe_dump(
@@ -277,8 +273,7 @@ def test_hold_then_the_printed_sbatch_line_runs_the_sweep_and_usr2_requeues_a_ta
     from mmhpc.launch.submit import hold_sweep
 
     # with loader workers (a pre-initialised loader's forkserver and its workers): the signal
-    # reaches every
-    # process of the job step, and none of them may die of it
+    # reaches every process of the job step, and none of them may die of it
     spec = write_sweep(
         tmp_path / "hand.yaml",
         "hand",

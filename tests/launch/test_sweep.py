@@ -1,6 +1,5 @@
 """Sweeps and cluster profiles without a scheduler: expansion, validation (all errors, naming run
-and field),
-profile loading, capability checks, run states, and golden sbatch scripts for Alvis."""
+and field), profile loading, capability checks, run states, and golden sbatch scripts for Alvis."""
 from __future__ import annotations
 
 import os
@@ -171,8 +170,7 @@ def test_structure_errors_name_the_key_and_the_valid_keys():
 def test_a_problem_of_many_runs_is_one_line_with_their_count():
     """A typo in `base` is one line for all runs (algorithms.yaml used to print it 474 times), one
     in a block's base one line with the count and indices of that block's runs; each line names its
-    runs, also a run's
-    second problem (which used to follow the first without the run's name)."""
+    runs, also a run's second problem (which used to follow the first without the run's name)."""
     block = {"grid": {"train.lr": [0.1, 0.2, 0.3, 0.4, 0.5]}}
     spec = {
         "name": "g",
@@ -379,8 +377,8 @@ def test_cpu_clusters_mark_dp_and_tf32_not_applicable():
 
 def test_manifest_is_one_line_per_run_and_a_partial_save_keeps_every_change(tmp_path):
     """The manifest is JSON with one line per run (the C encoder: indented JSON took seconds per
-    save for
-    10,000 runs); a save that names the changed runs writes them and keeps the others as saved."""
+    save for 10,000 runs); a save that names the changed runs writes them and keeps the others as
+    saved."""
     import json
 
     plan = expand(
@@ -490,8 +488,7 @@ GOLDEN_CASES = {
         "resources": {"alvis": {"gpu": "A40"}},
     },
     # Arrhenius: typed gres nvidia_gh200_120gb, -A <project>-gpu, the node's venv, Slingshot's NCCL
-    # lines
-    # only for the multi-node run
+    # lines only for the multi-node run
     "arrhenius_gh200x4_ddp_2nodes.sbatch": {
         "name": "ddp",
         "base": {"data.dataset": "cremad", "system.parallelism": "ddp"},

@@ -1,6 +1,5 @@
 """Reports from hand-made records: speedups (Eq. 4.1) and standard errors against hand-computed
-values,
-missing / failed / not-applicable runs shown as such, and a PDF that renders (pdftoppm)."""
+values, missing / failed / not-applicable runs shown as such, and a PDF that renders (pdftoppm)."""
 from __future__ import annotations
 
 import json
@@ -52,8 +51,7 @@ def record(
 ):
     """A minimal run record: one epoch per entry of `times` (its epoch_s), optional GPU utilisation
     per epoch, loader knobs and per-epoch data waits; after a warm-up epoch (99 s, 1 % util: any
-    mean that takes it in
-    is visibly off), unless warmup=False."""
+    mean that takes it in is visibly off), unless warmup=False."""
     if warmup and times:
         times = [99.0, *times]
         util = None if util is None else [1.0, *util]
@@ -203,8 +201,7 @@ def test_precision_speedup_and_standard_error(tmp_path):
     assert cremad["BF16 (s)"].startswith("5.50 ± 0.50 (2 of 3 seeds")
     assert cremad["BF16 speedup"] == "2.00×"   # Eq. 4.1: 11 / 5.5
     # every TF32 run is not applicable here: no column, and neither the title nor the table promises
-    # one;
-    # the caption says why
+    # one; the caption says why
     assert "TF32 (s)" not in precision.frame and "TF32" not in precision.title
     assert precision.title.startswith("Precision: time per epoch, FP32 vs BF16")
     assert (

@@ -101,9 +101,8 @@ def test_model_cosine_scale_counts_the_modalities():
 
 def test_cosine_scale_reaches_p():
     # the bound is tight: with s from M = 1, the ideal simplex arrangement (cos = 1 for the true
-    # class,
-    # -1/(C-1) for the others) gives softmax probability exactly p. C = 4: logits s * (1, -1/3,
-    # -1/3, -1/3)
+    # class, -1/(C-1) for the others) gives softmax probability exactly p. C = 4: logits s * (1,
+    # -1/3, -1/3, -1/3)
     s = cosine_scale(4, p=0.95, num_modalities=1, form="normface")
     p = torch.softmax(torch.tensor([1.0, -1 / 3, -1 / 3, -1 / 3], dtype=torch.float64) * s, 0)[
         0
@@ -160,8 +159,7 @@ def test_ogm_thesis_form_is_the_default():
 
 def test_ogm_ties():
     # paper: rho = 1 is not > 1: no modulation; thesis (code base): the first top-ratio modality is
-    # modulated,
-    # 1 - tanh(1 * 1) = 1 - 0.7615942 = 0.2384058
+    # modulated, 1 - tanh(1 * 1) = 1 - 0.7615942 = 0.2384058
     assert named(ogm_coefficient_tensor, {"audio": 5.0, "visual": 5.0}, 1.0, "paper") == {
         "audio": 1.0,
         "visual": 1.0,
@@ -177,9 +175,8 @@ def test_ogm_three_modalities():
     k = named(ogm_coefficient_tensor, AVT, alpha=1.0, variant="paper")
     assert k == pytest.approx({"audio": 0.2384058, "visual": 1.0, "text": 1.0}, abs=1e-6)
     # thesis (code base: sum of the others, top modality only): rho a = 6 / 6 = 1, v = 2 / 10, t = 4
-    # / 8;
-    # a: 1 - tanh(2 * 1) = 1 - 0.9640276 = 0.0359724 (the mean form would give rho 2: 1 - tanh(4) =
-    # 0.0006707)
+    # / 8; a: 1 - tanh(2 * 1) = 1 - 0.9640276 = 0.0359724 (the mean form would give rho 2: 1 -
+    # tanh(4) = 0.0006707)
     k = named(ogm_coefficient_tensor, AVT, alpha=2.0)
     assert k == pytest.approx({"audio": 0.0359724, "visual": 1.0, "text": 1.0}, abs=1e-6)
 
@@ -349,9 +346,8 @@ def test_mlb_coefficients_on_the_device_match_the_hand_values():
 
 
 def test_mslr_schedules():
-    # accuracies 0.4, 0.6, 0.3, 0.6, 0.9 (epochs 0..4), k_e = 2
-    # as_run (default; the code base's adjust_lr is never called): the rates stay, factor 1 whatever
-    # the accuracies
+    # accuracies 0.4, 0.6, 0.3, 0.6, 0.9 (epochs 0..4), k_e = 2 as_run (default; the code base's
+    # adjust_lr is never called): the rates stay, factor 1 whatever the accuracies
     acc = [0.4, 0.6, 0.3, 0.6, 0.9]
     assert mslr_schedule_factor(acc, 2) == 1.0
     assert mslr_schedule_factor(acc, 2, "as_run") == 1.0
@@ -445,9 +441,8 @@ def test_pmr_entropy_regulariser_value_and_sign():
     assert pmr_entropy_regulariser(torch.tensor([[0.0, 0.0], [0.0, -INF]])).item() == pytest.approx(
         LN2 / 2
     )
-    # entering the loss as -L_r: for logits (x, 0) with x = 2, p = 0.8807971,
-    # dH/dx = p (1 - p) ln((1 - p) / p) = 0.8807971 * 0.1192029 * (-2) = -0.2099872, so d(-L_r)/dx =
-    # +0.2099872:
+    # entering the loss as -L_r: for logits (x, 0) with x = 2, p = 0.8807971, dH/dx = p (1 - p)
+    # ln((1 - p) / p) = 0.8807971 * 0.1192029 * (-2) = -0.2099872, so d(-L_r)/dx = +0.2099872:
     # descent lowers the confident logit, i.e. raises the entropy (PMR's PER slows the dominant
     # modality).
     x = torch.tensor([[2.0, 0.0]], requires_grad=True)
@@ -631,8 +626,7 @@ def test_audio_augment_bad(kw):
 def test_amst_trains():
     assert amst_trains(0, 5) and amst_trains(5, 5) and not amst_trains(3, 5) and amst_trains(7, 1)
     # the AMST paper Alg. 1 counts epochs from 1: skip 5 trains in the 5th, 10th, ... epoch (0-based
-    # 4, 9,
-    # ...)
+    # 4, 9, ...)
     assert [e for e in range(12) if amst_trains(e, 5, "paper")] == [4, 9]
     assert [e for e in range(12) if amst_trains(e, 5)] == [0, 5, 10]
     assert all(amst_trains(e, 1, "paper") for e in range(5))

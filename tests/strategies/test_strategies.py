@@ -232,18 +232,14 @@ def test_bad_parameters_are_refused_naming_the_field(overrides, message):
 
 
 # ---- one step against a hand-built reference
-# ---------------------------------------------------------------
-# Each strategy's step is compared with the same update written out here: a copy of the model, the
-# loss of the
-# paper/thesis written by hand, and a fresh SGD with the run's settings. A step that trains the
-# wrong modality,
-# drops a loss term, flips a sign or scales the wrong parameters moves some parameter elsewhere and
-# fails.
+# --------------------------------------------------------------- Each strategy's step is compared
+# with the same update written out here: a copy of the model, the loss of the paper/thesis written
+# by hand, and a fresh SGD with the run's settings. A step that trains the wrong modality, drops a
+# loss term, flips a sign or scales the wrong parameters moves some parameter elsewhere and fails.
 
 def reference(s, lrs: dict | None = None):
     """(copy of s.model, update(loss)) with SGD of the run's settings; `lrs` {modality: lr} gives
-    each branch
-    its own rate (the rest keeps train.lr), as MSLR and MLB do."""
+    each branch its own rate (the rest keeps train.lr), as MSLR and MLB do."""
     ref = copy.deepcopy(s.model)
     t = s.cfg.train
     params = [p for p in ref.parameters() if p.requires_grad]
@@ -444,9 +440,8 @@ def test_amst_joint_step_is_one_loss_over_the_active_modalities():
 @pytest.mark.parametrize("module", ["alternating", "joint"])
 def test_amst_strict_keeps_the_skipped_head_block_fixed(module):
     # weight decay 0.1, lr 0.1: on the first step SGD's buffer is g + wd w, and the audio block's g
-    # is 0, so
-    # by default the block shrinks to w (1 - lr wd) = 0.99 w (the code base); strict keeps it, and
-    # its momentum 0
+    # is 0, so by default the block shrinks to w (1 - lr wd) = 0.99 w (the code base); strict keeps
+    # it, and its momentum 0
     x, y = batch()
     d = None
     for strict in (False, True):
@@ -798,9 +793,9 @@ def test_mslr_compounds_each_modalitys_rate_every_k_e_epochs():
         s.end_epoch(epoch, {}, {"acc/audio": acc_a, "acc/visual": acc_v})
         s.begin_epoch(epoch + 1)
         rates.append(s.modality_lr())
-    # epochs 1, 3 (t = 0, 2 odd): unchanged; after t = 2: audio x 0.6 / mean(0.3, 0.6) = 4/3,
-    # visual x 0.2 / mean(0.4, 0.2) = 2/3; after t = 4: audio x 0.9 / mean(0.6, 0.9) = 1.2, visual x
-    # 0.6 / 0.45
+    # epochs 1, 3 (t = 0, 2 odd): unchanged; after t = 2: audio x 0.6 / mean(0.3, 0.6) = 4/3, visual
+    # x 0.2 / mean(0.4, 0.2) = 2/3; after t = 4: audio x 0.9 / mean(0.6, 0.9) = 1.2, visual x 0.6 /
+    # 0.45
     assert rates[0] == pytest.approx({"audio": 0.01, "visual": 0.1})
     assert rates[1] == pytest.approx({"audio": 0.01, "visual": 0.1})
     assert rates[2] == pytest.approx({"audio": 0.01 * 4 / 3, "visual": 0.1 * 2 / 3})
@@ -883,9 +878,8 @@ def test_gradient_blending_reestimates_its_weights_from_the_losses():
     )  # one estimate only
     s.end_epoch(1, keys(1.0, 0.5, 1.5), keys(1.4, 1.45, 1.6))
     # gain dG = val_prev - val_now: 0.2, 0.05, 0.15; overfitting O = val - train: before 0.1, 0.3,
-    # 0.05, now 0.4,
-    # 0.95, 0.1, so dO = 0.3, 0.65, 0.05; dG / dO^2 = 2.2222222, 0.1183432, 60 (sum 62.3405654) ->
-    # normalised
+    # 0.05, now 0.4, 0.95, 0.1, so dO = 0.3, 0.65, 0.05; dG / dO^2 = 2.2222222, 0.1183432, 60 (sum
+    # 62.3405654) -> normalised
     expected = {"fused": 0.0356469, "audio": 0.0018983, "visual": 0.9624548}
     assert s.weights == pytest.approx(expected, abs=1e-6)
     with torch.no_grad():  # the blended loss of Eq. 2.29
@@ -1188,8 +1182,8 @@ def test_gated_run_ibf_uses_the_probes(tiny_config):
 )
 def test_balancing_steps_never_read_the_device(name, params):
     """Issue 11 item 8: the scores, coefficients, masks and noise stay on the device (the CPU stands
-    in for a
-    GPU: any host read of a tensor or a device tensor built from host numbers is recorded)."""
+    in for a GPU: any host read of a tensor or a device tensor built from host numbers is
+    recorded)."""
     from test_metrics import HostTraffic
 
     s = strategy(name, "model.fusion=concat", f"strategy.params={params}")
@@ -1210,8 +1204,7 @@ def test_balancing_steps_never_read_the_device(name, params):
 def test_mslr_default_keeps_the_initial_rates_as_the_code_base_ran():
     """mslr3_new.py's adjust_lr hangs on `after_validate`, which common.py never calls (it calls
     after_valid): the runs kept their initial rates. Accuracies that compound would act on at t = 5
-    change
-    nothing."""
+    change nothing."""
     s = strategy("mslr", "train.lr=0.01")
     accs = [(0.2, 0.1), (0.3, 0.2), (0.4, 0.2), (0.5, 0.3), (0.6, 0.3), (0.9, 0.6), (0.2, 0.1)]
     for epoch, (acc_a, acc_v) in enumerate(accs):
@@ -1277,8 +1270,8 @@ def test_pmr_on_ave_takes_its_prototypes_from_the_whole_validation_split(synth_d
 def test_amst_joint_head_is_the_code_bases_reduced_concat_head():
     """code/amst_joint.py passes None for a skipped modality; EarlyConcat leaves it out, each
     present block adding bias / M. So in a skipped epoch z = W_v e_v + b / 2, and SGD never touches
-    the audio block (no gradient: no
-    momentum, no weight decay). By hand, SGD's first step is p - lr (g + wd p), lr 0.1, wd 0.1."""
+    the audio block (no gradient: no momentum, no weight decay). By hand, SGD's first step is p - lr
+    (g + wd p), lr 0.1, wd 0.1."""
     s = strategy("amst", "strategy.params={module: joint}", "train.weight_decay=0.1", *LR)
     x, y = batch()
     d = s.model.dim

@@ -1,8 +1,8 @@
 """The CPU tier of the GPU-only code: every gpu-check check and the CUDA branches of mmhpc/system/
 run here against a stubbed torch.cuda (tests/fakes_gpu.py: fake devices, events, streams and
 timings), so their arithmetic, assertions, records and report run without a GPU. Tensors stay on the
-CPU; nothing of mmhpc
-is stubbed. The tests named after issue 18's items fail on the code before it (a723877)."""
+CPU; nothing of mmhpc is stubbed. The tests named after issue 18's items fail on the code before it
+(a723877)."""
 from __future__ import annotations
 
 import json
@@ -151,8 +151,7 @@ def test_blp_devices_on_a_cpu_run_must_be_cpu(tiny_config):
 
 def test_blp_on_fake_gpus_puts_branches_on_their_streams_and_devices(tiny_config, monkeypatch):
     """BranchParallel's CUDA branch (a stream per branch, set_device in each branch thread, the join
-    on the
-    master's stream) with two fake GPUs' streams; the tensors stay on the CPU."""
+    on the master's stream) with two fake GPUs' streams; the tensors stay on the CPU."""
     from mmhpc.train import Trainer
 
     trainer = Trainer(tiny_config("cremad", "system.parallelism=blp", "system.device=cpu",

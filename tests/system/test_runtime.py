@@ -1,7 +1,6 @@
 """The runtime: every strategy on every parallelism this machine has (single, DDP with two gloo
 processes, BLP on CPU threads), DDP's parameters equal on every process after every step, and the
-gradient
-synchronisation of steps with several backward passes."""
+gradient synchronisation of steps with several backward passes."""
 from __future__ import annotations
 
 import json

@@ -92,9 +92,8 @@ def test_interval_does_not_drift(no_nvml):
         _wait_for(lambda: len(s.samples) >= 6)
         ticks = s.samples.t.to_numpy()  # taken by the thread (the stop tail comes later)
     # Tick k is scheduled at t0 + k*interval (never before it), and ticks missed while the machine
-    # was busy are
-    # skipped rather than fired in a burst: every sample falls into a grid slot of its own, from
-    # slot 1 on.
+    # was busy are skipped rather than fired in a burst: every sample falls into a grid slot of its
+    # own, from slot 1 on.
     slots = np.floor(ticks / interval + 1e-9)
     assert slots[0] >= 1 and (np.diff(slots) >= 1).all(), ticks
 

@@ -290,9 +290,8 @@ def test_ddp_two_gloo_processes_match_single(tiny_config, tmp_path):
     assert set(ddp.summary.test) == set(single.summary.test)  # the same metrics as a single run
     # Same samples per global step and the same initial weights, but BatchNorm normalises over each
     # process's 16 samples instead of 32 (SyncBatchNorm is GPU-only), so the trajectories drift
-    # apart
-    # slowly. Stated tolerance: first epoch within 3 %, every epoch within 15 % (seen: 1 %, 4 %, 11
-    # %).
+    # apart slowly. Stated tolerance: first epoch within 3 %, every epoch within 15 % (seen: 1 %, 4
+    # %, 11 %).
     losses = [
         (es.train["loss/fused"], ed.train["loss/fused"])
         for es, ed in zip(single.epochs, ddp.epochs)
@@ -319,8 +318,7 @@ def test_dp_on_a_machine_without_two_gpus_is_refused(tiny_config):
 
 class _FakeCuda:
     """Stubs of torch.cuda's device count and current device for a machine without CUDA; the process
-    group
-    call is recorded instead of made (NCCL cannot run here). Nothing of mmhpc is stubbed."""
+    group call is recorded instead of made (NCCL cannot run here). Nothing of mmhpc is stubbed."""
 
     def __init__(self, monkeypatch, count: int):
         self.set_devices: list = []
@@ -375,8 +373,7 @@ def test_ddp_with_more_local_ranks_than_gpus_is_refused(tiny_config, monkeypatch
 
 def test_preinit_thread_runs_on_the_runs_device(tiny_config, monkeypatch):
     """The helper thread that builds the next epoch's iterator makes the run's GPU its current
-    device first
-    (else DataLoader's pin-memory thread would open a context on GPU 0)."""
+    device first (else DataLoader's pin-memory thread would open a context on GPU 0)."""
     fake = _FakeCuda(monkeypatch, 2)
     cfg = tiny_config("cremad", "loader.num_workers=1", "loader.preinit=true")
     loader = build_loader(build_datasets(cfg)["train"], cfg, True, device=torch.device("cuda", 1))
@@ -502,8 +499,8 @@ def test_training_runs_its_encoders_at_the_runs_precision(tiny_config, precision
 
 def test_the_model_enters_its_precision_in_any_thread(tiny_config):
     """DataParallel runs each replica's forward in a new thread, where the caller's autocast is
-    absent (and
-    CUDA's default autocast dtype is float16): the run's model enters the run's precision itself."""
+    absent (and CUDA's default autocast dtype is float16): the run's model enters the run's
+    precision itself."""
     cfg = tiny_config("cremad")
     ds = build_datasets(cfg)["train"]
     batch = finish_batch(next(iter(build_loader(ds, cfg, True).epoch(0))))
@@ -588,8 +585,7 @@ def test_bench_cli_writes_the_bench_section_and_a_profiler_trace(synth_dir, tmp_
 @pytest.mark.parametrize("sweep", ["precision", "loader", "parallelism", "batch"])
 def test_system_sweeps_measure_at_the_thesis_settings(sweep):
     """Non-deterministic kernels with cuDNN autotuning; TF32, the thesis' default precision (Sec.
-    4.3.2.1),
-    unless the sweep varies it; on Alvis always on the GPU (never `auto`)."""
+    4.3.2.1), unless the sweep varies it; on Alvis always on the GPU (never `auto`)."""
     from mmhpc.launch.clusters import load_profile
     from mmhpc.sweep import expand, load_sweep
 
@@ -646,8 +642,7 @@ def _any_rank_worker(rank: int, store_path: str, cfg, out_dir: str) -> None:
         par = Distributed(cfg)
         par.rank, par.world = rank, 2
         # step 0: nobody asks to stop; step 1: only rank 1 does (its pre-timeout signal came first);
-        # step 2:
-        # every rank has the answer of step 1's vote, which travelled while step 2 ran
+        # step 2: every rank has the answer of step 1's vote, which travelled while step 2 ran
         seen = [
             par.any_rank(False),
             par.any_rank(rank == 1),
@@ -706,8 +701,7 @@ def test_a_ddp_run_stops_on_every_rank_at_the_same_step_when_one_rank_is_signall
 ):
     """Two real DDP trainers (gloo on the CPU): rank 1 alone gets the signal during step 3; both
     stop after step 4, the step during which the ranks' vote travelled, and neither trains a step
-    more than the
-    other."""
+    more than the other."""
     import socket
 
     import torch.multiprocessing as tmp

@@ -160,8 +160,7 @@ def _write_manifest(out: Path, spec, fmt, classes, source: dict) -> None:
 
 def _splits(found, clips: list[Clip], split: str, seed: int) -> dict[str, list[str]]:
     """The official split, or one drawn over every clip found (failed ones included: repairing a
-    file and
-    preparing again adds its clip without moving any other clip)."""
+    file and preparing again adds its clip without moving any other clip)."""
     if split == "official":
         return found.official_splits
     if split == "stratified":  # clips that failed before decoding have no label and are left out
@@ -267,8 +266,7 @@ def _remove_temporaries(out: Path) -> None:
 
 def _prune(out: Path, keep: set[str]) -> None:
     """Remove outputs of clips not prepared (failed now, or gone from the raw copy since an earlier
-    run),
-    so the manifest lists exactly the prepared clips."""
+    run), so the manifest lists exactly the prepared clips."""
     for modality in ("audio", "text"):
         for p in (out / modality).glob("*.npy"):
             if p.stem not in keep:

@@ -8,17 +8,13 @@
     Excuse me.`
 
 A sample is an utterance with the consensus code ang, exc, fru, neu or sad (angry, excited,
-frustrated,
-neutral, sad), the thesis' five classes: its code base keeps exactly these (AMST
+frustrated, neutral, sad), the thesis' five classes: its code base keeps exactly these (AMST
 `code/data/IEMOCAP/split_iemo_dataset.py`), dropping `hap` rather than merging it into `exc`. The
-option
-classes=six keeps `hap` as a sixth class (happy). Other codes (xxx, sur, fea, dis, oth) are skipped.
-The
-split is stratified per class, as that script does. Audio is the utterance's WAV, text its
-transcription
-(128 tokens), frames are taken at 2 fps from the utterance's time window of the dialog video. The
-two-modal
-variant (audio, visual) is the same prepared data read with `data.modalities=[audio,visual]`.
+option classes=six keeps `hap` as a sixth class (happy). Other codes (xxx, sur, fea, dis, oth) are
+skipped. The split is stratified per class, as that script does. Audio is the utterance's WAV, text
+its transcription (128 tokens), frames are taken at 2 fps from the utterance's time window of the
+dialog video. The two-modal variant (audio, visual) is the same prepared data read with
+`data.modalities=[audio,visual]`.
 """
 from __future__ import annotations
 

@@ -6,13 +6,10 @@ mcrlab.net/research/mvsa-sentiment-analysis-...):
     `1<TAB>positive,neutral`
 
 The tweet's label follows Xu & Mao, "MultiSentiNet" (CIKM 2017), the rule the MVSA papers use: equal
-text
-and image labels give that label; if one is neutral the other one is taken; a positive/negative pair
-is
-dropped (counted as skipped, not failed). This keeps 4,511 of MVSA-Single's 5,129 pairs.
-MVSA-Multiple
-(three annotators per line) is not supported. Texts are 256 tokens long, as the thesis code
-tokenises them.
+text and image labels give that label; if one is neutral the other one is taken; a positive/negative
+pair is dropped (counted as skipped, not failed). This keeps 4,511 of MVSA-Single's 5,129 pairs.
+MVSA-Multiple (three annotators per line) is not supported. Texts are 256 tokens long, as the thesis
+code tokenises them.
 """
 from __future__ import annotations
 

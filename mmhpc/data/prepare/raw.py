@@ -69,9 +69,8 @@ class Discovery:
 @dataclass(frozen=True)
 class RawFormat:
     """A dataset's distributed layout and the thesis code base's recipe for it: how to find its
-    clips (`find`
-    takes the raw directory and the chosen `options`), the frame rate, the token length, the
-    split."""
+    clips (`find` takes the raw directory and the chosen `options`), the frame rate, the token
+    length, the split."""
 
     name: str
     find: Callable[..., Discovery]
