@@ -387,14 +387,7 @@ def test_a_profile_discovered_from_the_local_slurm_runs_the_parallelism_sweep_to
     }
     profile = tmp_path / "local.yaml"
     mmhpc = [sys.executable, "-m", "mmhpc.cli"]
-    done = subprocess.run(
-        mmhpc + ["clusters", "discover", "-o", str(profile)],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert done.returncode == 0, done.stderr
+    run_ok(mmhpc + ["clusters", "discover", "-o", str(profile)], env, timeout=120)
     p = load_profile(str(profile))
     assert (p.partition, p.scheduler, p.is_gpu, p.size) == ("debug", "slurm", False, "tiny")
     assert "# detected" in profile.read_text() and "# assumed" in profile.read_text()

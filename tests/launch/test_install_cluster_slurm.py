@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 import pytest
+from conftest import run_ok
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -22,14 +23,7 @@ def test_install_cluster_builds_the_jobs_venv_inside_an_allocation_of_the_profil
     env = {**slurm.env, "MMHPC_CLUSTERS": str(tmp_path / "none.yaml"), "LOGIN_PY": sys.executable}
     profile, venv = tmp_path / "local.yaml", tmp_path / "jobs-venv"
     mmhpc = [sys.executable, "-m", "mmhpc.cli"]
-    found = subprocess.run(
-        mmhpc + ["clusters", "discover", "-o", str(profile)],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert found.returncode == 0, found.stderr
+    run_ok(mmhpc + ["clusters", "discover", "-o", str(profile)], env, timeout=120)
     since = time.strftime("%Y-%m-%dT%H:%M:%S")
     try:
         built = subprocess.run(
