@@ -70,6 +70,7 @@ def test_gpu_slug(name, slug):
     assert gpu_slug(name) == slug
 
 
+@pytest.mark.slow  # over 5 s: out of `make check`'s fast tier
 def test_bare_python_on_a_cpu_runs_what_it_can_and_says_why(tmp_path):
     proc, out, status = _run(tmp_path)
     assert proc.returncode == 0, proc.stdout + proc.stderr

@@ -356,6 +356,7 @@ def test_fbank_is_padded_and_cut_to_1024_frames():
     assert filterbank(np.tile(tone, 12)).shape == (1024, 128)
 
 
+@pytest.mark.slow  # over 5 s: out of `make check`'s fast tier
 def test_torchaudio_and_pyav_stay_out_of_the_trainer():
     code = ("import sys, mmhpc.cli, mmhpc.train, mmhpc.data.loading; "
             "bad = {'torchaudio', 'av'} & set(sys.modules); assert not bad, bad")

@@ -986,6 +986,7 @@ def _class_means(model, ds, classes=6):
     return {m: torch.stack([e[y == k].mean(0) for k in range(classes)]) for m, e in embs.items()}
 
 
+@pytest.mark.slow  # over 5 s: out of `make check`'s fast tier
 def test_pmr_prototypes_are_class_means_of_the_training_data_blended_with_momentum(synth_dir):
     s, ds = _pmr(synth_dir, "strategy.params={fraction: 1.0, momentum: 0.2}")
     s.begin_epoch(0)

@@ -284,6 +284,7 @@ def test_without_a_gpu_a_check_gets_cpu_slower_times_its_limit(tmp_path, monkeyp
     assert f"timed out after {0.05 * gpucheck.CPU_SLOWER:g} s (killed" in capsys.readouterr().out
 
 
+@pytest.mark.slow  # over 5 s: out of `make check`'s fast tier
 def test_each_check_runs_in_a_process_of_its_own_and_reports_its_result(tmp_path, monkeypatch,
                                                                         capsys):
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
@@ -444,6 +445,7 @@ def test_item12_syncs_check_covers_every_strategy_and_a_text_run(ck):
     )
 
 
+@pytest.mark.slow  # over 5 s: out of `make check`'s fast tier
 def test_blp_check_compares_gradients_and_fails_without_a_stream_per_branch(ck):
     # the fake GPU runs no kernels: the profiler finds none, which the check must call a failure
     with pytest.raises(

@@ -655,6 +655,7 @@ def _any_rank_worker(rank: int, store_path: str, cfg, out_dir: str) -> None:
     assert not dist.is_initialized()
 
 
+@pytest.mark.slow  # over 5 s: out of `make check`'s fast tier
 def test_a_stop_asked_on_one_ddp_rank_stops_every_rank_at_the_same_step(tiny_config, tmp_path):
     """Two real gloo processes: the host-side flag is true on both ranks, one step after one rank
     raised it."""
