@@ -10,8 +10,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 #: model.fusion -> whether its fused logits are a sum of per-modality parts (symmetric, thesis Sec.
-#: 3.2.1)
-#: or it fuses exactly two modalities, a control and a modulated one (gated, FiLM; Sec. 2.1.3)
+#: 3.2.1) or it fuses exactly two modalities, a control and a modulated one (gated, FiLM; Sec.
+#: 2.1.3)
 FUSION_SYMMETRIC = {
     "early_sum": True,
     "late_sum": True,

@@ -12,8 +12,7 @@ from mmhpc.names import PARALLELISMS
 from mmhpc.rules.strategies import RULES
 
 #: strategy.name -> where its algorithm and defaults come from (thesis = Optimising Multimodal
-#: Learning with
-#: a System-Aware Perspective; code base = github CXianRen/AMST, code/)
+#: Learning with a System-Aware Perspective; code base = github CXianRen/AMST, code/)
 SOURCES = {
     "naive": "thesis baseline: one joint loss",
     "alternating": "thesis Alg. 2 (sum/concat), Alg. 3 (gated/FiLM)",

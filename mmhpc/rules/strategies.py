@@ -128,13 +128,10 @@ class AMSTParams:
     #: 2s-1, ...)
     phase: Literal[AMST_PHASES] = "code"
     #: true: a skipped modality's concat head block stays fixed (the AMST paper Sec. 3.3); false:
-    #: SGD's
-    #: momentum and
-    #: weight decay still move it, as in the code base
+    #: SGD's momentum and weight decay still move it, as in the code base
     strict: bool = False
     #: the joint module's reduced concat head: "code" (the code base's HEAD: skipped block
-    #: untouched, bias x
-    #: active / M) or "masked" (skipped embeddings zero-masked in the full head)
+    #: untouched, bias x active / M) or "masked" (skipped embeddings zero-masked in the full head)
     joint_head: Literal[AMST_JOINT_HEADS] = "code"
 
 
