@@ -13,6 +13,7 @@ import numpy as np
 
 from mmhpc.metrics import mean_se
 from mmhpc.results import RunRecord, write_record
+from mmhpc.system.runtime import release_host_memory
 from mmhpc.train import Trainer
 
 TIME_KEYS = (
@@ -80,6 +81,8 @@ def bench(
     ):  # written after 5 training steps (the profiler's schedule)
         record.bench["trace"] = trace.name
     write_record(trainer.record_path, record)
+    del trainer, profiler
+    release_host_memory()
     return record
 
 

@@ -27,7 +27,7 @@ from mmhpc.parts import build_parts, seed_everything
 from mmhpc.preempt import STOP_REQUESTED, Preempted
 from mmhpc.results import RecordExistsError, RecordWriter, RunRecord, write_failed_record
 from mmhpc.system.idle import TimedBatches, estimate_prefetch0_idle
-from mmhpc.system.runtime import Runtime
+from mmhpc.system.runtime import Runtime, release_host_memory
 from mmhpc.system.telemetry import Telemetry
 
 log = logging.getLogger(__name__)
@@ -211,4 +211,8 @@ def train(cfg: RunConfig, progress: bool = True) -> RunRecord:
     except Exception as e:
         write_failed_record(cfg, e)
         raise
-    return trainer.fit()
+    try:
+        return trainer.fit()
+    finally:
+        del trainer
+        release_host_memory()
