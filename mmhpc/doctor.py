@@ -192,11 +192,10 @@ def _precision_check(cfg, visible: int, hip: bool) -> Check:
 
     from mmhpc.system.precision import Precision
 
-    if hip:  # AMD: BF16 on CDNA2+ (MI200/MI300); no TF32 mode in ROCm builds of torch
-        bad = [problem("system.precision", f"tf32: {torch.cuda.get_device_name(0)} (ROCm) has no "
-                       "TF32 mode", ("fp32", "bf16"))] if cfg.system.precision == "tf32" else []
-        return Check("precision", not bad, bad[0] if bad else f"{cfg.system.precision} on "
-                     f"{torch.cuda.get_device_name(0)} (ROCm)")
+    if hip:  # AMD: BF16 on CDNA2+ (MI200/MI300)
+        gpu = torch.cuda.get_device_name(0)
+        bad = Precision(cfg.system.precision, "cuda").rocm_problem(gpu)
+        return Check("precision", not bad, bad or f"{cfg.system.precision} on {gpu} (ROCm)")
     caps = {torch.cuda.get_device_capability(i) for i in range(visible)}
     bad = [p for c in sorted(caps) if (p := Precision(cfg.system.precision, "cuda").problem(
         c, torch.cuda.get_device_name(0)))]

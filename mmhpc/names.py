@@ -58,6 +58,7 @@ class PrecisionChoice:
     loss_scale: bool = (
         False  # backward on a scaled loss (float16's narrow range), unscaled before the step
     )
+    rocm: bool = True  # has a meaning in ROCm builds of torch (AMD GPUs: no TF32 mode there)
 
 
 #: system.precision (thesis Sec. 3.4.2, 4.3.2.1), in the order reports show them
@@ -65,7 +66,7 @@ class PrecisionChoice:
 PRECISIONS = {
     "fp32": PrecisionChoice("FP32", False, True, None, False, True, True),
     "fp32_strict": PrecisionChoice("FP32 strict", False, False, None, False, True, False),
-    "tf32": PrecisionChoice("TF32", True, True, None, True, False, True),
+    "tf32": PrecisionChoice("TF32", True, True, None, True, False, True, rocm=False),
     "bf16": PrecisionChoice("BF16", True, True, "bfloat16", True, True, True),
 }
 THESIS_PRECISIONS = tuple(name for name, choice in PRECISIONS.items() if choice.thesis)

@@ -645,9 +645,8 @@ def _precision_problems(profile: ClusterProfile, precision: str, gpu: str) -> li
 
     spec = profile.gpus[gpu]
     wrong = Precision(precision, "cuda").problem(spec.capability, gpu)
-    if spec.vendor == "amd" and precision == "tf32":  # ROCm builds of torch have no TF32 mode
-        wrong = problem("system.precision=tf32", f"{gpu} is an AMD GPU (ROCm): no TF32 mode",
-                        ["fp32", "bf16"])
+    if spec.vendor == "amd":
+        wrong = wrong or Precision(precision, "cuda").rocm_problem(gpu)
     if not wrong:
         return []
     able = [

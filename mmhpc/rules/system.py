@@ -70,6 +70,16 @@ class PrecisionRules:
             )
         return None
 
+    def rocm_problem(self, gpu: str = "this GPU") -> str | None:
+        """Why this precision cannot run on an AMD GPU (a ROCm build of torch), or None."""
+        if self.choice.rocm:
+            return None
+        return problem(
+            "system.precision",
+            f"{self.name}: {gpu} is an AMD GPU (ROCm), whose torch has no {self.choice.label} mode",
+            [n for n, c in PRECISIONS.items() if c.rocm],
+        )
+
 
 class ParallelismRules:
     """What one run of a parallelism needs (launcher and trainer)."""

@@ -216,7 +216,10 @@ def test_doctor_recognises_a_rocm_torch(monkeypatch, tmp_path):
     tf32 = {
         c.name: c for c in doctor.run_checks(cfg.replace({"system.precision": "tf32"}), env=env)
     }
-    assert not tf32["precision"].ok and "no TF32" in tf32["precision"].detail
+    detail = tf32["precision"].detail
+    assert not tf32["precision"].ok and "MI250X is an AMD GPU (ROCm)" in detail
+    assert "no TF32" in detail
+    assert detail.endswith("valid: fp32, fp32_strict, bf16")  # the registry's ROCm choices
 
 
 # ---- discovery
@@ -268,6 +271,7 @@ def test_discover_an_amd_gpu_partition():
     )
     _, errors, _ = resolve_resources(p, load_config(None, ["system.precision=tf32"]), {})
     assert errors and "no TF32" in errors[0]
+    assert "valid: fp32, fp32_strict, bf16 (or resources.gpu: MI250X)" in errors[0]
     with pytest.raises(
         ClusterError, match="--partition: invalid value 'gpu'; valid: small, standard-g"
     ):
