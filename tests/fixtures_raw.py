@@ -178,7 +178,8 @@ def make_mvsa(root: Path, clips: int = 10) -> Path:
         k = list(MVSA_PAIRS).index(sentiment)
         lines.append(f"{tweet}\t{pair}")
         write_image(root / "data" / f"{tweet}.jpg", k)
-        (root / "data" / f"{tweet}.txt").write_text(f"{SENTENCES[k]} #{sentiment} \u2764 http://t.co/x{tweet}")
+        text = f"{SENTENCES[k]} #{sentiment} \u2764 http://t.co/x{tweet}"
+        (root / "data" / f"{tweet}.txt").write_text(text)
     tweet = clips
     for _ in range(2):  # contradicting pairs: dropped by the MVSA labelling rule
         tweet += 1

@@ -103,8 +103,8 @@ def test_blocks_are_a_union_and_resources_axes_vary_the_allocation():
 
 def test_set_overrides_every_run_and_fills_dataset_into_data_root():
     spec = {"name": "t", "grid": {"data.dataset": ["cremad", "mvsa"]}}
-    plan = expand(spec, load_profile("alvis", "NAISS1"), overrides=["data.source=prepared",
-                                                                     "data.root=/mimer/data/{dataset}"]).check()
+    overrides = ["data.source=prepared", "data.root=/mimer/data/{dataset}"]
+    plan = expand(spec, load_profile("alvis", "NAISS1"), overrides=overrides).check()
     assert [(r.config.data.source, r.config.data.root) for r in plan.runs] == [
         ("prepared", "/mimer/data/cremad"), ("prepared", "/mimer/data/mvsa")]
 

@@ -871,7 +871,10 @@ def test_gradient_blending_reestimates_its_weights_from_the_losses():
         "gradient_blending", "strategy.params={holdout: 0}"
     )  # the validation split's losses
     assert s.weights == pytest.approx({"fused": 1 / 3, "audio": 1 / 3, "visual": 1 / 3})
-    keys = lambda f, a, v: {"loss/fused": f, "loss/probe/audio": a, "loss/probe/visual": v}  # noqa: E731
+
+    def keys(f, a, v):
+        return {"loss/fused": f, "loss/probe/audio": a, "loss/probe/visual": v}
+
     s.end_epoch(0, keys(1.5, 1.2, 1.7), keys(1.6, 1.5, 1.75))
     assert s.weights == pytest.approx(
         {"fused": 1 / 3, "audio": 1 / 3, "visual": 1 / 3}
