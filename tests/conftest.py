@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import subprocess
 import time
 from pathlib import Path
@@ -14,6 +15,15 @@ from mmhpc.config import load_config
 from mmhpc.data.synthetic import ensure_synthetic
 
 REPO = Path(__file__).resolve().parent.parent
+
+
+def pytest_configure(config):
+    # A shell's background job (`cmd &` without job control, as CI runners and nohup start it)
+    # begins with SIGINT ignored; Python then never raises KeyboardInterrupt, and an ignored signal
+    # stays ignored in every child it starts. The Ctrl-C tests need a terminal's SIGINT: restore it
+    # (children then start with the default again, since a handled signal is reset by exec).
+    if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 def run_ok(cmd: list[str], env: dict[str, str], timeout: float = 300, cwd: Path = REPO) -> str:
