@@ -230,7 +230,7 @@ globals().update({{k: v for k, v in vars(_real).items() if k not in _left_out}})
 
 @pytest.mark.slow
 def test_wheels_route_runs_the_trainer_checks_on_a_bare_python_with_an_old_typing_extensions(
-    tmp_path,
+    tmp_path, request
 ):
     """A bare Python (no pydantic, pandas, psutil, ...) whose typing_extensions is older than
     pydantic's need, and the real wheel set of `make gpu-wheels`: the wheels are installed
@@ -263,8 +263,11 @@ def test_wheels_route_runs_the_trainer_checks_on_a_bare_python_with_an_old_typin
     )
     env = _bare_python_env(tmp_path)
     env["PYTHONPATH"] = f"{old}{os.pathsep}{env['PYTHONPATH']}"
-    (tmp_path / "tmp").mkdir()
-    env["TMPDIR"] = str(tmp_path / "tmp")  # the run's wheel directory: in this test's own directory
+    # the run's wheel directory, removed after the test; short: loader workers put their Unix
+    # sockets under TMPDIR too, and a test directory under a long clone path is too long for one
+    short = tempfile.mkdtemp(prefix="mmhpc-gpucheck-", dir="/tmp")
+    request.addfinalizer(lambda: shutil.rmtree(short, ignore_errors=True))
+    env["TMPDIR"] = short
     probe = subprocess.run(
         [sys.executable, "-c", "import torch, pydantic_core"],
         env={**env, "PYTHONPATH": f"{old}{os.pathsep}{REPO}"},

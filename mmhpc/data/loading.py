@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import multiprocessing
 import os
+import tempfile
 import threading
 import time
 from collections.abc import Iterator
@@ -22,6 +23,7 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler
 from mmhpc.data.augment import audio_augment
 from mmhpc.data.dataset import PreparedDataset
 from mmhpc.data.synthetic import ensure_synthetic
+from mmhpc.errors import ConfigError, problem
 from mmhpc.preempt import deaf_children
 
 
@@ -49,6 +51,8 @@ def build_loader(dataset: Dataset, cfg, train: bool, rank: int = 0, world: int =
     processes. `device`: the run's device, made current in the pre-initialisation thread (its
     pin-memory thread would otherwise open a context on GPU 0 in every DDP process)."""
     lc = cfg.loader
+    if lc.num_workers > 0:
+        check_socket_dir(lc.num_workers)
     sampler = (
         DistributedSampler(
             dataset,
@@ -81,6 +85,29 @@ def build_loader(dataset: Dataset, cfg, train: bool, rank: int = 0, world: int =
         **kwargs,
     )
     return PreinitLoader(loader, device) if preinit else EpochLoader(loader)
+
+
+#: the longest Unix socket path (Linux: `sun_path` is 108 bytes with its NUL); and what
+#: multiprocessing adds to the temporary directory for one (`pymp-XXXXXXXX/listener-XXXXXXXX`)
+SOCKET_PATH_MAX, SOCKET_SUFFIX = 107, len("/pymp-12345678/listener-12345678")
+
+
+def check_socket_dir(workers: int) -> None:
+    """Refuse, before any work, a temporary directory too long for the Unix sockets loader workers
+    use (workers hand tensors back through one, a forkserver listens on one). With a longer TMPDIR
+    the socket's bind fails inside a worker's feeder thread, which nothing reports: the loader then
+    waits for its batch forever."""
+    tmp = tempfile.gettempdir()
+    length = len(os.fsencode(tmp)) + SOCKET_SUFFIX
+    if length > SOCKET_PATH_MAX:
+        raise ConfigError(problem(
+            "TMPDIR",
+            f"{tmp}: loader.num_workers={workers} pass tensors through Unix sockets under it, "
+            f"whose paths would be {length} bytes, over the {SOCKET_PATH_MAX} a socket path may "
+            "have",
+            [f"a TMPDIR of at most {SOCKET_PATH_MAX - SOCKET_SUFFIX} bytes (e.g. /tmp)",
+             "loader.num_workers=0"],
+        ))
 
 
 def worker_context(method: str, preinit: bool):

@@ -6,6 +6,7 @@ import subprocess
 import sys
 import time
 import warnings
+from pathlib import Path
 
 import psutil
 import pytest
@@ -262,3 +263,30 @@ def test_a_slow_start_up_is_started_early_enough_to_hide_it(tiny_config, monkeyp
         assert loader._pending is not None and loader._pending[0] == 1
     finally:
         loader.close()
+
+
+def test_a_temporary_directory_too_long_for_a_socket_is_refused_before_any_record(
+    tiny_config, monkeypatch
+):
+    """Loader workers hand tensors back through a Unix socket under TMPDIR; a path over 107 bytes
+    fails inside a worker's feeder thread, unreported, and the loader waited forever (seen in a
+    gpu-check run whose TMPDIR was a test directory under a long clone path)."""
+    import tempfile
+
+    from mmhpc.config import ConfigError
+    from mmhpc.data.loading import SOCKET_PATH_MAX, SOCKET_SUFFIX, check_socket_dir
+    from mmhpc.train import train
+
+    fits = "/" + "t" * (SOCKET_PATH_MAX - SOCKET_SUFFIX - 1)  # never created: refused before
+    monkeypatch.setattr(tempfile, "tempdir", fits)
+    check_socket_dir(2)  # at the limit: accepted
+    long = fits + "t"
+    monkeypatch.setattr(tempfile, "tempdir", long)
+    cfg = tiny_config("cremad", "loader.num_workers=2")
+    with pytest.raises(ConfigError) as err:
+        train(cfg, progress=False)
+    assert str(err.value).startswith(f"TMPDIR: {long}: loader.num_workers=2 pass tensors")
+    assert str(err.value).endswith("valid: a TMPDIR of at most 75 bytes (e.g. /tmp), "
+                                   "loader.num_workers=0")
+    assert not Path(cfg.output.runs_dir).exists()  # bad input: nothing written
+    train(tiny_config("cremad", "loader.num_workers=0"), progress=False)  # no workers: no socket
